@@ -1,0 +1,39 @@
+//! A batch of multimodal samples.
+
+use candle_core::{Result, Tensor};
+
+/// One batch: an input tensor per modality (batch first, in [`crate::ModalitySet`] order) and
+/// the class labels (`u32`, shape `[B]`).
+#[derive(Clone, Debug)]
+pub struct MultimodalBatch {
+    pub inputs: Vec<Tensor>,
+    pub labels: Tensor,
+}
+
+impl MultimodalBatch {
+    pub fn new(inputs: Vec<Tensor>, labels: Tensor) -> Result<Self> {
+        let b = labels.dim(0)?;
+        for (m, x) in inputs.iter().enumerate() {
+            if x.dim(0)? != b {
+                candle_core::bail!("modality {m} has batch size {} but the labels have {b}", x.dim(0)?);
+            }
+        }
+        Ok(Self { inputs, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.dims().first().copied().unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The same samples moved to another device (and dtype for float inputs).
+    pub fn to_device(&self, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            inputs: self.inputs.iter().map(|x| x.to_device(device)).collect::<Result<_>>()?,
+            labels: self.labels.to_device(device)?,
+        })
+    }
+}

@@ -1,0 +1,23 @@
+//! The vocabulary shared by every agm crate.
+//!
+//! A multimodal model sees `M` modalities (audio, visual, text, ...), indexed `0..M` in the order
+//! of [`ModalitySet`]. A forward pass keeps a [`Subset`] of them; the others are fed as zeros of
+//! their input shape, exactly as the AGM reference pads a muted modality.
+//!
+//! ```
+//! use agm_core::{ModalitySet, Subset};
+//! let set = ModalitySet::new(["audio", "visual"]);
+//! let full = Subset::full(set.len());
+//! assert_eq!(full.len(), 2);
+//! assert_eq!(set.letters(Subset::single(1)), "v");
+//! ```
+
+mod batch;
+mod model;
+mod modality;
+mod params;
+
+pub use batch::MultimodalBatch;
+pub use model::{ForwardOpts, ModelOutput, MultimodalModel};
+pub use modality::{ModalitySet, Subset};
+pub use params::{NamedVar, ParamGroups};

@@ -1,0 +1,136 @@
+//! Modalities and subsets of them.
+
+use std::fmt;
+
+/// The ordered modalities of a model or dataset. The order is the concatenation order of fused
+/// features and the order of every per-modality vector in agm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModalitySet {
+    names: Vec<String>,
+}
+
+impl ModalitySet {
+    pub fn new<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names: Vec<String> = names.into_iter().map(Into::into).collect();
+        assert!(!names.is_empty() && names.len() <= Subset::MAX_MODALITIES, "1 to 16 modalities");
+        Self { names }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn name(&self, index: usize) -> &str {
+        &self.names[index]
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// First letters of the kept modalities, in set order (`"av"`, `"t"`, `"none"` for the empty
+    /// subset): the naming the golden fixtures use for passes.
+    pub fn letters(&self, subset: Subset) -> String {
+        if subset.is_empty() {
+            return "none".to_string();
+        }
+        subset.iter().map(|i| self.names[i].chars().next().unwrap_or('?')).collect()
+    }
+}
+
+/// A set of modality indices, stored as a bit mask (at most 16 modalities).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Subset(u16);
+
+impl Subset {
+    pub const MAX_MODALITIES: usize = 16;
+
+    pub const fn empty() -> Self {
+        Self(0)
+    }
+
+    pub fn full(m: usize) -> Self {
+        assert!(m <= Self::MAX_MODALITIES);
+        Self(((1u32 << m) - 1) as u16)
+    }
+
+    pub fn single(index: usize) -> Self {
+        Self(1 << index)
+    }
+
+    pub fn from_bits(bits: u16) -> Self {
+        Self(bits)
+    }
+
+    pub fn bits(self) -> u16 {
+        self.0
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+
+    pub fn with(self, index: usize) -> Self {
+        Self(self.0 | (1 << index))
+    }
+
+    pub fn without(self, index: usize) -> Self {
+        Self(self.0 & !(1 << index))
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Indices of the kept modalities, ascending.
+    pub fn iter(self) -> impl Iterator<Item = usize> {
+        (0..Self::MAX_MODALITIES).filter(move |&i| self.contains(i))
+    }
+
+    /// Every subset of `0..m`, the empty one first and the full one last.
+    pub fn all(m: usize) -> impl Iterator<Item = Subset> {
+        (0..(1u32 << m)).map(|b| Subset(b as u16))
+    }
+}
+
+impl fmt::Debug for Subset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Subset{:?}", self.iter().collect::<Vec<_>>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_enumerate_in_bit_order() {
+        let all: Vec<_> = Subset::all(2).collect();
+        assert_eq!(all, vec![Subset::empty(), Subset::single(0), Subset::single(1), Subset::full(2)]);
+        assert_eq!(Subset::full(3).without(1).iter().collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
+    fn letters_follow_set_order() {
+        let set = ModalitySet::new(["audio", "visual", "text"]);
+        assert_eq!(set.letters(Subset::full(3)), "avt");
+        assert_eq!(set.letters(Subset::full(3).without(0)), "vt");
+        assert_eq!(set.letters(Subset::empty()), "none");
+    }
+}

@@ -1,0 +1,78 @@
+//! The model trait every fusion architecture implements.
+
+use candle_core::{Result, Tensor};
+
+use crate::{ModalitySet, ParamGroups, Subset};
+
+/// How one forward pass runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ForwardOpts {
+    /// The modalities kept; the others are fed as zeros of their input shape (the reference's
+    /// padding; token inputs get the pad id).
+    pub present: Subset,
+    /// Training mode: batch statistics and dropout. The AGM masked passes run with `false` and
+    /// still record gradients.
+    pub train: bool,
+    /// Seed for dropout masks of this pass; the trainer derives it from the run seed and step.
+    pub dropout_seed: u64,
+}
+
+impl ForwardOpts {
+    pub fn train(m: usize, dropout_seed: u64) -> Self {
+        Self { present: Subset::full(m), train: true, dropout_seed }
+    }
+
+    pub fn eval(m: usize) -> Self {
+        Self { present: Subset::full(m), train: false, dropout_seed: 0 }
+    }
+
+    pub fn with_present(self, present: Subset) -> Self {
+        Self { present, ..self }
+    }
+}
+
+/// What one forward pass returns.
+#[derive(Clone, Debug)]
+pub struct ModelOutput {
+    /// Fused logits `[B, classes]`.
+    pub logits: Tensor,
+    /// The fused feature the competition metric regresses from (for late concat fusion: the
+    /// concatenated encoder outputs).
+    pub fused_feature: Tensor,
+    /// Per-modality encoder outputs, in modality order, for methods that need them.
+    pub encoder_features: Vec<Tensor>,
+}
+
+/// A model over `M` modalities.
+///
+/// Only four methods are required. A model owns its variables (usually through a
+/// `candle_nn::VarMap`) and reports which belong to which modality in [`ParamGroups`], so
+/// modulation methods never select parameters by name.
+pub trait MultimodalModel {
+    fn modalities(&self) -> &ModalitySet;
+
+    fn num_classes(&self) -> usize;
+
+    /// One pass over `inputs` (one tensor per modality, all of them, even the absent ones: the
+    /// model zeroes the ones `opts.present` leaves out).
+    fn forward(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<ModelOutput>;
+
+    /// Trainable variables grouped by modality, plus the shared (fusion, head) ones, plus the
+    /// buffers (BatchNorm running statistics) that optimizers must skip.
+    fn param_groups(&self) -> ParamGroups;
+}
+
+impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
+    fn modalities(&self) -> &ModalitySet {
+        (**self).modalities()
+    }
+    fn num_classes(&self) -> usize {
+        (**self).num_classes()
+    }
+    fn forward(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<ModelOutput> {
+        (**self).forward(inputs, opts)
+    }
+    fn param_groups(&self) -> ParamGroups {
+        (**self).param_groups()
+    }
+}

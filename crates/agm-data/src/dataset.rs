@@ -1,0 +1,212 @@
+//! Datasets, splits held as flat tensors, and seeded batch orders.
+//!
+//! A split is held in memory as [`SplitTensors`]: one flat `f32` buffer per modality plus the
+//! per-sample shape, and `u32` labels. [`SplitTensors::batch`] gathers any index list into an
+//! [`agm_core::MultimodalBatch`]. [`epoch_order`] and [`batches`] give the sample order of an
+//! epoch and its batch ranges; both are pure functions, so a resumed run sees the same order.
+
+use std::ops::Range;
+
+use agm_core::MultimodalBatch;
+use candle_core::{Device, Tensor};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+
+/// A random-access collection of samples, independent of any tensor library.
+pub trait Dataset {
+    /// One sample.
+    type Item;
+
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// The sample at `index`.
+    ///
+    /// # Panics
+    /// If `index >= self.len()`. `Err` is reserved for real failures (a sample that cannot be
+    /// decoded).
+    fn get(&self, index: usize) -> Result<Self::Item>;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One sample of a [`SplitTensors`]: a flat `f32` vector per modality and the label.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub inputs: Vec<Vec<f32>>,
+    pub label: u32,
+}
+
+/// A split held in memory: for each modality a flat `f32` buffer of `len × prod(shape)` values
+/// (sample-major, C order) and the per-sample shape; plus one `u32` label per sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitTensors {
+    data: Vec<Vec<f32>>,
+    shapes: Vec<Vec<usize>>,
+    labels: Vec<u32>,
+}
+
+impl SplitTensors {
+    /// Checks that every modality buffer holds `labels.len()` samples of its shape.
+    ///
+    /// # Panics
+    /// If `data` and `shapes` differ in length or a buffer has the wrong number of values.
+    pub fn new(data: Vec<Vec<f32>>, shapes: Vec<Vec<usize>>, labels: Vec<u32>) -> Self {
+        assert_eq!(data.len(), shapes.len(), "one shape per modality");
+        for (m, (d, s)) in data.iter().zip(&shapes).enumerate() {
+            let per: usize = s.iter().product();
+            assert_eq!(
+                d.len(),
+                per * labels.len(),
+                "modality {m}: {} values for {} samples of shape {s:?}",
+                d.len(),
+                labels.len()
+            );
+        }
+        Self { data, shapes, labels }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of modalities.
+    pub fn num_modalities(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Shape of one sample of modality `m` (without the batch dimension).
+    pub fn sample_shape(&self, m: usize) -> &[usize] {
+        &self.shapes[m]
+    }
+
+    /// The flat buffer of modality `m`, all samples.
+    pub fn modality_data(&self, m: usize) -> &[f32] {
+        &self.data[m]
+    }
+
+    /// The values of sample `index` of modality `m`.
+    pub fn sample_data(&self, m: usize, index: usize) -> &[f32] {
+        let per = self.per_sample(m);
+        &self.data[m][index * per..(index + 1) * per]
+    }
+
+    /// All labels, in sample order.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    fn per_sample(&self, m: usize) -> usize {
+        self.shapes[m].iter().product()
+    }
+
+    /// Gathers the samples at `indices` (in that order) into a batch on `device`: inputs `f32` of
+    /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B]`.
+    ///
+    /// # Panics
+    /// If an index is out of bounds.
+    pub fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
+        let n = self.len();
+        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+            panic!("sample index {bad} out of bounds for a split of {n} samples");
+        }
+        let mut inputs = Vec::with_capacity(self.num_modalities());
+        for m in 0..self.num_modalities() {
+            let per = self.per_sample(m);
+            let mut buf = Vec::with_capacity(per * indices.len());
+            for &i in indices {
+                buf.extend_from_slice(&self.data[m][i * per..(i + 1) * per]);
+            }
+            let mut shape = Vec::with_capacity(self.shapes[m].len() + 1);
+            shape.push(indices.len());
+            shape.extend_from_slice(&self.shapes[m]);
+            inputs.push(Tensor::from_vec(buf, shape, device)?);
+        }
+        let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i]).collect();
+        let labels = Tensor::from_vec(labels, indices.len(), device)?;
+        MultimodalBatch::new(inputs, labels)
+    }
+}
+
+impl Dataset for SplitTensors {
+    type Item = Sample;
+
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        assert!(index < self.len(), "sample index {index} out of bounds for a split of {} samples", self.len());
+        Ok(Sample {
+            inputs: (0..self.num_modalities()).map(|m| self.sample_data(m, index).to_vec()).collect(),
+            label: self.labels[index],
+        })
+    }
+}
+
+/// The order in which epoch `epoch` visits `n` samples: `0..n` when `shuffle` is false, else a
+/// permutation drawn from a ChaCha8 generator seeded with `seed` on stream `epoch`.
+///
+/// A pure function of its arguments (it uses its own Fisher–Yates shuffle, so it does not change
+/// with `rand`'s internals): a resumed run gets the same order.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if shuffle {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(epoch as u64);
+        shuffle_in_place(&mut order, &mut rng);
+    }
+    order
+}
+
+/// Consecutive ranges of at most `batch_size` positions covering `0..n`; the last, partial
+/// batch is kept.
+///
+/// # Panics
+/// If `batch_size` is 0.
+pub fn batches(n: usize, batch_size: usize) -> Vec<Range<usize>> {
+    assert!(batch_size > 0, "batch size must be positive");
+    (0..n).step_by(batch_size).map(|s| s..(s + batch_size).min(n)).collect()
+}
+
+/// Fisher–Yates shuffle with an unbiased bounded draw (rejection sampling), independent of
+/// `rand`'s shuffle implementation.
+pub(crate) fn shuffle_in_place<T>(items: &mut [T], rng: &mut impl RngCore) {
+    for i in (1..items.len()).rev() {
+        let j = bounded(rng, i as u64 + 1) as usize;
+        items.swap(i, j);
+    }
+}
+
+/// A uniform draw from `0..bound` (`bound > 0`).
+fn bounded(rng: &mut impl RngCore, bound: u64) -> u64 {
+    let zone = u64::MAX - u64::MAX % bound;
+    loop {
+        let x = rng.next_u64();
+        if x < zone {
+            return x % bound;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_stays_in_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for b in 1..50 {
+            assert!(bounded(&mut rng, b) < b);
+        }
+    }
+}

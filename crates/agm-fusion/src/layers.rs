@@ -1,0 +1,143 @@
+//! Layers with PyTorch's default initialisation and explicit train/eval behaviour.
+
+use candle_core::{Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{ParamBuilder, ParamInit};
+
+/// `y = x Wᵀ + b` with `W` of shape `[out, in]`, initialised as PyTorch's `nn.Linear`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl Linear {
+    pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let weight = pb.param((out_dim, in_dim), "weight", ParamInit::Uniform { bound })?;
+        let bias = if bias { Some(pb.param(out_dim, "bias", ParamInit::Uniform { bound })?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b.as_tensor()),
+            None => Ok(y),
+        }
+    }
+
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+}
+
+/// 2-D convolution with square kernel, stride 1 and no padding (the parity network's layer),
+/// initialised as PyTorch's `nn.Conv2d`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    weight: Var,
+    bias: Var,
+}
+
+impl Conv2d {
+    pub fn new(pb: &ParamBuilder, in_ch: usize, out_ch: usize, kernel: usize) -> Result<Self> {
+        let bound = 1.0 / ((in_ch * kernel * kernel) as f64).sqrt();
+        let weight = pb.param((out_ch, in_ch, kernel, kernel), "weight", ParamInit::Uniform { bound })?;
+        let bias = pb.param(out_ch, "bias", ParamInit::Uniform { bound })?;
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(self.weight.as_tensor(), 0, 1, 1, 1)?;
+        y.broadcast_add(&self.bias.as_tensor().reshape((1, (), 1, 1))?)
+    }
+}
+
+/// Batch normalisation over `[B, C]` or `[B, C, ...]` with PyTorch semantics: training mode
+/// normalises with the biased batch variance and updates the running statistics with the
+/// unbiased one (momentum 0.1); evaluation mode reads the running statistics as constants.
+#[derive(Debug)]
+pub struct BatchNorm {
+    weight: Var,
+    bias: Var,
+    running_mean: Var,
+    running_var: Var,
+    num_batches_tracked: Var,
+    eps: f64,
+    momentum: f64,
+}
+
+impl BatchNorm {
+    pub fn new(pb: &ParamBuilder, channels: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.param(channels, "weight", ParamInit::Const(1.0))?,
+            bias: pb.param(channels, "bias", ParamInit::Const(0.0))?,
+            running_mean: pb.buffer(channels, "running_mean", ParamInit::Const(0.0))?,
+            running_var: pb.buffer(channels, "running_var", ParamInit::Const(1.0))?,
+            num_batches_tracked: pb.buffer((), "num_batches_tracked", ParamInit::Const(0.0))?,
+            eps,
+            momentum: 0.1,
+        })
+    }
+
+    fn channel_shape(&self, x: &Tensor) -> Vec<usize> {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = x.dim(1).unwrap_or(1);
+        shape
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let cshape = self.channel_shape(x);
+        // Move channels last and flatten the rest so the statistics are per channel.
+        let c = x.dim(1)?;
+        let flat = if x.rank() == 2 { x.clone() } else { x.transpose(1, x.rank() - 1)?.reshape(((), c))? };
+        let (mean, var) = if train {
+            let n = flat.dim(0)? as f64;
+            let mean = flat.mean(0)?;
+            let centred = flat.broadcast_sub(&mean)?;
+            let biased = centred.sqr()?.mean(0)?;
+            let unbiased = (biased.detach() * (n / (n - 1.0).max(1.0)))?;
+            let m = self.momentum;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            // The counter lives in the variable, so checkpoints restore it with the rest.
+            self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
+            (mean, biased)
+        } else {
+            (self.running_mean.as_tensor().detach(), self.running_var.as_tensor().detach())
+        };
+        let mean = mean.reshape(cshape.as_slice())?;
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?.reshape(cshape.as_slice())?;
+        let w = self.weight.as_tensor().reshape(cshape.as_slice())?;
+        let b = self.bias.as_tensor().reshape(cshape.as_slice())?;
+        x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?.broadcast_mul(&w)?.broadcast_add(&b)
+    }
+}
+
+/// Inverted dropout with a mask drawn from `seed`, so runs and resumes are reproducible (candle's
+/// CPU generator cannot be seeded). Identity when `train` is false or `p == 0`.
+pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
+    if !train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f64> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+/// Flattens every dimension after the batch dimension, row-major.
+pub(crate) fn flatten(x: &Tensor) -> Result<Tensor> {
+    x.flatten_from(1)
+}
+
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    x.relu()
+}

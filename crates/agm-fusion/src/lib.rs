@@ -1,0 +1,30 @@
+//! Encoders, fusions and model presets for agm.
+//!
+//! Models own a [`ParamStore`]: every variable is created through a [`ParamBuilder`] that knows
+//! its checkpoint name, its role (a modality's encoder, shared, or a buffer) and draws its initial
+//! value from a seeded generator keyed by the run seed and the name, so initialisation is
+//! reproducible and independent of construction order.
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use agm_core::{ForwardOpts, MultimodalModel};
+//! use agm_fusion::{LateConcatConfig, LateConcatModel};
+//! use candle_core::{DType, Device, Tensor};
+//! let cfg = LateConcatConfig::av_digits();
+//! let model = LateConcatModel::new(&cfg, 7, DType::F32, &Device::Cpu)?;
+//! let audio = Tensor::zeros((4, 1, 13, 32), DType::F32, &Device::Cpu)?;
+//! let image = Tensor::zeros((4, 1, 28, 28), DType::F32, &Device::Cpu)?;
+//! let out = model.forward(&[audio, image], &ForwardOpts::eval(2))?;
+//! assert_eq!(out.logits.dims(), &[4, 10]);
+//! # Ok(()) }
+//! ```
+
+mod encoder;
+mod late;
+mod layers;
+mod store;
+
+pub use encoder::{EncoderLayer, SequentialEncoder};
+pub use late::{EncoderSpec, LateConcatConfig, LateConcatModel};
+pub use layers::{dropout, BatchNorm, Conv2d, Linear};
+pub use store::{ParamBuilder, ParamInit, ParamRole, ParamStore};

@@ -1,0 +1,203 @@
+//! Named, role-tagged, seeded model variables.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use agm_core::{NamedVar, ParamGroups};
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Which group a variable belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamRole {
+    /// Trainable, owned by the encoder of modality `i`.
+    Modality(usize),
+    /// Trainable, shared by every modality (fusion, head).
+    Shared,
+    /// Saved but never optimised (BatchNorm running statistics).
+    Buffer,
+}
+
+/// How a variable starts.
+#[derive(Clone, Copy, Debug)]
+pub enum ParamInit {
+    Const(f64),
+    /// Uniform in `[-bound, bound]`: PyTorch's default for Linear and Conv weights and biases,
+    /// with `bound = 1/sqrt(fan_in)`.
+    Uniform { bound: f64 },
+    Normal { mean: f64, std: f64 },
+}
+
+struct Entry {
+    var: Var,
+    role: ParamRole,
+}
+
+/// The variables of one model, by name. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    head_weight: Arc<Mutex<Option<String>>>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder at the root of this store.
+    pub fn builder(&self, seed: u64, dtype: DType, device: &Device) -> ParamBuilder {
+        ParamBuilder {
+            store: self.clone(),
+            prefix: String::new(),
+            role: ParamRole::Shared,
+            seed,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// Marks the variable whose gradient the reference's conditional clipping inspects.
+    pub fn set_head_weight(&self, name: &str) {
+        *self.head_weight.lock().expect("param store lock") = Some(name.to_string());
+    }
+
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.entries.lock().expect("param store lock").get(name).map(|e| e.var.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.entries.lock().expect("param store lock").keys().cloned().collect()
+    }
+
+    /// The variables grouped by role, each group sorted by name.
+    pub fn groups(&self, num_modalities: usize) -> ParamGroups {
+        let entries = self.entries.lock().expect("param store lock");
+        let mut groups = ParamGroups {
+            per_modality: vec![Vec::new(); num_modalities],
+            head_weight: self.head_weight.lock().expect("param store lock").clone(),
+            ..ParamGroups::default()
+        };
+        for (name, e) in entries.iter() {
+            let nv = NamedVar { name: name.clone(), var: e.var.clone() };
+            match e.role {
+                ParamRole::Modality(i) => groups.per_modality[i].push(nv),
+                ParamRole::Shared => groups.shared.push(nv),
+                ParamRole::Buffer => groups.buffers.push(nv),
+            }
+        }
+        groups
+    }
+
+    /// Overwrites variables from named tensors (a checkpoint or golden initial values). Every
+    /// variable of the store must be present with the same shape; extra names are an error too.
+    pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let entries = self.entries.lock().expect("param store lock");
+        for (name, e) in entries.iter() {
+            let t = tensors.get(name).ok_or_else(|| {
+                candle_core::Error::Msg(format!("missing tensor `{name}` for the model"))
+            })?;
+            if t.dims() != e.var.dims() {
+                candle_core::bail!(
+                    "tensor `{name}` has shape {:?} but the model expects {:?}",
+                    t.dims(),
+                    e.var.dims()
+                );
+            }
+            e.var.set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
+        }
+        if let Some(extra) = tensors.keys().find(|k| !entries.contains_key(*k)) {
+            candle_core::bail!("tensor `{extra}` does not belong to the model");
+        }
+        Ok(())
+    }
+
+    /// Every variable by name (for checkpoints).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let entries = self.entries.lock().expect("param store lock");
+        entries.iter().map(|(n, e)| (n.clone(), e.var.as_tensor().clone())).collect()
+    }
+}
+
+/// Creates variables under a name prefix with a role; cheap to clone.
+#[derive(Clone)]
+pub struct ParamBuilder {
+    store: ParamStore,
+    prefix: String,
+    role: ParamRole,
+    seed: u64,
+    dtype: DType,
+    device: Device,
+}
+
+/// FNV-1a: a stable hash so that a name's random stream never changes between builds.
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl ParamBuilder {
+    /// Pushes a name component (`pp("audio_encoder")`, then `"audio_encoder.1.weight"`).
+    pub fn pp(&self, name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Self { prefix, ..self.clone() }
+    }
+
+    /// The same prefix with another role for the trainable variables created below it.
+    pub fn with_role(&self, role: ParamRole) -> Self {
+        Self { role, ..self.clone() }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    /// A trainable variable with the builder's role.
+    pub fn param(&self, shape: impl Into<Shape>, name: &str, init: ParamInit) -> Result<Var> {
+        self.create(shape.into(), name, init, self.role)
+    }
+
+    /// A saved, never optimised variable.
+    pub fn buffer(&self, shape: impl Into<Shape>, name: &str, init: ParamInit) -> Result<Var> {
+        self.create(shape.into(), name, init, ParamRole::Buffer)
+    }
+
+    fn create(&self, shape: Shape, name: &str, init: ParamInit, role: ParamRole) -> Result<Var> {
+        let path = self.path(name);
+        let mut entries = self.store.entries.lock().expect("param store lock");
+        if entries.contains_key(&path) {
+            candle_core::bail!("variable `{path}` created twice");
+        }
+        let n = shape.elem_count();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ stable_hash(&path));
+        let values: Vec<f64> = match init {
+            ParamInit::Const(c) => vec![c; n],
+            ParamInit::Uniform { bound } => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
+            ParamInit::Normal { mean, std } => (0..n)
+                .map(|_| {
+                    // Box-Muller keeps the stream independent of rand_distr's algorithm choices.
+                    let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+                    let u2: f64 = rng.random();
+                    mean + std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+                })
+                .collect(),
+        };
+        let t = Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?;
+        let var = Var::from_tensor(&t)?;
+        entries.insert(path, Entry { var: var.clone(), role });
+        Ok(var)
+    }
+}

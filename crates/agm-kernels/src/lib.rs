@@ -1,0 +1,18 @@
+//! candle custom ops that agm needs and candle 0.11 lacks.
+//!
+//! Each op has a public function, a `*_ref` reference built from plain candle ops, and tests that
+//! compare the two forward and backward.
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use candle_core::{Device, Var};
+//! let x = Var::new(&[1.0f64, -2.0], &Device::Cpu)?;
+//! let y = agm_kernels::grad_scale(x.as_tensor(), 0.5)?;
+//! let grads = y.sum_all()?.backward()?;
+//! assert_eq!(grads.get(&x).unwrap().to_vec1::<f64>()?, vec![0.5, 0.5]);
+//! # Ok(()) }
+//! ```
+
+mod grad_scale;
+
+pub use grad_scale::{grad_scale, grad_scale_ref};

@@ -1,0 +1,131 @@
+//! Metrics for agm: fused accuracy and per-modality Shapley accuracy and loss.
+//!
+//! Metrics are pure: the same outputs and labels give the same numbers.
+//!
+//! ```
+//! # fn main() -> candle_core::Result<()> {
+//! use agm_metric::EvalTally;
+//! use candle_core::{Device, Tensor};
+//! let logits = Tensor::new(&[[2.0f32, 0.0], [0.0, 1.0], [3.0, 0.0]], &Device::Cpu)?;
+//! let labels = [0u32, 1, 1];
+//! let mut tally = EvalTally::new(1);
+//! tally.add(&logits, &[logits.clone()], &labels)?;
+//! assert!((tally.report().accuracy - 2.0 / 3.0).abs() < 1e-12);
+//! # Ok(()) }
+//! ```
+
+use candle_core::{DType, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+/// Row-wise argmax of `[B, C]` logits.
+pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {
+    logits.argmax(D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()
+}
+
+/// Number of rows whose argmax equals the label.
+pub fn count_correct(logits: &Tensor, labels: &[u32]) -> Result<usize> {
+    Ok(argmax(logits)?.iter().zip(labels).filter(|(p, y)| p == y).count())
+}
+
+/// Sum over rows of the cross-entropy `−log softmax(logits)[y]`, in f64.
+pub fn cross_entropy_sum(logits: &Tensor, labels: &[u32]) -> Result<f64> {
+    let lsm = candle_nn_free_log_softmax(&logits.detach().to_dtype(DType::F64)?)?;
+    let rows = lsm.to_vec2::<f64>()?;
+    Ok(rows.iter().zip(labels).map(|(r, &y)| -r[y as usize]).sum())
+}
+
+/// log-softmax over the last dimension from plain ops (keeps this crate off candle-nn).
+fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Accumulates accuracy (micro: correct samples over all samples) and mean losses over batches.
+#[derive(Clone, Debug)]
+pub struct EvalTally {
+    samples: usize,
+    correct: usize,
+    loss_sum: f64,
+    modality_correct: Vec<usize>,
+    modality_loss_sum: Vec<f64>,
+}
+
+/// Evaluation numbers of one split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub samples: usize,
+    pub accuracy: f64,
+    pub loss: f64,
+    /// Accuracy of each modality's Shapley mono-modal output.
+    pub modality_accuracy: Vec<f64>,
+    /// Mean cross-entropy of each modality's Shapley mono-modal output.
+    pub modality_loss: Vec<f64>,
+}
+
+impl EvalTally {
+    pub fn new(num_modalities: usize) -> Self {
+        Self {
+            samples: 0,
+            correct: 0,
+            loss_sum: 0.0,
+            modality_correct: vec![0; num_modalities],
+            modality_loss_sum: vec![0.0; num_modalities],
+        }
+    }
+
+    /// Adds one batch: fused logits and each modality's mono-modal logits.
+    pub fn add(&mut self, fused: &Tensor, mono: &[Tensor], labels: &[u32]) -> Result<()> {
+        if mono.len() != self.modality_correct.len() {
+            candle_core::bail!("expected {} mono-modal outputs, got {}", self.modality_correct.len(), mono.len());
+        }
+        self.samples += labels.len();
+        self.correct += count_correct(fused, labels)?;
+        self.loss_sum += cross_entropy_sum(fused, labels)?;
+        for (x, mx) in mono.iter().enumerate() {
+            self.modality_correct[x] += count_correct(mx, labels)?;
+            self.modality_loss_sum[x] += cross_entropy_sum(mx, labels)?;
+        }
+        Ok(())
+    }
+
+    pub fn report(&self) -> EvalReport {
+        let n = self.samples.max(1) as f64;
+        EvalReport {
+            samples: self.samples,
+            accuracy: self.correct as f64 / n,
+            loss: self.loss_sum / n,
+            modality_accuracy: self.modality_correct.iter().map(|&c| c as f64 / n).collect(),
+            modality_loss: self.modality_loss_sum.iter().map(|&l| l / n).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn cross_entropy_matches_hand_value() {
+        let logits = Tensor::new(&[[0.0f64, 0.0], [1.0, 0.0]], &Device::Cpu).unwrap();
+        let ce = cross_entropy_sum(&logits, &[0, 1]).unwrap();
+        let expect = 2f64.ln() + (1.0 + (1f64).exp()).ln();
+        assert!((ce - expect).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tally_counts_micro_accuracy_across_batches() {
+        let mut t = EvalTally::new(2);
+        let a = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[[0.0f32, 1.0], [0.0, 1.0]], &Device::Cpu).unwrap();
+        t.add(&a, &[a.clone(), b.narrow(0, 0, 1).unwrap()], &[0]).unwrap();
+        t.add(&b, &[b.clone(), b.clone()], &[1, 0]).unwrap();
+        let r = t.report();
+        assert_eq!(r.samples, 3);
+        assert!((r.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.modality_accuracy[1] - 1.0 / 3.0).abs() < 1e-12);
+        assert!(t.add(&a, &[a.clone()], &[0]).is_err(), "wrong number of modalities is an error");
+    }
+}

@@ -1,0 +1,215 @@
+//! The `Modulator` trait and the per-step context it sees.
+
+use agm_core::{ModelOutput, MultimodalBatch, MultimodalModel, NamedVar, Subset};
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor};
+
+/// Which forward passes a step runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardPlan {
+    /// Only the full pass in training mode.
+    Full,
+    /// The full pass plus every non-empty proper subset in evaluation mode, with gradients
+    /// (the AGM reference's Shapley passes).
+    Shapley,
+}
+
+impl ForwardPlan {
+    /// The masked subsets to run besides the full pass.
+    pub fn masked_subsets(self, m: usize) -> Vec<Subset> {
+        match self {
+            ForwardPlan::Full => Vec::new(),
+            ForwardPlan::Shapley => crate::shapley::masked_subsets(m),
+        }
+    }
+}
+
+/// The passes of one step.
+#[derive(Clone, Debug)]
+pub struct StepForward {
+    /// The full pass, training mode.
+    pub full: ModelOutput,
+    /// Masked passes (evaluation mode, gradients on), in the order of the forward plan.
+    pub masked: Vec<(Subset, Tensor)>,
+}
+
+impl StepForward {
+    /// Logits of the pass keeping `subset` (the full pass for the full subset).
+    pub fn logits(&self, subset: Subset, m: usize) -> Option<&Tensor> {
+        if subset == Subset::full(m) {
+            return Some(&self.full.logits);
+        }
+        self.masked.iter().find(|(s, _)| *s == subset).map(|(_, t)| t)
+    }
+}
+
+/// What a modulator sees during one step.
+pub struct StepCx<'a> {
+    pub model: &'a dyn MultimodalModel,
+    pub batch: &'a MultimodalBatch,
+    pub forward: &'a StepForward,
+    /// 1-based global step (the running-score counter of the reference).
+    pub step: usize,
+    /// 1-based epoch (the modulation window is inclusive and 1-based).
+    pub epoch: usize,
+}
+
+/// The loss of one step and the outputs that are reported for it.
+#[derive(Clone, Debug)]
+pub struct Objective {
+    /// The tensor to differentiate.
+    pub loss: Tensor,
+    /// The fused output whose cross-entropy is the reported loss.
+    pub output: Tensor,
+    /// Per-modality mono-modal outputs, when the method computed them.
+    pub mono: Option<Vec<Tensor>>,
+}
+
+/// What a modulator sees at the end of an epoch.
+#[derive(Clone, Debug)]
+pub struct EpochCx {
+    /// 1-based epoch that just ended.
+    pub epoch: usize,
+    /// Fused accuracy on the model-selection split.
+    pub accuracy: f64,
+    /// Per-modality Shapley accuracy on that split.
+    pub modality_accuracy: Vec<f64>,
+    /// Per-modality mean cross-entropy of the Shapley outputs on that split.
+    pub modality_loss: Vec<f64>,
+}
+
+/// What the trainer must do after an epoch, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EpochAction {
+    /// Keep a snapshot of the model, optimizer and modulator state under `tag`.
+    SaveSnapshot(String),
+    /// Restore the snapshot `tag` (it must have been saved).
+    RestoreSnapshot(String),
+    /// End training after this epoch.
+    Stop,
+}
+
+/// Which head-gradient test triggers the reference's conditional clipping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClipCondition {
+    /// `max(g) > threshold or min(g) < -threshold` (AV-MNIST, CREMA-D, UR-Funny).
+    OutsideBand,
+    /// `max(g) > threshold and min(g) < threshold`, the MOSEI code as written (Q9).
+    MoseiQuirk,
+}
+
+/// Clip the global gradient norm to `max_norm` when the head weight's gradient meets
+/// `condition` at `threshold`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipRule {
+    pub threshold: f64,
+    pub max_norm: f64,
+    pub condition: ClipCondition,
+}
+
+impl ClipRule {
+    pub fn outside_band(threshold: f64, max_norm: f64) -> Self {
+        Self { threshold, max_norm, condition: ClipCondition::OutsideBand }
+    }
+
+    /// Whether the rule fires for a head gradient with these extremes.
+    pub fn fires(&self, head_max: f64, head_min: f64) -> bool {
+        match self.condition {
+            ClipCondition::OutsideBand => head_max > self.threshold || head_min < -self.threshold,
+            ClipCondition::MoseiQuirk => head_max > self.threshold && head_min < self.threshold,
+        }
+    }
+}
+
+/// A modulation method. Only [`Modulator::name`] is required.
+pub trait Modulator {
+    fn name(&self) -> &'static str;
+
+    /// Extra trainable variables the method owns (uni-modal heads); called once before
+    /// training, and the optimizer includes them.
+    fn attach(&mut self, _model: &dyn MultimodalModel) -> Result<Vec<NamedVar>> {
+        Ok(Vec::new())
+    }
+
+    fn forward_plan(&self) -> ForwardPlan {
+        ForwardPlan::Full
+    }
+
+    /// The loss of this step. Default: mean cross-entropy of the full pass.
+    fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
+        let output = cx.forward.full.logits.clone();
+        let loss = candle_nn::loss::cross_entropy(&output, &cx.batch.labels)?;
+        Ok(Objective { loss, output, mono: None })
+    }
+
+    /// Differentiates the objective. Override for one backward per loss.
+    fn backward(&mut self, _cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
+        objective.loss.backward()
+    }
+
+    /// Edits gradients between backward and clipping.
+    fn after_backward(&mut self, _cx: &StepCx<'_>, _grads: &mut GradStore) -> Result<()> {
+        Ok(())
+    }
+
+    /// The conditional clipping the method's reference applies after its edits.
+    fn clip_rule(&self) -> Option<ClipRule> {
+        None
+    }
+
+    fn on_epoch_end(&mut self, _cx: &EpochCx) -> Result<Vec<EpochAction>> {
+        Ok(Vec::new())
+    }
+
+    /// The per-modality coefficients in force at the last step, for logs.
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        None
+    }
+
+    /// Serializable state for checkpoints and resume.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    fn load_state(&mut self, _state: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl<T: Modulator + ?Sized> Modulator for Box<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn attach(&mut self, model: &dyn MultimodalModel) -> Result<Vec<NamedVar>> {
+        (**self).attach(model)
+    }
+    fn forward_plan(&self) -> ForwardPlan {
+        (**self).forward_plan()
+    }
+    fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
+        (**self).objective(cx)
+    }
+    fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
+        (**self).backward(cx, objective)
+    }
+    fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
+        (**self).after_backward(cx, grads)
+    }
+    fn clip_rule(&self) -> Option<ClipRule> {
+        (**self).clip_rule()
+    }
+    fn on_epoch_end(&mut self, cx: &EpochCx) -> Result<Vec<EpochAction>> {
+        (**self).on_epoch_end(cx)
+    }
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        (**self).coefficients()
+    }
+    fn state(&self) -> serde_json::Value {
+        (**self).state()
+    }
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        (**self).load_state(state)
+    }
+}

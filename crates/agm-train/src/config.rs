@@ -1,0 +1,172 @@
+//! The resolved run configuration (`config.toml` in every run directory) and the builders that
+//! turn it into a dataset, a model, a modulator and an optimizer.
+
+use std::path::Path;
+
+use agm_core::MultimodalModel;
+use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
+use agm_fusion::{LateConcatConfig, LateConcatModel};
+use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::optim::{OptimizerConfig, ScheduleConfig, SgdConfig};
+use crate::TrainerOptions;
+
+/// Datasets `--dataset` accepts in this build.
+pub const DATASETS: &[&str] = &["av-digits"];
+/// Model presets `--model` accepts in this build.
+pub const MODELS: &[&str] = &["av-digits-late"];
+/// Methods `--method` accepts in this build.
+pub const METHODS: &[&str] = &["joint", "agm"];
+/// Devices `--device` accepts.
+pub const DEVICES: &[&str] = &["cpu", "cuda"];
+
+/// Everything that defines a run. Missing keys in a config file take the AV-Digits defaults;
+/// unknown keys are an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default = "RunConfig::av_digits")]
+pub struct RunConfig {
+    pub dataset: String,
+    /// AV-Digits noise preset: `audio-dominant`, `balanced` or `image-dominant`.
+    pub data_preset: String,
+    pub model: String,
+    pub method: String,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub device: String,
+    /// Also checkpoint every this many steps (0: at the end of each epoch only).
+    pub checkpoint_every_steps: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleConfig,
+    pub agm: AgmConfig,
+}
+
+/// What a config builds.
+pub struct Built {
+    pub data: AvDigits,
+    pub model: LateConcatModel,
+    pub modulator: Box<dyn Modulator>,
+}
+
+fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(TrainError::Config(format!("{field} = `{value}` is not known; allowed: {}", allowed.join(", "))))
+    }
+}
+
+impl RunConfig {
+    /// The default run: AGM on AV-Digits (audio-dominant preset) with the late concat MLP model,
+    /// SGD with the reference's momentum and weight decay.
+    pub fn av_digits() -> Self {
+        Self {
+            dataset: "av-digits".into(),
+            data_preset: NoisePreset::AudioDominant.to_string(),
+            model: "av-digits-late".into(),
+            method: "agm".into(),
+            seed: 0,
+            epochs: 20,
+            batch_size: 64,
+            device: "cpu".into(),
+            checkpoint_every_steps: 0,
+            optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05)),
+            schedule: ScheduleConfig::Constant,
+            agm: AgmConfig::av_digits(),
+        }
+    }
+
+    /// Reads a TOML file over the defaults; unknown keys are rejected with the file named.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            TrainError::Config(message) => TrainError::ConfigFile { path: path.to_path_buf(), message },
+            other => other,
+        })
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config(e.message().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config is plain data")
+    }
+
+    /// Checks every field; the error names the field and the allowed values.
+    pub fn validate(&self) -> Result<()> {
+        one_of("dataset", &self.dataset, DATASETS)?;
+        one_of("model", &self.model, MODELS)?;
+        one_of("method", &self.method, METHODS)?;
+        one_of("device", &self.device, DEVICES)?;
+        self.data_preset
+            .parse::<NoisePreset>()
+            .map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
+        if self.epochs == 0 {
+            return Err(TrainError::Config("epochs must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(TrainError::Config("batch_size must be at least 1".into()));
+        }
+        self.optimizer.validate().map_err(|e| TrainError::Config(format!("optimizer: {e}")))?;
+        self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        self.agm.validate().map_err(TrainError::Config)?;
+        Ok(())
+    }
+
+    pub fn device(&self) -> Result<Device> {
+        match self.device.as_str() {
+            "cuda" => Device::new_cuda(0).map_err(|e| {
+                TrainError::Config(format!("device = `cuda`: {e}; build with `--features cuda` (cargo xtask does this for you)"))
+            }),
+            _ => Ok(Device::Cpu),
+        }
+    }
+
+    pub fn trainer_options(&self) -> TrainerOptions {
+        TrainerOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            eval_batch_size: 256,
+            seed: self.seed,
+            base_lr: self.optimizer.lr(),
+            schedule: self.schedule,
+            checkpoint_every_steps: self.checkpoint_every_steps,
+        }
+    }
+
+    pub fn load_data(&self) -> Result<AvDigits> {
+        let preset: NoisePreset = self.data_preset.parse().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
+        Ok(av_digits::load(&AvDigitsConfig::with_preset(preset))?)
+    }
+
+    pub fn build_model(&self, device: &Device) -> Result<LateConcatModel> {
+        Ok(LateConcatModel::new(&LateConcatConfig::av_digits(), self.seed, DType::F32, device)?)
+    }
+
+    pub fn build_modulator(&self, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>> {
+        let m = model.modalities().len();
+        Ok(match self.method.as_str() {
+            "agm" => Box::new(Agm::new(self.agm.clone(), m).map_err(TrainError::Config)?),
+            _ => Box::new(Joint::new()),
+        })
+    }
+
+    /// Dataset, model and modulator, ready for a [`crate::Trainer`].
+    pub fn build(&self, device: &Device) -> Result<Built> {
+        let data = self.load_data()?;
+        let model = self.build_model(device)?;
+        let modulator = self.build_modulator(&model)?;
+        Ok(Built { data, model, modulator })
+    }
+}
+
+/// The AV-Digits splits used for training and model selection.
+pub fn train_and_validation(data: &AvDigits) -> (&agm_data::SplitTensors, &agm_data::SplitTensors) {
+    (data.split(Split::Train), data.split(Split::Validation))
+}

@@ -1,0 +1,48 @@
+//! The errors of agm-train: bad configuration, checkpoint and run-directory IO, diverged runs.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a run. Messages name the file or field and, where possible, the fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("config file {path}: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "the loss became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was written \
+         ({checkpoint}); lower the learning rate or alpha, or check the inputs for NaN, then resume with --resume"
+    )]
+    NonFiniteLoss { value: f64, epoch: usize, step: usize, checkpoint: String },
+
+    #[error(transparent)]
+    Data(#[from] agm_data::DataError),
+
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Self::Checkpoint { path: path.into(), message: message.into() }
+    }
+}

@@ -1,0 +1,41 @@
+//! Evaluation: fused accuracy and per-modality Shapley accuracy, all passes in evaluation mode.
+
+use agm_core::{ForwardOpts, MultimodalModel, Subset};
+use agm_metric::{EvalReport, EvalTally};
+use agm_modulation::shapley;
+use candle_core::{DType, Device, Result};
+
+use crate::BatchSource;
+
+/// Evaluates `model` on every sample of `data` in order. With two or more modalities it also
+/// runs every masked pass and reports each modality's Shapley mono-modal accuracy and loss.
+pub fn evaluate(model: &dyn MultimodalModel, data: &dyn BatchSource, batch_size: usize, device: &Device) -> Result<EvalReport> {
+    let m = model.modalities().len();
+    let mut tally = EvalTally::new(m);
+    let n = data.len();
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = data.batch(chunk, device)?;
+        let labels = batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let opts = ForwardOpts::eval(m);
+        let full = model.forward(&batch.inputs, &opts)?.logits.detach();
+        let mono = if m == 1 {
+            vec![full.clone()]
+        } else {
+            let mut passes = Vec::new();
+            for s in shapley::masked_subsets(m) {
+                passes.push((s, model.forward(&batch.inputs, &opts.with_present(s))?.logits.detach()));
+            }
+            let lookup = |s: Subset| {
+                if s == Subset::full(m) {
+                    Some(&full)
+                } else {
+                    passes.iter().find(|(p, _)| *p == s).map(|(_, t)| t)
+                }
+            };
+            shapley::mono_outputs(m, lookup)?
+        };
+        tally.add(&full, &mono, &labels)?;
+    }
+    Ok(tally.report())
+}

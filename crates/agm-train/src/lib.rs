@@ -1,0 +1,29 @@
+//! The agm training loop as a library.
+//!
+//! A [`Trainer`] runs the step order of ARCHITECTURE.md (forward passes, the modulator's
+//! objective, backward, gradient edits, conditional clipping, optimizer step) over epochs,
+//! evaluates on the validation split, keeps the best weights, and checkpoints so a stopped run
+//! resumes exactly. [`RunConfig`] builds everything from a TOML file for `cargo xtask train`.
+//!
+//! Libraries never print: drivers observe through [`Callback`].
+
+pub mod checkpoint;
+pub mod config;
+mod error;
+pub mod evaluate;
+pub mod optim;
+pub mod parity;
+mod run_dir;
+pub mod step;
+mod trainer;
+
+pub use checkpoint::Checkpoint;
+pub use config::RunConfig;
+pub use error::{Result, TrainError};
+pub use evaluate::evaluate;
+pub use run_dir::RunDir;
+pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
+pub use trainer::{
+    peak_memory_bytes, BatchSource, Callback, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer,
+    TrainerOptions,
+};

@@ -1,0 +1,170 @@
+//! Stochastic gradient descent with momentum, dampening, nesterov and L2 weight decay (`torch.optim.SGD`).
+
+use std::collections::HashMap;
+
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    check_lr, ensure, flatten_groups, grad_of, read_buffer, read_step, state_key, step_tensor,
+    GradStore, Optimizer, ParamGroup, Slot, STEP_KEY,
+};
+
+/// Hyper-parameters of [`Sgd`]; the optional fields default to PyTorch's zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgdConfig {
+    pub lr: f64,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub dampening: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+}
+
+impl SgdConfig {
+    /// Plain SGD at `lr`: no momentum, no weight decay (PyTorch's defaults).
+    pub fn new(lr: f64) -> Self {
+        Self { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false }
+    }
+
+    /// The AGM reference's optimizer: momentum 0.9, weight decay 1e-4, no dampening, no nesterov.
+    pub fn agm_reference(lr: f64) -> Self {
+        Self { lr, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false }
+    }
+
+    /// PyTorch's checks, plus finiteness; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        const O: &str = "SgdConfig";
+        check_lr(O, self.lr)?;
+        let m = self.momentum;
+        ensure(m.is_finite() && m >= 0.0, O, "momentum", m, "finite and >= 0")?;
+        let d = self.dampening;
+        ensure(d.is_finite(), O, "dampening", d, "finite")?;
+        let wd = self.weight_decay;
+        ensure(wd.is_finite() && wd >= 0.0, O, "weight_decay", wd, "finite and >= 0")?;
+        if self.nesterov && (m <= 0.0 || d != 0.0) {
+            candle_core::bail!(
+                "invalid SgdConfig.nesterov = true: nesterov requires momentum > 0 and dampening = 0 \
+                 (momentum = {m}, dampening = {d})"
+            )
+        }
+        Ok(())
+    }
+}
+
+/// Per-parameter state: PyTorch's `momentum_buffer`, plus a step count for checkpoints.
+#[derive(Clone, Debug)]
+struct SgdSlot {
+    param: Slot,
+    step: u64,
+    momentum_buffer: Option<Tensor>,
+}
+
+/// `torch.optim.SGD` over parameter groups.
+///
+/// For each parameter with a gradient `g`: `d = g + wd·p`; with momentum, `buf = d` on the first
+/// step and `buf = momentum·buf + (1 − dampening)·d` afterwards, then `d = d + momentum·buf`
+/// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`.
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    config: SgdConfig,
+    groups: Vec<ParamGroup>,
+    slots: Vec<SgdSlot>,
+}
+
+impl Sgd {
+    pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
+        config.validate()?;
+        let slots = flatten_groups(&groups)?
+            .into_iter()
+            .map(|param| SgdSlot { param, step: 0, momentum_buffer: None })
+            .collect();
+        Ok(Self { config, groups, slots })
+    }
+
+    /// The current configuration; `lr` follows [`Optimizer::set_learning_rate`].
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        check_lr("SgdConfig", c.lr)?;
+        for slot in &mut self.slots {
+            let Some(g) = grad_of(&slot.param, grads)? else { continue };
+            // Detached so that the buffer and the new value carry no autograd graph.
+            let p = slot.param.var.as_tensor().detach();
+            let mut d = if c.weight_decay != 0.0 { g.add(&p.affine(c.weight_decay, 0.0)?)? } else { g };
+            if c.momentum != 0.0 {
+                let buf = match slot.momentum_buffer.take() {
+                    // PyTorch clones d on the first step: no dampening applied.
+                    None => d.copy()?,
+                    Some(buf) => {
+                        let scaled = if c.dampening != 0.0 { d.affine(1.0 - c.dampening, 0.0)? } else { d.clone() };
+                        buf.affine(c.momentum, 0.0)?.add(&scaled)?
+                    }
+                };
+                d = if c.nesterov { d.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
+                slot.momentum_buffer = Some(buf);
+            }
+            let lr = c.lr * slot.param.lr_mult;
+            slot.param.var.set(&p.sub(&d.affine(lr, 0.0)?)?)?;
+            slot.step += 1;
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for slot in &self.slots {
+            out.push((state_key(&slot.param.name, STEP_KEY), step_tensor(slot.step)?));
+            if let Some(buf) = &slot.momentum_buffer {
+                out.push((state_key(&slot.param.name, "momentum_buffer"), buf.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        // Read everything first so that an error leaves the current state untouched.
+        let mut loaded = Vec::with_capacity(self.slots.len());
+        for slot in &self.slots {
+            let name = &slot.param.name;
+            let step = read_step(state, &state_key(name, STEP_KEY))?;
+            let buf = if step > 0 && self.config.momentum != 0.0 {
+                Some(read_buffer(state, &state_key(name, "momentum_buffer"), &slot.param.var)?)
+            } else {
+                None
+            };
+            loaded.push((step, buf));
+        }
+        for (slot, (step, buf)) in self.slots.iter_mut().zip(loaded) {
+            slot.step = step;
+            slot.momentum_buffer = buf;
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "sgd"
+    }
+}

@@ -1,0 +1,1 @@
+//! Replays golden parity cases (FORMAT.md) through the real training step.

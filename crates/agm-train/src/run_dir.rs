@@ -1,0 +1,91 @@
+//! The run directory: everything a run writes, under one folder.
+//!
+//! ```text
+//! <run-dir>/config.toml              the resolved configuration
+//! <run-dir>/metrics.jsonl            one JSON object per finished epoch
+//! <run-dir>/checkpoint.safetensors   the latest state (resume from here)
+//! <run-dir>/best.safetensors         the weights of the best validation epoch
+//! <run-dir>/summary.json             the final summary
+//! ```
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, TrainError};
+
+/// Paths of a run directory.
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// Opens (and creates) a run directory.
+    pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
+        Ok(Self { root })
+    }
+
+    /// Opens an existing run directory.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        if !root.is_dir() {
+            return Err(TrainError::io(&root, std::io::Error::new(std::io::ErrorKind::NotFound, "run directory not found")));
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint.safetensors")
+    }
+    pub fn best(&self) -> PathBuf {
+        self.root.join("best.safetensors")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+
+    /// Appends one JSON line to `metrics.jsonl`.
+    pub fn append_metrics<T: serde::Serialize>(&self, row: &T) -> Result<()> {
+        let path = self.metrics();
+        let line = serde_json::to_string(row).map_err(|e| TrainError::Config(format!("metrics row: {e}")))?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| TrainError::io(&path, e))
+    }
+
+    /// Keeps only the metrics rows of epochs `<= last_epoch` (a resumed run rewrites the rest).
+    pub fn truncate_metrics(&self, last_epoch: usize) -> Result<()> {
+        let path = self.metrics();
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+                    .is_some_and(|e| e as usize <= last_epoch)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::checkpoint::write_atomic(&path, kept.as_bytes())
+    }
+
+    /// Reads every metrics row.
+    pub fn read_metrics<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let path = self.metrics();
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        text.lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad row: {e}", path.display()))))
+            .collect()
+    }
+}

@@ -1,0 +1,137 @@
+//! One training step, in the fixed order every method shares.
+//!
+//! 1. forward: the full pass in training mode, then the modulator's masked passes in evaluation
+//!    mode with gradients;
+//! 2. the modulator's objective (AGM computes its coefficients here, from this batch);
+//! 3. backward (the modulator may run several);
+//! 4. the modulator's gradient edits;
+//! 5. conditional clipping, when the modulator's reference clips;
+//! 6. the optimizer step.
+
+use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar};
+use agm_modulation::{Modulator, Objective, StepCx, StepForward};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{clip_grad_norm, Optimizer};
+
+/// Where in the step a gradient snapshot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradStage {
+    /// Right after backward.
+    Backward,
+    /// After the modulator's edits.
+    Modulated,
+    /// After clipping: what the optimizer consumes.
+    Final,
+}
+
+/// Sees the inside of a step (parity replays, debugging). Every hook defaults to nothing.
+pub trait StepObserver {
+    fn forward(&mut self, _forward: &StepForward, _objective: &Objective) -> Result<()> {
+        Ok(())
+    }
+    fn grads(&mut self, _stage: GradStage, _grads: &GradStore) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+impl StepObserver for NoObserver {}
+
+/// What the conditional clipping saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClipReport {
+    pub head_grad_max: f64,
+    pub head_grad_min: f64,
+    pub fired: bool,
+    pub total_norm: Option<f64>,
+    pub coef: Option<f64>,
+}
+
+/// The result of one step.
+#[derive(Clone, Debug)]
+pub struct StepOutcome {
+    /// Cross-entropy of the fused output.
+    pub loss: f64,
+    pub clip: Option<ClipReport>,
+    pub coefficients: Option<Vec<f64>>,
+}
+
+/// Everything a step needs besides the batch.
+pub struct StepParts<'a> {
+    pub model: &'a dyn MultimodalModel,
+    pub modulator: &'a mut dyn Modulator,
+    pub optimizer: &'a mut dyn Optimizer,
+    /// All trainable variables (the model's and the modulator's), for clipping.
+    pub trainable: &'a [NamedVar],
+}
+
+/// Runs one step. `step` and `epoch` are 1-based.
+pub fn train_step(
+    parts: &mut StepParts<'_>,
+    batch: &MultimodalBatch,
+    step: usize,
+    epoch: usize,
+    dropout_seed: u64,
+    observer: &mut dyn StepObserver,
+) -> Result<StepOutcome> {
+    let model = parts.model;
+    let m = model.modalities().len();
+    let full = model.forward(&batch.inputs, &ForwardOpts::train(m, dropout_seed))?;
+    let mut masked = Vec::new();
+    for subset in parts.modulator.forward_plan().masked_subsets(m) {
+        let out = model.forward(&batch.inputs, &ForwardOpts::eval(m).with_present(subset))?;
+        masked.push((subset, out.logits));
+    }
+    let forward = StepForward { full, masked };
+    let cx = StepCx { model, batch, forward: &forward, step, epoch };
+
+    let objective = parts.modulator.objective(&cx)?;
+    let loss = candle_nn::loss::cross_entropy(&objective.output.detach(), &batch.labels)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    observer.forward(&forward, &objective)?;
+    if !loss.is_finite() {
+        // The caller turns this into a run-level error that names the last checkpoint.
+        return Ok(StepOutcome { loss, clip: None, coefficients: parts.modulator.coefficients() });
+    }
+
+    let mut grads = parts.modulator.backward(&cx, &objective)?;
+    observer.grads(GradStage::Backward, &grads)?;
+    parts.modulator.after_backward(&cx, &mut grads)?;
+    observer.grads(GradStage::Modulated, &grads)?;
+
+    let clip = match parts.modulator.clip_rule() {
+        None => None,
+        Some(rule) => {
+            let groups = model.param_groups();
+            let head_name = groups.head_weight.as_deref().ok_or_else(|| {
+                candle_core::Error::Msg("the method clips on the head weight but the model names none".into())
+            })?;
+            let head = groups
+                .find(head_name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("head weight `{head_name}` not in the model")))?;
+            let (head_grad_max, head_grad_min) = match grads.get(head.var.as_tensor()) {
+                Some(g) => {
+                    let g = g.to_dtype(DType::F64)?;
+                    (g.max_all()?.to_scalar::<f64>()?, g.min_all()?.to_scalar::<f64>()?)
+                }
+                None => (0.0, 0.0),
+            };
+            let mut report = ClipReport { head_grad_max, head_grad_min, ..ClipReport::default() };
+            if rule.fires(head_grad_max, head_grad_min) {
+                let total = clip_grad_norm(&mut grads, parts.trainable, rule.max_norm)?;
+                report.fired = true;
+                report.total_norm = Some(total);
+                report.coef = Some(rule.max_norm / (total + 1e-6));
+            }
+            Some(report)
+        }
+    };
+    observer.grads(GradStage::Final, &grads)?;
+    parts.optimizer.step(&grads)?;
+    Ok(StepOutcome { loss, clip, coefficients: parts.modulator.coefficients() })
+}

@@ -1,0 +1,428 @@
+//! The training loop as a library: epochs of steps, evaluation on the validation split, model
+//! selection on validation only, checkpoints that resume mid-epoch exactly, and callbacks for
+//! drivers that print.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use agm_core::{MultimodalBatch, MultimodalModel, NamedVar};
+use agm_metric::EvalReport;
+use agm_modulation::{EpochAction, EpochCx, Modulator};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Result, TrainError};
+use crate::optim::{Optimizer, ParamGroup, ScheduleConfig};
+use crate::step::{train_step, NoObserver, StepParts};
+use crate::{evaluate, RunDir};
+
+/// A split that can hand out batches by sample index.
+pub trait BatchSource {
+    fn len(&self) -> usize;
+    fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl BatchSource for agm_data::SplitTensors {
+    fn len(&self) -> usize {
+        agm_data::SplitTensors::len(self)
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
+        agm_data::SplitTensors::batch(self, indices, device)
+    }
+}
+
+/// Loop settings.
+#[derive(Clone, Debug)]
+pub struct TrainerOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub eval_batch_size: usize,
+    /// Seeds the data order and dropout masks.
+    pub seed: u64,
+    pub base_lr: f64,
+    pub schedule: ScheduleConfig,
+    /// Write a checkpoint every this many steps (0: only at the end of each epoch).
+    pub checkpoint_every_steps: usize,
+}
+
+/// Whether a callback lets training go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Reported after every step.
+#[derive(Clone, Debug)]
+pub struct StepSummary {
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+    pub steps_in_epoch: usize,
+    pub global_step: usize,
+    pub loss: f64,
+    pub coefficients: Option<Vec<f64>>,
+}
+
+/// One row of `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochSummary {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub validation: EvalReport,
+    /// Mean over the epoch's steps of the coefficients in force (AGM's scales).
+    pub coefficients: Option<Vec<f64>>,
+    /// Coefficients in force after the epoch's last step.
+    pub last_coefficients: Option<Vec<f64>>,
+    pub mean_step_seconds: f64,
+    pub peak_memory_bytes: Option<u64>,
+    pub best_epoch: usize,
+}
+
+/// Drivers observe training through this; libraries never print.
+pub trait Callback {
+    fn on_step(&mut self, _s: &StepSummary) -> Flow {
+        Flow::Continue
+    }
+    fn on_epoch_end(&mut self, _e: &EpochSummary) -> Flow {
+        Flow::Continue
+    }
+}
+
+/// Ignores everything.
+pub struct NoCallback;
+impl Callback for NoCallback {}
+
+/// How a `fit` call ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub epochs_done: usize,
+    pub global_step: usize,
+    pub best_epoch: usize,
+    pub best_accuracy: f64,
+    pub last: Option<EpochSummary>,
+    /// True when a callback or the method stopped training before the last epoch.
+    pub stopped_early: bool,
+}
+
+/// Loop position and running sums, saved in every checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct LoopState {
+    epochs_done: usize,
+    next_batch: usize,
+    global_step: usize,
+    best_accuracy: f64,
+    best_epoch: usize,
+    epoch_loss_sum: f64,
+    epoch_steps: usize,
+    epoch_seconds: f64,
+    epoch_coeff_sum: Vec<f64>,
+    stopped: bool,
+}
+
+struct Snapshot {
+    model: Vec<(String, Tensor)>,
+    optimizer: Vec<(String, Tensor)>,
+    modulator: serde_json::Value,
+}
+
+/// Trains one model with one modulator and one optimizer.
+pub struct Trainer<'a> {
+    model: &'a dyn MultimodalModel,
+    modulator: Box<dyn Modulator + 'a>,
+    optimizer: Box<dyn Optimizer>,
+    /// Model variables (trainable and buffers) by checkpoint name.
+    model_vars: Vec<NamedVar>,
+    /// Variables the modulator owns (saved as `method.<name>`).
+    extra_vars: Vec<NamedVar>,
+    trainable: Vec<NamedVar>,
+    opts: TrainerOptions,
+    device: Device,
+    run_dir: Option<RunDir>,
+    state: LoopState,
+    snapshots: HashMap<String, Snapshot>,
+}
+
+/// Reads the peak resident set size of this process, where the OS reports it.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl<'a> Trainer<'a> {
+    /// Attaches the modulator (it may add variables) and builds the optimizer over every
+    /// trainable variable with `build_optimizer`.
+    pub fn new(
+        model: &'a dyn MultimodalModel,
+        mut modulator: Box<dyn Modulator + 'a>,
+        build_optimizer: impl FnOnce(Vec<ParamGroup>) -> candle_core::Result<Box<dyn Optimizer>>,
+        opts: TrainerOptions,
+        device: &Device,
+    ) -> Result<Self> {
+        if opts.epochs == 0 || opts.batch_size == 0 {
+            return Err(TrainError::Config("epochs and batch_size must be at least 1".into()));
+        }
+        let extra_vars = modulator.attach(model)?;
+        let groups = model.param_groups();
+        let mut trainable = groups.trainable();
+        trainable.extend(extra_vars.iter().cloned());
+        let optimizer = build_optimizer(vec![ParamGroup::new(trainable.clone())])?;
+        Ok(Self {
+            model,
+            modulator,
+            optimizer,
+            model_vars: groups.all_sorted(),
+            extra_vars,
+            trainable,
+            opts,
+            device: device.clone(),
+            run_dir: None,
+            state: LoopState::default(),
+            snapshots: HashMap::new(),
+        })
+    }
+
+    /// Writes checkpoints, `metrics.jsonl` and the best weights into `dir`.
+    pub fn with_run_dir(mut self, dir: RunDir) -> Self {
+        self.run_dir = Some(dir);
+        self
+    }
+
+    pub fn modulator(&self) -> &dyn Modulator {
+        self.modulator.as_ref()
+    }
+
+    fn model_tensors(&self) -> Vec<(String, Tensor)> {
+        self.model_vars
+            .iter()
+            .map(|v| (v.name.clone(), v.var.as_tensor().clone()))
+            .chain(self.extra_vars.iter().map(|v| (format!("method.{}", v.name), v.var.as_tensor().clone())))
+            .collect()
+    }
+
+    fn set_model_tensors(&self, tensors: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
+        let named = self
+            .model_vars
+            .iter()
+            .map(|v| (v.name.clone(), v))
+            .chain(self.extra_vars.iter().map(|v| (format!("method.{}", v.name), v)));
+        for (name, v) in named {
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| TrainError::checkpoint(origin, format!("tensor `{name}` is missing: the checkpoint is from another model")))?;
+            if t.dims() != v.var.dims() {
+                return Err(TrainError::checkpoint(
+                    origin,
+                    format!("tensor `{name}` has shape {:?}, the model expects {:?}", t.dims(), v.var.dims()),
+                ));
+            }
+            v.var.set(&t.to_dtype(v.var.dtype())?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the latest state to the run directory, if any.
+    fn save_checkpoint(&self) -> Result<()> {
+        let Some(dir) = &self.run_dir else { return Ok(()) };
+        let mut meta = HashMap::new();
+        meta.insert("trainer".into(), serde_json::to_string(&self.state).expect("plain data"));
+        meta.insert("modulator".into(), self.modulator.state().to_string());
+        meta.insert("lr".into(), self.optimizer.learning_rate().to_string());
+        let ck = Checkpoint {
+            model: self.model_tensors().into_iter().collect(),
+            optimizer: self.optimizer.state()?.into_iter().collect(),
+            meta,
+        };
+        ck.save(&dir.checkpoint())
+    }
+
+    /// Restores everything from the run directory's checkpoint, so the next `fit` continues
+    /// exactly where the stopped run was (weights, optimizer, running scores, scales, position
+    /// in the data order).
+    pub fn resume(&mut self) -> Result<()> {
+        let dir = self.run_dir.as_ref().ok_or_else(|| TrainError::Config("resume needs a run directory".into()))?;
+        let path = dir.checkpoint();
+        let ck = Checkpoint::load(&path, &self.device)?;
+        self.set_model_tensors(&ck.model, &path)?;
+        self.optimizer
+            .load_state(&ck.optimizer)
+            .map_err(|e| TrainError::checkpoint(&path, format!("optimizer state: {e}")))?;
+        let modulator_state: serde_json::Value = ck.meta_json("modulator", &path)?;
+        self.modulator
+            .load_state(&modulator_state)
+            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        self.state = ck.meta_json("trainer", &path)?;
+        dir.truncate_metrics(self.state.epochs_done)?;
+        Ok(())
+    }
+
+    fn take_snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            model: self.model_tensors().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?,
+            optimizer: self.optimizer.state()?.into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?,
+            modulator: self.modulator.state(),
+        })
+    }
+
+    fn restore_snapshot(&mut self, tag: &str) -> Result<()> {
+        let snap = self
+            .snapshots
+            .get(tag)
+            .ok_or_else(|| TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved")))?;
+        let model: HashMap<String, Tensor> = snap.model.iter().cloned().collect();
+        let optimizer: HashMap<String, Tensor> = snap.optimizer.iter().cloned().collect();
+        let modulator = snap.modulator.clone();
+        self.set_model_tensors(&model, std::path::Path::new(tag))?;
+        self.optimizer.load_state(&optimizer)?;
+        self.modulator.load_state(&modulator)?;
+        Ok(())
+    }
+
+    fn dropout_seed(&self) -> u64 {
+        self.opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.state.global_step as u64
+    }
+
+    /// Trains until the last epoch, a callback's stop, or the method's stop.
+    pub fn fit(&mut self, train: &dyn BatchSource, validation: &dyn BatchSource, callback: &mut dyn Callback) -> Result<RunSummary> {
+        let n = train.len();
+        if n == 0 {
+            return Err(TrainError::Config("the training split is empty".into()));
+        }
+        let schedule = self.opts.schedule.build().map_err(|e| TrainError::Config(e.to_string()))?;
+        let ranges = agm_data::batches(n, self.opts.batch_size);
+        let mut last = None;
+        let mut stopped_early = self.state.stopped;
+        while !stopped_early && self.state.epochs_done < self.opts.epochs {
+            let epoch_index = self.state.epochs_done;
+            let epoch = epoch_index + 1;
+            let lr = schedule.lr_at_epoch(self.opts.base_lr, epoch_index);
+            self.optimizer.set_learning_rate(lr);
+            let order = agm_data::epoch_order(n, self.opts.seed, epoch_index, true);
+            while self.state.next_batch < ranges.len() {
+                let bi = self.state.next_batch;
+                let batch = train.batch(&order[ranges[bi].clone()], &self.device)?;
+                let step = self.state.global_step + 1;
+                let started = Instant::now();
+                let dropout_seed = self.dropout_seed();
+                let outcome = {
+                    let mut parts = StepParts {
+                        model: self.model,
+                        modulator: self.modulator.as_mut(),
+                        optimizer: self.optimizer.as_mut(),
+                        trainable: &self.trainable,
+                    };
+                    train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
+                };
+                if !outcome.loss.is_finite() {
+                    let checkpoint = match &self.run_dir {
+                        Some(d) if d.checkpoint().exists() => d.checkpoint().display().to_string(),
+                        Some(d) => format!("none yet in {}", d.root().display()),
+                        None => "no run directory".to_string(),
+                    };
+                    return Err(TrainError::NonFiniteLoss { value: outcome.loss, epoch, step: bi + 1, checkpoint });
+                }
+                self.state.global_step = step;
+                self.state.next_batch = bi + 1;
+                self.state.epoch_loss_sum += outcome.loss;
+                self.state.epoch_steps += 1;
+                self.state.epoch_seconds += started.elapsed().as_secs_f64();
+                if let Some(c) = &outcome.coefficients {
+                    if self.state.epoch_coeff_sum.len() != c.len() {
+                        self.state.epoch_coeff_sum = vec![0.0; c.len()];
+                    }
+                    self.state.epoch_coeff_sum.iter_mut().zip(c).for_each(|(s, v)| *s += v);
+                }
+                let summary = StepSummary {
+                    epoch,
+                    step_in_epoch: bi + 1,
+                    steps_in_epoch: ranges.len(),
+                    global_step: step,
+                    loss: outcome.loss,
+                    coefficients: outcome.coefficients,
+                };
+                let every = self.opts.checkpoint_every_steps;
+                let flow = callback.on_step(&summary);
+                if flow == Flow::Stop || (every > 0 && step % every == 0) {
+                    self.save_checkpoint()?;
+                }
+                if flow == Flow::Stop {
+                    return Ok(self.summary(last, true));
+                }
+            }
+
+            let validation_report = evaluate::evaluate(self.model, validation, self.opts.eval_batch_size, &self.device)?;
+            let actions = self.modulator.on_epoch_end(&EpochCx {
+                epoch,
+                accuracy: validation_report.accuracy,
+                modality_accuracy: validation_report.modality_accuracy.clone(),
+                modality_loss: validation_report.modality_loss.clone(),
+            })?;
+            for action in actions {
+                match action {
+                    EpochAction::SaveSnapshot(tag) => {
+                        let snap = self.take_snapshot()?;
+                        self.snapshots.insert(tag, snap);
+                    }
+                    EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag)?,
+                    EpochAction::Stop => stopped_early = true,
+                }
+            }
+            if self.state.best_epoch == 0 || validation_report.accuracy > self.state.best_accuracy {
+                self.state.best_accuracy = validation_report.accuracy;
+                self.state.best_epoch = epoch;
+                if let Some(dir) = &self.run_dir {
+                    let ck = Checkpoint { model: self.model_tensors().into_iter().collect(), ..Checkpoint::default() };
+                    ck.save(&dir.best())?;
+                }
+            }
+            let steps = self.state.epoch_steps.max(1) as f64;
+            let row = EpochSummary {
+                epoch,
+                lr,
+                train_loss: self.state.epoch_loss_sum / steps,
+                validation: validation_report,
+                coefficients: (!self.state.epoch_coeff_sum.is_empty())
+                    .then(|| self.state.epoch_coeff_sum.iter().map(|s| s / steps).collect()),
+                last_coefficients: self.modulator.coefficients(),
+                mean_step_seconds: self.state.epoch_seconds / steps,
+                peak_memory_bytes: peak_memory_bytes(),
+                best_epoch: self.state.best_epoch,
+            };
+            self.state = LoopState {
+                epochs_done: epoch,
+                next_batch: 0,
+                global_step: self.state.global_step,
+                best_accuracy: self.state.best_accuracy,
+                best_epoch: self.state.best_epoch,
+                stopped: stopped_early,
+                ..LoopState::default()
+            };
+            if let Some(dir) = &self.run_dir {
+                dir.append_metrics(&row)?;
+            }
+            self.save_checkpoint()?;
+            if callback.on_epoch_end(&row) == Flow::Stop {
+                stopped_early = true;
+            }
+            last = Some(row);
+        }
+        Ok(self.summary(last, stopped_early))
+    }
+
+    fn summary(&self, last: Option<EpochSummary>, stopped_early: bool) -> RunSummary {
+        RunSummary {
+            epochs_done: self.state.epochs_done,
+            global_step: self.state.global_step,
+            best_epoch: self.state.best_epoch,
+            best_accuracy: self.state.best_accuracy,
+            last,
+            stopped_early,
+        }
+    }
+}
