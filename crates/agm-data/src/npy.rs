@@ -55,16 +55,14 @@ pub(crate) fn parse_npy(bytes: &[u8], path: &Path, member: &str) -> Result<NpyAr
         }
         v => return Err(err(format!("unsupported format version {v}"))),
     };
-    let end = start
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| err("truncated header".into()))?;
+    let end =
+        start.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or_else(|| err("truncated header".into()))?;
     let header = std::str::from_utf8(&bytes[start..end]).map_err(|_| err("header is not utf-8".into()))?;
 
     let descr = dict_value(header, "descr").ok_or_else(|| err(format!("no 'descr' in header {header:?}")))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-    let fortran = dict_value(header, "fortran_order")
-        .ok_or_else(|| err(format!("no 'fortran_order' in header {header:?}")))?;
+    let fortran =
+        dict_value(header, "fortran_order").ok_or_else(|| err(format!("no 'fortran_order' in header {header:?}")))?;
     match fortran {
         "False" => {}
         "True" => return Err(err("fortran order is not supported; save the array in C order".into())),
@@ -90,9 +88,7 @@ pub(crate) fn parse_npy(bytes: &[u8], path: &Path, member: &str) -> Result<NpyAr
     let data = if elem == "<f4" {
         NpyData::F32(body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     } else {
-        NpyData::I64(
-            body.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
-        )
+        NpyData::I64(body.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
     };
     Ok(NpyArray { shape, data })
 }
@@ -102,9 +98,10 @@ pub(crate) fn parse_npy(bytes: &[u8], path: &Path, member: &str) -> Result<NpyAr
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat_single = format!("'{key}'");
     let pat_double = format!("\"{key}\"");
-    let pos = header.find(&pat_single).map(|p| p + pat_single.len()).or_else(|| {
-        header.find(&pat_double).map(|p| p + pat_double.len())
-    })?;
+    let pos = header
+        .find(&pat_single)
+        .map(|p| p + pat_single.len())
+        .or_else(|| header.find(&pat_double).map(|p| p + pat_double.len()))?;
     let rest = header[pos..].trim_start().strip_prefix(':')?.trim_start();
     let mut depth = 0i32;
     for (i, c) in rest.char_indices() {
@@ -120,12 +117,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 fn parse_shape(text: &str) -> Option<Vec<usize>> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse().ok())
-        .collect()
+    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
 }
 
 #[cfg(test)]

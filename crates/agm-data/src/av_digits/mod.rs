@@ -41,7 +41,7 @@ use crate::error::DataError;
 pub const ASSET_PATH_IN_REPO: &str = "crates/agm-data/assets/av_digits_v1.bin.gz";
 
 /// sha256 of the committed asset (the gzip bytes).
-pub const ASSET_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const ASSET_SHA256: &str = "fcc707a702c427404c425c8d69d6dc5722bfaf82104b5942b5b75f566568a85c";
 
 /// Magic bytes at the start of the decompressed asset.
 pub const MAGIC: [u8; 8] = *b"AVDIGIT1";

@@ -1,1 +1,0 @@
-//! Replays golden parity cases (FORMAT.md) through the real training step.

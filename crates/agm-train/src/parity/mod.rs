@@ -1,0 +1,137 @@
+//! Replays golden parity cases (`tests/fixtures/golden/FORMAT.md`, format v1) through the real
+//! training step and compares every stored number.
+//!
+//! A case is a folder with `case.json` and `tensors.safetensors`. [`run_case`] selects what to do
+//! from the `kind` (and, for `train_steps`, the `method`) written in `case.json`, never from the
+//! folder name, so the same runner works on any folder of this format.
+//!
+//! Implemented: `train_steps` with method `AGM` (any number of modalities). The step is
+//! [`crate::train_step`] itself, driven with [`agm_modulation::Agm`], the SGD optimizer of
+//! [`crate::optim`] and a [`agm_fusion::LateConcatModel`] built from the case's description; a
+//! [`crate::StepObserver`] captures the passes, mono-modal outputs and gradient snapshots.
+//!
+//! Comparison (FORMAT.md §6): a tensor X (expected) against Y (computed) under key k has
+//! `err = max|X − Y| / max(max|X|, 1e-3·G)`, with G the largest |value| over the expected float
+//! tensors sharing k's prefix (all `stepK/grad_final/*`, say; a key without a sub-folder, like
+//! `stepK/out`, is its own prefix). Float scalars use the relative error. Both pass at
+//! [`TOLERANCE`]. Integers and booleans must match exactly. Keys and fields the runner does not
+//! understand are listed as informational, not failures.
+//!
+//! ```no_run
+//! let report = agm_train::parity::run_case(std::path::Path::new("tests/fixtures/golden/agm2"))?;
+//! assert!(report.passed(), "{report}");
+//! # Ok::<(), agm_train::parity::ParityError>(())
+//! ```
+
+mod case;
+mod report;
+mod train_steps;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+pub use report::{CaseReport, Failure, GroupSummary};
+
+/// Largest accepted error, relative for scalars and per §6 for tensors.
+pub const TOLERANCE: f64 = 1e-10;
+
+/// File names inside a case folder.
+pub const CASE_FILE: &str = "case.json";
+pub const TENSORS_FILE: &str = "tensors.safetensors";
+
+/// Why a case could not be replayed. Numbers that differ are not errors: they are failures in the
+/// [`CaseReport`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file exists but is not what the format describes (corrupt JSON, missing or malformed
+    /// field, missing or malformed tensor, a network the model cannot build).
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+
+    #[error("{path}: kind `{kind}` is not implemented yet (tracked by the competition / baselines issue)")]
+    KindNotImplemented { path: PathBuf, kind: String },
+
+    #[error("{path}: unknown kind `{kind}` (allowed: train_steps, competition_strength, epoch_schedule)")]
+    UnknownKind { path: PathBuf, kind: String },
+
+    #[error("{path}: method `{method}` is not implemented yet")]
+    MethodNotImplemented { path: PathBuf, method: String },
+
+    #[error("{path}: unknown method `{method}` (allowed: AGM, OGM-GE)")]
+    UnknownMethod { path: PathBuf, method: String },
+
+    /// The replay itself failed (a tensor operation of the model, modulator or optimizer).
+    #[error("case `{case}`: the replay failed at step {step}: {source}")]
+    Replay {
+        case: String,
+        step: usize,
+        #[source]
+        source: candle_core::Error,
+    },
+}
+
+impl ParityError {
+    pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> Self {
+        Self::Invalid { path: path.to_path_buf(), message: message.into() }
+    }
+}
+
+/// Replays the case in folder `dir` and compares every stored number.
+pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
+    let case_path = dir.join(CASE_FILE);
+    let text =
+        std::fs::read_to_string(&case_path).map_err(|source| ParityError::Io { path: case_path.clone(), source })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ParityError::invalid(&case_path, format!("not valid JSON: {e}")))?;
+    let obj =
+        json.as_object().ok_or_else(|| ParityError::invalid(&case_path, "the top level must be a JSON object"))?;
+    if let Some(v) = obj.get("format_version") {
+        if v.as_u64() != Some(1) {
+            return Err(ParityError::invalid(&case_path, format!("format_version {v} is not supported (only 1)")));
+        }
+    }
+    let kind = obj
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ParityError::invalid(&case_path, "missing string field `kind`"))?;
+    match kind {
+        "train_steps" => {
+            let method = obj
+                .get("method")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| ParityError::invalid(&case_path, "missing string field `method`"))?;
+            match method {
+                "AGM" => {}
+                "OGM-GE" => {
+                    return Err(ParityError::MethodNotImplemented { path: case_path, method: method.to_string() })
+                }
+                _ => return Err(ParityError::UnknownMethod { path: case_path, method: method.to_string() }),
+            }
+            let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
+            train_steps::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
+        }
+        "competition_strength" | "epoch_schedule" => {
+            Err(ParityError::KindNotImplemented { path: case_path, kind: kind.to_string() })
+        }
+        _ => Err(ParityError::UnknownKind { path: case_path, kind: kind.to_string() }),
+    }
+}
+
+/// Every tensor of a safetensors file, on the CPU.
+fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ParityError> {
+    if let Err(source) = std::fs::metadata(path) {
+        return Err(ParityError::Io { path: path.to_path_buf(), source });
+    }
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| ParityError::invalid(path, format!("not a readable safetensors file: {e}")))
+}

@@ -1,0 +1,80 @@
+//! The progress bar and per-epoch lines of `cargo xtask train`.
+
+use agm_train::{Callback, EpochSummary, Flow, StepSummary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    modalities: Vec<String>,
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    stop_after_steps: Option<usize>,
+}
+
+impl Progress {
+    pub fn new(modalities: Vec<String>, quiet: bool, stop_after_steps: Option<usize>) -> Self {
+        Self { modalities, bar: None, quiet, stop_after_steps }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, text: String) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => println!("{text}"),
+        }
+    }
+}
+
+impl Callback for Progress {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if !self.quiet {
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = ProgressBar::new(s.steps_in_epoch as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg}")
+                        .expect("static template")
+                        .progress_chars("=> "),
+                );
+                bar
+            });
+            bar.set_prefix(s.epoch.to_string());
+            bar.set_position(s.step_in_epoch as u64);
+            let coeff = s.coefficients.as_ref().map(|c| {
+                let c: Vec<String> = c.iter().map(|v| format!("{v:.2}")).collect();
+                format!(" coeff {}", c.join("/"))
+            });
+            bar.set_message(format!("loss {:.4}{}", s.loss, coeff.unwrap_or_default()));
+        }
+        match self.stop_after_steps {
+            Some(n) if s.global_step >= n => Flow::Stop,
+            _ => Flow::Continue,
+        }
+    }
+
+    fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
+        let shap: Vec<String> = self
+            .modalities
+            .iter()
+            .zip(&e.validation.modality_accuracy)
+            .map(|(n, a)| format!("{n} {:.1}%", 100.0 * a))
+            .collect();
+        let coeff = e.coefficients.as_ref().map(|c| {
+            let c: Vec<String> = c.iter().map(|v| format!("{v:.3}")).collect();
+            format!("  coeff(mean) {}", c.join("/"))
+        });
+        self.line(format!(
+            "epoch {:>3}  loss {:.4}  val acc {:.1}%  shapley {}{}  {:.1} ms/step",
+            e.epoch,
+            e.train_loss,
+            100.0 * e.validation.accuracy,
+            shap.join(" "),
+            coeff.unwrap_or_default(),
+            1e3 * e.mean_step_seconds
+        ));
+        Flow::Continue
+    }
+}

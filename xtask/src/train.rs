@@ -1,0 +1,170 @@
+//! `cargo xtask train`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use agm_data::av_digits::Split;
+use agm_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
+use agm_train::{checkpoint::write_atomic, config, RunConfig, RunDir, Trainer};
+use anyhow::Context;
+
+use crate::cli::TrainArgs;
+use crate::progress::Progress;
+
+/// Defaults, then the config file, then flags.
+fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => RunConfig::from_toml_file(path)?,
+        None => RunConfig::av_digits(),
+    };
+    if let Some(v) = &args.method {
+        cfg.method = v.clone();
+    }
+    if let Some(v) = args.epochs {
+        cfg.epochs = v;
+    }
+    if let Some(v) = args.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = args.alpha {
+        cfg.agm.alpha = v;
+    }
+    if let Some(v) = &args.device {
+        cfg.device = v.clone();
+    }
+    if let Some(v) = &args.dataset {
+        cfg.dataset = v.clone();
+    }
+    if let Some(v) = &args.preset {
+        cfg.data_preset = v.clone();
+    }
+    if let Some(v) = &args.model {
+        cfg.model = v.clone();
+    }
+    if let Some(v) = args.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        cfg.optimizer = match cfg.optimizer {
+            OptimizerConfig::Sgd(c) => OptimizerConfig::Sgd(SgdConfig { lr: v, ..c }),
+            OptimizerConfig::Adam(c) => OptimizerConfig::Adam(AdamConfig { lr: v, ..c }),
+            OptimizerConfig::AdamW(c) => OptimizerConfig::AdamW(AdamConfig { lr: v, ..c }),
+        };
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// `--device cuda` from a binary built without CUDA: run the same command through cargo with
+/// the feature on.
+fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
+    if std::env::var_os("AGM_XTASK_CUDA_REEXEC").is_some() {
+        anyhow::bail!("the cuda build still lacks CUDA support; see docs/cuda.md");
+    }
+    eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` (needs nvcc, see docs/cuda.md)");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["run", "--release", "--target-dir", "target/xtask-cuda", "--package", "xtask", "--features", "cuda", "--"])
+        .args(std::env::args_os().skip(1))
+        .env("AGM_XTASK_CUDA_REEXEC", "1")
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("running cargo to build the CUDA xtask")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("{}-{}-seed{}-{secs}", cfg.dataset, cfg.method, cfg.seed))
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let (cfg, dir, resuming) = match &args.resume {
+        Some(dir) => {
+            let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
+            let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
+            if let Some(e) = args.epochs {
+                cfg.epochs = e;
+            }
+            (cfg, run_dir, true)
+        }
+        None => {
+            let cfg = resolve(&args)?;
+            let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
+            if out.join("checkpoint.safetensors").exists() {
+                anyhow::bail!(
+                    "{} already holds a run; continue it with `--resume {}` or choose another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+            (cfg, RunDir::create(&out)?, false)
+        }
+    };
+    if cfg.device == "cuda" && !cfg!(feature = "cuda") {
+        return reexec_with_cuda();
+    }
+    let device = cfg.device()?;
+    if !resuming {
+        write_atomic(&dir.config(), cfg.to_toml().as_bytes())?;
+    }
+    let built = cfg.build(&device)?;
+    let (train, validation) = config::train_and_validation(&built.data);
+    let modalities = built.data.modalities().names().to_vec();
+    let mut trainer = Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
+        .with_run_dir(dir.clone());
+    if resuming {
+        trainer.resume()?;
+    }
+    println!(
+        "{} {} on {} ({} preset), {} epochs, seed {}, device {} -> {}",
+        if resuming { "resuming" } else { "training" },
+        cfg.method,
+        cfg.dataset,
+        cfg.data_preset,
+        cfg.epochs,
+        cfg.seed,
+        cfg.device,
+        dir.root().display()
+    );
+    let mut progress = Progress::new(modalities.clone(), args.quiet, args.stop_after_steps);
+    let summary = trainer.fit(train, validation, &mut progress)?;
+    progress.finish();
+    if summary.stopped_early && summary.epochs_done < cfg.epochs {
+        println!("stopped at step {}; continue with `cargo xtask train --resume {}`", summary.global_step, dir.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
+    print_summary(&cfg, &summary, &test, &modalities, dir.root());
+    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
+    write_atomic(&dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn print_summary(
+    cfg: &RunConfig,
+    run: &agm_train::RunSummary,
+    test: &agm_metric::EvalReport,
+    modalities: &[String],
+    dir: &Path,
+) {
+    println!();
+    println!("== summary: {} on {} (seed {}) ==", cfg.method, cfg.dataset, cfg.seed);
+    println!("best epoch (validation): {} of {}, validation accuracy {}", run.best_epoch, run.epochs_done, pct(run.best_accuracy));
+    println!("test accuracy of the best weights: {} on {} samples", pct(test.accuracy), test.samples);
+    for (i, name) in modalities.iter().enumerate() {
+        println!("  {name:<8} Shapley accuracy {:>6}   loss {:.3}", pct(test.modality_accuracy[i]), test.modality_loss[i]);
+    }
+    if let Some(last) = &run.last {
+        if let Some(c) = &last.last_coefficients {
+            let c: Vec<String> = c.iter().map(|v| format!("{v:.3}")).collect();
+            println!("final coefficients: {}", c.join(" / "));
+        }
+        println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
+    }
+    println!("run directory: {} (config.toml, metrics.jsonl, best.safetensors, summary.json)", dir.display());
+    println!("evaluate again with `cargo xtask eval {} --split test`", dir.display());
+}
