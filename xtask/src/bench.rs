@@ -39,8 +39,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "agm" => Box::new(Agm::new(AgmConfig::av_digits(), 2).map_err(anyhow::Error::msg)?),
             _ => Box::new(Joint::new()),
         };
-        let optimizer =
-            OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)).build(vec![ParamGroup::new(model.param_groups().trainable())])?;
+        let optimizer = OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01))
+            .build(vec![ParamGroup::new(model.param_groups().trainable())])?;
         arms.push(Arm { name, model, modulator, optimizer, times: Vec::new() });
     }
     for i in 0..(args.steps + 3) {

@@ -18,7 +18,10 @@ pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
             if hash == av_digits::ASSET_SHA256 {
                 println!("identical to the committed asset");
             } else {
-                println!("differs from the committed asset (sha256 {}); commit it and update ASSET_SHA256", av_digits::ASSET_SHA256);
+                println!(
+                    "differs from the committed asset (sha256 {}); commit it and update ASSET_SHA256",
+                    av_digits::ASSET_SHA256
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

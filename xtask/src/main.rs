@@ -34,7 +34,9 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Bench(b) => bench::run(b),
         Command::Tidy => tidy::run(),
         Command::Study | Command::Report | Command::Concept => {
-            anyhow::bail!("this command is not built yet: it comes with the competition-metric issue (study, report, concept)")
+            anyhow::bail!(
+                "this command is not built yet: it comes with the competition-metric issue (study, report, concept)"
+            )
         }
     }
 }

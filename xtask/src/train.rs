@@ -63,7 +63,17 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
     }
     eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` (needs nvcc, see docs/cuda.md)");
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["run", "--release", "--target-dir", "target/xtask-cuda", "--package", "xtask", "--features", "cuda", "--"])
+        .args([
+            "run",
+            "--release",
+            "--target-dir",
+            "target/xtask-cuda",
+            "--package",
+            "xtask",
+            "--features",
+            "cuda",
+            "--",
+        ])
         .args(std::env::args_os().skip(1))
         .env("AGM_XTASK_CUDA_REEXEC", "1")
         .current_dir(crate::workspace_root())
@@ -110,8 +120,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let built = cfg.build(&device)?;
     let (train, validation) = config::train_and_validation(&built.data);
     let modalities = built.data.modalities().names().to_vec();
-    let mut trainer = Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
-        .with_run_dir(dir.clone());
+    let mut trainer =
+        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
+            .with_run_dir(dir.clone())
+            .with_holdout(built.data.split(agm_data::av_digits::Split::Dep));
     if resuming {
         trainer.resume()?;
     }
@@ -130,7 +142,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let summary = trainer.fit(train, validation, &mut progress)?;
     progress.finish();
     if summary.stopped_early && summary.epochs_done < cfg.epochs {
-        println!("stopped at step {}; continue with `cargo xtask train --resume {}`", summary.global_step, dir.root().display());
+        println!(
+            "stopped at step {}; continue with `cargo xtask train --resume {}`",
+            summary.global_step,
+            dir.root().display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
@@ -153,10 +169,19 @@ fn print_summary(
 ) {
     println!();
     println!("== summary: {} on {} (seed {}) ==", cfg.method, cfg.dataset, cfg.seed);
-    println!("best epoch (validation): {} of {}, validation accuracy {}", run.best_epoch, run.epochs_done, pct(run.best_accuracy));
+    println!(
+        "best epoch (validation): {} of {}, validation accuracy {}",
+        run.best_epoch,
+        run.epochs_done,
+        pct(run.best_accuracy)
+    );
     println!("test accuracy of the best weights: {} on {} samples", pct(test.accuracy), test.samples);
     for (i, name) in modalities.iter().enumerate() {
-        println!("  {name:<8} Shapley accuracy {:>6}   loss {:.3}", pct(test.modality_accuracy[i]), test.modality_loss[i]);
+        println!(
+            "  {name:<8} Shapley accuracy {:>6}   loss {:.3}",
+            pct(test.modality_accuracy[i]),
+            test.modality_loss[i]
+        );
     }
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {

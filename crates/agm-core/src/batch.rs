@@ -37,3 +37,14 @@ impl MultimodalBatch {
         })
     }
 }
+
+/// A split that hands out batches by sample index (tensor-agnostic datasets implement it in
+/// agm-data).
+pub trait BatchSource {
+    fn len(&self) -> usize;
+    /// The samples at `indices`, in that order. Panics if an index is out of bounds.
+    fn batch(&self, indices: &[usize], device: &candle_core::Device) -> Result<MultimodalBatch>;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

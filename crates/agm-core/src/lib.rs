@@ -13,11 +13,11 @@
 //! ```
 
 mod batch;
-mod model;
 mod modality;
+mod model;
 mod params;
 
-pub use batch::MultimodalBatch;
-pub use model::{ForwardOpts, ModelOutput, MultimodalModel};
+pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};
+pub use model::{ForwardOpts, ModelOutput, MultimodalModel};
 pub use params::{NamedVar, ParamGroups};

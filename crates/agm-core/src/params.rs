@@ -37,12 +37,7 @@ impl ParamGroups {
     }
 
     pub fn find(&self, name: &str) -> Option<&NamedVar> {
-        self.per_modality
-            .iter()
-            .flatten()
-            .chain(self.shared.iter())
-            .chain(self.buffers.iter())
-            .find(|v| v.name == name)
+        self.per_modality.iter().flatten().chain(self.shared.iter()).chain(self.buffers.iter()).find(|v| v.name == name)
     }
 
     /// The modality whose encoder owns `name`, if any.

@@ -137,6 +137,16 @@ impl SplitTensors {
     }
 }
 
+impl agm_core::BatchSource for SplitTensors {
+    fn len(&self) -> usize {
+        SplitTensors::len(self)
+    }
+
+    fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
+        SplitTensors::batch(self, indices, device)
+    }
+}
+
 impl Dataset for SplitTensors {
     type Item = Sample;
 

@@ -10,11 +10,23 @@ use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 pub enum EncoderLayer {
     Flatten,
     Relu,
-    Linear { in_dim: usize, out_dim: usize },
+    Linear {
+        in_dim: usize,
+        out_dim: usize,
+    },
     /// Square kernel, stride 1, no padding.
-    Conv2d { in_ch: usize, out_ch: usize, kernel: usize },
-    BatchNorm { channels: usize, eps: f64 },
-    Dropout { p: f64 },
+    Conv2d {
+        in_ch: usize,
+        out_ch: usize,
+        kernel: usize,
+    },
+    BatchNorm {
+        channels: usize,
+        eps: f64,
+    },
+    Dropout {
+        p: f64,
+    },
 }
 
 #[derive(Debug)]
@@ -47,7 +59,9 @@ impl SequentialEncoder {
                     out_dim = o;
                     Built::Linear(Linear::new(&lpb, in_dim, o, true)?)
                 }
-                EncoderLayer::Conv2d { in_ch, out_ch, kernel } => Built::Conv2d(Conv2d::new(&lpb, in_ch, out_ch, kernel)?),
+                EncoderLayer::Conv2d { in_ch, out_ch, kernel } => {
+                    Built::Conv2d(Conv2d::new(&lpb, in_ch, out_ch, kernel)?)
+                }
                 EncoderLayer::BatchNorm { channels, eps } => Built::BatchNorm(BatchNorm::new(&lpb, channels, eps)?),
                 EncoderLayer::Dropout { p } => Built::Dropout(p),
             });

@@ -25,8 +25,13 @@ pub enum ParamInit {
     Const(f64),
     /// Uniform in `[-bound, bound]`: PyTorch's default for Linear and Conv weights and biases,
     /// with `bound = 1/sqrt(fan_in)`.
-    Uniform { bound: f64 },
-    Normal { mean: f64, std: f64 },
+    Uniform {
+        bound: f64,
+    },
+    Normal {
+        mean: f64,
+        std: f64,
+    },
 }
 
 struct Entry {
@@ -95,15 +100,11 @@ impl ParamStore {
     pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         let entries = self.entries.lock().expect("param store lock");
         for (name, e) in entries.iter() {
-            let t = tensors.get(name).ok_or_else(|| {
-                candle_core::Error::Msg(format!("missing tensor `{name}` for the model"))
-            })?;
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("missing tensor `{name}` for the model")))?;
             if t.dims() != e.var.dims() {
-                candle_core::bail!(
-                    "tensor `{name}` has shape {:?} but the model expects {:?}",
-                    t.dims(),
-                    e.var.dims()
-                );
+                candle_core::bail!("tensor `{name}` has shape {:?} but the model expects {:?}", t.dims(), e.var.dims());
             }
             e.var.set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
         }
@@ -162,7 +163,11 @@ impl ParamBuilder {
     }
 
     pub fn path(&self, name: &str) -> String {
-        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// A trainable variable with the builder's role.

@@ -188,11 +188,8 @@ impl Agm {
     pub fn update(&mut self, scores: &[f64], n: usize, epoch: usize) -> &AgmStepStats {
         let ratio = self.ratios(scores);
         let opt_ratio = self.ratios(&self.running);
-        let mut stats = AgmStepStats {
-            scores: scores.to_vec(),
-            running_before: self.running.clone(),
-            ..AgmStepStats::default()
-        };
+        let mut stats =
+            AgmStepStats { scores: scores.to_vec(), running_before: self.running.clone(), ..AgmStepStats::default() };
         for x in 0..self.m {
             let d = opt_ratio[x] - ratio[x];
             let (d, fired) = match self.cfg.coeff_clamp {
@@ -201,7 +198,11 @@ impl Agm {
             };
             let mut exponent = self.cfg.alpha * d;
             if exponent > LOG_COEFF_MAX {
-                tracing::warn!(modality = x, exponent, "AGM coefficient overflows f64; saturating (the reference crashes here)");
+                tracing::warn!(
+                    modality = x,
+                    exponent,
+                    "AGM coefficient overflows f64; saturating (the reference crashes here)"
+                );
                 stats.saturated = true;
                 exponent = LOG_COEFF_MAX;
             }
@@ -243,10 +244,8 @@ impl Modulator for Agm {
         let fwd = cx.forward;
         let mono = shapley::mono_outputs(m, |s: Subset| fwd.logits(s, m))?;
         let labels = cx.batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let scores = mono
-            .iter()
-            .map(|mx| shapley::score(mx, &labels, self.cfg.prob_floor))
-            .collect::<Result<Vec<_>>>()?;
+        let scores =
+            mono.iter().map(|mx| shapley::score(mx, &labels, self.cfg.prob_floor)).collect::<Result<Vec<_>>>()?;
         self.update(&scores, cx.step, cx.epoch);
         // The hooked backward: each m_x's upstream gradient times its scale.
         let dtype_max = match fwd.full.logits.dtype() {
@@ -283,7 +282,11 @@ impl Modulator for Agm {
         let s: AgmState = serde_json::from_value(state.clone())
             .map_err(|e| candle_core::Error::Msg(format!("agm state in checkpoint: {e}")))?;
         if s.running.len() != self.m || s.scales.len() != self.m {
-            candle_core::bail!("agm state in checkpoint is for {} modalities, the model has {}", s.running.len(), self.m);
+            candle_core::bail!(
+                "agm state in checkpoint is for {} modalities, the model has {}",
+                s.running.len(),
+                self.m
+            );
         }
         self.running = s.running;
         self.scales = s.scales;

@@ -1,6 +1,6 @@
 //! The `Modulator` trait and the per-step context it sees.
 
-use agm_core::{ModelOutput, MultimodalBatch, MultimodalModel, NamedVar, Subset};
+use agm_core::{BatchSource, ModelOutput, MultimodalBatch, MultimodalModel, NamedVar, Subset};
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor};
 
@@ -66,8 +66,14 @@ pub struct Objective {
 }
 
 /// What a modulator sees at the end of an epoch.
-#[derive(Clone, Debug)]
-pub struct EpochCx {
+pub struct EpochCx<'a> {
+    pub model: &'a dyn MultimodalModel,
+    pub device: &'a candle_core::Device,
+    /// The training split (in its stored order).
+    pub train: &'a dyn BatchSource,
+    /// Samples held out from training, when the run has them (AV-Digits: the `dep` split), for
+    /// methods that estimate generalisation (G-Blending).
+    pub holdout: Option<&'a dyn BatchSource>,
     /// 1-based epoch that just ended.
     pub epoch: usize,
     /// Fused accuracy on the model-selection split.
@@ -159,7 +165,7 @@ pub trait Modulator {
         None
     }
 
-    fn on_epoch_end(&mut self, _cx: &EpochCx) -> Result<Vec<EpochAction>> {
+    fn on_epoch_end(&mut self, _cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         Ok(Vec::new())
     }
 
@@ -200,7 +206,7 @@ impl<T: Modulator + ?Sized> Modulator for Box<T> {
     fn clip_rule(&self) -> Option<ClipRule> {
         (**self).clip_rule()
     }
-    fn on_epoch_end(&mut self, cx: &EpochCx) -> Result<Vec<EpochAction>> {
+    fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         (**self).on_epoch_end(cx)
     }
     fn coefficients(&self) -> Option<Vec<f64>> {

@@ -32,9 +32,8 @@ pub fn mono_outputs<'a, F>(m: usize, logits: F) -> Result<Vec<Tensor>>
 where
     F: Fn(Subset) -> Option<&'a Tensor>,
 {
-    let pass = |s: Subset| {
-        logits(s).ok_or_else(|| candle_core::Error::Msg(format!("the pass keeping {s:?} was not run")))
-    };
+    let pass =
+        |s: Subset| logits(s).ok_or_else(|| candle_core::Error::Msg(format!("the pass keeping {s:?} was not run")));
     (0..m)
         .map(|x| {
             let mut acc: Option<Tensor> = None;

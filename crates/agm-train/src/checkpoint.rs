@@ -22,10 +22,7 @@ pub struct Checkpoint {
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
+    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
     std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
 }
@@ -56,7 +53,10 @@ impl Checkpoint {
             }
         })?;
         let corrupt = |e: String| {
-            TrainError::checkpoint(path, format!("corrupt or not an agm checkpoint ({e}); start a fresh run with --out"))
+            TrainError::checkpoint(
+                path,
+                format!("corrupt or not an agm checkpoint ({e}); start a fresh run with --out"),
+            )
         };
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
@@ -79,7 +79,8 @@ impl Checkpoint {
 
     /// A JSON metadata entry, parsed.
     pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &str, path: &Path) -> Result<T> {
-        let raw = self.meta.get(key).ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{key}` is missing")))?;
+        let raw =
+            self.meta.get(key).ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{key}` is missing")))?;
         serde_json::from_str(raw).map_err(|e| TrainError::checkpoint(path, format!("metadata `{key}` is invalid: {e}")))
     }
 }

@@ -104,9 +104,7 @@ impl RunConfig {
         one_of("model", &self.model, MODELS)?;
         one_of("method", &self.method, METHODS)?;
         one_of("device", &self.device, DEVICES)?;
-        self.data_preset
-            .parse::<NoisePreset>()
-            .map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
+        self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
             return Err(TrainError::Config("epochs must be at least 1".into()));
         }
@@ -122,7 +120,9 @@ impl RunConfig {
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cuda" => Device::new_cuda(0).map_err(|e| {
-                TrainError::Config(format!("device = `cuda`: {e}; build with `--features cuda` (cargo xtask does this for you)"))
+                TrainError::Config(format!(
+                    "device = `cuda`: {e}; build with `--features cuda` (cargo xtask does this for you)"
+                ))
             }),
             _ => Ok(Device::Cpu),
         }
@@ -141,7 +141,8 @@ impl RunConfig {
     }
 
     pub fn load_data(&self) -> Result<AvDigits> {
-        let preset: NoisePreset = self.data_preset.parse().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
+        let preset: NoisePreset =
+            self.data_preset.parse().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         Ok(av_digits::load(&AvDigitsConfig::with_preset(preset))?)
     }
 

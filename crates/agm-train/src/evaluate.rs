@@ -1,15 +1,18 @@
 //! Evaluation: fused accuracy and per-modality Shapley accuracy, all passes in evaluation mode.
 
-use agm_core::{ForwardOpts, MultimodalModel, Subset};
+use agm_core::{BatchSource, ForwardOpts, MultimodalModel, Subset};
 use agm_metric::{EvalReport, EvalTally};
 use agm_modulation::shapley;
 use candle_core::{DType, Device, Result};
 
-use crate::BatchSource;
-
 /// Evaluates `model` on every sample of `data` in order. With two or more modalities it also
 /// runs every masked pass and reports each modality's Shapley mono-modal accuracy and loss.
-pub fn evaluate(model: &dyn MultimodalModel, data: &dyn BatchSource, batch_size: usize, device: &Device) -> Result<EvalReport> {
+pub fn evaluate(
+    model: &dyn MultimodalModel,
+    data: &dyn BatchSource,
+    batch_size: usize,
+    device: &Device,
+) -> Result<EvalReport> {
     let m = model.modalities().len();
     let mut tally = EvalTally::new(m);
     let n = data.len();

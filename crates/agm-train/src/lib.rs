@@ -17,6 +17,7 @@ mod run_dir;
 pub mod step;
 mod trainer;
 
+pub use agm_core::BatchSource;
 pub use checkpoint::Checkpoint;
 pub use config::RunConfig;
 pub use error::{Result, TrainError};
@@ -24,6 +25,6 @@ pub use evaluate::evaluate;
 pub use run_dir::RunDir;
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 pub use trainer::{
-    peak_memory_bytes, BatchSource, Callback, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer,
+    peak_memory_bytes, Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer,
     TrainerOptions,
 };

@@ -31,7 +31,10 @@ impl RunDir {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         if !root.is_dir() {
-            return Err(TrainError::io(&root, std::io::Error::new(std::io::ErrorKind::NotFound, "run directory not found")));
+            return Err(TrainError::io(
+                &root,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "run directory not found"),
+            ));
         }
         Ok(Self { root })
     }
@@ -59,7 +62,8 @@ impl RunDir {
     pub fn append_metrics<T: serde::Serialize>(&self, row: &T) -> Result<()> {
         let path = self.metrics();
         let line = serde_json::to_string(row).map_err(|e| TrainError::Config(format!("metrics row: {e}")))?;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
+        let mut f =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| TrainError::io(&path, e))?;
         writeln!(f, "{line}").map_err(|e| TrainError::io(&path, e))
     }
 
@@ -85,7 +89,9 @@ impl RunDir {
         let path = self.metrics();
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
         text.lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad row: {e}", path.display()))))
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad row: {e}", path.display())))
+            })
             .collect()
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use agm_core::{MultimodalBatch, MultimodalModel, NamedVar};
+use agm_core::{BatchSource, MultimodalModel, NamedVar};
 use agm_metric::EvalReport;
 use agm_modulation::{EpochAction, EpochCx, Modulator};
 use candle_core::{Device, Tensor};
@@ -16,24 +16,6 @@ use crate::error::{Result, TrainError};
 use crate::optim::{Optimizer, ParamGroup, ScheduleConfig};
 use crate::step::{train_step, NoObserver, StepParts};
 use crate::{evaluate, RunDir};
-
-/// A split that can hand out batches by sample index.
-pub trait BatchSource {
-    fn len(&self) -> usize;
-    fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch>;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl BatchSource for agm_data::SplitTensors {
-    fn len(&self) -> usize {
-        agm_data::SplitTensors::len(self)
-    }
-    fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
-        agm_data::SplitTensors::batch(self, indices, device)
-    }
-}
 
 /// Loop settings.
 #[derive(Clone, Debug)]
@@ -81,6 +63,16 @@ pub struct EpochSummary {
     pub mean_step_seconds: f64,
     pub peak_memory_bytes: Option<u64>,
     pub best_epoch: usize,
+    /// Competition strength per modality, when a probe is attached (0: the modality's concept
+    /// is linearly recoverable from the fused feature; about 1: not at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub competition: Option<Vec<f64>>,
+}
+
+/// Computes the competition strength of each modality from the current model at the end of an
+/// epoch (agm-metric implements it with mono-modal concepts).
+pub trait CompetitionProbe {
+    fn strength(&mut self, model: &dyn MultimodalModel, device: &Device) -> candle_core::Result<Vec<f64>>;
 }
 
 /// Drivers observe training through this; libraries never print.
@@ -145,6 +137,8 @@ pub struct Trainer<'a> {
     run_dir: Option<RunDir>,
     state: LoopState,
     snapshots: HashMap<String, Snapshot>,
+    competition: Option<Box<dyn CompetitionProbe + 'a>>,
+    holdout: Option<&'a dyn BatchSource>,
 }
 
 /// Reads the peak resident set size of this process, where the OS reports it.
@@ -185,12 +179,26 @@ impl<'a> Trainer<'a> {
             run_dir: None,
             state: LoopState::default(),
             snapshots: HashMap::new(),
+            competition: None,
+            holdout: None,
         })
     }
 
     /// Writes checkpoints, `metrics.jsonl` and the best weights into `dir`.
     pub fn with_run_dir(mut self, dir: RunDir) -> Self {
         self.run_dir = Some(dir);
+        self
+    }
+
+    /// Samples held out from training that methods may evaluate on at the end of an epoch.
+    pub fn with_holdout(mut self, holdout: &'a dyn BatchSource) -> Self {
+        self.holdout = Some(holdout);
+        self
+    }
+
+    /// Measures competition strength at the end of every epoch.
+    pub fn with_competition(mut self, probe: Box<dyn CompetitionProbe + 'a>) -> Self {
+        self.competition = Some(probe);
         self
     }
 
@@ -213,9 +221,12 @@ impl<'a> Trainer<'a> {
             .map(|v| (v.name.clone(), v))
             .chain(self.extra_vars.iter().map(|v| (format!("method.{}", v.name), v)));
         for (name, v) in named {
-            let t = tensors
-                .get(&name)
-                .ok_or_else(|| TrainError::checkpoint(origin, format!("tensor `{name}` is missing: the checkpoint is from another model")))?;
+            let t = tensors.get(&name).ok_or_else(|| {
+                TrainError::checkpoint(
+                    origin,
+                    format!("tensor `{name}` is missing: the checkpoint is from another model"),
+                )
+            })?;
             if t.dims() != v.var.dims() {
                 return Err(TrainError::checkpoint(
                     origin,
@@ -254,9 +265,7 @@ impl<'a> Trainer<'a> {
             .load_state(&ck.optimizer)
             .map_err(|e| TrainError::checkpoint(&path, format!("optimizer state: {e}")))?;
         let modulator_state: serde_json::Value = ck.meta_json("modulator", &path)?;
-        self.modulator
-            .load_state(&modulator_state)
-            .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        self.modulator.load_state(&modulator_state).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         self.state = ck.meta_json("trainer", &path)?;
         dir.truncate_metrics(self.state.epochs_done)?;
         Ok(())
@@ -264,17 +273,25 @@ impl<'a> Trainer<'a> {
 
     fn take_snapshot(&self) -> Result<Snapshot> {
         Ok(Snapshot {
-            model: self.model_tensors().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?,
-            optimizer: self.optimizer.state()?.into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?,
+            model: self
+                .model_tensors()
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.copy()?)))
+                .collect::<candle_core::Result<_>>()?,
+            optimizer: self
+                .optimizer
+                .state()?
+                .into_iter()
+                .map(|(k, t)| Ok((k, t.copy()?)))
+                .collect::<candle_core::Result<_>>()?,
             modulator: self.modulator.state(),
         })
     }
 
     fn restore_snapshot(&mut self, tag: &str) -> Result<()> {
-        let snap = self
-            .snapshots
-            .get(tag)
-            .ok_or_else(|| TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved")))?;
+        let snap = self.snapshots.get(tag).ok_or_else(|| {
+            TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved"))
+        })?;
         let model: HashMap<String, Tensor> = snap.model.iter().cloned().collect();
         let optimizer: HashMap<String, Tensor> = snap.optimizer.iter().cloned().collect();
         let modulator = snap.modulator.clone();
@@ -289,7 +306,12 @@ impl<'a> Trainer<'a> {
     }
 
     /// Trains until the last epoch, a callback's stop, or the method's stop.
-    pub fn fit(&mut self, train: &dyn BatchSource, validation: &dyn BatchSource, callback: &mut dyn Callback) -> Result<RunSummary> {
+    pub fn fit(
+        &mut self,
+        train: &dyn BatchSource,
+        validation: &dyn BatchSource,
+        callback: &mut dyn Callback,
+    ) -> Result<RunSummary> {
         let n = train.len();
         if n == 0 {
             return Err(TrainError::Config("the training split is empty".into()));
@@ -356,8 +378,13 @@ impl<'a> Trainer<'a> {
                 }
             }
 
-            let validation_report = evaluate::evaluate(self.model, validation, self.opts.eval_batch_size, &self.device)?;
+            let validation_report =
+                evaluate::evaluate(self.model, validation, self.opts.eval_batch_size, &self.device)?;
             let actions = self.modulator.on_epoch_end(&EpochCx {
+                model: self.model,
+                device: &self.device,
+                train,
+                holdout: self.holdout,
                 epoch,
                 accuracy: validation_report.accuracy,
                 modality_accuracy: validation_report.modality_accuracy.clone(),
@@ -381,6 +408,10 @@ impl<'a> Trainer<'a> {
                     ck.save(&dir.best())?;
                 }
             }
+            let competition = match self.competition.as_mut() {
+                Some(probe) => Some(probe.strength(self.model, &self.device)?),
+                None => None,
+            };
             let steps = self.state.epoch_steps.max(1) as f64;
             let row = EpochSummary {
                 epoch,
@@ -393,6 +424,7 @@ impl<'a> Trainer<'a> {
                 mean_step_seconds: self.state.epoch_seconds / steps,
                 peak_memory_bytes: peak_memory_bytes(),
                 best_epoch: self.state.best_epoch,
+                competition,
             };
             self.state = LoopState {
                 epochs_done: epoch,

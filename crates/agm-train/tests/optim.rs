@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use agm_core::NamedVar;
 use agm_train::optim::{
-    clip_grad_norm, Adam, AdamConfig, AdamW, ConditionalClip, CosineLr, GradStore, LrSchedule,
-    Optimizer, OptimizerConfig, ParamGroup, ScheduleConfig, Sgd, SgdConfig, StepLr,
+    clip_grad_norm, Adam, AdamConfig, AdamW, ConditionalClip, CosineLr, GradStore, LrSchedule, Optimizer,
+    OptimizerConfig, ParamGroup, ScheduleConfig, Sgd, SgdConfig, StepLr,
 };
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -343,7 +343,9 @@ fn schedule_config_serde_and_validation() {
     assert_eq!(c.build().unwrap().lr_at_epoch(0.3, 100), 0.3);
     let back: ScheduleConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
     assert_eq!(back, c);
-    assert!(serde_json::from_str::<ScheduleConfig>(r#"{"kind": "step", "step_size": 3, "gamma": 0.5, "x": 1}"#).is_err());
+    assert!(
+        serde_json::from_str::<ScheduleConfig>(r#"{"kind": "step", "step_size": 3, "gamma": 0.5, "x": 1}"#).is_err()
+    );
 
     let err = |c: ScheduleConfig| c.build().err().expect("invalid config accepted").to_string();
     assert!(err(ScheduleConfig::Step { step_size: 0, gamma: 0.1 }).contains("step_size"));
@@ -442,13 +444,8 @@ fn conditional_clip_fires_only_on_strict_crossing() {
 }
 
 fn round_trip<O: Optimizer>(make: impl Fn(Vec<ParamGroup>) -> O) {
-    let gs: [[f64; 3]; 5] = [
-        [0.5, -0.25, 1.0],
-        [-1.0, 0.5, 0.125],
-        [0.3, 0.7, -0.9],
-        [0.01, -2.0, 0.6],
-        [1.5, 0.2, -0.4],
-    ];
+    let gs: [[f64; 3]; 5] =
+        [[0.5, -0.25, 1.0], [-1.0, 0.5, 0.125], [0.3, 0.7, -0.9], [0.01, -2.0, 0.6], [1.5, 0.2, -0.4]];
     // Reference: five uninterrupted steps. Parameter "frozen" never gets a gradient.
     let w = var(&P0);
     let frozen = var(&[7.0]);
@@ -481,7 +478,11 @@ fn round_trip<O: Optimizer>(make: impl Fn(Vec<ParamGroup>) -> O) {
     let (a, b) = (state_map(&reference), state_map(&second));
     assert_eq!(a.keys().collect::<std::collections::BTreeSet<_>>(), b.keys().collect());
     for (k, t) in &a {
-        assert_eq!(t.flatten_all().unwrap().to_vec1::<f64>().unwrap(), b[k].flatten_all().unwrap().to_vec1::<f64>().unwrap(), "{k}");
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            b[k].flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            "{k}"
+        );
     }
 
     // A missing key is named; the optimizer keeps its state when loading fails.

@@ -6,8 +6,8 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_lr, ensure, flatten_groups, grad_of, read_buffer, read_step, state_key, step_tensor,
-    GradStore, Optimizer, ParamGroup, Slot, STEP_KEY,
+    check_lr, ensure, flatten_groups, grad_of, read_buffer, read_step, state_key, step_tensor, GradStore, Optimizer,
+    ParamGroup, Slot, STEP_KEY,
 };
 
 fn default_beta1() -> f64 {
@@ -90,10 +90,8 @@ impl Adam {
 
     fn with_mode(groups: Vec<ParamGroup>, config: AdamConfig, decoupled: bool) -> Result<Self> {
         config.validate()?;
-        let slots = flatten_groups(&groups)?
-            .into_iter()
-            .map(|param| AdamSlot { param, step: 0, moments: None })
-            .collect();
+        let slots =
+            flatten_groups(&groups)?.into_iter().map(|param| AdamSlot { param, step: 0, moments: None }).collect();
         Ok(Self { config, decoupled, groups, slots })
     }
 

@@ -216,9 +216,7 @@ pub(crate) fn step_tensor(step: u64) -> Result<Tensor> {
 
 /// Reads a step count written by [`step_tensor`] (any dtype, one element).
 pub(crate) fn read_step(state: &HashMap<String, Tensor>, key: &str) -> Result<u64> {
-    let t = state
-        .get(key)
-        .ok_or_else(|| candle_core::Error::msg(format!("missing optimizer state key `{key}`")))?;
+    let t = state.get(key).ok_or_else(|| candle_core::Error::msg(format!("missing optimizer state key `{key}`")))?;
     if t.elem_count() != 1 {
         candle_core::bail!("optimizer state `{key}` must be a scalar, got shape {:?}", t.dims())
     }
@@ -233,15 +231,9 @@ pub(crate) fn read_step(state: &HashMap<String, Tensor>, key: &str) -> Result<u6
 ///
 /// The copy keeps our state from aliasing a tensor the caller may later overwrite with `Var::set`.
 pub(crate) fn read_buffer(state: &HashMap<String, Tensor>, key: &str, like: &Var) -> Result<Tensor> {
-    let t = state
-        .get(key)
-        .ok_or_else(|| candle_core::Error::msg(format!("missing optimizer state key `{key}`")))?;
+    let t = state.get(key).ok_or_else(|| candle_core::Error::msg(format!("missing optimizer state key `{key}`")))?;
     if t.dims() != like.dims() {
-        candle_core::bail!(
-            "optimizer state `{key}` has shape {:?}, the parameter has {:?}",
-            t.dims(),
-            like.dims()
-        )
+        candle_core::bail!("optimizer state `{key}` has shape {:?}, the parameter has {:?}", t.dims(), like.dims())
     }
     t.detach().to_device(like.device())?.to_dtype(like.dtype())?.copy()
 }

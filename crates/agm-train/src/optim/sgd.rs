@@ -6,8 +6,8 @@ use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    check_lr, ensure, flatten_groups, grad_of, read_buffer, read_step, state_key, step_tensor,
-    GradStore, Optimizer, ParamGroup, Slot, STEP_KEY,
+    check_lr, ensure, flatten_groups, grad_of, read_buffer, read_step, state_key, step_tensor, GradStore, Optimizer,
+    ParamGroup, Slot, STEP_KEY,
 };
 
 /// Hyper-parameters of [`Sgd`]; the optional fields default to PyTorch's zeros.
