@@ -25,12 +25,58 @@ pub enum Command {
     Bench(BenchArgs),
     /// Check formatting and repository conventions.
     Tidy,
-    /// Compare methods over seeds (not built yet).
-    Study,
-    /// Render a run report (not built yet).
-    Report,
-    /// Train a mono-modal concept (not built yet).
-    Concept,
+    /// Run several methods over several seeds on one dataset and write one comparison table.
+    Study(StudyArgs),
+    /// Render a run's plots (PNG and SVG) and Markdown summary.
+    Report(ReportArgs),
+    /// Train the mono-modal concept of one modality (for the competition-strength metric).
+    Concept(ConceptArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StudyArgs {
+    /// Comma-separated methods, e.g. `joint,agm`.
+    #[arg(long, default_value = "joint,agm")]
+    pub methods: String,
+    /// Number of seeds (0..N).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value = "av-digits")]
+    pub dataset: String,
+    /// AV-Digits noise preset.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Output folder (default: runs/study-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    pub run_dir: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConceptArgs {
+    #[arg(long, default_value = "av-digits")]
+    pub dataset: String,
+    /// Modality name (e.g. `audio`, `visual`); all modalities when omitted.
+    #[arg(long)]
+    pub modality: Option<String>,
+    /// AV-Digits noise preset.
+    #[arg(long)]
+    pub preset: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Concepts folder (default: concepts/<dataset>-<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -4,10 +4,13 @@
 
 mod bench;
 mod cli;
+mod concept;
 mod data;
 mod eval;
 mod parity;
 mod progress;
+mod report;
+mod study;
 mod tidy;
 mod train;
 
