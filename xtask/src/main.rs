@@ -36,11 +36,9 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Data(d) => data::run(d),
         Command::Bench(b) => bench::run(b),
         Command::Tidy => tidy::run(),
-        Command::Study | Command::Report | Command::Concept => {
-            anyhow::bail!(
-                "this command is not built yet: it comes with the competition-metric issue (study, report, concept)"
-            )
-        }
+        Command::Study(s) => study::run(s),
+        Command::Report(r) => report::run(r),
+        Command::Concept(c) => concept::run(c),
     }
 }
 
