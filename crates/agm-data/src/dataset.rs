@@ -70,6 +70,11 @@ impl SplitTensors {
         Self { data, shapes, labels }
     }
 
+    /// The same samples with only modality `m` (for uni-modal baselines and concepts).
+    pub fn only_modality(&self, m: usize) -> Self {
+        Self { data: vec![self.data[m].clone()], shapes: vec![self.shapes[m].clone()], labels: self.labels.clone() }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()

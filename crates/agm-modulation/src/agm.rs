@@ -11,8 +11,9 @@ use crate::{ClipRule, ForwardPlan, Modulator, Objective, StepCx};
 const LOG_COEFF_MAX: f64 = 709.78;
 
 /// AGM settings. Use a named preset for the reference's per-dataset semantics.
+/// In a config file, missing keys take the AV-Digits preset's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default = "AgmConfig::av_digits")]
 pub struct AgmConfig {
     /// Strength of the modulation (`coeff = exp(alpha · min(opt_ratio − ratio, clamp))`).
     pub alpha: f64,

@@ -1,0 +1,95 @@
+//! AGM with alpha = 0 is plain joint training: every coefficient is exactly 1, so only the full
+//! pass receives gradient.
+
+use agm_core::{MultimodalBatch, MultimodalModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
+use agm_modulation::{Agm, AgmConfig, ClipRule, Joint, Modulator};
+use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
+use agm_train::step::NoObserver;
+use agm_train::{train_step, StepParts};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+fn model(m: usize) -> LateConcatModel {
+    let names = ["audio", "visual", "text"];
+    let encoders = (0..m)
+        .map(|i| EncoderSpec {
+            modality: names[i].into(),
+            layers: vec![
+                EncoderLayer::Flatten,
+                EncoderLayer::Linear { in_dim: 6, out_dim: 5 },
+                EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 },
+                EncoderLayer::Relu,
+            ],
+        })
+        .collect();
+    let cfg = LateConcatConfig { encoders, num_classes: 4, prefix: "net".into() };
+    LateConcatModel::new(&cfg, 11, DType::F64, &Device::Cpu).unwrap()
+}
+
+fn batches(m: usize, n: usize) -> Vec<MultimodalBatch> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    (0..n)
+        .map(|_| {
+            let inputs = (0..m)
+                .map(|_| {
+                    let v: Vec<f64> = (0..8 * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
+                    Tensor::from_vec(v, (8, 2, 3), &Device::Cpu).unwrap()
+                })
+                .collect();
+            let labels: Vec<u32> = (0..8).map(|_| rng.random_range(0..4)).collect();
+            MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// Trains `steps` steps and returns every variable afterwards.
+fn train(m: usize, mut modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)> {
+    let model = model(m);
+    let trainable = model.param_groups().trainable();
+    let mut opt =
+        OptimizerConfig::Sgd(SgdConfig::agm_reference(0.1)).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
+    for (i, batch) in batches(m, 6).iter().enumerate() {
+        let mut parts =
+            StepParts { model: &model, modulator: modulator.as_mut(), optimizer: opt.as_mut(), trainable: &trainable };
+        train_step(&mut parts, batch, i + 1, 1, 0, &mut NoObserver).unwrap();
+    }
+    model
+        .param_groups()
+        .all_sorted()
+        .into_iter()
+        .map(|v| (v.name, v.var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap()))
+        .collect()
+}
+
+fn agm_alpha0(m: usize, clip: Option<ClipRule>) -> Box<dyn Modulator> {
+    Box::new(Agm::new(AgmConfig { alpha: 0.0, clip, ..AgmConfig::paper_avmnist() }, m).unwrap())
+}
+
+#[test]
+fn two_modalities_bit_for_bit() {
+    // A clip threshold low enough that clipping fires, so both paths clip the same way.
+    let clip = Some(ClipRule::outside_band(0.01, 0.5));
+    let agm = train(2, agm_alpha0(2, clip));
+    let joint = train(2, Box::new(Joint::with_clip(clip)));
+    assert_eq!(agm, joint);
+}
+
+#[test]
+fn three_modalities_within_1e_12() {
+    let clip = Some(ClipRule::outside_band(5.0, 5.0));
+    let agm = train(3, agm_alpha0(3, clip));
+    let joint = train(3, Box::new(Joint::with_clip(clip)));
+    for ((na, a), (_, b)) in agm.iter().zip(&joint) {
+        let scale = b.iter().fold(0f64, |s, v| s.max(v.abs())).max(1e-300);
+        let err = a.iter().zip(b).fold(0f64, |s, (x, y)| s.max((x - y).abs())) / scale;
+        assert!(err <= 1e-12, "{na}: relative difference {err}");
+    }
+}
+
+#[test]
+fn nonzero_alpha_does_modulate() {
+    let agm = train(2, Box::new(Agm::new(AgmConfig { alpha: 2.0, ..AgmConfig::paper_avmnist() }, 2).unwrap()));
+    let joint = train(2, Box::new(Joint::with_clip(AgmConfig::paper_avmnist().clip)));
+    assert_ne!(agm, joint, "a real alpha must change the updates");
+}

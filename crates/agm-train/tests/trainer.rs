@@ -1,0 +1,184 @@
+//! The training loop on AV-Digits: resume, bad input, NaN loss, and the competition the default
+//! preset is built to show.
+
+use agm_core::MultimodalModel;
+use agm_data::av_digits::{self, AvDigitsConfig, Split};
+use agm_fusion::{LateConcatConfig, LateConcatModel};
+use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
+use agm_train::{Callback, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
+use candle_core::{DType, Device};
+
+fn options(epochs: usize) -> TrainerOptions {
+    let cfg = RunConfig::av_digits();
+    TrainerOptions { epochs, checkpoint_every_steps: 0, ..cfg.trainer_options() }
+}
+
+fn weights(model: &LateConcatModel) -> Vec<(String, Vec<f32>)> {
+    model
+        .param_groups()
+        .all_sorted()
+        .into_iter()
+        .map(|v| (v.name, v.var.as_tensor().flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+struct StopAt(usize);
+impl Callback for StopAt {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if s.global_step == self.0 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+fn agm() -> Box<dyn Modulator> {
+    Box::new(Agm::new(AgmConfig::av_digits(), 2).unwrap())
+}
+
+fn sgd() -> impl FnOnce(Vec<agm_train::optim::ParamGroup>) -> candle_core::Result<Box<dyn agm_train::optim::Optimizer>>
+{
+    |g| Ok(RunConfig::av_digits().optimizer.build(g)?)
+}
+
+#[test]
+fn resume_mid_epoch_gives_the_same_weights_as_an_uninterrupted_run() {
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let (train, val) = (data.split(Split::Train), data.split(Split::Validation));
+    let dev = Device::Cpu;
+    let cfg = LateConcatConfig::av_digits();
+
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = LateConcatModel::new(&cfg, 3, DType::F32, &dev).unwrap();
+    let mut t = Trainer::new(&whole, agm(), sgd(), options(2), &dev)
+        .unwrap()
+        .with_run_dir(RunDir::create(whole_dir.path()).unwrap());
+    let full = t.fit(train, val, &mut agm_train::NoCallback).unwrap();
+
+    // Stop in the middle of epoch 2 (29 steps per epoch), then resume from a fresh process state.
+    let dir = tempfile::tempdir().unwrap();
+    let first = LateConcatModel::new(&cfg, 3, DType::F32, &dev).unwrap();
+    let mut t =
+        Trainer::new(&first, agm(), sgd(), options(2), &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
+    let stopped = t.fit(train, val, &mut StopAt(40)).unwrap();
+    assert!(stopped.stopped_early);
+    assert_eq!(stopped.global_step, 40);
+
+    let second = LateConcatModel::new(&cfg, 99, DType::F32, &dev).unwrap(); // other init: all must come from the checkpoint
+    let mut t =
+        Trainer::new(&second, agm(), sgd(), options(2), &dev).unwrap().with_run_dir(RunDir::open(dir.path()).unwrap());
+    t.resume().unwrap();
+    let resumed = t.fit(train, val, &mut agm_train::NoCallback).unwrap();
+
+    assert_eq!(resumed.global_step, full.global_step);
+    assert_eq!(weights(&second), weights(&whole), "resumed weights differ from the uninterrupted run");
+    assert_eq!(resumed.last.as_ref().unwrap().last_coefficients, full.last.as_ref().unwrap().last_coefficients);
+    let rows: Vec<agm_train::EpochSummary> = RunDir::open(dir.path()).unwrap().read_metrics().unwrap();
+    assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2], "one metrics row per epoch after resume");
+}
+
+/// Sets the head bias to NaN after step 4, as a diverged run would.
+struct Diverge(candle_core::Var);
+impl Callback for Diverge {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if s.global_step == 4 {
+            let nan = (self.0.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
+            self.0.set(&nan).unwrap();
+        }
+        Flow::Continue
+    }
+}
+
+#[test]
+fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let opts = TrainerOptions { checkpoint_every_steps: 2, ..options(1) };
+    let mut t =
+        Trainer::new(&model, agm(), sgd(), opts, &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
+    let bias = model.param_groups().find("head.fc.bias").unwrap().var.clone();
+    let err = t.fit(data.split(Split::Train), data.split(Split::Validation), &mut Diverge(bias)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::NonFiniteLoss { step: 5, .. }), "{msg}");
+    assert!(msg.contains("NaN") && msg.contains("checkpoint.safetensors") && msg.contains("--resume"), "{msg}");
+    // The checkpoint of step 4 is intact and loads.
+    let ck = agm_train::Checkpoint::load(&dir.path().join("checkpoint.safetensors"), &dev).unwrap();
+    assert!(!ck.model.is_empty());
+}
+
+#[test]
+fn missing_and_corrupt_checkpoints_name_the_file() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let mut t =
+        Trainer::new(&model, agm(), sgd(), options(1), &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
+    let err = t.resume().unwrap_err().to_string();
+    assert!(err.contains("checkpoint.safetensors") && err.contains("not found"), "{err}");
+
+    std::fs::write(dir.path().join("checkpoint.safetensors"), b"not a checkpoint at all").unwrap();
+    let err = t.resume().unwrap_err().to_string();
+    assert!(err.contains("checkpoint.safetensors") && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn config_errors_name_the_key_and_the_file() {
+    let err = RunConfig::from_toml_str("epochs = 3\nlearning_rate = 0.1\n").unwrap_err().to_string();
+    assert!(err.contains("learning_rate"), "{err}");
+    let err = RunConfig::from_toml_str("[optimizer]\nkind = \"sgd\"\nlr = -0.5\n").unwrap_err().to_string();
+    assert!(err.contains("lr"), "{err}");
+    let err = RunConfig::from_toml_str("method = \"magic\"\n").unwrap_err().to_string();
+    assert!(err.contains("magic") && err.contains("agm"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[agm]\nalpha = 1.0\nbogus = 2\n").unwrap();
+    let err = RunConfig::from_toml_file(&path).unwrap_err().to_string();
+    assert!(err.contains("bad.toml") && err.contains("bogus"), "{err}");
+    // A partial file keeps every other default.
+    let cfg = RunConfig::from_toml_str("epochs = 3\n[agm]\nalpha = 0.5\n").unwrap();
+    assert_eq!(cfg.epochs, 3);
+    assert_eq!(cfg.agm.alpha, 0.5);
+    assert_eq!(cfg.agm.prob_floor, AgmConfig::av_digits().prob_floor);
+    assert_eq!(RunConfig::from_toml_str(&RunConfig::av_digits().to_toml()).unwrap(), RunConfig::av_digits());
+}
+
+/// The default preset shows modality competition: in joint training the weaker modality's
+/// Shapley accuracy stays well below what its encoder reaches alone.
+#[test]
+fn default_preset_shows_competition_over_three_seeds() {
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let (train, val, test) = (data.split(Split::Train), data.split(Split::Validation), data.split(Split::Test));
+    let dev = Device::Cpu;
+    let epochs = 8;
+    for seed in 0..3u64 {
+        let mut opts = options(epochs);
+        opts.seed = seed;
+        let joint = LateConcatModel::new(&LateConcatConfig::av_digits(), seed, DType::F32, &dev).unwrap();
+        Trainer::new(&joint, Box::new(Joint::new()), sgd(), opts.clone(), &dev)
+            .unwrap()
+            .fit(train, val, &mut agm_train::NoCallback)
+            .unwrap();
+        let report = agm_train::evaluate(&joint, test, 256, &dev).unwrap();
+        let weaker = if report.modality_accuracy[0] < report.modality_accuracy[1] { 0 } else { 1 };
+        let name = joint.modalities().name(weaker).to_string();
+
+        // The same encoder with its own head, trained alone on that modality.
+        let uni_cfg = LateConcatConfig::av_digits().only(&name).unwrap();
+        let uni = LateConcatModel::new(&uni_cfg, seed, DType::F32, &dev).unwrap();
+        let one = |s: &agm_data::SplitTensors| s.only_modality(weaker);
+        let (utrain, uval, utest) = (one(train), one(val), one(test));
+        Trainer::new(&uni, Box::new(Joint::new()), sgd(), opts, &dev)
+            .unwrap()
+            .fit(&utrain, &uval, &mut agm_train::NoCallback)
+            .unwrap();
+        let alone = agm_train::evaluate(&uni, &utest, 256, &dev).unwrap().accuracy;
+        let shapley = report.modality_accuracy[weaker];
+        assert!(
+            alone - shapley >= 0.05,
+            "seed {seed}: {name} alone {alone:.3} vs its Shapley accuracy in joint training {shapley:.3}"
+        );
+    }
+}
