@@ -193,3 +193,43 @@ fn print_summary(
     println!("run directory: {} (config.toml, metrics.jsonl, best.safetensors, summary.json)", dir.display());
     println!("evaluate again with `cargo xtask eval {} --split test`", dir.display());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(out: &Path) -> TrainArgs {
+        TrainArgs { epochs: Some(2), out: Some(out.to_path_buf()), quiet: true, ..TrainArgs::default() }
+    }
+
+    #[test]
+    fn train_stop_resume_and_eval_through_the_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        run(TrainArgs { stop_after_steps: Some(35), ..args(&out) }).unwrap();
+        assert!(out.join("checkpoint.safetensors").exists() && !out.join("summary.json").exists());
+        // A second plain run into the same folder would overwrite it: refused.
+        let err = run(args(&out)).unwrap_err().to_string();
+        assert!(err.contains("--resume"), "{err}");
+        run(TrainArgs { resume: Some(out.clone()), quiet: true, ..TrainArgs::default() }).unwrap();
+        assert!(out.join("summary.json").exists() && out.join("best.safetensors").exists());
+        let report = crate::eval::evaluate_run(&out, Split::Test, "best").unwrap();
+        assert_eq!(report.samples, 600);
+        assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
+    }
+
+    #[test]
+    fn flags_override_the_config_file_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "epochs = 7\nmethod = \"joint\"\n").unwrap();
+        let cfg = resolve(&TrainArgs { config: Some(path.clone()), seed: Some(4), ..TrainArgs::default() }).unwrap();
+        assert_eq!((cfg.epochs, cfg.method.as_str(), cfg.seed), (7, "joint", 4));
+        let err = resolve(&TrainArgs { lr: Some(-1.0), ..TrainArgs::default() }).unwrap_err().to_string();
+        assert!(err.contains("lr"), "{err}");
+        let err = resolve(&TrainArgs { alpha: Some(f64::NAN), ..TrainArgs::default() }).unwrap_err().to_string();
+        assert!(err.contains("alpha"), "{err}");
+        let err = resolve(&TrainArgs { device: Some("tpu".into()), ..TrainArgs::default() }).unwrap_err().to_string();
+        assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
+    }
+}
