@@ -159,8 +159,15 @@ pub enum DataCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Validate a dataset folder (not built yet).
-    Check,
+    /// Validate a dataset folder (files present, shapes, label range, split sizes) and print a
+    /// summary.
+    Check {
+        /// Dataset id: avmnist, cremad, urfunny, ave or mosei.
+        dataset: String,
+        /// The dataset folder (for urfunny the pickle file or a folder holding humor.pkl), or
+        /// hf://<owner>/<name>[@revision] for a Hugging Face dataset snapshot.
+        path: String,
+    },
 }
 
 #[derive(Args, Debug)]

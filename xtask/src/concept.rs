@@ -1,9 +1,194 @@
-//! `cargo xtask concept`.
+//! `cargo xtask concept`: trains the mono-modal concepts of a dataset (the logits of each
+//! modality's uni-modal model) that the competition-strength metric regresses on, and the glue
+//! that lets `cargo xtask train` measure that metric whenever the concepts exist.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::cli::ConceptArgs;
+use agm_data::av_digits::{AvDigits, Split};
+use agm_train::concept::{concept_modalities, default_dir, train_concept, ConceptProbe, ConceptSet};
+use agm_train::{RunConfig, RunSummary};
 
-pub fn run(_args: ConceptArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cargo xtask concept` is not built yet")
+use crate::cli::ConceptArgs;
+use crate::progress::Progress;
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// The concept run's configuration: AV-Digits defaults, joint training, the flags on top.
+fn resolve(args: &ConceptArgs) -> anyhow::Result<RunConfig> {
+    let mut cfg =
+        RunConfig { dataset: args.dataset.clone(), method: "joint".into(), seed: args.seed, ..RunConfig::av_digits() };
+    if let Some(p) = &args.preset {
+        cfg.data_preset = p.clone();
+    }
+    if let Some(e) = args.epochs {
+        cfg.epochs = e;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {
+    let cfg = resolve(&args)?;
+    let out = args.out.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
+    let data = cfg.load_data()?;
+    let modalities = concept_modalities(data.modalities(), args.modality.as_deref())?;
+    println!(
+        "training the {} concept{} of {} ({} preset): uni-modal late models, joint training, {} epochs, seed {} -> {}",
+        modalities.join(" and "),
+        if modalities.len() > 1 { "s" } else { "" },
+        cfg.dataset,
+        cfg.data_preset,
+        cfg.epochs,
+        cfg.seed,
+        out.display()
+    );
+    for m in &modalities {
+        println!("== {m} ==");
+        let mut progress = Progress::new(vec![m.clone()], false, None);
+        let manifest = train_concept(&cfg, m, &out, &mut progress)?;
+        progress.finish();
+        println!(
+            "{m} concept: uni-modal validation accuracy {}, test accuracy {} (best epoch {} of {}) -> {}",
+            pct(manifest.validation_accuracy),
+            pct(manifest.test_accuracy),
+            manifest.best_epoch,
+            manifest.epochs,
+            out.join(&manifest.tensors).display()
+        );
+    }
+    let set = ConceptSet::load_for(&cfg, &out)?;
+    match set.map(|s| s.missing(data.modalities())).filter(|m| m.is_empty()) {
+        Some(_) if out == default_dir(&cfg.dataset, &cfg.data_preset) => println!(
+            "every modality has its concept: `cargo xtask train --preset {}` now measures competition strength",
+            cfg.data_preset
+        ),
+        Some(_) => println!("every modality has its concept in {}", out.display()),
+        None => println!(
+            "competition strength needs a concept for every modality; add the others with `cargo xtask concept \
+             --dataset {} --preset {}`",
+            cfg.dataset, cfg.data_preset
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where a run's concepts are expected and which modalities lack one.
+#[derive(Clone, Debug)]
+pub struct ConceptStatus {
+    pub dir: PathBuf,
+    /// Empty when the probe is attached.
+    pub missing: Vec<String>,
+}
+
+/// The probe for a `train` run when its dataset and preset have a concept for every modality in
+/// the default folder (`concepts/<dataset>-<preset>`). A broken concept folder is an error that
+/// names the file.
+pub fn attach<'a>(cfg: &RunConfig, data: &'a AvDigits) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
+    let dir = default_dir(&cfg.dataset, &cfg.data_preset);
+    let set = ConceptSet::load_for(cfg, &dir)?;
+    let missing = match &set {
+        Some(s) => s.missing(data.modalities()),
+        None => data.modalities().names().to_vec(),
+    };
+    let probe = match set {
+        Some(s) if missing.is_empty() => {
+            Some(ConceptProbe::new(&s, data.modalities(), data.split(Split::Dep), data.split(Split::Validation))?)
+        }
+        _ => None,
+    };
+    Ok((probe, ConceptStatus { dir, missing }))
+}
+
+impl ConceptStatus {
+    /// The summary line of `train`: the last epoch's strengths, or how to create the concepts.
+    pub fn summary_line(&self, cfg: &RunConfig, run: &RunSummary, modalities: &[String]) -> String {
+        if !self.missing.is_empty() {
+            let only = if self.missing.len() < modalities.len() {
+                format!(" --modality {}", self.missing.join(","))
+            } else {
+                String::new()
+            };
+            return format!(
+                "competition strength: not measured (no concept for {} in {}); create {} with \
+                 `cargo xtask concept --dataset {} --preset {}{only}` and train again",
+                self.missing.join(", "),
+                self.dir.display(),
+                if self.missing.len() > 1 { "them" } else { "it" },
+                cfg.dataset,
+                cfg.data_preset
+            );
+        }
+        match run.last.as_ref().and_then(|e| e.competition.as_ref()) {
+            Some(r) => {
+                let parts: Vec<String> = modalities.iter().zip(r).map(|(m, v)| format!("{m} {v:.3}")).collect();
+                format!(
+                    "competition strength (validation, last epoch; 0: the modality's concept is linearly in the \
+                     fused feature, ~1: absent): {}   [concepts: {}]",
+                    parts.join(" / "),
+                    self.dir.display()
+                )
+            }
+            None => format!("competition strength: concepts in {}, but no epoch was measured", self.dir.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_resolve_and_bad_values_are_named() {
+        let args = ConceptArgs {
+            dataset: "av-digits".into(),
+            modality: Some("visual".into()),
+            preset: Some("balanced".into()),
+            seed: 3,
+            epochs: Some(2),
+            out: None,
+        };
+        let cfg = resolve(&args).unwrap();
+        assert_eq!((cfg.method.as_str(), cfg.data_preset.as_str(), cfg.seed, cfg.epochs), ("joint", "balanced", 3, 2));
+        let err = resolve(&ConceptArgs { preset: Some("loud".into()), ..args.clone() }).unwrap_err().to_string();
+        assert!(err.contains("loud"), "{err}");
+        let err = resolve(&ConceptArgs { dataset: "mnist".into(), ..args }).unwrap_err().to_string();
+        assert!(err.contains("mnist"), "{err}");
+    }
+
+    #[test]
+    fn concept_cli_writes_the_folder_that_train_then_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("c");
+        let args = ConceptArgs {
+            dataset: "av-digits".into(),
+            modality: Some("audio".into()),
+            preset: None,
+            seed: 0,
+            epochs: Some(1),
+            out: Some(out.clone()),
+        };
+        run(args).unwrap();
+        let set = ConceptSet::load(&out).unwrap().unwrap();
+        assert_eq!(set.modalities(), ["audio"]);
+        // A train run in a folder without concepts says how to create them.
+        let cfg = RunConfig::av_digits();
+        let data = cfg.load_data().unwrap();
+        let status = ConceptStatus { dir: default_dir(&cfg.dataset, &cfg.data_preset), missing: vec!["visual".into()] };
+        let run = RunSummary {
+            epochs_done: 1,
+            global_step: 1,
+            best_epoch: 1,
+            best_accuracy: 0.5,
+            last: None,
+            stopped_early: false,
+        };
+        let line = status.summary_line(&cfg, &run, data.modalities().names());
+        assert!(
+            line.contains("cargo xtask concept --dataset av-digits --preset audio-dominant --modality visual"),
+            "{line}"
+        );
+    }
 }

@@ -25,6 +25,62 @@ pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        DataCommand::Check => anyhow::bail!("`data check` is not built yet: it comes with the dataset-loaders issue"),
+        DataCommand::Check { dataset, path } => check(&dataset, &path),
     }
+}
+
+/// `cargo xtask data check <dataset> <path>`: loads (or, for AV-MNIST, opens and validates) the
+/// dataset and prints split sizes, sample shapes and label counts.
+fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
+    use agm_data::loaders::{self, avmnist, splits, DatasetId, LoadOptions};
+
+    let id: DatasetId = dataset.parse()?;
+    let root = agm_data::hub::resolve_data_path(spec, &agm_data::hub::HubOptions::from_env())?;
+    println!("checking {} at {}", id.as_str(), root.display());
+    if id == DatasetId::AvMnist {
+        // Opens every file through memory maps and checks shapes and labels without reading the
+        // (multi-GB) arrays into memory.
+        let f = avmnist::AvMnistFiles::open(&root)?;
+        let (ntr, nte) = (f.train_labels.len(), f.test_labels.len());
+        for file in [&f.train_audio, &f.test_audio, &f.train_image, &f.test_image] {
+            println!("  {}: {:?} {:?}", file.path().display(), file.shape(), file.dtype());
+        }
+        let agm_train = splits::ninety(ntr);
+        let nval = splits::validation_positions(agm_train, splits::VALIDATION_SEED).len();
+        println!(
+            "  splits: train {} / validation {nval} / test {} / dep {}",
+            agm_train - nval,
+            splits::ninety(nte),
+            ntr - agm_train + nte - splits::ninety(nte)
+        );
+        println!("  sample shapes: audio {:?}, visual [1, 28, 28]", f.audio_shape());
+        println!("  train label counts: {:?}", counts(&f.train_labels, avmnist::CLASSES));
+        println!("  test label counts: {:?}", counts(&f.test_labels, avmnist::CLASSES));
+        if (ntr, nte) != (60_000, 10_000) {
+            println!("  note: the released AV-MNIST has 60,000 / 10,000 rows; this folder has {ntr} / {nte}");
+        }
+        println!("ok");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let d = loaders::load(id, &root, &LoadOptions::default())?;
+    println!("  modalities: {:?}, classes: {}", d.modalities.names(), d.classes);
+    let mut parts = vec![("train", &d.train), ("validation", &d.validation), ("test", &d.test)];
+    if let Some(dep) = &d.dep {
+        parts.push(("dep", dep));
+    }
+    for (name, s) in parts {
+        let shapes: Vec<_> = (0..s.num_modalities()).map(|m| s.sample_shape(m).to_vec()).collect();
+        println!("  {name}: {} samples, shapes {shapes:?}, label counts {:?}", s.len(), counts(s.labels(), d.classes));
+    }
+    for n in &d.notes {
+        println!("  note: {n}");
+    }
+    println!("ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn counts(labels: &[u32], classes: usize) -> Vec<usize> {
+    let mut c = vec![0; classes];
+    labels.iter().for_each(|&l| c[(l as usize).min(classes - 1)] += 1);
+    c
 }

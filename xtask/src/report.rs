@@ -1,9 +1,418 @@
-//! `cargo xtask report`.
+//! `cargo xtask report`: the plots (PNG and SVG) and Markdown summary of one run directory,
+//! written into `<run-dir>/report/`. `cargo xtask train` and `cargo xtask study` write it at the
+//! end of every run.
+//!
+//! ```text
+//! <run-dir>/report/README.md          summary table (best and last epoch), every epoch, plot links
+//! <run-dir>/report/accuracy.{png,svg}  validation accuracy over epochs
+//! <run-dir>/report/modality_accuracy.{png,svg}  per-modality Shapley accuracy (validation)
+//! <run-dir>/report/loss.{png,svg}      training loss, validation loss
+//! <run-dir>/report/coefficients.{png,svg}  the method's coefficients (when it has any)
+//! <run-dir>/report/competition.{png,svg}   competition strength (when measured)
+//! ```
 
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::ReportArgs;
+use agm_metric::EvalReport;
+use agm_train::{EpochSummary, RunConfig, RunDir};
+use anyhow::Context;
 
-pub fn run(_args: ReportArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cargo xtask report` is not built yet")
+use crate::cli::ReportArgs;
+use crate::plot::{self, Legend, Panel, Series};
+
+/// Everything a run directory says about a run.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub config: RunConfig,
+    pub rows: Vec<EpochSummary>,
+    pub modalities: Vec<String>,
+    /// Test split, best weights (from `summary.json`, when the run finished).
+    pub test: Option<EvalReport>,
+}
+
+impl RunRecord {
+    /// Reads `config.toml`, `metrics.jsonl` and, if present, `summary.json`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let run = RunDir::open(dir)?;
+        let config = RunConfig::from_toml_file(&run.config())?;
+        let rows: Vec<EpochSummary> = run.read_metrics()?;
+        let test = match std::fs::read_to_string(run.summary()) {
+            Ok(text) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{}", run.summary().display()))?;
+                v.get("test").map(|t| serde_json::from_value(t.clone())).transpose()?
+            }
+            Err(_) => None,
+        };
+        let count = rows.first().map(|r| r.validation.modality_accuracy.len()).unwrap_or(0);
+        let modalities = modality_names(&config, count);
+        Ok(Self { config, rows, modalities, test })
+    }
+
+    /// The row of the best validation epoch (as the last row records it).
+    pub fn best_row(&self) -> Option<&EpochSummary> {
+        let best = self.rows.last()?.best_epoch;
+        self.rows.iter().find(|r| r.epoch == best)
+    }
+}
+
+/// The model's modality names (building the model costs no data); `modality k` where the model
+/// cannot be built or does not match the metrics.
+pub fn modality_names(config: &RunConfig, count: usize) -> Vec<String> {
+    let from_model = config.build_model(&candle_core::Device::Cpu).ok().map(|m| {
+        use agm_core::MultimodalModel as _;
+        m.modalities().names().to_vec()
+    });
+    match from_model {
+        Some(names) if names.len() == count || count == 0 => names,
+        _ => (1..=count).map(|k| format!("modality {k}")).collect(),
+    }
+}
+
+/// Names for a vector of per-modality values (coefficients of a stacked method may be longer).
+fn value_names(modalities: &[String], len: usize, what: &str) -> Vec<String> {
+    if len == modalities.len() {
+        modalities.to_vec()
+    } else {
+        (1..=len).map(|k| format!("{what} {k}")).collect()
+    }
+}
+
+fn epoch_series(name: impl Into<String>, rows: &[EpochSummary], f: impl Fn(&EpochSummary) -> Option<f64>) -> Series {
+    Series::new(name, rows.iter().filter_map(|r| f(r).map(|y| (r.epoch as f64, y))).collect())
+}
+
+fn vector_len(rows: &[EpochSummary], f: impl Fn(&EpochSummary) -> Option<&Vec<f64>>) -> usize {
+    rows.iter().filter_map(f).map(Vec::len).max().unwrap_or(0)
+}
+
+/// The panels of a run's plots, by file stem, in the order the README shows them.
+pub fn panels(record: &RunRecord) -> Vec<(&'static str, String, Panel)> {
+    let rows = &record.rows;
+    let mut out = Vec::new();
+    out.push((
+        "accuracy",
+        "Validation accuracy".to_string(),
+        Panel::new(
+            "Validation accuracy",
+            "accuracy",
+            vec![epoch_series("validation accuracy", rows, |r| Some(r.validation.accuracy))],
+        ),
+    ));
+    let modality = record
+        .modalities
+        .iter()
+        .enumerate()
+        .map(|(i, name)| epoch_series(name.as_str(), rows, |r| r.validation.modality_accuracy.get(i).copied()))
+        .collect();
+    out.push((
+        "modality_accuracy",
+        "Per-modality Shapley accuracy (validation)".to_string(),
+        Panel::new("Per-modality Shapley accuracy (validation)", "Shapley accuracy", modality),
+    ));
+    out.push((
+        "loss",
+        "Loss".to_string(),
+        Panel::new(
+            "Loss",
+            "cross-entropy",
+            vec![
+                epoch_series("training loss", rows, |r| Some(r.train_loss)),
+                epoch_series("validation loss", rows, |r| Some(r.validation.loss)),
+            ],
+        )
+        .legend(Legend::UpperRight),
+    ));
+    let n_coeff = vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
+    if n_coeff > 0 {
+        let names = value_names(&record.modalities, n_coeff, "coefficient");
+        let mut series = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            series.push(epoch_series(format!("{name} (epoch mean)"), rows, |r| {
+                r.coefficients.as_ref().and_then(|c| c.get(i).copied())
+            }));
+            series.push(
+                epoch_series(format!("{name} (end of epoch)"), rows, |r| {
+                    r.last_coefficients.as_ref().and_then(|c| c.get(i).copied())
+                })
+                .dashed(),
+            );
+        }
+        out.push((
+            "coefficients",
+            "Coefficients".to_string(),
+            Panel::new("Modulation coefficients", "coefficient", series).legend(Legend::UpperRight),
+        ));
+    }
+    let n_comp = vector_len(rows, |r| r.competition.as_ref());
+    if n_comp > 0 {
+        let names = value_names(&record.modalities, n_comp, "modality");
+        let series = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                epoch_series(name.as_str(), rows, |r| r.competition.as_ref().and_then(|c| c.get(i).copied()))
+            })
+            .collect();
+        out.push((
+            "competition",
+            "Competition strength".to_string(),
+            Panel::new("Competition strength", "strength (0: none, 1: full)", series).legend(Legend::UpperRight),
+        ));
+    }
+    out
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.2}%", 100.0 * x)
+    } else {
+        "n/a".into()
+    }
+}
+
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "n/a".into()
+    }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map(|b| format!("{:.0} MiB", b as f64 / (1024.0 * 1024.0))).unwrap_or_else(|| "n/a".into())
+}
+
+/// Which optional column groups the tables carry.
+struct Columns {
+    coefficients: Vec<String>,
+    competition: Vec<String>,
+}
+
+impl Columns {
+    fn of(record: &RunRecord) -> Self {
+        let rows = &record.rows;
+        let n_coeff = vector_len(rows, |r| r.coefficients.as_ref());
+        let n_comp = vector_len(rows, |r| r.competition.as_ref());
+        Self {
+            coefficients: value_names(&record.modalities, n_coeff, "coefficient"),
+            competition: value_names(&record.modalities, n_comp, "modality"),
+        }
+    }
+
+    fn header(&self, first: &[&str], modalities: &[String]) -> String {
+        let mut cells: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+        cells.push("validation accuracy".into());
+        cells.extend(modalities.iter().map(|m| format!("{m} Shapley acc.")));
+        cells.extend(self.coefficients.iter().map(|m| format!("{m} coeff.")));
+        cells.extend(self.competition.iter().map(|m| format!("{m} competition")));
+        cells.push("step time".into());
+        cells.push("peak memory".into());
+        let rule: Vec<&str> = cells.iter().map(|_| "---").collect();
+        format!("| {} |\n| {} |\n", cells.join(" | "), rule.join(" | "))
+    }
+
+    fn row(&self, first: &[String], r: &EpochSummary, n_modalities: usize) -> String {
+        let mut cells = first.to_vec();
+        cells.push(pct(r.validation.accuracy));
+        cells
+            .extend((0..n_modalities).map(|i| r.validation.modality_accuracy.get(i).map_or("n/a".into(), |&v| pct(v))));
+        let vec_cells = |v: &Option<Vec<f64>>, n: usize| -> Vec<String> {
+            (0..n).map(|i| v.as_ref().and_then(|c| c.get(i)).map_or("—".into(), |&x| num(x))).collect()
+        };
+        cells.extend(vec_cells(&r.coefficients, self.coefficients.len()));
+        cells.extend(vec_cells(&r.competition, self.competition.len()));
+        cells.push(format!("{:.2} ms", 1e3 * r.mean_step_seconds));
+        cells.push(mib(r.peak_memory_bytes));
+        format!("| {} |\n", cells.join(" | "))
+    }
+}
+
+/// The Markdown summary; `plots` are `(stem, title)` of the files written beside it.
+pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
+    let cfg = &record.config;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Run report: {} on {} ({} preset), seed {}\n",
+        cfg.method, cfg.dataset, cfg.data_preset, cfg.seed
+    );
+    let done = record.rows.last().map_or(0, |r| r.epoch);
+    let _ = writeln!(
+        md,
+        "{done} of {} epochs done; model `{}`, batch size {}, device `{}`. Shapley accuracies are on the \
+         validation split; competition strength: 0 = the modality's mono-modal concept is linearly \
+         recoverable from the fused feature, about 1 = not at all.\n",
+        cfg.epochs, cfg.model, cfg.batch_size, cfg.device
+    );
+    if let Some(test) = &record.test {
+        let per: Vec<String> =
+            record.modalities.iter().zip(&test.modality_accuracy).map(|(m, a)| format!("{m} {}", pct(*a))).collect();
+        let _ = writeln!(
+            md,
+            "**Test accuracy of the best-validation weights: {}** on {} samples (Shapley: {}).\n",
+            pct(test.accuracy),
+            test.samples,
+            per.join(", ")
+        );
+    }
+    let columns = Columns::of(record);
+    let n = record.modalities.len();
+    if record.rows.is_empty() {
+        md.push_str("No epoch has finished yet: `metrics.jsonl` is empty.\n");
+        return md;
+    }
+    md.push_str("## Best and last epoch\n\n");
+    md.push_str(&columns.header(&["", "epoch"], &record.modalities));
+    if let Some(best) = record.best_row() {
+        md.push_str(&columns.row(&["best (validation)".into(), best.epoch.to_string()], best, n));
+    }
+    let last = record.rows.last().expect("not empty");
+    md.push_str(&columns.row(&["last".into(), last.epoch.to_string()], last, n));
+    md.push('\n');
+    if columns.competition.is_empty() {
+        md.push_str(
+            "Competition strength was not measured in this run (no mono-modal concepts were attached; \
+             `cargo xtask concept` trains them).\n\n",
+        );
+    }
+    md.push_str("## Plots\n\n");
+    for (stem, title) in plots {
+        let _ = writeln!(md, "### {title}\n\n![{title}]({stem}.png)\n\n[SVG]({stem}.svg)\n");
+    }
+    md.push_str("## Every epoch\n\n");
+    md.push_str(&columns.header(&["epoch", "lr", "train loss", "validation loss"], &record.modalities));
+    for r in &record.rows {
+        let first = [r.epoch.to_string(), format!("{:.4}", r.lr), num(r.train_loss), num(r.validation.loss)];
+        md.push_str(&columns.row(&first, r, n));
+    }
+    md
+}
+
+/// Renders `<run-dir>/report/` and returns that folder.
+pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let record = RunRecord::load(run_dir)?;
+    let out = run_dir.join("report");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut plots = Vec::new();
+    if !record.rows.is_empty() {
+        for (stem, title, panel) in panels(&record) {
+            plot::render(&out.join(stem), &[panel])?;
+            plots.push((stem, title));
+        }
+    }
+    let readme = out.join("README.md");
+    std::fs::write(&readme, markdown(&record, &plots)).with_context(|| format!("writing {}", readme.display()))?;
+    Ok(out)
+}
+
+/// The report at the end of `train`: a failure is a warning, the run itself is done.
+pub fn write_after_train(run_dir: &Path) {
+    match write(run_dir) {
+        Ok(dir) => println!("report: {}", dir.join("README.md").display()),
+        Err(e) => eprintln!("warning: the run finished but its report failed: {e:#}"),
+    }
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let dir = write(&args.run_dir).with_context(|| format!("report of {}", args.run_dir.display()))?;
+    println!("report: {}", dir.join("README.md").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::plot::check;
+
+    /// A run directory with a config and `epochs` metrics rows, as a finished AGM run writes
+    /// them; no training.
+    pub(crate) fn synthetic_run(dir: &Path, method: &str, epochs: usize, competition: bool) {
+        let mut cfg = RunConfig::av_digits();
+        cfg.method = method.into();
+        cfg.epochs = epochs;
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("config.toml"), cfg.to_toml()).unwrap();
+        let run = RunDir::open(dir).unwrap();
+        for e in 1..=epochs {
+            let t = e as f64 / epochs as f64;
+            let row = EpochSummary {
+                epoch: e,
+                lr: 0.05,
+                train_loss: 2.0 - t,
+                validation: EvalReport {
+                    samples: 600,
+                    accuracy: 0.5 + 0.4 * t,
+                    loss: 1.5 - t,
+                    modality_accuracy: vec![0.45 + 0.4 * t, 0.2 + 0.1 * t],
+                    modality_loss: vec![1.6 - t, 2.0 - 0.2 * t],
+                },
+                coefficients: (method == "agm").then(|| vec![1.0 - 0.2 * t, 1.0 + 0.3 * t]),
+                last_coefficients: (method == "agm").then(|| vec![1.0 - 0.25 * t, 1.0 + 0.35 * t]),
+                mean_step_seconds: 0.004,
+                peak_memory_bytes: Some(300 << 20),
+                best_epoch: e,
+                competition: competition.then(|| vec![0.3 - 0.1 * t, 0.9 - 0.2 * t]),
+            };
+            run.append_metrics(&row).unwrap();
+        }
+    }
+
+    #[test]
+    fn report_of_a_synthetic_run_has_every_plot_and_table() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agm-run");
+        synthetic_run(&dir, "agm", 4, true);
+        let out = write(&dir).unwrap();
+        let expect: [(&str, &[&str]); 5] = [
+            ("accuracy", &["validation accuracy"]),
+            ("modality_accuracy", &["audio", "visual"]),
+            ("loss", &["training loss", "validation loss"]),
+            ("coefficients", &["audio (epoch mean)", "visual (end of epoch)"]),
+            ("competition", &["audio", "visual"]),
+        ];
+        for (stem, names) in expect {
+            let pixels = check::non_background_pixels(&out.join(format!("{stem}.png")));
+            assert!(pixels > 2000, "{stem}.png: only {pixels} non-background pixels");
+            let coloured = check::coloured_pixels(&out.join(format!("{stem}.png")));
+            assert!(coloured > 100, "{stem}.png: only {coloured} coloured pixels: no series drawn");
+            check::svg_names(&out.join(format!("{stem}.svg")), names);
+        }
+        let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+        for needle in [
+            "# Run report: agm on av-digits",
+            "| best (validation) | 4 | 90.00% | 85.00% | 30.00% | 0.800 | 1.300 | 0.200 | 0.700 | 4.00 ms | 300 MiB |",
+            "![Competition strength](competition.png)",
+            "[SVG](coefficients.svg)",
+            "| 1 | 0.0500 | 1.750 | 1.250 | 60.00% |",
+        ] {
+            assert!(md.contains(needle), "README.md lacks `{needle}`:\n{md}");
+        }
+        assert!(!md.contains("Test accuracy"), "no summary.json, no test line");
+    }
+
+    #[test]
+    fn a_joint_run_without_competition_has_no_coefficient_or_competition_plot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("joint-run");
+        synthetic_run(&dir, "joint", 1, false);
+        let test = EvalReport {
+            samples: 600,
+            accuracy: 0.875,
+            loss: 0.4,
+            modality_accuracy: vec![0.8, 0.25],
+            modality_loss: vec![0.5, 2.0],
+        };
+        std::fs::write(dir.join("summary.json"), serde_json::json!({ "test": test }).to_string()).unwrap();
+        let out = write(&dir).unwrap();
+        assert!(out.join("accuracy.png").exists() && out.join("modality_accuracy.svg").exists());
+        assert!(!out.join("coefficients.png").exists() && !out.join("competition.png").exists());
+        // One epoch is one point: still drawn.
+        assert!(check::coloured_pixels(&out.join("accuracy.png")) > 20);
+        let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(md.contains("**Test accuracy of the best-validation weights: 87.50%** on 600 samples"), "{md}");
+        assert!(md.contains("audio 80.00%, visual 25.00%") && md.contains("was not measured"), "{md}");
+    }
 }

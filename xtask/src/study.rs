@@ -1,9 +1,662 @@
-//! `cargo xtask study`.
+//! `cargo xtask study`: every method × seed on one dataset, trained through the library like
+//! `cargo xtask train` (quietly, one report per run), then one comparison table and one plot.
+//!
+//! ```text
+//! <out>/<method>-seed<k>/   one run directory each (config, metrics, weights, summary.json, report/)
+//! <out>/study.md            mean ± 95% CI over seeds per method, paired differences, pass/fail line
+//! <out>/study.json          the same table and every run's numbers
+//! <out>/curves.{png,svg}    validation accuracy and the weaker modality's Shapley accuracy per
+//!                           epoch, mean over seeds, one line per method
+//! ```
+//!
+//! A run directory that already holds a finished run of the same configuration is reused, so an
+//! interrupted study continues where it stopped.
 
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use agm_data::av_digits::{AvDigits, Split};
+use agm_metric::EvalReport;
+use agm_train::{checkpoint::write_atomic, config, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
+use anyhow::Context;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::StudyArgs;
+use crate::plot::{self, Panel, Series};
+use crate::report::{self, RunRecord};
+use crate::stats::MeanCi;
 
-pub fn run(_args: StudyArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`cargo xtask study` is not built yet")
+/// What one finished run contributes to the study.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    pub method: String,
+    pub seed: u64,
+    pub dir: PathBuf,
+    pub epochs_done: usize,
+    pub best_epoch: usize,
+    /// Validation accuracy of the best epoch (model selection).
+    pub validation_accuracy: f64,
+    /// Test split, best-validation weights (accuracy and per-modality Shapley accuracy).
+    pub test: EvalReport,
+    /// Competition strength per modality at the best epoch, when measured.
+    pub competition: Option<Vec<f64>>,
+    /// Mean step time over the run's epochs.
+    pub step_seconds: f64,
+    /// Peak resident memory of the process during the run.
+    pub peak_memory_bytes: Option<u64>,
+    /// Validation accuracy per epoch.
+    pub curve_accuracy: Vec<f64>,
+    /// Validation Shapley accuracy per epoch, then per modality.
+    pub curve_modality_accuracy: Vec<Vec<f64>>,
+}
+
+impl RunResult {
+    /// From a finished run directory (it needs `summary.json`).
+    pub fn from_record(method: &str, seed: u64, dir: &Path, record: &RunRecord) -> anyhow::Result<Self> {
+        let test = record.test.clone().with_context(|| format!("{} has no summary.json", dir.display()))?;
+        let best = record.best_row().with_context(|| format!("{} has no metrics", dir.display()))?;
+        let rows = &record.rows;
+        Ok(Self {
+            method: method.into(),
+            seed,
+            dir: dir.to_path_buf(),
+            epochs_done: rows.len(),
+            best_epoch: best.epoch,
+            validation_accuracy: best.validation.accuracy,
+            test,
+            competition: best.competition.clone(),
+            step_seconds: rows.iter().map(|r| r.mean_step_seconds).sum::<f64>() / rows.len() as f64,
+            peak_memory_bytes: rows.iter().filter_map(|r| r.peak_memory_bytes).max(),
+            curve_accuracy: rows.iter().map(|r| r.validation.accuracy).collect(),
+            curve_modality_accuracy: rows.iter().map(|r| r.validation.modality_accuracy.clone()).collect(),
+        })
+    }
+}
+
+/// What the study ran.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StudySetup {
+    pub dataset: String,
+    pub preset: String,
+    pub epochs: usize,
+    pub seeds: u64,
+    pub methods: Vec<String>,
+    pub modalities: Vec<String>,
+}
+
+/// One method's row of the table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MethodRow {
+    pub method: String,
+    pub runs: usize,
+    pub test_accuracy: MeanCi,
+    /// This method's test accuracy minus the first method's, paired by seed (none for the first).
+    pub test_accuracy_difference: Option<MeanCi>,
+    pub validation_accuracy: MeanCi,
+    /// Test-split Shapley accuracy per modality.
+    pub modality_accuracy: Vec<MeanCi>,
+    /// Competition strength per modality at the best epoch, when every run measured it.
+    pub competition: Option<Vec<MeanCi>>,
+    pub step_ms: MeanCi,
+    pub peak_memory_mib: MeanCi,
+}
+
+/// "AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds".
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    /// The modality with the lower test Shapley accuracy under joint (mean over seeds).
+    pub weaker_modality: String,
+    pub joint: MeanCi,
+    pub agm: MeanCi,
+    /// agm minus joint, paired by seed.
+    pub difference: MeanCi,
+    pub pass: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StudyTable {
+    pub setup: StudySetup,
+    /// The first method: differences are against it.
+    pub baseline: String,
+    pub rows: Vec<MethodRow>,
+    pub verdict: Option<Verdict>,
+}
+
+const CLAIM: &str = "AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds";
+
+fn of_method<'a>(results: &'a [RunResult], method: &'a str) -> impl Iterator<Item = &'a RunResult> + 'a {
+    results.iter().filter(move |r| r.method == method)
+}
+
+/// `f(b) - f(a)` over the seeds both methods ran.
+fn paired(results: &[RunResult], a: &str, b: &str, f: impl Fn(&RunResult) -> f64) -> MeanCi {
+    let diffs: Vec<f64> = of_method(results, b)
+        .filter_map(|rb| of_method(results, a).find(|ra| ra.seed == rb.seed).map(|ra| f(rb) - f(ra)))
+        .collect();
+    MeanCi::of(&diffs)
+}
+
+/// Over runs, a value some runs may lack.
+fn ci_of(runs: &[&RunResult], f: impl Fn(&RunResult) -> Option<f64>) -> MeanCi {
+    MeanCi::of(&runs.iter().map(|r| f(r).unwrap_or(f64::NAN)).collect::<Vec<_>>())
+}
+
+/// The table of a study from its runs.
+pub fn summarise(setup: StudySetup, results: &[RunResult]) -> StudyTable {
+    let baseline = setup.methods.first().cloned().unwrap_or_default();
+    let n_mod = setup.modalities.len();
+    let rows: Vec<MethodRow> = setup
+        .methods
+        .iter()
+        .map(|method| {
+            let runs: Vec<&RunResult> = of_method(results, method).collect();
+            let ci = |f: &dyn Fn(&RunResult) -> f64| MeanCi::of(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+            let measured = !runs.is_empty() && runs.iter().all(|r| r.competition.is_some());
+            MethodRow {
+                method: method.clone(),
+                runs: runs.len(),
+                test_accuracy: ci(&|r| r.test.accuracy),
+                test_accuracy_difference: (*method != baseline)
+                    .then(|| paired(results, &baseline, method, |r| r.test.accuracy)),
+                validation_accuracy: ci(&|r| r.validation_accuracy),
+                modality_accuracy: (0..n_mod)
+                    .map(|i| ci_of(&runs, |r| r.test.modality_accuracy.get(i).copied()))
+                    .collect(),
+                competition: measured.then(|| {
+                    (0..n_mod)
+                        .map(|i| ci_of(&runs, |r| r.competition.as_ref().and_then(|c| c.get(i).copied())))
+                        .collect()
+                }),
+                step_ms: ci(&|r| 1e3 * r.step_seconds),
+                peak_memory_mib: ci(&|r| r.peak_memory_bytes.map_or(f64::NAN, |b| b as f64 / (1024.0 * 1024.0))),
+            }
+        })
+        .collect();
+    let verdict = verdict(&setup, &rows, results);
+    StudyTable { setup, baseline, rows, verdict }
+}
+
+fn verdict(setup: &StudySetup, rows: &[MethodRow], results: &[RunResult]) -> Option<Verdict> {
+    let joint = rows.iter().find(|r| r.method == "joint" && r.runs > 0)?;
+    let agm = rows.iter().find(|r| r.method == "agm" && r.runs > 0)?;
+    let weaker = (0..setup.modalities.len())
+        .filter(|&i| joint.modality_accuracy[i].n > 0)
+        .min_by(|&a, &b| joint.modality_accuracy[a].mean.total_cmp(&joint.modality_accuracy[b].mean))?;
+    let (j, a) = (joint.modality_accuracy[weaker], agm.modality_accuracy[weaker]);
+    let at = |r: &RunResult| r.test.modality_accuracy.get(weaker).copied().unwrap_or(f64::NAN);
+    Some(Verdict {
+        weaker_modality: setup.modalities[weaker].clone(),
+        joint: j,
+        agm: a,
+        difference: paired(results, "joint", "agm", at),
+        pass: a.mean > j.mean,
+    })
+}
+
+/// The pass/fail line.
+pub fn verdict_line(v: &Verdict) -> String {
+    format!(
+        "**{}**: {CLAIM}. Weaker modality under joint: {}; its test Shapley accuracy {}% (joint) vs {}% (agm), \
+         paired difference {} points (95% CI).",
+        if v.pass { "PASS" } else { "FAIL" },
+        v.weaker_modality,
+        v.joint.show(100.0, 2),
+        v.agm.show(100.0, 2),
+        v.difference.show_signed(100.0, 2),
+    )
+}
+
+/// `study.md`.
+pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&str>) -> String {
+    let s = &table.setup;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Study: {} on {} ({} preset), {} seed(s) × {} epochs\n",
+        s.methods.join(", "),
+        s.dataset,
+        s.preset,
+        s.seeds,
+        s.epochs
+    );
+    md.push_str(
+        "Each cell is the mean over seeds ± the half-width of its 95% confidence interval (Student t, \
+         n − 1 degrees of freedom; no interval for one seed). Test numbers use the best-validation weights; \
+         Shapley accuracies are on the test split; validation accuracy is the best epoch's; competition \
+         strength is the best epoch's (0: the modality's mono-modal concept is linearly recoverable from \
+         the fused feature, about 1: not at all). Step time is the mean training step; peak memory is the \
+         process's peak resident set during the run.\n\n",
+    );
+    let measured = table.rows.iter().any(|r| r.competition.is_some());
+    let mut header = vec![
+        "method".to_string(),
+        "runs".into(),
+        "test accuracy (%)".into(),
+        format!("Δ test accuracy vs {} (points, paired)", table.baseline),
+        "validation accuracy (%)".into(),
+    ];
+    header.extend(s.modalities.iter().map(|m| format!("{m} Shapley acc. (%)")));
+    if measured {
+        header.extend(s.modalities.iter().map(|m| format!("{m} competition")));
+    }
+    header.push("step time (ms)".into());
+    header.push("peak memory (MiB)".into());
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(md, "| {} |", header.iter().map(|_| "---").collect::<Vec<_>>().join(" | "));
+    for r in &table.rows {
+        let mut cells = vec![
+            r.method.clone(),
+            r.runs.to_string(),
+            r.test_accuracy.show(100.0, 2),
+            r.test_accuracy_difference.map_or("—".into(), |d| d.show_signed(100.0, 2)),
+            r.validation_accuracy.show(100.0, 2),
+        ];
+        cells.extend(r.modality_accuracy.iter().map(|m| m.show(100.0, 2)));
+        if measured {
+            match &r.competition {
+                Some(c) => cells.extend(c.iter().map(|m| m.show(1.0, 3))),
+                None => cells.extend(s.modalities.iter().map(|_| "n/a".to_string())),
+            }
+        }
+        cells.push(r.step_ms.show(1.0, 2));
+        cells.push(r.peak_memory_mib.show(1.0, 0));
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md.push('\n');
+    match &table.verdict {
+        Some(v) => {
+            let _ = writeln!(md, "{}\n", verdict_line(v));
+        }
+        None => {
+            let _ = writeln!(md, "No verdict on \"{CLAIM}\": the study needs both `joint` and `agm`.\n");
+        }
+    }
+    if !measured {
+        md.push_str("Competition strength: not measured in these runs (no mono-modal concepts were attached).\n\n");
+    }
+    if let Some(stem) = plot_stem {
+        let _ = writeln!(
+            md,
+            "![Validation accuracy and weaker-modality Shapley accuracy per epoch]({stem}.png)\n\n[SVG]({stem}.svg)\n"
+        );
+    }
+    md.push_str("## Runs\n\n");
+    let mut header = vec!["method", "seed", "best epoch", "validation acc. (%)", "test acc. (%)"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    header.extend(s.modalities.iter().map(|m| format!("{m} Shapley (%)")));
+    header.push("report".into());
+    let _ = writeln!(md, "| {} |", header.join(" | "));
+    let _ = writeln!(md, "| {} |", header.iter().map(|_| "---").collect::<Vec<_>>().join(" | "));
+    for r in results {
+        let mut cells = vec![
+            r.method.clone(),
+            r.seed.to_string(),
+            r.best_epoch.to_string(),
+            format!("{:.2}", 100.0 * r.validation_accuracy),
+            format!("{:.2}", 100.0 * r.test.accuracy),
+        ];
+        cells.extend(r.test.modality_accuracy.iter().map(|a| format!("{:.2}", 100.0 * a)));
+        let name = r.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        cells.push(format!("[{name}]({name}/report/README.md)"));
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md
+}
+
+/// Mean over a method's runs, per epoch (runs that stopped early count where they have epochs).
+fn mean_curve(runs: &[&RunResult], f: impl Fn(&RunResult, usize) -> Option<f64>) -> Vec<(f64, f64)> {
+    let epochs = runs.iter().map(|r| r.curve_accuracy.len()).max().unwrap_or(0);
+    (0..epochs)
+        .filter_map(|e| {
+            let v: Vec<f64> = runs.iter().filter_map(|r| f(r, e)).filter(|v| v.is_finite()).collect();
+            (!v.is_empty()).then(|| ((e + 1) as f64, v.iter().sum::<f64>() / v.len() as f64))
+        })
+        .collect()
+}
+
+/// The combined plot: validation accuracy and the weaker modality's validation Shapley accuracy.
+pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
+    let weaker = table
+        .verdict
+        .as_ref()
+        .and_then(|v| table.setup.modalities.iter().position(|m| *m == v.weaker_modality))
+        .or_else(|| {
+            let first = table.rows.first()?;
+            (0..first.modality_accuracy.len())
+                .min_by(|&a, &b| first.modality_accuracy[a].mean.total_cmp(&first.modality_accuracy[b].mean))
+        })
+        .unwrap_or(0);
+    let name = table.setup.modalities.get(weaker).cloned().unwrap_or_else(|| "weaker modality".into());
+    let seeds = table.setup.seeds;
+    let mut accuracy = Vec::new();
+    let mut modality = Vec::new();
+    for method in &table.setup.methods {
+        let runs: Vec<&RunResult> = of_method(results, method).collect();
+        accuracy.push(Series::new(method.as_str(), mean_curve(&runs, |r, e| r.curve_accuracy.get(e).copied())));
+        modality.push(Series::new(
+            method.as_str(),
+            mean_curve(&runs, |r, e| r.curve_modality_accuracy.get(e).and_then(|m| m.get(weaker)).copied()),
+        ));
+    }
+    vec![
+        Panel::new(format!("Validation accuracy (mean over {seeds} seeds)"), "validation accuracy", accuracy),
+        Panel::new(
+            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds} seeds)"),
+            format!("{name} Shapley accuracy (validation)"),
+            modality,
+        ),
+    ]
+}
+
+/// Resets the process's peak resident set ("high-water mark") to its current size, so each run's
+/// `peak_memory_bytes` is its own (Linux; elsewhere it stays the process-wide peak).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The competition probe attached to every study run.
+///
+/// COMPETITION HOOK (issue 6, items 1–2): the library does not expose `agm_train::concept`
+/// (mono-modal concepts and a `ConceptProbe: CompetitionProbe`) yet. When it does, train the
+/// concepts missing for `cfg`'s dataset and preset here (they are cached on disk, so only the
+/// first run pays) and return the probe; the table, the per-run reports and `study.json` already
+/// show competition strength whenever `metrics.jsonl` carries it.
+fn competition_probe<'a>(
+    _cfg: &RunConfig,
+    _data: &'a AvDigits,
+    _device: &Device,
+) -> anyhow::Result<Option<Box<dyn CompetitionProbe + 'a>>> {
+    Ok(None)
+}
+
+/// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
+/// `summary.json` and report.
+fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
+    let run_dir = RunDir::create(dir)?;
+    write_atomic(&run_dir.config(), cfg.to_toml().as_bytes())?;
+    let device = cfg.device()?;
+    reset_peak_memory();
+    let built = cfg.build(&device)?;
+    let (train, validation) = config::train_and_validation(&built.data);
+    let mut trainer =
+        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
+            .with_run_dir(run_dir.clone())
+            .with_holdout(built.data.split(Split::Dep));
+    if let Some(probe) = competition_probe(cfg, &built.data, &device)? {
+        trainer = trainer.with_competition(probe);
+    }
+    let summary = trainer.fit(train, validation, &mut NoCallback)?;
+    let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
+    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
+    write_atomic(&run_dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    report::write(dir)?;
+    Ok(())
+}
+
+/// A finished run of exactly this configuration in `dir`, if there is one.
+fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
+    if !dir.join("summary.json").exists() {
+        return None;
+    }
+    let record = RunRecord::load(dir).ok()?;
+    (record.config == *cfg && record.test.is_some() && !record.rows.is_empty()).then_some(record)
+}
+
+/// Runs (or reuses) one method and seed; says whether it was reused.
+fn run_one(cfg: &RunConfig, dir: &Path) -> anyhow::Result<(RunResult, bool)> {
+    let (record, reused) = match finished(cfg, dir) {
+        Some(record) => (record, true),
+        None => {
+            if dir.join("config.toml").exists() {
+                // An unfinished or different run from an earlier study: start it again.
+                std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+            } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+                anyhow::bail!("{} is not empty and holds no run; choose another --out", dir.display());
+            }
+            train(cfg, dir).with_context(|| format!("{} seed {} in {}", cfg.method, cfg.seed, dir.display()))?;
+            (RunRecord::load(dir)?, false)
+        }
+    };
+    Ok((RunResult::from_record(&cfg.method, cfg.seed, dir, &record)?, reused))
+}
+
+fn default_out() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    PathBuf::from("runs").join(format!("study-{secs}"))
+}
+
+/// The methods of `--methods`, checked.
+fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
+    let methods: Vec<String> = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
+    if methods.is_empty() {
+        anyhow::bail!("--methods names no method");
+    }
+    for (i, m) in methods.iter().enumerate() {
+        if methods[..i].contains(m) {
+            anyhow::bail!("--methods names `{m}` twice");
+        }
+    }
+    Ok(methods)
+}
+
+pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
+    let methods = parse_methods(&args.methods)?;
+    if args.seeds == 0 {
+        anyhow::bail!("--seeds must be at least 1");
+    }
+    let mut base = RunConfig::av_digits();
+    base.dataset = args.dataset.clone();
+    if let Some(p) = &args.preset {
+        base.data_preset = p.clone();
+    }
+    if let Some(e) = args.epochs {
+        base.epochs = e;
+    }
+    let configs: Vec<RunConfig> = methods
+        .iter()
+        .flat_map(|m| (0..args.seeds).map(move |seed| (m.clone(), seed)))
+        .map(|(method, seed)| {
+            let cfg = RunConfig { method, seed, ..base.clone() };
+            cfg.validate().map(|_| cfg)
+        })
+        .collect::<Result<_, _>>()?;
+    if base.device == "cuda" && !cfg!(feature = "cuda") {
+        anyhow::bail!("the study runs on the CPU in this build");
+    }
+    let out = args.out.clone().unwrap_or_else(default_out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    println!(
+        "study: {} × {} seed(s) on {} ({} preset), {} epochs -> {}",
+        methods.join(", "),
+        args.seeds,
+        base.dataset,
+        base.data_preset,
+        base.epochs,
+        out.display()
+    );
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for cfg in &configs {
+        let t = Instant::now();
+        let dir = out.join(format!("{}-seed{}", cfg.method, cfg.seed));
+        let (result, reused) = run_one(cfg, &dir)?;
+        if !args.quiet {
+            let per: Vec<String> = result.test.modality_accuracy.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+            println!(
+                "  {:<10} seed {:<3} test {:.2}% (Shapley {}), best epoch {:>3}, {}",
+                cfg.method,
+                cfg.seed,
+                100.0 * result.test.accuracy,
+                per.join(" / "),
+                result.best_epoch,
+                if reused { "reused".to_string() } else { format!("{:.1} s", t.elapsed().as_secs_f64()) }
+            );
+        }
+        results.push(result);
+    }
+    let count = results.first().map_or(0, |r| r.test.modality_accuracy.len());
+    let setup = StudySetup {
+        dataset: base.dataset.clone(),
+        preset: base.data_preset.clone(),
+        epochs: base.epochs,
+        seeds: args.seeds,
+        methods,
+        modalities: report::modality_names(&base, count),
+    };
+    let table = summarise(setup, &results);
+    plot::render(&out.join("curves"), &curves(&table, &results))?;
+    let md = markdown(&table, &results, Some("curves"));
+    write_atomic(&out.join("study.md"), md.as_bytes())?;
+    let json = serde_json::json!({ "table": table, "runs": results });
+    write_atomic(&out.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    println!();
+    print!("{}", md.split("\n## Runs").next().unwrap_or(&md));
+    println!(
+        "{} runs in {:.1} s; table {}, plot {}",
+        results.len(),
+        started.elapsed().as_secs_f64(),
+        out.join("study.md").display(),
+        out.join("curves.png").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plot::check;
+
+    fn setup(methods: &[&str], seeds: u64) -> StudySetup {
+        StudySetup {
+            dataset: "av-digits".into(),
+            preset: "audio-dominant".into(),
+            epochs: 3,
+            seeds,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            modalities: vec!["audio".into(), "visual".into()],
+        }
+    }
+
+    /// A finished run with the given test accuracy and test Shapley accuracies.
+    fn result(method: &str, seed: u64, acc: f64, audio: f64, visual: f64) -> RunResult {
+        RunResult {
+            method: method.into(),
+            seed,
+            dir: PathBuf::from(format!("{method}-seed{seed}")),
+            epochs_done: 3,
+            best_epoch: 3,
+            validation_accuracy: acc + 0.01,
+            test: EvalReport {
+                samples: 600,
+                accuracy: acc,
+                loss: 0.3,
+                modality_accuracy: vec![audio, visual],
+                modality_loss: vec![0.5, 1.5],
+            },
+            competition: None,
+            step_seconds: 0.002 + 0.001 * seed as f64,
+            peak_memory_bytes: Some(200 << 20),
+            curve_accuracy: vec![0.5, 0.7, acc],
+            curve_modality_accuracy: vec![vec![0.4, 0.1], vec![0.6, 0.2], vec![audio, visual]],
+        }
+    }
+
+    /// joint and agm over three seeds; agm's visual (the weaker modality) Shapley accuracy is
+    /// `agm_visual` for each seed.
+    fn study(agm_visual: [f64; 3]) -> Vec<RunResult> {
+        vec![
+            result("joint", 0, 0.90, 0.85, 0.30),
+            result("joint", 1, 0.92, 0.86, 0.32),
+            result("joint", 2, 0.94, 0.87, 0.34),
+            result("agm", 0, 0.91, 0.80, agm_visual[0]),
+            result("agm", 1, 0.95, 0.82, agm_visual[1]),
+            result("agm", 2, 0.96, 0.84, agm_visual[2]),
+        ]
+    }
+
+    #[test]
+    fn the_table_has_means_intervals_differences_and_a_passing_line() {
+        let results = study([0.40, 0.44, 0.48]);
+        let table = summarise(setup(&["joint", "agm"], 3), &results);
+        let md = markdown(&table, &results, Some("curves"));
+        // joint: 0.90, 0.92, 0.94 → 92.00 ± 4.97; agm − joint per seed: +1, +3, +2 points →
+        // +2.00 ± 2.48 (s = 1, t(2) = 4.302653); visual: joint 32.00 ± 4.97, agm 44.00 ± 9.94.
+        for needle in [
+            "| method | runs | test accuracy (%) | Δ test accuracy vs joint (points, paired) | validation accuracy (%) \
+             | audio Shapley acc. (%) | visual Shapley acc. (%) | step time (ms) | peak memory (MiB) |",
+            "| joint | 3 | 92.00 ± 4.97 | — | 93.00 ± 4.97 | 86.00 ± 2.48 | 32.00 ± 4.97 | 3.00 ± 2.48 | 200 ± 0 |",
+            "| agm | 3 | 94.00 ± 6.57 | +2.00 ± 2.48 | 95.00 ± 6.57 | 82.00 ± 4.97 | 44.00 ± 9.94 |",
+            "**PASS**: AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds. \
+             Weaker modality under joint: visual; its test Shapley accuracy 32.00 ± 4.97% (joint) vs 44.00 ± 9.94% \
+             (agm), paired difference +12.00 ± 4.97 points (95% CI).",
+            "Competition strength: not measured",
+            "| agm | 2 | 3 | 97.00 | 96.00 | 84.00 | 48.00 | [agm-seed2](agm-seed2/report/README.md) |",
+        ] {
+            assert!(md.contains(needle), "study.md lacks\n{needle}\nin\n{md}");
+        }
+        let v = table.verdict.as_ref().unwrap();
+        assert!(v.pass && v.weaker_modality == "visual");
+        // The JSON carries the same numbers.
+        let json = serde_json::to_value(&table).unwrap();
+        assert_eq!(json["rows"][1]["test_accuracy_difference"]["n"], 3);
+    }
+
+    #[test]
+    fn the_line_fails_when_agm_does_not_raise_the_weaker_modality() {
+        let results = study([0.29, 0.31, 0.33]);
+        let table = summarise(setup(&["joint", "agm"], 3), &results);
+        let v = table.verdict.as_ref().unwrap();
+        assert!(!v.pass && v.weaker_modality == "visual");
+        let md = markdown(&table, &results, None);
+        assert!(md.contains("**FAIL**: AGM raises the weaker modality's Shapley accuracy above joint's"), "{md}");
+        assert!(md.contains("32.00 ± 4.97% (joint) vs 31.00 ± 4.97% (agm), paired difference -1.00 ± 0.00"), "{md}");
+        assert!(!md.contains("PASS"));
+        // Equal means do not pass either.
+        let table = summarise(setup(&["joint", "agm"], 3), &study([0.30, 0.32, 0.34]));
+        assert!(!table.verdict.unwrap().pass);
+    }
+
+    #[test]
+    fn without_both_methods_there_is_no_verdict_and_competition_shows_when_measured() {
+        let mut results: Vec<RunResult> = study([0.4, 0.4, 0.4]).into_iter().filter(|r| r.method == "agm").collect();
+        for (r, c) in results.iter_mut().zip([0.2, 0.3, 0.4]) {
+            r.competition = Some(vec![c, 0.9]);
+        }
+        let table = summarise(setup(&["agm"], 3), &results);
+        assert!(table.verdict.is_none());
+        let md = markdown(&table, &results, None);
+        assert!(md.contains("No verdict") && md.contains("| audio competition | visual competition |"), "{md}");
+        assert!(md.contains("| 0.300 ± 0.248 | 0.900 ± 0.000 |"), "{md}");
+        assert!(!md.contains("not measured"));
+    }
+
+    #[test]
+    fn the_combined_plot_names_methods_and_the_weaker_modality() {
+        let results = study([0.40, 0.44, 0.48]);
+        let table = summarise(setup(&["joint", "agm"], 3), &results);
+        let panels = curves(&table, &results);
+        let agm_visual = &panels[1].series[1].points;
+        let expected = [(1.0, 0.1), (2.0, 0.2), (3.0, 0.44)];
+        assert_eq!(agm_visual.len(), 3);
+        assert!(
+            agm_visual.iter().zip(expected).all(|(p, e)| p.0 == e.0 && (p.1 - e.1).abs() < 1e-12),
+            "{agm_visual:?}"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let [png_path, svg_path] = plot::render(&tmp.path().join("curves"), &panels).unwrap();
+        assert!(check::coloured_pixels(&png_path) > 200);
+        check::svg_names(&svg_path, &["joint", "agm", "validation accuracy", "visual Shapley accuracy (validation)"]);
+    }
+
+    #[test]
+    fn methods_are_parsed_and_checked() {
+        assert_eq!(parse_methods(" joint, agm ,").unwrap(), ["joint", "agm"]);
+        assert!(parse_methods("agm,agm").unwrap_err().to_string().contains("twice"));
+        assert!(parse_methods(",").is_err());
+    }
 }

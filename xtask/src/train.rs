@@ -120,10 +120,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let built = cfg.build(&device)?;
     let (train, validation) = config::train_and_validation(&built.data);
     let modalities = built.data.modalities().names().to_vec();
+    let (probe, concepts) = crate::concept::attach(&cfg, &built.data)?;
     let mut trainer =
         Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
             .with_run_dir(dir.clone())
             .with_holdout(built.data.split(agm_data::av_digits::Split::Dep));
+    if let Some(probe) = probe {
+        trainer = trainer.with_competition(Box::new(probe));
+    }
     if resuming {
         trainer.resume()?;
     }
@@ -151,8 +155,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
     print_summary(&cfg, &summary, &test, &modalities, dir.root());
+    println!("{}", concepts.summary_line(&cfg, &summary, &modalities));
     let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    crate::report::write_after_train(dir.root());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -77,6 +77,35 @@ pub enum DataError {
     #[error("invalid value for option `{option}`: {reason}")]
     InvalidConfig { option: String, reason: String },
 
+    /// A pickle file could not be decoded, or holds something other than dicts, lists and
+    /// numeric numpy arrays.
+    #[error("{}: cannot read pickle: {reason}", path.display())]
+    Pickle { path: PathBuf, reason: String },
+
+    /// A required key, dataset or column is missing from a file.
+    #[error("{}: missing key `{key}`", path.display())]
+    MissingKey { path: PathBuf, key: String },
+
+    /// A label is outside the dataset's class range.
+    #[error("{}: label {label} at row {row} is outside 0..{classes}", path.display())]
+    LabelOutOfRange { path: PathBuf, row: usize, label: i64, classes: usize },
+
+    /// An array has a shape the loader cannot use.
+    #[error("{}: bad shape {shape:?}: {reason}", path.display())]
+    BadShape { path: PathBuf, shape: Vec<usize>, reason: String },
+
+    /// An HDF5 file could not be read.
+    #[error("{}: cannot read HDF5: {reason}", path.display())]
+    Hdf5 { path: PathBuf, reason: String },
+
+    /// A dataset id was not recognised.
+    #[error("unknown dataset `{name}`; expected avmnist, cremad, urfunny, ave or mosei")]
+    UnknownDataset { name: String },
+
+    /// A Hugging Face hub reference could not be resolved.
+    #[error("cannot resolve {spec}: {reason}")]
+    Hub { spec: String, reason: String },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

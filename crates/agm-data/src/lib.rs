@@ -22,7 +22,11 @@
 pub mod av_digits;
 mod dataset;
 mod error;
+pub mod hub;
+pub mod loaders;
 mod npy;
 
 pub use dataset::{batches, epoch_order, Dataset, Sample, SplitTensors};
 pub use error::{DataError, Result, PIP_COMMAND};
+pub use loaders::prefetch::Prefetcher;
+pub use loaders::{load, DatasetId, LoadOptions, LoadedDataset, SegmentLabels};

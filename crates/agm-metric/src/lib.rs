@@ -1,4 +1,5 @@
-//! Metrics for agm: fused accuracy and per-modality Shapley accuracy and loss.
+//! Metrics for agm: fused accuracy and per-modality Shapley accuracy and loss, and the
+//! competition strength of each modality ([`competition`]).
 //!
 //! Metrics are pure: the same outputs and labels give the same numbers.
 //!
@@ -16,6 +17,10 @@
 
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
+
+pub mod competition;
+
+pub use competition::{competition_strength, CompetitionStrength, Ridge, RidgeSolver, DEFAULT_RIDGE_ALPHA};
 
 /// Row-wise argmax of `[B, C]` logits.
 pub fn argmax(logits: &Tensor) -> Result<Vec<u32>> {

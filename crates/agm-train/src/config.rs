@@ -6,7 +6,8 @@ use std::path::Path;
 use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
 use agm_fusion::{LateConcatConfig, LateConcatModel};
-use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
+use agm_modulation::registry::{self, MethodConfigs};
+use agm_modulation::{AgmConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
@@ -18,8 +19,9 @@ use crate::TrainerOptions;
 pub const DATASETS: &[&str] = &["av-digits"];
 /// Model presets `--model` accepts in this build.
 pub const MODELS: &[&str] = &["av-digits-late"];
-/// Methods `--method` accepts in this build.
-pub const METHODS: &[&str] = &["joint", "agm"];
+/// Methods `--method` accepts in this build, alone or stacked with `+` (`agm+ogm-ge`); the
+/// registry of agm-modulation owns the list.
+pub const METHODS: &[&str] = registry::METHODS;
 /// Devices `--device` accepts.
 pub const DEVICES: &[&str] = &["cpu", "cuda"];
 
@@ -32,6 +34,7 @@ pub struct RunConfig {
     /// AV-Digits noise preset: `audio-dominant`, `balanced` or `image-dominant`.
     pub data_preset: String,
     pub model: String,
+    /// One method or several joined with `+`, composed in the order written (`agm+ogm-ge`).
     pub method: String,
     pub seed: u64,
     pub epochs: usize,
@@ -42,6 +45,9 @@ pub struct RunConfig {
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
     pub agm: AgmConfig,
+    pub ogm_ge: OgmGeConfig,
+    pub mslr: MslrConfig,
+    pub mses: MsesConfig,
 }
 
 /// What a config builds.
@@ -76,6 +82,9 @@ impl RunConfig {
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05)),
             schedule: ScheduleConfig::Constant,
             agm: AgmConfig::av_digits(),
+            ogm_ge: OgmGeConfig::av_digits(),
+            mslr: MslrConfig::av_digits(),
+            mses: MsesConfig::av_digits(),
         }
     }
 
@@ -102,7 +111,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         one_of("dataset", &self.dataset, DATASETS)?;
         one_of("model", &self.model, MODELS)?;
-        one_of("method", &self.method, METHODS)?;
+        registry::parse(&self.method).map_err(TrainError::Config)?;
         one_of("device", &self.device, DEVICES)?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
@@ -113,8 +122,19 @@ impl RunConfig {
         }
         self.optimizer.validate().map_err(|e| TrainError::Config(format!("optimizer: {e}")))?;
         self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
-        self.agm.validate().map_err(TrainError::Config)?;
+        self.method_configs().validate().map_err(TrainError::Config)?;
         Ok(())
+    }
+
+    /// Every method's settings, as the registry takes them.
+    pub fn method_configs(&self) -> MethodConfigs {
+        MethodConfigs {
+            seed: self.seed,
+            agm: self.agm.clone(),
+            ogm_ge: self.ogm_ge.clone(),
+            mslr: self.mslr.clone(),
+            mses: self.mses.clone(),
+        }
     }
 
     pub fn device(&self) -> Result<Device> {
@@ -150,12 +170,9 @@ impl RunConfig {
         Ok(LateConcatModel::new(&LateConcatConfig::av_digits(), self.seed, DType::F32, device)?)
     }
 
+    /// The method (or stack of methods) named by `method`, for this model.
     pub fn build_modulator(&self, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>> {
-        let m = model.modalities().len();
-        Ok(match self.method.as_str() {
-            "agm" => Box::new(Agm::new(self.agm.clone(), m).map_err(TrainError::Config)?),
-            _ => Box::new(Joint::new()),
-        })
+        registry::build(&self.method, &self.method_configs(), model).map_err(TrainError::Config)
     }
 
     /// Dataset, model and modulator, ready for a [`crate::Trainer`].

@@ -8,6 +8,7 @@
 //! Libraries never print: drivers observe through [`Callback`].
 
 pub mod checkpoint;
+pub mod concept;
 pub mod config;
 mod error;
 pub mod evaluate;

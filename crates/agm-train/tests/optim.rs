@@ -515,7 +515,7 @@ fn state_round_trip_adamw() {
 #[test]
 fn invalid_configs_name_the_field() {
     let w = var(&[1.0]);
-    let sgd_err = |c: SgdConfig| Sgd::new(vec![group(&[("w", &w)])], c).err().expect("accepted").to_string();
+    let sgd_err = |c: SgdConfig| Sgd::new(vec![group(&[("w", &w)])], c).expect_err("accepted").to_string();
     assert!(sgd_err(SgdConfig::new(-0.1)).contains("lr"));
     assert!(sgd_err(SgdConfig::new(f64::NAN)).contains("lr"));
     assert!(sgd_err(SgdConfig { momentum: -0.5, ..SgdConfig::new(0.1) }).contains("momentum"));
@@ -524,7 +524,7 @@ fn invalid_configs_name_the_field() {
     let damped = SgdConfig { nesterov: true, momentum: 0.9, dampening: 0.1, ..SgdConfig::new(0.1) };
     assert!(sgd_err(damped).contains("nesterov"));
 
-    let adam_err = |c: AdamConfig| Adam::new(vec![group(&[("w", &w)])], c).err().expect("accepted").to_string();
+    let adam_err = |c: AdamConfig| Adam::new(vec![group(&[("w", &w)])], c).expect_err("accepted").to_string();
     assert!(adam_err(AdamConfig::new(-1.0)).contains("lr"));
     assert!(adam_err(AdamConfig { beta1: 1.0, ..AdamConfig::new(0.1) }).contains("beta1"));
     assert!(adam_err(AdamConfig { beta2: -0.1, ..AdamConfig::new(0.1) }).contains("beta2"));

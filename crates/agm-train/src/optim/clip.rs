@@ -55,8 +55,8 @@ fn clip_with_coef(grads: &mut GradStore, params: &[NamedVar], max_norm: f64) -> 
     };
     let total = Tensor::stack(&norms, 0)?.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let coef = max_norm / (total + NORM_EPS);
-    // Written so that a NaN coefficient is applied, as torch.clamp(NaN, max=1) stays NaN.
-    if !(coef >= 1.0) {
+    // A NaN coefficient is applied too, since torch.clamp(NaN, max=1) stays NaN.
+    if coef.is_nan() || coef < 1.0 {
         for (var, g) in with_grad {
             grads.insert(var.as_tensor(), g.affine(coef, 0.0)?);
         }

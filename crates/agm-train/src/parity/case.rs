@@ -51,6 +51,12 @@ pub(super) struct Hyper {
     pub coeff_clamp: Option<f64>,
     pub prob_floor: Option<f64>,
     pub clip: Option<ClipSpec>,
+    /// OGM-GE's alpha (`alpha` repeats it).
+    #[serde(default)]
+    pub ogm_alpha: Option<f64>,
+    /// How the OGM-GE noise ran (`"disabled (exactly zero)"` in the fixtures).
+    #[serde(default)]
+    pub ogm_noise: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,10 +5,14 @@
 //! from the `kind` (and, for `train_steps`, the `method`) written in `case.json`, never from the
 //! folder name, so the same runner works on any folder of this format.
 //!
-//! Implemented: `train_steps` with method `AGM` (any number of modalities). The step is
-//! [`crate::train_step`] itself, driven with [`agm_modulation::Agm`], the SGD optimizer of
-//! [`crate::optim`] and a [`agm_fusion::LateConcatModel`] built from the case's description; a
-//! [`crate::StepObserver`] captures the passes, mono-modal outputs and gradient snapshots.
+//! Implemented: `train_steps` with method `AGM` (any number of modalities) or `OGM-GE`. The
+//! step is [`crate::train_step`] itself, driven with [`agm_modulation::Agm`] or
+//! [`agm_modulation::OgmGe`], the SGD optimizer of [`crate::optim`] and a
+//! [`agm_fusion::LateConcatModel`] built from the case's description (linear or conv encoders);
+//! a [`crate::StepObserver`] captures the passes, mono-modal outputs and gradient snapshots.
+//! `epoch_schedule` (MSLR and MSES) replays each run's per-epoch inputs through the bookkeeping
+//! of [`agm_modulation::MslrSchedule`] and [`agm_modulation::MsesSchedule`], carrying out the
+//! snapshot actions on a stand-in for the trainer's state (see `epoch_schedule.rs`).
 //!
 //! Comparison (FORMAT.md §6): a tensor X (expected) against Y (computed) under key k has
 //! `err = max|X − Y| / max(max|X|, 1e-3·G)`, with G the largest |value| over the expected float
@@ -24,6 +28,7 @@
 //! ```
 
 mod case;
+mod epoch_schedule;
 mod report;
 mod train_steps;
 
@@ -110,19 +115,17 @@ pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
                 .get("method")
                 .and_then(serde_json::Value::as_str)
                 .ok_or_else(|| ParityError::invalid(&case_path, "missing string field `method`"))?;
-            match method {
-                "AGM" => {}
-                "OGM-GE" => {
-                    return Err(ParityError::MethodNotImplemented { path: case_path, method: method.to_string() })
-                }
-                _ => return Err(ParityError::UnknownMethod { path: case_path, method: method.to_string() }),
+            if !matches!(method, "AGM" | "OGM-GE") {
+                return Err(ParityError::UnknownMethod { path: case_path, method: method.to_string() });
             }
             let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
             train_steps::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
         }
-        "competition_strength" | "epoch_schedule" => {
-            Err(ParityError::KindNotImplemented { path: case_path, kind: kind.to_string() })
+        "epoch_schedule" => {
+            let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
+            epoch_schedule::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
         }
+        "competition_strength" => Err(ParityError::KindNotImplemented { path: case_path, kind: kind.to_string() }),
         _ => Err(ParityError::UnknownKind { path: case_path, kind: kind.to_string() }),
     }
 }

@@ -243,6 +243,24 @@ impl Checker {
         }
     }
 
+    /// Any JSON value (a list of names, an integer), compared exactly (err 0 or 1).
+    pub fn exact(
+        &mut self,
+        field: &str,
+        key: &str,
+        expected: &serde_json::Value,
+        computed: Option<&serde_json::Value>,
+    ) {
+        let group = format!("scalar:{field}");
+        self.report.scalars_compared += 1;
+        let err = if computed == Some(expected) { 0.0 } else { 1.0 };
+        self.report.record(&group, key, err);
+        if err != 0.0 {
+            let got = computed.map_or_else(|| "nothing".to_string(), ToString::to_string);
+            self.report.fail(key, err, format!("expected {expected}, computed {got}"));
+        }
+    }
+
     /// Something the case must hold is missing or malformed.
     pub fn missing(&mut self, key: &str, detail: impl Into<String>) {
         self.report.fail(key, f64::INFINITY, detail);

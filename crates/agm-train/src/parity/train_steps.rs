@@ -1,11 +1,19 @@
 //! Kind `train_steps` (FORMAT.md §1): replays every step through [`crate::train_step`].
+//!
+//! Method `AGM` runs [`Agm`]; method `OGM-GE` runs [`OgmGe`] in `reference` mode with its noise
+//! off (the fixtures disable it, FORMAT.md §1.8), and the AGM quantities the official code
+//! computes for every method (scores, ratios, coefficients, running scores) come from an AGM
+//! bookkeeping fed with the step's mono-modal outputs that never installs its coefficients.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, Subset};
 use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
-use agm_modulation::{shapley, Agm, AgmConfig, AgmStepStats, ClipRule, Objective, StepForward};
+use agm_modulation::{
+    ogm_noise_std, shapley, Agm, AgmConfig, AgmStepStats, ClipRule, Modulator, Objective, OgmGe, OgmGeConfig, OgmMode,
+    OgmStepStats, StepForward, OGM_NOISE_STD_EPS,
+};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{Map, Value};
@@ -67,13 +75,18 @@ impl StepObserver for Capture<'_> {
                 t
             }
         };
-        if let Some(mono) = &objective.mono {
-            for (name, mx) in set.names().iter().zip(mono) {
-                self.tensors.insert(format!("m/{name}"), mx.detach());
-            }
-            for (name, mc) in set.names().iter().zip(shapley::exact_shapley(mono, &none)?) {
-                self.tensors.insert(format!("m_mc/{name}"), mc.detach());
-            }
+        // A method that leaves the objective alone (OGM-GE) reports no mono-modal outputs; they
+        // are then those of the passes, as the reference computes them for every method.
+        let mono = match &objective.mono {
+            Some(mono) => mono.clone(),
+            None if !forward.masked.is_empty() => shapley::mono_outputs(m, |s| forward.logits(s, m))?,
+            None => return Ok(()),
+        };
+        for (name, mx) in set.names().iter().zip(&mono) {
+            self.tensors.insert(format!("m/{name}"), mx.detach());
+        }
+        for (name, mc) in set.names().iter().zip(shapley::exact_shapley(&mono, &none)?) {
+            self.tensors.insert(format!("m_mc/{name}"), mc.detach());
         }
         Ok(())
     }
@@ -178,7 +191,33 @@ pub(super) fn run(
         prob_floor: h.prob_floor,
         clip,
     };
-    let mut agm = Agm::new(agm_cfg, case.modalities.len()).map_err(|e| invalid(format!("hyper: {e}")))?;
+    let m = case.modalities.len();
+    let mut replay = match case.method.as_str() {
+        "OGM-GE" => {
+            if let Some(noise) = &h.ogm_noise {
+                if !noise.starts_with("disabled") {
+                    return Err(invalid(format!(
+                        "hyper.ogm_noise = `{noise}` is not supported: random draws cannot be matched across \
+                         languages, so the runner replays OGM-GE with its noise disabled"
+                    )));
+                }
+            }
+            let ogm_cfg = OgmGeConfig {
+                mode: OgmMode::Reference,
+                alpha: h.ogm_alpha.unwrap_or(h.alpha),
+                noise: false,
+                seed: 0,
+                window_start: lo,
+                window_end: Some(hi),
+                clip: agm_cfg.clip,
+            };
+            let ogm = OgmGe::new(ogm_cfg, m).map_err(|e| invalid(format!("hyper: {e}")))?;
+            let shadow_cfg = AgmConfig { window_start: usize::MAX, window_end: None, clip: None, ..agm_cfg };
+            let shadow = Agm::new(shadow_cfg, m).map_err(|e| invalid(format!("hyper: {e}")))?;
+            Replay::Ogm { ogm, shadow }
+        }
+        _ => Replay::Agm(Agm::new(agm_cfg, m).map_err(|e| invalid(format!("hyper: {e}")))?),
+    };
     let sgd_cfg = SgdConfig {
         lr: h.lr,
         momentum: h.momentum,
@@ -249,10 +288,21 @@ pub(super) fn run(
             Capture { model: &model, inputs: &batch.inputs, params: &trainable, tensors: BTreeMap::new() };
         let outcome = {
             let mut parts =
-                StepParts { model: &model, modulator: &mut agm, optimizer: &mut sgd, trainable: &trainable };
+                StepParts { model: &model, modulator: replay.modulator(), optimizer: &mut sgd, trainable: &trainable };
             train_step(&mut parts, &batch, k, epoch, 0, &mut capture).map_err(replay_err)?
         };
         let mut computed = std::mem::take(&mut capture.tensors);
+        if let Replay::Ogm { shadow, .. } = &mut replay {
+            let labels = batch.labels.to_vec1::<u32>().map_err(replay_err)?;
+            let mut scores = Vec::with_capacity(m);
+            for name in &case.modalities {
+                let mx = computed
+                    .get(&format!("m/{name}"))
+                    .ok_or_else(|| replay_err(candle_core::Error::Msg(format!("no mono-modal output for `{name}`"))))?;
+                scores.push(shapley::score(mx, &labels, h.prob_floor).map_err(replay_err)?);
+            }
+            shadow.update(&scores, k, epoch);
+        }
         for p in &trainable {
             computed.insert(format!("params_after/{}", p.name), p.var.as_tensor().copy().map_err(replay_err)?);
         }
@@ -288,9 +338,37 @@ pub(super) fn run(
         }
 
         // Scalars.
-        compare_scalars(&mut chk, index, fields, &case, lr, &outcome, agm.last_stats());
+        let (agm_stats, ogm_stats) = replay.stats();
+        compare_scalars(&mut chk, index, fields, &case, lr, &outcome, agm_stats, ogm_stats, &computed);
     }
     Ok(chk.report)
+}
+
+/// The method a case replays (one per replay, so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Replay {
+    Agm(Agm),
+    /// OGM-GE, with the AGM bookkeeping whose numbers the official code stores for every method.
+    Ogm {
+        ogm: OgmGe,
+        shadow: Agm,
+    },
+}
+
+impl Replay {
+    fn modulator(&mut self) -> &mut dyn Modulator {
+        match self {
+            Replay::Agm(a) => a,
+            Replay::Ogm { ogm, .. } => ogm,
+        }
+    }
+
+    fn stats(&self) -> (Option<&AgmStepStats>, Option<&OgmStepStats>) {
+        match self {
+            Replay::Agm(a) => (a.last_stats(), None),
+            Replay::Ogm { ogm, shadow } => (shadow.last_stats(), ogm.last_stats()),
+        }
+    }
 }
 
 /// The keys below `stepK/` that every case of this shape must store.
@@ -475,6 +553,7 @@ fn check_variables(path: &Path, case: &TrainStepsCase, model: &LateConcatModel) 
 }
 
 /// The scalars of `steps[index]` (FORMAT.md §7); unknown fields are informational.
+#[allow(clippy::too_many_arguments)]
 fn compare_scalars(
     chk: &mut Checker,
     index: usize,
@@ -483,6 +562,8 @@ fn compare_scalars(
     lr: f64,
     outcome: &StepOutcome,
     stats: Option<&AgmStepStats>,
+    ogm: Option<&OgmStepStats>,
+    computed: &BTreeMap<String, Tensor>,
 ) {
     let clip: Option<&ClipReport> = outcome.clip.as_ref();
     let mut required = vec!["lr", "loss"];
@@ -495,6 +576,9 @@ fn compare_scalars(
     }
     if fields.get("clip_fired").and_then(Value::as_bool) == Some(true) {
         required.extend_from_slice(&["clip_total_norm", "clip_coef"]);
+    }
+    if case.method == "OGM-GE" {
+        required.push("ogm");
     }
     for f in required {
         if fields.get(f).is_none_or(Value::is_null) {
@@ -516,6 +600,7 @@ fn compare_scalars(
             "clip_coef" if !value.is_null() => float(chk, f, &loc, value, clip.and_then(|c| c.coef)),
             "clip_total_norm" | "clip_coef" => {}
             "clip_fired" => flag(chk, f, &loc, value, clip.map(|c| c.fired)),
+            "ogm" if case.method == "OGM-GE" => compare_ogm(chk, &loc, value, case, ogm, computed),
             "clamp_fired" => {
                 let computed = stats.map(|s| s.clamp_fired.clone());
                 per_modality(chk, f, &loc, value, case, |i| {
@@ -537,6 +622,74 @@ fn compare_scalars(
                 });
             }
             _ => chk.report.note(format!("case.json: {loc}")),
+        }
+    }
+}
+
+/// `steps[k].ogm` (FORMAT.md §1.8): score sums, pairwise ratios, coefficients, the edited
+/// parameters, and the noise standard deviation the official code would draw with,
+/// `std(grad) + 1e-8` (informational in FORMAT.md; compared here with the function the noise
+/// uses, on the backward gradient).
+fn compare_ogm(
+    chk: &mut Checker,
+    loc: &str,
+    value: &Value,
+    case: &TrainStepsCase,
+    stats: Option<&OgmStepStats>,
+    computed: &BTreeMap<String, Tensor>,
+) {
+    let Some(obj) = value.as_object() else {
+        chk.missing(loc, format!("expected an object in case.json, found {value}"));
+        return;
+    };
+    let num = |x: f64| serde_json::Number::from_f64(x).map(Value::Number);
+    let index_of = |letter: &str| {
+        case.modalities.iter().position(|m| m.chars().next().map(String::from).as_deref() == Some(letter))
+    };
+    for (field, v) in obj {
+        let key = format!("{loc}.{field}");
+        match field.as_str() {
+            "score_sum" => per_modality(chk, "ogm.score_sum", &key, v, case, |i| {
+                stats.and_then(|s| s.score_sum.get(i).copied()).and_then(num)
+            }),
+            "coeff" => per_modality(chk, "ogm.coeff", &key, v, case, |i| {
+                stats.and_then(|s| s.coeff.get(i).copied()).and_then(num)
+            }),
+            f if f.starts_with("ratio_") && f.contains("_over_") => {
+                let (x, y) = f["ratio_".len()..].split_once("_over_").unwrap_or(("", ""));
+                let got = match (index_of(x), index_of(y), stats) {
+                    (Some(x), Some(y), Some(s)) => Some(s.score_sum[x] / s.score_sum[y]),
+                    _ => None,
+                };
+                float(chk, "ogm.ratio", &key, v, got);
+            }
+            "modulated_params" => {
+                let mut expected: Vec<String> = v
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                    .unwrap_or_default();
+                expected.sort();
+                let got = stats.map(|s| {
+                    let mut names = s.modulated.clone();
+                    names.sort();
+                    Value::from(names)
+                });
+                chk.exact("ogm.modulated_params", &key, &Value::from(expected), got.as_ref());
+            }
+            "noise_std_that_official_would_use" => {
+                let Some(map) = v.as_object() else {
+                    chk.report.note(format!("case.json: {key}"));
+                    continue;
+                };
+                for (name, std) in map {
+                    let got = computed
+                        .get(&format!("grad_backward/{name}"))
+                        .and_then(|g| ogm_noise_std(g).ok())
+                        .map(|s| s + OGM_NOISE_STD_EPS);
+                    float(chk, "ogm.noise_std", &format!("{key}.{name}"), std, got);
+                }
+            }
+            _ => chk.report.note(format!("case.json: {key}")),
         }
     }
 }

@@ -1,0 +1,202 @@
+//! AV-MNIST (MFAS / MultiBench release): `image/{train,test}_data.npy`,
+//! `audio/{train,test}_data.npy`, `{train,test}_labels.npy`, any numeric dtype, read through
+//! memory maps. Items are `audio/255 → [1,H,W]`, `image/255 → [1,28,28]` (agm-reference §7.1).
+
+use std::path::Path;
+
+use agm_core::ModalitySet;
+
+use super::array::NpyFile;
+use super::splits::{carve, ninety, validation_for, AVMNIST_VALIDATION};
+use super::{require, LoadOptions, LoadedDataset};
+use crate::dataset::SplitTensors;
+use crate::error::{DataError, Result};
+
+pub const CLASSES: usize = 10;
+/// AGM train rows of the real release (`int(0.9 * 60000)`).
+pub const REAL_TRAIN_ROWS: usize = 54_000;
+
+/// The six files of one AV-MNIST folder, opened and checked.
+pub struct AvMnistFiles {
+    pub train_image: NpyFile,
+    pub test_image: NpyFile,
+    pub train_audio: NpyFile,
+    pub test_audio: NpyFile,
+    pub train_labels: Vec<u32>,
+    pub test_labels: Vec<u32>,
+}
+
+fn open(path: &Path) -> Result<NpyFile> {
+    require(path)?;
+    NpyFile::open(path)
+}
+
+fn labels(path: &Path) -> Result<Vec<u32>> {
+    let f = open(path)?;
+    if f.shape().len() != 1 && !(f.shape().len() == 2 && f.shape()[1] == 1) {
+        return Err(DataError::BadShape {
+            path: path.to_path_buf(),
+            shape: f.shape().to_vec(),
+            reason: "labels must be [N] or [N, 1]".into(),
+        });
+    }
+    let a = f.to_array();
+    a.to_f64()
+        .into_iter()
+        .enumerate()
+        .map(|(row, v)| {
+            if v.fract() == 0.0 && v >= 0.0 && (v as usize) < CLASSES {
+                Ok(v as u32)
+            } else {
+                Err(DataError::LabelOutOfRange { path: path.to_path_buf(), row, label: v as i64, classes: CLASSES })
+            }
+        })
+        .collect()
+}
+
+fn check_rows(f: &NpyFile, n: usize, what: &str) -> Result<()> {
+    if f.rows() != n || f.shape().len() < 2 {
+        return Err(DataError::BadShape {
+            path: f.path().to_path_buf(),
+            shape: f.shape().to_vec(),
+            reason: format!("expected {n} rows ({what}) and at least 2 dimensions"),
+        });
+    }
+    Ok(())
+}
+
+impl AvMnistFiles {
+    /// Opens and validates the folder (shapes agree, labels in 0..10).
+    pub fn open(root: &Path) -> Result<Self> {
+        let train_labels = labels(&root.join("train_labels.npy"))?;
+        let test_labels = labels(&root.join("test_labels.npy"))?;
+        let train_image = open(&root.join("image/train_data.npy"))?;
+        let test_image = open(&root.join("image/test_data.npy"))?;
+        let train_audio = open(&root.join("audio/train_data.npy"))?;
+        let test_audio = open(&root.join("audio/test_data.npy"))?;
+        check_rows(&train_image, train_labels.len(), "as train_labels.npy")?;
+        check_rows(&train_audio, train_labels.len(), "as train_labels.npy")?;
+        check_rows(&test_image, test_labels.len(), "as test_labels.npy")?;
+        check_rows(&test_audio, test_labels.len(), "as test_labels.npy")?;
+        if train_image.row_len() != 784 || test_image.row_len() != 784 {
+            let f = if train_image.row_len() != 784 { &train_image } else { &test_image };
+            return Err(DataError::BadShape {
+                path: f.path().to_path_buf(),
+                shape: f.shape().to_vec(),
+                reason: "an image row must hold 784 = 28x28 pixels".into(),
+            });
+        }
+        if train_audio.shape()[1..] != test_audio.shape()[1..] {
+            return Err(DataError::BadShape {
+                path: test_audio.path().to_path_buf(),
+                shape: test_audio.shape().to_vec(),
+                reason: format!("audio rows differ from audio/train_data.npy {:?}", train_audio.shape()),
+            });
+        }
+        Ok(Self { train_image, test_image, train_audio, test_audio, train_labels, test_labels })
+    }
+
+    /// Per-sample audio shape `[1, ..]` (`[1, 112, 112]` for the real release).
+    pub fn audio_shape(&self) -> Vec<usize> {
+        let s = &self.train_audio.shape()[1..];
+        if s.len() == 2 {
+            vec![1, s[0], s[1]]
+        } else {
+            s.to_vec()
+        }
+    }
+}
+
+/// Gathers rows (train rows `< n_train` index the train files, the rest the test files).
+fn gather(files: &AvMnistFiles, rows: &[(bool, usize)]) -> SplitTensors {
+    let scale = 1.0 / 255.0;
+    let mut audio = Vec::with_capacity(rows.len() * files.train_audio.row_len());
+    let mut image = Vec::with_capacity(rows.len() * 784);
+    let mut labels = Vec::with_capacity(rows.len());
+    for &(test, i) in rows {
+        let (a, im, l) = if test {
+            (&files.test_audio, &files.test_image, &files.test_labels)
+        } else {
+            (&files.train_audio, &files.train_image, &files.train_labels)
+        };
+        a.read_rows_f32(i, 1, scale, &mut audio);
+        im.read_rows_f32(i, 1, scale, &mut image);
+        labels.push(l[i]);
+    }
+    SplitTensors::new(vec![audio, image], vec![files.audio_shape(), vec![1, 28, 28]], labels)
+}
+
+/// One AV-MNIST split served straight from the memory-mapped files: each batch converts only
+/// its own rows (for the multi-GB release, instead of [`load`]'s in-memory [`SplitTensors`]).
+/// Rows `(false, i)` index the train files, `(true, i)` the test files.
+pub struct MappedSplit {
+    files: std::sync::Arc<AvMnistFiles>,
+    rows: Vec<(bool, usize)>,
+}
+
+impl MappedSplit {
+    /// The four splits of [`load`] (train, validation, test, dep) without reading the arrays.
+    pub fn splits(root: &Path, opts: &LoadOptions) -> Result<[MappedSplit; 4]> {
+        let files = std::sync::Arc::new(AvMnistFiles::open(root)?);
+        let (ntr, nte) = (files.train_labels.len(), files.test_labels.len());
+        let (agm_train, agm_test) = (ninety(ntr), ninety(nte));
+        let val = validation_for(agm_train, opts.validation_seed, AVMNIST_VALIDATION, REAL_TRAIN_ROWS);
+        let (train_pos, val_pos) = carve(agm_train, &val);
+        let mk = |rows: Vec<(bool, usize)>| MappedSplit { files: files.clone(), rows };
+        Ok([
+            mk(train_pos.iter().map(|&i| (false, i)).collect()),
+            mk(val_pos.iter().map(|&i| (false, i)).collect()),
+            mk((0..agm_test).map(|i| (true, i)).collect()),
+            mk((agm_train..ntr).map(|i| (false, i)).chain((agm_test..nte).map(|i| (true, i))).collect()),
+        ])
+    }
+
+    /// Labels in sample order.
+    pub fn labels(&self) -> Vec<u32> {
+        self.rows.iter().map(|&(t, i)| if t { self.files.test_labels[i] } else { self.files.train_labels[i] }).collect()
+    }
+
+    /// The whole split in memory.
+    pub fn to_tensors(&self) -> SplitTensors {
+        gather(&self.files, &self.rows)
+    }
+}
+
+impl agm_core::BatchSource for MappedSplit {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn batch(&self, indices: &[usize], device: &candle_core::Device) -> candle_core::Result<agm_core::MultimodalBatch> {
+        let rows: Vec<(bool, usize)> = indices.iter().map(|&i| self.rows[i]).collect();
+        gather(&self.files, &rows).batch(&(0..rows.len()).collect::<Vec<_>>(), device)
+    }
+}
+
+/// Loads AV-MNIST: train (AGM's first 90 % of train, minus the carved validation), validation,
+/// test (first 90 % of test), dep (last 10 % of train ++ last 10 % of test).
+pub fn load(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
+    let files = AvMnistFiles::open(root)?;
+    let (ntr, nte) = (files.train_labels.len(), files.test_labels.len());
+    let (agm_train, agm_test) = (ninety(ntr), ninety(nte));
+    let val = validation_for(agm_train, opts.validation_seed, AVMNIST_VALIDATION, REAL_TRAIN_ROWS);
+    let (train_pos, val_pos) = carve(agm_train, &val);
+    let rows = |v: &[usize]| v.iter().map(|&i| (false, i)).collect::<Vec<_>>();
+    let train = gather(&files, &rows(&train_pos));
+    let validation = gather(&files, &rows(&val_pos));
+    let test = gather(&files, &(0..agm_test).map(|i| (true, i)).collect::<Vec<_>>());
+    let dep_rows: Vec<(bool, usize)> =
+        (agm_train..ntr).map(|i| (false, i)).chain((agm_test..nte).map(|i| (true, i))).collect();
+    let dep = gather(&files, &dep_rows);
+    Ok(LoadedDataset {
+        id: super::DatasetId::AvMnist,
+        modalities: ModalitySet::new(["audio", "visual"]),
+        classes: CLASSES,
+        train,
+        validation,
+        test,
+        dep: Some(dep),
+        segment_labels: None,
+        notes: Vec::new(),
+    })
+}

@@ -1,0 +1,113 @@
+//! Jpeg frames: decode, resize, ImageNet normalisation, and the reference's frame choice.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{DataError, Result};
+
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Index picked by `np.random.seed(999); np.random.choice(n, 1, replace=False)` for a folder of
+/// `n` frames: numpy's legacy `RandomState` (MT19937 seeded with `init_genrand(999)`, then
+/// `permutation(n)[0]` by a Fisher–Yates shuffle with masked rejection draws). Checked against
+/// numpy for n = 1..39 (data.md A2 table for 1..15).
+pub fn reference_frame_index(n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let mut mt = Mt19937::new(999);
+    let mut perm: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let max = i as u64;
+        let mut mask = max;
+        for s in [1, 2, 4, 8, 16, 32] {
+            mask |= mask >> s;
+        }
+        let j = loop {
+            let v = if max <= 0xffff_ffff {
+                mt.next_u32() as u64 & mask
+            } else {
+                ((mt.next_u32() as u64) << 32 | mt.next_u32() as u64) & mask
+            };
+            if v <= max {
+                break v as usize;
+            }
+        };
+        perm.swap(i, j);
+    }
+    perm[0]
+}
+
+/// The Mersenne Twister MT19937 (32-bit), as numpy's legacy generator.
+struct Mt19937 {
+    state: [u32; 624],
+    index: usize,
+}
+
+impl Mt19937 {
+    fn new(seed: u32) -> Self {
+        let mut state = [0u32; 624];
+        state[0] = seed;
+        for i in 1..624 {
+            state[i] = 1_812_433_253u32.wrapping_mul(state[i - 1] ^ (state[i - 1] >> 30)).wrapping_add(i as u32);
+        }
+        Self { state, index: 624 }
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.index >= 624 {
+            for i in 0..624 {
+                let y = (self.state[i] & 0x8000_0000) | (self.state[(i + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.state[(i + 397) % 624] ^ (y >> 1);
+                if y & 1 != 0 {
+                    v ^= 0x9908_b0df;
+                }
+                self.state[i] = v;
+            }
+            self.index = 0;
+        }
+        let mut y = self.state[self.index];
+        self.index += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+}
+
+/// The frame files of `dir` (jpg/jpeg/png), sorted by name as `sorted(os.listdir)` does.
+pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Decodes a jpeg, resizes it to `size × size` (bilinear with antialiasing, like PIL's
+/// `Resize`), scales to [0, 1] and normalises with the ImageNet mean/std: `[3, size, size]`.
+pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .map_err(|e| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") })?
+        .to_rgb8();
+    let img = if img.width() == size && img.height() == size {
+        img
+    } else {
+        image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle)
+    };
+    let plane = (size * size) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        }
+    }
+    Ok(out)
+}

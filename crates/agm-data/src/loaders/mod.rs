@@ -1,0 +1,145 @@
+//! Loaders for the five AGM datasets, reading the files users have (data.md Part A,
+//! agm-reference.md §7), plus the shared readers and a background prefetcher.
+//!
+//! [`load`] returns a [`LoadedDataset`]: train / validation / test (and `dep` where the
+//! reference has it) as [`SplitTensors`], the [`ModalitySet`] and the class count.
+//!
+//! | id | modalities (order) | classes | validation | dep |
+//! |---|---|---|---|---|
+//! | `avmnist` | audio `[1,112,112]`, visual `[1,28,28]` (both /255) | 10 | seeded 10 % of train (shipped list) | last 10 % train ++ last 10 % test |
+//! | `cremad` | audio `[1,257,188]` log-STFT, visual `[3,1,S,S]` ImageNet-normalised | 6 | seeded 10 % of train (shipped list) | as AV-MNIST |
+//! | `urfunny` | audio `[T,81]`, visual `[T,371]`, text `[T,300]` | 2 | `valid` | `test` |
+//! | `ave` | audio `[10,128]`, visual `[10,7,7,512]` | 29 per segment | `val` order file | none |
+//! | `mosei` | audio `[60,80]`, text `[60]` token ids (pad 0) | 2 | `valid` | none |
+
+pub mod array;
+pub mod audio;
+pub mod ave;
+pub mod avmnist;
+pub mod cremad;
+pub mod frames;
+pub mod h5;
+pub mod mosei;
+pub mod pickle;
+pub mod prefetch;
+pub mod splits;
+pub mod urfunny;
+
+use std::path::Path;
+
+use agm_core::ModalitySet;
+
+use crate::dataset::SplitTensors;
+use crate::error::{DataError, Result};
+
+/// The five datasets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetId {
+    AvMnist,
+    CremaD,
+    UrFunny,
+    Ave,
+    Mosei,
+}
+
+impl DatasetId {
+    pub const ALL: [DatasetId; 5] = [Self::AvMnist, Self::CremaD, Self::UrFunny, Self::Ave, Self::Mosei];
+
+    /// The CLI id (`avmnist`, `cremad`, `urfunny`, `ave`, `mosei`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AvMnist => "avmnist",
+            Self::CremaD => "cremad",
+            Self::UrFunny => "urfunny",
+            Self::Ave => "ave",
+            Self::Mosei => "mosei",
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetId {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        let k: String = s.chars().filter(|c| c.is_ascii_alphanumeric()).collect::<String>().to_ascii_lowercase();
+        Ok(match k.as_str() {
+            "avmnist" => Self::AvMnist,
+            "cremad" => Self::CremaD,
+            "urfunny" => Self::UrFunny,
+            "ave" => Self::Ave,
+            "mosei" | "cmumosei" => Self::Mosei,
+            _ => return Err(DataError::UnknownDataset { name: s.to_string() }),
+        })
+    }
+}
+
+/// Options shared by the loaders.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Seed of the carved validation split (AV-MNIST, CREMA-D). The shipped index lists are for
+    /// [`splits::VALIDATION_SEED`]; another seed recomputes them.
+    pub validation_seed: u64,
+    /// CREMA-D frame side (the reference uses 224).
+    pub frame_size: u32,
+    /// CREMA-D: a csv row whose wav or frame folder is missing is an error instead of being
+    /// skipped (the reference skips it silently).
+    pub strict_media: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { validation_seed: splits::VALIDATION_SEED, frame_size: 224, strict_media: false }
+    }
+}
+
+/// Per-segment labels of AVE (`[n, 10]`, class 28 = background), per split.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentLabels {
+    pub segments: usize,
+    pub train: Vec<u32>,
+    pub validation: Vec<u32>,
+    pub test: Vec<u32>,
+}
+
+/// A loaded dataset: splits, modalities and classes.
+#[derive(Clone, Debug)]
+pub struct LoadedDataset {
+    pub id: DatasetId,
+    pub modalities: ModalitySet,
+    /// Output classes (per segment for AVE).
+    pub classes: usize,
+    pub train: SplitTensors,
+    /// Model selection uses this split only.
+    pub validation: SplitTensors,
+    pub test: SplitTensors,
+    /// The competition-strength regression split, where the reference defines one.
+    pub dep: Option<SplitTensors>,
+    /// AVE only: per-segment labels (the split labels hold each video's event class).
+    pub segment_labels: Option<SegmentLabels>,
+    /// What the loader skipped or adjusted (rows with missing media, dropped samples…).
+    pub notes: Vec<String>,
+}
+
+/// Loads dataset `id` from `path` (a folder; for UR-Funny the pickle file, or a folder holding
+/// `humor.pkl`).
+pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
+    match id {
+        DatasetId::AvMnist => avmnist::load(path, opts),
+        DatasetId::CremaD => cremad::load(path, opts),
+        DatasetId::UrFunny => urfunny::load(path),
+        DatasetId::Ave => ave::load(path),
+        DatasetId::Mosei => mosei::load(path),
+    }
+}
+
+pub(crate) fn io_err(path: &Path, source: std::io::Error) -> DataError {
+    DataError::Io { path: path.to_path_buf(), source }
+}
+
+/// Fails with an `Io` (not found) error naming `path` when it does not exist.
+pub(crate) fn require(path: &Path) -> Result<()> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(io_err(path, std::io::Error::new(std::io::ErrorKind::NotFound, "file not found")))
+    }
+}

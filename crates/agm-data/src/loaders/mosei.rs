@@ -1,0 +1,211 @@
+//! CMU-MOSEI as the UMONS pickles hold it: `{split}_sentences.p` (key → list of words),
+//! `{split}_mels.p` (key → `[T,80]`), `{split}_sentiment.p` (key → score in [-3,3], float, numpy
+//! scalar or 1-element array), optional `token_to_ix.pkl` (agm-reference §7.5).
+//!
+//! Items: text = 60 token ids (0 = pad, unknown = 1) stored as `f32`, audio = the first 60 mel
+//! frames zero-padded `[60,80]`; label = binary sentiment (`s < 0` → 0 else 1). The reference
+//! takes its key order from hard-coded lists in `tokenizer.py`; here the order of
+//! `{split}_sentences.p` is used and keys missing from another file are skipped (and noted).
+//! The vocabulary is `token_to_ix.pkl` when present, else built from train as the reference
+//! does (`{'UNK': 1}`, each new word gets `len(dict)`, so the first word shares id 1 with UNK).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use agm_core::ModalitySet;
+
+use super::pickle::{read_pickle, Py};
+use super::{require, LoadedDataset};
+use crate::dataset::SplitTensors;
+use crate::error::{DataError, Result};
+
+pub const CLASSES: usize = 2;
+pub const SEQ_LEN: usize = 60;
+pub const PAD_ID: u32 = 0;
+pub const UNK_ID: u32 = 1;
+
+/// The reference's `clean`: lower-case; delete `.,'!?"()*#:;`; `-` and `/` become spaces (the
+/// word stays one token).
+pub fn clean(w: &str) -> String {
+    w.to_lowercase()
+        .chars()
+        .filter(|c| !".,'!?\"()*#:;".contains(*c))
+        .map(|c| if c == '-' || c == '/' { ' ' } else { c })
+        .collect()
+}
+
+fn dict<'a>(path: &Path, v: &'a Py) -> Result<&'a [(Py, Py)]> {
+    match v {
+        Py::Dict(d) => Ok(d),
+        other => Err(DataError::BadSource {
+            path: path.to_path_buf(),
+            reason: format!("top level is a {}, not a dict", other.kind()),
+        }),
+    }
+}
+
+fn key_str(k: &Py) -> Option<&str> {
+    if let Py::Str(s) = k {
+        Some(s)
+    } else {
+        None
+    }
+}
+
+fn words(path: &Path, key: &str, v: &Py) -> Result<Vec<String>> {
+    match v {
+        Py::List(items) | Py::Tuple(items) => Ok(items
+            .iter()
+            .filter_map(|w| if let Py::Str(s) = w { Some(clean(s)) } else { None })
+            .filter(|w| !w.is_empty())
+            .collect()),
+        other => Err(DataError::BadSource {
+            path: path.to_path_buf(),
+            reason: format!("sentence of `{key}` is a {}, not a list of words", other.kind()),
+        }),
+    }
+}
+
+struct Raw {
+    keys: Vec<String>,
+    words: Vec<Vec<String>>,
+    mels: Vec<(usize, usize, Vec<f32>)>,
+    sentiment: Vec<f64>,
+}
+
+fn read_split(root: &Path, split: &str, notes: &mut Vec<String>) -> Result<Raw> {
+    let sp = root.join(format!("{split}_sentences.p"));
+    let mp = root.join(format!("{split}_mels.p"));
+    let lp = root.join(format!("{split}_sentiment.p"));
+    for p in [&sp, &mp, &lp] {
+        require(p)?;
+    }
+    let (s, m, l) = (read_pickle(&sp)?, read_pickle(&mp)?, read_pickle(&lp)?);
+    let (s, m, l) = (dict(&sp, &s)?, dict(&mp, &m)?, dict(&lp, &l)?);
+    let mels: HashMap<&str, &Py> = m.iter().filter_map(|(k, v)| Some((key_str(k)?, v))).collect();
+    let sent: HashMap<&str, &Py> = l.iter().filter_map(|(k, v)| Some((key_str(k)?, v))).collect();
+    let mut raw = Raw { keys: Vec::new(), words: Vec::new(), mels: Vec::new(), sentiment: Vec::new() };
+    for (k, v) in s {
+        let Some(key) = key_str(k) else { continue };
+        let (Some(mel), Some(y)) = (mels.get(key), sent.get(key)) else {
+            notes.push(format!(
+                "{split}: skipped key {key}: missing from {}",
+                if mels.contains_key(key) { lp.display() } else { mp.display() }
+            ));
+            continue;
+        };
+        let mel = match mel {
+            Py::Array(a) if a.shape.len() == 2 => (a.shape[0], a.shape[1], a.to_f32()),
+            Py::Array(a) => {
+                return Err(DataError::BadShape {
+                    path: mp.clone(),
+                    shape: a.shape.clone(),
+                    reason: format!("mels of `{key}` must be [T, 80]"),
+                })
+            }
+            other => {
+                return Err(DataError::BadSource {
+                    path: mp.clone(),
+                    reason: format!("mels of `{key}` is a {}", other.kind()),
+                })
+            }
+        };
+        let y = y.as_f64().ok_or_else(|| DataError::BadSource {
+            path: lp.clone(),
+            reason: format!("sentiment of `{key}` is a {}, not a number", y.kind()),
+        })?;
+        if !(-3.0..=3.0).contains(&y) {
+            return Err(DataError::BadSource {
+                path: lp.clone(),
+                reason: format!("sentiment of `{key}` = {y} is outside [-3, 3]"),
+            });
+        }
+        raw.keys.push(key.to_string());
+        raw.words.push(words(&sp, key, v)?);
+        raw.mels.push(mel);
+        raw.sentiment.push(y);
+    }
+    Ok(raw)
+}
+
+/// The vocabulary: `token_to_ix.pkl` if present, else built from the train words.
+fn vocabulary(root: &Path, train: &Raw) -> Result<HashMap<String, u32>> {
+    let p = root.join("token_to_ix.pkl");
+    if p.is_file() {
+        let v = read_pickle(&p)?;
+        return dict(&p, &v)?
+            .iter()
+            .map(|(k, v)| match (k, v) {
+                (Py::Str(k), Py::Int(i)) if *i >= 0 => Ok((k.clone(), *i as u32)),
+                _ => Err(DataError::BadSource {
+                    path: p.clone(),
+                    reason: "token_to_ix must map str to non-negative int".into(),
+                }),
+            })
+            .collect();
+    }
+    let mut vocab: HashMap<String, u32> = HashMap::from([("UNK".to_string(), UNK_ID)]);
+    for w in train.words.iter().flatten() {
+        if !vocab.contains_key(w) {
+            let id = vocab.len() as u32;
+            vocab.insert(w.clone(), id);
+        }
+    }
+    Ok(vocab)
+}
+
+fn tensors(raw: &Raw, vocab: &HashMap<String, u32>, mel_width: usize) -> SplitTensors {
+    let n = raw.keys.len();
+    let mut text = Vec::with_capacity(n * SEQ_LEN);
+    let mut audio = Vec::with_capacity(n * SEQ_LEN * mel_width);
+    for i in 0..n {
+        let mut ids: Vec<f32> =
+            raw.words[i].iter().take(SEQ_LEN).map(|w| *vocab.get(w).unwrap_or(&UNK_ID) as f32).collect();
+        ids.resize(SEQ_LEN, PAD_ID as f32);
+        text.extend(ids);
+        let (t, w, v) = &raw.mels[i];
+        let keep = (*t).min(SEQ_LEN);
+        audio.extend_from_slice(&v[..keep * w]);
+        audio.extend(std::iter::repeat_n(0.0, (SEQ_LEN - keep) * w));
+    }
+    let labels = raw.sentiment.iter().map(|&s| if s < 0.0 { 0 } else { 1 }).collect();
+    SplitTensors::new(vec![audio, text], vec![vec![SEQ_LEN, mel_width], vec![SEQ_LEN]], labels)
+}
+
+/// Loads MOSEI (binary sentiment): train / validation (`valid`) / test; no dep split.
+/// Modalities: audio `[60, 80]`, text `[60]` (token ids as `f32`).
+pub fn load(root: &Path) -> Result<LoadedDataset> {
+    let mut notes = Vec::new();
+    let train = read_split(root, "train", &mut notes)?;
+    let valid = read_split(root, "valid", &mut notes)?;
+    let test = read_split(root, "test", &mut notes)?;
+    let width = train.mels.iter().chain(&valid.mels).chain(&test.mels).map(|m| m.1).next().unwrap_or(80);
+    for (raw, split) in [(&train, "train"), (&valid, "valid"), (&test, "test")] {
+        if let Some((i, m)) = raw.mels.iter().enumerate().find(|(_, m)| m.1 != width) {
+            return Err(DataError::BadShape {
+                path: root.join(format!("{split}_mels.p")),
+                shape: vec![m.0, m.1],
+                reason: format!("mels of `{}` have {} features but others have {width}", raw.keys[i], m.1),
+            });
+        }
+    }
+    let vocab = vocabulary(root, &train)?;
+    Ok(LoadedDataset {
+        id: super::DatasetId::Mosei,
+        modalities: ModalitySet::new(["audio", "text"]),
+        classes: CLASSES,
+        train: tensors(&train, &vocab, width),
+        validation: tensors(&valid, &vocab, width),
+        test: tensors(&test, &vocab, width),
+        dep: None,
+        segment_labels: None,
+        notes,
+    })
+}
+
+/// The vocabulary size the text embedding needs (max id + 1).
+pub fn vocab_size(root: &Path) -> Result<usize> {
+    let mut notes = Vec::new();
+    let train = read_split(root, "train", &mut notes)?;
+    Ok(vocabulary(root, &train)?.values().copied().max().map_or(2, |m| m as usize + 1))
+}

@@ -1,0 +1,135 @@
+//! UR-Funny (MultiBench `humor.pkl`): `{'train'|'valid'|'test': {'vision' [N,T,371],
+//! 'audio' [N,T,81], 'text' [N,T,300], 'labels' [N,1]|[N], ...}}` (agm-reference §7.3).
+//!
+//! Processing as AGM (`aligned=True, z_norm=False`): rows with all-zero text are dropped; audio
+//! `-inf` → 0; every modality is cut to `[start:]` where `start` is the first non-zero text
+//! step; label `< 1` → 0 else 1. AGM then right-pads each batch to its longest sequence; here
+//! every sample is right-padded to the file's `T` (so shapes are fixed), which keeps the
+//! content at the front exactly as AGM's batches do (only the amount of trailing zeros differs).
+
+use std::path::{Path, PathBuf};
+
+use agm_core::ModalitySet;
+
+use super::array::Array;
+use super::pickle::{read_pickle, Py};
+use super::{require, LoadedDataset};
+use crate::dataset::SplitTensors;
+use crate::error::{DataError, Result};
+
+pub const CLASSES: usize = 2;
+/// Modality order: audio, visual, text (the reference's concatenation order).
+pub const MODALITIES: [&str; 3] = ["audio", "visual", "text"];
+
+fn get_array(path: &Path, split: &Py, split_name: &str, key: &str) -> Result<Array> {
+    match split.get(key) {
+        Some(Py::Array(a)) => Ok(a.clone()),
+        Some(other) => Err(DataError::BadSource {
+            path: path.to_path_buf(),
+            reason: format!("`{split_name}/{key}` is a {}, not a numpy array", other.kind()),
+        }),
+        None => Err(DataError::MissingKey { path: path.to_path_buf(), key: format!("{split_name}/{key}") }),
+    }
+}
+
+/// The pickle path: `path` itself, or `path/humor.pkl` for a folder.
+pub fn pickle_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("humor.pkl")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize)> {
+    let s = root.get(name).ok_or_else(|| DataError::MissingKey { path: path.to_path_buf(), key: name.to_string() })?;
+    let mut mods = Vec::new();
+    for key in ["audio", "vision", "text"] {
+        let a = get_array(path, s, name, key)?;
+        if a.shape.len() != 3 {
+            return Err(DataError::BadShape {
+                path: path.to_path_buf(),
+                shape: a.shape.clone(),
+                reason: format!("`{name}/{key}` must be [N, T, F]"),
+            });
+        }
+        mods.push(a);
+    }
+    let labels = get_array(path, s, name, "labels")?;
+    let n = mods[2].shape[0];
+    for (a, key) in mods.iter().zip(["audio", "vision", "text"]).chain([(&labels, "labels")]) {
+        if a.shape.first() != Some(&n) || (key != "labels" && a.shape[1] != mods[2].shape[1]) {
+            return Err(DataError::BadShape {
+                path: path.to_path_buf(),
+                shape: a.shape.clone(),
+                reason: format!("`{name}/{key}` must have {n} rows and T = {} like `{name}/text`", mods[2].shape[1]),
+            });
+        }
+    }
+    if labels.len() != n {
+        return Err(DataError::BadShape {
+            path: path.to_path_buf(),
+            shape: labels.shape.clone(),
+            reason: format!("`{name}/labels` must be [N] or [N, 1]"),
+        });
+    }
+    let t = mods[2].shape[1];
+    let values: Vec<Vec<f32>> = mods.iter().map(Array::to_f32).collect();
+    let widths: Vec<usize> = mods.iter().map(|a| a.shape[2]).collect();
+    let label_values = labels.to_f64();
+    let mut data: Vec<Vec<f32>> = vec![Vec::new(); 3];
+    let mut out_labels = Vec::new();
+    let mut dropped = 0;
+    for i in 0..n {
+        let text = &values[2][i * t * widths[2]..(i + 1) * t * widths[2]];
+        let Some(first) = text.iter().position(|&v| v != 0.0) else {
+            dropped += 1;
+            continue;
+        };
+        let start = first / widths[2];
+        for m in 0..3 {
+            let w = widths[m];
+            let sample = &values[m][i * t * w..(i + 1) * t * w];
+            let kept = &sample[start * w..];
+            data[m].extend(kept.iter().map(|&v| if m == 0 && v == f32::NEG_INFINITY { 0.0 } else { v }));
+            data[m].extend(std::iter::repeat_n(0.0, start * w));
+        }
+        out_labels.push(if label_values[i] < 1.0 { 0 } else { 1 });
+    }
+    let shapes = widths.iter().map(|&w| vec![t, w]).collect();
+    Ok((SplitTensors::new(data, shapes, out_labels), dropped))
+}
+
+/// Loads UR-Funny from the pickle (`path` is the file, or a folder holding `humor.pkl`):
+/// train = `train`, validation = `valid`, test = `test`, dep = `test` (as AGM).
+pub fn load(path: &Path) -> Result<LoadedDataset> {
+    let file = pickle_path(path);
+    require(&file)?;
+    let root = read_pickle(&file)?;
+    if !matches!(root, Py::Dict(_)) {
+        return Err(DataError::BadSource { path: file, reason: format!("top level is a {}, not a dict", root.kind()) });
+    }
+    let mut notes = Vec::new();
+    let mut parts = Vec::new();
+    for name in ["train", "valid", "test"] {
+        let (s, dropped) = split(&file, &root, name)?;
+        if dropped > 0 {
+            notes.push(format!("{}: dropped {dropped} `{name}` samples with all-zero text", file.display()));
+        }
+        parts.push(s);
+    }
+    let test = parts.pop().expect("3 splits");
+    let validation = parts.pop().expect("3 splits");
+    let train = parts.pop().expect("3 splits");
+    Ok(LoadedDataset {
+        id: super::DatasetId::UrFunny,
+        modalities: ModalitySet::new(MODALITIES),
+        classes: CLASSES,
+        train,
+        validation,
+        dep: Some(test.clone()),
+        test,
+        segment_labels: None,
+        notes,
+    })
+}

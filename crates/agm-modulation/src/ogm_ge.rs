@@ -1,0 +1,490 @@
+//! OGM-GE (Peng et al., CVPR 2022): on-the-fly gradient modulation with generalisation
+//! enhancement, as a [`Modulator`] that edits gradients after backward.
+//!
+//! # What one step computes
+//!
+//! 1. Mono-modal outputs `m_x` from the Shapley passes ([`crate::shapley::mono_outputs`], the
+//!    forward plan is [`ForwardPlan::Shapley`] as for AGM), for any number of modalities.
+//! 2. Scores `S_x = Σ_k softmax(m_x)[k, y_k]`: a **sum** over the batch of the true-class
+//!    probability (not a log, not a mean), computed in f64.
+//! 3. The weakest modality `w` is the one with the smallest `S` (on an exact tie, the last of
+//!    the tied ones, so that for M = 2 a tie damps audio as the reference's `else` branch does).
+//!    Every other modality `x` has the discrepancy ratio `ρ_x = S_x / S_w ≥ 1` and the
+//!    coefficient `k_x = 1 − tanh(alpha · ρ_x)`; the weakest keeps `k_w = 1`.
+//!    - M = 2 this is exactly the reference and the official code: `r_v = S_v / S_a`; if
+//!      `r_v > 1` then `k_v = 1 − tanh(alpha·r_v)`, `k_a = 1`, else `k_a = 1 − tanh(alpha/r_v)`,
+//!      `k_v = 1`.
+//!    - M > 2 (our choice, documented in `docs/known-differences.md`): pairwise ratios against
+//!      the weakest modality (as BalanceMM's N-ary OGM), so every modality but the weakest is
+//!      damped, each by its own ratio.
+//!    - The argument is the ratio itself, not `ratio − 1`. This is Eq. (10) of the OGM-GE paper
+//!      as its official repository writes it (`1 − tanh(alpha · relu(ratio))`, `relu` being the
+//!      identity on a positive ratio) and also what the AGM repository's branch does, in both
+//!      modes: even `ρ` barely above 1 damps by `1 − tanh(alpha)`.
+//!    - `k` is kept in `(0, 1]`: where `1 − tanh(x)` rounds to 0 in f64 (`x` above about 19) the
+//!      stable form `2/(1 + e^{2x})` is used, floored at the smallest positive f64 (the
+//!      reference freezes the modality with an exact 0 there).
+//! 4. Inside the modulation window (1-based, inclusive epochs), for every selected parameter `p`
+//!    of modality `x`: `grad_p ← k_x · grad_p + N(0, σ_p)` with `σ_p = std(grad_p) + 1e-8`, the
+//!    unbiased standard deviation of the **unscaled** gradient. The noise is added to the
+//!    selected parameters of **every** modality, including those with `k = 1`; it is switched
+//!    off with `noise = false`. Outside the window nothing is edited.
+//!
+//! Parameters are selected from the model's parameter groups
+//! (`MultimodalModel::param_groups().per_modality[x]`), never by name:
+//!
+//! - [`OgmMode::Reference`] (the AGM repository's OGM-GE branch): only the 4-D weights (conv
+//!   kernels) of each modality's group; biases, linear, normalisation and head parameters are
+//!   untouched. A model whose modality groups hold no 4-D weight is rejected by the registry,
+//!   because there the method would silently do nothing (the reference's name rule does exactly
+//!   that in AV-MNIST late fusion).
+//! - [`OgmMode::Paper`]: every trainable parameter of the modality's encoder group, the
+//!   encoder parameters `θ^u` that the paper modulates. The official code reaches only the conv
+//!   weights because its ResNet encoders are almost entirely convolutions; on encoders without
+//!   convolutions (AV-Digits' MLPs) it would modulate nothing.
+//!
+//! The coefficient formula, the noise and the window are the same in both modes.
+//!
+//! Noise is drawn from a ChaCha8 generator seeded from the configured seed, the run seed and the
+//! 1-based global step (candle's CPU generator cannot be seeded), in modality order, then
+//! parameter order within the group, then row-major element order, with the Box–Muller
+//! transform. A resumed run therefore draws exactly the noise the uninterrupted run drew.
+
+use agm_core::{MultimodalModel, NamedVar};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Result, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::shapley;
+use crate::{ClipRule, ForwardPlan, Modulator, StepCx};
+
+/// Below this, `1 − tanh(x)` loses precision to cancellation and the stable form is used.
+const STABLE_BELOW: f64 = 1e-3;
+/// Added to the gradient's standard deviation (the official `std + 1e-8`).
+pub const NOISE_STD_EPS: f64 = 1e-8;
+
+/// Which parameters OGM-GE edits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum OgmMode {
+    /// The AGM repository's branch: only 4-D (conv) weights of each modality's group.
+    Reference,
+    /// The OGM-GE paper: every parameter of each modality's encoder group.
+    Paper,
+}
+
+impl OgmMode {
+    /// The names a config file accepts.
+    pub const NAMES: &'static [&'static str] = &["reference", "paper"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OgmMode::Reference => "reference",
+            OgmMode::Paper => "paper",
+        }
+    }
+
+    /// Whether a parameter of a modality's group is edited in this mode.
+    pub fn selects(self, var: &NamedVar) -> bool {
+        match self {
+            OgmMode::Reference => var.var.rank() == 4,
+            OgmMode::Paper => true,
+        }
+    }
+}
+
+impl TryFrom<String> for OgmMode {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        match s.as_str() {
+            "reference" => Ok(OgmMode::Reference),
+            "paper" => Ok(OgmMode::Paper),
+            _ => Err(format!("ogm_ge.mode = `{s}` is not known; allowed: {}", OgmMode::NAMES.join(", "))),
+        }
+    }
+}
+
+impl From<OgmMode> for String {
+    fn from(m: OgmMode) -> String {
+        m.as_str().to_string()
+    }
+}
+
+/// OGM-GE settings. Use a named preset; in a config file missing keys take the AV-Digits
+/// preset's values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default = "OgmGeConfig::av_digits")]
+pub struct OgmGeConfig {
+    /// `reference` or `paper` (which parameters are edited, see the module docs).
+    pub mode: OgmMode,
+    /// Modulation strength, `k = 1 − tanh(alpha · ρ)`; must be > 0.
+    pub alpha: f64,
+    /// The "GE" part: Gaussian noise with the gradient's standard deviation.
+    pub noise: bool,
+    /// Mixed with the run seed and the step to seed the noise.
+    pub seed: u64,
+    /// First epoch (1-based, inclusive) in which gradients are edited.
+    pub window_start: usize,
+    /// Last epoch (inclusive); `None` means until the end.
+    pub window_end: Option<usize>,
+    /// Conditional clipping after the edit (the reference clips every method in early fusion).
+    pub clip: Option<ClipRule>,
+}
+
+impl OgmGeConfig {
+    /// The AGM repository's AV-MNIST early-fusion code path, the one where its OGM-GE acts
+    /// (golden case `ogm`): 4-D weights only, noise on, clipping at 1 as for every early-fusion
+    /// method; alpha is not stated by the authors (CLI default 1).
+    pub fn reference_avmnist() -> Self {
+        Self {
+            mode: OgmMode::Reference,
+            alpha: 1.0,
+            noise: true,
+            seed: 0,
+            window_start: 0,
+            window_end: None,
+            clip: Some(ClipRule::outside_band(1.0, 1.0)),
+        }
+    }
+
+    /// The official OGM-GE repository on CREMA-D: alpha 0.8 (its README), modulation in its
+    /// 0-based epochs 0..=50, i.e. 1-based epochs 1..=51, no clipping.
+    pub fn paper_cremad() -> Self {
+        Self {
+            mode: OgmMode::Paper,
+            alpha: 0.8,
+            noise: true,
+            seed: 0,
+            window_start: 1,
+            window_end: Some(51),
+            clip: None,
+        }
+    }
+
+    /// The official OGM-GE repository on VGGSound: alpha 0.1 (its README), same window.
+    pub fn paper_vggsound() -> Self {
+        Self { alpha: 0.1, ..Self::paper_cremad() }
+    }
+
+    /// The embedded AV-Digits default: paper mode (its encoders have no convolutions), alpha 0.5,
+    /// noise on, over the whole run, no clipping.
+    pub fn av_digits() -> Self {
+        Self { alpha: 0.5, window_start: 0, window_end: None, ..Self::paper_cremad() }
+    }
+
+    /// The preset names [`OgmGeConfig::preset`] accepts.
+    pub const PRESETS: &'static [&'static str] = &["reference-avmnist", "paper-cremad", "paper-vggsound", "av-digits"];
+
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "reference-avmnist" => Some(Self::reference_avmnist()),
+            "paper-cremad" => Some(Self::paper_cremad()),
+            "paper-vggsound" => Some(Self::paper_vggsound()),
+            "av-digits" => Some(Self::av_digits()),
+            _ => None,
+        }
+    }
+
+    pub fn in_window(&self, epoch: usize) -> bool {
+        epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+    }
+
+    /// Checks every field; the error names the field and the allowed values.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("ogm_ge.alpha must be a finite number > 0, got {}", self.alpha));
+        }
+        if let Some(end) = self.window_end {
+            if end < self.window_start {
+                return Err(format!(
+                    "ogm_ge.window_end ({end}) must be >= ogm_ge.window_start ({})",
+                    self.window_start
+                ));
+            }
+        }
+        if let Some(c) = &self.clip {
+            if !(c.max_norm > 0.0 && c.threshold >= 0.0) {
+                return Err("ogm_ge.clip needs max_norm > 0 and threshold >= 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The coefficients of one step, from the per-modality score sums.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OgmCoefficients {
+    /// The modality with the smallest score sum (the last one on an exact tie).
+    pub weakest: usize,
+    /// `S_x / S_weakest` (1 for the weakest).
+    pub ratio: Vec<f64>,
+    /// `1 − tanh(alpha · ratio)` for every modality but the weakest, which has 1.
+    pub coeff: Vec<f64>,
+}
+
+/// `1 − tanh(x)` for `x ≥ 0`, kept in `(0, 1]`.
+fn one_minus_tanh(x: f64) -> f64 {
+    let k = 1.0 - x.tanh();
+    if k >= STABLE_BELOW {
+        k
+    } else {
+        (2.0 / (1.0 + (2.0 * x).exp())).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// The OGM coefficients for these score sums (see the module docs).
+pub fn ogm_coefficients(alpha: f64, score_sum: &[f64]) -> OgmCoefficients {
+    let m = score_sum.len();
+    let mut weakest = 0;
+    for (x, &s) in score_sum.iter().enumerate() {
+        if s <= score_sum[weakest] {
+            weakest = x;
+        }
+    }
+    let sw = score_sum[weakest];
+    let mut ratio = vec![1.0; m];
+    let mut coeff = vec![1.0; m];
+    for x in (0..m).filter(|&x| x != weakest) {
+        // A weakest score of exactly 0 (every true-class probability underflowed) makes every
+        // other ratio infinite: those get the smallest coefficient. 0/0 is no discrepancy.
+        let r = if sw > 0.0 {
+            score_sum[x] / sw
+        } else if score_sum[x] > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        };
+        ratio[x] = r;
+        coeff[x] = if r.is_nan() { 1.0 } else { one_minus_tanh(alpha * r) };
+    }
+    OgmCoefficients { weakest, ratio, coeff }
+}
+
+/// `Σ_k softmax(logits)[k, y_k]`, in f64.
+pub fn score_sum(logits: &Tensor, labels: &[u32]) -> Result<f64> {
+    Ok(shapley::true_class_probs(logits, labels)?.iter().sum())
+}
+
+/// The unbiased standard deviation of a gradient (PyTorch's `Tensor.std()`); 0 for fewer than
+/// two elements (where PyTorch gives NaN).
+pub fn noise_std(grad: &Tensor) -> Result<f64> {
+    let n = grad.elem_count();
+    if n < 2 {
+        return Ok(0.0);
+    }
+    let g = grad.to_dtype(DType::F64)?;
+    let mean = g.mean_all()?;
+    let ss = g.broadcast_sub(&mean)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    Ok((ss / (n - 1) as f64).sqrt())
+}
+
+/// SplitMix64: mixes seeds so that nearby seeds give unrelated streams.
+fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// `n` draws of `N(0, std)` by Box–Muller.
+fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+            let u2: f64 = rng.random();
+            std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        })
+        .collect()
+}
+
+/// What OGM-GE computed and did at one step, for logs and parity checks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OgmStepStats {
+    /// `S_x` per modality.
+    pub score_sum: Vec<f64>,
+    pub weakest: usize,
+    /// `S_x / S_weakest`.
+    pub ratio: Vec<f64>,
+    /// The coefficients of this step (the fixed ones when they are fixed).
+    pub coeff: Vec<f64>,
+    /// Whether the step was inside the window (gradients edited).
+    pub applied: bool,
+    /// Names of the parameters whose gradient was edited, in modality then group order.
+    pub modulated: Vec<String>,
+    /// The noise standard deviation (`std + 1e-8`) of each edited parameter, when noise is on.
+    pub noise_std: Vec<f64>,
+}
+
+/// On-the-fly gradient modulation with generalisation enhancement.
+#[derive(Clone, Debug)]
+pub struct OgmGe {
+    cfg: OgmGeConfig,
+    m: usize,
+    noise_base: u64,
+    fixed: Option<Vec<f64>>,
+    in_effect: Vec<f64>,
+    last: Option<OgmStepStats>,
+}
+
+impl OgmGe {
+    /// OGM-GE over `m` modalities (at least 2).
+    pub fn new(cfg: OgmGeConfig, m: usize) -> std::result::Result<Self, String> {
+        cfg.validate()?;
+        if m < 2 {
+            return Err(format!("ogm-ge needs at least 2 modalities, the model has {m}"));
+        }
+        let noise_base = mix(cfg.seed, 0);
+        Ok(Self { cfg, m, noise_base, fixed: None, in_effect: vec![1.0; m], last: None })
+    }
+
+    /// Mixes the run seed into the noise seed (the registry passes the run's seed).
+    pub fn with_run_seed(mut self, seed: u64) -> Self {
+        self.noise_base = mix(self.cfg.seed, mix(seed, 1));
+        self
+    }
+
+    /// Replaces the computed coefficients by fixed ones, each in `(0, 1]` (ablations: all ones
+    /// is the paper's "GE only" variant, and with the noise off it is joint training).
+    pub fn with_fixed_coefficients(mut self, coeff: Vec<f64>) -> std::result::Result<Self, String> {
+        if coeff.len() != self.m {
+            return Err(format!("{} fixed coefficients for {} modalities", coeff.len(), self.m));
+        }
+        if let Some(c) = coeff.iter().find(|&&c| !(c > 0.0 && c <= 1.0)) {
+            return Err(format!("a fixed OGM coefficient must be in (0, 1], got {c}"));
+        }
+        self.fixed = Some(coeff);
+        Ok(self)
+    }
+
+    pub fn config(&self) -> &OgmGeConfig {
+        &self.cfg
+    }
+
+    pub fn last_stats(&self) -> Option<&OgmStepStats> {
+        self.last.as_ref()
+    }
+
+    /// The parameters this mode edits, per modality.
+    pub fn selected(&self, model: &dyn MultimodalModel) -> Vec<Vec<NamedVar>> {
+        model
+            .param_groups()
+            .per_modality
+            .into_iter()
+            .map(|g| g.into_iter().filter(|v| self.cfg.mode.selects(v)).collect())
+            .collect()
+    }
+}
+
+impl Modulator for OgmGe {
+    fn name(&self) -> &'static str {
+        "ogm-ge"
+    }
+
+    fn forward_plan(&self) -> ForwardPlan {
+        ForwardPlan::Shapley
+    }
+
+    fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
+        let m = self.m;
+        let fwd = cx.forward;
+        let mono = shapley::mono_outputs(m, |s| fwd.logits(s, m))?;
+        let labels = cx.batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let sums = mono.iter().map(|mx| score_sum(mx, &labels)).collect::<Result<Vec<_>>>()?;
+        let c = ogm_coefficients(self.cfg.alpha, &sums);
+        let coeff = self.fixed.clone().unwrap_or_else(|| c.coeff.clone());
+        let applied = self.cfg.in_window(cx.epoch);
+        let mut stats = OgmStepStats {
+            score_sum: sums,
+            weakest: c.weakest,
+            ratio: c.ratio,
+            coeff: coeff.clone(),
+            applied,
+            ..OgmStepStats::default()
+        };
+        if applied {
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.noise_base, cx.step as u64));
+            for (x, group) in self.selected(cx.model).into_iter().enumerate() {
+                let k = coeff.get(x).copied().unwrap_or(1.0);
+                for v in group {
+                    let t = v.var.as_tensor();
+                    let Some(g) = grads.get(t) else { continue };
+                    stats.modulated.push(v.name.clone());
+                    let scaled = if k == 1.0 { None } else { Some(g.affine(k, 0.0)?) };
+                    let edited = if self.cfg.noise {
+                        let std = noise_std(g)? + NOISE_STD_EPS;
+                        stats.noise_std.push(std);
+                        let noise = Tensor::from_vec(gaussian(&mut rng, g.elem_count(), std), g.shape(), g.device())?
+                            .to_dtype(g.dtype())?;
+                        Some((scaled.unwrap_or_else(|| g.clone()) + noise)?)
+                    } else {
+                        scaled
+                    };
+                    if let Some(e) = edited {
+                        grads.insert(t, e);
+                    }
+                }
+            }
+        }
+        self.in_effect = if applied { coeff } else { vec![1.0; m] };
+        self.last = Some(stats);
+        Ok(())
+    }
+
+    fn clip_rule(&self) -> Option<ClipRule> {
+        self.cfg.clip
+    }
+
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        Some(self.in_effect.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_modalities_match_the_reference_branches() {
+        let alpha = 0.5;
+        // r_v = S_v / S_a > 1: visual damped.
+        let c = ogm_coefficients(alpha, &[2.0, 3.0]);
+        assert_eq!(c.weakest, 0);
+        assert_eq!(c.coeff, vec![1.0, 1.0 - (alpha * 1.5f64).tanh()]);
+        // r_v < 1: audio damped by 1 − tanh(alpha / r_v).
+        let c = ogm_coefficients(alpha, &[3.0, 2.0]);
+        assert_eq!(c.weakest, 1);
+        assert!((c.coeff[0] - (1.0 - (alpha / (2.0f64 / 3.0)).tanh())).abs() < 1e-15);
+        assert_eq!(c.coeff[1], 1.0);
+        // A tie takes the reference's `else` branch: audio damped by 1 − tanh(alpha).
+        let c = ogm_coefficients(alpha, &[2.0, 2.0]);
+        assert_eq!(c.coeff, vec![1.0 - alpha.tanh(), 1.0]);
+    }
+
+    #[test]
+    fn coefficients_stay_positive() {
+        let c = ogm_coefficients(50.0, &[1e-3, 100.0, 0.5]);
+        assert_eq!(c.weakest, 0);
+        assert!(c.coeff.iter().all(|&k| k > 0.0 && k <= 1.0), "{c:?}");
+        let c = ogm_coefficients(1.0, &[0.0, 1.0]);
+        assert!(c.coeff[1] > 0.0 && c.coeff[0] == 1.0);
+        let c = ogm_coefficients(1.0, &[0.0, 0.0]);
+        assert!(c.coeff.iter().all(|&k| k > 0.0 && k <= 1.0), "{c:?}");
+    }
+
+    #[test]
+    fn std_is_unbiased() {
+        let t = Tensor::new(&[1.0f64, 2.0, 3.0, 4.0], &candle_core::Device::Cpu).unwrap();
+        assert!((noise_std(&t).unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        let one = Tensor::new(&[1.0f32], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(noise_std(&one).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn modes_parse_with_the_allowed_values_in_the_error() {
+        assert_eq!(OgmMode::try_from("paper".to_string()), Ok(OgmMode::Paper));
+        let err = OgmMode::try_from("papier".to_string()).unwrap_err();
+        assert!(err.contains("ogm_ge.mode") && err.contains("reference, paper"), "{err}");
+    }
+}

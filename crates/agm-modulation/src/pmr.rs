@@ -1,0 +1,426 @@
+//! PMR, prototypical modal rebalance (Fan et al., "PMR: Prototypical Modal Rebalance for
+//! Multimodal Learning", CVPR 2023), as a [`Modulator`], following the official code
+//! (`main_Prototype_grad.py`, `--modulation Proto`).
+//!
+//! # Prototypes (`calculate_prototype`)
+//!
+//! For every modality `m` and class `k`, `c_m[k]` is the mean encoder feature
+//! (`ModelOutput::encoder_features[m]`, flattened; evaluation mode, no gradients) of training
+//! samples of class `k`. They are computed **from the training split only**
+//! ([`EpochCx::train`]; the held-out and validation splits are never read), at the end of every
+//! epoch for the next one, which is the model state the official code computes them from at the
+//! start of the next epoch. The official code reads the first tenth of the batches of its
+//! shuffled loader; here a fresh seeded random subset of `ceil(sample_ratio · N)` samples is
+//! read each time (extended until every class has a sample, or the split is exhausted). With
+//! momentum `μ`, after the first computation `c ← (1 − μ)·c_new + μ·c_old`. A class with no
+//! training sample keeps its previous prototype (zeros at first; the official code divides by
+//! zero there).
+//!
+//! The official code also computes prototypes once before epoch 1, from the untrained model.
+//! The trainer has no hook before the first step, so a driver that wants this calls
+//! [`Pmr::prime`] before training; otherwise the prototype terms start in epoch 2 (epoch 1 is
+//! joint training).
+//!
+//! # One step (`train_epoch`)
+//!
+//! - `P_m[i, k] = −‖h_m,i − c_m[k]‖₂` (prototype logits; the distance is taken as
+//!   `sqrt(max(d², 1e-12))` so a feature exactly on a prototype gets a zero gradient instead of
+//!   the reference's NaN);
+//! - `s_m = Σ_i softmax(P_m)_i[y_i]` (a sum over the batch, in f64);
+//! - inside the modulation window (1-based, inclusive epochs):
+//!   `L = CE(T, y) + Σ_m β_m · CE(P_m, y)` with `β_m = alpha` when `s_m < max_j s_j` and 0
+//!   otherwise. For `M = 2` this is the official rule: `ρ = s_a/s_v > 1` adds `alpha·CE(P_v)`,
+//!   `ρ < 1` adds `alpha·CE(P_a)`, `ρ = 1` adds nothing. For `M > 2` (our choice) every modality
+//!   behind the leading one gets the prototype term; the official code has no `M > 2` rule.
+//! - outside the window `L = CE(T, y)`.
+//!
+//! The paper's prototype-entropy regulariser is not in the official script and not here.
+
+use agm_core::{BatchSource, ForwardOpts, MultimodalModel};
+use candle_core::{DType, Device, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::gblend::{from_bits, labels_u32, mix_seed, require_two, seeded_permutation, to_bits};
+use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx};
+
+/// Floor on the squared distance before the square root.
+pub const PMR_DIST2_FLOOR: f64 = 1e-12;
+
+/// PMR settings. Use a named preset; in a config file missing keys take the AV-Digits preset's
+/// values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default = "PmrConfig::av_digits")]
+pub struct PmrConfig {
+    /// Weight of the weak modalities' prototype cross-entropy; > 0.
+    pub alpha: f64,
+    /// Prototype momentum `μ` in `[0, 1)` (`c ← (1 − μ)·c_new + μ·c_old`).
+    pub momentum: f64,
+    /// Fraction of the training split the prototypes are computed from, in `(0, 1]`.
+    pub sample_ratio: f64,
+    /// First epoch (1-based, inclusive) with the prototype terms.
+    pub window_start: usize,
+    /// Last epoch (inclusive); `None` means until the end.
+    pub window_end: Option<usize>,
+    /// Batch size of the prototype computation.
+    pub eval_batch_size: usize,
+}
+
+impl PmrConfig {
+    /// The official script's argument defaults: alpha 1, momentum 0.2, a tenth of the training
+    /// batches, modulation in its 0-based epochs 0..=100, i.e. 1-based epochs 1..=101.
+    pub fn official() -> Self {
+        Self {
+            alpha: 1.0,
+            momentum: 0.2,
+            sample_ratio: 0.1,
+            window_start: 1,
+            window_end: Some(101),
+            eval_batch_size: 256,
+        }
+    }
+
+    /// The embedded AV-Digits default: alpha 1, no momentum (as the official run scripts), a
+    /// tenth of the training split, over the whole run.
+    pub fn av_digits() -> Self {
+        Self { momentum: 0.0, window_start: 0, window_end: None, ..Self::official() }
+    }
+
+    /// The preset names [`PmrConfig::preset`] accepts.
+    pub const PRESETS: &'static [&'static str] = &["official", "av-digits"];
+
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "official" => Some(Self::official()),
+            "av-digits" => Some(Self::av_digits()),
+            _ => None,
+        }
+    }
+
+    pub fn in_window(&self, epoch: usize) -> bool {
+        epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+    }
+
+    /// Checks every field; the error names the field and the allowed values.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("pmr.alpha must be a finite number > 0, got {}", self.alpha));
+        }
+        if !(self.momentum >= 0.0 && self.momentum < 1.0) {
+            return Err(format!("pmr.momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.sample_ratio > 0.0 && self.sample_ratio <= 1.0) {
+            return Err(format!("pmr.sample_ratio must be in (0, 1], got {}", self.sample_ratio));
+        }
+        if let Some(end) = self.window_end {
+            if end < self.window_start {
+                return Err(format!("pmr.window_end ({end}) must be >= pmr.window_start ({})", self.window_start));
+            }
+        }
+        if self.eval_batch_size == 0 {
+            return Err("pmr.eval_batch_size must be >= 1, got 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Per-class prototypes of every modality, in f64.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prototypes {
+    pub classes: usize,
+    /// Feature size of each modality.
+    pub dims: Vec<usize>,
+    /// `values[m]` is `classes × dims[m]`, row-major.
+    pub values: Vec<Vec<f64>>,
+    /// Training samples of each class the last computation read.
+    pub counts: Vec<usize>,
+    /// 1-based epoch after which they were computed (0: before training, [`Pmr::prime`]).
+    pub epoch: usize,
+}
+
+impl Prototypes {
+    /// Modality `m`'s prototypes as a `[classes, dims[m]]` tensor.
+    pub fn tensor(&self, m: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        Tensor::from_slice(&self.values[m], (self.classes, self.dims[m]), device)?.to_dtype(dtype)
+    }
+}
+
+/// The numbers of one PMR step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PmrStepStats {
+    /// `s_m = Σ_i softmax(P_m)_i[y_i]`.
+    pub scores: Vec<f64>,
+    /// `β_m` (alpha for the modalities behind the leading one, inside the window).
+    pub beta: Vec<f64>,
+    /// `CE(P_m, y)` for every modality.
+    pub proto_loss: Vec<f64>,
+}
+
+/// Prototypes with their values as bit patterns (see `gblend::to_bits`).
+#[derive(Serialize, Deserialize)]
+struct PrototypeBits {
+    classes: usize,
+    dims: Vec<usize>,
+    values: Vec<Vec<u64>>,
+    counts: Vec<usize>,
+    epoch: usize,
+}
+
+/// The checkpointed state; floats as bit patterns so a resume is exact.
+#[derive(Serialize, Deserialize)]
+struct PmrState {
+    prototypes: Option<PrototypeBits>,
+    beta: Vec<u64>,
+}
+
+/// Prototypical modal rebalance (see the module docs).
+#[derive(Debug)]
+pub struct Pmr {
+    cfg: PmrConfig,
+    m: usize,
+    seed: u64,
+    protos: Option<Prototypes>,
+    /// The prototypes as tensors of the features' dtype and device.
+    cache: Option<Vec<Tensor>>,
+    beta: Vec<f64>,
+    last: Option<PmrStepStats>,
+}
+
+impl Pmr {
+    /// PMR over `m` modalities (at least 2).
+    pub fn new(cfg: PmrConfig, m: usize) -> std::result::Result<Self, String> {
+        cfg.validate()?;
+        require_two("pmr", m)?;
+        Ok(Self { cfg, m, seed: 0, protos: None, cache: None, beta: vec![0.0; m], last: None })
+    }
+
+    /// The run's seed: seeds which training samples the prototypes are computed from.
+    pub fn with_run_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    pub fn config(&self) -> &PmrConfig {
+        &self.cfg
+    }
+
+    pub fn prototypes(&self) -> Option<&Prototypes> {
+        self.protos.as_ref()
+    }
+
+    pub fn last_stats(&self) -> Option<&PmrStepStats> {
+        self.last.as_ref()
+    }
+
+    /// Computes the first prototypes from the training split before training (the official
+    /// code's epoch-0 prototypes, from the untrained model).
+    pub fn prime(&mut self, model: &dyn MultimodalModel, train: &dyn BatchSource, device: &Device) -> Result<()> {
+        self.update_prototypes(model, train, device, 0)
+    }
+
+    /// Recomputes the prototypes from `train` (see the module docs), mixing with the previous
+    /// ones by the momentum.
+    fn update_prototypes(
+        &mut self,
+        model: &dyn MultimodalModel,
+        train: &dyn BatchSource,
+        device: &Device,
+        epoch: usize,
+    ) -> Result<()> {
+        let m = self.m;
+        if model.modalities().len() != m {
+            candle_core::bail!("pmr was built for {m} modalities, the model has {}", model.modalities().len());
+        }
+        let n = train.len();
+        if n == 0 {
+            candle_core::bail!("pmr: the training split is empty, no prototypes can be computed");
+        }
+        let k = model.num_classes();
+        let target = ((self.cfg.sample_ratio * n as f64).ceil() as usize).clamp(1, n);
+        let order = seeded_permutation(n, mix_seed(self.seed, 0x706d_7200 ^ epoch as u64));
+        let mut sums: Vec<Vec<f64>> = Vec::new();
+        let mut dims: Vec<usize> = Vec::new();
+        let mut counts = vec![0usize; k];
+        // The first `target` samples of the permutation, then more only while a class is missing.
+        let bs = self.cfg.eval_batch_size;
+        let first: Vec<&[usize]> = order[..target].chunks(bs).collect();
+        let extra: Vec<&[usize]> = order[target..].chunks(bs).collect();
+        for (i, chunk) in first.iter().chain(extra.iter()).enumerate() {
+            if i >= first.len() && !counts.contains(&0) {
+                break;
+            }
+            let batch = train.batch(chunk, device)?;
+            let out = model.forward(&batch.inputs, &ForwardOpts::eval(m))?;
+            let labels = labels_u32(&batch)?;
+            if dims.is_empty() {
+                dims = out.encoder_features.iter().map(|f| f.flatten_from(1)?.dim(1)).collect::<Result<_>>()?;
+                sums = dims.iter().map(|&d| vec![0.0; k * d]).collect();
+            }
+            if let Some(&y) = labels.iter().find(|&&y| y as usize >= k) {
+                candle_core::bail!("pmr: label {y} is out of range for {k} classes");
+            }
+            for (x, f) in out.encoder_features.iter().enumerate() {
+                let rows = f.detach().flatten_from(1)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+                let d = dims[x];
+                for (row, &y) in rows.iter().zip(&labels) {
+                    let y = y as usize;
+                    for (s, v) in sums[x][y * d..(y + 1) * d].iter_mut().zip(row) {
+                        *s += v;
+                    }
+                }
+            }
+            for &y in &labels {
+                counts[y as usize] += 1;
+            }
+        }
+        let old = self.protos.as_ref().filter(|p| p.classes == k && p.dims == dims);
+        let missing: Vec<usize> = (0..k).filter(|&c| counts[c] == 0).collect();
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "pmr: classes without training samples keep their previous prototypes");
+        }
+        let mu = self.cfg.momentum;
+        let values = (0..m)
+            .map(|x| {
+                let d = dims[x];
+                let mut v = vec![0.0; k * d];
+                for c in 0..k {
+                    for j in 0..d {
+                        let i = c * d + j;
+                        let prev = old.map(|p| p.values[x][i]);
+                        v[i] = if counts[c] == 0 {
+                            prev.unwrap_or(0.0)
+                        } else {
+                            let new = sums[x][i] / counts[c] as f64;
+                            match prev {
+                                Some(p) => (1.0 - mu) * new + mu * p,
+                                None => new,
+                            }
+                        };
+                    }
+                }
+                v
+            })
+            .collect();
+        self.protos = Some(Prototypes { classes: k, dims, values, counts, epoch });
+        self.cache = None;
+        Ok(())
+    }
+
+    fn proto_tensors(&mut self, like: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let Some(p) = &self.protos else { return Ok(None) };
+        let stale = match &self.cache {
+            Some(c) => c[0].dtype() != like.dtype() || !c[0].device().same_device(like.device()),
+            None => true,
+        };
+        if stale {
+            self.cache =
+                Some((0..self.m).map(|x| p.tensor(x, like.dtype(), like.device())).collect::<Result<Vec<_>>>()?);
+        }
+        Ok(self.cache.clone())
+    }
+}
+
+/// Prototype logits `P[i, k] = −sqrt(max(‖h_i − c_k‖², 1e-12))` for features `h` `[B, …]` and
+/// prototypes `c` `[K, D]`.
+pub fn prototype_logits(features: &Tensor, prototypes: &Tensor) -> Result<Tensor> {
+    let h = features.flatten_from(1)?;
+    let (d, dp) = (h.dim(1)?, prototypes.dim(1)?);
+    if d != dp {
+        candle_core::bail!("pmr: features have {d} dimensions but the prototypes {dp}");
+    }
+    let diff = h.unsqueeze(1)?.broadcast_sub(&prototypes.unsqueeze(0)?)?;
+    diff.sqr()?.sum(D::Minus1)?.maximum(PMR_DIST2_FLOOR)?.sqrt()?.neg()
+}
+
+impl Modulator for Pmr {
+    fn name(&self) -> &'static str {
+        "pmr"
+    }
+
+    fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
+        let full = &cx.forward.full;
+        let labels = &cx.batch.labels;
+        let output = full.logits.clone();
+        let mut loss = candle_nn::loss::cross_entropy(&output, labels)?;
+        let protos = if self.cfg.in_window(cx.epoch) { self.proto_tensors(&full.logits)? } else { None };
+        let Some(protos) = protos else {
+            self.beta = vec![0.0; self.m];
+            self.last = None;
+            return Ok(Objective { loss, output, mono: None });
+        };
+        if full.encoder_features.len() != self.m {
+            candle_core::bail!(
+                "pmr: the model returned {} encoder features for {} modalities",
+                full.encoder_features.len(),
+                self.m
+            );
+        }
+        let y = labels_u32(cx.batch)?;
+        let logits = full
+            .encoder_features
+            .iter()
+            .zip(&protos)
+            .map(|(h, c)| prototype_logits(h, c))
+            .collect::<Result<Vec<_>>>()?;
+        let scores: Vec<f64> =
+            logits.iter().map(|p| Ok(shapley::true_class_probs(p, &y)?.iter().sum())).collect::<Result<_>>()?;
+        let lead = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let beta: Vec<f64> = scores.iter().map(|&s| if s < lead { self.cfg.alpha } else { 0.0 }).collect();
+        let mut proto_loss = Vec::with_capacity(self.m);
+        for (p, &b) in logits.iter().zip(&beta) {
+            let ce = candle_nn::loss::cross_entropy(p, labels)?;
+            proto_loss.push(crate::gblend::scalar_f64(&ce)?);
+            if b > 0.0 {
+                loss = (loss + ce.affine(b, 0.0)?)?;
+            }
+        }
+        self.beta.clone_from(&beta);
+        self.last = Some(PmrStepStats { scores, beta, proto_loss });
+        Ok(Objective { loss, output, mono: Some(logits.iter().map(Tensor::detach).collect()) })
+    }
+
+    /// Recomputes the prototypes from the training split (only) for the next epoch.
+    fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
+        self.update_prototypes(cx.model, cx.train, cx.device, cx.epoch)?;
+        Ok(Vec::new())
+    }
+
+    /// `β_m` in force at the last step.
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        Some(self.beta.clone())
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let prototypes = self.protos.as_ref().map(|p| PrototypeBits {
+            classes: p.classes,
+            dims: p.dims.clone(),
+            values: p.values.iter().map(|v| to_bits(v)).collect(),
+            counts: p.counts.clone(),
+            epoch: p.epoch,
+        });
+        serde_json::to_value(PmrState { prototypes, beta: to_bits(&self.beta) }).expect("plain numbers serialize")
+    }
+
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        let s: PmrState = serde_json::from_value(state.clone())
+            .map_err(|e| candle_core::Error::Msg(format!("pmr state in checkpoint: {e}")))?;
+        let bad = |p: &PrototypeBits| {
+            p.dims.len() != self.m
+                || p.values.len() != self.m
+                || p.counts.len() != p.classes
+                || p.values.iter().zip(&p.dims).any(|(v, d)| v.len() != p.classes * d)
+        };
+        if s.beta.len() != self.m || s.prototypes.as_ref().is_some_and(bad) {
+            candle_core::bail!("pmr state in checkpoint is not for {} modalities", self.m);
+        }
+        self.protos = s.prototypes.map(|p| Prototypes {
+            classes: p.classes,
+            dims: p.dims,
+            values: p.values.iter().map(|v| from_bits(v)).collect(),
+            counts: p.counts,
+            epoch: p.epoch,
+        });
+        self.beta = from_bits(&s.beta);
+        self.cache = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! OGM-GE, MSLR, MSES and stacks through the run configuration, as `cargo xtask train --method`
+//! builds them, on AV-Digits; and the configuration errors they bring.
+
+use agm_core::MultimodalModel;
+use agm_data::SplitTensors;
+use agm_modulation::{MsesConfig, OgmMode};
+use agm_train::{config, Callback, EpochSummary, Flow, RunConfig, TrainError, Trainer};
+use candle_core::Device;
+
+/// Records every epoch row.
+#[derive(Default)]
+struct Rows(Vec<EpochSummary>);
+impl Callback for Rows {
+    fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
+        self.0.push(e.clone());
+        Flow::Continue
+    }
+}
+
+/// Trains `cfg` as `cargo xtask train` does (without a run directory) and returns the rows.
+fn train(cfg: &RunConfig) -> (agm_train::RunSummary, Vec<EpochSummary>) {
+    cfg.validate().unwrap();
+    let device = Device::Cpu;
+    let built = cfg.build(&device).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
+    let (train, validation) = config::train_and_validation(&built.data);
+    let mut trainer =
+        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)
+            .unwrap();
+    let mut rows = Rows::default();
+    let summary = trainer.fit(train, validation, &mut rows).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
+    (summary, rows.0)
+}
+
+fn with(method: &str, epochs: usize) -> RunConfig {
+    RunConfig { method: method.into(), epochs, ..RunConfig::av_digits() }
+}
+
+#[test]
+fn each_method_trains_on_av_digits() {
+    for (method, epochs) in [("ogm-ge", 2), ("mslr", 2), ("mses", 2), ("agm+ogm-ge", 1), ("agm+mslr+mses", 1)] {
+        let (summary, rows) = train(&with(method, epochs));
+        assert_eq!(summary.epochs_done, epochs, "{method}");
+        assert_eq!(rows.len(), epochs, "{method}");
+        for r in &rows {
+            assert!(r.train_loss.is_finite() && r.validation.accuracy > 0.2, "{method}: {r:?}");
+            let c = r.last_coefficients.as_ref().unwrap_or_else(|| panic!("{method} reports no coefficients"));
+            assert_eq!(c.len(), 2, "{method}");
+        }
+        match method {
+            // Within its window OGM damps the dominant modality only.
+            "ogm-ge" => {
+                let c = rows[0].last_coefficients.as_ref().unwrap();
+                assert!(c.iter().all(|&k| k > 0.0 && k <= 1.0) && c.contains(&1.0), "{c:?}");
+            }
+            // The AV-MNIST preset: 1.3 / 0.7 until five epochs are remembered.
+            "mslr" => assert_eq!(rows[1].last_coefficients, Some(vec![1.3, 0.7])),
+            _ => {}
+        }
+    }
+}
+
+/// Every variable's bits, by name.
+type Bits = Vec<(String, Vec<u32>)>;
+
+fn bits(model: &dyn MultimodalModel) -> Bits {
+    model
+        .param_groups()
+        .all_sorted()
+        .into_iter()
+        .map(|v| {
+            (
+                v.name,
+                v.var
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Trains `cfg` on AV-Digits with validation labels shifted by one digit, so that the validation
+/// losses only grow; returns the summary, the coefficients per epoch and the final weights.
+fn train_with_wrong_validation_labels(cfg: &RunConfig) -> (agm_train::RunSummary, Vec<Vec<f64>>, Bits) {
+    let device = Device::Cpu;
+    let built = cfg.build(&device).unwrap();
+    let (train, validation) = config::train_and_validation(&built.data);
+    let m = validation.num_modalities();
+    let wrong = SplitTensors::new(
+        (0..m).map(|x| validation.modality_data(x).to_vec()).collect(),
+        (0..m).map(|x| validation.sample_shape(x).to_vec()).collect(),
+        validation.labels().iter().map(|y| (y + 1) % 10).collect(),
+    );
+    let mut trainer =
+        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)
+            .unwrap();
+    let mut rows = Rows::default();
+    let summary = trainer.fit(train, &wrong, &mut rows).unwrap();
+    let coeffs = rows.0.iter().map(|r| r.last_coefficients.clone().unwrap()).collect();
+    (summary, coeffs, bits(&built.model))
+}
+
+#[test]
+fn mses_stopping_at_a_first_epoch_best_restores_it_where_the_reference_crashes() {
+    // Patience 0 and validation losses that only grow: at epoch 2 both modalities stop with
+    // their best at epoch 1, where the AV-MNIST reference tries to load a checkpoint it never
+    // wrote. The trainer restores the epoch-1 snapshot and stops.
+    let cfg = RunConfig { mses: MsesConfig { patience: 0, ..MsesConfig::avmnist() }, ..with("mses", 4) };
+    let (summary, coeffs, weights) = train_with_wrong_validation_labels(&cfg);
+    assert_eq!(coeffs, vec![vec![1.0, 1.0], vec![0.0, 0.0]]);
+    assert!(summary.stopped_early);
+    assert_eq!(summary.epochs_done, 2);
+    // The weights are those after epoch 1 (bit for bit): the snapshot was restored.
+    let (_, _, after_one) = train_with_wrong_validation_labels(&RunConfig { epochs: 1, ..cfg.clone() });
+    assert_eq!(weights, after_one, "the epoch-1 state was not restored");
+    // UR-Funny's policy keeps the epoch-2 weights instead (no reload of a first-epoch best).
+    let skip = RunConfig { mses: MsesConfig { patience: 0, ..MsesConfig::urfunny() }, ..cfg };
+    let (summary, coeffs, weights) = train_with_wrong_validation_labels(&skip);
+    assert_eq!((summary.epochs_done, coeffs.len()), (2, 2));
+    assert_ne!(weights, after_one);
+}
+
+#[test]
+fn bad_method_configurations_are_rejected_naming_the_field_and_the_allowed_values() {
+    let err = |toml: &str| RunConfig::from_toml_str(toml).unwrap_err().to_string();
+    let e = err("method = \"ogm\"\n");
+    assert!(e.contains("method") && e.contains("`ogm` is not known") && e.contains("ogm-ge, mslr, mses"), "{e}");
+    let e = err("method = \"agm+\"\n");
+    assert!(e.contains("empty name"), "{e}");
+    let e = err("method = \"mslr+mslr\"\n");
+    assert!(e.contains("cannot be stacked") && e.contains("twice"), "{e}");
+    for alpha in ["0.0", "-0.5"] {
+        let e = err(&format!("method = \"ogm-ge\"\n[ogm_ge]\nalpha = {alpha}\n"));
+        assert!(e.contains("ogm_ge.alpha") && e.contains("> 0"), "{e}");
+    }
+    let e = err("[ogm_ge]\nmode = \"faithful\"\n");
+    assert!(e.contains("ogm_ge.mode") && e.contains("reference, paper"), "{e}");
+    let e = err("[ogm_ge]\nnoise_std = 1.0\n");
+    assert!(e.contains("noise_std") && e.contains("alpha"), "{e}");
+    let e = err("[mses]\nbest_at_first_epoch = \"crash\"\n");
+    assert!(e.contains("mses.best_at_first_epoch") && e.contains("restore, skip"), "{e}");
+    let e = err("[mslr]\ninit = [1.0, 0.0]\n");
+    assert!(e.contains("mslr.init"), "{e}");
+
+    // What depends on the model is checked when the method is built.
+    let device = Device::Cpu;
+    let build = |cfg: RunConfig| -> String {
+        let model = cfg.build_model(&device).unwrap();
+        match cfg.build_modulator(&model) {
+            Err(TrainError::Config(e)) => e,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("{} was accepted", cfg.method),
+        }
+    };
+    let mut cfg = with("ogm-ge", 1);
+    cfg.ogm_ge.mode = OgmMode::Reference;
+    let e = build(cfg);
+    assert!(e.contains("4-D") && e.contains("mode = paper"), "{e}");
+    let mut cfg = with("agm+mslr", 1);
+    cfg.mslr.init = vec![1.0, 1.0, 1.0];
+    let e = build(cfg);
+    assert!(e.contains("mslr.init has 3 values but the model has 2"), "{e}");
+}
+
+#[test]
+fn method_sections_round_trip_and_default_to_the_av_digits_presets() {
+    let cfg = RunConfig::from_toml_str(
+        "method = \"agm+ogm-ge\"\n[ogm_ge]\nmode = \"reference\"\nalpha = 0.8\nwindow_end = 50\n[mses]\npatience = 3\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.ogm_ge.mode, OgmMode::Reference);
+    assert_eq!((cfg.ogm_ge.alpha, cfg.ogm_ge.window_end), (0.8, Some(50)));
+    assert_eq!(cfg.ogm_ge.noise, agm_modulation::OgmGeConfig::av_digits().noise);
+    assert_eq!(cfg.mses.patience, 3);
+    assert_eq!(cfg.mslr, agm_modulation::MslrConfig::av_digits());
+    assert_eq!(RunConfig::from_toml_str(&cfg.to_toml()).unwrap(), cfg);
+    assert!(config::METHODS.contains(&"ogm-ge"));
+}
