@@ -20,12 +20,14 @@
 use agm_core::MultimodalModel;
 
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{Agm, AgmConfig, Joint, Modulator, Mses, MsesConfig, Mslr, MslrConfig, OgmGe, OgmGeConfig};
+use crate::{
+    Agm, AgmConfig, GBlend, GBlendConfig, Joint, MmPareto, MmParetoConfig, Modulator, Mses, MsesConfig, Mslr,
+    MslrConfig, OgmGe, OgmGeConfig, Pmr, PmrConfig,
+};
 
 /// Methods `--method` accepts, alone or joined with `+`.
 pub const METHODS: &[&str] = &[
-    "joint", "agm", "ogm-ge", "mslr", "mses",
-    // G-Blending, PMR, MMPareto: add their names here.
+    "joint", "agm", "ogm-ge", "mslr", "mses", "gblend", "pmr", "mmpareto",
 ];
 
 /// Joins the members of a stack.
@@ -40,7 +42,12 @@ pub struct MethodConfigs {
     pub ogm_ge: OgmGeConfig,
     pub mslr: MslrConfig,
     pub mses: MsesConfig,
-    // G-Blending, PMR, MMPareto: add their settings here.
+    pub gblend: GBlendConfig,
+    pub pmr: PmrConfig,
+    pub mmpareto: MmParetoConfig,
+    /// Flattened size of each encoder's output, for methods that add their own heads
+    /// (G-Blending, MMPareto); the driver measures it with [`crate::encoder_feature_dims`].
+    pub feature_dims: Option<Vec<usize>>,
 }
 
 impl MethodConfigs {
@@ -52,6 +59,10 @@ impl MethodConfigs {
             ogm_ge: OgmGeConfig::av_digits(),
             mslr: MslrConfig::av_digits(),
             mses: MsesConfig::av_digits(),
+            gblend: GBlendConfig::av_digits(),
+            pmr: PmrConfig::av_digits(),
+            mmpareto: MmParetoConfig::av_digits(),
+            feature_dims: None,
         }
     }
 
@@ -62,6 +73,9 @@ impl MethodConfigs {
         self.ogm_ge.validate()?;
         self.mslr.validate()?;
         self.mses.validate()?;
+        self.gblend.validate()?;
+        self.pmr.validate()?;
+        self.mmpareto.validate()?;
         Ok(())
     }
 }
@@ -122,6 +136,26 @@ fn build_mses(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn 
     Ok(Box::new(Mses::new(&c.mses, modalities(model))?))
 }
 
+fn feature_dims(c: &MethodConfigs, method: &str) -> Result<Vec<usize>, String> {
+    c.feature_dims.clone().ok_or_else(|| {
+        format!("method = `{method}` adds uni-modal heads and needs the encoders' feature sizes (MethodConfigs.feature_dims)")
+    })
+}
+
+fn build_gblend(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+    let g = GBlend::new(c.gblend.clone(), modalities(model))?.with_run_seed(c.seed);
+    Ok(Box::new(g.with_feature_dims(feature_dims(c, "gblend")?)?))
+}
+
+fn build_pmr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+    Ok(Box::new(Pmr::new(c.pmr.clone(), modalities(model))?.with_run_seed(c.seed)))
+}
+
+fn build_mmpareto(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+    let p = MmPareto::new(c.mmpareto.clone(), modalities(model))?.with_run_seed(c.seed);
+    Ok(Box::new(p.with_feature_dims(feature_dims(c, "mmpareto")?)?))
+}
+
 /// The method called `name`, if there is one.
 pub fn lookup(name: &str) -> Option<MethodSpec> {
     let spec = |name, hooks, build| Some(MethodSpec { name, hooks, build });
@@ -131,9 +165,9 @@ pub fn lookup(name: &str) -> Option<MethodSpec> {
         "ogm-ge" => spec("ogm-ge", Hooks::EDITS, build_ogm_ge),
         "mslr" => spec("mslr", Hooks::EDITS, build_mslr),
         "mses" => spec("mses", Hooks::EDITS, build_mses),
-        // ---- G-Blending, PMR, MMPareto: one arm each below this line, e.g.
-        // "gblend" => spec("gblend", Hooks::OBJECTIVE, build_gblend),
-        // ---- end of the other methods.
+        "gblend" => spec("gblend", Hooks::OBJECTIVE, build_gblend),
+        "pmr" => spec("pmr", Hooks::OBJECTIVE, build_pmr),
+        "mmpareto" => spec("mmpareto", Hooks::OBJECTIVE_AND_BACKWARD, build_mmpareto),
         _ => None,
     }
 }

@@ -7,8 +7,11 @@ use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
 use agm_fusion::{LateConcatConfig, LateConcatModel};
 use agm_modulation::registry::{self, MethodConfigs};
-use agm_modulation::{AgmConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig};
-use candle_core::{DType, Device};
+use agm_modulation::{
+    AgmConfig, GBlendConfig, MmParetoConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig, PmrConfig,
+};
+use agm_core::MultimodalBatch;
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -48,6 +51,9 @@ pub struct RunConfig {
     pub ogm_ge: OgmGeConfig,
     pub mslr: MslrConfig,
     pub mses: MsesConfig,
+    pub gblend: GBlendConfig,
+    pub pmr: PmrConfig,
+    pub mmpareto: MmParetoConfig,
 }
 
 /// What a config builds.
@@ -85,6 +91,9 @@ impl RunConfig {
             ogm_ge: OgmGeConfig::av_digits(),
             mslr: MslrConfig::av_digits(),
             mses: MsesConfig::av_digits(),
+            gblend: GBlendConfig::av_digits(),
+            pmr: PmrConfig::av_digits(),
+            mmpareto: MmParetoConfig::av_digits(),
         }
     }
 
@@ -134,6 +143,10 @@ impl RunConfig {
             ogm_ge: self.ogm_ge.clone(),
             mslr: self.mslr.clone(),
             mses: self.mses.clone(),
+            gblend: self.gblend.clone(),
+            pmr: self.pmr.clone(),
+            mmpareto: self.mmpareto.clone(),
+            feature_dims: None,
         }
     }
 
@@ -172,7 +185,15 @@ impl RunConfig {
 
     /// The method (or stack of methods) named by `method`, for this model.
     pub fn build_modulator(&self, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>> {
-        registry::build(&self.method, &self.method_configs(), model).map_err(TrainError::Config)
+        let mut configs = self.method_configs();
+        // Methods with their own heads need the encoders' output sizes: one pass on zeros.
+        let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
+        let probe = MultimodalBatch::new(
+            vec![Tensor::zeros((1, 1, 13, 32), DType::F32, &device)?, Tensor::zeros((1, 1, 28, 28), DType::F32, &device)?],
+            Tensor::zeros(1, DType::U32, &device)?,
+        )?;
+        configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
+        registry::build(&self.method, &configs, model).map_err(TrainError::Config)
     }
 
     /// Dataset, model and modulator, ready for a [`crate::Trainer`].

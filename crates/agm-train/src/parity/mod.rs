@@ -28,6 +28,7 @@
 //! ```
 
 mod case;
+mod competition;
 mod epoch_schedule;
 mod report;
 mod train_steps;
@@ -125,7 +126,10 @@ pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
             let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
             epoch_schedule::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
         }
-        "competition_strength" => Err(ParityError::KindNotImplemented { path: case_path, kind: kind.to_string() }),
+        "competition_strength" => {
+            let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
+            competition::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
+        }
         _ => Err(ParityError::UnknownKind { path: case_path, kind: kind.to_string() }),
     }
 }
