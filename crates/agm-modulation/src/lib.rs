@@ -43,15 +43,15 @@ pub use joint::Joint;
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };
-pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
+pub use modulator::{
+    ClipCondition, ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx, StepForward,
+};
 pub use mses::{snapshot_tag as mses_snapshot_tag, FirstEpochPolicy, Mses, MsesConfig, MsesEpoch, MsesSchedule};
 pub use mslr::{Mslr, MslrConfig, MslrSchedule};
 pub use ogm_ge::{
     noise_std as ogm_noise_std, ogm_coefficients, score_sum as ogm_score_sum, OgmCoefficients, OgmGe, OgmGeConfig,
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,
 };
-pub use modulator::{
-    ClipCondition, ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx, StepForward,
-};
+pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
 pub use registry::MethodConfigs;
 pub use stack::{check_composable, Hooks, Stack, StackMember};

@@ -26,9 +26,7 @@ use crate::{
 };
 
 /// Methods `--method` accepts, alone or joined with `+`.
-pub const METHODS: &[&str] = &[
-    "joint", "agm", "ogm-ge", "mslr", "mses", "gblend", "pmr", "mmpareto",
-];
+pub const METHODS: &[&str] = &["joint", "agm", "ogm-ge", "mslr", "mses", "gblend", "pmr", "mmpareto"];
 
 /// Joins the members of a stack.
 pub const STACK_SEPARATOR: char = '+';

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use agm_core::MultimodalBatch;
 use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
 use agm_fusion::{LateConcatConfig, LateConcatModel};
@@ -10,7 +11,6 @@ use agm_modulation::registry::{self, MethodConfigs};
 use agm_modulation::{
     AgmConfig, GBlendConfig, MmParetoConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig, PmrConfig,
 };
-use agm_core::MultimodalBatch;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -189,7 +189,10 @@ impl RunConfig {
         // Methods with their own heads need the encoders' output sizes: one pass on zeros.
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
         let probe = MultimodalBatch::new(
-            vec![Tensor::zeros((1, 1, 13, 32), DType::F32, &device)?, Tensor::zeros((1, 1, 28, 28), DType::F32, &device)?],
+            vec![
+                Tensor::zeros((1, 1, 13, 32), DType::F32, &device)?,
+                Tensor::zeros((1, 1, 28, 28), DType::F32, &device)?,
+            ],
             Tensor::zeros(1, DType::U32, &device)?,
         )?;
         configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
