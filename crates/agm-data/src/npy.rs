@@ -95,7 +95,7 @@ pub(crate) fn parse_npy(bytes: &[u8], path: &Path, member: &str) -> Result<NpyAr
 
 /// The raw text of `'key': value` in a Python dict literal (value up to the next top-level comma
 /// or the closing brace).
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let pat_single = format!("'{key}'");
     let pat_double = format!("\"{key}\"");
     let pos = header
@@ -115,7 +115,7 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-fn parse_shape(text: &str) -> Option<Vec<usize>> {
+pub(crate) fn parse_shape(text: &str) -> Option<Vec<usize>> {
     let inner = text.strip_prefix('(')?.strip_suffix(')')?;
     inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
 }

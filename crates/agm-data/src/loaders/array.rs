@@ -1,6 +1,7 @@
 //! A typed n-d array (what `.npy`, pickled numpy arrays and HDF5 datasets decode to), and a
 //! memory-mapped `.npy` reader that converts rows on demand.
 
+use crate::npy::{dict_value, parse_shape};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -188,31 +189,6 @@ pub fn parse_npy_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     let shape_text = dict_value(header, "shape").ok_or_else(|| npy_err(path, "no 'shape' in header"))?;
     let shape = parse_shape(shape_text).ok_or_else(|| npy_err(path, format!("bad shape {shape_text:?}")))?;
     Ok(NpyHeader { dtype, shape, data_offset: end })
-}
-
-fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let pat_single = format!("'{key}'");
-    let pat_double = format!("\"{key}\"");
-    let pos = header
-        .find(&pat_single)
-        .map(|p| p + pat_single.len())
-        .or_else(|| header.find(&pat_double).map(|p| p + pat_double.len()))?;
-    let rest = header[pos..].trim_start().strip_prefix(':')?.trim_start();
-    let mut depth = 0i32;
-    for (i, c) in rest.char_indices() {
-        match c {
-            '(' | '[' => depth += 1,
-            ')' | ']' => depth -= 1,
-            ',' | '}' if depth == 0 => return Some(rest[..i].trim()),
-            _ => {}
-        }
-    }
-    None
-}
-
-fn parse_shape(text: &str) -> Option<Vec<usize>> {
-    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
-    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.trim_end_matches('L').parse().ok()).collect()
 }
 
 /// A memory-mapped `.npy` file: the header is parsed once, rows are converted on demand.
