@@ -359,19 +359,22 @@ fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// The competition probe attached to every study run.
-///
-/// COMPETITION HOOK (issue 6, items 1–2): the library does not expose `agm_train::concept`
-/// (mono-modal concepts and a `ConceptProbe: CompetitionProbe`) yet. When it does, train the
-/// concepts missing for `cfg`'s dataset and preset here (they are cached on disk, so only the
-/// first run pays) and return the probe; the table, the per-run reports and `study.json` already
-/// show competition strength whenever `metrics.jsonl` carries it.
+/// The competition probe attached to every study run: the mono-modal concepts of the run's
+/// dataset and preset are trained first when missing (cached on disk, so only the first run
+/// pays), so study runs always carry competition strength.
 fn competition_probe<'a>(
-    _cfg: &RunConfig,
-    _data: &'a AvDigits,
+    cfg: &RunConfig,
+    data: &'a AvDigits,
     _device: &Device,
 ) -> anyhow::Result<Option<Box<dyn CompetitionProbe + 'a>>> {
-    Ok(None)
+    let (probe, status) = crate::concept::attach(cfg, data)?;
+    if let Some(p) = probe {
+        return Ok(Some(Box::new(p)));
+    }
+    let concept_cfg = RunConfig { seed: 0, ..cfg.clone() };
+    agm_train::concept::train_concepts(&concept_cfg, None, &status.dir)?;
+    let (probe, _) = crate::concept::attach(cfg, data)?;
+    Ok(probe.map(|p| Box::new(p) as Box<dyn CompetitionProbe + 'a>))
 }
 
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
