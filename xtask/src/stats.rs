@@ -74,11 +74,6 @@ impl MeanCi {
             None => format!("{:+.*}", decimals, scale * self.mean),
         }
     }
-
-    /// Whether the interval excludes zero (false without an interval).
-    pub fn excludes_zero(&self) -> bool {
-        self.half_width.is_some_and(|h| self.mean.abs() > h)
-    }
 }
 
 #[cfg(test)]
@@ -136,6 +131,5 @@ mod tests {
         assert_eq!(MeanCi::of(&[0.5]).show(100.0, 1), "50.0");
         assert_eq!(MeanCi::of(&[]).show(1.0, 1), "n/a");
         assert_eq!(MeanCi::of(&[f64::NAN, 2.0, 4.0]).n, 2);
-        assert!(MeanCi::of(&[1.0, 1.1, 0.9]).excludes_zero() && !MeanCi::of(&[1.0, -1.0]).excludes_zero());
     }
 }
