@@ -545,10 +545,8 @@ pub fn replay_case(
         // An independent route to the f64 value: B⁻¹ through a Cholesky solve instead of B⁺.
         let closed_form = {
             let e = &meas.pred - &test_concept;
-            match meas.b.clone().cholesky() {
-                Some(ch) => Some(ch.solve(&e.transpose()).component_mul(&e.transpose()).sum() / e.ncols() as f64),
-                None => None,
-            }
+            let et = e.transpose();
+            meas.b.clone().cholesky().map(|ch| ch.solve(&et).component_mul(&et).sum() / e.ncols() as f64)
         };
         let mean_pred = DMatrix::from_fn(test_concept.nrows(), test_concept.ncols(), |_, j| {
             test_concept.column(j).sum() / test_concept.nrows() as f64
