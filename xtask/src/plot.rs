@@ -41,15 +41,23 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Drawn dashed (e.g. a second view of the same quantity).
     pub dashed: bool,
+    /// Palette index; by default the series' position.
+    pub colour: Option<usize>,
 }
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self { name: name.into(), points, dashed: false }
+        Self { name: name.into(), points, dashed: false, colour: None }
     }
 
     pub fn dashed(mut self) -> Self {
         self.dashed = true;
+        self
+    }
+
+    /// Shares a colour with another series (e.g. the same modality).
+    pub fn colour(mut self, index: usize) -> Self {
+        self.colour = Some(index);
         self
     }
 
@@ -142,7 +150,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .draw()
         .map_err(drawing)?;
     for (i, (series, pts)) in panel.series.iter().zip(&points).enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
+        let color = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
         let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 2 };
         let drawn = if series.dashed {
             chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(drawing)?

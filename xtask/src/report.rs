@@ -130,14 +130,18 @@ pub fn panels(record: &RunRecord) -> Vec<(&'static str, String, Panel)> {
         let names = value_names(&record.modalities, n_coeff, "coefficient");
         let mut series = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            series.push(epoch_series(format!("{name} (epoch mean)"), rows, |r| {
-                r.coefficients.as_ref().and_then(|c| c.get(i).copied())
-            }));
+            series.push(
+                epoch_series(format!("{name} (epoch mean)"), rows, |r| {
+                    r.coefficients.as_ref().and_then(|c| c.get(i).copied())
+                })
+                .colour(i),
+            );
             series.push(
                 epoch_series(format!("{name} (end of epoch)"), rows, |r| {
                     r.last_coefficients.as_ref().and_then(|c| c.get(i).copied())
                 })
-                .dashed(),
+                .dashed()
+                .colour(i),
             );
         }
         out.push((

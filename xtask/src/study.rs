@@ -518,7 +518,8 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     let json = serde_json::json!({ "table": table, "runs": results });
     write_atomic(&out.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!();
-    print!("{}", md.split("\n## Runs").next().unwrap_or(&md));
+    println!("{}", md.split("\n## Runs").next().unwrap_or(&md).trim_end());
+    println!();
     println!(
         "{} runs in {:.1} s; table {}, plot {}",
         results.len(),
