@@ -3,6 +3,23 @@
 use candle_core::{Result, Tensor};
 
 use crate::layers::{flatten, relu};
+
+/// One modality's encoder: raw input `[B, ...]` to a feature `[B, out_dim]`.
+///
+/// Fusions only see features, so any encoder works with any fusion, and the fast Shapley path
+/// can run each encoder once and recombine features.
+pub trait Encoder: Send + Sync {
+    /// The feature of every sample. `dropout_seed` seeds this pass's dropout masks.
+    fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor>;
+
+    fn out_dim(&self) -> usize;
+
+    /// Whether training and evaluation mode compute different functions (batch norm, dropout).
+    /// Where this is false the fast Shapley path equals the faithful one exactly.
+    fn mode_dependent(&self) -> bool {
+        true
+    }
+}
 use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 
 /// One layer of a [`SequentialEncoder`].
@@ -77,6 +94,24 @@ impl SequentialEncoder {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        Encoder::forward_t(self, x, train, dropout_seed)
+    }
+}
+
+impl Encoder for SequentialEncoder {
+    fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    fn mode_dependent(&self) -> bool {
+        self.layers.iter().any(|l| match l {
+            Built::BatchNorm(_) => true,
+            Built::Dropout(p) => *p > 0.0,
+            _ => false,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             h = match layer {

@@ -117,6 +117,28 @@ impl BatchNorm {
     }
 }
 
+/// PyTorch's `nn.LayerNorm` over the last dimension (weight 1, bias 0 at start).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Var,
+    bias: Var,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: pb.param(dim, "weight", ParamInit::Const(1.0))?,
+            bias: pb.param(dim, "bias", ParamInit::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        agm_kernels::layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
+    }
+}
+
 /// Inverted dropout with a mask drawn from `seed`, so runs and resumes are reproducible (candle's
 /// CPU generator cannot be seeded). Identity when `train` is false or `p == 0`.
 pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {

@@ -24,7 +24,7 @@ mod late;
 mod layers;
 mod store;
 
-pub use encoder::{EncoderLayer, SequentialEncoder};
+pub use encoder::{Encoder, EncoderLayer, SequentialEncoder};
 pub use late::{EncoderSpec, LateConcatConfig, LateConcatModel};
-pub use layers::{dropout, BatchNorm, Conv2d, Linear};
+pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear};
 pub use store::{ParamBuilder, ParamInit, ParamRole, ParamStore};
