@@ -41,6 +41,15 @@ pub struct ModelOutput {
     pub fused_feature: Tensor,
     /// Per-modality encoder outputs, in modality order, for methods that need them.
     pub encoder_features: Vec<Tensor>,
+    /// A model-specific extra output its [`MultimodalModel::aux_loss`] reads (AVE's per-segment
+    /// audio-visual similarity); `None` for most models.
+    pub aux: Option<Tensor>,
+}
+
+impl ModelOutput {
+    pub fn new(logits: Tensor, fused_feature: Tensor, encoder_features: Vec<Tensor>) -> Self {
+        Self { logits, fused_feature, encoder_features, aux: None }
+    }
 }
 
 /// A model over `M` modalities.
@@ -60,6 +69,12 @@ pub trait MultimodalModel {
     /// Trainable variables grouped by modality, plus the shared (fusion, head) ones, plus the
     /// buffers (BatchNorm running statistics) that optimizers must skip.
     fn param_groups(&self) -> ParamGroups;
+
+    /// A loss term the model's reference adds to the cross-entropy of the full training pass
+    /// (AVE's `100 · AVPS`), given that pass's output and the labels. Most models have none.
+    fn aux_loss(&self, _full: &ModelOutput, _labels: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
@@ -74,5 +89,8 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
     }
     fn param_groups(&self) -> ParamGroups {
         (**self).param_groups()
+    }
+    fn aux_loss(&self, full: &ModelOutput, labels: &Tensor) -> Result<Option<Tensor>> {
+        (**self).aux_loss(full, labels)
     }
 }

@@ -115,7 +115,7 @@ impl MultimodalModel for LateConcatModel {
         }
         let fused = Tensor::cat(&feats, 1)?;
         let logits = self.head.forward(&fused)?;
-        Ok(ModelOutput { logits, fused_feature: fused, encoder_features: feats })
+        Ok(ModelOutput::new(logits, fused, feats))
     }
 
     fn param_groups(&self) -> ParamGroups {

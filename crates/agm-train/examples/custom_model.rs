@@ -50,7 +50,7 @@ impl MultimodalModel for TinySum {
             feats.push(enc.forward(&x)?.relu()?);
         }
         let fused = (&feats[0] + &feats[1])?;
-        Ok(ModelOutput { logits: self.head.forward(&fused)?, fused_feature: fused, encoder_features: feats })
+        Ok(ModelOutput::new(self.head.forward(&fused)?, fused, feats))
     }
     fn param_groups(&self) -> ParamGroups {
         self.store.groups(2)

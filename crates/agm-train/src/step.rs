@@ -2,7 +2,8 @@
 //!
 //! 1. forward: the full pass in training mode, then the modulator's masked passes in evaluation
 //!    mode with gradients;
-//! 2. the modulator's objective (AGM computes its coefficients here, from this batch);
+//! 2. the modulator's objective (AGM computes its coefficients here, from this batch), plus the
+//!    model's auxiliary loss where its reference has one;
 //! 3. backward (the modulator may run several);
 //! 4. the modulator's gradient edits;
 //! 5. conditional clipping, when the modulator's reference clips;
@@ -89,7 +90,10 @@ pub fn train_step(
     let forward = StepForward { full, masked };
     let cx = StepCx { model, batch, forward: &forward, step, epoch };
 
-    let objective = parts.modulator.objective(&cx)?;
+    let mut objective = parts.modulator.objective(&cx)?;
+    if let Some(aux) = model.aux_loss(&forward.full, &batch.labels)? {
+        objective.loss = (&objective.loss + aux)?;
+    }
     let loss = candle_nn::loss::cross_entropy(&objective.output.detach(), &batch.labels)?
         .to_dtype(DType::F64)?
         .to_scalar::<f64>()?;
