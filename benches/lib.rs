@@ -2,7 +2,7 @@
 //! default AV-Digits model under a given method, on a fixed batch.
 
 use agm_core::{MultimodalBatch, MultimodalModel, NamedVar};
-use agm_fusion::LateConcatModel;
+use agm_fusion::FusionModel;
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::optim::{Optimizer, OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
@@ -12,7 +12,7 @@ use candle_core::{Device, Result};
 /// A model, its method and optimizer, ready to step.
 pub struct StepBench {
     pub method: &'static str,
-    model: LateConcatModel,
+    model: FusionModel,
     modulator: Box<dyn Modulator>,
     optimizer: Box<dyn Optimizer + Send>,
     trainable: Vec<NamedVar>,
@@ -41,6 +41,7 @@ impl StepBench {
             modulator: self.modulator.as_mut(),
             optimizer: self.optimizer.as_mut(),
             trainable: &self.trainable,
+            shapley: agm_core::ShapleyMode::Faithful,
         };
         Ok(train_step(&mut parts, batch, self.step, 1, self.step as u64, &mut NoObserver)?.loss)
     }

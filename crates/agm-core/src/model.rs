@@ -31,6 +31,32 @@ impl ForwardOpts {
     }
 }
 
+/// How the masked passes of Shapley-based methods are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShapleyMode {
+    /// As the reference: one whole-network pass per subset, in evaluation mode, with gradients.
+    /// Models may batch the masked passes into one call; the result is the same function.
+    #[default]
+    Faithful,
+    /// Each encoder runs once, in training mode, on the real inputs; an absent modality's feature
+    /// is the encoder's evaluation-mode output on a zero input (computed for one row and
+    /// broadcast); the fusion runs on every combination in one batched call. Equal to
+    /// `Faithful` for encoders without mode-dependent layers (batch norm, dropout); models that
+    /// cannot factor into encoders and a fusion fall back to `Faithful`.
+    Fast,
+}
+
+impl std::str::FromStr for ShapleyMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "faithful" => Ok(Self::Faithful),
+            "fast" => Ok(Self::Fast),
+            other => Err(format!("unknown Shapley mode `{other}`; expected `fast` or `faithful`")),
+        }
+    }
+}
+
 /// What one forward pass returns.
 #[derive(Clone, Debug)]
 pub struct ModelOutput {
@@ -75,6 +101,25 @@ pub trait MultimodalModel {
     fn aux_loss(&self, _full: &ModelOutput, _labels: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
+
+    /// The full training pass (`opts`) and one evaluation-mode pass keeping each subset of
+    /// `masked`, in that order. The default runs them one by one (the reference); models
+    /// override it to batch passes or, with [`ShapleyMode::Fast`], to reuse encoder outputs.
+    fn shapley_passes(
+        &self,
+        inputs: &[Tensor],
+        masked: &[Subset],
+        opts: &ForwardOpts,
+        _mode: ShapleyMode,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
+        let full = self.forward(inputs, opts)?;
+        let m = self.modalities().len();
+        let passes = masked
+            .iter()
+            .map(|&s| Ok(self.forward(inputs, &ForwardOpts::eval(m).with_present(s))?.logits))
+            .collect::<Result<_>>()?;
+        Ok((full, passes))
+    }
 }
 
 impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
@@ -92,5 +137,14 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
     }
     fn aux_loss(&self, full: &ModelOutput, labels: &Tensor) -> Result<Option<Tensor>> {
         (**self).aux_loss(full, labels)
+    }
+    fn shapley_passes(
+        &self,
+        inputs: &[Tensor],
+        masked: &[Subset],
+        opts: &ForwardOpts,
+        mode: ShapleyMode,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
+        (**self).shapley_passes(inputs, masked, opts, mode)
     }
 }

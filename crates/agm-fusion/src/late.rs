@@ -1,9 +1,9 @@
 //! Late concat fusion: one encoder per modality, features concatenated, one linear head.
 
-use agm_core::{ForwardOpts, ModalitySet, ModelOutput, MultimodalModel, ParamGroups};
-use candle_core::{DType, Device, Result, Tensor};
+use agm_core::ModalitySet;
+use candle_core::{DType, Device, Result};
 
-use crate::{EncoderLayer, Linear, ParamRole, ParamStore, SequentialEncoder};
+use crate::{Encoder, EncoderLayer, FusionKind, FusionModel, ParamRole, ParamStore, SequentialEncoder};
 
 /// One modality's encoder.
 #[derive(Clone, Debug)]
@@ -51,74 +51,21 @@ impl LateConcatConfig {
     }
 }
 
-/// See [`LateConcatConfig`].
-pub struct LateConcatModel {
-    modalities: ModalitySet,
-    encoders: Vec<SequentialEncoder>,
-    head: Linear,
-    num_classes: usize,
-    store: ParamStore,
-}
-
-impl LateConcatModel {
-    pub fn new(cfg: &LateConcatConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+impl FusionModel {
+    /// The late concat model of `cfg`: variable names `<prefix>.<modality>_encoder.<i>.*` and
+    /// `<prefix>.head.fc.*`.
+    pub fn late_concat(cfg: &LateConcatConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let store = ParamStore::new();
         let root = store.builder(seed, dtype, device);
         let root = if cfg.prefix.is_empty() { root } else { root.pp(&cfg.prefix) };
-        let mut encoders = Vec::new();
+        let mut encoders: Vec<Box<dyn Encoder>> = Vec::new();
         for (i, spec) in cfg.encoders.iter().enumerate() {
             let pb = root.pp(format!("{}_encoder", spec.modality)).with_role(ParamRole::Modality(i));
-            encoders.push(SequentialEncoder::new(&pb, &spec.layers)?);
+            encoders.push(Box::new(SequentialEncoder::new(&pb, &spec.layers)?));
         }
-        let fused: usize = encoders.iter().map(SequentialEncoder::out_dim).sum();
-        let head_pb = root.pp("head").pp("fc").with_role(ParamRole::Shared);
-        let head = Linear::new(&head_pb, fused, cfg.num_classes, true)?;
-        store.set_head_weight(&head_pb.path("weight"));
-        Ok(Self {
-            modalities: ModalitySet::new(cfg.encoders.iter().map(|e| e.modality.clone())),
-            encoders,
-            head,
-            num_classes: cfg.num_classes,
-            store,
-        })
-    }
-
-    pub fn store(&self) -> &ParamStore {
-        &self.store
-    }
-
-    /// Loads every variable by name (a checkpoint or golden initial values).
-    pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
-        self.store.load(tensors)
-    }
-}
-
-impl MultimodalModel for LateConcatModel {
-    fn modalities(&self) -> &ModalitySet {
-        &self.modalities
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
-    fn forward(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<ModelOutput> {
-        if inputs.len() != self.encoders.len() {
-            candle_core::bail!("the model has {} modalities but got {} inputs", self.encoders.len(), inputs.len());
-        }
-        let mut feats = Vec::with_capacity(inputs.len());
-        for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
-            // The reference pads a muted modality with zeros of its input shape.
-            let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
-            let seed = opts.dropout_seed.wrapping_mul(31).wrapping_add(m as u64);
-            feats.push(enc.forward_t(&x, opts.train, seed)?);
-        }
-        let fused = Tensor::cat(&feats, 1)?;
-        let logits = self.head.forward(&fused)?;
-        Ok(ModelOutput::new(logits, fused, feats))
-    }
-
-    fn param_groups(&self) -> ParamGroups {
-        self.store.groups(self.encoders.len())
+        let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
+        let fusion = FusionKind::LateConcat.build(&root.pp("head"), &dims, cfg.num_classes)?;
+        let modalities = ModalitySet::new(cfg.encoders.iter().map(|e| e.modality.clone()));
+        FusionModel::from_parts(modalities, encoders, fusion, cfg.num_classes, store)
     }
 }

@@ -8,10 +8,10 @@
 //! ```
 //! # fn main() -> candle_core::Result<()> {
 //! use agm_core::{ForwardOpts, MultimodalModel};
-//! use agm_fusion::{LateConcatConfig, LateConcatModel};
+//! use agm_fusion::{LateConcatConfig, FusionModel};
 //! use candle_core::{DType, Device, Tensor};
 //! let cfg = LateConcatConfig::av_digits();
-//! let model = LateConcatModel::new(&cfg, 7, DType::F32, &Device::Cpu)?;
+//! let model = FusionModel::late_concat(&cfg, 7, DType::F32, &Device::Cpu)?;
 //! let audio = Tensor::zeros((4, 1, 13, 32), DType::F32, &Device::Cpu)?;
 //! let image = Tensor::zeros((4, 1, 28, 28), DType::F32, &Device::Cpu)?;
 //! let out = model.forward(&[audio, image], &ForwardOpts::eval(2))?;
@@ -20,11 +20,15 @@
 //! ```
 
 mod encoder;
+mod fusion;
 mod late;
 mod layers;
+mod model;
 mod store;
 
 pub use encoder::{Encoder, EncoderLayer, SequentialEncoder};
-pub use late::{EncoderSpec, LateConcatConfig, LateConcatModel};
+pub use fusion::{Fusion, FusionKind, FusionOutput};
+pub use late::{EncoderSpec, LateConcatConfig};
+pub use model::FusionModel;
 pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear};
 pub use store::{ParamBuilder, ParamInit, ParamRole, ParamStore};

@@ -1,7 +1,7 @@
 //! Layers and variables: PyTorch semantics, seeded and order-independent initialisation.
 
 use agm_core::{ForwardOpts, MultimodalModel, Subset};
-use agm_fusion::{dropout, BatchNorm, LateConcatConfig, LateConcatModel, ParamInit, ParamRole, ParamStore};
+use agm_fusion::{dropout, BatchNorm, LateConcatConfig, FusionModel, ParamInit, ParamRole, ParamStore};
 use candle_core::{DType, Device, Tensor};
 
 fn values(t: &Tensor) -> Vec<f64> {
@@ -31,7 +31,7 @@ fn initialisation_is_seeded_and_independent_of_construction_order() {
 
 #[test]
 fn linear_layers_use_pytorch_default_bounds_and_groups_follow_roles() {
-    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 0, DType::F32, &Device::Cpu).unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 0, DType::F32, &Device::Cpu).unwrap();
     let groups = model.param_groups();
     assert_eq!(groups.per_modality.len(), 2);
     assert!(groups.per_modality[0].iter().all(|v| v.name.starts_with("audio_encoder.")));
@@ -87,7 +87,7 @@ fn dropout_is_seeded_scaled_and_off_in_evaluation() {
 #[test]
 fn an_absent_modality_is_fed_as_zeros() {
     let dev = Device::Cpu;
-    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 1, DType::F32, &dev).unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 1, DType::F32, &dev).unwrap();
     let audio = Tensor::ones((2, 1, 13, 32), DType::F32, &dev).unwrap();
     let image = Tensor::ones((2, 1, 28, 28), DType::F32, &dev).unwrap();
     let only_audio = ForwardOpts::eval(2).with_present(Subset::single(0));

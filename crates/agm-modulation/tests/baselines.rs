@@ -3,7 +3,7 @@
 //! after_backward → plain SGD on the returned gradients.
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
 use agm_modulation::{
     encoder_feature_dims, gblend_weights, min_norm_2, pareto_combine, prototype_logits, EpochCx, GBlend, GBlendConfig,
     GBlendEstimator, GBlendMeasure, MmPareto, MmParetoConfig, Modulator, Objective, ParetoRescale, Pmr, PmrConfig,
@@ -23,7 +23,7 @@ fn cpu() -> Device {
     Device::Cpu
 }
 
-fn model(m: usize, dtype: DType) -> LateConcatModel {
+fn model(m: usize, dtype: DType) -> FusionModel {
     let encoders = (0..m)
         .map(|i| EncoderSpec {
             modality: NAMES[i].into(),
@@ -35,7 +35,7 @@ fn model(m: usize, dtype: DType) -> LateConcatModel {
         })
         .collect();
     let cfg = LateConcatConfig { encoders, num_classes: CLASSES, prefix: String::new() };
-    LateConcatModel::new(&cfg, 11, dtype, &cpu()).unwrap()
+    FusionModel::late_concat(&cfg, 11, dtype, &cpu()).unwrap()
 }
 
 /// A deterministic uniform stream in [-0.5, 0.5).
@@ -99,7 +99,7 @@ fn all_batch(src: &Synth) -> MultimodalBatch {
     src.batch(&(0..src.len()).collect::<Vec<_>>(), &cpu()).unwrap()
 }
 
-fn feature_dims(model: &LateConcatModel, src: &Synth) -> Vec<usize> {
+fn feature_dims(model: &FusionModel, src: &Synth) -> Vec<usize> {
     encoder_feature_dims(model, &src.batch(&[0], &cpu()).unwrap()).unwrap()
 }
 
@@ -181,7 +181,7 @@ fn epoch(
     }
 }
 
-fn attach(model: &LateConcatModel, modulator: &mut dyn Modulator) -> Vec<NamedVar> {
+fn attach(model: &FusionModel, modulator: &mut dyn Modulator) -> Vec<NamedVar> {
     let extra = modulator.attach(model).unwrap();
     let mut trainable = model.param_groups().trainable();
     trainable.extend(extra);
@@ -208,7 +208,7 @@ fn ce(logits: &Tensor, labels: &Tensor) -> f64 {
 }
 
 /// The three methods, built for `model` and attached, with G-Blending re-estimating every epoch.
-fn build(name: &str, model: &LateConcatModel, train: &Synth) -> (Box<dyn Modulator>, Vec<NamedVar>) {
+fn build(name: &str, model: &FusionModel, train: &Synth) -> (Box<dyn Modulator>, Vec<NamedVar>) {
     let m = model.modalities().len();
     let dims = feature_dims(model, train);
     let mut modulator: Box<dyn Modulator> = match name {
@@ -504,7 +504,7 @@ fn gblend_without_holdout_or_feature_sizes_is_an_error() {
 // ---------------------------------------------------------------------------------------------
 
 /// Per encoder: (⟨g, g_mm⟩, ⟨g, g_uni⟩) for the gradient `g` the optimizer consumes.
-fn encoder_dots(model: &LateConcatModel, g: &GradStore, g_mm: &GradStore, g_uni: &[GradStore]) -> Vec<(f64, f64)> {
+fn encoder_dots(model: &FusionModel, g: &GradStore, g_mm: &GradStore, g_uni: &[GradStore]) -> Vec<(f64, f64)> {
     let groups = model.param_groups();
     groups
         .per_modality
@@ -678,7 +678,7 @@ fn mmpareto_needs_its_objective_before_backward() {
 // PMR
 // ---------------------------------------------------------------------------------------------
 
-fn protos_after_epoch(model: &LateConcatModel, train: &Synth, holdout: &Synth, cfg: &PmrConfig) -> Vec<Vec<f64>> {
+fn protos_after_epoch(model: &FusionModel, train: &Synth, holdout: &Synth, cfg: &PmrConfig) -> Vec<Vec<f64>> {
     let m = model.modalities().len();
     let mut pmr = Pmr::new(cfg.clone(), m).unwrap().with_run_seed(9);
     pmr.on_epoch_end(&epoch_cx(model, &cpu(), train, Some(holdout), 1)).unwrap();

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
 use agm_modulation::registry::{self, MethodConfigs};
 use agm_modulation::{
     check_composable, mses_snapshot_tag, ogm_coefficients, Agm, AgmConfig, ClipRule, EpochAction, EpochCx,
@@ -47,7 +47,7 @@ fn input_shape(enc: Enc) -> Vec<usize> {
 }
 
 /// A late concat model over `m` modalities with BatchNorm in every encoder.
-fn model(m: usize, enc: Enc, seed: u64) -> LateConcatModel {
+fn model(m: usize, enc: Enc, seed: u64) -> FusionModel {
     let layers = match enc {
         Enc::Mlp => vec![
             EncoderLayer::Flatten,
@@ -66,7 +66,7 @@ fn model(m: usize, enc: Enc, seed: u64) -> LateConcatModel {
     };
     let encoders = NAMES[..m].iter().map(|n| EncoderSpec { modality: n.to_string(), layers: layers.clone() }).collect();
     let cfg = LateConcatConfig { encoders, num_classes: CLASSES, prefix: "net".into() };
-    LateConcatModel::new(&cfg, seed, DType::F64, &Device::Cpu).unwrap()
+    FusionModel::late_concat(&cfg, seed, DType::F64, &Device::Cpu).unwrap()
 }
 
 /// Batches whose modalities carry different amounts of signal (modality 0 the most).

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use agm_core::{BatchSource, ForwardOpts, ModalitySet, MultimodalModel};
 use agm_data::av_digits::Split;
-use agm_fusion::{LateConcatConfig, LateConcatModel};
+use agm_fusion::{LateConcatConfig, FusionModel};
 use agm_metric::competition::nalgebra::DMatrix;
 use agm_metric::competition::{measure, to_matrix, CompetitionStrength, DEFAULT_RIDGE_ALPHA};
 use agm_modulation::Joint;
@@ -330,7 +330,7 @@ pub fn train_concept(
     let data = cfg.load_data()?;
     concept_modalities(data.modalities(), Some(modality))?;
     let index = data.modalities().index_of(modality).expect("checked above");
-    let model = LateConcatModel::new(&unimodal_config(cfg, modality)?, cfg.seed, DType::F32, &device)?;
+    let model = FusionModel::late_concat(&unimodal_config(cfg, modality)?, cfg.seed, DType::F32, &device)?;
     let only = |split: Split| data.split(split).only_modality(index);
     let (train, validation) = (only(Split::Train), only(Split::Validation));
 

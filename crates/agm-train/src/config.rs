@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use agm_core::MultimodalBatch;
+use agm_core::{MultimodalBatch, ShapleyMode};
 use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
-use agm_fusion::{LateConcatConfig, LateConcatModel};
+use agm_fusion::{LateConcatConfig, FusionModel};
 use agm_modulation::registry::{self, MethodConfigs};
 use agm_modulation::{
     AgmConfig, GBlendConfig, MmParetoConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig, PmrConfig,
@@ -45,6 +45,9 @@ pub struct RunConfig {
     pub device: String,
     /// Also checkpoint every this many steps (0: at the end of each epoch only).
     pub checkpoint_every_steps: usize,
+    /// How Shapley-based methods run their masked passes: `faithful` (the reference's passes)
+    /// or `fast` (one encoder pass per modality; see `docs/agm.md`).
+    pub shapley: String,
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
     pub agm: AgmConfig,
@@ -59,7 +62,7 @@ pub struct RunConfig {
 /// What a config builds.
 pub struct Built {
     pub data: AvDigits,
-    pub model: LateConcatModel,
+    pub model: FusionModel,
     pub modulator: Box<dyn Modulator>,
 }
 
@@ -85,6 +88,7 @@ impl RunConfig {
             batch_size: 64,
             device: "cpu".into(),
             checkpoint_every_steps: 0,
+            shapley: "faithful".into(),
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05)),
             schedule: ScheduleConfig::Constant,
             agm: AgmConfig::av_digits(),
@@ -122,6 +126,7 @@ impl RunConfig {
         one_of("model", &self.model, MODELS)?;
         registry::parse(&self.method).map_err(TrainError::Config)?;
         one_of("device", &self.device, DEVICES)?;
+        self.shapley_mode()?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
             return Err(TrainError::Config("epochs must be at least 1".into()));
@@ -133,6 +138,10 @@ impl RunConfig {
         self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
         self.method_configs().validate().map_err(TrainError::Config)?;
         Ok(())
+    }
+
+    pub fn shapley_mode(&self) -> Result<ShapleyMode> {
+        self.shapley.parse().map_err(|e| TrainError::Config(format!("shapley: {e}")))
     }
 
     /// Every method's settings, as the registry takes them.
@@ -170,6 +179,7 @@ impl RunConfig {
             base_lr: self.optimizer.lr(),
             schedule: self.schedule,
             checkpoint_every_steps: self.checkpoint_every_steps,
+            shapley: self.shapley_mode().unwrap_or_default(),
         }
     }
 
@@ -179,8 +189,8 @@ impl RunConfig {
         Ok(av_digits::load(&AvDigitsConfig::with_preset(preset))?)
     }
 
-    pub fn build_model(&self, device: &Device) -> Result<LateConcatModel> {
-        Ok(LateConcatModel::new(&LateConcatConfig::av_digits(), self.seed, DType::F32, device)?)
+    pub fn build_model(&self, device: &Device) -> Result<FusionModel> {
+        Ok(FusionModel::late_concat(&LateConcatConfig::av_digits(), self.seed, DType::F32, device)?)
     }
 
     /// The method (or stack of methods) named by `method`, for this model.

@@ -9,7 +9,7 @@
 //! 5. conditional clipping, when the modulator's reference clips;
 //! 6. the optimizer step.
 
-use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar};
+use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode};
 use agm_modulation::{Modulator, Objective, StepCx, StepForward};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result};
@@ -68,6 +68,8 @@ pub struct StepParts<'a> {
     pub optimizer: &'a mut dyn Optimizer,
     /// All trainable variables (the model's and the modulator's), for clipping.
     pub trainable: &'a [NamedVar],
+    /// How the masked passes of Shapley-based methods run.
+    pub shapley: ShapleyMode,
 }
 
 /// Runs one step. `step` and `epoch` are 1-based.
@@ -81,13 +83,10 @@ pub fn train_step(
 ) -> Result<StepOutcome> {
     let model = parts.model;
     let m = model.modalities().len();
-    let full = model.forward(&batch.inputs, &ForwardOpts::train(m, dropout_seed))?;
-    let mut masked = Vec::new();
-    for subset in parts.modulator.forward_plan().masked_subsets(m) {
-        let out = model.forward(&batch.inputs, &ForwardOpts::eval(m).with_present(subset))?;
-        masked.push((subset, out.logits));
-    }
-    let forward = StepForward { full, masked };
+    let subsets = parts.modulator.forward_plan().masked_subsets(m);
+    let (full, passes) =
+        model.shapley_passes(&batch.inputs, &subsets, &ForwardOpts::train(m, dropout_seed), parts.shapley)?;
+    let forward = StepForward { full, masked: subsets.into_iter().zip(passes).collect() };
     let cx = StepCx { model, batch, forward: &forward, step, epoch };
 
     let mut objective = parts.modulator.objective(&cx)?;

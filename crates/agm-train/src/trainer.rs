@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use agm_core::{BatchSource, MultimodalModel, NamedVar};
+use agm_core::{BatchSource, MultimodalModel, NamedVar, ShapleyMode};
 use agm_metric::EvalReport;
 use agm_modulation::{EpochAction, EpochCx, Modulator};
 use candle_core::{Device, Tensor};
@@ -29,6 +29,8 @@ pub struct TrainerOptions {
     pub schedule: ScheduleConfig,
     /// Write a checkpoint every this many steps (0: only at the end of each epoch).
     pub checkpoint_every_steps: usize,
+    /// How the masked passes of Shapley-based methods run.
+    pub shapley: ShapleyMode,
 }
 
 /// Whether a callback lets training go on.
@@ -338,6 +340,7 @@ impl<'a> Trainer<'a> {
                         modulator: self.modulator.as_mut(),
                         optimizer: self.optimizer.as_mut(),
                         trainable: &self.trainable,
+                        shapley: self.opts.shapley,
                     };
                     train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
                 };

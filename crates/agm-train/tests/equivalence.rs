@@ -2,7 +2,7 @@
 //! pass receives gradient.
 
 use agm_core::{MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
 use agm_modulation::{Agm, AgmConfig, ClipRule, Joint, Modulator};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
@@ -10,7 +10,7 @@ use agm_train::{train_step, StepParts};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-fn model(m: usize) -> LateConcatModel {
+fn model(m: usize) -> FusionModel {
     let names = ["audio", "visual", "text"];
     let encoders = (0..m)
         .map(|i| EncoderSpec {
@@ -24,7 +24,7 @@ fn model(m: usize) -> LateConcatModel {
         })
         .collect();
     let cfg = LateConcatConfig { encoders, num_classes: 4, prefix: "net".into() };
-    LateConcatModel::new(&cfg, 11, DType::F64, &Device::Cpu).unwrap()
+    FusionModel::late_concat(&cfg, 11, DType::F64, &Device::Cpu).unwrap()
 }
 
 fn batches(m: usize, n: usize) -> Vec<MultimodalBatch> {
@@ -51,7 +51,7 @@ fn train(m: usize, mut modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)>
         OptimizerConfig::Sgd(SgdConfig::agm_reference(0.1)).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
     for (i, batch) in batches(m, 6).iter().enumerate() {
         let mut parts =
-            StepParts { model: &model, modulator: modulator.as_mut(), optimizer: opt.as_mut(), trainable: &trainable };
+            StepParts { model: &model, modulator: modulator.as_mut(), optimizer: opt.as_mut(), trainable: &trainable, shapley: Default::default() };
         train_step(&mut parts, batch, i + 1, 1, 0, &mut NoObserver).unwrap();
     }
     model

@@ -3,7 +3,7 @@
 
 use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigitsConfig, Split};
-use agm_fusion::{LateConcatConfig, LateConcatModel};
+use agm_fusion::{LateConcatConfig, FusionModel};
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::{Callback, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
 use candle_core::{DType, Device};
@@ -13,7 +13,7 @@ fn options(epochs: usize) -> TrainerOptions {
     TrainerOptions { epochs, checkpoint_every_steps: 0, ..cfg.trainer_options() }
 }
 
-fn weights(model: &LateConcatModel) -> Vec<(String, Vec<f32>)> {
+fn weights(model: &FusionModel) -> Vec<(String, Vec<f32>)> {
     model
         .param_groups()
         .all_sorted()
@@ -50,7 +50,7 @@ fn resume_mid_epoch_gives_the_same_weights_as_an_uninterrupted_run() {
     let cfg = LateConcatConfig::av_digits();
 
     let whole_dir = tempfile::tempdir().unwrap();
-    let whole = LateConcatModel::new(&cfg, 3, DType::F32, &dev).unwrap();
+    let whole = FusionModel::late_concat(&cfg, 3, DType::F32, &dev).unwrap();
     let mut t = Trainer::new(&whole, agm(), sgd(), options(2), &dev)
         .unwrap()
         .with_run_dir(RunDir::create(whole_dir.path()).unwrap());
@@ -58,14 +58,14 @@ fn resume_mid_epoch_gives_the_same_weights_as_an_uninterrupted_run() {
 
     // Stop in the middle of epoch 2 (29 steps per epoch), then resume from a fresh process state.
     let dir = tempfile::tempdir().unwrap();
-    let first = LateConcatModel::new(&cfg, 3, DType::F32, &dev).unwrap();
+    let first = FusionModel::late_concat(&cfg, 3, DType::F32, &dev).unwrap();
     let mut t =
         Trainer::new(&first, agm(), sgd(), options(2), &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
     let stopped = t.fit(train, val, &mut StopAt(40)).unwrap();
     assert!(stopped.stopped_early);
     assert_eq!(stopped.global_step, 40);
 
-    let second = LateConcatModel::new(&cfg, 99, DType::F32, &dev).unwrap(); // other init: all must come from the checkpoint
+    let second = FusionModel::late_concat(&cfg, 99, DType::F32, &dev).unwrap(); // other init: all must come from the checkpoint
     let mut t =
         Trainer::new(&second, agm(), sgd(), options(2), &dev).unwrap().with_run_dir(RunDir::open(dir.path()).unwrap());
     t.resume().unwrap();
@@ -95,7 +95,7 @@ fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
     let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
-    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
     let opts = TrainerOptions { checkpoint_every_steps: 2, ..options(1) };
     let mut t =
         Trainer::new(&model, agm(), sgd(), opts, &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
@@ -113,7 +113,7 @@ fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
 fn missing_and_corrupt_checkpoints_name_the_file() {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
-    let model = LateConcatModel::new(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
     let mut t =
         Trainer::new(&model, agm(), sgd(), options(1), &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
     let err = t.resume().unwrap_err().to_string();
@@ -156,7 +156,7 @@ fn default_preset_shows_competition_over_three_seeds() {
     for seed in 0..3u64 {
         let mut opts = options(epochs);
         opts.seed = seed;
-        let joint = LateConcatModel::new(&LateConcatConfig::av_digits(), seed, DType::F32, &dev).unwrap();
+        let joint = FusionModel::late_concat(&LateConcatConfig::av_digits(), seed, DType::F32, &dev).unwrap();
         Trainer::new(&joint, Box::new(Joint::new()), sgd(), opts.clone(), &dev)
             .unwrap()
             .fit(train, val, &mut agm_train::NoCallback)
@@ -167,7 +167,7 @@ fn default_preset_shows_competition_over_three_seeds() {
 
         // The same encoder with its own head, trained alone on that modality.
         let uni_cfg = LateConcatConfig::av_digits().only(&name).unwrap();
-        let uni = LateConcatModel::new(&uni_cfg, seed, DType::F32, &dev).unwrap();
+        let uni = FusionModel::late_concat(&uni_cfg, seed, DType::F32, &dev).unwrap();
         let one = |s: &agm_data::SplitTensors| s.only_modality(weaker);
         let (utrain, uval, utest) = (one(train), one(val), one(test));
         Trainer::new(&uni, Box::new(Joint::new()), sgd(), opts, &dev)

@@ -8,7 +8,7 @@
 //! Implemented: `train_steps` with method `AGM` (any number of modalities) or `OGM-GE`. The
 //! step is [`crate::train_step`] itself, driven with [`agm_modulation::Agm`] or
 //! [`agm_modulation::OgmGe`], the SGD optimizer of [`crate::optim`] and a
-//! [`agm_fusion::LateConcatModel`] built from the case's description (linear or conv encoders);
+//! [`agm_fusion::FusionModel`] built from the case's description (linear or conv encoders);
 //! a [`crate::StepObserver`] captures the passes, mono-modal outputs and gradient snapshots.
 //! `epoch_schedule` (MSLR and MSES) replays each run's per-epoch inputs through the bookkeeping
 //! of [`agm_modulation::MslrSchedule`] and [`agm_modulation::MsesSchedule`], carrying out the

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
-use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, Subset};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, LateConcatModel};
+use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode, Subset};
+use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
 use agm_modulation::{
     ogm_noise_std, shapley, Agm, AgmConfig, AgmStepStats, ClipRule, Modulator, Objective, OgmGe, OgmGeConfig, OgmMode,
     OgmStepStats, StepForward, OGM_NOISE_STD_EPS,
@@ -288,7 +288,7 @@ pub(super) fn run(
             Capture { model: &model, inputs: &batch.inputs, params: &trainable, tensors: BTreeMap::new() };
         let outcome = {
             let mut parts =
-                StepParts { model: &model, modulator: replay.modulator(), optimizer: &mut sgd, trainable: &trainable };
+                StepParts { model: &model, modulator: replay.modulator(), optimizer: &mut sgd, trainable: &trainable, shapley: ShapleyMode::Faithful };
             train_step(&mut parts, &batch, k, epoch, 0, &mut capture).map_err(replay_err)?
         };
         let mut computed = std::mem::take(&mut capture.tensors);
@@ -441,7 +441,7 @@ fn read_batch(
 }
 
 /// The tiny network of FORMAT.md §1.3, from `modalities`, `sizes`, `network` and `parameters`.
-fn build_model(path: &Path, case: &TrainStepsCase) -> Result<LateConcatModel, ParityError> {
+fn build_model(path: &Path, case: &TrainStepsCase) -> Result<FusionModel, ParityError> {
     let invalid = |m: String| ParityError::invalid(path, m);
     let head = case
         .parameters
@@ -507,12 +507,12 @@ fn build_model(path: &Path, case: &TrainStepsCase) -> Result<LateConcatModel, Pa
         encoders.push(EncoderSpec { modality: m.clone(), layers });
     }
     let cfg = LateConcatConfig { encoders, num_classes: case.sizes.classes, prefix };
-    LateConcatModel::new(&cfg, 0, DType::F64, &Device::Cpu)
+    FusionModel::late_concat(&cfg, 0, DType::F64, &Device::Cpu)
         .map_err(|e| invalid(format!("cannot build the network: {e}")))
 }
 
 /// `parameters` must list exactly the model's variables, with their shapes and kinds.
-fn check_variables(path: &Path, case: &TrainStepsCase, model: &LateConcatModel) -> Result<(), ParityError> {
+fn check_variables(path: &Path, case: &TrainStepsCase, model: &FusionModel) -> Result<(), ParityError> {
     let groups = model.param_groups();
     let trainable: HashSet<String> = groups.trainable().into_iter().map(|v| v.name).collect();
     let mut listed = HashSet::new();

@@ -1,0 +1,164 @@
+//! Fusions: how per-modality features become logits.
+//!
+//! A fusion sees one feature `[B, d_m]` per modality, so every fusion works with every encoder,
+//! every modulator and any number of modalities.
+
+use candle_core::{Result, Tensor};
+
+use crate::{Linear, ParamBuilder, ParamRole};
+
+/// What a fusion returns: logits and the fused feature the competition metric regresses from.
+#[derive(Clone, Debug)]
+pub struct FusionOutput {
+    pub logits: Tensor,
+    pub fused: Tensor,
+}
+
+/// Features to logits.
+pub trait Fusion: Send + Sync {
+    fn forward_t(&self, features: &[Tensor], train: bool, dropout_seed: u64) -> Result<FusionOutput>;
+
+    /// Whether training and evaluation mode differ (batch norm, dropout in the fusion).
+    fn mode_dependent(&self) -> bool {
+        false
+    }
+}
+
+/// The fusions agm builds by name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FusionKind {
+    /// `Linear(Σ d_m, K)` on the concatenated features (the reference's AGM late fusion).
+    LateConcat,
+    /// One `Linear(d_m, K)` per modality, logits summed (the reference's non-AGM late fusion).
+    /// Each head belongs to its modality's parameter group.
+    LateSum,
+    /// Concatenated features through the reference's MaxOut MLP, then `Linear(second, K)`.
+    Early { first_hidden: usize, second_hidden: usize },
+    /// FiLM: modality 0's feature scaled and shifted by the others,
+    /// `f_0 ⊙ (1 + Σ γ_m(f_m)) + Σ β_m(f_m)`, then `Linear(d_0, K)`.
+    Film,
+    /// Gated multimodal unit: `h_m = tanh(W_m f_m)`, softmax gates over modalities from the
+    /// concatenated features, `Σ z_m h_m`, then `Linear(dim, K)`.
+    Gated { dim: usize },
+    /// Cross-modal attention (MulT-style) over modality tokens: each feature projected to `dim`
+    /// plus a learned modality embedding, one post-norm transformer layer in which every token
+    /// attends to every modality, tokens concatenated, then `Linear(M·dim, K)`.
+    CrossModal { dim: usize, heads: usize },
+}
+
+impl FusionKind {
+    pub fn build(&self, pb: &ParamBuilder, dims: &[usize], classes: usize) -> Result<Box<dyn Fusion>> {
+        let shared = pb.with_role(ParamRole::Shared);
+        let total: usize = dims.iter().sum();
+        Ok(match *self {
+            FusionKind::LateConcat => Box::new(LateConcat { fc: head(&shared, "fc", total, classes)? }),
+            FusionKind::LateSum => {
+                let heads = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(m, &d)| head(&pb.with_role(ParamRole::Modality(m)), &format!("fc{m}"), d, classes))
+                    .collect::<Result<_>>()?;
+                Box::new(LateSum { heads })
+            }
+            FusionKind::Early { .. } => candle_core::bail!("early fusion: pending MaxOutMlp"),
+            FusionKind::Film => {
+                if dims.len() < 2 {
+                    candle_core::bail!("FiLM fusion needs at least two modalities");
+                }
+                let mut gamma = Vec::new();
+                let mut beta = Vec::new();
+                for (m, &d) in dims.iter().enumerate().skip(1) {
+                    gamma.push(Linear::new(&shared.pp(format!("film{m}")).pp("gamma"), d, dims[0], true)?);
+                    beta.push(Linear::new(&shared.pp(format!("film{m}")).pp("beta"), d, dims[0], true)?);
+                }
+                Box::new(Film { gamma, beta, fc: head(&shared, "fc", dims[0], classes)? })
+            }
+            FusionKind::Gated { dim } => Box::new(Gated {
+                proj: dims
+                    .iter()
+                    .enumerate()
+                    .map(|(m, &d)| Linear::new(&shared.pp(format!("proj{m}")), d, dim, true))
+                    .collect::<Result<_>>()?,
+                gate: Linear::new(&shared.pp("gate"), total, dims.len(), true)?,
+                fc: head(&shared, "fc", dim, classes)?,
+            }),
+            FusionKind::CrossModal { .. } => candle_core::bail!("cross-modal fusion: pending transformer layer"),
+        })
+    }
+}
+
+/// The classifier: its weight is the one the reference's conditional clipping reads.
+fn head(pb: &ParamBuilder, name: &str, in_dim: usize, classes: usize) -> Result<Linear> {
+    let pb = pb.pp(name);
+    if name == "fc" || name == "fc0" {
+        pb.store().set_head_weight(&pb.path("weight"));
+    }
+    Linear::new(&pb, in_dim, classes, true)
+}
+
+struct LateConcat {
+    fc: Linear,
+}
+
+impl Fusion for LateConcat {
+    fn forward_t(&self, features: &[Tensor], _train: bool, _seed: u64) -> Result<FusionOutput> {
+        let fused = Tensor::cat(features, 1)?;
+        Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+}
+
+struct LateSum {
+    heads: Vec<Linear>,
+}
+
+impl Fusion for LateSum {
+    fn forward_t(&self, features: &[Tensor], _train: bool, _seed: u64) -> Result<FusionOutput> {
+        let mut logits = self.heads[0].forward(&features[0])?;
+        for (h, f) in self.heads.iter().zip(features).skip(1) {
+            logits = (logits + h.forward(f)?)?;
+        }
+        Ok(FusionOutput { logits, fused: Tensor::cat(features, 1)? })
+    }
+}
+
+struct Film {
+    gamma: Vec<Linear>,
+    beta: Vec<Linear>,
+    fc: Linear,
+}
+
+impl Fusion for Film {
+    fn forward_t(&self, features: &[Tensor], _train: bool, _seed: u64) -> Result<FusionOutput> {
+        let mut scale = features[0].ones_like()?;
+        let mut shift = features[0].zeros_like()?;
+        for ((g, b), f) in self.gamma.iter().zip(&self.beta).zip(&features[1..]) {
+            scale = (scale + g.forward(f)?)?;
+            shift = (shift + b.forward(f)?)?;
+        }
+        let fused = ((&features[0] * scale)? + shift)?;
+        Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+}
+
+struct Gated {
+    proj: Vec<Linear>,
+    gate: Linear,
+    fc: Linear,
+}
+
+impl Fusion for Gated {
+    fn forward_t(&self, features: &[Tensor], _train: bool, _seed: u64) -> Result<FusionOutput> {
+        let gates = agm_kernels::softmax_last_dim(&self.gate.forward(&Tensor::cat(features, 1)?)?)?;
+        let mut fused: Option<Tensor> = None;
+        for (m, (p, f)) in self.proj.iter().zip(features).enumerate() {
+            let term = p.forward(f)?.tanh()?.broadcast_mul(&gates.narrow(1, m, 1)?)?;
+            fused = Some(match fused {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+        }
+        let fused = fused.expect("at least one modality");
+        Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+}
+

@@ -1,0 +1,189 @@
+//! A model made of one encoder per modality and a fusion.
+
+use agm_core::{ForwardOpts, ModalitySet, ModelOutput, MultimodalModel, ParamGroups, ShapleyMode, Subset};
+use candle_core::{Result, Tensor};
+
+use crate::{Encoder, Fusion, FusionOutput, ParamStore};
+
+/// `fusion(enc_1(x_1), ..., enc_M(x_M))`. An absent modality is fed as zeros of its input shape.
+pub struct FusionModel {
+    modalities: ModalitySet,
+    encoders: Vec<Box<dyn Encoder>>,
+    fusion: Box<dyn Fusion>,
+    num_classes: usize,
+    store: ParamStore,
+}
+
+impl FusionModel {
+    /// Joins encoders (in modality order) and a fusion whose variables all live in `store`.
+    pub fn from_parts(
+        modalities: ModalitySet,
+        encoders: Vec<Box<dyn Encoder>>,
+        fusion: Box<dyn Fusion>,
+        num_classes: usize,
+        store: ParamStore,
+    ) -> Result<Self> {
+        if encoders.len() != modalities.len() {
+            candle_core::bail!("{} encoders for {} modalities", encoders.len(), modalities.len());
+        }
+        Ok(Self { modalities, encoders, fusion, num_classes, store })
+    }
+
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// Loads every variable by name (a checkpoint or golden initial values).
+    pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        self.store.load(tensors)
+    }
+
+    /// Whether the fast Shapley path equals the faithful one exactly for this model.
+    pub fn fast_shapley_is_exact(&self) -> bool {
+        self.encoders.iter().all(|e| !e.mode_dependent())
+    }
+
+    fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
+        if inputs.len() != self.encoders.len() {
+            candle_core::bail!("the model has {} modalities but got {} inputs", self.encoders.len(), inputs.len());
+        }
+        Ok(())
+    }
+
+    fn encoder_seed(dropout_seed: u64, m: usize) -> u64 {
+        dropout_seed.wrapping_mul(31).wrapping_add(m as u64)
+    }
+
+    fn fusion_seed(&self, dropout_seed: u64) -> u64 {
+        Self::encoder_seed(dropout_seed, self.encoders.len())
+    }
+
+    fn encode(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<Vec<Tensor>> {
+        let mut feats = Vec::with_capacity(inputs.len());
+        for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
+            // The reference pads a muted modality with zeros of its input shape.
+            let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
+            feats.push(enc.forward_t(&x, opts.train, Self::encoder_seed(opts.dropout_seed, m))?);
+        }
+        Ok(feats)
+    }
+
+    /// Runs the fusion once over several feature sets stacked along the batch and splits the
+    /// logits back, one `[B, K]` per set.
+    fn fuse_stacked(&self, sets: &[Vec<Tensor>], train: bool, seed: u64) -> Result<Vec<FusionOutput>> {
+        let b = sets[0][0].dim(0)?;
+        let stacked = (0..self.encoders.len())
+            .map(|m| Tensor::cat(&sets.iter().map(|s| s[m].clone()).collect::<Vec<_>>(), 0))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self.fusion.forward_t(&stacked, train, seed)?;
+        (0..sets.len())
+            .map(|i| Ok(FusionOutput { logits: out.logits.narrow(0, i * b, b)?, fused: out.fused.narrow(0, i * b, b)? }))
+            .collect()
+    }
+
+    /// The masked passes of the reference, stacked into one evaluation-mode call: the inputs of
+    /// each subset (absent modalities zeroed) are concatenated along the batch. Evaluation mode
+    /// is per-sample, so this is the same function as one pass per subset.
+    fn faithful_masked(&self, inputs: &[Tensor], masked: &[Subset]) -> Result<Vec<Tensor>> {
+        if masked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let b = inputs[0].dim(0)?;
+        let stacked = inputs
+            .iter()
+            .enumerate()
+            .map(|(m, x)| {
+                let zeros = x.zeros_like()?;
+                let parts: Vec<Tensor> =
+                    masked.iter().map(|s| if s.contains(m) { x.clone() } else { zeros.clone() }).collect();
+                Tensor::cat(&parts, 0)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let opts = ForwardOpts::eval(self.encoders.len());
+        let logits = self.forward(&stacked, &opts)?.logits;
+        (0..masked.len()).map(|i| logits.narrow(0, i * b, b)).collect()
+    }
+
+    /// Each encoder once in training mode on the real inputs; absent modalities take the
+    /// evaluation-mode encoding of one zero row, broadcast; the fusion runs once over every
+    /// combination when it has no mode-dependent layers (otherwise the full pass in training
+    /// mode and the masked ones stacked in evaluation mode).
+    fn fast_passes(
+        &self,
+        inputs: &[Tensor],
+        masked: &[Subset],
+        opts: &ForwardOpts,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
+        let feats = self.encode(inputs, opts)?;
+        let b = inputs[0].dim(0)?;
+        let mut zero_feats = Vec::with_capacity(inputs.len());
+        for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
+            if masked.iter().all(|s| s.contains(m)) {
+                zero_feats.push(None);
+                continue;
+            }
+            let zero_row = Tensor::zeros(&[&[1], &x.dims()[1..]].concat()[..], x.dtype(), x.device())?;
+            let z = enc.forward_t(&zero_row, false, 0)?;
+            zero_feats.push(Some(z.broadcast_as(feats[m].shape())?));
+        }
+        let set_for = |s: Subset| -> Vec<Tensor> {
+            (0..feats.len())
+                .map(|m| if s.contains(m) { feats[m].clone() } else { zero_feats[m].clone().expect("zero feature") })
+                .collect()
+        };
+        let masked_sets: Vec<Vec<Tensor>> = masked.iter().map(|&s| set_for(s)).collect();
+        let seed = self.fusion_seed(opts.dropout_seed);
+        let (full, masked_logits) = if self.fusion.mode_dependent() {
+            let full = self.fusion.forward_t(&feats, opts.train, seed)?;
+            let rest = if masked_sets.is_empty() {
+                Vec::new()
+            } else {
+                self.fuse_stacked(&masked_sets, false, 0)?.into_iter().map(|o| o.logits).collect()
+            };
+            (full, rest)
+        } else {
+            let mut sets = vec![feats.clone()];
+            sets.extend(masked_sets);
+            let mut outs = self.fuse_stacked(&sets, opts.train, seed)?.into_iter();
+            let full = outs.next().expect("the full pass");
+            (full, outs.map(|o| o.logits).collect())
+        };
+        debug_assert_eq!(full.logits.dim(0)?, b);
+        Ok((ModelOutput::new(full.logits, full.fused, feats), masked_logits))
+    }
+}
+
+impl MultimodalModel for FusionModel {
+    fn modalities(&self) -> &ModalitySet {
+        &self.modalities
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn forward(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<ModelOutput> {
+        self.check_inputs(inputs)?;
+        let feats = self.encode(inputs, opts)?;
+        let out = self.fusion.forward_t(&feats, opts.train, self.fusion_seed(opts.dropout_seed))?;
+        Ok(ModelOutput::new(out.logits, out.fused, feats))
+    }
+
+    fn param_groups(&self) -> ParamGroups {
+        self.store.groups(self.encoders.len())
+    }
+
+    fn shapley_passes(
+        &self,
+        inputs: &[Tensor],
+        masked: &[Subset],
+        opts: &ForwardOpts,
+        mode: ShapleyMode,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
+        self.check_inputs(inputs)?;
+        match mode {
+            ShapleyMode::Faithful => Ok((self.forward(inputs, opts)?, self.faithful_masked(inputs, masked)?)),
+            ShapleyMode::Fast => self.fast_passes(inputs, masked, opts),
+        }
+    }
+}
