@@ -2,7 +2,6 @@
 //! default AV-Digits model under a given method, on a fixed batch.
 
 use agm_core::{MultimodalBatch, MultimodalModel, NamedVar};
-use agm_fusion::FusionModel;
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::optim::{Optimizer, OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
@@ -12,7 +11,7 @@ use candle_core::{Device, Result};
 /// A model, its method and optimizer, ready to step.
 pub struct StepBench {
     pub method: &'static str,
-    model: FusionModel,
+    model: Box<dyn MultimodalModel>,
     modulator: Box<dyn Modulator>,
     optimizer: Box<dyn Optimizer + Send>,
     trainable: Vec<NamedVar>,
@@ -37,7 +36,7 @@ impl StepBench {
     pub fn step(&mut self, batch: &MultimodalBatch) -> Result<f64> {
         self.step += 1;
         let mut parts = StepParts {
-            model: &self.model,
+            model: self.model.as_ref(),
             modulator: self.modulator.as_mut(),
             optimizer: self.optimizer.as_mut(),
             trainable: &self.trainable,
@@ -49,7 +48,7 @@ impl StepBench {
 
 /// The first `batch_size` training samples of AV-Digits.
 pub fn av_digits_batch(batch_size: usize, device: &Device) -> Result<MultimodalBatch> {
-    let data = RunConfig::av_digits().load_data().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let data = RunConfig::av_digits().load_av_digits().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let train = data.split(agm_data::av_digits::Split::Train);
     let indices: Vec<usize> = (0..batch_size.min(train.len())).collect();
     train.batch(&indices, device)

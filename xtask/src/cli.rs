@@ -94,13 +94,24 @@ pub struct TrainArgs {
     /// `cpu` or `cuda`.
     #[arg(long)]
     pub device: Option<String>,
-    /// Dataset id (`av-digits`).
+    /// Dataset id: `av-digits` (embedded, default), `avmnist`, `cremad`, `urfunny`, `ave`, `mosei`
+    /// (need `--data`), or `synthetic` (random tensors of the model's input shapes).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// The dataset's folder (a file for UR-Funny) or `hf://<repo-id>` (hf-hub cache, offline
+    /// with HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Shapley passes of AGM: `faithful` (the reference's) or `fast` (one encoder pass per
+    /// modality).
+    #[arg(long)]
+    pub shapley: Option<String>,
     /// AV-Digits noise preset: `audio-dominant`, `balanced`, `image-dominant`.
     #[arg(long)]
     pub preset: Option<String>,
-    /// Model preset (`av-digits-late`).
+    /// Model preset: `<family>-<fusion>` with family av-digits, avmnist, cremad or urfunny and
+    /// fusion late, late-sum, early, film, gated or crossmodal; or `ave-psp`, `mosei-mat`
+    /// (default: `<dataset>-late`).
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long)]

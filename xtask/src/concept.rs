@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agm_data::av_digits::{AvDigits, Split};
+use agm_data::LoadedDataset;
 use agm_train::concept::{concept_modalities, default_dir, train_concept, ConceptProbe, ConceptSet};
 use agm_train::{RunConfig, RunSummary};
 
@@ -33,7 +33,7 @@ fn resolve(args: &ConceptArgs) -> anyhow::Result<RunConfig> {
 pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {
     let cfg = resolve(&args)?;
     let out = args.out.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
-    let data = cfg.load_data()?;
+    let data = cfg.load_av_digits()?;
     let modalities = concept_modalities(data.modalities(), args.modality.as_deref())?;
     println!(
         "training the {} concept{} of {} ({} preset): uni-modal late models, joint training, {} epochs, seed {} -> {}",
@@ -81,30 +81,43 @@ pub struct ConceptStatus {
     pub dir: PathBuf,
     /// Empty when the probe is attached.
     pub missing: Vec<String>,
+    /// Concepts are trained for AV-Digits only in this version.
+    pub supported: bool,
 }
 
 /// The probe for a `train` run when its dataset and preset have a concept for every modality in
 /// the default folder (`concepts/<dataset>-<preset>`). A broken concept folder is an error that
 /// names the file.
-pub fn attach<'a>(cfg: &RunConfig, data: &'a AvDigits) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
+pub fn attach<'a>(
+    cfg: &RunConfig,
+    data: &'a LoadedDataset,
+) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
     let dir = default_dir(&cfg.dataset, &cfg.data_preset);
+    let all = data.modalities.names().to_vec();
+    let (Some(dep), "av-digits") = (&data.dep, cfg.dataset.as_str()) else {
+        return Ok((None, ConceptStatus { dir, missing: all, supported: false }));
+    };
     let set = ConceptSet::load_for(cfg, &dir)?;
     let missing = match &set {
-        Some(s) => s.missing(data.modalities()),
-        None => data.modalities().names().to_vec(),
+        Some(s) => s.missing(&data.modalities),
+        None => all,
     };
     let probe = match set {
-        Some(s) if missing.is_empty() => {
-            Some(ConceptProbe::new(&s, data.modalities(), data.split(Split::Dep), data.split(Split::Validation))?)
-        }
+        Some(s) if missing.is_empty() => Some(ConceptProbe::new(&s, &data.modalities, dep, &data.validation)?),
         _ => None,
     };
-    Ok((probe, ConceptStatus { dir, missing }))
+    Ok((probe, ConceptStatus { dir, missing, supported: true }))
 }
 
 impl ConceptStatus {
     /// The summary line of `train`: the last epoch's strengths, or how to create the concepts.
     pub fn summary_line(&self, cfg: &RunConfig, run: &RunSummary, modalities: &[String]) -> String {
+        if !self.supported {
+            return format!(
+                "competition strength: not measured (mono-modal concepts are trained for av-digits only; `{}` has none)",
+                cfg.dataset
+            );
+        }
         if !self.missing.is_empty() {
             let only = if self.missing.len() < modalities.len() {
                 format!(" --modality {}", self.missing.join(","))
@@ -175,8 +188,12 @@ mod tests {
         assert_eq!(set.modalities(), ["audio"]);
         // A train run in a folder without concepts says how to create them.
         let cfg = RunConfig::av_digits();
-        let data = cfg.load_data().unwrap();
-        let status = ConceptStatus { dir: default_dir(&cfg.dataset, &cfg.data_preset), missing: vec!["visual".into()] };
+        let data = cfg.load_av_digits().unwrap();
+        let status = ConceptStatus {
+            dir: default_dir(&cfg.dataset, &cfg.data_preset),
+            missing: vec!["visual".into()],
+            supported: true,
+        };
         let run = RunSummary {
             epochs_done: 1,
             global_step: 1,

@@ -3,7 +3,6 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use agm_core::MultimodalModel;
 use agm_data::av_digits::Split;
 use agm_metric::EvalReport;
 use agm_train::{Checkpoint, RunConfig, RunDir};
@@ -32,12 +31,11 @@ pub fn evaluate_run(dir: &Path, split: Split, which: &str) -> anyhow::Result<Eva
         other => anyhow::bail!("--checkpoint `{other}` is not known; allowed: best, last"),
     };
     let ck = Checkpoint::load(&path, &device)?;
-    let data = cfg.load_data()?;
+    let data = cfg.load_dataset()?;
     let model = cfg.build_model(&device)?;
-    let weights: std::collections::HashMap<_, _> =
-        ck.model.into_iter().filter(|(k, _)| !k.starts_with("method.")).collect();
-    model.load(&weights).with_context(|| format!("loading weights from {}", path.display()))?;
-    let report = agm_train::evaluate(&model as &dyn MultimodalModel, data.split(split), 256, &device)?;
+    agm_train::checkpoint::load_weights(model.as_ref(), &ck.model)
+        .with_context(|| format!("loading weights from {}", path.display()))?;
+    let report = agm_train::evaluate(model.as_ref(), agm_train::config::dataset_split(&data, split)?, 256, &device)?;
     Ok(report)
 }
 
@@ -45,10 +43,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split = parse_split(&args.split)?;
     let report = evaluate_run(&args.run_dir, split, &args.checkpoint)?;
     let cfg = RunConfig::from_toml_file(&RunDir::open(&args.run_dir)?.config())?;
-    let data = cfg.load_data()?;
+    let data = cfg.load_dataset()?;
     println!("{} split, {} weights, {} samples", split.name(), args.checkpoint, report.samples);
     println!("accuracy {:.2}%   loss {:.4}", 100.0 * report.accuracy, report.loss);
-    for (i, name) in data.modalities().names().iter().enumerate() {
+    for (i, name) in data.modalities.names().iter().enumerate() {
         println!(
             "  {name:<8} Shapley accuracy {:.2}%   loss {:.4}",
             100.0 * report.modality_accuracy[i],

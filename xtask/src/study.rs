@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agm_data::av_digits::{AvDigits, Split};
+use agm_data::av_digits::Split;
+use agm_data::LoadedDataset;
 use agm_metric::EvalReport;
-use agm_train::{checkpoint::write_atomic, config, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
+use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
 use anyhow::Context;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -364,7 +365,7 @@ fn reset_peak_memory() {
 /// pays), so study runs always carry competition strength.
 fn competition_probe<'a>(
     cfg: &RunConfig,
-    data: &'a AvDigits,
+    data: &'a LoadedDataset,
     _device: &Device,
 ) -> anyhow::Result<Option<Box<dyn CompetitionProbe + 'a>>> {
     let (probe, status) = crate::concept::attach(cfg, data)?;
@@ -385,11 +386,18 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     let device = cfg.device()?;
     reset_peak_memory();
     let built = cfg.build(&device)?;
-    let (train, validation) = config::train_and_validation(&built.data);
-    let mut trainer =
-        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
-            .with_run_dir(run_dir.clone())
-            .with_holdout(built.data.split(Split::Dep));
+    let (train, validation) = (&built.data.train, &built.data.validation);
+    let mut trainer = Trainer::new(
+        built.model.as_ref(),
+        built.modulator,
+        |g| Ok(cfg.optimizer.build(g)?),
+        cfg.trainer_options(),
+        &device,
+    )?
+    .with_run_dir(run_dir.clone());
+    if let Some(dep) = &built.data.dep {
+        trainer = trainer.with_holdout(dep);
+    }
     if let Some(probe) = competition_probe(cfg, &built.data, &device)? {
         trainer = trainer.with_competition(probe);
     }

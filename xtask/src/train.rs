@@ -34,6 +34,15 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     }
     if let Some(v) = &args.dataset {
         cfg.dataset = v.clone();
+        if args.model.is_none() && args.config.is_none() {
+            cfg.model = config::default_model(v);
+        }
+    }
+    if let Some(v) = &args.data {
+        cfg.data = v.clone();
+    }
+    if let Some(v) = &args.shapley {
+        cfg.shapley = v.clone();
     }
     if let Some(v) = &args.preset {
         cfg.data_preset = v.clone();
@@ -118,25 +127,37 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         write_atomic(&dir.config(), cfg.to_toml().as_bytes())?;
     }
     let built = cfg.build(&device)?;
-    let (train, validation) = config::train_and_validation(&built.data);
-    let modalities = built.data.modalities().names().to_vec();
+    let (train, validation) = (&built.data.train, &built.data.validation);
+    let modalities = built.data.modalities.names().to_vec();
     let (probe, concepts) = crate::concept::attach(&cfg, &built.data)?;
-    let mut trainer =
-        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)?
-            .with_run_dir(dir.clone())
-            .with_holdout(built.data.split(agm_data::av_digits::Split::Dep));
+    let mut trainer = Trainer::new(
+        built.model.as_ref(),
+        built.modulator,
+        |g| Ok(cfg.optimizer.build(g)?),
+        cfg.trainer_options(),
+        &device,
+    )?
+    .with_run_dir(dir.clone());
+    if let Some(dep) = &built.data.dep {
+        trainer = trainer.with_holdout(dep);
+    }
     if let Some(probe) = probe {
         trainer = trainer.with_competition(Box::new(probe));
     }
     if resuming {
         trainer.resume()?;
     }
+    let dataset = match cfg.dataset.as_str() {
+        "av-digits" => format!("av-digits ({} preset)", cfg.data_preset),
+        other => other.to_string(),
+    };
     println!(
-        "{} {} on {} ({} preset), {} epochs, seed {}, device {} -> {}",
+        "{} {} with {} on {dataset} ({} train samples, Shapley passes {}), {} epochs, seed {}, device {} -> {}",
         if resuming { "resuming" } else { "training" },
         cfg.method,
-        cfg.dataset,
-        cfg.data_preset,
+        cfg.model,
+        train.len(),
+        cfg.shapley,
         cfg.epochs,
         cfg.seed,
         cfg.device,

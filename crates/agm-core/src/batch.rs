@@ -3,7 +3,8 @@
 use candle_core::{Result, Tensor};
 
 /// One batch: an input tensor per modality (batch first, in [`crate::ModalitySet`] order) and
-/// the class labels (`u32`, shape `[B]`).
+/// the class labels (`u32`, shape `[B]`, or `[B · S]` for tasks labelled per segment, sample-major;
+/// the model's logits then have one row per segment).
 #[derive(Clone, Debug)]
 pub struct MultimodalBatch {
     pub inputs: Vec<Tensor>,
@@ -12,15 +13,17 @@ pub struct MultimodalBatch {
 
 impl MultimodalBatch {
     pub fn new(inputs: Vec<Tensor>, labels: Tensor) -> Result<Self> {
-        let b = labels.dim(0)?;
+        let rows = labels.dim(0)?;
+        let b = inputs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(rows);
         for (m, x) in inputs.iter().enumerate() {
-            if x.dim(0)? != b {
-                candle_core::bail!("modality {m} has batch size {} but the labels have {b}", x.dim(0)?);
+            if x.dim(0)? != b || b == 0 && rows != 0 || b != 0 && rows % b != 0 {
+                candle_core::bail!("modality {m} has batch size {} but there are {rows} labels", x.dim(0)?);
             }
         }
         Ok(Self { inputs, labels })
     }
 
+    /// Label rows: the batch size, or batch size × segments.
     pub fn len(&self) -> usize {
         self.labels.dims().first().copied().unwrap_or(0)
     }

@@ -48,6 +48,8 @@ pub struct SplitTensors {
     data: Vec<Vec<f32>>,
     shapes: Vec<Vec<usize>>,
     labels: Vec<u32>,
+    /// Labels per sample: 1, or the segment count for per-segment tasks (AVE).
+    labels_per_sample: usize,
 }
 
 impl SplitTensors {
@@ -67,17 +69,42 @@ impl SplitTensors {
                 labels.len()
             );
         }
-        Self { data, shapes, labels }
+        Self { data, shapes, labels, labels_per_sample: 1 }
+    }
+
+    /// The same samples labelled per segment: `labels` holds `per_sample` labels for each sample,
+    /// and batches carry `B · per_sample` labels in sample-major order (AVE's segment labels).
+    ///
+    /// # Panics
+    /// If `labels` does not hold `per_sample` labels for every sample.
+    pub fn with_segment_labels(self, labels: Vec<u32>, per_sample: usize) -> Self {
+        assert_eq!(labels.len(), self.len() * per_sample, "{per_sample} labels per sample");
+        Self { labels, labels_per_sample: per_sample, ..self }
+    }
+
+    /// Labels per sample (1 unless [`Self::with_segment_labels`] set segments).
+    pub fn labels_per_sample(&self) -> usize {
+        self.labels_per_sample
     }
 
     /// The same samples with only modality `m` (for uni-modal baselines and concepts).
     pub fn only_modality(&self, m: usize) -> Self {
-        Self { data: vec![self.data[m].clone()], shapes: vec![self.shapes[m].clone()], labels: self.labels.clone() }
+        self.select_modalities(&[m])
+    }
+
+    /// The same samples with the modalities at `order`, in that order.
+    pub fn select_modalities(&self, order: &[usize]) -> Self {
+        Self {
+            data: order.iter().map(|&m| self.data[m].clone()).collect(),
+            shapes: order.iter().map(|&m| self.shapes[m].clone()).collect(),
+            labels: self.labels.clone(),
+            labels_per_sample: self.labels_per_sample,
+        }
     }
 
     /// Number of samples.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.labels.len() / self.labels_per_sample
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,7 +132,7 @@ impl SplitTensors {
         &self.data[m][index * per..(index + 1) * per]
     }
 
-    /// All labels, in sample order.
+    /// All labels, in sample order (`labels_per_sample` consecutive labels per sample).
     pub fn labels(&self) -> &[u32] {
         &self.labels
     }
@@ -136,8 +163,9 @@ impl SplitTensors {
             shape.extend_from_slice(&self.shapes[m]);
             inputs.push(Tensor::from_vec(buf, shape, device)?);
         }
-        let labels: Vec<u32> = indices.iter().map(|&i| self.labels[i]).collect();
-        let labels = Tensor::from_vec(labels, indices.len(), device)?;
+        let k = self.labels_per_sample;
+        let labels: Vec<u32> = indices.iter().flat_map(|&i| self.labels[i * k..(i + 1) * k].iter().copied()).collect();
+        let labels = Tensor::from_vec(labels, indices.len() * k, device)?;
         MultimodalBatch::new(inputs, labels)
     }
 }

@@ -25,6 +25,7 @@ mod error;
 pub mod hub;
 pub mod loaders;
 mod npy;
+pub mod synthetic;
 
 pub use dataset::{batches, epoch_order, Dataset, Sample, SplitTensors};
 pub use error::{DataError, Result, PIP_COMMAND};

@@ -47,16 +47,33 @@ pub enum FusionKind {
 }
 
 impl FusionKind {
-    pub fn build(&self, pb: &ParamBuilder, dims: &[usize], classes: usize) -> Result<Box<dyn Fusion>> {
+    /// Builds the fusion under `pb` with the reference's names: `head.fc` (classifier),
+    /// `{modality}_cls` (late sum heads), `mm_encoder` (early fusion's MaxOut MLP); the fusions
+    /// the reference lacks live under `fusion`.
+    pub fn build(
+        &self,
+        pb: &ParamBuilder,
+        modalities: &[String],
+        dims: &[usize],
+        classes: usize,
+    ) -> Result<Box<dyn Fusion>> {
         let shared = pb.with_role(ParamRole::Shared);
+        let head_pb = shared.pp("head");
+        let fusion_pb = shared.pp("fusion");
         let total: usize = dims.iter().sum();
         Ok(match *self {
-            FusionKind::LateConcat => Box::new(LateConcat { fc: head(&shared, "fc", total, classes)? }),
+            FusionKind::LateConcat => Box::new(LateConcat { fc: head(&head_pb, total, classes)? }),
             FusionKind::LateSum => {
                 let heads = dims
                     .iter()
                     .enumerate()
-                    .map(|(m, &d)| head(&pb.with_role(ParamRole::Modality(m)), &format!("fc{m}"), d, classes))
+                    .map(|(m, &d)| {
+                        let pb = pb.pp(format!("{}_cls", modalities[m])).with_role(ParamRole::Modality(m));
+                        if m == 0 {
+                            pb.store().set_head_weight(&pb.path("weight"));
+                        }
+                        Linear::new(&pb, d, classes, true)
+                    })
                     .collect::<Result<_>>()?;
                 Box::new(LateSum { heads })
             }
@@ -68,31 +85,29 @@ impl FusionKind {
                 let mut gamma = Vec::new();
                 let mut beta = Vec::new();
                 for (m, &d) in dims.iter().enumerate().skip(1) {
-                    gamma.push(Linear::new(&shared.pp(format!("film{m}")).pp("gamma"), d, dims[0], true)?);
-                    beta.push(Linear::new(&shared.pp(format!("film{m}")).pp("beta"), d, dims[0], true)?);
+                    gamma.push(Linear::new(&fusion_pb.pp(format!("film{m}")).pp("gamma"), d, dims[0], true)?);
+                    beta.push(Linear::new(&fusion_pb.pp(format!("film{m}")).pp("beta"), d, dims[0], true)?);
                 }
-                Box::new(Film { gamma, beta, fc: head(&shared, "fc", dims[0], classes)? })
+                Box::new(Film { gamma, beta, fc: head(&head_pb, dims[0], classes)? })
             }
             FusionKind::Gated { dim } => Box::new(Gated {
                 proj: dims
                     .iter()
                     .enumerate()
-                    .map(|(m, &d)| Linear::new(&shared.pp(format!("proj{m}")), d, dim, true))
+                    .map(|(m, &d)| Linear::new(&fusion_pb.pp(format!("proj{m}")), d, dim, true))
                     .collect::<Result<_>>()?,
-                gate: Linear::new(&shared.pp("gate"), total, dims.len(), true)?,
-                fc: head(&shared, "fc", dim, classes)?,
+                gate: Linear::new(&fusion_pb.pp("gate"), total, dims.len(), true)?,
+                fc: head(&head_pb, dim, classes)?,
             }),
             FusionKind::CrossModal { .. } => candle_core::bail!("cross-modal fusion: pending transformer layer"),
         })
     }
 }
 
-/// The classifier: its weight is the one the reference's conditional clipping reads.
-fn head(pb: &ParamBuilder, name: &str, in_dim: usize, classes: usize) -> Result<Linear> {
-    let pb = pb.pp(name);
-    if name == "fc" || name == "fc0" {
-        pb.store().set_head_weight(&pb.path("weight"));
-    }
+/// The classifier `head.fc`: its weight is the one the reference's conditional clipping reads.
+fn head(head_pb: &ParamBuilder, in_dim: usize, classes: usize) -> Result<Linear> {
+    let pb = head_pb.pp("fc");
+    pb.store().set_head_weight(&pb.path("weight"));
     Linear::new(&pb, in_dim, classes, true)
 }
 
@@ -161,4 +176,3 @@ impl Fusion for Gated {
         Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
     }
 }
-

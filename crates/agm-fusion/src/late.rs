@@ -64,8 +64,8 @@ impl FusionModel {
             encoders.push(Box::new(SequentialEncoder::new(&pb, &spec.layers)?));
         }
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
-        let fusion = FusionKind::LateConcat.build(&root.pp("head"), &dims, cfg.num_classes)?;
         let modalities = ModalitySet::new(cfg.encoders.iter().map(|e| e.modality.clone()));
+        let fusion = FusionKind::LateConcat.build(&root, modalities.names(), &dims, cfg.num_classes)?;
         FusionModel::from_parts(modalities, encoders, fusion, cfg.num_classes, store)
     }
 }

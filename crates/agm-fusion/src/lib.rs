@@ -24,11 +24,13 @@ mod fusion;
 mod late;
 mod layers;
 mod model;
+mod presets;
 mod store;
 
 pub use encoder::{Encoder, EncoderLayer, SequentialEncoder};
 pub use fusion::{Fusion, FusionKind, FusionOutput};
 pub use late::{EncoderSpec, LateConcatConfig};
-pub use model::FusionModel;
 pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear};
+pub use model::FusionModel;
+pub use presets::{build_preset, preset_names, preset_spec, InputScale, InputSpec, PresetOptions, PresetSpec};
 pub use store::{ParamBuilder, ParamInit, ParamRole, ParamStore};

@@ -77,7 +77,9 @@ impl FusionModel {
             .collect::<Result<Vec<_>>>()?;
         let out = self.fusion.forward_t(&stacked, train, seed)?;
         (0..sets.len())
-            .map(|i| Ok(FusionOutput { logits: out.logits.narrow(0, i * b, b)?, fused: out.fused.narrow(0, i * b, b)? }))
+            .map(|i| {
+                Ok(FusionOutput { logits: out.logits.narrow(0, i * b, b)?, fused: out.fused.narrow(0, i * b, b)? })
+            })
             .collect()
     }
 

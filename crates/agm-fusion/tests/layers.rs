@@ -1,7 +1,7 @@
 //! Layers and variables: PyTorch semantics, seeded and order-independent initialisation.
 
 use agm_core::{ForwardOpts, MultimodalModel, Subset};
-use agm_fusion::{dropout, BatchNorm, LateConcatConfig, FusionModel, ParamInit, ParamRole, ParamStore};
+use agm_fusion::{dropout, BatchNorm, FusionModel, LateConcatConfig, ParamInit, ParamRole, ParamStore};
 use candle_core::{DType, Device, Tensor};
 
 fn values(t: &Tensor) -> Vec<f64> {

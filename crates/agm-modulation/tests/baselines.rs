@@ -3,7 +3,7 @@
 //! after_backward → plain SGD on the returned gradients.
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{
     encoder_feature_dims, gblend_weights, min_norm_2, pareto_combine, prototype_logits, EpochCx, GBlend, GBlendConfig,
     GBlendEstimator, GBlendMeasure, MmPareto, MmParetoConfig, Modulator, Objective, ParetoRescale, Pmr, PmrConfig,

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::registry::{self, MethodConfigs};
 use agm_modulation::{
     check_composable, mses_snapshot_tag, ogm_coefficients, Agm, AgmConfig, ClipRule, EpochAction, EpochCx,

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use agm_core::{BatchSource, ForwardOpts, ModalitySet, MultimodalModel};
 use agm_data::av_digits::Split;
-use agm_fusion::{LateConcatConfig, FusionModel};
+use agm_fusion::{FusionModel, LateConcatConfig};
 use agm_metric::competition::nalgebra::DMatrix;
 use agm_metric::competition::{measure, to_matrix, CompetitionStrength, DEFAULT_RIDGE_ALPHA};
 use agm_modulation::Joint;
@@ -327,7 +327,7 @@ pub fn train_concept(
 ) -> Result<ConceptManifest> {
     cfg.validate()?;
     let device = cfg.device()?;
-    let data = cfg.load_data()?;
+    let data = cfg.load_av_digits()?;
     concept_modalities(data.modalities(), Some(modality))?;
     let index = data.modalities().index_of(modality).expect("checked above");
     let model = FusionModel::late_concat(&unimodal_config(cfg, modality)?, cfg.seed, DType::F32, &device)?;
@@ -402,7 +402,7 @@ pub fn train_concept(
 /// Trains the concepts of `modalities` (a comma-separated list; all of the dataset's when
 /// `None`) into `out` and loads the folder back.
 pub fn train_concepts(cfg: &RunConfig, modalities: Option<&str>, out: &Path) -> Result<ConceptSet> {
-    let data = cfg.load_data()?;
+    let data = cfg.load_av_digits()?;
     for m in concept_modalities(data.modalities(), modalities)? {
         train_concept(cfg, &m, out, &mut NoCallback)?;
     }

@@ -3,25 +3,24 @@
 
 use std::path::Path;
 
-use agm_core::{MultimodalBatch, ShapleyMode};
-use agm_core::MultimodalModel;
+use agm_core::{MultimodalModel, ShapleyMode};
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
-use agm_fusion::{LateConcatConfig, FusionModel};
+use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
+use agm_data::{DatasetId, LoadOptions, LoadedDataset};
+use agm_fusion::{InputScale, PresetOptions};
 use agm_modulation::registry::{self, MethodConfigs};
 use agm_modulation::{
     AgmConfig, GBlendConfig, MmParetoConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig, PmrConfig,
 };
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::optim::{OptimizerConfig, ScheduleConfig, SgdConfig};
 use crate::TrainerOptions;
 
-/// Datasets `--dataset` accepts in this build.
-pub const DATASETS: &[&str] = &["av-digits"];
-/// Model presets `--model` accepts in this build.
-pub const MODELS: &[&str] = &["av-digits-late"];
+/// Datasets `--dataset` accepts.
+pub const DATASETS: &[&str] = &["av-digits", "avmnist", "cremad", "urfunny", "ave", "mosei", "synthetic"];
 /// Methods `--method` accepts in this build, alone or stacked with `+` (`agm+ogm-ge`); the
 /// registry of agm-modulation owns the list.
 pub const METHODS: &[&str] = registry::METHODS;
@@ -34,9 +33,15 @@ pub const DEVICES: &[&str] = &["cpu", "cuda"];
 #[serde(deny_unknown_fields, default = "RunConfig::av_digits")]
 pub struct RunConfig {
     pub dataset: String,
+    /// Where a real dataset lives: a folder (a file for UR-Funny) or `hf://<repo-id>`; empty for
+    /// `av-digits` (embedded) and `synthetic` (generated).
+    pub data: String,
     /// AV-Digits noise preset: `audio-dominant`, `balanced` or `image-dominant`.
     pub data_preset: String,
+    /// A model preset (`agm_fusion::preset_names`); `<dataset>-late` suits each dataset.
     pub model: String,
+    /// `small` (32×32 frames, sequences of 4) or `reference` shapes for `--dataset synthetic`.
+    pub synthetic_scale: String,
     /// One method or several joined with `+`, composed in the order written (`agm+ogm-ge`).
     pub method: String,
     pub seed: u64,
@@ -61,9 +66,19 @@ pub struct RunConfig {
 
 /// What a config builds.
 pub struct Built {
-    pub data: AvDigits,
-    pub model: FusionModel,
+    pub data: LoadedDataset,
+    pub model: Box<dyn MultimodalModel>,
     pub modulator: Box<dyn Modulator>,
+}
+
+/// The model preset that suits a dataset when `--model` is not given.
+pub fn default_model(dataset: &str) -> String {
+    match dataset {
+        "ave" => "ave-psp".into(),
+        "mosei" => "mosei-mat".into(),
+        "synthetic" => "av-digits-late".into(),
+        other => format!("{other}-late"),
+    }
 }
 
 fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
@@ -80,8 +95,10 @@ impl RunConfig {
     pub fn av_digits() -> Self {
         Self {
             dataset: "av-digits".into(),
+            data: String::new(),
             data_preset: NoisePreset::AudioDominant.to_string(),
             model: "av-digits-late".into(),
+            synthetic_scale: "small".into(),
             method: "agm".into(),
             seed: 0,
             epochs: 20,
@@ -123,7 +140,25 @@ impl RunConfig {
     /// Checks every field; the error names the field and the allowed values.
     pub fn validate(&self) -> Result<()> {
         one_of("dataset", &self.dataset, DATASETS)?;
-        one_of("model", &self.model, MODELS)?;
+        let presets = agm_fusion::preset_names();
+        one_of("model", &self.model, &presets.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let made_for = agm_fusion::preset_spec(&self.model, &self.preset_options())?.dataset;
+        if self.dataset != "synthetic" && made_for != self.dataset {
+            return Err(TrainError::Config(format!(
+                "model = `{}` is made for dataset `{made_for}`, not `{}`; use `{}` or --dataset synthetic",
+                self.model,
+                self.dataset,
+                default_model(&self.dataset)
+            )));
+        }
+        one_of("synthetic_scale", &self.synthetic_scale, &["small", "reference"])?;
+        let needs_files = !matches!(self.dataset.as_str(), "av-digits" | "synthetic");
+        if needs_files && self.data.is_empty() {
+            return Err(TrainError::Config(format!(
+                "dataset `{}` needs its files: pass --data <folder> or --data hf://<repo-id> (README, section Datasets)",
+                self.dataset
+            )));
+        }
         registry::parse(&self.method).map_err(TrainError::Config)?;
         one_of("device", &self.device, DEVICES)?;
         self.shapley_mode()?;
@@ -183,42 +218,105 @@ impl RunConfig {
         }
     }
 
-    pub fn load_data(&self) -> Result<AvDigits> {
+    /// The embedded AV-Digits set with this config's noise preset.
+    pub fn load_av_digits(&self) -> Result<AvDigits> {
         let preset: NoisePreset =
             self.data_preset.parse().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         Ok(av_digits::load(&AvDigitsConfig::with_preset(preset))?)
     }
 
-    pub fn build_model(&self, device: &Device) -> Result<FusionModel> {
-        Ok(FusionModel::late_concat(&LateConcatConfig::av_digits(), self.seed, DType::F32, device)?)
+    pub fn preset_options(&self) -> PresetOptions {
+        let scale = if self.synthetic_scale == "reference" || self.dataset != "synthetic" {
+            InputScale::Reference
+        } else {
+            InputScale::Small
+        };
+        PresetOptions { scale, ..PresetOptions::default() }
     }
 
-    /// The method (or stack of methods) named by `method`, for this model.
-    pub fn build_modulator(&self, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>> {
+    /// The dataset: embedded, generated, or loaded from `data`, with its modalities in the
+    /// model's order and, for per-segment tasks, one label per segment.
+    pub fn load_dataset(&self) -> Result<LoadedDataset> {
+        let mut data = match self.dataset.as_str() {
+            "av-digits" => {
+                let d = self.load_av_digits()?;
+                LoadedDataset {
+                    id: DatasetId::AvDigits,
+                    modalities: d.modalities().clone(),
+                    classes: 10,
+                    train: d.split(Split::Train).clone(),
+                    validation: d.split(Split::Validation).clone(),
+                    test: d.split(Split::Test).clone(),
+                    dep: Some(d.split(Split::Dep).clone()),
+                    segment_labels: None,
+                    notes: Vec::new(),
+                }
+            }
+            "synthetic" => {
+                let spec = agm_fusion::preset_spec(&self.model, &self.preset_options())?;
+                agm_data::synthetic::generate(&SyntheticSpec {
+                    modalities: spec
+                        .inputs
+                        .iter()
+                        .map(|i| SyntheticModality { name: i.modality.clone(), shape: i.shape.clone(), vocab: i.vocab })
+                        .collect(),
+                    classes: spec.classes,
+                    segments: spec.segments,
+                    // Enough to learn from at the small scale; a smoke test at the reference one.
+                    sizes: if self.synthetic_scale == "small" { [128, 64, 64] } else { [16, 8, 8] },
+                    noise: 1.0,
+                    seed: self.seed,
+                })
+            }
+            id => {
+                let id: DatasetId = id.parse()?;
+                let path = agm_data::hub::resolve_data_path(&self.data, &agm_data::hub::HubOptions::from_env())?;
+                agm_data::load(id, &path, &LoadOptions::default())?
+            }
+        };
+        if let Some(seg) = data.segment_labels.take() {
+            data.train = data.train.with_segment_labels(seg.train, seg.segments);
+            data.validation = data.validation.with_segment_labels(seg.validation, seg.segments);
+            data.test = data.test.with_segment_labels(seg.test, seg.segments);
+        }
+        let model_order = agm_fusion::preset_spec(&self.model, &self.preset_options())?;
+        let names: Vec<&str> = model_order.inputs.iter().map(|i| i.modality.as_str()).collect();
+        data.reorder_modalities(&names)?;
+        Ok(data)
+    }
+
+    pub fn build_model(&self, device: &Device) -> Result<Box<dyn MultimodalModel>> {
+        Ok(agm_fusion::build_preset(&self.model, &self.preset_options(), self.seed, DType::F32, device)?)
+    }
+
+    /// The method (or stack of methods) named by `method`, for this model and data.
+    pub fn build_modulator(&self, model: &dyn MultimodalModel, data: &LoadedDataset) -> Result<Box<dyn Modulator>> {
         let mut configs = self.method_configs();
-        // Methods with their own heads need the encoders' output sizes: one pass on zeros.
+        // Methods with their own heads need the encoders' output sizes: one pass on one sample.
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
-        let probe = MultimodalBatch::new(
-            vec![
-                Tensor::zeros((1, 1, 13, 32), DType::F32, &device)?,
-                Tensor::zeros((1, 1, 28, 28), DType::F32, &device)?,
-            ],
-            Tensor::zeros(1, DType::U32, &device)?,
-        )?;
+        let probe = data.train.batch(&[0], &device)?;
         configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
         registry::build(&self.method, &configs, model).map_err(TrainError::Config)
     }
 
     /// Dataset, model and modulator, ready for a [`crate::Trainer`].
     pub fn build(&self, device: &Device) -> Result<Built> {
-        let data = self.load_data()?;
+        let data = self.load_dataset()?;
         let model = self.build_model(device)?;
-        let modulator = self.build_modulator(&model)?;
+        let modulator = self.build_modulator(model.as_ref(), &data)?;
         Ok(Built { data, model, modulator })
     }
 }
 
-/// The AV-Digits splits used for training and model selection.
-pub fn train_and_validation(data: &AvDigits) -> (&agm_data::SplitTensors, &agm_data::SplitTensors) {
-    (data.split(Split::Train), data.split(Split::Validation))
+/// A split of a loaded dataset by the AV-Digits split names (`dep` only where the dataset has it).
+pub fn dataset_split(data: &LoadedDataset, split: Split) -> Result<&agm_data::SplitTensors> {
+    match split {
+        Split::Train => Ok(&data.train),
+        Split::Validation => Ok(&data.validation),
+        Split::Test => Ok(&data.test),
+        Split::Dep => data
+            .dep
+            .as_ref()
+            .ok_or_else(|| TrainError::Config(format!("dataset `{}` has no dep split", data.id.as_str()))),
+    }
 }

@@ -9,7 +9,7 @@ use agm_data::av_digits::Split;
 use agm_train::concept::{
     default_dir, train_concept, train_concepts, ConceptManifest, ConceptProbe, ConceptSet, CONCEPT_FORMAT,
 };
-use agm_train::{config, Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, Trainer};
+use agm_train::{Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, Trainer};
 use candle_core::{DType, Device, Tensor};
 
 fn quick_cfg(epochs: usize) -> RunConfig {
@@ -38,7 +38,7 @@ fn a_concept_run_writes_files_that_load_back_and_feed_the_probe() {
 
     let loaded = ConceptSet::load(&out).unwrap().expect("concepts exist");
     assert_eq!(loaded.modalities(), ["audio", "visual"]);
-    let data = cfg.load_data().unwrap();
+    let data = cfg.load_av_digits().unwrap();
     for c in loaded.concepts() {
         let m = c.manifest();
         assert_eq!(
@@ -71,16 +71,21 @@ fn a_concept_run_writes_files_that_load_back_and_feed_the_probe() {
     // in metrics.jsonl too.
     let device = Device::Cpu;
     let model = cfg.build_model(&device).unwrap();
-    let modulator = cfg.build_modulator(&model).unwrap();
-    let (train, validation) = config::train_and_validation(&data);
+    let modulator = cfg.build_modulator(model.as_ref(), &cfg.load_dataset().unwrap()).unwrap();
+    let (train, validation) = (data.split(Split::Train), data.split(Split::Validation));
     let probe = ConceptProbe::new(&loaded, data.modalities(), data.split(Split::Dep), validation).unwrap();
     let log = probe.log();
     let run = RunDir::create(tmp.path().join("run")).unwrap();
-    let mut trainer =
-        Trainer::new(&model, modulator, |g| Ok(cfg.optimizer.build(g)?), quick_cfg(1).trainer_options(), &device)
-            .unwrap()
-            .with_run_dir(run.clone())
-            .with_competition(Box::new(probe));
+    let mut trainer = Trainer::new(
+        model.as_ref(),
+        modulator,
+        |g| Ok(cfg.optimizer.build(g)?),
+        quick_cfg(1).trainer_options(),
+        &device,
+    )
+    .unwrap()
+    .with_run_dir(run.clone())
+    .with_competition(Box::new(probe));
     let mut rows = Rows(Vec::new());
     trainer.fit(train, validation, &mut rows).unwrap();
     let competition = rows.0[0].competition.clone().expect("the probe ran");
@@ -169,7 +174,7 @@ fn a_wrong_row_count_is_an_error_naming_the_file() {
     write_concept(tmp.path(), "audio", ROWS, ROWS);
     write_concept(tmp.path(), "visual", [300, 250, 600], [300, 250, 600]);
     let set = ConceptSet::load(tmp.path()).unwrap().unwrap();
-    let data = quick_cfg(1).load_data().unwrap();
+    let data = quick_cfg(1).load_av_digits().unwrap();
     let err = ConceptProbe::new(&set, data.modalities(), data.split(Split::Dep), data.split(Split::Validation))
         .err()
         .expect("row mismatch")

@@ -2,7 +2,7 @@
 //! pass receives gradient.
 
 use agm_core::{MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{Agm, AgmConfig, ClipRule, Joint, Modulator};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
@@ -50,8 +50,13 @@ fn train(m: usize, mut modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)>
     let mut opt =
         OptimizerConfig::Sgd(SgdConfig::agm_reference(0.1)).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
     for (i, batch) in batches(m, 6).iter().enumerate() {
-        let mut parts =
-            StepParts { model: &model, modulator: modulator.as_mut(), optimizer: opt.as_mut(), trainable: &trainable, shapley: Default::default() };
+        let mut parts = StepParts {
+            model: &model,
+            modulator: modulator.as_mut(),
+            optimizer: opt.as_mut(),
+            trainable: &trainable,
+            shapley: Default::default(),
+        };
         train_step(&mut parts, batch, i + 1, 1, 0, &mut NoObserver).unwrap();
     }
     model

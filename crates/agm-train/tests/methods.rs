@@ -22,10 +22,15 @@ fn train(cfg: &RunConfig) -> (agm_train::RunSummary, Vec<EpochSummary>) {
     cfg.validate().unwrap();
     let device = Device::Cpu;
     let built = cfg.build(&device).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
-    let (train, validation) = config::train_and_validation(&built.data);
-    let mut trainer =
-        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)
-            .unwrap();
+    let (train, validation) = (&built.data.train, &built.data.validation);
+    let mut trainer = Trainer::new(
+        built.model.as_ref(),
+        built.modulator,
+        |g| Ok(cfg.optimizer.build(g)?),
+        cfg.trainer_options(),
+        &device,
+    )
+    .unwrap();
     let mut rows = Rows::default();
     let summary = trainer.fit(train, validation, &mut rows).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
     (summary, rows.0)
@@ -89,20 +94,25 @@ fn bits(model: &dyn MultimodalModel) -> Bits {
 fn train_with_wrong_validation_labels(cfg: &RunConfig) -> (agm_train::RunSummary, Vec<Vec<f64>>, Bits) {
     let device = Device::Cpu;
     let built = cfg.build(&device).unwrap();
-    let (train, validation) = config::train_and_validation(&built.data);
+    let (train, validation) = (&built.data.train, &built.data.validation);
     let m = validation.num_modalities();
     let wrong = SplitTensors::new(
         (0..m).map(|x| validation.modality_data(x).to_vec()).collect(),
         (0..m).map(|x| validation.sample_shape(x).to_vec()).collect(),
         validation.labels().iter().map(|y| (y + 1) % 10).collect(),
     );
-    let mut trainer =
-        Trainer::new(&built.model, built.modulator, |g| Ok(cfg.optimizer.build(g)?), cfg.trainer_options(), &device)
-            .unwrap();
+    let mut trainer = Trainer::new(
+        built.model.as_ref(),
+        built.modulator,
+        |g| Ok(cfg.optimizer.build(g)?),
+        cfg.trainer_options(),
+        &device,
+    )
+    .unwrap();
     let mut rows = Rows::default();
     let summary = trainer.fit(train, &wrong, &mut rows).unwrap();
     let coeffs = rows.0.iter().map(|r| r.last_coefficients.clone().unwrap()).collect();
-    (summary, coeffs, bits(&built.model))
+    (summary, coeffs, bits(built.model.as_ref()))
 }
 
 #[test]
@@ -151,7 +161,7 @@ fn bad_method_configurations_are_rejected_naming_the_field_and_the_allowed_value
     let device = Device::Cpu;
     let build = |cfg: RunConfig| -> String {
         let model = cfg.build_model(&device).unwrap();
-        match cfg.build_modulator(&model) {
+        match cfg.build_modulator(model.as_ref(), &cfg.load_dataset().unwrap()) {
             Err(TrainError::Config(e)) => e,
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("{} was accepted", cfg.method),

@@ -3,7 +3,7 @@
 
 use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigitsConfig, Split};
-use agm_fusion::{LateConcatConfig, FusionModel};
+use agm_fusion::{FusionModel, LateConcatConfig};
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::{Callback, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
 use candle_core::{DType, Device};

@@ -40,12 +40,16 @@ pub enum DatasetId {
     UrFunny,
     Ave,
     Mosei,
+    /// The embedded AV-Digits set ([`crate::av_digits`]); no files.
+    AvDigits,
+    /// Seeded random tensors of a model's input shapes ([`crate::synthetic`]); no files.
+    Synthetic,
 }
 
 impl DatasetId {
     pub const ALL: [DatasetId; 5] = [Self::AvMnist, Self::CremaD, Self::UrFunny, Self::Ave, Self::Mosei];
 
-    /// The CLI id (`avmnist`, `cremad`, `urfunny`, `ave`, `mosei`).
+    /// The CLI id (`avmnist`, `cremad`, `urfunny`, `ave`, `mosei`, `synthetic`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AvMnist => "avmnist",
@@ -53,6 +57,8 @@ impl DatasetId {
             Self::UrFunny => "urfunny",
             Self::Ave => "ave",
             Self::Mosei => "mosei",
+            Self::AvDigits => "av-digits",
+            Self::Synthetic => "synthetic",
         }
     }
 }
@@ -67,6 +73,8 @@ impl std::str::FromStr for DatasetId {
             "urfunny" => Self::UrFunny,
             "ave" => Self::Ave,
             "mosei" | "cmumosei" => Self::Mosei,
+            "synthetic" => Self::Synthetic,
+            "avdigits" => Self::AvDigits,
             _ => return Err(DataError::UnknownDataset { name: s.to_string() }),
         })
     }
@@ -119,6 +127,41 @@ pub struct LoadedDataset {
     pub notes: Vec<String>,
 }
 
+impl LoadedDataset {
+    /// Puts the modalities in the order of `names` (a model's order), in every split.
+    pub fn reorder_modalities(&mut self, names: &[&str]) -> Result<()> {
+        let order = names
+            .iter()
+            .map(|n| {
+                self.modalities.index_of(n).ok_or_else(|| DataError::InvalidConfig {
+                    option: "model".into(),
+                    reason: format!(
+                        "the model needs modality `{n}` but the dataset has {}",
+                        self.modalities.names().join(", ")
+                    ),
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        if order.len() != self.modalities.len() {
+            return Err(DataError::InvalidConfig {
+                option: "model".into(),
+                reason: format!(
+                    "the model takes {} modalities ({}) but the dataset has {} ({})",
+                    order.len(),
+                    names.join(", "),
+                    self.modalities.len(),
+                    self.modalities.names().join(", ")
+                ),
+            });
+        }
+        self.modalities = ModalitySet::new(names.iter().copied());
+        for split in [&mut self.train, &mut self.validation, &mut self.test].into_iter().chain(self.dep.as_mut()) {
+            *split = split.select_modalities(&order);
+        }
+        Ok(())
+    }
+}
+
 /// Loads dataset `id` from `path` (a folder; for UR-Funny the pickle file, or a folder holding
 /// `humor.pkl`).
 pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
@@ -128,6 +171,9 @@ pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedData
         DatasetId::UrFunny => urfunny::load(path),
         DatasetId::Ave => ave::load(path),
         DatasetId::Mosei => mosei::load(path),
+        DatasetId::Synthetic | DatasetId::AvDigits => Err(DataError::UnknownDataset {
+            name: format!("{} (it has no files: it is generated or embedded)", id.as_str()),
+        }),
     }
 }
 

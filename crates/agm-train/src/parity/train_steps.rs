@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode, Subset};
-use agm_fusion::{EncoderLayer, EncoderSpec, LateConcatConfig, FusionModel};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{
     ogm_noise_std, shapley, Agm, AgmConfig, AgmStepStats, ClipRule, Modulator, Objective, OgmGe, OgmGeConfig, OgmMode,
     OgmStepStats, StepForward, OGM_NOISE_STD_EPS,
@@ -287,8 +287,13 @@ pub(super) fn run(
         let mut capture =
             Capture { model: &model, inputs: &batch.inputs, params: &trainable, tensors: BTreeMap::new() };
         let outcome = {
-            let mut parts =
-                StepParts { model: &model, modulator: replay.modulator(), optimizer: &mut sgd, trainable: &trainable, shapley: ShapleyMode::Faithful };
+            let mut parts = StepParts {
+                model: &model,
+                modulator: replay.modulator(),
+                optimizer: &mut sgd,
+                trainable: &trainable,
+                shapley: ShapleyMode::Faithful,
+            };
             train_step(&mut parts, &batch, k, epoch, 0, &mut capture).map_err(replay_err)?
         };
         let mut computed = std::mem::take(&mut capture.tensors);

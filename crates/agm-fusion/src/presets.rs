@@ -1,0 +1,222 @@
+//! Named model presets: the paper's five per-dataset models and every fusion on their encoders.
+//!
+//! A preset name is `<family>-<fusion>`: family `av-digits`, `avmnist`, `cremad` or `urfunny`,
+//! fusion `late` (concat head, the reference's AGM model), `late-sum` (per-modality heads, its
+//! non-AGM model), `early` (MaxOut MLP), `film`, `gated` or `crossmodal`; plus the two
+//! dataset-specific nets `ave-psp` and `mosei-mat`. Where the reference defines the model, the
+//! parameter count equals the reference's ([`PresetSpec::reference_params`]).
+
+use agm_core::{ModalitySet, MultimodalModel};
+use candle_core::{DType, Device, Result};
+
+use crate::{
+    Encoder, EncoderLayer, FusionKind, FusionModel, LateConcatConfig, ParamRole, ParamStore, SequentialEncoder,
+};
+
+/// One model input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    pub modality: String,
+    /// Shape of one sample, without the batch dimension.
+    pub shape: Vec<usize>,
+    /// `Some(vocab)` for token ids (pad id 0).
+    pub vocab: Option<usize>,
+}
+
+/// What a preset expects and produces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PresetSpec {
+    pub name: String,
+    /// The dataset id the preset is made for (`av-digits`, `avmnist`, ...).
+    pub dataset: &'static str,
+    pub inputs: Vec<InputSpec>,
+    pub classes: usize,
+    /// Labels per sample: 1, or 10 segments for AVE.
+    pub segments: usize,
+    /// The reference's parameter count, where the reference defines this model.
+    pub reference_params: Option<usize>,
+}
+
+/// Input sizes a preset is built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputScale {
+    /// The reference's shapes (CREMA-D 257×188 spectrograms and 224² frames, ...).
+    Reference,
+    /// Frames and spectrograms 32×32, sequences of length 4, where the architecture allows;
+    /// for tests and smoke runs on a CPU.
+    Small,
+}
+
+/// Options that change a preset's shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PresetOptions {
+    pub scale: InputScale,
+    /// MOSEI vocabulary size (the reference's count is checked at 50; real runs take it from
+    /// the data).
+    pub vocab_size: usize,
+    /// UR-Funny sequence length at the reference scale (its `max_pad_num`).
+    pub sequence_len: usize,
+}
+
+impl Default for PresetOptions {
+    fn default() -> Self {
+        Self { scale: InputScale::Reference, vocab_size: 50, sequence_len: 50 }
+    }
+}
+
+impl PresetOptions {
+    pub fn small() -> Self {
+        Self { scale: InputScale::Small, ..Self::default() }
+    }
+}
+
+const FAMILIES: [&str; 4] = ["av-digits", "avmnist", "cremad", "urfunny"];
+const FUSIONS: [&str; 6] = ["late", "late-sum", "early", "film", "gated", "crossmodal"];
+
+/// Every preset name.
+pub fn preset_names() -> Vec<String> {
+    let mut names: Vec<String> =
+        FAMILIES.iter().flat_map(|f| FUSIONS.iter().map(move |k| format!("{f}-{k}"))).collect();
+    names.push("ave-psp".into());
+    names.push("mosei-mat".into());
+    names
+}
+
+fn unknown(name: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("unknown model preset `{name}`; known presets: {}", preset_names().join(", ")))
+}
+
+/// Splits `avmnist-late-sum` into (`avmnist`, `late-sum`).
+fn family_and_fusion(name: &str) -> Option<(&'static str, &'static str)> {
+    let family = FAMILIES.iter().find(|f| name.strip_prefix(**f).is_some_and(|rest| rest.starts_with('-')))?;
+    let fusion = FUSIONS.iter().find(|k| name[family.len() + 1..] == ***k)?;
+    Some((family, fusion))
+}
+
+fn input(modality: &str, shape: &[usize]) -> InputSpec {
+    InputSpec { modality: modality.into(), shape: shape.to_vec(), vocab: None }
+}
+
+/// The inputs, classes and reference parameter count of preset `name`.
+pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
+    let small = opts.scale == InputScale::Small;
+    let spec = |dataset, inputs, classes, segments, reference_params| PresetSpec {
+        name: name.to_string(),
+        dataset,
+        inputs,
+        classes,
+        segments,
+        reference_params,
+    };
+    match name {
+        "ave-psp" => {
+            return Ok(spec(
+                "ave",
+                vec![input("audio", &[10, 128]), input("visual", &[10, 7, 7, 512])],
+                29,
+                10,
+                Some(1_667_251),
+            ))
+        }
+        "mosei-mat" => {
+            let text = InputSpec { modality: "text".into(), shape: vec![60], vocab: Some(opts.vocab_size) };
+            let reference = (opts.vocab_size == 50).then_some(41_252_596);
+            return Ok(spec("mosei", vec![input("audio", &[60, 80]), text], 2, 1, reference));
+        }
+        _ => {}
+    }
+    let (family, fusion) = family_and_fusion(name).ok_or_else(|| unknown(name))?;
+    let reference = |late: usize, sum: usize, early: usize| match fusion {
+        "late" => Some(late),
+        "late-sum" => Some(sum),
+        "early" => Some(early),
+        _ => None,
+    };
+    Ok(match family {
+        "av-digits" => {
+            spec("av-digits", vec![input("audio", &[1, 13, 32]), input("visual", &[1, 28, 28])], 10, 1, None)
+        }
+        "avmnist" => {
+            let side = if small { 32 } else { 112 };
+            spec(
+                "avmnist",
+                vec![input("audio", &[1, side, side]), input("visual", &[1, 28, 28])],
+                10,
+                1,
+                reference(22_350_730, 22_350_740, 30_753_674),
+            )
+        }
+        "cremad" => {
+            let (h, w, frame) = if small { (32, 32, 32) } else { (257, 188, 224) };
+            spec(
+                "cremad",
+                vec![input("audio", &[1, h, w]), input("visual", &[3, 1, frame, frame])],
+                6,
+                1,
+                reference(22_352_902, 22_352_908, 30_755_846),
+            )
+        }
+        _ => {
+            let len = if small { 4 } else { opts.sequence_len };
+            spec(
+                "urfunny",
+                vec![input("audio", &[len, 81]), input("visual", &[len, 371]), input("text", &[len, 300])],
+                2,
+                1,
+                reference(132_917_762, 132_917_766, 146_563_586),
+            )
+        }
+    })
+}
+
+fn fusion_kind(family: &str, fusion: &str) -> FusionKind {
+    let (first, second, dim) = match family {
+        "av-digits" => (256, 128, 64),
+        "urfunny" => (2048, 1024, 256),
+        _ => (2048, 1024, 256),
+    };
+    match fusion {
+        "late" => FusionKind::LateConcat,
+        "late-sum" => FusionKind::LateSum,
+        "early" => FusionKind::Early { first_hidden: first, second_hidden: second },
+        "film" => FusionKind::Film,
+        "gated" => FusionKind::Gated { dim },
+        _ => FusionKind::CrossModal { dim, heads: 4 },
+    }
+}
+
+/// Builds preset `name` with every variable drawn from `seed`.
+pub fn build_preset(
+    name: &str,
+    opts: &PresetOptions,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Box<dyn MultimodalModel>> {
+    match name {
+        "ave-psp" | "mosei-mat" => candle_core::bail!("PENDING"),
+        _ => {}
+    }
+    let (family, fusion) = family_and_fusion(name).ok_or_else(|| unknown(name))?;
+    let spec = preset_spec(name, opts)?;
+    let store = ParamStore::new();
+    let root = store.builder(seed, dtype, device);
+    let mut encoders: Vec<Box<dyn Encoder>> = Vec::new();
+    for (m, input) in spec.inputs.iter().enumerate() {
+        // CREMA-D's reference names its encoders `audio_net` / `visual_net`; the others `*_encoder`.
+        let suffix = if family == "cremad" { "net" } else { "encoder" };
+        let pb = root.pp(format!("{}_{suffix}", input.modality)).with_role(ParamRole::Modality(m));
+        let encoder: Box<dyn Encoder> = match family {
+            "av-digits" => {
+                let layers: Vec<EncoderLayer> = LateConcatConfig::av_digits().encoders[m].layers.clone();
+                Box::new(SequentialEncoder::new(&pb, &layers)?)
+            }
+            _ => candle_core::bail!("PENDING"),
+        };
+        encoders.push(encoder);
+    }
+    let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
+    let modalities = ModalitySet::new(spec.inputs.iter().map(|i| i.modality.clone()));
+    let fusion = fusion_kind(family, fusion).build(&root, modalities.names(), &dims, spec.classes)?;
+    Ok(Box::new(FusionModel::from_parts(modalities, encoders, fusion, spec.classes, store)?))
+}
