@@ -386,7 +386,7 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     let device = cfg.device()?;
     reset_peak_memory();
     let built = cfg.build(&device)?;
-    let (train, validation) = (&built.data.train, &built.data.validation);
+    let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let mut trainer = Trainer::new(
         built.model.as_ref(),
         built.modulator,
@@ -401,7 +401,7 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     if let Some(probe) = competition_probe(cfg, &built.data, &device)? {
         trainer = trainer.with_competition(probe);
     }
-    let summary = trainer.fit(train, validation, &mut NoCallback)?;
+    let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
     let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
     let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
     write_atomic(&run_dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;

@@ -127,7 +127,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         write_atomic(&dir.config(), cfg.to_toml().as_bytes())?;
     }
     let built = cfg.build(&device)?;
-    let (train, validation) = (&built.data.train, &built.data.validation);
+    let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let modalities = built.data.modalities.names().to_vec();
     let (probe, concepts) = crate::concept::attach(&cfg, &built.data)?;
     let mut trainer = Trainer::new(
@@ -164,7 +164,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dir.root().display()
     );
     let mut progress = Progress::new(modalities.clone(), args.quiet, args.stop_after_steps);
-    let summary = trainer.fit(train, validation, &mut progress)?;
+    let summary = trainer.fit(train.as_ref(), validation, &mut progress)?;
     progress.finish();
     if summary.stopped_early && summary.epochs_done < cfg.epochs {
         println!(

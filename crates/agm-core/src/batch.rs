@@ -51,3 +51,12 @@ pub trait BatchSource {
         self.len() == 0
     }
 }
+
+impl<T: BatchSource + ?Sized> BatchSource for &T {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn batch(&self, indices: &[usize], device: &candle_core::Device) -> Result<MultimodalBatch> {
+        (**self).batch(indices, device)
+    }
+}

@@ -19,6 +19,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod augment;
 pub mod av_digits;
 mod dataset;
 mod error;

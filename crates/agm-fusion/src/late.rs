@@ -55,6 +55,17 @@ impl FusionModel {
     /// The late concat model of `cfg`: variable names `<prefix>.<modality>_encoder.<i>.*` and
     /// `<prefix>.head.fc.*`.
     pub fn late_concat(cfg: &LateConcatConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
+        Self::sequential(cfg, &FusionKind::LateConcat, seed, dtype, device)
+    }
+
+    /// The encoders of `cfg` joined by any fusion.
+    pub fn sequential(
+        cfg: &LateConcatConfig,
+        fusion: &FusionKind,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let store = ParamStore::new();
         let root = store.builder(seed, dtype, device);
         let root = if cfg.prefix.is_empty() { root } else { root.pp(&cfg.prefix) };
@@ -65,7 +76,7 @@ impl FusionModel {
         }
         let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
         let modalities = ModalitySet::new(cfg.encoders.iter().map(|e| e.modality.clone()));
-        let fusion = FusionKind::LateConcat.build(&root, modalities.names(), &dims, cfg.num_classes)?;
+        let fusion = fusion.build(&root, modalities.names(), &dims, cfg.num_classes)?;
         FusionModel::from_parts(modalities, encoders, fusion, cfg.num_classes, store)
     }
 }

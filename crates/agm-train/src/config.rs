@@ -285,6 +285,17 @@ impl RunConfig {
         Ok(data)
     }
 
+    /// The training split as the trainer reads it: CREMA-D's frames get the reference's
+    /// train-time random resized crop and flip; every other dataset is read as is.
+    pub fn train_source<'a>(&self, data: &'a LoadedDataset) -> Box<dyn agm_core::BatchSource + 'a> {
+        match (self.dataset.as_str(), data.modalities.index_of("visual")) {
+            ("cremad", Some(visual)) => {
+                Box::new(agm_data::augment::RandomResizedCropFlip::new(&data.train, visual, self.seed))
+            }
+            _ => Box::new(&data.train),
+        }
+    }
+
     pub fn build_model(&self, device: &Device) -> Result<Box<dyn MultimodalModel>> {
         Ok(agm_fusion::build_preset(&self.model, &self.preset_options(), self.seed, DType::F32, device)?)
     }

@@ -1,0 +1,122 @@
+//! The fast Shapley path (one encoder pass per modality, every subset through the fusion in one
+//! batched call) against the faithful one (a whole-network pass per subset).
+
+use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatConfig};
+use agm_modulation::{shapley::masked_subsets, Agm, AgmConfig};
+use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
+use agm_train::step::NoObserver;
+use agm_train::{train_step, StepParts};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+const FUSIONS: [FusionKind; 6] = [
+    FusionKind::LateConcat,
+    FusionKind::LateSum,
+    FusionKind::Early { first_hidden: 8, second_hidden: 6 },
+    FusionKind::Film,
+    FusionKind::Gated { dim: 5 },
+    FusionKind::CrossModal { dim: 8, heads: 2 },
+];
+
+fn model(m: usize, fusion: &FusionKind, batch_norm: bool) -> FusionModel {
+    let names = ["audio", "visual", "text"];
+    let encoders = (0..m)
+        .map(|i| {
+            let mut layers = vec![EncoderLayer::Flatten, EncoderLayer::Linear { in_dim: 6, out_dim: 5 }];
+            if batch_norm {
+                layers.push(EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 });
+            }
+            layers.push(EncoderLayer::Relu);
+            EncoderSpec { modality: names[i].into(), layers }
+        })
+        .collect();
+    let cfg = LateConcatConfig { encoders, num_classes: 4, prefix: String::new() };
+    FusionModel::sequential(&cfg, fusion, 3, DType::F64, &Device::Cpu).unwrap()
+}
+
+fn batch(m: usize, seed: u64) -> MultimodalBatch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let inputs = (0..m)
+        .map(|_| {
+            let v: Vec<f64> = (0..8 * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
+            Tensor::from_vec(v, (8, 2, 3), &Device::Cpu).unwrap()
+        })
+        .collect();
+    let labels: Vec<u32> = (0..8).map(|_| rng.random_range(0..4)).collect();
+    MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Trains AGM for a few steps in one mode and returns every variable afterwards.
+fn train(m: usize, fusion: &FusionKind, batch_norm: bool, mode: ShapleyMode) -> Vec<(String, Tensor)> {
+    let model = model(m, fusion, batch_norm);
+    let trainable = model.param_groups().trainable();
+    let mut opt =
+        OptimizerConfig::Sgd(SgdConfig::agm_reference(0.1)).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
+    let mut agm = Agm::new(AgmConfig { alpha: 1.0, ..AgmConfig::av_digits() }, m).unwrap();
+    for step in 1..=4 {
+        let mut parts = StepParts {
+            model: &model,
+            modulator: &mut agm,
+            optimizer: opt.as_mut(),
+            trainable: &trainable,
+            shapley: mode,
+        };
+        train_step(&mut parts, &batch(m, step as u64), step, 1, step as u64, &mut NoObserver).unwrap();
+    }
+    model.param_groups().all_sorted().into_iter().map(|v| (v.name, v.var.as_tensor().clone())).collect()
+}
+
+#[test]
+fn fast_passes_equal_faithful_passes_for_every_fusion_without_mode_dependent_encoders() {
+    for m in [2, 3] {
+        for fusion in &FUSIONS {
+            let model = model(m, fusion, false);
+            assert!(model.fast_shapley_is_exact());
+            let b = batch(m, 9);
+            let subsets = masked_subsets(m);
+            let opts = ForwardOpts::train(m, 17);
+            let (full_a, passes_a) = model.shapley_passes(&b.inputs, &subsets, &opts, ShapleyMode::Faithful).unwrap();
+            let (full_b, passes_b) = model.shapley_passes(&b.inputs, &subsets, &opts, ShapleyMode::Fast).unwrap();
+            assert!(max_abs_diff(&full_a.logits, &full_b.logits) < 1e-12, "{fusion:?} M={m}: full pass");
+            assert_eq!(passes_a.len(), subsets.len());
+            for ((a, b), s) in passes_a.iter().zip(&passes_b).zip(&subsets) {
+                assert!(max_abs_diff(a, b) < 1e-12, "{fusion:?} M={m}: pass {s:?}");
+            }
+            // The batched faithful passes are the one-by-one passes of the reference.
+            for (s, a) in subsets.iter().zip(&passes_a) {
+                let one = model.forward(&b.inputs, &ForwardOpts::eval(m).with_present(*s)).unwrap().logits;
+                assert!(max_abs_diff(a, &one) < 1e-12, "{fusion:?} M={m}: batched pass {s:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn agm_training_is_the_same_in_both_modes_to_1e_10() {
+    for m in [2, 3] {
+        for fusion in &FUSIONS {
+            let faithful = train(m, fusion, false, ShapleyMode::Faithful);
+            let fast = train(m, fusion, false, ShapleyMode::Fast);
+            for ((name, a), (_, b)) in faithful.iter().zip(&fast) {
+                let d = max_abs_diff(a, b);
+                assert!(d < 1e-10, "{fusion:?} M={m}: {name} differs by {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn with_batch_norm_encoders_fast_is_a_different_documented_function() {
+    let model = model(2, &FusionKind::LateConcat, true);
+    assert!(!model.fast_shapley_is_exact());
+    let faithful = train(2, &FusionKind::LateConcat, true, ShapleyMode::Faithful);
+    let fast = train(2, &FusionKind::LateConcat, true, ShapleyMode::Fast);
+    let worst = faithful.iter().zip(&fast).map(|((_, a), (_, b))| max_abs_diff(a, b)).fold(0.0, f64::max);
+    assert!(worst > 1e-8, "masked passes reuse training-mode batch-norm features, so the runs differ");
+    assert!(fast.iter().all(|(_, t)| t.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().all(|v| v.is_finite())));
+}
