@@ -1,35 +1,47 @@
-//! Shared setup for the criterion benches and `cargo xtask bench`: one training step of the
-//! default AV-Digits model under a given method, on a fixed batch.
+//! Shared setup for the criterion benches and `cargo xtask bench`: one training step of a model
+//! preset under a given method, on a fixed batch; the kernels against plain candle; the
+//! AV-MNIST loader against the training step.
 
-use agm_core::{MultimodalBatch, MultimodalModel, NamedVar};
+use agm_core::{MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode};
+use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
+use agm_fusion::PresetOptions;
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::optim::{Optimizer, OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, RunConfig, StepParts};
-use candle_core::{Device, Result};
+use candle_core::{DType, Device, Result};
 
 /// A model, its method and optimizer, ready to step.
 pub struct StepBench {
+    /// `joint`, `agm` (faithful Shapley passes) or `agm-fast`.
     pub method: &'static str,
     model: Box<dyn MultimodalModel>,
     modulator: Box<dyn Modulator>,
     optimizer: Box<dyn Optimizer + Send>,
     trainable: Vec<NamedVar>,
+    shapley: ShapleyMode,
     step: usize,
 }
 
 impl StepBench {
-    /// `method` is `joint` or `agm`.
+    /// The default AV-Digits model; `method` is `joint`, `agm` or `agm-fast`.
     pub fn new(method: &'static str, device: &Device) -> Result<Self> {
-        let model = RunConfig::av_digits().build_model(device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Self::for_preset("av-digits-late", &PresetOptions::default(), method, device)
+    }
+
+    /// Model preset `preset` (seed 0) under `method`: `joint`, `agm` or `agm-fast`.
+    pub fn for_preset(preset: &str, opts: &PresetOptions, method: &'static str, device: &Device) -> Result<Self> {
+        let model = agm_fusion::build_preset(preset, opts, 0, DType::F32, device)?;
+        let m = model.modalities().len();
         let modulator: Box<dyn Modulator> = match method {
-            "agm" => Box::new(Agm::new(AgmConfig::av_digits(), 2).map_err(candle_core::Error::Msg)?),
+            "agm" | "agm-fast" => Box::new(Agm::new(AgmConfig::av_digits(), m).map_err(candle_core::Error::Msg)?),
             _ => Box::new(Joint::new()),
         };
+        let shapley = if method == "agm-fast" { ShapleyMode::Fast } else { ShapleyMode::Faithful };
         let trainable = model.param_groups().trainable();
         let optimizer =
             OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)).build(vec![ParamGroup::new(trainable.clone())])?;
-        Ok(Self { method, model, modulator, optimizer, trainable, step: 0 })
+        Ok(Self { method, model, modulator, optimizer, trainable, shapley, step: 0 })
     }
 
     /// One full training step on `batch`.
@@ -40,10 +52,31 @@ impl StepBench {
             modulator: self.modulator.as_mut(),
             optimizer: self.optimizer.as_mut(),
             trainable: &self.trainable,
-            shapley: agm_core::ShapleyMode::Faithful,
+            shapley: self.shapley,
         };
-        Ok(train_step(&mut parts, batch, self.step, 1, self.step as u64, &mut NoObserver)?.loss)
+        let loss = train_step(&mut parts, batch, self.step, 1, self.step as u64, &mut NoObserver)?.loss;
+        // Wait for the device so wall time covers the work (a no-op on the CPU).
+        self.trainable[0].var.device().synchronize()?;
+        Ok(loss)
     }
+}
+
+/// A batch of seeded synthetic samples with the input shapes of preset `preset`.
+pub fn preset_batch(preset: &str, opts: &PresetOptions, batch_size: usize, device: &Device) -> Result<MultimodalBatch> {
+    let spec = agm_fusion::preset_spec(preset, opts)?;
+    let data = agm_data::synthetic::generate(&SyntheticSpec {
+        modalities: spec
+            .inputs
+            .iter()
+            .map(|i| SyntheticModality { name: i.modality.clone(), shape: i.shape.clone(), vocab: i.vocab })
+            .collect(),
+        classes: spec.classes,
+        segments: spec.segments,
+        sizes: [batch_size, 0, 0],
+        noise: 1.0,
+        seed: 0,
+    });
+    data.train.batch(&(0..batch_size).collect::<Vec<_>>(), device)
 }
 
 /// The first `batch_size` training samples of AV-Digits.
@@ -74,3 +107,17 @@ pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, s
         })
         .collect())
 }
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
+}
+
+/// Resets the peak resident memory to the current size (Linux), so the next peak is one arm's.
+pub fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub mod loader;
