@@ -1,23 +1,162 @@
-//! `cargo xtask bench`: one AGM step against one joint step on the default model, timed in one
-//! run (interleaved, so machine load affects both alike), reported as a ratio.
+//! `cargo xtask bench`: AGM against joint training per model preset, with the faithful and the
+//! fast Shapley passes, timed interleaved in one run (machine load hits every arm alike) and
+//! reported as ratios; optionally the kernels against plain candle, the loader against the
+//! step, and the reference's own PyTorch steps.
 
 use std::process::ExitCode;
 
-use agm_benches::{av_digits_batch, interleaved_medians, StepBench};
+use agm_benches::{interleaved_medians, peak_memory_bytes, preset_batch, reset_peak_memory, StepBench};
+use agm_fusion::{InputScale, PresetOptions};
+use anyhow::Context;
 use candle_core::Device;
 
 use crate::cli::BenchArgs;
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+const ARMS: [&str; 3] = ["joint", "agm", "agm-fast"];
+
+struct Row {
+    model: String,
+    modalities: usize,
+    batch: usize,
+    ms: [f64; 3],
+    peak_mib: Option<[f64; 3]>,
+}
+
+fn options(args: &BenchArgs) -> PresetOptions {
+    PresetOptions { scale: InputScale::Reference, sequence_len: args.seq_len, ..PresetOptions::default() }
+}
+
+/// Peak resident memory of `steps` steps of one arm built alone, in MiB.
+fn peak_of(model: &str, opts: &PresetOptions, arm: &'static str, batch_size: usize) -> anyhow::Result<Option<f64>> {
     let device = Device::Cpu;
-    let batch = av_digits_batch(args.batch_size, &device)?;
-    let mut arms = vec![StepBench::new("joint", &device)?, StepBench::new("agm", &device)?];
-    let medians = interleaved_medians(&mut arms, &batch, args.steps)?;
-    println!("default AV-Digits model, batch {}, {} timed steps each, CPU, median", args.batch_size, args.steps);
-    println!("| method | step (ms) | ratio to joint |");
-    println!("|---|---|---|");
-    for (arm, t) in arms.iter().zip(&medians) {
-        println!("| {} | {:.3} | {:.2}x |", arm.method, 1e3 * t, t / medians[0]);
+    let batch = preset_batch(model, opts, batch_size, &device)?;
+    let mut bench = StepBench::for_preset(model, opts, arm, &device)?;
+    reset_peak_memory();
+    for _ in 0..2 {
+        bench.step(&batch)?;
+    }
+    Ok(peak_memory_bytes().map(|b| b as f64 / (1024.0 * 1024.0)))
+}
+
+fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
+    let opts = options(args);
+    let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
+    let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
+    let mut arms = ARMS
+        .iter()
+        .map(|arm| StepBench::for_preset(model, &opts, arm, device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let t = interleaved_medians(&mut arms, &batch, args.steps)?;
+    let modalities = batch.inputs.len();
+    drop(arms);
+    let peak_mib = if device.is_cpu() {
+        let mut peaks = [0.0; 3];
+        for (p, arm) in peaks.iter_mut().zip(ARMS) {
+            *p = peak_of(model, &opts, arm, batch_size)?.unwrap_or(f64::NAN);
+        }
+        Some(peaks)
+    } else {
+        None
+    };
+    Ok(Row { model: model.into(), modalities, batch: batch_size, ms: [1e3 * t[0], 1e3 * t[1], 1e3 * t[2]], peak_mib })
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let device = match args.device.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("--device cuda (build with --features cuda; docs/cuda.md)")?,
+        other => anyhow::bail!("--device `{other}` is not known; allowed: cpu, cuda"),
+    };
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    println!("device {}, threads {threads}, median of {} interleaved steps per arm", args.device, args.steps);
+    println!();
+    println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let r = time_model(model, &args, &device)?;
+        let (peaks, ratio) = match r.peak_mib {
+            Some(p) => (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0])),
+            None => ("n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {peaks} | {ratio} |",
+            r.model,
+            r.modalities,
+            r.batch,
+            r.ms[0],
+            r.ms[1],
+            r.ms[2],
+            r.ms[1] / r.ms[0],
+            r.ms[2] / r.ms[0]
+        );
+    }
+    if args.kernels {
+        println!();
+        println!("| kernel (forward + backward) | ours ms | plain candle ms | ours / candle |");
+        println!("|---|---|---|---|");
+        // KERNELS-PENDING
+        loader_row(&device)?;
+    }
+    if let Some(python) = &args.reference_python {
+        reference_rows(python, args.reference_tree.as_deref(), &args)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The AV-MNIST loader (4,000 generated rows) against the `avmnist-late` joint step, batch 16.
+fn loader_row(device: &Device) -> anyhow::Result<()> {
+    use agm_benches::loader::{load_avmnist, seconds_per_batch, write_avmnist};
+    let dir = tempfile::tempdir()?;
+    write_avmnist(dir.path(), 4000, 400, 0)?;
+    let data = load_avmnist(dir.path())?;
+    let per_batch = seconds_per_batch(&data, 16, device)?;
+    let opts = PresetOptions::default();
+    let batch = preset_batch("avmnist-late", &opts, 16, device)?;
+    let mut arms = vec![StepBench::for_preset("avmnist-late", &opts, "joint", device)?];
+    let per_step = interleaved_medians(&mut arms, &batch, 3)?[0];
+    println!();
+    println!(
+        "AV-MNIST loader (4,000 rows, batch 16, prefetch thread): {:.1} batches/s; avmnist-late joint step {:.2} steps/s; loader/step rate {:.0}x",
+        1.0 / per_batch,
+        1.0 / per_step,
+        per_step / per_batch
+    );
+    Ok(())
+}
+
+/// Runs scripts/reference_step_bench.py for the AV-MNIST and UR-Funny cases and prints its
+/// numbers next to ours.
+fn reference_rows(python: &std::path::Path, tree: Option<&std::path::Path>, args: &BenchArgs) -> anyhow::Result<()> {
+    let tree = tree.context("--reference-python needs --reference-tree <reference repository tree>")?;
+    let script = crate::workspace_root().join("scripts/reference_step_bench.py");
+    println!();
+    println!("| reference (PyTorch) | batch | joint ms | AGM ms | AGM/joint | peak MiB joint / AGM |");
+    println!("|---|---|---|---|---|---|");
+    for case in ["avmnist", "urfunny"] {
+        let out = std::process::Command::new(python)
+            .arg(&script)
+            .args(["--reference"])
+            .arg(tree)
+            .args(["--case", case, "--batch", &args.large_batch_size.to_string()])
+            .args(["--steps", &args.steps.min(5).to_string(), "--seq-len", &args.seq_len.to_string()])
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !out.status.success() {
+            anyhow::bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))
+            .with_context(|| format!("reading the JSON line of {}", script.display()))?;
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+        println!(
+            "| {case} | {} | {:.1} | {:.1} | {:.2}x | {:.0} / {:.0} |",
+            args.large_batch_size,
+            f("joint_ms_median"),
+            f("agm_ms_median"),
+            f("agm_ms_median") / f("joint_ms_median"),
+            f("joint_peak_rss_mib"),
+            f("agm_peak_rss_mib")
+        );
+    }
+    Ok(())
 }

@@ -183,9 +183,32 @@ pub enum DataCommand {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Timed steps per method.
-    #[arg(long, default_value_t = 30)]
+    /// Comma-separated model presets; each is timed under joint training and AGM with the
+    /// faithful and the fast Shapley passes.
+    #[arg(long, default_value = "av-digits-late,av-digits-early")]
+    pub models: String,
+    /// Timed steps per arm (after warm-up), interleaved across arms.
+    #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Batch size (the AV-Digits models); the reference-scale presets use `--large-batch-size`.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub large_batch_size: usize,
+    /// UR-Funny sequence length for the `urfunny-*` presets.
+    #[arg(long, default_value_t = 20)]
+    pub seq_len: usize,
+    /// `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Also time the kernels against plain candle and the AV-MNIST loader against its step.
+    #[arg(long)]
+    pub kernels: bool,
+    /// A Python with PyTorch: the reference's own steps are timed in the same run
+    /// (scripts/reference_step_bench.py, docs/reference-bench.md).
+    #[arg(long)]
+    pub reference_python: Option<PathBuf>,
+    /// The reference repository tree for `--reference-python`.
+    #[arg(long)]
+    pub reference_tree: Option<PathBuf>,
 }
