@@ -48,6 +48,15 @@ pub struct StudyArgs {
     /// AV-Digits noise preset.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Model preset (default: the dataset's `-late` preset).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The dataset's folder or `hf://<repo-id>` (datasets other than av-digits and synthetic).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// AGM's Shapley passes for every run: `faithful` or `fast`.
+    #[arg(long)]
+    pub shapley: Option<String>,
     /// Output folder (default: runs/study-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,

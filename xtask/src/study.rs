@@ -468,6 +468,17 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = args.epochs {
         base.epochs = e;
     }
+    if let Some(m) = &args.model {
+        base.model = m.clone();
+    } else if args.dataset != "av-digits" {
+        base.model = agm_train::config::default_model(&args.dataset);
+    }
+    if let Some(d) = &args.data {
+        base.data = d.clone();
+    }
+    if let Some(s) = &args.shapley {
+        base.shapley = s.clone();
+    }
     let configs: Vec<RunConfig> = methods
         .iter()
         .flat_map(|m| (0..args.seeds).map(move |seed| (m.clone(), seed)))

@@ -50,8 +50,8 @@ pub struct RunConfig {
     pub device: String,
     /// Also checkpoint every this many steps (0: at the end of each epoch only).
     pub checkpoint_every_steps: usize,
-    /// How Shapley-based methods run their masked passes: `faithful` (the reference's passes)
-    /// or `fast` (one encoder pass per modality; see `docs/agm.md`).
+    /// How Shapley-based methods run their masked passes: `fast` (default: one encoder pass per
+    /// modality) or `faithful` (the reference's whole-network passes); see `docs/agm.md`.
     pub shapley: String,
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
@@ -105,7 +105,7 @@ impl RunConfig {
             batch_size: 64,
             device: "cpu".into(),
             checkpoint_every_steps: 0,
-            shapley: "faithful".into(),
+            shapley: "fast".into(),
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05)),
             schedule: ScheduleConfig::Constant,
             agm: AgmConfig::av_digits(),
