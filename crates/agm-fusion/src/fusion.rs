@@ -3,9 +3,9 @@
 //! A fusion sees one feature `[B, d_m]` per modality, so every fusion works with every encoder,
 //! every modulator and any number of modalities.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, D};
 
-use crate::{Linear, ParamBuilder, ParamRole};
+use crate::{Linear, MaxOutMlp, ParamBuilder, ParamRole};
 
 /// What a fusion returns: logits and the fused feature the competition metric regresses from.
 #[derive(Clone, Debug)]
@@ -77,7 +77,10 @@ impl FusionKind {
                     .collect::<Result<_>>()?;
                 Box::new(LateSum { heads })
             }
-            FusionKind::Early { .. } => candle_core::bail!("early fusion: pending MaxOutMlp"),
+            FusionKind::Early { first_hidden, second_hidden } => Box::new(Early {
+                mlp: MaxOutMlp::new(&shared.pp("mm_encoder"), total, first_hidden, second_hidden)?,
+                fc: head(&head_pb, second_hidden, classes)?,
+            }),
             FusionKind::Film => {
                 if dims.len() < 2 {
                     candle_core::bail!("FiLM fusion needs at least two modalities");
@@ -99,7 +102,20 @@ impl FusionKind {
                 gate: Linear::new(&fusion_pb.pp("gate"), total, dims.len(), true)?,
                 fc: head(&head_pb, dim, classes)?,
             }),
-            FusionKind::CrossModal { .. } => candle_core::bail!("cross-modal fusion: pending transformer layer"),
+            FusionKind::CrossModal { dim, heads } => {
+                let proj = dims
+                    .iter()
+                    .enumerate()
+                    .map(|(m, &d)| Linear::new(&fusion_pb.pp(format!("proj{m}")), d, dim, true))
+                    .collect::<Result<_>>()?;
+                let embed = fusion_pb.param(
+                    (dims.len(), dim),
+                    "modality_embed",
+                    crate::ParamInit::Normal { mean: 0.0, std: 0.02 },
+                )?;
+                let layer = crate::TransformerEncoderLayer::new(&fusion_pb.pp("layer"), dim, heads, 2 * dim, 0.1)?;
+                Box::new(CrossModal { proj, embed, layer, fc: head(&head_pb, dims.len() * dim, classes)? })
+            }
         })
     }
 }
@@ -133,6 +149,22 @@ impl Fusion for LateSum {
             logits = (logits + h.forward(f)?)?;
         }
         Ok(FusionOutput { logits, fused: Tensor::cat(features, 1)? })
+    }
+}
+
+struct Early {
+    mlp: MaxOutMlp,
+    fc: Linear,
+}
+
+impl Fusion for Early {
+    fn forward_t(&self, features: &[Tensor], train: bool, seed: u64) -> Result<FusionOutput> {
+        let fused = self.mlp.forward_t(&Tensor::cat(features, 1)?, train, seed)?;
+        Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+
+    fn mode_dependent(&self) -> bool {
+        true
     }
 }
 
@@ -174,5 +206,27 @@ impl Fusion for Gated {
         }
         let fused = fused.expect("at least one modality");
         Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+}
+
+struct CrossModal {
+    proj: Vec<Linear>,
+    embed: candle_core::Var,
+    layer: crate::TransformerEncoderLayer,
+    fc: Linear,
+}
+
+impl Fusion for CrossModal {
+    fn forward_t(&self, features: &[Tensor], train: bool, seed: u64) -> Result<FusionOutput> {
+        let tokens =
+            self.proj.iter().zip(features).map(|(p, f)| p.forward(f)?.unsqueeze(1)).collect::<Result<Vec<_>>>()?;
+        let tokens = Tensor::cat(&tokens, 1)?.broadcast_add(&self.embed.as_tensor().unsqueeze(0)?)?;
+        let out = self.layer.forward_t(&tokens, train, seed)?;
+        let fused = out.flatten_from(D::Minus2)?;
+        Ok(FusionOutput { logits: self.fc.forward(&fused)?, fused })
+    }
+
+    fn mode_dependent(&self) -> bool {
+        true
     }
 }

@@ -19,18 +19,30 @@
 //! # Ok(()) }
 //! ```
 
+mod ave;
 mod encoder;
 mod fusion;
 mod late;
 mod layers;
+mod lstm;
+mod maxout;
 mod model;
+mod mosei;
 mod presets;
+mod resnet;
 mod store;
+mod transformer;
 
+pub use ave::AvePspNet;
 pub use encoder::{Encoder, EncoderLayer, SequentialEncoder};
 pub use fusion::{Fusion, FusionKind, FusionOutput};
 pub use late::{EncoderSpec, LateConcatConfig};
 pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear};
+pub use lstm::Lstm;
+pub use maxout::MaxOutMlp;
 pub use model::FusionModel;
+pub use mosei::{MoseiMatConfig, MoseiMatNet};
 pub use presets::{build_preset, preset_names, preset_spec, InputScale, InputSpec, PresetOptions, PresetSpec};
+pub use resnet::{ResNet18, ResNetConfig, ResNetInit};
 pub use store::{ParamBuilder, ParamInit, ParamRole, ParamStore};
+pub use transformer::{Transformer, TransformerConfig, TransformerEncoderLayer};

@@ -10,7 +10,8 @@ use agm_core::{ModalitySet, MultimodalModel};
 use candle_core::{DType, Device, Result};
 
 use crate::{
-    Encoder, EncoderLayer, FusionKind, FusionModel, LateConcatConfig, ParamRole, ParamStore, SequentialEncoder,
+    AvePspNet, Encoder, EncoderLayer, FusionKind, FusionModel, LateConcatConfig, MoseiMatConfig, MoseiMatNet,
+    ParamRole, ParamStore, ResNet18, ResNetConfig, ResNetInit, SequentialEncoder, Transformer, TransformerConfig,
 };
 
 /// One model input.
@@ -121,7 +122,7 @@ pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
         "mosei-mat" => {
             let text = InputSpec { modality: "text".into(), shape: vec![60], vocab: Some(opts.vocab_size) };
             let reference = (opts.vocab_size == 50).then_some(41_252_596);
-            return Ok(spec("mosei", vec![input("audio", &[60, 80]), text], 2, 1, reference));
+            return Ok(spec("mosei", vec![text, input("audio", &[60, 80])], 2, 1, reference));
         }
         _ => {}
     }
@@ -194,7 +195,10 @@ pub fn build_preset(
     device: &Device,
 ) -> Result<Box<dyn MultimodalModel>> {
     match name {
-        "ave-psp" | "mosei-mat" => candle_core::bail!("PENDING"),
+        "ave-psp" => return Ok(Box::new(AvePspNet::new(seed, dtype, device)?)),
+        "mosei-mat" => {
+            return Ok(Box::new(MoseiMatNet::new(&MoseiMatConfig::paper(opts.vocab_size), seed, dtype, device)?))
+        }
         _ => {}
     }
     let (family, fusion) = family_and_fusion(name).ok_or_else(|| unknown(name))?;
@@ -211,7 +215,15 @@ pub fn build_preset(
                 let layers: Vec<EncoderLayer> = LateConcatConfig::av_digits().encoders[m].layers.clone();
                 Box::new(SequentialEncoder::new(&pb, &layers)?)
             }
-            _ => candle_core::bail!("PENDING"),
+            "avmnist" => Box::new(ResNet18::new(&pb, &ResNetConfig { in_channels: 1, init: ResNetInit::Reference })?),
+            "cremad" => {
+                let in_channels = input.shape[0];
+                Box::new(ResNet18::new(&pb, &ResNetConfig { in_channels, init: ResNetInit::WeightInit })?)
+            }
+            _ => {
+                let features = *input.shape.last().expect("sequence input");
+                Box::new(Transformer::new(&pb, &TransformerConfig::urfunny(features))?)
+            }
         };
         encoders.push(encoder);
     }

@@ -180,14 +180,47 @@ impl ParamBuilder {
         self.create(shape.into(), name, init, ParamRole::Buffer)
     }
 
+    /// The values `param(shape, name, init)` would start with, without creating a variable: for
+    /// modules whose initialisation differs from the layer constructor's (a BatchNorm weight drawn
+    /// around 1 in a ResNet).
+    pub fn draw(&self, shape: impl Into<Shape>, name: &str, init: ParamInit) -> Result<Tensor> {
+        self.values(shape.into(), &self.path(name), init)
+    }
+
+    /// A trainable variable with the builder's role that starts as a copy of `value` (converted
+    /// to the builder's dtype and device): for modules that start as copies of another, as
+    /// PyTorch's `nn.TransformerEncoder` deep-copies its layer. The copy owns its storage.
+    pub fn param_from(&self, name: &str, value: &Tensor) -> Result<Var> {
+        let t = value.detach().to_dtype(self.dtype)?.to_device(&self.device)?;
+        // A detached tensor is never a variable, so `from_tensor` copies it.
+        let var = Var::from_tensor(&t)?;
+        self.register(self.path(name), var.clone(), self.role)?;
+        Ok(var)
+    }
+
     fn create(&self, shape: Shape, name: &str, init: ParamInit, role: ParamRole) -> Result<Var> {
         let path = self.path(name);
+        if self.store.entries.lock().expect("param store lock").contains_key(&path) {
+            candle_core::bail!("variable `{path}` created twice");
+        }
+        let var = Var::from_tensor(&self.values(shape, &path, init)?)?;
+        self.register(path, var.clone(), role)?;
+        Ok(var)
+    }
+
+    fn register(&self, path: String, var: Var, role: ParamRole) -> Result<()> {
         let mut entries = self.store.entries.lock().expect("param store lock");
         if entries.contains_key(&path) {
             candle_core::bail!("variable `{path}` created twice");
         }
+        entries.insert(path, Entry { var, role });
+        Ok(())
+    }
+
+    /// The seeded initial values of the variable at `path`.
+    fn values(&self, shape: Shape, path: &str, init: ParamInit) -> Result<Tensor> {
         let n = shape.elem_count();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ stable_hash(&path));
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ stable_hash(path));
         let values: Vec<f64> = match init {
             ParamInit::Const(c) => vec![c; n],
             ParamInit::Uniform { bound } => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),
@@ -200,9 +233,6 @@ impl ParamBuilder {
                 })
                 .collect(),
         };
-        let t = Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)?;
-        let var = Var::from_tensor(&t)?;
-        entries.insert(path, Entry { var: var.clone(), role });
-        Ok(var)
+        Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)
     }
 }

@@ -1,0 +1,238 @@
+//! The reference's `Transformer(n_features, dim, n_head, n_layers)` sequence encoder: a bias-free
+//! kernel-1 Conv1d projection, then PyTorch's post-norm `nn.TransformerEncoder`, read at the
+//! first time step.
+//!
+//! Variable names follow PyTorch (`conv.weight`, `transformer.layers.0.self_attn.in_proj_weight`,
+//! ...) so a checkpoint of the reference loads by name.
+
+use candle_core::{Result, Tensor, Var};
+
+use crate::{dropout, Encoder, LayerNorm, ParamBuilder, ParamInit};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransformerConfig {
+    /// Features per time step (`n_features`).
+    pub in_features: usize,
+    /// Model width (`dim`, PyTorch's `d_model`).
+    pub dim: usize,
+    pub heads: usize,
+    pub layers: usize,
+    /// Width of the feed-forward block (`dim_feedforward`).
+    pub ff_dim: usize,
+    /// Dropout probability on attention weights, after attention, inside and after the
+    /// feed-forward block.
+    pub dropout: f64,
+}
+
+impl TransformerConfig {
+    /// UR-Funny's encoder: `Transformer(in_features, 768, 4, 8)` with PyTorch's layer defaults
+    /// (feed-forward 2048, dropout 0.1).
+    pub fn urfunny(in_features: usize) -> Self {
+        Self { in_features, dim: 768, heads: 4, layers: 8, ff_dim: 2048, dropout: 0.1 }
+    }
+}
+
+/// `x Wᵀ + b` over the last dimension of `[B, L, in]`.
+#[derive(Debug)]
+struct Dense {
+    weight: Var,
+    bias: Var,
+}
+
+impl Dense {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = rowwise_matmul(x, &self.weight.as_tensor().t()?)?;
+        y.broadcast_add(self.bias.as_tensor())
+    }
+}
+
+/// `[B, L, in] × [in, out]` as one 2-D product over all `B·L` rows.
+fn rowwise_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, l, f) = x.dims3()?;
+    x.reshape((b * l, f))?.matmul(w)?.reshape((b, l, w.dim(1)?))
+}
+
+/// Creates the variables of one encoder layer: drawn for the first layer, copied from it for the
+/// others (PyTorch deep-copies one layer, so all start identical).
+struct LayerVars<'a> {
+    pb: ParamBuilder,
+    template: Option<&'a EncoderLayer>,
+}
+
+impl LayerVars<'_> {
+    fn var(&self, name: &str, shape: &[usize], init: ParamInit, pick: impl Fn(&EncoderLayer) -> &Var) -> Result<Var> {
+        match self.template {
+            Some(t) => self.pb.param_from(name, pick(t).as_tensor()),
+            None => self.pb.param(shape, name, init),
+        }
+    }
+}
+
+/// PyTorch's `TransformerEncoderLayer(dim, nhead, dim_feedforward, dropout, activation=relu,
+/// norm_first=False)`.
+#[derive(Debug)]
+struct EncoderLayer {
+    in_proj: Dense,
+    out_proj: Dense,
+    linear1: Dense,
+    linear2: Dense,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn new(pb: &ParamBuilder, cfg: &TransformerConfig, template: Option<&EncoderLayer>) -> Result<Self> {
+        let (d, f) = (cfg.dim, cfg.ff_dim);
+        let attn = LayerVars { pb: pb.pp("self_attn"), template };
+        let zero = ParamInit::Const(0.0);
+        // PyTorch's nn.Linear default: kaiming_uniform(a=√5) for the weight, which is
+        // U(±1/√fan_in), and U(±1/√fan_in) for the bias.
+        let linear_init = |fan_in: usize| ParamInit::Uniform { bound: 1.0 / (fan_in as f64).sqrt() };
+        // MultiheadAttention: xavier_uniform over the packed [3d, d] weight, zero biases; the
+        // output projection keeps nn.Linear's default weight.
+        let xavier = ParamInit::Uniform { bound: (6.0 / (d + 3 * d) as f64).sqrt() };
+        let in_proj = Dense {
+            weight: attn.var("in_proj_weight", &[3 * d, d], xavier, |t| &t.in_proj.weight)?,
+            bias: attn.var("in_proj_bias", &[3 * d], zero, |t| &t.in_proj.bias)?,
+        };
+        let out = LayerVars { pb: pb.pp("self_attn").pp("out_proj"), template };
+        let out_proj = Dense {
+            weight: out.var("weight", &[d, d], linear_init(d), |t| &t.out_proj.weight)?,
+            bias: out.var("bias", &[d], zero, |t| &t.out_proj.bias)?,
+        };
+        let l1 = LayerVars { pb: pb.pp("linear1"), template };
+        let linear1 = Dense {
+            weight: l1.var("weight", &[f, d], linear_init(d), |t| &t.linear1.weight)?,
+            bias: l1.var("bias", &[f], linear_init(d), |t| &t.linear1.bias)?,
+        };
+        let l2 = LayerVars { pb: pb.pp("linear2"), template };
+        let linear2 = Dense {
+            weight: l2.var("weight", &[d, f], linear_init(f), |t| &t.linear2.weight)?,
+            bias: l2.var("bias", &[d], linear_init(f), |t| &t.linear2.bias)?,
+        };
+        // LayerNorm starts at weight 1, bias 0: identical in every layer without copying.
+        let norm1 = LayerNorm::new(&pb.pp("norm1"), d, 1e-5)?;
+        let norm2 = LayerNorm::new(&pb.pp("norm2"), d, 1e-5)?;
+        Ok(Self { in_proj, out_proj, linear1, linear2, norm1, norm2 })
+    }
+
+    /// `x [B, L, d]`; `seeds` yields this layer's four dropout seeds.
+    fn forward_t(&self, x: &Tensor, heads: usize, p: f64, train: bool, seeds: [u64; 4]) -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let hd = d / heads;
+        let qkv = self.in_proj.forward(x)?;
+        // [B, L, d] → [B, heads, L, hd].
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i * d, d)?.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+        };
+        // PyTorch scales the queries before the product.
+        let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
+        let (k, v) = (split(1)?, split(2)?);
+        let scores = q.matmul(&k.t()?)?;
+        let attn = agm_kernels::softmax_last_dim(&scores)?;
+        let attn = dropout(&attn, p, train, seeds[0])?;
+        let ctx = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, l, d))?;
+        let sa = self.out_proj.forward(&ctx)?;
+        let x = self.norm1.forward(&(x + dropout(&sa, p, train, seeds[1])?)?)?;
+        let ff = dropout(&self.linear1.forward(&x)?.relu()?, p, train, seeds[2])?;
+        let ff = self.linear2.forward(&ff)?;
+        self.norm2.forward(&(&x + dropout(&ff, p, train, seeds[3])?)?)
+    }
+}
+
+/// One post-norm encoder layer on its own (PyTorch's `TransformerEncoderLayer` with ReLU), for
+/// fusions that attend across modality tokens. Input and output `[B, L, dim]`.
+#[derive(Debug)]
+pub struct TransformerEncoderLayer {
+    layer: EncoderLayer,
+    heads: usize,
+    dropout: f64,
+}
+
+impl TransformerEncoderLayer {
+    pub fn new(pb: &ParamBuilder, dim: usize, heads: usize, ff_dim: usize, dropout: f64) -> Result<Self> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            candle_core::bail!("transformer width {dim} is not divisible by {heads} heads");
+        }
+        let cfg = TransformerConfig { in_features: dim, dim, heads, layers: 1, ff_dim, dropout };
+        Ok(Self { layer: EncoderLayer::new(pb, &cfg, None)?, heads, dropout })
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        let s = |j: u64| site_seed(dropout_seed, j);
+        self.layer.forward_t(x, self.heads, self.dropout, train, [s(0), s(1), s(2), s(3)])
+    }
+}
+
+/// SplitMix64 of `seed` and a site index: distinct, well-spread dropout seeds per use.
+fn site_seed(seed: u64, site: u64) -> u64 {
+    let mut z = seed ^ site.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Input `[B, L, in_features]` (batch first) → the encoder output at the first time step
+/// `[B, dim]`. No positional encoding and no padding mask, as in the reference.
+#[derive(Debug)]
+pub struct Transformer {
+    conv: Var,
+    layers: Vec<EncoderLayer>,
+    cfg: TransformerConfig,
+}
+
+impl Transformer {
+    pub fn new(pb: &ParamBuilder, cfg: &TransformerConfig) -> Result<Self> {
+        if cfg.heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) {
+            candle_core::bail!("transformer width {} is not divisible by {} heads", cfg.dim, cfg.heads);
+        }
+        if cfg.layers == 0 {
+            candle_core::bail!("a transformer needs at least one layer");
+        }
+        // Conv1d default init: U(±1/√fan_in) with fan_in = in_features · kernel 1.
+        let bound = 1.0 / (cfg.in_features as f64).sqrt();
+        let conv = pb.pp("conv").param((cfg.dim, cfg.in_features, 1), "weight", ParamInit::Uniform { bound })?;
+        let lpb = pb.pp("transformer").pp("layers");
+        let first = EncoderLayer::new(&lpb.pp("0"), cfg, None)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 1..cfg.layers {
+            let layer = EncoderLayer::new(&lpb.pp(i.to_string()), cfg, Some(&first))?;
+            layers.push(layer);
+        }
+        layers.insert(0, first);
+        Ok(Self { conv, layers, cfg: *cfg })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        let (_, _, f) = x.dims3()?;
+        if f != self.cfg.in_features {
+            candle_core::bail!("transformer expects {} features per step, got {f}", self.cfg.in_features);
+        }
+        // A kernel-1 Conv1d is a bias-free linear map applied at every time step.
+        let w = self.conv.as_tensor().squeeze(2)?;
+        let mut h = rowwise_matmul(x, &w.t()?)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let s = |j: u64| site_seed(dropout_seed, 4 * i as u64 + j);
+            h = layer.forward_t(&h, self.cfg.heads, self.cfg.dropout, train, [s(0), s(1), s(2), s(3)])?;
+        }
+        h.narrow(1, 0, 1)?.squeeze(1)
+    }
+}
+
+impl Encoder for Transformer {
+    fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
+        Transformer::forward_t(self, x, train, dropout_seed)
+    }
+
+    fn out_dim(&self) -> usize {
+        self.cfg.dim
+    }
+
+    fn mode_dependent(&self) -> bool {
+        self.cfg.dropout > 0.0
+    }
+}
