@@ -120,4 +120,5 @@ pub fn reset_peak_memory() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+pub mod kernels;
 pub mod loader;

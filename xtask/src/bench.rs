@@ -94,7 +94,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!();
         println!("| kernel (forward + backward) | ours ms | plain candle ms | ours / candle |");
         println!("|---|---|---|---|");
-        // KERNELS-PENDING
+        for k in agm_benches::kernels::kernel_ratios(&device, 10)? {
+            println!("| {} | {:.2} | {:.2} | {:.2}x |", k.name, k.ours_ms, k.reference_ms, k.ours_ms / k.reference_ms);
+        }
         loader_row(&device)?;
     }
     if let Some(python) = &args.reference_python {

@@ -1,0 +1,144 @@
+//! Per-sample cross-entropy, fused: one pass over the logits forward and one backward.
+//!
+//! candle-nn's `cross_entropy` only returns the batch mean; AGM-style methods need each sample's
+//! loss, and composing `log_softmax` + `gather` costs several passes and temporaries.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+
+use crate::cpu::{check_real, dispatch_real, for_each_chunk, for_each_chunk_pair, same_storage_dtype, slice, Real};
+
+/// Checks `logits [B, K]` against `labels u32 [B]` and returns the labels.
+fn checked_labels(logits: &Tensor, labels: &Tensor, op: &str) -> Result<Vec<u32>> {
+    let (b, k) = logits.dims2()?;
+    if k == 0 {
+        candle_core::bail!("{op}: logits {:?} have no classes", logits.dims());
+    }
+    if labels.dtype() != DType::U32 {
+        candle_core::bail!("{op}: labels must be u32, got {:?}", labels.dtype());
+    }
+    if labels.dims() != [b] {
+        candle_core::bail!("{op}: labels {:?} must be [{b}] to match logits {:?}", labels.dims(), logits.dims());
+    }
+    let values = labels.to_vec1::<u32>()?;
+    if let Some(bad) = values.iter().find(|&&l| l as usize >= k) {
+        candle_core::bail!("{op}: label {bad} is out of range for {k} classes");
+    }
+    Ok(values)
+}
+
+/// Per-sample cross-entropy `−log softmax(logits)[label]` of `logits [B, K]` and `labels u32 [B]`,
+/// as a `[B]` tensor with gradients to `logits` (`(softmax − onehot) · g`).
+///
+/// On the CPU a fused, max-subtracted custom op. f32 and f64 only. On other devices (the `cuda`
+/// feature) this calls [`cross_entropy_per_sample_ref`]. Labels are read to the host once and
+/// checked against `K`.
+pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    const OP: &str = "cross_entropy_per_sample";
+    if !logits.device().is_cpu() {
+        return cross_entropy_per_sample_ref(logits, labels);
+    }
+    let labels = checked_labels(logits, labels, OP)?;
+    check_real(logits, OP)?;
+    logits.contiguous()?.apply_op1(CrossEntropy { labels: labels.into(), probs: Mutex::new(None) })
+}
+
+/// Reference from plain differentiable ops: max-subtracted `log_softmax`, then `gather`.
+pub fn cross_entropy_per_sample_ref(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    checked_labels(logits, labels, "cross_entropy_per_sample_ref")?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let log_probs = shifted.broadcast_sub(&lse)?;
+    log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+}
+
+/// The forward pass also keeps the softmax of every row, so the backward pass needs no `exp`.
+/// The checked labels live in the op, not in the graph: they never need a gradient.
+struct CrossEntropy {
+    labels: Arc<[u32]>,
+    probs: Mutex<Option<Arc<CpuStorage>>>,
+}
+
+impl CrossEntropy {
+    fn stash(&self) -> Result<std::sync::MutexGuard<'_, Option<Arc<CpuStorage>>>> {
+        self.probs.lock().map_err(|_| candle_core::Error::Msg("cross entropy: poisoned lock".into()))
+    }
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "agm-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, k) = layout.shape().dims2()?;
+        if b != self.labels.len() {
+            candle_core::bail!("{}: {b} rows for {} labels", self.name(), self.labels.len());
+        }
+        dispatch_real!(storage, self.name(), T => {
+            let x = slice::<T>(storage, layout, self.name())?;
+            let mut probs = vec![T::ZERO; b * k];
+            let mut out = vec![T::ZERO; b];
+            for_each_chunk_pair(&mut probs, k, &mut out, 1, 2 * k, |i, p, loss| {
+                let row = &x[i * k..(i + 1) * k];
+                let max = row.iter().fold(T::NEG_INF, |m, &v| if v > m { v } else { m });
+                let mut sum = T::ZERO;
+                for (p, &v) in p.iter_mut().zip(row) {
+                    *p = (v - max).exp();
+                    sum += *p;
+                }
+                // −log p[y] from the logits, not from the rounded (possibly underflowed) p[y].
+                loss[0] = max + sum.ln() - row[self.labels[i] as usize];
+                let inv = T::from_f64(1.0) / sum;
+                p.iter_mut().for_each(|p| *p *= inv);
+            });
+            *self.stash()? = Some(Arc::new(T::to_cpu_storage_owned(probs)));
+            Ok((T::to_cpu_storage_owned(out), Shape::from(b)))
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let Some(probs) = self.stash()?.clone() else {
+            candle_core::bail!("{}: backward before forward", self.name());
+        };
+        let op = CrossEntropyBwd { labels: self.labels.clone(), probs };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// Gradient of [`CrossEntropy`]: `g [B]` to `(softmax − onehot(label)) · g [B, K]`, with the
+/// softmax kept by the forward pass.
+struct CrossEntropyBwd {
+    labels: Arc<[u32]>,
+    probs: Arc<CpuStorage>,
+}
+
+impl CustomOp1 for CrossEntropyBwd {
+    fn name(&self) -> &'static str {
+        "agm-cross-entropy-bwd"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let b = self.labels.len();
+        if layout.dims() != [b] {
+            candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
+        }
+        same_storage_dtype(storage, &self.probs, self.name())?;
+        dispatch_real!(storage, self.name(), T => {
+            let grad = slice::<T>(storage, layout, self.name())?;
+            let probs = self.probs.as_slice::<T>()?;
+            let k = probs.len() / b.max(1);
+            let mut dx = vec![T::ZERO; b * k];
+            for_each_chunk(&mut dx, k, k, |i, dst| {
+                let g = grad[i];
+                for (o, &p) in dst.iter_mut().zip(&probs[i * k..(i + 1) * k]) {
+                    *o = p * g;
+                }
+                dst[self.labels[i] as usize] -= g;
+            });
+            Ok((T::to_cpu_storage_owned(dx), Shape::from((b, k))))
+        })
+    }
+}

@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""Time the REFERENCE (official PyTorch AGM code, lihong2303/AGM_ICCV2023) training step on CPU.
+
+One training step of the reference, for plain joint training ("Normal" method) and for AGM, on
+random tensors of the real shapes, so that the Rust implementation can be compared with it by
+ratio in the same session. Standard library + torch (+ numpy, which torch may use) only.
+
+The model classes are imported from the reference tree given with --reference (a checkout, or
+`git archive HEAD | tar -x` of it); nothing of theirs is copied here. What this file writes is only
+the driver of one batch, i.e. the body of the loop in run/AVMNIST_main.py::train resp.
+run/URFunny_main.py::train for `--modality Multimodal --fusion_type late_fusion`.
+
+Usage:
+  python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 8 --steps 5 --threads 2
+  python scripts/reference_step_bench.py --reference DIR --case urfunny --batch 8 --steps 3 --seq-len 20
+
+Prints ONE JSON line:
+  {"case", "batch", "threads", "joint_ms_median", "agm_ms_median", "joint_peak_rss_mib",
+   "agm_peak_rss_mib", "torch_version", ...extra keys: steps, seq_len (UR-Funny), per-step wall
+   times, joint/agm_cpu_ms_median (process CPU time per step, all threads), agm_joint_ratio,
+   loadavg at start and end}
+
+Each arm (joint, agm) runs in its own fresh subprocess of this script (internal flag --arm), so the
+two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate.
+Timing: 2 warm-up steps, then the median of --steps steps of wall time (time.perf_counter).
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+# --------------------------------------------------------------------------------------------
+# parent: run both arms in fresh subprocesses, print one JSON line
+# --------------------------------------------------------------------------------------------
+
+def _loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return None
+
+
+def run_parent(args):
+    results = {}
+    load_start = _loadavg()
+    for arm in ("joint", "agm"):
+        cmd = [sys.executable, os.path.abspath(__file__),
+               "--reference", args.reference, "--case", args.case,
+               "--batch", str(args.batch), "--steps", str(args.steps),
+               "--threads", str(args.threads), "--seq-len", str(args.seq_len),
+               "--seed", str(args.seed), "--arm", arm]
+        if args.alpha is not None:
+            cmd += ["--alpha", str(args.alpha)]
+        env = dict(os.environ)
+        # Pin the OpenMP / BLAS pools of the child before torch loads (torch.set_num_threads is
+        # also called inside the child).
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(args.threads)
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr)
+            raise SystemExit(f"arm {arm} failed with exit code {proc.returncode}")
+        line = [l for l in proc.stdout.splitlines() if l.startswith("{")][-1]
+        results[arm] = json.loads(line)
+    out = {
+        "case": args.case,
+        "batch": args.batch,
+        "threads": args.threads,
+        "joint_ms_median": results["joint"]["ms_median"],
+        "agm_ms_median": results["agm"]["ms_median"],
+        "joint_peak_rss_mib": results["joint"]["peak_rss_mib"],
+        "agm_peak_rss_mib": results["agm"]["peak_rss_mib"],
+        "torch_version": results["agm"]["torch_version"],
+        "steps": args.steps,
+        "joint_ms_all": results["joint"]["ms_all"],
+        "agm_ms_all": results["agm"]["ms_all"],
+        "joint_cpu_ms_median": results["joint"]["cpu_ms_median"],
+        "agm_cpu_ms_median": results["agm"]["cpu_ms_median"],
+        "agm_joint_ratio": round(results["agm"]["ms_median"] / results["joint"]["ms_median"], 3),
+        "loadavg_start": load_start,
+        "loadavg_end": _loadavg(),
+    }
+    if args.case == "urfunny":
+        out["seq_len"] = args.seq_len
+    print(json.dumps(out))
+
+
+# --------------------------------------------------------------------------------------------
+# child: one arm
+# --------------------------------------------------------------------------------------------
+
+def peak_rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    return None
+
+
+def import_reference(reference):
+    """Put the reference tree first on sys.path and import its model modules."""
+    reference = os.path.abspath(reference)
+    if not os.path.isfile(os.path.join(reference, "model", "AVMNIST_net.py")):
+        raise SystemExit(f"--reference {reference}: no model/AVMNIST_net.py there")
+    sys.path.insert(0, reference)
+    import torch
+    import torch.nn as nn
+    # The reference hard-codes `.cuda()` only in model/AVE_net.py, which is not used here; the
+    # AV-MNIST and UR-Funny model files and the code paths driven below have none. As a minimal,
+    # run-time-only guard (their files are not edited), `.cuda()` is made the identity so that
+    # everything stays on the CPU even if a call were reached.
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    nn.Module.cuda = lambda self, *a, **k: self
+    from model import AVMNIST_net, URFunny_net  # noqa: E402  (reference code)
+    from utils.metric import Accuracy  # noqa: E402  (reference code)
+    for mod in (AVMNIST_net, URFunny_net):
+        if not os.path.abspath(mod.__file__).startswith(reference):
+            raise SystemExit(f"imported {mod.__name__} from {mod.__file__}, not from {reference}")
+    return AVMNIST_net, URFunny_net, Accuracy
+
+
+class Cfgs:
+    """The attributes of utils/config.py's Config that the model constructors and train() read."""
+
+    def __init__(self, methods, alpha):
+        self.methods = methods            # 'Normal' | 'AGM'
+        self.modality = "Multimodal"
+        self.fusion_type = "late_fusion"
+        self.mode = "train"               # AVMNIST_Condig['mode']
+        self.alpha = alpha
+        self.modulation_starts = 0        # CLI defaults: window [0, 20], epoch 1 is inside it
+        self.modulation_ends = 20
+        self.use_mgpu = False
+        self.learning_rate = 1e-4
+        # UR_Funny_config (loader options; not read by the models)
+        self.aligned, self.z_norm, self.flatten, self.max_pad = True, False, False, False
+
+
+def build_model(case, methods, alpha, AVMNIST_net, URFunny_net):
+    """Exactly the choice of tasks/AVMNIST_task.py::load_model / tasks/URFunny_task.py::build_model
+    for modality 'Multimodal', fusion_type 'late_fusion':
+
+      methods == 'AGM'  -> GradMod(cfgs) (wraps Later_Fusion_Resnet / Later_Fusion_Model)
+      anything else     -> Later_Fusion_Resnet_Sum / Later_Fusion_Model_Sum
+
+    So the joint ("Normal") arm is the *Sum* model (one linear head per modality, logits summed;
+    one forward pass), not GradMod with scales 1. GradMod is used for Normal only in early fusion.
+    """
+    cfgs = Cfgs(methods, alpha)
+    if case == "avmnist":
+        net = AVMNIST_net.GradMod(cfgs) if methods == "AGM" else AVMNIST_net.Later_Fusion_Resnet_Sum(cfgs)
+    else:
+        net = URFunny_net.GradMod(cfgs) if methods == "AGM" else URFunny_net.Later_Fusion_Model_Sum(cfgs)
+    return cfgs, net
+
+
+def make_batches(case, n, batch, seq_len, torch):
+    """Random tensors of the real shapes (the data loaders are not timed)."""
+    out = []
+    for _ in range(n):
+        if case == "avmnist":
+            # dataloader/AVMNIST_loader.py: audio spectrogram [B,1,112,112], image [B,1,28,28],
+            # both /255 -> values in [0,1]; 10 classes.
+            audio = torch.rand(batch, 1, 112, 112)
+            image = torch.rand(batch, 1, 28, 28)
+            label = torch.randint(0, 10, (batch,))
+            out.append((audio, image, label))
+        else:
+            # dataloader/URFunny_loader.py::_process_1 (max_pad False): features padded to the
+            # batch's longest sequence L: vision [B,L,371], audio [B,L,81], text [B,L,300];
+            # lengths (ignored by the models); labels [B,1] long, 2 classes.
+            vision = torch.randn(batch, seq_len, 371)
+            audio = torch.randn(batch, seq_len, 81)
+            text = torch.randn(batch, seq_len, 300)
+            lengths = [torch.full((batch,), seq_len, dtype=torch.long) for _ in range(3)]
+            label = torch.randint(0, 2, (batch, 1))
+            out.append(((vision, audio, text), lengths, label))
+    return out
+
+
+class AVMNISTStep:
+    """Body of the `for step, (audio, image, label)` loop of run/AVMNIST_main.py::train for
+    modality 'Multimodal', late fusion, epoch 1, with methods 'Normal' or 'AGM'.
+
+    Left out (no compute on the model): tensorboard writer.add_scalar and logger calls.
+    Kept: forward, CE (mean) on `out` (= m_a + m_v for AGM, out_a + out_v for Sum), the three
+    batch accuracies (.item()), the NaN check, the per-sample score loop with the 1e-8 clamp, the
+    ratio / coefficient / running-score update (done for every method, as in the reference),
+    update_scale (AGM only), backward, the conditional clip_grad_norm_(1.0) (AGM only in late
+    fusion), optimizer.step(). scheduler.step() is per epoch, so not part of a step.
+    """
+
+    def __init__(self, torch, nn, model, optimizer, cfgs, Accuracy):
+        self.torch, self.nn, self.model, self.optimizer, self.cfgs = torch, nn, model, optimizer, cfgs
+        self.Accuracy = Accuracy
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.softmax = nn.Softmax(dim=1)
+        self.train_score_a = 0.0  # epoch_score_a starts at 0. in AVMNIST_main
+        self.train_score_v = 0.0
+        self.step_idx = 0
+        self.num_batch = 1  # len(train_dataloader); only used to average accuracies / loss
+        self.train_loss = self.train_acc = self.train_audio_acc = self.train_visual_acc = 0.0
+        model.train()
+        model.mode = "train"
+
+    def __call__(self, batch):
+        torch, nn, model, cfgs, softmax = self.torch, self.nn, self.model, self.cfgs, self.softmax
+        Accuracy, num_batch = self.Accuracy, self.num_batch
+        audio, image, label = batch
+        audio = audio.float()
+        image = image.float()
+        label = label.long()
+        iteration = self.step_idx  # (epoch-1)*num_batch + step with epoch 1
+        self.optimizer.zero_grad()
+        out_a, out_v, out = model(audio, image)
+        loss = self.loss_fn(out, label)
+        batch_acc = Accuracy(softmax(out), label)
+        batch_audio_acc = Accuracy(softmax(out_a), label)
+        batch_visual_acc = Accuracy(softmax(out_v), label)
+        self.train_audio_acc += batch_audio_acc.item() / num_batch
+        self.train_visual_acc += batch_visual_acc.item() / num_batch
+        self.train_acc += batch_acc.item() / num_batch
+        self.train_loss += loss.item() / num_batch
+
+        if torch.isnan(out_a).any() or torch.isnan(out_v).any():
+            raise ValueError
+        score_audio = 0.
+        score_visual = 0.
+        for k in range(out_a.size(0)):
+            if torch.isinf(softmax(out_a)[k][label[k]]) or softmax(out_a)[k][label[k]] < 1e-8:
+                score_audio += - torch.log(torch.tensor(1e-8, dtype=out_a.dtype, device=out_a.device))
+            else:
+                score_audio += - torch.log(softmax(out_a)[k][label[k]])
+            if torch.isinf(softmax(out_v)[k][label[k]]) or softmax(out_v)[k][label[k]] < 1e-8:
+                score_visual += - torch.log(torch.tensor(1e-8, dtype=out_v.dtype, device=out_v.device))
+            else:
+                score_visual += - torch.log(softmax(out_v)[k][label[k]])
+        score_audio = score_audio / out_a.size(0)
+        score_visual = score_visual / out_v.size(0)
+
+        mean_ratio = (score_visual.item() + score_audio.item()) / 2
+        ratio_a = math.exp((mean_ratio - score_audio.item()) * 2)
+        ratio_v = math.exp((mean_ratio - score_visual.item()) * 2)
+        mean_optimal_ratio = (self.train_score_a + self.train_score_v) / 2
+        optimal_ratio_a = math.exp((mean_optimal_ratio - self.train_score_a) * 2)
+        optimal_ratio_v = math.exp((mean_optimal_ratio - self.train_score_v) * 2)
+        coeff_a = math.exp(cfgs.alpha * (optimal_ratio_a - ratio_a))
+        coeff_v = math.exp(cfgs.alpha * (optimal_ratio_v - ratio_v))
+        self.train_score_a = self.train_score_a * iteration / (iteration + 1) + score_audio.item() / (iteration + 1)
+        self.train_score_v = self.train_score_v * iteration / (iteration + 1) + score_visual.item() / (iteration + 1)
+
+        if cfgs.methods == "AGM":
+            model.update_scale(coeff_a, coeff_v)
+            loss.backward()
+        else:
+            loss.backward()
+        if cfgs.methods == "AGM" or cfgs.fusion_type == "early_fusion":
+            grad_max = torch.max(model.net.head.fc.weight.grad)
+            grad_min = torch.min(model.net.head.fc.weight.grad)
+            if grad_max > 1.0 or grad_min < -1.0:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        self.optimizer.step()
+        self.step_idx += 1
+        return loss.item()
+
+
+class URFunnyStep:
+    """Body of the `for step, (feature, feature_length, index, label)` loop of
+    run/URFunny_main.py::train for modality 'Multimodal', late fusion, epoch 1, methods 'Normal' or
+    'AGM'.
+
+    Left out: writer.add_scalar, logger calls. Kept: forward (GradMod returns 7 outputs: the
+    m_*_mc, m_a, m_v, m_t, out; the Sum model 4), CE (mean) on `out`, the per-sample score loop
+    (no clamp in UR-Funny), ratios *3/2, coefficients with min(., 7), running-score update (every
+    method), update_scale(a, v, t) (AGM), backward, the four accuracies (.item()), the conditional
+    clip_grad_norm_(5.0) (AGM only in late fusion), optimizer.step().
+    """
+
+    def __init__(self, torch, nn, model, optimizer, cfgs, Accuracy):
+        self.torch, self.nn, self.model, self.optimizer, self.cfgs = torch, nn, model, optimizer, cfgs
+        self.Accuracy = Accuracy
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.softmax = nn.Softmax(dim=1)
+        self.train_score_v = self.train_score_a = self.train_score_t = 0.0
+        self.step_idx = 0
+        self.total_batch = 1
+        self.train_acc = self.train_audio_acc = self.train_visual_acc = self.train_text_acc = 0.0
+        model.train()
+        model.mode = "train"
+
+    def __call__(self, batch):
+        torch, nn, model, cfgs, softmax = self.torch, self.nn, self.model, self.cfgs, self.softmax
+        Accuracy, total_batch = self.Accuracy, self.total_batch
+        feature, feature_length, label = batch
+        vision = feature[0].float()
+        audio = feature[1].float()
+        text = feature[2].float()
+        label = label.squeeze(1)
+        iteration = self.step_idx + 1  # (epoch-1)*len(loader) + step + 1 with epoch 1
+        self.optimizer.zero_grad()
+        if cfgs.methods == "AGM" or cfgs.fusion_type == "early_fusion":
+            m_a_mc, m_v_mc, m_t_mc, m_a_out, m_v_out, m_t_out, out = model(vision, audio, text, feature_length)
+        else:
+            m_a_out, m_v_out, m_t_out, out = model(vision, audio, text, feature_length)
+        loss = self.loss_fn(out, label)
+
+        score_visual = 0.
+        score_audio = 0.
+        score_text = 0.
+        for k in range(out.size(0)):
+            score_visual += - torch.log(softmax(m_v_out)[k][label[k]]) / m_v_out.size(0)
+            score_audio += - torch.log(softmax(m_a_out)[k][label[k]]) / m_a_out.size(0)
+            score_text += - torch.log(softmax(m_t_out)[k][label[k]]) / m_t_out.size(0)
+        mean_score = (score_visual.item() + score_audio.item() + score_text.item()) / 3
+        ratio_v = math.exp((mean_score - score_visual.item()) * 3 / 2)
+        ratio_a = math.exp((mean_score - score_audio.item()) * 3 / 2)
+        ratio_t = math.exp((mean_score - score_text.item()) * 3 / 2)
+        optimal_mean_score = (self.train_score_v + self.train_score_a + self.train_score_t) / 3
+        optimal_ratio_v = math.exp((optimal_mean_score - self.train_score_v) * 3 / 2)
+        optimal_ratio_a = math.exp((optimal_mean_score - self.train_score_a) * 3 / 2)
+        optimal_ratio_t = math.exp((optimal_mean_score - self.train_score_t) * 3 / 2)
+        coeff_a = math.exp(cfgs.alpha * (min(optimal_ratio_a - ratio_a, 7)))
+        coeff_v = math.exp(cfgs.alpha * (min(optimal_ratio_v - ratio_v, 7)))
+        coeff_t = math.exp(cfgs.alpha * (min(optimal_ratio_t - ratio_t, 7)))
+        self.train_score_v = self.train_score_v * (iteration - 1) / iteration + score_visual.item() / iteration
+        self.train_score_a = self.train_score_a * (iteration - 1) / iteration + score_audio.item() / iteration
+        self.train_score_t = self.train_score_t * (iteration - 1) / iteration + score_text.item() / iteration
+
+        if cfgs.methods == "AGM":
+            model.update_scale(coeff_a, coeff_v, coeff_t)
+            loss.backward()
+        else:
+            loss.backward()
+
+        preds = softmax(out)
+        audio_preds = softmax(m_a_out)
+        visual_preds = softmax(m_v_out)
+        text_preds = softmax(m_t_out)
+        self.train_acc += Accuracy(preds, label).item() / total_batch
+        self.train_audio_acc += Accuracy(audio_preds, label).item() / total_batch
+        self.train_visual_acc += Accuracy(visual_preds, label).item() / total_batch
+        self.train_text_acc += Accuracy(text_preds, label).item() / total_batch
+        if cfgs.methods == "AGM" or cfgs.fusion_type == "early_fusion":
+            grad_max = torch.max(model.net.head.fc.weight.grad)
+            grad_min = torch.min(model.net.head.fc.weight.grad)
+            if grad_max > 5. or grad_min < -5.:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+        self.optimizer.step()
+        self.step_idx += 1
+        return loss.item()
+
+
+def run_child(args):
+    AVMNIST_net, URFunny_net, Accuracy = import_reference(args.reference)
+    import torch
+    import torch.nn as nn
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # utils/function_tools.set_seed: random_seed 999 by default
+    methods = "AGM" if args.arm == "agm" else "Normal"
+    alpha = args.alpha if args.alpha is not None else (2.5 if args.case == "avmnist" else 4.0)
+    cfgs, model = build_model(args.case, methods, alpha, AVMNIST_net, URFunny_net)
+    # tasks/*_task.py::build_optimizer (optim 'sgd'): SGD(lr, momentum 0.9, weight_decay 1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfgs.learning_rate, momentum=0.9,
+                                weight_decay=1e-4)
+    Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
+    step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
+    warmup = 2
+    batches = make_batches(args.case, warmup + args.steps, args.batch, args.seq_len, torch)
+    times = []
+    cpu_times = []
+    for i, b in enumerate(batches):
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        loss = step(b)
+        dt = (time.perf_counter() - t0) * 1000.0
+        dc = (time.process_time() - c0) * 1000.0
+        if not math.isfinite(loss):
+            raise SystemExit(f"non-finite loss at step {i}")
+        if i >= warmup:
+            times.append(dt)
+            cpu_times.append(dc)
+    print(json.dumps({
+        "arm": args.arm,
+        "ms_median": round(statistics.median(times), 2),
+        "ms_all": [round(t, 2) for t in times],
+        # CPU time of the whole process (all threads) per step. NOT load-proof: when other jobs
+        # take the cores, OpenMP threads spin-wait at barriers and this grows with wall time.
+        # On a quiet machine it is ~threads x wall time. Reported as a hint only.
+        "cpu_ms_median": round(statistics.median(cpu_times), 2),
+        "peak_rss_mib": peak_rss_mib(),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()),
+    }))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference", required=True,
+                   help="root of a checkout / exported tree of lihong2303/AGM_ICCV2023")
+    p.add_argument("--case", choices=["avmnist", "urfunny"], required=True)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=50, help="UR-Funny sequence length L")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="AGM alpha (default: author's setting, 2.5 AV-MNIST, 4.0 UR-Funny late)")
+    p.add_argument("--seed", type=int, default=999)
+    p.add_argument("--arm", choices=["joint", "agm"], default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.steps < 1:
+        p.error("--steps must be >= 1")
+    if args.arm is None:
+        run_parent(args)
+    else:
+        run_child(args)
+
+
+if __name__ == "__main__":
+    main()
