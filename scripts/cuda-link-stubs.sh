@@ -18,5 +18,7 @@ for pair in cuda:libcuda.so.1 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13 
   cc -shared -fPIC -o "$stub_dir/lib$name.so" -Wl,-soname,"$soname" "$empty"
 done
 cp "$CUDA_ROOT/lib/libcudart_static.a" "$stub_dir/libcudart.a"
-export RUSTFLAGS="${RUSTFLAGS:-} -L $stub_dir -C link-arg=-Wl,--unresolved-symbols=ignore-all"
+# --no-as-needed keeps the stubs as DT_NEEDED entries although they define nothing; -z lazy
+# defers binding, so a CPU run never looks a CUDA symbol up.
+export RUSTFLAGS="${RUSTFLAGS:-} -L $stub_dir -C link-arg=-Wl,--no-as-needed -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
 echo "cuda link stubs in $stub_dir"

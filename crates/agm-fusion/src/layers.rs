@@ -83,37 +83,25 @@ impl BatchNorm {
         })
     }
 
-    fn channel_shape(&self, x: &Tensor) -> Vec<usize> {
-        let mut shape = vec![1; x.rank()];
-        shape[1] = x.dim(1).unwrap_or(1);
-        shape
-    }
-
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let cshape = self.channel_shape(x);
-        // Move channels last and flatten the rest so the statistics are per channel.
-        let c = x.dim(1)?;
-        let flat = if x.rank() == 2 { x.clone() } else { x.transpose(1, x.rank() - 1)?.reshape(((), c))? };
-        let (mean, var) = if train {
-            let n = flat.dim(0)? as f64;
-            let mean = flat.mean(0)?;
-            let centred = flat.broadcast_sub(&mean)?;
-            let biased = centred.sqr()?.mean(0)?;
-            let unbiased = (biased.detach() * (n / (n - 1.0).max(1.0)))?;
-            let m = self.momentum;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?)?;
-            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
-            // The counter lives in the variable, so checkpoints restore it with the rest.
-            self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
-            (mean, biased)
-        } else {
-            (self.running_mean.as_tensor().detach(), self.running_var.as_tensor().detach())
-        };
-        let mean = mean.reshape(cshape.as_slice())?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?.reshape(cshape.as_slice())?;
-        let w = self.weight.as_tensor().reshape(cshape.as_slice())?;
-        let b = self.bias.as_tensor().reshape(cshape.as_slice())?;
-        x.broadcast_sub(&mean)?.broadcast_mul(&inv_std)?.broadcast_mul(&w)?.broadcast_add(&b)
+        let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
+        if !train {
+            let running = (&self.running_mean.as_tensor().detach(), &self.running_var.as_tensor().detach());
+            return Ok(agm_kernels::batch_norm(x, w, b, Some(running), self.eps)?.0);
+        }
+        let (y, stats) = agm_kernels::batch_norm(x, w, b, None, self.eps)?;
+        let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
+        // Running averages take the unbiased variance, as PyTorch's do.
+        let n = stats.count as f64;
+        let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0).max(1.0)).collect();
+        let (m, dtype, dev) = (self.momentum, x.dtype(), x.device());
+        let mean = Tensor::from_vec(stats.mean, w.dims1()?, dev)?.to_dtype(dtype)?;
+        let var = Tensor::from_vec(unbiased, w.dims1()?, dev)?.to_dtype(dtype)?;
+        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
+        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
+        // The counter lives in the variable, so checkpoints restore it with the rest.
+        self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
+        Ok(y)
     }
 }
 

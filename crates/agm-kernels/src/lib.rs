@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batch_norm;
 mod conv;
 mod cpu;
 mod grad_scale;
@@ -20,6 +21,7 @@ mod loss;
 mod norm;
 mod pool;
 
+pub use batch_norm::{batch_norm, batch_norm_ref, BatchStats};
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};
 pub use grad_scale::{grad_scale, grad_scale_ref};
 pub use loss::{cross_entropy_per_sample, cross_entropy_per_sample_ref};

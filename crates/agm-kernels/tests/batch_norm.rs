@@ -1,0 +1,112 @@
+//! The fused batch norm against its plain-op reference and central finite differences (f64).
+
+use agm_kernels::{batch_norm, batch_norm_ref};
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+fn seq(n: usize, a: f64, b: f64) -> Vec<f64> {
+    (0..n).map(|i| ((i as f64 * a + b).sin() * 1.7) + 0.1 * i as f64 / n as f64).collect()
+}
+
+fn tensor(shape: &[usize], a: f64, b: f64) -> Result<Tensor> {
+    Tensor::from_vec(seq(shape.iter().product(), a, b), shape, &Device::Cpu)
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let s = b.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12);
+    Ok(d / s)
+}
+
+/// Σ y·r for a fixed random-looking r, so every output element matters.
+fn loss(y: &Tensor) -> Result<Tensor> {
+    let r = tensor(y.dims(), 0.77, 0.3)?;
+    (y * r)?.sum_all()
+}
+
+fn cases() -> Result<Vec<(Vec<usize>, bool)>> {
+    Ok(vec![(vec![5, 3], true), (vec![5, 3], false), (vec![2, 3, 4, 5], true), (vec![2, 3, 4, 5], false)])
+}
+
+#[test]
+fn forward_gradients_and_statistics_match_the_reference() -> Result<()> {
+    for (shape, train) in cases()? {
+        let c = shape[1];
+        let x = Var::from_tensor(&tensor(&shape, 0.37, 0.1)?)?;
+        let w = Var::from_tensor(&tensor(&[c], 1.3, 0.5)?)?;
+        let b = Var::from_tensor(&tensor(&[c], 0.9, 0.2)?)?;
+        let rm = tensor(&[c], 0.5, 0.0)?;
+        let rv = tensor(&[c], 0.4, 0.0)?.abs()?.affine(1.0, 0.5)?;
+        let running = (!train).then_some((&rm, &rv));
+        let (y, stats) = batch_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), running, 1e-5)?;
+        let (y_ref, stats_ref) = batch_norm_ref(x.as_tensor(), w.as_tensor(), b.as_tensor(), running, 1e-5)?;
+        assert!(max_rel(&y, &y_ref)? < 1e-12, "{shape:?} train={train}: forward");
+        assert_eq!(stats.is_some(), train);
+        if let (Some(s), Some(r)) = (stats, stats_ref) {
+            assert_eq!(s.count, r.count);
+            for (a, b) in s.mean.iter().zip(&r.mean).chain(s.var.iter().zip(&r.var)) {
+                assert!((a - b).abs() < 1e-12, "{shape:?}: statistics {a} vs {b}");
+            }
+        }
+        let g = loss(&y)?.backward()?;
+        let g_ref = loss(&y_ref)?.backward()?;
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, r) = (g.get(v).expect("gradient"), g_ref.get(v).expect("reference gradient"));
+            assert!(max_rel(a, r)? < 1e-12, "{shape:?} train={train}: gradient of {name}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn gradients_match_central_finite_differences() -> Result<()> {
+    for (shape, train) in cases()? {
+        let c = shape[1];
+        let x0 = tensor(&shape, 0.37, 0.1)?;
+        let w0 = tensor(&[c], 1.3, 0.5)?;
+        let b0 = tensor(&[c], 0.9, 0.2)?;
+        let rm = tensor(&[c], 0.5, 0.0)?;
+        let rv = tensor(&[c], 0.4, 0.0)?.abs()?.affine(1.0, 0.5)?;
+        let running = (!train).then_some((&rm, &rv));
+        let f = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<f64> {
+            loss(&batch_norm(x, w, b, running, 1e-5)?.0)?.to_scalar::<f64>()
+        };
+        let (x, w, b) = (Var::from_tensor(&x0)?, Var::from_tensor(&w0)?, Var::from_tensor(&b0)?);
+        let g = loss(&batch_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), running, 1e-5)?.0)?.backward()?;
+        let h = 1e-6;
+        for which in 0..3 {
+            let base = [&x0, &w0, &b0][which];
+            let analytic = g.get([&x, &w, &b][which]).expect("gradient").flatten_all()?.to_vec1::<f64>()?;
+            let values = base.flatten_all()?.to_vec1::<f64>()?;
+            let mut fd = Vec::with_capacity(values.len());
+            for i in 0..values.len() {
+                let at = |delta: f64| -> Result<f64> {
+                    let mut v = values.clone();
+                    v[i] += delta;
+                    let t = Tensor::from_vec(v, base.dims(), &Device::Cpu)?;
+                    match which {
+                        0 => f(&t, &w0, &b0),
+                        1 => f(&x0, &t, &b0),
+                        _ => f(&x0, &w0, &t),
+                    }
+                };
+                fd.push((at(h)? - at(-h)?) / (2.0 * h));
+            }
+            let scale = fd.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+            let err = analytic.iter().zip(&fd).fold(0.0f64, |m, (a, n)| m.max((a - n).abs())) / scale;
+            assert!(err <= 1e-6, "{shape:?} train={train}: input {which} relative error {err}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_inputs_are_errors() -> Result<()> {
+    let x = tensor(&[2, 3, 4], 0.1, 0.0)?;
+    let w = tensor(&[2], 0.1, 0.0)?;
+    let err = batch_norm(&x, &w, &w, None, 1e-5).unwrap_err().to_string();
+    assert!(err.contains("one value per channel"), "{err}");
+    let w3 = tensor(&[3], 0.1, 0.0)?;
+    let err = batch_norm(&x.to_dtype(DType::U32)?, &w3, &w3, None, 1e-5).unwrap_err().to_string();
+    assert!(err.contains("f32 and f64"), "{err}");
+    Ok(())
+}
