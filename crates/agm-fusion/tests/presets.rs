@@ -110,7 +110,15 @@ fn one_joint_step_gives_every_parameter_of_the_paper_presets_a_gradient() {
         for v in model.param_groups().trainable() {
             let g = grads.get(v.var.as_tensor()).unwrap_or_else(|| panic!("{name}: {} has no gradient", v.name));
             let max = g.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(max > 0.0 && max.is_finite(), "{name}: {} has gradient max {max}", v.name);
+            // The last layer norm's bias shifts each encoder feature by a constant, which the
+            // training-mode batch norm at the MaxOut input subtracts again: its gradient is zero
+            // by construction (in PyTorch too).
+            let cancelled = name.ends_with("-early") && v.name.ends_with("layers.7.norm2.bias");
+            if cancelled {
+                assert!(max < 1e-6, "{name}: {} should cancel, has gradient max {max}", v.name);
+            } else {
+                assert!(max > 0.0 && max.is_finite(), "{name}: {} has gradient max {max}", v.name);
+            }
         }
     }
 }
