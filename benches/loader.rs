@@ -5,24 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agm_data::loaders::array::write_npy;
 use agm_data::{DatasetId, LoadOptions, LoadedDataset, Prefetcher};
 use candle_core::{Device, Result};
-use rand::{Rng, SeedableRng};
 
-/// Writes an AV-MNIST folder (`audio/`, `image/` arrays and label files) with `train` and `test`
-/// rows of the real shapes: 112×112 `u8` spectrograms and 784 `f32` pixels (MultiBench's dtypes).
+/// Writes an AV-MNIST folder of `train` and `test` seeded rows in the real shapes.
 pub fn write_avmnist(dir: &Path, train: usize, test: usize, seed: u64) -> std::io::Result<()> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (split, rows) in [("train", train), ("test", test)] {
-        let audio: Vec<u8> = (0..rows * 112 * 112).map(|_| rng.random()).collect();
-        write_npy(&dir.join(format!("audio/{split}_data.npy")), "|u1", &[rows, 112, 112], &audio)?;
-        let image: Vec<u8> = (0..rows * 784).flat_map(|_| rng.random_range(0.0f32..255.0).to_le_bytes()).collect();
-        write_npy(&dir.join(format!("image/{split}_data.npy")), "<f4", &[rows, 784], &image)?;
-        let labels: Vec<u8> = (0..rows).flat_map(|_| (rng.random_range(0..10i64)).to_le_bytes()).collect();
-        write_npy(&dir.join(format!("{split}_labels.npy")), "<i8", &[rows], &labels)?;
-    }
-    Ok(())
+    agm_data::loaders::avmnist::write_random_folder(dir, train, test, seed)
 }
 
 /// Loads a folder written by [`write_avmnist`].

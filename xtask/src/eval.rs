@@ -32,7 +32,7 @@ pub fn evaluate_run(dir: &Path, split: Split, which: &str) -> anyhow::Result<Eva
     };
     let ck = Checkpoint::load(&path, &device)?;
     let data = cfg.load_dataset()?;
-    let model = cfg.build_model(&device)?;
+    let model = cfg.build_model(&data, &device)?;
     agm_train::checkpoint::load_weights(model.as_ref(), &ck.model)
         .with_context(|| format!("loading weights from {}", path.display()))?;
     let report = agm_train::evaluate(model.as_ref(), agm_train::config::dataset_split(&data, split)?, 256, &device)?;

@@ -61,10 +61,9 @@ impl RunRecord {
 /// The model's modality names (building the model costs no data); `modality k` where the model
 /// cannot be built or does not match the metrics.
 pub fn modality_names(config: &RunConfig, count: usize) -> Vec<String> {
-    let from_model = config.build_model(&candle_core::Device::Cpu).ok().map(|m| {
-        use agm_core::MultimodalModel as _;
-        m.modalities().names().to_vec()
-    });
+    let from_model = agm_fusion::preset_spec(&config.model, &config.preset_options())
+        .ok()
+        .map(|spec| spec.inputs.iter().map(|i| i.modality.clone()).collect::<Vec<_>>());
     match from_model {
         Some(names) if names.len() == count || count == 0 => names,
         _ => (1..=count).map(|k| format!("modality {k}")).collect(),

@@ -49,7 +49,7 @@ pub enum InputScale {
 }
 
 /// Options that change a preset's shapes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresetOptions {
     pub scale: InputScale,
     /// MOSEI vocabulary size (the reference's count is checked at 50; real runs take it from
@@ -57,11 +57,15 @@ pub struct PresetOptions {
     pub vocab_size: usize,
     /// UR-Funny sequence length at the reference scale (its `max_pad_num`).
     pub sequence_len: usize,
+    /// Per-sample input shapes of the data, in the preset's modality order; they replace the
+    /// preset's own (a transformer encoder then takes the data's feature count). The
+    /// dataset-specific nets (`ave-psp`, `mosei-mat`) keep their fixed shapes.
+    pub input_shapes: Option<Vec<Vec<usize>>>,
 }
 
 impl Default for PresetOptions {
     fn default() -> Self {
-        Self { scale: InputScale::Reference, vocab_size: 50, sequence_len: 50 }
+        Self { scale: InputScale::Reference, vocab_size: 50, sequence_len: 50, input_shapes: None }
     }
 }
 
@@ -98,17 +102,21 @@ fn input(modality: &str, shape: &[usize]) -> InputSpec {
     InputSpec { modality: modality.into(), shape: shape.to_vec(), vocab: None }
 }
 
-/// The inputs, classes and reference parameter count of preset `name`.
-pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
-    let small = opts.scale == InputScale::Small;
-    let spec = |dataset, inputs, classes, segments, reference_params| PresetSpec {
+/// A [`PresetSpec`] constructor for preset `name`.
+fn spec_of(name: &str) -> impl Fn(&'static str, Vec<InputSpec>, usize, usize, Option<usize>) -> PresetSpec + '_ {
+    move |dataset, inputs, classes, segments, reference_params| PresetSpec {
         name: name.to_string(),
         dataset,
         inputs,
         classes,
         segments,
         reference_params,
-    };
+    }
+}
+
+/// The inputs, classes and reference parameter count of preset `name`.
+pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
+    let spec = spec_of(name);
     match name {
         "ave-psp" => {
             return Ok(spec(
@@ -127,6 +135,21 @@ pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
         _ => {}
     }
     let (family, fusion) = family_and_fusion(name).ok_or_else(|| unknown(name))?;
+    let mut spec = family_spec(name, family, fusion, opts)?;
+    if let Some(shapes) = &opts.input_shapes {
+        if shapes.len() != spec.inputs.len() {
+            candle_core::bail!("preset `{name}` takes {} inputs, the data has {}", spec.inputs.len(), shapes.len());
+        }
+        for (input, shape) in spec.inputs.iter_mut().zip(shapes) {
+            input.shape.clone_from(shape);
+        }
+    }
+    Ok(spec)
+}
+
+fn family_spec(name: &str, family: &'static str, fusion: &str, opts: &PresetOptions) -> Result<PresetSpec> {
+    let small = opts.scale == InputScale::Small;
+    let spec = spec_of(name);
     let reference = |late: usize, sum: usize, early: usize| match fusion {
         "late" => Some(late),
         "late-sum" => Some(sum),

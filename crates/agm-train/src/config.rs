@@ -296,8 +296,22 @@ impl RunConfig {
         }
     }
 
-    pub fn build_model(&self, device: &Device) -> Result<Box<dyn MultimodalModel>> {
-        Ok(agm_fusion::build_preset(&self.model, &self.preset_options(), self.seed, DType::F32, device)?)
+    /// The model preset for `data`: token vocabularies (MOSEI) are sized from the data.
+    pub fn build_model(&self, data: &LoadedDataset, device: &Device) -> Result<Box<dyn MultimodalModel>> {
+        let shapes = (0..data.modalities.len()).map(|m| data.train.sample_shape(m).to_vec()).collect();
+        let mut opts = PresetOptions { input_shapes: Some(shapes), ..self.preset_options() };
+        let spec = agm_fusion::preset_spec(&self.model, &opts)?;
+        for (m, input) in spec.inputs.iter().enumerate() {
+            if input.vocab.is_some() {
+                // Ids are 0 (pad) .. max; the embedding needs max + 1 rows.
+                let max_id = [&data.train, &data.validation, &data.test]
+                    .iter()
+                    .flat_map(|s| s.modality_data(m).iter())
+                    .fold(0f32, |a, &v| a.max(v));
+                opts.vocab_size = max_id as usize + 1;
+            }
+        }
+        Ok(agm_fusion::build_preset(&self.model, &opts, self.seed, DType::F32, device)?)
     }
 
     /// The method (or stack of methods) named by `method`, for this model and data.
@@ -313,7 +327,7 @@ impl RunConfig {
     /// Dataset, model and modulator, ready for a [`crate::Trainer`].
     pub fn build(&self, device: &Device) -> Result<Built> {
         let data = self.load_dataset()?;
-        let model = self.build_model(device)?;
+        let model = self.build_model(&data, device)?;
         let modulator = self.build_modulator(model.as_ref(), &data)?;
         Ok(Built { data, model, modulator })
     }

@@ -70,7 +70,7 @@ fn a_concept_run_writes_files_that_load_back_and_feed_the_probe() {
     // The probe inside a (multimodal, joint) training run: one strength per modality per epoch,
     // in metrics.jsonl too.
     let device = Device::Cpu;
-    let model = cfg.build_model(&device).unwrap();
+    let model = cfg.build_model(&cfg.load_dataset().unwrap(), &device).unwrap();
     let modulator = cfg.build_modulator(model.as_ref(), &cfg.load_dataset().unwrap()).unwrap();
     let (train, validation) = (data.split(Split::Train), data.split(Split::Validation));
     let probe = ConceptProbe::new(&loaded, data.modalities(), data.split(Split::Dep), validation).unwrap();

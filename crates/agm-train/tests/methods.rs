@@ -160,7 +160,7 @@ fn bad_method_configurations_are_rejected_naming_the_field_and_the_allowed_value
     // What depends on the model is checked when the method is built.
     let device = Device::Cpu;
     let build = |cfg: RunConfig| -> String {
-        let model = cfg.build_model(&device).unwrap();
+        let model = cfg.build_model(&cfg.load_dataset().unwrap(), &device).unwrap();
         match cfg.build_modulator(model.as_ref(), &cfg.load_dataset().unwrap()) {
             Err(TrainError::Config(e)) => e,
             Err(other) => panic!("{other}"),

@@ -200,3 +200,20 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
         notes: Vec::new(),
     })
 }
+
+/// Writes a folder in AV-MNIST's layout with `train` and `test` rows of seeded random values in
+/// the real shapes and MultiBench's dtypes (112×112 `u8` spectrograms, 784 `f32` pixels, `i64`
+/// labels): for tests, benches and trying the pipeline without the real data.
+pub fn write_random_folder(root: &Path, train: usize, test: usize, seed: u64) -> std::io::Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (split, rows) in [("train", train), ("test", test)] {
+        let audio: Vec<u8> = (0..rows * 112 * 112).map(|_| rng.random()).collect();
+        super::array::write_npy(&root.join(format!("audio/{split}_data.npy")), "|u1", &[rows, 112, 112], &audio)?;
+        let image: Vec<u8> = (0..rows * 784).flat_map(|_| rng.random_range(0.0f32..255.0).to_le_bytes()).collect();
+        super::array::write_npy(&root.join(format!("image/{split}_data.npy")), "<f4", &[rows, 784], &image)?;
+        let labels: Vec<u8> = (0..rows).flat_map(|_| rng.random_range(0..10i64).to_le_bytes()).collect();
+        super::array::write_npy(&root.join(format!("{split}_labels.npy")), "<i8", &[rows], &labels)?;
+    }
+    Ok(())
+}
