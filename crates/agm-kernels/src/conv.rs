@@ -68,10 +68,20 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     } else {
         x.contiguous()?.apply_op1(Im2Col(geom))?
     };
-    // A stride-0 batch on the weight: candle's matmul loops over the batch without copying it,
-    // and the broadcast's backward sums the per-sample weight gradients.
-    let wm = w.reshape((o, k))?.broadcast_as((b, o, k))?;
-    wm.matmul(&cols)?.reshape((b, o, geom.oh, geom.ow))
+    let l = geom.cols();
+    if o <= l {
+        // A stride-0 batch on the weight: candle's matmul loops over the batch without copying
+        // it, and the broadcast's backward sums the per-sample weight gradients ([B, O, K]).
+        let wm = w.reshape((o, k))?.broadcast_as((b, o, k))?;
+        wm.matmul(&cols)?.reshape((b, o, geom.oh, geom.ow))
+    } else {
+        // Few output positions per sample (deep layers): one GEMM over the whole batch,
+        // `[O, K] · [K, B·L]`, whose weight gradient is one GEMM too; that beats summing B
+        // per-sample [O, K] gradients once O > L.
+        let cols = cols.transpose(0, 1)?.contiguous()?.reshape((k, b * l))?;
+        let y = w.reshape((o, k))?.matmul(&cols)?.reshape((o, b, l))?;
+        y.transpose(0, 1)?.contiguous()?.reshape((b, o, geom.oh, geom.ow))
+    }
 }
 
 /// Everything the im2col and col2im kernels need besides the batch size.
