@@ -1,6 +1,6 @@
 //! Encoders built as a list of layers, named by position as PyTorch's `nn.Sequential` does.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use crate::layers::{flatten, relu};
 
@@ -18,6 +18,14 @@ pub trait Encoder: Send + Sync {
     /// Where this is false the fast Shapley path equals the faithful one exactly.
     fn mode_dependent(&self) -> bool {
         true
+    }
+
+    /// The evaluation-mode feature of one all-zero sample of `sample_shape`, `[1, out_dim]`: what
+    /// a muted modality contributes (the fast Shapley path computes it once per step).
+    /// Encoders for which a smaller zero input gives the same feature override this.
+    fn zero_feature(&self, sample_shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let zeros = Tensor::zeros([&[1], sample_shape].concat(), dtype, device)?;
+        self.forward_t(&zeros, false, 0)
     }
 }
 use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};

@@ -124,8 +124,7 @@ impl FusionModel {
                 zero_feats.push(None);
                 continue;
             }
-            let zero_row = Tensor::zeros(&[&[1], &x.dims()[1..]].concat()[..], x.dtype(), x.device())?;
-            let z = enc.forward_t(&zero_row, false, 0)?;
+            let z = enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?;
             zero_feats.push(Some(z.broadcast_as(feats[m].shape())?));
         }
         let set_for = |s: Subset| -> Vec<Tensor> {

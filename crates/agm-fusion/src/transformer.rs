@@ -5,7 +5,7 @@
 //! Variable names follow PyTorch (`conv.weight`, `transformer.layers.0.self_attn.in_proj_weight`,
 //! ...) so a checkpoint of the reference loads by name.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::{dropout, Encoder, LayerNorm, ParamBuilder, ParamInit};
 
@@ -224,6 +224,14 @@ impl Transformer {
 }
 
 impl Encoder for Transformer {
+    /// A zero sequence is the same zero token at every step, and without positional encoding or
+    /// a padding mask each step then attends uniformly to identical keys: every step, the first
+    /// included, equals the output for a sequence of length one. So one step is computed.
+    fn zero_feature(&self, sample_shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let features = *sample_shape.last().unwrap_or(&self.cfg.in_features);
+        self.forward_t(&Tensor::zeros((1, 1, features), dtype, device)?, false, 0)
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         Transformer::forward_t(self, x, train, dropout_seed)
     }

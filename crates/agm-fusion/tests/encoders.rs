@@ -460,3 +460,16 @@ fn maxout_mlp_backward_reaches_every_parameter() {
     assert_eq!(a, values(&mlp.forward_t(&x, true, 1).unwrap()));
     assert_ne!(a, values(&mlp.forward_t(&x, true, 2).unwrap()));
 }
+
+#[test]
+fn transformer_zero_feature_of_one_step_equals_the_whole_zero_sequence() {
+    use agm_fusion::Encoder as _;
+    let store = agm_fusion::ParamStore::new();
+    let pb = store.builder(3, DType::F64, &Device::Cpu);
+    let cfg = TransformerConfig { in_features: 5, dim: 8, heads: 2, layers: 2, ff_dim: 16, dropout: 0.1 };
+    let t = Transformer::new(&pb, &cfg).unwrap();
+    let full = t.forward_t(&Tensor::zeros((1, 7, 5), DType::F64, &Device::Cpu).unwrap(), false, 0).unwrap();
+    let one = t.zero_feature(&[7, 5], DType::F64, &Device::Cpu).unwrap();
+    let d = (full - one).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(d < 1e-12, "{d}");
+}
