@@ -3,7 +3,6 @@
 //! AV-MNIST loader against the training step.
 
 use agm_core::{MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode};
-use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
 use agm_fusion::PresetOptions;
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::optim::{Optimizer, OptimizerConfig, ParamGroup, SgdConfig};
@@ -64,18 +63,7 @@ impl StepBench {
 /// A batch of seeded synthetic samples with the input shapes of preset `preset`.
 pub fn preset_batch(preset: &str, opts: &PresetOptions, batch_size: usize, device: &Device) -> Result<MultimodalBatch> {
     let spec = agm_fusion::preset_spec(preset, opts)?;
-    let data = agm_data::synthetic::generate(&SyntheticSpec {
-        modalities: spec
-            .inputs
-            .iter()
-            .map(|i| SyntheticModality { name: i.modality.clone(), shape: i.shape.clone(), vocab: i.vocab })
-            .collect(),
-        classes: spec.classes,
-        segments: spec.segments,
-        sizes: [batch_size, 0, 0],
-        noise: 1.0,
-        seed: 0,
-    });
+    let data = RunConfig::synthetic_dataset(&spec, [batch_size, 0, 0], 0);
     data.train.batch(&(0..batch_size).collect::<Vec<_>>(), device)
 }
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 use agm_data::av_digits::Split;
 use agm_data::LoadedDataset;
 use agm_metric::EvalReport;
-use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
+use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir};
 use anyhow::Context;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -387,17 +387,8 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     reset_peak_memory();
     let built = cfg.build(&device)?;
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
-    let mut trainer = Trainer::new(
-        built.model.as_ref(),
-        built.modulator,
-        |g| Ok(cfg.optimizer.build(g)?),
-        cfg.trainer_options(),
-        &device,
-    )?
-    .with_run_dir(run_dir.clone());
-    if let Some(dep) = &built.data.dep {
-        trainer = trainer.with_holdout(dep);
-    }
+    let mut trainer =
+        cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(run_dir.clone());
     if let Some(probe) = competition_probe(cfg, &built.data, &device)? {
         trainer = trainer.with_competition(probe);
     }

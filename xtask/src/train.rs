@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
 use agm_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
-use agm_train::{checkpoint::write_atomic, config, RunConfig, RunDir, Trainer};
+use agm_train::{checkpoint::write_atomic, config, RunConfig, RunDir};
 use anyhow::Context;
 
 use crate::cli::TrainArgs;
@@ -130,17 +130,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let modalities = built.data.modalities.names().to_vec();
     let (probe, concepts) = crate::concept::attach(&cfg, &built.data)?;
-    let mut trainer = Trainer::new(
-        built.model.as_ref(),
-        built.modulator,
-        |g| Ok(cfg.optimizer.build(g)?),
-        cfg.trainer_options(),
-        &device,
-    )?
-    .with_run_dir(dir.clone());
-    if let Some(dep) = &built.data.dep {
-        trainer = trainer.with_holdout(dep);
-    }
+    let mut trainer =
+        cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(dir.clone());
     if let Some(probe) = probe {
         trainer = trainer.with_competition(Box::new(probe));
     }

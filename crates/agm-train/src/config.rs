@@ -254,19 +254,9 @@ impl RunConfig {
             }
             "synthetic" => {
                 let spec = agm_fusion::preset_spec(&self.model, &self.preset_options())?;
-                agm_data::synthetic::generate(&SyntheticSpec {
-                    modalities: spec
-                        .inputs
-                        .iter()
-                        .map(|i| SyntheticModality { name: i.modality.clone(), shape: i.shape.clone(), vocab: i.vocab })
-                        .collect(),
-                    classes: spec.classes,
-                    segments: spec.segments,
-                    // Enough to learn from at the small scale; a smoke test at the reference one.
-                    sizes: if self.synthetic_scale == "small" { [128, 64, 64] } else { [16, 8, 8] },
-                    noise: 1.0,
-                    seed: self.seed,
-                })
+                // Enough to learn from at the small scale; a smoke test at the reference one.
+                let sizes = if self.synthetic_scale == "small" { [128, 64, 64] } else { [16, 8, 8] };
+                Self::synthetic_dataset(&spec, sizes, self.seed)
             }
             id => {
                 let id: DatasetId = id.parse()?;
@@ -322,6 +312,39 @@ impl RunConfig {
         let probe = data.train.batch(&[0], &device)?;
         configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
         registry::build(&self.method, &configs, model).map_err(TrainError::Config)
+    }
+
+    /// A trainer for `model` and `modulator` with this config's optimizer and options, holding out
+    /// the dataset's `dep` split (the competition regression split) where it has one.
+    pub fn trainer<'a>(
+        &self,
+        model: &'a dyn MultimodalModel,
+        modulator: Box<dyn Modulator + 'a>,
+        data: &'a LoadedDataset,
+        device: &Device,
+    ) -> Result<crate::Trainer<'a>> {
+        let trainer =
+            crate::Trainer::new(model, modulator, |g| Ok(self.optimizer.build(g)?), self.trainer_options(), device)?;
+        Ok(match &data.dep {
+            Some(dep) => trainer.with_holdout(dep),
+            None => trainer,
+        })
+    }
+
+    /// The seeded synthetic dataset of preset `spec`'s input shapes.
+    pub fn synthetic_dataset(spec: &agm_fusion::PresetSpec, sizes: [usize; 3], seed: u64) -> LoadedDataset {
+        agm_data::synthetic::generate(&SyntheticSpec {
+            modalities: spec
+                .inputs
+                .iter()
+                .map(|i| SyntheticModality { name: i.modality.clone(), shape: i.shape.clone(), vocab: i.vocab })
+                .collect(),
+            classes: spec.classes,
+            segments: spec.segments,
+            sizes,
+            noise: 1.0,
+            seed,
+        })
     }
 
     /// Dataset, model and modulator, ready for a [`crate::Trainer`].

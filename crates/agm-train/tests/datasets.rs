@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use agm_train::{config, NoCallback, RunConfig, Trainer};
+use agm_train::{config, NoCallback, RunConfig};
 use candle_core::Device;
 
 fn fixture(name: &str) -> PathBuf {
@@ -24,14 +24,7 @@ fn one_epoch(dataset: &str, data: &Path) -> agm_train::RunSummary {
     let device = Device::Cpu;
     let built = cfg.build(&device).unwrap_or_else(|e| panic!("{dataset}: {e}"));
     let train = cfg.train_source(&built.data);
-    let mut trainer = Trainer::new(
-        built.model.as_ref(),
-        built.modulator,
-        |g| Ok(cfg.optimizer.build(g)?),
-        cfg.trainer_options(),
-        &device,
-    )
-    .unwrap();
+    let mut trainer = cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device).unwrap();
     let summary = trainer.fit(train.as_ref(), &built.data.validation, &mut NoCallback).unwrap();
     let last = summary.last.clone().expect("one epoch");
     assert!(last.train_loss.is_finite(), "{dataset}: loss {}", last.train_loss);

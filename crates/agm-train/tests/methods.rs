@@ -4,7 +4,7 @@
 use agm_core::MultimodalModel;
 use agm_data::SplitTensors;
 use agm_modulation::{MsesConfig, OgmMode};
-use agm_train::{config, Callback, EpochSummary, Flow, RunConfig, TrainError, Trainer};
+use agm_train::{config, Callback, EpochSummary, Flow, RunConfig, TrainError};
 use candle_core::Device;
 
 /// Records every epoch row.
@@ -23,14 +23,7 @@ fn train(cfg: &RunConfig) -> (agm_train::RunSummary, Vec<EpochSummary>) {
     let device = Device::Cpu;
     let built = cfg.build(&device).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
     let (train, validation) = (&built.data.train, &built.data.validation);
-    let mut trainer = Trainer::new(
-        built.model.as_ref(),
-        built.modulator,
-        |g| Ok(cfg.optimizer.build(g)?),
-        cfg.trainer_options(),
-        &device,
-    )
-    .unwrap();
+    let mut trainer = cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device).unwrap();
     let mut rows = Rows::default();
     let summary = trainer.fit(train, validation, &mut rows).unwrap_or_else(|e| panic!("{}: {e}", cfg.method));
     (summary, rows.0)
@@ -101,14 +94,7 @@ fn train_with_wrong_validation_labels(cfg: &RunConfig) -> (agm_train::RunSummary
         (0..m).map(|x| validation.sample_shape(x).to_vec()).collect(),
         validation.labels().iter().map(|y| (y + 1) % 10).collect(),
     );
-    let mut trainer = Trainer::new(
-        built.model.as_ref(),
-        built.modulator,
-        |g| Ok(cfg.optimizer.build(g)?),
-        cfg.trainer_options(),
-        &device,
-    )
-    .unwrap();
+    let mut trainer = cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device).unwrap();
     let mut rows = Rows::default();
     let summary = trainer.fit(train, &wrong, &mut rows).unwrap();
     let coeffs = rows.0.iter().map(|r| r.last_coefficients.clone().unwrap()).collect();
