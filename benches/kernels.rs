@@ -26,6 +26,7 @@ enum Kind {
     Conv { x: Var, w: Var, spec: Conv2dSpec },
     MaxPool { x: Var, spec: Pool2dSpec },
     LayerNorm { x: Var, gamma: Var, beta: Var },
+    BatchNorm { x: Var, weight: Var, bias: Var },
     Softmax { x: Var },
     CrossEntropy { logits: Var, labels: Tensor },
 }
@@ -60,6 +61,11 @@ impl KernelCase {
             Kind::LayerNorm { x, gamma, beta } => {
                 let f = if reference { agm_kernels::layer_norm_ref } else { agm_kernels::layer_norm };
                 f(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5)?
+            }
+            Kind::BatchNorm { x, weight, bias } => {
+                let f = if reference { agm_kernels::batch_norm_ref } else { agm_kernels::batch_norm };
+                // Training mode: batch statistics, gradients to all three.
+                f(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), None, 1e-5)?.0
             }
             Kind::Softmax { x } => {
                 let f = if reference { agm_kernels::softmax_ref } else { agm_kernels::softmax_last_dim };
@@ -98,6 +104,16 @@ pub fn kernel_cases(device: &Device) -> Result<Vec<KernelCase>> {
         conv("conv2d_3x3_64to64_28x28_b8", &[8, 64, 28, 28], &[64, 64, 3, 3], 1, 1, 1)?,
         conv("conv2d_stem_7x7s2p3_1to64_112x112_b8", &[8, 1, 112, 112], &[64, 1, 7, 7], 2, 3, 3)?,
         conv("conv2d_3x3s2_64to128_28x28_b8", &[8, 64, 28, 28], &[128, 64, 3, 3], 2, 1, 5)?,
+        conv("conv2d_3x3_512to512_4x4_b8", &[8, 512, 4, 4], &[512, 512, 3, 3], 1, 1, 13)?,
+        KernelCase {
+            name: "batch_norm_train_64x56x56_b8",
+            kind: Kind::BatchNorm {
+                x: seeded(&[8, 64, 56, 56], 14, device)?,
+                weight: seeded(&[64], 15, device)?,
+                bias: seeded(&[64], 16, device)?,
+            },
+            device: device.clone(),
+        },
         KernelCase {
             name: "max_pool2d_3x3s2p1_64x56x56_b8",
             kind: Kind::MaxPool { x: seeded(&[8, 64, 56, 56], 7, device)?, spec: Pool2dSpec::new(3, 2, 1) },
