@@ -34,8 +34,15 @@ fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
     }
     if let Some(v) = &args.dataset {
         cfg.dataset = v.clone();
-        if args.model.is_none() && args.config.is_none() {
-            cfg.model = config::default_model(v);
+        if args.config.is_none() {
+            if args.model.is_none() {
+                cfg.model = config::default_model(v);
+            }
+            if v != "av-digits" {
+                // The reference's default batch size; the paper models are too big for 64 on a
+                // CPU (MOSEI's MAT net peaks near 22 GB there).
+                cfg.batch_size = 16;
+            }
         }
     }
     if let Some(v) = &args.data {
