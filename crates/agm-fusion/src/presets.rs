@@ -209,6 +209,23 @@ fn fusion_kind(family: &str, fusion: &str) -> FusionKind {
     }
 }
 
+/// CREMA-D's `model.apply(weight_init)` for its linear layers: Xavier-normal weights, zero biases
+/// (its convolutions and batch norms get theirs from `ResNetInit::WeightInit`).
+fn linear_weight_init(root: &crate::ParamBuilder) -> Result<()> {
+    let store = root.store();
+    for name in store.names() {
+        let Some(module) = name.strip_suffix(".weight") else { continue };
+        let var = store.get(&name).expect("listed");
+        let &[fan_out, fan_in] = var.dims() else { continue };
+        let std = (2.0 / (fan_in + fan_out) as f64).sqrt();
+        var.set(&root.draw((fan_out, fan_in), &name, crate::ParamInit::Normal { mean: 0.0, std })?)?;
+        if let Some(bias) = store.get(&format!("{module}.bias")) {
+            bias.set(&bias.as_tensor().zeros_like()?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Builds preset `name` with every variable drawn from `seed`.
 pub fn build_preset(
     name: &str,
@@ -253,5 +270,8 @@ pub fn build_preset(
     let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
     let modalities = ModalitySet::new(spec.inputs.iter().map(|i| i.modality.clone()));
     let fusion = fusion_kind(family, fusion).build(&root, modalities.names(), &dims, spec.classes)?;
+    if family == "cremad" {
+        linear_weight_init(&root)?;
+    }
     Ok(Box::new(FusionModel::from_parts(modalities, encoders, fusion, spec.classes, store)?))
 }

@@ -122,3 +122,19 @@ fn one_joint_step_gives_every_parameter_of_the_paper_presets_a_gradient() {
         }
     }
 }
+
+#[test]
+fn cremad_presets_take_the_reference_weight_init_for_linear_layers() {
+    let model = build_preset("cremad-early", &PresetOptions::small(), 0, DType::F32, &Device::Cpu).unwrap();
+    let groups = model.param_groups();
+    let head = groups.find("head.fc.weight").unwrap().var.as_tensor().clone();
+    let bias = groups.find("head.fc.bias").unwrap().var.as_tensor().clone();
+    assert_eq!(bias.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let maxout = groups.find("mm_encoder.maxout1.fc.weight").unwrap().var.as_tensor().clone();
+    for (w, fan_in, fan_out) in [(head, 1024.0, 6.0), (maxout, 1024.0, 4096.0)] {
+        let v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let var = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64;
+        let want = 2.0 / (fan_in + fan_out);
+        assert!((var / want - 1.0).abs() < 0.1, "Xavier-normal variance {var} vs {want}");
+    }
+}
