@@ -106,3 +106,26 @@ impl Lstm {
         Tensor::stack(&outs, 1)
     }
 }
+
+/// As a modality encoder, `[B, T, I]` to the final hidden state of each direction
+/// (`[B, H · dirs]`): the forward direction's at the last step, the backward one's at the first.
+impl crate::Encoder for Lstm {
+    fn forward_t(&self, x: &Tensor, _train: bool, _dropout_seed: u64) -> Result<Tensor> {
+        let out = self.forward(x)?;
+        let (t, h) = (out.dim(1)?, self.hidden_size());
+        let last = out.narrow(1, t - 1, 1)?.squeeze(1)?.narrow(1, 0, h)?;
+        if self.num_directions() == 1 {
+            return Ok(last);
+        }
+        let first = out.narrow(1, 0, 1)?.squeeze(1)?.narrow(1, h, h)?;
+        Tensor::cat(&[last, first], 1)
+    }
+
+    fn out_dim(&self) -> usize {
+        Lstm::out_dim(self)
+    }
+
+    fn mode_dependent(&self) -> bool {
+        false
+    }
+}

@@ -508,3 +508,20 @@ fn mosei_joint_step_reaches_every_parameter() {
     let row0 = max_abs(&emb.get(0).unwrap());
     assert!(row0 > 0.0, "padding id 0 is looked up and trained, as in the reference");
 }
+
+#[test]
+fn a_bidirectional_lstm_encodes_a_modality_with_each_direction_final_state() {
+    use agm_fusion::Encoder as _;
+    let store = agm_fusion::ParamStore::new();
+    let lstm = agm_fusion::Lstm::new(&store.builder(1, DType::F64, &Device::Cpu), 3, 4, true).unwrap();
+    let x = Tensor::arange(0f64, 2.0 * 5.0 * 3.0, &Device::Cpu).unwrap().affine(0.05, -0.5).unwrap();
+    let x = x.reshape((2, 5, 3)).unwrap();
+    let seq = lstm.forward(&x).unwrap();
+    let feat = agm_fusion::Encoder::forward_t(&lstm, &x, true, 0).unwrap();
+    assert_eq!(feat.dims(), &[2, 8]);
+    let fwd_last = seq.narrow(1, 4, 1).unwrap().squeeze(1).unwrap().narrow(1, 0, 4).unwrap();
+    let bwd_first = seq.narrow(1, 0, 1).unwrap().squeeze(1).unwrap().narrow(1, 4, 4).unwrap();
+    let want = Tensor::cat(&[fwd_last, bwd_first], 1).unwrap();
+    assert_eq!(feat.to_vec2::<f64>().unwrap(), want.to_vec2::<f64>().unwrap());
+    assert!(!lstm.mode_dependent());
+}
