@@ -2,45 +2,21 @@
 //! pass receives gradient.
 
 use agm_core::{MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
+use agm_fusion::{FusionKind, FusionModel};
 use agm_modulation::{Agm, AgmConfig, ClipRule, Joint, Modulator};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
-use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use candle_core::DType;
+
+mod common;
 
 fn model(m: usize) -> FusionModel {
-    let names = ["audio", "visual", "text"];
-    let encoders = (0..m)
-        .map(|i| EncoderSpec {
-            modality: names[i].into(),
-            layers: vec![
-                EncoderLayer::Flatten,
-                EncoderLayer::Linear { in_dim: 6, out_dim: 5 },
-                EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 },
-                EncoderLayer::Relu,
-            ],
-        })
-        .collect();
-    let cfg = LateConcatConfig { encoders, num_classes: 4, prefix: "net".into() };
-    FusionModel::late_concat(&cfg, 11, DType::F64, &Device::Cpu).unwrap()
+    common::tiny_model(m, &FusionKind::LateConcat, true, 4, DType::F64)
 }
 
 fn batches(m: usize, n: usize) -> Vec<MultimodalBatch> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    (0..n)
-        .map(|_| {
-            let inputs = (0..m)
-                .map(|_| {
-                    let v: Vec<f64> = (0..8 * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
-                    Tensor::from_vec(v, (8, 2, 3), &Device::Cpu).unwrap()
-                })
-                .collect();
-            let labels: Vec<u32> = (0..8).map(|_| rng.random_range(0..4)).collect();
-            MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
-        })
-        .collect()
+    common::tiny_batches(m, n, 8, 4, DType::F64, 5)
 }
 
 /// Trains `steps` steps and returns every variable afterwards.

@@ -2,14 +2,13 @@
 //! finite, and the model changes.
 
 use agm_core::{MultimodalBatch, MultimodalModel, ShapleyMode};
-use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatConfig};
+use agm_fusion::{FusionKind, FusionModel};
 use agm_modulation::registry::{self, MethodConfigs, METHODS};
 use agm_modulation::MslrConfig;
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
-use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use candle_core::DType;
 
 const FUSIONS: [FusionKind; 6] = [
     FusionKind::LateConcat,
@@ -20,33 +19,14 @@ const FUSIONS: [FusionKind; 6] = [
     FusionKind::CrossModal { dim: 8, heads: 2 },
 ];
 
+mod common;
+
 fn model(m: usize, fusion: &FusionKind) -> FusionModel {
-    let names = ["audio", "visual", "text"];
-    let encoders = (0..m)
-        .map(|i| EncoderSpec {
-            modality: names[i].into(),
-            layers: vec![
-                EncoderLayer::Flatten,
-                EncoderLayer::Linear { in_dim: 6, out_dim: 5 },
-                EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 },
-                EncoderLayer::Relu,
-            ],
-        })
-        .collect();
-    let cfg = LateConcatConfig { encoders, num_classes: 3, prefix: String::new() };
-    FusionModel::sequential(&cfg, fusion, 1, DType::F32, &Device::Cpu).unwrap()
+    common::tiny_model(m, fusion, true, 3, DType::F32)
 }
 
 fn batch(m: usize, seed: u64) -> MultimodalBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let inputs = (0..m)
-        .map(|_| {
-            let v: Vec<f32> = (0..6 * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
-            Tensor::from_vec(v, (6, 2, 3), &Device::Cpu).unwrap()
-        })
-        .collect();
-    let labels: Vec<u32> = (0..6).map(|i| i % 3).collect();
-    MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
+    common::tiny_batches(m, 1, 6, 3, DType::F32, seed).remove(0)
 }
 
 fn values(model: &FusionModel) -> Vec<f32> {

@@ -2,13 +2,12 @@
 //! batched call) against the faithful one (a whole-network pass per subset).
 
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
-use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatConfig};
+use agm_fusion::{FusionKind, FusionModel};
 use agm_modulation::{shapley::masked_subsets, Agm, AgmConfig};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
-use candle_core::{DType, Device, Tensor};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Tensor};
 
 const FUSIONS: [FusionKind; 6] = [
     FusionKind::LateConcat,
@@ -19,32 +18,14 @@ const FUSIONS: [FusionKind; 6] = [
     FusionKind::CrossModal { dim: 8, heads: 2 },
 ];
 
+mod common;
+
 fn model(m: usize, fusion: &FusionKind, batch_norm: bool) -> FusionModel {
-    let names = ["audio", "visual", "text"];
-    let encoders = (0..m)
-        .map(|i| {
-            let mut layers = vec![EncoderLayer::Flatten, EncoderLayer::Linear { in_dim: 6, out_dim: 5 }];
-            if batch_norm {
-                layers.push(EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 });
-            }
-            layers.push(EncoderLayer::Relu);
-            EncoderSpec { modality: names[i].into(), layers }
-        })
-        .collect();
-    let cfg = LateConcatConfig { encoders, num_classes: 4, prefix: String::new() };
-    FusionModel::sequential(&cfg, fusion, 3, DType::F64, &Device::Cpu).unwrap()
+    common::tiny_model(m, fusion, batch_norm, 4, DType::F64)
 }
 
 fn batch(m: usize, seed: u64) -> MultimodalBatch {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let inputs = (0..m)
-        .map(|_| {
-            let v: Vec<f64> = (0..8 * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
-            Tensor::from_vec(v, (8, 2, 3), &Device::Cpu).unwrap()
-        })
-        .collect();
-    let labels: Vec<u32> = (0..8).map(|_| rng.random_range(0..4)).collect();
-    MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
+    common::tiny_batches(m, 1, 8, 4, DType::F64, seed).remove(0)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -1,0 +1,50 @@
+//! Tiny models and seeded batches shared by the step tests: per modality a 2×3 input, flattened,
+//! `Linear(6, 5)`, optional batch norm, ReLU; any fusion; M = 1 to 3.
+
+#![allow(dead_code)]
+
+use agm_core::MultimodalBatch;
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatConfig};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+
+/// A tiny model over `m` modalities (`audio`, `visual`, `text`) with `classes` outputs.
+pub fn tiny_model(m: usize, fusion: &FusionKind, batch_norm: bool, classes: usize, dtype: DType) -> FusionModel {
+    let names = ["audio", "visual", "text"];
+    let encoders = (0..m)
+        .map(|i| {
+            let mut layers = vec![EncoderLayer::Flatten, EncoderLayer::Linear { in_dim: 6, out_dim: 5 }];
+            if batch_norm {
+                layers.push(EncoderLayer::BatchNorm { channels: 5, eps: 1e-5 });
+            }
+            layers.push(EncoderLayer::Relu);
+            EncoderSpec { modality: names[i].into(), layers }
+        })
+        .collect();
+    let cfg = LateConcatConfig { encoders, num_classes: classes, prefix: "net".into() };
+    FusionModel::sequential(&cfg, fusion, 11, dtype, &Device::Cpu).unwrap()
+}
+
+/// `count` batches of `size` samples with inputs uniform in [−2, 2) and random labels.
+pub fn tiny_batches(
+    m: usize,
+    count: usize,
+    size: usize,
+    classes: u32,
+    dtype: DType,
+    seed: u64,
+) -> Vec<MultimodalBatch> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let inputs = (0..m)
+                .map(|_| {
+                    let v: Vec<f64> = (0..size * 6).map(|_| rng.random_range(-2.0..2.0)).collect();
+                    Tensor::from_vec(v, (size, 2, 3), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+                })
+                .collect();
+            let labels: Vec<u32> = (0..size).map(|_| rng.random_range(0..classes)).collect();
+            MultimodalBatch::new(inputs, Tensor::new(labels, &Device::Cpu).unwrap()).unwrap()
+        })
+        .collect()
+}
