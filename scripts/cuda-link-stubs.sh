@@ -3,22 +3,42 @@
 #
 # candle-core 0.11.1 turns on cudarc's `dynamic-linking`, so the linker wants libcuda, libcublas,
 # libcublasLt, libcurand and libnvrtc, and candle-kernels asks for libcudart. This script writes
-# empty stub shared libraries carrying the real sonames (so the binary records the right
-# DT_NEEDED entries), and a static libcudart from the nvcc wheels of cuda-env.sh, into one folder.
-# Source it after ../shared/tools/cuda-env.sh; it exports RUSTFLAGS that add the folder to the
-# search path and leave the CUDA symbols to be bound at run time by the real libraries
-# (LD_LIBRARY_PATH on the GPU machine; never point it at this stub folder).
-
+# stub shared libraries carrying the real sonames, and a static libcudart from the nvcc wheels
+# of cuda-env.sh, into one folder, and exports RUSTFLAGS that link against them. The binary then
+# records the real sonames; on the GPU machine the real libraries (LD_LIBRARY_PATH, never this
+# folder) provide the symbols.
+#
+# The linker keeps a library only when it defines a symbol the binary uses, so the stubs must
+# define the CUDA symbols. Build in two passes (docs/cuda.md):
+#   source scripts/cuda-link-stubs.sh            # empty stubs, symbols left unresolved
+#   cargo build --release --features cuda -p xtask --target-dir target/xtask-cuda
+#   source scripts/cuda-link-stubs.sh target/xtask-cuda/release/xtask   # stubs with its symbols
+#   touch xtask/src/main.rs && cargo build --release --features cuda -p xtask --target-dir target/xtask-cuda
+# Every stub function returns 999 (CUDA_ERROR_UNKNOWN and the other libraries' error codes), so
+# calling one without the real library fails cleanly instead of running garbage.
 stub_dir="${AGM_CUDA_STUBS:-$PWD/target/cuda-stubs}"
 mkdir -p "$stub_dir"
-empty="$stub_dir/empty.c"
-echo "void agm_cuda_link_stub(void) {}" > "$empty"
+symbols=""
+if [ -n "${1:-}" ] && [ -f "$1" ]; then
+  symbols=$(nm -u "$1" | awk '{print $2}' | sed 's/@.*//' | grep -E '^(cu|nvrtc)' | grep -v '^cuda' | sort -u)
+fi
 for pair in cuda:libcuda.so.1 cublas:libcublas.so.13 cublasLt:libcublasLt.so.13 curand:libcurand.so.10 nvrtc:libnvrtc.so.13; do
   name="${pair%%:*}"; soname="${pair#*:}"
-  cc -shared -fPIC -o "$stub_dir/lib$name.so" -Wl,-soname,"$soname" "$empty"
+  src="$stub_dir/$name.c"
+  echo "/* stub of $soname: link-time only */" > "$src"
+  for s in $symbols; do
+    case "$s" in
+      cublasLt*) lib=cublasLt ;;
+      cublas*) lib=cublas ;;
+      curand*) lib=curand ;;
+      nvrtc*) lib=nvrtc ;;
+      *) lib=cuda ;;
+    esac
+    [ "$lib" = "$name" ] && echo "int $s(void) { return 999; }" >> "$src"
+  done
+  cc -shared -fPIC -o "$stub_dir/lib$name.so" -Wl,-soname,"$soname" "$src"
 done
 cp "$CUDA_ROOT/lib/libcudart_static.a" "$stub_dir/libcudart.a"
-# --no-as-needed keeps the stubs as DT_NEEDED entries although they define nothing; -z lazy
-# defers binding, so a CPU run never looks a CUDA symbol up.
-export RUSTFLAGS="${RUSTFLAGS:-} -L $stub_dir -C link-arg=-Wl,--no-as-needed -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
-echo "cuda link stubs in $stub_dir"
+# Symbols the stubs do not define yet (first pass) are left for run time; -z lazy binds on use.
+export RUSTFLAGS="${RUSTFLAGS:-} -L $stub_dir -C link-arg=-Wl,--unresolved-symbols=ignore-all -C link-arg=-Wl,-z,lazy"
+echo "cuda link stubs in $stub_dir ($(echo "$symbols" | grep -c . ) symbols)"

@@ -197,9 +197,12 @@ impl RunConfig {
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cuda" => Device::new_cuda(0).map_err(|e| {
-                TrainError::Config(format!(
-                    "device = `cuda`: {e}; build with `--features cuda` (cargo xtask does this for you)"
-                ))
+                let fix = if cfg!(feature = "cuda") {
+                    "no usable GPU: check the NVIDIA driver and that LD_LIBRARY_PATH holds libcublas and libcurand (docs/cuda.md)"
+                } else {
+                    "build with `--features cuda` (cargo xtask does this for you)"
+                };
+                TrainError::Config(format!("device = `cuda`: {e}; {fix}"))
             }),
             _ => Ok(Device::Cpu),
         }
