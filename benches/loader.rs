@@ -31,3 +31,16 @@ pub fn seconds_per_batch(data: &LoadedDataset, batch_size: usize, device: &Devic
     }
     Ok(started.elapsed().as_secs_f64() / batches.max(1) as f64)
 }
+
+/// Seconds per loader batch and per `avmnist-late` joint step at `batch_size`: the loader reads a
+/// generated folder of `rows` training rows; the step is the median of 3 after a warm-up.
+pub fn loader_and_step_seconds(rows: usize, batch_size: usize, device: &Device) -> Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    write_avmnist(dir.path(), rows, rows / 10, 0)?;
+    let per_batch = seconds_per_batch(&load_avmnist(dir.path())?, batch_size, device)?;
+    let opts = agm_fusion::PresetOptions::default();
+    let batch = crate::preset_batch("avmnist-late", &opts, batch_size, device)?;
+    let mut arms = vec![crate::StepBench::for_preset("avmnist-late", &opts, "joint", device)?];
+    let per_step = crate::interleaved_medians(&mut arms, &batch, 3)?[0];
+    Ok((per_batch, per_step))
+}

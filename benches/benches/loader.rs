@@ -2,9 +2,7 @@
 //! training rows in the real shapes) against the `avmnist-late` joint training step at the same
 //! batch size. Run with `cargo bench -p agm-benches --bench loader`.
 
-use agm_benches::loader::{load_avmnist, seconds_per_batch, write_avmnist};
-use agm_benches::{preset_batch, StepBench};
-use agm_fusion::PresetOptions;
+use agm_benches::loader::{load_avmnist, loader_and_step_seconds, seconds_per_batch, write_avmnist};
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -20,16 +18,7 @@ fn loader(c: &mut Criterion) {
     group.bench_function("epoch_b16_prefetch", |b| b.iter(|| seconds_per_batch(&data, BATCH, &dev).expect("epoch")));
     group.finish();
 
-    let per_batch = seconds_per_batch(&data, BATCH, &dev).expect("epoch");
-    let opts = PresetOptions::default();
-    let batch = preset_batch("avmnist-late", &opts, BATCH, &dev).expect("batch");
-    let mut step = StepBench::for_preset("avmnist-late", &opts, "joint", &dev).expect("model");
-    step.step(&batch).expect("warm-up");
-    let started = std::time::Instant::now();
-    for _ in 0..3 {
-        step.step(&batch).expect("step");
-    }
-    let per_step = started.elapsed().as_secs_f64() / 3.0;
+    let (per_batch, per_step) = loader_and_step_seconds(4000, BATCH, &dev).expect("loader and step");
     println!(
         "AV-MNIST loader {:.1} batches/s vs avmnist-late joint step {:.2} steps/s at batch {BATCH}: loader/step rate ratio {:.0}x",
         1.0 / per_batch,

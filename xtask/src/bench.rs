@@ -107,15 +107,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// The AV-MNIST loader (4,000 generated rows) against the `avmnist-late` joint step, batch 16.
 fn loader_row(device: &Device) -> anyhow::Result<()> {
-    use agm_benches::loader::{load_avmnist, seconds_per_batch, write_avmnist};
-    let dir = tempfile::tempdir()?;
-    write_avmnist(dir.path(), 4000, 400, 0)?;
-    let data = load_avmnist(dir.path())?;
-    let per_batch = seconds_per_batch(&data, 16, device)?;
-    let opts = PresetOptions::default();
-    let batch = preset_batch("avmnist-late", &opts, 16, device)?;
-    let mut arms = vec![StepBench::for_preset("avmnist-late", &opts, "joint", device)?];
-    let per_step = interleaved_medians(&mut arms, &batch, 3)?[0];
+    let (per_batch, per_step) = agm_benches::loader::loader_and_step_seconds(4000, 16, device)?;
     println!();
     println!(
         "AV-MNIST loader (4,000 rows, batch 16, prefetch thread): {:.1} batches/s; avmnist-late joint step {:.2} steps/s; loader/step rate {:.0}x",

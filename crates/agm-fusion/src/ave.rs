@@ -7,15 +7,6 @@ use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::{dropout, LayerNorm, Linear, Lstm, ParamBuilder, ParamInit, ParamRole, ParamStore};
 
-/// `Linear` over any leading dimensions (the layer itself takes `[N, in]`).
-pub(crate) fn linear_nd(layer: &Linear, x: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let (lead, last) = dims.split_at(dims.len() - 1);
-    let y = layer.forward(&x.reshape((lead.iter().product::<usize>(), last[0]))?)?;
-    let out = y.dim(1)?;
-    y.reshape([lead, &[out]].concat())
-}
-
 /// A `Linear` whose weight starts Xavier-uniform (`torch.nn.init.xavier_uniform_`, gain 1) and
 /// whose bias, if any, keeps PyTorch's default: the reference re-initialises only the weights.
 fn xavier_linear(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
@@ -68,12 +59,12 @@ impl Avga {
         let (b, s) = (video.dim(0)?, video.dim(1)?);
         let c = video.dim(D::Minus1)?;
         let v = video.reshape((b * s, (), c))?;
-        let v_t = linear_nd(&self.affine_video, &v)?.relu()?;
+        let v_t = self.affine_video.forward(&v)?.relu()?;
         let a_t = self.affine_audio.forward(&audio.reshape((b * s, audio.dim(D::Minus1)?))?)?.relu()?;
         // The audio term is one scalar per map position, broadcast along the last axis, exactly
         // as the reference's `unsqueeze(2)` does.
-        let content = linear_nd(&self.affine_v, &v_t)?.broadcast_add(&self.affine_g.forward(&a_t)?.unsqueeze(2)?)?;
-        let z = linear_nd(&self.affine_h, &content.tanh()?)?.squeeze(2)?;
+        let content = self.affine_v.forward(&v_t)?.broadcast_add(&self.affine_g.forward(&a_t)?.unsqueeze(2)?)?;
+        let z = self.affine_h.forward(&content.tanh()?)?.squeeze(2)?;
         let alpha = agm_kernels::softmax_last_dim(&z)?.unsqueeze(1)?;
         alpha.matmul(&v)?.reshape((b, s, c))
     }
@@ -105,7 +96,7 @@ fn threshold_rows(beta: &Tensor, thr: f64) -> Result<Tensor> {
 impl Psp {
     /// `a`, `v` `[B, S, 256]` -> (fusion, v_psp, a_psp), each `[B, S, 256]`.
     fn forward(&self, a: &Tensor, v: &Tensor, thr: f64, drop: &DropoutSites) -> Result<(Tensor, Tensor, Tensor)> {
-        let branch = |l: &Linear, x: &Tensor| drop.apply(&linear_nd(l, x)?.relu()?);
+        let branch = |l: &Linear, x: &Tensor| drop.apply(&l.forward(x)?.relu()?);
         let v1 = branch(&self.v_l1, v)?;
         let v2 = branch(&self.v_l2, v)?;
         let a1 = branch(&self.a_l1, a)?;
@@ -295,15 +286,15 @@ impl MultimodalModel for AvePspNet {
         let video = if opts.present.contains(1) { video.clone() } else { video.zeros_like()? };
         let drop = DropoutSites::new(Self::DROPOUT, opts.train, opts.dropout_seed);
 
-        let fa = linear_nd(&self.fa[1], &linear_nd(&self.fa[0], &audio)?)?;
+        let fa = self.fa[1].forward(&self.fa[0].forward(&audio)?)?;
         let video_t = self.attention.forward(&fa, &video)?;
-        let fv = linear_nd(&self.fv[1], &linear_nd(&self.fv[0], &video_t)?)?;
+        let fv = self.fv[1].forward(&self.fv[0].forward(&video_t)?)?;
         let lstm_a = self.lstm_audio.forward(&fa)?;
         let lstm_v = self.lstm_video.forward(&fv)?;
         let (fusion, v_psp, a_psp) = self.psp.forward(&lstm_a, &lstm_v, Self::THRESHOLD, &drop)?;
         let cross_att = (l2_normalise(&v_psp)? * l2_normalise(&a_psp)?)?.sum(D::Minus1)?;
-        let encoded = linear_nd(&self.l1, &fusion)?.relu()?;
-        let out = linear_nd(&self.l2, &encoded)?;
+        let encoded = self.l1.forward(&fusion)?.relu()?;
+        let out = self.l2.forward(&encoded)?;
 
         let rows = |x: &Tensor| x.reshape((b * s, ()));
         Ok(ModelOutput {

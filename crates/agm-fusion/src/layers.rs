@@ -21,8 +21,14 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A layer over existing variables (`weight [out, in]`), e.g. copies of another layer's.
+    pub fn from_vars(weight: Var, bias: Option<Var>) -> Self {
+        Self { weight, bias }
+    }
+
+    /// `x [..., in]` to `[..., out]`: any leading dimensions, as one 2-D product over all rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        let y = rowwise_matmul(x, &self.weight.as_tensor().t()?)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b.as_tensor()),
             None => Ok(y),
@@ -31,6 +37,10 @@ impl Linear {
 
     pub fn weight(&self) -> &Var {
         &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
     }
 }
 
@@ -141,6 +151,18 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
     let mask: Vec<f64> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
+}
+
+/// `x [..., in] × w [in, out]` as one 2-D product over all leading rows (candle's `matmul` wants
+/// matching batch dimensions on both sides).
+pub(crate) fn rowwise_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.rank() == 2 {
+        return x.matmul(w);
+    }
+    let dims = x.dims();
+    let (lead, last) = dims.split_at(dims.len() - 1);
+    let y = x.reshape((lead.iter().product::<usize>(), last[0]))?.matmul(w)?;
+    y.reshape([lead, &[w.dim(1)?]].concat())
 }
 
 /// Flattens every dimension after the batch dimension, row-major.

@@ -3,7 +3,7 @@
 use agm_core::{ForwardOpts, ModalitySet, ModelOutput, MultimodalModel, ParamGroups};
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
-use crate::ave::{linear_nd, DropoutSites};
+use crate::ave::DropoutSites;
 use crate::{Linear, Lstm, ParamBuilder, ParamInit, ParamRole, ParamStore};
 
 /// Hyper-parameters of the MAT model (`MOSEI_Config` of the reference).
@@ -91,7 +91,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor, drop: &DropoutSites) -> Result<Tensor> {
-        linear_nd(&self.linear, &drop.apply(&linear_nd(&self.fc, x)?.relu()?)?)
+        self.linear.forward(&drop.apply(&self.fc.forward(x)?.relu()?)?)
     }
 }
 
@@ -129,7 +129,7 @@ impl MhAtt {
     /// `[B, L, hidden]` -> `[B, heads, L, hidden/heads]`.
     fn split(&self, layer: &Linear, x: &Tensor) -> Result<Tensor> {
         let (b, l, h) = x.dims3()?;
-        linear_nd(layer, x)?.reshape((b, l, self.heads, h / self.heads))?.transpose(1, 2)?.contiguous()
+        layer.forward(x)?.reshape((b, l, self.heads, h / self.heads))?.transpose(1, 2)?.contiguous()
     }
 
     fn forward(
@@ -152,7 +152,7 @@ impl MhAtt {
         };
         let att = drop.apply(&agm_kernels::softmax_last_dim(&scores)?)?;
         let atted = att.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, lq, hidden))?;
-        linear_nd(&self.linear_merge, &atted)
+        self.linear_merge.forward(&atted)
     }
 }
 
@@ -447,7 +447,7 @@ impl MoseiMatNet {
         let drop = DropoutSites::new(self.cfg.dropout, train, dropout_seed);
         let emb = self.embedding.as_tensor().index_select(&ids.flatten_all()?, 0)?.reshape((b, lt, ()))?;
         let mut x = self.lstm_x.forward(&emb)?;
-        let mut y = linear_nd(&self.adapter, &audio.to_dtype(self.embedding.dtype())?)?;
+        let mut y = self.adapter.forward(&audio.to_dtype(self.embedding.dtype())?)?;
         for (i, block) in self.enc_list.iter().enumerate() {
             // Only the first block sees the padding masks, as in the reference.
             let (xm, ym) = if i == 0 { (Some(text_mask), Some(audio_mask)) } else { (None, None) };

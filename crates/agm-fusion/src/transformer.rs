@@ -7,7 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::{dropout, Encoder, LayerNorm, ParamBuilder, ParamInit};
+use crate::layers::rowwise_matmul;
+use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TransformerConfig {
@@ -32,26 +33,6 @@ impl TransformerConfig {
     }
 }
 
-/// `x Wᵀ + b` over the last dimension of `[B, L, in]`.
-#[derive(Debug)]
-struct Dense {
-    weight: Var,
-    bias: Var,
-}
-
-impl Dense {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = rowwise_matmul(x, &self.weight.as_tensor().t()?)?;
-        y.broadcast_add(self.bias.as_tensor())
-    }
-}
-
-/// `[B, L, in] × [in, out]` as one 2-D product over all `B·L` rows.
-fn rowwise_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let (b, l, f) = x.dims3()?;
-    x.reshape((b * l, f))?.matmul(w)?.reshape((b, l, w.dim(1)?))
-}
-
 /// Creates the variables of one encoder layer: drawn for the first layer, copied from it for the
 /// others (PyTorch deep-copies one layer, so all start identical).
 struct LayerVars<'a> {
@@ -72,10 +53,10 @@ impl LayerVars<'_> {
 /// norm_first=False)`.
 #[derive(Debug)]
 struct EncoderLayer {
-    in_proj: Dense,
-    out_proj: Dense,
-    linear1: Dense,
-    linear2: Dense,
+    in_proj: Linear,
+    out_proj: Linear,
+    linear1: Linear,
+    linear2: Linear,
     norm1: LayerNorm,
     norm2: LayerNorm,
 }
@@ -91,25 +72,25 @@ impl EncoderLayer {
         // MultiheadAttention: xavier_uniform over the packed [3d, d] weight, zero biases; the
         // output projection keeps nn.Linear's default weight.
         let xavier = ParamInit::Uniform { bound: (6.0 / (d + 3 * d) as f64).sqrt() };
-        let in_proj = Dense {
-            weight: attn.var("in_proj_weight", &[3 * d, d], xavier, |t| &t.in_proj.weight)?,
-            bias: attn.var("in_proj_bias", &[3 * d], zero, |t| &t.in_proj.bias)?,
-        };
+        let in_proj = Linear::from_vars(
+            attn.var("in_proj_weight", &[3 * d, d], xavier, |t| t.in_proj.weight())?,
+            Some(attn.var("in_proj_bias", &[3 * d], zero, |t| t.in_proj.bias().expect("a biased layer"))?),
+        );
         let out = LayerVars { pb: pb.pp("self_attn").pp("out_proj"), template };
-        let out_proj = Dense {
-            weight: out.var("weight", &[d, d], linear_init(d), |t| &t.out_proj.weight)?,
-            bias: out.var("bias", &[d], zero, |t| &t.out_proj.bias)?,
-        };
+        let out_proj = Linear::from_vars(
+            out.var("weight", &[d, d], linear_init(d), |t| t.out_proj.weight())?,
+            Some(out.var("bias", &[d], zero, |t| t.out_proj.bias().expect("a biased layer"))?),
+        );
         let l1 = LayerVars { pb: pb.pp("linear1"), template };
-        let linear1 = Dense {
-            weight: l1.var("weight", &[f, d], linear_init(d), |t| &t.linear1.weight)?,
-            bias: l1.var("bias", &[f], linear_init(d), |t| &t.linear1.bias)?,
-        };
+        let linear1 = Linear::from_vars(
+            l1.var("weight", &[f, d], linear_init(d), |t| t.linear1.weight())?,
+            Some(l1.var("bias", &[f], linear_init(d), |t| t.linear1.bias().expect("a biased layer"))?),
+        );
         let l2 = LayerVars { pb: pb.pp("linear2"), template };
-        let linear2 = Dense {
-            weight: l2.var("weight", &[d, f], linear_init(f), |t| &t.linear2.weight)?,
-            bias: l2.var("bias", &[d], linear_init(f), |t| &t.linear2.bias)?,
-        };
+        let linear2 = Linear::from_vars(
+            l2.var("weight", &[d, f], linear_init(f), |t| t.linear2.weight())?,
+            Some(l2.var("bias", &[d], linear_init(f), |t| t.linear2.bias().expect("a biased layer"))?),
+        );
         // LayerNorm starts at weight 1, bias 0: identical in every layer without copying.
         let norm1 = LayerNorm::new(&pb.pp("norm1"), d, 1e-5)?;
         let norm2 = LayerNorm::new(&pb.pp("norm2"), d, 1e-5)?;
