@@ -10,15 +10,6 @@ use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
 use candle_core::DType;
 
-const FUSIONS: [FusionKind; 6] = [
-    FusionKind::LateConcat,
-    FusionKind::LateSum,
-    FusionKind::Early { first_hidden: 8, second_hidden: 6 },
-    FusionKind::Film,
-    FusionKind::Gated { dim: 5 },
-    FusionKind::CrossModal { dim: 8, heads: 2 },
-];
-
 mod common;
 
 fn model(m: usize, fusion: &FusionKind) -> FusionModel {
@@ -41,7 +32,7 @@ fn values(model: &FusionModel) -> Vec<f32> {
 #[test]
 fn every_fusion_trains_two_steps_under_every_method_with_two_and_three_modalities() {
     for m in [2, 3] {
-        for fusion in &FUSIONS {
+        for fusion in &common::FUSIONS {
             for &method in METHODS {
                 for shapley in [ShapleyMode::Faithful, ShapleyMode::Fast] {
                     if shapley == ShapleyMode::Fast && method != "agm" {

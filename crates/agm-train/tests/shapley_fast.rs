@@ -9,15 +9,6 @@ use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
 use candle_core::{DType, Tensor};
 
-const FUSIONS: [FusionKind; 6] = [
-    FusionKind::LateConcat,
-    FusionKind::LateSum,
-    FusionKind::Early { first_hidden: 8, second_hidden: 6 },
-    FusionKind::Film,
-    FusionKind::Gated { dim: 5 },
-    FusionKind::CrossModal { dim: 8, heads: 2 },
-];
-
 mod common;
 
 fn model(m: usize, fusion: &FusionKind, batch_norm: bool) -> FusionModel {
@@ -55,7 +46,7 @@ fn train(m: usize, fusion: &FusionKind, batch_norm: bool, mode: ShapleyMode) -> 
 #[test]
 fn fast_passes_equal_faithful_passes_for_every_fusion_without_mode_dependent_encoders() {
     for m in [2, 3] {
-        for fusion in &FUSIONS {
+        for fusion in &common::FUSIONS {
             // Two identical models: each full pass updates the batch-norm statistics of the fusion.
             let (model, twin) = (model(m, fusion, false), model(m, fusion, false));
             assert!(model.fast_shapley_is_exact());
@@ -81,7 +72,7 @@ fn fast_passes_equal_faithful_passes_for_every_fusion_without_mode_dependent_enc
 #[test]
 fn agm_training_is_the_same_in_both_modes_to_1e_10() {
     for m in [2, 3] {
-        for fusion in &FUSIONS {
+        for fusion in &common::FUSIONS {
             let faithful = train(m, fusion, false, ShapleyMode::Faithful);
             let fast = train(m, fusion, false, ShapleyMode::Fast);
             for ((name, a), (_, b)) in faithful.iter().zip(&fast) {

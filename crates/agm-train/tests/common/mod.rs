@@ -8,6 +8,16 @@ use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatC
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
+/// Every fusion, sized for the tiny encoders.
+pub const FUSIONS: [FusionKind; 6] = [
+    FusionKind::LateConcat,
+    FusionKind::LateSum,
+    FusionKind::Early { first_hidden: 8, second_hidden: 6 },
+    FusionKind::Film,
+    FusionKind::Gated { dim: 5 },
+    FusionKind::CrossModal { dim: 8, heads: 2 },
+];
+
 /// A tiny model over `m` modalities (`audio`, `visual`, `text`) with `classes` outputs.
 pub fn tiny_model(m: usize, fusion: &FusionKind, batch_norm: bool, classes: usize, dtype: DType) -> FusionModel {
     let names = ["audio", "visual", "text"];
