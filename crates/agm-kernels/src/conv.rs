@@ -3,10 +3,13 @@
 //! candle 0.11's conv2d backward fails when `(H + 2p − k) % s != (W + 2p − k) % s` (it takes
 //! `output_padding` from one dimension only), which a 257×188 spectrogram hits at the ResNet stem.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
-    add_strided, check_real, check_same_dtype, dispatch_real, for_each_chunk, slice, strided, valid_range, Real,
+    add_strided, check_real, check_same_dtype, dispatch_real, for_each_chunk, matmul, same_storage_dtype, slice,
+    strided, valid_range, Real,
 };
 
 /// Square-kernel 2-D convolution parameters, PyTorch's `nn.Conv2d(stride, padding)` with one
@@ -30,15 +33,17 @@ impl Conv2dSpec {
 
 /// `x [B, C, H, W]` convolved with `w [O, C, kh, kw]` (no bias), gradients to both.
 ///
-/// On the CPU this is im2col (a custom op whose backward is an exact col2im scatter-add, right
-/// for every stride, padding and input size) followed by candle's differentiable batched matmul
-/// with the reshaped weight. An `x` that candle does not track (a raw image, not a `Var` or
-/// derived from one) gets no col2im in the backward pass. f32 and f64 only.
+/// On the CPU this is one custom op: im2col of the whole batch into columns `[C·kh·kw, B·OH·OW]`
+/// and one GEMM with the weight. Its backward is two GEMMs on the same columns (kept from the
+/// forward pass) and an exact col2im scatter-add, right for every stride, padding and input size.
+/// Neither the columns nor their gradient ever enter candle's graph, so the backward pass never
+/// zero-fills and accumulates those large tensors. An `x` that candle does not track (a raw
+/// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
 ///
 /// On other devices (the `cuda` feature) this calls [`conv2d_ref`], i.e. candle's own conv.
 pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
-    let (b, c, h, wd) = x.dims4()?;
-    let (o, wc, kh, kw) = w.dims4()?;
+    let (_, c, h, wd) = x.dims4()?;
+    let (_, wc, kh, kw) = w.dims4()?;
     let Conv2dSpec { stride: s, padding: p } = spec;
     if wc != c {
         candle_core::bail!("conv2d: input has {c} channels but the kernel expects {wc}");
@@ -61,27 +66,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     check_real(x, "conv2d")?;
     check_same_dtype(&[x, w], "conv2d")?;
     let geom = Geometry { c, h, w: wd, kh, kw, stride: s, pad: p, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) };
-    let k = c * kh * kw;
-    let cols = if kh == 1 && kw == 1 && s == 1 && p == 0 {
-        // A 1×1 stride-1 conv reads every pixel once: the columns are the input itself.
-        x.reshape((b, c, h * wd))?
-    } else {
-        x.contiguous()?.apply_op1(Im2Col(geom))?
-    };
-    let l = geom.cols();
-    if o <= l {
-        // A stride-0 batch on the weight: candle's matmul loops over the batch without copying
-        // it, and the broadcast's backward sums the per-sample weight gradients ([B, O, K]).
-        let wm = w.reshape((o, k))?.broadcast_as((b, o, k))?;
-        wm.matmul(&cols)?.reshape((b, o, geom.oh, geom.ow))
-    } else {
-        // Few output positions per sample (deep layers): one GEMM over the whole batch,
-        // `[O, K] · [K, B·L]`, whose weight gradient is one GEMM too; that beats summing B
-        // per-sample [O, K] gradients once O > L.
-        let cols = cols.transpose(0, 1)?.contiguous()?.reshape((k, b * l))?;
-        let y = w.reshape((o, k))?.matmul(&cols)?.reshape((o, b, l))?;
-        y.transpose(0, 1)?.contiguous()?.reshape((b, o, geom.oh, geom.ow))
-    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { geom, cols: Mutex::new(None) })
 }
 
 /// Everything the im2col and col2im kernels need besides the batch size.
@@ -99,71 +84,105 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// Rows of the column matrix: `C·kh·kw`.
     fn rows(&self) -> usize {
         self.c * self.kh * self.kw
     }
 
-    fn cols(&self) -> usize {
+    /// Output positions per sample: `OH·OW`.
+    fn positions(&self) -> usize {
         self.oh * self.ow
     }
 
     fn check_input(&self, layout: &Layout, op: &str) -> Result<usize> {
         match layout.dims() {
             &[b, c, h, w] if (c, h, w) == (self.c, self.h, self.w) => Ok(b),
-            d => candle_core::bail!("{op}: expected [B, {}, {}, {}], got {d:?}", self.c, self.h, self.w),
+            d => candle_core::bail!("{op}: expected input [B, {}, {}, {}], got {d:?}", self.c, self.h, self.w),
         }
     }
 
-    fn check_columns(&self, layout: &Layout, op: &str) -> Result<usize> {
+    fn check_kernel(&self, layout: &Layout, op: &str) -> Result<usize> {
         match layout.dims() {
-            &[b, k, n] if (k, n) == (self.rows(), self.cols()) => Ok(b),
-            d => candle_core::bail!("{op}: expected [B, {}, {}], got {d:?}", self.rows(), self.cols()),
+            &[o, c, kh, kw] if (c, kh, kw) == (self.c, self.kh, self.kw) => Ok(o),
+            d => candle_core::bail!("{op}: expected kernel [O, {}, {}, {}], got {d:?}", self.c, self.kh, self.kw),
         }
     }
 
-    /// Columns `[kw, OH·OW]` for kernel row `ki` of one input plane `[H, W]`.
-    fn im2col_row<T: Real>(&self, plane: &[T], ki: usize, dst: &mut [T]) {
+    /// Columns `[C·kh·kw, B·OH·OW]` of the batch `x [B, C, H, W]`: row `(c, ki, kj)` holds the
+    /// input pixel under kernel tap `(ki, kj)` of channel `c` for every sample and output
+    /// position, zero in the padding.
+    fn im2col<T: Real>(&self, x: &[T], b: usize) -> Vec<T> {
+        let (n, plane) = (b * self.positions(), self.h * self.w);
+        let mut cols = vec![T::ZERO; self.rows() * n];
+        // One job per (channel, kernel row): enough pieces to split a batch of one.
+        for_each_chunk(&mut cols, self.kw * n, self.kw * n, |i, dst| {
+            let (c, ki) = (i / self.kh, i % self.kh);
+            for (kj, row) in dst.chunks_exact_mut(n).enumerate() {
+                for (bi, out) in row.chunks_exact_mut(self.positions()).enumerate() {
+                    let start = (bi * self.c + c) * plane;
+                    self.im2col_tap(&x[start..start + plane], ki, kj, out);
+                }
+            }
+        });
+        cols
+    }
+
+    /// The `OH·OW` pixels of one input plane `[H, W]` under kernel tap `(ki, kj)`.
+    fn im2col_tap<T: Real>(&self, plane: &[T], ki: usize, kj: usize, out: &mut [T]) {
         let (s, p, ow) = (self.stride, self.pad, self.ow);
         let (oy_lo, oy_hi) = valid_range(self.h, self.oh, ki, s, p);
-        for (kj, row) in dst.chunks_exact_mut(self.cols()).enumerate() {
-            let (ox_lo, ox_hi) = valid_range(self.w, ow, kj, s, p);
-            if ox_lo == ox_hi {
-                // This tap reads only padding.
-                row.fill(T::ZERO);
-                continue;
-            }
-            row[..oy_lo * ow].fill(T::ZERO);
-            row[oy_hi * ow..].fill(T::ZERO);
-            for (oy, out) in row.chunks_exact_mut(ow).enumerate().take(oy_hi).skip(oy_lo) {
-                let iy = oy * s + ki - p;
-                let src = &plane[iy * self.w..(iy + 1) * self.w];
-                out[..ox_lo].fill(T::ZERO);
-                out[ox_hi..].fill(T::ZERO);
-                let start = ox_lo * s + kj - p;
-                let out = &mut out[ox_lo..ox_hi];
-                if s == 1 {
-                    out.copy_from_slice(&src[start..start + out.len()]);
-                } else {
-                    let n = out.len();
-                    for (d, v) in out.iter_mut().zip(strided(src, start, s, n)) {
-                        *d = v;
-                    }
+        let (ox_lo, ox_hi) = valid_range(self.w, ow, kj, s, p);
+        if ox_lo == ox_hi {
+            // This tap reads only padding.
+            out.fill(T::ZERO);
+            return;
+        }
+        out[..oy_lo * ow].fill(T::ZERO);
+        out[oy_hi * ow..].fill(T::ZERO);
+        for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oy_hi).skip(oy_lo) {
+            let iy = oy * s + ki - p;
+            let src = &plane[iy * self.w..(iy + 1) * self.w];
+            out[..ox_lo].fill(T::ZERO);
+            out[ox_hi..].fill(T::ZERO);
+            let start = ox_lo * s + kj - p;
+            let out = &mut out[ox_lo..ox_hi];
+            if s == 1 {
+                out.copy_from_slice(&src[start..start + out.len()]);
+            } else {
+                let n = out.len();
+                for (d, v) in out.iter_mut().zip(strided(src, start, s, n)) {
+                    *d = v;
                 }
             }
         }
     }
 
-    /// Adds the columns `[kh·kw, OH·OW]` of one channel back onto its input plane `[H, W]`.
-    fn col2im_plane<T: Real>(&self, cols: &[T], plane: &mut [T]) {
+    /// The adjoint of [`Self::im2col`]: columns `[C·kh·kw, B·OH·OW]` scatter-added onto
+    /// `[B, C, H, W]`.
+    fn col2im<T: Real>(&self, cols: &[T], b: usize) -> Vec<T> {
+        let (n, taps) = (b * self.positions(), self.kh * self.kw);
+        let mut out = vec![T::ZERO; b * self.c * self.h * self.w];
+        // One job per (sample, channel) plane: planes never overlap, so no atomics.
+        for_each_chunk(&mut out, self.h * self.w, taps * self.positions(), |i, plane| {
+            let (bi, c) = (i / self.c, i % self.c);
+            let channel = &cols[c * taps * n..(c + 1) * taps * n];
+            self.col2im_plane(channel, n, bi * self.positions(), plane);
+        });
+        out
+    }
+
+    /// Adds the `kh·kw` rows of one channel (`n` apart, this sample's positions from `offset`)
+    /// back onto its input plane `[H, W]`.
+    fn col2im_plane<T: Real>(&self, channel: &[T], n: usize, offset: usize, plane: &mut [T]) {
         let (s, p, ow) = (self.stride, self.pad, self.ow);
-        plane.fill(T::ZERO);
-        for (r, row) in cols.chunks_exact(self.cols()).enumerate() {
+        for r in 0..self.kh * self.kw {
             let (ki, kj) = (r / self.kw, r % self.kw);
             let (oy_lo, oy_hi) = valid_range(self.h, self.oh, ki, s, p);
             let (ox_lo, ox_hi) = valid_range(self.w, ow, kj, s, p);
             if ox_lo == ox_hi {
                 continue;
             }
+            let row = &channel[r * n + offset..r * n + offset + self.positions()];
             for (oy, src) in row.chunks_exact(ow).enumerate().take(oy_hi).skip(oy_lo) {
                 let iy = oy * s + ki - p;
                 let dst = &mut plane[iy * self.w..(iy + 1) * self.w];
@@ -181,61 +200,131 @@ impl Geometry {
     }
 }
 
-/// `x [B, C, H, W]` to columns `[B, C·kh·kw, OH·OW]`: row `(c, ki, kj)` holds the input pixel
-/// under kernel tap `(ki, kj)` of channel `c` for every output position, zero in the padding.
-struct Im2Col(Geometry);
+/// The convolution `(x, w) → y`. The forward pass keeps its columns for the weight gradient.
+struct Conv2d {
+    geom: Geometry,
+    cols: Mutex<Option<CpuStorage>>,
+}
 
-impl CustomOp1 for Im2Col {
+impl CustomOp2 for Conv2d {
     fn name(&self) -> &'static str {
-        "agm-im2col"
+        "agm-conv2d"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let b = g.check_input(layout, self.name())?;
-        dispatch_real!(storage, self.name(), T => {
-            let x = slice::<T>(storage, layout, self.name())?;
-            let mut out = vec![T::ZERO; b * g.rows() * g.cols()];
-            let plane = g.h * g.w;
-            // One job per (sample, channel, kernel row): enough pieces to split a batch of one.
-            for_each_chunk(&mut out, g.kw * g.cols(), g.kw * g.cols(), |i, dst| {
-                let bc = i / g.kh;
-                g.im2col_row(&x[bc * plane..(bc + 1) * plane], i % g.kh, dst);
-            });
-            Ok((T::to_cpu_storage_owned(out), Shape::from((b, g.rows(), g.cols()))))
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom;
+        let b = g.check_input(xl, self.name())?;
+        let o = g.check_kernel(wl, self.name())?;
+        same_storage_dtype(xs, ws, self.name())?;
+        let (k, l) = (g.rows(), g.positions());
+        dispatch_real!(xs, self.name(), T => {
+            let x = slice::<T>(xs, xl, self.name())?;
+            let w = slice::<T>(ws, wl, self.name())?;
+            let cols = g.im2col(x, b);
+            // y as [O, B·L] from one GEMM over the whole batch, then reordered to [B, O, L].
+            let mut y = vec![T::ZERO; o * b * l];
+            matmul(&mut y, (o, b * l, k), w, false, &cols, false);
+            let y = obl_to_bol(&y, o, b, l);
+            *self.cols.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(cols));
+            Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
         })
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, o, _, _) = grad.dims4()?;
+        // The output gradient as [O, B·L], the layout both GEMMs read.
+        let dy = grad.reshape((b, o, self.geom.positions()))?.transpose(0, 1)?.contiguous()?;
+        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
+        let dw = if w.track_op() {
+            let cols = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Some(dy.apply_op2_no_bwd(x, &Conv2dWeightGrad { geom: self.geom, cols })?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
     }
 }
 
-/// The adjoint of [`Im2Col`]: columns `[B, C·kh·kw, OH·OW]` scatter-added onto `[B, C, H, W]`.
-struct Col2Im(Geometry);
+/// `[O, B, L]` (one GEMM's output) to `[B, O, L]`.
+fn obl_to_bol<T: Real>(src: &[T], o: usize, b: usize, l: usize) -> Vec<T> {
+    let mut out = vec![T::ZERO; src.len()];
+    for_each_chunk(&mut out, l, l, |i, row| {
+        let (bi, oi) = (i / o, i % o);
+        row.copy_from_slice(&src[(oi * b + bi) * l..(oi * b + bi + 1) * l]);
+    });
+    out
+}
 
-impl CustomOp1 for Col2Im {
+/// `(dy [O, B·L], w [O, C, kh, kw]) → dx [B, C, H, W]`: col2im of `wᵀ · dy`.
+struct Conv2dInputGrad(Geometry);
+
+impl CustomOp2 for Conv2dInputGrad {
     fn name(&self) -> &'static str {
-        "agm-col2im"
+        "agm-conv2d-input-grad"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let b = g.check_columns(layout, self.name())?;
-        dispatch_real!(storage, self.name(), T => {
-            let cols = slice::<T>(storage, layout, self.name())?;
-            let mut out = vec![T::ZERO; b * g.c * g.h * g.w];
-            let per_channel = g.kh * g.kw * g.cols();
-            // One job per (sample, channel) plane: planes never overlap, so no atomics.
-            for_each_chunk(&mut out, g.h * g.w, per_channel, |i, plane| {
-                g.col2im_plane(&cols[i * per_channel..(i + 1) * per_channel], plane);
-            });
-            Ok((T::to_cpu_storage_owned(out), Shape::from((b, g.c, g.h, g.w))))
+        let o = g.check_kernel(wl, self.name())?;
+        let b = output_grad_batch(&g, dl, o, self.name())?;
+        same_storage_dtype(ds, ws, self.name())?;
+        let (k, n) = (g.rows(), b * g.positions());
+        dispatch_real!(ds, self.name(), T => {
+            let dy = slice::<T>(ds, dl, self.name())?;
+            let w = slice::<T>(ws, wl, self.name())?;
+            let mut dcols = vec![T::ZERO; k * n];
+            matmul(&mut dcols, (k, n, o), w, true, dy, false);
+            Ok((T::to_cpu_storage_owned(g.col2im(&dcols, b)), Shape::from((b, g.c, g.h, g.w))))
         })
     }
+}
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&Im2Col(self.0))?))
+/// `(dy [O, B·L], x [B, C, H, W]) → dw [O, C, kh, kw]`: `dy · colsᵀ`, with the forward pass's
+/// columns when it kept them.
+struct Conv2dWeightGrad {
+    geom: Geometry,
+    cols: Option<CpuStorage>,
+}
+
+impl CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "agm-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geom;
+        let b = g.check_input(xl, self.name())?;
+        let o = dl.dims().first().copied().unwrap_or(0);
+        if output_grad_batch(&g, dl, o, self.name())? != b {
+            candle_core::bail!("{}: gradient and input batch sizes differ", self.name());
+        }
+        same_storage_dtype(ds, xs, self.name())?;
+        let (k, n) = (g.rows(), b * g.positions());
+        dispatch_real!(ds, self.name(), T => {
+            let dy = slice::<T>(ds, dl, self.name())?;
+            let recomputed;
+            let cols = match &self.cols {
+                Some(kept) => kept.as_slice::<T>()?,
+                None => {
+                    recomputed = g.im2col(slice::<T>(xs, xl, self.name())?, b);
+                    &recomputed
+                }
+            };
+            if cols.len() != k * n {
+                candle_core::bail!("{}: kept columns do not match the input", self.name());
+            }
+            let mut dw = vec![T::ZERO; o * k];
+            matmul(&mut dw, (o, k, n), dy, false, cols, true);
+            Ok((T::to_cpu_storage_owned(dw), Shape::from((o, g.c, g.kh, g.kw))))
+        })
+    }
+}
+
+/// The batch size of an output gradient laid out `[O, B, OH·OW]` for `o` output channels.
+fn output_grad_batch(g: &Geometry, layout: &Layout, o: usize, op: &str) -> Result<usize> {
+    match layout.dims() {
+        &[go, b, l] if go == o && l == g.positions() => Ok(b),
+        d => candle_core::bail!("{op}: expected gradient [{o}, B, {}], got {d:?}", g.positions()),
     }
 }
 

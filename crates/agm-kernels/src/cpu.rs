@@ -9,6 +9,7 @@ use rayon::prelude::*;
 /// The element types the kernels support: f32 and f64.
 pub(crate) trait Real: WithDType {
     const ZERO: Self;
+    const ONE: Self;
     const NEG_INF: Self;
     fn sqrt(self) -> Self;
     fn is_nan(self) -> bool;
@@ -18,6 +19,7 @@ macro_rules! real {
     ($t:ty) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
             const NEG_INF: Self = <$t>::NEG_INFINITY;
             #[inline(always)]
             fn sqrt(self) -> Self {
@@ -165,5 +167,48 @@ pub(crate) fn add_strided<T: Real>(
     for (j, v) in values.take(n).enumerate() {
         // SAFETY: j < n, and the assert above bounds the largest index start + (n − 1)·step.
         unsafe { *dst.get_unchecked_mut(start + j * step) += v };
+    }
+}
+
+/// `dst [m, n] = lhs · rhs`, row-major, with `lhs [m, k]` (stored `[k, m]` when `lhs_t`) and
+/// `rhs [k, n]` (stored `[n, k]` when `rhs_t`): gemm's multithreaded kernels (AVX-512 where the
+/// CPU has it) on plain slices, so an op can multiply without building candle tensors.
+pub(crate) fn matmul<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), lhs: &[T], lhs_t: bool, rhs: &[T], rhs_t: bool) {
+    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n, "matmul: slice sizes do not match");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst.fill(T::ZERO);
+        return;
+    }
+    let (lhs_rs, lhs_cs) = if lhs_t { (1, m as isize) } else { (k as isize, 1) };
+    let (rhs_rs, rhs_cs) = if rhs_t { (1, k as isize) } else { (n as isize, 1) };
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the assert above bounds every index the strides reach: (m−1, k−1) in lhs,
+    // (k−1, n−1) in rhs and (m−1, n−1) in dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
     }
 }

@@ -1,0 +1,32 @@
+//! Runs training steps of one preset in a loop, for profilers (`perf record`):
+//! `cargo run --release -p agm-benches --example profile_step -- avmnist-late joint 8 20`.
+
+use agm_benches::{preset_batch, StepBench};
+use agm_fusion::PresetOptions;
+use candle_core::Device;
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let preset = args.get(1).map_or("avmnist-late", String::as_str);
+    let method: &'static str = match args.get(2).map_or("joint", String::as_str) {
+        "agm" => "agm",
+        "agm-fast" => "agm-fast",
+        _ => "joint",
+    };
+    let batch_size = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let steps = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let opts = PresetOptions::default();
+    let device = Device::Cpu;
+    let batch = preset_batch(preset, &opts, batch_size, &device)?;
+    let mut bench = StepBench::for_preset(preset, &opts, method, &device)?;
+    bench.step(&batch)?;
+    let mut times = Vec::new();
+    for _ in 0..steps {
+        let started = std::time::Instant::now();
+        bench.step(&batch)?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("{preset} {method} batch {batch_size}: median {:.1} ms, min {:.1} ms", times[times.len() / 2], times[0]);
+    Ok(())
+}
