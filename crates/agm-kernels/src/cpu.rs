@@ -13,10 +13,12 @@ pub(crate) trait Real: WithDType {
     const NEG_INF: Self;
     fn sqrt(self) -> Self;
     fn is_nan(self) -> bool;
+    /// The elements of `storage` when it holds this type, for in-place ops.
+    fn storage_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
 macro_rules! real {
-    ($t:ty) => {
+    ($t:ty, $variant:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -29,11 +31,17 @@ macro_rules! real {
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
             }
+            fn storage_mut(storage: &mut CpuStorage) -> Option<&mut [Self]> {
+                match storage {
+                    CpuStorage::$variant(data) => Some(data),
+                    _ => None,
+                }
+            }
         }
     };
 }
-real!(f32);
-real!(f64);
+real!(f32, F32);
+real!(f64, F64);
 
 /// Fails with a clear message unless `t` is f32 or f64.
 pub(crate) fn check_real(t: &Tensor, op: &str) -> Result<()> {
@@ -50,6 +58,16 @@ pub(crate) fn check_same_dtype(ts: &[&Tensor], op: &str) -> Result<()> {
         candle_core::bail!("{op}: dtypes differ ({d:?} and {:?})", t.dtype());
     }
     Ok(())
+}
+
+/// The elements of a contiguous `storage` of type `T`, writable, for in-place ops; `len` is the
+/// number the op expects.
+pub(crate) fn slice_mut<'a, T: Real>(storage: &'a mut CpuStorage, layout: &Layout, len: usize, op: &str) -> Result<&'a mut [T]> {
+    let Some(data) = T::storage_mut(storage) else { candle_core::bail!("{op}: operands have different dtypes") };
+    match layout.contiguous_offsets() {
+        Some((start, end)) if end - start == len => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("{op}: the updated tensor must be contiguous with {len} elements"),
+    }
 }
 
 /// The elements of a contiguous `storage` of type `T`.

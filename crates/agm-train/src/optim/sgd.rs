@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use agm_kernels::{sgd_update, SgdUpdate};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +58,8 @@ impl SgdConfig {
 }
 
 /// Per-parameter state: PyTorch's `momentum_buffer`, plus a step count for checkpoints.
-#[derive(Clone, Debug)]
+/// Not `Clone`: the buffer is updated in place, so a clone would share it.
+#[derive(Debug)]
 struct SgdSlot {
     param: Slot,
     step: u64,
@@ -68,8 +70,9 @@ struct SgdSlot {
 ///
 /// For each parameter with a gradient `g`: `d = g + wd·p`; with momentum, `buf = d` on the first
 /// step and `buf = momentum·buf + (1 − dampening)·d` afterwards, then `d = d + momentum·buf`
-/// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`.
-#[derive(Clone, Debug)]
+/// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`. On the CPU the update runs in place
+/// ([`agm_kernels::sgd_update`]).
+#[derive(Debug)]
 pub struct Sgd {
     config: SgdConfig,
     groups: Vec<ParamGroup>,
@@ -102,23 +105,14 @@ impl Optimizer for Sgd {
         check_lr("SgdConfig", c.lr)?;
         for slot in &mut self.slots {
             let Some(g) = grad_of(&slot.param, grads)? else { continue };
-            // Detached so that the buffer and the new value carry no autograd graph.
-            let p = slot.param.var.as_tensor().detach();
-            let mut d = if c.weight_decay != 0.0 { g.add(&p.affine(c.weight_decay, 0.0)?)? } else { g };
-            if c.momentum != 0.0 {
-                let buf = match slot.momentum_buffer.take() {
-                    // PyTorch clones d on the first step: no dampening applied.
-                    None => d.copy()?,
-                    Some(buf) => {
-                        let scaled = if c.dampening != 0.0 { d.affine(1.0 - c.dampening, 0.0)? } else { d.clone() };
-                        buf.affine(c.momentum, 0.0)?.add(&scaled)?
-                    }
-                };
-                d = if c.nesterov { d.add(&buf.affine(c.momentum, 0.0)?)? } else { buf.clone() };
-                slot.momentum_buffer = Some(buf);
-            }
-            let lr = c.lr * slot.param.lr_mult;
-            slot.param.var.set(&p.sub(&d.affine(lr, 0.0)?)?)?;
+            let update = SgdUpdate {
+                lr: c.lr * slot.param.lr_mult,
+                momentum: c.momentum,
+                dampening: c.dampening,
+                weight_decay: c.weight_decay,
+                nesterov: c.nesterov,
+            };
+            slot.momentum_buffer = sgd_update(&slot.param.var, &g, slot.momentum_buffer.take(), update)?;
             slot.step += 1;
         }
         Ok(())
@@ -137,7 +131,8 @@ impl Optimizer for Sgd {
         for slot in &self.slots {
             out.push((state_key(&slot.param.name, STEP_KEY), step_tensor(slot.step)?));
             if let Some(buf) = &slot.momentum_buffer {
-                out.push((state_key(&slot.param.name, "momentum_buffer"), buf.clone()));
+                // A copy: the buffer is updated in place by later steps.
+                out.push((state_key(&slot.param.name, "momentum_buffer"), buf.copy()?));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
