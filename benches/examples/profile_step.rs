@@ -28,5 +28,8 @@ fn main() -> candle_core::Result<()> {
     }
     times.sort_by(f64::total_cmp);
     println!("{preset} {method} batch {batch_size}: median {:.1} ms, min {:.1} ms", times[times.len() / 2], times[0]);
+    if std::env::var_os("PROFILE_STEP_ALL").is_some() {
+        println!("{times:.0?}");
+    }
     Ok(())
 }

@@ -94,12 +94,21 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.normalize(x, train, agm_kernels::batch_norm)
+    }
+
+    /// `relu(self.forward_t(x, train))` as one op.
+    pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.normalize(x, train, agm_kernels::batch_norm_relu)
+    }
+
+    fn normalize(&self, x: &Tensor, train: bool, op: BatchNormFn) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         if !train {
             let running = (&self.running_mean.as_tensor().detach(), &self.running_var.as_tensor().detach());
-            return Ok(agm_kernels::batch_norm(x, w, b, Some(running), self.eps)?.0);
+            return Ok(op(x, w, b, Some(running), self.eps)?.0);
         }
-        let (y, stats) = agm_kernels::batch_norm(x, w, b, None, self.eps)?;
+        let (y, stats) = op(x, w, b, None, self.eps)?;
         let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
         // Running averages take the unbiased variance, as PyTorch's do.
         let n = stats.count as f64;
@@ -114,6 +123,9 @@ impl BatchNorm {
         Ok(y)
     }
 }
+
+/// [`agm_kernels::batch_norm`] or [`agm_kernels::batch_norm_relu`].
+type BatchNormFn = fn(&Tensor, &Tensor, &Tensor, Option<(&Tensor, &Tensor)>, f64) -> Result<(Tensor, Option<agm_kernels::BatchStats>)>;
 
 /// PyTorch's `nn.LayerNorm` over the last dimension (weight 1, bias 0 at start).
 #[derive(Clone, Debug)]
@@ -171,5 +183,5 @@ pub(crate) fn flatten(x: &Tensor) -> Result<Tensor> {
 }
 
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
-    x.relu()
+    agm_kernels::relu(x)
 }

@@ -113,13 +113,13 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let h = self.bn2.forward_t(&self.conv2.forward(&h)?, train)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        (h + identity)?.relu()
+        agm_kernels::add_relu(&h, &identity)
     }
 }
 
@@ -158,7 +158,7 @@ impl ResNet18 {
 
     /// The layer4 map `[N, 512, h, w]` of a 4-D batch.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
         let mut h = agm_kernels::max_pool2d(&h, Pool2dSpec::new(3, 2, 1))?;
         for block in &self.layers {
             h = block.forward_t(&h, train)?;

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::layers::rowwise_matmul;
+use crate::layers::{relu, rowwise_matmul};
 use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -115,7 +115,7 @@ impl EncoderLayer {
         let ctx = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, l, d))?;
         let sa = self.out_proj.forward(&ctx)?;
         let x = self.norm1.forward(&(x + dropout(&sa, p, train, seeds[1])?)?)?;
-        let ff = dropout(&self.linear1.forward(&x)?.relu()?, p, train, seeds[2])?;
+        let ff = dropout(&relu(&self.linear1.forward(&x)?)?, p, train, seeds[2])?;
         let ff = self.linear2.forward(&ff)?;
         self.norm2.forward(&(&x + dropout(&ff, p, train, seeds[3])?)?)
     }

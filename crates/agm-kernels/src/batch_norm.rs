@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::relu::relu_grad;
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
 
 /// Per-channel statistics of a training-mode pass (for the running averages).
@@ -36,6 +37,30 @@ pub fn batch_norm(
     running: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<(Tensor, Option<BatchStats>)> {
+    batch_norm_op(x, weight, bias, running, eps, false)
+}
+
+/// `relu(batch_norm(…))` as one op (a ResNet's `bn → relu`): the normalised activation never
+/// becomes a separate tensor in candle's graph. Same arguments and statistics as [`batch_norm`];
+/// on other devices `batch_norm_ref` then candle's ReLU.
+pub fn batch_norm_relu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+) -> Result<(Tensor, Option<BatchStats>)> {
+    batch_norm_op(x, weight, bias, running, eps, true)
+}
+
+fn batch_norm_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Option<BatchStats>)> {
     let dims = x.dims();
     if dims.len() < 2 || dims[1] == 0 || dims[0] == 0 {
         candle_core::bail!("batch_norm: input {dims:?} needs a batch and a channel dimension");
@@ -50,7 +75,8 @@ pub fn batch_norm(
         candle_core::bail!("batch_norm: eps must be finite and non-negative, got {eps}");
     }
     if !x.device().is_cpu() {
-        return batch_norm_ref(x, weight, bias, running, eps);
+        let (y, stats) = batch_norm_ref(x, weight, bias, running, eps)?;
+        return Ok((if relu { y.relu()? } else { y }, stats));
     }
     check_real(x, "batch_norm")?;
     check_same_dtype(&[x, weight, bias], "batch_norm")?;
@@ -59,7 +85,7 @@ pub fn batch_norm(
         None => None,
     };
     let saved = Arc::new(Mutex::new(None));
-    let op = BatchNormOp { eps, fixed, saved: saved.clone() };
+    let op = BatchNormOp { eps, fixed, relu, saved: saved.clone() };
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     let stats = saved.lock().expect("batch-norm statistics").take();
     Ok((y, stats))
@@ -126,6 +152,8 @@ struct BatchNormOp {
     eps: f64,
     /// Evaluation mode: the running mean and variance.
     fixed: Option<(Vec<f64>, Vec<f64>)>,
+    /// Followed by a ReLU.
+    relu: bool,
     /// Training mode: where the forward leaves the batch statistics for the caller.
     saved: Arc<Mutex<Option<BatchStats>>>,
 }
@@ -175,6 +203,9 @@ impl CustomOp3 for BatchNormOp {
                 for (y, &v) in dst.iter_mut().zip(&x[i * s..(i + 1) * s]) {
                     *y = T::from_f64(v.to_f64() * k + m);
                 }
+                if self.relu {
+                    dst.iter_mut().filter(|y| !(**y > T::ZERO)).for_each(|y| *y = T::ZERO);
+                }
             });
             if let Some(var) = batch_var {
                 *self.saved.lock().expect("batch-norm statistics") = Some(BatchStats { mean, var, count: b * s });
@@ -188,13 +219,14 @@ impl CustomOp3 for BatchNormOp {
         x: &Tensor,
         weight: &Tensor,
         _bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = x.elem_count();
         let c = weight.elem_count();
+        let grad = if self.relu { relu_grad(grad_res, res)? } else { grad_res.contiguous()? };
         let bwd = BatchNormBwd { eps: self.eps, fixed: self.fixed.clone() };
-        let packed = x.apply_op3_no_bwd(weight, &grad_res.contiguous()?, &bwd)?;
+        let packed = x.apply_op3_no_bwd(weight, &grad, &bwd)?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, c)?;
         let db = packed.narrow(0, n + c, c)?;
@@ -233,7 +265,7 @@ impl CustomOp3 for BatchNormBwd {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let g = slice::<T>(s3, l3, self.name())?;
-            let fwd = BatchNormOp { eps: self.eps, fixed: self.fixed.clone(), saved: Arc::default() };
+            let fwd = BatchNormOp { eps: self.eps, fixed: self.fixed.clone(), relu: false, saved: Arc::default() };
             let (mean, rstd, _) = fwd.norm_params(x, b, c, s);
             // Per channel: Σ g and Σ g·x̂, the bias and weight gradients.
             let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)

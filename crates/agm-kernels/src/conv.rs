@@ -222,8 +222,7 @@ impl CustomOp2 for Conv2d {
             let w = slice::<T>(ws, wl, self.name())?;
             let cols = g.im2col(x, b);
             // y as [O, B·L] from one GEMM over the whole batch, then reordered to [B, O, L].
-            let mut y = vec![T::ZERO; o * b * l];
-            matmul(&mut y, (o, b * l, k), w, false, &cols, false);
+            let y = matmul((o, b * l, k), w, false, &cols, false);
             let y = obl_to_bol(&y, o, b, l);
             *self.cols.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(cols));
             Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
@@ -272,8 +271,7 @@ impl CustomOp2 for Conv2dInputGrad {
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
             let w = slice::<T>(ws, wl, self.name())?;
-            let mut dcols = vec![T::ZERO; k * n];
-            matmul(&mut dcols, (k, n, o), w, true, dy, false);
+            let dcols = matmul((k, n, o), w, true, dy, false);
             Ok((T::to_cpu_storage_owned(g.col2im(&dcols, b)), Shape::from((b, g.c, g.h, g.w))))
         })
     }
@@ -313,8 +311,7 @@ impl CustomOp2 for Conv2dWeightGrad {
             if cols.len() != k * n {
                 candle_core::bail!("{}: kept columns do not match the input", self.name());
             }
-            let mut dw = vec![T::ZERO; o * k];
-            matmul(&mut dw, (o, k, n), dy, false, cols, true);
+            let dw = matmul((o, k, n), dy, false, cols, true);
             Ok((T::to_cpu_storage_owned(dw), Shape::from((o, g.c, g.kh, g.kw))))
         })
     }

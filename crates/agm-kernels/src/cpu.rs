@@ -188,45 +188,142 @@ pub(crate) fn add_strided<T: Real>(
     }
 }
 
-/// `dst [m, n] = lhs · rhs`, row-major, with `lhs [m, k]` (stored `[k, m]` when `lhs_t`) and
+/// `lhs · rhs` as a new row-major `[m, n]`, with `lhs [m, k]` (stored `[k, m]` when `lhs_t`) and
 /// `rhs [k, n]` (stored `[n, k]` when `rhs_t`): gemm's multithreaded kernels (AVX-512 where the
 /// CPU has it) on plain slices, so an op can multiply without building candle tensors.
-pub(crate) fn matmul<T: Real>(dst: &mut [T], (m, n, k): (usize, usize, usize), lhs: &[T], lhs_t: bool, rhs: &[T], rhs_t: bool) {
-    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n, "matmul: slice sizes do not match");
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        dst.fill(T::ZERO);
-        return;
-    }
-    let (lhs_rs, lhs_cs) = if lhs_t { (1, m as isize) } else { (k as isize, 1) };
-    let (rhs_rs, rhs_cs) = if rhs_t { (1, k as isize) } else { (n as isize, 1) };
+///
+/// gemm splits the work over output blocks only, so a small output with a long inner dimension
+/// (a weight gradient: `[O, K]` summed over every position of the batch) would run on one
+/// thread; such products are split over the inner dimension instead and the parts added.
+pub(crate) fn matmul<T: Real>((m, n, k): (usize, usize, usize), lhs: &[T], lhs_t: bool, rhs: &[T], rhs_t: bool) -> Vec<T> {
+    assert!(lhs.len() == m * k && rhs.len() == k * n, "matmul: slice sizes do not match");
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the assert above bounds every index the strides reach: (m−1, k−1) in lhs,
-    // (k−1, n−1) in rhs and (m−1, n−1) in dst.
+    if threads > 1 && k >= 2048 && m * n <= 16 * k {
+        let parts = threads.min(k / 1024).max(1);
+        let step = k.div_ceil(parts);
+        let partials: Vec<Vec<T>> = (0..parts)
+            .into_par_iter()
+            .map(|i| {
+                let (lo, hi) = (i * step, ((i + 1) * step).min(k));
+                let len = hi - lo;
+                // Column block lo..hi of lhs [m, k] and row block lo..hi of rhs [k, n].
+                let l = Operand::of(lhs, m, k, lhs_t).cols_from(lo);
+                let r = Operand::of(rhs, k, n, rhs_t).rows_from(lo);
+                gemm_new((m, n, len), l, r, false)
+            })
+            .collect();
+        let mut out = partials[0].clone();
+        for p in &partials[1..] {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += *v;
+            }
+        }
+        return out;
+    }
+    gemm_new((m, n, k), Operand::of(lhs, m, k, lhs_t), Operand::of(rhs, k, n, rhs_t), threads > 1)
+}
+
+/// A strided matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct Operand<'a, T> {
+    data: &'a [T],
+    offset: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a, T> Operand<'a, T> {
+    /// The `[rows, cols]` matrix of `data`, row-major, or stored `[cols, rows]` when `transposed`.
+    fn of(data: &'a [T], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            Self { data, offset: 0, rs: 1, cs: rows }
+        } else {
+            Self { data, offset: 0, rs: cols, cs: 1 }
+        }
+    }
+
+    /// The view from column `start` on.
+    fn cols_from(self, start: usize) -> Self {
+        Self { offset: self.offset + start * self.cs, ..self }
+    }
+
+    /// The view from row `start` on.
+    fn rows_from(self, start: usize) -> Self {
+        Self { offset: self.offset + start * self.rs, ..self }
+    }
+
+    /// Fails unless every index of an `[rows, cols]` view lies inside the slice.
+    fn check(&self, rows: usize, cols: usize) {
+        if rows > 0 && cols > 0 {
+            let last = self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matmul: operand view out of bounds");
+        }
+    }
+}
+
+/// `lhs [m, k] · rhs [k, n]` into a new row-major vector, written by gemm without zero-filling.
+fn gemm_new<T: Real>((m, n, k): (usize, usize, usize), lhs: Operand<'_, T>, rhs: Operand<'_, T>, parallel: bool) -> Vec<T> {
+    if m == 0 || n == 0 || k == 0 {
+        return vec![T::ZERO; m * n];
+    }
+    lhs.check(m, k);
+    rhs.check(k, n);
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    let parallelism = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    // SAFETY: `check` bounds every index the strides reach in both operands; the destination
+    // has capacity m·n and gemm writes every element of it without reading (`read_dst` false),
+    // so `set_len` exposes initialised values only.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            out.as_mut_ptr(),
             1,
             n as isize,
             false,
-            lhs.as_ptr(),
-            lhs_cs,
-            lhs_rs,
-            rhs.as_ptr(),
-            rhs_cs,
-            rhs_rs,
+            lhs.data.as_ptr().add(lhs.offset),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr().add(rhs.offset),
+            rhs.cs as isize,
+            rhs.rs as isize,
             T::ZERO,
             T::ONE,
             false,
             false,
             false,
             parallelism,
-        )
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matmul;
+
+    fn naive(m: usize, n: usize, k: usize, a: &[f64], at: bool, b: &[f64], bt: bool) -> Vec<f64> {
+        let at_ = |i: usize, p: usize| if at { a[p * m + i] } else { a[i * k + p] };
+        let bt_ = |p: usize, j: usize| if bt { b[j * k + p] } else { b[p * n + j] };
+        (0..m * n).map(|ij| (0..k).map(|p| at_(ij / n, p) * bt_(p, ij % n)).sum()).collect()
+    }
+
+    #[test]
+    fn matmul_matches_naive_with_and_without_the_inner_split() {
+        // (3, 5, 7) runs as one gemm; (4, 6, 5000) is split over the inner dimension.
+        for (m, n, k) in [(3, 5, 7), (4, 6, 5000), (2, 3, 0)] {
+            let a: Vec<f64> = (0..m * k).map(|i| ((i * 7 + 3) % 11) as f64 - 5.0).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| ((i * 5 + 1) % 13) as f64 - 6.0).collect();
+            for (at, bt) in [(false, false), (true, false), (false, true), (true, true)] {
+                let got = rayon::ThreadPoolBuilder::new()
+                    .num_threads(2)
+                    .build()
+                    .unwrap()
+                    .install(|| matmul((m, n, k), &a, at, &b, bt));
+                assert_eq!(got, naive(m, n, k, &a, at, &b, bt), "({m}, {n}, {k}) transposed {at} {bt}");
+            }
+        }
     }
 }

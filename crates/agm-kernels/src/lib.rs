@@ -20,12 +20,14 @@ mod grad_scale;
 mod loss;
 mod norm;
 mod pool;
+mod relu;
 mod sgd;
 
-pub use batch_norm::{batch_norm, batch_norm_ref, BatchStats};
+pub use batch_norm::{batch_norm, batch_norm_ref, batch_norm_relu, BatchStats};
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};
 pub use grad_scale::{grad_scale, grad_scale_ref};
 pub use loss::{cross_entropy_per_sample, cross_entropy_per_sample_ref};
 pub use norm::{layer_norm, layer_norm_ref, softmax_last_dim, softmax_ref};
 pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpec};
+pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
 pub use sgd::{sgd_update, sgd_update_ref, SgdUpdate};

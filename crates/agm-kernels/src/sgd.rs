@@ -5,7 +5,10 @@
 
 use candle_core::{CpuStorage, InplaceOp3, Layout, Result, Tensor, Var};
 
-use crate::cpu::{dispatch_real, slice, slice_mut};
+use crate::cpu::{dispatch_real, for_each_chunk, slice, slice_mut};
+
+/// Elements per parallel job of the update loops.
+const CHUNK: usize = 1 << 15;
 
 /// SGD's hyper-parameters for one update (`lr` already includes any per-group multiplier).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,10 +100,13 @@ impl InplaceOp3 for MomentumUpdate {
             let (m, wd) = (T::from_f64(self.momentum), T::from_f64(self.weight_decay));
             let scale = T::from_f64(1.0 - self.dampening);
             let damped = self.dampening != 0.0;
-            for ((b, &g), &p) in buf.iter_mut().zip(g).zip(p) {
-                let d = if self.weight_decay != 0.0 { g + wd * p } else { g };
-                *b = m * *b + if damped { scale * d } else { d };
-            }
+            for_each_chunk(buf, CHUNK, CHUNK, |i, buf| {
+                let range = i * CHUNK..i * CHUNK + buf.len();
+                for ((b, &g), &p) in buf.iter_mut().zip(&g[range.clone()]).zip(&p[range]) {
+                    let d = if self.weight_decay != 0.0 { g + wd * p } else { g };
+                    *b = m * *b + if damped { scale * d } else { d };
+                }
+            });
             Ok(())
         })
     }
@@ -121,15 +127,18 @@ impl InplaceOp3 for ParamUpdate {
             let (g, buf) = (slice::<T>(gs, gl, self.name())?, slice::<T>(bs, bl, self.name())?);
             let p = slice_mut::<T>(ps, pl, g.len(), self.name())?;
             let (lr, m, wd) = (T::from_f64(u.lr), T::from_f64(u.momentum), T::from_f64(u.weight_decay));
-            for ((p, &g), &b) in p.iter_mut().zip(g).zip(buf) {
-                let d = if u.momentum == 0.0 || u.nesterov {
-                    let d = if u.weight_decay != 0.0 { g + wd * *p } else { g };
-                    if u.momentum == 0.0 { d } else { d + m * b }
-                } else {
-                    b
-                };
-                *p -= lr * d;
-            }
+            for_each_chunk(p, CHUNK, CHUNK, |i, p| {
+                let range = i * CHUNK..i * CHUNK + p.len();
+                for ((p, &g), &b) in p.iter_mut().zip(&g[range.clone()]).zip(&buf[range]) {
+                    let d = if u.momentum == 0.0 || u.nesterov {
+                        let d = if u.weight_decay != 0.0 { g + wd * *p } else { g };
+                        if u.momentum == 0.0 { d } else { d + m * b }
+                    } else {
+                        b
+                    };
+                    *p -= lr * d;
+                }
+            });
             Ok(())
         })
     }

@@ -1,0 +1,134 @@
+//! ReLU and the residual `relu(a + b)` as single ops whose backward is one masked copy.
+//!
+//! candle's own ReLU backward builds a zero tensor, a comparison, a dtype cast and a product,
+//! four full-size passes for every activation of a ResNet. Here the backward is PyTorch's
+//! `threshold_backward`: the gradient where the output is positive, zero elsewhere.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+
+/// Elements per parallel job of these memory-bound loops.
+const CHUNK: usize = 1 << 14;
+
+/// `max(x, 0)`. On the CPU (f32, f64) a custom op; elsewhere [`relu_ref`].
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        return relu_ref(x);
+    }
+    check_real(x, "relu")?;
+    x.contiguous()?.apply_op1(Relu)
+}
+
+/// candle's ReLU (its backward passes the gradient at exactly 0 too).
+pub fn relu_ref(x: &Tensor) -> Result<Tensor> {
+    x.relu()
+}
+
+/// `max(a + b, 0)` for `a` and `b` of one shape: a residual connection and its activation. On the
+/// CPU (f32, f64) one custom op; elsewhere [`add_relu_ref`].
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if !a.device().is_cpu() || !b.device().is_cpu() {
+        return add_relu_ref(a, b);
+    }
+    check_real(a, "add_relu")?;
+    check_same_dtype(&[a, b], "add_relu")?;
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+}
+
+/// [`add_relu`] from candle ops.
+pub fn add_relu_ref(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    (a + b)?.relu()
+}
+
+/// `grad` where `out > 0`, zero elsewhere: the gradient through a ReLU whose output was `out`.
+pub(crate) fn relu_grad(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op2_no_bwd(&out.contiguous()?, &ReluGrad)
+}
+
+/// Applies `f` elementwise into a new vector, in parallel chunks.
+fn map_into<T: Real>(n: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    let mut out = vec![T::ZERO; n];
+    for_each_chunk(&mut out, CHUNK, CHUNK, |i, dst| f(i * CHUNK, dst));
+    out
+}
+
+struct Relu;
+
+impl CustomOp1 for Relu {
+    fn name(&self) -> &'static str {
+        "agm-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch_real!(s, self.name(), T => {
+            let x = slice::<T>(s, l, self.name())?;
+            let y = map_into::<T>(x.len(), |start, dst| {
+                for (d, &v) in dst.iter_mut().zip(&x[start..]) {
+                    *d = if v > T::ZERO { v } else { T::ZERO };
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+        })
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(relu_grad(grad, res)?))
+    }
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "agm-add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_storage_dtype(s1, s2, self.name())?;
+        dispatch_real!(s1, self.name(), T => {
+            let (a, b) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
+            let y = map_into::<T>(a.len(), |start, dst| {
+                for ((d, &u), &v) in dst.iter_mut().zip(&a[start..]).zip(&b[start..]) {
+                    let s = u + v;
+                    *d = if s > T::ZERO { s } else { T::ZERO };
+                }
+            });
+            Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
+        })
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = relu_grad(grad, res)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+/// `(grad, out) → grad · [out > 0]`, selecting rather than multiplying (an infinite gradient
+/// where the output is zero stays out).
+struct ReluGrad;
+
+impl CustomOp2 for ReluGrad {
+    fn name(&self) -> &'static str {
+        "agm-relu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        same_storage_dtype(s1, s2, self.name())?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: gradient {:?} and output {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        dispatch_real!(s1, self.name(), T => {
+            let (g, y) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
+            let dx = map_into::<T>(g.len(), |start, dst| {
+                for ((d, &gv), &yv) in dst.iter_mut().zip(&g[start..]).zip(&y[start..]) {
+                    *d = if yv > T::ZERO { gv } else { T::ZERO };
+                }
+            });
+            Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
+        })
+    }
+}
