@@ -75,15 +75,20 @@ pub fn av_digits_batch(batch_size: usize, device: &Device) -> Result<MultimodalB
     train.batch(&indices, device)
 }
 
-/// Median seconds per step of each bench, timed interleaved so machine load hits all alike.
+/// Median seconds per step of each bench. The benches take turns in blocks of a few consecutive
+/// steps, so machine load hits all alike while each step still follows one of its own model (as
+/// in training, where one model steps after another); the first block of each is warm-up.
 pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, steps: usize) -> Result<Vec<f64>> {
+    const BLOCK: usize = 3;
     let mut times = vec![Vec::with_capacity(steps); benches.len()];
-    for i in 0..steps + 3 {
+    for round in 0..=steps.div_ceil(BLOCK) {
         for (b, t) in benches.iter_mut().zip(times.iter_mut()) {
-            let started = std::time::Instant::now();
-            b.step(batch)?;
-            if i >= 3 {
-                t.push(started.elapsed().as_secs_f64());
+            for _ in 0..BLOCK {
+                let started = std::time::Instant::now();
+                b.step(batch)?;
+                if round > 0 && t.len() < steps {
+                    t.push(started.elapsed().as_secs_f64());
+                }
             }
         }
     }
@@ -96,17 +101,7 @@ pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, s
         .collect())
 }
 
-/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kib| kib * 1024)
-}
-
-/// Resets the peak resident memory to the current size (Linux), so the next peak is one arm's.
-pub fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
+pub use agm_train::memory::{peak_memory_bytes, reset_peak_memory};
 
 pub mod kernels;
 pub mod loader;

@@ -6,6 +6,8 @@ use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn steps(c: &mut Criterion) {
+    // The process set up as `cargo xtask` sets it up (first call wins).
+    agm_kernels::tune_cpu_runtime();
     let dev = Device::Cpu;
     let batch = av_digits_batch(64, &dev).expect("embedded data");
     let mut group = c.benchmark_group("cpu_train_step_f32_b64");

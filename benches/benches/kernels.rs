@@ -7,6 +7,8 @@ use candle_core::Device;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn kernels(c: &mut Criterion) {
+    // The process set up as `cargo xtask` sets it up (first call wins).
+    agm_kernels::tune_cpu_runtime();
     let dev = Device::Cpu;
     for case in kernel_cases(&dev).expect("inputs") {
         let mut group = c.benchmark_group(format!("cpu_{}_fwd_bwd", case.name));

@@ -9,6 +9,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 const BATCH: usize = 16;
 
 fn loader(c: &mut Criterion) {
+    // The process set up as `cargo xtask` sets it up (first call wins).
+    agm_kernels::tune_cpu_runtime();
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().expect("temp dir");
     write_avmnist(dir.path(), 4000, 400, 0).expect("generated AV-MNIST");

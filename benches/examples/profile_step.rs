@@ -6,6 +6,7 @@ use agm_fusion::PresetOptions;
 use candle_core::Device;
 
 fn main() -> candle_core::Result<()> {
+    agm_kernels::tune_cpu_runtime();
     let args: Vec<String> = std::env::args().collect();
     let preset = args.get(1).map_or("avmnist-late", String::as_str);
     let method: &'static str = match args.get(2).map_or("joint", String::as_str) {

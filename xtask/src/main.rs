@@ -18,7 +18,12 @@ mod train;
 
 use clap::Parser;
 
+/// Counts heap bytes, so run records and benches report the peak of live data.
+#[global_allocator]
+static ALLOC: agm_train::memory::CountingAlloc = agm_train::memory::CountingAlloc;
+
 fn main() -> std::process::ExitCode {
+    agm_kernels::tune_cpu_runtime();
     let args = cli::Cli::parse();
     match run(args) {
         Ok(code) => code,

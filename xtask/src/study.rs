@@ -354,12 +354,6 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
     ]
 }
 
-/// Resets the process's peak resident set ("high-water mark") to its current size, so each run's
-/// `peak_memory_bytes` is its own (Linux; elsewhere it stays the process-wide peak).
-fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// The competition probe attached to every study run: the mono-modal concepts of the run's
 /// dataset and preset are trained first when missing (cached on disk, so only the first run
 /// pays), so study runs always carry competition strength.
@@ -384,7 +378,7 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     let run_dir = RunDir::create(dir)?;
     write_atomic(&run_dir.config(), cfg.to_toml().as_bytes())?;
     let device = cfg.device()?;
-    reset_peak_memory();
+    agm_benches::reset_peak_memory();
     let built = cfg.build(&device)?;
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let mut trainer =

@@ -125,7 +125,8 @@ impl BatchNorm {
 }
 
 /// [`agm_kernels::batch_norm`] or [`agm_kernels::batch_norm_relu`].
-type BatchNormFn = fn(&Tensor, &Tensor, &Tensor, Option<(&Tensor, &Tensor)>, f64) -> Result<(Tensor, Option<agm_kernels::BatchStats>)>;
+type BatchNormFn =
+    fn(&Tensor, &Tensor, &Tensor, Option<(&Tensor, &Tensor)>, f64) -> Result<(Tensor, Option<agm_kernels::BatchStats>)>;
 
 /// PyTorch's `nn.LayerNorm` over the last dimension (weight 1, bias 0 at start).
 #[derive(Clone, Debug)]

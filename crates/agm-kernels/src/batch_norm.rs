@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::relu::relu_grad;
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::relu::relu_grad;
 
 /// Per-channel statistics of a training-mode pass (for the running averages).
 #[derive(Clone, Debug, PartialEq)]
@@ -85,7 +85,7 @@ fn batch_norm_op(
         None => None,
     };
     let saved = Arc::new(Mutex::new(None));
-    let op = BatchNormOp { eps, fixed, relu, saved: saved.clone() };
+    let op = BatchNormOp { eps, fixed, relu, saved: saved.clone(), norm: Mutex::new(None) };
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     let stats = saved.lock().expect("batch-norm statistics").take();
     Ok((y, stats))
@@ -156,6 +156,8 @@ struct BatchNormOp {
     relu: bool,
     /// Training mode: where the forward leaves the batch statistics for the caller.
     saved: Arc<Mutex<Option<BatchStats>>>,
+    /// The mean and `1/sqrt(var + eps)` the forward pass used, for the backward pass.
+    norm: Mutex<Option<(Vec<f64>, Vec<f64>)>>,
 }
 
 impl BatchNormOp {
@@ -207,6 +209,7 @@ impl CustomOp3 for BatchNormOp {
                     dst.iter_mut().filter(|y| !(**y > T::ZERO)).for_each(|y| *y = T::ZERO);
                 }
             });
+            *self.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some((mean.clone(), rstd));
             if let Some(var) = batch_var {
                 *self.saved.lock().expect("batch-norm statistics") = Some(BatchStats { mean, var, count: b * s });
             }
@@ -225,7 +228,8 @@ impl CustomOp3 for BatchNormOp {
         let n = x.elem_count();
         let c = weight.elem_count();
         let grad = if self.relu { relu_grad(grad_res, res)? } else { grad_res.contiguous()? };
-        let bwd = BatchNormBwd { eps: self.eps, fixed: self.fixed.clone() };
+        let norm = self.norm.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let bwd = BatchNormBwd { eps: self.eps, fixed: self.fixed.clone(), norm };
         let packed = x.apply_op3_no_bwd(weight, &grad, &bwd)?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, c)?;
@@ -239,6 +243,8 @@ impl CustomOp3 for BatchNormOp {
 struct BatchNormBwd {
     eps: f64,
     fixed: Option<(Vec<f64>, Vec<f64>)>,
+    /// The forward pass's mean and `1/sqrt(var + eps)`; recomputed from `x` when absent.
+    norm: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl CustomOp3 for BatchNormBwd {
@@ -265,8 +271,20 @@ impl CustomOp3 for BatchNormBwd {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let g = slice::<T>(s3, l3, self.name())?;
-            let fwd = BatchNormOp { eps: self.eps, fixed: self.fixed.clone(), relu: false, saved: Arc::default() };
-            let (mean, rstd, _) = fwd.norm_params(x, b, c, s);
+            let (mean, rstd) = match &self.norm {
+                Some((mean, rstd)) if mean.len() == c => (mean.clone(), rstd.clone()),
+                _ => {
+                    let fwd = BatchNormOp {
+                        eps: self.eps,
+                        fixed: self.fixed.clone(),
+                        relu: false,
+                        saved: Arc::default(),
+                        norm: Mutex::new(None),
+                    };
+                    let (mean, rstd, _) = fwd.norm_params(x, b, c, s);
+                    (mean, rstd)
+                }
+            };
             // Per channel: Σ g and Σ g·x̂, the bias and weight gradients.
             let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
                 .into_par_iter()

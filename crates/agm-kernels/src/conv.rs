@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
     add_strided, check_real, check_same_dtype, dispatch_real, for_each_chunk, matmul, same_storage_dtype, slice,
@@ -223,7 +223,7 @@ impl CustomOp2 for Conv2d {
             let cols = g.im2col(x, b);
             // y as [O, B·L] from one GEMM over the whole batch, then reordered to [B, O, L].
             let y = matmul((o, b * l, k), w, false, &cols, false);
-            let y = obl_to_bol(&y, o, b, l);
+            let y = swap_leading(&y, o, b, l);
             *self.cols.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(cols));
             Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
         })
@@ -232,7 +232,7 @@ impl CustomOp2 for Conv2d {
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (b, o, _, _) = grad.dims4()?;
         // The output gradient as [O, B·L], the layout both GEMMs read.
-        let dy = grad.reshape((b, o, self.geom.positions()))?.transpose(0, 1)?.contiguous()?;
+        let dy = grad.contiguous()?.apply_op1_no_bwd(&SwapLeading { rows: b, cols: o, len: self.geom.positions() })?;
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
         let dw = if w.track_op() {
             let cols = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -244,14 +244,39 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// `[O, B, L]` (one GEMM's output) to `[B, O, L]`.
-fn obl_to_bol<T: Real>(src: &[T], o: usize, b: usize, l: usize) -> Vec<T> {
+/// `[R, C, L]` to `[C, R, L]`: swaps the two leading dimensions, in parallel.
+fn swap_leading<T: Real>(src: &[T], rows: usize, cols: usize, len: usize) -> Vec<T> {
     let mut out = vec![T::ZERO; src.len()];
-    for_each_chunk(&mut out, l, l, |i, row| {
-        let (bi, oi) = (i / o, i % o);
-        row.copy_from_slice(&src[(oi * b + bi) * l..(oi * b + bi + 1) * l]);
+    for_each_chunk(&mut out, len, len, |i, dst| {
+        let (c, r) = (i / rows, i % rows);
+        dst.copy_from_slice(&src[(r * cols + c) * len..(r * cols + c + 1) * len]);
     });
     out
+}
+
+/// [`swap_leading`] as an op: `[R, C, L]` (any contiguous tensor of `R·C·L` elements) to
+/// `[C, R·L]`, the layout of an output gradient the backward GEMMs read.
+struct SwapLeading {
+    rows: usize,
+    cols: usize,
+    len: usize,
+}
+
+impl CustomOp1 for SwapLeading {
+    fn name(&self) -> &'static str {
+        "agm-swap-leading"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (r, c, n) = (self.rows, self.cols, self.len);
+        if l.shape().elem_count() != r * c * n {
+            candle_core::bail!("{}: expected {r}·{c}·{n} elements, got {:?}", self.name(), l.dims());
+        }
+        dispatch_real!(s, self.name(), T => {
+            let src = slice::<T>(s, l, self.name())?;
+            Ok((T::to_cpu_storage_owned(swap_leading(src, r, c, n)), Shape::from((c, r, n))))
+        })
+    }
 }
 
 /// `(dy [O, B·L], w [O, C, kh, kw]) → dx [B, C, H, W]`: col2im of `wᵀ · dy`.

@@ -62,7 +62,12 @@ pub(crate) fn check_same_dtype(ts: &[&Tensor], op: &str) -> Result<()> {
 
 /// The elements of a contiguous `storage` of type `T`, writable, for in-place ops; `len` is the
 /// number the op expects.
-pub(crate) fn slice_mut<'a, T: Real>(storage: &'a mut CpuStorage, layout: &Layout, len: usize, op: &str) -> Result<&'a mut [T]> {
+pub(crate) fn slice_mut<'a, T: Real>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    len: usize,
+    op: &str,
+) -> Result<&'a mut [T]> {
     let Some(data) = T::storage_mut(storage) else { candle_core::bail!("{op}: operands have different dtypes") };
     match layout.contiguous_offsets() {
         Some((start, end)) if end - start == len => Ok(&mut data[start..end]),
@@ -195,7 +200,13 @@ pub(crate) fn add_strided<T: Real>(
 /// gemm splits the work over output blocks only, so a small output with a long inner dimension
 /// (a weight gradient: `[O, K]` summed over every position of the batch) would run on one
 /// thread; such products are split over the inner dimension instead and the parts added.
-pub(crate) fn matmul<T: Real>((m, n, k): (usize, usize, usize), lhs: &[T], lhs_t: bool, rhs: &[T], rhs_t: bool) -> Vec<T> {
+pub(crate) fn matmul<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[T],
+    lhs_t: bool,
+    rhs: &[T],
+    rhs_t: bool,
+) -> Vec<T> {
     assert!(lhs.len() == m * k && rhs.len() == k * n, "matmul: slice sizes do not match");
     let threads = rayon::current_num_threads();
     if threads > 1 && k >= 2048 && m * n <= 16 * k {
@@ -262,14 +273,20 @@ impl<'a, T> Operand<'a, T> {
 }
 
 /// `lhs [m, k] · rhs [k, n]` into a new row-major vector, written by gemm without zero-filling.
-fn gemm_new<T: Real>((m, n, k): (usize, usize, usize), lhs: Operand<'_, T>, rhs: Operand<'_, T>, parallel: bool) -> Vec<T> {
+fn gemm_new<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    parallel: bool,
+) -> Vec<T> {
     if m == 0 || n == 0 || k == 0 {
         return vec![T::ZERO; m * n];
     }
     lhs.check(m, k);
     rhs.check(k, n);
     let mut out: Vec<T> = Vec::with_capacity(m * n);
-    let parallelism = if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    let parallelism =
+        if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
     // SAFETY: `check` bounds every index the strides reach in both operands; the destination
     // has capacity m·n and gemm writes every element of it without reading (`read_dst` false),
     // so `set_len` exposes initialised values only.

@@ -69,3 +69,17 @@ fn mismatched_gradient_is_an_error() -> Result<()> {
     assert!(err.contains("gradient shape"), "{err}");
     Ok(())
 }
+
+#[test]
+fn sum_squares_matches_candle_and_reads_strided_tensors() -> Result<()> {
+    let dev = Device::Cpu;
+    // Large enough to be split across threads.
+    let t = Tensor::arange(0f32, 100_000.0, &dev)?.affine(1e-3, -40.0)?.sin()?.reshape((250, 400))?;
+    let expected = t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+    for view in [t.clone(), t.t()?] {
+        let got = agm_kernels::sum_squares(&view)?;
+        assert!((got - expected).abs() <= 1e-9 * expected, "{got} vs {expected}");
+    }
+    assert_eq!(agm_kernels::sum_squares(&Tensor::new(&[3.0f64, 4.0], &dev)?)?, 25.0);
+    Ok(())
+}

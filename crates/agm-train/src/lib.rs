@@ -12,6 +12,7 @@ pub mod concept;
 pub mod config;
 mod error;
 pub mod evaluate;
+pub mod memory;
 pub mod optim;
 pub mod parity;
 mod run_dir;
@@ -23,9 +24,9 @@ pub use checkpoint::Checkpoint;
 pub use config::RunConfig;
 pub use error::{Result, TrainError};
 pub use evaluate::evaluate;
+pub use memory::peak_memory_bytes;
 pub use run_dir::RunDir;
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 pub use trainer::{
-    peak_memory_bytes, Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer,
-    TrainerOptions,
+    Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer, TrainerOptions,
 };

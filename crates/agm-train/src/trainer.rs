@@ -143,14 +143,6 @@ pub struct Trainer<'a> {
     holdout: Option<&'a dyn BatchSource>,
 }
 
-/// Reads the peak resident set size of this process, where the OS reports it.
-pub fn peak_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 impl<'a> Trainer<'a> {
     /// Attaches the modulator (it may add variables) and builds the optimizer over every
     /// trainable variable with `build_optimizer`.
@@ -425,7 +417,7 @@ impl<'a> Trainer<'a> {
                     .then(|| self.state.epoch_coeff_sum.iter().map(|s| s / steps).collect()),
                 last_coefficients: self.modulator.coefficients(),
                 mean_step_seconds: self.state.epoch_seconds / steps,
-                peak_memory_bytes: peak_memory_bytes(),
+                peak_memory_bytes: crate::memory::peak_memory_bytes(),
                 best_epoch: self.state.best_epoch,
                 competition,
             };

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use agm_core::NamedVar;
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::{ensure, GradStore};
@@ -39,21 +39,13 @@ fn clip_with_coef(grads: &mut GradStore, params: &[NamedVar], max_norm: f64) -> 
         // PyTorch returns a zero norm and touches nothing.
         return Ok((0.0, max_norm / NORM_EPS));
     }
-    let norms = with_grad
-        .iter()
-        .map(|(_, g)| {
-            let acc = if g.device().is_metal() { DType::F32 } else { DType::F64 };
-            g.to_dtype(acc)?.sqr()?.sum_all()?.sqrt()
-        })
-        .collect::<Result<Vec<_>>>()?;
-    // The norm of the per-parameter norms, as PyTorch computes it, with a single device sync.
-    let same_device = norms.iter().all(|n| n.device().same_device(norms[0].device()));
-    let norms = if same_device {
-        norms
-    } else {
-        norms.iter().map(|n| n.to_device(&Device::Cpu)).collect::<Result<Vec<_>>>()?
-    };
-    let total = Tensor::stack(&norms, 0)?.sqr()?.sum_all()?.sqrt()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    // The norm of the per-parameter norms, as PyTorch computes it.
+    let mut squares = 0.0;
+    for (_, g) in &with_grad {
+        let norm = agm_kernels::sum_squares(g)?.sqrt();
+        squares += norm * norm;
+    }
+    let total = squares.sqrt();
     let coef = max_norm / (total + NORM_EPS);
     // A NaN coefficient is applied too, since torch.clamp(NaN, max=1) stays NaN.
     if coef.is_nan() || coef < 1.0 {
