@@ -28,11 +28,7 @@ impl Linear {
 
     /// `x [..., in]` to `[..., out]`: any leading dimensions, as one 2-D product over all rows.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = rowwise_matmul(x, &self.weight.as_tensor().t()?)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b.as_tensor()),
-            None => Ok(y),
-        }
+        rowwise_linear(x, self.weight.as_tensor(), self.bias.as_ref().map(Var::as_tensor))
     }
 
     pub fn weight(&self) -> &Var {
@@ -166,16 +162,15 @@ pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
     x * mask
 }
 
-/// `x [..., in] × w [in, out]` as one 2-D product over all leading rows (candle's `matmul` wants
-/// matching batch dimensions on both sides).
-pub(crate) fn rowwise_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x [..., in] · w [out, in]ᵀ (+ b)` as one 2-D [`agm_kernels::linear`] over all leading rows.
+pub(crate) fn rowwise_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     if x.rank() == 2 {
-        return x.matmul(w);
+        return agm_kernels::linear(x, w, b);
     }
     let dims = x.dims();
     let (lead, last) = dims.split_at(dims.len() - 1);
-    let y = x.reshape((lead.iter().product::<usize>(), last[0]))?.matmul(w)?;
-    y.reshape([lead, &[w.dim(1)?]].concat())
+    let y = agm_kernels::linear(&x.reshape((lead.iter().product::<usize>(), last[0]))?, w, b)?;
+    y.reshape([lead, &[w.dim(0)?]].concat())
 }
 
 /// Flattens every dimension after the batch dimension, row-major.

@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::layers::{relu, rowwise_matmul};
+use crate::layers::{relu, rowwise_linear};
 use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -195,7 +195,7 @@ impl Transformer {
         }
         // A kernel-1 Conv1d is a bias-free linear map applied at every time step.
         let w = self.conv.as_tensor().squeeze(2)?;
-        let mut h = rowwise_matmul(x, &w.t()?)?;
+        let mut h = rowwise_linear(x, &w, None)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let s = |j: u64| site_seed(dropout_seed, 4 * i as u64 + j);
             h = layer.forward_t(&h, self.cfg.heads, self.cfg.dropout, train, [s(0), s(1), s(2), s(3)])?;
