@@ -27,6 +27,14 @@ pub trait Encoder: Send + Sync {
         let zeros = Tensor::zeros([&[1], sample_shape].concat(), dtype, device)?;
         self.forward_t(&zeros, false, 0)
     }
+
+    /// `forward_t(x, train, dropout_seed)` and then `zero_feature` of `x`'s sample shape, in that
+    /// order (a training pass may change what evaluation mode computes). Encoders that can run
+    /// both in one pass override this.
+    fn forward_with_zero_feature(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<(Tensor, Tensor)> {
+        let features = self.forward_t(x, train, dropout_seed)?;
+        Ok((features, self.zero_feature(&x.dims()[1..], x.dtype(), x.device())?))
+    }
 }
 use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 

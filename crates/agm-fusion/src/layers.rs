@@ -90,21 +90,27 @@ impl BatchNorm {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.normalize(x, train, agm_kernels::batch_norm)
+        self.forward_mode(x, NormMode::from_train(train), false)
     }
 
     /// `relu(self.forward_t(x, train))` as one op.
     pub fn forward_relu_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.normalize(x, train, agm_kernels::batch_norm_relu)
+        self.forward_mode(x, NormMode::from_train(train), true)
     }
 
-    fn normalize(&self, x: &Tensor, train: bool, op: BatchNormFn) -> Result<Tensor> {
+    /// Normalises `x` as `mode` says, followed by a ReLU when `relu`; training rows update the
+    /// running statistics.
+    pub fn forward_mode(&self, x: &Tensor, mode: NormMode, relu: bool) -> Result<Tensor> {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
-        if !train {
-            let running = (&self.running_mean.as_tensor().detach(), &self.running_var.as_tensor().detach());
-            return Ok(op(x, w, b, Some(running), self.eps)?.0);
-        }
-        let (y, stats) = op(x, w, b, None, self.eps)?;
+        let running = (&self.running_mean.as_tensor().detach(), &self.running_var.as_tensor().detach());
+        let op = if relu { agm_kernels::batch_norm_relu } else { agm_kernels::batch_norm };
+        let (y, stats) = match mode {
+            NormMode::Eval => return Ok(op(x, w, b, Some(running), self.eps)?.0),
+            NormMode::Train => op(x, w, b, None, self.eps)?,
+            NormMode::TrainWithEvalTail(tail) => {
+                agm_kernels::batch_norm_mixed(x, w, b, running, self.momentum, tail, self.eps, relu)?
+            }
+        };
         let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
         // Running averages take the unbiased variance, as PyTorch's do.
         let n = stats.count as f64;
@@ -120,9 +126,28 @@ impl BatchNorm {
     }
 }
 
-/// [`agm_kernels::batch_norm`] or [`agm_kernels::batch_norm_relu`].
-type BatchNormFn =
-    fn(&Tensor, &Tensor, &Tensor, Option<(&Tensor, &Tensor)>, f64) -> Result<(Tensor, Option<agm_kernels::BatchStats>)>;
+/// How [`BatchNorm::forward_mode`] normalises a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormMode {
+    /// The batch's own statistics; the running ones are updated.
+    Train,
+    /// The running statistics, as constants.
+    Eval,
+    /// Training mode for all but the last `n` samples, which are normalised in evaluation mode
+    /// with the running statistics as this batch leaves them: what a training pass followed by
+    /// an evaluation pass over those `n` samples computes, in one pass.
+    TrainWithEvalTail(usize),
+}
+
+impl NormMode {
+    pub fn from_train(train: bool) -> Self {
+        if train {
+            Self::Train
+        } else {
+            Self::Eval
+        }
+    }
+}
 
 /// PyTorch's `nn.LayerNorm` over the last dimension (weight 1, bias 0 at start).
 #[derive(Clone, Debug)]

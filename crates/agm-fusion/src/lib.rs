@@ -37,7 +37,7 @@ pub use ave::AvePspNet;
 pub use encoder::{Encoder, EncoderLayer, SequentialEncoder};
 pub use fusion::{Fusion, FusionKind, FusionOutput};
 pub use late::{EncoderSpec, LateConcatConfig};
-pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear};
+pub use layers::{dropout, BatchNorm, Conv2d, LayerNorm, Linear, NormMode};
 pub use lstm::Lstm;
 pub use maxout::MaxOutMlp;
 pub use model::FusionModel;

@@ -116,15 +116,19 @@ impl FusionModel {
         masked: &[Subset],
         opts: &ForwardOpts,
     ) -> Result<(ModelOutput, Vec<Tensor>)> {
-        let feats = self.encode(inputs, opts)?;
+        let mut feats = Vec::with_capacity(inputs.len());
         let mut zero_feats = Vec::with_capacity(inputs.len());
         for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
+            let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
+            let seed = Self::encoder_seed(opts.dropout_seed, m);
             if masked.iter().all(|s| s.contains(m)) {
+                feats.push(enc.forward_t(&x, opts.train, seed)?);
                 zero_feats.push(None);
-                continue;
+            } else {
+                let (f, z) = enc.forward_with_zero_feature(&x, opts.train, seed)?;
+                zero_feats.push(Some(z.broadcast_as(f.shape())?));
+                feats.push(f);
             }
-            let z = enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?;
-            zero_feats.push(Some(z.broadcast_as(feats[m].shape())?));
         }
         let set_for = |s: Subset| -> Vec<Tensor> {
             (0..feats.len())

@@ -6,7 +6,7 @@
 use agm_kernels::{Conv2dSpec, Pool2dSpec};
 use candle_core::{Result, Tensor, Var};
 
-use crate::{BatchNorm, Encoder, ParamBuilder, ParamInit};
+use crate::{BatchNorm, Encoder, NormMode, ParamBuilder, ParamInit};
 
 /// How the convolutions and batch norms start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,11 +112,11 @@ impl BasicBlock {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
-        let h = self.bn2.forward_t(&self.conv2.forward(&h)?, train)?;
+    fn forward(&self, x: &Tensor, mode: NormMode) -> Result<Tensor> {
+        let h = self.bn1.forward_mode(&self.conv1.forward(x)?, mode, true)?;
+        let h = self.bn2.forward_mode(&self.conv2.forward(&h)?, mode, false)?;
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            Some((conv, bn)) => bn.forward_mode(&conv.forward(x)?, mode, false)?,
             None => x.clone(),
         };
         agm_kernels::add_relu(&h, &identity)
@@ -158,24 +158,39 @@ impl ResNet18 {
 
     /// The layer4 map `[N, 512, h, w]` of a 4-D batch.
     pub fn feature_map(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_relu_t(&self.conv1.forward(x)?, train)?;
+        self.feature_map_mode(x, NormMode::from_train(train))
+    }
+
+    fn feature_map_mode(&self, x: &Tensor, mode: NormMode) -> Result<Tensor> {
+        let h = self.bn1.forward_mode(&self.conv1.forward(x)?, mode, true)?;
         let mut h = agm_kernels::max_pool2d(&h, Pool2dSpec::new(3, 2, 1))?;
         for block in &self.layers {
-            h = block.forward_t(&h, train)?;
+            h = block.forward(&h, mode)?;
         }
         Ok(h)
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_mode(x, NormMode::from_train(train))
+    }
+
+    /// [`Self::forward_t`] with every batch norm in `mode`. In
+    /// [`NormMode::TrainWithEvalTail`] the tail counts samples: a 5-D input's frames are
+    /// handled here.
+    pub fn forward_mode(&self, x: &Tensor, mode: NormMode) -> Result<Tensor> {
         match x.rank() {
-            4 => self.feature_map(x, train)?.mean((2, 3)),
+            4 => self.feature_map_mode(x, mode)?.mean((2, 3)),
             5 => {
                 let (b, c, t, h, w) = x.dims5()?;
                 // Frames become batch entries, frame-major within each sample as in the reference.
                 let frames = x.permute((0, 2, 1, 3, 4))?.contiguous()?.reshape((b * t, c, h, w))?;
                 // Every frame's map has the same size, so the mean of per-frame means is the mean
                 // over frames and positions.
-                let per_frame = self.feature_map(&frames, train)?.mean((2, 3))?;
+                let mode = match mode {
+                    NormMode::TrainWithEvalTail(n) => NormMode::TrainWithEvalTail(n * t),
+                    m => m,
+                };
+                let per_frame = self.feature_map_mode(&frames, mode)?.mean((2, 3))?;
                 per_frame.reshape((b, t, Self::OUT_DIM))?.mean(1)
             }
             r => candle_core::bail!(
@@ -197,5 +212,19 @@ impl Encoder for ResNet18 {
 
     fn mode_dependent(&self) -> bool {
         true
+    }
+
+    /// The zero sample rides along with the batch as one extra evaluation-mode sample: every
+    /// layer but batch norm acts per sample, and batch norm normalises that sample with the
+    /// running statistics this batch leaves, as the separate evaluation pass after it would.
+    fn forward_with_zero_feature(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<(Tensor, Tensor)> {
+        let b = x.dim(0)?;
+        if !train || b == 0 {
+            let z = self.zero_feature(&x.dims()[1..], x.dtype(), x.device())?;
+            return Ok((Encoder::forward_t(self, x, train, dropout_seed)?, z));
+        }
+        let zero = Tensor::zeros([&[1], &x.dims()[1..]].concat(), x.dtype(), x.device())?;
+        let both = self.forward_mode(&Tensor::cat(&[x, &zero], 0)?, NormMode::TrainWithEvalTail(1))?;
+        Ok((both.narrow(0, 0, b)?, both.narrow(0, b, 1)?))
     }
 }

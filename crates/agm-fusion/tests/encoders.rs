@@ -473,3 +473,39 @@ fn transformer_zero_feature_of_one_step_equals_the_whole_zero_sequence() {
     let d = (full - one).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert!(d < 1e-12, "{d}");
 }
+
+/// The fast Shapley path's single pass (the zero sample carried along the batch) against a
+/// training pass followed by the evaluation pass on one zero sample: features, zero features,
+/// gradients and running statistics agree, for images and frame sequences (f64).
+#[test]
+fn resnet18_zero_sample_rides_along_with_the_batch() {
+    for (dims, channels) in [(vec![3, 1, 20, 20], 1), (vec![2, 3, 2, 16, 16], 3)] {
+        let nets: Vec<(ParamStore, ResNet18)> = (0..2)
+            .map(|_| {
+                let (store, pb) = builder(7, DType::F64);
+                let net = ResNet18::new(&pb, &ResNetConfig::reference(channels)).unwrap();
+                (store, net)
+            })
+            .collect();
+        let x = pattern(&dims, 9, DType::F64);
+        let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 0).unwrap();
+        let f2 = Encoder::forward_t(&nets[1].1, &x, true, 0).unwrap();
+        let z2 = nets[1].1.zero_feature(&dims[1..], DType::F64, &Device::Cpu).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = values(&(a - b).unwrap()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            let s = values(b).iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+            assert!(d <= 1e-10 * s, "{what}: differs by {d} (scale {s})");
+        };
+        close(&f1, &f2, "features");
+        close(&z1, &z2, "zero feature");
+        let loss = |f: &Tensor, z: &Tensor| (weighted_loss(f, 1) + weighted_loss(z, 2)).unwrap();
+        let (g1, g2) = (loss(&f1, &z1).backward().unwrap(), loss(&f2, &z2).backward().unwrap());
+        let (t1, t2) = (nets[0].0.groups(1).trainable(), nets[1].0.groups(1).trainable());
+        for (a, b) in t1.iter().zip(&t2) {
+            close(g1.get(a.var.as_tensor()).unwrap(), g2.get(b.var.as_tensor()).unwrap(), &a.name);
+        }
+        for ((name, a), (_, b)) in nets[0].0.tensors().iter().zip(nets[1].0.tensors().iter()) {
+            close(a, b, name);
+        }
+    }
+}

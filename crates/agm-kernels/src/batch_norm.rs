@@ -37,7 +37,7 @@ pub fn batch_norm(
     running: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<(Tensor, Option<BatchStats>)> {
-    batch_norm_op(x, weight, bias, running, eps, false)
+    batch_norm_op(x, weight, bias, running, None, eps, false)
 }
 
 /// `relu(batch_norm(…))` as one op (a ResNet's `bn → relu`): the normalised activation never
@@ -50,14 +50,62 @@ pub fn batch_norm_relu(
     running: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<(Tensor, Option<BatchStats>)> {
-    batch_norm_op(x, weight, bias, running, eps, true)
+    batch_norm_op(x, weight, bias, running, None, eps, true)
 }
 
+/// Training-mode batch norm over the first `B − tail` samples of `x` and evaluation mode over
+/// the last `tail`: one call for a batch that carries extra evaluation-mode samples along (the
+/// fast Shapley path's zero sample). The evaluation rows see the running statistics as they are
+/// after this batch updates them (`momentum`, PyTorch's rule with the unbiased variance), as if
+/// the training rows had run first and the evaluation rows after, and as constants. The
+/// statistics returned are the training rows'. Followed by a ReLU when `relu`. On other devices
+/// it is two calls on the two parts.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_mixed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: (&Tensor, &Tensor),
+    momentum: f64,
+    tail: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Option<BatchStats>)> {
+    let b = x.dims().first().copied().unwrap_or(0);
+    if tail >= b {
+        candle_core::bail!("batch_norm: {tail} evaluation rows leave no training rows in a batch of {b}");
+    }
+    if !x.device().is_cpu() {
+        let op = if relu { batch_norm_relu } else { batch_norm };
+        let (head, stats) = op(&x.narrow(0, 0, b - tail)?, weight, bias, None, eps)?;
+        let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
+        let (mean, var) = updated_running(&to_f64(running.0)?, &to_f64(running.1)?, &stats, momentum);
+        let dev = x.device();
+        let mean = Tensor::from_vec(mean, weight.dims1()?, dev)?.to_dtype(x.dtype())?;
+        let var = Tensor::from_vec(var, weight.dims1()?, dev)?.to_dtype(x.dtype())?;
+        let (rest, _) = op(&x.narrow(0, b - tail, tail)?, weight, bias, Some((&mean, &var)), eps)?;
+        return Ok((Tensor::cat(&[head, rest], 0)?, Some(stats)));
+    }
+    batch_norm_op(x, weight, bias, Some(running), Some((tail, momentum)), eps, relu)
+}
+
+/// PyTorch's running-statistics update: `(1 − m)·running + m·batch`, with the unbiased variance.
+pub fn updated_running(mean: &[f64], var: &[f64], stats: &BatchStats, momentum: f64) -> (Vec<f64>, Vec<f64>) {
+    let n = stats.count as f64;
+    let m = momentum;
+    let mean = mean.iter().zip(&stats.mean).map(|(r, b)| r * (1.0 - m) + b * m).collect();
+    let var = var.iter().zip(&stats.var).map(|(r, v)| r * (1.0 - m) + (v * n / (n - 1.0).max(1.0)) * m).collect();
+    (mean, var)
+}
+
+/// `running` normalises the last `tail.0` rows, updated with momentum `tail.1` (all rows, as
+/// they are, when `tail` is `None`); the batch's own statistics normalise the others.
 fn batch_norm_op(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     running: Option<(&Tensor, &Tensor)>,
+    tail: Option<(usize, f64)>,
     eps: f64,
     relu: bool,
 ) -> Result<(Tensor, Option<BatchStats>)> {
@@ -85,7 +133,8 @@ fn batch_norm_op(
         None => None,
     };
     let saved = Arc::new(Mutex::new(None));
-    let op = BatchNormOp { eps, fixed, relu, saved: saved.clone(), norm: Mutex::new(None) };
+    let rows = Rows { fixed, tail };
+    let op = BatchNormOp { eps, rows, relu, saved: saved.clone(), norm: Mutex::new(None) };
     let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     let stats = saved.lock().expect("batch-norm statistics").take();
     Ok((y, stats))
@@ -148,29 +197,66 @@ fn channel_moments<T: Real>(x: &[T], b: usize, c: usize, s: usize) -> (Vec<f64>,
         .unzip()
 }
 
+/// Which rows the batch's own statistics normalise and which the running ones do.
+#[derive(Clone, Debug)]
+struct Rows {
+    /// The running mean and variance, when any row uses them.
+    fixed: Option<(Vec<f64>, Vec<f64>)>,
+    /// How many trailing rows use `fixed`, updated first with this momentum; `None` means all
+    /// rows use `fixed` as it is (evaluation mode).
+    tail: Option<(usize, f64)>,
+}
+
+impl Rows {
+    /// How many leading samples of a batch of `b` are normalised by the batch statistics.
+    fn batch_rows(&self, b: usize) -> usize {
+        match (&self.fixed, self.tail) {
+            (None, _) => b,
+            (Some(_), None) => 0,
+            (Some(_), Some((t, _))) => b.saturating_sub(t),
+        }
+    }
+
+    /// The mean and `1/sqrt(var + eps)` of the running rows (zeros when there are none), after
+    /// the update with the batch rows' `stats` when the op asks for one.
+    fn fixed_norm(&self, c: usize, eps: f64, stats: Option<&BatchStats>) -> (Vec<f64>, Vec<f64>) {
+        let Some((mean, var)) = &self.fixed else { return (vec![0.0; c], vec![0.0; c]) };
+        let (mean, var) = match (self.tail, stats) {
+            (Some((_, momentum)), Some(stats)) => updated_running(mean, var, stats, momentum),
+            _ => (mean.clone(), var.clone()),
+        };
+        (mean, var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
+    }
+}
+
+/// The normalisation a forward pass used, for its backward pass.
+#[derive(Clone, Debug)]
+struct Norms {
+    /// Batch rows: mean and `1/sqrt(var + eps)`.
+    batch: (Vec<f64>, Vec<f64>),
+    /// Running rows: the same.
+    fixed: (Vec<f64>, Vec<f64>),
+}
+
 struct BatchNormOp {
     eps: f64,
-    /// Evaluation mode: the running mean and variance.
-    fixed: Option<(Vec<f64>, Vec<f64>)>,
+    rows: Rows,
     /// Followed by a ReLU.
     relu: bool,
     /// Training mode: where the forward leaves the batch statistics for the caller.
     saved: Arc<Mutex<Option<BatchStats>>>,
-    /// The mean and `1/sqrt(var + eps)` the forward pass used, for the backward pass.
-    norm: Mutex<Option<(Vec<f64>, Vec<f64>)>>,
+    /// What the forward pass normalised with, for the backward pass.
+    norm: Mutex<Option<Norms>>,
 }
 
-impl BatchNormOp {
-    /// The mean and `1/sqrt(var + eps)` that normalise `x`.
-    fn norm_params<T: Real>(&self, x: &[T], b: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
-        let (mean, var) = match &self.fixed {
-            Some((m, v)) => (m.clone(), v.clone()),
-            None => channel_moments(x, b, c, s),
-        };
-        let rstd = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let batch_var = self.fixed.is_none().then_some(var);
-        (mean, rstd, batch_var)
+/// Mean and `1/sqrt(var + eps)` of the first `head` samples' channels, and their biased variance.
+fn batch_norm_params<T: Real>(x: &[T], head: usize, c: usize, s: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    if head == 0 {
+        return (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
     }
+    let (mean, var) = channel_moments(&x[..head * c * s], head, c, s);
+    let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    (mean, rstd, var)
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -190,18 +276,25 @@ impl CustomOp3 for BatchNormOp {
         let (b, c, s) = geometry(l1);
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
+        let head = self.rows.batch_rows(b);
         dispatch_real!(s1, self.name(), T => {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let bias = slice::<T>(s3, l3, self.name())?;
-            let (mean, rstd, batch_var) = self.norm_params(x, b, c, s);
-            // y = x · scale + shift per channel.
-            let scale: Vec<f64> = (0..c).map(|ch| rstd[ch] * w[ch].to_f64()).collect();
-            let shift: Vec<f64> = (0..c).map(|ch| bias[ch].to_f64() - mean[ch] * scale[ch]).collect();
+            let (mean, rstd, var) = batch_norm_params(x, head, c, s, self.eps);
+            let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
+            let (fmean, frstd) = self.rows.fixed_norm(c, self.eps, stats.as_ref());
+            // y = x · scale + shift per channel, one pair for batch rows and one for running rows.
+            let affine = |mean: &[f64], rstd: &[f64]| -> (Vec<f64>, Vec<f64>) {
+                let scale: Vec<f64> = (0..c).map(|ch| rstd[ch] * w[ch].to_f64()).collect();
+                let shift = (0..c).map(|ch| bias[ch].to_f64() - mean[ch] * scale[ch]).collect();
+                (scale, shift)
+            };
+            let (batch, fixed) = (affine(&mean, &rstd), affine(&fmean, &frstd));
             let mut out = vec![T::ZERO; x.len()];
             for_each_chunk(&mut out, s, s, |i, dst| {
-                let ch = i % c;
-                let (k, m) = (scale[ch], shift[ch]);
+                let (scale, shift) = if i / c < head { &batch } else { &fixed };
+                let (k, m) = (scale[i % c], shift[i % c]);
                 for (y, &v) in dst.iter_mut().zip(&x[i * s..(i + 1) * s]) {
                     *y = T::from_f64(v.to_f64() * k + m);
                 }
@@ -209,10 +302,10 @@ impl CustomOp3 for BatchNormOp {
                     dst.iter_mut().filter(|y| !(**y > T::ZERO)).for_each(|y| *y = T::ZERO);
                 }
             });
-            *self.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some((mean.clone(), rstd));
-            if let Some(var) = batch_var {
-                *self.saved.lock().expect("batch-norm statistics") = Some(BatchStats { mean, var, count: b * s });
+            if stats.is_some() {
+                *self.saved.lock().expect("batch-norm statistics") = stats;
             }
+            *self.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some(Norms { batch: (mean, rstd), fixed: (fmean, frstd) });
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -229,7 +322,7 @@ impl CustomOp3 for BatchNormOp {
         let c = weight.elem_count();
         let grad = if self.relu { relu_grad(grad_res, res)? } else { grad_res.contiguous()? };
         let norm = self.norm.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let bwd = BatchNormBwd { eps: self.eps, fixed: self.fixed.clone(), norm };
+        let bwd = BatchNormBwd { eps: self.eps, rows: self.rows.clone(), norm };
         let packed = x.apply_op3_no_bwd(weight, &grad, &bwd)?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, c)?;
@@ -242,9 +335,9 @@ impl CustomOp3 for BatchNormOp {
 /// `dweight`, then `dbias`.
 struct BatchNormBwd {
     eps: f64,
-    fixed: Option<(Vec<f64>, Vec<f64>)>,
-    /// The forward pass's mean and `1/sqrt(var + eps)`; recomputed from `x` when absent.
-    norm: Option<(Vec<f64>, Vec<f64>)>,
+    rows: Rows,
+    /// The forward pass's normalisation; recomputed from `x` when absent.
+    norm: Option<Norms>,
 }
 
 impl CustomOp3 for BatchNormBwd {
@@ -267,59 +360,60 @@ impl CustomOp3 for BatchNormBwd {
         }
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
+        let head = self.rows.batch_rows(b);
         dispatch_real!(s1, self.name(), T => {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let g = slice::<T>(s3, l3, self.name())?;
-            let (mean, rstd) = match &self.norm {
-                Some((mean, rstd)) if mean.len() == c => (mean.clone(), rstd.clone()),
+            let Norms { batch: (mean, rstd), fixed: (fmean, frstd) } = match &self.norm {
+                Some(norm) if norm.batch.0.len() == c => norm.clone(),
                 _ => {
-                    let fwd = BatchNormOp {
-                        eps: self.eps,
-                        fixed: self.fixed.clone(),
-                        relu: false,
-                        saved: Arc::default(),
-                        norm: Mutex::new(None),
-                    };
-                    let (mean, rstd, _) = fwd.norm_params(x, b, c, s);
-                    (mean, rstd)
+                    let (mean, rstd, var) = batch_norm_params(x, head, c, s, self.eps);
+                    let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
+                    Norms { batch: (mean, rstd), fixed: self.rows.fixed_norm(c, self.eps, stats.as_ref()) }
                 }
             };
-            // Per channel: Σ g and Σ g·x̂, the bias and weight gradients.
-            let (sum_g, sum_gx): (Vec<f64>, Vec<f64>) = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    channel(g, (b, c, s), ch).zip(channel(x, (b, c, s), ch)).fold((0.0, 0.0), |(a, bb), (gv, xv)| {
-                        let xhat = (xv.to_f64() - mean[ch]) * rstd[ch];
-                        (a + gv.to_f64(), bb + gv.to_f64() * xhat)
+            let split = head * c * s;
+            // Per channel and row group: Σ g and Σ g·x̂ (x̂ with that group's statistics).
+            let sums = |x: &[T], g: &[T], rows: usize, mean: &[f64], rstd: &[f64]| -> (Vec<f64>, Vec<f64>) {
+                (0..c)
+                    .into_par_iter()
+                    .map(|ch| {
+                        channel(g, (rows, c, s), ch).zip(channel(x, (rows, c, s), ch)).fold((0.0, 0.0), |(a, bb), (gv, xv)| {
+                            let xhat = (xv.to_f64() - mean[ch]) * rstd[ch];
+                            (a + gv.to_f64(), bb + gv.to_f64() * xhat)
+                        })
                     })
-                })
-                .unzip();
-            let count = (b * s) as f64;
-            let train = self.fixed.is_none();
+                    .unzip()
+            };
+            let (sum_g, sum_gx) = sums(&x[..split], &g[..split], head, &mean, &rstd);
+            let (tail_g, tail_gx) = sums(&x[split..], &g[split..], b - head, &fmean, &frstd);
+            let count = (head * s) as f64;
             let n = x.len();
             let mut out = vec![T::ZERO; n + 2 * c];
             let (dx, params) = out.split_at_mut(n);
             for_each_chunk(dx, s, s, |i, dst| {
                 let ch = i % c;
-                let k = w[ch].to_f64() * rstd[ch];
                 let rows = (&g[i * s..(i + 1) * s]).iter().zip(&x[i * s..(i + 1) * s]);
-                if train {
-                    // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)).
+                if i / c < head {
+                    // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)) over the batch rows.
+                    let k = w[ch].to_f64() * rstd[ch];
                     let (mg, mgx) = (sum_g[ch] / count, sum_gx[ch] / count);
                     for (o, (&gv, &xv)) in dst.iter_mut().zip(rows) {
                         let xhat = (xv.to_f64() - mean[ch]) * rstd[ch];
                         *o = T::from_f64(k * (gv.to_f64() - mg - xhat * mgx));
                     }
                 } else {
+                    // Running statistics are constants: dx = w·rstd·g.
+                    let k = w[ch].to_f64() * frstd[ch];
                     for (o, (&gv, _)) in dst.iter_mut().zip(rows) {
                         *o = T::from_f64(k * gv.to_f64());
                     }
                 }
             });
             for ch in 0..c {
-                params[ch] = T::from_f64(sum_gx[ch]);
-                params[c + ch] = T::from_f64(sum_g[ch]);
+                params[ch] = T::from_f64(sum_gx[ch] + tail_gx[ch]);
+                params[c + ch] = T::from_f64(sum_g[ch] + tail_g[ch]);
             }
             Ok((T::to_cpu_storage_owned(out), Shape::from(n + 2 * c)))
         })

@@ -110,3 +110,38 @@ fn bad_inputs_are_errors() -> Result<()> {
     assert!(err.contains("f32 and f64"), "{err}");
     Ok(())
 }
+
+#[test]
+fn mixed_rows_equal_separate_training_and_evaluation_calls() -> Result<()> {
+    use agm_kernels::{batch_norm_mixed, batch_norm_relu};
+    let (b, c, tail) = (5, 3, 2);
+    let x = Var::from_tensor(&tensor(&[b, c, 4, 3], 0.37, 0.1)?)?;
+    let w = Var::from_tensor(&tensor(&[c], 1.3, 0.5)?)?;
+    let bias = Var::from_tensor(&tensor(&[c], 0.9, 0.2)?)?;
+    let rm = tensor(&[c], 0.5, 0.0)?;
+    let rv = tensor(&[c], 0.4, 0.0)?.abs()?.affine(1.0, 0.5)?;
+    for relu in [false, true] {
+        let (mixed, stats) =
+            batch_norm_mixed(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, tail, 1e-5, relu)?;
+        let op = if relu { batch_norm_relu } else { batch_norm };
+        let (head, head_stats) =
+            op(&x.as_tensor().narrow(0, 0, b - tail)?, w.as_tensor(), bias.as_tensor(), None, 1e-5)?;
+        // The evaluation rows run after the training rows updated the running statistics.
+        let values = |t: &Tensor| t.to_vec1::<f64>();
+        let (um, uv) = agm_kernels::updated_running(&values(&rm)?, &values(&rv)?, head_stats.as_ref().unwrap(), 0.1);
+        let (um, uv) = (Tensor::new(um, &Device::Cpu)?, Tensor::new(uv, &Device::Cpu)?);
+        let (rest, _) =
+            op(&x.as_tensor().narrow(0, b - tail, tail)?, w.as_tensor(), bias.as_tensor(), Some((&um, &uv)), 1e-5)?;
+        let separate = Tensor::cat(&[head, rest], 0)?;
+        assert!(max_rel(&mixed, &separate)? < 1e-12);
+        assert_eq!(stats, head_stats, "the statistics are the training rows'");
+        let (g, g_ref) = (loss(&mixed)?.backward()?, loss(&separate)?.backward()?);
+        for v in [&x, &w, &bias] {
+            assert!(max_rel(g.get(v).unwrap(), g_ref.get(v).unwrap())? < 1e-10);
+        }
+    }
+    let err =
+        batch_norm_mixed(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, b, 1e-5, false).unwrap_err();
+    assert!(err.to_string().contains("no training rows"), "{err}");
+    Ok(())
+}
