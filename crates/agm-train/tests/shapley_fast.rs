@@ -93,3 +93,21 @@ fn with_batch_norm_encoders_fast_is_a_different_documented_function() {
     assert!(worst > 1e-8, "masked passes reuse training-mode batch-norm features, so the runs differ");
     assert!(fast.iter().all(|(_, t)| t.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().all(|v| v.is_finite())));
 }
+
+#[test]
+fn faithful_passes_equal_one_whole_network_pass_per_subset_with_batch_norm_encoders() {
+    for m in [2, 3] {
+        for fusion in &common::FUSIONS {
+            let model = model(m, fusion, true);
+            let b = batch(m, 5);
+            let subsets = masked_subsets(m);
+            let opts = ForwardOpts::train(m, 3);
+            let (_, passes) = model.shapley_passes(&b.inputs, &subsets, &opts, ShapleyMode::Faithful).unwrap();
+            // Evaluation mode after the training pass: the running statistics it left.
+            for (s, a) in subsets.iter().zip(&passes) {
+                let one = model.forward(&b.inputs, &ForwardOpts::eval(m).with_present(*s)).unwrap().logits;
+                assert!(max_abs_diff(a, &one) < 1e-10, "{fusion:?} M={m}: pass {s:?}");
+            }
+        }
+    }
+}
