@@ -27,6 +27,9 @@ enum Kind {
     MaxPool { x: Var, spec: Pool2dSpec },
     LayerNorm { x: Var, gamma: Var, beta: Var },
     BatchNorm { x: Var, weight: Var, bias: Var },
+    BatchNormRelu { x: Var, weight: Var, bias: Var },
+    AddRelu { a: Var, b: Var },
+    Linear { x: Var, w: Var, b: Var },
     Softmax { x: Var },
     CrossEntropy { logits: Var, labels: Tensor },
 }
@@ -67,6 +70,22 @@ impl KernelCase {
                 // Training mode: batch statistics, gradients to all three.
                 f(x.as_tensor(), weight.as_tensor(), bias.as_tensor(), None, 1e-5)?.0
             }
+            Kind::BatchNormRelu { x, weight, bias } => {
+                let (x, w, b) = (x.as_tensor(), weight.as_tensor(), bias.as_tensor());
+                if reference {
+                    agm_kernels::batch_norm_ref(x, w, b, None, 1e-5)?.0.relu()?
+                } else {
+                    agm_kernels::batch_norm_relu(x, w, b, None, 1e-5)?.0
+                }
+            }
+            Kind::AddRelu { a, b } => {
+                let f = if reference { agm_kernels::add_relu_ref } else { agm_kernels::add_relu };
+                f(a.as_tensor(), b.as_tensor())?
+            }
+            Kind::Linear { x, w, b } => {
+                let f = if reference { agm_kernels::linear_ref } else { agm_kernels::linear };
+                f(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))?
+            }
             Kind::Softmax { x } => {
                 let f = if reference { agm_kernels::softmax_ref } else { agm_kernels::softmax_last_dim };
                 // Squared, so that the gradient reaching the softmax is not constant along a row.
@@ -89,7 +108,7 @@ impl KernelCase {
 }
 
 /// The benchmarked cases, f32: ResNet18 shapes at batch 8 on 112×112 inputs, plus transformer-
-/// and head-sized norm, softmax and loss.
+/// and head-sized linear, norm, softmax and loss.
 pub fn kernel_cases(device: &Device) -> Result<Vec<KernelCase>> {
     let conv = |name, x: &[usize], w: &[usize], stride, padding, seed| -> Result<KernelCase> {
         let kind = Kind::Conv {
@@ -111,6 +130,29 @@ pub fn kernel_cases(device: &Device) -> Result<Vec<KernelCase>> {
                 x: seeded(&[8, 64, 56, 56], 14, device)?,
                 weight: seeded(&[64], 15, device)?,
                 bias: seeded(&[64], 16, device)?,
+            },
+            device: device.clone(),
+        },
+        KernelCase {
+            name: "batch_norm_relu_train_64x28x28_b8",
+            kind: Kind::BatchNormRelu {
+                x: seeded(&[8, 64, 28, 28], 17, device)?,
+                weight: seeded(&[64], 18, device)?,
+                bias: seeded(&[64], 19, device)?,
+            },
+            device: device.clone(),
+        },
+        KernelCase {
+            name: "add_relu_64x28x28_b8",
+            kind: Kind::AddRelu { a: seeded(&[8, 64, 28, 28], 20, device)?, b: seeded(&[8, 64, 28, 28], 21, device)? },
+            device: device.clone(),
+        },
+        KernelCase {
+            name: "linear_160x768_to_3072",
+            kind: Kind::Linear {
+                x: seeded(&[160, 768], 22, device)?,
+                w: seeded(&[3072, 768], 23, device)?,
+                b: seeded(&[3072], 24, device)?,
             },
             device: device.clone(),
         },

@@ -77,17 +77,20 @@ pub fn av_digits_batch(batch_size: usize, device: &Device) -> Result<MultimodalB
 
 /// Median seconds per step of each bench. The benches take turns in blocks of a few consecutive
 /// steps, so machine load hits all alike while each step still follows one of its own model (as
-/// in training, where one model steps after another); the first block of each is warm-up.
+/// in training, where one model steps after another); the turn order rotates every round so no
+/// bench always follows the same one, and the first round is warm-up.
 pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, steps: usize) -> Result<Vec<f64>> {
     const BLOCK: usize = 3;
-    let mut times = vec![Vec::with_capacity(steps); benches.len()];
+    let n = benches.len();
+    let mut times = vec![Vec::with_capacity(steps); n];
     for round in 0..=steps.div_ceil(BLOCK) {
-        for (b, t) in benches.iter_mut().zip(times.iter_mut()) {
+        for k in 0..n {
+            let i = (round + k) % n;
             for _ in 0..BLOCK {
                 let started = std::time::Instant::now();
-                b.step(batch)?;
-                if round > 0 && t.len() < steps {
-                    t.push(started.elapsed().as_secs_f64());
+                benches[i].step(batch)?;
+                if round > 0 && times[i].len() < steps {
+                    times[i].push(started.elapsed().as_secs_f64());
                 }
             }
         }

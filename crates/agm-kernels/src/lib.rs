@@ -33,5 +33,5 @@ pub use loss::{cross_entropy_per_sample, cross_entropy_per_sample_ref};
 pub use norm::{layer_norm, layer_norm_ref, softmax_last_dim, softmax_ref};
 pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpec};
 pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
-pub use runtime::{release_free_memory, tune_cpu_runtime};
+pub use runtime::tune_cpu_runtime;
 pub use sgd::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};

@@ -27,13 +27,3 @@ pub fn tune_cpu_runtime() {
         }
     }
 }
-
-/// Returns the allocator's free memory to the system (glibc's `malloc_trim`), so that the
-/// resident size, and a peak measured from it, reflects live data only. A no-op elsewhere.
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
