@@ -223,10 +223,11 @@ pub(crate) fn matmul<T: Real>(
                 gemm_new((m, n, len), l, r, false)
             })
             .collect();
-        let mut out = partials[0].clone();
-        for p in &partials[1..] {
+        let mut partials = partials.into_iter();
+        let mut out = partials.next().expect("at least one part");
+        for p in partials {
             for (o, v) in out.iter_mut().zip(p) {
-                *o += *v;
+                *o += v;
             }
         }
         return out;
