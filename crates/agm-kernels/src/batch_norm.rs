@@ -299,7 +299,8 @@ impl CustomOp3 for BatchNormOp {
                     *y = T::from_f64(v.to_f64() * k + m);
                 }
                 if self.relu {
-                    dst.iter_mut().filter(|y| !(**y > T::ZERO)).for_each(|y| *y = T::ZERO);
+                    // Zero unless positive, NaN included, as `relu` does.
+                    dst.iter_mut().for_each(|y| *y = if *y > T::ZERO { *y } else { T::ZERO });
                 }
             });
             if stats.is_some() {
@@ -394,7 +395,7 @@ impl CustomOp3 for BatchNormBwd {
             let (dx, params) = out.split_at_mut(n);
             for_each_chunk(dx, s, s, |i, dst| {
                 let ch = i % c;
-                let rows = (&g[i * s..(i + 1) * s]).iter().zip(&x[i * s..(i + 1) * s]);
+                let rows = g[i * s..(i + 1) * s].iter().zip(&x[i * s..(i + 1) * s]);
                 if i / c < head {
                     // dx = w·rstd·(g − mean(g) − x̂·mean(g·x̂)) over the batch rows.
                     let k = w[ch].to_f64() * rstd[ch];
