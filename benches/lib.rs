@@ -60,6 +60,12 @@ impl StepBench {
     }
 }
 
+/// The input shapes the step benches time: the reference's sizes, sequences of `sequence_len`
+/// steps.
+pub fn reference_shapes(sequence_len: usize) -> PresetOptions {
+    PresetOptions { scale: agm_fusion::InputScale::Reference, sequence_len, ..PresetOptions::default() }
+}
+
 /// A batch of seeded synthetic samples with the input shapes of preset `preset`.
 pub fn preset_batch(preset: &str, opts: &PresetOptions, batch_size: usize, device: &Device) -> Result<MultimodalBatch> {
     let spec = agm_fusion::preset_spec(preset, opts)?;

@@ -2,7 +2,6 @@
 //! `cargo run --release -p agm-benches --example profile_step -- avmnist-late joint 8 20`.
 
 use agm_benches::{preset_batch, StepBench};
-use agm_fusion::{InputScale, PresetOptions};
 use candle_core::Device;
 
 fn main() -> candle_core::Result<()> {
@@ -16,8 +15,8 @@ fn main() -> candle_core::Result<()> {
     };
     let batch_size = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
     let steps = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
-    // The shapes `cargo xtask bench` times: the reference's input sizes, sequences of 20 steps.
-    let opts = PresetOptions { scale: InputScale::Reference, sequence_len: 20, ..PresetOptions::default() };
+    // The shapes `cargo xtask bench` times, with its default sequence length.
+    let opts = agm_benches::reference_shapes(20);
     let device = Device::Cpu;
     let batch = preset_batch(preset, &opts, batch_size, &device)?;
     let mut bench = StepBench::for_preset(preset, &opts, method, &device)?;

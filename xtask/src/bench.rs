@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use agm_benches::{interleaved_medians, peak_memory_bytes, preset_batch, reset_peak_memory, StepBench};
-use agm_fusion::{InputScale, PresetOptions};
+use agm_fusion::PresetOptions;
 use anyhow::Context;
 use candle_core::Device;
 
@@ -22,10 +22,6 @@ struct Row {
     peak_mib: Option<[f64; 3]>,
 }
 
-fn options(args: &BenchArgs) -> PresetOptions {
-    PresetOptions { scale: InputScale::Reference, sequence_len: args.seq_len, ..PresetOptions::default() }
-}
-
 /// Peak resident memory of `steps` steps of one arm built alone, in MiB.
 fn peak_of(model: &str, opts: &PresetOptions, arm: &'static str, batch_size: usize) -> anyhow::Result<Option<f64>> {
     let device = Device::Cpu;
@@ -39,7 +35,7 @@ fn peak_of(model: &str, opts: &PresetOptions, arm: &'static str, batch_size: usi
 }
 
 fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
-    let opts = options(args);
+    let opts = agm_benches::reference_shapes(args.seq_len);
     let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
     let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
     let mut arms = ARMS

@@ -58,12 +58,18 @@ impl FusionModel {
         Self::encoder_seed(dropout_seed, self.encoders.len())
     }
 
+    /// Encoder `m`'s input under `opts` and its dropout seed. The reference pads a muted
+    /// modality with zeros of its input shape.
+    fn encoder_input(m: usize, x: &Tensor, opts: &ForwardOpts) -> Result<(Tensor, u64)> {
+        let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
+        Ok((x, Self::encoder_seed(opts.dropout_seed, m)))
+    }
+
     fn encode(&self, inputs: &[Tensor], opts: &ForwardOpts) -> Result<Vec<Tensor>> {
         let mut feats = Vec::with_capacity(inputs.len());
         for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
-            // The reference pads a muted modality with zeros of its input shape.
-            let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
-            feats.push(enc.forward_t(&x, opts.train, Self::encoder_seed(opts.dropout_seed, m))?);
+            let (x, seed) = Self::encoder_input(m, x, opts)?;
+            feats.push(enc.forward_t(&x, opts.train, seed)?);
         }
         Ok(feats)
     }
@@ -129,8 +135,7 @@ impl FusionModel {
         let mut feats = Vec::with_capacity(inputs.len());
         let mut zero_feats = Vec::with_capacity(inputs.len());
         for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
-            let x = if opts.present.contains(m) { x.clone() } else { x.zeros_like()? };
-            let seed = Self::encoder_seed(opts.dropout_seed, m);
+            let (x, seed) = Self::encoder_input(m, x, opts)?;
             if masked.iter().all(|s| s.contains(m)) {
                 feats.push(enc.forward_t(&x, opts.train, seed)?);
                 zero_feats.push(None);
