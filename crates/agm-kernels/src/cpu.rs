@@ -87,8 +87,8 @@ pub(crate) fn slice<'a, T: Real>(storage: &'a CpuStorage, layout: &Layout, op: &
 /// Runs `$body` with `$t` bound to the Rust type of `$storage`'s dtype (f32 or f64).
 macro_rules! dispatch_real {
     ($storage:expr, $op:expr, $t:ident => $body:expr) => {{
-        use candle_core::backend::BackendStorage as _;
-        use candle_core::WithDType as _;
+        #[allow(unused_imports)]
+        use candle_core::{backend::BackendStorage as _, WithDType as _};
         match $storage.dtype() {
             candle_core::DType::F32 => {
                 type $t = f32;

@@ -16,6 +16,8 @@
 mod batch_norm;
 mod conv;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod grad_scale;
 mod linear;
 mod loss;
@@ -35,3 +37,9 @@ pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpe
 pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
 pub use runtime::tune_cpu_runtime;
 pub use sgd::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};
+
+/// Whether agm's own kernels run on `device`: always on the CPU, and on CUDA devices when built
+/// with the `cuda` feature. Elsewhere (Metal) each op runs its candle-op form.
+pub(crate) fn own_kernels(device: &candle_core::Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}

@@ -4,16 +4,19 @@
 //! four full-size passes for every activation of a ResNet. Here the backward is PyTorch's
 //! `threshold_backward`: the gradient where the output is positive, zero elsewhere.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use crate::own_kernels;
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
 
 /// Elements per parallel job of these memory-bound loops.
 const CHUNK: usize = 1 << 14;
 
-/// `max(x, 0)`. On the CPU (f32, f64) a custom op; elsewhere [`relu_ref`].
+/// `max(x, 0)`. On the CPU and CUDA (f32, f64) a custom op; elsewhere [`relu_ref`].
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return relu_ref(x);
     }
     check_real(x, "relu")?;
@@ -26,12 +29,12 @@ pub fn relu_ref(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `max(a + b, 0)` for `a` and `b` of one shape: a residual connection and its activation. On the
-/// CPU (f32, f64) one custom op; elsewhere [`add_relu_ref`].
+/// CPU and CUDA (f32, f64) one custom op; elsewhere [`add_relu_ref`].
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.dims() != b.dims() {
         candle_core::bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
     }
-    if !a.device().is_cpu() || !b.device().is_cpu() {
+    if !own_kernels(a.device()) || !a.device().same_device(b.device()) {
         return add_relu_ref(a, b);
     }
     check_real(a, "add_relu")?;
@@ -75,6 +78,11 @@ impl CustomOp1 for Relu {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        dispatch_real!(s, self.name(), T => gpu::map::<T>("relu_fwd", &[(s, l)], l, self.name()))
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(relu_grad(grad, res)?))
     }
@@ -99,6 +107,11 @@ impl CustomOp2 for AddRelu {
             });
             Ok((T::to_cpu_storage_owned(y), l1.shape().clone()))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        dispatch_real!(s1, self.name(), T => gpu::map::<T>("add_relu_fwd", &[(s1, l1), (s2, l2)], l1, self.name()))
     }
 
     fn bwd(&self, _a: &Tensor, _b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -130,5 +143,47 @@ impl CustomOp2 for ReluGrad {
             });
             Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: gradient {:?} and output {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        dispatch_real!(s1, self.name(), T => gpu::map::<T>("relu_grad", &[(s1, l1), (s2, l2)], l1, self.name()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use crate::cuda::{alloc, elementwise, storage, view, CudaReal, RELU};
+
+    /// Runs the elementwise kernel `kernel(n, inputs…, out)` of `cuda/relu.cu` on same-sized
+    /// contiguous inputs; the output has `layout`'s shape.
+    pub(super) fn map<T: CudaReal>(
+        kernel: &str,
+        inputs: &[(&CudaStorage, &Layout)],
+        layout: &Layout,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = inputs[0].0.device();
+        let n = layout.shape().elem_count();
+        let views = inputs.iter().map(|(s, l)| view::<T>(s, l, op)).collect::<Result<Vec<_>>>()?;
+        let mut out = alloc::<T>(dev, n)?;
+        let func = RELU.func::<T>(dev, kernel)?;
+        let mut launch = func.builder();
+        launch.arg(&n);
+        for v in &views {
+            launch.arg(v);
+        }
+        launch.arg(&mut out);
+        // SAFETY: the kernel reads `n` elements of each input and writes `n` of `out`.
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+        Ok((storage(out, dev), layout.shape().clone()))
     }
 }

@@ -1,0 +1,52 @@
+// Helpers shared by agm's CUDA kernels. Every kernel is a template instantiated for float and
+// double under extern "C" names ending in _f32 / _f64, which src/cuda.rs loads by name.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+// A grid-stride loop over [0, n): any launch size covers every index.
+#define AGM_FOR_EACH(i, n) \
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (size_t)(n); i += (size_t)blockDim.x * gridDim.x)
+
+// Threads per block of the row-wise kernels (one block per row or channel); a multiple of 32.
+#define AGM_BLOCK 256
+
+template <typename T>
+__device__ __forceinline__ T agm_warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T agm_warp_max(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    T o = __shfl_xor_sync(0xffffffffu, v, offset);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+// The sum of `v` over the block, returned to every thread. `scratch` holds 32 values of T in
+// shared memory; the block size must be a multiple of 32. Every thread of the block must call it.
+template <typename T>
+__device__ T agm_block_sum(T v, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = agm_warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : T(0);
+  return agm_warp_sum(v);
+}
+
+// The maximum of `v` over the block, returned to every thread (same rules as agm_block_sum).
+template <typename T>
+__device__ T agm_block_max(T v, T* scratch, T lowest) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = agm_warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : lowest;
+  return agm_warp_max(v);
+}

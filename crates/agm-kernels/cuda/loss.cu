@@ -1,0 +1,2 @@
+// Filled in by the CUDA kernels of src/loss.rs.
+#include "common.cuh"

@@ -1,0 +1,2 @@
+// Filled in by the CUDA kernels of src/pool.rs.
+#include "common.cuh"

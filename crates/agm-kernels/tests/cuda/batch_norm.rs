@@ -1,0 +1,1 @@
+//! Filled in with the CUDA tests of src/batch_norm.rs.
