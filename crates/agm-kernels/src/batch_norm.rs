@@ -7,10 +7,13 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::own_kernels;
 use crate::relu::relu_grad;
 
 /// Per-channel statistics of a training-mode pass (for the running averages).
@@ -28,8 +31,8 @@ pub struct BatchStats {
 /// `running = None` is training mode: the batch's own mean and biased variance normalise, and
 /// they are returned for the running averages (PyTorch's `BatchNorm` in `train()`).
 /// `running = Some((mean, var))` is evaluation mode with those constants. Gradients reach `x`,
-/// `weight` and `bias` in both modes. On the CPU a fused custom op (f32, f64); on other devices
-/// [`batch_norm_ref`].
+/// `weight` and `bias` in both modes. On the CPU and CUDA a fused custom op (f32, f64); on other
+/// devices [`batch_norm_ref`].
 pub fn batch_norm(
     x: &Tensor,
     weight: &Tensor,
@@ -42,7 +45,7 @@ pub fn batch_norm(
 
 /// `relu(batch_norm(…))` as one op (a ResNet's `bn → relu`): the normalised activation never
 /// becomes a separate tensor in candle's graph. Same arguments and statistics as [`batch_norm`];
-/// on other devices `batch_norm_ref` then candle's ReLU.
+/// on devices other than the CPU and CUDA `batch_norm_ref` then candle's ReLU.
 pub fn batch_norm_relu(
     x: &Tensor,
     weight: &Tensor,
@@ -58,8 +61,8 @@ pub fn batch_norm_relu(
 /// fast Shapley path's zero sample). The evaluation rows see the running statistics as they are
 /// after this batch updates them (`momentum`, PyTorch's rule with the unbiased variance), as if
 /// the training rows had run first and the evaluation rows after, and as constants. The
-/// statistics returned are the training rows'. Followed by a ReLU when `relu`. On other devices
-/// it is two calls on the two parts.
+/// statistics returned are the training rows'. Followed by a ReLU when `relu`. On the CPU and
+/// CUDA one fused custom op; on other devices it is two calls on the two parts.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_mixed(
     x: &Tensor,
@@ -75,7 +78,7 @@ pub fn batch_norm_mixed(
     if tail >= b {
         candle_core::bail!("batch_norm: {tail} evaluation rows leave no training rows in a batch of {b}");
     }
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         let op = if relu { batch_norm_relu } else { batch_norm };
         let (head, stats) = op(&x.narrow(0, 0, b - tail)?, weight, bias, None, eps)?;
         let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
@@ -122,7 +125,7 @@ fn batch_norm_op(
     if !(eps >= 0.0 && eps.is_finite()) {
         candle_core::bail!("batch_norm: eps must be finite and non-negative, got {eps}");
     }
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         let (y, stats) = batch_norm_ref(x, weight, bias, running, eps)?;
         return Ok((if relu { y.relu()? } else { y }, stats));
     }
@@ -311,6 +314,20 @@ impl CustomOp3 for BatchNormOp {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        gpu::same_dtypes(&[s1, s2, s3], self.name())?;
+        dispatch_real!(s1, self.name(), T => gpu::forward::<T>(self, (s1, l1), (s2, l2), (s3, l3)))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -418,5 +435,174 @@ impl CustomOp3 for BatchNormBwd {
             }
             Ok((T::to_cpu_storage_owned(out), Shape::from(n + 2 * c)))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        if l3.shape() != l1.shape() {
+            candle_core::bail!("{}: gradient {:?} and input {:?} differ", self.name(), l3.dims(), l1.dims());
+        }
+        gpu::same_dtypes(&[s1, s2, s3], self.name())?;
+        dispatch_real!(s1, self.name(), T => gpu::backward::<T>(self, (s1, l1), (s2, l2), (s3, l3)))
+    }
+}
+
+/// The CUDA paths of [`BatchNormOp`] and [`BatchNormBwd`] (`cuda/batch_norm.cu`). The
+/// per-channel statistics are small, so they live on the host as on the CPU: the forward copies
+/// the batch moments back once (the caller needs them as [`BatchStats`] anyway), and the backward
+/// uploads the forward's [`Norms`] rather than keeping a device buffer alive in between.
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaDevice, CudaStorage, CustomOp3, Layout, Result, Shape};
+
+    use super::{geometry, BatchNormBwd, BatchNormOp, BatchStats, Norms};
+    use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, BATCH_NORM};
+
+    type Operand<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// Fails unless every storage has the dtype of the first.
+    pub(super) fn same_dtypes(storages: &[&CudaStorage], op: &str) -> Result<()> {
+        let d = storages[0].dtype();
+        if let Some(s) = storages.iter().find(|s| s.dtype() != d) {
+            candle_core::bail!("{op}: dtypes differ ({d:?} and {:?})", s.dtype());
+        }
+        Ok(())
+    }
+
+    /// The contiguous elements of a per-channel operand, checked to hold one value per channel
+    /// (the kernels index it by channel).
+    fn per_channel<'a, T: CudaReal>((s, l): Operand<'a>, c: usize, op: &str) -> Result<CudaView<'a, T>> {
+        let v = view::<T>(s, l, op)?;
+        if v.len() != c {
+            candle_core::bail!("{op}: {} per-channel values for {c} channels", v.len());
+        }
+        Ok(v)
+    }
+
+    /// Mean, `1/sqrt(var + eps)` and biased variance of the channels of the first `head` rows of
+    /// `x [b, c, s]`, on the host (as `batch_norm_params` on the CPU).
+    fn batch_params<T: CudaReal>(
+        dev: &CudaDevice,
+        x: &CudaView<'_, T>,
+        (head, c, s): (usize, usize, usize),
+        eps: f64,
+    ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+        if head == 0 {
+            return Ok((vec![0.0; c], vec![0.0; c], vec![0.0; c]));
+        }
+        let mut moments = alloc::<f64>(dev, 2 * c)?;
+        let func = BATCH_NORM.func::<T>(dev, "batch_norm_moments")?;
+        let mut launch = func.builder();
+        launch.arg(&head).arg(&c).arg(&s).arg(x).arg(&mut moments);
+        // SAFETY: block `ch` of `c` reads channel `ch` of the first `head` rows of `x` and writes
+        // `moments[ch]` and `moments[c + ch]`.
+        unsafe { launch.launch(per_row(c)) }.w()?;
+        let mut moments = dev.clone_dtoh(&moments)?;
+        let var = moments.split_off(c);
+        let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        Ok((moments, rstd, var))
+    }
+
+    /// Mean and `1/sqrt(var + eps)` of the batch rows, then of the running rows, in one device
+    /// buffer of `4c` values.
+    fn upload_norms(dev: &CudaDevice, norms: &Norms) -> Result<CudaSlice<f64>> {
+        let Norms { batch: (mean, rstd), fixed: (fmean, frstd) } = norms;
+        dev.clone_htod(&[mean.as_slice(), rstd, fmean, frstd].concat())
+    }
+
+    pub(super) fn forward<T: CudaReal>(
+        op: &BatchNormOp,
+        x: Operand<'_>,
+        weight: Operand<'_>,
+        bias: Operand<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let name = op.name();
+        let dev = x.0.device();
+        let (b, c, s) = geometry(x.1);
+        let head = op.rows.batch_rows(b);
+        let xs = view::<T>(x.0, x.1, name)?;
+        let (w, bias) = (per_channel::<T>(weight, c, name)?, per_channel::<T>(bias, c, name)?);
+        let (mean, rstd, var) = batch_params(dev, &xs, (head, c, s), op.eps)?;
+        let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
+        let norms = Norms { batch: (mean, rstd), fixed: op.rows.fixed_norm(c, op.eps, stats.as_ref()) };
+        let params = upload_norms(dev, &norms)?;
+        let n = xs.len();
+        let head_elems = head * c * s;
+        let relu = i32::from(op.relu);
+        let mut y = alloc::<T>(dev, n)?;
+        let func = BATCH_NORM.func::<T>(dev, "batch_norm_apply")?;
+        let mut launch = func.builder();
+        let (mean, rstd) = (params.slice(0..c), params.slice(c..2 * c));
+        let (fixed_mean, fixed_rstd) = (params.slice(2 * c..3 * c), params.slice(3 * c..4 * c));
+        launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&xs).arg(&w).arg(&bias);
+        launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&relu).arg(&mut y);
+        // SAFETY: the kernel reads `n` elements of `x`, `c` of every per-channel operand and
+        // writes `n` of `y`.
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+        if stats.is_some() {
+            *op.saved.lock().expect("batch-norm statistics") = stats;
+        }
+        *op.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some(norms);
+        Ok((storage(y, dev), x.1.shape().clone()))
+    }
+
+    pub(super) fn backward<T: CudaReal>(
+        op: &BatchNormBwd,
+        x: Operand<'_>,
+        weight: Operand<'_>,
+        grad: Operand<'_>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let name = op.name();
+        let dev = x.0.device();
+        let (b, c, s) = geometry(x.1);
+        let head = op.rows.batch_rows(b);
+        let (xs, g) = (view::<T>(x.0, x.1, name)?, view::<T>(grad.0, grad.1, name)?);
+        let w = per_channel::<T>(weight, c, name)?;
+        let norms = match &op.norm {
+            Some(norm) if norm.batch.0.len() == c => norm.clone(),
+            _ => {
+                let (mean, rstd, var) = batch_params(dev, &xs, (head, c, s), op.eps)?;
+                let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
+                Norms { batch: (mean, rstd), fixed: op.rows.fixed_norm(c, op.eps, stats.as_ref()) }
+            }
+        };
+        let params = upload_norms(dev, &norms)?;
+        let (mean, rstd) = (params.slice(0..c), params.slice(c..2 * c));
+        let (fixed_mean, fixed_rstd) = (params.slice(2 * c..3 * c), params.slice(3 * c..4 * c));
+        let n = xs.len();
+        let mut out = alloc::<T>(dev, n + 2 * c)?;
+        let mut batch_sums = alloc::<f64>(dev, 2 * c)?;
+        {
+            let mut dparams = out.slice_mut(n..);
+            let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_sums")?;
+            let mut launch = func.builder();
+            launch.arg(&b).arg(&head).arg(&c).arg(&s).arg(&xs).arg(&g);
+            launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&mut batch_sums).arg(&mut dparams);
+            // SAFETY: block `ch` of `c` reads channel `ch` of `x` and `g` (`b` rows) and writes
+            // element `ch` and `c + ch` of `batch_sums` and of the `2c` parameter gradients.
+            unsafe { launch.launch(per_row(c)) }.w()?;
+        }
+        let head_elems = head * c * s;
+        let count = (head * s) as f64;
+        let mut dx = out.slice_mut(..n);
+        let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_input")?;
+        let mut launch = func.builder();
+        launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&count).arg(&xs).arg(&w).arg(&g);
+        launch.arg(&mean).arg(&rstd).arg(&fixed_rstd).arg(&batch_sums).arg(&mut dx);
+        // SAFETY: the kernel reads `n` elements of `x` and `g`, `c` of `w` and every norm, `2c`
+        // of `batch_sums`, and writes the first `n` elements of `out`.
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+        Ok((storage(out, dev), Shape::from(n + 2 * c)))
     }
 }
