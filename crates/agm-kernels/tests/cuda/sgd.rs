@@ -1,1 +1,112 @@
-//! Filled in with the CUDA tests of src/sgd.rs.
+//! The in-place SGD update and the squared norm on CUDA against the CPU and candle ops.
+
+use agm_kernels::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::common::{assert_close, gpu, input, tol};
+
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// Four steps of the fused update on the CPU and on CUDA and of the candle-op update on CUDA,
+/// from the same start with the same gradients. The two fused updates round every step alike, so
+/// they must agree bit for bit; candle's kernels may fuse a product into an FMA, so the candle-op
+/// version agrees within the dtype's tolerance.
+fn check(u: SgdUpdate, shape: &[usize], dtype: DType) -> Result<()> {
+    let gpu = gpu();
+    let start = input(shape, 0.4, dtype)?;
+    let cpu = Var::from_tensor(&start.copy()?)?;
+    let fused = Var::from_tensor(&start.to_device(&gpu)?)?;
+    let reference = Var::from_tensor(&start.to_device(&gpu)?)?;
+    let (mut buf_cpu, mut buf_ref) = (None, None);
+    let mut buf_fused: Option<Tensor> = None;
+    for step in 0..4 {
+        let what = format!("{u:?} {dtype:?} {shape:?} step {step}");
+        let grad = (input(shape, 1.1 + step as f64, dtype)? * 0.3)?;
+        let grad_gpu = grad.to_device(&gpu)?;
+        let kept = buf_fused.as_ref().map(|b| b.id());
+        buf_cpu = sgd_update(&cpu, &grad, buf_cpu, u)?;
+        buf_fused = sgd_update(&fused, &grad_gpu, buf_fused, u)?;
+        buf_ref = sgd_update_ref(&reference, &grad_gpu, buf_ref, u)?;
+        // The fused path updates the buffer in place; candle ops would make a new one each step.
+        if let (Some(before), Some(after)) = (kept, &buf_fused) {
+            assert_eq!(before, after.id(), "{what}: the momentum buffer was not updated in place");
+        }
+        assert!(fused.as_tensor().device().is_cuda(), "{what}: the parameter left the GPU");
+        assert_eq!(values(fused.as_tensor())?, values(cpu.as_tensor())?, "{what}: parameter, CUDA vs CPU");
+        assert_close(
+            fused.as_tensor(),
+            reference.as_tensor(),
+            tol(dtype),
+            &format!("{what}: parameter vs candle ops"),
+        )?;
+        match (&buf_fused, &buf_cpu, &buf_ref) {
+            (Some(f), Some(c), Some(r)) => {
+                assert_eq!(values(f)?, values(c)?, "{what}: momentum buffer, CUDA vs CPU");
+                assert_close(f, r, tol(dtype), &format!("{what}: momentum buffer vs candle ops"))?;
+            }
+            (None, None, None) => assert_eq!(u.momentum, 0.0),
+            _ => panic!("{what}: one version kept a momentum buffer and another did not"),
+        }
+    }
+    assert_ne!(values(fused.as_tensor())?, values(&start)?, "the parameter must move");
+    Ok(())
+}
+
+#[test]
+fn sgd_update_matches_cpu_and_candle_ops() -> Result<()> {
+    let base = SgdUpdate { lr: 0.05, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false };
+    let cases = [
+        base,
+        SgdUpdate { weight_decay: 1e-4, ..base },
+        SgdUpdate { momentum: 0.9, ..base },
+        SgdUpdate { momentum: 0.9, weight_decay: 1e-4, ..base },
+        SgdUpdate { momentum: 0.9, dampening: 0.3, ..base },
+        SgdUpdate { momentum: 0.9, dampening: 0.3, weight_decay: 1e-2, ..base },
+        SgdUpdate { momentum: 0.9, nesterov: true, ..base },
+        SgdUpdate { momentum: 0.9, weight_decay: 1e-4, nesterov: true, ..base },
+        SgdUpdate { momentum: 0.8, dampening: 0.1, weight_decay: 5e-4, nesterov: true, ..base },
+    ];
+    for u in cases {
+        for dtype in [DType::F32, DType::F64] {
+            // Odd sizes: a partial last block, and a single element.
+            for shape in [&[37, 29][..], &[1][..], &[3, 5, 7, 11][..]] {
+                check(u, shape, dtype)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn sgd_update_leaves_the_gradient_alone() -> Result<()> {
+    let gpu = gpu();
+    let p = Var::new(&[1.0f32, 2.0], &gpu)?;
+    let g = Tensor::new(&[0.5f32, -0.5], &gpu)?;
+    let u = SgdUpdate { lr: 0.1, momentum: 0.9, dampening: 0.0, weight_decay: 0.0, nesterov: false };
+    let buf = sgd_update(&p, &g, None, u)?;
+    sgd_update(&p, &g, buf, u)?;
+    assert_eq!(g.to_device(&Device::Cpu)?.to_vec1::<f32>()?, [0.5, -0.5]);
+    Ok(())
+}
+
+#[test]
+fn sum_squares_matches_cpu() -> Result<()> {
+    let gpu = gpu();
+    for dtype in [DType::F32, DType::F64] {
+        // One element, less than one block, and more elements than the first pass has threads.
+        for n in [1, 1000, 3_000_000] {
+            let t = input(&[n], 0.6, dtype)?;
+            let want = sum_squares(&t)?;
+            let got = sum_squares(&t.to_device(&gpu)?)?;
+            assert!((got - want).abs() <= 1e-10 * want.max(1.0), "{dtype:?} n={n}: {got} on CUDA, {want} on the CPU");
+        }
+        // A strided view is read through a contiguous copy.
+        let t = input(&[300, 77], 0.2, dtype)?;
+        let want = sum_squares(&t)?;
+        let got = sum_squares(&t.to_device(&gpu)?.t()?)?;
+        assert!((got - want).abs() <= 1e-10 * want, "{dtype:?} transposed: {got} on CUDA, {want} on the CPU");
+    }
+    Ok(())
+}
