@@ -50,3 +50,12 @@ __device__ T agm_block_max(T v, T* scratch, T lowest) {
   v = lane < warps ? scratch[lane] : lowest;
   return agm_warp_max(v);
 }
+
+// Products and sums rounded one at a time, never fused into an FMA: the CPU loop rounds each
+// step, and kernels that must match it bit for bit use these.
+__device__ __forceinline__ float agm_mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double agm_mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float agm_add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double agm_add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float agm_sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double agm_sub(double a, double b) { return __dsub_rn(a, b); }

@@ -261,7 +261,7 @@ mod gpu {
     use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
     // The bias kernels live in cuda/sgd.cu, beside the other small kernels of the training step.
-    use crate::cuda::{alloc, elementwise, storage, view, zeros, CudaReal, BLOCK, SGD};
+    use crate::cuda::{alloc, elementwise, storage, view, zeros, CudaReal, BLOCK, LINEAR};
 
     /// cuBLAS wants its sizes as C ints.
     fn c_int(v: usize) -> Result<i32> {
@@ -326,7 +326,7 @@ mod gpu {
         if let Some((bs, bl)) = bias {
             let b = view::<T>(bs, bl, "linear")?;
             let len = n * o;
-            let func = SGD.func::<T>(dev, "add_row_bias")?;
+            let func = LINEAR.func::<T>(dev, "add_row_bias")?;
             let mut launch = func.builder();
             launch.arg(&len).arg(&o).arg(&mut y).arg(&b);
             // SAFETY: the kernel updates the `n · o` elements of `y` and reads the `o` of `b`.
@@ -344,7 +344,7 @@ mod gpu {
         let dev = s.device();
         let g = view::<T>(s, l, "agm-linear-bias-grad")?;
         let mut sums = alloc::<T>(dev, cols)?;
-        let func = SGD.func::<T>(dev, "column_sums")?;
+        let func = LINEAR.func::<T>(dev, "column_sums")?;
         let mut launch = func.builder();
         launch.arg(&rows).arg(&cols).arg(&g).arg(&mut sums);
         let blocks = cols.div_ceil(32).max(1);
