@@ -5,9 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 
 use crate::cpu::{check_real, dispatch_real, for_each_chunk, for_each_chunk_pair, same_storage_dtype, slice, Real};
+use crate::own_kernels;
 
 /// Checks `logits [B, K]` against `labels u32 [B]` and returns the labels.
 fn checked_labels(logits: &Tensor, labels: &Tensor, op: &str) -> Result<Vec<u32>> {
@@ -31,12 +34,12 @@ fn checked_labels(logits: &Tensor, labels: &Tensor, op: &str) -> Result<Vec<u32>
 /// Per-sample cross-entropy `−log softmax(logits)[label]` of `logits [B, K]` and `labels u32 [B]`,
 /// as a `[B]` tensor with gradients to `logits` (`(softmax − onehot) · g`).
 ///
-/// On the CPU a fused, max-subtracted custom op. f32 and f64 only. On other devices (the `cuda`
-/// feature) this calls [`cross_entropy_per_sample_ref`]. Labels are read to the host once and
-/// checked against `K`.
+/// On the CPU and CUDA (f32, f64) a fused, max-subtracted custom op; elsewhere
+/// [`cross_entropy_per_sample_ref`]. Labels are read to the host once and checked against `K`
+/// (on CUDA the op then copies them to the device once for both passes).
 pub fn cross_entropy_per_sample(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     const OP: &str = "cross_entropy_per_sample";
-    if !logits.device().is_cpu() {
+    if !own_kernels(logits.device()) {
         return cross_entropy_per_sample_ref(logits, labels);
     }
     let labels = checked_labels(logits, labels, OP)?;
@@ -54,15 +57,36 @@ pub fn cross_entropy_per_sample_ref(logits: &Tensor, labels: &Tensor) -> Result<
     log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
 }
 
+/// The softmax that the forward pass keeps for the backward pass, where it was computed.
+#[derive(Clone)]
+enum Probs {
+    Cpu(Arc<CpuStorage>),
+    /// Kept on the GPU (with the labels already copied there): the backward pass then needs no
+    /// `exp` and no second copy, as on the CPU.
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<gpu::Kept>),
+}
+
+impl Probs {
+    /// The softmax kept on the CPU; none where the forward pass ran elsewhere.
+    fn on_cpu(&self) -> Option<&Arc<CpuStorage>> {
+        match self {
+            Probs::Cpu(probs) => Some(probs),
+            #[cfg(feature = "cuda")]
+            Probs::Cuda(_) => None,
+        }
+    }
+}
+
 /// The forward pass also keeps the softmax of every row, so the backward pass needs no `exp`.
 /// The checked labels live in the op, not in the graph: they never need a gradient.
 struct CrossEntropy {
     labels: Arc<[u32]>,
-    probs: Mutex<Option<Arc<CpuStorage>>>,
+    probs: Mutex<Option<Probs>>,
 }
 
 impl CrossEntropy {
-    fn stash(&self) -> Result<std::sync::MutexGuard<'_, Option<Arc<CpuStorage>>>> {
+    fn stash(&self) -> Result<std::sync::MutexGuard<'_, Option<Probs>>> {
         self.probs.lock().map_err(|_| candle_core::Error::Msg("cross entropy: poisoned lock".into()))
     }
 }
@@ -94,8 +118,25 @@ impl CustomOp1 for CrossEntropy {
                 let inv = T::from_f64(1.0) / sum;
                 p.iter_mut().for_each(|p| *p *= inv);
             });
-            *self.stash()? = Some(Arc::new(T::to_cpu_storage_owned(probs)));
+            *self.stash()? = Some(Probs::Cpu(Arc::new(T::to_cpu_storage_owned(probs))));
             Ok((T::to_cpu_storage_owned(out), Shape::from(b)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (b, k) = layout.shape().dims2()?;
+        if b != self.labels.len() {
+            candle_core::bail!("{}: {b} rows for {} labels", self.name(), self.labels.len());
+        }
+        // The kernels index each row by its label: a bad one must stop here, before any launch.
+        if let Some(bad) = self.labels.iter().find(|&&l| l as usize >= k) {
+            candle_core::bail!("{}: label {bad} is out of range for {k} classes", self.name());
+        }
+        dispatch_real!(storage, self.name(), T => {
+            let (loss, kept) = gpu::cross_entropy::<T>(storage, layout, &self.labels, self.name())?;
+            *self.stash()? = Some(Probs::Cuda(Arc::new(kept)));
+            Ok((loss, Shape::from(b)))
         })
     }
 
@@ -112,7 +153,7 @@ impl CustomOp1 for CrossEntropy {
 /// softmax kept by the forward pass.
 struct CrossEntropyBwd {
     labels: Arc<[u32]>,
-    probs: Arc<CpuStorage>,
+    probs: Probs,
 }
 
 impl CustomOp1 for CrossEntropyBwd {
@@ -125,10 +166,13 @@ impl CustomOp1 for CrossEntropyBwd {
         if layout.dims() != [b] {
             candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
         }
-        same_storage_dtype(storage, &self.probs, self.name())?;
+        let Some(probs) = self.probs.on_cpu() else {
+            candle_core::bail!("{}: the forward pass ran on CUDA", self.name());
+        };
+        same_storage_dtype(storage, probs, self.name())?;
         dispatch_real!(storage, self.name(), T => {
             let grad = slice::<T>(storage, layout, self.name())?;
-            let probs = self.probs.as_slice::<T>()?;
+            let probs = probs.as_slice::<T>()?;
             let k = probs.len() / b.max(1);
             let mut dx = vec![T::ZERO; b * k];
             for_each_chunk(&mut dx, k, k, |i, dst| {
@@ -140,5 +184,82 @@ impl CustomOp1 for CrossEntropyBwd {
             });
             Ok((T::to_cpu_storage_owned(dx), Shape::from((b, k))))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let b = self.labels.len();
+        if layout.dims() != [b] {
+            candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
+        }
+        let kept = match &self.probs {
+            Probs::Cuda(kept) => kept,
+            Probs::Cpu(_) => candle_core::bail!("{}: the forward pass ran on the CPU", self.name()),
+        };
+        dispatch_real!(storage, self.name(), T => gpu::cross_entropy_bwd::<T>(storage, layout, kept, self.name()))
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, LOSS};
+
+    /// What the forward pass leaves on the device for the backward pass.
+    pub(super) struct Kept {
+        /// The softmax of the logits, `[B, K]`, in the logits' dtype.
+        probs: CudaStorage,
+        /// The labels, checked against `K` on the host.
+        labels: CudaSlice<u32>,
+        rows: usize,
+        classes: usize,
+    }
+
+    /// The per-sample losses `[B]` of contiguous `logits [B, K]` and the kept softmax; `labels`
+    /// must all be below `K` (the caller checks).
+    pub(super) fn cross_entropy<T: CudaReal>(
+        logits: &CudaStorage,
+        layout: &Layout,
+        labels: &[u32],
+        op: &str,
+    ) -> Result<(CudaStorage, Kept)> {
+        let dev = logits.device();
+        let (rows, classes) = layout.shape().dims2()?;
+        let x = view::<T>(logits, layout, op)?;
+        let labels = dev.clone_htod(labels)?;
+        let mut probs = alloc::<T>(dev, rows * classes)?;
+        let mut loss = alloc::<T>(dev, rows)?;
+        let func = LOSS.func::<T>(dev, "cross_entropy_fwd")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&classes).arg(&x).arg(&labels).arg(&mut probs).arg(&mut loss);
+        // SAFETY: block `r` < rows reads row `r` of the logits (K elements) and labels[r] < K,
+        // and writes row `r` of `probs` and loss[r].
+        unsafe { launch.launch(per_row(rows)) }.w()?;
+        Ok((storage(loss, dev), Kept { probs: storage(probs, dev), labels, rows, classes }))
+    }
+
+    /// The gradient `(softmax − onehot(label)) · g [B, K]` of the losses for `grad [B]`.
+    pub(super) fn cross_entropy_bwd<T: CudaReal>(
+        grad: &CudaStorage,
+        layout: &Layout,
+        kept: &Kept,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = grad.device();
+        let Kept { rows, classes, .. } = *kept;
+        let g = view::<T>(grad, layout, op)?;
+        let probs = kept.probs.as_cuda_slice::<T>()?;
+        let n = rows * classes;
+        let mut dx = alloc::<T>(dev, n)?;
+        let func = LOSS.func::<T>(dev, "cross_entropy_bwd")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&classes).arg(&g).arg(probs).arg(&kept.labels).arg(&mut dx);
+        // SAFETY: reads B of `grad` and labels (each < K) and B·K of `probs`, writes B·K of `dx`.
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+        Ok((storage(dx, dev), Shape::from((rows, classes))))
     }
 }

@@ -3,16 +3,19 @@
 //! candle 0.11's fused `layer_norm` and `softmax_last_dim` are built with `apply_op*_no_bwd`:
 //! backward silently returns no gradient through them.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::own_kernels;
 
 /// `(x − mean) / sqrt(var + eps) · gamma + beta` over the last dimension (biased variance,
 /// PyTorch's `nn.LayerNorm`). `gamma` and `beta` have the size of the last dimension.
 ///
-/// On the CPU a fused custom op whose backward (one fused pass) gives the gradients of `x`,
-/// `gamma` and `beta`. f32 and f64 only. On other devices (the `cuda` feature) this calls
+/// On the CPU and CUDA (f32, f64) a fused custom op whose backward (one fused pass on the CPU,
+/// a row pass and a column pass on CUDA) gives the gradients of `x`, `gamma` and `beta`; elsewhere
 /// [`layer_norm_ref`].
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let d = match x.dims().last() {
@@ -27,7 +30,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     if !(eps >= 0.0 && eps.is_finite()) {
         candle_core::bail!("layer_norm: eps must be finite and non-negative, got {eps}");
     }
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return layer_norm_ref(x, gamma, beta, eps);
     }
     check_real(x, "layer_norm")?;
@@ -46,14 +49,14 @@ pub fn layer_norm_ref(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Re
 
 /// Softmax over the last dimension.
 ///
-/// On the CPU a fused custom op with backward `y · (g − Σ g·y)`. f32 and f64 only. On other
-/// devices (the `cuda` feature) this calls [`softmax_ref`].
+/// On the CPU and CUDA (f32, f64) a fused custom op with backward `y · (g − Σ g·y)`; elsewhere
+/// [`softmax_ref`].
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     match x.dims().last() {
         Some(&d) if d > 0 => {}
         _ => candle_core::bail!("softmax_last_dim: input {:?} needs a non-empty last dimension", x.dims()),
     }
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return softmax_ref(x);
     }
     check_real(x, "softmax_last_dim")?;
@@ -126,6 +129,23 @@ impl CustomOp3 for LayerNorm {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = row_len(l1, self.name())?;
+        if l2.shape().elem_count() != d || l3.shape().elem_count() != d {
+            candle_core::bail!("{}: gamma and beta need {d} elements", self.name());
+        }
+        dispatch_real!(s1, self.name(), T => gpu::layer_norm::<T>((s1, l1), (s2, l2), (s3, l3), d, self.eps, self.name()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -183,6 +203,23 @@ impl CustomOp3 for LayerNormBwd {
             Ok((T::to_cpu_storage_owned(out), Shape::from((x.len() / d + 2, d))))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let d = row_len(l1, self.name())?;
+        if l2.shape().elem_count() != d || l3.shape() != l1.shape() {
+            candle_core::bail!("{}: shapes {:?}, {:?}, {:?} disagree", self.name(), l1.dims(), l2.dims(), l3.dims());
+        }
+        dispatch_real!(s1, self.name(), T => gpu::layer_norm_bwd::<T>((s1, l1), (s2, l2), (s3, l3), d, self.eps, self.name()))
+    }
 }
 
 /// Softmax over the last dimension (max-subtracted).
@@ -211,6 +248,12 @@ impl CustomOp1 for Softmax {
             });
             Ok((T::to_cpu_storage_owned(out), layout.shape().clone()))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let d = row_len(layout, self.name())?;
+        dispatch_real!(storage, self.name(), T => gpu::softmax::<T>("softmax_fwd", &[(storage, layout)], d, self.name()))
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -245,6 +288,15 @@ impl CustomOp2 for SoftmaxBwd {
             });
             Ok((T::to_cpu_storage_owned(dx), l1.shape().clone()))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        let d = row_len(l1, self.name())?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        dispatch_real!(s1, self.name(), T => gpu::softmax::<T>("softmax_bwd", &[(s1, l1), (s2, l2)], d, self.name()))
     }
 }
 
@@ -293,4 +345,119 @@ fn layer_norm_bwd<T: Real>(x: &[T], gamma: &[T], grad: &[T], eps: T) -> Vec<T> {
         }
     }
     out
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use super::LN_BLOCK_ELEMS;
+    use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, BLOCK, NORM};
+
+    /// A storage and its layout, as candle hands them to `cuda_fwd`.
+    type Input<'a> = (&'a CudaStorage, &'a Layout);
+
+    /// Runs the row kernel `kernel(rows, d, inputs…, out)` of `cuda/norm.cu` (softmax forward or
+    /// backward) on same-shaped contiguous inputs; the output has the first input's shape.
+    pub(super) fn softmax<T: CudaReal>(
+        kernel: &str,
+        inputs: &[Input<'_>],
+        d: usize,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (first, layout) = inputs[0];
+        let dev = first.device();
+        let n = layout.shape().elem_count();
+        let rows = n / d;
+        let views = inputs.iter().map(|(s, l)| view::<T>(s, l, op)).collect::<Result<Vec<_>>>()?;
+        let mut out = alloc::<T>(dev, n)?;
+        let func = NORM.func::<T>(dev, kernel)?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&d);
+        for v in &views {
+            launch.arg(v);
+        }
+        launch.arg(&mut out);
+        // SAFETY: block `r` < rows reads row `r` (d elements) of each input and writes it in `out`.
+        unsafe { launch.launch(per_row(rows)) }.w()?;
+        Ok((storage(out, dev), layout.shape().clone()))
+    }
+
+    /// The layer-norm forward pass: one block per row of `x`.
+    pub(super) fn layer_norm<T: CudaReal>(
+        x: Input<'_>,
+        gamma: Input<'_>,
+        beta: Input<'_>,
+        d: usize,
+        eps: f64,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.0.device();
+        let n = x.1.shape().elem_count();
+        let rows = n / d;
+        let (xv, gv, bv) = (view::<T>(x.0, x.1, op)?, view::<T>(gamma.0, gamma.1, op)?, view::<T>(beta.0, beta.1, op)?);
+        let eps = T::from_f64(eps);
+        let mut out = alloc::<T>(dev, n)?;
+        let func = NORM.func::<T>(dev, "layer_norm_fwd")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&d).arg(&eps).arg(&xv).arg(&gv).arg(&bv).arg(&mut out);
+        // SAFETY: block `r` < rows reads row `r` of `x`, all d of gamma and beta, writes row `r`.
+        unsafe { launch.launch(per_row(rows)) }.w()?;
+        Ok((storage(out, dev), x.1.shape().clone()))
+    }
+
+    /// The packed `[dx rows; dgamma; dbeta]` of the layer-norm backward pass, `[rows + 2, d]`:
+    /// `dx` one block per row (which also keeps each row's mean and rstd), then per column the
+    /// `dgamma` and `dbeta` sums over the CPU's blocks of rows, then those partial sums in order.
+    pub(super) fn layer_norm_bwd<T: CudaReal>(
+        x: Input<'_>,
+        gamma: Input<'_>,
+        grad: Input<'_>,
+        d: usize,
+        eps: f64,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = x.0.device();
+        let rows = x.1.shape().elem_count() / d;
+        let (xv, gv, dv) = (view::<T>(x.0, x.1, op)?, view::<T>(gamma.0, gamma.1, op)?, view::<T>(grad.0, grad.1, op)?);
+        let eps = T::from_f64(eps);
+        let mut out = alloc::<T>(dev, (rows + 2) * d)?;
+        // At least one pair, so that no allocation is empty.
+        let mut stats = alloc::<T>(dev, 2 * rows.max(1))?;
+
+        let func = NORM.func::<T>(dev, "layer_norm_bwd_rows")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&d).arg(&eps).arg(&xv).arg(&gv).arg(&dv).arg(&mut out).arg(&mut stats);
+        // SAFETY: block `r` < rows reads row `r` of `x` and `grad` and all of gamma, writes row `r`
+        // of `out` (whose first rows · d elements are dx) and stats[2r], stats[2r + 1].
+        unsafe { launch.launch(per_row(rows)) }.w()?;
+
+        // The CPU's blocks of rows, so that the partial sums meet in the CPU's order.
+        let rows_per_chunk = (LN_BLOCK_ELEMS / d).max(1);
+        let chunks = rows.div_ceil(rows_per_chunk).max(1);
+        let mut partial = alloc::<T>(dev, chunks * 2 * d)?;
+        let func = NORM.func::<T>(dev, "layer_norm_bwd_params_partial")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&d).arg(&rows_per_chunk).arg(&chunks).arg(&xv).arg(&dv).arg(&stats).arg(&mut partial);
+        let cfg = LaunchConfig {
+            // Column blocks in x; chunks in y, capped at CUDA's limit (the kernel strides over the rest).
+            grid_dim: (d.div_ceil(BLOCK as usize) as u32, chunks.min(65_535) as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: thread (j < d, chunk c) reads column j of its chunk's rows of `x`, `grad` and
+        // their stats, and writes partial[c·2d + j] and partial[c·2d + d + j]; with rows = 0 the
+        // one chunk is empty and its sums are zeros, so all chunks · 2d elements get written.
+        unsafe { launch.launch(cfg) }.w()?;
+
+        let func = NORM.func::<T>(dev, "layer_norm_bwd_params_sum")?;
+        let mut launch = func.builder();
+        launch.arg(&rows).arg(&d).arg(&chunks).arg(&partial).arg(&mut out);
+        // SAFETY: reads chunks · 2d elements of `partial`, writes the last 2d elements of `out`.
+        unsafe { launch.launch(elementwise(2 * d)) }.w()?;
+        Ok((storage(out, dev), Shape::from((rows + 2, d))))
+    }
 }
