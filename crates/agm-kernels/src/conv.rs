@@ -5,12 +5,15 @@
 
 use std::sync::Mutex;
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
     add_strided, check_real, check_same_dtype, dispatch_real, for_each_chunk, matmul, same_storage_dtype, slice,
     strided, valid_range, Real,
 };
+use crate::own_kernels;
 
 /// Square-kernel 2-D convolution parameters, PyTorch's `nn.Conv2d(stride, padding)` with one
 /// value for both spatial dimensions.
@@ -40,7 +43,10 @@ impl Conv2dSpec {
 /// zero-fills and accumulates those large tensors. An `x` that candle does not track (a raw
 /// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
 ///
-/// On other devices (the `cuda` feature) this calls [`conv2d_ref`], i.e. candle's own conv.
+/// On CUDA (the `cuda` feature) it is a composition that candle's autograd differentiates: an
+/// im2col op (whose backward is the col2im gather), cuBLAS's GEMM through candle's matmul, and a
+/// reorder to `[B, O, OH, OW]`; an untracked `x` gets no input gradient there either. Elsewhere
+/// (Metal) this calls [`conv2d_ref`], i.e. candle's own conv.
 pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (_, wc, kh, kw) = w.dims4()?;
@@ -60,13 +66,28 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     if !x.device().same_device(w.device()) {
         candle_core::bail!("conv2d: input and kernel are on different devices");
     }
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return conv2d_ref(x, w, spec);
     }
     check_real(x, "conv2d")?;
     check_same_dtype(&[x, w], "conv2d")?;
     let geom = Geometry { c, h, w: wd, kh, kw, stride: s, pad: p, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) };
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return conv2d_im2col(x, w, geom);
+    }
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { geom, cols: Mutex::new(None) })
+}
+
+/// [`conv2d`] as `w · im2col(x)` from an im2col op and candle's matmul, differentiated by
+/// candle: the CUDA path (cuBLAS does the GEMMs), also run on the CPU by the unit tests.
+#[cfg(any(test, feature = "cuda"))]
+fn conv2d_im2col(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
+    let (b, o) = (x.dim(0)?, w.dim(0)?);
+    // candle's graph keeps `cols` for the weight gradient (matmul's backward), as the CPU op does.
+    let cols = x.contiguous()?.apply_op1(Im2Col(geom))?;
+    let y = w.reshape((o, geom.rows()))?.matmul(&cols)?;
+    y.reshape((o, b, geom.oh, geom.ow))?.transpose(0, 1)?.contiguous()
 }
 
 /// Everything the im2col and col2im kernels need besides the batch size.
@@ -342,6 +363,85 @@ impl CustomOp2 for Conv2dWeightGrad {
     }
 }
 
+/// `x [B, C, H, W] → cols [C·kh·kw, B·OH·OW]` ([`Geometry::im2col`]) as an op whose backward is
+/// [`Col2Im`].
+#[cfg(any(test, feature = "cuda"))]
+struct Im2Col(Geometry);
+
+#[cfg(any(test, feature = "cuda"))]
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "agm-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let b = g.check_input(l, self.name())?;
+        dispatch_real!(s, self.name(), T => {
+            let cols = g.im2col(slice::<T>(s, l, self.name())?, b);
+            Ok((T::to_cpu_storage_owned(cols), Shape::from((g.rows(), b * g.positions()))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let b = g.check_input(l, self.name())?;
+        let n_cols = b * g.positions();
+        dispatch_real!(s, self.name(), T => {
+            let cols = gpu::run::<T>("im2col", &g, g.rows() * n_cols, n_cols, (s, l), self.name())?;
+            Ok((cols, Shape::from((g.rows(), n_cols))))
+        })
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+/// `cols [C·kh·kw, B·OH·OW] → [B, C, H, W]`, the adjoint of [`Im2Col`] ([`Geometry::col2im`]).
+#[cfg(any(test, feature = "cuda"))]
+struct Col2Im(Geometry);
+
+#[cfg(any(test, feature = "cuda"))]
+impl Col2Im {
+    /// The batch size of columns `[C·kh·kw, B·OH·OW]`.
+    fn batch(&self, layout: &Layout) -> Result<usize> {
+        let g = self.0;
+        match layout.dims() {
+            &[rows, n] if rows == g.rows() && n % g.positions() == 0 => Ok(n / g.positions()),
+            d => candle_core::bail!("agm-col2im: expected columns [{}, B·{}], got {d:?}", g.rows(), g.positions()),
+        }
+    }
+}
+
+#[cfg(any(test, feature = "cuda"))]
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "agm-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let b = self.batch(l)?;
+        dispatch_real!(s, self.name(), T => {
+            let dx = g.col2im(slice::<T>(s, l, self.name())?, b);
+            Ok((T::to_cpu_storage_owned(dx), Shape::from((b, g.c, g.h, g.w))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let b = self.batch(l)?;
+        let n_cols = b * g.positions();
+        dispatch_real!(s, self.name(), T => {
+            let dx = gpu::run::<T>("col2im", &g, b * g.c * g.h * g.w, n_cols, (s, l), self.name())?;
+            Ok((dx, Shape::from((b, g.c, g.h, g.w))))
+        })
+    }
+}
+
 /// The batch size of an output gradient laid out `[O, B, OH·OW]` for `o` output channels.
 fn output_grad_batch(g: &Geometry, layout: &Layout, o: usize, op: &str) -> Result<usize> {
     match layout.dims() {
@@ -367,4 +467,87 @@ pub fn conv2d_ref(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let padded = x.pad_with_zeros(2, p, p)?.pad_with_zeros(3, p, p)?;
     let padded = padded.narrow(2, 0, h + 2 * p - rh)?.narrow(3, 0, wd + 2 * p - rw)?;
     padded.conv2d(w, 0, s, 1, 1)
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result};
+
+    use super::Geometry;
+    use crate::cuda::{alloc, elementwise, storage, view, CudaReal, CONV};
+
+    /// Runs `kernel(total, n_cols, geometry…, src, out)` of `cuda/conv.cu` (im2col or col2im),
+    /// one thread per each of the `total` output elements; `n_cols` is the columns' `B·OH·OW`.
+    pub(super) fn run<T: CudaReal>(
+        kernel: &str,
+        g: &Geometry,
+        total: usize,
+        n_cols: usize,
+        (src, layout): (&CudaStorage, &Layout),
+        op: &str,
+    ) -> Result<CudaStorage> {
+        let dev = src.device();
+        let input = view::<T>(src, layout, op)?;
+        let mut out = alloc::<T>(dev, total)?;
+        let func = CONV.func::<T>(dev, kernel)?;
+        let Geometry { c, h, w, kh, kw, stride, pad, oh, ow } = *g;
+        let mut launch = func.builder();
+        launch.arg(&total).arg(&n_cols).arg(&c).arg(&h).arg(&w).arg(&kh).arg(&kw);
+        launch.arg(&stride).arg(&pad).arg(&oh).arg(&ow).arg(&input).arg(&mut out);
+        // SAFETY: both kernels read within the `[B, C, H, W]` input or `[C·kh·kw, n_cols]` columns
+        // that `layout` checked, and write each of the `total` elements of `out` once.
+        unsafe { launch.launch(elementwise(total)) }.w()?;
+        Ok(storage(out, dev))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Result, Tensor, Var};
+
+    use super::{conv2d, conv2d_im2col, Conv2dSpec, Geometry};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    }
+
+    /// The im2col composition (the CUDA path, here run on the CPU) agrees with the fused CPU op in
+    /// its output and both gradients, unequal stride remainders included.
+    #[test]
+    fn im2col_composition_matches_the_fused_op() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, c, h, w, o, k, s, p) in
+            [(2, 3, 9, 8, 4, 3, 1, 1), (1, 1, 37, 28, 3, 7, 2, 3), (3, 2, 6, 11, 5, 1, 2, 0), (2, 2, 5, 8, 3, 3, 2, 2)]
+        {
+            let spec = Conv2dSpec::new(s, p);
+            let n = b * c * h * w;
+            let x = Var::from_tensor(
+                &Tensor::arange(0.0, n as f64, &dev)?.affine(0.37, 0.1)?.sin()?.reshape((b, c, h, w))?,
+            )?;
+            let m = o * c * k * k;
+            let kernel = Tensor::arange(0.0, m as f64, &dev)?.affine(0.53, 0.7)?.cos()?.reshape((o, c, k, k))?;
+            let wv = Var::from_tensor(&kernel)?;
+            let geom =
+                Geometry { c, h, w, kh: k, kw: k, stride: s, pad: p, oh: spec.out_len(h, k), ow: spec.out_len(w, k) };
+            let fused = conv2d(x.as_tensor(), wv.as_tensor(), spec)?;
+            let composed = conv2d_im2col(x.as_tensor(), wv.as_tensor(), geom)?;
+            assert_eq!(fused.dims(), composed.dims());
+            assert!(max_abs_diff(&fused, &composed)? < 1e-12, "output, case {b} {c} {h} {w} {o} {k} {s} {p}");
+            let weight = Tensor::arange(0.0, fused.elem_count() as f64, &dev)?
+                .affine(0.29, 0.0)?
+                .sin()?
+                .reshape(fused.dims())?;
+            let g_fused = (&fused * &weight)?.sum_all()?.backward()?;
+            let g_composed = (&composed * &weight)?.sum_all()?.backward()?;
+            for (what, v) in [("x", x.as_tensor()), ("w", wv.as_tensor())] {
+                let (want, got) =
+                    (g_fused.get(v).expect("fused gradient"), g_composed.get(v).expect("composed gradient"));
+                assert!(max_abs_diff(want, got)? < 1e-12, "gradient of {what}, case {b} {c} {h} {w} {o} {k} {s} {p}");
+            }
+        }
+        Ok(())
+    }
 }

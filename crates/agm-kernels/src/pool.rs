@@ -3,11 +3,14 @@
 //! candle 0.11's `max_pool2d` has no padding, no backward when kernel ≠ stride, and scales the
 //! gradient by 1/k²; its `avg_pool2d` backward fails when kernel ≠ stride.
 
+#[cfg(feature = "cuda")]
+use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
     add_strided, check_real, dispatch_real, for_each_chunk, same_storage_dtype, slice, strided, valid_range, Real,
 };
+use crate::own_kernels;
 
 /// Square pooling window: PyTorch's `kernel_size`, `stride`, `padding` (floor mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,10 +47,11 @@ impl Pool2dSpec {
 ///
 /// On the CPU a custom op: floor mode, and PyTorch's tie rule in the backward pass (the first
 /// maximal element of a window in row-major order gets the whole gradient; NaN wins). f32 and
-/// f64 only. On other devices (the `cuda` feature) this calls [`max_pool2d_ref`].
+/// f64 only. On CUDA (the `cuda` feature) the same op with CUDA kernels and the same semantics;
+/// elsewhere (Metal) this calls [`max_pool2d_ref`].
 pub fn max_pool2d(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
     let geom = PoolGeometry::new(x, spec)?;
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return max_pool2d_ref(x, spec);
     }
     check_real(x, "max_pool2d")?;
@@ -58,10 +62,11 @@ pub fn max_pool2d(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
 /// (PyTorch's `count_include_pad=True`).
 ///
 /// On the CPU a custom op with an exact backward for every kernel, stride and padding. f32 and
-/// f64 only. On other devices (the `cuda` feature) this calls [`avg_pool2d_ref`].
+/// f64 only. On CUDA (the `cuda` feature) the same op with CUDA kernels and the same semantics;
+/// elsewhere (Metal) this calls [`avg_pool2d_ref`].
 pub fn avg_pool2d(x: &Tensor, spec: Pool2dSpec) -> Result<Tensor> {
     let geom = PoolGeometry::new(x, spec)?;
-    if !x.device().is_cpu() {
+    if !own_kernels(x.device()) {
         return avg_pool2d_ref(x, spec);
     }
     check_real(x, "avg_pool2d")?;
@@ -241,6 +246,14 @@ impl CustomOp1 for MaxPool {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let (b, c) = g.planes(layout, false, self.name())?;
+        let shape = Shape::from((b, c, g.oh, g.ow));
+        dispatch_real!(storage, self.name(), T => gpu::run::<T>("max_pool_fwd", &g, None, &[(storage, layout)], shape, self.name()))
+    }
+
     fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         // `arg` is the contiguous input the forward saw and `res` its window maxima.
         Ok(Some(arg.apply_op3_no_bwd(&res.detach(), &grad_res.contiguous()?, &MaxPoolBwd(self.0))?))
@@ -266,16 +279,7 @@ impl CustomOp3 for MaxPoolBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let (b, c) = g.planes(l1, false, self.name())?;
-        if g.planes(l2, true, self.name())? != (b, c) || l3.shape() != l2.shape() {
-            candle_core::bail!(
-                "{}: input {:?}, output {:?} and gradient {:?} disagree",
-                self.name(),
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let (b, c) = self.planes(l1, l2, l3)?;
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
         dispatch_real!(s1, self.name(), T => {
@@ -291,6 +295,41 @@ impl CustomOp3 for MaxPoolBwd {
             });
             Ok((T::to_cpu_storage_owned(dx), Shape::from((b, c, g.h, g.w))))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let (b, c) = self.planes(l1, l2, l3)?;
+        let shape = Shape::from((b, c, g.h, g.w));
+        let inputs = [(s1, l1), (s2, l2), (s3, l3)];
+        dispatch_real!(s1, self.name(), T => gpu::run::<T>("max_pool_bwd", &g, None, &inputs, shape, self.name()))
+    }
+}
+
+impl MaxPoolBwd {
+    /// `[B, C]` of the input `l1`, once the window maxima `l2` and their gradient `l3` agree with it.
+    fn planes(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<(usize, usize)> {
+        let g = self.0;
+        let (b, c) = g.planes(l1, false, self.name())?;
+        if g.planes(l2, true, self.name())? != (b, c) || l3.shape() != l2.shape() {
+            candle_core::bail!(
+                "{}: input {:?}, output {:?} and gradient {:?} disagree",
+                self.name(),
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        Ok((b, c))
     }
 }
 
@@ -316,6 +355,17 @@ impl CustomOp1 for AvgPool {
                 g.avg_plane(&taps, &x[i * plane_in..(i + 1) * plane_in], scale, dst);
             });
             Ok((T::to_cpu_storage_owned(out), Shape::from((b, c, g.oh, g.ow))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let (b, c) = g.planes(layout, false, self.name())?;
+        let shape = Shape::from((b, c, g.oh, g.ow));
+        dispatch_real!(storage, self.name(), T => {
+            let scale = T::from_f64(1.0 / (g.k * g.k) as f64);
+            gpu::run::<T>("avg_pool_fwd", &g, Some(scale), &[(storage, layout)], shape, self.name())
         })
     }
 
@@ -346,6 +396,60 @@ impl CustomOp1 for AvgPoolBwd {
             });
             Ok((T::to_cpu_storage_owned(dx), Shape::from((b, c, g.h, g.w))))
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        let g = self.0;
+        let (b, c) = g.planes(layout, true, self.name())?;
+        let shape = Shape::from((b, c, g.h, g.w));
+        dispatch_real!(storage, self.name(), T => {
+            let scale = T::from_f64(1.0 / (g.k * g.k) as f64);
+            gpu::run::<T>("avg_pool_bwd", &g, Some(scale), &[(storage, layout)], shape, self.name())
+        })
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{CudaStorage, Layout, Result, Shape};
+
+    use super::PoolGeometry;
+    use crate::cuda::{alloc, elementwise, storage, view, CudaReal, POOL};
+
+    /// Runs `kernel(n, H, W, OH, OW, k, s, p, [scale,] inputs…, out)` of `cuda/pool.cu`, one
+    /// thread per each of the `n` elements of the output `shape` (an output window in the forward
+    /// kernels, an input pixel in the backward ones); `scale` is the mean's 1/k².
+    pub(super) fn run<T: CudaReal>(
+        kernel: &str,
+        g: &PoolGeometry,
+        scale: Option<T>,
+        inputs: &[(&CudaStorage, &Layout)],
+        shape: Shape,
+        op: &str,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = inputs[0].0.device();
+        let n = shape.elem_count();
+        let views = inputs.iter().map(|(s, l)| view::<T>(s, l, op)).collect::<Result<Vec<_>>>()?;
+        let mut out = alloc::<T>(dev, n)?;
+        let func = POOL.func::<T>(dev, kernel)?;
+        let PoolGeometry { h, w, oh, ow, k, s, p } = *g;
+        let mut launch = func.builder();
+        launch.arg(&n).arg(&h).arg(&w).arg(&oh).arg(&ow).arg(&k).arg(&s).arg(&p);
+        if let Some(scale) = &scale {
+            launch.arg(scale);
+        }
+        for v in &views {
+            launch.arg(v);
+        }
+        launch.arg(&mut out);
+        // SAFETY: the callers checked every input's `[B, C, H, W]` or `[B, C, OH, OW]` shape against
+        // `g`; the kernel reads within those planes and writes each of the `n` elements of `out` once.
+        unsafe { launch.launch(elementwise(n)) }.w()?;
+        Ok((storage(out, dev), shape))
     }
 }
 
