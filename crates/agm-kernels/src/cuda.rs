@@ -1,4 +1,3 @@
-#![allow(dead_code)] // modules and helpers are filled in kernel by kernel
 //! Plumbing shared by the CUDA kernels (the `cuda` feature): the PTX modules that `build.rs`
 //! compiles from `cuda/*.cu`, typed views of contiguous device storage, and launch shapes.
 //!
