@@ -8,8 +8,8 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::own_kernels;
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::own_kernels;
 
 /// Elements per parallel job of these memory-bound loops.
 const CHUNK: usize = 1 << 14;

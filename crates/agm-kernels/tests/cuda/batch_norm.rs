@@ -1,3 +1,5 @@
+//! Batch norm on CUDA against the CPU: every mode, the fused ReLU, and the returned statistics.
+
 use std::cell::RefCell;
 
 use agm_kernels::{batch_norm, batch_norm_mixed, batch_norm_relu, BatchStats};

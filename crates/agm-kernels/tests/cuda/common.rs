@@ -32,7 +32,11 @@ pub fn assert_close(got: &Tensor, want: &Tensor, tol: f64, what: &str) -> Result
 
 /// The tolerance for a dtype: f64 kernels must agree to rounding, f32 to a few ulps of sums.
 pub fn tol(dtype: DType) -> f64 {
-    if dtype == DType::F64 { 1e-10 } else { 2e-5 }
+    if dtype == DType::F64 {
+        1e-10
+    } else {
+        2e-5
+    }
 }
 
 /// Runs `op` on `inputs` (CPU tensors, every one trained) on the CPU and on CUDA, and checks

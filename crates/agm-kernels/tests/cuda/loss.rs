@@ -1,3 +1,5 @@
+//! Per-sample cross-entropy on CUDA against the CPU, and its refusal of out-of-range labels.
+
 use agm_kernels::cross_entropy_per_sample;
 use candle_core::{DType, Result, Tensor};
 

@@ -1,3 +1,5 @@
+//! Layer norm and softmax on CUDA against the CPU: short and long rows, large values.
+
 use agm_kernels::{layer_norm, softmax_last_dim};
 use candle_core::{DType, Result};
 

@@ -1,3 +1,5 @@
+//! ReLU and relu(a + b) on CUDA against the CPU.
+
 use agm_kernels::{add_relu, relu};
 use candle_core::{DType, Result};
 
