@@ -59,3 +59,15 @@ __device__ __forceinline__ float agm_add(float a, float b) { return __fadd_rn(a,
 __device__ __forceinline__ double agm_add(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ float agm_sub(float a, float b) { return __fsub_rn(a, b); }
 __device__ __forceinline__ double agm_sub(double a, double b) { return __dsub_rn(a, b); }
+
+// −∞ of T, the start of a running maximum.
+template <typename T>
+__device__ __forceinline__ T negative_infinity();
+template <>
+__device__ __forceinline__ float negative_infinity<float>() {
+  return __int_as_float(0xff800000);
+}
+template <>
+__device__ __forceinline__ double negative_infinity<double>() {
+  return __longlong_as_double(0xfff0000000000000ULL);
+}

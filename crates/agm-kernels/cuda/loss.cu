@@ -3,17 +3,6 @@
 // the device and were checked against the class count on the host before the launch.
 #include "common.cuh"
 
-template <typename T>
-__device__ __forceinline__ T negative_infinity();
-template <>
-__device__ __forceinline__ float negative_infinity<float>() {
-  return __int_as_float(0xff800000);
-}
-template <>
-__device__ __forceinline__ double negative_infinity<double>() {
-  return __longlong_as_double(0xfff0000000000000ULL);
-}
-
 // loss[row] = max + log(sum) - logits[label] with sum = sum(exp(x - max)), and the row's softmax
 // into probs for the backward pass, in the CPU's order of operations.
 template <typename T>

@@ -3,17 +3,6 @@
 // sums and maximum meet in shared-memory trees. Sums accumulate in T, as the CPU kernels do.
 #include "common.cuh"
 
-template <typename T>
-__device__ __forceinline__ T negative_infinity();
-template <>
-__device__ __forceinline__ float negative_infinity<float>() {
-  return __int_as_float(0xff800000);
-}
-template <>
-__device__ __forceinline__ double negative_infinity<double>() {
-  return __longlong_as_double(0xfff0000000000000ULL);
-}
-
 // The mean and 1 / sqrt(var + eps) of one row of length d: two passes and the biased variance,
 // as the CPU's `moments`. Every thread of the block must call it; all get the result.
 template <typename T>
