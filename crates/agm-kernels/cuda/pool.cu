@@ -26,11 +26,6 @@ __device__ __forceinline__ T negative_infinity() {
   return -T(INFINITY);
 }
 
-// A product rounded on its own, so that `sum += mul_rounded(g, scale)` is never fused into an FMA
-// and rounds exactly as the CPU's `g * scale` then `+=`.
-__device__ __forceinline__ float mul_rounded(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rounded(double a, double b) { return __dmul_rn(a, b); }
-
 // The maximum of each window in row-major order, NaN winning as in PyTorch.
 template <typename T>
 __device__ void max_pool_fwd(size_t n, size_t h, size_t w, size_t oh, size_t ow, size_t k, size_t s, size_t p,
@@ -138,7 +133,8 @@ __device__ void avg_pool_bwd(size_t n, size_t h, size_t w, size_t oh, size_t ow,
     covering_outputs(ix, ow, k, s, p, ox0, ox1);
     T sum = T(0);
     for (size_t oy = oy0; oy < oy1; ++oy) {
-      for (size_t ox = ox1; ox > ox0; --ox) sum += mul_rounded(g[oy * ow + ox - 1], scale);
+      // agm_mul keeps the product out of an FMA, rounding as the CPU's `g * scale` then `+=`.
+      for (size_t ox = ox1; ox > ox0; --ox) sum += agm_mul(g[oy * ow + ox - 1], scale);
     }
     dx[i] = sum;
   }
