@@ -260,7 +260,6 @@ mod gpu {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaDevice, CudaStorage, Layout, Result};
 
-    // The bias kernels live in cuda/sgd.cu, beside the other small kernels of the training step.
     use crate::cuda::{alloc, elementwise, storage, view, zeros, CudaReal, BLOCK, LINEAR};
 
     /// cuBLAS wants its sizes as C ints.
