@@ -324,7 +324,8 @@ impl CustomOp3 for BatchNormOp {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        gpu::same_dtypes(&[s1, s2, s3], self.name())?;
+        same_storage_dtype(s1, s2, self.name())?;
+        same_storage_dtype(s1, s3, self.name())?;
         dispatch_real!(s1, self.name(), T => gpu::forward::<T>(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 
@@ -358,6 +359,16 @@ struct BatchNormBwd {
     norm: Option<Norms>,
 }
 
+impl BatchNormBwd {
+    /// Fails unless the gradient `l3` has the input `l1`'s shape (on every backend).
+    fn check_grad(&self, l1: &Layout, l3: &Layout) -> Result<()> {
+        if l3.shape() != l1.shape() {
+            candle_core::bail!("{}: gradient {:?} and input {:?} differ", self.name(), l3.dims(), l1.dims());
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp3 for BatchNormBwd {
     fn name(&self) -> &'static str {
         "agm-batch-norm-bwd"
@@ -373,9 +384,7 @@ impl CustomOp3 for BatchNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, s) = geometry(l1);
-        if l3.shape() != l1.shape() {
-            candle_core::bail!("{}: gradient {:?} and input {:?} differ", self.name(), l3.dims(), l1.dims());
-        }
+        self.check_grad(l1, l3)?;
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
         let head = self.rows.batch_rows(b);
@@ -447,10 +456,9 @@ impl CustomOp3 for BatchNormBwd {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        if l3.shape() != l1.shape() {
-            candle_core::bail!("{}: gradient {:?} and input {:?} differ", self.name(), l3.dims(), l1.dims());
-        }
-        gpu::same_dtypes(&[s1, s2, s3], self.name())?;
+        self.check_grad(l1, l3)?;
+        same_storage_dtype(s1, s2, self.name())?;
+        same_storage_dtype(s1, s3, self.name())?;
         dispatch_real!(s1, self.name(), T => gpu::backward::<T>(self, (s1, l1), (s2, l2), (s3, l3)))
     }
 }
@@ -470,15 +478,6 @@ mod gpu {
     use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, BATCH_NORM};
 
     type Operand<'a> = (&'a CudaStorage, &'a Layout);
-
-    /// Fails unless every storage has the dtype of the first.
-    pub(super) fn same_dtypes(storages: &[&CudaStorage], op: &str) -> Result<()> {
-        let d = storages[0].dtype();
-        if let Some(s) = storages.iter().find(|s| s.dtype() != d) {
-            candle_core::bail!("{op}: dtypes differ ({d:?} and {:?})", s.dtype());
-        }
-        Ok(())
-    }
 
     /// The contiguous elements of a per-channel operand, checked to hold one value per channel
     /// (the kernels index it by channel).

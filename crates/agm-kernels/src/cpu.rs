@@ -104,8 +104,9 @@ macro_rules! dispatch_real {
 }
 pub(crate) use dispatch_real;
 
-/// Fails unless `b` has the dtype of `a` (the kernels take all operands in one dtype).
-pub(crate) fn same_storage_dtype(a: &CpuStorage, b: &CpuStorage, op: &str) -> Result<()> {
+/// Fails unless `b` has the dtype of `a` (the kernels take all operands in one dtype), on any
+/// backend.
+pub(crate) fn same_storage_dtype<S: BackendStorage>(a: &S, b: &S, op: &str) -> Result<()> {
     if a.dtype() != b.dtype() {
         candle_core::bail!("{op}: dtypes differ ({:?} and {:?})", a.dtype(), b.dtype());
     }

@@ -91,16 +91,24 @@ impl CrossEntropy {
     }
 }
 
+impl CrossEntropy {
+    /// `(B, K)` of the logits, checked against the labels, on every backend.
+    fn checked_dims(&self, layout: &Layout) -> Result<(usize, usize)> {
+        let (b, k) = layout.shape().dims2()?;
+        if b != self.labels.len() {
+            candle_core::bail!("{}: {b} rows for {} labels", self.name(), self.labels.len());
+        }
+        Ok((b, k))
+    }
+}
+
 impl CustomOp1 for CrossEntropy {
     fn name(&self) -> &'static str {
         "agm-cross-entropy"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, k) = layout.shape().dims2()?;
-        if b != self.labels.len() {
-            candle_core::bail!("{}: {b} rows for {} labels", self.name(), self.labels.len());
-        }
+        let (b, k) = self.checked_dims(layout)?;
         dispatch_real!(storage, self.name(), T => {
             let x = slice::<T>(storage, layout, self.name())?;
             let mut probs = vec![T::ZERO; b * k];
@@ -125,10 +133,7 @@ impl CustomOp1 for CrossEntropy {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (b, k) = layout.shape().dims2()?;
-        if b != self.labels.len() {
-            candle_core::bail!("{}: {b} rows for {} labels", self.name(), self.labels.len());
-        }
+        let (b, k) = self.checked_dims(layout)?;
         // The kernels index each row by its label: a bad one must stop here, before any launch.
         if let Some(bad) = self.labels.iter().find(|&&l| l as usize >= k) {
             candle_core::bail!("{}: label {bad} is out of range for {k} classes", self.name());
@@ -156,16 +161,24 @@ struct CrossEntropyBwd {
     probs: Probs,
 }
 
+impl CrossEntropyBwd {
+    /// The batch size, checked against the incoming gradient `[B]`, on every backend.
+    fn checked_rows(&self, layout: &Layout) -> Result<usize> {
+        let b = self.labels.len();
+        if layout.dims() != [b] {
+            candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
+        }
+        Ok(b)
+    }
+}
+
 impl CustomOp1 for CrossEntropyBwd {
     fn name(&self) -> &'static str {
         "agm-cross-entropy-bwd"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let b = self.labels.len();
-        if layout.dims() != [b] {
-            candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
-        }
+        let b = self.checked_rows(layout)?;
         let Some(probs) = self.probs.on_cpu() else {
             candle_core::bail!("{}: the forward pass ran on CUDA", self.name());
         };
@@ -188,10 +201,7 @@ impl CustomOp1 for CrossEntropyBwd {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
-        let b = self.labels.len();
-        if layout.dims() != [b] {
-            candle_core::bail!("{}: gradient {:?} for {b} labels", self.name(), layout.dims());
-        }
+        self.checked_rows(layout)?;
         let kept = match &self.probs {
             Probs::Cuda(kept) => kept,
             Probs::Cpu(_) => candle_core::bail!("{}: the forward pass ran on the CPU", self.name()),

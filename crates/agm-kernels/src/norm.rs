@@ -92,6 +92,18 @@ struct LayerNorm {
     eps: f64,
 }
 
+impl LayerNorm {
+    /// The row length of `x` (`l1`), checked against `gamma` (`l2`) and `beta` (`l3`), on every
+    /// backend.
+    fn checked_row_len(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<usize> {
+        let d = row_len(l1, self.name())?;
+        if l2.shape().elem_count() != d || l3.shape().elem_count() != d {
+            candle_core::bail!("{}: gamma and beta need {d} elements", self.name());
+        }
+        Ok(d)
+    }
+}
+
 impl CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
         "agm-layer-norm"
@@ -106,10 +118,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l2.shape().elem_count() != d || l3.shape().elem_count() != d {
-            candle_core::bail!("{}: gamma and beta need {d} elements", self.name());
-        }
+        let d = self.checked_row_len(l1, l2, l3)?;
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
         dispatch_real!(s1, self.name(), T => {
@@ -139,10 +148,7 @@ impl CustomOp3 for LayerNorm {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l2.shape().elem_count() != d || l3.shape().elem_count() != d {
-            candle_core::bail!("{}: gamma and beta need {d} elements", self.name());
-        }
+        let d = self.checked_row_len(l1, l2, l3)?;
         dispatch_real!(s1, self.name(), T => gpu::layer_norm::<T>((s1, l1), (s2, l2), (s3, l3), d, self.eps, self.name()))
     }
 
@@ -175,6 +181,18 @@ struct LayerNormBwd {
 /// result, does not depend on the thread count.
 const LN_BLOCK_ELEMS: usize = 1 << 13;
 
+impl LayerNormBwd {
+    /// The row length of `x` (`l1`), checked against `gamma` (`l2`) and the gradient (`l3`), on
+    /// every backend.
+    fn checked_row_len(&self, l1: &Layout, l2: &Layout, l3: &Layout) -> Result<usize> {
+        let d = row_len(l1, self.name())?;
+        if l2.shape().elem_count() != d || l3.shape() != l1.shape() {
+            candle_core::bail!("{}: shapes {:?}, {:?}, {:?} disagree", self.name(), l1.dims(), l2.dims(), l3.dims());
+        }
+        Ok(d)
+    }
+}
+
 impl CustomOp3 for LayerNormBwd {
     fn name(&self) -> &'static str {
         "agm-layer-norm-bwd"
@@ -189,10 +207,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l2.shape().elem_count() != d || l3.shape() != l1.shape() {
-            candle_core::bail!("{}: shapes {:?}, {:?}, {:?} disagree", self.name(), l1.dims(), l2.dims(), l3.dims());
-        }
+        let d = self.checked_row_len(l1, l2, l3)?;
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
         dispatch_real!(s1, self.name(), T => {
@@ -214,10 +229,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l2.shape().elem_count() != d || l3.shape() != l1.shape() {
-            candle_core::bail!("{}: shapes {:?}, {:?}, {:?} disagree", self.name(), l1.dims(), l2.dims(), l3.dims());
-        }
+        let d = self.checked_row_len(l1, l2, l3)?;
         dispatch_real!(s1, self.name(), T => gpu::layer_norm_bwd::<T>((s1, l1), (s2, l2), (s3, l3), d, self.eps, self.name()))
     }
 }
@@ -264,16 +276,25 @@ impl CustomOp1 for Softmax {
 /// Gradient of [`Softmax`]: `(y, g)` to `y · (g − Σ g·y)` row by row.
 struct SoftmaxBwd;
 
+impl SoftmaxBwd {
+    /// The row length of the softmax (`l1`), checked against the gradient (`l2`), on every
+    /// backend.
+    fn checked_row_len(&self, l1: &Layout, l2: &Layout) -> Result<usize> {
+        let d = row_len(l1, self.name())?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        Ok(d)
+    }
+}
+
 impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "agm-softmax-last-dim-bwd"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims());
-        }
+        let d = self.checked_row_len(l1, l2)?;
         same_storage_dtype(s1, s2, self.name())?;
         dispatch_real!(s1, self.name(), T => {
             let y = slice::<T>(s1, l1, self.name())?;
@@ -292,10 +313,7 @@ impl CustomOp2 for SoftmaxBwd {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        let d = row_len(l1, self.name())?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.name(), l1.dims(), l2.dims());
-        }
+        let d = self.checked_row_len(l1, l2)?;
         dispatch_real!(s1, self.name(), T => gpu::softmax::<T>("softmax_bwd", &[(s1, l1), (s2, l2)], d, self.name()))
     }
 }

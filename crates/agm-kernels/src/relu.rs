@@ -111,6 +111,7 @@ impl CustomOp2 for AddRelu {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
+        same_storage_dtype(s1, s2, self.name())?;
         dispatch_real!(s1, self.name(), T => gpu::map::<T>("add_relu_fwd", &[(s1, l1), (s2, l2)], l1, self.name()))
     }
 
@@ -124,6 +125,16 @@ impl CustomOp2 for AddRelu {
 /// where the output is zero stays out).
 struct ReluGrad;
 
+impl ReluGrad {
+    /// Fails unless the gradient `l1` and the output `l2` have one shape (on every backend).
+    fn check_shapes(&self, l1: &Layout, l2: &Layout) -> Result<()> {
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("{}: gradient {:?} and output {:?} differ", self.name(), l1.dims(), l2.dims());
+        }
+        Ok(())
+    }
+}
+
 impl CustomOp2 for ReluGrad {
     fn name(&self) -> &'static str {
         "agm-relu-grad"
@@ -131,9 +142,7 @@ impl CustomOp2 for ReluGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         same_storage_dtype(s1, s2, self.name())?;
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: gradient {:?} and output {:?} differ", self.name(), l1.dims(), l2.dims());
-        }
+        self.check_shapes(l1, l2)?;
         dispatch_real!(s1, self.name(), T => {
             let (g, y) = (slice::<T>(s1, l1, self.name())?, slice::<T>(s2, l2, self.name())?);
             let dx = map_into::<T>(g.len(), |start, dst| {
@@ -147,9 +156,8 @@ impl CustomOp2 for ReluGrad {
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> Result<(CudaStorage, Shape)> {
-        if l1.shape() != l2.shape() {
-            candle_core::bail!("{}: gradient {:?} and output {:?} differ", self.name(), l1.dims(), l2.dims());
-        }
+        same_storage_dtype(s1, s2, self.name())?;
+        self.check_shapes(l1, l2)?;
         dispatch_real!(s1, self.name(), T => gpu::map::<T>("relu_grad", &[(s1, l1), (s2, l2)], l1, self.name()))
     }
 }
