@@ -71,3 +71,24 @@ template <>
 __device__ __forceinline__ double negative_infinity<double>() {
   return __longlong_as_double(0xfff0000000000000ULL);
 }
+
+// The max-subtracted softmax of one row `x` of length `d` into `y`, as exp(x − max) times the
+// rounded 1 / sum (the CPU's order); returns the row's maximum and the sum of exp(x − max) for
+// callers that need them (the cross-entropy loss). `v > m` skips NaNs as the CPU's fold does, so
+// no NaN reaches the block maximum. Every thread of the block must call it.
+template <typename T>
+__device__ void agm_softmax_row(const T* x, size_t d, T* y, T* scratch, T& row_max, T& sum) {
+  T m = negative_infinity<T>();
+  for (size_t j = threadIdx.x; j < d; j += blockDim.x) m = x[j] > m ? x[j] : m;
+  row_max = agm_block_max(m, scratch, negative_infinity<T>());
+  T partial = T(0);
+  for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const T e = exp(x[j] - row_max);
+    y[j] = e;
+    partial += e;
+  }
+  sum = agm_block_sum(partial, scratch);
+  const T inv = T(1) / sum;
+  // Each thread rescales the elements it wrote itself: no barrier needed.
+  for (size_t j = threadIdx.x; j < d; j += blockDim.x) y[j] *= inv;
+}

@@ -12,22 +12,10 @@ __device__ void cross_entropy_fwd(size_t rows, size_t k, const T* logits, const 
   if (row >= rows) return;  // the whole block leaves together
   const T* xr = logits + row * k;
   T* pr = probs + row * k;
-  // `v > m` skips NaNs as the CPU's fold does, so no NaN reaches the block maximum.
-  T m = negative_infinity<T>();
-  for (size_t j = threadIdx.x; j < k; j += blockDim.x) m = xr[j] > m ? xr[j] : m;
-  const T row_max = agm_block_max(m, scratch, negative_infinity<T>());
-  T sum = T(0);
-  for (size_t j = threadIdx.x; j < k; j += blockDim.x) {
-    const T e = exp(xr[j] - row_max);
-    pr[j] = e;
-    sum += e;
-  }
-  sum = agm_block_sum(sum, scratch);
+  T row_max, sum;
+  agm_softmax_row(xr, k, pr, scratch, row_max, sum);
   // From the logits, not from the rounded (possibly underflowed) probability of the label.
   if (threadIdx.x == 0) loss[row] = row_max + log(sum) - xr[labels[row]];
-  const T inv = T(1) / sum;
-  // Each thread rescales the elements it wrote itself: no barrier needed.
-  for (size_t j = threadIdx.x; j < k; j += blockDim.x) pr[j] *= inv;
 }
 
 // dx[row, j] = probs[row, j] * g[row], less g[row] where j is the row's label.

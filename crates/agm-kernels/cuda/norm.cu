@@ -112,19 +112,8 @@ __device__ void softmax_fwd(size_t rows, size_t d, const T* x, T* y) {
   if (row >= rows) return;
   const T* xr = x + row * d;
   T* yr = y + row * d;
-  // `v > m` skips NaNs as the CPU's fold does, so no NaN reaches the block maximum.
-  T m = negative_infinity<T>();
-  for (size_t j = threadIdx.x; j < d; j += blockDim.x) m = xr[j] > m ? xr[j] : m;
-  const T row_max = agm_block_max(m, scratch, negative_infinity<T>());
-  T sum = T(0);
-  for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
-    const T e = exp(xr[j] - row_max);
-    yr[j] = e;
-    sum += e;
-  }
-  const T inv = T(1) / agm_block_sum(sum, scratch);
-  // Each thread rescales the elements it wrote itself: no barrier needed.
-  for (size_t j = threadIdx.x; j < d; j += blockDim.x) yr[j] *= inv;
+  T row_max, sum;
+  agm_softmax_row(xr, d, yr, scratch, row_max, sum);
 }
 
 // dx = y * (g - sum(g * y)), row by row.
