@@ -70,8 +70,8 @@ struct SgdSlot {
 ///
 /// For each parameter with a gradient `g`: `d = g + wd·p`; with momentum, `buf = d` on the first
 /// step and `buf = momentum·buf + (1 − dampening)·d` afterwards, then `d = d + momentum·buf`
-/// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`. On the CPU the update runs in place
-/// ([`agm_kernels::sgd_update`]).
+/// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`. On the CPU and CUDA the update runs
+/// in place ([`agm_kernels::sgd_update`]).
 #[derive(Debug)]
 pub struct Sgd {
     config: SgdConfig,
