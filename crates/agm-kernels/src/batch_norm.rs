@@ -12,7 +12,10 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::backward::param_grad;
+use crate::cpu::{
+    check_real, check_same_dtype, collect_chunks, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real,
+};
 use crate::own_kernels;
 use crate::relu::relu_grad;
 
@@ -294,8 +297,7 @@ impl CustomOp3 for BatchNormOp {
                 (scale, shift)
             };
             let (batch, fixed) = (affine(&mean, &rstd), affine(&fmean, &frstd));
-            let mut out = vec![T::ZERO; x.len()];
-            for_each_chunk(&mut out, s, s, |i, dst| {
+            let out = collect_chunks(x.len(), s, s, |i, dst| {
                 let (scale, shift) = if i / c < head { &batch } else { &fixed };
                 let (k, m) = (scale[i % c], shift[i % c]);
                 for (y, &v) in dst.iter_mut().zip(&x[i * s..(i + 1) * s]) {
@@ -333,7 +335,7 @@ impl CustomOp3 for BatchNormOp {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -344,9 +346,10 @@ impl CustomOp3 for BatchNormOp {
         let bwd = BatchNormBwd { eps: self.eps, rows: self.rows.clone(), norm };
         let packed = x.apply_op3_no_bwd(weight, &grad, &bwd)?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = packed.narrow(0, n, c)?;
-        let db = packed.narrow(0, n + c, c)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        // Copies, so that stored parameter gradients do not hold `packed` (and `dx`) alive.
+        let dw = param_grad(weight, packed.narrow(0, n, c)?.force_contiguous()?)?;
+        let db = param_grad(bias, packed.narrow(0, n + c, c)?.force_contiguous()?)?;
+        Ok((Some(dx), dw, db))
     }
 }
 

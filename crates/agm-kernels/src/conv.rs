@@ -9,8 +9,9 @@ use std::sync::Mutex;
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use crate::backward::param_grad;
 use crate::cpu::{
-    add_strided, check_real, check_same_dtype, dispatch_real, for_each_chunk, matmul, same_storage_dtype, slice,
+    add_strided, check_real, check_same_dtype, collect_chunks, dispatch_real, matmul, same_storage_dtype, slice,
     strided, valid_range, Real,
 };
 use crate::own_kernels;
@@ -134,9 +135,8 @@ impl Geometry {
     /// position, zero in the padding.
     fn im2col<T: Real>(&self, x: &[T], b: usize) -> Vec<T> {
         let (n, plane) = (b * self.positions(), self.h * self.w);
-        let mut cols = vec![T::ZERO; self.rows() * n];
         // One job per (channel, kernel row): enough pieces to split a batch of one.
-        for_each_chunk(&mut cols, self.kw * n, self.kw * n, |i, dst| {
+        collect_chunks(self.rows() * n, self.kw * n, self.kw * n, |i, dst| {
             let (c, ki) = (i / self.kh, i % self.kh);
             for (kj, row) in dst.chunks_exact_mut(n).enumerate() {
                 for (bi, out) in row.chunks_exact_mut(self.positions()).enumerate() {
@@ -144,8 +144,7 @@ impl Geometry {
                     self.im2col_tap(&x[start..start + plane], ki, kj, out);
                 }
             }
-        });
-        cols
+        })
     }
 
     /// The `OH·OW` pixels of one input plane `[H, W]` under kernel tap `(ki, kj)`.
@@ -182,14 +181,12 @@ impl Geometry {
     /// `[B, C, H, W]`.
     fn col2im<T: Real>(&self, cols: &[T], b: usize) -> Vec<T> {
         let (n, taps) = (b * self.positions(), self.kh * self.kw);
-        let mut out = vec![T::ZERO; b * self.c * self.h * self.w];
         // One job per (sample, channel) plane: planes never overlap, so no atomics.
-        for_each_chunk(&mut out, self.h * self.w, taps * self.positions(), |i, plane| {
+        collect_chunks(b * self.c * self.h * self.w, self.h * self.w, taps * self.positions(), |i, plane| {
             let (bi, c) = (i / self.c, i % self.c);
             let channel = &cols[c * taps * n..(c + 1) * taps * n];
             self.col2im_plane(channel, n, bi * self.positions(), plane);
-        });
-        out
+        })
     }
 
     /// Adds the `kh·kw` rows of one channel (`n` apart, this sample's positions from `offset`)
@@ -257,7 +254,7 @@ impl CustomOp2 for Conv2d {
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
         let dw = if w.track_op() {
             let cols = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
-            Some(dy.apply_op2_no_bwd(x, &Conv2dWeightGrad { geom: self.geom, cols })?)
+            param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad { geom: self.geom, cols })?)?
         } else {
             None
         };
@@ -267,12 +264,10 @@ impl CustomOp2 for Conv2d {
 
 /// `[R, C, L]` to `[C, R, L]`: swaps the two leading dimensions, in parallel.
 fn swap_leading<T: Real>(src: &[T], rows: usize, cols: usize, len: usize) -> Vec<T> {
-    let mut out = vec![T::ZERO; src.len()];
-    for_each_chunk(&mut out, len, len, |i, dst| {
+    collect_chunks(src.len(), len, len, |i, dst| {
         let (c, r) = (i / rows, i % rows);
         dst.copy_from_slice(&src[(r * cols + c) * len..(r * cols + c + 1) * len]);
-    });
-    out
+    })
 }
 
 /// [`swap_leading`] as an op: `[R, C, L]` (any contiguous tensor of `R·C·L` elements) to

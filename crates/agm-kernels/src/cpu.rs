@@ -136,6 +136,28 @@ where
     }
 }
 
+/// A new vector of `len` elements, zeros that `f` then writes chunk by chunk as in
+/// [`for_each_chunk`]. Each job zeroes its own chunk, in cache and in parallel: a `vec![0; len]`
+/// first would zero the whole vector on one thread while the others wait.
+pub(crate) fn collect_chunks<T, F>(len: usize, chunk: usize, work_per_chunk: usize, f: F) -> Vec<T>
+where
+    T: Real,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    if chunk == 0 {
+        return vec![T::ZERO; len];
+    }
+    let mut out = Vec::with_capacity(len);
+    for_each_chunk(&mut out.spare_capacity_mut()[..len], chunk, work_per_chunk, |i, dst| {
+        dst.fill(std::mem::MaybeUninit::new(T::ZERO));
+        // SAFETY: every element of `dst` was initialised just above.
+        f(i, unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<T>] as *mut [T]) })
+    });
+    // SAFETY: `for_each_chunk` hands out every chunk of the `len` elements, and each was filled.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// [`for_each_chunk`] over two outputs at once: `f(i, a_chunk, b_chunk)` for the `i`-th
 /// `chunk_a`-sized piece of `a` and `chunk_b`-sized piece of `b`.
 pub(crate) fn for_each_chunk_pair<T, F>(a: &mut [T], chunk_a: usize, b: &mut [T], chunk_b: usize, work: usize, f: F)

@@ -13,6 +13,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backward;
 mod batch_norm;
 mod conv;
 mod cpu;
@@ -27,6 +28,7 @@ mod relu;
 mod runtime;
 mod sgd;
 
+pub use backward::backward;
 pub use batch_norm::{batch_norm, batch_norm_mixed, batch_norm_ref, batch_norm_relu, updated_running, BatchStats};
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};
 pub use grad_scale::{grad_scale, grad_scale_ref};

@@ -11,6 +11,7 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use crate::backward::param_grad;
 use crate::cpu::{check_real, check_same_dtype, dispatch_real, matmul, same_storage_dtype, slice, Real};
 use crate::own_kernels;
 
@@ -107,7 +108,10 @@ impl Linear {
     fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &Product { transpose_lhs: false })?) } else { None };
-        let dw = if w.track_op() { Some(grad.apply_op2_no_bwd(x, &Product { transpose_lhs: true })?) } else { None };
+        let dw = match w.track_op() {
+            true => param_grad(w, grad.apply_op2_no_bwd(x, &Product { transpose_lhs: true })?)?,
+            false => None,
+        };
         Ok((dx, dw))
     }
 }
@@ -170,7 +174,10 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = Self::grads(x, w, grad)?;
-        let db = if b.track_op() { Some(grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?) } else { None };
+        let db = match b.track_op() {
+            true => param_grad(b, grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?)?,
+            false => None,
+        };
         Ok((dx, dw, db))
     }
 }

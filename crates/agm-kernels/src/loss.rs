@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 
-use crate::cpu::{check_real, dispatch_real, for_each_chunk, for_each_chunk_pair, same_storage_dtype, slice, Real};
+use crate::cpu::{check_real, collect_chunks, dispatch_real, for_each_chunk_pair, same_storage_dtype, slice, Real};
 use crate::own_kernels;
 
 /// Checks `logits [B, K]` against `labels u32 [B]` and returns the labels.
@@ -187,8 +187,7 @@ impl CustomOp1 for CrossEntropyBwd {
             let grad = slice::<T>(storage, layout, self.name())?;
             let probs = probs.as_slice::<T>()?;
             let k = probs.len() / b.max(1);
-            let mut dx = vec![T::ZERO; b * k];
-            for_each_chunk(&mut dx, k, k, |i, dst| {
+            let dx = collect_chunks(b * k, k, k, |i, dst| {
                 let g = grad[i];
                 for (o, &p) in dst.iter_mut().zip(&probs[i * k..(i + 1) * k]) {
                     *o = p * g;

@@ -8,7 +8,8 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::backward::param_grad;
+use crate::cpu::{check_real, check_same_dtype, collect_chunks, dispatch_real, same_storage_dtype, slice, Real};
 use crate::own_kernels;
 
 /// `(x − mean) / sqrt(var + eps) · gamma + beta` over the last dimension (biased variance,
@@ -126,8 +127,7 @@ impl CustomOp3 for LayerNorm {
             let gamma = slice::<T>(s2, l2, self.name())?;
             let beta = slice::<T>(s3, l3, self.name())?;
             let eps = T::from_f64(self.eps);
-            let mut out = vec![T::ZERO; x.len()];
-            for_each_chunk(&mut out, d, d, |i, dst| {
+            let out = collect_chunks(x.len(), d, d, |i, dst| {
                 let row = &x[i * d..(i + 1) * d];
                 let (mean, rstd) = moments(row, eps);
                 for (((y, &v), &g), &b) in dst.iter_mut().zip(row).zip(gamma).zip(beta) {
@@ -164,9 +164,10 @@ impl CustomOp3 for LayerNorm {
         let rows = x.elem_count() / d;
         let packed = x.apply_op3_no_bwd(gamma, &grad_res.contiguous()?, &LayerNormBwd { eps: self.eps })?;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dgamma = packed.narrow(0, rows, 1)?.reshape(gamma.shape())?;
-        let dbeta = packed.narrow(0, rows + 1, 1)?.reshape(beta.shape())?;
-        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+        // Copies, so that stored parameter gradients do not hold `packed` (and `dx`) alive.
+        let dgamma = param_grad(gamma, packed.narrow(0, rows, 1)?.reshape(gamma.shape())?.force_contiguous()?)?;
+        let dbeta = param_grad(beta, packed.narrow(0, rows + 1, 1)?.reshape(beta.shape())?.force_contiguous()?)?;
+        Ok((Some(dx), dgamma, dbeta))
     }
 }
 
@@ -246,8 +247,7 @@ impl CustomOp1 for Softmax {
         let d = row_len(layout, self.name())?;
         dispatch_real!(storage, self.name(), T => {
             let x = slice::<T>(storage, layout, self.name())?;
-            let mut out = vec![T::ZERO; x.len()];
-            for_each_chunk(&mut out, d, d, |i, dst| {
+            let out = collect_chunks(x.len(), d, d, |i, dst| {
                 let row = &x[i * d..(i + 1) * d];
                 let max = row.iter().fold(T::NEG_INF, |m, &v| if v > m { v } else { m });
                 let mut sum = T::ZERO;
@@ -299,8 +299,7 @@ impl CustomOp2 for SoftmaxBwd {
         dispatch_real!(s1, self.name(), T => {
             let y = slice::<T>(s1, l1, self.name())?;
             let grad = slice::<T>(s2, l2, self.name())?;
-            let mut dx = vec![T::ZERO; y.len()];
-            for_each_chunk(&mut dx, d, d, |i, dst| {
+            let dx = collect_chunks(y.len(), d, d, |i, dst| {
                 let (yr, gr) = (&y[i * d..(i + 1) * d], &grad[i * d..(i + 1) * d]);
                 let dot = yr.iter().zip(gr).fold(T::ZERO, |a, (&y, &g)| a + y * g);
                 for ((o, &y), &g) in dst.iter_mut().zip(yr).zip(gr) {

@@ -8,7 +8,7 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use crate::cpu::{
-    add_strided, check_real, dispatch_real, for_each_chunk, same_storage_dtype, slice, strided, valid_range, Real,
+    add_strided, check_real, collect_chunks, dispatch_real, same_storage_dtype, slice, strided, valid_range, Real,
 };
 use crate::own_kernels;
 
@@ -237,9 +237,8 @@ impl CustomOp1 for MaxPool {
         dispatch_real!(storage, self.name(), T => {
             let x = slice::<T>(storage, layout, self.name())?;
             let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-            let mut out = vec![T::ZERO; b * c * plane_out];
             let taps = g.taps();
-            for_each_chunk(&mut out, plane_out, plane_out * g.k * g.k, |i, dst| {
+            let out = collect_chunks(b * c * plane_out, plane_out, plane_out * g.k * g.k, |i, dst| {
                 g.max_plane(&taps, &x[i * plane_in..(i + 1) * plane_in], dst);
             });
             Ok((T::to_cpu_storage_owned(out), Shape::from((b, c, g.oh, g.ow))))
@@ -287,9 +286,8 @@ impl CustomOp3 for MaxPoolBwd {
             let y = slice::<T>(s2, l2, self.name())?;
             let grad = slice::<T>(s3, l3, self.name())?;
             let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
-            let mut dx = vec![T::ZERO; b * c * plane_in];
             let taps = g.taps();
-            for_each_chunk(&mut dx, plane_in, plane_out * g.k * g.k, |i, dst| {
+            let dx = collect_chunks(b * c * plane_in, plane_in, plane_out * g.k * g.k, |i, dst| {
                 let (src, out) = (&x[i * plane_in..(i + 1) * plane_in], i * plane_out..(i + 1) * plane_out);
                 g.max_bwd_plane(&taps, src, &y[out.clone()], &grad[out], dst);
             });
@@ -349,9 +347,8 @@ impl CustomOp1 for AvgPool {
             // Floor mode with padding ≤ k/2 keeps every window inside the padded input, so the
             // divisor is always k² (count_include_pad=True).
             let scale = T::from_f64(1.0 / (g.k * g.k) as f64);
-            let mut out = vec![T::ZERO; b * c * plane_out];
             let taps = g.taps();
-            for_each_chunk(&mut out, plane_out, plane_out * g.k * g.k, |i, dst| {
+            let out = collect_chunks(b * c * plane_out, plane_out, plane_out * g.k * g.k, |i, dst| {
                 g.avg_plane(&taps, &x[i * plane_in..(i + 1) * plane_in], scale, dst);
             });
             Ok((T::to_cpu_storage_owned(out), Shape::from((b, c, g.oh, g.ow))))
@@ -389,9 +386,8 @@ impl CustomOp1 for AvgPoolBwd {
             let grad = slice::<T>(storage, layout, self.name())?;
             let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
             let scale = T::from_f64(1.0 / (g.k * g.k) as f64);
-            let mut dx = vec![T::ZERO; b * c * plane_in];
             let taps = g.taps();
-            for_each_chunk(&mut dx, plane_in, plane_out * g.k * g.k, |i, dst| {
+            let dx = collect_chunks(b * c * plane_in, plane_in, plane_out * g.k * g.k, |i, dst| {
                 g.avg_bwd_plane(&taps, &grad[i * plane_out..(i + 1) * plane_out], scale, dst);
             });
             Ok((T::to_cpu_storage_owned(dx), Shape::from((b, c, g.h, g.w))))

@@ -8,7 +8,7 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{check_real, check_same_dtype, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real};
+use crate::cpu::{check_real, check_same_dtype, collect_chunks, dispatch_real, same_storage_dtype, slice, Real};
 use crate::own_kernels;
 
 /// Elements per parallel job of these memory-bound loops.
@@ -54,9 +54,7 @@ pub(crate) fn relu_grad(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
 
 /// Applies `f` elementwise into a new vector, in parallel chunks.
 fn map_into<T: Real>(n: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
-    let mut out = vec![T::ZERO; n];
-    for_each_chunk(&mut out, CHUNK, CHUNK, |i, dst| f(i * CHUNK, dst));
-    out
+    collect_chunks(n, CHUNK, CHUNK, |i, dst| f(i * CHUNK, dst))
 }
 
 struct Relu;

@@ -74,3 +74,43 @@ fn rejects_non_finite_scales() {
     let err = grad_scale(x.as_tensor(), f64::NAN).unwrap_err().to_string();
     assert!(err.contains("finite"), "{err}");
 }
+
+/// `agm_kernels::backward` gives the store `loss.backward()` gives: for parameters used by
+/// several agm ops, by agm ops and candle ops together, and for a computed (non-variable) weight.
+#[test]
+fn backward_matches_candle_backward() -> Result<()> {
+    use agm_kernels::{batch_norm, conv2d, layer_norm, linear, Conv2dSpec};
+    let dev = Device::Cpu;
+    let var = |shape: &[usize], seed: f64| -> Result<Var> {
+        let n: usize = shape.iter().product();
+        let t = Tensor::arange(0f64, n as f64, &dev)?.affine(0.7, seed)?.sin()?.reshape(shape)?;
+        Var::from_tensor(&t)
+    };
+    let x = var(&[2, 2, 5, 5], 0.1)?.as_tensor().detach();
+    let conv_w = var(&[2, 2, 3, 3], 0.2)?;
+    let (bn_w, bn_b) = (var(&[2], 0.3)?, var(&[2], 0.4)?);
+    let lin_v = var(&[3, 50], 0.5)?;
+    let lin_b = var(&[3], 0.6)?;
+    let (ln_g, ln_b) = (var(&[3], 0.7)?, var(&[3], 0.8)?);
+    let spec = Conv2dSpec::new(1, 1);
+    // The kernel twice (shared weights), the second time on the first output.
+    let h = conv2d(&x, conv_w.as_tensor(), spec)?;
+    let h = conv2d(&h.tanh()?, conv_w.as_tensor(), spec)?;
+    let (h, _) = batch_norm(&h, bn_w.as_tensor(), bn_b.as_tensor(), None, 1e-5)?;
+    // A computed weight: its gradient must go on to `lin_v` through candle.
+    let lin_w = lin_v.as_tensor().affine(2.0, 0.0)?;
+    let h = linear(&h.flatten_from(1)?, &lin_w, Some(lin_b.as_tensor()))?;
+    let h = layer_norm(&h, ln_g.as_tensor(), ln_b.as_tensor(), 1e-5)?;
+    // The kernel also in a candle op.
+    let loss = (h.sqr()?.sum_all()? + conv_w.as_tensor().sqr()?.sum_all()?)?;
+    let ours = agm_kernels::backward(&loss)?;
+    let candle = loss.backward()?;
+    for v in [&conv_w, &bn_w, &bn_b, &lin_v, &lin_b, &ln_g, &ln_b] {
+        let (a, b) = (ours.get(v).expect("ours has every gradient"), candle.get(v).expect("candle has every gradient"));
+        assert_eq!(a.dims(), b.dims());
+        let diff = (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        let scale = b.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()?;
+        assert!(diff <= 1e-12 * scale.max(1.0), "gradient differs by {diff}");
+    }
+    Ok(())
+}

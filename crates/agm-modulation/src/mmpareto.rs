@@ -378,7 +378,7 @@ impl Modulator for MmPareto {
         let losses = self.pending.take().ok_or_else(|| {
             candle_core::Error::Msg("mmpareto: backward without its objective in the same step".into())
         })?;
-        let stores = losses.iter().map(Tensor::backward).collect::<Result<Vec<_>>>()?;
+        let stores = losses.iter().map(agm_kernels::backward).collect::<Result<Vec<_>>>()?;
         let groups = cx.model.param_groups();
         if groups.per_modality.len() != self.m {
             candle_core::bail!(

@@ -152,7 +152,7 @@ pub trait Modulator {
 
     /// Differentiates the objective. Override for one backward per loss.
     fn backward(&mut self, _cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
-        objective.loss.backward()
+        agm_kernels::backward(&objective.loss)
     }
 
     /// Edits gradients between backward and clipping.

@@ -5,7 +5,7 @@
 //! | `attach` | every member's variables, in order (names must not collide) |
 //! | `forward_plan` | the Shapley passes when any member needs them (they never change a member that reads only the full pass) |
 //! | `objective` | the single member that defines one, otherwise the default cross-entropy |
-//! | `backward` | the single member that defines one, which must then also own the objective if any member does; otherwise `loss.backward()` |
+//! | `backward` | the single member that defines one, which must then also own the objective if any member does; otherwise `agm_kernels::backward(loss)` |
 //! | `after_backward` | every member's, in order |
 //! | `clip_rule` | the members' rule; members that clip must agree on it |
 //! | `on_epoch_end` | every member's actions, concatenated in order |
@@ -194,7 +194,7 @@ impl Modulator for Stack {
     fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
         match self.backward {
             Some(i) => self.members[i].backward(cx, objective),
-            None => objective.loss.backward(),
+            None => agm_kernels::backward(&objective.loss),
         }
     }
 
