@@ -68,6 +68,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     println!();
     println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
     for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let r = time_model(model, &args, &device)?;
         let (peaks, ratio) = match r.peak_mib {
@@ -85,6 +86,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             r.ms[1] / r.ms[0],
             r.ms[2] / r.ms[0]
         );
+        rows.push(r);
     }
     if args.kernels {
         println!();
@@ -96,7 +98,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         loader_row(&device)?;
     }
     if let Some(python) = &args.reference_python {
-        reference_rows(python, args.reference_tree.as_deref(), &args)?;
+        let cases = reference_rows(python, args.reference_tree.as_deref(), &args, &rows)?;
+        target_table(&rows, &cases);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -114,16 +117,45 @@ fn loader_row(device: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs scripts/reference_step_bench.py for the AV-MNIST and UR-Funny cases and prints its
-/// numbers next to ours.
-fn reference_rows(python: &std::path::Path, tree: Option<&std::path::Path>, args: &BenchArgs) -> anyhow::Result<()> {
+/// The reference's case that times the same network as our `model` preset, if any.
+fn reference_case(model: &str) -> Option<&'static str> {
+    match model {
+        "avmnist-late" => Some("avmnist"),
+        "urfunny-late" => Some("urfunny"),
+        _ => None,
+    }
+}
+
+/// The reference's own step times for one case, in ms.
+struct ReferenceRow {
+    case: &'static str,
+    joint_ms: f64,
+    agm_ms: f64,
+}
+
+/// Runs scripts/reference_step_bench.py for each reference case among the timed `rows` and
+/// prints its numbers.
+fn reference_rows(
+    python: &std::path::Path,
+    tree: Option<&std::path::Path>,
+    args: &BenchArgs,
+    rows: &[Row],
+) -> anyhow::Result<Vec<ReferenceRow>> {
     let tree = tree.context("--reference-python needs --reference-tree <reference repository tree>")?;
     let script = crate::workspace_root().join("scripts/reference_step_bench.py");
+    let mut cases: Vec<&'static str> = rows.iter().filter_map(|r| reference_case(&r.model)).collect();
+    cases.dedup();
+    if cases.is_empty() {
+        println!();
+        println!("(no reference case: the reference is timed for avmnist-late and urfunny-late)");
+        return Ok(Vec::new());
+    }
     println!();
     println!("| reference (PyTorch) | batch | joint ms | AGM ms | AGM/joint | peak MiB joint / AGM |");
     println!("|---|---|---|---|---|---|");
-    for case in ["avmnist", "urfunny"] {
-        let out = std::process::Command::new(python)
+    let mut out = Vec::new();
+    for case in cases {
+        let output = std::process::Command::new(python)
             .arg(&script)
             .args(["--reference"])
             .arg(tree)
@@ -131,22 +163,46 @@ fn reference_rows(python: &std::path::Path, tree: Option<&std::path::Path>, args
             .args(["--steps", &args.steps.min(5).to_string(), "--seq-len", &args.seq_len.to_string()])
             .output()
             .with_context(|| format!("running {}", script.display()))?;
-        if !out.status.success() {
-            anyhow::bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
+        if !output.status.success() {
+            anyhow::bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&output.stderr));
         }
-        let line = String::from_utf8_lossy(&out.stdout);
+        let line = String::from_utf8_lossy(&output.stdout);
         let v: serde_json::Value = serde_json::from_str(line.lines().last().unwrap_or("{}"))
             .with_context(|| format!("reading the JSON line of {}", script.display()))?;
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+        let row = ReferenceRow { case, joint_ms: f("joint_ms_median"), agm_ms: f("agm_ms_median") };
         println!(
             "| {case} | {} | {:.1} | {:.1} | {:.2}x | {:.0} / {:.0} |",
             args.large_batch_size,
-            f("joint_ms_median"),
-            f("agm_ms_median"),
-            f("agm_ms_median") / f("joint_ms_median"),
+            row.joint_ms,
+            row.agm_ms,
+            row.agm_ms / row.joint_ms,
             f("joint_peak_rss_mib"),
             f("agm_peak_rss_mib")
         );
+        out.push(row);
     }
-    Ok(())
+    Ok(out)
+}
+
+/// Our steps against the reference's, as the ratios issue 7 sets limits on.
+fn target_table(rows: &[Row], cases: &[ReferenceRow]) {
+    let verdict = |ok: bool| if ok { "yes" } else { "no" };
+    println!();
+    println!("| ours vs reference | agm joint / PyTorch joint (≤ 1.5) | agm fast AGM / reference AGM (≤ 0.5) | faithful/joint ≤ reference AGM/joint |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        let Some(c) = reference_case(&r.model).and_then(|case| cases.iter().find(|c| c.case == case)) else { continue };
+        let joint = r.ms[0] / c.joint_ms;
+        let agm = r.ms[2] / c.agm_ms;
+        let (ours, theirs) = (r.ms[1] / r.ms[0], c.agm_ms / c.joint_ms);
+        println!(
+            "| {} vs {} | {joint:.2}x ({}) | {agm:.2}x ({}) | {ours:.2}x vs {theirs:.2}x ({}) |",
+            r.model,
+            c.case,
+            verdict(joint <= 1.5),
+            verdict(agm <= 0.5),
+            verdict(ours <= theirs)
+        );
+    }
 }
