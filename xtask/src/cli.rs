@@ -220,4 +220,8 @@ pub struct BenchArgs {
     /// The reference repository tree for `--reference-python`.
     #[arg(long)]
     pub reference_tree: Option<PathBuf>,
+    /// Runs of the whole table (ours, then the reference's); the targets table reports the
+    /// median ratio over them, which one load spike on a shared machine cannot move.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
 }

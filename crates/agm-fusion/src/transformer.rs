@@ -100,24 +100,67 @@ impl EncoderLayer {
     /// `x [B, L, d]`; `seeds` yields this layer's four dropout seeds.
     fn forward_t(&self, x: &Tensor, heads: usize, p: f64, train: bool, seeds: [u64; 4]) -> Result<Tensor> {
         let (b, l, d) = x.dims3()?;
+        let out = self.forward_parts(&x.reshape((b * l, d))?, &[Part { batch: b, len: l, train }], heads, p, seeds)?;
+        out.reshape((b, l, d))
+    }
+
+    /// The layer on several batches of sequences at once: `x [Σ B·L, d]` holds each part's
+    /// tokens in turn. The per-token maps (projections, feed-forward, norms) run once over all
+    /// tokens, so each weight gradient is one product; attention and dropout stay per part, so
+    /// every part gets exactly what [`Self::forward_t`] would give it alone.
+    fn forward_parts(&self, x: &Tensor, parts: &[Part], heads: usize, p: f64, seeds: [u64; 4]) -> Result<Tensor> {
+        let d = x.dim(1)?;
         let hd = d / heads;
         let qkv = self.in_proj.forward(x)?;
-        // [B, L, d] → [B, heads, L, hd].
-        let split = |i: usize| -> Result<Tensor> {
-            qkv.narrow(2, i * d, d)?.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
-        };
-        // PyTorch scales the queries before the product.
-        let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
-        let (k, v) = (split(1)?, split(2)?);
-        let scores = q.matmul(&k.t()?)?;
-        let attn = agm_kernels::softmax_last_dim(&scores)?;
-        let attn = dropout(&attn, p, train, seeds[0])?;
-        let ctx = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, l, d))?;
+        let ctx = Part::map(parts, &qkv, |part, qkv| {
+            let Part { batch: b, len: l, train } = *part;
+            // [B·L, 3d] → [B, heads, L, hd] for each of q, k, v.
+            let split = |i: usize| -> Result<Tensor> {
+                qkv.narrow(1, i * d, d)?.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+            };
+            // PyTorch scales the queries before the product.
+            let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
+            let (k, v) = (split(1)?, split(2)?);
+            let scores = q.matmul(&k.t()?)?;
+            let attn = agm_kernels::softmax_last_dim(&scores)?;
+            let attn = dropout(&attn, p, train, seeds[0])?;
+            attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * l, d))
+        })?;
+        let dropped = |t: &Tensor, seed: u64| Part::map(parts, t, |part, t| dropout(t, p, part.train, seed));
         let sa = self.out_proj.forward(&ctx)?;
-        let x = self.norm1.forward(&(x + dropout(&sa, p, train, seeds[1])?)?)?;
-        let ff = dropout(&relu(&self.linear1.forward(&x)?)?, p, train, seeds[2])?;
+        let x = self.norm1.forward(&(x + dropped(&sa, seeds[1])?)?)?;
+        let ff = dropped(&relu(&self.linear1.forward(&x)?)?, seeds[2])?;
         let ff = self.linear2.forward(&ff)?;
-        self.norm2.forward(&(&x + dropout(&ff, p, train, seeds[3])?)?)
+        self.norm2.forward(&(&x + dropped(&ff, seeds[3])?)?)
+    }
+}
+
+/// One batch of `batch` sequences of `len` tokens among the rows of [`EncoderLayer::forward_parts`],
+/// in training mode or not.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    batch: usize,
+    len: usize,
+    train: bool,
+}
+
+impl Part {
+    fn rows(&self) -> usize {
+        self.batch * self.len
+    }
+
+    /// `f` on each part's rows of `t`, the results stacked again (no copy for a single part).
+    fn map(parts: &[Part], t: &Tensor, f: impl Fn(&Part, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        if let [part] = parts {
+            return f(part, t);
+        }
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(parts.len());
+        for part in parts {
+            pieces.push(f(part, &t.narrow(0, start, part.rows())?)?);
+            start += part.rows();
+        }
+        Tensor::cat(&pieces, 0)
     }
 }
 
@@ -189,18 +232,46 @@ impl Transformer {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
-        let (_, _, f) = x.dims3()?;
-        if f != self.cfg.in_features {
-            candle_core::bail!("transformer expects {} features per step, got {f}", self.cfg.in_features);
+        Ok(self.forward_parts(&[(x, train)], dropout_seed)?.remove(0))
+    }
+
+    /// The first-step features `[B, dim]` of each input `[B, L, in_features]` (in training mode
+    /// or not), from one pass over all their tokens ([`EncoderLayer::forward_parts`]); each
+    /// equals [`Self::forward_t`] of that input alone with the same seed.
+    fn forward_parts(&self, inputs: &[(&Tensor, bool)], dropout_seed: u64) -> Result<Vec<Tensor>> {
+        let mut parts = Vec::with_capacity(inputs.len());
+        let mut rows = Vec::with_capacity(inputs.len());
+        for (x, train) in inputs {
+            let (b, l, f) = x.dims3()?;
+            if f != self.cfg.in_features {
+                candle_core::bail!("transformer expects {} features per step, got {f}", self.cfg.in_features);
+            }
+            parts.push(Part { batch: b, len: l, train: *train });
+            rows.push(x.reshape((b * l, f))?);
         }
+        let x = if rows.len() == 1 { rows.remove(0) } else { Tensor::cat(&rows, 0)? };
         // A kernel-1 Conv1d is a bias-free linear map applied at every time step.
         let w = self.conv.as_tensor().squeeze(2)?;
-        let mut h = rowwise_linear(x, &w, None)?;
+        let mut h = rowwise_linear(&x, &w, None)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let s = |j: u64| site_seed(dropout_seed, 4 * i as u64 + j);
-            h = layer.forward_t(&h, self.cfg.heads, self.cfg.dropout, train, [s(0), s(1), s(2), s(3)])?;
+            h = layer.forward_parts(&h, &parts, self.cfg.heads, self.cfg.dropout, [s(0), s(1), s(2), s(3)])?;
         }
-        h.narrow(1, 0, 1)?.squeeze(1)
+        let mut start = 0;
+        let mut out = Vec::with_capacity(parts.len());
+        for part in &parts {
+            // The first time step of each sequence.
+            let tokens = h.narrow(0, start, part.rows())?.reshape((part.batch, part.len, self.cfg.dim))?;
+            out.push(tokens.narrow(1, 0, 1)?.squeeze(1)?);
+            start += part.rows();
+        }
+        Ok(out)
+    }
+
+    /// One zero step of `features` features: see [`Encoder::zero_feature`] below.
+    fn zero_step(&self, sample_shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        let features = *sample_shape.last().unwrap_or(&self.cfg.in_features);
+        Tensor::zeros((1, 1, features), dtype, device)
     }
 }
 
@@ -209,8 +280,16 @@ impl Encoder for Transformer {
     /// a padding mask each step then attends uniformly to identical keys: every step, the first
     /// included, equals the output for a sequence of length one. So one step is computed.
     fn zero_feature(&self, sample_shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        let features = *sample_shape.last().unwrap_or(&self.cfg.in_features);
-        self.forward_t(&Tensor::zeros((1, 1, features), dtype, device)?, false, 0)
+        self.forward_t(&self.zero_step(sample_shape, dtype, device)?, false, 0)
+    }
+
+    /// The zero step rides along with the batch's tokens in evaluation mode, so every weight
+    /// gets one gradient product instead of two and an addition.
+    fn forward_with_zero_feature(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<(Tensor, Tensor)> {
+        let zero = self.zero_step(&x.dims()[1..], x.dtype(), x.device())?;
+        let mut out = self.forward_parts(&[(x, train), (&zero, false)], dropout_seed)?;
+        let zero_feature = out.pop().expect("two parts");
+        Ok((out.pop().expect("two parts"), zero_feature))
     }
 
     fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {

@@ -474,6 +474,42 @@ fn transformer_zero_feature_of_one_step_equals_the_whole_zero_sequence() {
     assert!(d < 1e-12, "{d}");
 }
 
+/// The transformer's zero step carried along with the batch's tokens (evaluation mode, no
+/// dropout) against a training pass followed by the separate zero-step pass: features, zero
+/// feature and every gradient agree (f64, dropout on).
+#[test]
+fn transformer_zero_step_rides_along_with_the_batch() {
+    use agm_fusion::Encoder as _;
+    let cfg = TransformerConfig { in_features: 5, dim: 8, heads: 2, layers: 2, ff_dim: 16, dropout: 0.1 };
+    let nets: Vec<(ParamStore, Transformer)> = (0..2)
+        .map(|_| {
+            let (store, pb) = builder(3, DType::F64);
+            let net = Transformer::new(&pb, &cfg).unwrap();
+            (store, net)
+        })
+        .collect();
+    let x = pattern(&[3, 4, 5], 11, DType::F64);
+    let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 7).unwrap();
+    let f2 = nets[1].1.forward_t(&x, true, 7).unwrap();
+    let z2 = nets[1].1.zero_feature(&[4, 5], DType::F64, &Device::Cpu).unwrap();
+    // Dropout is on: a different seed must change the features.
+    assert_ne!(values(&f2), values(&nets[1].1.forward_t(&x, true, 8).unwrap()));
+    let close = |a: &Tensor, b: &Tensor, what: &str| {
+        let d = values(&(a - b).unwrap()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let s = values(b).iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+        assert!(d <= 1e-10 * s, "{what}: differs by {d} (scale {s})");
+    };
+    close(&f1, &f2, "features");
+    close(&z1, &z2, "zero feature");
+    let loss = |f: &Tensor, z: &Tensor| (weighted_loss(f, 1) + weighted_loss(z, 2)).unwrap();
+    let (g1, g2) = (loss(&f1, &z1).backward().unwrap(), loss(&f2, &z2).backward().unwrap());
+    let (t1, t2) = (nets[0].0.groups(1).trainable(), nets[1].0.groups(1).trainable());
+    assert!(!t1.is_empty());
+    for (a, b) in t1.iter().zip(&t2) {
+        close(g1.get(a.var.as_tensor()).unwrap(), g2.get(b.var.as_tensor()).unwrap(), &a.name);
+    }
+}
+
 /// The fast Shapley path's single pass (the zero sample carried along the batch) against a
 /// training pass followed by the evaluation pass on one zero sample: features, zero features,
 /// gradients and running statistics agree, for images and frame sequences (f64).

@@ -120,7 +120,8 @@ fn batch_norm_op(
         candle_core::bail!("batch_norm: input {dims:?} needs a batch and a channel dimension");
     }
     let c = dims[1];
-    for (name, t) in [("weight", weight), ("bias", bias)].into_iter().chain(running.map(|(m, _)| ("running mean", m))) {
+    let running_pair = running.into_iter().flat_map(|(m, v)| [("running mean", m), ("running var", v)]);
+    for (name, t) in [("weight", weight), ("bias", bias)].into_iter().chain(running_pair) {
         if t.dims() != [c] {
             candle_core::bail!("batch_norm: {name} {:?} must have one value per channel ({c})", t.dims());
         }

@@ -93,15 +93,16 @@ pub(crate) fn view_mut<'a, T: CudaReal>(
     }
 }
 
-/// A device buffer of `len` elements whose every element the caller's kernel writes.
+/// A device buffer of `len` elements whose every element the caller's kernel writes. At least
+/// one element: CUDA refuses empty allocations, and an empty tensor's storage may be longer.
 pub(crate) fn alloc<T: CudaReal>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     // SAFETY: callers launch a kernel that writes all `len` elements before any read.
-    unsafe { dev.alloc::<T>(len) }
+    unsafe { dev.alloc::<T>(len.max(1)) }
 }
 
-/// A zero-filled device buffer, for kernels that accumulate.
+/// A zero-filled device buffer, for kernels that accumulate (at least one element, as [`alloc`]).
 pub(crate) fn zeros<T: CudaReal>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
-    dev.alloc_zeros::<T>(len)
+    dev.alloc_zeros::<T>(len.max(1))
 }
 
 /// Wraps a kernel's output buffer as candle storage on `dev`.

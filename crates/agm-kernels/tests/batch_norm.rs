@@ -108,6 +108,8 @@ fn bad_inputs_are_errors() -> Result<()> {
     let w3 = tensor(&[3], 0.1, 0.0)?;
     let err = batch_norm(&x.to_dtype(DType::U32)?, &w3, &w3, None, 1e-5).unwrap_err().to_string();
     assert!(err.contains("f32 and f64"), "{err}");
+    let err = batch_norm(&x, &w3, &w3, Some((&w3, &w)), 1e-5).unwrap_err().to_string();
+    assert!(err.contains("running var") && err.contains("one value per channel"), "{err}");
     Ok(())
 }
 
