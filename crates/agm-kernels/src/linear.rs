@@ -108,9 +108,10 @@ impl Linear {
     fn grads(x: &Tensor, w: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let dx = if x.track_op() { Some(grad.apply_op2_no_bwd(w, &Product { transpose_lhs: false })?) } else { None };
-        let dw = match w.track_op() {
-            true => param_grad(w, grad.apply_op2_no_bwd(x, &Product { transpose_lhs: true })?)?,
-            false => None,
+        let dw = if w.track_op() {
+            param_grad(w, grad.apply_op2_no_bwd(x, &Product { transpose_lhs: true })?)?
+        } else {
+            None
         };
         Ok((dx, dw))
     }
@@ -174,10 +175,7 @@ impl CustomOp3 for Linear {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = Self::grads(x, w, grad)?;
-        let db = match b.track_op() {
-            true => param_grad(b, grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?)?,
-            false => None,
-        };
+        let db = if b.track_op() { param_grad(b, grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?)? } else { None };
         Ok((dx, dw, db))
     }
 }
