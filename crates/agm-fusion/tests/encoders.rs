@@ -494,19 +494,50 @@ fn transformer_zero_step_rides_along_with_the_batch() {
     let z2 = nets[1].1.zero_feature(&[4, 5], DType::F64, &Device::Cpu).unwrap();
     // Dropout is on: a different seed must change the features.
     assert_ne!(values(&f2), values(&nets[1].1.forward_t(&x, true, 8).unwrap()));
-    let close = |a: &Tensor, b: &Tensor, what: &str| {
-        let d = values(&(a - b).unwrap()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let s = values(b).iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-        assert!(d <= 1e-10 * s, "{what}: differs by {d} (scale {s})");
-    };
-    close(&f1, &f2, "features");
-    close(&z1, &z2, "zero feature");
+    assert_one_pass_equals_two((&nets[0].0, &f1, &z1), (&nets[1].0, &f2, &z2));
+}
+
+/// An encoder without mode-dependent layers carries the zero sample as one more row of the
+/// batch (the trait's default): equal to the training pass plus the separate zero pass.
+#[test]
+fn mode_independent_encoder_zero_sample_rides_along_with_the_batch() {
+    use agm_fusion::{EncoderLayer as L, SequentialEncoder};
+    let layers = [L::Flatten, L::Linear { in_dim: 12, out_dim: 7 }, L::Relu, L::Linear { in_dim: 7, out_dim: 4 }];
+    let nets: Vec<(ParamStore, SequentialEncoder)> = (0..2)
+        .map(|_| {
+            let (store, pb) = builder(5, DType::F64);
+            let net = SequentialEncoder::new(&pb, &layers).unwrap();
+            (store, net)
+        })
+        .collect();
+    assert!(!nets[0].1.mode_dependent());
+    let x = pattern(&[3, 3, 4], 13, DType::F64);
+    let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 0).unwrap();
+    let f2 = nets[1].1.forward_t(&x, true, 0).unwrap();
+    let z2 = nets[1].1.zero_feature(&[3, 4], DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(z1.dims(), &[1, 4]);
+    assert_one_pass_equals_two((&nets[0].0, &f1, &z1), (&nets[1].0, &f2, &z2));
+}
+
+/// `a` within 1e-10 of `b`, relative to `b`'s largest magnitude.
+fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+    let d = values(&(a - b).unwrap()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let s = values(b).iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    assert!(d <= 1e-10 * s, "{what}: differs by {d} (scale {s})");
+}
+
+/// Features and zero feature from one pass (`one`) equal those of two passes (`two`), and so do
+/// the gradients of every trainable variable under one loss of both.
+fn assert_one_pass_equals_two(one: (&ParamStore, &Tensor, &Tensor), two: (&ParamStore, &Tensor, &Tensor)) {
+    let ((s1, f1, z1), (s2, f2, z2)) = (one, two);
+    assert_close(f1, f2, "features");
+    assert_close(z1, z2, "zero feature");
     let loss = |f: &Tensor, z: &Tensor| (weighted_loss(f, 1) + weighted_loss(z, 2)).unwrap();
-    let (g1, g2) = (loss(&f1, &z1).backward().unwrap(), loss(&f2, &z2).backward().unwrap());
-    let (t1, t2) = (nets[0].0.groups(1).trainable(), nets[1].0.groups(1).trainable());
+    let (g1, g2) = (loss(f1, z1).backward().unwrap(), loss(f2, z2).backward().unwrap());
+    let (t1, t2) = (s1.groups(1).trainable(), s2.groups(1).trainable());
     assert!(!t1.is_empty());
     for (a, b) in t1.iter().zip(&t2) {
-        close(g1.get(a.var.as_tensor()).unwrap(), g2.get(b.var.as_tensor()).unwrap(), &a.name);
+        assert_close(g1.get(a.var.as_tensor()).unwrap(), g2.get(b.var.as_tensor()).unwrap(), &a.name);
     }
 }
 
@@ -527,21 +558,10 @@ fn resnet18_zero_sample_rides_along_with_the_batch() {
         let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 0).unwrap();
         let f2 = Encoder::forward_t(&nets[1].1, &x, true, 0).unwrap();
         let z2 = nets[1].1.zero_feature(&dims[1..], DType::F64, &Device::Cpu).unwrap();
-        let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let d = values(&(a - b).unwrap()).iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            let s = values(b).iter().fold(1e-12f64, |m, v| m.max(v.abs()));
-            assert!(d <= 1e-10 * s, "{what}: differs by {d} (scale {s})");
-        };
-        close(&f1, &f2, "features");
-        close(&z1, &z2, "zero feature");
-        let loss = |f: &Tensor, z: &Tensor| (weighted_loss(f, 1) + weighted_loss(z, 2)).unwrap();
-        let (g1, g2) = (loss(&f1, &z1).backward().unwrap(), loss(&f2, &z2).backward().unwrap());
-        let (t1, t2) = (nets[0].0.groups(1).trainable(), nets[1].0.groups(1).trainable());
-        for (a, b) in t1.iter().zip(&t2) {
-            close(g1.get(a.var.as_tensor()).unwrap(), g2.get(b.var.as_tensor()).unwrap(), &a.name);
-        }
+        assert_one_pass_equals_two((&nets[0].0, &f1, &z1), (&nets[1].0, &f2, &z2));
+        // Running statistics too.
         for ((name, a), (_, b)) in nets[0].0.tensors().iter().zip(nets[1].0.tensors().iter()) {
-            close(a, b, name);
+            assert_close(a, b, name);
         }
     }
 }
