@@ -481,13 +481,7 @@ fn transformer_zero_feature_of_one_step_equals_the_whole_zero_sequence() {
 fn transformer_zero_step_rides_along_with_the_batch() {
     use agm_fusion::Encoder as _;
     let cfg = TransformerConfig { in_features: 5, dim: 8, heads: 2, layers: 2, ff_dim: 16, dropout: 0.1 };
-    let nets: Vec<(ParamStore, Transformer)> = (0..2)
-        .map(|_| {
-            let (store, pb) = builder(3, DType::F64);
-            let net = Transformer::new(&pb, &cfg).unwrap();
-            (store, net)
-        })
-        .collect();
+    let nets = twin_nets(3, |pb| Transformer::new(pb, &cfg));
     let x = pattern(&[3, 4, 5], 11, DType::F64);
     let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 7).unwrap();
     let f2 = nets[1].1.forward_t(&x, true, 7).unwrap();
@@ -503,13 +497,7 @@ fn transformer_zero_step_rides_along_with_the_batch() {
 fn mode_independent_encoder_zero_sample_rides_along_with_the_batch() {
     use agm_fusion::{EncoderLayer as L, SequentialEncoder};
     let layers = [L::Flatten, L::Linear { in_dim: 12, out_dim: 7 }, L::Relu, L::Linear { in_dim: 7, out_dim: 4 }];
-    let nets: Vec<(ParamStore, SequentialEncoder)> = (0..2)
-        .map(|_| {
-            let (store, pb) = builder(5, DType::F64);
-            let net = SequentialEncoder::new(&pb, &layers).unwrap();
-            (store, net)
-        })
-        .collect();
+    let nets = twin_nets(5, |pb| SequentialEncoder::new(pb, &layers));
     assert!(!nets[0].1.mode_dependent());
     let x = pattern(&[3, 3, 4], 13, DType::F64);
     let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 0).unwrap();
@@ -517,6 +505,19 @@ fn mode_independent_encoder_zero_sample_rides_along_with_the_batch() {
     let z2 = nets[1].1.zero_feature(&[3, 4], DType::F64, &Device::Cpu).unwrap();
     assert_eq!(z1.dims(), &[1, 4]);
     assert_one_pass_equals_two((&nets[0].0, &f1, &z1), (&nets[1].0, &f2, &z2));
+}
+
+/// Two copies of one f64 network built from the same seed, each with its store.
+fn twin_nets<E>(
+    seed: u64,
+    build: impl Fn(&agm_fusion::ParamBuilder) -> candle_core::Result<E>,
+) -> Vec<(ParamStore, E)> {
+    (0..2)
+        .map(|_| {
+            let (store, pb) = builder(seed, DType::F64);
+            (store, build(&pb).unwrap())
+        })
+        .collect()
 }
 
 /// `a` within 1e-10 of `b`, relative to `b`'s largest magnitude.
@@ -547,13 +548,7 @@ fn assert_one_pass_equals_two(one: (&ParamStore, &Tensor, &Tensor), two: (&Param
 #[test]
 fn resnet18_zero_sample_rides_along_with_the_batch() {
     for (dims, channels) in [(vec![3, 1, 20, 20], 1), (vec![2, 3, 2, 16, 16], 3)] {
-        let nets: Vec<(ParamStore, ResNet18)> = (0..2)
-            .map(|_| {
-                let (store, pb) = builder(7, DType::F64);
-                let net = ResNet18::new(&pb, &ResNetConfig::reference(channels)).unwrap();
-                (store, net)
-            })
-            .collect();
+        let nets = twin_nets(7, |pb| ResNet18::new(pb, &ResNetConfig::reference(channels)));
         let x = pattern(&dims, 9, DType::F64);
         let (f1, z1) = nets[0].1.forward_with_zero_feature(&x, true, 0).unwrap();
         let f2 = Encoder::forward_t(&nets[1].1, &x, true, 0).unwrap();
