@@ -161,8 +161,12 @@ fn reference_rows(
 ) -> anyhow::Result<Vec<ReferenceRow>> {
     let tree = tree.context("--reference-python needs --reference-tree <reference repository tree>")?;
     let script = crate::workspace_root().join("scripts/reference_step_bench.py");
-    let mut cases: Vec<&'static str> = rows.iter().filter_map(|r| reference_case(&r.model)).collect();
-    cases.dedup();
+    let mut cases: Vec<&'static str> = Vec::new();
+    for case in rows.iter().filter_map(|r| reference_case(&r.model)) {
+        if !cases.contains(&case) {
+            cases.push(case);
+        }
+    }
     if cases.is_empty() {
         println!();
         println!("(no reference case: the reference is timed for avmnist-late and urfunny-late)");

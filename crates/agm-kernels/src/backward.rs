@@ -9,6 +9,7 @@
 //! `loss.backward()`) the ops return every gradient to candle as usual.
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
@@ -21,39 +22,23 @@ thread_local! {
     static COLLECTOR: RefCell<Option<Collected>> = const { RefCell::new(None) };
 }
 
-/// Opens this thread's collector; closing it (or dropping, also when candle's backward fails)
-/// restores what a nested [`backward`] found.
-struct Open {
-    outer: Option<Option<Collected>>,
-}
+/// Puts back the collector an enclosing [`backward`] had open (or none) when dropped, also when
+/// candle's backward fails.
+struct RestoreOuter(Option<Collected>);
 
-impl Open {
-    fn new() -> Self {
-        Self { outer: Some(COLLECTOR.with(|c| c.replace(Some(HashMap::new())))) }
-    }
-
-    /// The collected gradients.
-    fn close(mut self) -> Collected {
-        self.restore().unwrap_or_default()
-    }
-
-    fn restore(&mut self) -> Option<Collected> {
-        let outer = self.outer.take()?;
-        COLLECTOR.with(|c| c.replace(outer))
-    }
-}
-
-impl Drop for Open {
+impl Drop for RestoreOuter {
     fn drop(&mut self) {
-        self.restore();
+        let outer = self.0.take();
+        COLLECTOR.with(|c| *c.borrow_mut() = outer);
     }
 }
 
 /// `loss.backward()`, with the same result, faster for models built from agm's ops.
 pub fn backward(loss: &Tensor) -> Result<GradStore> {
-    let open = Open::new();
+    let _restore = RestoreOuter(COLLECTOR.with(|c| c.replace(Some(HashMap::new()))));
     let mut store = loss.backward()?;
-    for (var, grad) in open.close().into_values() {
+    let collected = COLLECTOR.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    for (var, grad) in collected.into_values() {
         let grad = match store.remove(&var) {
             Some(from_candle) => (from_candle + grad)?,
             None => grad,
@@ -73,10 +58,15 @@ pub(crate) fn param_grad(param: &Tensor, grad: Tensor) -> Result<Option<Tensor>>
     COLLECTOR.with(|c| {
         let mut c = c.borrow_mut();
         let Some(collected) = c.as_mut() else { return Ok(Some(grad)) };
-        match collected.remove(&param.id()) {
-            Some((var, earlier)) => collected.insert(param.id(), (var, (earlier + grad)?)),
-            None => collected.insert(param.id(), (param.clone(), grad)),
-        };
+        match collected.entry(param.id()) {
+            Entry::Occupied(mut e) => {
+                let (_, earlier) = e.get_mut();
+                *earlier = (&*earlier + grad)?;
+            }
+            Entry::Vacant(e) => {
+                e.insert((param.clone(), grad));
+            }
+        }
         Ok(None)
     })
 }
