@@ -110,7 +110,7 @@ pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, s
         .collect())
 }
 
-pub use agm_train::memory::{peak_memory_bytes, reset_peak_memory};
+pub use agm_train::memory::{device_peak_memory_bytes, peak_memory_bytes, reset_device_peak_memory, reset_peak_memory};
 
 pub mod kernels;
 pub mod loader;

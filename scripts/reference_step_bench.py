@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time the REFERENCE (official PyTorch AGM code, lihong2303/AGM_ICCV2023) training step on CPU.
+"""Time the REFERENCE (official PyTorch AGM code, lihong2303/AGM_ICCV2023) training step on CPU or CUDA.
 
 One training step of the reference, for plain joint training ("Normal" method) and for AGM, on
 random tensors of the real shapes, so that the Rust implementation can be compared with it by
@@ -13,15 +13,17 @@ run/URFunny_main.py::train for `--modality Multimodal --fusion_type late_fusion`
 Usage:
   python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 8 --steps 5 --threads 2
   python scripts/reference_step_bench.py --reference DIR --case urfunny --batch 8 --steps 3 --seq-len 20
+  python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 64 --device cuda
 
 Prints ONE JSON line:
-  {"case", "batch", "threads", "joint_ms_median", "agm_ms_median", "joint_peak_rss_mib",
-   "agm_peak_rss_mib", "torch_version", ...extra keys: steps, seq_len (UR-Funny), per-step wall
+  {"case", "batch", "threads", "device", "joint_ms_median", "agm_ms_median", "joint_peak_mib",
+   "agm_peak_mib", "peak_of", "torch_version", ...extra keys: steps, seq_len (UR-Funny), per-step wall
    times, joint/agm_cpu_ms_median (process CPU time per step, all threads), agm_joint_ratio,
    loadavg at start and end}
 
 Each arm (joint, agm) runs in its own fresh subprocess of this script (internal flag --arm), so the
-two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate.
+two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate. On CUDA the peak is torch.cuda.max_memory_allocated (live device
+bytes) instead, and each step is timed between two torch.cuda.synchronize calls.
 Timing: 2 warm-up steps, then the median of --steps steps of wall time (time.perf_counter).
 """
 
@@ -55,7 +57,7 @@ def run_parent(args):
                "--reference", args.reference, "--case", args.case,
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--threads", str(args.threads), "--seq-len", str(args.seq_len),
-               "--seed", str(args.seed), "--arm", arm]
+               "--seed", str(args.seed), "--device", args.device, "--arm", arm]
         if args.alpha is not None:
             cmd += ["--alpha", str(args.alpha)]
         env = dict(os.environ)
@@ -74,10 +76,12 @@ def run_parent(args):
         "case": args.case,
         "batch": args.batch,
         "threads": args.threads,
+        "device": args.device,
         "joint_ms_median": results["joint"]["ms_median"],
         "agm_ms_median": results["agm"]["ms_median"],
-        "joint_peak_rss_mib": results["joint"]["peak_rss_mib"],
-        "agm_peak_rss_mib": results["agm"]["peak_rss_mib"],
+        "joint_peak_mib": results["joint"]["peak_mib"],
+        "agm_peak_mib": results["agm"]["peak_mib"],
+        "peak_of": results["agm"]["peak_of"],
         "torch_version": results["agm"]["torch_version"],
         "steps": args.steps,
         "joint_ms_all": results["joint"]["ms_all"],
@@ -105,7 +109,7 @@ def peak_rss_mib():
     return None
 
 
-def import_reference(reference):
+def import_reference(reference, device):
     """Put the reference tree first on sys.path and import its model modules."""
     reference = os.path.abspath(reference)
     if not os.path.isfile(os.path.join(reference, "model", "AVMNIST_net.py")):
@@ -115,10 +119,11 @@ def import_reference(reference):
     import torch.nn as nn
     # The reference hard-codes `.cuda()` only in model/AVE_net.py, which is not used here; the
     # AV-MNIST and UR-Funny model files and the code paths driven below have none. As a minimal,
-    # run-time-only guard (their files are not edited), `.cuda()` is made the identity so that
-    # everything stays on the CPU even if a call were reached.
-    torch.Tensor.cuda = lambda self, *a, **k: self
-    nn.Module.cuda = lambda self, *a, **k: self
+    # run-time-only guard (their files are not edited), on the CPU `.cuda()` is made the identity
+    # so that everything stays there even if a call were reached.
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        nn.Module.cuda = lambda self, *a, **k: self
     from model import AVMNIST_net, URFunny_net  # noqa: E402  (reference code)
     from utils.metric import Accuracy  # noqa: E402  (reference code)
     for mod in (AVMNIST_net, URFunny_net):
@@ -358,8 +363,15 @@ class URFunnyStep:
         return loss.item()
 
 
+def to_device(batch, device):
+    """The batch's tensors on `device`, nested tuples and lists kept."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(x, device) for x in batch)
+    return batch.to(device)
+
+
 def run_child(args):
-    AVMNIST_net, URFunny_net, Accuracy = import_reference(args.reference)
+    AVMNIST_net, URFunny_net, Accuracy = import_reference(args.reference, args.device)
     import torch
     import torch.nn as nn
     torch.set_num_threads(args.threads)
@@ -367,19 +379,25 @@ def run_child(args):
     methods = "AGM" if args.arm == "agm" else "Normal"
     alpha = args.alpha if args.alpha is not None else (2.5 if args.case == "avmnist" else 4.0)
     cfgs, model = build_model(args.case, methods, alpha, AVMNIST_net, URFunny_net)
+    device = torch.device(args.device)
+    model = model.to(device)  # as the reference's main does with .cuda(), before the optimizer
     # tasks/*_task.py::build_optimizer (optim 'sgd'): SGD(lr, momentum 0.9, weight_decay 1e-4)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfgs.learning_rate, momentum=0.9,
                                 weight_decay=1e-4)
     Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
     step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
     warmup = 2
-    batches = make_batches(args.case, warmup + args.steps, args.batch, args.seq_len, torch)
+    batches = [to_device(b, device) for b in make_batches(args.case, warmup + args.steps, args.batch, args.seq_len, torch)]
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
     cpu_times = []
     for i, b in enumerate(batches):
+        sync()
         c0 = time.process_time()
         t0 = time.perf_counter()
         loss = step(b)
+        sync()
         dt = (time.perf_counter() - t0) * 1000.0
         dc = (time.process_time() - c0) * 1000.0
         if not math.isfinite(loss):
@@ -395,7 +413,8 @@ def run_child(args):
         # take the cores, OpenMP threads spin-wait at barriers and this grows with wall time.
         # On a quiet machine it is ~threads x wall time. Reported as a hint only.
         "cpu_ms_median": round(statistics.median(cpu_times), 2),
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else peak_rss_mib(),
+        "peak_of": "torch.cuda.max_memory_allocated" if cuda else "VmHWM",
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
@@ -414,6 +433,7 @@ def main():
     p.add_argument("--alpha", type=float, default=None,
                    help="AGM alpha (default: author's setting, 2.5 AV-MNIST, 4.0 UR-Funny late)")
     p.add_argument("--seed", type=int, default=999)
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the first GPU")
     p.add_argument("--arm", choices=["joint", "agm"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 1:

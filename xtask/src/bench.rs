@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use agm_benches::{interleaved_medians, peak_memory_bytes, preset_batch, reset_peak_memory, StepBench};
+use agm_benches::{device_peak_memory_bytes, interleaved_medians, preset_batch, reset_device_peak_memory, StepBench};
 use agm_fusion::PresetOptions;
 use anyhow::Context;
 use candle_core::Device;
@@ -19,19 +19,26 @@ struct Row {
     modalities: usize,
     batch: usize,
     ms: [f64; 3],
-    peak_mib: Option<[f64; 3]>,
+    /// Per arm; NaN where the platform reports none.
+    peak_mib: [f64; 3],
 }
 
-/// Peak resident memory of `steps` steps of one arm built alone, in MiB.
-fn peak_of(model: &str, opts: &PresetOptions, arm: &'static str, batch_size: usize) -> anyhow::Result<Option<f64>> {
-    let device = Device::Cpu;
-    let batch = preset_batch(model, opts, batch_size, &device)?;
-    let mut bench = StepBench::for_preset(model, opts, arm, &device)?;
-    reset_peak_memory();
+/// Peak memory of two steps of one arm built alone, in MiB: live heap bytes on the CPU, live
+/// device bytes on CUDA (`agm_train::memory`).
+fn peak_of(
+    model: &str,
+    opts: &PresetOptions,
+    arm: &'static str,
+    batch_size: usize,
+    device: &Device,
+) -> anyhow::Result<Option<f64>> {
+    let batch = preset_batch(model, opts, batch_size, device)?;
+    let mut bench = StepBench::for_preset(model, opts, arm, device)?;
+    reset_device_peak_memory(device);
     for _ in 0..2 {
         bench.step(&batch)?;
     }
-    Ok(peak_memory_bytes().map(|b| b as f64 / (1024.0 * 1024.0)))
+    Ok(device_peak_memory_bytes(device).map(|b| b as f64 / (1024.0 * 1024.0)))
 }
 
 fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
@@ -45,15 +52,10 @@ fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<
     let t = interleaved_medians(&mut arms, &batch, args.steps)?;
     let modalities = batch.inputs.len();
     drop(arms);
-    let peak_mib = if device.is_cpu() {
-        let mut peaks = [0.0; 3];
-        for (p, arm) in peaks.iter_mut().zip(ARMS) {
-            *p = peak_of(model, &opts, arm, batch_size)?.unwrap_or(f64::NAN);
-        }
-        Some(peaks)
-    } else {
-        None
-    };
+    let mut peak_mib = [0.0; 3];
+    for (p, arm) in peak_mib.iter_mut().zip(ARMS) {
+        *p = peak_of(model, &opts, arm, batch_size, device)?.unwrap_or(f64::NAN);
+    }
     Ok(Row { model: model.into(), modalities, batch: batch_size, ms: [1e3 * t[0], 1e3 * t[1], 1e3 * t[2]], peak_mib })
 }
 
@@ -102,10 +104,8 @@ fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let r = time_model(model, args, device)?;
-        let (peaks, ratio) = match r.peak_mib {
-            Some(p) => (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0])),
-            None => ("n/a".into(), "n/a".into()),
-        };
+        let p = r.peak_mib;
+        let (peaks, ratio) = (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0]));
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {peaks} | {ratio} |",
             r.model,
@@ -183,6 +183,7 @@ fn reference_rows(
             .arg(tree)
             .args(["--case", case, "--batch", &args.large_batch_size.to_string()])
             .args(["--steps", &args.steps.min(5).to_string(), "--seq-len", &args.seq_len.to_string()])
+            .args(["--device", &args.device])
             .output()
             .with_context(|| format!("running {}", script.display()))?;
         if !output.status.success() {
@@ -199,8 +200,8 @@ fn reference_rows(
             row.joint_ms,
             row.agm_ms,
             row.agm_ms / row.joint_ms,
-            f("joint_peak_rss_mib"),
-            f("agm_peak_rss_mib")
+            f("joint_peak_mib"),
+            f("agm_peak_mib")
         );
         out.push(row);
     }
@@ -246,10 +247,7 @@ fn target_table(runs: &[(Vec<Row>, Vec<ReferenceRow>)]) {
             format!("{value:.2}x ({met}{range})")
         };
         let fast_limit = if row.modalities <= 2 { 1.15 } else { 1.3 };
-        let peak = match row.peak_mib {
-            Some(_) => cell(&|r, _| r.peak_mib.map_or(f64::NAN, |p| p[2] / p[0]), &|_, _| 1.2),
-            None => "n/a".into(),
-        };
+        let peak = cell(&|r, _| r.peak_mib[2] / r.peak_mib[0], &|_, _| 1.2);
         println!(
             "| {model} vs {case} | {} | {peak} | {} | {} | {} (reference {:.2}x) |",
             cell(&|r, _| r.ms[2] / r.ms[0], &|_, _| fast_limit),

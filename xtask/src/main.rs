@@ -49,7 +49,13 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
-/// The workspace root, known at build time.
+/// The workspace root: known at build time, else the current directory.
 pub(crate) fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
+    // A binary carried to another machine (scripts/gpu-bench.sh) runs from a checkout elsewhere.
+    if built.join("Cargo.toml").is_file() {
+        built.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| built.to_path_buf())
+    }
 }

@@ -36,11 +36,7 @@ impl DropoutSites {
         }
         let site = self.next.get();
         self.next.set(site + 1);
-        // splitmix64 of the pass seed and the site index.
-        let mut z = self.seed ^ site.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        dropout(x, self.p, true, z ^ (z >> 31))
+        dropout(x, self.p, true, agm_kernels::mix_seed(self.seed, site))
     }
 }
 

@@ -1,8 +1,6 @@
 //! Layers with PyTorch's default initialisation and explicit train/eval behaviour.
 
 use candle_core::{Result, Tensor, Var};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::{ParamBuilder, ParamInit};
 
@@ -171,20 +169,22 @@ impl LayerNorm {
     }
 }
 
-/// Inverted dropout with a mask drawn from `seed`, so runs and resumes are reproducible (candle's
-/// CPU generator cannot be seeded). Identity when `train` is false or `p == 0`.
+/// Inverted dropout with a mask that is a function of `seed` (and each element's index), so runs
+/// and resumes are reproducible and the CPU and CUDA agree ([`agm_kernels::dropout`]). Identity
+/// when `train` is false or `p == 0`.
 pub fn dropout(x: &Tensor, p: f64, train: bool, seed: u64) -> Result<Tensor> {
-    if !train || p == 0.0 {
+    if !train {
         return Ok(x.clone());
     }
-    if !(0.0..1.0).contains(&p) {
-        candle_core::bail!("dropout probability must be in [0, 1), got {p}");
+    dropout_leading(x, p, seed, x.elem_count())
+}
+
+/// [`dropout`] in training on the first `count` elements of `x` only ([`agm_kernels::dropout_leading`]).
+pub(crate) fn dropout_leading(x: &Tensor, p: f64, seed: u64, count: usize) -> Result<Tensor> {
+    if p == 0.0 || count == 0 {
+        return Ok(x.clone());
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f64> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x * mask
+    agm_kernels::dropout_leading(x, p, seed, count)
 }
 
 /// `x [..., in] · w [out, in]ᵀ (+ b)` as one 2-D [`agm_kernels::linear`] over all leading rows.

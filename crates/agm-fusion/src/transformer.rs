@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use crate::layers::dropout_leading;
 use crate::layers::{relu, rowwise_linear};
 use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
@@ -106,33 +107,47 @@ impl EncoderLayer {
 
     /// The layer on several batches of sequences at once: `x [Σ B·L, d]` holds each part's
     /// tokens in turn. The per-token maps (projections, feed-forward, norms) run once over all
-    /// tokens, so each weight gradient is one product; attention and dropout stay per part, so
-    /// every part gets exactly what [`Self::forward_t`] would give it alone.
+    /// tokens, so each weight gradient is one product; attention stays per part. Every part gets
+    /// exactly what [`Self::forward_t`] would give it alone.
     fn forward_parts(&self, x: &Tensor, parts: &[Part], heads: usize, p: f64, seeds: [u64; 4]) -> Result<Tensor> {
-        let d = x.dim(1)?;
-        let hd = d / heads;
         let qkv = self.in_proj.forward(x)?;
-        let ctx = Part::map(parts, &qkv, |part, qkv| {
-            let Part { batch: b, len: l, train } = *part;
-            // [B·L, 3d] → [B, heads, L, hd] for each of q, k, v.
-            let split = |i: usize| -> Result<Tensor> {
-                qkv.narrow(1, i * d, d)?.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
-            };
-            // PyTorch scales the queries before the product.
-            let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
-            let (k, v) = (split(1)?, split(2)?);
-            let scores = q.matmul(&k.t()?)?;
-            let attn = agm_kernels::softmax_last_dim(&scores)?;
-            let attn = dropout(&attn, p, train, seeds[0])?;
-            attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * l, d))
-        })?;
-        let dropped = |t: &Tensor, seed: u64| Part::map(parts, t, |part, t| dropout(t, p, part.train, seed));
+        let ctx = Part::map(parts, &qkv, |part, qkv| attention(qkv, part, heads, p, seeds[0]))?;
+        // A mask depends on the element index alone, so when only the first part trains, one op
+        // over all rows gives each part the mask it gets alone.
+        let dropped = |t: &Tensor, seed: u64| match Part::leading_train_rows(parts) {
+            Some(rows) => dropout_leading(t, p, seed, rows * t.dim(1)?),
+            None => Part::map(parts, t, |part, t| dropout(t, p, part.train, seed)),
+        };
         let sa = self.out_proj.forward(&ctx)?;
         let x = self.norm1.forward(&(x + dropped(&sa, seeds[1])?)?)?;
         let ff = dropped(&relu(&self.linear1.forward(&x)?)?, seeds[2])?;
         let ff = self.linear2.forward(&ff)?;
         self.norm2.forward(&(&x + dropped(&ff, seeds[3])?)?)
     }
+}
+
+/// Multi-head self-attention of one part's sequences from their projections `qkv [B·L, 3d]`.
+fn attention(qkv: &Tensor, part: &Part, heads: usize, p: f64, seed: u64) -> Result<Tensor> {
+    let Part { batch: b, len: l, train } = *part;
+    let d = qkv.dim(1)? / 3;
+    if l == 1 && !(train && p > 0.0) {
+        // A lone token attends to itself with weight exactly 1, whose gradient is exactly 0: its
+        // context is its value. This is the zero step of the fast Shapley path, which otherwise
+        // costs a dozen small ops per layer and twice as many in the backward.
+        return qkv.narrow(1, 2 * d, d)?.contiguous();
+    }
+    let hd = d / heads;
+    // [B·L, 3d] → [B, heads, L, hd] for each of q, k, v.
+    let split = |i: usize| -> Result<Tensor> {
+        qkv.narrow(1, i * d, d)?.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    // PyTorch scales the queries before the product.
+    let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
+    let (k, v) = (split(1)?, split(2)?);
+    let scores = q.matmul(&k.t()?)?;
+    let attn = agm_kernels::softmax_last_dim(&scores)?;
+    let attn = dropout(&attn, p, train, seed)?;
+    attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * l, d))
 }
 
 /// One batch of `batch` sequences of `len` tokens among the rows of [`EncoderLayer::forward_parts`],
@@ -147,6 +162,16 @@ struct Part {
 impl Part {
     fn rows(&self) -> usize {
         self.batch * self.len
+    }
+
+    /// The training rows when only the first part may train: they lead, as
+    /// [`dropout_leading`] needs.
+    fn leading_train_rows(parts: &[Part]) -> Option<usize> {
+        let (first, rest) = parts.split_first()?;
+        if rest.iter().any(|p| p.train) {
+            return None;
+        }
+        Some(if first.train { first.rows() } else { 0 })
     }
 
     /// `f` on each part's rows of `t`, the results stacked again (no copy for a single part).
@@ -183,17 +208,9 @@ impl TransformerEncoderLayer {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
-        let s = |j: u64| site_seed(dropout_seed, j);
+        let s = |j: u64| agm_kernels::mix_seed(dropout_seed, j);
         self.layer.forward_t(x, self.heads, self.dropout, train, [s(0), s(1), s(2), s(3)])
     }
-}
-
-/// SplitMix64 of `seed` and a site index: distinct, well-spread dropout seeds per use.
-fn site_seed(seed: u64, site: u64) -> u64 {
-    let mut z = seed ^ site.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Input `[B, L, in_features]` (batch first) → the encoder output at the first time step
@@ -254,7 +271,7 @@ impl Transformer {
         let w = self.conv.as_tensor().squeeze(2)?;
         let mut h = rowwise_linear(&x, &w, None)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let s = |j: u64| site_seed(dropout_seed, 4 * i as u64 + j);
+            let s = |j: u64| agm_kernels::mix_seed(dropout_seed, 4 * i as u64 + j);
             h = layer.forward_parts(&h, &parts, self.cfg.heads, self.cfg.dropout, [s(0), s(1), s(2), s(3)])?;
         }
         let mut start = 0;

@@ -27,6 +27,7 @@ pub(crate) struct Module {
 
 pub(crate) const BATCH_NORM: Module = Module { name: "agm-batch-norm", ptx: ptx::BATCH_NORM };
 pub(crate) const CONV: Module = Module { name: "agm-conv", ptx: ptx::CONV };
+pub(crate) const DROPOUT: Module = Module { name: "agm-dropout", ptx: ptx::DROPOUT };
 pub(crate) const LINEAR: Module = Module { name: "agm-linear", ptx: ptx::LINEAR };
 pub(crate) const LOSS: Module = Module { name: "agm-loss", ptx: ptx::LOSS };
 pub(crate) const NORM: Module = Module { name: "agm-norm", ptx: ptx::NORM };

@@ -19,6 +19,7 @@ mod conv;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+mod dropout;
 mod grad_scale;
 mod linear;
 mod loss;
@@ -31,6 +32,7 @@ mod sgd;
 pub use backward::backward;
 pub use batch_norm::{batch_norm, batch_norm_mixed, batch_norm_ref, batch_norm_relu, updated_running, BatchStats};
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};
+pub use dropout::{dropout, dropout_leading, dropout_leading_ref, mix_seed};
 pub use grad_scale::{grad_scale, grad_scale_ref};
 pub use linear::{linear, linear_ref};
 pub use loss::{cross_entropy_per_sample, cross_entropy_per_sample_ref};

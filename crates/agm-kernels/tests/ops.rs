@@ -114,3 +114,44 @@ fn backward_matches_candle_backward() -> Result<()> {
     }
     Ok(())
 }
+
+/// Dropout: the op's output and gradient equal the host-mask reference, strided input included;
+/// the mask is the one recomputed in the backward, drops about `p` of the elements, and depends
+/// on the seed. Dropout on leading rows gives those rows their own mask and leaves the rest.
+#[test]
+fn dropout_matches_its_reference_and_drops_about_p() -> Result<()> {
+    use agm_kernels::{dropout, dropout_leading, dropout_leading_ref};
+    let dev = Device::Cpu;
+    let v = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+    for dtype in [DType::F32, DType::F64] {
+        // More elements than one parallel chunk, so chunk offsets enter the element index.
+        let x = Tensor::arange(0f64, 60_000.0, &dev)?.affine(0.001, 0.5)?.reshape((200, 300))?.to_dtype(dtype)?;
+        let x = Var::from_tensor(&x)?;
+        let xt = x.as_tensor().t()?;
+        let w = Tensor::arange(0f64, 60_000.0, &dev)?.cos()?.reshape((300, 200))?.to_dtype(dtype)?;
+        for count in [60_000, 30_001, 0] {
+            let (y, y_ref) = (dropout_leading(&xt, 0.3, 7, count)?, dropout_leading_ref(&xt, 0.3, 7, count)?);
+            assert_eq!(v(&y)?, v(&y_ref)?);
+            let (g, g_ref) = ((&y * &w)?.sum_all()?.backward()?, (&y_ref * &w)?.sum_all()?.backward()?);
+            assert_eq!(v(g.get(&x).unwrap())?, v(g_ref.get(&x).unwrap())?);
+        }
+
+        let y = dropout(&xt, 0.3, 7)?;
+        let g = (&y * &w)?.sum_all()?.backward()?;
+        let kept: Vec<bool> = v(&y)?.iter().map(|&e| e != 0.0).collect();
+        let dropped = kept.iter().filter(|&&k| !k).count() as f64 / kept.len() as f64;
+        assert!((dropped - 0.3).abs() < 0.01, "dropped fraction {dropped}");
+        let grad_kept: Vec<bool> = v(&g.get(&x).unwrap().t()?)?.iter().map(|&e| e != 0.0).collect();
+        assert_eq!(kept, grad_kept, "the backward reuses the forward's mask");
+        let other: Vec<bool> = v(&dropout(&xt, 0.3, 8)?)?.iter().map(|&e| e != 0.0).collect();
+        assert_ne!(kept, other, "another seed gives another mask");
+
+        let lead = v(&dropout_leading(&xt, 0.3, 7, 30_000)?)?;
+        // The first 150 rows of `xt [300, 200]` are its first 30,000 elements.
+        let alone = v(&dropout(&xt.narrow(0, 0, 150)?, 0.3, 7)?)?;
+        assert!(lead[..30_000] == alone[..], "the leading rows get their own mask");
+        assert!(lead[30_000..] == v(&xt)?[30_000..], "the other rows pass unchanged");
+    }
+    assert!(dropout(&Tensor::ones(3, DType::F32, &dev)?, 1.0, 0).is_err());
+    Ok(())
+}

@@ -1,6 +1,10 @@
 //! Peak memory of a run: bytes live on the heap when the binary installs [`CountingAlloc`],
 //! otherwise the process's peak resident size where the OS reports it.
 //!
+//! On a CUDA device, [`device_peak_memory_bytes`] reads the high-water mark of the memory pool
+//! that candle's stream-ordered allocations come from: live device bytes, like PyTorch's
+//! `max_memory_allocated`.
+//!
 //! The resident size overstates a run once the allocator keeps freed blocks for reuse (as
 //! `agm_kernels::tune_cpu_runtime` asks it to), and it cannot be reset between the arms of a
 //! benchmark; the counter measures live data and can.
@@ -80,4 +84,72 @@ pub fn peak_memory_bytes() -> Option<u64> {
 pub fn reset_peak_memory() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak on `device` since the last [`reset_device_peak_memory`]: on the CPU
+/// [`peak_memory_bytes`]; on CUDA the used-bytes high-water mark of the device's memory pool
+/// (`None` where the driver has no stream-ordered allocator).
+pub fn device_peak_memory_bytes(device: &candle_core::Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(cuda) => cuda_pool::used_high(cuda),
+        _ => peak_memory_bytes(),
+    }
+}
+
+/// Starts a new peak on `device` from the present.
+pub fn reset_device_peak_memory(device: &candle_core::Device) {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(cuda) => cuda_pool::reset_used_high(cuda),
+        _ => reset_peak_memory(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod cuda_pool {
+    use candle_core::cuda::cudarc::driver::{result, sys};
+    use candle_core::CudaDevice;
+
+    /// The pool `cuMemAllocAsync` draws from, once the stream's queued work (and frees) is done.
+    fn pool(cuda: &CudaDevice) -> Option<sys::CUmemoryPool> {
+        let stream = cuda.cuda_stream();
+        let context = stream.context();
+        if !context.has_async_alloc() {
+            return None;
+        }
+        stream.synchronize().ok()?;
+        context.bind_to_thread().ok()?;
+        // SAFETY: the device handle comes from a live context.
+        unsafe { result::device::get_mem_pool(context.cu_device()) }.ok()
+    }
+
+    pub(super) fn used_high(cuda: &CudaDevice) -> Option<u64> {
+        let pool = pool(cuda)?;
+        let mut bytes: u64 = 0;
+        // SAFETY: the attribute is a cuuint64_t, written into `bytes`.
+        unsafe {
+            result::mem_pool::get_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut bytes as *mut u64).cast(),
+            )
+        }
+        .ok()?;
+        Some(bytes)
+    }
+
+    pub(super) fn reset_used_high(cuda: &CudaDevice) {
+        let Some(pool) = pool(cuda) else { return };
+        // The driver accepts only 0 here: it restarts the mark from the bytes in use now.
+        let mut zero: u64 = 0;
+        // SAFETY: as in `used_high`.
+        let _ = unsafe {
+            result::mem_pool::set_attribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        };
+    }
 }

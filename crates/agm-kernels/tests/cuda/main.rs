@@ -10,6 +10,7 @@
 mod batch_norm;
 mod common;
 mod conv;
+mod dropout;
 mod linear;
 mod loss;
 mod norm;

@@ -1,0 +1,34 @@
+// Dropout with a mask hashed from the seed and the element index; src/dropout.rs computes the
+// same mask on the CPU, bit for bit.
+#include "common.cuh"
+
+// src/dropout.rs::mix_seed.
+__device__ __forceinline__ unsigned long long agm_mix_seed(unsigned long long seed, unsigned long long index) {
+  unsigned long long z = seed ^ ((index + 1ull) * 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Elements from `count` on pass unchanged.
+template <typename T>
+__device__ void dropout(size_t n, size_t count, unsigned long long seed, double p, T keep, const T* x, T* y) {
+  AGM_FOR_EACH(i, n) {
+    if (i >= count) {
+      y[i] = x[i];
+      continue;
+    }
+    // 53 bits of the hash as a uniform draw in [0, 1), exact in double.
+    const double u = (double)(agm_mix_seed(seed, i) >> 11) * 0x1.0p-53;
+    y[i] = x[i] * (u < p ? T(0) : keep);
+  }
+}
+
+#define DROPOUT_KERNELS(T, S)                                                                          \
+  extern "C" __global__ void dropout_##S(size_t n, size_t count, unsigned long long seed, double p, T keep, \
+                                          const T* x, T* y) {                                                \
+    dropout(n, count, seed, p, keep, x, y);                                                                \
+  }
+
+DROPOUT_KERNELS(float, f32)
+DROPOUT_KERNELS(double, f64)
