@@ -15,7 +15,7 @@
 #      CUDA ops).
 # The log is also written to $OUT/gpu-bench.log when OUT is set (the device tool's folder).
 set -uo pipefail
-bundle="${1:?usage: scripts/gpu-bench.sh <bundle dir> [reference tree]}"
+bundle="${1:?usage: scripts/gpu-bench.sh <bundle dir> [reference tree] [bench flags]}"
 reference="${2:-.dev/agm-reference}"
 shift $(($# < 2 ? $# : 2))
 log="${OUT:-$(mktemp -d)}/gpu-bench.log"

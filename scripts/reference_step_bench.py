@@ -22,8 +22,9 @@ Prints ONE JSON line:
    loadavg at start and end}
 
 Each arm (joint, agm) runs in its own fresh subprocess of this script (internal flag --arm), so the
-two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate. On CUDA the peak is torch.cuda.max_memory_allocated (live device
-bytes) instead, and each step is timed between two torch.cuda.synchronize calls.
+two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate. On
+CUDA (--device cuda) the peak is torch.cuda.max_memory_allocated (live device bytes) instead,
+and each step is timed between two torch.cuda.synchronize calls.
 Timing: 2 warm-up steps, then the median of --steps steps of wall time (time.perf_counter).
 """
 

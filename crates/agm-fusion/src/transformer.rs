@@ -7,8 +7,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
-use crate::layers::dropout_leading;
-use crate::layers::{relu, rowwise_linear};
+use crate::layers::{dropout_leading, relu, rowwise_linear};
 use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -78,7 +78,7 @@ struct Dropout {
 }
 
 impl Dropout {
-    /// The factor of the kept elements, rounded to `T` as `dropout_ref`'s mask is.
+    /// The factor of the kept elements, rounded to `T` as [`dropout_leading_ref`]'s mask is.
     fn keep<T: Real>(&self) -> T {
         T::from_f64(1.0 / (1.0 - self.p))
     }

@@ -621,7 +621,7 @@ impl Modulator for GBlend {
                     .into(),
             )
         })?;
-        if cx.epoch % self.cfg.super_epoch != 0 {
+        if !cx.epoch.is_multiple_of(self.cfg.super_epoch) {
             return Ok(Vec::new());
         }
         let train_idx = self.train_indices(cx.train.len());

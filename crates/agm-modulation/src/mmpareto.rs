@@ -177,7 +177,8 @@ pub fn pareto_combine(
         v22 += dot(b, b)?;
     }
     let cos = v12 / (v11.sqrt() * v22.sqrt()).max(1e-8);
-    let conflict = !(cos > 0.0);
+    // A NaN cosine (a zero gradient) counts as a conflict.
+    let conflict = cos <= 0.0 || cos.is_nan();
     let (k_mm, k_uni) = if conflict {
         let c = min_norm_2(v11, v12, v22);
         (c, 1.0 - c)
@@ -206,7 +207,7 @@ pub fn pareto_combine(
         ParetoRescale::PerTensor => dirs
             .iter()
             .zip(g_sum)
-            .map(|(d, s)| Ok(d.affine(gamma * factor(dot(s, s)?, dot(d, d)?), 0.0)?))
+            .map(|(d, s)| d.affine(gamma * factor(dot(s, s)?, dot(d, d)?), 0.0))
             .collect::<Result<Vec<_>>>()?,
         ParetoRescale::PerEncoder => {
             let (mut ss, mut dd) = (0.0, 0.0);

@@ -282,14 +282,14 @@ impl Pmr {
             .map(|x| {
                 let d = dims[x];
                 let mut v = vec![0.0; k * d];
-                for c in 0..k {
+                for (c, &count) in counts.iter().enumerate().take(k) {
                     for j in 0..d {
                         let i = c * d + j;
                         let prev = old.map(|p| p.values[x][i]);
-                        v[i] = if counts[c] == 0 {
+                        v[i] = if count == 0 {
                             prev.unwrap_or(0.0)
                         } else {
-                            let new = sums[x][i] / counts[c] as f64;
+                            let new = sums[x][i] / count as f64;
                             match prev {
                                 Some(p) => (1.0 - mu) * new + mu * p,
                                 None => new,

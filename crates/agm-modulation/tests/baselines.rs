@@ -708,17 +708,17 @@ fn pmr_prototypes_come_from_training_data_only() {
         assert_eq!((p.classes, p.dims.as_slice(), p.values.len()), (CLASSES, &FEAT_DIMS[..m], m));
         assert_eq!(p.counts.iter().sum::<usize>(), train.len());
         let out = model.forward(&all_batch(&train).inputs, &ForwardOpts::eval(m)).unwrap();
-        for x in 0..m {
-            assert_eq!(p.values[x].len(), CLASSES * FEAT_DIMS[x]);
+        for (x, &dim) in FEAT_DIMS.iter().enumerate().take(m) {
+            assert_eq!(p.values[x].len(), CLASSES * dim);
             let t = p.tensor(x, DType::F64, &cpu()).unwrap();
-            assert_eq!(t.dims(), &[CLASSES, FEAT_DIMS[x]]);
+            assert_eq!(t.dims(), &[CLASSES, dim]);
             let rows = out.encoder_features[x].to_vec2::<f64>().unwrap();
             for c in 0..CLASSES {
                 let members: Vec<&Vec<f64>> =
                     rows.iter().zip(&train.y).filter(|(_, y)| **y as usize == c).map(|(r, _)| r).collect();
-                for j in 0..FEAT_DIMS[x] {
+                for j in 0..dim {
                     let mean = members.iter().map(|r| r[j]).sum::<f64>() / members.len() as f64;
-                    assert!((p.values[x][c * FEAT_DIMS[x] + j] - mean).abs() < 1e-12);
+                    assert!((p.values[x][c * dim + j] - mean).abs() < 1e-12);
                 }
             }
         }

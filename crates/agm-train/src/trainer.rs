@@ -365,7 +365,7 @@ impl<'a> Trainer<'a> {
                 };
                 let every = self.opts.checkpoint_every_steps;
                 let flow = callback.on_step(&summary);
-                if flow == Flow::Stop || (every > 0 && step % every == 0) {
+                if flow == Flow::Stop || (every > 0 && step.is_multiple_of(every)) {
                     self.save_checkpoint()?;
                 }
                 if flow == Flow::Stop {
