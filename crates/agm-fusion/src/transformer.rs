@@ -113,7 +113,8 @@ impl EncoderLayer {
         let ctx = Part::map(parts, &qkv, |part, qkv| attention(qkv, part, heads, p, seeds[0]))?;
         // A mask depends on the element index alone, so when only the first part trains, one op
         // over all rows gives each part the mask it gets alone.
-        let dropped = |t: &Tensor, seed: u64| match Part::leading_train_rows(parts) {
+        let train_rows = Part::leading_train_rows(parts);
+        let dropped = |t: &Tensor, seed: u64| match train_rows {
             Some(rows) => dropout_leading(t, p, seed, rows * t.dim(1)?),
             None => Part::map(parts, t, |part, t| dropout(t, p, part.train, seed)),
         };

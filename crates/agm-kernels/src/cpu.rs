@@ -158,6 +158,15 @@ where
     out
 }
 
+/// Elements per parallel job of [`map_into`]'s memory-bound loops.
+const MAP_CHUNK: usize = 1 << 14;
+
+/// A new vector of `n` elements filled in parallel chunks: `f(start, dst)` writes the elements
+/// `start..start + dst.len()`.
+pub(crate) fn map_into<T: Real>(n: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    collect_chunks(n, MAP_CHUNK, MAP_CHUNK, |i, dst| f(i * MAP_CHUNK, dst))
+}
+
 /// [`for_each_chunk`] over two outputs at once: `f(i, a_chunk, b_chunk)` for the `i`-th
 /// `chunk_a`-sized piece of `a` and `chunk_b`-sized piece of `b`.
 pub(crate) fn for_each_chunk_pair<T, F>(a: &mut [T], chunk_a: usize, b: &mut [T], chunk_b: usize, work: usize, f: F)

@@ -9,11 +9,8 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{check_real, collect_chunks, dispatch_real, slice, Real};
+use crate::cpu::{check_real, dispatch_real, map_into, slice, Real};
 use crate::own_kernels;
-
-/// Elements per parallel job.
-const CHUNK: usize = 1 << 14;
 
 /// SplitMix64's output function applied to `seed` and the stream position `index`: well-spread
 /// 64-bit values for nearby seeds and indices alike. `cuda/dropout.cu` computes the same.
@@ -94,8 +91,7 @@ impl CustomOp1 for Dropout {
         dispatch_real!(s, self.name(), T => {
             let x = slice::<T>(s, l, self.name())?;
             let keep = self.keep::<T>();
-            let y = collect_chunks(x.len(), CHUNK, CHUNK, |chunk, dst: &mut [T]| {
-                let start = chunk * CHUNK;
+            let y = map_into::<T>(x.len(), |start, dst| {
                 for (j, (d, &v)) in dst.iter_mut().zip(&x[start..]).enumerate() {
                     let i = start + j;
                     *d = if i >= count { v } else { v * if dropped(seed, i, p) { T::ZERO } else { keep } };

@@ -8,11 +8,8 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{check_real, check_same_dtype, collect_chunks, dispatch_real, same_storage_dtype, slice, Real};
+use crate::cpu::{check_real, check_same_dtype, dispatch_real, map_into, same_storage_dtype, slice, Real};
 use crate::own_kernels;
-
-/// Elements per parallel job of these memory-bound loops.
-const CHUNK: usize = 1 << 14;
 
 /// `max(x, 0)`. On the CPU and CUDA (f32, f64) a custom op; elsewhere [`relu_ref`].
 pub fn relu(x: &Tensor) -> Result<Tensor> {
@@ -50,11 +47,6 @@ pub fn add_relu_ref(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// `grad` where `out > 0`, zero elsewhere: the gradient through a ReLU whose output was `out`.
 pub(crate) fn relu_grad(grad: &Tensor, out: &Tensor) -> Result<Tensor> {
     grad.contiguous()?.apply_op2_no_bwd(&out.contiguous()?, &ReluGrad)
-}
-
-/// Applies `f` elementwise into a new vector, in parallel chunks.
-fn map_into<T: Real>(n: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
-    collect_chunks(n, CHUNK, CHUNK, |i, dst| f(i * CHUNK, dst))
 }
 
 struct Relu;
