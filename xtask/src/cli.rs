@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use agm_train::RunRequest;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -31,32 +32,123 @@ pub enum Command {
     Report(ReportArgs),
     /// Train the mono-modal concept of one modality (for the competition-strength metric).
     Concept(ConceptArgs),
+    /// List the paper experiments (`configs/*.toml`) that `--recipe` accepts.
+    Recipes,
+    /// Run a dataset's recipes over seeds and write one table beside the published numbers.
+    Reproduce(ReproduceArgs),
+}
+
+/// The settings of a run, shared by `train` and `study`. Precedence: flags, then `--config`,
+/// then `--recipe`, then the dataset's reference settings (docs/reproduce.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunFlags {
+    /// A paper experiment from configs/ (`cargo xtask recipes` lists them).
+    #[arg(long)]
+    pub recipe: Option<String>,
+    /// A TOML file over the recipe or the dataset's settings; unknown keys are rejected.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset id: `av-digits` (embedded, default), `avmnist`, `cremad`, `urfunny`, `ave`, `mosei`
+    /// (need `--data`; each brings its reference settings), or `synthetic` (random tensors of the
+    /// model's input shapes).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// The dataset's folder (a file for UR-Funny) or `hf://<repo-id>` (hf-hub cache, offline
+    /// with HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Model preset: `<family>-<fusion>` with family av-digits, avmnist, cremad or urfunny and
+    /// fusion late, late-sum, early, film, gated or crossmodal; or `ave-psp`, `mosei-mat`
+    /// (default: `<dataset>-late`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// AV-Digits data preset: `audio-dominant`, `balanced`, `image-dominant`, … (README).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Training epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Samples per training step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Base learning rate (of whichever optimizer the configuration uses).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AGM's alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Shapley passes of AGM: `auto` (default: `fast` where exact, else `faithful`), `faithful`
+    /// (the reference's) or `fast` (one encoder pass per modality).
+    #[arg(long)]
+    pub shapley: Option<String>,
+    /// `cpu` or `cuda`.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+impl RunFlags {
+    /// The request these flags make; `method` and `seed` come from the command.
+    pub fn request(&self) -> RunRequest {
+        let int = |v: Option<usize>| v.map(|v| v as i64);
+        let mut request = RunRequest::default();
+        if let Some(recipe) = &self.recipe {
+            request = request.recipe(recipe);
+        }
+        if let Some(path) = &self.config {
+            request = request.config_file(path);
+        }
+        request
+            .set_opt("--dataset", "dataset", self.dataset.clone())
+            .set_opt("--data", "data", self.data.clone())
+            .set_opt("--model", "model", self.model.clone())
+            .set_opt("--preset", "data_preset", self.preset.clone())
+            .set_opt("--epochs", "epochs", int(self.epochs))
+            .set_opt("--batch-size", "batch_size", int(self.batch_size))
+            .set_opt("--lr", "optimizer.lr", self.lr)
+            .set_opt("--alpha", "agm.alpha", self.alpha)
+            .set_opt("--shapley", "shapley", self.shapley.clone())
+            .set_opt("--device", "device", self.device.clone())
+    }
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct ReproduceArgs {
+    /// Dataset id: avmnist, cremad, urfunny, ave or mosei.
+    pub dataset: String,
+    /// The dataset's folder (a file for UR-Funny) or `hf://<repo-id>`.
+    #[arg(long)]
+    pub data: String,
+    /// Seeds per recipe (0..N).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Only these recipes (comma-separated; default: every recipe of the dataset).
+    #[arg(long)]
+    pub recipes: Option<String>,
+    /// Fewer epochs than the recipes' (a smoke run; the table says so).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// `cpu` or `cuda`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Output folder (default: runs/reproduce-<dataset>-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
 pub struct StudyArgs {
-    /// Comma-separated methods, e.g. `joint,agm`.
+    /// Comma-separated methods, e.g. `joint,agm` (default: joint,agm).
     #[arg(long, default_value = "joint,agm")]
     pub methods: String,
     /// Number of seeds (0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long, default_value = "av-digits")]
-    pub dataset: String,
-    /// AV-Digits noise preset.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Model preset (default: the dataset's `-late` preset).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// The dataset's folder or `hf://<repo-id>` (datasets other than av-digits and synthetic).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// AGM's Shapley passes for every run: `faithful` or `fast`.
-    #[arg(long)]
-    pub shapley: Option<String>,
+    #[command(flatten)]
+    pub run: RunFlags,
     /// Output folder (default: runs/study-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -90,52 +182,23 @@ pub struct ConceptArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// `joint` or `agm`.
+    /// A method (`joint`, `agm`, `ogm-ge`, `mslr`, `mses`, `gblend`, `pmr`, `mmpareto`) or several
+    /// joined with `+` (`agm+ogm-ge`).
     #[arg(long)]
     pub method: Option<String>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
+    /// The run's seed (data order, initialisation, dropout).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// AGM's alpha.
+    #[command(flatten)]
+    pub run: RunFlags,
+    /// Print the resolved configuration as TOML (with where each setting came from) and exit.
     #[arg(long)]
-    pub alpha: Option<f64>,
-    /// `cpu` or `cuda`.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Dataset id: `av-digits` (embedded, default), `avmnist`, `cremad`, `urfunny`, `ave`, `mosei`
-    /// (need `--data`), or `synthetic` (random tensors of the model's input shapes).
-    #[arg(long)]
-    pub dataset: Option<String>,
-    /// The dataset's folder (a file for UR-Funny) or `hf://<repo-id>` (hf-hub cache, offline
-    /// with HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Shapley passes of AGM: `faithful` (the reference's) or `fast` (one encoder pass per
-    /// modality).
-    #[arg(long)]
-    pub shapley: Option<String>,
-    /// AV-Digits noise preset: `audio-dominant`, `balanced`, `image-dominant`.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Model preset: `<family>-<fusion>` with family av-digits, avmnist, cremad or urfunny and
-    /// fusion late, late-sum, early, film, gated or crossmodal; or `ave-psp`, `mosei-mat`
-    /// (default: `<dataset>-late`).
-    #[arg(long)]
-    pub model: Option<String>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// A TOML file over the defaults; unknown keys are rejected.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    pub print_config: bool,
     /// The run directory to write (default: runs/<dataset>-<method>-seed<seed>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue a stopped run from its directory.
-    #[arg(long, conflicts_with_all = ["out", "config"])]
+    #[arg(long, conflicts_with_all = ["out", "config", "recipe"])]
     pub resume: Option<PathBuf>,
     /// Stop after this many steps (a checkpoint is written), e.g. to test resuming.
     #[arg(long, hide = true)]

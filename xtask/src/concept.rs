@@ -16,18 +16,15 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// The concept run's configuration: AV-Digits defaults, joint training, the flags on top.
+/// The concept run's configuration: the shared resolver with joint training and the flags on top.
 fn resolve(args: &ConceptArgs) -> anyhow::Result<RunConfig> {
-    let mut cfg =
-        RunConfig { dataset: args.dataset.clone(), method: "joint".into(), seed: args.seed, ..RunConfig::av_digits() };
-    if let Some(p) = &args.preset {
-        cfg.data_preset = p.clone();
-    }
-    if let Some(e) = args.epochs {
-        cfg.epochs = e;
-    }
-    cfg.validate()?;
-    Ok(cfg)
+    let request = agm_train::RunRequest::default()
+        .set("--dataset", "dataset", args.dataset.clone())
+        .set("(concepts train jointly)", "method", "joint")
+        .set("--seed", "seed", args.seed as i64)
+        .set_opt("--preset", "data_preset", args.preset.clone())
+        .set_opt("--epochs", "epochs", args.epochs.map(|e| e as i64));
+    Ok(request.resolve()?.config)
 }
 
 pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {

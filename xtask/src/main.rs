@@ -10,7 +10,9 @@ mod eval;
 mod parity;
 mod plot;
 mod progress;
+mod recipes;
 mod report;
+mod reproduce;
 mod stats;
 mod study;
 mod tidy;
@@ -46,6 +48,8 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Study(s) => study::run(s),
         Command::Report(r) => report::run(r),
         Command::Concept(c) => concept::run(c),
+        Command::Recipes => recipes::run(),
+        Command::Reproduce(r) => reproduce::run(r),
     }
 }
 

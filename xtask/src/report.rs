@@ -358,6 +358,7 @@ pub(crate) mod tests {
                 peak_memory_bytes: Some(300 << 20),
                 best_epoch: e,
                 competition: competition.then(|| vec![0.3 - 0.1 * t, 0.9 - 0.2 * t]),
+                reference_split: None,
             };
             run.append_metrics(&row).unwrap();
         }

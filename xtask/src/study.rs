@@ -12,6 +12,7 @@
 //! A run directory that already holds a finished run of the same configuration is reused, so an
 //! interrupted study continues where it stopped.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,6 +53,23 @@ pub struct RunResult {
     pub curve_accuracy: Vec<f64>,
     /// Validation Shapley accuracy per epoch, then per modality.
     pub curve_modality_accuracy: Vec<Vec<f64>>,
+    /// Per modality, by name.
+    pub per_modality: BTreeMap<String, ModalityResult>,
+    /// The reference's protocol: the best epoch's accuracy on the split the reference selects on
+    /// (test for AV-MNIST and CREMA-D when the run recorded it, else validation).
+    pub reference_protocol_accuracy: Option<f64>,
+}
+
+/// One modality's numbers in one run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModalityResult {
+    /// Test split, best-validation weights.
+    pub test_shapley_accuracy: f64,
+    pub test_shapley_loss: f64,
+    /// Validation, best epoch.
+    pub validation_shapley_accuracy: f64,
+    /// Competition strength at the best epoch, when measured.
+    pub competition: Option<f64>,
 }
 
 impl RunResult {
@@ -60,6 +78,31 @@ impl RunResult {
         let test = record.test.clone().with_context(|| format!("{} has no summary.json", dir.display()))?;
         let best = record.best_row().with_context(|| format!("{} has no metrics", dir.display()))?;
         let rows = &record.rows;
+        let per_modality = record
+            .modalities
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let at = |v: &[f64]| v.get(i).copied().unwrap_or(f64::NAN);
+                let result = ModalityResult {
+                    test_shapley_accuracy: at(&test.modality_accuracy),
+                    test_shapley_loss: at(&test.modality_loss),
+                    validation_shapley_accuracy: at(&best.validation.modality_accuracy),
+                    competition: best.competition.as_ref().and_then(|c| c.get(i).copied()),
+                };
+                (name.clone(), result)
+            })
+            .collect();
+        let best_of = |f: &dyn Fn(&agm_train::EpochSummary) -> Option<f64>| {
+            rows.iter().filter_map(f).fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))))
+        };
+        let selects_on_test =
+            record.config.dataset.parse::<agm_data::DatasetId>().is_ok_and(|d| d.reference_selects_on_test());
+        let reference_protocol_accuracy = if selects_on_test {
+            best_of(&|r| r.reference_split.as_ref().map(|e| e.accuracy))
+        } else {
+            best_of(&|r| Some(r.validation.accuracy))
+        };
         Ok(Self {
             method: method.into(),
             seed,
@@ -73,6 +116,8 @@ impl RunResult {
             peak_memory_bytes: rows.iter().filter_map(|r| r.peak_memory_bytes).max(),
             curve_accuracy: rows.iter().map(|r| r.validation.accuracy).collect(),
             curve_modality_accuracy: rows.iter().map(|r| r.validation.modality_accuracy.clone()).collect(),
+            per_modality,
+            reference_protocol_accuracy,
         })
     }
 }
@@ -117,6 +162,48 @@ pub struct Verdict {
     pub pass: bool,
 }
 
+/// Seeds a claim that one method beats another needs.
+pub const SEEDS_FOR_A_CLAIM: usize = 20;
+
+/// Whether a method's test accuracy differs from the baseline's, paired by seed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AccuracyVerdict {
+    pub method: String,
+    pub baseline: String,
+    /// method minus baseline, paired by seed.
+    pub difference: MeanCi,
+    /// `better`, `worse`, `no-difference` (the 95% CI includes 0) or `too-few-seeds`.
+    pub outcome: String,
+}
+
+impl AccuracyVerdict {
+    fn of(method: &str, baseline: &str, difference: MeanCi) -> Self {
+        let outcome = match difference.half_width {
+            _ if difference.n < SEEDS_FOR_A_CLAIM => "too-few-seeds",
+            Some(h) if difference.mean - h > 0.0 => "better",
+            Some(h) if difference.mean + h < 0.0 => "worse",
+            _ => "no-difference",
+        };
+        Self { method: method.into(), baseline: baseline.into(), difference, outcome: outcome.into() }
+    }
+
+    /// The verdict line of `study.md`.
+    pub fn line(&self) -> String {
+        let (m, b) = (&self.method, &self.baseline);
+        let verdict = match self.outcome.as_str() {
+            "better" => format!("{m} beats {b} (the 95% CI excludes 0)"),
+            "worse" => format!("{b} beats {m} (the 95% CI excludes 0)"),
+            "no-difference" => format!("no significant difference between {m} and {b} (the 95% CI includes 0)"),
+            _ => format!("no claim: {} paired seed(s), a claim needs {SEEDS_FOR_A_CLAIM}", self.difference.n),
+        };
+        format!(
+            "**Test accuracy, {m} − {b}**: {} points (paired by seed, 95% CI, {} seeds): {verdict}.",
+            self.difference.show_signed(100.0, 2),
+            self.difference.n
+        )
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StudyTable {
     pub setup: StudySetup,
@@ -124,6 +211,8 @@ pub struct StudyTable {
     pub baseline: String,
     pub rows: Vec<MethodRow>,
     pub verdict: Option<Verdict>,
+    /// Each other method's paired test-accuracy difference from the baseline, with its verdict.
+    pub accuracy_verdicts: Vec<AccuracyVerdict>,
 }
 
 const CLAIM: &str = "AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds";
@@ -177,7 +266,11 @@ pub fn summarise(setup: StudySetup, results: &[RunResult]) -> StudyTable {
         })
         .collect();
     let verdict = verdict(&setup, &rows, results);
-    StudyTable { setup, baseline, rows, verdict }
+    let accuracy_verdicts = rows
+        .iter()
+        .filter_map(|r| r.test_accuracy_difference.map(|d| AccuracyVerdict::of(&r.method, &baseline, d)))
+        .collect();
+    StudyTable { setup, baseline, rows, verdict, accuracy_verdicts }
 }
 
 fn verdict(setup: &StudySetup, rows: &[MethodRow], results: &[RunResult]) -> Option<Verdict> {
@@ -267,6 +360,9 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
         let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
     md.push('\n');
+    for v in &table.accuracy_verdicts {
+        let _ = writeln!(md, "{}\n", v.line());
+    }
     match &table.verdict {
         Some(v) => {
             let _ = writeln!(md, "{}\n", verdict_line(v));
@@ -366,6 +462,9 @@ fn competition_probe<'a>(
     if let Some(p) = probe {
         return Ok(Some(Box::new(p)));
     }
+    if !status.supported {
+        return Ok(None);
+    }
     let concept_cfg = RunConfig { seed: 0, ..cfg.clone() };
     agm_train::concept::train_concepts(&concept_cfg, None, &status.dir)?;
     let (probe, _) = crate::concept::attach(cfg, data)?;
@@ -404,7 +503,7 @@ fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
 }
 
 /// Runs (or reuses) one method and seed; says whether it was reused.
-fn run_one(cfg: &RunConfig, dir: &Path) -> anyhow::Result<(RunResult, bool)> {
+pub(crate) fn run_one(cfg: &RunConfig, dir: &Path) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match finished(cfg, dir) {
         Some(record) => (record, true),
         None => {
@@ -445,25 +544,8 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     if args.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");
     }
-    let mut base = RunConfig::av_digits();
-    base.dataset = args.dataset.clone();
-    if let Some(p) = &args.preset {
-        base.data_preset = p.clone();
-    }
-    if let Some(e) = args.epochs {
-        base.epochs = e;
-    }
-    if let Some(m) = &args.model {
-        base.model = m.clone();
-    } else if args.dataset != "av-digits" {
-        base.model = agm_train::config::default_model(&args.dataset);
-    }
-    if let Some(d) = &args.data {
-        base.data = d.clone();
-    }
-    if let Some(s) = &args.shapley {
-        base.shapley = s.clone();
-    }
+    let resolved = args.run.request().resolve()?;
+    let base = resolved.config.clone();
     let configs: Vec<RunConfig> = methods
         .iter()
         .flat_map(|m| (0..args.seeds).map(move |seed| (m.clone(), seed)))
@@ -486,6 +568,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         base.epochs,
         out.display()
     );
+    for line in crate::train::settings_lines(&resolved) {
+        println!("{line}");
+    }
     let started = Instant::now();
     let mut results = Vec::new();
     for cfg in &configs {
@@ -571,6 +656,8 @@ mod tests {
             peak_memory_bytes: Some(200 << 20),
             curve_accuracy: vec![0.5, 0.7, acc],
             curve_modality_accuracy: vec![vec![0.4, 0.1], vec![0.6, 0.2], vec![audio, visual]],
+            per_modality: BTreeMap::new(),
+            reference_protocol_accuracy: None,
         }
     }
 

@@ -4,71 +4,39 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
-use agm_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
-use agm_train::{checkpoint::write_atomic, config, RunConfig, RunDir};
+use agm_train::{checkpoint::write_atomic, Resolved, RunConfig, RunDir};
 use anyhow::Context;
 
 use crate::cli::TrainArgs;
 use crate::progress::Progress;
 
-/// Defaults, then the config file, then flags.
-fn resolve(args: &TrainArgs) -> anyhow::Result<RunConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => RunConfig::from_toml_file(path)?,
-        None => RunConfig::av_digits(),
-    };
-    if let Some(v) = &args.method {
-        cfg.method = v.clone();
-    }
-    if let Some(v) = args.epochs {
-        cfg.epochs = v;
-    }
-    if let Some(v) = args.seed {
-        cfg.seed = v;
-    }
-    if let Some(v) = args.alpha {
-        cfg.agm.alpha = v;
-    }
-    if let Some(v) = &args.device {
-        cfg.device = v.clone();
-    }
-    if let Some(v) = &args.dataset {
-        cfg.dataset = v.clone();
-        if args.config.is_none() {
-            if args.model.is_none() {
-                cfg.model = config::default_model(v);
-            }
-            if v != "av-digits" {
-                // The reference's default batch size; the paper models are too big for 64 on a
-                // CPU (MOSEI's MAT net peaks near 22 GB there).
-                cfg.batch_size = 16;
-            }
+/// The dataset's reference settings, then `--recipe`, then `--config`, then flags.
+pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
+    let request = args.run.request().set_opt("--method", "method", args.method.clone()).set_opt(
+        "--seed",
+        "seed",
+        args.seed.map(|s| s as i64),
+    );
+    Ok(request.resolve()?)
+}
+
+/// The settings that differ from the embedded default and where each came from, one a line.
+pub fn settings_lines(resolved: &Resolved) -> Vec<String> {
+    resolved.settings.iter().map(|s| format!("  {s}")).collect()
+}
+
+/// `--print-config`: the provenance as comments, then the TOML.
+fn print_config(resolved: &Resolved) {
+    if !resolved.settings.is_empty() {
+        println!(
+            "# settings that differ from the embedded default (flags win over --config, which wins over --recipe):"
+        );
+        for line in settings_lines(resolved) {
+            println!("#{line}");
         }
+        println!();
     }
-    if let Some(v) = &args.data {
-        cfg.data = v.clone();
-    }
-    if let Some(v) = &args.shapley {
-        cfg.shapley = v.clone();
-    }
-    if let Some(v) = &args.preset {
-        cfg.data_preset = v.clone();
-    }
-    if let Some(v) = &args.model {
-        cfg.model = v.clone();
-    }
-    if let Some(v) = args.batch_size {
-        cfg.batch_size = v;
-    }
-    if let Some(v) = args.lr {
-        cfg.optimizer = match cfg.optimizer {
-            OptimizerConfig::Sgd(c) => OptimizerConfig::Sgd(SgdConfig { lr: v, ..c }),
-            OptimizerConfig::Adam(c) => OptimizerConfig::Adam(AdamConfig { lr: v, ..c }),
-            OptimizerConfig::AdamW(c) => OptimizerConfig::AdamW(AdamConfig { lr: v, ..c }),
-        };
-    }
-    cfg.validate()?;
-    Ok(cfg)
+    print!("{}", resolved.config.to_toml());
 }
 
 /// `--device cuda` from a binary built without CUDA: run the same command through cargo with
@@ -104,17 +72,23 @@ fn default_out(cfg: &RunConfig) -> PathBuf {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let (cfg, dir, resuming) = match &args.resume {
+    let (cfg, dir, resuming, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
             let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
-            if let Some(e) = args.epochs {
+            if let Some(e) = args.run.epochs {
                 cfg.epochs = e;
             }
-            (cfg, run_dir, true)
+            (cfg, run_dir, true, Vec::new())
         }
         None => {
-            let cfg = resolve(&args)?;
+            let resolved = resolve(&args)?;
+            if args.print_config {
+                print_config(&resolved);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let settings = settings_lines(&resolved);
+            let cfg = resolved.config;
             let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
             if out.join("checkpoint.safetensors").exists() {
                 anyhow::bail!(
@@ -123,7 +97,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                     out.display()
                 );
             }
-            (cfg, RunDir::create(&out)?, false)
+            (cfg, RunDir::create(&out)?, false, settings)
         }
     };
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
@@ -155,12 +129,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg.method,
         cfg.model,
         train.len(),
-        cfg.shapley,
+        cfg.describe_shapley(built.model.as_ref()),
         cfg.epochs,
         cfg.seed,
         cfg.device,
         dir.root().display()
     );
+    if !settings.is_empty() {
+        println!("settings that differ from the embedded default (flags win over --config, which wins over --recipe):");
+        settings.iter().for_each(|line| println!("{line}"));
+    }
     let mut progress = Progress::new(modalities.clone(), args.quiet, args.stop_after_steps);
     let summary = trainer.fit(train.as_ref(), validation, &mut progress)?;
     progress.finish();
@@ -222,9 +200,15 @@ fn print_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::RunFlags;
 
     fn args(out: &Path) -> TrainArgs {
-        TrainArgs { epochs: Some(2), out: Some(out.to_path_buf()), quiet: true, ..TrainArgs::default() }
+        TrainArgs {
+            run: RunFlags { epochs: Some(2), ..RunFlags::default() },
+            out: Some(out.to_path_buf()),
+            quiet: true,
+            ..TrainArgs::default()
+        }
     }
 
     #[test]
@@ -243,18 +227,74 @@ mod tests {
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
     }
 
+    fn flags(run: RunFlags) -> TrainArgs {
+        TrainArgs { run, ..TrainArgs::default() }
+    }
+
     #[test]
     fn flags_override_the_config_file_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run.toml");
         std::fs::write(&path, "epochs = 7\nmethod = \"joint\"\n").unwrap();
-        let cfg = resolve(&TrainArgs { config: Some(path.clone()), seed: Some(4), ..TrainArgs::default() }).unwrap();
+        let cfg = resolve(&TrainArgs {
+            seed: Some(4),
+            ..flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })
+        })
+        .unwrap()
+        .config;
         assert_eq!((cfg.epochs, cfg.method.as_str(), cfg.seed), (7, "joint", 4));
-        let err = resolve(&TrainArgs { lr: Some(-1.0), ..TrainArgs::default() }).unwrap_err().to_string();
+        let err = resolve(&flags(RunFlags { lr: Some(-1.0), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("lr"), "{err}");
-        let err = resolve(&TrainArgs { alpha: Some(f64::NAN), ..TrainArgs::default() }).unwrap_err().to_string();
+        let err = resolve(&flags(RunFlags { alpha: Some(f64::NAN), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("alpha"), "{err}");
-        let err = resolve(&TrainArgs { device: Some("tpu".into()), ..TrainArgs::default() }).unwrap_err().to_string();
+        let err =
+            resolve(&flags(RunFlags { device: Some("tpu".into()), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
+        std::fs::write(&path, "[optimizer]\nlr = \"fast\"\n").unwrap();
+        let err =
+            resolve(&flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })).unwrap_err().to_string();
+        assert!(err.contains("run.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_dataset_flag_brings_its_reference_settings_and_the_header_names_them() {
+        let resolved = resolve(&flags(RunFlags {
+            dataset: Some("avmnist".into()),
+            data: Some("some/folder".into()),
+            ..RunFlags::default()
+        }))
+        .unwrap();
+        let cfg = &resolved.config;
+        assert_eq!((cfg.model.as_str(), cfg.epochs, cfg.batch_size, cfg.agm.alpha), ("avmnist-late", 999, 64, 2.5));
+        assert_eq!(cfg.optimizer.lr(), 1e-4);
+        let lines = settings_lines(&resolved).join("\n");
+        assert!(lines.contains("epochs = 999 (avmnist default)"), "{lines}");
+        assert!(lines.contains("data = \"some/folder\" (flag --data)"), "{lines}");
+    }
+
+    #[test]
+    fn flags_win_over_a_recipe_and_the_header_says_so() {
+        let resolved = resolve(&TrainArgs {
+            method: Some("joint".into()),
+            ..flags(RunFlags {
+                recipe: Some("cremad-agm-late".into()),
+                data: Some("d".into()),
+                lr: Some(0.01),
+                ..RunFlags::default()
+            })
+        })
+        .unwrap();
+        assert_eq!((resolved.config.method.as_str(), resolved.config.optimizer.lr()), ("joint", 0.01));
+        assert_eq!(resolved.config.agm.alpha, 1.5);
+        let lines = settings_lines(&resolved).join("\n");
+        assert!(lines.contains("method = \"joint\" (flag --method; wins over recipe cremad-agm-late)"), "{lines}");
+        assert!(lines.contains("optimizer.lr = 0.01 (flag --lr)"), "{lines}");
+        let err = resolve(&flags(RunFlags { recipe: Some("cremad-magic".into()), ..RunFlags::default() }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cremad-magic") && err.contains("cremad-agm-late") && err.contains("avmnist-joint-late"),
+            "{err}"
+        );
     }
 }

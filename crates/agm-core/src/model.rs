@@ -120,6 +120,12 @@ pub trait MultimodalModel {
             .collect::<Result<_>>()?;
         Ok((full, passes))
     }
+
+    /// Whether [`ShapleyMode::Fast`] computes exactly what [`ShapleyMode::Faithful`] does for
+    /// this model. The default [`MultimodalModel::shapley_passes`] ignores the mode, so it is.
+    fn fast_shapley_is_exact(&self) -> bool {
+        true
+    }
 }
 
 impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
@@ -146,5 +152,8 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
         mode: ShapleyMode,
     ) -> Result<(ModelOutput, Vec<Tensor>)> {
         (**self).shapley_passes(inputs, masked, opts, mode)
+    }
+    fn fast_shapley_is_exact(&self) -> bool {
+        (**self).fast_shapley_is_exact()
     }
 }

@@ -38,11 +38,6 @@ impl FusionModel {
         self.store.load(tensors)
     }
 
-    /// Whether the fast Shapley path equals the faithful one exactly for this model.
-    pub fn fast_shapley_is_exact(&self) -> bool {
-        self.encoders.iter().all(|e| !e.mode_dependent())
-    }
-
     fn check_inputs(&self, inputs: &[Tensor]) -> Result<()> {
         if inputs.len() != self.encoders.len() {
             candle_core::bail!("the model has {} modalities but got {} inputs", self.encoders.len(), inputs.len());
@@ -189,6 +184,12 @@ impl MultimodalModel for FusionModel {
 
     fn param_groups(&self) -> ParamGroups {
         self.store.groups(self.encoders.len())
+    }
+
+    /// The fast path runs encoders in training mode, so it is exact only without batch norm or
+    /// dropout in them.
+    fn fast_shapley_is_exact(&self) -> bool {
+        self.encoders.iter().all(|e| !e.mode_dependent())
     }
 
     fn shapley_passes(

@@ -1,6 +1,46 @@
 //! Plain joint training: one loss, no modulation.
 
+use serde::{Deserialize, Serialize};
+
 use crate::{ClipRule, Modulator};
+
+/// Joint-training settings. The reference clips conditionally in every early-fusion run and in
+/// every MOSEI run, whatever the method; late-fusion joint runs elsewhere do not clip.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JointConfig {
+    /// The conditional clipping after the backward (none by default).
+    pub clip: Option<ClipRule>,
+}
+
+impl JointConfig {
+    /// No clipping: the reference's late-fusion joint runs (AV-MNIST, CREMA-D, UR-Funny, AVE).
+    pub fn plain() -> Self {
+        Self::default()
+    }
+
+    /// The reference's early-fusion runs: clip the global norm to `max_norm` when the head
+    /// weight's gradient leaves `[−threshold, threshold]` (1 for AV-MNIST and CREMA-D, 5 for
+    /// UR-Funny).
+    pub fn early_fusion(threshold: f64) -> Self {
+        Self { clip: Some(ClipRule::outside_band(threshold, threshold)) }
+    }
+
+    /// MOSEI: every multimodal run clips with the reference's condition as written (Q9).
+    pub fn paper_mosei() -> Self {
+        Self { clip: Some(ClipRule { threshold: 1.0, max_norm: 1.0, condition: crate::ClipCondition::MoseiQuirk }) }
+    }
+
+    /// Checks every field; the error names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match &self.clip {
+            Some(c) if !(c.max_norm > 0.0 && c.threshold >= 0.0) => {
+                Err("joint.clip needs max_norm > 0 and threshold >= 0".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
 
 /// Joint training. With a clip rule it reproduces the reference's early-fusion runs, which clip
 /// conditionally for every method.

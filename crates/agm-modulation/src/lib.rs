@@ -39,7 +39,7 @@ pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
     GBLEND_O_FLOOR,
 };
-pub use joint::Joint;
+pub use joint::{Joint, JointConfig};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };

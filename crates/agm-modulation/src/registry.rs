@@ -21,8 +21,8 @@ use agm_core::MultimodalModel;
 
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
 use crate::{
-    Agm, AgmConfig, GBlend, GBlendConfig, Joint, MmPareto, MmParetoConfig, Modulator, Mses, MsesConfig, Mslr,
-    MslrConfig, OgmGe, OgmGeConfig, Pmr, PmrConfig,
+    Agm, AgmConfig, GBlend, GBlendConfig, Joint, JointConfig, MmPareto, MmParetoConfig, Modulator, Mses, MsesConfig,
+    Mslr, MslrConfig, OgmGe, OgmGeConfig, Pmr, PmrConfig,
 };
 
 /// Methods `--method` accepts, alone or joined with `+`.
@@ -36,6 +36,7 @@ pub const STACK_SEPARATOR: char = '+';
 pub struct MethodConfigs {
     /// The run's seed; methods that draw random numbers mix it into their own seed.
     pub seed: u64,
+    pub joint: JointConfig,
     pub agm: AgmConfig,
     pub ogm_ge: OgmGeConfig,
     pub mslr: MslrConfig,
@@ -53,6 +54,7 @@ impl MethodConfigs {
     pub fn av_digits() -> Self {
         Self {
             seed: 0,
+            joint: JointConfig::plain(),
             agm: AgmConfig::av_digits(),
             ogm_ge: OgmGeConfig::av_digits(),
             mslr: MslrConfig::av_digits(),
@@ -67,6 +69,7 @@ impl MethodConfigs {
     /// Checks every method's settings, used or not (a bad value in a config file is an error
     /// even when another method runs); the error names the field and the allowed values.
     pub fn validate(&self) -> Result<(), String> {
+        self.joint.validate()?;
         self.agm.validate()?;
         self.ogm_ge.validate()?;
         self.mslr.validate()?;
@@ -100,8 +103,8 @@ fn modalities(model: &dyn MultimodalModel) -> usize {
     model.modalities().len()
 }
 
-fn build_joint(_: &MethodConfigs, _: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
-    Ok(Box::new(Joint::new()))
+fn build_joint(c: &MethodConfigs, _: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+    Ok(Box::new(Joint::with_clip(c.joint.clip)))
 }
 
 fn build_agm(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {

@@ -15,6 +15,8 @@ pub mod evaluate;
 pub mod memory;
 pub mod optim;
 pub mod parity;
+pub mod recipes;
+pub mod resolve;
 mod run_dir;
 pub mod step;
 mod trainer;
@@ -25,6 +27,7 @@ pub use config::RunConfig;
 pub use error::{Result, TrainError};
 pub use evaluate::evaluate;
 pub use memory::peak_memory_bytes;
+pub use resolve::{Resolved, RunRequest};
 pub use run_dir::RunDir;
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 pub use trainer::{

@@ -69,6 +69,10 @@ pub struct EpochSummary {
     /// is linearly recoverable from the fused feature; about 1: not at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub competition: Option<Vec<f64>>,
+    /// The split the reference picks its best epoch on, when that is not validation and the run
+    /// asked for it ([`Trainer::with_reference_split`]); never used for model selection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_split: Option<EvalReport>,
 }
 
 /// Computes the competition strength of each modality from the current model at the end of an
@@ -141,6 +145,7 @@ pub struct Trainer<'a> {
     snapshots: HashMap<String, Snapshot>,
     competition: Option<Box<dyn CompetitionProbe + 'a>>,
     holdout: Option<&'a dyn BatchSource>,
+    reference_split: Option<&'a dyn BatchSource>,
 }
 
 impl<'a> Trainer<'a> {
@@ -175,6 +180,7 @@ impl<'a> Trainer<'a> {
             snapshots: HashMap::new(),
             competition: None,
             holdout: None,
+            reference_split: None,
         })
     }
 
@@ -187,6 +193,13 @@ impl<'a> Trainer<'a> {
     /// Samples held out from training that methods may evaluate on at the end of an epoch.
     pub fn with_holdout(mut self, holdout: &'a dyn BatchSource) -> Self {
         self.holdout = Some(holdout);
+        self
+    }
+
+    /// Also evaluates `split` at the end of every epoch and records it in the epoch's row, for
+    /// reporting under the reference's protocol (best epoch on its evaluation split).
+    pub fn with_reference_split(mut self, split: &'a dyn BatchSource) -> Self {
+        self.reference_split = Some(split);
         self
     }
 
@@ -407,6 +420,10 @@ impl<'a> Trainer<'a> {
                 Some(probe) => Some(probe.strength(self.model, &self.device)?),
                 None => None,
             };
+            let reference_split = match self.reference_split {
+                Some(split) => Some(evaluate::evaluate(self.model, split, self.opts.eval_batch_size, &self.device)?),
+                None => None,
+            };
             let steps = self.state.epoch_steps.max(1) as f64;
             let row = EpochSummary {
                 epoch,
@@ -420,6 +437,7 @@ impl<'a> Trainer<'a> {
                 peak_memory_bytes: crate::memory::peak_memory_bytes(),
                 best_epoch: self.state.best_epoch,
                 competition,
+                reference_split,
             };
             self.state = LoopState {
                 epochs_done: epoch,

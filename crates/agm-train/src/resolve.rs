@@ -1,0 +1,243 @@
+//! One resolver for every command that builds a run: the dataset's reference settings, then a
+//! recipe, then a config file, then flags. A later layer wins, and every setting that differs
+//! from the embedded default remembers which layer set it (and which earlier layer it beat), so
+//! a run header can say where each value came from.
+//!
+//! ```
+//! use agm_train::resolve::RunRequest;
+//! let resolved = RunRequest::default().recipe("avmnist-agm-late").set("--lr", "optimizer.lr", 0.01).resolve().unwrap();
+//! assert_eq!(resolved.config.agm.alpha, 2.5);
+//! let lr = resolved.settings.iter().find(|s| s.key == "optimizer.lr").unwrap();
+//! assert_eq!(lr.origin.to_string(), "flag --lr");
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, TrainError};
+use crate::{recipes, RunConfig};
+
+/// Where a setting came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// The dataset's reference settings ([`RunConfig::for_dataset`]).
+    Dataset(String),
+    Recipe(String),
+    File(PathBuf),
+    /// A command-line flag, by its name (`--lr`).
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Dataset(d) => write!(f, "{d} default"),
+            Origin::Recipe(r) => write!(f, "recipe {r}"),
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One setting that differs from the embedded default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setting {
+    /// Dotted key as in `config.toml` (`optimizer.lr`).
+    pub key: String,
+    /// The value, as TOML.
+    pub value: String,
+    pub origin: Origin,
+    /// Earlier layers that set this key to another value and lost.
+    pub overrides: Vec<Origin>,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {} ({}", self.key, self.value, self.origin)?;
+        if !self.overrides.is_empty() {
+            let beaten: Vec<String> = self.overrides.iter().map(Origin::to_string).collect();
+            write!(f, "; wins over {}", beaten.join(", "))?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// A configuration and where its settings came from.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub config: RunConfig,
+    /// Settings that differ from [`RunConfig::av_digits`], in key order.
+    pub settings: Vec<Setting>,
+}
+
+/// What a command asks for: a recipe, a config file, flags.
+#[derive(Clone, Debug, Default)]
+pub struct RunRequest {
+    recipe: Option<String>,
+    config: Option<PathBuf>,
+    /// `(flag, dotted key, value)`, applied in order.
+    flags: Vec<(String, String, toml::Value)>,
+}
+
+impl RunRequest {
+    pub fn recipe(mut self, name: impl Into<String>) -> Self {
+        self.recipe = Some(name.into());
+        self
+    }
+
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config = Some(path.into());
+        self
+    }
+
+    /// A flag's value for `key` (dotted, as in `config.toml`).
+    pub fn set(mut self, flag: &str, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.flags.push((flag.to_string(), key.to_string(), value.into()));
+        self
+    }
+
+    /// [`RunRequest::set`] when the flag was given.
+    pub fn set_opt<V: Into<toml::Value>>(self, flag: &str, key: &str, value: Option<V>) -> Self {
+        match value {
+            Some(v) => self.set(flag, key, v),
+            None => self,
+        }
+    }
+
+    /// Whether a flag sets `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.flags.iter().any(|(_, k, _)| k == key)
+    }
+
+    /// The dataset a flag, the config file or the recipe names, in that order of precedence.
+    fn dataset(&self, recipe: Option<&toml::Table>, file: Option<&toml::Table>) -> Result<String> {
+        let flag = self.flags.iter().rev().find(|(_, k, _)| k == "dataset").map(|(_, _, v)| v);
+        let named =
+            flag.or_else(|| file.and_then(|t| t.get("dataset"))).or_else(|| recipe.and_then(|t| t.get("dataset")));
+        match named {
+            None => Ok("av-digits".into()),
+            Some(toml::Value::String(d)) => Ok(d.clone()),
+            Some(other) => Err(TrainError::Config(format!("dataset must be a string, got {other}"))),
+        }
+    }
+
+    /// Builds the configuration layer by layer and checks it.
+    pub fn resolve(&self) -> Result<Resolved> {
+        let recipe = match &self.recipe {
+            Some(name) => Some((Origin::Recipe(name.clone()), recipes::find(name)?.table()?)),
+            None => None,
+        };
+        let file = match &self.config {
+            Some(path) => Some((Origin::File(path.clone()), read_table(path)?)),
+            None => None,
+        };
+        let dataset = self.dataset(recipe.as_ref().map(|r| &r.1), file.as_ref().map(|f| &f.1))?;
+        let embedded = to_table(&RunConfig::av_digits());
+        let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&RunConfig::for_dataset(&dataset)?))];
+        layers.extend(recipe);
+        layers.extend(file);
+        for (flag, key, value) in &self.flags {
+            layers.push((Origin::Flag(flag.clone()), nested(key, value.clone())));
+        }
+
+        let mut current = embedded.clone();
+        let mut origins: BTreeMap<String, (Origin, Vec<Origin>)> = BTreeMap::new();
+        for (origin, layer) in layers {
+            let mut next = current.clone();
+            merge(&mut next, layer);
+            check(&next, &origin)?;
+            let (before, after) = (leaves(&current), leaves(&next));
+            for (key, value) in &after {
+                if before.get(key) == Some(value) {
+                    continue;
+                }
+                let beaten = match origins.remove(key) {
+                    Some((prev, mut older)) if !matches!(prev, Origin::Dataset(_)) => {
+                        older.push(prev);
+                        older
+                    }
+                    Some((_, older)) => older,
+                    None => Vec::new(),
+                };
+                origins.insert(key.clone(), (origin.clone(), beaten));
+            }
+            current = next;
+        }
+        let config = check(&current, &Origin::Dataset(dataset))?;
+        config.validate()?;
+        let defaults = leaves(&embedded);
+        let settings = leaves(&current)
+            .into_iter()
+            .filter(|(key, value)| defaults.get(key) != Some(value))
+            .filter_map(|(key, value)| {
+                let (origin, overrides) = origins.get(&key)?.clone();
+                Some(Setting { key, value: value.to_string(), origin, overrides })
+            })
+            .collect();
+        Ok(Resolved { config, settings })
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    toml::from_str(&text).map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
+}
+
+fn to_table(cfg: &RunConfig) -> toml::Table {
+    toml::Table::try_from(cfg).expect("the config is plain data")
+}
+
+/// `a.b.c = v` as nested tables.
+fn nested(key: &str, value: toml::Value) -> toml::Table {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().unwrap_or(key);
+    let mut table = toml::Table::from_iter([(last.to_string(), value)]);
+    while let Some(part) = parts.pop() {
+        table = toml::Table::from_iter([(part.to_string(), toml::Value::Table(table))]);
+    }
+    table
+}
+
+/// Deep merge of `layer` into `base`. A table whose `kind` changes (the optimizer, the schedule)
+/// is replaced whole, so no key of the old kind survives.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l))
+                if b.get("kind") == l.get("kind") || !l.contains_key("kind") =>
+            {
+                merge(b, l)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Every leaf as `dotted.key → value`.
+fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
+        for (k, v) in table {
+            let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                toml::Value::Table(t) => walk(&key, t, out),
+                other => {
+                    out.insert(key, other.clone());
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", table, &mut out);
+    out
+}
+
+/// The table as a config; a bad key or type is an error naming the layer that brought it.
+fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
+    RunConfig::deserialize_table(table.clone()).map_err(|message| match origin {
+        Origin::File(path) => TrainError::ConfigFile { path: path.clone(), message },
+        other => TrainError::Config(format!("{other}: {message}")),
+    })
+}

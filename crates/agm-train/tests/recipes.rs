@@ -1,0 +1,182 @@
+//! Recipes and the shared resolver: every recipe parses, resolves and trains one step of its
+//! model at the reference's input shapes; a dataset without a recipe gets its reference
+//! settings; the Shapley mode follows the encoders.
+
+use agm_core::ShapleyMode;
+use agm_train::recipes::{self, RECIPES};
+use agm_train::{Callback, EpochSummary, Flow, RunConfig, RunRequest, StepSummary};
+use candle_core::Device;
+
+/// Stops after the first step and keeps its loss.
+#[derive(Default)]
+struct FirstStep(Option<f64>);
+
+impl Callback for FirstStep {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        self.0 = Some(s.loss);
+        Flow::Stop
+    }
+}
+
+#[test]
+fn every_recipe_resolves_and_trains_one_step_of_its_model_at_the_reference_shapes() {
+    let device = Device::Cpu;
+    for recipe in RECIPES {
+        let resolved = RunRequest::default().recipe(recipe.name).set("--data", "data", "unused").resolve();
+        let cfg = resolved.unwrap_or_else(|e| panic!("{}: {e}", recipe.name)).config;
+        assert_eq!(cfg.dataset, recipe.dataset().unwrap(), "{}", recipe.name);
+        assert_eq!(cfg.shapley, "faithful", "{}: paper recipes run the reference's passes", recipe.name);
+        assert!(cfg.reference_protocol, "{}", recipe.name);
+        assert!(!recipe.summary().is_empty(), "{} has no summary line", recipe.name);
+        // The same model and method on seeded data of the model's input shapes.
+        let cfg = RunConfig {
+            dataset: "synthetic".into(),
+            data: String::new(),
+            synthetic_scale: "reference".into(),
+            batch_size: 2,
+            ..cfg
+        };
+        cfg.validate().unwrap_or_else(|e| panic!("{}: {e}", recipe.name));
+        let built = cfg.build(&device).unwrap_or_else(|e| panic!("{}: {e}", recipe.name));
+        let train = cfg.train_source(&built.data);
+        let mut trainer = cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device).unwrap();
+        let mut first = FirstStep::default();
+        trainer.fit(train.as_ref(), &built.data.validation, &mut first).unwrap();
+        let loss = first.0.unwrap_or_else(|| panic!("{}: no step ran", recipe.name));
+        assert!(loss.is_finite(), "{}: loss {loss}", recipe.name);
+    }
+}
+
+#[test]
+fn recipes_are_unique_and_cover_each_dataset_with_joint_and_agm() {
+    for (i, r) in RECIPES.iter().enumerate() {
+        assert!(RECIPES[..i].iter().all(|o| o.name != r.name), "{} twice", r.name);
+        assert!(r.name.starts_with(&r.dataset().unwrap()), "{} is not named after its dataset", r.name);
+    }
+    for dataset in ["avmnist", "cremad", "urfunny", "ave", "mosei"] {
+        let methods: Vec<String> = recipes::for_dataset(dataset)
+            .iter()
+            .map(|r| r.table().unwrap()["method"].as_str().unwrap().to_string())
+            .collect();
+        assert!(methods.iter().any(|m| m == "joint") && methods.iter().any(|m| m == "agm"), "{dataset}: {methods:?}");
+    }
+    let err = recipes::find("avmnist-magic").unwrap_err().to_string();
+    assert!(err.contains("avmnist-magic") && err.contains("avmnist-agm-late"), "{err}");
+}
+
+#[test]
+fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
+    let resolved =
+        RunRequest::default().set("--dataset", "dataset", "avmnist").set("--data", "data", "x").resolve().unwrap();
+    let cfg = &resolved.config;
+    assert_eq!(cfg.model, "avmnist-late");
+    assert_eq!((cfg.epochs, cfg.batch_size, cfg.optimizer.lr(), cfg.agm.alpha), (999, 64, 1e-4, 2.5));
+    assert_eq!(cfg.schedule, agm_train::optim::ScheduleConfig::Step { step_size: 70, gamma: 0.1 });
+    assert_eq!(cfg.agm, agm_modulation::AgmConfig::paper_avmnist());
+    let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap();
+    assert_eq!(epochs.to_string(), "epochs = 999 (avmnist default)");
+    for (dataset, alpha, epochs) in [("cremad", 1.5, 1500), ("urfunny", 4.0, 800), ("ave", 1.0, 10), ("mosei", 1.0, 10)]
+    {
+        let cfg = RunRequest::default()
+            .set("--dataset", "dataset", dataset)
+            .set("--data", "data", "x")
+            .resolve()
+            .unwrap()
+            .config;
+        assert_eq!((cfg.agm.alpha, cfg.epochs, cfg.batch_size), (alpha, epochs, 16), "{dataset}");
+    }
+    // MOSEI clips every run, joint included.
+    let mosei = RunConfig::for_dataset("mosei").unwrap();
+    assert!(mosei.joint.clip.is_some());
+    // The embedded default is unchanged by the resolver.
+    assert_eq!(RunRequest::default().resolve().unwrap().config, RunConfig::av_digits());
+    assert!(RunRequest::default().resolve().unwrap().settings.is_empty());
+}
+
+#[test]
+fn a_config_file_wins_over_a_recipe_and_a_flag_over_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.toml");
+    std::fs::write(&path, "epochs = 3\n[agm]\nalpha = 0.5\n").unwrap();
+    let resolved = RunRequest::default()
+        .recipe("urfunny-agm-late")
+        .config_file(&path)
+        .set("--data", "data", "x")
+        .set("--epochs", "epochs", 2)
+        .resolve()
+        .unwrap();
+    assert_eq!((resolved.config.epochs, resolved.config.agm.alpha), (2, 0.5));
+    assert_eq!(resolved.config.agm.coeff_clamp, Some(7.0), "the recipe's dataset settings stay");
+    let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap().to_string();
+    assert!(epochs.starts_with("epochs = 2 (flag --epochs; wins over config file"), "{epochs}");
+    // A key the config does not know, in the file: the error names the file.
+    std::fs::write(&path, "[agm]\nalpah = 0.5\n").unwrap();
+    let err = RunRequest::default().config_file(&path).resolve().unwrap_err().to_string();
+    assert!(err.contains("mine.toml") && err.contains("alpah"), "{err}");
+    // Changing the optimizer's kind drops the old kind's keys.
+    std::fs::write(&path, "[optimizer]\nkind = \"adam\"\nlr = 0.001\n").unwrap();
+    let cfg =
+        RunRequest::default().recipe("ave-agm").config_file(&path).set("--data", "data", "x").resolve().unwrap().config;
+    assert_eq!(cfg.optimizer.lr(), 0.001);
+}
+
+#[test]
+fn the_shapley_mode_follows_the_encoders() {
+    let device = Device::Cpu;
+    let mode = |model: &str| {
+        let cfg = RunConfig { dataset: "synthetic".into(), model: model.into(), ..RunConfig::av_digits() };
+        let data = cfg.load_dataset().unwrap();
+        let built = cfg.build_model(&data, &device).unwrap();
+        (cfg.shapley_mode(built.as_ref()), cfg.describe_shapley(built.as_ref()))
+    };
+    // MLP encoders without batch norm or dropout: fast is exact.
+    assert_eq!(mode("av-digits-late").0, ShapleyMode::Fast);
+    // ResNet encoders have batch norm: auto runs the reference's passes.
+    let (m, words) = mode("avmnist-late");
+    assert_eq!(m, ShapleyMode::Faithful);
+    assert!(words.contains("faithful (auto"), "{words}");
+    let cfg = RunConfig {
+        dataset: "synthetic".into(),
+        model: "avmnist-late".into(),
+        shapley: "fast".into(),
+        ..RunConfig::av_digits()
+    };
+    let data = cfg.load_dataset().unwrap();
+    let model = cfg.build_model(&data, &device).unwrap();
+    assert_eq!(cfg.shapley_mode(model.as_ref()), ShapleyMode::Fast);
+    assert!(cfg.describe_shapley(model.as_ref()).contains("approximation"));
+}
+
+#[test]
+fn two_epochs_of_the_avmnist_recipe_lower_the_training_loss_on_reference_shaped_data() {
+    let dir = tempfile::tempdir().unwrap();
+    agm_data::loaders::avmnist::write_random_folder(dir.path(), 40, 10, 0).unwrap();
+    let cfg = RunRequest::default()
+        .recipe("avmnist-agm-late")
+        .set("--data", "data", dir.path().to_string_lossy().into_owned())
+        .set("--epochs", "epochs", 2)
+        .set("--batch-size", "batch_size", 8)
+        .resolve()
+        .unwrap()
+        .config;
+    let device = Device::Cpu;
+    let built = cfg.build(&device).unwrap();
+    let train = cfg.train_source(&built.data);
+    let mut trainer = cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device).unwrap();
+    let mut losses = Losses::default();
+    let summary = trainer.fit(train.as_ref(), &built.data.validation, &mut losses).unwrap();
+    assert_eq!(summary.epochs_done, 2);
+    assert!(losses.0[1] < losses.0[0], "epoch losses {:?}", losses.0);
+    // The reference's protocol reads the test split every epoch on AV-MNIST.
+    assert!(summary.last.unwrap().reference_split.is_some());
+}
+
+#[derive(Default)]
+struct Losses(Vec<f64>);
+
+impl Callback for Losses {
+    fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
+        self.0.push(e.train_loss);
+        Flow::Continue
+    }
+}
