@@ -749,6 +749,44 @@ mod tests {
     }
 
     #[test]
+    fn a_study_run_keys_modalities_by_name_and_gives_its_accuracy_verdict() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("study");
+        let args = StudyArgs {
+            methods: "joint,agm".into(),
+            seeds: 2,
+            run: crate::cli::RunFlags { epochs: Some(1), ..Default::default() },
+            out: Some(out.clone()),
+            quiet: true,
+        };
+        run(args).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+        let runs = json["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 4);
+        for r in runs {
+            let visual = &r["per_modality"]["visual"];
+            assert!(visual["test_shapley_accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{r}");
+            assert!(r["per_modality"]["audio"]["validation_shapley_accuracy"].is_number(), "{r}");
+        }
+        let verdict = &json["table"]["accuracy_verdicts"][0];
+        assert_eq!((verdict["method"].as_str(), verdict["outcome"].as_str()), (Some("agm"), Some("too-few-seeds")));
+        let md = std::fs::read_to_string(out.join("study.md")).unwrap();
+        assert!(md.contains("**Test accuracy, agm − joint**") && md.contains("a claim needs 20"), "{md}");
+    }
+
+    #[test]
+    fn the_accuracy_verdict_needs_twenty_seeds_and_an_interval_that_excludes_zero() {
+        let ci = |n: usize, mean: f64, h: f64| MeanCi { n, mean, half_width: Some(h) };
+        assert_eq!(AccuracyVerdict::of("agm", "joint", ci(20, 0.012, 0.005)).outcome, "better");
+        assert_eq!(AccuracyVerdict::of("agm", "joint", ci(20, -0.012, 0.005)).outcome, "worse");
+        assert_eq!(AccuracyVerdict::of("agm", "joint", ci(20, 0.002, 0.005)).outcome, "no-difference");
+        assert_eq!(AccuracyVerdict::of("agm", "joint", ci(19, 0.012, 0.005)).outcome, "too-few-seeds");
+        let line = AccuracyVerdict::of("agm", "joint", ci(20, 0.012, 0.005)).line();
+        assert!(line.contains("+1.20 ± 0.50 points") && line.contains("agm beats joint"), "{line}");
+    }
+
+    #[test]
     fn methods_are_parsed_and_checked() {
         assert_eq!(parse_methods(" joint, agm ,").unwrap(), ["joint", "agm"]);
         assert!(parse_methods("agm,agm").unwrap_err().to_string().contains("twice"));

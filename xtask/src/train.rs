@@ -288,7 +288,8 @@ mod tests {
         assert_eq!(resolved.config.agm.alpha, 1.5);
         let lines = settings_lines(&resolved).join("\n");
         assert!(lines.contains("method = \"joint\" (flag --method; wins over recipe cremad-agm-late)"), "{lines}");
-        assert!(lines.contains("optimizer.lr = 0.01 (flag --lr)"), "{lines}");
+        assert!(lines.contains("optimizer.lr = 0.01 (flag --lr; wins over recipe cremad-agm-late)"), "{lines}");
+        assert!(lines.contains("agm.alpha = 1.5 (recipe cremad-agm-late)"), "{lines}");
         let err = resolve(&flags(RunFlags { recipe: Some("cremad-magic".into()), ..RunFlags::default() }))
             .unwrap_err()
             .to_string();

@@ -2,8 +2,9 @@
 //!
 //! A preset name is `<family>-<fusion>`: family `av-digits`, `avmnist`, `cremad` or `urfunny`,
 //! fusion `late` (concat head, the reference's AGM model), `late-sum` (per-modality heads, its
-//! non-AGM model), `early` (MaxOut MLP), `film`, `gated` or `crossmodal`; plus the two
-//! dataset-specific nets `ave-psp` and `mosei-mat`. Where the reference defines the model, the
+//! non-AGM model), `early` (MaxOut MLP), `film`, `gated` or `crossmodal`, or `uni-<modality>`
+//! (that modality's encoder and a linear head alone: the reference's late-fusion uni-modal
+//! models); plus the two dataset-specific nets `ave-psp` and `mosei-mat`. Where the reference defines the model, the
 //! parameter count equals the reference's ([`PresetSpec::reference_params`]).
 
 use agm_core::{ModalitySet, MultimodalModel};
@@ -77,11 +78,24 @@ impl PresetOptions {
 
 const FAMILIES: [&str; 4] = ["av-digits", "avmnist", "cremad", "urfunny"];
 const FUSIONS: [&str; 6] = ["late", "late-sum", "early", "film", "gated", "crossmodal"];
+/// Names a uni-modal preset: `avmnist-uni-audio`.
+const UNIMODAL: &str = "uni-";
+
+/// A family's modalities, in its models' order.
+fn family_modalities(family: &str) -> &'static [&'static str] {
+    match family {
+        "urfunny" => &["audio", "visual", "text"],
+        _ => &["audio", "visual"],
+    }
+}
 
 /// Every preset name.
 pub fn preset_names() -> Vec<String> {
     let mut names: Vec<String> =
         FAMILIES.iter().flat_map(|f| FUSIONS.iter().map(move |k| format!("{f}-{k}"))).collect();
+    for family in FAMILIES {
+        names.extend(family_modalities(family).iter().map(|m| format!("{family}-{UNIMODAL}{m}")));
+    }
     names.push("ave-psp".into());
     names.push("mosei-mat".into());
     names
@@ -91,11 +105,14 @@ fn unknown(name: &str) -> candle_core::Error {
     candle_core::Error::Msg(format!("unknown model preset `{name}`; known presets: {}", preset_names().join(", ")))
 }
 
-/// Splits `avmnist-late-sum` into (`avmnist`, `late-sum`).
-fn family_and_fusion(name: &str) -> Option<(&'static str, &'static str)> {
+/// Splits `avmnist-late-sum` into (`avmnist`, `late-sum`), `avmnist-uni-audio` into
+/// (`avmnist`, `uni-audio`).
+fn family_and_fusion(name: &str) -> Option<(&'static str, &str)> {
     let family = FAMILIES.iter().find(|f| name.strip_prefix(**f).is_some_and(|rest| rest.starts_with('-')))?;
-    let fusion = FUSIONS.iter().find(|k| name[family.len() + 1..] == ***k)?;
-    Some((family, fusion))
+    let fusion = &name[family.len() + 1..];
+    let known = FUSIONS.contains(&fusion)
+        || fusion.strip_prefix(UNIMODAL).is_some_and(|m| family_modalities(family).contains(&m));
+    known.then_some((family, fusion))
 }
 
 fn input(modality: &str, shape: &[usize]) -> InputSpec {
@@ -136,6 +153,10 @@ pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
     }
     let (family, fusion) = family_and_fusion(name).ok_or_else(|| unknown(name))?;
     let mut spec = family_spec(name, family, fusion, opts)?;
+    if let Some(only) = fusion.strip_prefix(UNIMODAL) {
+        spec.inputs.retain(|i| i.modality == only);
+        spec.reference_params = None;
+    }
     if let Some(shapes) = &opts.input_shapes {
         if shapes.len() != spec.inputs.len() {
             candle_core::bail!("preset `{name}` takes {} inputs, the data has {}", spec.inputs.len(), shapes.len());
@@ -249,7 +270,9 @@ pub fn build_preset(
         let pb = root.pp(format!("{}_{suffix}", input.modality)).with_role(ParamRole::Modality(m));
         let encoder: Box<dyn Encoder> = match family {
             "av-digits" => {
-                let layers: Vec<EncoderLayer> = LateConcatConfig::av_digits().encoders[m].layers.clone();
+                let all = LateConcatConfig::av_digits();
+                let own = all.encoders.iter().find(|e| e.modality == input.modality).expect("an av-digits modality");
+                let layers: Vec<EncoderLayer> = own.layers.clone();
                 Box::new(SequentialEncoder::new(&pb, &layers)?)
             }
             "avmnist" => Box::new(ResNet18::new(&pb, &ResNetConfig { in_channels: 1, init: ResNetInit::Reference })?),
@@ -266,7 +289,9 @@ pub fn build_preset(
     }
     let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
     let modalities = ModalitySet::new(spec.inputs.iter().map(|i| i.modality.clone()));
-    let fusion = fusion_kind(family, fusion).build(&root, modalities.names(), &dims, spec.classes)?;
+    // A uni-modal model is its encoder and a linear head: the late concat fusion of one feature.
+    let kind = if fusion.starts_with(UNIMODAL) { FusionKind::LateConcat } else { fusion_kind(family, fusion) };
+    let fusion = kind.build(&root, modalities.names(), &dims, spec.classes)?;
     if family == "cremad" {
         linear_weight_init(&root)?;
     }

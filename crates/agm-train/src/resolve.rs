@@ -5,7 +5,8 @@
 //!
 //! ```
 //! use agm_train::resolve::RunRequest;
-//! let resolved = RunRequest::default().recipe("avmnist-agm-late").set("--lr", "optimizer.lr", 0.01).resolve().unwrap();
+//! let request = RunRequest::default().recipe("avmnist-agm-late").set("--data", "data", "avmnist/");
+//! let resolved = request.set("--lr", "optimizer.lr", 0.01).resolve().unwrap();
 //! assert_eq!(resolved.config.agm.alpha, 2.5);
 //! let lr = resolved.settings.iter().find(|s| s.key == "optimizer.lr").unwrap();
 //! assert_eq!(lr.origin.to_string(), "flag --lr");
@@ -144,16 +145,17 @@ impl RunRequest {
         let mut current = embedded.clone();
         let mut origins: BTreeMap<String, (Origin, Vec<Origin>)> = BTreeMap::new();
         for (origin, layer) in layers {
+            // A layer claims every key it names, changed or not; it beats an earlier layer only
+            // where it changes that layer's value.
+            let named = leaves(&layer);
             let mut next = current.clone();
             merge(&mut next, layer);
             check(&next, &origin)?;
-            let (before, after) = (leaves(&current), leaves(&next));
-            for (key, value) in &after {
-                if before.get(key) == Some(value) {
-                    continue;
-                }
+            let before = leaves(&current);
+            for key in named.keys() {
+                let changed = before.get(key) != named.get(key);
                 let beaten = match origins.remove(key) {
-                    Some((prev, mut older)) if !matches!(prev, Origin::Dataset(_)) => {
+                    Some((prev, mut older)) if changed && !matches!(prev, Origin::Dataset(_)) => {
                         older.push(prev);
                         older
                     }

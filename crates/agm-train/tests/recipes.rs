@@ -108,7 +108,10 @@ fn a_config_file_wins_over_a_recipe_and_a_flag_over_both() {
     assert_eq!((resolved.config.epochs, resolved.config.agm.alpha), (2, 0.5));
     assert_eq!(resolved.config.agm.coeff_clamp, Some(7.0), "the recipe's dataset settings stay");
     let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap().to_string();
-    assert!(epochs.starts_with("epochs = 2 (flag --epochs; wins over config file"), "{epochs}");
+    assert!(
+        epochs.starts_with("epochs = 2 (flag --epochs; wins over recipe urfunny-agm-late, config file"),
+        "{epochs}"
+    );
     // A key the config does not know, in the file: the error names the file.
     std::fs::write(&path, "[agm]\nalpah = 0.5\n").unwrap();
     let err = RunRequest::default().config_file(&path).resolve().unwrap_err().to_string();
@@ -179,4 +182,25 @@ impl Callback for Losses {
         self.0.push(e.train_loss);
         Flow::Continue
     }
+}
+
+#[test]
+fn a_uni_modal_recipe_keeps_its_modality_and_builds_the_reference_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    agm_data::loaders::avmnist::write_random_folder(dir.path(), 20, 10, 0).unwrap();
+    let cfg = RunRequest::default()
+        .recipe("avmnist-uni-audio")
+        .set("--data", "data", dir.path().to_string_lossy().into_owned())
+        .resolve()
+        .unwrap()
+        .config;
+    let data = cfg.load_dataset().unwrap();
+    assert_eq!(data.modalities.names(), ["audio"]);
+    let model = cfg.build_model(&data, &Device::Cpu).unwrap();
+    // Audio_Classify_ResNet: a one-channel ResNet-18 (11,170,240) and Linear(512, 10).
+    let params: usize = model.param_groups().trainable().iter().map(|v| v.var.elem_count()).sum();
+    assert_eq!(params, 11_170_240 + 5_130);
+    // AGM needs two modalities or more: a clear error, not a panic.
+    let agm = RunConfig { method: "agm".into(), ..cfg };
+    assert!(agm.build_modulator(model.as_ref(), &data).is_err());
 }

@@ -134,7 +134,8 @@ pub struct LoadedDataset {
 }
 
 impl LoadedDataset {
-    /// Puts the modalities in the order of `names` (a model's order), in every split.
+    /// Keeps the modalities `names` (a model's, in its order) in every split; a uni-modal model
+    /// keeps one of them.
     pub fn reorder_modalities(&mut self, names: &[&str]) -> Result<()> {
         let order = names
             .iter()
@@ -148,18 +149,6 @@ impl LoadedDataset {
                 })
             })
             .collect::<Result<Vec<usize>>>()?;
-        if order.len() != self.modalities.len() {
-            return Err(DataError::InvalidConfig {
-                option: "model".into(),
-                reason: format!(
-                    "the model takes {} modalities ({}) but the dataset has {} ({})",
-                    order.len(),
-                    names.join(", "),
-                    self.modalities.len(),
-                    self.modalities.names().join(", ")
-                ),
-            });
-        }
         self.modalities = ModalitySet::new(names.iter().copied());
         for split in [&mut self.train, &mut self.validation, &mut self.test].into_iter().chain(self.dep.as_mut()) {
             *split = split.select_modalities(&order);
