@@ -60,10 +60,11 @@ fn the_paper_presets_have_the_reference_parameter_counts() {
 fn every_preset_builds_and_runs_forward_at_the_small_scale() {
     let opts = PresetOptions::small();
     let names = preset_names();
-    assert_eq!(names.len(), 26);
+    // 4 families × 6 fusions, 9 uni-modal presets, ave-psp and mosei-mat.
+    assert_eq!(names.len(), 35);
     for name in &names {
         // The transformer families are large; their forward is covered by the gradient test.
-        if name.starts_with("urfunny") && name != "urfunny-late" {
+        if name.starts_with("urfunny") && name != "urfunny-late" && name != "urfunny-uni-text" {
             continue;
         }
         let spec = preset_spec(name, &opts).unwrap();
@@ -84,6 +85,10 @@ fn every_preset_builds_and_runs_forward_at_the_small_scale() {
     assert_eq!(cremad.inputs[1].shape, [3, 1, 224, 224]);
     let err = build_preset("avmnist-latest", &opts, 0, DType::F32, &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("unknown model preset `avmnist-latest`") && err.contains("avmnist-late-sum"), "{err}");
+    // A uni-modal preset is one modality's encoder and a linear head.
+    let uni = preset_spec("cremad-uni-visual", &opts).unwrap();
+    assert_eq!(uni.inputs.iter().map(|i| i.modality.as_str()).collect::<Vec<_>>(), ["visual"]);
+    assert!(preset_spec("avmnist-uni-text", &opts).is_err(), "AV-MNIST has no text");
 }
 
 #[test]

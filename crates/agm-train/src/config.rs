@@ -130,8 +130,8 @@ impl RunConfig {
         }
     }
 
-    /// The reference's settings for `dataset` (agm-reference.md sections 5, 6 and 9; every value
-    /// and its source are listed in docs/reproduce.md): the code's defaults (SGD with momentum
+    /// The reference's settings for `dataset` (docs/reproduce.md lists every value and its
+    /// source): the code's defaults (SGD with momentum
     /// 0.9 and weight decay 1e-4, StepLR(70, 0.1), batch 16, lr 1e-5), the README's AV-MNIST
     /// example (batch 64, lr 1e-4) and the author's answers in the reference's issues (alpha and
     /// epochs, modulation over the whole run). `av-digits` and `synthetic` keep the embedded
