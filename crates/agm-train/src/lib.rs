@@ -16,6 +16,7 @@ pub mod memory;
 pub mod optim;
 pub mod parity;
 mod run_dir;
+pub mod state_dict;
 pub mod step;
 mod trainer;
 
@@ -26,6 +27,7 @@ pub use error::{Result, TrainError};
 pub use evaluate::evaluate;
 pub use memory::peak_memory_bytes;
 pub use run_dir::RunDir;
+pub use state_dict::{load_weights, load_weights_file, read_state_dict, KeyMismatch};
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 pub use trainer::{
     Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer, TrainerOptions,
