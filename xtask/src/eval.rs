@@ -154,6 +154,21 @@ mod tests {
     }
 
     #[test]
+    fn a_run_directory_gives_its_config_to_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RunConfig { model: "av-digits-early".into(), ..RunConfig::av_digits() };
+        std::fs::write(dir.path().join("config.toml"), cfg.to_toml()).unwrap();
+        let mut a = args(Some(fixture()), None);
+        a.run_dir = Some(dir.path().to_path_buf());
+        // --dataset describes weights without a run directory: refused with one.
+        assert!(resolve(&a).unwrap_err().to_string().contains("drop them"));
+        a.dataset = None;
+        let target = resolve(&a).unwrap();
+        assert_eq!(target.cfg, cfg);
+        assert_eq!(target.weights, fixture());
+    }
+
+    #[test]
     fn eval_needs_a_run_directory_or_weights() {
         let err = resolve(&args(None, None)).unwrap_err().to_string();
         assert!(err.contains("--weights <file>"), "{err}");
