@@ -210,7 +210,22 @@ pub struct TrainArgs {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    pub run_dir: PathBuf,
+    /// A run directory written by `cargo xtask train`: its config, and its weights unless
+    /// --weights is given.
+    pub run_dir: Option<PathBuf>,
+    /// A weights file to evaluate instead: a PyTorch state dict or checkpoint (.pth, .pth.tar,
+    /// .pt, .bin; the official AGM checkpoints included) or a .safetensors file.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// The dataset of --weights without a run directory (default: av-digits).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// The model preset of --weights without a run directory (default: the dataset's).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The dataset's folder or `hf://<repo-id>`, for --weights without a run directory.
+    #[arg(long)]
+    pub data: Option<String>,
     /// `train`, `dep`, `validation` or `test`.
     #[arg(long, default_value = "test")]
     pub split: String,

@@ -1,11 +1,11 @@
 //! `cargo xtask eval`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
 use agm_metric::EvalReport;
-use agm_train::{Checkpoint, RunConfig, RunDir};
+use agm_train::{RunConfig, RunDir};
 use anyhow::Context;
 
 use crate::cli::EvalArgs;
@@ -20,33 +20,91 @@ fn parse_split(s: &str) -> anyhow::Result<Split> {
     })
 }
 
-/// Evaluates a run directory's `best` or `last` weights on a split.
-pub fn evaluate_run(dir: &Path, split: Split, which: &str) -> anyhow::Result<EvalReport> {
+/// What `eval` evaluates: a configuration and one weights file.
+#[derive(Debug)]
+pub struct EvalTarget {
+    pub cfg: RunConfig,
+    pub weights: PathBuf,
+    /// How the report names the weights: `best`, `last` or the file.
+    pub label: String,
+}
+
+/// A run directory's config with its `best` or `last` weights.
+fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
     let run = RunDir::open(dir)?;
     let cfg = RunConfig::from_toml_file(&run.config())?;
-    let device = cfg.device()?;
-    let path = match which {
+    let weights = match which {
         "best" => run.best(),
         "last" => run.checkpoint(),
         other => anyhow::bail!("--checkpoint `{other}` is not known; allowed: best, last"),
     };
-    let ck = Checkpoint::load(&path, &device)?;
+    if !weights.is_file() {
+        anyhow::bail!(
+            "{} not found; is {} a run directory written by `cargo xtask train`?",
+            weights.display(),
+            dir.display()
+        );
+    }
+    Ok(EvalTarget { cfg, weights, label: which.to_string() })
+}
+
+/// The configuration and weights the arguments name: a run directory, a weights file with
+/// `--dataset`/`--model`/`--data`, or a run directory's config with another weights file.
+pub fn resolve(args: &EvalArgs) -> anyhow::Result<EvalTarget> {
+    let external = args.dataset.is_some() || args.model.is_some() || args.data.is_some();
+    match (&args.run_dir, &args.weights) {
+        (Some(dir), _) if external => anyhow::bail!(
+            "--dataset, --model and --data describe --weights without a run directory, but {} has its own \
+             config.toml: drop them, or drop the run directory",
+            dir.display()
+        ),
+        (Some(dir), None) => run_dir_target(dir, &args.checkpoint),
+        (Some(dir), Some(weights)) => {
+            let cfg = RunConfig::from_toml_file(&RunDir::open(dir)?.config())?;
+            Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
+        }
+        (None, Some(weights)) => {
+            let mut cfg = RunConfig::av_digits();
+            if let Some(dataset) = &args.dataset {
+                cfg.dataset = dataset.clone();
+            }
+            cfg.model = args.model.clone().unwrap_or_else(|| agm_train::config::default_model(&cfg.dataset));
+            cfg.data = args.data.clone().unwrap_or_default();
+            cfg.validate().with_context(|| format!("evaluating {}", weights.display()))?;
+            Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
+        }
+        (None, None) => anyhow::bail!(
+            "nothing to evaluate: give a run directory (`cargo xtask eval runs/<name>`) or a weights file \
+             (`cargo xtask eval --weights <file> --dataset <id> --data <path>`)"
+        ),
+    }
+}
+
+/// Evaluates `target`'s weights with its config's model and data on a split; also gives the
+/// dataset's modality names.
+pub fn evaluate_target(target: &EvalTarget, split: Split) -> anyhow::Result<(EvalReport, Vec<String>)> {
+    let cfg = &target.cfg;
+    let device = cfg.device()?;
     let data = cfg.load_dataset()?;
     let model = cfg.build_model(&data, &device)?;
-    agm_train::checkpoint::load_weights(model.as_ref(), &ck.model)
-        .with_context(|| format!("loading weights from {}", path.display()))?;
+    agm_train::load_weights_file(model.as_ref(), &target.weights)
+        .with_context(|| format!("loading weights into model `{}` (dataset `{}`)", cfg.model, cfg.dataset))?;
     let report = agm_train::evaluate(model.as_ref(), agm_train::config::dataset_split(&data, split)?, 256, &device)?;
-    Ok(report)
+    Ok((report, data.modalities.names().to_vec()))
+}
+
+/// Evaluates a run directory's `best` or `last` weights on a split.
+pub fn evaluate_run(dir: &Path, split: Split, which: &str) -> anyhow::Result<EvalReport> {
+    Ok(evaluate_target(&run_dir_target(dir, which)?, split)?.0)
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let split = parse_split(&args.split)?;
-    let report = evaluate_run(&args.run_dir, split, &args.checkpoint)?;
-    let cfg = RunConfig::from_toml_file(&RunDir::open(&args.run_dir)?.config())?;
-    let data = cfg.load_dataset()?;
-    println!("{} split, {} weights, {} samples", split.name(), args.checkpoint, report.samples);
+    let target = resolve(&args)?;
+    let (report, modalities) = evaluate_target(&target, split)?;
+    println!("{} split, {} weights, {} samples", split.name(), target.label, report.samples);
     println!("accuracy {:.2}%   loss {:.4}", 100.0 * report.accuracy, report.loss);
-    for (i, name) in data.modalities.names().iter().enumerate() {
+    for (i, name) in modalities.iter().enumerate() {
         println!(
             "  {name:<8} Shapley accuracy {:.2}%   loss {:.4}",
             100.0 * report.modality_accuracy[i],
@@ -54,4 +112,65 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/official/av-digits-early.ckpt_full_epoch7.pth.tar")
+    }
+
+    fn args(weights: Option<PathBuf>, model: Option<&str>) -> EvalArgs {
+        EvalArgs {
+            run_dir: None,
+            weights,
+            dataset: Some("av-digits".into()),
+            model: model.map(String::from),
+            data: None,
+            split: "test".into(),
+            checkpoint: "best".into(),
+        }
+    }
+
+    #[test]
+    fn eval_weights_runs_on_an_official_checkpoint() {
+        let target = resolve(&args(Some(fixture()), Some("av-digits-early"))).unwrap();
+        assert_eq!(target.cfg.model, "av-digits-early");
+        let (report, modalities) = evaluate_target(&target, Split::Test).unwrap();
+        assert!(report.samples > 0 && report.loss.is_finite(), "{report:?}");
+        assert_eq!(modalities.len(), 2);
+    }
+
+    #[test]
+    fn eval_weights_for_another_model_names_the_file_and_the_fix() {
+        // The default model for av-digits is the late preset, which has no mm_encoder.
+        let target = resolve(&args(Some(fixture()), None)).unwrap();
+        let err = format!("{:#}", evaluate_target(&target, Split::Test).unwrap_err());
+        assert!(err.contains("ckpt_full_epoch7.pth.tar") && err.contains("--model"), "{err}");
+        assert!(err.contains("unexpected: `net.mm_encoder"), "{err}");
+    }
+
+    #[test]
+    fn a_run_directory_gives_its_config_to_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RunConfig { model: "av-digits-early".into(), ..RunConfig::av_digits() };
+        std::fs::write(dir.path().join("config.toml"), cfg.to_toml()).unwrap();
+        let mut a = args(Some(fixture()), None);
+        a.run_dir = Some(dir.path().to_path_buf());
+        // --dataset describes weights without a run directory: refused with one.
+        assert!(resolve(&a).unwrap_err().to_string().contains("drop them"));
+        a.dataset = None;
+        let target = resolve(&a).unwrap();
+        assert_eq!(target.cfg, cfg);
+        assert_eq!(target.weights, fixture());
+    }
+
+    #[test]
+    fn eval_needs_a_run_directory_or_weights() {
+        let err = resolve(&args(None, None)).unwrap_err().to_string();
+        assert!(err.contains("--weights <file>"), "{err}");
+    }
 }

@@ -85,21 +85,5 @@ impl Checkpoint {
     }
 }
 
-/// Sets every variable of `model` from `tensors` by name (a checkpoint's model tensors; keys of a
-/// method's own variables, `method.*`, are ignored). A missing name or a shape mismatch is an
-/// error naming the tensor.
-pub fn load_weights(
-    model: &dyn agm_core::MultimodalModel,
-    tensors: &HashMap<String, candle_core::Tensor>,
-) -> candle_core::Result<()> {
-    for v in model.param_groups().all_sorted() {
-        let t = tensors.get(&v.name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("tensor `{}` is missing: the weights are from another model", v.name))
-        })?;
-        if t.dims() != v.var.dims() {
-            candle_core::bail!("tensor `{}` has shape {:?}, the model expects {:?}", v.name, t.dims(), v.var.dims());
-        }
-        v.var.set(&t.to_dtype(v.var.dtype())?.to_device(v.var.device())?)?;
-    }
-    Ok(())
-}
+// The strict weights loader lives with the state-dict reader; this path keeps older callers working.
+pub use crate::state_dict::load_weights;

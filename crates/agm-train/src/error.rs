@@ -15,6 +15,10 @@ pub enum TrainError {
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
 
+    /// A state dict that does not fit the model: every missing, unexpected and misshapen name.
+    #[error("the weights do not fit the model: {0}")]
+    Weights(crate::state_dict::KeyMismatch),
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

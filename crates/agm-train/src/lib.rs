@@ -18,6 +18,7 @@ pub mod parity;
 pub mod recipes;
 pub mod resolve;
 mod run_dir;
+pub mod state_dict;
 pub mod step;
 mod trainer;
 
@@ -29,6 +30,7 @@ pub use evaluate::evaluate;
 pub use memory::peak_memory_bytes;
 pub use resolve::{Resolved, RunRequest};
 pub use run_dir::RunDir;
+pub use state_dict::{load_weights, load_weights_file, read_state_dict, KeyMismatch};
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 pub use trainer::{
     Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer, TrainerOptions,

@@ -222,27 +222,18 @@ impl<'a> Trainer<'a> {
     }
 
     fn set_model_tensors(&self, tensors: &HashMap<String, Tensor>, origin: &std::path::Path) -> Result<()> {
-        let named = self
+        let vars: Vec<(String, candle_core::Var)> = self
             .model_vars
             .iter()
-            .map(|v| (v.name.clone(), v))
-            .chain(self.extra_vars.iter().map(|v| (format!("method.{}", v.name), v)));
-        for (name, v) in named {
-            let t = tensors.get(&name).ok_or_else(|| {
-                TrainError::checkpoint(
-                    origin,
-                    format!("tensor `{name}` is missing: the checkpoint is from another model"),
-                )
-            })?;
-            if t.dims() != v.var.dims() {
-                return Err(TrainError::checkpoint(
-                    origin,
-                    format!("tensor `{name}` has shape {:?}, the model expects {:?}", t.dims(), v.var.dims()),
-                ));
+            .map(|v| (v.name.clone(), v.var.clone()))
+            .chain(self.extra_vars.iter().map(|v| (format!("method.{}", v.name), v.var.clone())))
+            .collect();
+        crate::state_dict::assign_strict(&vars, tensors).map_err(|e| match e {
+            TrainError::Weights(m) => {
+                TrainError::checkpoint(origin, format!("the checkpoint is from another model or method: {m}"))
             }
-            v.var.set(&t.to_dtype(v.var.dtype())?.to_device(&self.device)?)?;
-        }
-        Ok(())
+            other => other,
+        })
     }
 
     /// Writes the latest state to the run directory, if any.
