@@ -149,6 +149,9 @@ pub struct StudyArgs {
     pub seeds: u64,
     #[command(flatten)]
     pub run: RunFlags,
+    /// The mono-modal concepts' folder (default: concepts/<dataset>-<preset>).
+    #[arg(long)]
+    pub concepts: Option<PathBuf>,
     /// Output folder (default: runs/study-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -217,6 +220,10 @@ pub struct EvalArgs {
     /// .pt, .bin; the official AGM checkpoints included) or a .safetensors file.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// The paper experiment whose model --weights holds (`cargo xtask recipes`), without a run
+    /// directory.
+    #[arg(long)]
+    pub recipe: Option<String>,
     /// The dataset of --weights without a run directory (default: av-digits).
     #[arg(long)]
     pub dataset: Option<String>,

@@ -89,7 +89,15 @@ pub fn attach<'a>(
     cfg: &RunConfig,
     data: &'a LoadedDataset,
 ) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
-    let dir = default_dir(&cfg.dataset, &cfg.data_preset);
+    attach_in(cfg, data, default_dir(&cfg.dataset, &cfg.data_preset))
+}
+
+/// [`attach`] with the concepts in `dir`.
+pub fn attach_in<'a>(
+    cfg: &RunConfig,
+    data: &'a LoadedDataset,
+    dir: PathBuf,
+) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
     let all = data.modalities.names().to_vec();
     let (Some(dep), "av-digits") = (&data.dep, cfg.dataset.as_str()) else {
         return Ok((None, ConceptStatus { dir, missing: all, supported: false }));

@@ -51,10 +51,10 @@ fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
 /// The configuration and weights the arguments name: a run directory, a weights file with
 /// `--dataset`/`--model`/`--data`, or a run directory's config with another weights file.
 pub fn resolve(args: &EvalArgs) -> anyhow::Result<EvalTarget> {
-    let external = args.dataset.is_some() || args.model.is_some() || args.data.is_some();
+    let external = args.dataset.is_some() || args.model.is_some() || args.data.is_some() || args.recipe.is_some();
     match (&args.run_dir, &args.weights) {
         (Some(dir), _) if external => anyhow::bail!(
-            "--dataset, --model and --data describe --weights without a run directory, but {} has its own \
+            "--recipe, --dataset, --model and --data describe --weights without a run directory, but {} has its own \
              config.toml: drop them, or drop the run directory",
             dir.display()
         ),
@@ -64,13 +64,18 @@ pub fn resolve(args: &EvalArgs) -> anyhow::Result<EvalTarget> {
             Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
         }
         (None, Some(weights)) => {
-            let mut cfg = RunConfig::av_digits();
-            if let Some(dataset) = &args.dataset {
-                cfg.dataset = dataset.clone();
+            // The shared resolver: the dataset's (or recipe's) model unless --model says otherwise.
+            let mut request = agm_train::RunRequest::default();
+            if let Some(recipe) = &args.recipe {
+                request = request.recipe(recipe);
             }
-            cfg.model = args.model.clone().unwrap_or_else(|| agm_train::config::default_model(&cfg.dataset));
-            cfg.data = args.data.clone().unwrap_or_default();
-            cfg.validate().with_context(|| format!("evaluating {}", weights.display()))?;
+            let cfg = request
+                .set_opt("--dataset", "dataset", args.dataset.clone())
+                .set_opt("--model", "model", args.model.clone())
+                .set_opt("--data", "data", args.data.clone())
+                .resolve()
+                .with_context(|| format!("evaluating {}", weights.display()))?
+                .config;
             Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
         }
         (None, None) => anyhow::bail!(
@@ -127,6 +132,7 @@ mod tests {
         EvalArgs {
             run_dir: None,
             weights,
+            recipe: None,
             dataset: Some("av-digits".into()),
             model: model.map(String::from),
             data: None,

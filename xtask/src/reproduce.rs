@@ -188,7 +188,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
             let cfg = agm_train::RunConfig { seed, ..base.clone() };
             let dir = out.join(format!("{}-seed{seed}", recipe.name));
             let started = std::time::Instant::now();
-            let (result, reused) = run_one(&cfg, &dir)?;
+            let (result, reused) = run_one(&cfg, &dir, None)?;
             if !args.quiet {
                 println!(
                     "  {:<22} seed {:<3} test {:.2}%, reference protocol {}, {}",

@@ -23,7 +23,6 @@ use agm_data::LoadedDataset;
 use agm_metric::EvalReport;
 use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir};
 use anyhow::Context;
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::StudyArgs;
@@ -452,13 +451,16 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
 
 /// The competition probe attached to every study run: the mono-modal concepts of the run's
 /// dataset and preset are trained first when missing (cached on disk, so only the first run
-/// pays), so study runs always carry competition strength.
+/// pays), so study runs always carry competition strength. `concepts` overrides the default
+/// folder.
 fn competition_probe<'a>(
     cfg: &RunConfig,
     data: &'a LoadedDataset,
-    _device: &Device,
+    concepts: Option<&Path>,
 ) -> anyhow::Result<Option<Box<dyn CompetitionProbe + 'a>>> {
-    let (probe, status) = crate::concept::attach(cfg, data)?;
+    let dir =
+        concepts.map_or_else(|| agm_train::concept::default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf);
+    let (probe, status) = crate::concept::attach_in(cfg, data, dir.clone())?;
     if let Some(p) = probe {
         return Ok(Some(Box::new(p)));
     }
@@ -467,13 +469,13 @@ fn competition_probe<'a>(
     }
     let concept_cfg = RunConfig { seed: 0, ..cfg.clone() };
     agm_train::concept::train_concepts(&concept_cfg, None, &status.dir)?;
-    let (probe, _) = crate::concept::attach(cfg, data)?;
+    let (probe, _) = crate::concept::attach_in(cfg, data, dir)?;
     Ok(probe.map(|p| Box::new(p) as Box<dyn CompetitionProbe + 'a>))
 }
 
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
 /// `summary.json` and report.
-fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
+fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
     let run_dir = RunDir::create(dir)?;
     write_atomic(&run_dir.config(), cfg.to_toml().as_bytes())?;
     let device = cfg.device()?;
@@ -482,7 +484,7 @@ fn train(cfg: &RunConfig, dir: &Path) -> anyhow::Result<()> {
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let mut trainer =
         cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(run_dir.clone());
-    if let Some(probe) = competition_probe(cfg, &built.data, &device)? {
+    if let Some(probe) = competition_probe(cfg, &built.data, concepts)? {
         trainer = trainer.with_competition(probe);
     }
     let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
@@ -502,8 +504,9 @@ fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
     (record.config == *cfg && record.test.is_some() && !record.rows.is_empty()).then_some(record)
 }
 
-/// Runs (or reuses) one method and seed; says whether it was reused.
-pub(crate) fn run_one(cfg: &RunConfig, dir: &Path) -> anyhow::Result<(RunResult, bool)> {
+/// Runs (or reuses) one method and seed; says whether it was reused. Mono-modal concepts live in
+/// `concepts` (default: `concepts/<dataset>-<preset>`).
+pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match finished(cfg, dir) {
         Some(record) => (record, true),
         None => {
@@ -513,7 +516,8 @@ pub(crate) fn run_one(cfg: &RunConfig, dir: &Path) -> anyhow::Result<(RunResult,
             } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
                 anyhow::bail!("{} is not empty and holds no run; choose another --out", dir.display());
             }
-            train(cfg, dir).with_context(|| format!("{} seed {} in {}", cfg.method, cfg.seed, dir.display()))?;
+            train(cfg, dir, concepts)
+                .with_context(|| format!("{} seed {} in {}", cfg.method, cfg.seed, dir.display()))?;
             (RunRecord::load(dir)?, false)
         }
     };
@@ -576,7 +580,7 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     for cfg in &configs {
         let t = Instant::now();
         let dir = out.join(format!("{}-seed{}", cfg.method, cfg.seed));
-        let (result, reused) = run_one(cfg, &dir)?;
+        let (result, reused) = run_one(cfg, &dir, args.concepts.as_deref())?;
         if !args.quiet {
             let per: Vec<String> = result.test.modality_accuracy.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
             println!(
@@ -757,6 +761,7 @@ mod tests {
             seeds: 2,
             run: crate::cli::RunFlags { epochs: Some(1), ..Default::default() },
             out: Some(out.clone()),
+            concepts: Some(dir.path().join("concepts")),
             quiet: true,
         };
         run(args).unwrap();
