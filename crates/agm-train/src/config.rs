@@ -173,6 +173,22 @@ impl RunConfig {
         })
     }
 
+    /// `--dataset synthetic` with preset `model`: the settings of the dataset the preset is made
+    /// for (optimizer, schedule, batch size, method settings), with the embedded default's epoch
+    /// count, so a smoke run of a paper model does not train at AV-Digits' learning rate.
+    pub fn for_synthetic(model: &str) -> Result<Self> {
+        let made_for = agm_fusion::preset_spec(model, &PresetOptions::default())
+            .map(|spec| spec.dataset.to_string())
+            .unwrap_or_else(|_| "av-digits".into());
+        Ok(Self {
+            dataset: "synthetic".into(),
+            data: String::new(),
+            model: model.into(),
+            epochs: Self::av_digits().epochs,
+            ..Self::for_dataset(&made_for)?
+        })
+    }
+
     /// Reads a TOML file over the defaults; unknown keys are rejected with the file named.
     pub fn from_toml_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;

@@ -111,15 +111,15 @@ impl RunRequest {
         self.flags.iter().any(|(_, k, _)| k == key)
     }
 
-    /// The dataset a flag, the config file or the recipe names, in that order of precedence.
-    fn dataset(&self, recipe: Option<&toml::Table>, file: Option<&toml::Table>) -> Result<String> {
-        let flag = self.flags.iter().rev().find(|(_, k, _)| k == "dataset").map(|(_, _, v)| v);
-        let named =
-            flag.or_else(|| file.and_then(|t| t.get("dataset"))).or_else(|| recipe.and_then(|t| t.get("dataset")));
+    /// The value of top-level `key` a flag, the config file or the recipe names, in that order
+    /// of precedence.
+    fn named(&self, key: &str, recipe: Option<&toml::Table>, file: Option<&toml::Table>) -> Result<Option<String>> {
+        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(_, _, v)| v);
+        let named = flag.or_else(|| file.and_then(|t| t.get(key))).or_else(|| recipe.and_then(|t| t.get(key)));
         match named {
-            None => Ok("av-digits".into()),
-            Some(toml::Value::String(d)) => Ok(d.clone()),
-            Some(other) => Err(TrainError::Config(format!("dataset must be a string, got {other}"))),
+            None => Ok(None),
+            Some(toml::Value::String(v)) => Ok(Some(v.clone())),
+            Some(other) => Err(TrainError::Config(format!("{key} must be a string, got {other}"))),
         }
     }
 
@@ -133,9 +133,14 @@ impl RunRequest {
             Some(path) => Some((Origin::File(path.clone()), read_table(path)?)),
             None => None,
         };
-        let dataset = self.dataset(recipe.as_ref().map(|r| &r.1), file.as_ref().map(|f| &f.1))?;
+        let (recipe_table, file_table) = (recipe.as_ref().map(|r| &r.1), file.as_ref().map(|f| &f.1));
+        let dataset = self.named("dataset", recipe_table, file_table)?.unwrap_or_else(|| "av-digits".into());
+        let base = match self.named("model", recipe_table, file_table)? {
+            Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model)?,
+            _ => RunConfig::for_dataset(&dataset)?,
+        };
         let embedded = to_table(&RunConfig::av_digits());
-        let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&RunConfig::for_dataset(&dataset)?))];
+        let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&base))];
         layers.extend(recipe);
         layers.extend(file);
         for (flag, key, value) in &self.flags {

@@ -85,6 +85,14 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
             .config;
         assert_eq!((cfg.agm.alpha, cfg.epochs, cfg.batch_size), (alpha, epochs, 16), "{dataset}");
     }
+    // Synthetic data with a paper model trains with that model's dataset settings.
+    let synthetic = RunRequest::default()
+        .set("--dataset", "dataset", "synthetic")
+        .set("--model", "model", "avmnist-late")
+        .resolve()
+        .unwrap()
+        .config;
+    assert_eq!((synthetic.optimizer.lr(), synthetic.agm.alpha, synthetic.epochs), (1e-4, 2.5, 20));
     // MOSEI clips every run, joint included.
     let mosei = RunConfig::for_dataset("mosei").unwrap();
     assert!(mosei.joint.clip.is_some());
