@@ -57,6 +57,12 @@ pub struct StudyArgs {
     /// AGM's Shapley passes for every run: `faithful` or `fast`.
     #[arg(long)]
     pub shapley: Option<String>,
+    /// AGM's alpha for every run.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Base learning rate for every run.
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Output folder (default: runs/study-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,

@@ -20,6 +20,7 @@ use std::time::Instant;
 use agm_data::av_digits::Split;
 use agm_data::LoadedDataset;
 use agm_metric::EvalReport;
+use agm_train::optim::{AdamConfig, OptimizerConfig, SgdConfig};
 use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir};
 use anyhow::Context;
 use candle_core::Device;
@@ -463,6 +464,16 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = &args.shapley {
         base.shapley = s.clone();
+    }
+    if let Some(a) = args.alpha {
+        base.agm.alpha = a;
+    }
+    if let Some(lr) = args.lr {
+        base.optimizer = match base.optimizer {
+            OptimizerConfig::Sgd(c) => OptimizerConfig::Sgd(SgdConfig { lr, ..c }),
+            OptimizerConfig::Adam(c) => OptimizerConfig::Adam(AdamConfig { lr, ..c }),
+            OptimizerConfig::AdamW(c) => OptimizerConfig::AdamW(AdamConfig { lr, ..c }),
+        };
     }
     let configs: Vec<RunConfig> = methods
         .iter()
