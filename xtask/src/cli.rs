@@ -62,7 +62,8 @@ pub struct RunFlags {
     /// (default: `<dataset>-late`).
     #[arg(long)]
     pub model: Option<String>,
-    /// AV-Digits data preset: `audio-dominant`, `balanced`, `image-dominant`, … (README).
+    /// AV-Digits data preset: `noisy-audio` (default), `audio-dominant`, `balanced`,
+    /// `image-dominant`, `custom:<audio_std>,<image_std>`, `ambiguous:<pairs>,<audio_std>,<image_std>`.
     #[arg(long)]
     pub preset: Option<String>,
     /// Training epochs.

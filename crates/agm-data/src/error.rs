@@ -69,7 +69,8 @@ pub enum DataError {
 
     /// A noise preset name was not recognised.
     #[error(
-        "unknown noise preset `{name}`; expected audio-dominant, balanced, image-dominant or custom:<audio_std>,<image_std>"
+        "unknown noise preset `{name}`; expected audio-dominant, balanced, image-dominant, noisy-audio, \
+         custom:<audio_std>,<image_std> or ambiguous:<pairs>,<audio_std>,<image_std>"
     )]
     UnknownPreset { name: String },
 

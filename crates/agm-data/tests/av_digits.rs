@@ -253,3 +253,132 @@ fn rebuild_from_wheels_matches_the_committed_asset() {
     assert_eq!(hex(&built), ASSET_SHA256);
     assert!(built == av_digits::embedded_asset(), "rebuilt asset differs from the committed one");
 }
+
+/// The clean set's split and index of each asset clip (clean samples carry their own clip).
+fn clean_clip_index(d: &av_digits::AvDigits) -> std::collections::HashMap<u16, (Split, usize)> {
+    let mut at = std::collections::HashMap::new();
+    for split in Split::ALL {
+        for (i, o) in d.origins(split).iter().enumerate() {
+            at.insert(o.audio_clip, (split, i));
+        }
+    }
+    at
+}
+
+#[test]
+fn ambiguous_pairs_carry_pooled_audio_from_their_own_split_and_other_digits_are_unchanged() {
+    let a = clean();
+    let at = clean_clip_index(&a);
+    let preset = NoisePreset::Ambiguous { pairs: 2, audio_noise_std: 0.0, image_noise_std: 0.0 };
+    let pairs = preset.ambiguous_pairs();
+    assert_eq!(pairs, &[(0, 1), (2, 3)]);
+    let amb = av_digits::load(&AvDigitsConfig::with_preset(preset)).unwrap();
+    let again = av_digits::load(&AvDigitsConfig::with_preset(preset)).unwrap();
+    let pair_of = |l: u32| pairs.iter().position(|&(x, y)| l == x as u32 || l == y as u32);
+    // Per pair: samples of the pair, and those carrying a clip of the other digit.
+    let mut swapped = vec![(0usize, 0usize); pairs.len()];
+    for split in Split::ALL {
+        let (c, s) = (a.split(split), amb.split(split));
+        assert_eq!(s, again.split(split), "{split}: loading must be deterministic");
+        assert_eq!(amb.origins(split), again.origins(split));
+        assert_eq!(c.labels(), s.labels());
+        assert_eq!(c.modality_data(1), s.modality_data(1), "{split}: images must not change");
+        for (i, &label) in s.labels().iter().enumerate() {
+            let (oc, os) = (a.origins(split)[i], amb.origins(split)[i]);
+            assert_eq!(oc.image_row, os.image_row);
+            match pair_of(label) {
+                None => {
+                    assert_eq!(oc, os, "{split} sample {i} (digit {label}) must keep its clip");
+                    assert_eq!(c.sample_data(0, i), s.sample_data(0, i));
+                }
+                Some(p) => {
+                    let &(src_split, src) = at.get(&os.audio_clip).expect("a clip of the asset");
+                    assert_eq!(src_split, split, "{split} sample {i} carries a clip of {src_split}");
+                    let src_label = c.labels()[src];
+                    assert_eq!(
+                        pair_of(src_label),
+                        Some(p),
+                        "{split} sample {i}: digit {src_label} is outside the pair"
+                    );
+                    assert_eq!(s.sample_data(0, i), c.sample_data(0, src), "{split} sample {i}: not that clip's audio");
+                    swapped[p].0 += 1;
+                    swapped[p].1 += (src_label != label) as usize;
+                }
+            }
+        }
+    }
+    // Drawn from the pooled clips, about half the samples carry the other digit's clip.
+    for (p, &(n, other)) in swapped.iter().enumerate() {
+        let share = other as f64 / n as f64;
+        assert!((0.4..0.6).contains(&share), "pair {:?}: {other} of {n} samples carry the other digit", pairs[p]);
+    }
+    assert_eq!(amb.audio_mean(), a.audio_mean(), "standardisation uses the original train clips");
+}
+
+#[test]
+fn ambiguous_presets_parse_and_noise_like_custom() {
+    let p = NoisePreset::Ambiguous { pairs: 2, audio_noise_std: 0.5, image_noise_std: 0.25 };
+    assert_eq!(p.to_string(), "ambiguous:2,0.5,0.25");
+    assert_eq!(p.to_string().parse::<NoisePreset>().unwrap(), p);
+    assert_eq!(p.ambiguous_pairs(), &av_digits::AMBIGUOUS_PAIRS[..2]);
+    assert!(NoisePreset::AudioDominant.ambiguous_pairs().is_empty());
+    for bad in ["ambiguous:6,0,0", "ambiguous:1,0", "ambiguous:1,-1,0", "ambiguous:x,0,0"] {
+        assert!(bad.parse::<NoisePreset>().is_err(), "{bad}");
+    }
+    // No pairs: the same data as the custom preset with the same noise.
+    let none = av_digits::load(&AvDigitsConfig::with_preset(NoisePreset::Ambiguous {
+        pairs: 0,
+        audio_noise_std: 0.5,
+        image_noise_std: 0.25,
+    }))
+    .unwrap();
+    let custom = av_digits::load(&AvDigitsConfig::with_preset(NoisePreset::Custom {
+        audio_noise_std: 0.5,
+        image_noise_std: 0.25,
+    }))
+    .unwrap();
+    for split in Split::ALL {
+        assert_eq!(none.split(split), custom.split(split));
+        assert_eq!(none.origins(split), custom.origins(split));
+    }
+}
+
+#[test]
+fn noisy_audio_adds_fixed_audio_noise_of_std_1_25_and_keeps_images_and_the_other_presets() {
+    let preset = NoisePreset::NoisyAudio;
+    assert_eq!(preset.to_string(), "noisy-audio");
+    assert_eq!("noisy-audio".parse::<NoisePreset>().unwrap(), preset);
+    assert!(NoisePreset::NAMED.contains(&preset) && NoisePreset::NAMED.contains(&NoisePreset::AudioDominant));
+    assert_eq!((preset.audio_noise_std(), preset.image_noise_std()), (1.25, 0.0));
+    assert!(preset.ambiguous_pairs().is_empty());
+    // audio-dominant is still the clean set.
+    assert_eq!("audio-dominant".parse::<NoisePreset>().unwrap(), NoisePreset::AudioDominant);
+    assert_eq!(
+        (NoisePreset::AudioDominant.audio_noise_std(), NoisePreset::AudioDominant.image_noise_std()),
+        (0.0, 0.0)
+    );
+    let clean = clean();
+    let noisy = av_digits::load(&AvDigitsConfig::with_preset(preset)).unwrap();
+    let again = av_digits::load(&AvDigitsConfig::with_preset(preset)).unwrap();
+    let custom = av_digits::load(&AvDigitsConfig::with_preset(NoisePreset::Custom {
+        audio_noise_std: 1.25,
+        image_noise_std: 0.0,
+    }))
+    .unwrap();
+    for split in Split::ALL {
+        let (c, n) = (clean.split(split), noisy.split(split));
+        assert_eq!(n, again.split(split), "{split}: loading must be deterministic");
+        assert_eq!(n, custom.split(split), "{split}: the same data as custom:1.25,0");
+        assert_eq!(c.labels(), n.labels());
+        assert_eq!(c.modality_data(1), n.modality_data(1), "{split}: images must not change");
+        assert_eq!(clean.origins(split), noisy.origins(split), "{split}: every sample keeps its own clip");
+        let d: Vec<f64> = c.modality_data(0).iter().zip(n.modality_data(0)).map(|(x, y)| (y - x) as f64).collect();
+        let mean = d.iter().sum::<f64>() / d.len() as f64;
+        let var = d.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d.len() as f64;
+        assert!(
+            mean.abs() < 0.05 && (var.sqrt() - 1.25).abs() < 0.03,
+            "{split}: noise mean {mean}, std {}",
+            var.sqrt()
+        );
+    }
+}

@@ -33,7 +33,7 @@ use std::str::FromStr;
 
 pub use build::build_asset;
 pub use format::AssetHeader;
-pub use load::{load, load_from_bytes, AvDigits, AvDigitsConfig, NoisePreset};
+pub use load::{load, load_from_bytes, AvDigits, AvDigitsConfig, NoisePreset, AMBIGUOUS_PAIRS};
 
 use crate::error::DataError;
 
