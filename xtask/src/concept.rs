@@ -209,7 +209,7 @@ mod tests {
         };
         let line = status.summary_line(&cfg, &run, data.modalities().names());
         assert!(
-            line.contains("cargo xtask concept --dataset av-digits --preset audio-dominant --modality visual"),
+            line.contains("cargo xtask concept --dataset av-digits --preset noisy-audio --modality visual"),
             "{line}"
         );
     }

@@ -279,16 +279,16 @@ mod tests {
             ..flags(RunFlags {
                 recipe: Some("cremad-agm-late".into()),
                 data: Some("d".into()),
-                lr: Some(0.01),
+                lr: Some(0.02),
                 ..RunFlags::default()
             })
         })
         .unwrap();
-        assert_eq!((resolved.config.method.as_str(), resolved.config.optimizer.lr()), ("joint", 0.01));
+        assert_eq!((resolved.config.method.as_str(), resolved.config.optimizer.lr()), ("joint", 0.02));
         assert_eq!(resolved.config.agm.alpha, 1.5);
         let lines = settings_lines(&resolved).join("\n");
         assert!(lines.contains("method = \"joint\" (flag --method; wins over recipe cremad-agm-late)"), "{lines}");
-        assert!(lines.contains("optimizer.lr = 0.01 (flag --lr; wins over recipe cremad-agm-late)"), "{lines}");
+        assert!(lines.contains("optimizer.lr = 0.02 (flag --lr; wins over recipe cremad-agm-late)"), "{lines}");
         assert!(lines.contains("agm.alpha = 1.5 (recipe cremad-agm-late)"), "{lines}");
         let err = resolve(&flags(RunFlags { recipe: Some("cremad-magic".into()), ..RunFlags::default() }))
             .unwrap_err()
