@@ -23,8 +23,9 @@ impl Progress {
 
     fn line(&self, text: String) {
         match &self.bar {
-            Some(bar) => bar.println(text),
-            None => println!("{text}"),
+            // Without a terminal the bar draws nothing, and its println prints nothing either.
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            _ => println!("{text}"),
         }
     }
 }
