@@ -133,7 +133,7 @@ pub struct ReproduceArgs {
     /// `cpu` or `cuda`.
     #[arg(long)]
     pub device: Option<String>,
-    /// Output folder (default: runs/reproduce-<dataset>-<time>).
+    /// Output folder (default: runs/reproduce-<dataset>-<date>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long)]
@@ -153,7 +153,7 @@ pub struct StudyArgs {
     /// The mono-modal concepts' folder (default: concepts/<dataset>-<preset>).
     #[arg(long)]
     pub concepts: Option<PathBuf>,
-    /// Output folder (default: runs/study-<time>).
+    /// Output folder (default: runs/study-<date>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long)]
@@ -198,7 +198,8 @@ pub struct TrainArgs {
     /// Print the resolved configuration as TOML (with where each setting came from) and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// The run directory to write (default: runs/<dataset>-<method>-seed<seed>-<time>).
+    /// The run directory to write (default: runs/<model>-<method>-seed<seed>-<date>-<time>, a
+    /// suffix added when that exists).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue a stopped run from its directory.

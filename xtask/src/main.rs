@@ -53,6 +53,15 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// A new directory under `parent` named `<stem>-<UTC date>-<time>` (a suffix on collision).
+pub(crate) fn new_dir(parent: &str, stem: &str) -> anyhow::Result<std::path::PathBuf> {
+    // 2026-12-06T05:01:02Z -> 20261206-050102
+    let utc = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let digits: String = utc.chars().filter(char::is_ascii_digit).collect();
+    let stem = format!("{stem}-{}-{}", &digits[..8], &digits[8..]);
+    Ok(agm_train::RunDir::create_unique(std::path::Path::new(parent), &stem)?.root().to_path_buf())
+}
+
 /// The workspace root: known at build time, else the current directory.
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");

@@ -13,7 +13,6 @@
 //! and CREMA-D, validation elsewhere): comparable with its numbers, but optimistic.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agm_train::{checkpoint::write_atomic, recipes, RunRequest};
@@ -141,11 +140,6 @@ pub fn markdown(dataset: &str, seeds: u64, shortened: Option<usize>, rows: &[Rec
     md
 }
 
-fn default_out(dataset: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    PathBuf::from("runs").join(format!("reproduce-{dataset}-{secs}"))
-}
-
 pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
     if args.seeds == 0 {
         anyhow::bail!("--seeds must be at least 1");
@@ -170,7 +164,10 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         }
         chosen.retain(|r| names.contains(&r.name));
     }
-    let out = args.out.clone().unwrap_or_else(|| default_out(&args.dataset));
+    let out = match args.out.clone() {
+        Some(out) => out,
+        None => crate::new_dir("runs", &format!("reproduce-{}", args.dataset))?,
+    };
     std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
     println!("reproduce: {} recipe(s) of {} × {} seed(s) -> {}", chosen.len(), args.dataset, args.seeds, out.display());
     let mut rows = Vec::new();

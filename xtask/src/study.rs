@@ -524,11 +524,6 @@ pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> a
     Ok((RunResult::from_record(&cfg.method, cfg.seed, dir, &record)?, reused))
 }
 
-fn default_out() -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    PathBuf::from("runs").join(format!("study-{secs}"))
-}
-
 /// The methods of `--methods`, checked.
 fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
     let methods: Vec<String> = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
@@ -561,7 +556,10 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     if base.device == "cuda" && !cfg!(feature = "cuda") {
         anyhow::bail!("the study runs on the CPU in this build");
     }
-    let out = args.out.clone().unwrap_or_else(default_out);
+    let out = match args.out.clone() {
+        Some(out) => out,
+        None => crate::new_dir("runs", "study")?,
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     println!(
         "study: {} × {} seed(s) on {} ({} preset), {} epochs -> {}",

@@ -1,6 +1,6 @@
 //! `cargo xtask train`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
@@ -66,11 +66,6 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn default_out(cfg: &RunConfig) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    PathBuf::from("runs").join(format!("{}-{}-seed{}-{secs}", cfg.dataset, cfg.method, cfg.seed))
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let (cfg, dir, resuming, settings) = match &args.resume {
         Some(dir) => {
@@ -89,15 +84,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let settings = settings_lines(&resolved);
             let cfg = resolved.config;
-            let out = args.out.clone().unwrap_or_else(|| default_out(&cfg));
-            if out.join("checkpoint.safetensors").exists() {
-                anyhow::bail!(
+            let dir = match &args.out {
+                Some(out) if out.join("checkpoint.safetensors").exists() => anyhow::bail!(
                     "{} already holds a run; continue it with `--resume {}` or choose another --out",
                     out.display(),
                     out.display()
-                );
-            }
-            (cfg, RunDir::create(&out)?, false, settings)
+                ),
+                Some(out) => RunDir::create(out)?,
+                // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
+                None => {
+                    RunDir::open(crate::new_dir("runs", &format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed))?)?
+                }
+            };
+            (cfg, dir, false, settings)
         }
     };
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {

@@ -27,6 +27,25 @@ impl RunDir {
         Ok(Self { root })
     }
 
+    /// Creates a new directory `<parent>/<stem>`, or `<stem>-2`, `<stem>-3`, … when the name is
+    /// taken. The creation itself decides (no check-then-create race), so two runs started
+    /// together never share a directory.
+    pub fn create_unique(parent: &Path, stem: &str) -> Result<Self> {
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        for k in 1..=1000 {
+            let root = parent.join(if k == 1 { stem.to_string() } else { format!("{stem}-{k}") });
+            match std::fs::create_dir(&root) {
+                Ok(()) => return Ok(Self { root }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(TrainError::io(&root, e)),
+            }
+        }
+        Err(TrainError::io(
+            parent.join(stem),
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "1000 directories of this name exist; pass --out"),
+        ))
+    }
+
     /// Opens an existing run directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
@@ -93,5 +112,29 @@ impl RunDir {
                 serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad row: {e}", path.display())))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_runs_of_the_same_name_get_different_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let names: Vec<PathBuf> = (0..3)
+            .map(|_| RunDir::create_unique(tmp.path(), "av-digits-late-agm-seed0").unwrap().root().to_path_buf())
+            .collect();
+        let expected = ["av-digits-late-agm-seed0", "av-digits-late-agm-seed0-2", "av-digits-late-agm-seed0-3"];
+        assert_eq!(names, expected.map(|n| tmp.path().join(n)));
+        // Concurrent creations: each thread gets its own directory.
+        let dirs: Vec<PathBuf> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| RunDir::create_unique(tmp.path(), "same").unwrap().root().to_path_buf()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let unique: std::collections::BTreeSet<_> = dirs.iter().collect();
+        assert_eq!(unique.len(), 8);
     }
 }
