@@ -195,6 +195,13 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
     #[command(flatten)]
     pub run: RunFlags,
+    /// Do not train missing mono-modal concepts first (competition strength is then measured
+    /// only when they exist already).
+    #[arg(long)]
+    pub no_concepts: bool,
+    /// The mono-modal concepts' folder (default: concepts/<dataset>-<preset>).
+    #[arg(long)]
+    pub concepts: Option<PathBuf>,
     /// Print the resolved configuration as TOML (with where each setting came from) and exit.
     #[arg(long)]
     pub print_config: bool,

@@ -82,17 +82,25 @@ pub struct ConceptStatus {
     pub supported: bool,
 }
 
-/// The probe for a `train` run when its dataset and preset have a concept for every modality in
-/// the default folder (`concepts/<dataset>-<preset>`). A broken concept folder is an error that
-/// names the file.
-pub fn attach<'a>(
+/// [`attach_in`], after training the missing concepts into `dir` first where the dataset has
+/// them (AV-Digits: about 2 s, once; later runs find them on disk).
+pub fn attach_or_train<'a>(
     cfg: &RunConfig,
     data: &'a LoadedDataset,
+    dir: PathBuf,
 ) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
-    attach_in(cfg, data, default_dir(&cfg.dataset, &cfg.data_preset))
+    let (probe, status) = attach_in(cfg, data, dir.clone())?;
+    if probe.is_some() || !status.supported {
+        return Ok((probe, status));
+    }
+    let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
+    agm_train::concept::train_concepts(&concept_cfg, Some(&status.missing.join(",")), &dir)?;
+    attach_in(cfg, data, dir)
 }
 
-/// [`attach`] with the concepts in `dir`.
+/// The probe for a run when its dataset and preset have a concept for every modality in `dir`
+/// (by default `concepts/<dataset>-<preset>`). A broken concept folder is an error that names the
+/// file.
 pub fn attach_in<'a>(
     cfg: &RunConfig,
     data: &'a LoadedDataset,

@@ -19,9 +19,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use agm_data::av_digits::Split;
-use agm_data::LoadedDataset;
 use agm_metric::EvalReport;
-use agm_train::{checkpoint::write_atomic, CompetitionProbe, NoCallback, RunConfig, RunDir};
+use agm_train::concept::default_dir;
+use agm_train::{checkpoint::write_atomic, NoCallback, RunConfig, RunDir};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -449,30 +449,6 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
     ]
 }
 
-/// The competition probe attached to every study run: the mono-modal concepts of the run's
-/// dataset and preset are trained first when missing (cached on disk, so only the first run
-/// pays), so study runs always carry competition strength. `concepts` overrides the default
-/// folder.
-fn competition_probe<'a>(
-    cfg: &RunConfig,
-    data: &'a LoadedDataset,
-    concepts: Option<&Path>,
-) -> anyhow::Result<Option<Box<dyn CompetitionProbe + 'a>>> {
-    let dir =
-        concepts.map_or_else(|| agm_train::concept::default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf);
-    let (probe, status) = crate::concept::attach_in(cfg, data, dir.clone())?;
-    if let Some(p) = probe {
-        return Ok(Some(Box::new(p)));
-    }
-    if !status.supported {
-        return Ok(None);
-    }
-    let concept_cfg = RunConfig { seed: 0, ..cfg.clone() };
-    agm_train::concept::train_concepts(&concept_cfg, None, &status.dir)?;
-    let (probe, _) = crate::concept::attach_in(cfg, data, dir)?;
-    Ok(probe.map(|p| Box::new(p) as Box<dyn CompetitionProbe + 'a>))
-}
-
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
 /// `summary.json` and report.
 fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
@@ -484,8 +460,9 @@ fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let mut trainer =
         cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(run_dir.clone());
-    if let Some(probe) = competition_probe(cfg, &built.data, concepts)? {
-        trainer = trainer.with_competition(probe);
+    let concepts = concepts.map_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf);
+    if let (Some(probe), _) = crate::concept::attach_or_train(cfg, &built.data, concepts)? {
+        trainer = trainer.with_competition(Box::new(probe));
     }
     let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
     let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
+use agm_train::concept::default_dir;
 use agm_train::{checkpoint::write_atomic, Resolved, RunConfig, RunDir};
 use anyhow::Context;
 
@@ -109,7 +110,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let built = cfg.build(&device)?;
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
     let modalities = built.data.modalities.names().to_vec();
-    let (probe, concepts) = crate::concept::attach(&cfg, &built.data)?;
+    let concepts_dir = args.concepts.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
+    let (probe, concepts) = if args.no_concepts {
+        crate::concept::attach_in(&cfg, &built.data, concepts_dir)?
+    } else {
+        crate::concept::attach_or_train(&cfg, &built.data, concepts_dir)?
+    };
     let mut trainer =
         cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(dir.clone());
     if let Some(probe) = probe {
@@ -201,10 +207,12 @@ mod tests {
     use super::*;
     use crate::cli::RunFlags;
 
+    /// Two epochs into `out`, concepts beside it (trained there on the first run).
     fn args(out: &Path) -> TrainArgs {
         TrainArgs {
             run: RunFlags { epochs: Some(2), ..RunFlags::default() },
             out: Some(out.to_path_buf()),
+            concepts: Some(out.with_file_name("concepts")),
             quiet: true,
             ..TrainArgs::default()
         }
@@ -219,8 +227,13 @@ mod tests {
         // A second plain run into the same folder would overwrite it: refused.
         let err = run(args(&out)).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
-        run(TrainArgs { resume: Some(out.clone()), quiet: true, ..TrainArgs::default() }).unwrap();
+        let concepts = Some(dir.path().join("concepts"));
+        run(TrainArgs { resume: Some(out.clone()), quiet: true, concepts, ..TrainArgs::default() }).unwrap();
         assert!(out.join("summary.json").exists() && out.join("best.safetensors").exists());
+        // The first run trained the default's concepts, so every epoch measured competition strength.
+        assert!(dir.path().join("concepts/audio.json").is_file() && dir.path().join("concepts/visual.json").is_file());
+        let rows: Vec<agm_train::EpochSummary> = RunDir::open(&out).unwrap().read_metrics().unwrap();
+        assert!(rows.iter().all(|r| r.competition.as_ref().is_some_and(|c| c.len() == 2)), "{rows:?}");
         let report = crate::eval::evaluate_run(&out, Split::Test, "best").unwrap();
         assert_eq!(report.samples, 600);
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
