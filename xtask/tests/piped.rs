@@ -1,0 +1,38 @@
+//! `cargo xtask train` with its output going to a pipe, as in CI logs and under `tee`.
+
+use std::process::Command;
+
+#[test]
+fn piped_output_has_one_line_per_epoch_and_two_runs_get_two_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["train", "--epochs", "2", "--out", out, "--concepts"])
+            .arg(tmp.path().join("concepts"))
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let output = run("first");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "{stdout}");
+    assert!(epochs[1].starts_with("epoch   2  loss") && epochs[1].contains("val acc"), "{stdout}");
+    assert!(stdout.contains("competition strength (validation, last epoch"), "{stdout}");
+    // Without --out, two runs of one configuration get two directories.
+    for _ in 0..2 {
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["train", "--epochs", "1", "--no-concepts"])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let runs: Vec<String> = std::fs::read_dir(tmp.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs.iter().all(|r| r.starts_with("av-digits-late-agm-seed0-")), "{runs:?}");
+}
