@@ -10,6 +10,7 @@ mod eval;
 mod parity;
 mod plot;
 mod progress;
+mod provenance;
 mod recipes;
 mod report;
 mod reproduce;

@@ -452,6 +452,7 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
 /// `summary.json` and report.
 fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now();
     let run_dir = RunDir::create(dir)?;
     write_atomic(&run_dir.config(), cfg.to_toml().as_bytes())?;
     let device = cfg.device()?;
@@ -466,7 +467,8 @@ fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result
     }
     let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
     let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
-    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
+    let provenance = crate::provenance::Provenance::of_run(started, &cfg.device);
+    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg, "provenance": provenance });
     write_atomic(&run_dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
     report::write(dir)?;
     Ok(())

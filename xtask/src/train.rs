@@ -68,6 +68,7 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::SystemTime::now();
     let (cfg, dir, resuming, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
@@ -158,7 +159,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
     print_summary(&cfg, &summary, &test, &modalities, dir.root());
     println!("{}", concepts.summary_line(&cfg, &summary, &modalities));
-    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg });
+    let provenance = crate::provenance::Provenance::of_run(started, &cfg.device);
+    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg, "provenance": provenance });
     write_atomic(&dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
     crate::report::write_after_train(dir.root());
     Ok(ExitCode::SUCCESS)
@@ -234,6 +236,13 @@ mod tests {
         assert!(dir.path().join("concepts/audio.json").is_file() && dir.path().join("concepts/visual.json").is_file());
         let rows: Vec<agm_train::EpochSummary> = RunDir::open(&out).unwrap().read_metrics().unwrap();
         assert!(rows.iter().all(|r| r.competition.as_ref().is_some_and(|c| c.len() == 2)), "{rows:?}");
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let provenance = &summary["provenance"];
+        assert_eq!(provenance["agm_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(provenance["device"], "cpu");
+        assert!(provenance["started"].as_str().unwrap() <= provenance["finished"].as_str().unwrap(), "{provenance}");
+        assert!(provenance["threads"].as_u64().unwrap() >= 1 && provenance["command_line"].is_array(), "{provenance}");
         let report = crate::eval::evaluate_run(&out, Split::Test, "best").unwrap();
         assert_eq!(report.samples, 600);
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);

@@ -1,0 +1,42 @@
+//! Where and how a run was made, recorded in its `summary.json`.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// The facts a reader needs to trust or repeat a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Provenance {
+    pub agm_version: &'static str,
+    /// The commit xtask was built from, when built inside a git checkout.
+    pub git_commit: Option<&'static str>,
+    /// UTC, RFC 3339.
+    pub started: String,
+    pub finished: String,
+    pub device: String,
+    /// Threads of candle's CPU pool (`RAYON_NUM_THREADS`, else the available cores).
+    pub threads: usize,
+    /// The command line, program name first.
+    pub command_line: Vec<String>,
+}
+
+impl Provenance {
+    /// A run on `device` that started at `started` and finishes now.
+    pub fn of_run(started: SystemTime, device: &str) -> Self {
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let commit = env!("AGM_GIT_COMMIT");
+        Self {
+            agm_version: env!("CARGO_PKG_VERSION"),
+            git_commit: (!commit.is_empty()).then_some(commit),
+            started: humantime::format_rfc3339_seconds(started).to_string(),
+            finished: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            device: device.to_string(),
+            threads,
+            command_line: std::env::args().collect(),
+        }
+    }
+}
