@@ -295,8 +295,53 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
 }
 
 /// Renders `<run-dir>/report/` and returns that folder.
+/// `metrics.csv`: the rows of `metrics.jsonl`, one column per value, per-modality values under
+/// their modality's name; an empty cell where a row has no value.
+pub fn metrics_csv(record: &RunRecord) -> String {
+    let coefficients = record.rows.iter().filter_map(|r| r.coefficients.as_ref().map(Vec::len)).max().unwrap_or(0);
+    let coefficient_names = value_names(&record.modalities, coefficients, "coefficient");
+    let mut header: Vec<String> =
+        ["epoch", "lr", "train_loss", "validation_accuracy", "validation_loss"].map(String::from).to_vec();
+    for m in &record.modalities {
+        header.extend([format!("{m}_shapley_accuracy"), format!("{m}_shapley_loss"), format!("{m}_competition")]);
+    }
+    for c in &coefficient_names {
+        header.extend([format!("{c}_coefficient_mean"), format!("{c}_coefficient_last")]);
+    }
+    header
+        .extend(["mean_step_seconds", "peak_memory_bytes", "best_epoch", "reference_split_accuracy"].map(String::from));
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
+    let mut csv = header.join(",") + "\n";
+    for r in &record.rows {
+        let mut cells = vec![
+            r.epoch.to_string(),
+            r.lr.to_string(),
+            r.train_loss.to_string(),
+            r.validation.accuracy.to_string(),
+            r.validation.loss.to_string(),
+        ];
+        for i in 0..record.modalities.len() {
+            cells.push(cell(r.validation.modality_accuracy.get(i).copied()));
+            cells.push(cell(r.validation.modality_loss.get(i).copied()));
+            cells.push(cell(r.competition.as_ref().and_then(|c| c.get(i).copied())));
+        }
+        for i in 0..coefficients {
+            cells.push(cell(r.coefficients.as_ref().and_then(|c| c.get(i).copied())));
+            cells.push(cell(r.last_coefficients.as_ref().and_then(|c| c.get(i).copied())));
+        }
+        cells.push(r.mean_step_seconds.to_string());
+        cells.push(r.peak_memory_bytes.map_or(String::new(), |b| b.to_string()));
+        cells.push(r.best_epoch.to_string());
+        cells.push(cell(r.reference_split.as_ref().map(|e| e.accuracy)));
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
+    }
+    csv
+}
+
 pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
     let record = RunRecord::load(run_dir)?;
+    agm_train::checkpoint::write_atomic(&run_dir.join("metrics.csv"), metrics_csv(&record).as_bytes())?;
     let out = run_dir.join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut plots = Vec::new();
@@ -395,6 +440,25 @@ pub(crate) mod tests {
             assert!(md.contains(needle), "README.md lacks `{needle}`:\n{md}");
         }
         assert!(!md.contains("Test accuracy"), "no summary.json, no test line");
+        // metrics.csv holds the JSONL rows, value for value, per-modality columns by name.
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let rows: Vec<EpochSummary> = RunDir::open(&dir).unwrap().read_metrics().unwrap();
+        let body: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(body.len(), rows.len());
+        let col =
+            |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"));
+        for (cells, row) in body.iter().zip(&rows) {
+            let value = |name: &str| cells[col(name)].parse::<f64>().unwrap();
+            assert_eq!(value("epoch"), row.epoch as f64);
+            assert_eq!(value("train_loss"), row.train_loss);
+            assert_eq!(value("validation_accuracy"), row.validation.accuracy);
+            assert_eq!(value("visual_shapley_accuracy"), row.validation.modality_accuracy[1]);
+            assert_eq!(value("audio_competition"), row.competition.as_ref().unwrap()[0]);
+            assert_eq!(value("visual_coefficient_last"), row.last_coefficients.as_ref().unwrap()[1]);
+            assert_eq!(cells[col("reference_split_accuracy")], "");
+        }
     }
 
     #[test]
