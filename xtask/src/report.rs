@@ -71,7 +71,7 @@ pub fn modality_names(config: &RunConfig, count: usize) -> Vec<String> {
 }
 
 /// Names for a vector of per-modality values (coefficients of a stacked method may be longer).
-fn value_names(modalities: &[String], len: usize, what: &str) -> Vec<String> {
+pub fn value_names(modalities: &[String], len: usize, what: &str) -> Vec<String> {
     if len == modalities.len() {
         modalities.to_vec()
     } else {

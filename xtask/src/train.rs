@@ -125,18 +125,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if resuming {
         trainer.resume()?;
     }
+    // Only methods that run the masked passes say how they run them.
+    let shapley = match trainer.modulator().forward_plan() {
+        agm_modulation::ForwardPlan::Shapley => {
+            format!(", Shapley passes {}", cfg.describe_shapley(built.model.as_ref()))
+        }
+        agm_modulation::ForwardPlan::Full => String::new(),
+    };
     let dataset = match cfg.dataset.as_str() {
         "av-digits" => format!("av-digits ({} preset)", cfg.data_preset),
         other => other.to_string(),
     };
     println!(
-        "{} {} with {} on {dataset} ({} train samples, Shapley passes {}), {} epochs, seed {}, device {} -> {}",
+        "{} {} with {} on {dataset} ({} train samples{}), {} epoch{}, seed {}, device {} -> {}",
         if resuming { "resuming" } else { "training" },
         cfg.method,
         cfg.model,
         train.len(),
-        cfg.describe_shapley(built.model.as_ref()),
+        shapley,
         cfg.epochs,
+        if cfg.epochs == 1 { "" } else { "s" },
         cfg.seed,
         cfg.device,
         dir.root().display()
@@ -195,7 +203,8 @@ fn print_summary(
     }
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {
-            let c: Vec<String> = c.iter().map(|v| format!("{v:.3}")).collect();
+            let names = crate::report::value_names(modalities, c.len(), "coefficient");
+            let c: Vec<String> = names.iter().zip(c).map(|(n, v)| format!("{n} {v:.3}")).collect();
             println!("final coefficients: {}", c.join(" / "));
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
