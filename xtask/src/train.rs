@@ -257,6 +257,17 @@ mod tests {
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
     }
 
+    #[test]
+    fn an_error_prints_its_cause_once() {
+        let err = run(TrainArgs { resume: Some("no/such/run".into()), ..TrainArgs::default() }).unwrap_err();
+        let shown = format!("{err:#}");
+        assert_eq!(shown.matches("run directory not found").count(), 1, "{shown}");
+        let err = resolve(&flags(RunFlags { config: Some("no/such.toml".into()), ..RunFlags::default() })).unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("no/such.toml"), "{shown}");
+        assert_eq!(shown.matches("os error").count(), 1, "{shown}");
+    }
+
     fn flags(run: RunFlags) -> TrainArgs {
         TrainArgs { run, ..TrainArgs::default() }
     }

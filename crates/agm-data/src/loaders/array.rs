@@ -203,11 +203,12 @@ pub struct NpyFile {
 impl NpyFile {
     /// Maps `path` and checks that the data section holds exactly `prod(shape)` elements.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
         // SAFETY: the map is read-only; a file truncated by another process while mapped would
         // fault, which is the documented risk of memory-mapped reads (datasets are not rewritten
         // while training).
-        let map = unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
         let header = parse_npy_header(&map, path)?;
         let count: usize = header.shape.iter().product();
         let need = count * header.dtype.size();

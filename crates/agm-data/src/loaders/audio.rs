@@ -21,7 +21,7 @@ pub const N_FRAMES: usize = 1 + CLIP_SAMPLES / HOP;
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
     let bad = |reason: String| DataError::BadSource { path: path.to_path_buf(), reason };
     let mut reader = hound::WavReader::open(path).map_err(|e| match e {
-        hound::Error::IoError(source) => DataError::Io { path: path.to_path_buf(), source },
+        hound::Error::IoError(source) => DataError::Io { path: path.to_path_buf(), cause: source },
         other => bad(format!("not a readable wav file: {other}")),
     })?;
     let spec = reader.spec();

@@ -77,7 +77,7 @@ impl Mt19937 {
 
 /// The frame files of `dir` (jpg/jpeg/png), sorted by name as `sorted(os.listdir)` does.
 pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), cause: source })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -93,7 +93,7 @@ pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes a jpeg, resizes it to `size × size` (bilinear with antialiasing, like PIL's
 /// `Resize`), scales to [0, 1] and normalises with the ImageNet mean/std: `[3, size, size]`.
 pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
     let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
         .map_err(|e| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") })?
         .to_rgb8();

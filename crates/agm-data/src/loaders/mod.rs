@@ -173,7 +173,7 @@ pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedData
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> DataError {
-    DataError::Io { path: path.to_path_buf(), source }
+    DataError::Io { path: path.to_path_buf(), cause: source }
 }
 
 /// Fails with an `Io` (not found) error naming `path` when it does not exist.

@@ -87,7 +87,7 @@ fn err(path: &Path, pos: usize, reason: impl Into<String>) -> DataError {
 
 /// Reads and decodes the pickle file at `path`.
 pub fn read_pickle(path: &Path) -> Result<Py> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
     parse_pickle(&bytes, path)
 }
 

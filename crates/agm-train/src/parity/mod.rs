@@ -52,12 +52,9 @@ pub const TENSORS_FILE: &str = "tensors.safetensors";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParityError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message, not a `source`, so error chains print it once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// The file exists but is not what the format describes (corrupt JSON, missing or malformed
     /// field, missing or malformed tensor, a network the model cannot build).
@@ -95,8 +92,8 @@ impl ParityError {
 /// Replays the case in folder `dir` and compares every stored number.
 pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
     let case_path = dir.join(CASE_FILE);
-    let text =
-        std::fs::read_to_string(&case_path).map_err(|source| ParityError::Io { path: case_path.clone(), source })?;
+    let text = std::fs::read_to_string(&case_path)
+        .map_err(|source| ParityError::Io { path: case_path.clone(), cause: source })?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ParityError::invalid(&case_path, format!("not valid JSON: {e}")))?;
     let obj =
@@ -137,7 +134,7 @@ pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
 /// Every tensor of a safetensors file, on the CPU.
 fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ParityError> {
     if let Err(source) = std::fs::metadata(path) {
-        return Err(ParityError::Io { path: path.to_path_buf(), source });
+        return Err(ParityError::Io { path: path.to_path_buf(), cause: source });
     }
     candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| ParityError::invalid(path, format!("not a readable safetensors file: {e}")))
