@@ -19,5 +19,5 @@ mod params;
 
 pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};
-pub use model::{ForwardOpts, ModelOutput, MultimodalModel, ShapleyMode};
+pub use model::{FastShapley, ForwardOpts, ModelOutput, MultimodalModel, ShapleyMode};
 pub use params::{NamedVar, ParamGroups};

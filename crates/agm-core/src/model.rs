@@ -121,11 +121,28 @@ pub trait MultimodalModel {
         Ok((full, passes))
     }
 
-    /// Whether [`ShapleyMode::Fast`] computes exactly what [`ShapleyMode::Faithful`] does for
-    /// this model. The default [`MultimodalModel::shapley_passes`] ignores the mode, so it is.
-    fn fast_shapley_is_exact(&self) -> bool {
-        true
+    /// What [`ShapleyMode::Fast`] does for this model. The default
+    /// [`MultimodalModel::shapley_passes`] ignores the mode and always runs the faithful passes.
+    fn fast_shapley(&self) -> FastShapley {
+        FastShapley::NotSupported
     }
+
+    /// Whether [`ShapleyMode::Fast`] computes exactly what [`ShapleyMode::Faithful`] does.
+    fn fast_shapley_is_exact(&self) -> bool {
+        self.fast_shapley() != FastShapley::Approximate
+    }
+}
+
+/// What [`ShapleyMode::Fast`] means for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastShapley {
+    /// The model runs the faithful passes whatever the mode.
+    NotSupported,
+    /// The fast passes compute exactly what the faithful ones do (no batch norm or dropout in
+    /// the encoders).
+    Exact,
+    /// The fast passes reuse training-mode features: a documented approximation.
+    Approximate,
 }
 
 impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
@@ -153,7 +170,7 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
     ) -> Result<(ModelOutput, Vec<Tensor>)> {
         (**self).shapley_passes(inputs, masked, opts, mode)
     }
-    fn fast_shapley_is_exact(&self) -> bool {
-        (**self).fast_shapley_is_exact()
+    fn fast_shapley(&self) -> FastShapley {
+        (**self).fast_shapley()
     }
 }

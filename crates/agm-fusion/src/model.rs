@@ -188,8 +188,12 @@ impl MultimodalModel for FusionModel {
 
     /// The fast path runs encoders in training mode, so it is exact only without batch norm or
     /// dropout in them.
-    fn fast_shapley_is_exact(&self) -> bool {
-        self.encoders.iter().all(|e| !e.mode_dependent())
+    fn fast_shapley(&self) -> agm_core::FastShapley {
+        if self.encoders.iter().all(|e| !e.mode_dependent()) {
+            agm_core::FastShapley::Exact
+        } else {
+            agm_core::FastShapley::Approximate
+        }
     }
 
     fn shapley_passes(

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use agm_core::{MultimodalModel, ShapleyMode};
+use agm_core::{FastShapley, MultimodalModel, ShapleyMode};
 use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
 use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
 use agm_data::{DatasetId, LoadOptions, LoadedDataset};
@@ -259,21 +259,26 @@ impl RunConfig {
     pub fn shapley_mode(&self, model: &dyn MultimodalModel) -> ShapleyMode {
         match self.shapley.as_str() {
             "fast" => ShapleyMode::Fast,
-            "auto" if model.fast_shapley_is_exact() => ShapleyMode::Fast,
+            "auto" if model.fast_shapley() == FastShapley::Exact => ShapleyMode::Fast,
             _ => ShapleyMode::Faithful,
         }
     }
 
     /// How the Shapley passes run for `model`, in words for run headers.
     pub fn describe_shapley(&self, model: &dyn MultimodalModel) -> String {
-        let exact = model.fast_shapley_is_exact();
-        match (self.shapley.as_str(), exact) {
-            ("fast", false) => "fast, an approximation for these encoders (batch norm or dropout);                                 `--shapley faithful` runs the reference's arithmetic"
-                .into(),
-            ("auto", true) => "fast (auto: exact for these encoders)".into(),
-            ("auto", false) => "faithful (auto: the encoders have batch norm or dropout)".into(),
-            (mode, _) => mode.into(),
-        }
+        let fast = model.fast_shapley();
+        let text = match (self.shapley.as_str(), fast) {
+            (_, FastShapley::NotSupported) => "faithful (this model always runs the reference's passes)",
+            ("fast", FastShapley::Approximate) => {
+                "fast, an approximation for these encoders (batch norm or dropout); `--shapley faithful` runs \
+                 the reference's arithmetic"
+            }
+            ("auto", FastShapley::Exact) => "fast (auto: exact for these encoders)",
+            ("auto", FastShapley::Approximate) => "faithful (auto: the encoders have batch norm or dropout)",
+            ("fast", _) => "fast",
+            _ => "faithful",
+        };
+        text.to_string()
     }
 
     /// Every method's settings, as the registry takes them.

@@ -156,6 +156,10 @@ fn the_shapley_mode_follows_the_encoders() {
     let model = cfg.build_model(&data, &device).unwrap();
     assert_eq!(cfg.shapley_mode(model.as_ref()), ShapleyMode::Fast);
     assert!(cfg.describe_shapley(model.as_ref()).contains("approximation"));
+    // The PSP net has no fast path: it always runs the reference's passes, whatever the mode.
+    let (m, words) = mode("ave-psp");
+    assert_eq!(m, ShapleyMode::Faithful);
+    assert!(words.contains("always runs the reference's passes"), "{words}");
 }
 
 #[test]
