@@ -365,6 +365,11 @@ pub fn write_after_train(run_dir: &Path) {
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    if !args.run_dir.join("config.toml").exists() && args.run_dir.join("study.json").exists() {
+        let md = crate::study::render_folder(&args.run_dir)?;
+        println!("study report: {}", md.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let dir = write(&args.run_dir).with_context(|| format!("report of {}", args.run_dir.display()))?;
     println!("report: {}", dir.join("README.md").display());
     Ok(ExitCode::SUCCESS)

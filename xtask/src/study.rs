@@ -53,6 +53,7 @@ pub struct RunResult {
     /// Validation Shapley accuracy per epoch, then per modality.
     pub curve_modality_accuracy: Vec<Vec<f64>>,
     /// Per modality, by name.
+    #[serde(default)]
     pub per_modality: BTreeMap<String, ModalityResult>,
     /// The reference's protocol: the best epoch's accuracy on the split the reference selects on
     /// (test for AV-MNIST and CREMA-D when the run recorded it, else validation).
@@ -211,6 +212,7 @@ pub struct StudyTable {
     pub rows: Vec<MethodRow>,
     pub verdict: Option<Verdict>,
     /// Each other method's paired test-accuracy difference from the baseline, with its verdict.
+    #[serde(default)]
     pub accuracy_verdicts: Vec<AccuracyVerdict>,
 }
 
@@ -485,6 +487,29 @@ fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
 
 /// Runs (or reuses) one method and seed; says whether it was reused. Mono-modal concepts live in
 /// `concepts` (default: `concepts/<dataset>-<preset>`).
+/// Writes a study's plot and `study.md` into `out`; returns the Markdown.
+fn render(out: &Path, table: &StudyTable, results: &[RunResult]) -> anyhow::Result<String> {
+    plot::render(&out.join("curves"), &curves(table, results))?;
+    let md = markdown(table, results, Some("curves"));
+    write_atomic(&out.join("study.md"), md.as_bytes())?;
+    Ok(md)
+}
+
+/// `cargo xtask report <study folder>`: renders the study again from its `study.json`.
+pub fn render_folder(out: &Path) -> anyhow::Result<PathBuf> {
+    #[derive(Deserialize)]
+    struct Saved {
+        table: StudyTable,
+        runs: Vec<RunResult>,
+    }
+    let path = out.join("study.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let saved: Saved =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a study record", path.display()))?;
+    render(out, &saved.table, &saved.runs)?;
+    Ok(out.join("study.md"))
+}
+
 pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match finished(cfg, dir) {
         Some(record) => (record, true),
@@ -582,11 +607,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         modalities: report::modality_names(&base, count),
     };
     let table = summarise(setup, &results);
-    plot::render(&out.join("curves"), &curves(&table, &results))?;
-    let md = markdown(&table, &results, Some("curves"));
-    write_atomic(&out.join("study.md"), md.as_bytes())?;
     let json = serde_json::json!({ "table": table, "runs": results });
     write_atomic(&out.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let md = render(&out, &table, &results)?;
     println!();
     println!("{}", md.split("\n## Runs").next().unwrap_or(&md).trim_end());
     println!();
@@ -755,6 +778,10 @@ mod tests {
         assert_eq!((verdict["method"].as_str(), verdict["outcome"].as_str()), (Some("agm"), Some("too-few-seeds")));
         let md = std::fs::read_to_string(out.join("study.md")).unwrap();
         assert!(md.contains("**Test accuracy, agm − joint**") && md.contains("a claim needs 20"), "{md}");
+        // `report` on the study folder renders the study again.
+        std::fs::remove_file(out.join("study.md")).unwrap();
+        crate::report::run(crate::cli::ReportArgs { run_dir: out.clone() }).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("study.md")).unwrap(), md);
     }
 
     #[test]
