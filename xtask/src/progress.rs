@@ -36,9 +36,11 @@ impl Callback for Progress {
             let bar = self.bar.get_or_insert_with(|| {
                 let bar = ProgressBar::new(s.steps_in_epoch as u64);
                 bar.set_style(
-                    ProgressStyle::with_template("epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg}")
-                        .expect("static template")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec:.dim} elapsed {elapsed} eta {eta} {msg}",
+                    )
+                    .expect("static template")
+                    .progress_chars("=> "),
                 );
                 bar
             });
@@ -48,7 +50,12 @@ impl Callback for Progress {
                 let c: Vec<String> = c.iter().map(|v| format!("{v:.2}")).collect();
                 format!(" coeff {}", c.join("/"))
             });
-            bar.set_message(format!("loss {:.4}{}", s.loss, coeff.unwrap_or_default()));
+            if s.step_in_epoch == s.steps_in_epoch {
+                // The epoch's evaluation runs next; say so instead of sitting silent.
+                bar.set_message(format!("loss {:.4}; evaluating on validation…", s.loss));
+            } else {
+                bar.set_message(format!("loss {:.4}{}", s.loss, coeff.unwrap_or_default()));
+            }
         }
         match self.stop_after_steps {
             Some(n) if s.global_step >= n => Flow::Stop,
