@@ -106,11 +106,6 @@ impl RunRequest {
         }
     }
 
-    /// Whether a flag sets `key`.
-    pub fn sets(&self, key: &str) -> bool {
-        self.flags.iter().any(|(_, k, _)| k == key)
-    }
-
     /// The value of top-level `key` a flag, the config file or the recipe names, in that order
     /// of precedence.
     fn named(&self, key: &str, recipe: Option<&toml::Table>, file: Option<&toml::Table>) -> Result<Option<String>> {
