@@ -2,11 +2,11 @@
 # Builds, on a machine with Rust and nvcc but no GPU, what scripts/gpu-bench.sh runs on a GPU
 # machine that has no Rust: the `cuda` xtask binary and the CUDA kernel tests of agm-kernels,
 # stripped and gzipped into target/gpu-bundle (about 45 MB, under the device tool's 64 MiB carry).
-#   source ../shared/tools/cuda-env.sh    # nvcc 13.0 from PyPI wheels (docs/cuda.md)
+#   source scripts/cuda-env.sh    # nvcc 13.0 from PyPI wheels (docs/cuda.md)
 #   scripts/build-gpu-bundle.sh
 # Links against stub CUDA libraries in two passes (docs/cuda.md, scripts/cuda-link-stubs.sh).
 set -euo pipefail
-command -v nvcc >/dev/null || { echo "nvcc is not on PATH: source ../shared/tools/cuda-env.sh first (docs/cuda.md)" >&2; exit 1; }
+command -v nvcc >/dev/null || { echo "nvcc is not on PATH: source scripts/cuda-env.sh first (docs/cuda.md)" >&2; exit 1; }
 dir=target/xtask-cuda
 bundle=target/gpu-bundle
 build() {

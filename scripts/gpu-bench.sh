@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # agm on a GPU machine, from prebuilt binaries, in one call; nothing is built there. Build the
 # bundle on a machine with Rust (docs/cuda.md):
-#   source ../shared/tools/cuda-env.sh && scripts/build-gpu-bundle.sh
+#   source scripts/cuda-env.sh && scripts/build-gpu-bundle.sh
 # then, from the repository root on the GPU machine (with the bundle and, for the reference's
 # own steps, a reference tree carried along):
 #   scripts/gpu-bench.sh target/gpu-bundle [reference tree, default .dev/agm-reference] [bench flags]

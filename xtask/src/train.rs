@@ -40,13 +40,53 @@ fn print_config(resolved: &Resolved) {
     print!("{}", resolved.config.to_toml());
 }
 
+/// The nvcc a CUDA build would use and its release line (`nvcc 12.4 at /usr/local/cuda/bin/nvcc`),
+/// looked for where `scripts/cuda-env.sh` looks: `$NVCC`, `PATH`, `$CUDA_HOME`, `$CUDA_ROOT`,
+/// `/usr/local/cuda`. Checked before any build starts, so a missing toolkit costs a second.
+fn nvcc_release() -> Result<String, String> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nvcc")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let candidates: Vec<std::path::PathBuf> = env("NVCC")
+        .into_iter()
+        .chain(on_path)
+        .chain(env("CUDA_HOME").map(|h| h.join("bin/nvcc")))
+        .chain(env("CUDA_ROOT").map(|h| h.join("bin/nvcc")))
+        .chain([std::path::PathBuf::from("/usr/local/cuda/bin/nvcc")])
+        .collect();
+    let nvcc = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or("none was found ($NVCC, PATH, $CUDA_HOME, $CUDA_ROOT, /usr/local/cuda)")?;
+    let out = std::process::Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{} does not run ({e})", nvcc.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = text
+        .split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("`{} --version` did not print its release", nvcc.display()))?;
+    Ok(format!("nvcc {release} at {}", nvcc.display()))
+}
+
 /// `--device cuda` from a binary built without CUDA: run the same command through cargo with
 /// the feature on.
 fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
     if std::env::var_os("AGM_XTASK_CUDA_REEXEC").is_some() {
         anyhow::bail!("the cuda build still lacks CUDA support; see docs/cuda.md");
     }
-    eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` (needs nvcc, see docs/cuda.md)");
+    let nvcc = nvcc_release().map_err(|why| {
+        anyhow::anyhow!(
+            "--device cuda needs a build with the `cuda` feature, and that build needs the CUDA compiler nvcc: \
+             {why}. Install the CUDA toolkit, or run `source scripts/cuda-env.sh` (nvcc from PyPI wheels), then \
+             run this command again (docs/cuda.md)"
+        )
+    })?;
+    eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` ({nvcc}; docs/cuda.md)");
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "run",
@@ -86,6 +126,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             }
             let settings = settings_lines(&resolved);
             let cfg = resolved.config;
+            if cfg.device == "cuda" && !cfg!(feature = "cuda") {
+                // Before the run directory exists: a missing toolkit leaves nothing behind.
+                return reexec_with_cuda();
+            }
             let dir = match &args.out {
                 Some(out) if out.join("checkpoint.safetensors").exists() => anyhow::bail!(
                     "{} already holds a run; continue it with `--resume {}` or choose another --out",

@@ -36,3 +36,26 @@ fn piped_output_has_one_line_per_epoch_and_two_runs_get_two_directories() {
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs.iter().all(|r| r.starts_with("av-digits-late-agm-seed0-")), "{runs:?}");
 }
+
+#[test]
+fn device_cuda_without_nvcc_stops_before_building_and_names_nvcc() {
+    if cfg!(feature = "cuda") || std::path::Path::new("/usr/local/cuda/bin/nvcc").exists() {
+        return; // CUDA built in, or a system toolkit: the CUDA path would run, not this case.
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["train", "--device", "cuda", "--epochs", "1"])
+        .current_dir(tmp.path())
+        .env("PATH", tmp.path())
+        .env_remove("NVCC")
+        .env_remove("CUDA_HOME")
+        .env_remove("CUDA_ROOT")
+        .env_remove("AGM_XTASK_CUDA_REEXEC")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("nvcc") && stderr.contains("scripts/cuda-env.sh"), "{stderr}");
+    assert!(!stderr.contains("rebuilding"), "no build starts: {stderr}");
+    assert!(!tmp.path().join("runs").exists(), "nothing is written");
+}
