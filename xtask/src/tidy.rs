@@ -44,6 +44,23 @@ pub fn problems(root: &Path) -> Vec<String> {
             }
         }
     }
+    // The docs speak to users on any machine: no absolute paths of this one.
+    let mut docs = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
+        docs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "md")));
+    }
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap_or_default();
+        let rel = doc.strip_prefix(root).unwrap_or(&doc).display().to_string();
+        for (i, line) in text.lines().enumerate() {
+            if let Some(path) = machine_path(line) {
+                problems.push(format!(
+                    "{rel}:{}: absolute path of one machine (`{path}`); use a path in the repository or a placeholder",
+                    i + 1
+                ));
+            }
+        }
+    }
     let mut files = Vec::new();
     for dir in ["crates", "xtask", "benches"] {
         rust_files(&root.join(dir), &mut files);
@@ -59,6 +76,13 @@ pub fn problems(root: &Path) -> Vec<String> {
         }
     }
     problems
+}
+
+/// An absolute path of a particular machine in a line of documentation, if any.
+fn machine_path(line: &str) -> Option<&str> {
+    const ROOTS: [&str; 4] = ["/work/", "/home/", "/root/", "/tmp/"];
+    line.split(|c: char| c.is_whitespace() || "`'\"()[]".contains(c))
+        .find(|word| ROOTS.iter().any(|r| word.starts_with(r)))
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -81,5 +105,13 @@ mod tests {
     fn tidy() {
         let problems = super::problems(&crate::workspace_root());
         assert!(problems.is_empty(), "cargo xtask tidy found:\n{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn absolute_paths_of_a_machine_are_found_in_docs() {
+        assert_eq!(super::machine_path("run from `/work/main`:"), Some("/work/main"));
+        assert_eq!(super::machine_path("pip download -d /tmp/twheels torch"), Some("/tmp/twheels"));
+        assert_eq!(super::machine_path("see docs/cuda.md and target/xtask/release/xtask"), None);
+        assert_eq!(super::machine_path("cache in `~/.cache/agm-cuda-13.0`"), None);
     }
 }
