@@ -37,6 +37,7 @@ fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
     let id: DatasetId = dataset.parse()?;
     let root = agm_data::hub::resolve_data_path(spec, &agm_data::hub::HubOptions::from_env())?;
     println!("checking {} at {}", id.as_str(), root.display());
+    loaders::require_all(id, &root)?;
     if id == DatasetId::AvMnist {
         // Opens every file through memory maps and checks shapes and labels without reading the
         // (multi-GB) arrays into memory.

