@@ -2,7 +2,25 @@
 
 use std::time::SystemTime;
 
+use agm_metric::EvalReport;
+use agm_train::checkpoint::write_atomic;
+use agm_train::{RunConfig, RunDir, RunSummary};
 use serde::Serialize;
+
+/// Writes `summary.json`: the run's outcome, the test split's numbers for the selected weights,
+/// the configuration and the provenance of a run that started at `started`.
+pub fn write_summary(
+    dir: &RunDir,
+    run: &RunSummary,
+    test: &EvalReport,
+    cfg: &RunConfig,
+    started: SystemTime,
+) -> anyhow::Result<()> {
+    let provenance = Provenance::of_run(started, &cfg.device);
+    let json = serde_json::json!({ "run": run, "test": test, "config": cfg, "provenance": provenance });
+    write_atomic(&dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    Ok(())
+}
 
 /// The facts a reader needs to trust or repeat a run.
 #[derive(Clone, Debug, Serialize)]

@@ -469,9 +469,7 @@ fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result
     }
     let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
     let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
-    let provenance = crate::provenance::Provenance::of_run(started, &cfg.device);
-    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg, "provenance": provenance });
-    write_atomic(&run_dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    crate::provenance::write_summary(&run_dir, &summary, &test, cfg, started)?;
     report::write(dir)?;
     Ok(())
 }
@@ -485,8 +483,6 @@ fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
     (record.config == *cfg && record.test.is_some() && !record.rows.is_empty()).then_some(record)
 }
 
-/// Runs (or reuses) one method and seed; says whether it was reused. Mono-modal concepts live in
-/// `concepts` (default: `concepts/<dataset>-<preset>`).
 /// Writes a study's plot and `study.md` into `out`; returns the Markdown.
 fn render(out: &Path, table: &StudyTable, results: &[RunResult]) -> anyhow::Result<String> {
     plot::render(&out.join("curves"), &curves(table, results))?;
@@ -510,6 +506,8 @@ pub fn render_folder(out: &Path) -> anyhow::Result<PathBuf> {
     Ok(out.join("study.md"))
 }
 
+/// Runs (or reuses) one method and seed; says whether it was reused. Mono-modal concepts live in
+/// `concepts` (default: `concepts/<dataset>-<preset>`).
 pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match finished(cfg, dir) {
         Some(record) => (record, true),

@@ -21,6 +21,10 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
     Ok(request.resolve()?)
 }
 
+/// Heads the list of [`settings_lines`].
+const SETTINGS_HEADING: &str =
+    "settings that differ from the embedded default (flags win over --config, which wins over --recipe):";
+
 /// The settings that differ from the embedded default and where each came from, one a line.
 pub fn settings_lines(resolved: &Resolved) -> Vec<String> {
     resolved.settings.iter().map(|s| format!("  {s}")).collect()
@@ -29,9 +33,7 @@ pub fn settings_lines(resolved: &Resolved) -> Vec<String> {
 /// `--print-config`: the provenance as comments, then the TOML.
 fn print_config(resolved: &Resolved) {
     if !resolved.settings.is_empty() {
-        println!(
-            "# settings that differ from the embedded default (flags win over --config, which wins over --recipe):"
-        );
+        println!("# {SETTINGS_HEADING}");
         for line in settings_lines(resolved) {
             println!("#{line}");
         }
@@ -109,14 +111,14 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
-    let (cfg, dir, resuming, settings) = match &args.resume {
+    let (cfg, resumed, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
             let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
             if let Some(e) = args.run.epochs {
                 cfg.epochs = e;
             }
-            (cfg, run_dir, true, Vec::new())
+            (cfg, Some(run_dir), Vec::new())
         }
         None => {
             let resolved = resolve(&args)?;
@@ -125,29 +127,27 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let settings = settings_lines(&resolved);
-            let cfg = resolved.config;
-            if cfg.device == "cuda" && !cfg!(feature = "cuda") {
-                // Before the run directory exists: a missing toolkit leaves nothing behind.
-                return reexec_with_cuda();
-            }
-            let dir = match &args.out {
-                Some(out) if out.join("checkpoint.safetensors").exists() => anyhow::bail!(
-                    "{} already holds a run; continue it with `--resume {}` or choose another --out",
-                    out.display(),
-                    out.display()
-                ),
-                Some(out) => RunDir::create(out)?,
-                // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
-                None => {
-                    RunDir::open(crate::new_dir("runs", &format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed))?)?
-                }
-            };
-            (cfg, dir, false, settings)
+            (resolved.config, None, settings)
         }
     };
+    // Before a new run directory exists: a missing toolkit leaves nothing behind.
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
         return reexec_with_cuda();
     }
+    let resuming = resumed.is_some();
+    let dir = match (resumed, &args.out) {
+        (Some(run_dir), _) => run_dir,
+        (None, Some(out)) if out.join("checkpoint.safetensors").exists() => anyhow::bail!(
+            "{} already holds a run; continue it with `--resume {}` or choose another --out",
+            out.display(),
+            out.display()
+        ),
+        (None, Some(out)) => RunDir::create(out)?,
+        // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
+        (None, None) => {
+            RunDir::open(crate::new_dir("runs", &format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed))?)?
+        }
+    };
     let device = cfg.device()?;
     if !resuming {
         write_atomic(&dir.config(), cfg.to_toml().as_bytes())?;
@@ -194,7 +194,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dir.root().display()
     );
     if !settings.is_empty() {
-        println!("settings that differ from the embedded default (flags win over --config, which wins over --recipe):");
+        println!("{SETTINGS_HEADING}");
         settings.iter().for_each(|line| println!("{line}"));
     }
     let mut progress = Progress::new(modalities.clone(), args.quiet, args.stop_after_steps);
@@ -211,9 +211,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
     print_summary(&cfg, &summary, &test, &modalities, dir.root());
     println!("{}", concepts.summary_line(&cfg, &summary, &modalities));
-    let provenance = crate::provenance::Provenance::of_run(started, &cfg.device);
-    let json = serde_json::json!({ "run": summary, "test": test, "config": cfg, "provenance": provenance });
-    write_atomic(&dir.summary(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    crate::provenance::write_summary(&dir, &summary, &test, &cfg, started)?;
     crate::report::write_after_train(dir.root());
     Ok(ExitCode::SUCCESS)
 }
