@@ -162,7 +162,16 @@ pub struct StudyArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
-    pub run_dir: PathBuf,
+    /// A run directory (writes `<run>/report/`), a study folder (re-renders `study.md`), or
+    /// several run directories (one overlaid comparison).
+    #[arg(required = true, num_args = 1..)]
+    pub run_dirs: Vec<PathBuf>,
+    /// The loss axis: `log` (default; late epochs stay readable) or `linear`.
+    #[arg(long, default_value = "log", value_parser = ["log", "linear"])]
+    pub loss_scale: String,
+    /// Folder of a comparison of several runs (default: runs/compare-<date>-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -34,24 +34,35 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
+/// Values beyond this magnitude are drawn at the edge of the chart: plot ranges stay finite and
+/// bounded whatever a run recorded (a coefficient can reach 1e300).
+const MAX_MAGNITUDE: f64 = 1e12;
+
 /// One line: `(x, y)` points; non-finite `y` values are left out.
 #[derive(Clone, Debug)]
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
-    /// Drawn dashed (e.g. a second view of the same quantity).
+    /// Drawn dashed with hollow markers (e.g. a second view of the same quantity).
     pub dashed: bool,
     /// Palette index; by default the series' position.
     pub colour: Option<usize>,
+    /// A shaded band `(x, low, high)` around the line (e.g. a 95% confidence interval).
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 impl Series {
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Self { name: name.into(), points, dashed: false, colour: None }
+        Self { name: name.into(), points, dashed: false, colour: None, band: Vec::new() }
     }
 
     pub fn dashed(mut self) -> Self {
         self.dashed = true;
+        self
+    }
+
+    pub fn band(mut self, band: Vec<(f64, f64, f64)>) -> Self {
+        self.band = band;
         self
     }
 
@@ -61,8 +72,57 @@ impl Series {
         self
     }
 
-    fn finite_points(&self) -> Vec<(f64, f64)> {
-        self.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect()
+    /// The points the chart draws, in its y scale; what it cannot draw is left out.
+    fn drawn_points(&self, scale: YScale) -> Vec<(f64, f64)> {
+        self.points.iter().filter_map(|&(x, y)| Some((bounded(x)?, scale.to_axis(y)?))).collect()
+    }
+
+    fn drawn_band(&self, scale: YScale) -> Vec<(f64, f64, f64)> {
+        self.band
+            .iter()
+            .filter_map(|&(x, lo, hi)| Some((bounded(x)?, scale.to_axis(lo)?, scale.to_axis(hi)?)))
+            .collect()
+    }
+}
+
+/// A finite value clamped to ±[`MAX_MAGNITUDE`].
+fn bounded(v: f64) -> Option<f64> {
+    v.is_finite().then(|| v.clamp(-MAX_MAGNITUDE, MAX_MAGNITUDE))
+}
+
+/// How values map to the y axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YScale {
+    Linear,
+    /// Fractions shown as percentages (0.5 is labelled 50%).
+    Percent,
+    /// Base-10 logarithmic; values <= 0 are left out.
+    Log,
+}
+
+impl YScale {
+    /// The axis coordinate of a value (log10 on a log axis).
+    fn to_axis(self, v: f64) -> Option<f64> {
+        match self {
+            Self::Log => (v > 0.0).then(|| v.log10()).and_then(bounded),
+            _ => bounded(v),
+        }
+    }
+
+    fn label(self, y: f64) -> String {
+        match self {
+            Self::Linear => format!("{y:.3}"),
+            Self::Percent => format!("{:.1}%", 100.0 * y),
+            Self::Log => format!("{:.3}", 10f64.powf(y)),
+        }
+    }
+
+    /// The smallest y span a chart shows (flat series stay readable).
+    fn min_span(self) -> f64 {
+        match self {
+            Self::Log => 0.1,
+            _ => 0.02,
+        }
     }
 }
 
@@ -75,6 +135,7 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Fixed y range; `None` fits the data.
     pub y_range: Option<(f64, f64)>,
+    pub y_scale: YScale,
     pub legend: Legend,
 }
 
@@ -86,12 +147,18 @@ impl Panel {
             y_label: y_label.into(),
             series,
             y_range: None,
+            y_scale: YScale::Linear,
             legend: Legend::LowerRight,
         }
     }
 
     pub fn legend(mut self, at: Legend) -> Self {
         self.legend = at;
+        self
+    }
+
+    pub fn y_scale(mut self, scale: YScale) -> Self {
+        self.y_scale = scale;
         self
     }
 }
@@ -110,22 +177,28 @@ fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {e}")
 }
 
-/// The range of the data with some room around it, never empty.
+/// The range of the data with some room around it, never empty, always finite.
 fn padded(values: impl Iterator<Item = f64>, min_span: f64, pad: f64) -> (f64, f64) {
     let (lo, hi) =
-        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        values.filter_map(bounded).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
-    let span = (hi - lo).max(min_span);
+    // Relative to the values too: a span below the float resolution draws no ticks.
+    let span = (hi - lo).max(min_span).max(1e-9 * lo.abs().max(hi.abs()));
     let mid = 0.5 * (lo + hi);
     (mid - 0.5 * span - pad * span, mid + 0.5 * span + pad * span)
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> anyhow::Result<()> {
-    let points: Vec<Vec<(f64, f64)>> = panel.series.iter().map(Series::finite_points).collect();
+    let scale = panel.y_scale;
+    let points: Vec<Vec<(f64, f64)>> = panel.series.iter().map(|s| s.drawn_points(scale)).collect();
+    let bands: Vec<Vec<(f64, f64, f64)>> = panel.series.iter().map(|s| s.drawn_band(scale)).collect();
     let (x0, x1) = padded(points.iter().flatten().map(|p| p.0), 1.0, 0.03);
-    let (y0, y1) = panel.y_range.unwrap_or_else(|| padded(points.iter().flatten().map(|p| p.1), 0.02, 0.08));
+    let band_ys = bands.iter().flatten().flat_map(|b| [b.1, b.2]);
+    let (y0, y1) = panel
+        .y_range
+        .unwrap_or_else(|| padded(points.iter().flatten().map(|p| p.1).chain(band_ys), scale.min_span(), 0.08));
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, (FAMILY, 22))
         .margin(14)
@@ -142,23 +215,43 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         .x_labels(x_labels)
         .y_labels(8)
         .x_label_formatter(&|x| if integer_x { format!("{x:.0}") } else { format!("{x:.2}") })
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .y_label_formatter(&|y| scale.label(*y))
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .light_line_style(RGBColor(238, 238, 238))
         .bold_line_style(RGBColor(215, 215, 215))
         .draw()
         .map_err(drawing)?;
+    // Bands first, so every line stays on top of every band.
+    for (i, (series, band)) in panel.series.iter().zip(&bands).enumerate() {
+        if band.len() >= 2 {
+            let color = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
+            let outline: Vec<(f64, f64)> =
+                band.iter().map(|b| (b.0, b.2)).chain(band.iter().rev().map(|b| (b.0, b.1))).collect();
+            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(drawing)?;
+        }
+    }
     for (i, (series, pts)) in panel.series.iter().zip(&points).enumerate() {
         let color = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
         let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 2 };
-        let drawn = if series.dashed {
+        let dashed = series.dashed;
+        let drawn = if dashed {
             chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(drawing)?
         } else {
             chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(drawing)?
         };
-        drawn.label(series.name.as_str()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(drawing)?;
+        // The legend shows the line's dash and its marker, so overlapping series stay apart.
+        // Dashed series carry hollow markers, solid ones filled markers; the legend shows both, so
+        // overlapping series stay apart. Coordinates after `EmptyElement::at` are relative.
+        let marker = if dashed { style } else { color.filled() };
+        let (gap_start, gap_end) = if dashed { (8, 16) } else { (12, 12) };
+        drawn.label(series.name.as_str()).legend(move |at| {
+            EmptyElement::at(at)
+                + PathElement::new(vec![(0, 0), (gap_start, 0)], style)
+                + PathElement::new(vec![(gap_end, 0), (24, 0)], style)
+                + Circle::new((12, 0), 4, marker)
+        });
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, if dashed { 4 } else { 3 }, marker))).map_err(drawing)?;
     }
     if !panel.series.is_empty() {
         chart

@@ -6,10 +6,12 @@
 //! <run-dir>/report/README.md          summary table (best and last epoch), every epoch, plot links
 //! <run-dir>/report/accuracy.{png,svg}  validation accuracy over epochs
 //! <run-dir>/report/modality_accuracy.{png,svg}  per-modality Shapley accuracy (validation)
-//! <run-dir>/report/loss.{png,svg}      training loss, validation loss
+//! <run-dir>/report/loss.{png,svg}      training loss, validation loss (log scale by default)
 //! <run-dir>/report/coefficients.{png,svg}  the method's coefficients (when it has any)
 //! <run-dir>/report/competition.{png,svg}   competition strength (when measured)
 //! ```
+//!
+//! `cargo xtask report <run> <run>…` overlays several runs in one comparison folder instead.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use agm_train::{EpochSummary, RunConfig, RunDir};
 use anyhow::Context;
 
 use crate::cli::ReportArgs;
-use crate::plot::{self, Legend, Panel, Series};
+use crate::plot::{self, Legend, Panel, Series, YScale};
 
 /// Everything a run directory says about a run.
 #[derive(Clone, Debug)]
@@ -87,8 +89,17 @@ fn vector_len(rows: &[EpochSummary], f: impl Fn(&EpochSummary) -> Option<&Vec<f6
     rows.iter().filter_map(f).map(Vec::len).max().unwrap_or(0)
 }
 
+/// The loss axis of `--loss-scale`.
+pub fn loss_scale(name: &str) -> YScale {
+    if name == "linear" {
+        YScale::Linear
+    } else {
+        YScale::Log
+    }
+}
+
 /// The panels of a run's plots, by file stem, in the order the README shows them.
-pub fn panels(record: &RunRecord) -> Vec<(&'static str, String, Panel)> {
+pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Panel)> {
     let rows = &record.rows;
     let mut out = Vec::new();
     out.push((
@@ -98,7 +109,8 @@ pub fn panels(record: &RunRecord) -> Vec<(&'static str, String, Panel)> {
             "Validation accuracy",
             "accuracy",
             vec![epoch_series("validation accuracy", rows, |r| Some(r.validation.accuracy))],
-        ),
+        )
+        .y_scale(YScale::Percent),
     ));
     let modality = record
         .modalities
@@ -109,19 +121,20 @@ pub fn panels(record: &RunRecord) -> Vec<(&'static str, String, Panel)> {
     out.push((
         "modality_accuracy",
         "Per-modality Shapley accuracy (validation)".to_string(),
-        Panel::new("Per-modality Shapley accuracy (validation)", "Shapley accuracy", modality),
+        Panel::new("Per-modality Shapley accuracy (validation)", "Shapley accuracy", modality).y_scale(YScale::Percent),
     ));
     out.push((
         "loss",
         "Loss".to_string(),
         Panel::new(
             "Loss",
-            "cross-entropy",
+            if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" },
             vec![
                 epoch_series("training loss", rows, |r| Some(r.train_loss)),
                 epoch_series("validation loss", rows, |r| Some(r.validation.loss)),
             ],
         )
+        .y_scale(loss)
         .legend(Legend::UpperRight),
     ));
     let n_coeff = vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
@@ -339,14 +352,14 @@ pub fn metrics_csv(record: &RunRecord) -> String {
     csv
 }
 
-pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     let record = RunRecord::load(run_dir)?;
     agm_train::checkpoint::write_atomic(&run_dir.join("metrics.csv"), metrics_csv(&record).as_bytes())?;
     let out = run_dir.join("report");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut plots = Vec::new();
     if !record.rows.is_empty() {
-        for (stem, title, panel) in panels(&record) {
+        for (stem, title, panel) in panels(&record, loss) {
             plot::render(&out.join(stem), &[panel])?;
             plots.push((stem, title));
         }
@@ -358,21 +371,121 @@ pub fn write(run_dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// The report at the end of `train`: a failure is a warning, the run itself is done.
 pub fn write_after_train(run_dir: &Path) {
-    match write(run_dir) {
+    match write(run_dir, YScale::Log) {
         Ok(dir) => println!("report: {}", dir.join("README.md").display()),
         Err(e) => eprintln!("warning: the run finished but its report failed: {e:#}"),
     }
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    if !args.run_dir.join("config.toml").exists() && args.run_dir.join("study.json").exists() {
-        let md = crate::study::render_folder(&args.run_dir)?;
-        println!("study report: {}", md.display());
+    let loss = loss_scale(&args.loss_scale);
+    if let [one] = args.run_dirs.as_slice() {
+        if !one.join("config.toml").exists() && one.join("study.json").exists() {
+            let md = crate::study::render_folder(one)?;
+            println!("study report: {}", md.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let dir = write(one, loss).with_context(|| format!("report of {}", one.display()))?;
+        println!("report: {}", dir.join("README.md").display());
         return Ok(ExitCode::SUCCESS);
     }
-    let dir = write(&args.run_dir).with_context(|| format!("report of {}", args.run_dir.display()))?;
-    println!("report: {}", dir.join("README.md").display());
+    let records = args
+        .run_dirs
+        .iter()
+        .map(|dir| Ok((run_label(dir), RunRecord::load(dir).with_context(|| format!("report of {}", dir.display()))?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = match &args.out {
+        Some(out) => {
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+            out.clone()
+        }
+        None => crate::new_dir("runs", "compare")?,
+    };
+    let md = write_comparison(&records, &out, loss)?;
+    println!("comparison of {} runs: {}", records.len(), md.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// A run's name in a comparison: its directory's name.
+fn run_label(dir: &Path) -> String {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The panels of a comparison, by file stem: one series per run (same colour in every panel).
+pub fn comparison_panels(records: &[(String, RunRecord)], loss: YScale) -> Vec<(&'static str, Vec<Panel>)> {
+    let per_run = |f: &dyn Fn(&EpochSummary) -> Option<f64>| -> Vec<Series> {
+        records.iter().enumerate().map(|(k, (label, r))| epoch_series(label.as_str(), &r.rows, f).colour(k)).collect()
+    };
+    let accuracy = Panel::new("Validation accuracy", "accuracy", per_run(&|r| Some(r.validation.accuracy)))
+        .y_scale(YScale::Percent);
+    // One panel per modality name, in the order of the first run that has it.
+    let mut names: Vec<&String> = Vec::new();
+    for (_, r) in records {
+        names.extend(r.modalities.iter().filter(|m| !names.contains(m)).collect::<Vec<_>>());
+    }
+    let modality_panels = names
+        .iter()
+        .map(|name| {
+            let series = records
+                .iter()
+                .enumerate()
+                .filter_map(|(k, (label, r))| {
+                    let i = r.modalities.iter().position(|m| m == *name)?;
+                    Some(
+                        epoch_series(label.as_str(), &r.rows, |row| row.validation.modality_accuracy.get(i).copied())
+                            .colour(k),
+                    )
+                })
+                .collect();
+            Panel::new(format!("{name} Shapley accuracy (validation)"), "Shapley accuracy", series)
+                .y_scale(YScale::Percent)
+        })
+        .collect();
+    let mut losses = Vec::new();
+    for (k, (label, r)) in records.iter().enumerate() {
+        losses.push(epoch_series(format!("{label} (validation)"), &r.rows, |row| Some(row.validation.loss)).colour(k));
+        losses
+            .push(epoch_series(format!("{label} (training)"), &r.rows, |row| Some(row.train_loss)).colour(k).dashed());
+    }
+    let loss_label = if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" };
+    vec![
+        ("accuracy", vec![accuracy]),
+        ("modality_accuracy", modality_panels),
+        ("loss", vec![Panel::new("Loss", loss_label, losses).y_scale(loss).legend(Legend::UpperRight)]),
+    ]
+}
+
+/// Writes the overlaid plots and a `README.md` table of the runs into `out`; returns the README.
+pub fn write_comparison(records: &[(String, RunRecord)], out: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
+    let mut md = format!("# Comparison of {} runs\n\n", records.len());
+    md.push_str(
+        "| run | method | model | dataset | seed | epochs | best epoch | best validation accuracy | test accuracy |\n",
+    );
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (label, r) in records {
+        let best = r.best_row();
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.config.method,
+            r.config.model,
+            r.config.dataset,
+            r.config.seed,
+            r.rows.last().map_or(0, |row| row.epoch),
+            best.map_or("n/a".into(), |b| b.epoch.to_string()),
+            best.map_or("n/a".into(), |b| pct(b.validation.accuracy)),
+            r.test.as_ref().map_or("n/a".into(), |t| pct(t.accuracy)),
+        );
+    }
+    md.push_str("\nEach run keeps one colour in every plot; training loss is dashed.\n\n");
+    for (stem, panels) in comparison_panels(records, loss) {
+        plot::render(&out.join(stem), &panels)?;
+        let _ = writeln!(md, "![{stem}]({stem}.png)\n\n[SVG]({stem}.svg)\n");
+    }
+    let readme = out.join("README.md");
+    agm_train::checkpoint::write_atomic(&readme, md.as_bytes())?;
+    Ok(readme)
 }
 
 #[cfg(test)]
@@ -419,7 +532,7 @@ pub(crate) mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("agm-run");
         synthetic_run(&dir, "agm", 4, true);
-        let out = write(&dir).unwrap();
+        let out = write(&dir, YScale::Log).unwrap();
         let expect: [(&str, &[&str]); 5] = [
             ("accuracy", &["validation accuracy"]),
             ("modality_accuracy", &["audio", "visual"]),
@@ -479,7 +592,7 @@ pub(crate) mod tests {
             modality_loss: vec![0.5, 2.0],
         };
         std::fs::write(dir.join("summary.json"), serde_json::json!({ "test": test }).to_string()).unwrap();
-        let out = write(&dir).unwrap();
+        let out = write(&dir, YScale::Log).unwrap();
         assert!(out.join("accuracy.png").exists() && out.join("modality_accuracy.svg").exists());
         assert!(!out.join("coefficients.png").exists() && !out.join("competition.png").exists());
         // One epoch is one point: still drawn.
@@ -487,5 +600,55 @@ pub(crate) mod tests {
         let md = std::fs::read_to_string(out.join("README.md")).unwrap();
         assert!(md.contains("**Test accuracy of the best-validation weights: 87.50%** on 600 samples"), "{md}");
         assert!(md.contains("audio 80.00%, visual 25.00%") && md.contains("was not measured"), "{md}");
+    }
+
+    #[test]
+    fn accuracy_axes_read_in_percent_and_loss_on_a_log_axis() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agm-run");
+        synthetic_run(&dir, "agm", 4, false);
+        let out = write(&dir, YScale::Log).unwrap();
+        let ticks = check::svg_texts(&out.join("accuracy.svg"));
+        assert!(ticks.iter().any(|t| t == "70.0%"), "no percent ticks: {ticks:?}");
+        let loss = check::svg_texts(&out.join("loss.svg"));
+        assert!(loss.iter().any(|t| t == "cross-entropy (log scale)"), "{loss:?}");
+        write(&dir, YScale::Linear).unwrap();
+        assert!(check::svg_texts(&out.join("loss.svg")).iter().any(|t| t == "cross-entropy"));
+    }
+
+    #[test]
+    fn huge_and_infinite_coefficients_still_render_promptly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agm-run");
+        synthetic_run(&dir, "agm", 2, false);
+        let run = RunDir::open(&dir).unwrap();
+        let mut rows: Vec<EpochSummary> = run.read_metrics().unwrap();
+        rows[0].coefficients = Some(vec![1e300, -1e300]);
+        rows[1].coefficients = Some(vec![f64::INFINITY, 1e-300]);
+        rows[1].last_coefficients = Some(vec![f64::NAN, 1e308]);
+        rows[1].train_loss = 0.0;
+        let record = RunRecord { rows, ..RunRecord::load(&dir).unwrap() };
+        for (stem, _, panel) in panels(&record, YScale::Log) {
+            plot::render(&tmp.path().join(stem), &[panel]).unwrap();
+        }
+        assert!(check::coloured_pixels(&tmp.path().join("coefficients.png")) > 20);
+    }
+
+    #[test]
+    fn several_runs_overlay_in_one_comparison() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("run-agm"), tmp.path().join("run-joint"));
+        synthetic_run(&a, "agm", 3, false);
+        synthetic_run(&b, "joint", 5, false);
+        let out = tmp.path().join("compare");
+        run(ReportArgs { run_dirs: vec![a, b], loss_scale: "log".into(), out: Some(out.clone()) }).unwrap();
+        for stem in ["accuracy", "modality_accuracy"] {
+            check::svg_names(&out.join(format!("{stem}.svg")), &["run-agm", "run-joint"]);
+        }
+        check::svg_names(&out.join("modality_accuracy.svg"), &["audio Shapley accuracy (validation)"]);
+        check::svg_names(&out.join("loss.svg"), &["run-agm (training)", "run-joint (validation)"]);
+        let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(md.contains("| run-agm | agm | av-digits-late | av-digits | 0 | 3 | 3 | 90.00% | n/a |"), "{md}");
+        assert!(md.contains("| run-joint | joint |"), "{md}");
     }
 }

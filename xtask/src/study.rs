@@ -26,7 +26,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::cli::StudyArgs;
-use crate::plot::{self, Panel, Series};
+use crate::plot::{self, Panel, Series, YScale};
 use crate::report::{self, RunRecord};
 use crate::stats::MeanCi;
 
@@ -406,15 +406,23 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
     md
 }
 
-/// Mean over a method's runs, per epoch (runs that stopped early count where they have epochs).
-fn mean_curve(runs: &[&RunResult], f: impl Fn(&RunResult, usize) -> Option<f64>) -> Vec<(f64, f64)> {
+/// A method's mean curve over its runs with the 95% confidence band of each epoch's mean (runs
+/// that stopped early count where they have epochs; no band where fewer than two runs count).
+fn mean_curve(name: &str, runs: &[&RunResult], f: impl Fn(&RunResult, usize) -> Option<f64>) -> Series {
     let epochs = runs.iter().map(|r| r.curve_accuracy.len()).max().unwrap_or(0);
-    (0..epochs)
-        .filter_map(|e| {
-            let v: Vec<f64> = runs.iter().filter_map(|r| f(r, e)).filter(|v| v.is_finite()).collect();
-            (!v.is_empty()).then(|| ((e + 1) as f64, v.iter().sum::<f64>() / v.len() as f64))
-        })
-        .collect()
+    let (mut points, mut band) = (Vec::new(), Vec::new());
+    for e in 0..epochs {
+        let values: Vec<f64> = runs.iter().filter_map(|r| f(r, e)).collect();
+        let estimate = MeanCi::of(&values);
+        let x = (e + 1) as f64;
+        if estimate.n > 0 {
+            points.push((x, estimate.mean));
+        }
+        if let Some(h) = estimate.half_width {
+            band.push((x, estimate.mean - h, estimate.mean + h));
+        }
+    }
+    Series::new(name, points).band(band)
 }
 
 /// The combined plot: validation accuracy and the weaker modality's validation Shapley accuracy.
@@ -435,19 +443,20 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
     let mut modality = Vec::new();
     for method in &table.setup.methods {
         let runs: Vec<&RunResult> = of_method(results, method).collect();
-        accuracy.push(Series::new(method.as_str(), mean_curve(&runs, |r, e| r.curve_accuracy.get(e).copied())));
-        modality.push(Series::new(
-            method.as_str(),
-            mean_curve(&runs, |r, e| r.curve_modality_accuracy.get(e).and_then(|m| m.get(weaker)).copied()),
-        ));
+        accuracy.push(mean_curve(method, &runs, |r, e| r.curve_accuracy.get(e).copied()));
+        modality.push(mean_curve(method, &runs, |r, e| {
+            r.curve_modality_accuracy.get(e).and_then(|m| m.get(weaker)).copied()
+        }));
     }
     vec![
-        Panel::new(format!("Validation accuracy (mean over {seeds} seeds)"), "validation accuracy", accuracy),
+        Panel::new(format!("Validation accuracy (mean over {seeds} seeds, 95% CI)"), "validation accuracy", accuracy)
+            .y_scale(YScale::Percent),
         Panel::new(
-            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds} seeds)"),
+            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds} seeds, 95% CI)"),
             format!("{name} Shapley accuracy (validation)"),
             modality,
-        ),
+        )
+        .y_scale(YScale::Percent),
     ]
 }
 
@@ -470,7 +479,7 @@ fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result
     let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
     let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
     crate::provenance::write_summary(&run_dir, &summary, &test, cfg, started)?;
-    report::write(dir)?;
+    report::write(dir, plot::YScale::Log)?;
     Ok(())
 }
 
@@ -778,7 +787,8 @@ mod tests {
         assert!(md.contains("**Test accuracy, agm − joint**") && md.contains("a claim needs 20"), "{md}");
         // `report` on the study folder renders the study again.
         std::fs::remove_file(out.join("study.md")).unwrap();
-        crate::report::run(crate::cli::ReportArgs { run_dir: out.clone() }).unwrap();
+        crate::report::run(crate::cli::ReportArgs { run_dirs: vec![out.clone()], loss_scale: "log".into(), out: None })
+            .unwrap();
         assert_eq!(std::fs::read_to_string(out.join("study.md")).unwrap(), md);
     }
 
