@@ -68,31 +68,5 @@ pub(crate) fn new_dir(parent: &str, stem: &str) -> anyhow::Result<std::path::Pat
 /// bundle, another checkout) works on where it runs, not on where it was compiled.
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
-    let cwd = std::env::current_dir().ok();
-    let exe = std::env::current_exe().ok();
-    find_workspace(cwd.as_deref()).or_else(|| find_workspace(exe.as_deref())).unwrap_or_else(|| built.to_path_buf())
-}
-
-/// The nearest ancestor of `start` (itself included) that is the agm workspace.
-fn find_workspace(start: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
-    start?
-        .ancestors()
-        .find(|dir| dir.join("xtask/Cargo.toml").is_file() && dir.join("Cargo.toml").is_file())
-        .map(std::path::Path::to_path_buf)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_workspace_is_found_from_a_folder_inside_it_and_not_from_elsewhere() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        assert_eq!(super::find_workspace(Some(&root.join("crates/agm-core/src"))).as_deref(), Some(root));
-        let tmp = tempfile::tempdir().unwrap();
-        assert_eq!(super::find_workspace(Some(tmp.path())), None);
-        // A copy of the workspace's layout elsewhere is found there, not at the build location.
-        std::fs::create_dir_all(tmp.path().join("xtask")).unwrap();
-        std::fs::write(tmp.path().join("Cargo.toml"), "[workspace]\n").unwrap();
-        std::fs::write(tmp.path().join("xtask/Cargo.toml"), "[package]\n").unwrap();
-        assert_eq!(super::find_workspace(Some(&tmp.path().join("xtask"))).as_deref(), Some(tmp.path()));
-    }
+    xtask_tidy::workspace_of_this_process().unwrap_or_else(|| built.to_path_buf())
 }
