@@ -57,8 +57,21 @@ impl FusionKind {
         dims: &[usize],
         classes: usize,
     ) -> Result<Box<dyn Fusion>> {
+        self.build_with_head(pb, modalities, dims, classes, "head.fc")
+    }
+
+    /// [`FusionKind::build`] with the classifier under `head_path` (CREMA-D's reference names
+    /// its late concat classifier `fusion_module.fc_out`, its uni-modal one `cls.fc`).
+    pub fn build_with_head(
+        &self,
+        pb: &ParamBuilder,
+        modalities: &[String],
+        dims: &[usize],
+        classes: usize,
+        head_path: &str,
+    ) -> Result<Box<dyn Fusion>> {
         let shared = pb.with_role(ParamRole::Shared);
-        let head_pb = shared.pp("head");
+        let head_pb = shared.pp(head_path);
         let fusion_pb = shared.pp("fusion");
         let total: usize = dims.iter().sum();
         Ok(match *self {
@@ -121,10 +134,9 @@ impl FusionKind {
 }
 
 /// The classifier `head.fc`: its weight is the one the reference's conditional clipping reads.
-fn head(head_pb: &ParamBuilder, in_dim: usize, classes: usize) -> Result<Linear> {
-    let pb = head_pb.pp("fc");
+fn head(pb: &ParamBuilder, in_dim: usize, classes: usize) -> Result<Linear> {
     pb.store().set_head_weight(&pb.path("weight"));
-    Linear::new(&pb, in_dim, classes, true)
+    Linear::new(pb, in_dim, classes, true)
 }
 
 struct LateConcat {

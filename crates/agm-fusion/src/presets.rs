@@ -290,8 +290,15 @@ pub fn build_preset(
     let dims: Vec<usize> = encoders.iter().map(|e| e.out_dim()).collect();
     let modalities = ModalitySet::new(spec.inputs.iter().map(|i| i.modality.clone()));
     // A uni-modal model is its encoder and a linear head: the late concat fusion of one feature.
-    let kind = if fusion.starts_with(UNIMODAL) { FusionKind::LateConcat } else { fusion_kind(family, fusion) };
-    let fusion = kind.build(&root, modalities.names(), &dims, spec.classes)?;
+    let unimodal = fusion.starts_with(UNIMODAL);
+    let kind = if unimodal { FusionKind::LateConcat } else { fusion_kind(family, fusion) };
+    // The classifier's name in the reference's module tree, so official checkpoints load.
+    let head_path = match (family, fusion) {
+        ("cremad", "late") => "fusion_module.fc_out",
+        ("cremad", _) if unimodal => "cls.fc",
+        _ => "head.fc",
+    };
+    let fusion = kind.build_with_head(&root, modalities.names(), &dims, spec.classes, head_path)?;
     if family == "cremad" {
         linear_weight_init(&root)?;
     }

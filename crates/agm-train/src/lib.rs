@@ -32,6 +32,11 @@ pub use resolve::{Resolved, RunRequest};
 pub use run_dir::RunDir;
 pub use state_dict::{load_weights, load_weights_file, read_state_dict, KeyMismatch};
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
+/// The README's code blocks, compiled as doc tests so its library example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use trainer::{
     Callback, CompetitionProbe, EpochSummary, Flow, NoCallback, RunSummary, StepSummary, Trainer, TrainerOptions,
 };
