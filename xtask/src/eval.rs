@@ -94,7 +94,11 @@ pub fn evaluate_target(target: &EvalTarget, split: Split) -> anyhow::Result<(Eva
     let model = cfg.build_model(&data, &device)?;
     agm_train::load_weights_file(model.as_ref(), &target.weights)
         .with_context(|| format!("loading weights into model `{}` (dataset `{}`)", cfg.model, cfg.dataset))?;
-    let report = agm_train::evaluate(model.as_ref(), agm_train::config::dataset_split(&data, split)?, 256, &device)?;
+    let source = agm_train::config::dataset_split(&data, split)?;
+    let mut bar = crate::progress::EvalBar::new(format!("evaluating on {}", split.name()));
+    let report =
+        agm_train::evaluate_observed(model.as_ref(), source, 256, &device, &mut |done, total| bar.update(done, total))?;
+    bar.finish();
     Ok((report, data.modalities.names().to_vec()))
 }
 

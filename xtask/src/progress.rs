@@ -3,6 +3,38 @@
 use agm_train::{Callback, EpochSummary, Flow, StepSummary};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A transient bar over the samples of one evaluation; draws nothing without a terminal.
+pub struct EvalBar {
+    label: String,
+    bar: Option<ProgressBar>,
+}
+
+impl EvalBar {
+    pub fn new(label: impl Into<String>) -> Self {
+        Self { label: label.into(), bar: None }
+    }
+
+    pub fn update(&mut self, done: usize, total: usize) {
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} samples, elapsed {elapsed} eta {eta}")
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(self.label.clone());
+            bar
+        });
+        bar.set_position(done as u64);
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 pub struct Progress {
     modalities: Vec<String>,
     bar: Option<ProgressBar>,

@@ -1,4 +1,4 @@
-//! Where and how a run was made, recorded in its `summary.json`.
+//! Where and how a run was made, recorded in its `summary.json` and atop its `config.toml`.
 
 use std::time::SystemTime;
 
@@ -54,7 +54,36 @@ impl Provenance {
             finished: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             device: device.to_string(),
             threads,
-            command_line: std::env::args().collect(),
+            command_line: command_line(),
         }
     }
+
+    /// The comment block atop a run's `config.toml` (written when the run starts, so without
+    /// the end time; `summary.json` has it).
+    pub fn config_header(&self) -> String {
+        let commit = self.git_commit.map(|c| format!(", commit {c}")).unwrap_or_default();
+        format!(
+            "Written by agm {}{commit} for a run started {} on device {} with {} thread{}.\n\
+             Command: {}\n\
+             Settings of methods the run does not use are left out. Train it again with\n\
+             `cargo xtask train --config <this file>`.",
+            self.agm_version,
+            self.started,
+            self.device,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.command_line.join(" ")
+        )
+    }
+}
+
+/// The command line with the program as its file name (no path of this machine).
+fn command_line() -> Vec<String> {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(program) = args.first_mut() {
+        if let Some(name) = std::path::Path::new(program.as_str()).file_name() {
+            *program = name.to_string_lossy().into_owned();
+        }
+    }
+    args
 }

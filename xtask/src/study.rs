@@ -465,7 +465,8 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
 fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
     let started = std::time::SystemTime::now();
     let run_dir = RunDir::create(dir)?;
-    write_atomic(&run_dir.config(), cfg.to_toml().as_bytes())?;
+    let header = crate::provenance::Provenance::of_run(started, &cfg.device).config_header();
+    write_atomic(&run_dir.config(), cfg.to_run_toml(&header).as_bytes())?;
     let device = cfg.device()?;
     agm_benches::reset_peak_memory();
     let built = cfg.build(&device)?;

@@ -109,15 +109,104 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// The config of a run to resume: its `config.toml` with the flags that may change on resume
+/// applied (`--epochs`, `--device`). Any other run setting given differently is refused, since
+/// the checkpoint was trained with the recorded one.
+fn resumed_config(run_dir: &RunDir, args: &TrainArgs) -> anyhow::Result<RunConfig> {
+    let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
+    let flags = &args.run;
+    let differs = |flag: &str, given: Option<String>, recorded: String| {
+        given.filter(|g| *g != recorded).map(|g| format!("{flag} {g} (the run has {recorded})"))
+    };
+    let conflicts: Vec<String> = [
+        differs("--method", args.method.clone(), cfg.method.clone()),
+        differs("--seed", args.seed.map(|v| v.to_string()), cfg.seed.to_string()),
+        differs("--dataset", flags.dataset.clone(), cfg.dataset.clone()),
+        differs("--data", flags.data.clone(), cfg.data.clone()),
+        differs("--model", flags.model.clone(), cfg.model.clone()),
+        differs("--preset", flags.preset.clone(), cfg.data_preset.clone()),
+        differs("--batch-size", flags.batch_size.map(|v| v.to_string()), cfg.batch_size.to_string()),
+        differs("--lr", flags.lr.map(|v| v.to_string()), cfg.optimizer.lr().to_string()),
+        differs("--alpha", flags.alpha.map(|v| v.to_string()), cfg.agm.alpha.to_string()),
+        differs("--shapley", flags.shapley.clone(), cfg.shapley.clone()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !conflicts.is_empty() {
+        anyhow::bail!(
+            "--resume continues {} as recorded in its config.toml; these flags would change it: {}. \
+             Drop them, or start a new run with --out (only --epochs and --device may change on resume)",
+            run_dir.root().display(),
+            conflicts.join(", ")
+        );
+    }
+    if let Some(epochs) = flags.epochs {
+        cfg.epochs = epochs;
+    }
+    if let Some(device) = &flags.device {
+        cfg.device = device.clone();
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Flags given that the chosen method or dataset does not read.
+fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
+    let flags = &args.run;
+    let methods: Vec<&str> = cfg.method.split('+').collect();
+    let mut notes = Vec::new();
+    if flags.alpha.is_some() && !methods.contains(&"agm") {
+        notes.push(format!("--alpha does nothing for method `{}` (only agm reads it)", cfg.method));
+    }
+    if flags.data.is_some() && matches!(cfg.dataset.as_str(), "av-digits" | "synthetic") {
+        notes.push(format!("--data does nothing for dataset `{}` (it needs no files)", cfg.dataset));
+    }
+    if flags.preset.is_some() && cfg.dataset != "av-digits" {
+        notes.push(format!("--preset does nothing for dataset `{}` (it picks AV-Digits' noise)", cfg.dataset));
+    }
+    notes
+}
+
+/// The header to write `config.toml` with, when it must be written: always for a new run; on
+/// resume only when `--epochs` or `--device` changed it, keeping the original header.
+fn config_rewrite(
+    dir: &RunDir,
+    cfg: &RunConfig,
+    resuming: bool,
+    started: std::time::SystemTime,
+) -> anyhow::Result<Option<String>> {
+    if !resuming {
+        return Ok(Some(crate::provenance::Provenance::of_run(started, &cfg.device).config_header()));
+    }
+    let path = dir.config();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let recorded = RunConfig::from_toml_str(&text)?;
+    if (recorded.epochs, &recorded.device) == (cfg.epochs, &cfg.device) {
+        return Ok(None);
+    }
+    let mut header: Vec<String> = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim_start().to_string())
+        .collect();
+    header.push(format!(
+        "Resumed {} with epochs = {} and device = {} (were {} and {}).",
+        humantime::format_rfc3339_seconds(started),
+        cfg.epochs,
+        cfg.device,
+        recorded.epochs,
+        recorded.device
+    ));
+    Ok(Some(header.join("\n")))
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
     let (cfg, resumed, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
-            let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
-            if let Some(e) = args.run.epochs {
-                cfg.epochs = e;
-            }
+            let cfg = resumed_config(&run_dir, &args)?;
             (cfg, Some(run_dir), Vec::new())
         }
         None => {
@@ -130,6 +219,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             (resolved.config, None, settings)
         }
     };
+    for note in unused_flags(&args, &cfg) {
+        eprintln!("note: {note}");
+    }
     // Before a new run directory exists: a missing toolkit leaves nothing behind.
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
         return reexec_with_cuda();
@@ -137,20 +229,33 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let resuming = resumed.is_some();
     let dir = match (resumed, &args.out) {
         (Some(run_dir), _) => run_dir,
-        (None, Some(out)) if out.join("checkpoint.safetensors").exists() => anyhow::bail!(
-            "{} already holds a run; continue it with `--resume {}` or choose another --out",
-            out.display(),
-            out.display()
-        ),
-        (None, Some(out)) => RunDir::create(out)?,
+        (None, Some(out)) => {
+            let dir = RunDir::create(out)?;
+            // A directory with run state is resumed or refused, never appended to.
+            if dir.holds_run_state() {
+                anyhow::bail!(
+                    "{} already holds a run; continue it with `cargo xtask train --resume {}` or choose another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+            dir
+        }
         // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
         (None, None) => {
             RunDir::open(crate::new_dir("runs", &format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed))?)?
         }
     };
+    // Held until this function returns: a second run on the same directory stops here.
+    let _lock = dir.lock()?;
+    let has_checkpoint = dir.checkpoint().exists();
+    if resuming && !has_checkpoint {
+        // Stopped before its first checkpoint: start over from its config, dropping partial rows.
+        dir.truncate_metrics(0)?;
+    }
     let device = cfg.device()?;
-    if !resuming {
-        write_atomic(&dir.config(), cfg.to_toml().as_bytes())?;
+    if let Some(header) = config_rewrite(&dir, &cfg, resuming, started)? {
+        write_atomic(&dir.config(), cfg.to_run_toml(&header).as_bytes())?;
     }
     let built = cfg.build(&device)?;
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
@@ -166,7 +271,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(probe) = probe {
         trainer = trainer.with_competition(Box::new(probe));
     }
-    if resuming {
+    if resuming && has_checkpoint {
         trainer.resume()?;
     }
     // Only methods that run the masked passes say how they run them.
@@ -281,7 +386,34 @@ mod tests {
         let err = run(args(&out)).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
         let concepts = Some(dir.path().join("concepts"));
-        run(TrainArgs { resume: Some(out.clone()), quiet: true, concepts, ..TrainArgs::default() }).unwrap();
+        // config.toml: provenance atop, the chosen method's section only.
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.starts_with("# Written by agm ") && config.contains("\n# Command: "), "{config}");
+        assert!(config.contains("[agm]") && !config.contains("[mslr]") && !config.contains("[joint]"), "{config}");
+        // Resuming refuses flags that would change the run, naming each.
+        let resume = |run: RunFlags, method: Option<&str>| TrainArgs {
+            resume: Some(out.clone()),
+            method: method.map(String::from),
+            quiet: true,
+            concepts: concepts.clone(),
+            run,
+            ..TrainArgs::default()
+        };
+        let err = run(resume(RunFlags { lr: Some(0.5), ..RunFlags::default() }, Some("joint"))).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("--lr 0.5 (the run has 0.01)") && err.contains("--method joint (the run has agm)"),
+            "{err}"
+        );
+        // The same values, and more epochs, are fine; config.toml then records the new count.
+        run(resume(RunFlags { epochs: Some(3), lr: Some(0.01), ..RunFlags::default() }, Some("agm"))).unwrap();
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.contains("epochs = 3") && config.contains("# Resumed ") && config.contains("# Command: "));
+        // Held by another run, the directory is refused.
+        let lock = RunDir::open(&out).unwrap().lock().unwrap();
+        let err = run(resume(RunFlags::default(), None)).unwrap_err().to_string();
+        assert!(err.contains("in use by another run"), "{err}");
+        drop(lock);
         assert!(out.join("summary.json").exists() && out.join("best.safetensors").exists());
         // The first run trained the default's concepts, so every epoch measured competition strength.
         assert!(dir.path().join("concepts/audio.json").is_file() && dir.path().join("concepts/visual.json").is_file());
@@ -297,6 +429,37 @@ mod tests {
         let report = crate::eval::evaluate_run(&out, Split::Test, "best").unwrap();
         assert_eq!(report.samples, 600);
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
+    }
+
+    #[test]
+    fn a_run_stopped_before_its_first_checkpoint_is_refused_or_started_over_never_appended_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        // What a run that failed in its first epoch leaves: its config and a partial metrics row.
+        std::fs::create_dir_all(&out).unwrap();
+        let mut cfg = RunConfig::av_digits();
+        cfg.epochs = 1;
+        std::fs::write(out.join("config.toml"), cfg.to_toml()).unwrap();
+        std::fs::write(out.join("metrics.jsonl"), "{\"epoch\": 1}\n").unwrap();
+        let args = TrainArgs { no_concepts: true, ..args(&out) };
+        let err = run(args.clone()).unwrap_err().to_string();
+        assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+        run(TrainArgs { resume: Some(out.clone()), out: None, ..args }).unwrap();
+        let rows: Vec<agm_train::EpochSummary> = RunDir::open(&out).unwrap().read_metrics().unwrap();
+        assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2], "no duplicate or stale rows");
+    }
+
+    #[test]
+    fn flags_the_run_does_not_read_are_named() {
+        let cfg = RunConfig { method: "joint".into(), ..RunConfig::av_digits() };
+        let args = flags(RunFlags { alpha: Some(2.0), data: Some("d".into()), ..RunFlags::default() });
+        let notes = unused_flags(&args, &cfg).join("\n");
+        assert!(notes.contains("--alpha does nothing for method `joint`"), "{notes}");
+        assert!(notes.contains("--data does nothing for dataset `av-digits`"), "{notes}");
+        let avmnist = RunConfig::for_dataset("avmnist").unwrap();
+        let notes = unused_flags(&flags(RunFlags { preset: Some("balanced".into()), ..RunFlags::default() }), &avmnist);
+        assert!(notes.join("").contains("--preset does nothing for dataset `avmnist`"), "{notes:?}");
+        assert!(unused_flags(&flags(RunFlags { alpha: Some(2.0), ..RunFlags::default() }), &avmnist).is_empty());
     }
 
     #[test]

@@ -216,6 +216,22 @@ impl RunConfig {
         toml::to_string_pretty(self).expect("the config is plain data")
     }
 
+    /// The config as a run directory records it: `header` as `#` comment lines, then every
+    /// setting but the sections of methods the run does not use (they do not change it).
+    /// Reading it back gives a config that trains the same run.
+    pub fn to_run_toml(&self, header: &str) -> String {
+        let mut table = toml::Table::try_from(self).expect("the config is plain data");
+        let used: Vec<String> = self.method.split('+').map(|m| m.trim().replace('-', "_")).collect();
+        for method in registry::METHODS {
+            let section = method.replace('-', "_");
+            if !used.contains(&section) {
+                table.remove(&section);
+            }
+        }
+        let comments: String = header.lines().map(|l| format!("# {l}\n").replace("# \n", "#\n")).collect();
+        format!("{comments}{}", toml::to_string_pretty(&table).expect("the config is plain data"))
+    }
+
     /// Checks every field; the error names the field and the allowed values.
     pub fn validate(&self) -> Result<()> {
         one_of("dataset", &self.dataset, DATASETS)?;

@@ -13,6 +13,18 @@ pub fn evaluate(
     batch_size: usize,
     device: &Device,
 ) -> Result<EvalReport> {
+    evaluate_observed(model, data, batch_size, device, &mut |_, _| {})
+}
+
+/// [`evaluate`], calling `progress(samples_done, samples_total)` after each batch (drivers show
+/// a progress bar; libraries never print).
+pub fn evaluate_observed(
+    model: &dyn MultimodalModel,
+    data: &dyn BatchSource,
+    batch_size: usize,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
     let m = model.modalities().len();
     let mut tally = EvalTally::new(m);
     let n = data.len();
@@ -39,6 +51,7 @@ pub fn evaluate(
             shapley::mono_outputs(m, lookup)?
         };
         tally.add(&full, &mono, &labels)?;
+        progress(chunk.last().map_or(0, |&i| i + 1), n);
     }
     Ok(tally.report())
 }

@@ -26,10 +26,10 @@ pub use agm_core::BatchSource;
 pub use checkpoint::Checkpoint;
 pub use config::RunConfig;
 pub use error::{Result, TrainError};
-pub use evaluate::evaluate;
+pub use evaluate::{evaluate, evaluate_observed};
 pub use memory::peak_memory_bytes;
 pub use resolve::{Resolved, RunRequest};
-pub use run_dir::RunDir;
+pub use run_dir::{RunDir, RunLock};
 pub use state_dict::{load_weights, load_weights_file, read_state_dict, KeyMismatch};
 pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
 /// The README's code blocks, compiled as doc tests so its library example cannot rot.

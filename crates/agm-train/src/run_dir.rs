@@ -6,12 +6,19 @@
 //! <run-dir>/checkpoint.safetensors   the latest state (resume from here)
 //! <run-dir>/best.safetensors         the weights of the best validation epoch
 //! <run-dir>/summary.json             the final summary
+//! <run-dir>/.lock                     held (advisory, exclusive) by the run writing here
 //! ```
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, TrainError};
+
+/// The lock of a run directory ([`RunDir::lock`]); released on drop.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
 
 /// Paths of a run directory.
 #[derive(Clone, Debug)]
@@ -60,6 +67,33 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the directory's exclusive lock for as long as the returned guard lives, so two
+    /// runs can never write one directory; the operating system releases it when the process
+    /// ends, however it ends.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| TrainError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
+                "{} is in use by another run (it holds {}); wait for that run to end or choose another --out",
+                self.root.display(),
+                path.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+        }
+    }
+
+    /// Whether the directory holds anything a run wrote (a config, metrics or a checkpoint).
+    pub fn holds_run_state(&self) -> bool {
+        [self.config(), self.metrics(), self.checkpoint(), self.best()].iter().any(|p| p.exists())
     }
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
@@ -136,5 +170,16 @@ mod tests {
         });
         let unique: std::collections::BTreeSet<_> = dirs.iter().collect();
         assert_eq!(unique.len(), 8);
+    }
+
+    #[test]
+    fn a_locked_run_directory_refuses_a_second_run_until_the_first_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path()).unwrap();
+        let first = dir.lock().unwrap();
+        let err = RunDir::open(tmp.path()).unwrap().lock().unwrap_err().to_string();
+        assert!(err.contains("in use by another run") && err.contains(".lock"), "{err}");
+        drop(first);
+        dir.lock().unwrap();
     }
 }

@@ -177,3 +177,22 @@ fn method_sections_round_trip_and_default_to_the_av_digits_presets() {
     assert_eq!(RunConfig::from_toml_str(&cfg.to_toml()).unwrap(), cfg);
     assert!(config::METHODS.contains(&"ogm-ge"));
 }
+
+#[test]
+fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_same_run() {
+    let mut cfg = RunConfig::for_dataset("avmnist").unwrap();
+    cfg.data = "data/avmnist".into();
+    cfg.method = "agm+ogm-ge".into();
+    let text = cfg.to_run_toml("Written by a test.\nSecond line.");
+    assert!(text.starts_with("# Written by a test.\n# Second line.\n"), "{text}");
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert!(table.contains_key("agm") && table.contains_key("ogm_ge"), "{text}");
+    for unused in ["joint", "mslr", "mses", "gblend", "pmr", "mmpareto"] {
+        assert!(!table.contains_key(unused), "`[{unused}]` should be left out:\n{text}");
+    }
+    let back = RunConfig::from_toml_str(&text).unwrap();
+    assert_eq!((back.agm.clone(), back.ogm_ge.clone()), (cfg.agm.clone(), cfg.ogm_ge.clone()));
+    // Everything the run uses is the same: rebuild with the dropped sections and compare.
+    let restored = RunConfig { mslr: cfg.mslr.clone(), mses: cfg.mses.clone(), ..back };
+    assert_eq!(restored, cfg);
+}
