@@ -496,10 +496,19 @@ mod tests {
         let err =
             resolve(&flags(RunFlags { device: Some("tpu".into()), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
-        std::fs::write(&path, "[optimizer]\nlr = \"fast\"\n").unwrap();
+        // A type error names the file, the line and the key.
+        std::fs::write(&path, "# a comment\n[optimizer]\nlr = \"fast\"\n").unwrap();
         let err =
             resolve(&flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })).unwrap_err().to_string();
-        assert!(err.contains("run.toml"), "{err}");
+        assert!(err.contains("run.toml") && err.contains("line 3, `optimizer.lr`: invalid type"), "{err}");
+        std::fs::write(&path, "batch_size = -3\n").unwrap();
+        let err =
+            resolve(&flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })).unwrap_err().to_string();
+        assert!(err.contains("line 1, `batch_size`"), "{err}");
+        std::fs::write(&path, "[agm]\nalpah = 2\n").unwrap();
+        let err =
+            resolve(&flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })).unwrap_err().to_string();
+        assert!(err.contains("line 2, `agm.alpah`: unknown field `alpah`, expected one of `alpha`"), "{err}");
     }
 
     #[test]

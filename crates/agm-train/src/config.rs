@@ -202,14 +202,19 @@ impl RunConfig {
     }
 
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config(e.message().to_string()))?;
+        // The full error: its line, column and the offending text.
+        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config(e.to_string().trim_end().to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// A parsed TOML table as a config, without the checks of [`RunConfig::validate`].
-    pub(crate) fn deserialize_table(table: toml::Table) -> std::result::Result<Self, String> {
-        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.message().to_string())
+    /// A parsed TOML table as a config, without the checks of [`RunConfig::validate`]. A bad
+    /// value's error gives its dotted key (`optimizer.lr`) as the first element.
+    pub(crate) fn deserialize_table(table: toml::Table) -> std::result::Result<Self, (String, String)> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            (key, e.into_inner().message().to_string())
+        })
     }
 
     pub fn to_toml(&self) -> String {

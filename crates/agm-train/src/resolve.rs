@@ -236,10 +236,54 @@ fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
     out
 }
 
-/// The table as a config; a bad key or type is an error naming the layer that brought it.
+/// The table as a config; a bad key or type is an error naming the key, the layer that brought
+/// it and, for a file, the line.
 fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
-    RunConfig::deserialize_table(table.clone()).map_err(|message| match origin {
-        Origin::File(path) => TrainError::ConfigFile { path: path.clone(), message },
-        other => TrainError::Config(format!("{other}: {message}")),
+    RunConfig::deserialize_table(table.clone()).map_err(|(key, message)| {
+        // Inside tagged enums (`[optimizer]`) the path stops at the table: name the leaf whose
+        // type differs from the default's.
+        let key = mistyped_leaf(table, &key).unwrap_or(key);
+        let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
+        match origin {
+            Origin::File(path) => {
+                let line = std::fs::read_to_string(path).ok().and_then(|text| key_line(&text, &key));
+                let at = line.map_or(at.clone(), |n| format!("line {n}, {at}"));
+                TrainError::ConfigFile { path: path.clone(), message: format!("{at}{message}") }
+            }
+            other => TrainError::Config(format!("{other}: {at}{message}")),
+        }
     })
+}
+
+/// The first key at or under `under` whose value has another type than the default config's.
+fn mistyped_leaf(table: &toml::Table, under: &str) -> Option<String> {
+    use toml::Value::{Float, Integer};
+    let defaults = leaves(&to_table(&RunConfig::av_digits()));
+    let same_type = |a: &toml::Value, b: &toml::Value| {
+        matches!((a, b), (Integer(_) | Float(_), Integer(_) | Float(_)))
+            || std::mem::discriminant(a) == std::mem::discriminant(b)
+    };
+    leaves(table)
+        .into_iter()
+        .filter(|(k, _)| k == under || k.starts_with(&format!("{under}.")))
+        .find(|(k, v)| defaults.get(k).is_some_and(|d| !same_type(d, v)))
+        .map(|(k, _)| k)
+}
+
+/// The line (from 1) of TOML text that sets dotted `key`, found by following `[table]` headers.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let mut table = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = header.trim().to_string();
+        } else if let Some((name, _)) = line.split_once('=') {
+            let name = name.trim().trim_matches('"');
+            let full = if table.is_empty() { name.to_string() } else { format!("{table}.{name}") };
+            if full == key || key.starts_with(&format!("{full}.")) {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
 }
