@@ -58,6 +58,17 @@ pub fn parse_hf(spec: &str) -> Option<HubRef> {
     Some(HubRef { repo_id: format!("{owner}/{name}"), revision, file })
 }
 
+/// [`parse_hf`], with a malformed `hf://` reference an error instead of a local path.
+fn hub_ref(spec: &str) -> Result<Option<HubRef>> {
+    match parse_hf(spec) {
+        None if spec.starts_with("hf://") => Err(hub_err(
+            spec,
+            "an hf:// reference names a repository as hf://<owner>/<name>[@revision][/file], e.g. hf://user/avmnist",
+        )),
+        parsed => Ok(parsed),
+    }
+}
+
 fn hub_err(spec: &str, reason: impl Into<String>) -> DataError {
     DataError::Hub { spec: spec.to_string(), reason: reason.into() }
 }
@@ -77,7 +88,7 @@ fn snapshot_dir(cache: &Path, repo: &Repo) -> Option<PathBuf> {
 /// Resolves a `--data` argument: a local path is returned as is; `hf://owner/name[@rev]` gives the
 /// local snapshot folder of that *dataset* repo, downloading it first when online and not cached.
 pub fn resolve_data_path(spec: &str, opts: &HubOptions) -> Result<PathBuf> {
-    let Some(r) = parse_hf(spec) else { return Ok(PathBuf::from(spec)) };
+    let Some(r) = hub_ref(spec)? else { return Ok(PathBuf::from(spec)) };
     let repo = Repo::with_revision(r.repo_id.clone(), RepoType::Dataset, r.revision.clone());
     if let Some(dir) = snapshot_dir(&opts.cache_dir, &repo) {
         return Ok(match &r.file {
@@ -122,7 +133,7 @@ pub fn resolve_data_path(spec: &str, opts: &HubOptions) -> Result<PathBuf> {
 /// Resolves an `--init` argument: a local path as is; `hf://owner/name[@rev][/file]` gives the
 /// cached (or downloaded) safetensors file of that *model* repo (`model.safetensors` by default).
 pub fn resolve_checkpoint(spec: &str, opts: &HubOptions) -> Result<PathBuf> {
-    let Some(r) = parse_hf(spec) else { return Ok(PathBuf::from(spec)) };
+    let Some(r) = hub_ref(spec)? else { return Ok(PathBuf::from(spec)) };
     let file = r.file.clone().unwrap_or_else(|| "model.safetensors".to_string());
     let repo = Repo::with_revision(r.repo_id.clone(), RepoType::Model, r.revision.clone());
     if let Some(p) = snapshot_dir(&opts.cache_dir, &repo).map(|d| d.join(&file)).filter(|p| p.is_file()) {

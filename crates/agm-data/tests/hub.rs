@@ -28,6 +28,12 @@ fn parses_hf_references() {
     );
     assert_eq!(parse_hf("/data/avmnist"), None);
     assert_eq!(parse_hf("hf://only-owner"), None);
+    // Malformed, it is an error, never a local folder of that name.
+    let c = cache();
+    let opts = HubOptions { cache_dir: c.path().to_path_buf(), offline: true };
+    let err = resolve_data_path("hf://only-owner", &opts).unwrap_err().to_string();
+    assert!(err.contains("hf://only-owner") && err.contains("hf://<owner>/<name>"), "{err}");
+    assert!(resolve_checkpoint("hf://", &opts).is_err());
 }
 
 #[test]
