@@ -35,6 +35,13 @@ impl EvalBar {
     }
 }
 
+/// Coefficients by modality name: `audio 0.98 visual 1.02`.
+fn labelled(modalities: &[String], values: &[f64], decimals: usize) -> String {
+    let names = crate::report::value_names(modalities, values.len(), "coefficient");
+    let cells: Vec<String> = names.iter().zip(values).map(|(n, v)| format!("{n} {v:.decimals$}")).collect();
+    cells.join(" ")
+}
+
 pub struct Progress {
     modalities: Vec<String>,
     bar: Option<ProgressBar>,
@@ -78,10 +85,7 @@ impl Callback for Progress {
             });
             bar.set_prefix(s.epoch.to_string());
             bar.set_position(s.step_in_epoch as u64);
-            let coeff = s.coefficients.as_ref().map(|c| {
-                let c: Vec<String> = c.iter().map(|v| format!("{v:.2}")).collect();
-                format!(" coeff {}", c.join("/"))
-            });
+            let coeff = s.coefficients.as_ref().map(|c| format!(" coeff {}", labelled(&self.modalities, c, 2)));
             if s.step_in_epoch == s.steps_in_epoch {
                 // The epoch's evaluation runs next; say so instead of sitting silent.
                 bar.set_message(format!("loss {:.4}; evaluating on validation…", s.loss));
@@ -102,10 +106,8 @@ impl Callback for Progress {
             .zip(&e.validation.modality_accuracy)
             .map(|(n, a)| format!("{n} {:.1}%", 100.0 * a))
             .collect();
-        let coeff = e.coefficients.as_ref().map(|c| {
-            let c: Vec<String> = c.iter().map(|v| format!("{v:.3}")).collect();
-            format!("  coeff(mean) {}", c.join("/"))
-        });
+        let coeff =
+            e.coefficients.as_ref().map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, 3)));
         self.line(format!(
             "epoch {:>3}  loss {:.4}  val acc {:.1}%  shapley {}{}  {:.1} ms/step",
             e.epoch,

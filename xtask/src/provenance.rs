@@ -77,13 +77,16 @@ impl Provenance {
     }
 }
 
-/// The command line with the program as its file name (no path of this machine).
+/// The command line as the user typed it: `cargo xtask …` (no path of this machine).
 fn command_line() -> Vec<String> {
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(program) = args.first_mut() {
-        if let Some(name) = std::path::Path::new(program.as_str()).file_name() {
-            *program = name.to_string_lossy().into_owned();
-        }
+        let name = std::path::Path::new(program.as_str()).file_stem().map(|n| n.to_string_lossy().into_owned());
+        *program = match name.as_deref() {
+            Some("xtask") => "cargo xtask".into(),
+            Some(other) => other.into(),
+            None => program.clone(),
+        };
     }
     args
 }
