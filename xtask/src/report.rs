@@ -72,10 +72,13 @@ pub fn modality_names(config: &RunConfig, count: usize) -> Vec<String> {
     }
 }
 
-/// Names for a vector of per-modality values (coefficients of a stacked method may be longer).
+/// Names for a vector of per-modality values: the modalities, then `fused` for one more value
+/// (G-Blending weighs the fused output too), else numbered.
 pub fn value_names(modalities: &[String], len: usize, what: &str) -> Vec<String> {
     if len == modalities.len() {
         modalities.to_vec()
+    } else if len == modalities.len() + 1 {
+        modalities.iter().cloned().chain(std::iter::once("fused".to_string())).collect()
     } else {
         (1..=len).map(|k| format!("{what} {k}")).collect()
     }
