@@ -24,6 +24,7 @@ pub mod av_digits;
 mod dataset;
 mod error;
 pub mod hub;
+pub mod limits;
 pub mod loaders;
 mod npy;
 pub mod synthetic;

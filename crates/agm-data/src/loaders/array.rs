@@ -210,19 +210,37 @@ impl NpyFile {
         let map =
             unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
         let header = parse_npy_header(&map, path)?;
-        let count: usize = header.shape.iter().product();
-        let need = count * header.dtype.size();
         let have = map.len() - header.data_offset;
+        Self::check_size(&header, have, path)?;
+        Ok(Self { path: path.to_path_buf(), map, header })
+    }
+
+    /// Checks that `have` data bytes hold exactly the header's shape, with checked arithmetic:
+    /// a header's shape is never trusted before it matches the file's length.
+    pub(crate) fn check_size(header: &NpyHeader, have: usize, path: &Path) -> Result<()> {
+        let need = crate::limits::checked_len(&header.shape, header.dtype.size())
+            .and_then(|count| count.checked_mul(header.dtype.size()));
+        let Some(need) = need else {
+            return Err(npy_err(
+                path,
+                format!(
+                    "shape {:?} of {:?} is too large to address ({have} bytes of data follow the header); \
+                     the header is corrupt, so write the array again with numpy.save",
+                    header.shape, header.dtype
+                ),
+            ));
+        };
         if have != need {
             return Err(npy_err(
                 path,
                 format!(
-                    "truncated or oversized data: {have} bytes after the header but shape {:?} of {:?} needs {need}",
+                    "truncated or oversized data: {have} bytes after the header but shape {:?} of {:?} needs {need}; \
+                     the file is damaged, so copy or write it again",
                     header.shape, header.dtype
                 ),
             ));
         }
-        Ok(Self { path: path.to_path_buf(), map, header })
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
