@@ -297,8 +297,16 @@ impl NpyFile {
     }
 }
 
-/// Writes a `.npy` (v1.0) file; used by tests and tools to make fixtures.
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std::io::Result<()> {
+/// Parses a whole `.npy` file held in `bytes` into an [`Array`], with the same checks as
+/// [`NpyFile::open`]; `path` only labels errors.
+pub fn parse_npy_array(bytes: &[u8], path: &Path) -> Result<Array> {
+    let header = parse_npy_header(bytes, path)?;
+    NpyFile::check_size(&header, bytes.len() - header.data_offset, path)?;
+    Ok(Array { shape: header.shape, dtype: header.dtype, bytes: bytes[header.data_offset..].to_vec() })
+}
+
+/// The bytes of a `.npy` (v1.0) file.
+pub fn npy_bytes(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
@@ -312,8 +320,13 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std:
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(body);
+    out
+}
+
+/// Writes a `.npy` (v1.0) file; used by tests and tools to make fixtures.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, out)
+    std::fs::write(path, npy_bytes(descr, shape, body))
 }
