@@ -83,12 +83,12 @@ macro_rules! fuzz_target {
     };
 }
 
-fuzz_target!(npy_never_panics, Target::Npy, 3000);
-fuzz_target!(pickle_never_panics, Target::Pickle, 3000);
-fuzz_target!(h5_never_panics, Target::H5, 2000);
+fuzz_target!(npy_never_panics, Target::Npy, 2000);
+fuzz_target!(pickle_never_panics, Target::Pickle, 2000);
+fuzz_target!(h5_never_panics, Target::H5, 1500);
 fuzz_target!(wav_never_panics, Target::Wav, 1500);
 fuzz_target!(jpg_never_panics, Target::Jpeg, 1500);
-fuzz_target!(csv_never_panics, Target::Csv, 3000);
+fuzz_target!(csv_never_panics, Target::Csv, 2000);
 
 #[test]
 fn every_seed_parses() {
