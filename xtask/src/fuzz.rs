@@ -39,7 +39,11 @@ pub fn run(args: FuzzArgs) -> anyhow::Result<ExitCode> {
     let dir = crate::workspace_root().join("target/fuzz");
     std::fs::create_dir_all(&dir)?;
     let current = dir.join("current-input.bin");
-    println!("fuzzing for {} min, seed {seed}; the running case's input is kept in {}", args.minutes, current.display());
+    println!(
+        "fuzzing for {} min, seed {seed}; the running case's input is kept in {}",
+        args.minutes,
+        current.display()
+    );
 
     // A watchdog: a parser that never returns cannot be caught, so the run ends with a report.
     let started = Arc::new(AtomicU64::new(u64::MAX));

@@ -130,7 +130,8 @@ fn walk_arrays(v: &pickle::Py) {
 }
 
 fn wav(rate: u32, channels: u16, bits: u16, frames: usize) -> Vec<u8> {
-    let spec = hound::WavSpec { channels, sample_rate: rate, bits_per_sample: bits, sample_format: hound::SampleFormat::Int };
+    let spec =
+        hound::WavSpec { channels, sample_rate: rate, bits_per_sample: bits, sample_format: hound::SampleFormat::Int };
     let mut cur = std::io::Cursor::new(Vec::new());
     let mut w = hound::WavWriter::new(&mut cur, spec).expect("in-memory wav");
     for i in 0..frames * channels as usize {
@@ -156,35 +157,45 @@ fn jpeg(w: u32, h: u32) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mutation {
     /// Keep the first `keep % (len + 1)` bytes.
-    Truncate { keep: u32 },
-    FlipBit { pos: u32, bit: u8 },
-    SetByte { pos: u32, value: u8 },
+    Truncate {
+        keep: u32,
+    },
+    FlipBit {
+        pos: u32,
+        bit: u8,
+    },
+    SetByte {
+        pos: u32,
+        value: u8,
+    },
     /// Overwrite `width` (1, 2, 4 or 8) little-endian bytes with `value`: a size field made huge,
     /// zero or negative.
-    WriteInt { pos: u32, width: u8, value: u64 },
+    WriteInt {
+        pos: u32,
+        width: u8,
+        value: u64,
+    },
     /// Replace the `nth` run of ASCII digits (a shape in a `.npy` header, a number in a pickle or
     /// csv) with `value`.
-    ReplaceNumber { nth: u32, value: u64 },
+    ReplaceNumber {
+        nth: u32,
+        value: u64,
+    },
     /// Insert a copy of `len` bytes from `from` at `at` (repeats structure, e.g. pickle opcodes).
-    Duplicate { from: u32, len: u16, at: u32 },
-    Delete { pos: u32, len: u16 },
+    Duplicate {
+        from: u32,
+        len: u16,
+        at: u32,
+    },
+    Delete {
+        pos: u32,
+        len: u16,
+    },
 }
 
 /// Sizes that break naive arithmetic.
-pub const INTERESTING: [u64; 12] = [
-    0,
-    1,
-    2,
-    0x7f,
-    0xff,
-    0xffff,
-    0x7fff_ffff,
-    0xffff_ffff,
-    1 << 32,
-    1 << 61,
-    i64::MAX as u64,
-    u64::MAX,
-];
+pub const INTERESTING: [u64; 12] =
+    [0, 1, 2, 0x7f, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 61, i64::MAX as u64, u64::MAX];
 
 /// `input` with `mutations` applied in order.
 pub fn apply(input: &[u8], mutations: &[Mutation]) -> Vec<u8> {
@@ -257,7 +268,11 @@ pub fn random_mutation(rng: &mut impl RngCore) -> Mutation {
         3 => Mutation::WriteInt {
             pos,
             width: rng.random(),
-            value: if rng.random_bool(0.7) { INTERESTING[rng.random_range(0..INTERESTING.len())] } else { rng.random() },
+            value: if rng.random_bool(0.7) {
+                INTERESTING[rng.random_range(0..INTERESTING.len())]
+            } else {
+                rng.random()
+            },
         },
         4 => Mutation::ReplaceNumber { nth: pos, value: INTERESTING[rng.random_range(0..INTERESTING.len())] },
         5 => Mutation::Duplicate { from: pos, len: rng.random_range(1..64), at: rng.next_u32() },

@@ -61,8 +61,7 @@ fn f32s(v: &[f32]) -> Vec<u8> {
 fn write_avmnist(root: &Path, ntr: usize, nte: usize) {
     for (split, n) in [("train", ntr), ("test", nte)] {
         write_npy(&root.join(format!("image/{split}_data.npy")), "|u1", &[n, 784], &vec![3u8; n * 784]).unwrap();
-        write_npy(&root.join(format!("audio/{split}_data.npy")), "<f4", &[n, 4, 4], &f32s(&vec![1.0; n * 16]))
-            .unwrap();
+        write_npy(&root.join(format!("audio/{split}_data.npy")), "<f4", &[n, 4, 4], &f32s(&vec![1.0; n * 16])).unwrap();
         let lab: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
         write_npy(&root.join(format!("{split}_labels.npy")), "|u1", &[n], &lab).unwrap();
     }
@@ -88,7 +87,8 @@ fn npy_sizes_from_the_header_are_checked_against_the_file() {
     let audio = dir.path().join("audio/train_data.npy");
     let opts = LoadOptions::default();
     // (20, 2^32, 2^32) of f4 wraps to 0 bytes without checked arithmetic.
-    for shape in ["(20, 4294967296, 4294967296)", "(0, 1099511627776, 1099511627776)", "(20, 4, 5)", "(99999999999999999999, 1)"]
+    for shape in
+        ["(20, 4294967296, 4294967296)", "(0, 1099511627776, 1099511627776)", "(20, 4, 5)", "(99999999999999999999, 1)"]
     {
         raw_npy(&audio, shape, b"");
         fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &["audio/train_data.npy"]);
@@ -122,7 +122,12 @@ fn avmnist_non_finite_inputs_are_reported_by_load_and_data_check() {
 #[test]
 fn avmnist_too_few_rows_is_an_empty_split_error_naming_the_labels() {
     let opts = LoadOptions::default();
-    for (ntr, nte, file) in [(0, 10, "train_labels.npy"), (1, 10, "train_labels.npy"), (2, 10, "train_labels.npy"), (20, 1, "test_labels.npy")] {
+    for (ntr, nte, file) in [
+        (0, 10, "train_labels.npy"),
+        (1, 10, "train_labels.npy"),
+        (2, 10, "train_labels.npy"),
+        (20, 1, "test_labels.npy"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         write_avmnist(dir.path(), ntr, nte);
         let e = fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &[file, "no samples"]);
@@ -282,10 +287,14 @@ fn urfunny_all_zero_text_and_nan_features_are_refused() {
     let d = load(DatasetId::UrFunny, &file, &LoadOptions::default()).unwrap();
     assert_eq!(d.train.len(), 3);
     std::fs::write(&file, urfunny(0.0, false)).unwrap();
-    let e = fails_naming(|| load(DatasetId::UrFunny, &file, &LoadOptions::default()), &["humor.pkl", "train", "all zero"]);
+    let e =
+        fails_naming(|| load(DatasetId::UrFunny, &file, &LoadOptions::default()), &["humor.pkl", "train", "all zero"]);
     assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
     std::fs::write(&file, urfunny(1.0, true)).unwrap();
-    fails_naming(|| load(DatasetId::UrFunny, &file, &LoadOptions::default()), &["humor.pkl", "train/vision", "1 NaN/Inf"]);
+    fails_naming(
+        || load(DatasetId::UrFunny, &file, &LoadOptions::default()),
+        &["humor.pkl", "train/vision", "1 NaN/Inf"],
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -303,26 +312,30 @@ fn mosei_disjoint_keys_huge_token_ids_and_nan_mels_are_refused() {
     load(DatasetId::Mosei, dir.path(), &opts).unwrap();
     // token_to_ix id 4e9: the embedding would need terabytes.
     let good_vocab = std::fs::read(dir.path().join("token_to_ix.pkl")).unwrap();
-    std::fs::write(dir.path().join("token_to_ix.pkl"), pickle(&P::D(vec![(P::S("film"), P::I(4_000_000_000))]))).unwrap();
+    std::fs::write(dir.path().join("token_to_ix.pkl"), pickle(&P::D(vec![(P::S("film"), P::I(4_000_000_000))])))
+        .unwrap();
     fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["token_to_ix.pkl", "film", "4000000000"]);
     std::fs::write(dir.path().join("token_to_ix.pkl"), good_vocab).unwrap();
     // NaN in mels of a valid key.
     let sentences = agm_data::loaders::pickle::read_pickle(&dir.path().join("valid_sentences.p")).unwrap();
     let keys: Vec<String> = match &sentences {
-        agm_data::loaders::pickle::Py::Dict(d) => {
-            d.iter().map(|(k, _)| if let agm_data::loaders::pickle::Py::Str(s) = k { s.clone() } else { panic!() }).collect()
-        }
+        agm_data::loaders::pickle::Py::Dict(d) => d
+            .iter()
+            .map(|(k, _)| if let agm_data::loaders::pickle::Py::Str(s) = k { s.clone() } else { panic!() })
+            .collect(),
         _ => panic!(),
     };
-    let mels = |v: f32| {
-        P::D(keys.iter().map(|k| (P::S(k), P::A(vec![3, 80], vec![v; 240]))).collect())
-    };
+    let mels = |v: f32| P::D(keys.iter().map(|k| (P::S(k), P::A(vec![3, 80], vec![v; 240]))).collect());
     std::fs::write(dir.path().join("valid_mels.p"), pickle(&mels(f32::INFINITY))).unwrap();
     fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_mels.p", "NaN/Inf"]);
     // No key in common between the three files of a split.
-    std::fs::write(dir.path().join("valid_mels.p"), pickle(&P::D(vec![(P::S("other"), P::A(vec![1, 80], vec![0.0; 80]))])))
-        .unwrap();
-    let e = fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_sentences.p", "validation", "share keys"]);
+    std::fs::write(
+        dir.path().join("valid_mels.p"),
+        pickle(&P::D(vec![(P::S("other"), P::A(vec![1, 80], vec![0.0; 80]))])),
+    )
+    .unwrap();
+    let e =
+        fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_sentences.p", "validation", "share keys"]);
     assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
 }
 
@@ -358,7 +371,8 @@ fn ave_truncated_garbage_and_nan_h5_files_are_refused() {
 // ------------------------------------------------------------------ wav, jpg, csv (CREMA-D)
 
 fn wav_bytes(rate: u32, samples: usize) -> Vec<u8> {
-    let spec = hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
     let mut cur = std::io::Cursor::new(Vec::new());
     let mut w = hound::WavWriter::new(&mut cur, spec).unwrap();
     for i in 0..samples {
@@ -449,7 +463,11 @@ fn csv_empty_all_media_missing_one_row_and_bad_text_are_refused() {
     // Every row's media missing: the error also quotes what was skipped.
     std::fs::write(&train, "9001_X_NEU_XX,NEU\n9002_X_NEU_XX,NEU\n9003_X_NEU_XX,NEU\n").unwrap();
     fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "no samples", "skipped 3"]);
-    for (text, why) in [(&b"\xff\xfe1001,NEU\n"[..], "utf-8"), (b"../../etc/passwd,NEU\n", "plain file name"), (b"1001_DFA_NEU_XX\n", "clip,EMOTION")] {
+    for (text, why) in [
+        (&b"\xff\xfe1001,NEU\n"[..], "utf-8"),
+        (b"../../etc/passwd,NEU\n", "plain file name"),
+        (b"1001_DFA_NEU_XX\n", "clip,EMOTION"),
+    ] {
         std::fs::write(&train, text).unwrap();
         fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "line 1", why]);
     }

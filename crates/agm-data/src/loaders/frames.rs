@@ -101,7 +101,8 @@ pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
 /// [`crate::limits::MAX_FRAME_SIDE`] are refused before decoding, so a forged header cannot ask
 /// for gigabytes.
 pub fn decode_frame(bytes: &[u8], path: &Path, size: u32) -> Result<Vec<f32>> {
-    let bad = |e: String| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") };
+    let bad =
+        |e: String| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") };
     let side = crate::limits::MAX_FRAME_SIDE;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(side);

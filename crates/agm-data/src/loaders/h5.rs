@@ -46,9 +46,10 @@ impl H5Dataset {
             .map(|&d| usize::try_from(d).map_err(|_| h5_err(path, format!("`{name}`: dimension {d} is too large"))))
             .collect::<Result<_>>()?;
         let elem = guard(path, || ds.element_size())?;
-        let bytes = crate::limits::checked_len(&shape, elem as usize)
-            .and_then(|n| (n as u64).checked_mul(elem))
-            .ok_or_else(|| h5_err(path, format!("`{name}`: shape {shape:?} is too large to address; the file is corrupt")))?;
+        let bytes =
+            crate::limits::checked_len(&shape, elem as usize).and_then(|n| (n as u64).checked_mul(elem)).ok_or_else(
+                || h5_err(path, format!("`{name}`: shape {shape:?} is too large to address; the file is corrupt")),
+            )?;
         let compressed = !ds.filters().is_empty();
         let room = if compressed { file_len.saturating_mul(crate::limits::MAX_H5_EXPANSION) } else { file_len };
         if bytes > room {
@@ -99,7 +100,10 @@ impl H5Dataset {
     pub fn all_i64(&self) -> Result<Vec<i64>> {
         let v = guard(&self.path, || self.ds.read_i64())?;
         if v.len() != self.shape.iter().product::<usize>() {
-            return Err(h5_err(&self.path, format!("read {} values where the shape {:?} promises more", v.len(), self.shape)));
+            return Err(h5_err(
+                &self.path,
+                format!("read {} values where the shape {:?} promises more", v.len(), self.shape),
+            ));
         }
         Ok(v)
     }

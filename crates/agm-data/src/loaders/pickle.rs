@@ -481,7 +481,8 @@ impl Vm<'_> {
                 }
                 b'h' | b'j' => {
                     let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| err(self.path, at, format!("memo {i} not set")))?;
+                    let v =
+                        self.memo.get(&i).cloned().ok_or_else(|| err(self.path, at, format!("memo {i} not set")))?;
                     let v = self.copy(&v, at)?;
                     self.stack.push(v);
                 }

@@ -105,7 +105,9 @@ fn empty_reason(id: DatasetId, split: &str) -> String {
     let ninety = "AGM keeps the first int(0.9 N) rows for train (10 % of those, at least one, for validation) \
                   and the rest for dep";
     match id {
-        DatasetId::AvMnist => format!("{ninety}; train_labels.npy needs at least 3 rows and test_labels.npy at least 2"),
+        DatasetId::AvMnist => {
+            format!("{ninety}; train_labels.npy needs at least 3 rows and test_labels.npy at least 2")
+        }
         DatasetId::CremaD => format!(
             "only csv rows whose wav (or Spectrogram/*.npy) and frame folder exist are used; {ninety}; \
              train.csv needs at least 3 usable rows and test.csv at least 2"
