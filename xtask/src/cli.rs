@@ -36,6 +36,7 @@ pub enum Command {
     Recipes,
     /// Run a dataset's recipes over seeds and write one table beside the published numbers.
     Reproduce(ReproduceArgs),
+    Fuzz(crate::fuzz::FuzzArgs),
 }
 
 /// The settings of a run, shared by `train` and `study`. Precedence: flags, then `--config`,

@@ -30,7 +30,8 @@ pub fn run(args: DataArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `cargo xtask data check <dataset> <path>`: loads (or, for AV-MNIST, opens and validates) the
-/// dataset and prints split sizes, sample shapes and label counts.
+/// dataset and prints split sizes, sample shapes and label counts. Both paths end in
+/// `agm_data::loaders::validate::validate_splits`, the check `train` runs.
 fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
     use agm_data::loaders::{self, avmnist, splits, DatasetId, LoadOptions};
 
@@ -42,6 +43,8 @@ fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
         // Opens every file through memory maps and checks shapes and labels without reading the
         // (multi-GB) arrays into memory.
         let f = avmnist::AvMnistFiles::open(&root)?;
+        // The same check `load` (and so `train`) runs: no empty split, no NaN/Inf input.
+        loaders::validate::validate_avmnist_mapped(&root, &LoadOptions::default())?;
         let (ntr, nte) = (f.train_labels.len(), f.test_labels.len());
         for file in [&f.train_audio, &f.test_audio, &f.train_image, &f.test_image] {
             println!("  {}: {:?} {:?}", file.path().display(), file.shape(), file.dtype());

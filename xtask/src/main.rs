@@ -7,6 +7,7 @@ mod cli;
 mod concept;
 mod data;
 mod eval;
+mod fuzz;
 mod parity;
 mod plot;
 mod progress;
@@ -51,6 +52,7 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Concept(c) => concept::run(c),
         Command::Recipes => recipes::run(),
         Command::Reproduce(r) => reproduce::run(r),
+        Command::Fuzz(f) => fuzz::run(f),
     }
 }
 

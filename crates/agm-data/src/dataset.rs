@@ -144,12 +144,15 @@ impl SplitTensors {
     /// Gathers the samples at `indices` (in that order) into a batch on `device`: inputs `f32` of
     /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B]`.
     ///
-    /// # Panics
-    /// If an index is out of bounds.
+    /// An index out of bounds is an error (an empty split asked for its first sample must not
+    /// take the process down).
     pub fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
         let n = self.len();
         if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            panic!("sample index {bad} out of bounds for a split of {n} samples");
+            return Err(candle_core::Error::Msg(format!(
+                "sample index {bad} out of bounds for a split of {n} samples; load datasets with agm_data::load, \
+                 which refuses empty splits"
+            )));
         }
         let mut inputs = Vec::with_capacity(self.num_modalities());
         for m in 0..self.num_modalities() {

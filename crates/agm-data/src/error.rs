@@ -108,6 +108,14 @@ pub enum DataError {
     #[error("cannot resolve {spec}: {reason}")]
     Hub { spec: String, reason: String },
 
+    /// A split holds no samples, so nothing could train or be evaluated on it.
+    #[error("{}: the {split} split has no samples: {reason}", path.display())]
+    EmptySplit { path: PathBuf, split: String, reason: String },
+
+    /// Inputs hold NaN or infinite values; `listing` names every file and modality with its count.
+    #[error("non-finite inputs ({count} values): {listing}; training on them gives NaN losses, so repair or drop those samples")]
+    NonFinite { path: PathBuf, count: usize, listing: String },
+
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -23,7 +23,10 @@ pub mod augment;
 pub mod av_digits;
 mod dataset;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod hub;
+pub mod limits;
 pub mod loaders;
 mod npy;
 pub mod synthetic;

@@ -70,7 +70,9 @@ pub(crate) fn parse_npy(bytes: &[u8], path: &Path, member: &str) -> Result<NpyAr
     }
     let shape_text = dict_value(header, "shape").ok_or_else(|| err(format!("no 'shape' in header {header:?}")))?;
     let shape = parse_shape(shape_text).ok_or_else(|| err(format!("bad shape {shape_text:?}")))?;
-    let count: usize = shape.iter().product();
+    // The shape is checked against the body's length before any buffer is sized from it.
+    let count = crate::limits::checked_len(&shape, 8)
+        .ok_or_else(|| err(format!("shape {shape:?} is too large to address; the header is corrupt")))?;
 
     let body = &bytes[end..];
     let elem = match descr {

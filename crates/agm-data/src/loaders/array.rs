@@ -210,19 +210,37 @@ impl NpyFile {
         let map =
             unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
         let header = parse_npy_header(&map, path)?;
-        let count: usize = header.shape.iter().product();
-        let need = count * header.dtype.size();
         let have = map.len() - header.data_offset;
+        Self::check_size(&header, have, path)?;
+        Ok(Self { path: path.to_path_buf(), map, header })
+    }
+
+    /// Checks that `have` data bytes hold exactly the header's shape, with checked arithmetic:
+    /// a header's shape is never trusted before it matches the file's length.
+    pub(crate) fn check_size(header: &NpyHeader, have: usize, path: &Path) -> Result<()> {
+        let need = crate::limits::checked_len(&header.shape, header.dtype.size())
+            .and_then(|count| count.checked_mul(header.dtype.size()));
+        let Some(need) = need else {
+            return Err(npy_err(
+                path,
+                format!(
+                    "shape {:?} of {:?} is too large to address ({have} bytes of data follow the header); \
+                     the header is corrupt, so write the array again with numpy.save",
+                    header.shape, header.dtype
+                ),
+            ));
+        };
         if have != need {
             return Err(npy_err(
                 path,
                 format!(
-                    "truncated or oversized data: {have} bytes after the header but shape {:?} of {:?} needs {need}",
+                    "truncated or oversized data: {have} bytes after the header but shape {:?} of {:?} needs {need}; \
+                     the file is damaged, so copy or write it again",
                     header.shape, header.dtype
                 ),
             ));
         }
-        Ok(Self { path: path.to_path_buf(), map, header })
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -279,8 +297,16 @@ impl NpyFile {
     }
 }
 
-/// Writes a `.npy` (v1.0) file; used by tests and tools to make fixtures.
-pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std::io::Result<()> {
+/// Parses a whole `.npy` file held in `bytes` into an [`Array`], with the same checks as
+/// [`NpyFile::open`]; `path` only labels errors.
+pub fn parse_npy_array(bytes: &[u8], path: &Path) -> Result<Array> {
+    let header = parse_npy_header(bytes, path)?;
+    NpyFile::check_size(&header, bytes.len() - header.data_offset, path)?;
+    Ok(Array { shape: header.shape, dtype: header.dtype, bytes: bytes[header.data_offset..].to_vec() })
+}
+
+/// The bytes of a `.npy` (v1.0) file.
+pub fn npy_bytes(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
     let shape_txt = match shape.len() {
         1 => format!("({},)", shape[0]),
         _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
@@ -294,8 +320,13 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std:
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(body);
+    out
+}
+
+/// Writes a `.npy` (v1.0) file; used by tests and tools to make fixtures.
+pub fn write_npy(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    std::fs::write(path, out)
+    std::fs::write(path, npy_bytes(descr, shape, body))
 }

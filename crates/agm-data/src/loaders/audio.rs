@@ -18,13 +18,45 @@ pub const N_BINS: usize = N_FFT / 2 + 1;
 pub const N_FRAMES: usize = 1 + CLIP_SAMPLES / HOP;
 
 /// Reads a wav file as mono `f32` in [-1, 1] (channels averaged, as librosa does) and its rate.
+///
+/// The sample rate must lie in [`crate::limits::WAV_RATES`] (1 kHz to 384 kHz): a rate of 0
+/// or 1 would make resampling divide by zero or run for hours. The sample count the header
+/// claims must fit in the file.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), cause: e })?;
+    parse_wav(&bytes, path)
+}
+
+/// [`read_wav`] on the bytes of a wav file; `path` only labels errors.
+pub fn parse_wav(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, u32)> {
     let bad = |reason: String| DataError::BadSource { path: path.to_path_buf(), reason };
-    let mut reader = hound::WavReader::open(path).map_err(|e| match e {
-        hound::Error::IoError(source) => DataError::Io { path: path.to_path_buf(), cause: source },
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| match e {
+        hound::Error::IoError(source) => bad(format!("not a readable wav file: {source}")),
         other => bad(format!("not a readable wav file: {other}")),
     })?;
     let spec = reader.spec();
+    let rates = crate::limits::WAV_RATES;
+    if !rates.contains(&spec.sample_rate) {
+        return Err(bad(format!(
+            "sample rate {} Hz is outside {}..={} Hz; the header is corrupt, so convert the clip again \
+             (e.g. `ffmpeg -i in.wav -ar 22050 out.wav`)",
+            spec.sample_rate,
+            rates.start(),
+            rates.end()
+        )));
+    }
+    if !(1..=32).contains(&spec.bits_per_sample) {
+        return Err(bad(format!("{} bits per sample is not supported (1 to 32)", spec.bits_per_sample)));
+    }
+    // hound sizes its buffer from the header's count; it must fit in the file.
+    let claimed = (reader.len() as u64).saturating_mul(u64::from(spec.bits_per_sample).div_ceil(8));
+    if claimed > bytes.len() as u64 {
+        return Err(bad(format!(
+            "header claims {} samples ({claimed} bytes) but the file has {} bytes; the file is truncated",
+            reader.len(),
+            bytes.len()
+        )));
+    }
     let channels = spec.channels.max(1) as usize;
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().collect::<std::result::Result<_, _>>(),

@@ -80,6 +80,8 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
     let a = H5Dataset::open(&root.join("audio_feature.h5"), "avadataset")?;
     let v = H5Dataset::open(&root.join("visual_feature.h5"), "avadataset")?;
     let l = H5Dataset::open(&root.join("right_labels.h5"), "avadataset")?;
+    // Labels first: their shape check guarantees the indexing below.
+    let (seg, segments) = segment_labels(&l)?;
     let n = l.shape()[0];
     for d in [&a, &v] {
         if d.shape().len() < 3 || d.shape()[0] != n || d.shape()[1] != l.shape()[1] {
@@ -90,7 +92,6 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
             });
         }
     }
-    let (seg, segments) = segment_labels(&l)?;
     let mut splits = Vec::new();
     let mut segs = Vec::new();
     for name in ["train", "val", "test"] {

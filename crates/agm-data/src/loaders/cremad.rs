@@ -39,25 +39,13 @@ pub struct Clip {
 /// `strict`; a frame folder without jpg files is always an error.
 pub fn read_split(root: &Path, csv: &Path, strict: bool, skipped: &mut Vec<String>) -> Result<Vec<Clip>> {
     require(csv)?;
-    let text = std::fs::read_to_string(csv).map_err(|e| io_err(csv, e))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let bytes = std::fs::read(csv).map_err(|e| io_err(csv, e))?;
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let row = raw.trim_end_matches('\r').trim();
-        if row.is_empty() {
-            continue;
-        }
+    for (line, id, label) in parse_split_csv(&bytes, csv)? {
         let csv_err = |reason: String| DataError::Csv { path: csv.to_path_buf(), line, reason };
-        let (id, emo) = row.split_once(',').ok_or_else(|| csv_err(format!("expected `clip,EMOTION`, got {row:?}")))?;
-        let (id, emo) = (id.trim(), emo.trim());
-        let label = CLASS_NAMES
-            .iter()
-            .position(|c| *c == emo)
-            .ok_or_else(|| csv_err(format!("label {emo:?} is not one of {CLASS_NAMES:?}")))? as u32;
         let wav = root.join("Audio").join(format!("{id}.wav"));
         let spec = root.join("Spectrogram").join(format!("{id}.npy"));
-        let dir = root.join("Image-01-FPS").join(id);
+        let dir = root.join("Image-01-FPS").join(&id);
         let audio_ok = wav.is_file() || spec.is_file();
         if !audio_ok || !dir.is_dir() {
             let missing = if !audio_ok { wav } else { dir };
@@ -72,7 +60,39 @@ pub fn read_split(root: &Path, csv: &Path, strict: bool, skipped: &mut Vec<Strin
             return Err(csv_err(format!("clip {id}: frame folder {} holds no jpg frame", dir.display())));
         }
         let frame = frames[reference_frame_index(frames.len())].clone();
-        out.push(Clip { id: id.to_string(), label, wav, frame, line });
+        out.push(Clip { id, label, wav, frame, line });
+    }
+    Ok(out)
+}
+
+/// The `(line, clip, label)` rows of a split csv's bytes (`clip,EMOTION`, no header, BOM and
+/// CRLF accepted); `csv` only labels errors.
+pub fn parse_split_csv(bytes: &[u8], csv: &Path) -> Result<Vec<(usize, String, u32)>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| DataError::Csv {
+        path: csv.to_path_buf(),
+        line: 1 + bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count(),
+        reason: "not utf-8 text; save the csv as utf-8".into(),
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let row = raw.trim_end_matches('\r').trim();
+        if row.is_empty() {
+            continue;
+        }
+        let csv_err = |reason: String| DataError::Csv { path: csv.to_path_buf(), line, reason };
+        let (id, emo) = row.split_once(',').ok_or_else(|| csv_err(format!("expected `clip,EMOTION`, got {row:?}")))?;
+        let (id, emo) = (id.trim(), emo.trim());
+        // A clip id becomes a file name under Audio/ and Image-01-FPS/: no path separators.
+        if id.is_empty() || id.contains(['/', '\\']) || id == ".." {
+            return Err(csv_err(format!("clip id {id:?} must be a plain file name")));
+        }
+        let label = CLASS_NAMES
+            .iter()
+            .position(|c| *c == emo)
+            .ok_or_else(|| csv_err(format!("label {emo:?} is not one of {CLASS_NAMES:?}")))? as u32;
+        out.push((line, id.to_string(), label));
     }
     Ok(out)
 }

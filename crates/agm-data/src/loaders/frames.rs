@@ -94,9 +94,32 @@ pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
 /// `Resize`), scales to [0, 1] and normalises with the ImageNet mean/std: `[3, size, size]`.
 pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .map_err(|e| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") })?
+    decode_frame(&bytes, path, size)
+}
+
+/// [`load_frame`] on the bytes of a jpeg; `path` only labels errors. Sides above
+/// [`crate::limits::MAX_FRAME_SIDE`] are refused before decoding, so a forged header cannot ask
+/// for gigabytes.
+pub fn decode_frame(bytes: &[u8], path: &Path, size: u32) -> Result<Vec<f32>> {
+    let bad =
+        |e: String| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") };
+    let side = crate::limits::MAX_FRAME_SIDE;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(4 * u64::from(side) * u64::from(side));
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Jpeg);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| match e {
+            image::ImageError::Limits(_) => bad(format!("larger than {side} x {side} pixels or too much memory ({e})")),
+            other => bad(other.to_string()),
+        })?
         .to_rgb8();
+    if img.width() == 0 || img.height() == 0 {
+        return Err(bad("the image is empty".into()));
+    }
     let img = if img.width() == size && img.height() == size {
         img
     } else {

@@ -24,6 +24,7 @@ pub mod pickle;
 pub mod prefetch;
 pub mod splits;
 pub mod urfunny;
+pub mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -158,9 +159,16 @@ impl LoadedDataset {
 }
 
 /// Loads dataset `id` from `path` (a folder; for UR-Funny the pickle file, or a folder holding
-/// `humor.pkl`).
+/// `humor.pkl`), then checks it with [`validate::validate_loaded`]: no empty split, no
+/// non-finite input. `cargo xtask data check` runs the same check.
 pub fn load(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
     require_all(id, path)?;
+    let data = load_unchecked(id, path, opts)?;
+    validate::validate_loaded(&data, path)?;
+    Ok(data)
+}
+
+fn load_unchecked(id: DatasetId, path: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
     match id {
         DatasetId::AvMnist => avmnist::load(path, opts),
         DatasetId::CremaD => cremad::load(path, opts),

@@ -95,7 +95,7 @@ fn read_split(root: &Path, split: &str, notes: &mut Vec<String>) -> Result<Raw> 
             continue;
         };
         let mel = match mel {
-            Py::Array(a) if a.shape.len() == 2 => (a.shape[0], a.shape[1], a.to_f32()),
+            Py::Array(a) if a.shape.len() == 2 && a.shape[1] > 0 => (a.shape[0], a.shape[1], a.to_f32()),
             Py::Array(a) => {
                 return Err(DataError::BadShape {
                     path: mp.clone(),
@@ -133,10 +133,22 @@ fn vocabulary(root: &Path, train: &Raw) -> Result<HashMap<String, u32>> {
     let p = root.join("token_to_ix.pkl");
     if p.is_file() {
         let v = read_pickle(&p)?;
-        return dict(&p, &v)?
+        let entries = dict(&p, &v)?;
+        // The text embedding allocates one row per id, so ids must be dense: a stray 4e9
+        // would ask for terabytes.
+        let max_id = entries.len() as u64 + crate::limits::TOKEN_ID_SLACK;
+        return entries
             .iter()
             .map(|(k, v)| match (k, v) {
-                (Py::Str(k), Py::Int(i)) if *i >= 0 => Ok((k.clone(), *i as u32)),
+                (Py::Str(k), Py::Int(i)) if (0..=max_id as i64).contains(i) => Ok((k.clone(), *i as u32)),
+                (Py::Str(k), Py::Int(i)) => Err(DataError::BadSource {
+                    path: p.clone(),
+                    reason: format!(
+                        "token `{k}` has id {i}, outside 0..={max_id} for {} entries; ids must be dense, so \
+                         rebuild token_to_ix.pkl (or delete it to build the vocabulary from train)",
+                        entries.len()
+                    ),
+                }),
                 _ => Err(DataError::BadSource {
                     path: p.clone(),
                     reason: "token_to_ix must map str to non-negative int".into(),

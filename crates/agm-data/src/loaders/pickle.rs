@@ -92,16 +92,47 @@ pub fn read_pickle(path: &Path) -> Result<Py> {
 }
 
 /// Decodes pickle `bytes`; `path` only labels errors.
+///
+/// Resource use is bounded by the input's size: nesting deeper than
+/// [`crate::limits::MAX_PICKLE_DEPTH`], more than [`crate::limits::MAX_PICKLE_MEMO`] memo
+/// entries, or copies of shared values (memo GET, DUP) beyond
+/// `PICKLE_BUDGET_FACTOR × bytes.len() + PICKLE_BUDGET_SLACK` units are errors.
 pub fn parse_pickle(bytes: &[u8], path: &Path) -> Result<Py> {
-    Vm { bytes, pos: 0, path, stack: Vec::new(), memo: std::collections::HashMap::new() }.run()
+    use crate::limits::{PICKLE_BUDGET_FACTOR, PICKLE_BUDGET_SLACK};
+    let budget = bytes.len().saturating_mul(PICKLE_BUDGET_FACTOR).saturating_add(PICKLE_BUDGET_SLACK);
+    Vm { bytes, pos: 0, path, stack: Vec::new(), memo: std::collections::HashMap::new(), copied: 0, budget }.run()
+}
+
+/// A value with its nesting depth and size, so limits are checked without walking it.
+#[derive(Clone)]
+struct Val {
+    py: Py,
+    depth: usize,
+    /// One per value plus one per byte of strings and buffers.
+    cost: usize,
+}
+
+impl Val {
+    fn leaf(py: Py) -> Self {
+        let bytes = match &py {
+            Py::Str(s) => s.len(),
+            Py::Bytes(b) => b.len(),
+            Py::Array(a) => a.bytes.len(),
+            _ => 0,
+        };
+        Val { py, depth: 0, cost: 1 + bytes }
+    }
 }
 
 struct Vm<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
-    stack: Vec<Py>,
-    memo: std::collections::HashMap<u32, Py>,
+    stack: Vec<Val>,
+    memo: std::collections::HashMap<u32, Val>,
+    /// Units copied so far by memo and DUP operations.
+    copied: usize,
+    budget: usize,
 }
 
 impl Vm<'_> {
@@ -143,25 +174,112 @@ impl Vm<'_> {
         self.pos += nl + 1;
         Ok(s)
     }
-    fn pop(&mut self) -> Result<Py> {
+    fn push(&mut self, py: Py) {
+        self.stack.push(Val::leaf(py));
+    }
+    fn pop(&mut self) -> Result<Val> {
         self.stack.pop().ok_or_else(|| err(self.path, self.pos, "stack underflow"))
     }
-    fn pop_mark(&mut self) -> Result<Vec<Py>> {
+    fn pop_mark(&mut self) -> Result<Vec<Val>> {
         let m = self
             .stack
             .iter()
-            .rposition(|v| matches!(v, Py::Mark))
+            .rposition(|v| matches!(v.py, Py::Mark))
             .ok_or_else(|| err(self.path, self.pos, "no MARK on the stack"))?;
         let items = self.stack.split_off(m + 1);
         self.stack.pop();
         Ok(items)
     }
-    fn top(&mut self) -> Result<&mut Py> {
+    fn top(&mut self) -> Result<&mut Val> {
         let pos = self.pos;
         self.stack.last_mut().ok_or_else(|| err(self.path, pos, "stack underflow"))
     }
     fn utf8(&self, b: Vec<u8>) -> Result<Py> {
         String::from_utf8(b).map(Py::Str).map_err(|_| err(self.path, self.pos, "string is not utf-8"))
+    }
+
+    /// Charges a copy of `v` to the budget; shared references are the only way a pickle
+    /// grows faster than its own length.
+    fn copy(&mut self, v: &Val, at: usize) -> Result<Val> {
+        self.copied = self.copied.saturating_add(v.cost);
+        if self.copied > self.budget {
+            return Err(err(
+                self.path,
+                at,
+                format!(
+                    "shared references expand to more than {} units for a {}-byte file (a pickle bomb?); \
+                     save the data again without self-references",
+                    self.budget,
+                    self.bytes.len()
+                ),
+            ));
+        }
+        Ok(v.clone())
+    }
+
+    /// The depth and cost of a container holding `items`, checked against the depth limit.
+    fn meta(&self, items: &[Val], at: usize) -> Result<(usize, usize)> {
+        let depth = 1 + items.iter().map(|v| v.depth).max().unwrap_or(0);
+        let cost = items.iter().fold(1usize, |a, v| a.saturating_add(v.cost));
+        self.check_depth(depth, at)?;
+        Ok((depth, cost))
+    }
+
+    fn check_depth(&self, depth: usize, at: usize) -> Result<()> {
+        if depth > crate::limits::MAX_PICKLE_DEPTH {
+            return Err(err(
+                self.path,
+                at,
+                format!(
+                    "values nest deeper than {} levels; the datasets' pickles nest a few levels, so the file is \
+                     corrupt",
+                    crate::limits::MAX_PICKLE_DEPTH
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn container(&mut self, items: Vec<Val>, make: impl FnOnce(Vec<Py>) -> Py, at: usize) -> Result<()> {
+        let (depth, cost) = self.meta(&items, at)?;
+        let py = make(items.into_iter().map(|v| v.py).collect());
+        self.stack.push(Val { py, depth, cost });
+        Ok(())
+    }
+
+    /// Adds `items` (values, or key-value pairs for a dict) to the container on top.
+    fn extend_top(&mut self, items: Vec<Val>, op: &str, at: usize) -> Result<()> {
+        let (depth, cost) = self.meta(&items, at)?;
+        let path = self.path;
+        let top = self.top()?;
+        let py: Vec<Py> = items.into_iter().map(|v| v.py).collect();
+        match &mut top.py {
+            Py::List(l) if op.starts_with("APPEND") => l.extend(py),
+            Py::Dict(d) if op.starts_with("SETITEM") => {
+                d.extend(pairs(py).ok_or_else(|| err(path, at, "odd number of dict items"))?)
+            }
+            other => {
+                let kind = other.kind();
+                return Err(err(path, at, format!("{op} on a {kind}")));
+            }
+        }
+        top.depth = top.depth.max(depth);
+        top.cost = top.cost.saturating_add(cost - 1);
+        Ok(())
+    }
+
+    fn memo_put(&mut self, i: u32, at: usize) -> Result<()> {
+        if self.memo.len() >= crate::limits::MAX_PICKLE_MEMO && !self.memo.contains_key(&i) {
+            return Err(err(
+                self.path,
+                at,
+                format!("more than {} memo entries; the file is corrupt", crate::limits::MAX_PICKLE_MEMO),
+            ));
+        }
+        let top = self.top()?.clone();
+        let v = self.copy(&top, at)?;
+        self.memo.insert(i, v);
+        Ok(())
     }
 
     fn run(mut self) -> Result<Py> {
@@ -178,8 +296,8 @@ impl Vm<'_> {
                 0x95 => {
                     self.u64()?;
                 }
-                b'.' => return self.pop(),
-                b'(' => self.stack.push(Py::Mark),
+                b'.' => return self.pop().map(|v| v.py),
+                b'(' => self.push(Py::Mark),
                 b'0' => {
                     self.pop()?;
                 }
@@ -187,91 +305,65 @@ impl Vm<'_> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let v = self.top()?.clone();
+                    let top = self.top()?.clone();
+                    let v = self.copy(&top, at)?;
                     self.stack.push(v);
                 }
-                b'}' => self.stack.push(Py::Dict(Vec::new())),
-                b']' => self.stack.push(Py::List(Vec::new())),
-                b')' => self.stack.push(Py::Tuple(Vec::new())),
-                0x8f => self.stack.push(Py::List(Vec::new())), // EMPTY_SET, kept as a list
+                b'}' => self.push(Py::Dict(Vec::new())),
+                b']' => self.push(Py::List(Vec::new())),
+                b')' => self.push(Py::Tuple(Vec::new())),
+                0x8f => self.push(Py::List(Vec::new())), // EMPTY_SET, kept as a list
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     if self.stack.len() < n {
                         return Err(err(self.path, at, "stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Py::Tuple(items));
+                    self.container(items, Py::Tuple, at)?;
                 }
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Py::Tuple(items));
+                    self.container(items, Py::Tuple, at)?;
                 }
-                0x91 => {
+                0x91 | b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Py::List(items));
-                }
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Py::List(items));
+                    self.container(items, Py::List, at)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let d = pairs(items).ok_or_else(|| err(self.path, at, "odd number of dict items"))?;
-                    self.stack.push(Py::Dict(d));
+                    if !items.len().is_multiple_of(2) {
+                        return Err(err(self.path, at, "odd number of dict items"));
+                    }
+                    self.container(items, |v| Py::Dict(pairs(v).expect("even")), at)?;
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    match self.top()? {
-                        Py::Dict(d) => d.push((k, v)),
-                        other => {
-                            let kind = other.kind();
-                            return Err(err(self.path, at, format!("SETITEM on a {kind}")));
-                        }
-                    }
+                    self.extend_top(vec![k, v], "SETITEM", at)?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    let new = pairs(items).ok_or_else(|| err(self.path, at, "odd number of dict items"))?;
-                    match self.top()? {
-                        Py::Dict(d) => d.extend(new),
-                        other => {
-                            let kind = other.kind();
-                            return Err(err(self.path, at, format!("SETITEMS on a {kind}")));
-                        }
-                    }
+                    self.extend_top(items, "SETITEMS", at)?;
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    match self.top()? {
-                        Py::List(l) => l.push(v),
-                        other => {
-                            let kind = other.kind();
-                            return Err(err(self.path, at, format!("APPEND on a {kind}")));
-                        }
-                    }
+                    self.extend_top(vec![v], "APPEND", at)?;
                 }
                 b'e' | 0x90 => {
                     let items = self.pop_mark()?;
-                    match self.top()? {
-                        Py::List(l) => l.extend(items),
-                        other => {
-                            let kind = other.kind();
-                            return Err(err(self.path, at, format!("APPENDS on a {kind}")));
-                        }
-                    }
+                    self.extend_top(items, "APPENDS", at)?;
                 }
                 b'J' => {
                     let v = self.u32()? as i32;
-                    self.stack.push(Py::Int(v as i64));
+                    self.push(Py::Int(v as i64));
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Py::Int(v as i64));
+                    self.push(Py::Int(v as i64));
                 }
                 b'M' => {
                     let v = self.u16()?;
-                    self.stack.push(Py::Int(v as i64));
+                    self.push(Py::Int(v as i64));
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
@@ -281,7 +373,7 @@ impl Vm<'_> {
                     }
                     let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
                     buf[..n].copy_from_slice(&b);
-                    self.stack.push(Py::Int(i64::from_le_bytes(buf)));
+                    self.push(Py::Int(i64::from_le_bytes(buf)));
                 }
                 b'I' | b'L' => {
                     let l = self.line()?;
@@ -291,107 +383,107 @@ impl Vm<'_> {
                         "00" => Py::Bool(false),
                         _ => Py::Int(t.parse().map_err(|_| err(self.path, at, format!("bad int {l:?}")))?),
                     };
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
-                    self.stack.push(Py::Float(v));
+                    self.push(Py::Float(v));
                 }
                 b'F' => {
                     let l = self.line()?;
-                    self.stack.push(Py::Float(l.trim().parse().map_err(|_| err(self.path, at, "bad float"))?));
+                    self.push(Py::Float(l.trim().parse().map_err(|_| err(self.path, at, "bad float"))?));
                 }
-                0x88 => self.stack.push(Py::Bool(true)),
-                0x89 => self.stack.push(Py::Bool(false)),
-                b'N' => self.stack.push(Py::None),
+                0x88 => self.push(Py::Bool(true)),
+                0x89 => self.push(Py::Bool(false)),
+                b'N' => self.push(Py::None),
                 0x8c => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?.to_vec();
                     let v = self.utf8(b)?;
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 b'X' => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?.to_vec();
                     let v = self.utf8(b)?;
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 0x8d => {
                     let n = self.len64()?;
                     let b = self.take(n)?.to_vec();
                     let v = self.utf8(b)?;
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 // Python 2 byte strings: kept as str when utf-8, else bytes.
                 b'U' | b'T' => {
                     let n = if op == b'U' { self.u8()? as usize } else { self.u32()? as usize };
                     let b = self.take(n)?.to_vec();
                     let v = String::from_utf8(b.clone()).map(Py::Str).unwrap_or(Py::Bytes(b));
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 b'C' => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Py::Bytes(b));
+                    self.push(Py::Bytes(b));
                 }
                 b'B' => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Py::Bytes(b));
+                    self.push(Py::Bytes(b));
                 }
                 0x8e | 0x96 => {
                     let n = self.len64()?;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(Py::Bytes(b));
+                    self.push(Py::Bytes(b));
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
                     let g = self.global(&module, &name, at)?;
-                    self.stack.push(g);
+                    self.push(g);
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.py;
+                    let module = self.pop()?.py;
                     match (module, name) {
                         (Py::Str(m), Py::Str(n)) => {
                             let g = self.global(&m, &n, at)?;
-                            self.stack.push(g);
+                            self.push(g);
                         }
                         _ => return Err(err(self.path, at, "STACK_GLOBAL needs two strings")),
                     }
                 }
                 b'R' | 0x81 => {
-                    let args = self.pop()?;
-                    let func = self.pop()?;
+                    let args = self.pop()?.py;
+                    let func = self.pop()?.py;
                     let v = self.call(func, args, at)?;
-                    self.stack.push(v);
+                    self.push(v);
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let obj = self.pop()?;
-                    let v = self.build(obj, state, at)?;
+                    let (depth, cost) = (obj.depth.max(state.depth), obj.cost.saturating_add(state.cost));
+                    let v = self.build(obj.py, state.py, at)?;
+                    let v = if matches!(v, Py::Dict(_)) { Val { py: v, depth, cost } } else { Val::leaf(v) };
                     self.stack.push(v);
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i, at)?;
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i, at)?;
                 }
                 0x94 => {
-                    let i = self.memo.len() as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    let i = u32::try_from(self.memo.len()).unwrap_or(u32::MAX);
+                    self.memo_put(i, at)?;
                 }
                 b'h' | b'j' => {
                     let i = if op == b'h' { self.u8()? as u32 } else { self.u32()? };
                     let v =
                         self.memo.get(&i).cloned().ok_or_else(|| err(self.path, at, format!("memo {i} not set")))?;
+                    let v = self.copy(&v, at)?;
                     self.stack.push(v);
                 }
                 other => return Err(err(self.path, at, format!("unsupported pickle opcode 0x{other:02x}"))),
@@ -517,7 +609,10 @@ impl Vm<'_> {
 }
 
 fn make_array(shape: Vec<usize>, dtype: DType, bytes: Vec<u8>) -> std::result::Result<Array, String> {
-    let need = shape.iter().product::<usize>() * dtype.size();
+    // Checked: a shape such as (12, 2^61, 8) wraps to a small byte count otherwise.
+    let need = crate::limits::checked_len(&shape, dtype.size())
+        .and_then(|n| n.checked_mul(dtype.size()))
+        .ok_or_else(|| format!("ndarray shape {shape:?} of {dtype:?} is too large to address; the file is corrupt"))?;
     if bytes.len() != need {
         return Err(format!("ndarray of shape {shape:?} {dtype:?} needs {need} bytes but holds {}", bytes.len()));
     }

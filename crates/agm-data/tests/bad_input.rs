@@ -1,0 +1,481 @@
+//! Corrupt and hostile inputs for every loader format (npy, pickle, h5, wav, jpg, csv), written
+//! to temporary folders: each must give a clean `Err` that names the file (or key) — no panic, no
+//! hang, no huge allocation. Every case here was a panic, hang, abort or silent acceptance once.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agm_data::loaders::array::{npy_bytes, write_npy};
+use agm_data::loaders::pickle::parse_pickle;
+use agm_data::loaders::validate::validate_avmnist_mapped;
+use agm_data::loaders::{DatasetId, LoadOptions};
+use agm_data::{load, DataError};
+
+/// Refuses single allocations above 1 GiB: a size trusted from a header aborts the test at once.
+struct Capped;
+const CAP: usize = 1 << 30;
+unsafe impl GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > CAP {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if new_size > CAP {
+            return std::ptr::null_mut();
+        }
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+#[global_allocator]
+static ALLOC: Capped = Capped;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Runs `f`, which must fail fast with an error whose message contains every one of `names`.
+#[track_caller]
+fn fails_naming<T>(f: impl FnOnce() -> agm_data::Result<T>, names: &[&str]) -> DataError {
+    let t = Instant::now();
+    let Err(e) = f() else { panic!("a corrupt input was accepted (expected an error naming {names:?})") };
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}: {e}", t.elapsed());
+    let s = e.to_string();
+    for n in names {
+        assert!(s.contains(n), "error does not name {n:?}: {s}");
+    }
+    e
+}
+
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+// ------------------------------------------------------------------ npy (AV-MNIST)
+
+fn write_avmnist(root: &Path, ntr: usize, nte: usize) {
+    for (split, n) in [("train", ntr), ("test", nte)] {
+        write_npy(&root.join(format!("image/{split}_data.npy")), "|u1", &[n, 784], &vec![3u8; n * 784]).unwrap();
+        write_npy(&root.join(format!("audio/{split}_data.npy")), "<f4", &[n, 4, 4], &f32s(&vec![1.0; n * 16])).unwrap();
+        let lab: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        write_npy(&root.join(format!("{split}_labels.npy")), "|u1", &[n], &lab).unwrap();
+    }
+}
+
+fn raw_npy(path: &Path, header_shape: &str, body: &[u8]) {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(body);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn npy_sizes_from_the_header_are_checked_against_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 20, 10);
+    let audio = dir.path().join("audio/train_data.npy");
+    let opts = LoadOptions::default();
+    // (20, 2^32, 2^32) of f4 wraps to 0 bytes without checked arithmetic.
+    for shape in
+        ["(20, 4294967296, 4294967296)", "(0, 1099511627776, 1099511627776)", "(20, 4, 5)", "(99999999999999999999, 1)"]
+    {
+        raw_npy(&audio, shape, b"");
+        fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &["audio/train_data.npy"]);
+        fails_naming(|| validate_avmnist_mapped(dir.path(), &opts), &["audio/train_data.npy"]);
+    }
+    // Truncated body, bad magic, empty file.
+    raw_npy(&audio, "(20, 4, 4)", &f32s(&[1.0; 100]));
+    fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &["audio/train_data.npy", "truncated"]);
+    for bytes in [&b"NUMPY"[..], b"", b"\x93NUMPY\x03\x00\xff\xff\xff\xff"] {
+        std::fs::write(&audio, bytes).unwrap();
+        fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &["audio/train_data.npy"]);
+    }
+}
+
+#[test]
+fn avmnist_non_finite_inputs_are_reported_by_load_and_data_check() {
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 20, 10);
+    let mut v = vec![0.5f32; 20 * 16];
+    v[3] = f32::NAN;
+    v[17] = f32::INFINITY;
+    v[18] = f32::NEG_INFINITY;
+    write_npy(&dir.path().join("audio/train_data.npy"), "<f4", &[20, 4, 4], &f32s(&v)).unwrap();
+    let opts = LoadOptions::default();
+    let e = fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &["audio/train_data.npy", "NaN/Inf"]);
+    assert!(matches!(e, DataError::NonFinite { count: 3, .. }), "{e}");
+    let e = fails_naming(|| validate_avmnist_mapped(dir.path(), &opts), &["audio/train_data.npy", "NaN/Inf"]);
+    assert!(matches!(e, DataError::NonFinite { count: 3, .. }), "{e}");
+}
+
+#[test]
+fn avmnist_too_few_rows_is_an_empty_split_error_naming_the_labels() {
+    let opts = LoadOptions::default();
+    for (ntr, nte, file) in [
+        (0, 10, "train_labels.npy"),
+        (1, 10, "train_labels.npy"),
+        (2, 10, "train_labels.npy"),
+        (20, 1, "test_labels.npy"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        write_avmnist(dir.path(), ntr, nte);
+        let e = fails_naming(|| load(DatasetId::AvMnist, dir.path(), &opts), &[file, "no samples"]);
+        assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+        fails_naming(|| validate_avmnist_mapped(dir.path(), &opts), &[file, "no samples"]);
+    }
+    // The smallest folder that splits: 3 train rows (2 train, 1 validation) and 2 test rows.
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 3, 2);
+    let d = load(DatasetId::AvMnist, dir.path(), &opts).unwrap();
+    assert_eq!((d.train.len(), d.validation.len(), d.test.len()), (1, 1, 1));
+    d.train.batch(&[0], &candle_core::Device::Cpu).unwrap();
+    // An index past the end is an error, not a panic.
+    assert!(d.train.batch(&[5], &candle_core::Device::Cpu).is_err());
+}
+
+// ------------------------------------------------------------------ pickle
+
+/// A value for the tiny pickle writer below (protocol 4 opcodes, numpy arrays via `_frombuffer`).
+enum P<'a> {
+    S(&'a str),
+    I(i64),
+    D(Vec<(P<'a>, P<'a>)>),
+    A(Vec<usize>, Vec<f32>),
+}
+
+fn pk(v: &P, out: &mut Vec<u8>) {
+    match v {
+        P::S(s) => {
+            out.push(0x8c);
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        P::I(i) => {
+            out.push(0x8a);
+            out.push(8);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        P::D(items) => {
+            out.extend_from_slice(b"}(");
+            for (k, v) in items {
+                pk(k, out);
+                pk(v, out);
+            }
+            out.push(b'u');
+        }
+        P::A(shape, data) => {
+            out.extend_from_slice(b"cnumpy._core.numeric\n_frombuffer\n(");
+            let bytes = f32s(data);
+            out.push(b'B');
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+            out.extend_from_slice(b"cnumpy\ndtype\n(");
+            pk(&P::S("f4"), out);
+            out.extend_from_slice(b"tR(");
+            shape.iter().for_each(|&d| pk(&P::I(d as i64), out));
+            out.push(b't');
+            pk(&P::S("C"), out);
+            out.extend_from_slice(b"tR");
+        }
+    }
+}
+
+fn pickle(v: &P) -> Vec<u8> {
+    let mut out = vec![0x80, 4];
+    pk(v, &mut out);
+    out.push(b'.');
+    out
+}
+
+#[test]
+fn the_tiny_pickle_writer_round_trips() {
+    let v = parse_pickle(&pickle(&P::D(vec![(P::S("a"), P::A(vec![2, 1], vec![1.0, 2.0]))])), Path::new("x")).unwrap();
+    let a = match v.get("a") {
+        Some(agm_data::loaders::pickle::Py::Array(a)) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((a.shape.clone(), a.to_f32()), (vec![2, 1], vec![1.0, 2.0]));
+}
+
+#[test]
+fn pickle_memo_and_dup_bombs_fail_fast() {
+    let path = Path::new("bomb.pkl");
+    // 419 bytes: EMPTY_LIST, BINPUT 0, then (BINGET i, BINGET i, TUPLE2, BINPUT i+1) repeated.
+    let mut memo = b"\x80\x02]q\x00".to_vec();
+    let mut i = 0u8;
+    while memo.len() + 7 <= 418 {
+        memo.extend_from_slice(&[b'h', i, b'h', i, 0x86, b'q', i + 1]);
+        i += 1;
+    }
+    memo.push(b'.');
+    // 174 bytes: EMPTY_LIST, then (DUP, TUPLE2) doubling, never memoised.
+    let mut dup = b"\x80\x02]".to_vec();
+    while dup.len() + 2 <= 173 {
+        dup.extend_from_slice(&[b'2', 0x86]);
+    }
+    dup.push(b'.');
+    for bomb in [memo, dup] {
+        fails_naming(|| parse_pickle(&bomb, path), &["bomb.pkl", "pickle bomb"]);
+    }
+    // Deep nesting: 100,000 empty lists appended into each other.
+    let mut deep = b"\x80\x02".to_vec();
+    deep.extend(std::iter::repeat_n(b']', 100_000));
+    deep.extend(std::iter::repeat_n(b'a', 99_999));
+    deep.push(b'.');
+    fails_naming(|| parse_pickle(&deep, path), &["bomb.pkl", "nest deeper"]);
+    // A memo index beyond any real file (LONG_BINPUT 2^32-1) is fine on its own; unset GETs fail.
+    fails_naming(|| parse_pickle(b"\x80\x02]r\xff\xff\xff\xffj\x00\x00\x00\x01.", path), &["bomb.pkl", "memo"]);
+}
+
+#[test]
+fn pickle_array_shapes_are_checked_arithmetic() {
+    let path = Path::new("arr.pkl");
+    // [12, 2^61, 8] of f4 with an empty buffer: 12·2^61·8·4 wraps to 0 bytes.
+    let mut p = vec![0x80, 4];
+    pk(&P::A(vec![1], vec![]), &mut p);
+    let mut bad = vec![0x80, 4];
+    let a = P::A(vec![12, 1 << 61, 8], vec![]);
+    pk(&a, &mut bad);
+    bad.push(b'.');
+    fails_naming(|| parse_pickle(&bad, path), &["arr.pkl", "too large"]);
+    for (shape, data) in [(vec![3usize, 4], vec![0.0f32; 11]), (vec![0, 1 << 62, 1 << 62], vec![])] {
+        let mut b = vec![0x80, 4];
+        pk(&P::A(shape, data), &mut b);
+        b.push(b'.');
+        fails_naming(|| parse_pickle(&b, path), &["arr.pkl"]);
+    }
+    // Truncation anywhere, and a forbidden global.
+    let good = pickle(&P::D(vec![(P::S("x"), P::A(vec![2], vec![1.0, 2.0]))]));
+    for cut in 0..good.len() - 1 {
+        fails_naming(|| parse_pickle(&good[..cut], path), &["arr.pkl"]);
+    }
+    fails_naming(|| parse_pickle(b"\x80\x02cos\nsystem\n.", path), &["arr.pkl", "not allowed"]);
+}
+
+fn urfunny(text: f32, vision_nan: bool) -> Vec<u8> {
+    let split = |n: usize| {
+        let mut vision = vec![0.5f32; n * 2 * 3];
+        if vision_nan {
+            vision[4] = f32::NAN;
+        }
+        P::D(vec![
+            (P::S("audio"), P::A(vec![n, 2, 3], vec![0.1; n * 6])),
+            (P::S("vision"), P::A(vec![n, 2, 3], vision)),
+            (P::S("text"), P::A(vec![n, 2, 4], vec![text; n * 8])),
+            (P::S("labels"), P::A(vec![n], vec![1.0; n])),
+        ])
+    };
+    pickle(&P::D(vec![(P::S("train"), split(3)), (P::S("valid"), split(2)), (P::S("test"), split(2))]))
+}
+
+#[test]
+fn urfunny_all_zero_text_and_nan_features_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("humor.pkl");
+    std::fs::write(&file, urfunny(1.0, false)).unwrap();
+    let d = load(DatasetId::UrFunny, &file, &LoadOptions::default()).unwrap();
+    assert_eq!(d.train.len(), 3);
+    std::fs::write(&file, urfunny(0.0, false)).unwrap();
+    let e =
+        fails_naming(|| load(DatasetId::UrFunny, &file, &LoadOptions::default()), &["humor.pkl", "train", "all zero"]);
+    assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+    std::fs::write(&file, urfunny(1.0, true)).unwrap();
+    fails_naming(
+        || load(DatasetId::UrFunny, &file, &LoadOptions::default()),
+        &["humor.pkl", "train/vision", "1 NaN/Inf"],
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn mosei_disjoint_keys_huge_token_ids_and_nan_mels_are_refused() {
+    let opts = LoadOptions::default();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("mosei"), dir.path());
+    load(DatasetId::Mosei, dir.path(), &opts).unwrap();
+    // token_to_ix id 4e9: the embedding would need terabytes.
+    let good_vocab = std::fs::read(dir.path().join("token_to_ix.pkl")).unwrap();
+    std::fs::write(dir.path().join("token_to_ix.pkl"), pickle(&P::D(vec![(P::S("film"), P::I(4_000_000_000))])))
+        .unwrap();
+    fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["token_to_ix.pkl", "film", "4000000000"]);
+    std::fs::write(dir.path().join("token_to_ix.pkl"), good_vocab).unwrap();
+    // NaN in mels of a valid key.
+    let sentences = agm_data::loaders::pickle::read_pickle(&dir.path().join("valid_sentences.p")).unwrap();
+    let keys: Vec<String> = match &sentences {
+        agm_data::loaders::pickle::Py::Dict(d) => d
+            .iter()
+            .map(|(k, _)| if let agm_data::loaders::pickle::Py::Str(s) = k { s.clone() } else { panic!() })
+            .collect(),
+        _ => panic!(),
+    };
+    let mels = |v: f32| P::D(keys.iter().map(|k| (P::S(k), P::A(vec![3, 80], vec![v; 240]))).collect());
+    std::fs::write(dir.path().join("valid_mels.p"), pickle(&mels(f32::INFINITY))).unwrap();
+    fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_mels.p", "NaN/Inf"]);
+    // No key in common between the three files of a split.
+    std::fs::write(
+        dir.path().join("valid_mels.p"),
+        pickle(&P::D(vec![(P::S("other"), P::A(vec![1, 80], vec![0.0; 80]))])),
+    )
+    .unwrap();
+    let e =
+        fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_sentences.p", "validation", "share keys"]);
+    assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+}
+
+// ------------------------------------------------------------------ h5 (AVE)
+
+#[test]
+fn ave_truncated_garbage_and_nan_h5_files_are_refused() {
+    let opts = LoadOptions::default();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("ave"), dir.path());
+    load(DatasetId::Ave, dir.path(), &opts).unwrap();
+    let audio = dir.path().join("audio_feature.h5");
+    let good = std::fs::read(&audio).unwrap();
+    // NaN: overwrite the first stored feature value (found by its bytes) with a NaN.
+    // The fixture stores f64 (make_fixtures.py).
+    let first = agm_data::loaders::h5::H5Dataset::open(&audio, "avadataset").unwrap().all_f32().unwrap();
+    // The first run of four equal non-zero values (zeros also occur in the metadata).
+    let k = first.iter().position(|&v| v != 0.0).unwrap();
+    let pattern: Vec<u8> =
+        first[k..k + 4].iter().flat_map(|v| v.to_string().parse::<f64>().unwrap().to_le_bytes()).collect();
+    let at = good.windows(32).position(|w| w == pattern.as_slice()).expect("contiguous f64 storage");
+    let mut nan = good.clone();
+    nan[at..at + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+    std::fs::write(&audio, &nan).unwrap();
+    fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["audio_feature.h5", "NaN/Inf"]);
+    // Truncated (the data section cut off), cut to the superblock, and garbage.
+    for bytes in [&good[..at + 8], &good[..64], &b"not an hdf5 file at all"[..], &[]] {
+        std::fs::write(&audio, bytes).unwrap();
+        fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["audio_feature.h5"]);
+    }
+}
+
+// ------------------------------------------------------------------ wav, jpg, csv (CREMA-D)
+
+fn wav_bytes(rate: u32, samples: usize) -> Vec<u8> {
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate: rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut cur = std::io::Cursor::new(Vec::new());
+    let mut w = hound::WavWriter::new(&mut cur, spec).unwrap();
+    for i in 0..samples {
+        w.write_sample(((i as f32 * 0.1).sin() * 1000.0) as i16).unwrap();
+    }
+    w.finalize().unwrap();
+    cur.into_inner()
+}
+
+fn jpg_bytes() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(12, 10, |x, y| image::Rgb([(x * 20) as u8, (y * 20) as u8, 90]));
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80).encode_image(&img).unwrap();
+    out
+}
+
+/// A CREMA-D folder with 3 train and 2 test clips (the fewest that split); returns clip ids.
+fn write_cremad(root: &Path) -> Vec<String> {
+    let ids: Vec<String> = (0..5).map(|i| format!("10{i:02}_DFA_NEU_XX")).collect();
+    for id in &ids {
+        std::fs::create_dir_all(root.join("Audio")).unwrap();
+        std::fs::write(root.join(format!("Audio/{id}.wav")), wav_bytes(8_000, 800)).unwrap();
+        std::fs::create_dir_all(root.join(format!("Image-01-FPS/{id}"))).unwrap();
+        std::fs::write(root.join(format!("Image-01-FPS/{id}/00000.jpg")), jpg_bytes()).unwrap();
+    }
+    std::fs::create_dir_all(root.join("CREMAD")).unwrap();
+    let rows = |r: &[String]| r.iter().map(|id| format!("{id},NEU\n")).collect::<String>();
+    std::fs::write(root.join("CREMAD/train.csv"), rows(&ids[..3])).unwrap();
+    std::fs::write(root.join("CREMAD/test.csv"), rows(&ids[3..])).unwrap();
+    ids
+}
+
+fn opts8() -> LoadOptions {
+    LoadOptions { frame_size: 8, ..LoadOptions::default() }
+}
+
+#[test]
+fn wav_sample_rates_outside_the_range_and_lying_sizes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_cremad(dir.path());
+    load(DatasetId::CremaD, dir.path(), &opts8()).unwrap();
+    let wav = dir.path().join(format!("Audio/{}.wav", ids[1]));
+    let good = wav_bytes(8_000, 800);
+    // Rates 0, 1, 999 and 10 MHz with a consistent byte rate (offset 24: rate, 28: byte rate).
+    for rate in [0u32, 1, 999, 10_000_000] {
+        let mut b = good.clone();
+        b[24..28].copy_from_slice(&rate.to_le_bytes());
+        b[28..32].copy_from_slice(&(rate.wrapping_mul(2)).to_le_bytes());
+        std::fs::write(&wav, &b).unwrap();
+        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &[&format!("{}.wav", ids[1]), "sample rate"]);
+    }
+    // The data chunk claims 4 GB; the data are cut short; the file is garbage or empty.
+    let mut huge = good.clone();
+    huge[40..44].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    for b in [huge, good[..good.len() - 301].to_vec(), b"RIFF\x00\x00\x00\x00WAVE".to_vec(), Vec::new()] {
+        std::fs::write(&wav, &b).unwrap();
+        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &[&format!("{}.wav", ids[1])]);
+    }
+}
+
+#[test]
+fn jpg_garbage_truncation_and_huge_sides_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_cremad(dir.path());
+    let jpg = dir.path().join(format!("Image-01-FPS/{}/00000.jpg", ids[0]));
+    let good = jpg_bytes();
+    // SOF0 claiming 65,000 x 65,000 pixels.
+    let sof = good.windows(2).position(|w| w == [0xff, 0xc0]).expect("baseline jpeg");
+    let mut huge = good.clone();
+    huge[sof + 5..sof + 7].copy_from_slice(&65_000u16.to_be_bytes());
+    huge[sof + 7..sof + 9].copy_from_slice(&65_000u16.to_be_bytes());
+    for b in [huge, good[..good.len() / 3].to_vec(), b"\xff\xd8\xff garbage".to_vec(), Vec::new()] {
+        std::fs::write(&jpg, &b).unwrap();
+        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["00000.jpg", "jpeg"]);
+    }
+}
+
+#[test]
+fn csv_empty_all_media_missing_one_row_and_bad_text_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_cremad(dir.path());
+    let train = dir.path().join("CREMAD/train.csv");
+    for text in ["", "\u{feff}\r\n\r\n", &format!("{},NEU\n", ids[0])] {
+        std::fs::write(&train, text).unwrap();
+        let e = fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "no samples"]);
+        assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+    }
+    // Every row's media missing: the error also quotes what was skipped.
+    std::fs::write(&train, "9001_X_NEU_XX,NEU\n9002_X_NEU_XX,NEU\n9003_X_NEU_XX,NEU\n").unwrap();
+    fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "no samples", "skipped 3"]);
+    for (text, why) in [
+        (&b"\xff\xfe1001,NEU\n"[..], "utf-8"),
+        (b"../../etc/passwd,NEU\n", "plain file name"),
+        (b"1001_DFA_NEU_XX\n", "clip,EMOTION"),
+    ] {
+        std::fs::write(&train, text).unwrap();
+        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "line 1", why]);
+    }
+    // NaN in a precomputed spectrogram.
+    write_cremad(dir.path());
+    let mut spec = vec![0.0f32; 257 * 188];
+    spec[7] = f32::NAN;
+    write_npy(&dir.path().join(format!("Spectrogram/{}.npy", ids[2])), "<f4", &[257, 188], &f32s(&spec)).unwrap();
+    fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &["CREMAD/train.csv", "audio", "1 NaN/Inf"]);
+    let _ = npy_bytes;
+}
