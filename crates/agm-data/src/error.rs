@@ -88,9 +88,9 @@ pub enum DataError {
     #[error("{}: missing key `{key}`", path.display())]
     MissingKey { path: PathBuf, key: String },
 
-    /// A label is outside the dataset's class range.
-    #[error("{}: label {label} at row {row} is outside 0..{classes}", path.display())]
-    LabelOutOfRange { path: PathBuf, row: usize, label: i64, classes: usize },
+    /// A label is not a whole number in the dataset's class range (as read: 2.5 and NaN stay so).
+    #[error("{}: label {label} at row {row} is not a class index in 0..{classes}", path.display())]
+    LabelOutOfRange { path: PathBuf, row: usize, label: f64, classes: usize },
 
     /// An array has a shape the loader cannot use.
     #[error("{}: bad shape {shape:?}: {reason}", path.display())]

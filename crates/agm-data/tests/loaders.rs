@@ -122,8 +122,15 @@ fn avmnist_bad_inputs_name_the_file() {
     // label out of range
     write_npy(&dir.path().join("test_labels.npy"), "|u1", &[3], &[1, 12, 0]).unwrap();
     let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err();
-    assert!(matches!(e, DataError::LabelOutOfRange { row: 1, label: 12, .. }), "{e}");
+    assert!(matches!(e, DataError::LabelOutOfRange { row: 1, label: 12.0, .. }), "{e}");
     assert!(e.to_string().contains("test_labels.npy"), "{e}");
+    // Fractions and NaN are reported as read, not truncated to a class.
+    for (value, shown) in [(2.5f32, "label 2.5 at row 1"), (f32::NAN, "label NaN at row 1")] {
+        let bytes: Vec<u8> = [1.0f32, value, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_npy(&dir.path().join("test_labels.npy"), "<f4", &[3], &bytes).unwrap();
+        let e = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(e.contains(shown), "{e}");
+    }
     write_npy(&dir.path().join("test_labels.npy"), "|u1", &[3], &[1, 2, 0]).unwrap();
     // truncated npy
     let p = dir.path().join("audio/test_data.npy");

@@ -48,7 +48,7 @@ fn labels(path: &Path) -> Result<Vec<u32>> {
             if v.fract() == 0.0 && v >= 0.0 && (v as usize) < CLASSES {
                 Ok(v as u32)
             } else {
-                Err(DataError::LabelOutOfRange { path: path.to_path_buf(), row, label: v as i64, classes: CLASSES })
+                Err(DataError::LabelOutOfRange { path: path.to_path_buf(), row, label: v, classes: CLASSES })
             }
         })
         .collect()
