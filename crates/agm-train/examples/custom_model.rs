@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
         eval_batch_size: 256,
         seed: 0,
         base_lr: optimizer.lr(),
-        schedule: ScheduleConfig::Constant,
+        schedule: ScheduleConfig::Constant {},
         checkpoint_every_steps: 0,
         shapley: agm_core::ShapleyMode::Faithful,
     };

@@ -121,7 +121,7 @@ impl RunConfig {
             shapley: "auto".into(),
             reference_protocol: false,
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)),
-            schedule: ScheduleConfig::Constant,
+            schedule: ScheduleConfig::Constant {},
             joint: JointConfig::plain(),
             agm: AgmConfig::av_digits(),
             ogm_ge: OgmGeConfig::av_digits(),

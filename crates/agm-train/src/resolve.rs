@@ -108,13 +108,23 @@ impl RunRequest {
 
     /// The value of top-level `key` a flag, the config file or the recipe names, in that order
     /// of precedence.
-    fn named(&self, key: &str, recipe: Option<&toml::Table>, file: Option<&toml::Table>) -> Result<Option<String>> {
-        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(_, _, v)| v);
-        let named = flag.or_else(|| file.and_then(|t| t.get(key))).or_else(|| recipe.and_then(|t| t.get(key)));
-        match named {
+    fn named(
+        &self,
+        key: &str,
+        recipe: Option<&(Origin, toml::Table)>,
+        file: Option<&(Origin, toml::Table)>,
+    ) -> Result<Option<String>> {
+        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(f, _, v)| (Origin::Flag(f.clone()), v));
+        let from_file = file.and_then(|(o, t)| Some((o.clone(), t.get(key)?)));
+        let from_recipe = recipe.and_then(|(o, t)| Some((o.clone(), t.get(key)?)));
+        match flag.or(from_file).or(from_recipe) {
             None => Ok(None),
-            Some(toml::Value::String(v)) => Ok(Some(v.clone())),
-            Some(other) => Err(TrainError::Config(format!("{key} must be a string, got {other}"))),
+            Some((_, toml::Value::String(v))) => Ok(Some(v.clone())),
+            Some((origin, other)) => Err(field_error(
+                &origin,
+                key,
+                format!("invalid type: {} `{other}`, expected a string", other.type_str()),
+            )),
         }
     }
 
@@ -128,9 +138,8 @@ impl RunRequest {
             Some(path) => Some((Origin::File(path.clone()), read_table(path)?)),
             None => None,
         };
-        let (recipe_table, file_table) = (recipe.as_ref().map(|r| &r.1), file.as_ref().map(|f| &f.1));
-        let dataset = self.named("dataset", recipe_table, file_table)?.unwrap_or_else(|| "av-digits".into());
-        let base = match self.named("model", recipe_table, file_table)? {
+        let dataset = self.named("dataset", recipe.as_ref(), file.as_ref())?.unwrap_or_else(|| "av-digits".into());
+        let base = match self.named("model", recipe.as_ref(), file.as_ref())? {
             Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model)?,
             _ => RunConfig::for_dataset(&dataset)?,
         };
@@ -243,16 +252,28 @@ fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
         // Inside tagged enums (`[optimizer]`) the path stops at the table: name the leaf whose
         // type differs from the default's.
         let key = mistyped_leaf(table, &key).unwrap_or(key);
-        let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
-        match origin {
-            Origin::File(path) => {
-                let line = std::fs::read_to_string(path).ok().and_then(|text| key_line(&text, &key));
-                let at = line.map_or(at.clone(), |n| format!("line {n}, {at}"));
-                TrainError::ConfigFile { path: path.clone(), message: format!("{at}{message}") }
-            }
-            other => TrainError::Config(format!("{other}: {at}{message}")),
-        }
+        // There, an unknown field is reported at its table: name the field itself.
+        let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+        let key = match unknown {
+            Some(field) if !key.ends_with(field) && key != "." && !key.is_empty() => format!("{key}.{field}"),
+            _ => key,
+        };
+        field_error(origin, &key, message)
     })
+}
+
+/// An error in setting `key` (dotted; `.` or empty for the whole table), naming the layer that
+/// brought it and, for a file, the line.
+fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
+    let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
+    match origin {
+        Origin::File(path) => {
+            let line = std::fs::read_to_string(path).ok().and_then(|text| key_line(&text, key));
+            let at = line.map_or(at.clone(), |n| format!("line {n}, {at}"));
+            TrainError::ConfigFile { path: path.clone(), message: format!("{at}{message}") }
+        }
+        other => TrainError::Config(format!("{other}: {at}{message}")),
+    }
 }
 
 /// The first key at or under `under` whose value has another type than the default config's.

@@ -84,11 +84,12 @@ impl LrSchedule for CosineLr {
 }
 
 /// A schedule as it appears in a run config, e.g. `{"kind": "step", "step_size": 30, "gamma": 0.1}`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleConfig {
-    #[default]
-    Constant,
+    /// A struct variant, so that `deny_unknown_fields` covers it (serde ignores extra keys
+    /// beside the tag of a unit variant).
+    Constant {},
     Step {
         step_size: usize,
         gamma: f64,
@@ -100,11 +101,17 @@ pub enum ScheduleConfig {
     },
 }
 
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self::Constant {}
+    }
+}
+
 impl ScheduleConfig {
     /// Checks the fields; errors name the offending one.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Self::Constant => Ok(()),
+            Self::Constant {} => Ok(()),
             Self::Step { step_size, gamma } => StepLr { step_size, gamma }.validate(),
             Self::Cosine { t_max, eta_min } => CosineLr { t_max, eta_min }.validate(),
         }
@@ -113,7 +120,7 @@ impl ScheduleConfig {
     /// The validated schedule.
     pub fn build(&self) -> Result<Box<dyn LrSchedule + Send + Sync>> {
         Ok(match *self {
-            Self::Constant => Box::new(ConstantLr),
+            Self::Constant {} => Box::new(ConstantLr),
             Self::Step { step_size, gamma } => Box::new(StepLr::new(step_size, gamma)?),
             Self::Cosine { t_max, eta_min } => Box::new(CosineLr::new(t_max, eta_min)?),
         })

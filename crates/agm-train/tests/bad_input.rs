@@ -1,0 +1,180 @@
+//! Generated bad input for the run layer: every config field with a value of the wrong type or
+//! an unknown key beside it, and damaged checkpoints. Each must give an error that names the
+//! file and the field, never a panic.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use agm_train::{Callback, Flow, RunConfig, RunDir, RunRequest, StepSummary};
+use candle_core::Device;
+
+/// Every leaf of a TOML table as `(dotted key, value)`.
+fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(t) => leaves(t, &key, out),
+            other => out.push((key, other.clone())),
+        }
+    }
+}
+
+/// A TOML document that sets dotted `key` to `value`.
+fn document(key: &str, value: toml::Value) -> String {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("a key");
+    let mut table = toml::Table::from_iter([(last.to_string(), value)]);
+    for part in parts.iter().rev() {
+        table = toml::Table::from_iter([(part.to_string(), toml::Value::Table(table))]);
+    }
+    toml::to_string(&table).unwrap()
+}
+
+/// A value of another type than `v`.
+fn wrong_type(v: &toml::Value) -> toml::Value {
+    match v {
+        toml::Value::String(_) => toml::Value::Integer(7),
+        toml::Value::Array(_) => toml::Value::Boolean(true),
+        _ => toml::Value::String("fast".into()),
+    }
+}
+
+fn resolve_file(path: &Path) -> String {
+    match catch_unwind(AssertUnwindSafe(|| RunRequest::default().config_file(path).resolve())) {
+        Ok(Ok(r)) => panic!("{} was accepted: {:?}", std::fs::read_to_string(path).unwrap(), r.config),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => panic!("resolving {} panicked", std::fs::read_to_string(path).unwrap()),
+    }
+}
+
+#[test]
+fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let mut all = Vec::new();
+    leaves(&toml::Table::try_from(RunConfig::av_digits()).unwrap(), "", &mut all);
+    assert!(all.len() > 30, "{} fields", all.len());
+    let mut sections = std::collections::BTreeSet::new();
+    for (key, value) in &all {
+        let text = document(key, wrong_type(value));
+        std::fs::write(&path, &text).unwrap();
+        let err = resolve_file(&path);
+        assert!(err.contains("bad.toml") && err.contains(&format!("`{key}`")), "{key}: {err}\n{text}");
+        assert!(err.contains("line "), "{key}: no line in {err}");
+        sections.insert(key.rsplit_once('.').map_or(String::new(), |(s, _)| s.to_string()));
+    }
+    for section in sections {
+        let key = if section.is_empty() { "bogus_key".to_string() } else { format!("{section}.bogus_key") };
+        std::fs::write(&path, document(&key, toml::Value::Integer(1))).unwrap();
+        let err = resolve_file(&path);
+        assert!(err.contains("unknown field `bogus_key`") && err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+}
+
+struct StopAt(usize);
+impl Callback for StopAt {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if s.global_step >= self.0 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// Resumes the default run from `dir`'s checkpoint; the error text, or `None` if it resumed.
+fn resume(cfg: &RunConfig, dir: &Path) -> Option<String> {
+    let device = Device::Cpu;
+    let built = cfg.build(&device).unwrap();
+    let mut trainer = cfg
+        .trainer(built.model.as_ref(), built.modulator, &built.data, &device)
+        .unwrap()
+        .with_run_dir(RunDir::open(dir).unwrap());
+    match catch_unwind(AssertUnwindSafe(|| trainer.resume())) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => panic!("resuming from a damaged checkpoint panicked"),
+    }
+}
+
+#[test]
+fn damaged_checkpoints_are_named_and_refused() {
+    let cfg = RunConfig { epochs: 1, ..RunConfig::av_digits() };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let device = Device::Cpu;
+        let built = cfg.build(&device).unwrap();
+        let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
+        let mut trainer = cfg
+            .trainer(built.model.as_ref(), built.modulator, &built.data, &device)
+            .unwrap()
+            .with_run_dir(RunDir::create(dir.path()).unwrap());
+        trainer.fit(train.as_ref(), validation, &mut StopAt(2)).unwrap();
+    }
+    let path = dir.path().join("checkpoint.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!(resume(&cfg, dir.path()), None, "the undamaged checkpoint resumes");
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        ("empty".into(), Vec::new()),
+        ("garbage".into(), b"not a checkpoint at all".to_vec()),
+        ("header length past the end".into(), [&u64::MAX.to_le_bytes()[..], &good[8..]].concat()),
+    ];
+    for cut in [4, 8, 8 + header_len / 2, 8 + header_len, good.len() / 2, good.len() - 1] {
+        cases.push((format!("cut at byte {cut}"), good[..cut].to_vec()));
+    }
+    for at in [9, 8 + header_len / 3, 8 + header_len - 2] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x5a;
+        cases.push((format!("header byte {at} flipped"), bytes));
+    }
+    // Valid safetensors with the wrong contents: a missing, an extra and a misshapen tensor, and
+    // broken trainer state.
+    let tensors = candle_core::safetensors::load_buffer(&good, &Device::Cpu).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let meta = header.metadata().clone().unwrap_or_default();
+    let rewrite =
+        |edit: &dyn Fn(&mut Vec<(String, candle_core::Tensor)>, &mut std::collections::HashMap<String, String>)| {
+            let mut named: Vec<(String, candle_core::Tensor)> = tensors.clone().into_iter().collect();
+            named.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut meta = meta.clone();
+            edit(&mut named, &mut meta);
+            safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap()
+        };
+    cases
+        .push(("a model tensor missing".into(), rewrite(&|named, _| named.retain(|(k, _)| k != "model/head.fc.bias"))));
+    cases.push((
+        "an unknown model tensor".into(),
+        rewrite(&|named, _| {
+            named.push((
+                "model/extra.weight".into(),
+                candle_core::Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            ))
+        }),
+    ));
+    cases.push((
+        "a misshapen model tensor".into(),
+        rewrite(&|named, _| {
+            let slot = named.iter_mut().find(|(k, _)| k == "model/head.fc.bias").unwrap();
+            slot.1 = candle_core::Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        }),
+    ));
+    cases.push((
+        "broken trainer state".into(),
+        rewrite(&|_, meta| {
+            meta.insert("trainer".into(), "{\"epochs_done\": \"many\"".into());
+        }),
+    ));
+    cases.push((
+        "no format tag".into(),
+        rewrite(&|_, meta| {
+            meta.remove("format");
+        }),
+    ));
+    for (name, bytes) in &cases {
+        std::fs::write(&path, bytes).unwrap();
+        let err = resume(&cfg, dir.path()).unwrap_or_else(|| panic!("{name}: accepted"));
+        assert!(err.contains("checkpoint.safetensors"), "{name}: the error does not name the file: {err}");
+    }
+    eprintln!("{} damaged checkpoints, each refused with the file named", cases.len());
+}
