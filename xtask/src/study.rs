@@ -490,7 +490,7 @@ fn finished(cfg: &RunConfig, dir: &Path) -> Option<RunRecord> {
         return None;
     }
     let record = RunRecord::load(dir).ok()?;
-    (record.config == *cfg && record.test.is_some() && !record.rows.is_empty()).then_some(record)
+    (record.config.same_run(cfg) && record.test.is_some() && !record.rows.is_empty()).then_some(record)
 }
 
 /// Writes a study's plot and `study.md` into `out`; returns the Markdown.
@@ -772,9 +772,20 @@ mod tests {
             concepts: Some(dir.path().join("concepts")),
             quiet: true,
         };
-        run(args).unwrap();
+        run(args.clone()).unwrap();
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("study.json")).unwrap()).unwrap();
+        // Run again, the finished runs are reused, not trained again.
+        let summaries = |out: &Path| -> Vec<String> {
+            let mut runs: Vec<_> =
+                std::fs::read_dir(out).unwrap().flatten().map(|e| e.path().join("summary.json")).collect();
+            runs.sort();
+            runs.iter().filter(|p| p.exists()).map(|p| std::fs::read_to_string(p).unwrap()).collect()
+        };
+        let before = summaries(&out);
+        assert_eq!(before.len(), 4);
+        run(args).unwrap();
+        assert_eq!(summaries(&out), before, "a finished run was trained again");
         let runs = json["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 4);
         for r in runs {

@@ -221,6 +221,12 @@ impl RunConfig {
         toml::to_string_pretty(self).expect("the config is plain data")
     }
 
+    /// Whether two configs train the same run: equal in every setting but the sections of
+    /// methods neither uses (a run directory's `config.toml` leaves those out).
+    pub fn same_run(&self, other: &RunConfig) -> bool {
+        self.to_run_toml("") == other.to_run_toml("")
+    }
+
     /// The config as a run directory records it: `header` as `#` comment lines, then every
     /// setting but the sections of methods the run does not use (they do not change it).
     /// Reading it back gives a config that trains the same run.
