@@ -192,6 +192,10 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     }
     let back = RunConfig::from_toml_str(&text).unwrap();
     assert_eq!((back.agm.clone(), back.ogm_ge.clone()), (cfg.agm.clone(), cfg.ogm_ge.clone()));
+    // Not equal (AV-MNIST's MSLR settings are not the defaults), yet the same run.
+    assert_ne!(back, cfg);
+    assert!(back.same_run(&cfg) && cfg.same_run(&back));
+    assert!(!RunConfig { seed: 1, ..back.clone() }.same_run(&cfg));
     // Everything the run uses is the same: rebuild with the dropped sections and compare.
     let restored = RunConfig { mslr: cfg.mslr.clone(), mses: cfg.mses.clone(), ..back };
     assert_eq!(restored, cfg);
