@@ -6,7 +6,7 @@ use agm_train::RunRequest;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask", about = "Train, evaluate and check agm models", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Train, evaluate and check agm models", version)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -328,4 +328,23 @@ pub struct BenchArgs {
     /// median ratio over them, which one load spike on a shared machine cannot move.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn usage_lines_say_cargo_xtask_and_the_method_help_lists_every_method() {
+        let mut cli = super::Cli::command();
+        cli.build();
+        assert!(cli.render_usage().to_string().contains("cargo xtask <COMMAND>"));
+        let train = cli.find_subcommand_mut("train").expect("a train command");
+        assert!(train.render_usage().to_string().contains("cargo xtask train"));
+        let help = train.render_long_help().to_string();
+        for method in agm_train::config::METHODS {
+            assert!(help.contains(&format!("`{method}`")), "--method help lacks `{method}`:\n{help}");
+        }
+        assert!(help.contains("agm+ogm-ge"), "{help}");
+    }
 }
