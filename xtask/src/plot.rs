@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -118,8 +117,15 @@ fn padded(values: impl Iterator<Item = f64>, min_span: f64, pad: f64) -> (f64, f
         return (0.0, 1.0);
     }
     let span = (hi - lo).max(min_span);
-    let mid = 0.5 * (lo + hi);
-    (mid - 0.5 * span - pad * span, mid + 0.5 * span + pad * span)
+    let mid = 0.5 * lo + 0.5 * hi;
+    let (a, b) = (mid - (0.5 + pad) * span, mid + (0.5 + pad) * span);
+    // Data near f64::MAX (saturated AGM coefficients) leaves no room to pad; an infinite
+    // bound would stall the axis drawing.
+    if a.is_finite() && b.is_finite() {
+        (a, b)
+    } else {
+        (lo, hi)
+    }
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> anyhow::Result<()> {
@@ -213,8 +219,8 @@ pub fn svg_string(panels: &[Panel]) -> anyhow::Result<String> {
 pub fn render(stem: &Path, panels: &[Panel]) -> anyhow::Result<[PathBuf; 2]> {
     let png_path = stem.with_extension("png");
     let svg_path = stem.with_extension("svg");
-    std::fs::write(&png_path, png_bytes(panels)?).with_context(|| format!("writing {}", png_path.display()))?;
-    std::fs::write(&svg_path, svg_string(panels)?).with_context(|| format!("writing {}", svg_path.display()))?;
+    agm_train::checkpoint::write_atomic(&png_path, &png_bytes(panels)?)?;
+    agm_train::checkpoint::write_atomic(&svg_path, svg_string(panels)?.as_bytes())?;
     Ok([png_path, svg_path])
 }
 
