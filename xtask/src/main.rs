@@ -28,6 +28,7 @@ static ALLOC: agm_train::memory::CountingAlloc = agm_train::memory::CountingAllo
 
 fn main() -> std::process::ExitCode {
     agm_kernels::tune_cpu_runtime();
+    init_logging();
     let args = cli::Cli::parse();
     match run(args) {
         Ok(code) => code,
@@ -36,6 +37,15 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Shows the libraries' warnings (e.g. AGM's saturated coefficients) on stderr; the default
+/// level is `warn`, and `RUST_LOG` overrides it.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().try_init();
 }
 
 fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use anyhow::Context;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -306,8 +305,8 @@ pub fn svg_string(panels: &[Panel]) -> anyhow::Result<String> {
 pub fn render(stem: &Path, panels: &[Panel]) -> anyhow::Result<[PathBuf; 2]> {
     let png_path = stem.with_extension("png");
     let svg_path = stem.with_extension("svg");
-    std::fs::write(&png_path, png_bytes(panels)?).with_context(|| format!("writing {}", png_path.display()))?;
-    std::fs::write(&svg_path, svg_string(panels)?).with_context(|| format!("writing {}", svg_path.display()))?;
+    agm_train::checkpoint::write_atomic(&png_path, &png_bytes(panels)?)?;
+    agm_train::checkpoint::write_atomic(&svg_path, svg_string(panels)?.as_bytes())?;
     Ok([png_path, svg_path])
 }
 

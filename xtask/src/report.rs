@@ -368,7 +368,7 @@ pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
         }
     }
     let readme = out.join("README.md");
-    std::fs::write(&readme, markdown(&record, &plots)).with_context(|| format!("writing {}", readme.display()))?;
+    agm_train::checkpoint::write_atomic(&readme, markdown(&record, &plots).as_bytes())?;
     Ok(out)
 }
 

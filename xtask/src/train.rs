@@ -325,6 +325,15 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// Saturated AGM coefficients reach 1e308: scientific notation keeps them one word long.
+fn coefficient(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn print_summary(
     cfg: &RunConfig,
     run: &agm_train::RunSummary,
@@ -351,7 +360,7 @@ fn print_summary(
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {
             let names = crate::report::value_names(modalities, c.len(), "coefficient");
-            let c: Vec<String> = names.iter().zip(c).map(|(n, v)| format!("{n} {v:.3}")).collect();
+            let c: Vec<String> = names.iter().zip(c).map(|(n, v)| format!("{n} {}", coefficient(*v))).collect();
             println!("final coefficients: {}", c.join(" / "));
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);

@@ -16,6 +16,7 @@ mod batch;
 mod modality;
 mod model;
 mod params;
+pub mod serde_f64;
 
 pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};

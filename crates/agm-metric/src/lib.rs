@@ -61,11 +61,15 @@ pub struct EvalTally {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     pub samples: usize,
+    #[serde(with = "agm_core::serde_f64")]
     pub accuracy: f64,
+    #[serde(with = "agm_core::serde_f64")]
     pub loss: f64,
     /// Accuracy of each modality's Shapley mono-modal output.
+    #[serde(with = "agm_core::serde_f64::seq")]
     pub modality_accuracy: Vec<f64>,
     /// Mean cross-entropy of each modality's Shapley mono-modal output.
+    #[serde(with = "agm_core::serde_f64::seq")]
     pub modality_loss: Vec<f64>,
 }
 

@@ -135,7 +135,9 @@ pub struct AgmStepStats {
 
 #[derive(Serialize, Deserialize)]
 struct AgmState {
+    #[serde(with = "agm_core::serde_f64::seq")]
     running: Vec<f64>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     scales: Vec<f64>,
 }
 
@@ -147,6 +149,8 @@ pub struct Agm {
     running: Vec<f64>,
     scales: Vec<f64>,
     last: Option<AgmStepStats>,
+    /// The saturation warning is shown once per run; every step records it in its stats.
+    warned_saturation: bool,
 }
 
 impl Agm {
@@ -156,7 +160,7 @@ impl Agm {
         if m < 2 {
             return Err(format!("agm needs at least 2 modalities, the model has {m}"));
         }
-        Ok(Self { cfg, m, running: vec![0.0; m], scales: vec![1.0; m], last: None })
+        Ok(Self { cfg, m, running: vec![0.0; m], scales: vec![1.0; m], last: None, warned_saturation: false })
     }
 
     pub fn config(&self) -> &AgmConfig {
@@ -199,11 +203,16 @@ impl Agm {
             };
             let mut exponent = self.cfg.alpha * d;
             if exponent > LOG_COEFF_MAX {
-                tracing::warn!(
-                    modality = x,
-                    exponent,
-                    "AGM coefficient overflows f64; saturating (the reference crashes here)"
-                );
+                if !self.warned_saturation {
+                    self.warned_saturation = true;
+                    tracing::warn!(
+                        modality = x,
+                        step = n,
+                        exponent,
+                        "AGM coefficient overflows f64; saturating (the reference crashes here); \
+                         a lower alpha avoids it (warned once per run)"
+                    );
+                }
                 stats.saturated = true;
                 exponent = LOG_COEFF_MAX;
             }

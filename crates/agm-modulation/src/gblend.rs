@@ -134,16 +134,6 @@ pub(crate) fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
     idx
 }
 
-/// f64 values as their IEEE-754 bit patterns: serde_json's default float parsing may be off by
-/// one unit in the last place, and a resumed run must continue exactly.
-pub(crate) fn to_bits(v: &[f64]) -> Vec<u64> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-pub(crate) fn from_bits(v: &[u64]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from_bits(x)).collect()
-}
-
 /// Checks that a method that compares modalities gets at least two.
 pub(crate) fn require_two(method: &str, m: usize) -> std::result::Result<(), String> {
     if m < 2 {
@@ -388,7 +378,9 @@ impl GBlendConfig {
 pub struct GBlendMeasure {
     /// 1-based epoch at whose end the losses were measured.
     pub epoch: usize,
+    #[serde(with = "agm_core::serde_f64::seq")]
     pub train_loss: Vec<f64>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     pub holdout_loss: Vec<f64>,
 }
 
@@ -444,19 +436,12 @@ pub struct GBlendEstimate {
     pub weights: Option<Vec<f64>>,
 }
 
-/// A measure with its losses as bit patterns (see `to_bits`).
-#[derive(Serialize, Deserialize)]
-struct MeasureBits {
-    epoch: usize,
-    train_loss: Vec<u64>,
-    holdout_loss: Vec<u64>,
-}
-
-/// The checkpointed state; floats as bit patterns so a resume is exact.
+/// The checkpointed state.
 #[derive(Serialize, Deserialize)]
 struct GBlendState {
-    weights: Vec<u64>,
-    last_measure: Option<MeasureBits>,
+    #[serde(with = "agm_core::serde_f64::seq")]
+    weights: Vec<f64>,
+    last_measure: Option<GBlendMeasure>,
 }
 
 /// Gradient blending with method-owned uni-modal heads (see the module docs).
@@ -649,12 +634,7 @@ impl Modulator for GBlend {
     }
 
     fn state(&self) -> serde_json::Value {
-        let last_measure = self.last_measure.as_ref().map(|mm| MeasureBits {
-            epoch: mm.epoch,
-            train_loss: to_bits(&mm.train_loss),
-            holdout_loss: to_bits(&mm.holdout_loss),
-        });
-        serde_json::to_value(GBlendState { weights: to_bits(&self.weights), last_measure })
+        serde_json::to_value(GBlendState { weights: self.weights.clone(), last_measure: self.last_measure.clone() })
             .expect("plain numbers serialize")
     }
 
@@ -667,12 +647,8 @@ impl Modulator for GBlend {
         if !lens_ok {
             candle_core::bail!("gblend state in checkpoint is not for {} modalities", self.m);
         }
-        self.weights = from_bits(&s.weights);
-        self.last_measure = s.last_measure.map(|mm| GBlendMeasure {
-            epoch: mm.epoch,
-            train_loss: from_bits(&mm.train_loss),
-            holdout_loss: from_bits(&mm.holdout_loss),
-        });
+        self.weights = s.weights;
+        self.last_measure = s.last_measure;
         Ok(())
     }
 }

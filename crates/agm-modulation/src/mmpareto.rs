@@ -45,7 +45,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::gblend::{from_bits, require_two, scalar_f64, to_bits, UniHeads};
+use crate::gblend::{require_two, scalar_f64, UniHeads};
 use crate::{Modulator, Objective, StepCx};
 
 /// How the combined gradient's magnitude is restored.
@@ -144,13 +144,18 @@ pub fn min_norm_2(v11: f64, v12: f64, v22: f64) -> f64 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ParetoEncoderStats {
     /// Cosine between the encoder's multimodal and uni-modal gradients.
+    #[serde(with = "agm_core::serde_f64")]
     pub cos: f64,
     /// True when `cos ≤ 0` and the min-norm weights were used.
     pub conflict: bool,
+    #[serde(with = "agm_core::serde_f64")]
     pub k_mm: f64,
+    #[serde(with = "agm_core::serde_f64")]
     pub k_uni: f64,
     /// `⟨d, g_mm⟩` and `⟨d, g_uni⟩` for the direction `d` before the magnitude rescaling.
+    #[serde(with = "agm_core::serde_f64")]
     pub dot_mm: f64,
+    #[serde(with = "agm_core::serde_f64")]
     pub dot_uni: f64,
 }
 
@@ -226,52 +231,10 @@ pub fn pareto_combine(
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MmParetoStats {
     /// `L_mm`, then `L_m` for every modality.
+    #[serde(with = "agm_core::serde_f64::seq")]
     pub losses: Vec<f64>,
     /// One entry per encoder.
     pub encoders: Vec<ParetoEncoderStats>,
-}
-
-/// [`MmParetoStats`] with every float as its bit pattern (see `gblend::to_bits`).
-#[derive(Serialize, Deserialize)]
-struct StatsBits {
-    losses: Vec<u64>,
-    /// Per encoder: `[cos, k_mm, k_uni, dot_mm, dot_uni]` and `conflict`.
-    encoders: Vec<(Vec<u64>, bool)>,
-}
-
-impl From<&MmParetoStats> for StatsBits {
-    fn from(s: &MmParetoStats) -> Self {
-        Self {
-            losses: to_bits(&s.losses),
-            encoders: s
-                .encoders
-                .iter()
-                .map(|e| (to_bits(&[e.cos, e.k_mm, e.k_uni, e.dot_mm, e.dot_uni]), e.conflict))
-                .collect(),
-        }
-    }
-}
-
-impl From<StatsBits> for MmParetoStats {
-    fn from(s: StatsBits) -> Self {
-        let encoders = s
-            .encoders
-            .iter()
-            .map(|(v, conflict)| {
-                let v = from_bits(v);
-                let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
-                ParetoEncoderStats {
-                    cos: at(0),
-                    conflict: *conflict,
-                    k_mm: at(1),
-                    k_uni: at(2),
-                    dot_mm: at(3),
-                    dot_uni: at(4),
-                }
-            })
-            .collect();
-        Self { losses: from_bits(&s.losses), encoders }
-    }
 }
 
 /// MMPareto with method-owned uni-modal heads (see the module docs).
@@ -439,19 +402,19 @@ impl Modulator for MmPareto {
         })
     }
 
-    /// The last step's statistics (so logged coefficients continue exactly after a resume; floats
-    /// as bit patterns); the heads are variables the trainer saves with the model.
+    /// The last step's statistics (so logged coefficients continue exactly after a resume); the
+    /// heads are variables the trainer saves with the model.
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(self.last.as_ref().map(StatsBits::from)).expect("plain numbers serialize")
+        serde_json::to_value(self.last.as_ref()).expect("plain numbers serialize")
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        let last: Option<StatsBits> = serde_json::from_value(state.clone())
+        let last: Option<MmParetoStats> = serde_json::from_value(state.clone())
             .map_err(|e| candle_core::Error::Msg(format!("mmpareto state in checkpoint: {e}")))?;
         if last.as_ref().is_some_and(|s| s.encoders.len() != self.m || s.losses.len() != self.m + 1) {
             candle_core::bail!("mmpareto state in checkpoint is not for {} modalities", self.m);
         }
-        self.last = last.map(MmParetoStats::from);
+        self.last = last;
         Ok(())
     }
 }

@@ -159,10 +159,14 @@ pub struct MsesSchedule {
     patience: usize,
     policy: FirstEpochPolicy,
     first_epoch: Option<usize>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     prev_loss: Vec<f64>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     smoothed: Vec<f64>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     min: Vec<f64>,
     argmin: Vec<usize>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     ratio: Vec<f64>,
 }
 

@@ -100,9 +100,12 @@ impl MslrConfig {
 /// The MSLR bookkeeping, without a model: what the end-of-epoch update does to the ratios.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MslrSchedule {
+    #[serde(with = "agm_core::serde_f64::seq")]
     init: Vec<f64>,
     window: usize,
+    #[serde(with = "agm_core::serde_f64::nested")]
     memory: Vec<VecDeque<f64>>,
+    #[serde(with = "agm_core::serde_f64::seq")]
     ratio: Vec<f64>,
 }
 

@@ -40,7 +40,7 @@ use agm_core::{BatchSource, ForwardOpts, MultimodalModel};
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::gblend::{from_bits, labels_u32, mix_seed, require_two, seeded_permutation, to_bits};
+use crate::gblend::{labels_u32, mix_seed, require_two, seeded_permutation};
 use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx};
 
 /// Floor on the squared distance before the square root.
@@ -130,6 +130,7 @@ pub struct Prototypes {
     /// Feature size of each modality.
     pub dims: Vec<usize>,
     /// `values[m]` is `classes × dims[m]`, row-major.
+    #[serde(with = "agm_core::serde_f64::nested")]
     pub values: Vec<Vec<f64>>,
     /// Training samples of each class the last computation read.
     pub counts: Vec<usize>,
@@ -155,21 +156,12 @@ pub struct PmrStepStats {
     pub proto_loss: Vec<f64>,
 }
 
-/// Prototypes with their values as bit patterns (see `gblend::to_bits`).
-#[derive(Serialize, Deserialize)]
-struct PrototypeBits {
-    classes: usize,
-    dims: Vec<usize>,
-    values: Vec<Vec<u64>>,
-    counts: Vec<usize>,
-    epoch: usize,
-}
-
-/// The checkpointed state; floats as bit patterns so a resume is exact.
+/// The checkpointed state.
 #[derive(Serialize, Deserialize)]
 struct PmrState {
-    prototypes: Option<PrototypeBits>,
-    beta: Vec<u64>,
+    prototypes: Option<Prototypes>,
+    #[serde(with = "agm_core::serde_f64::seq")]
+    beta: Vec<f64>,
 }
 
 /// Prototypical modal rebalance (see the module docs).
@@ -390,20 +382,14 @@ impl Modulator for Pmr {
     }
 
     fn state(&self) -> serde_json::Value {
-        let prototypes = self.protos.as_ref().map(|p| PrototypeBits {
-            classes: p.classes,
-            dims: p.dims.clone(),
-            values: p.values.iter().map(|v| to_bits(v)).collect(),
-            counts: p.counts.clone(),
-            epoch: p.epoch,
-        });
-        serde_json::to_value(PmrState { prototypes, beta: to_bits(&self.beta) }).expect("plain numbers serialize")
+        serde_json::to_value(PmrState { prototypes: self.protos.clone(), beta: self.beta.clone() })
+            .expect("plain numbers serialize")
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         let s: PmrState = serde_json::from_value(state.clone())
             .map_err(|e| candle_core::Error::Msg(format!("pmr state in checkpoint: {e}")))?;
-        let bad = |p: &PrototypeBits| {
+        let bad = |p: &Prototypes| {
             p.dims.len() != self.m
                 || p.values.len() != self.m
                 || p.counts.len() != p.classes
@@ -412,14 +398,8 @@ impl Modulator for Pmr {
         if s.beta.len() != self.m || s.prototypes.as_ref().is_some_and(bad) {
             candle_core::bail!("pmr state in checkpoint is not for {} modalities", self.m);
         }
-        self.protos = s.prototypes.map(|p| Prototypes {
-            classes: p.classes,
-            dims: p.dims,
-            values: p.values.iter().map(|v| from_bits(v)).collect(),
-            counts: p.counts,
-            epoch: p.epoch,
-        });
-        self.beta = from_bits(&s.beta);
+        self.protos = s.prototypes;
+        self.beta = s.beta;
         self.cache = None;
         Ok(())
     }

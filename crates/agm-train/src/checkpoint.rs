@@ -1,11 +1,15 @@
 //! Checkpoints: one safetensors file holding the model's variables (`model/<name>`), the
-//! optimizer state (`optim/<name>`) and, in the header metadata, the trainer and modulator state
-//! as JSON. Written atomically (temporary file, then rename), so a crash never leaves a torn file.
+//! optimizer state (`optim/<name>`), the method's snapshots (`snapshot/<k>/model/<name>`,
+//! `snapshot/<k>/optim/<name>`) and, in the header metadata, the trainer and modulator state as
+//! JSON. Written atomically (temporary file, then rename), so a crash never leaves a torn file;
+//! every tensor is checked for NaN and infinity on the way out and on the way in.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, TrainError};
 
@@ -16,32 +20,129 @@ const FORMAT: &str = "agm-checkpoint-v1";
 pub struct Checkpoint {
     pub model: HashMap<String, Tensor>,
     pub optimizer: HashMap<String, Tensor>,
+    /// Method snapshots by tag (MSES saves one and restores it epochs later).
+    pub snapshots: BTreeMap<String, SnapshotState>,
     /// JSON metadata: `trainer`, `modulator`, and anything else a caller stores.
     pub meta: HashMap<String, String>,
 }
 
+/// One saved snapshot: model and optimizer tensors plus the modulator state of that moment.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotState {
+    pub model: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+    pub modulator: serde_json::Value,
+}
+
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
+///
+/// The temporary name is unique per process and call, so two writers never share one, and a
+/// failed write removes it. The data is synced before the rename so a power loss leaves either
+/// the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+    write_atomic_inner(path, bytes, false)
+}
+
+/// Temporary sibling of `path`: `<name>.<pid>.<counter>.tmp`.
+fn temporary_for(path: &Path) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let k = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!("{name}.{}.{k}.tmp", std::process::id()))
+}
+
+/// `crash_after_temp` simulates a process killed between writing the temporary and the rename
+/// (the temporary stays, the target is untouched); only the trainer's test hook sets it.
+fn write_atomic_inner(path: &Path, bytes: &[u8], crash_after_temp: bool) -> Result<()> {
+    let tmp = temporary_for(path);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| TrainError::io(&tmp, e));
+    if crash_after_temp && written.is_ok() {
+        return Err(TrainError::io(
+            path,
+            std::io::Error::other(format!("failpoint: stopped after writing {}", tmp.display())),
+        ));
+    }
+    let result = written.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e)));
+    if result.is_err() {
+        // Best effort: the error being reported matters more than a failed cleanup.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The name of the first tensor holding NaN or infinity, if any.
+pub fn first_non_finite<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<Option<String>> {
+    for (name, t) in tensors {
+        if !is_finite(t)? {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// True when every element is finite; integer tensors always are.
+fn is_finite(t: &Tensor) -> candle_core::Result<bool> {
+    if !matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) || t.elem_count() == 0 {
+        return Ok(true);
+    }
+    // x − x is 0 for finite x and NaN for NaN or ±inf, and one NaN makes the sum NaN.
+    let s = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(s == 0.0)
 }
 
 impl Checkpoint {
-    pub fn save(&self, path: &Path) -> Result<()> {
-        let mut meta = self.meta.clone();
-        meta.insert("format".into(), FORMAT.into());
+    /// Every tensor under its file name, sorted, as contiguous CPU copies.
+    fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (prefix, map) in [("model", &self.model), ("optim", &self.optimizer)] {
+        let mut add = |prefix: &str, map: &HashMap<String, Tensor>| -> Result<()> {
             for (k, v) in map {
                 // Contiguous CPU copies: safetensors writes raw bytes.
-                named.push((format!("{prefix}/{k}"), v.to_device(&Device::Cpu)?.contiguous()?));
+                named.push((format!("{prefix}{k}"), v.to_device(&Device::Cpu)?.contiguous()?));
             }
+            Ok(())
+        };
+        add("model/", &self.model)?;
+        add("optim/", &self.optimizer)?;
+        for (i, snap) in self.snapshots.values().enumerate() {
+            add(&format!("snapshot/{i}/model/"), &snap.model)?;
+            add(&format!("snapshot/{i}/optim/"), &snap.optimizer)?;
         }
         named.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(named)
+    }
+
+    /// Writes the checkpoint; refuses (and leaves the previous file) when a tensor holds NaN or
+    /// infinity, naming the first one.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_inner(path, false)
+    }
+
+    pub(crate) fn save_inner(&self, path: &Path, crash_after_temp: bool) -> Result<()> {
+        let named = self.named_tensors()?;
+        if let Some(tensor) = first_non_finite(named.iter().map(|(k, v)| (display_name(k), v)))? {
+            return Err(TrainError::NonFiniteTensor { path: path.to_path_buf(), tensor, position: String::new() });
+        }
+        let mut meta = self.meta.clone();
+        meta.insert("format".into(), FORMAT.into());
+        if !self.snapshots.is_empty() {
+            let index: Vec<serde_json::Value> = self
+                .snapshots
+                .iter()
+                .map(|(tag, s)| serde_json::json!({ "tag": tag, "modulator": s.modulator }))
+                .collect();
+            meta.insert("snapshots".into(), serde_json::Value::Array(index).to_string());
+        }
         let bytes = safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
             .map_err(|e| TrainError::checkpoint(path, format!("cannot serialize: {e}")))?;
-        write_atomic(path, &bytes)
+        write_atomic_inner(path, &bytes, crash_after_temp)
     }
 
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
@@ -64,16 +165,57 @@ impl Checkpoint {
             return Err(corrupt(format!("missing format tag `{FORMAT}`")));
         }
         let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| corrupt(e.to_string()))?;
+        let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some(name) = first_non_finite(sorted.into_iter().map(|(k, v)| (display_name(k), v)))? {
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}` holds NaN or infinity; this checkpoint cannot be resumed, start a fresh run \
+                     with --out (and a lower learning rate or alpha)"
+                ),
+            ));
+        }
         let mut ck = Checkpoint { meta, ..Checkpoint::default() };
+        let tags: Vec<(String, serde_json::Value)> = match ck.meta.get("snapshots") {
+            None => Vec::new(),
+            Some(raw) => {
+                #[derive(serde::Deserialize)]
+                struct Entry {
+                    tag: String,
+                    modulator: serde_json::Value,
+                }
+                let entries: Vec<Entry> =
+                    serde_json::from_str(raw).map_err(|e| corrupt(format!("metadata `snapshots`: {e}")))?;
+                entries.into_iter().map(|e| (e.tag, e.modulator)).collect()
+            }
+        };
+        let mut snapshots: Vec<SnapshotState> =
+            tags.iter().map(|(_, m)| SnapshotState { modulator: m.clone(), ..SnapshotState::default() }).collect();
         for (k, v) in tensors {
             if let Some(name) = k.strip_prefix("model/") {
                 ck.model.insert(name.to_string(), v);
             } else if let Some(name) = k.strip_prefix("optim/") {
                 ck.optimizer.insert(name.to_string(), v);
+            } else if let Some(rest) = k.strip_prefix("snapshot/") {
+                let (index, rest) = rest.split_once('/').ok_or_else(|| corrupt(format!("unexpected tensor `{k}`")))?;
+                let snap = index
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| snapshots.get_mut(i))
+                    .ok_or_else(|| corrupt(format!("tensor `{k}` belongs to no listed snapshot")))?;
+                if let Some(name) = rest.strip_prefix("model/") {
+                    snap.model.insert(name.to_string(), v);
+                } else if let Some(name) = rest.strip_prefix("optim/") {
+                    snap.optimizer.insert(name.to_string(), v);
+                } else {
+                    return Err(corrupt(format!("unexpected tensor `{k}`")));
+                }
             } else {
                 return Err(corrupt(format!("unexpected tensor `{k}`")));
             }
         }
+        ck.snapshots = tags.into_iter().map(|(t, _)| t).zip(snapshots).collect();
         Ok(ck)
     }
 
@@ -83,6 +225,11 @@ impl Checkpoint {
             self.meta.get(key).ok_or_else(|| TrainError::checkpoint(path, format!("metadata `{key}` is missing")))?;
         serde_json::from_str(raw).map_err(|e| TrainError::checkpoint(path, format!("metadata `{key}` is invalid: {e}")))
     }
+}
+
+/// A file name without its `model/` prefix, the name users know from the model.
+fn display_name(k: &str) -> &str {
+    k.strip_prefix("model/").unwrap_or(k)
 }
 
 // The strict weights loader lives with the state-dict reader; this path keeps older callers working.

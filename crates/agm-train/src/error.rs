@@ -29,6 +29,21 @@ pub enum TrainError {
     )]
     NonFiniteLoss { value: f64, epoch: usize, step: usize, checkpoint: String },
 
+    #[error(
+        "the gradient norm became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was \
+         written ({checkpoint}); lower the learning rate or alpha, or check the inputs for NaN, then resume with \
+         --resume"
+    )]
+    NonFiniteGradient { value: f64, epoch: usize, step: usize, checkpoint: String },
+
+    /// A checkpoint would hold NaN or infinity; the previous file is left as it was.
+    #[error(
+        "refusing to write {path}: tensor `{tensor}` holds NaN or infinity{position}; lower the learning rate \
+         or alpha, or check the inputs for NaN (batch-norm running statistics take them in), then resume from the \
+         last good checkpoint with --resume"
+    )]
+    NonFiniteTensor { path: PathBuf, tensor: String, position: String },
+
     #[error(transparent)]
     Data(#[from] agm_data::DataError),
 

@@ -52,6 +52,13 @@ pub struct ClipReport {
     pub coef: Option<f64>,
 }
 
+impl ClipReport {
+    /// The first non-finite gradient statistic (the total norm, else the head's extremes).
+    pub fn non_finite(&self) -> Option<f64> {
+        [self.total_norm.unwrap_or(0.0), self.head_grad_max, self.head_grad_min].into_iter().find(|v| !v.is_finite())
+    }
+}
+
 /// The result of one step.
 #[derive(Clone, Debug)]
 pub struct StepOutcome {
@@ -130,6 +137,10 @@ pub fn train_step(
                 report.fired = true;
                 report.total_norm = Some(total);
                 report.coef = Some(rule.max_norm / (total + 1e-6));
+            }
+            if report.non_finite().is_some() {
+                // No optimizer step with NaN or infinite gradients; the caller reports it.
+                return Ok(StepOutcome { loss, clip: Some(report), coefficients: parts.modulator.coefficients() });
             }
             Some(report)
         }

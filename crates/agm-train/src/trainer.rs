@@ -2,7 +2,7 @@
 //! selection on validation only, checkpoints that resume mid-epoch exactly, and callbacks for
 //! drivers that print.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use agm_core::{BatchSource, MultimodalModel, NamedVar, ShapleyMode};
@@ -11,7 +11,7 @@ use agm_modulation::{EpochAction, EpochCx, Modulator};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, SnapshotState};
 use crate::error::{Result, TrainError};
 use crate::optim::{Optimizer, ParamGroup, ScheduleConfig};
 use crate::step::{train_step, NoObserver, StepParts};
@@ -55,19 +55,24 @@ pub struct StepSummary {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EpochSummary {
     pub epoch: usize,
+    #[serde(with = "agm_core::serde_f64")]
     pub lr: f64,
+    #[serde(with = "agm_core::serde_f64")]
     pub train_loss: f64,
     pub validation: EvalReport,
     /// Mean over the epoch's steps of the coefficients in force (AGM's scales).
+    #[serde(with = "agm_core::serde_f64::option_seq")]
     pub coefficients: Option<Vec<f64>>,
     /// Coefficients in force after the epoch's last step.
+    #[serde(with = "agm_core::serde_f64::option_seq")]
     pub last_coefficients: Option<Vec<f64>>,
+    #[serde(with = "agm_core::serde_f64")]
     pub mean_step_seconds: f64,
     pub peak_memory_bytes: Option<u64>,
     pub best_epoch: usize,
     /// Competition strength per modality, when a probe is attached (0: the modality's concept
     /// is linearly recoverable from the fused feature; about 1: not at all).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "agm_core::serde_f64::option_seq")]
     pub competition: Option<Vec<f64>>,
     /// The split the reference picks its best epoch on, when that is not validation and the run
     /// asked for it ([`Trainer::with_reference_split`]); never used for model selection.
@@ -101,31 +106,31 @@ pub struct RunSummary {
     pub epochs_done: usize,
     pub global_step: usize,
     pub best_epoch: usize,
+    #[serde(with = "agm_core::serde_f64")]
     pub best_accuracy: f64,
     pub last: Option<EpochSummary>,
     /// True when a callback or the method stopped training before the last epoch.
     pub stopped_early: bool,
 }
 
-/// Loop position and running sums, saved in every checkpoint.
+/// Loop position and running sums, saved in every checkpoint. Every float round-trips exactly
+/// (infinities and NaN included), so a resumed run selects the same epochs as an uninterrupted one.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct LoopState {
     epochs_done: usize,
     next_batch: usize,
     global_step: usize,
+    #[serde(with = "agm_core::serde_f64")]
     best_accuracy: f64,
     best_epoch: usize,
+    #[serde(with = "agm_core::serde_f64")]
     epoch_loss_sum: f64,
     epoch_steps: usize,
+    #[serde(with = "agm_core::serde_f64")]
     epoch_seconds: f64,
+    #[serde(with = "agm_core::serde_f64::seq")]
     epoch_coeff_sum: Vec<f64>,
     stopped: bool,
-}
-
-struct Snapshot {
-    model: Vec<(String, Tensor)>,
-    optimizer: Vec<(String, Tensor)>,
-    modulator: serde_json::Value,
 }
 
 /// Trains one model with one modulator and one optimizer.
@@ -142,10 +147,15 @@ pub struct Trainer<'a> {
     device: Device,
     run_dir: Option<RunDir>,
     state: LoopState,
-    snapshots: HashMap<String, Snapshot>,
+    /// Method snapshots by tag; saved in every checkpoint so a resume between a save and its
+    /// restore still finds them.
+    snapshots: BTreeMap<String, SnapshotState>,
     competition: Option<Box<dyn CompetitionProbe + 'a>>,
     holdout: Option<&'a dyn BatchSource>,
     reference_split: Option<&'a dyn BatchSource>,
+    /// Test hook: the checkpoint write with this 1-based number stops after its temporary file.
+    crash_on_write: Option<usize>,
+    checkpoint_writes: usize,
 }
 
 impl<'a> Trainer<'a> {
@@ -177,10 +187,12 @@ impl<'a> Trainer<'a> {
             device: device.clone(),
             run_dir: None,
             state: LoopState::default(),
-            snapshots: HashMap::new(),
+            snapshots: BTreeMap::new(),
             competition: None,
             holdout: None,
             reference_split: None,
+            crash_on_write: None,
+            checkpoint_writes: 0,
         })
     }
 
@@ -206,6 +218,14 @@ impl<'a> Trainer<'a> {
     /// Measures competition strength at the end of every epoch.
     pub fn with_competition(mut self, probe: Box<dyn CompetitionProbe + 'a>) -> Self {
         self.competition = Some(probe);
+        self
+    }
+
+    /// Test hook for crash tests: the `nth` write of `checkpoint.safetensors` (1-based) writes its
+    /// temporary file and then fails as if the process had been killed before the rename.
+    #[doc(hidden)]
+    pub fn crash_on_checkpoint_write(mut self, nth: usize) -> Self {
+        self.crash_on_write = Some(nth);
         self
     }
 
@@ -237,7 +257,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// Writes the latest state to the run directory, if any.
-    fn save_checkpoint(&self) -> Result<()> {
+    fn save_checkpoint(&mut self) -> Result<()> {
         let Some(dir) = &self.run_dir else { return Ok(()) };
         let mut meta = HashMap::new();
         meta.insert("trainer".into(), serde_json::to_string(&self.state).expect("plain data"));
@@ -246,9 +266,27 @@ impl<'a> Trainer<'a> {
         let ck = Checkpoint {
             model: self.model_tensors().into_iter().collect(),
             optimizer: self.optimizer.state()?.into_iter().collect(),
+            snapshots: self.snapshots.clone(),
             meta,
         };
-        ck.save(&dir.checkpoint())
+        self.checkpoint_writes += 1;
+        let crash = self.crash_on_write == Some(self.checkpoint_writes);
+        ck.save_inner(&dir.checkpoint(), crash).map_err(|e| match e {
+            TrainError::NonFiniteTensor { path, tensor, .. } => {
+                let position = format!(" after global step {}", self.state.global_step);
+                TrainError::NonFiniteTensor { path, tensor, position }
+            }
+            other => other,
+        })
+    }
+
+    /// Names the checkpoint a diverged run can resume from.
+    fn last_checkpoint(&self) -> String {
+        match &self.run_dir {
+            Some(d) if d.checkpoint().exists() => d.checkpoint().display().to_string(),
+            Some(d) => format!("none yet in {}", d.root().display()),
+            None => "no run directory".to_string(),
+        }
     }
 
     /// Restores everything from the run directory's checkpoint, so the next `fit` continues
@@ -265,12 +303,13 @@ impl<'a> Trainer<'a> {
         let modulator_state: serde_json::Value = ck.meta_json("modulator", &path)?;
         self.modulator.load_state(&modulator_state).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         self.state = ck.meta_json("trainer", &path)?;
+        self.snapshots = ck.snapshots;
         dir.truncate_metrics(self.state.epochs_done)?;
         Ok(())
     }
 
-    fn take_snapshot(&self) -> Result<Snapshot> {
-        Ok(Snapshot {
+    fn take_snapshot(&self) -> Result<SnapshotState> {
+        Ok(SnapshotState {
             model: self
                 .model_tensors()
                 .into_iter()
@@ -290,9 +329,7 @@ impl<'a> Trainer<'a> {
         let snap = self.snapshots.get(tag).ok_or_else(|| {
             TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved"))
         })?;
-        let model: HashMap<String, Tensor> = snap.model.iter().cloned().collect();
-        let optimizer: HashMap<String, Tensor> = snap.optimizer.iter().cloned().collect();
-        let modulator = snap.modulator.clone();
+        let (model, optimizer, modulator) = (snap.model.clone(), snap.optimizer.clone(), snap.modulator.clone());
         self.set_model_tensors(&model, std::path::Path::new(tag))?;
         self.optimizer.load_state(&optimizer)?;
         self.modulator.load_state(&modulator)?;
@@ -341,12 +378,12 @@ impl<'a> Trainer<'a> {
                     train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
                 };
                 if !outcome.loss.is_finite() {
-                    let checkpoint = match &self.run_dir {
-                        Some(d) if d.checkpoint().exists() => d.checkpoint().display().to_string(),
-                        Some(d) => format!("none yet in {}", d.root().display()),
-                        None => "no run directory".to_string(),
-                    };
+                    let checkpoint = self.last_checkpoint();
                     return Err(TrainError::NonFiniteLoss { value: outcome.loss, epoch, step: bi + 1, checkpoint });
+                }
+                if let Some(value) = outcome.clip.as_ref().and_then(crate::step::ClipReport::non_finite) {
+                    let checkpoint = self.last_checkpoint();
+                    return Err(TrainError::NonFiniteGradient { value, epoch, step: bi + 1, checkpoint });
                 }
                 self.state.global_step = step;
                 self.state.next_batch = bi + 1;
@@ -404,7 +441,14 @@ impl<'a> Trainer<'a> {
                 self.state.best_epoch = epoch;
                 if let Some(dir) = &self.run_dir {
                     let ck = Checkpoint { model: self.model_tensors().into_iter().collect(), ..Checkpoint::default() };
-                    ck.save(&dir.best())?;
+                    ck.save(&dir.best()).map_err(|e| match e {
+                        TrainError::NonFiniteTensor { path, tensor, .. } => TrainError::NonFiniteTensor {
+                            path,
+                            tensor,
+                            position: format!(" at the end of epoch {epoch}"),
+                        },
+                        other => other,
+                    })?;
                 }
             }
             let competition = match self.competition.as_mut() {
@@ -460,5 +504,30 @@ impl<'a> Trainer<'a> {
             last,
             stopped_early,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trainer_state_round_trips_every_f64() {
+        let state = LoopState {
+            best_accuracy: 0.9933333333333333,
+            epoch_loss_sum: f64::NAN,
+            epoch_seconds: 0.1 + 0.2,
+            epoch_coeff_sum: vec![f64::INFINITY, f64::NEG_INFINITY, f64::MAX, 5e-324],
+            ..LoopState::default()
+        };
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(!json.contains("null"), "{json}");
+        let back: LoopState = serde_json::from_str(&json).unwrap();
+        let bits = |s: &LoopState| {
+            let mut v = vec![s.best_accuracy, s.epoch_loss_sum, s.epoch_seconds];
+            v.extend(&s.epoch_coeff_sum);
+            v.into_iter().map(f64::to_bits).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&back), bits(&state));
     }
 }
