@@ -37,7 +37,7 @@ impl EvalBar {
 
 /// Coefficients by modality name: `audio 0.98 visual 1.02`.
 fn labelled(modalities: &[String], values: &[f64], decimals: usize) -> String {
-    let names = crate::report::value_names(modalities, values.len(), "coefficient");
+    let names = agm_core::by_name::value_names(modalities, values.len());
     let cells: Vec<String> = names.iter().zip(values).map(|(n, v)| format!("{n} {v:.decimals$}")).collect();
     cells.join(" ")
 }

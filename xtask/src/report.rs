@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use agm_core::by_name::value_names;
 use agm_metric::EvalReport;
 use agm_train::{EpochSummary, RunConfig, RunDir};
 use anyhow::Context;
@@ -48,8 +49,11 @@ impl RunRecord {
             }
             Err(_) => None,
         };
-        let count = rows.first().map(|r| r.validation.modality_accuracy.len()).unwrap_or(0);
-        let modalities = modality_names(&config, count);
+        // The names the rows carry; for rows of earlier versions, the model's.
+        let modalities = match rows.first() {
+            Some(r) if !r.validation.modalities.is_empty() => r.validation.modalities.clone(),
+            first => modality_names(&config, first.map_or(0, |r| r.validation.modality_accuracy.len())),
+        };
         Ok(Self { config, rows, modalities, test })
     }
 
@@ -69,18 +73,6 @@ pub fn modality_names(config: &RunConfig, count: usize) -> Vec<String> {
     match from_model {
         Some(names) if names.len() == count || count == 0 => names,
         _ => (1..=count).map(|k| format!("modality {k}")).collect(),
-    }
-}
-
-/// Names for a vector of per-modality values: the modalities, then `fused` for one more value
-/// (G-Blending weighs the fused output too), else numbered.
-pub fn value_names(modalities: &[String], len: usize, what: &str) -> Vec<String> {
-    if len == modalities.len() {
-        modalities.to_vec()
-    } else if len == modalities.len() + 1 {
-        modalities.iter().cloned().chain(std::iter::once("fused".to_string())).collect()
-    } else {
-        (1..=len).map(|k| format!("{what} {k}")).collect()
     }
 }
 
@@ -142,7 +134,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
     ));
     let n_coeff = vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
     if n_coeff > 0 {
-        let names = value_names(&record.modalities, n_coeff, "coefficient");
+        let names = value_names(&record.modalities, n_coeff);
         let mut series = Vec::new();
         for (i, name) in names.iter().enumerate() {
             series.push(
@@ -167,7 +159,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
     }
     let n_comp = vector_len(rows, |r| r.competition.as_ref());
     if n_comp > 0 {
-        let names = value_names(&record.modalities, n_comp, "modality");
+        let names = value_names(&record.modalities, n_comp);
         let series = names
             .iter()
             .enumerate()
@@ -216,8 +208,8 @@ impl Columns {
         let n_coeff = vector_len(rows, |r| r.coefficients.as_ref());
         let n_comp = vector_len(rows, |r| r.competition.as_ref());
         Self {
-            coefficients: value_names(&record.modalities, n_coeff, "coefficient"),
-            competition: value_names(&record.modalities, n_comp, "modality"),
+            coefficients: value_names(&record.modalities, n_coeff),
+            competition: value_names(&record.modalities, n_comp),
         }
     }
 
@@ -315,7 +307,7 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
 /// their modality's name; an empty cell where a row has no value.
 pub fn metrics_csv(record: &RunRecord) -> String {
     let coefficients = record.rows.iter().filter_map(|r| r.coefficients.as_ref().map(Vec::len)).max().unwrap_or(0);
-    let coefficient_names = value_names(&record.modalities, coefficients, "coefficient");
+    let coefficient_names = value_names(&record.modalities, coefficients);
     let mut header: Vec<String> =
         ["epoch", "lr", "train_loss", "validation_accuracy", "validation_loss"].map(String::from).to_vec();
     for m in &record.modalities {
@@ -513,6 +505,7 @@ pub(crate) mod tests {
                 train_loss: 2.0 - t,
                 validation: EvalReport {
                     samples: 600,
+                    modalities: vec!["audio".into(), "visual".into()],
                     accuracy: 0.5 + 0.4 * t,
                     loss: 1.5 - t,
                     modality_accuracy: vec![0.45 + 0.4 * t, 0.2 + 0.1 * t],
@@ -589,6 +582,7 @@ pub(crate) mod tests {
         synthetic_run(&dir, "joint", 1, false);
         let test = EvalReport {
             samples: 600,
+            modalities: vec!["audio".into(), "visual".into()],
             accuracy: 0.875,
             loss: 0.4,
             modality_accuracy: vec![0.8, 0.25],

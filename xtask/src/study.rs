@@ -658,6 +658,7 @@ mod tests {
             validation_accuracy: acc + 0.01,
             test: EvalReport {
                 samples: 600,
+                modalities: vec!["audio".into(), "visual".into()],
                 accuracy: acc,
                 loss: 0.3,
                 modality_accuracy: vec![audio, visual],

@@ -359,7 +359,7 @@ fn print_summary(
     }
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {
-            let names = crate::report::value_names(modalities, c.len(), "coefficient");
+            let names = agm_core::by_name::value_names(modalities, c.len());
             let c: Vec<String> = names.iter().zip(c).map(|(n, v)| format!("{n} {}", coefficient(*v))).collect();
             println!("final coefficients: {}", c.join(" / "));
         }

@@ -13,6 +13,7 @@
 //! ```
 
 mod batch;
+pub mod by_name;
 mod modality;
 mod model;
 mod params;

@@ -9,12 +9,13 @@
 //! use candle_core::{Device, Tensor};
 //! let logits = Tensor::new(&[[2.0f32, 0.0], [0.0, 1.0], [3.0, 0.0]], &Device::Cpu)?;
 //! let labels = [0u32, 1, 1];
-//! let mut tally = EvalTally::new(1);
+//! let mut tally = EvalTally::new(&["visual".to_string()]);
 //! tally.add(&logits, &[logits.clone()], &labels)?;
 //! assert!((tally.report().accuracy - 2.0 / 3.0).abs() < 1e-12);
 //! # Ok(()) }
 //! ```
 
+use agm_core::by_name::Keyed;
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,7 @@ fn candle_nn_free_log_softmax(x: &Tensor) -> Result<Tensor> {
 /// Accumulates accuracy (micro: correct samples over all samples) and mean losses over batches.
 #[derive(Clone, Debug)]
 pub struct EvalTally {
+    modalities: Vec<String>,
     samples: usize,
     correct: usize,
     loss_sum: f64,
@@ -57,25 +59,81 @@ pub struct EvalTally {
     modality_loss_sum: Vec<f64>,
 }
 
-/// Evaluation numbers of one split.
+/// Evaluation numbers of one split. In files the per-modality values are keyed by modality
+/// name (`"modality_accuracy": {"audio": 0.62, "visual": 0.58}`), the names listed in order.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EvalReportFile", try_from = "EvalReportFile")]
 pub struct EvalReport {
     pub samples: usize,
-    #[serde(with = "agm_core::serde_f64")]
     pub accuracy: f64,
-    #[serde(with = "agm_core::serde_f64")]
     pub loss: f64,
+    /// The model's modality names, in its order (empty in reports of earlier versions).
+    pub modalities: Vec<String>,
     /// Accuracy of each modality's Shapley mono-modal output.
-    #[serde(with = "agm_core::serde_f64::seq")]
     pub modality_accuracy: Vec<f64>,
     /// Mean cross-entropy of each modality's Shapley mono-modal output.
-    #[serde(with = "agm_core::serde_f64::seq")]
     pub modality_loss: Vec<f64>,
 }
 
-impl EvalTally {
-    pub fn new(num_modalities: usize) -> Self {
+impl EvalReport {
+    /// The modality names, numbered (`modality 1`, …) where the report has none.
+    pub fn modality_names(&self) -> Vec<String> {
+        if self.modalities.len() == self.modality_accuracy.len() {
+            self.modalities.clone()
+        } else {
+            (1..=self.modality_accuracy.len()).map(|k| format!("modality {k}")).collect()
+        }
+    }
+}
+
+/// [`EvalReport`] as written to files.
+#[derive(Serialize, Deserialize)]
+struct EvalReportFile {
+    samples: usize,
+    #[serde(with = "agm_core::serde_f64")]
+    accuracy: f64,
+    #[serde(with = "agm_core::serde_f64")]
+    loss: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    modalities: Vec<String>,
+    modality_accuracy: Keyed,
+    modality_loss: Keyed,
+}
+
+impl From<EvalReport> for EvalReportFile {
+    fn from(r: EvalReport) -> Self {
+        let names = r.modality_names();
         Self {
+            samples: r.samples,
+            accuracy: r.accuracy,
+            loss: r.loss,
+            modality_accuracy: Keyed::new(&names, &r.modality_accuracy),
+            modality_loss: Keyed::new(&names, &r.modality_loss),
+            modalities: names,
+        }
+    }
+}
+
+impl TryFrom<EvalReportFile> for EvalReport {
+    type Error = String;
+    fn try_from(f: EvalReportFile) -> std::result::Result<Self, String> {
+        Ok(Self {
+            samples: f.samples,
+            accuracy: f.accuracy,
+            loss: f.loss,
+            modality_accuracy: f.modality_accuracy.values(&f.modalities)?,
+            modality_loss: f.modality_loss.values(&f.modalities)?,
+            modalities: f.modalities,
+        })
+    }
+}
+
+impl EvalTally {
+    /// A tally for a model with these modalities (in its order).
+    pub fn new(modalities: &[String]) -> Self {
+        let num_modalities = modalities.len();
+        Self {
+            modalities: modalities.to_vec(),
             samples: 0,
             correct: 0,
             loss_sum: 0.0,
@@ -105,6 +163,7 @@ impl EvalTally {
             samples: self.samples,
             accuracy: self.correct as f64 / n,
             loss: self.loss_sum / n,
+            modalities: self.modalities.clone(),
             modality_accuracy: self.modality_correct.iter().map(|&c| c as f64 / n).collect(),
             modality_loss: self.modality_loss_sum.iter().map(|&l| l / n).collect(),
         }
@@ -126,7 +185,7 @@ mod tests {
 
     #[test]
     fn tally_counts_micro_accuracy_across_batches() {
-        let mut t = EvalTally::new(2);
+        let mut t = EvalTally::new(&["audio".into(), "visual".into()]);
         let a = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
         let b = Tensor::new(&[[0.0f32, 1.0], [0.0, 1.0]], &Device::Cpu).unwrap();
         t.add(&a, &[a.clone(), b.narrow(0, 0, 1).unwrap()], &[0]).unwrap();
@@ -136,5 +195,18 @@ mod tests {
         assert!((r.accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert!((r.modality_accuracy[1] - 1.0 / 3.0).abs() < 1e-12);
         assert!(t.add(&a, &[a.clone()], &[0]).is_err(), "wrong number of modalities is an error");
+        // In files, per-modality values are keyed by name; they read back in model order.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(r#""modality_accuracy":{"audio":"#) && json.contains(r#""modalities":["audio","visual"]"#)
+        );
+        assert_eq!(serde_json::from_str::<EvalReport>(&json).unwrap(), r);
+        // Arrays of earlier versions still read.
+        let old = r#"{"samples":3,"accuracy":0.5,"loss":1.0,"modality_accuracy":[0.1,0.2],"modality_loss":[1.0,2.0]}"#;
+        let read: EvalReport = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (read.modality_accuracy.clone(), read.modality_names()),
+            (vec![0.1, 0.2], vec!["modality 1".to_string(), "modality 2".into()])
+        );
     }
 }

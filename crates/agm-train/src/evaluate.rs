@@ -26,7 +26,7 @@ pub fn evaluate_observed(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
     let m = model.modalities().len();
-    let mut tally = EvalTally::new(m);
+    let mut tally = EvalTally::new(model.modalities().names());
     let n = data.len();
     let indices: Vec<usize> = (0..n).collect();
     for chunk in indices.chunks(batch_size.max(1)) {

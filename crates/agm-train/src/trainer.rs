@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use agm_core::by_name::{value_names, Keyed};
 use agm_core::{BatchSource, MultimodalModel, NamedVar, ShapleyMode};
 use agm_metric::EvalReport;
 use agm_modulation::{EpochAction, EpochCx, Modulator};
@@ -51,33 +52,91 @@ pub struct StepSummary {
     pub coefficients: Option<Vec<f64>>,
 }
 
-/// One row of `metrics.jsonl`.
+/// One row of `metrics.jsonl`; in the file, per-modality values are keyed by modality name
+/// (`"coefficients": {"audio": 0.9, "visual": 1.1}`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(into = "EpochRow", try_from = "EpochRow")]
 pub struct EpochSummary {
     pub epoch: usize,
-    #[serde(with = "agm_core::serde_f64")]
     pub lr: f64,
-    #[serde(with = "agm_core::serde_f64")]
     pub train_loss: f64,
     pub validation: EvalReport,
     /// Mean over the epoch's steps of the coefficients in force (AGM's scales).
-    #[serde(with = "agm_core::serde_f64::option_seq")]
     pub coefficients: Option<Vec<f64>>,
     /// Coefficients in force after the epoch's last step.
-    #[serde(with = "agm_core::serde_f64::option_seq")]
     pub last_coefficients: Option<Vec<f64>>,
-    #[serde(with = "agm_core::serde_f64")]
     pub mean_step_seconds: f64,
     pub peak_memory_bytes: Option<u64>,
     pub best_epoch: usize,
     /// Competition strength per modality, when a probe is attached (0: the modality's concept
     /// is linearly recoverable from the fused feature; about 1: not at all).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "agm_core::serde_f64::option_seq")]
     pub competition: Option<Vec<f64>>,
     /// The split the reference picks its best epoch on, when that is not validation and the run
     /// asked for it ([`Trainer::with_reference_split`]); never used for model selection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference_split: Option<EvalReport>,
+}
+
+/// [`EpochSummary`] as written to files: vectors keyed by the validation report's modality
+/// names ([`agm_core::by_name::value_names`]).
+#[derive(Serialize, Deserialize)]
+struct EpochRow {
+    epoch: usize,
+    #[serde(with = "agm_core::serde_f64")]
+    lr: f64,
+    #[serde(with = "agm_core::serde_f64")]
+    train_loss: f64,
+    validation: EvalReport,
+    coefficients: Option<Keyed>,
+    last_coefficients: Option<Keyed>,
+    #[serde(with = "agm_core::serde_f64")]
+    mean_step_seconds: f64,
+    peak_memory_bytes: Option<u64>,
+    best_epoch: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    competition: Option<Keyed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reference_split: Option<EvalReport>,
+}
+
+impl From<EpochSummary> for EpochRow {
+    fn from(e: EpochSummary) -> Self {
+        let modalities = e.validation.modality_names();
+        let keyed = |v: Option<Vec<f64>>| v.map(|v| Keyed::new(&value_names(&modalities, v.len()), &v));
+        Self {
+            epoch: e.epoch,
+            lr: e.lr,
+            train_loss: e.train_loss,
+            coefficients: keyed(e.coefficients),
+            last_coefficients: keyed(e.last_coefficients),
+            competition: keyed(e.competition),
+            validation: e.validation,
+            mean_step_seconds: e.mean_step_seconds,
+            peak_memory_bytes: e.peak_memory_bytes,
+            best_epoch: e.best_epoch,
+            reference_split: e.reference_split,
+        }
+    }
+}
+
+impl TryFrom<EpochRow> for EpochSummary {
+    type Error = String;
+    fn try_from(r: EpochRow) -> std::result::Result<Self, String> {
+        let modalities = r.validation.modality_names();
+        let values = |k: Option<Keyed>| k.map(|k| k.values(&modalities)).transpose();
+        Ok(Self {
+            epoch: r.epoch,
+            lr: r.lr,
+            train_loss: r.train_loss,
+            coefficients: values(r.coefficients)?,
+            last_coefficients: values(r.last_coefficients)?,
+            competition: values(r.competition)?,
+            validation: r.validation,
+            mean_step_seconds: r.mean_step_seconds,
+            peak_memory_bytes: r.peak_memory_bytes,
+            best_epoch: r.best_epoch,
+            reference_split: r.reference_split,
+        })
+    }
 }
 
 /// Computes the competition strength of each modality from the current model at the end of an

@@ -273,7 +273,7 @@ fn mses_resumed_between_snapshot_save_and_restore_matches_an_uninterrupted_run()
         .rows
         .iter()
         .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
-        .find(|r| r["last_coefficients"].as_array().unwrap().iter().any(|c| c.as_f64() == Some(0.0)))
+        .find(|r| r["last_coefficients"].as_object().unwrap().values().any(|c| c.as_f64() == Some(0.0)))
         .map(|r| r["epoch"].as_u64().unwrap() as usize)
         .expect("some modality stops within the run");
     assert!(restore_epoch >= 2, "the snapshot is saved at the end of epoch 1 at the earliest");
