@@ -81,13 +81,31 @@ impl RunDir {
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file }),
+            Ok(()) => {
+                self.remove_stale_temporaries();
+                Ok(RunLock { _file: file })
+            }
             Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
                 "{} is in use by another run (it holds {}); wait for that run to end or choose another --out",
                 self.root.display(),
                 path.display()
             ))),
             Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
+        }
+    }
+
+    /// Removes what writers killed mid-write left: `<name>.<pid>.<k>.tmp` files of
+    /// [`crate::checkpoint::write_atomic`] here and in `report/`. Only the lock holder calls
+    /// this, so no live writer owns them.
+    fn remove_stale_temporaries(&self) {
+        for dir in [self.root.clone(), self.root.join("report")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for path in entries.flatten().map(|e| e.path()) {
+                if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
+                    // Best effort: a leftover that cannot be removed harms nothing.
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
         }
     }
 
@@ -180,6 +198,12 @@ mod tests {
         let err = RunDir::open(tmp.path()).unwrap().lock().unwrap_err().to_string();
         assert!(err.contains("in use by another run") && err.contains(".lock"), "{err}");
         drop(first);
+        // Taking the lock clears temporaries that killed writers left behind.
+        std::fs::write(tmp.path().join("metrics.csv.1152.22.tmp"), "partial").unwrap();
+        std::fs::create_dir_all(tmp.path().join("report")).unwrap();
+        std::fs::write(tmp.path().join("report/loss.svg.7.0.tmp"), "partial").unwrap();
         dir.lock().unwrap();
+        assert!(!tmp.path().join("metrics.csv.1152.22.tmp").exists());
+        assert!(!tmp.path().join("report/loss.svg.7.0.tmp").exists());
     }
 }
