@@ -88,7 +88,7 @@ impl Callback for Progress {
             let coeff = s.coefficients.as_ref().map(|c| format!(" coeff {}", labelled(&self.modalities, c, 2)));
             if s.step_in_epoch == s.steps_in_epoch {
                 // The epoch's evaluation runs next; say so instead of sitting silent.
-                bar.set_message(format!("loss {:.4}; evaluating on validation…", s.loss));
+                bar.set_message(format!("loss {:.4}; validation…", s.loss));
             } else {
                 bar.set_message(format!("loss {:.4}{}", s.loss, coeff.unwrap_or_default()));
             }
@@ -96,6 +96,12 @@ impl Callback for Progress {
         match self.stop_after_steps {
             Some(n) if s.global_step >= n => Flow::Stop,
             _ => Flow::Continue,
+        }
+    }
+
+    fn on_validation(&mut self, done: usize, total: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("validation {done}/{total} samples"));
         }
     }
 

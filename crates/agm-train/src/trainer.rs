@@ -153,6 +153,8 @@ pub trait Callback {
     fn on_epoch_end(&mut self, _e: &EpochSummary) -> Flow {
         Flow::Continue
     }
+    /// After each batch of the epoch's validation pass: samples done and in all.
+    fn on_validation(&mut self, _done: usize, _total: usize) {}
 }
 
 /// Ignores everything.
@@ -473,8 +475,13 @@ impl<'a> Trainer<'a> {
                 }
             }
 
-            let validation_report =
-                evaluate::evaluate(self.model, validation, self.opts.eval_batch_size, &self.device)?;
+            let validation_report = evaluate::evaluate_observed(
+                self.model,
+                validation,
+                self.opts.eval_batch_size,
+                &self.device,
+                &mut |done, total| callback.on_validation(done, total),
+            )?;
             let actions = self.modulator.on_epoch_end(&EpochCx {
                 model: self.model,
                 device: &self.device,
