@@ -2,7 +2,6 @@
 //! to temporary folders: each must give a clean `Err` that names the file (or key) — no panic, no
 //! hang, no huge allocation. Every case here was a panic, hang, abort or silent acceptance once.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -12,28 +11,10 @@ use agm_data::loaders::validate::validate_avmnist_mapped;
 use agm_data::loaders::{DatasetId, LoadOptions};
 use agm_data::{load, DataError};
 
-/// Refuses single allocations above 1 GiB: a size trusted from a header aborts the test at once.
-struct Capped;
-const CAP: usize = 1 << 30;
-unsafe impl GlobalAlloc for Capped {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod common;
+
 #[global_allocator]
-static ALLOC: Capped = Capped;
+static ALLOC: common::Capped = common::Capped;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -68,16 +49,8 @@ fn write_avmnist(root: &Path, ntr: usize, nte: usize) {
 }
 
 fn raw_npy(path: &Path, header_shape: &str, body: &[u8]) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(body);
-    std::fs::write(path, out).unwrap();
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {header_shape}, }}");
+    std::fs::write(path, agm_data::loaders::array::npy_bytes_with_header(&dict, body)).unwrap();
 }
 
 #[test]

@@ -3,38 +3,15 @@
 //! parser must return `Ok` or `Err` — never panic, hang or ask for a huge allocation.
 //! `cargo xtask fuzz --minutes N` drives the same targets and mutations for longer.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::time::{Duration, Instant};
 
 use agm_data::fuzz::{apply, Mutation, Target, INTERESTING};
 use proptest::prelude::*;
 
-/// Refuses single allocations above 1 GiB, so a size taken from a header on trust aborts the
-/// test at once instead of exhausting the machine.
-struct Capped;
-
-const CAP: usize = 1 << 30;
-
-unsafe impl GlobalAlloc for Capped {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if layout.size() > CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if new_size > CAP {
-            return std::ptr::null_mut();
-        }
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod common;
 
 #[global_allocator]
-static ALLOC: Capped = Capped;
+static ALLOC: common::Capped = common::Capped;
 
 /// Longest a single case may take (debug build, shared machine).
 const SLOW: Duration = Duration::from_secs(5);

@@ -311,7 +311,13 @@ pub fn npy_bytes(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
         1 => format!("({},)", shape[0]),
         _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
     };
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
+    npy_bytes_with_header(&format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}"), body)
+}
+
+/// The bytes of a `.npy` (v1.0) file with the header dictionary `dict` as written (padded here),
+/// so tests can write headers no real array has.
+pub fn npy_bytes_with_header(dict: &str, body: &[u8]) -> Vec<u8> {
+    let mut header = dict.to_string();
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
