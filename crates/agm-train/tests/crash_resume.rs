@@ -284,19 +284,6 @@ fn mses_resumed_between_snapshot_save_and_restore_matches_an_uninterrupted_run()
     assert!(resumed.files.iter().any(|f| f.0.starts_with("checkpoint:snapshot/")), "snapshots are in the checkpoint");
 }
 
-/// Sets a batch-norm running mean to NaN after step 3: the training loss stays finite (training
-/// mode normalises with batch statistics), so only the checkpoint guard can catch it.
-struct PoisonBuffer(candle_core::Var);
-impl Callback for PoisonBuffer {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step == 3 {
-            let nan = (self.0.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
-            self.0.set(&nan).unwrap();
-        }
-        Flow::Continue
-    }
-}
-
 #[test]
 fn a_nan_buffer_is_never_written_and_a_nan_checkpoint_is_never_resumed() {
     let (train, val) = (split(TRAIN, 1), split(48, 2));
@@ -306,7 +293,7 @@ fn a_nan_buffer_is_never_written_and_a_nan_checkpoint_is_never_resumed() {
     let mut t = Trainer::new(&model, Method::Agm { alpha: 1.0 }.build(), sgd, options(2, 2), &Device::Cpu)
         .unwrap()
         .with_run_dir(RunDir::create(dir.path()).unwrap());
-    let err = t.fit(&train, &val, &mut PoisonBuffer(buffer.var.clone())).unwrap_err();
+    let err = t.fit(&train, &val, &mut common::PoisonAfter(buffer.var.clone(), 3)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::NonFiniteTensor { .. }), "{msg}");
     assert!(msg.contains(&format!("`{}`", buffer.name)) && msg.contains("checkpoint.safetensors"), "{msg}");

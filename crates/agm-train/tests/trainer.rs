@@ -8,6 +8,8 @@ use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::{Callback, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
 use candle_core::{DType, Device};
 
+mod common;
+
 fn options(epochs: usize) -> TrainerOptions {
     let cfg = RunConfig::av_digits();
     TrainerOptions { epochs, checkpoint_every_steps: 0, ..cfg.trainer_options() }
@@ -78,19 +80,6 @@ fn resume_mid_epoch_gives_the_same_weights_as_an_uninterrupted_run() {
     assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), vec![1, 2], "one metrics row per epoch after resume");
 }
 
-/// Sets the head bias to NaN after step 3, as a diverged run would (not after step 4: that
-/// checkpoint would be refused, see crash_resume.rs).
-struct Diverge(candle_core::Var);
-impl Callback for Diverge {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step == 3 {
-            let nan = (self.0.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
-            self.0.set(&nan).unwrap();
-        }
-        Flow::Continue
-    }
-}
-
 #[test]
 fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
     let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
@@ -101,7 +90,10 @@ fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
     let mut t =
         Trainer::new(&model, agm(), sgd(), opts, &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
     let bias = model.param_groups().find("head.fc.bias").unwrap().var.clone();
-    let err = t.fit(data.split(Split::Train), data.split(Split::Validation), &mut Diverge(bias)).unwrap_err();
+    // The head bias turns NaN after step 3, as a diverged run would (after step 4 the
+    // checkpoint written there would be refused first, see crash_resume.rs).
+    let err =
+        t.fit(data.split(Split::Train), data.split(Split::Validation), &mut common::PoisonAfter(bias, 3)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::NonFiniteLoss { step: 4, .. }), "{msg}");
     assert!(msg.contains("NaN") && msg.contains("checkpoint.safetensors") && msg.contains("--resume"), "{msg}");

@@ -58,3 +58,16 @@ pub fn tiny_batches(
         })
         .collect()
 }
+
+/// Sets a variable to NaN after global step `.1`, as a diverged run would.
+pub struct PoisonAfter(pub candle_core::Var, pub usize);
+
+impl agm_train::Callback for PoisonAfter {
+    fn on_step(&mut self, s: &agm_train::StepSummary) -> agm_train::Flow {
+        if s.global_step == self.1 {
+            let nan = (self.0.as_tensor().ones_like().unwrap() * f64::NAN).unwrap();
+            self.0.set(&nan).unwrap();
+        }
+        agm_train::Flow::Continue
+    }
+}
