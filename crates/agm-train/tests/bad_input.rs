@@ -5,8 +5,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use agm_train::{Callback, Flow, RunConfig, RunDir, RunRequest, StepSummary};
+use agm_train::{RunConfig, RunDir, RunRequest};
 use candle_core::Device;
+
+mod common;
 
 /// Every leaf of a TOML table as `(dotted key, value)`.
 fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
@@ -71,17 +73,6 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
     }
 }
 
-struct StopAt(usize);
-impl Callback for StopAt {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step >= self.0 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
-}
-
 /// Resumes the default run from `dir`'s checkpoint; the error text, or `None` if it resumed.
 fn resume(cfg: &RunConfig, dir: &Path) -> Option<String> {
     let device = Device::Cpu;
@@ -109,7 +100,7 @@ fn damaged_checkpoints_are_named_and_refused() {
             .trainer(built.model.as_ref(), built.modulator, &built.data, &device)
             .unwrap()
             .with_run_dir(RunDir::create(dir.path()).unwrap());
-        trainer.fit(train.as_ref(), validation, &mut StopAt(2)).unwrap();
+        trainer.fit(train.as_ref(), validation, &mut common::StopAt(2)).unwrap();
     }
     let path = dir.path().join("checkpoint.safetensors");
     let good = std::fs::read(&path).unwrap();

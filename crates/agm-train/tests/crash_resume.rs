@@ -10,7 +10,7 @@ use agm_data::SplitTensors;
 use agm_fusion::{FusionKind, FusionModel};
 use agm_modulation::{Agm, AgmConfig, Modulator, Mses, MsesConfig};
 use agm_train::optim::{OptimizerConfig, ParamGroup};
-use agm_train::{Callback, Checkpoint, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
+use agm_train::{Checkpoint, RunConfig, RunDir, TrainError, Trainer, TrainerOptions};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 
@@ -87,17 +87,6 @@ enum Segment {
     Finish,
 }
 
-struct StopAt(usize);
-impl Callback for StopAt {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step == self.0 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
-}
-
 /// What a finished run leaves, in comparable form.
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -154,7 +143,7 @@ fn run(method: Method, epochs: usize, every: usize, plan: &[Segment]) -> Outcome
         }
         match *seg {
             Segment::StopAt(step) => {
-                let s = t.fit(&train, &val, &mut StopAt(step)).unwrap();
+                let s = t.fit(&train, &val, &mut common::StopAt(step)).unwrap();
                 assert!(s.stopped_early && s.global_step == step, "{seg:?}: {s:?}");
             }
             Segment::CrashOnWrite(n) => {

@@ -5,7 +5,7 @@ use agm_core::MultimodalModel;
 use agm_data::av_digits::{self, AvDigitsConfig, Split};
 use agm_fusion::{FusionModel, LateConcatConfig};
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
-use agm_train::{Callback, Flow, RunConfig, RunDir, StepSummary, TrainError, Trainer, TrainerOptions};
+use agm_train::{RunConfig, RunDir, TrainError, Trainer, TrainerOptions};
 use candle_core::{DType, Device};
 
 mod common;
@@ -22,17 +22,6 @@ fn weights(model: &FusionModel) -> Vec<(String, Vec<f32>)> {
         .into_iter()
         .map(|v| (v.name, v.var.as_tensor().flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()))
         .collect()
-}
-
-struct StopAt(usize);
-impl Callback for StopAt {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step == self.0 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
 }
 
 fn agm() -> Box<dyn Modulator> {
@@ -63,7 +52,7 @@ fn resume_mid_epoch_gives_the_same_weights_as_an_uninterrupted_run() {
     let first = FusionModel::late_concat(&cfg, 3, DType::F32, &dev).unwrap();
     let mut t =
         Trainer::new(&first, agm(), sgd(), options(2), &dev).unwrap().with_run_dir(RunDir::create(dir.path()).unwrap());
-    let stopped = t.fit(train, val, &mut StopAt(40)).unwrap();
+    let stopped = t.fit(train, val, &mut common::StopAt(40)).unwrap();
     assert!(stopped.stopped_early);
     assert_eq!(stopped.global_step, 40);
 

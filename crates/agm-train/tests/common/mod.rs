@@ -71,3 +71,16 @@ impl agm_train::Callback for PoisonAfter {
         agm_train::Flow::Continue
     }
 }
+
+/// Stops training once global step `.0` is done.
+pub struct StopAt(pub usize);
+
+impl agm_train::Callback for StopAt {
+    fn on_step(&mut self, s: &agm_train::StepSummary) -> agm_train::Flow {
+        if s.global_step >= self.0 {
+            agm_train::Flow::Stop
+        } else {
+            agm_train::Flow::Continue
+        }
+    }
+}
