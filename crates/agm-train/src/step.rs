@@ -13,9 +13,9 @@ use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, ShapleyM
 use agm_modulation::{Modulator, Objective, StepCx, StepForward};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::optim::{clip_grad_norm, Optimizer};
+pub use crate::optim::ClipReport;
+use crate::optim::{conditional_clip, Optimizer};
 
 /// Where in the step a gradient snapshot is taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,23 +41,6 @@ pub trait StepObserver {
 /// Observes nothing.
 pub struct NoObserver;
 impl StepObserver for NoObserver {}
-
-/// What the conditional clipping saw and did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct ClipReport {
-    pub head_grad_max: f64,
-    pub head_grad_min: f64,
-    pub fired: bool,
-    pub total_norm: Option<f64>,
-    pub coef: Option<f64>,
-}
-
-impl ClipReport {
-    /// The first non-finite gradient statistic (the total norm, else the head's extremes).
-    pub fn non_finite(&self) -> Option<f64> {
-        [self.total_norm.unwrap_or(0.0), self.head_grad_max, self.head_grad_min].into_iter().find(|v| !v.is_finite())
-    }
-}
 
 /// The result of one step.
 #[derive(Clone, Debug)]
@@ -124,20 +107,7 @@ pub fn train_step(
             let head = groups
                 .find(head_name)
                 .ok_or_else(|| candle_core::Error::Msg(format!("head weight `{head_name}` not in the model")))?;
-            let (head_grad_max, head_grad_min) = match grads.get(head.var.as_tensor()) {
-                Some(g) => {
-                    let g = g.to_dtype(DType::F64)?;
-                    (g.max_all()?.to_scalar::<f64>()?, g.min_all()?.to_scalar::<f64>()?)
-                }
-                None => (0.0, 0.0),
-            };
-            let mut report = ClipReport { head_grad_max, head_grad_min, ..ClipReport::default() };
-            if rule.fires(head_grad_max, head_grad_min) {
-                let total = clip_grad_norm(&mut grads, parts.trainable, rule.max_norm)?;
-                report.fired = true;
-                report.total_norm = Some(total);
-                report.coef = Some(rule.max_norm / (total + 1e-6));
-            }
+            let report = conditional_clip(&rule, &mut grads, parts.trainable, &head.var)?;
             if report.non_finite().is_some() {
                 // No optimizer step with NaN or infinite gradients; the caller reports it.
                 return Ok(StepOutcome { loss, clip: Some(report), coefficients: parts.modulator.coefficients() });

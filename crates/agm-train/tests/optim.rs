@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use agm_core::NamedVar;
 use agm_train::optim::{
-    clip_grad_norm, Adam, AdamConfig, AdamW, ConditionalClip, CosineLr, GradStore, LrSchedule, Optimizer,
+    clip_grad_norm, conditional_clip, Adam, AdamConfig, AdamW, CosineLr, GradStore, LrSchedule, Optimizer,
     OptimizerConfig, ParamGroup, ScheduleConfig, Sgd, SgdConfig, StepLr,
 };
 use candle_core::{DType, Device, Tensor, Var};
@@ -408,13 +408,11 @@ fn conditional_clip_fires_only_on_strict_crossing() {
     let head = var(&[0.0, 0.0]);
     let other = var(&[0.0]);
     let params = [named("head.weight", &head), named("other", &other)];
-    let clip = ConditionalClip::avmnist();
-    assert_eq!(clip, ConditionalClip { threshold: 1.0, max_norm: 1.0 });
-    assert_eq!(ConditionalClip::urfunny(), ConditionalClip { threshold: 5.0, max_norm: 5.0 });
+    let rule = agm_modulation::ClipRule::outside_band(1.0, 1.0);
 
     // Exactly +1 and -1 are not beyond the threshold: no clipping, grads untouched.
     let mut store = grads(&[(&head, &[1.0, -1.0]), (&other, &[10.0])]);
-    let out = clip.apply(&mut store, &params, &head).unwrap();
+    let out = conditional_clip(&rule, &mut store, &params, &head).unwrap();
     assert!(!out.fired);
     assert_eq!((out.head_grad_max, out.head_grad_min), (1.0, -1.0));
     assert_eq!((out.total_norm, out.coef), (None, None));
@@ -422,7 +420,7 @@ fn conditional_clip_fires_only_on_strict_crossing() {
 
     // max 1.5 > 1: fires. total = sqrt(1.5^2 + 0.5^2 + 2^2) = sqrt(2.25 + 0.25 + 4) = sqrt(6.5)
     let mut store = grads(&[(&head, &[1.5, -0.5]), (&other, &[2.0])]);
-    let out = clip.apply(&mut store, &params, &head).unwrap();
+    let out = conditional_clip(&rule, &mut store, &params, &head).unwrap();
     assert!(out.fired);
     let total = 6.5f64.sqrt();
     let coef = 1.0 / (total + 1e-6);
@@ -433,14 +431,19 @@ fn conditional_clip_fires_only_on_strict_crossing() {
     // min -1.25 < -1: fires. total = sqrt(0.25 + 1.5625 + 0.01) = sqrt(1.8225) = 1.35,
     // coef = 1/1.350001 < 1.
     let mut store = grads(&[(&head, &[0.5, -1.25]), (&other, &[0.1])]);
-    let out = clip.apply(&mut store, &params, &head).unwrap();
+    let out = conditional_clip(&rule, &mut store, &params, &head).unwrap();
     assert!(out.fired);
     assert_eq!((out.head_grad_max, out.head_grad_min), (0.5, -1.25));
     assert_close(&[out.total_norm.unwrap(), out.coef.unwrap()], &[1.35, 1.0 / 1.350001], "fired min");
 
-    // No gradient for the head weight is an error, as in the reference.
-    let mut store = grads(&[(&other, &[0.1])]);
-    assert!(clip.apply(&mut store, &params, &head).is_err());
+    // No gradient for the head weight: extremes of 0, nothing fires.
+    let mut store = grads(&[(&other, &[10.0])]);
+    let out = conditional_clip(&rule, &mut store, &params, &head).unwrap();
+    assert!(!out.fired && (out.head_grad_max, out.head_grad_min) == (0.0, 0.0));
+    assert_eq!(values(store.get(other.as_tensor()).unwrap()), vec![10.0]);
+    // A bad threshold is named.
+    let bad = agm_modulation::ClipRule::outside_band(f64::NAN, 1.0);
+    assert!(conditional_clip(&bad, &mut store, &params, &head).unwrap_err().to_string().contains("threshold"));
 }
 
 fn round_trip<O: Optimizer>(make: impl Fn(Vec<ParamGroup>) -> O) {

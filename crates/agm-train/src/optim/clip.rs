@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use agm_core::NamedVar;
+use agm_modulation::ClipRule;
 use candle_core::{DType, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -56,9 +57,9 @@ fn clip_with_coef(grads: &mut GradStore, params: &[NamedVar], max_norm: f64) -> 
     Ok((total, coef))
 }
 
-/// What [`ConditionalClip::apply`] saw and did.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ClipOutcome {
+/// What the conditional clipping saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClipReport {
     /// Largest element of the head weight's gradient.
     pub head_grad_max: f64,
     /// Smallest element of the head weight's gradient.
@@ -71,45 +72,37 @@ pub struct ClipOutcome {
     pub coef: Option<f64>,
 }
 
-/// The AGM reference's rule: clip all gradients to `max_norm` only when the head weight's
-/// gradient has an element strictly above `threshold` or strictly below `−threshold`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConditionalClip {
-    pub threshold: f64,
-    pub max_norm: f64,
+impl ClipReport {
+    /// The first non-finite gradient statistic (the total norm, else the head's extremes).
+    pub fn non_finite(&self) -> Option<f64> {
+        [self.total_norm.unwrap_or(0.0), self.head_grad_max, self.head_grad_min].into_iter().find(|v| !v.is_finite())
+    }
 }
 
-impl ConditionalClip {
-    /// The reference's AV-MNIST setting: threshold 1, max norm 1.
-    pub fn avmnist() -> Self {
-        Self { threshold: 1.0, max_norm: 1.0 }
+/// The AGM reference's conditional clipping: inspects the head weight's gradient and, when
+/// `rule` fires on its extremes, runs [`clip_grad_norm`] over `params` to `rule.max_norm`. A
+/// head weight without a gradient counts as extremes of 0 (the rule does not fire).
+pub fn conditional_clip(
+    rule: &ClipRule,
+    grads: &mut GradStore,
+    params: &[NamedVar],
+    head_weight: &Var,
+) -> Result<ClipReport> {
+    let t = rule.threshold;
+    ensure(t.is_finite() && t >= 0.0, "conditional clip", "threshold", t, "finite and >= 0")?;
+    let (head_grad_max, head_grad_min) = match grads.get(head_weight.as_tensor()) {
+        Some(g) => {
+            let g = g.to_dtype(DType::F64)?;
+            (g.max_all()?.to_scalar::<f64>()?, g.min_all()?.to_scalar::<f64>()?)
+        }
+        None => (0.0, 0.0),
+    };
+    let mut report = ClipReport { head_grad_max, head_grad_min, ..ClipReport::default() };
+    if rule.fires(head_grad_max, head_grad_min) {
+        let (total, coef) = clip_with_coef(grads, params, rule.max_norm)?;
+        report.fired = true;
+        report.total_norm = Some(total);
+        report.coef = Some(coef);
     }
-
-    /// The reference's UR-Funny setting: threshold 5, max norm 5.
-    pub fn urfunny() -> Self {
-        Self { threshold: 5.0, max_norm: 5.0 }
-    }
-
-    /// Inspects the head weight's gradient and, when it crosses ±threshold, runs
-    /// [`clip_grad_norm`] over `params`. Errors if the head weight has no gradient, as the
-    /// reference would fail on `torch.max(None)`.
-    pub fn apply(&self, grads: &mut GradStore, params: &[NamedVar], head_weight: &Var) -> Result<ClipOutcome> {
-        let t = self.threshold;
-        ensure(t.is_finite() && t >= 0.0, "ConditionalClip", "threshold", t, "finite and >= 0")?;
-        let g = grads
-            .get(head_weight.as_tensor())
-            .ok_or_else(|| candle_core::Error::msg("ConditionalClip: the head weight has no gradient"))?
-            .detach();
-        let head_grad_max = g.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let head_grad_min = g.min_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let fired = head_grad_max > t || head_grad_min < -t;
-        let (total_norm, coef) = if fired {
-            let (total, coef) = clip_with_coef(grads, params, self.max_norm)?;
-            (Some(total), Some(coef))
-        } else {
-            (None, None)
-        };
-        Ok(ClipOutcome { head_grad_max, head_grad_min, fired, total_norm, coef })
-    }
+    Ok(report)
 }

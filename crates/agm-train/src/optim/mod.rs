@@ -10,7 +10,7 @@
 //!   skips `grad is None`: no weight decay, no momentum, no state.
 //! * [`LrSchedule`] gives the learning rate of an epoch ([`StepLr`], [`CosineLr`], [`ConstantLr`]);
 //!   feed it to [`Optimizer::set_learning_rate`] at the start of each epoch.
-//! * [`clip_grad_norm`] is `torch.nn.utils.clip_grad_norm_` and [`ConditionalClip`] is the AGM
+//! * [`clip_grad_norm`] is `torch.nn.utils.clip_grad_norm_` and [`conditional_clip`] is the AGM
 //!   reference's "clip only when the head gradient leaves ±threshold" rule.
 //!
 //! Never put BatchNorm running statistics in a group: they get no gradient, so they are skipped,
@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 pub use adam::{Adam, AdamConfig, AdamW};
 pub use candle_core::backprop::GradStore;
-pub use clip::{clip_grad_norm, ClipOutcome, ConditionalClip};
+pub use clip::{clip_grad_norm, conditional_clip, ClipReport};
 pub use schedule::{ConstantLr, CosineLr, LrSchedule, ScheduleConfig, StepLr};
 pub use sgd::{Sgd, SgdConfig};
 
