@@ -254,11 +254,8 @@ impl CustomOp2 for Conv2d {
         // The output gradient as [O, B·L], the layout both GEMMs read.
         let dy = grad.contiguous()?.apply_op1_no_bwd(&SwapLeading { rows: b, cols: o, len: self.geom.positions() })?;
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
-        let dw = if w.track_op() {
-            param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad(self.geom))?)?
-        } else {
-            None
-        };
+        let dw =
+            if w.track_op() { param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad(self.geom))?)? } else { None };
         Ok((dx, dw))
     }
 }
