@@ -9,8 +9,9 @@
 # step under its own time limit and each running even when an earlier one fails:
 #   1. the CUDA kernel tests (every agm kernel on CUDA against the CPU);
 #   2. 2 epochs of AGM on AV-Digits on the GPU and on the CPU (test accuracies side by side);
-#   3. the bench table on the GPU at batch 64 with the reference's own PyTorch steps on the same
-#      GPU, and the targets table (extra flags go to this `bench`, `--repeats 2` say);
+#   3. the bench table on the GPU at batch 64 (AV-MNIST, UR-Funny, CREMA-D) with the reference's
+#      own PyTorch steps (its plain step, and its joint and AGM steps where it has them) on the
+#      same GPU, and the targets table (extra flags go to this `bench`, `--repeats 2` say);
 #   4. AV-Digits, UR-Funny at batch 128 and the kernel table on the GPU (ours against candle's
 #      CUDA ops).
 # The log is also written to $OUT/gpu-bench.log when OUT is set (the device tool's folder).
@@ -55,8 +56,8 @@ step 120 "CUDA kernels against the CPU (agm-kernels tests/cuda)" "$bin_dir/agm-k
 for device in cuda cpu; do
   step 50 "check: 2 epochs of AGM on AV-Digits, $device" "$bin" train --quiet --epochs 2 --device $device --out "$bin_dir/$device"
 done
-step 240 "bench, GPU, batch 64, with the reference's PyTorch steps on the same GPU" \
-  "$bin" bench --device cuda --models avmnist-late,urfunny-late --large-batch-size 64 --seq-len 50 --steps 10 \
+step 360 "bench, GPU, batch 64, with the reference's PyTorch steps on the same GPU" \
+  "$bin" bench --device cuda --models avmnist-late,urfunny-late,cremad-late --large-batch-size 64 --seq-len 50 --steps 10 \
   --reference-python python3 --reference-tree "$reference" "$@"
 step 120 "AV-Digits, UR-Funny at batch 128, and the kernels (ours vs candle's ops), GPU" \
   "$bin" bench --device cuda --models av-digits-late,urfunny-late --large-batch-size 128 --seq-len 50 --steps 6 --kernels

@@ -14,15 +14,27 @@ Usage:
   python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 8 --steps 5 --threads 2
   python scripts/reference_step_bench.py --reference DIR --case urfunny --batch 8 --steps 3 --seq-len 20
   python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 64 --device cuda
+  python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 8 --plain
+  python scripts/reference_step_bench.py --reference DIR --case cremad --batch 8 --plain
+
+--plain adds a third arm, the plain PyTorch step: the official late-fusion concat model (the
+network agm's `<family>-late` preset builds: Later_Fusion_Resnet, Later_Fusion_Model, CREMA-D's
+AVClassifier with fusion 'concat'), forward, cross-entropy (mean), backward, SGD step with the
+reference's momentum 0.9 and weight decay 1e-4 -- no accuracies, no per-sample score loop, no
+.item() besides the loss at the end. CREMA-D (--case cremad) has only this arm, so it needs --plain.
 
 Prints ONE JSON line:
   {"case", "batch", "threads", "device", "joint_ms_median", "agm_ms_median", "joint_peak_mib",
    "agm_peak_mib", "peak_of", "torch_version", ...extra keys: steps, seq_len (UR-Funny), per-step wall
    times, joint/agm_cpu_ms_median (process CPU time per step, all threads), agm_joint_ratio,
-   loadavg at start and end}
+   loadavg at start and end; with --plain also plain_ms_median, plain_ms_all, plain_peak_mib,
+   plain_peak_above_import_mib, plain_cpu_ms_median; the keys of an arm not run are null}
 
 Each arm (joint, agm) runs in its own fresh subprocess of this script (internal flag --arm), so the
-two peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate. On
+peak RSS values (VmHWM from /proc/self/status, read at the end of the arm) are separate;
+*_peak_above_import_mib is that peak less the resident size right after `import torch` (before the
+model is built), which leaves out Python's and PyTorch's libraries (pages of them first touched
+later still count). On
 CUDA (--device cuda) the peak is torch.cuda.max_memory_allocated (live device bytes) instead,
 and each step is timed between two torch.cuda.synchronize calls.
 Timing: 2 warm-up steps, then the median of --steps steps of wall time (time.perf_counter).
@@ -53,7 +65,8 @@ def _loadavg():
 def run_parent(args):
     results = {}
     load_start = _loadavg()
-    for arm in ("joint", "agm"):
+    arms = ("plain",) if args.case == "cremad" else (("joint", "agm", "plain") if args.plain else ("joint", "agm"))
+    for arm in arms:
         cmd = [sys.executable, os.path.abspath(__file__),
                "--reference", args.reference, "--case", args.case,
                "--batch", str(args.batch), "--steps", str(args.steps),
@@ -73,23 +86,34 @@ def run_parent(args):
             raise SystemExit(f"arm {arm} failed with exit code {proc.returncode}")
         line = [l for l in proc.stdout.splitlines() if l.startswith("{")][-1]
         results[arm] = json.loads(line)
+    def key(arm, k):
+        return results[arm][k] if arm in results else None
+
+    last = results[arms[-1]]
     out = {
         "case": args.case,
         "batch": args.batch,
         "threads": args.threads,
         "device": args.device,
-        "joint_ms_median": results["joint"]["ms_median"],
-        "agm_ms_median": results["agm"]["ms_median"],
-        "joint_peak_mib": results["joint"]["peak_mib"],
-        "agm_peak_mib": results["agm"]["peak_mib"],
-        "peak_of": results["agm"]["peak_of"],
-        "torch_version": results["agm"]["torch_version"],
+        "joint_ms_median": key("joint", "ms_median"),
+        "agm_ms_median": key("agm", "ms_median"),
+        "joint_peak_mib": key("joint", "peak_mib"),
+        "agm_peak_mib": key("agm", "peak_mib"),
+        "peak_of": last["peak_of"],
+        "torch_version": last["torch_version"],
         "steps": args.steps,
-        "joint_ms_all": results["joint"]["ms_all"],
-        "agm_ms_all": results["agm"]["ms_all"],
-        "joint_cpu_ms_median": results["joint"]["cpu_ms_median"],
-        "agm_cpu_ms_median": results["agm"]["cpu_ms_median"],
-        "agm_joint_ratio": round(results["agm"]["ms_median"] / results["joint"]["ms_median"], 3),
+        "joint_ms_all": key("joint", "ms_all"),
+        "agm_ms_all": key("agm", "ms_all"),
+        "joint_cpu_ms_median": key("joint", "cpu_ms_median"),
+        "agm_cpu_ms_median": key("agm", "cpu_ms_median"),
+        "agm_joint_ratio": (round(results["agm"]["ms_median"] / results["joint"]["ms_median"], 3)
+                            if "agm" in results else None),
+        "plain_ms_median": key("plain", "ms_median"),
+        "plain_ms_all": key("plain", "ms_all"),
+        "plain_cpu_ms_median": key("plain", "cpu_ms_median"),
+        "plain_peak_mib": key("plain", "peak_mib"),
+        "plain_peak_above_import_mib": key("plain", "peak_above_import_mib"),
+        "plain_params": key("plain", "params"),
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
     }
@@ -102,12 +126,16 @@ def run_parent(args):
 # child: one arm
 # --------------------------------------------------------------------------------------------
 
-def peak_rss_mib():
+def _status_mib(field):
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024.0, 1)
     return None
+
+
+def peak_rss_mib():
+    return _status_mib("VmHWM")
 
 
 def import_reference(reference, device):
@@ -125,12 +153,12 @@ def import_reference(reference, device):
     if device == "cpu":
         torch.Tensor.cuda = lambda self, *a, **k: self
         nn.Module.cuda = lambda self, *a, **k: self
-    from model import AVMNIST_net, URFunny_net  # noqa: E402  (reference code)
+    from model import AVMNIST_net, CREMAD_net, URFunny_net  # noqa: E402  (reference code)
     from utils.metric import Accuracy  # noqa: E402  (reference code)
-    for mod in (AVMNIST_net, URFunny_net):
+    for mod in (AVMNIST_net, CREMAD_net, URFunny_net):
         if not os.path.abspath(mod.__file__).startswith(reference):
             raise SystemExit(f"imported {mod.__name__} from {mod.__file__}, not from {reference}")
-    return AVMNIST_net, URFunny_net, Accuracy
+    return AVMNIST_net, CREMAD_net, URFunny_net, Accuracy
 
 
 class Cfgs:
@@ -148,6 +176,9 @@ class Cfgs:
         self.learning_rate = 1e-4
         # UR_Funny_config (loader options; not read by the models)
         self.aligned, self.z_norm, self.flatten, self.max_pad = True, False, False, False
+        # Cramed_config and the --dataset choice, read by CREMAD_net.AVClassifier
+        self.dataset = "CREMAD"
+        self.fusion = "concat"
 
 
 def build_model(case, methods, alpha, AVMNIST_net, URFunny_net):
@@ -168,6 +199,45 @@ def build_model(case, methods, alpha, AVMNIST_net, URFunny_net):
     return cfgs, net
 
 
+def build_plain_model(case, AVMNIST_net, CREMAD_net, URFunny_net):
+    """The late-fusion concat model, the network agm's `<family>-late` preset builds (and the one
+    GradMod wraps): Later_Fusion_Resnet (AV-MNIST), Later_Fusion_Model (UR-Funny), AVClassifier with
+    fusion 'concat' (CREMA-D). Each returns the logits alone in its 'classify' mode."""
+    cfgs = Cfgs("Normal", 0.0)
+    if case == "avmnist":
+        net = AVMNIST_net.Later_Fusion_Resnet(cfgs)
+    elif case == "urfunny":
+        net = URFunny_net.Later_Fusion_Model(cfgs)
+    else:
+        net = CREMAD_net.AVClassifier(cfgs)
+    net.mode = "classify"
+    return cfgs, net
+
+
+class PlainStep:
+    """The plain PyTorch step: zero_grad, forward, cross-entropy (mean), backward, SGD step.
+    No accuracies, no per-sample score loop; the loss is read (.item()) once, at the end."""
+
+    def __init__(self, torch, nn, model, optimizer, case):
+        self.model, self.optimizer, self.case = model, optimizer, case
+        self.loss_fn = nn.CrossEntropyLoss()
+        model.train()
+
+    def __call__(self, batch):
+        self.optimizer.zero_grad()
+        if self.case == "urfunny":
+            (vision, audio, text), lengths, label = batch
+            out = self.model(vision, audio, text, lengths)
+            label = label.squeeze(1)
+        else:
+            audio, visual, label = batch
+            out = self.model(audio, visual)
+        loss = self.loss_fn(out, label)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+
 def make_batches(case, n, batch, seq_len, torch):
     """Random tensors of the real shapes (the data loaders are not timed)."""
     out = []
@@ -179,6 +249,13 @@ def make_batches(case, n, batch, seq_len, torch):
             image = torch.rand(batch, 1, 28, 28)
             label = torch.randint(0, 10, (batch,))
             out.append((audio, image, label))
+        elif case == "cremad":
+            # dataloader/CREMAD_loader.py: spectrogram [B,1,257,188]; frames [B,3,T,224,224] with
+            # T = 1 frame per clip (the visual ResNet folds T into the batch); 6 classes.
+            audio = torch.rand(batch, 1, 257, 188)
+            visual = torch.rand(batch, 3, 1, 224, 224)
+            label = torch.randint(0, 6, (batch,))
+            out.append((audio, visual, label))
         else:
             # dataloader/URFunny_loader.py::_process_1 (max_pad False): features padded to the
             # batch's longest sequence L: vision [B,L,371], audio [B,L,81], text [B,L,300];
@@ -372,21 +449,28 @@ def to_device(batch, device):
 
 
 def run_child(args):
-    AVMNIST_net, URFunny_net, Accuracy = import_reference(args.reference, args.device)
+    AVMNIST_net, CREMAD_net, URFunny_net, Accuracy = import_reference(args.reference, args.device)
     import torch
     import torch.nn as nn
     torch.set_num_threads(args.threads)
+    rss_after_import = _status_mib("VmRSS")
     torch.manual_seed(args.seed)  # utils/function_tools.set_seed: random_seed 999 by default
-    methods = "AGM" if args.arm == "agm" else "Normal"
-    alpha = args.alpha if args.alpha is not None else (2.5 if args.case == "avmnist" else 4.0)
-    cfgs, model = build_model(args.case, methods, alpha, AVMNIST_net, URFunny_net)
+    if args.arm == "plain":
+        cfgs, model = build_plain_model(args.case, AVMNIST_net, CREMAD_net, URFunny_net)
+    else:
+        methods = "AGM" if args.arm == "agm" else "Normal"
+        alpha = args.alpha if args.alpha is not None else (2.5 if args.case == "avmnist" else 4.0)
+        cfgs, model = build_model(args.case, methods, alpha, AVMNIST_net, URFunny_net)
     device = torch.device(args.device)
     model = model.to(device)  # as the reference's main does with .cuda(), before the optimizer
     # tasks/*_task.py::build_optimizer (optim 'sgd'): SGD(lr, momentum 0.9, weight_decay 1e-4)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfgs.learning_rate, momentum=0.9,
                                 weight_decay=1e-4)
-    Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
-    step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
+    if args.arm == "plain":
+        step = PlainStep(torch, nn, model, optimizer, args.case)
+    else:
+        Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
+        step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
     warmup = 2
     batches = [to_device(b, device) for b in make_batches(args.case, warmup + args.steps, args.batch, args.seq_len, torch)]
     cuda = device.type == "cuda"
@@ -406,6 +490,7 @@ def run_child(args):
         if i >= warmup:
             times.append(dt)
             cpu_times.append(dc)
+    peak = peak_rss_mib()
     print(json.dumps({
         "arm": args.arm,
         "ms_median": round(statistics.median(times), 2),
@@ -414,7 +499,9 @@ def run_child(args):
         # take the cores, OpenMP threads spin-wait at barriers and this grows with wall time.
         # On a quiet machine it is ~threads x wall time. Reported as a hint only.
         "cpu_ms_median": round(statistics.median(cpu_times), 2),
-        "peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else peak_rss_mib(),
+        "peak_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else peak,
+        "peak_above_import_mib": (round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda
+                                  else round(peak - rss_after_import, 1)),
         "peak_of": "torch.cuda.max_memory_allocated" if cuda else "VmHWM",
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -426,7 +513,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", required=True,
                    help="root of a checkout / exported tree of lihong2303/AGM_ICCV2023")
-    p.add_argument("--case", choices=["avmnist", "urfunny"], required=True)
+    p.add_argument("--case", choices=["avmnist", "urfunny", "cremad"], required=True)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     p.add_argument("--threads", type=int, default=2)
@@ -435,10 +522,14 @@ def main():
                    help="AGM alpha (default: author's setting, 2.5 AV-MNIST, 4.0 UR-Funny late)")
     p.add_argument("--seed", type=int, default=999)
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the first GPU")
-    p.add_argument("--arm", choices=["joint", "agm"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--plain", action="store_true",
+                   help="also time the plain PyTorch step (forward, CE, backward, SGD) of the late concat model")
+    p.add_argument("--arm", choices=["joint", "agm", "plain"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 1:
         p.error("--steps must be >= 1")
+    if args.case == "cremad" and not args.plain and args.arm is None:
+        p.error("--case cremad has only the plain step: pass --plain")
     if args.arm is None:
         run_parent(args)
     else:

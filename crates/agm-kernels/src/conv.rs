@@ -3,8 +3,6 @@
 //! candle 0.11's conv2d backward fails when `(H + 2p − k) % s != (W + 2p − k) % s` (it takes
 //! `output_padding` from one dimension only), which a 257×188 spectrogram hits at the ResNet stem.
 
-use std::sync::Mutex;
-
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
@@ -38,10 +36,12 @@ impl Conv2dSpec {
 /// `x [B, C, H, W]` convolved with `w [O, C, kh, kw]` (no bias), gradients to both.
 ///
 /// On the CPU this is one custom op: im2col of the whole batch into columns `[C·kh·kw, B·OH·OW]`
-/// and one GEMM with the weight. Its backward is two GEMMs on the same columns (kept from the
-/// forward pass) and an exact col2im scatter-add, right for every stride, padding and input size.
-/// Neither the columns nor their gradient ever enter candle's graph, so the backward pass never
-/// zero-fills and accumulates those large tensors. An `x` that candle does not track (a raw
+/// and one GEMM with the weight. The op saves only its input (which candle's graph holds anyway),
+/// not the columns, which are `kh·kw / stride²` times larger: its backward recomputes them from
+/// the input for the weight gradient's GEMM, and the input gradient is a GEMM and an exact col2im
+/// scatter-add, right for every stride, padding and input size. Neither the columns nor their
+/// gradient ever enter candle's graph, so the backward pass never zero-fills and accumulates
+/// those large tensors. An `x` that candle does not track (a raw
 /// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
 ///
 /// On CUDA (the `cuda` feature) it is a composition that candle's autograd differentiates: an
@@ -77,7 +77,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     if x.device().is_cuda() {
         return conv2d_im2col(x, w, geom);
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { geom, cols: Mutex::new(None) })
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { geom })
 }
 
 /// [`conv2d`] as `w · im2col(x)` from an im2col op and candle's matmul, differentiated by
@@ -85,7 +85,8 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
 #[cfg(any(test, feature = "cuda"))]
 fn conv2d_im2col(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
     let (b, o) = (x.dim(0)?, w.dim(0)?);
-    // candle's graph keeps `cols` for the weight gradient (matmul's backward), as the CPU op does.
+    // candle's graph keeps `cols` for the weight gradient (matmul's backward); the CPU op
+    // recomputes them instead.
     let cols = x.contiguous()?.apply_op1(Im2Col(geom))?;
     let y = w.reshape((o, geom.rows()))?.matmul(&cols)?;
     y.reshape((o, b, geom.oh, geom.ow))?.transpose(0, 1)?.contiguous()
@@ -218,10 +219,11 @@ impl Geometry {
     }
 }
 
-/// The convolution `(x, w) → y`. The forward pass keeps its columns for the weight gradient.
+/// The convolution `(x, w) → y`. It holds nothing beyond its geometry: the backward pass
+/// recomputes the columns from `x`, so a convolution in the graph costs its input, not its
+/// columns.
 struct Conv2d {
     geom: Geometry,
-    cols: Mutex<Option<CpuStorage>>,
 }
 
 impl CustomOp2 for Conv2d {
@@ -241,8 +243,8 @@ impl CustomOp2 for Conv2d {
             let cols = g.im2col(x, b);
             // y as [O, B·L] from one GEMM over the whole batch, then reordered to [B, O, L].
             let y = matmul((o, b * l, k), w, false, &cols, false);
+            drop(cols);
             let y = swap_leading(&y, o, b, l);
-            *self.cols.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(cols));
             Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
         })
     }
@@ -252,12 +254,8 @@ impl CustomOp2 for Conv2d {
         // The output gradient as [O, B·L], the layout both GEMMs read.
         let dy = grad.contiguous()?.apply_op1_no_bwd(&SwapLeading { rows: b, cols: o, len: self.geom.positions() })?;
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
-        let dw = if w.track_op() {
-            let cols = self.cols.lock().unwrap_or_else(|e| e.into_inner()).take();
-            param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad { geom: self.geom, cols })?)?
-        } else {
-            None
-        };
+        let dw =
+            if w.track_op() { param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad(self.geom))?)? } else { None };
         Ok((dx, dw))
     }
 }
@@ -318,12 +316,9 @@ impl CustomOp2 for Conv2dInputGrad {
     }
 }
 
-/// `(dy [O, B·L], x [B, C, H, W]) → dw [O, C, kh, kw]`: `dy · colsᵀ`, with the forward pass's
-/// columns when it kept them.
-struct Conv2dWeightGrad {
-    geom: Geometry,
-    cols: Option<CpuStorage>,
-}
+/// `(dy [O, B·L], x [B, C, H, W]) → dw [O, C, kh, kw]`: `dy · colsᵀ`, the columns recomputed
+/// from `x`.
+struct Conv2dWeightGrad(Geometry);
 
 impl CustomOp2 for Conv2dWeightGrad {
     fn name(&self) -> &'static str {
@@ -331,7 +326,7 @@ impl CustomOp2 for Conv2dWeightGrad {
     }
 
     fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.geom;
+        let g = self.0;
         let b = g.check_input(xl, self.name())?;
         let o = dl.dims().first().copied().unwrap_or(0);
         if output_grad_batch(&g, dl, o, self.name())? != b {
@@ -341,18 +336,9 @@ impl CustomOp2 for Conv2dWeightGrad {
         let (k, n) = (g.rows(), b * g.positions());
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
-            let recomputed;
-            let cols = match &self.cols {
-                Some(kept) => kept.as_slice::<T>()?,
-                None => {
-                    recomputed = g.im2col(slice::<T>(xs, xl, self.name())?, b);
-                    &recomputed
-                }
-            };
-            if cols.len() != k * n {
-                candle_core::bail!("{}: kept columns do not match the input", self.name());
-            }
-            let dw = matmul((o, k, n), dy, false, cols, true);
+            let cols = g.im2col(slice::<T>(xs, xl, self.name())?, b);
+            debug_assert_eq!(cols.len(), k * n);
+            let dw = matmul((o, k, n), dy, false, &cols, true);
             Ok((T::to_cpu_storage_owned(dw), Shape::from((o, g.c, g.kh, g.kw))))
         })
     }
