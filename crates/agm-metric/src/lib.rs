@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(r.samples, 3);
         assert!((r.accuracy - 2.0 / 3.0).abs() < 1e-12);
         assert!((r.modality_accuracy[1] - 1.0 / 3.0).abs() < 1e-12);
-        assert!(t.add(&a, &[a.clone()], &[0]).is_err(), "wrong number of modalities is an error");
+        assert!(t.add(&a, std::slice::from_ref(&a), &[0]).is_err(), "wrong number of modalities is an error");
         // In files, per-modality values are keyed by name; they read back in model order.
         let json = serde_json::to_string(&r).unwrap();
         assert!(

@@ -93,8 +93,8 @@ fn is_finite(t: &Tensor) -> candle_core::Result<bool> {
     if !matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) || t.elem_count() == 0 {
         return Ok(true);
     }
-    // x − x is 0 for finite x and NaN for NaN or ±inf, and one NaN makes the sum NaN.
-    let s = (t - t)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    // 0·x is 0 for finite x and NaN for NaN or ±inf, and one NaN makes the sum NaN.
+    let s = t.affine(0.0, 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     Ok(s == 0.0)
 }
 

@@ -90,6 +90,9 @@ fn resume(cfg: &RunConfig, dir: &Path) -> Option<String> {
     }
 }
 
+/// A change to a checkpoint's tensors and metadata.
+type Edit = dyn Fn(&mut Vec<(String, candle_core::Tensor)>, &mut std::collections::HashMap<String, String>);
+
 #[test]
 fn damaged_checkpoints_are_named_and_refused() {
     let cfg = RunConfig { epochs: 1, ..RunConfig::av_digits() };
@@ -126,14 +129,13 @@ fn damaged_checkpoints_are_named_and_refused() {
     let tensors = candle_core::safetensors::load_buffer(&good, &Device::Cpu).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(&good).unwrap();
     let meta = header.metadata().clone().unwrap_or_default();
-    let rewrite =
-        |edit: &dyn Fn(&mut Vec<(String, candle_core::Tensor)>, &mut std::collections::HashMap<String, String>)| {
-            let mut named: Vec<(String, candle_core::Tensor)> = tensors.clone().into_iter().collect();
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut meta = meta.clone();
-            edit(&mut named, &mut meta);
-            safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap()
-        };
+    let rewrite = |edit: &Edit| {
+        let mut named: Vec<(String, candle_core::Tensor)> = tensors.clone().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut meta = meta.clone();
+        edit(&mut named, &mut meta);
+        safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap()
+    };
     cases
         .push(("a model tensor missing".into(), rewrite(&|named, _| named.retain(|(k, _)| k != "model/head.fc.bias"))));
     cases.push((

@@ -318,7 +318,7 @@ pub fn npy_bytes(descr: &str, shape: &[usize], body: &[u8]) -> Vec<u8> {
 /// so tests can write headers no real array has.
 pub fn npy_bytes_with_header(dict: &str, body: &[u8]) -> Vec<u8> {
     let mut header = dict.to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
