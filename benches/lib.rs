@@ -33,7 +33,7 @@ impl StepBench {
         let model = agm_fusion::build_preset(preset, opts, 0, DType::F32, device)?;
         let m = model.modalities().len();
         let modulator: Box<dyn Modulator> = match method {
-            "agm" | "agm-fast" => Box::new(Agm::new(AgmConfig::av_digits(), m).map_err(candle_core::Error::Msg)?),
+            "agm" | "agm-fast" => Box::new(Agm::new(AgmConfig::av_digits(), m).map_err(candle_core::Error::wrap)?),
             _ => Box::new(Joint::new()),
         };
         let shapley = if method == "agm-fast" { ShapleyMode::Fast } else { ShapleyMode::Faithful };

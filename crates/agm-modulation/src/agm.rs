@@ -1,5 +1,6 @@
 //! AGM, faithfully (Li et al., ICCV 2023; agm-reference.md sections 1-2).
 
+use crate::MethodError;
 use agm_core::Subset;
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -89,23 +90,25 @@ impl AgmConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
-            return Err(format!("agm.alpha must be a finite number >= 0, got {}", self.alpha));
+            return Err(format!("agm.alpha must be a finite number >= 0, got {}", self.alpha).into());
         }
         if let Some(end) = self.window_end {
             if end < self.window_start {
-                return Err(format!("agm.window_end ({end}) must be >= agm.window_start ({})", self.window_start));
+                return Err(
+                    format!("agm.window_end ({end}) must be >= agm.window_start ({})", self.window_start).into()
+                );
             }
         }
         if let Some(c) = self.coeff_clamp {
             if !c.is_finite() {
-                return Err(format!("agm.coeff_clamp must be finite, got {c}"));
+                return Err(format!("agm.coeff_clamp must be finite, got {c}").into());
             }
         }
         if let Some(f) = self.prob_floor {
             if !(f > 0.0 && f < 1.0) {
-                return Err(format!("agm.prob_floor must be in (0, 1), got {f}"));
+                return Err(format!("agm.prob_floor must be in (0, 1), got {f}").into());
             }
         }
         if let Some(c) = &self.clip {
@@ -155,10 +158,10 @@ pub struct Agm {
 
 impl Agm {
     /// AGM over `m` modalities (at least 2).
-    pub fn new(cfg: AgmConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: AgmConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         if m < 2 {
-            return Err(format!("agm needs at least 2 modalities, the model has {m}"));
+            return Err(format!("agm needs at least 2 modalities, the model has {m}").into());
         }
         Ok(Self { cfg, m, running: vec![0.0; m], scales: vec![1.0; m], last: None, warned_saturation: false })
     }

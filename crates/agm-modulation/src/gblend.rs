@@ -62,6 +62,7 @@
 //! This module also holds the helpers that [`crate::MmPareto`] and [`crate::Pmr`] share
 //! (method-owned heads, batched evaluation, seeds).
 
+use crate::MethodError;
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::seq::SliceRandom;
@@ -135,12 +136,13 @@ pub(crate) fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
 }
 
 /// Checks that a method that compares modalities gets at least two.
-pub(crate) fn require_two(method: &str, m: usize) -> std::result::Result<(), String> {
+pub(crate) fn require_two(method: &str, m: usize) -> std::result::Result<(), MethodError> {
     if m < 2 {
         return Err(format!(
             "method = `{method}` needs a model with at least 2 modalities, the model has {m}; \
              with one modality use method = joint"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -290,7 +292,10 @@ impl TryFrom<String> for GBlendEstimator {
         match s.as_str() {
             "delta" => Ok(GBlendEstimator::Delta),
             "final" => Ok(GBlendEstimator::Final),
-            _ => Err(format!("gblend.estimator = `{s}` is not known; allowed: {}", GBlendEstimator::NAMES.join(", "))),
+            _ => {
+                Err(format!("gblend.estimator = `{s}` is not known; allowed: {}", GBlendEstimator::NAMES.join(", "))
+                    .into())
+            }
         }
     }
 }
@@ -354,7 +359,7 @@ impl GBlendConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if self.super_epoch == 0 {
             return Err("gblend.super_epoch must be >= 1 (epochs between weight estimates), got 0".into());
         }
@@ -366,7 +371,7 @@ impl GBlendConfig {
         }
         let f = self.weight_floor;
         if !(f.is_finite() && f > 0.0 && f < 1.0 / 3.0) {
-            return Err(format!("gblend.weight_floor must be in (0, 1/(M+1)) (below 1/3 for M = 2), got {f}"));
+            return Err(format!("gblend.weight_floor must be in (0, 1/(M+1)) (below 1/3 for M = 2), got {f}").into());
         }
         Ok(())
     }
@@ -460,7 +465,7 @@ pub struct GBlend {
 
 impl GBlend {
     /// G-Blending over `m` modalities (at least 2).
-    pub fn new(cfg: GBlendConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: GBlendConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         require_two("gblend", m)?;
         if (m as f64 + 1.0) * cfg.weight_floor >= 1.0 {
@@ -468,7 +473,8 @@ impl GBlend {
                 "gblend.weight_floor ({}) times the {} outputs (M + 1) must be below 1",
                 cfg.weight_floor,
                 m + 1
-            ));
+            )
+            .into());
         }
         Ok(Self {
             cfg,
@@ -490,9 +496,9 @@ impl GBlend {
 
     /// The flattened size of each encoder feature (see [`encoder_feature_dims`]); required
     /// before [`Modulator::attach`].
-    pub fn with_feature_dims(mut self, dims: Vec<usize>) -> std::result::Result<Self, String> {
+    pub fn with_feature_dims(mut self, dims: Vec<usize>) -> std::result::Result<Self, MethodError> {
         if dims.len() != self.m {
-            return Err(format!("gblend: {} encoder feature sizes for {} modalities", dims.len(), self.m));
+            return Err(format!("gblend: {} encoder feature sizes for {} modalities", dims.len(), self.m).into());
         }
         self.feature_dims = Some(dims);
         Ok(self)

@@ -1,5 +1,6 @@
 //! Plain joint training: one loss, no modulation.
 
+use crate::MethodError;
 use serde::{Deserialize, Serialize};
 
 use crate::{ClipRule, Modulator};
@@ -32,7 +33,7 @@ impl JointConfig {
     }
 
     /// Checks every field; the error names the field.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         match &self.clip {
             Some(c) if !(c.max_norm > 0.0 && c.threshold >= 0.0) => {
                 Err("joint.clip needs max_norm > 0 and threshold >= 0".into())

@@ -22,6 +22,7 @@
 //! ```
 
 mod agm;
+mod error;
 mod gblend;
 mod joint;
 mod mmpareto;
@@ -35,6 +36,7 @@ pub mod shapley;
 mod stack;
 
 pub use agm::{Agm, AgmConfig, AgmStepStats};
+pub use error::MethodError;
 pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
     GBLEND_O_FLOOR,

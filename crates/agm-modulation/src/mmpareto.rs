@@ -40,6 +40,7 @@
 //! As for [`crate::GBlend`]: give them with [`MmPareto::with_feature_dims`]
 //! ([`crate::encoder_feature_dims`] measures them from one batch).
 
+use crate::MethodError;
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
@@ -75,7 +76,10 @@ impl TryFrom<String> for ParetoRescale {
         match s.as_str() {
             "per-tensor" => Ok(ParetoRescale::PerTensor),
             "per-encoder" => Ok(ParetoRescale::PerEncoder),
-            _ => Err(format!("mmpareto.rescale = `{s}` is not known; allowed: {}", ParetoRescale::NAMES.join(", "))),
+            _ => {
+                Err(format!("mmpareto.rescale = `{s}` is not known; allowed: {}", ParetoRescale::NAMES.join(", "))
+                    .into())
+            }
         }
     }
 }
@@ -120,9 +124,9 @@ impl MmParetoConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if !(self.gamma.is_finite() && self.gamma > 0.0) {
-            return Err(format!("mmpareto.gamma must be a finite number > 0, got {}", self.gamma));
+            return Err(format!("mmpareto.gamma must be a finite number > 0, got {}", self.gamma).into());
         }
         Ok(())
     }
@@ -252,7 +256,7 @@ pub struct MmPareto {
 
 impl MmPareto {
     /// MMPareto over `m` modalities (at least 2).
-    pub fn new(cfg: MmParetoConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: MmParetoConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         require_two("mmpareto", m)?;
         Ok(Self { cfg, m, seed: 0, feature_dims: None, heads: None, pending: None, last: None })
@@ -265,9 +269,9 @@ impl MmPareto {
     }
 
     /// The flattened size of each encoder feature; required before [`Modulator::attach`].
-    pub fn with_feature_dims(mut self, dims: Vec<usize>) -> std::result::Result<Self, String> {
+    pub fn with_feature_dims(mut self, dims: Vec<usize>) -> std::result::Result<Self, MethodError> {
         if dims.len() != self.m {
-            return Err(format!("mmpareto: {} encoder feature sizes for {} modalities", dims.len(), self.m));
+            return Err(format!("mmpareto: {} encoder feature sizes for {} modalities", dims.len(), self.m).into());
         }
         self.feature_dims = Some(dims);
         Ok(self)

@@ -29,6 +29,7 @@
 //! every modality). The gradient multiplier is applied to every parameter of the modality's
 //! group; weight decay and momentum still move a stopped modality, as in the reference.
 
+use crate::MethodError;
 use candle_core::backprop::GradStore;
 use candle_core::Result;
 use serde::{Deserialize, Serialize};
@@ -77,7 +78,8 @@ impl TryFrom<String> for FirstEpochPolicy {
             _ => Err(format!(
                 "mses.best_at_first_epoch = `{s}` is not known; allowed: {}",
                 FirstEpochPolicy::NAMES.join(", ")
-            )),
+            )
+            .into()),
         }
     }
 }
@@ -134,7 +136,7 @@ impl MsesConfig {
     }
 
     /// Checks every field (every patience, 0 included, is meaningful).
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         Ok(())
     }
 }
@@ -171,7 +173,7 @@ pub struct MsesSchedule {
 }
 
 impl MsesSchedule {
-    pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         if m == 0 {
             return Err("mses needs at least 1 modality".into());
@@ -189,10 +191,10 @@ impl MsesSchedule {
     }
 
     /// The end-of-epoch update of epoch `epoch` (1-based) with each modality's evaluation loss.
-    pub fn end_epoch(&mut self, epoch: usize, loss: &[f64]) -> std::result::Result<MsesEpoch, String> {
+    pub fn end_epoch(&mut self, epoch: usize, loss: &[f64]) -> std::result::Result<MsesEpoch, MethodError> {
         let m = self.ratio.len();
         if loss.len() != m {
-            return Err(format!("mses: {} losses for {m} modalities", loss.len()));
+            return Err(format!("mses: {} losses for {m} modalities", loss.len()).into());
         }
         let mut out = MsesEpoch { improved: vec![false; m], ..MsesEpoch::default() };
         let Some(first) = self.first_epoch else {
@@ -265,7 +267,7 @@ pub struct Mses {
 }
 
 impl Mses {
-    pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
         Ok(Self { schedule: MsesSchedule::new(cfg, m)?, pending_restores: 0, last: None })
     }
 
@@ -289,7 +291,8 @@ impl Modulator for Mses {
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        let update = self.schedule.end_epoch(cx.epoch, &cx.modality_loss).map_err(candle_core::Error::Msg)?;
+        let update =
+            self.schedule.end_epoch(cx.epoch, &cx.modality_loss).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         self.pending_restores = update.actions.iter().filter(|a| matches!(a, EpochAction::RestoreSnapshot(_))).count();
         let actions = update.actions.clone();
         self.last = Some(update);

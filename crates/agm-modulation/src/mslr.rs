@@ -16,6 +16,7 @@
 //! mean is not a positive finite number leaves the ratio unchanged (the reference would divide
 //! by zero).
 
+use crate::MethodError;
 use std::collections::VecDeque;
 
 use agm_core::MultimodalModel;
@@ -71,12 +72,12 @@ impl MslrConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if self.init.is_empty() {
             return Err("mslr.init must hold one multiplier per modality, got none".into());
         }
         if let Some(v) = self.init.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
-            return Err(format!("mslr.init values must be finite numbers > 0, got {v}"));
+            return Err(format!("mslr.init values must be finite numbers > 0, got {v}").into());
         }
         if self.window == 0 {
             return Err("mslr.window must be at least 1".into());
@@ -85,13 +86,14 @@ impl MslrConfig {
     }
 
     /// Checks the config against a model with `m` modalities.
-    pub fn validate_for(&self, m: usize) -> std::result::Result<(), String> {
+    pub fn validate_for(&self, m: usize) -> std::result::Result<(), MethodError> {
         self.validate()?;
         if self.init.len() != m {
             return Err(format!(
                 "mslr.init has {} values but the model has {m} modalities (one multiplier per modality, in order)",
                 self.init.len()
-            ));
+            )
+            .into());
         }
         Ok(())
     }
@@ -110,15 +112,15 @@ pub struct MslrSchedule {
 }
 
 impl MslrSchedule {
-    pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate_for(m)?;
         Ok(Self { init: cfg.init.clone(), window: cfg.window, memory: vec![VecDeque::new(); m], ratio: vec![1.0; m] })
     }
 
     /// The end-of-epoch update with each modality's evaluation accuracy.
-    pub fn end_epoch(&mut self, accuracy: &[f64]) -> std::result::Result<(), String> {
+    pub fn end_epoch(&mut self, accuracy: &[f64]) -> std::result::Result<(), MethodError> {
         if accuracy.len() != self.ratio.len() {
-            return Err(format!("mslr: {} accuracies for {} modalities", accuracy.len(), self.ratio.len()));
+            return Err(format!("mslr: {} accuracies for {} modalities", accuracy.len(), self.ratio.len()).into());
         }
         for (x, &a) in accuracy.iter().enumerate() {
             let mem = &mut self.memory[x];
@@ -184,7 +186,7 @@ pub struct Mslr {
 }
 
 impl Mslr {
-    pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, MethodError> {
         Ok(Self { schedule: MslrSchedule::new(cfg, m)? })
     }
 
@@ -203,7 +205,7 @@ impl Modulator for Mslr {
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        self.schedule.end_epoch(&cx.modality_accuracy).map_err(candle_core::Error::Msg)?;
+        self.schedule.end_epoch(&cx.modality_accuracy).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Vec::new())
     }
 

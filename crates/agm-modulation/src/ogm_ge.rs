@@ -50,6 +50,7 @@
 //! parameter order within the group, then row-major element order, with the Box–Muller
 //! transform. A resumed run therefore draws exactly the noise the uninterrupted run drew.
 
+use crate::MethodError;
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
@@ -101,7 +102,7 @@ impl TryFrom<String> for OgmMode {
         match s.as_str() {
             "reference" => Ok(OgmMode::Reference),
             "paper" => Ok(OgmMode::Paper),
-            _ => Err(format!("ogm_ge.mode = `{s}` is not known; allowed: {}", OgmMode::NAMES.join(", "))),
+            _ => Err(format!("ogm_ge.mode = `{s}` is not known; allowed: {}", OgmMode::NAMES.join(", ")).into()),
         }
     }
 }
@@ -192,16 +193,17 @@ impl OgmGeConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(format!("ogm_ge.alpha must be a finite number > 0, got {}", self.alpha));
+            return Err(format!("ogm_ge.alpha must be a finite number > 0, got {}", self.alpha).into());
         }
         if let Some(end) = self.window_end {
             if end < self.window_start {
                 return Err(format!(
                     "ogm_ge.window_end ({end}) must be >= ogm_ge.window_start ({})",
                     self.window_start
-                ));
+                )
+                .into());
             }
         }
         if let Some(c) = &self.clip {
@@ -330,10 +332,10 @@ pub struct OgmGe {
 
 impl OgmGe {
     /// OGM-GE over `m` modalities (at least 2).
-    pub fn new(cfg: OgmGeConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: OgmGeConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         if m < 2 {
-            return Err(format!("ogm-ge needs at least 2 modalities, the model has {m}"));
+            return Err(format!("ogm-ge needs at least 2 modalities, the model has {m}").into());
         }
         let noise_base = mix(cfg.seed, 0);
         Ok(Self { cfg, m, noise_base, fixed: None, in_effect: vec![1.0; m], last: None })
@@ -347,12 +349,12 @@ impl OgmGe {
 
     /// Replaces the computed coefficients by fixed ones, each in `(0, 1]` (ablations: all ones
     /// is the paper's "GE only" variant, and with the noise off it is joint training).
-    pub fn with_fixed_coefficients(mut self, coeff: Vec<f64>) -> std::result::Result<Self, String> {
+    pub fn with_fixed_coefficients(mut self, coeff: Vec<f64>) -> std::result::Result<Self, MethodError> {
         if coeff.len() != self.m {
-            return Err(format!("{} fixed coefficients for {} modalities", coeff.len(), self.m));
+            return Err(format!("{} fixed coefficients for {} modalities", coeff.len(), self.m).into());
         }
         if let Some(c) = coeff.iter().find(|&&c| !(c > 0.0 && c <= 1.0)) {
-            return Err(format!("a fixed OGM coefficient must be in (0, 1], got {c}"));
+            return Err(format!("a fixed OGM coefficient must be in (0, 1], got {c}").into());
         }
         self.fixed = Some(coeff);
         Ok(self)

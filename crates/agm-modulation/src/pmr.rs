@@ -36,6 +36,7 @@
 //!
 //! The paper's prototype-entropy regulariser is not in the official script and not here.
 
+use crate::MethodError;
 use agm_core::{BatchSource, ForwardOpts, MultimodalModel};
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -101,19 +102,21 @@ impl PmrConfig {
     }
 
     /// Checks every field; the error names the field and the allowed values.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), MethodError> {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(format!("pmr.alpha must be a finite number > 0, got {}", self.alpha));
+            return Err(format!("pmr.alpha must be a finite number > 0, got {}", self.alpha).into());
         }
         if !(self.momentum >= 0.0 && self.momentum < 1.0) {
-            return Err(format!("pmr.momentum must be in [0, 1), got {}", self.momentum));
+            return Err(format!("pmr.momentum must be in [0, 1), got {}", self.momentum).into());
         }
         if !(self.sample_ratio > 0.0 && self.sample_ratio <= 1.0) {
-            return Err(format!("pmr.sample_ratio must be in (0, 1], got {}", self.sample_ratio));
+            return Err(format!("pmr.sample_ratio must be in (0, 1], got {}", self.sample_ratio).into());
         }
         if let Some(end) = self.window_end {
             if end < self.window_start {
-                return Err(format!("pmr.window_end ({end}) must be >= pmr.window_start ({})", self.window_start));
+                return Err(
+                    format!("pmr.window_end ({end}) must be >= pmr.window_start ({})", self.window_start).into()
+                );
             }
         }
         if self.eval_batch_size == 0 {
@@ -179,7 +182,7 @@ pub struct Pmr {
 
 impl Pmr {
     /// PMR over `m` modalities (at least 2).
-    pub fn new(cfg: PmrConfig, m: usize) -> std::result::Result<Self, String> {
+    pub fn new(cfg: PmrConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         require_two("pmr", m)?;
         Ok(Self { cfg, m, seed: 0, protos: None, cache: None, beta: vec![0.0; m], last: None })

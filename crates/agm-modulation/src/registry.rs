@@ -9,7 +9,7 @@
 //! use agm_modulation::registry::{self, MethodConfigs};
 //! let specs = registry::parse("agm+ogm-ge").unwrap();
 //! assert_eq!(specs.iter().map(|s| s.name).collect::<Vec<_>>(), ["agm", "ogm-ge"]);
-//! let err = registry::parse("agm+magic").unwrap_err();
+//! let err = registry::parse("agm+magic").unwrap_err().to_string();
 //! assert!(err.contains("magic") && err.contains("ogm-ge"));
 //! MethodConfigs::av_digits().validate().unwrap();
 //! ```
@@ -17,6 +17,7 @@
 //! Adding a method: one entry in [`METHODS`], one arm in [`lookup`] (in the marked place), and,
 //! when it has settings, a field in [`MethodConfigs`] checked in [`MethodConfigs::validate`].
 
+use crate::MethodError;
 use agm_core::MultimodalModel;
 
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
@@ -68,7 +69,7 @@ impl MethodConfigs {
 
     /// Checks every method's settings, used or not (a bad value in a config file is an error
     /// even when another method runs); the error names the field and the allowed values.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), MethodError> {
         self.joint.validate()?;
         self.agm.validate()?;
         self.ogm_ge.validate()?;
@@ -82,7 +83,7 @@ impl MethodConfigs {
 }
 
 /// How to build one method.
-type BuildFn = fn(&MethodConfigs, &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String>;
+type BuildFn = fn(&MethodConfigs, &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError>;
 
 /// One method of the registry.
 #[derive(Clone, Copy)]
@@ -103,15 +104,15 @@ fn modalities(model: &dyn MultimodalModel) -> usize {
     model.modalities().len()
 }
 
-fn build_joint(c: &MethodConfigs, _: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_joint(c: &MethodConfigs, _: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     Ok(Box::new(Joint::with_clip(c.joint.clip)))
 }
 
-fn build_agm(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_agm(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     Ok(Box::new(Agm::new(c.agm.clone(), modalities(model))?))
 }
 
-fn build_ogm_ge(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_ogm_ge(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     let ogm = OgmGe::new(c.ogm_ge.clone(), modalities(model))?.with_run_seed(c.seed);
     let selected = ogm.selected(model);
     if let Some(x) = selected.iter().position(Vec::is_empty) {
@@ -124,35 +125,37 @@ fn build_ogm_ge(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dy
         return Err(format!(
             "ogm-ge would not modulate modality `{}` of this model: {why}",
             model.modalities().name(x)
-        ));
+        )
+        .into());
     }
     Ok(Box::new(ogm))
 }
 
-fn build_mslr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_mslr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     Ok(Box::new(Mslr::new(&c.mslr, modalities(model))?))
 }
 
-fn build_mses(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_mses(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     Ok(Box::new(Mses::new(&c.mses, modalities(model))?))
 }
 
-fn feature_dims(c: &MethodConfigs, method: &str) -> Result<Vec<usize>, String> {
+fn feature_dims(c: &MethodConfigs, method: &str) -> Result<Vec<usize>, MethodError> {
     c.feature_dims.clone().ok_or_else(|| {
         format!("method = `{method}` adds uni-modal heads and needs the encoders' feature sizes (MethodConfigs.feature_dims)")
+            .into()
     })
 }
 
-fn build_gblend(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_gblend(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     let g = GBlend::new(c.gblend.clone(), modalities(model))?.with_run_seed(c.seed);
     Ok(Box::new(g.with_feature_dims(feature_dims(c, "gblend")?)?))
 }
 
-fn build_pmr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_pmr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     Ok(Box::new(Pmr::new(c.pmr.clone(), modalities(model))?.with_run_seed(c.seed)))
 }
 
-fn build_mmpareto(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+fn build_mmpareto(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
     let p = MmPareto::new(c.mmpareto.clone(), modalities(model))?.with_run_seed(c.seed);
     Ok(Box::new(p.with_feature_dims(feature_dims(c, "mmpareto")?)?))
 }
@@ -178,16 +181,16 @@ fn allowed() -> String {
 }
 
 /// The methods of a spec, in order, once the names are known and the hooks compose.
-pub fn parse(spec: &str) -> Result<Vec<MethodSpec>, String> {
+pub fn parse(spec: &str) -> Result<Vec<MethodSpec>, MethodError> {
     let mut out = Vec::new();
     for part in spec.split(STACK_SEPARATOR) {
         let name = part.trim();
         if name.is_empty() {
-            return Err(format!("method = `{spec}` has an empty name; allowed: {}", allowed()));
+            return Err(format!("method = `{spec}` has an empty name; allowed: {}", allowed()).into());
         }
         match lookup(name) {
             Some(s) => out.push(s),
-            None => return Err(format!("method = `{name}` is not known; allowed: {}", allowed())),
+            None => return Err(format!("method = `{name}` is not known; allowed: {}", allowed()).into()),
         }
     }
     let decl: Vec<(&str, Hooks)> = out.iter().map(|s| (s.name, s.hooks)).collect();
@@ -196,7 +199,11 @@ pub fn parse(spec: &str) -> Result<Vec<MethodSpec>, String> {
 }
 
 /// Builds a spec for `model`: the method itself for one name, a [`Stack`] for several.
-pub fn build(spec: &str, configs: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, String> {
+pub fn build(
+    spec: &str,
+    configs: &MethodConfigs,
+    model: &dyn MultimodalModel,
+) -> Result<Box<dyn Modulator>, MethodError> {
     let specs = parse(spec)?;
     if let [one] = specs.as_slice() {
         return (one.build)(configs, model);
@@ -227,7 +234,7 @@ mod tests {
         for (spec, want) in
             [("", "empty name"), ("agm+", "empty name"), ("ogm", "`ogm` is not known"), ("agm+agm", "appears twice")]
         {
-            let err = parse(spec).unwrap_err();
+            let err = parse(spec).unwrap_err().to_string();
             assert!(err.contains(want) && err.contains("method"), "{spec}: {err}");
         }
     }

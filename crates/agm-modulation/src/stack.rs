@@ -16,6 +16,7 @@
 //! comes with its [`Hooks`], declared by the registry. A stack that cannot be composed is
 //! rejected by [`Stack::new`] with the reason.
 
+use crate::MethodError;
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::Result;
@@ -56,13 +57,13 @@ impl StackMember {
 
 /// Checks that methods with these names and hooks can be stacked in this order; the error says
 /// why not.
-pub fn check_composable(members: &[(&str, Hooks)]) -> std::result::Result<(), String> {
+pub fn check_composable(members: &[(&str, Hooks)]) -> std::result::Result<(), MethodError> {
     if members.is_empty() {
         return Err("a stack needs at least one method".into());
     }
     for (i, (a, _)) in members.iter().enumerate() {
         if members[..i].iter().any(|(b, _)| b == a) {
-            return Err(format!("`{a}` appears twice in the stack; each method can be stacked once"));
+            return Err(format!("`{a}` appears twice in the stack; each method can be stacked once").into());
         }
     }
     let owners: Vec<&str> = members.iter().filter(|(_, h)| h.objective).map(|(n, _)| *n).collect();
@@ -71,20 +72,23 @@ pub fn check_composable(members: &[(&str, Hooks)]) -> std::result::Result<(), St
             "`{}` and `{}` both define the training objective (the loss to differentiate); a stack can have only one \
              method that defines it, the others may only edit gradients or act at epoch ends",
             owners[0], owners[1]
-        ));
+        )
+        .into());
     }
     let backward: Vec<&str> = members.iter().filter(|(_, h)| h.backward).map(|(n, _)| *n).collect();
     if backward.len() > 1 {
         return Err(format!(
             "`{}` and `{}` both run their own backward passes; a stack can have only one",
             backward[0], backward[1]
-        ));
+        )
+        .into());
     }
     if let (Some(b), Some(o)) = (backward.first(), owners.first()) {
         if b != o {
             return Err(format!(
                 "`{b}` runs its own backward passes over its own losses and cannot differentiate the objective of `{o}`"
-            ));
+            )
+            .into());
         }
     }
     Ok(())
@@ -101,7 +105,7 @@ pub struct Stack {
 
 impl Stack {
     /// Composes `members` in order, or says why they cannot be composed.
-    pub fn new(members: Vec<StackMember>) -> std::result::Result<Self, String> {
+    pub fn new(members: Vec<StackMember>) -> std::result::Result<Self, MethodError> {
         let decl: Vec<(&str, Hooks)> = members.iter().map(|m| (m.name.as_str(), m.hooks)).collect();
         check_composable(&decl)?;
         let mut clip: Option<(String, ClipRule)> = None;
@@ -113,7 +117,8 @@ impl Stack {
                             "`{other}` clips with {r:?} and `{}` with {rule:?}; a stack applies one clipping, so \
                              give both the same clip settings or remove one",
                             m.name
-                        ))
+                        )
+                        .into())
                     }
                     Some(_) => {}
                     None => clip = Some((m.name.clone(), rule)),

@@ -317,21 +317,21 @@ fn state_round_trips_through_json() {
 #[test]
 fn every_method_rejects_one_modality_and_bad_settings() {
     for (name, err) in [
-        ("gblend", GBlend::new(GBlendConfig::av_digits(), 1).unwrap_err()),
-        ("pmr", Pmr::new(PmrConfig::av_digits(), 1).unwrap_err()),
-        ("mmpareto", MmPareto::new(MmParetoConfig::official(), 1).unwrap_err()),
+        ("gblend", GBlend::new(GBlendConfig::av_digits(), 1).unwrap_err().to_string()),
+        ("pmr", Pmr::new(PmrConfig::av_digits(), 1).unwrap_err().to_string()),
+        ("mmpareto", MmPareto::new(MmParetoConfig::official(), 1).unwrap_err().to_string()),
     ] {
         assert!(err.contains(&format!("method = `{name}`")) && err.contains("at least 2 modalities"), "{err}");
     }
-    let e = GBlend::new(GBlendConfig { super_epoch: 0, ..GBlendConfig::paper() }, 2).unwrap_err();
+    let e = GBlend::new(GBlendConfig { super_epoch: 0, ..GBlendConfig::paper() }, 2).unwrap_err().to_string();
     assert!(e.contains("gblend.super_epoch"), "{e}");
-    let e = GBlend::new(GBlendConfig { weight_floor: 0.3, ..GBlendConfig::paper() }, 3).unwrap_err();
+    let e = GBlend::new(GBlendConfig { weight_floor: 0.3, ..GBlendConfig::paper() }, 3).unwrap_err().to_string();
     assert!(e.contains("gblend.weight_floor"), "{e}");
-    let e = Pmr::new(PmrConfig { alpha: 0.0, ..PmrConfig::official() }, 2).unwrap_err();
+    let e = Pmr::new(PmrConfig { alpha: 0.0, ..PmrConfig::official() }, 2).unwrap_err().to_string();
     assert!(e.contains("pmr.alpha"), "{e}");
-    let e = Pmr::new(PmrConfig { momentum: 1.0, ..PmrConfig::official() }, 2).unwrap_err();
+    let e = Pmr::new(PmrConfig { momentum: 1.0, ..PmrConfig::official() }, 2).unwrap_err().to_string();
     assert!(e.contains("pmr.momentum"), "{e}");
-    let e = MmPareto::new(MmParetoConfig { gamma: -1.0, ..MmParetoConfig::official() }, 2).unwrap_err();
+    let e = MmPareto::new(MmParetoConfig { gamma: -1.0, ..MmParetoConfig::official() }, 2).unwrap_err().to_string();
     assert!(e.contains("mmpareto.gamma"), "{e}");
 
     // Config files: unknown keys and values are refused with the field named; missing keys take
@@ -495,7 +495,7 @@ fn gblend_without_holdout_or_feature_sizes_is_an_error() {
     // Already at the end of epoch 1, even though the first super-epoch is 2 epochs long.
     let e = gb.on_epoch_end(&epoch_cx(&model, &cpu(), &train, None, 1)).unwrap_err().to_string();
     assert!(e.contains("held-out split") && e.contains("gblend"), "{e}");
-    let e = GBlend::new(GBlendConfig::av_digits(), 2).unwrap().with_feature_dims(vec![5]).unwrap_err();
+    let e = GBlend::new(GBlendConfig::av_digits(), 2).unwrap().with_feature_dims(vec![5]).unwrap_err().to_string();
     assert!(e.contains("feature sizes"), "{e}");
 }
 

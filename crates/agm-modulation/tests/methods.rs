@@ -295,15 +295,16 @@ fn ogm_outside_its_window_edits_nothing() {
 #[test]
 fn bad_ogm_settings_are_rejected_with_the_field() {
     for alpha in [0.0, -1.0, f64::NAN] {
-        let err = OgmGe::new(OgmGeConfig { alpha, ..OgmGeConfig::av_digits() }, 2).unwrap_err();
+        let err = OgmGe::new(OgmGeConfig { alpha, ..OgmGeConfig::av_digits() }, 2).unwrap_err().to_string();
         assert!(err.contains("ogm_ge.alpha") && err.contains("> 0"), "{err}");
     }
-    let err = OgmGe::new(OgmGeConfig::av_digits(), 1).unwrap_err();
+    let err = OgmGe::new(OgmGeConfig::av_digits(), 1).unwrap_err().to_string();
     assert!(err.contains("at least 2 modalities"), "{err}");
-    let err =
-        OgmGe::new(OgmGeConfig { window_start: 5, window_end: Some(2), ..OgmGeConfig::av_digits() }, 2).unwrap_err();
+    let err = OgmGe::new(OgmGeConfig { window_start: 5, window_end: Some(2), ..OgmGeConfig::av_digits() }, 2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ogm_ge.window_end"), "{err}");
-    let err = ogm(OgmMode::Paper, false, 2).with_fixed_coefficients(vec![1.0, 0.0]).unwrap_err();
+    let err = ogm(OgmMode::Paper, false, 2).with_fixed_coefficients(vec![1.0, 0.0]).unwrap_err().to_string();
     assert!(err.contains("(0, 1]"), "{err}");
 }
 
@@ -399,14 +400,17 @@ fn a_stack_composes_edits_in_order_and_keeps_state_per_member() {
 
 #[test]
 fn stacks_the_hooks_cannot_compose_are_rejected_with_the_reason() {
-    let err = check_composable(&[("agm", Hooks::OBJECTIVE), ("gblend", Hooks::OBJECTIVE)]).unwrap_err();
+    let err = check_composable(&[("agm", Hooks::OBJECTIVE), ("gblend", Hooks::OBJECTIVE)]).unwrap_err().to_string();
     assert!(err.contains("`agm` and `gblend` both define the training objective"), "{err}");
-    let err = check_composable(&[("agm", Hooks::OBJECTIVE), ("mmpareto", Hooks::OBJECTIVE_AND_BACKWARD)]).unwrap_err();
+    let err = check_composable(&[("agm", Hooks::OBJECTIVE), ("mmpareto", Hooks::OBJECTIVE_AND_BACKWARD)])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("both define the training objective"), "{err}");
-    let err =
-        check_composable(&[("agm", Hooks::OBJECTIVE), ("x", Hooks { objective: false, backward: true })]).unwrap_err();
+    let err = check_composable(&[("agm", Hooks::OBJECTIVE), ("x", Hooks { objective: false, backward: true })])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot differentiate the objective of `agm`"), "{err}");
-    let err = check_composable(&[("mslr", Hooks::EDITS), ("mslr", Hooks::EDITS)]).unwrap_err();
+    let err = check_composable(&[("mslr", Hooks::EDITS), ("mslr", Hooks::EDITS)]).unwrap_err().to_string();
     assert!(err.contains("appears twice"), "{err}");
     assert!(check_composable(&[("agm", Hooks::OBJECTIVE), ("ogm-ge", Hooks::EDITS), ("mses", Hooks::EDITS)]).is_ok());
 
@@ -418,7 +422,7 @@ fn stacks_the_hooks_cannot_compose_are_rejected_with_the_reason() {
             StackMember::new("ogm-ge", Box::new(OgmGe::new(clip(t), 2).unwrap()), Hooks::EDITS),
         ]
     };
-    let err = Stack::new(members(5.0)).err().unwrap();
+    let err = Stack::new(members(5.0)).err().unwrap().to_string();
     assert!(err.contains("one clipping"), "{err}");
     assert!(Stack::new(members(1.0)).is_ok(), "the same clip rule composes");
 }
@@ -455,11 +459,11 @@ fn mslr_scales_each_modality_group_by_init_times_ratio() {
 
 #[test]
 fn mslr_settings_are_checked_against_the_model() {
-    let err = MslrSchedule::new(&MslrConfig::avmnist(), 3).unwrap_err();
+    let err = MslrSchedule::new(&MslrConfig::avmnist(), 3).unwrap_err().to_string();
     assert!(err.contains("mslr.init has 2 values but the model has 3"), "{err}");
-    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, -1.0], window: 5 }, 2).unwrap_err();
+    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, -1.0], window: 5 }, 2).unwrap_err().to_string();
     assert!(err.contains("mslr.init"), "{err}");
-    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, 1.0], window: 0 }, 2).unwrap_err();
+    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, 1.0], window: 0 }, 2).unwrap_err().to_string();
     assert!(err.contains("mslr.window"), "{err}");
 }
 
@@ -568,16 +572,16 @@ fn the_registry_rejects_what_it_cannot_build_with_the_reason() {
     let mlp = model(2, Enc::Mlp, 1);
     let reference =
         MethodConfigs { ogm_ge: OgmGeConfig { mode: OgmMode::Reference, ..OgmGeConfig::av_digits() }, ..cfgs.clone() };
-    let err = registry::build("ogm-ge", &reference, &mlp).err().unwrap();
+    let err = registry::build("ogm-ge", &reference, &mlp).err().unwrap().to_string();
     assert!(err.contains("4-D") && err.contains("mode = paper"), "{err}");
-    let err = registry::build("mslr", &cfgs, &model(3, Enc::Mlp, 1)).err().unwrap();
+    let err = registry::build("mslr", &cfgs, &model(3, Enc::Mlp, 1)).err().unwrap().to_string();
     assert!(err.contains("mslr.init"), "{err}");
-    let err = registry::build("ogm-ge", &cfgs, &model(1, Enc::Mlp, 1)).err().unwrap();
+    let err = registry::build("ogm-ge", &cfgs, &model(1, Enc::Mlp, 1)).err().unwrap().to_string();
     assert!(err.contains("at least 2 modalities"), "{err}");
-    let err = registry::build("magic", &cfgs, &mlp).err().unwrap();
+    let err = registry::build("magic", &cfgs, &mlp).err().unwrap().to_string();
     assert!(err.contains("`magic` is not known") && err.contains("joint, agm, ogm-ge, mslr, mses"), "{err}");
-    let err = registry::build("mses+mses", &cfgs, &mlp).err().unwrap();
+    let err = registry::build("mses+mses", &cfgs, &mlp).err().unwrap().to_string();
     assert!(err.contains("cannot be stacked") && err.contains("twice"), "{err}");
     let bad = MethodConfigs { ogm_ge: OgmGeConfig { alpha: 0.0, ..OgmGeConfig::av_digits() }, ..cfgs };
-    assert!(bad.validate().unwrap_err().contains("ogm_ge.alpha"));
+    assert!(bad.validate().unwrap_err().to_string().contains("ogm_ge.alpha"));
 }

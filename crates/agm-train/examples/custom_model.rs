@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let data = av_digits::load(&AvDigitsConfig::default_preset())?;
     let model = TinySum::new(&[13 * 32, 28 * 28], 10, 0, &device)?;
-    let agm = Agm::new(AgmConfig::av_digits(), 2).map_err(anyhow::Error::msg)?;
+    let agm = Agm::new(AgmConfig::av_digits(), 2)?;
     let optimizer = OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05));
     let opts = TrainerOptions {
         epochs: 5,

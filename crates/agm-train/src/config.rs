@@ -265,7 +265,7 @@ impl RunConfig {
                 self.dataset
             )));
         }
-        registry::parse(&self.method).map_err(TrainError::Config)?;
+        registry::parse(&self.method)?;
         one_of("device", &self.device, DEVICES)?;
         one_of("shapley", &self.shapley, SHAPLEY_MODES)?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
@@ -277,7 +277,7 @@ impl RunConfig {
         }
         self.optimizer.validate().map_err(|e| TrainError::Config(format!("optimizer: {e}")))?;
         self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
-        self.method_configs().validate().map_err(TrainError::Config)?;
+        self.method_configs().validate()?;
         Ok(())
     }
 
@@ -446,7 +446,7 @@ impl RunConfig {
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
         let probe = data.train.batch(&[0], &device)?;
         configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
-        registry::build(&self.method, &configs, model).map_err(TrainError::Config)
+        Ok(registry::build(&self.method, &configs, model)?)
     }
 
     /// A trainer for `model` and `modulator` with this config's optimizer and options, holding out

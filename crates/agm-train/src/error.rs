@@ -62,3 +62,10 @@ impl TrainError {
         Self::Checkpoint { path: path.into(), message: message.into() }
     }
 }
+
+/// A method's setting or fit to the model is a configuration error of the run.
+impl From<agm_modulation::MethodError> for TrainError {
+    fn from(e: agm_modulation::MethodError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
