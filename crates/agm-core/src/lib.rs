@@ -23,3 +23,10 @@ pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};
 pub use model::{FastShapley, ForwardOpts, ModelOutput, MultimodalModel, ShapleyMode};
 pub use params::{NamedVar, ParamGroups};
+
+/// FNV-1a of a variable's name: the stable hash every seeded variable mixes into its seed, so a
+/// name's random stream never changes between builds (agm-fusion's models and the methods' own
+/// heads draw the same way).
+pub fn stable_name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}

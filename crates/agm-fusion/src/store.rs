@@ -132,11 +132,6 @@ pub struct ParamBuilder {
     device: Device,
 }
 
-/// FNV-1a: a stable hash so that a name's random stream never changes between builds.
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
 impl ParamBuilder {
     /// Pushes a name component (`pp("audio_encoder")`, then `"audio_encoder.1.weight"`).
     pub fn pp(&self, name: impl AsRef<str>) -> Self {
@@ -220,7 +215,7 @@ impl ParamBuilder {
     /// The seeded initial values of the variable at `path`.
     fn values(&self, shape: Shape, path: &str, init: ParamInit) -> Result<Tensor> {
         let n = shape.elem_count();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ stable_hash(path));
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ agm_core::stable_name_hash(path));
         let values: Vec<f64> = match init {
             ParamInit::Const(c) => vec![c; n],
             ParamInit::Uniform { bound } => (0..n).map(|_| rng.random_range(-bound..=bound)).collect(),

@@ -33,7 +33,9 @@ mod ogm_ge;
 mod pmr;
 pub mod registry;
 pub mod shapley;
+mod shared;
 mod stack;
+mod uni_heads;
 
 pub use agm::{Agm, AgmConfig, AgmStepStats};
 pub use error::MethodError;

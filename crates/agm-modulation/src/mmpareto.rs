@@ -46,7 +46,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::gblend::{require_two, scalar_f64, UniHeads};
+use crate::shared::{require_two, scalar_f64};
+use crate::uni_heads::UniHeads;
 use crate::{Modulator, Objective, StepCx};
 
 /// How the combined gradient's magnitude is restored.

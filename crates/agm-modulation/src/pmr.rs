@@ -41,7 +41,7 @@ use agm_core::{BatchSource, ForwardOpts, MultimodalModel};
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use crate::gblend::{labels_u32, mix_seed, require_two, seeded_permutation};
+use crate::shared::{labels_u32, mix_seed, require_two, scalar_f64, seeded_permutation};
 use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx};
 
 /// Floor on the squared distance before the square root.
@@ -363,7 +363,7 @@ impl Modulator for Pmr {
         let mut proto_loss = Vec::with_capacity(self.m);
         for (p, &b) in logits.iter().zip(&beta) {
             let ce = candle_nn::loss::cross_entropy(p, labels)?;
-            proto_loss.push(crate::gblend::scalar_f64(&ce)?);
+            proto_loss.push(scalar_f64(&ce)?);
             if b > 0.0 {
                 loss = (loss + ce.affine(b, 0.0)?)?;
             }
