@@ -174,13 +174,22 @@ pub trait Modulator {
         None
     }
 
-    /// Serializable state for checkpoints and resume.
+    /// Serializable state for checkpoints, resume and snapshots.
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
 
+    /// Restores the state of a checkpoint (a resumed run).
     fn load_state(&mut self, _state: &serde_json::Value) -> Result<()> {
         Ok(())
+    }
+
+    /// The trainer restored snapshot `tag`, which this method asked for with
+    /// [`EpochAction::RestoreSnapshot`]; `state` is the method's state saved with it. By default
+    /// the method goes back to that state too; a method whose own bookkeeping must survive its
+    /// restores (MSES) keeps it.
+    fn on_restored(&mut self, _tag: &str, state: &serde_json::Value) -> Result<()> {
+        self.load_state(state)
     }
 }
 
@@ -217,5 +226,8 @@ impl<T: Modulator + ?Sized> Modulator for Box<T> {
     }
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         (**self).load_state(state)
+    }
+    fn on_restored(&mut self, tag: &str, state: &serde_json::Value) -> Result<()> {
+        (**self).on_restored(tag, state)
     }
 }

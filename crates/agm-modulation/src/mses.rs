@@ -260,15 +260,12 @@ impl MsesSchedule {
 #[derive(Clone, Debug)]
 pub struct Mses {
     schedule: MsesSchedule,
-    /// Restores this method asked for that the trainer has not carried out yet: their
-    /// `load_state` keeps the schedule (see the module docs).
-    pending_restores: usize,
     last: Option<MsesEpoch>,
 }
 
 impl Mses {
     pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
-        Ok(Self { schedule: MsesSchedule::new(cfg, m)?, pending_restores: 0, last: None })
+        Ok(Self { schedule: MsesSchedule::new(cfg, m)?, last: None })
     }
 
     pub fn schedule(&self) -> &MsesSchedule {
@@ -293,7 +290,6 @@ impl Modulator for Mses {
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         let update =
             self.schedule.end_epoch(cx.epoch, &cx.modality_loss).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        self.pending_restores = update.actions.iter().filter(|a| matches!(a, EpochAction::RestoreSnapshot(_))).count();
         let actions = update.actions.clone();
         self.last = Some(update);
         Ok(actions)
@@ -307,14 +303,8 @@ impl Modulator for Mses {
         serde_json::to_value(&self.schedule).expect("plain numbers serialize")
     }
 
-    /// Loads a checkpoint's schedule, except right after this method asked for a snapshot
-    /// restore: the trainer then hands back the state saved with the snapshot, and MSES keeps
-    /// its current schedule (stopped modalities stay stopped), as the reference does.
+    /// Loads a checkpoint's schedule (a resumed run).
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        if self.pending_restores > 0 {
-            self.pending_restores -= 1;
-            return Ok(());
-        }
         let s: MsesSchedule = serde_json::from_value(state.clone())
             .map_err(|e| candle_core::Error::Msg(format!("mses state in checkpoint: {e}")))?;
         let m = self.schedule.ratio.len();
@@ -322,6 +312,12 @@ impl Modulator for Mses {
             candle_core::bail!("mses state in checkpoint is for {} modalities, the model has {m}", s.ratio.len());
         }
         self.schedule = s;
+        Ok(())
+    }
+
+    /// A snapshot it asked for was restored: MSES keeps its current schedule (stopped modalities
+    /// stay stopped), as the reference does.
+    fn on_restored(&mut self, _tag: &str, _state: &serde_json::Value) -> Result<()> {
         Ok(())
     }
 }

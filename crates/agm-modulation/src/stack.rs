@@ -231,6 +231,21 @@ impl Modulator for Stack {
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.each_member_state(state, |m, s| m.load_state(s))
+    }
+
+    fn on_restored(&mut self, tag: &str, state: &serde_json::Value) -> Result<()> {
+        self.each_member_state(state, |m, s| m.on_restored(tag, s))
+    }
+}
+
+impl Stack {
+    /// Hands each member its entry of a stack's state (a JSON array, one entry per method).
+    fn each_member_state(
+        &mut self,
+        state: &serde_json::Value,
+        mut apply: impl FnMut(&mut Box<dyn Modulator>, &serde_json::Value) -> Result<()>,
+    ) -> Result<()> {
         let Some(items) = state.as_array() else {
             candle_core::bail!("the state of stack `{}` must be a JSON array, one entry per method", self.label());
         };
@@ -243,7 +258,7 @@ impl Modulator for Stack {
             );
         }
         for ((m, s), name) in self.members.iter_mut().zip(items).zip(&self.names) {
-            m.load_state(s).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+            apply(m, s).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
         }
         Ok(())
     }

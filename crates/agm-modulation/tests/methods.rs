@@ -514,9 +514,8 @@ fn mses_keeps_its_schedule_across_its_own_restores_but_loads_checkpoints() {
         acts,
         vec![EpochAction::SaveSnapshot(mses_snapshot_tag(0)), EpochAction::RestoreSnapshot(mses_snapshot_tag(1))]
     );
-    // The trainer restores the snapshot of epoch 1, modulator state included: visual stays
-    // stopped.
-    mses.load_state(&at_epoch_one).unwrap();
+    // The trainer restores the snapshot of epoch 1 and says so: visual stays stopped.
+    mses.on_restored(&mses_snapshot_tag(1), &at_epoch_one).unwrap();
     assert_eq!(mses.coefficients().unwrap(), vec![1.0, 0.0]);
     // A checkpoint load (resume) takes the saved schedule.
     mses.load_state(&at_epoch_one).unwrap();

@@ -393,7 +393,7 @@ impl<'a> Trainer<'a> {
         let (model, optimizer, modulator) = (snap.model.clone(), snap.optimizer.clone(), snap.modulator.clone());
         self.set_model_tensors(&model, std::path::Path::new(tag))?;
         self.optimizer.load_state(&optimizer)?;
-        self.modulator.load_state(&modulator)?;
+        self.modulator.on_restored(tag, &modulator)?;
         Ok(())
     }
 
