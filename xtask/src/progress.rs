@@ -35,11 +35,12 @@ impl EvalBar {
     }
 }
 
-/// Coefficients by modality name: `audio 0.98 visual 1.02`.
-fn labelled(modalities: &[String], values: &[f64], decimals: usize) -> String {
+/// Coefficients by modality name, `audio 0.98 visual 1.02` with `separator` " ", each value as
+/// `format` writes it.
+pub fn labelled(modalities: &[String], values: &[f64], separator: &str, format: impl Fn(f64) -> String) -> String {
     let names = agm_core::by_name::value_names(modalities, values.len());
-    let cells: Vec<String> = names.iter().zip(values).map(|(n, v)| format!("{n} {v:.decimals$}")).collect();
-    cells.join(" ")
+    let cells: Vec<String> = names.iter().zip(values).map(|(n, &v)| format!("{n} {}", format(v))).collect();
+    cells.join(separator)
 }
 
 pub struct Progress {
@@ -85,7 +86,10 @@ impl Callback for Progress {
             });
             bar.set_prefix(s.epoch.to_string());
             bar.set_position(s.step_in_epoch as u64);
-            let coeff = s.coefficients.as_ref().map(|c| format!(" coeff {}", labelled(&self.modalities, c, 2)));
+            let coeff = s
+                .coefficients
+                .as_ref()
+                .map(|c| format!(" coeff {}", labelled(&self.modalities, c, " ", |v| format!("{v:.2}"))));
             if s.step_in_epoch == s.steps_in_epoch {
                 // The epoch's evaluation runs next; say so instead of sitting silent.
                 bar.set_message(format!("loss {:.4}; validation…", s.loss));
@@ -112,8 +116,10 @@ impl Callback for Progress {
             .zip(&e.validation.modality_accuracy)
             .map(|(n, a)| format!("{n} {:.1}%", 100.0 * a))
             .collect();
-        let coeff =
-            e.coefficients.as_ref().map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, 3)));
+        let coeff = e
+            .coefficients
+            .as_ref()
+            .map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, " ", |v| format!("{v:.3}"))));
         self.line(format!(
             "epoch {:>3}  loss {:.4}  val acc {:.1}%  shapley {}{}  {:.1} ms/step",
             e.epoch,

@@ -22,6 +22,13 @@ pub fn write_summary(
     Ok(())
 }
 
+/// Writes a new run's `config.toml`: its provenance as comments, then the settings it uses.
+pub fn write_config(dir: &RunDir, cfg: &RunConfig, started: SystemTime) -> anyhow::Result<()> {
+    let header = Provenance::of_run(started, &cfg.device).config_header();
+    write_atomic(&dir.config(), cfg.to_run_toml(&header).as_bytes())?;
+    Ok(())
+}
+
 /// The facts a reader needs to trust or repeat a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Provenance {

@@ -93,6 +93,12 @@ pub fn loss_scale(name: &str) -> YScale {
     }
 }
 
+/// The loss panel of a run or a comparison, on the `--loss-scale` axis.
+fn loss_panel(series: Vec<Series>, loss: YScale) -> Panel {
+    let axis = if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" };
+    Panel::new("Loss", axis, series).y_scale(loss).legend(Legend::UpperRight)
+}
+
 /// The panels of a run's plots, by file stem, in the order the README shows them.
 pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Panel)> {
     let rows = &record.rows;
@@ -121,16 +127,13 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
     out.push((
         "loss",
         "Loss".to_string(),
-        Panel::new(
-            "Loss",
-            if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" },
+        loss_panel(
             vec![
                 epoch_series("training loss", rows, |r| Some(r.train_loss)),
                 epoch_series("validation loss", rows, |r| Some(r.validation.loss)),
             ],
-        )
-        .y_scale(loss)
-        .legend(Legend::UpperRight),
+            loss,
+        ),
     ));
     let n_coeff = vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
     if n_coeff > 0 {
@@ -302,11 +305,10 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     md
 }
 
-/// Renders `<run-dir>/report/` and returns that folder.
 /// `metrics.csv`: the rows of `metrics.jsonl`, one column per value, per-modality values under
 /// their modality's name; an empty cell where a row has no value.
 pub fn metrics_csv(record: &RunRecord) -> String {
-    let coefficients = record.rows.iter().filter_map(|r| r.coefficients.as_ref().map(Vec::len)).max().unwrap_or(0);
+    let coefficients = vector_len(&record.rows, |r| r.coefficients.as_ref());
     let coefficient_names = value_names(&record.modalities, coefficients);
     let mut header: Vec<String> =
         ["epoch", "lr", "train_loss", "validation_accuracy", "validation_loss"].map(String::from).to_vec();
@@ -347,6 +349,7 @@ pub fn metrics_csv(record: &RunRecord) -> String {
     csv
 }
 
+/// Writes `<run-dir>/metrics.csv` and renders `<run-dir>/report/`; returns that folder.
 pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     let record = RunRecord::load(run_dir)?;
     agm_train::checkpoint::write_atomic(&run_dir.join("metrics.csv"), metrics_csv(&record).as_bytes())?;
@@ -443,12 +446,7 @@ pub fn comparison_panels(records: &[(String, RunRecord)], loss: YScale) -> Vec<(
         losses
             .push(epoch_series(format!("{label} (training)"), &r.rows, |row| Some(row.train_loss)).colour(k).dashed());
     }
-    let loss_label = if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" };
-    vec![
-        ("accuracy", vec![accuracy]),
-        ("modality_accuracy", modality_panels),
-        ("loss", vec![Panel::new("Loss", loss_label, losses).y_scale(loss).legend(Legend::UpperRight)]),
-    ]
+    vec![("accuracy", vec![accuracy]), ("modality_accuracy", modality_panels), ("loss", vec![loss_panel(losses, loss)])]
 }
 
 /// Writes the overlaid plots and a `README.md` table of the runs into `out`; returns the README.

@@ -466,8 +466,7 @@ fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result
     let started = std::time::SystemTime::now();
     let run_dir = RunDir::create(dir)?;
     let _lock = run_dir.lock()?;
-    let header = crate::provenance::Provenance::of_run(started, &cfg.device).config_header();
-    write_atomic(&run_dir.config(), cfg.to_run_toml(&header).as_bytes())?;
+    crate::provenance::write_config(&run_dir, cfg, started)?;
     let device = cfg.device()?;
     agm_benches::reset_peak_memory();
     let built = cfg.build(&device)?;

@@ -110,25 +110,30 @@ fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
 }
 
 /// The config of a run to resume: its `config.toml` with the flags that may change on resume
-/// applied (`--epochs`, `--device`). Any other run setting given differently is refused, since
-/// the checkpoint was trained with the recorded one.
-fn resumed_config(run_dir: &RunDir, args: &TrainArgs) -> anyhow::Result<RunConfig> {
-    let mut cfg = RunConfig::from_toml_file(&run_dir.config())?;
+/// applied (`--epochs`, `--device`), and, when they changed it, the header to rewrite the file
+/// with (the original one plus a line saying what changed). Any other run setting given
+/// differently is refused, since the checkpoint was trained with the recorded one.
+fn resumed_config(
+    run_dir: &RunDir,
+    args: &TrainArgs,
+    started: std::time::SystemTime,
+) -> anyhow::Result<(RunConfig, Option<String>)> {
+    let recorded = RunConfig::from_toml_file(&run_dir.config())?;
     let flags = &args.run;
     let differs = |flag: &str, given: Option<String>, recorded: String| {
         given.filter(|g| *g != recorded).map(|g| format!("{flag} {g} (the run has {recorded})"))
     };
     let conflicts: Vec<String> = [
-        differs("--method", args.method.clone(), cfg.method.clone()),
-        differs("--seed", args.seed.map(|v| v.to_string()), cfg.seed.to_string()),
-        differs("--dataset", flags.dataset.clone(), cfg.dataset.clone()),
-        differs("--data", flags.data.clone(), cfg.data.clone()),
-        differs("--model", flags.model.clone(), cfg.model.clone()),
-        differs("--preset", flags.preset.clone(), cfg.data_preset.clone()),
-        differs("--batch-size", flags.batch_size.map(|v| v.to_string()), cfg.batch_size.to_string()),
-        differs("--lr", flags.lr.map(|v| v.to_string()), cfg.optimizer.lr().to_string()),
-        differs("--alpha", flags.alpha.map(|v| v.to_string()), cfg.agm.alpha.to_string()),
-        differs("--shapley", flags.shapley.clone(), cfg.shapley.clone()),
+        differs("--method", args.method.clone(), recorded.method.clone()),
+        differs("--seed", args.seed.map(|v| v.to_string()), recorded.seed.to_string()),
+        differs("--dataset", flags.dataset.clone(), recorded.dataset.clone()),
+        differs("--data", flags.data.clone(), recorded.data.clone()),
+        differs("--model", flags.model.clone(), recorded.model.clone()),
+        differs("--preset", flags.preset.clone(), recorded.data_preset.clone()),
+        differs("--batch-size", flags.batch_size.map(|v| v.to_string()), recorded.batch_size.to_string()),
+        differs("--lr", flags.lr.map(|v| v.to_string()), recorded.optimizer.lr().to_string()),
+        differs("--alpha", flags.alpha.map(|v| v.to_string()), recorded.agm.alpha.to_string()),
+        differs("--shapley", flags.shapley.clone(), recorded.shapley.clone()),
     ]
     .into_iter()
     .flatten()
@@ -141,6 +146,7 @@ fn resumed_config(run_dir: &RunDir, args: &TrainArgs) -> anyhow::Result<RunConfi
             conflicts.join(", ")
         );
     }
+    let mut cfg = recorded.clone();
     if let Some(epochs) = flags.epochs {
         cfg.epochs = epochs;
     }
@@ -148,7 +154,25 @@ fn resumed_config(run_dir: &RunDir, args: &TrainArgs) -> anyhow::Result<RunConfi
         cfg.device = device.clone();
     }
     cfg.validate()?;
-    Ok(cfg)
+    if (recorded.epochs, &recorded.device) == (cfg.epochs, &cfg.device) {
+        return Ok((cfg, None));
+    }
+    let path = run_dir.config();
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut header: Vec<String> = text
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim_start().to_string())
+        .collect();
+    header.push(format!(
+        "Resumed {} with epochs = {} and device = {} (were {} and {}).",
+        humantime::format_rfc3339_seconds(started),
+        cfg.epochs,
+        cfg.device,
+        recorded.epochs,
+        recorded.device
+    ));
+    Ok((cfg, Some(header.join("\n"))))
 }
 
 /// Flags given that the chosen method or dataset does not read.
@@ -168,46 +192,13 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
     notes
 }
 
-/// The header to write `config.toml` with, when it must be written: always for a new run; on
-/// resume only when `--epochs` or `--device` changed it, keeping the original header.
-fn config_rewrite(
-    dir: &RunDir,
-    cfg: &RunConfig,
-    resuming: bool,
-    started: std::time::SystemTime,
-) -> anyhow::Result<Option<String>> {
-    if !resuming {
-        return Ok(Some(crate::provenance::Provenance::of_run(started, &cfg.device).config_header()));
-    }
-    let path = dir.config();
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let recorded = RunConfig::from_toml_str(&text)?;
-    if (recorded.epochs, &recorded.device) == (cfg.epochs, &cfg.device) {
-        return Ok(None);
-    }
-    let mut header: Vec<String> = text
-        .lines()
-        .take_while(|l| l.starts_with('#'))
-        .map(|l| l.trim_start_matches('#').trim_start().to_string())
-        .collect();
-    header.push(format!(
-        "Resumed {} with epochs = {} and device = {} (were {} and {}).",
-        humantime::format_rfc3339_seconds(started),
-        cfg.epochs,
-        cfg.device,
-        recorded.epochs,
-        recorded.device
-    ));
-    Ok(Some(header.join("\n")))
-}
-
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
     let (cfg, resumed, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
-            let cfg = resumed_config(&run_dir, &args)?;
-            (cfg, Some(run_dir), Vec::new())
+            let (cfg, rewrite) = resumed_config(&run_dir, &args, started)?;
+            (cfg, Some((run_dir, rewrite)), Vec::new())
         }
         None => {
             let resolved = resolve(&args)?;
@@ -227,8 +218,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         return reexec_with_cuda();
     }
     let resuming = resumed.is_some();
-    let dir = match (resumed, &args.out) {
-        (Some(run_dir), _) => run_dir,
+    let (dir, rewrite) = match (resumed, &args.out) {
+        (Some((run_dir, rewrite)), _) => (run_dir, rewrite),
         (None, Some(out)) => {
             let dir = RunDir::create(out)?;
             // A directory with run state is resumed or refused, never appended to.
@@ -239,11 +230,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                     out.display()
                 );
             }
-            dir
+            (dir, None)
         }
         // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
         (None, None) => {
-            RunDir::open(crate::new_dir("runs", &format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed))?)?
+            let name = format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed);
+            (RunDir::open(crate::new_dir("runs", &name)?)?, None)
         }
     };
     // Held until this function returns: a second run on the same directory stops here.
@@ -254,8 +246,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dir.truncate_metrics(0)?;
     }
     let device = cfg.device()?;
-    if let Some(header) = config_rewrite(&dir, &cfg, resuming, started)? {
-        write_atomic(&dir.config(), cfg.to_run_toml(&header).as_bytes())?;
+    match rewrite {
+        Some(header) => write_atomic(&dir.config(), cfg.to_run_toml(&header).as_bytes())?,
+        None if !resuming => crate::provenance::write_config(&dir, &cfg, started)?,
+        None => {}
     }
     let built = cfg.build(&device)?;
     let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
@@ -359,9 +353,7 @@ fn print_summary(
     }
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {
-            let names = agm_core::by_name::value_names(modalities, c.len());
-            let c: Vec<String> = names.iter().zip(c).map(|(n, v)| format!("{n} {}", coefficient(*v))).collect();
-            println!("final coefficients: {}", c.join(" / "));
+            println!("final coefficients: {}", crate::progress::labelled(modalities, c, " / ", coefficient));
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
     }
