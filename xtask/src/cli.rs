@@ -342,7 +342,7 @@ mod tests {
         let train = cli.find_subcommand_mut("train").expect("a train command");
         assert!(train.render_usage().to_string().contains("cargo xtask train"));
         let help = train.render_long_help().to_string();
-        for method in agm_train::config::METHODS {
+        for method in agm_modulation::registry::names() {
             assert!(help.contains(&format!("`{method}`")), "--method help lacks `{method}`:\n{help}");
         }
         assert!(help.contains("agm+ogm-ge"), "{help}");

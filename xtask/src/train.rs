@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use agm_data::av_digits::Split;
+use agm_modulation::Agm;
 use agm_train::concept::default_dir;
 use agm_train::{checkpoint::write_atomic, Resolved, RunConfig, RunDir};
 use anyhow::Context;
@@ -132,7 +133,7 @@ fn resumed_config(
         differs("--preset", flags.preset.clone(), recorded.data_preset.clone()),
         differs("--batch-size", flags.batch_size.map(|v| v.to_string()), recorded.batch_size.to_string()),
         differs("--lr", flags.lr.map(|v| v.to_string()), recorded.optimizer.lr().to_string()),
-        differs("--alpha", flags.alpha.map(|v| v.to_string()), recorded.agm.alpha.to_string()),
+        differs("--alpha", flags.alpha.map(|v| v.to_string()), recorded.method::<Agm>().alpha.to_string()),
         differs("--shapley", flags.shapley.clone(), recorded.shapley.clone()),
     ]
     .into_iter()
@@ -521,7 +522,10 @@ mod tests {
         }))
         .unwrap();
         let cfg = &resolved.config;
-        assert_eq!((cfg.model.as_str(), cfg.epochs, cfg.batch_size, cfg.agm.alpha), ("avmnist-late", 999, 64, 2.5));
+        assert_eq!(
+            (cfg.model.as_str(), cfg.epochs, cfg.batch_size, cfg.method::<Agm>().alpha),
+            ("avmnist-late", 999, 64, 2.5)
+        );
         assert_eq!(cfg.optimizer.lr(), 1e-4);
         let lines = settings_lines(&resolved).join("\n");
         assert!(lines.contains("epochs = 999 (avmnist default)"), "{lines}");
@@ -541,7 +545,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!((resolved.config.method.as_str(), resolved.config.optimizer.lr()), ("joint", 0.02));
-        assert_eq!(resolved.config.agm.alpha, 1.5);
+        assert_eq!(resolved.config.method::<Agm>().alpha, 1.5);
         let lines = settings_lines(&resolved).join("\n");
         assert!(lines.contains("method = \"joint\" (flag --method; wins over recipe cremad-agm-late)"), "{lines}");
         assert!(lines.contains("optimizer.lr = 0.02 (flag --lr; wins over recipe cremad-agm-late)"), "{lines}");

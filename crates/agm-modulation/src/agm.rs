@@ -306,3 +306,28 @@ impl Modulator for Agm {
         Ok(())
     }
 }
+
+impl crate::Method for Agm {
+    const NAME: &'static str = "agm";
+    const HOOKS: crate::Hooks = crate::Hooks::OBJECTIVE;
+    type Config = AgmConfig;
+
+    fn preset(dataset: &str) -> AgmConfig {
+        match dataset {
+            "avmnist" => AgmConfig::paper_avmnist(),
+            "cremad" => AgmConfig::paper_cremad(),
+            "urfunny" => AgmConfig::paper_urfunny(),
+            "ave" => AgmConfig::paper_ave(),
+            "mosei" => AgmConfig::paper_mosei(),
+            _ => AgmConfig::av_digits(),
+        }
+    }
+
+    fn validate(config: &AgmConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &AgmConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        Agm::new(config.clone(), cx.modalities())
+    }
+}

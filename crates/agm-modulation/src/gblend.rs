@@ -469,3 +469,22 @@ impl Modulator for GBlend {
         Ok(())
     }
 }
+
+impl crate::Method for GBlend {
+    const NAME: &'static str = "gblend";
+    const HOOKS: crate::Hooks = crate::Hooks::OBJECTIVE;
+    type Config = GBlendConfig;
+
+    fn preset(_dataset: &str) -> GBlendConfig {
+        GBlendConfig::av_digits()
+    }
+
+    fn validate(config: &GBlendConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &GBlendConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        let g = GBlend::new(config.clone(), cx.modalities())?.with_run_seed(cx.seed);
+        g.with_feature_dims(cx.feature_dims(Self::NAME)?)
+    }
+}

@@ -69,3 +69,24 @@ impl Modulator for Joint {
         self.clip
     }
 }
+
+impl crate::Method for Joint {
+    const NAME: &'static str = "joint";
+    const HOOKS: crate::Hooks = crate::Hooks::EDITS;
+    type Config = JointConfig;
+
+    fn preset(dataset: &str) -> JointConfig {
+        match dataset {
+            "mosei" => JointConfig::paper_mosei(),
+            _ => JointConfig::plain(),
+        }
+    }
+
+    fn validate(config: &JointConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &JointConfig, _: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        Ok(Joint::with_clip(config.clip))
+    }
+}

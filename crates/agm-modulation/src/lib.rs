@@ -25,6 +25,7 @@ mod agm;
 mod error;
 mod gblend;
 mod joint;
+pub mod method;
 mod mmpareto;
 mod modulator;
 mod mses;
@@ -44,6 +45,7 @@ pub use gblend::{
     GBLEND_O_FLOOR,
 };
 pub use joint::{Joint, JointConfig};
+pub use method::{BuildCx, Method, MethodSettings};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };
@@ -57,5 +59,5 @@ pub use ogm_ge::{
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,
 };
 pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
-pub use registry::MethodConfigs;
+pub use registry::MethodEntry;
 pub use stack::{check_composable, Hooks, Stack, StackMember};

@@ -423,3 +423,22 @@ impl Modulator for MmPareto {
         Ok(())
     }
 }
+
+impl crate::Method for MmPareto {
+    const NAME: &'static str = "mmpareto";
+    const HOOKS: crate::Hooks = crate::Hooks::OBJECTIVE_AND_BACKWARD;
+    type Config = MmParetoConfig;
+
+    fn preset(_dataset: &str) -> MmParetoConfig {
+        MmParetoConfig::av_digits()
+    }
+
+    fn validate(config: &MmParetoConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &MmParetoConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        let p = MmPareto::new(config.clone(), cx.modalities())?.with_run_seed(cx.seed);
+        p.with_feature_dims(cx.feature_dims(Self::NAME)?)
+    }
+}

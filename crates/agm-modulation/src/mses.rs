@@ -321,3 +321,26 @@ impl Modulator for Mses {
         Ok(())
     }
 }
+
+impl crate::Method for Mses {
+    const NAME: &'static str = "mses";
+    const HOOKS: crate::Hooks = crate::Hooks::EDITS;
+    type Config = MsesConfig;
+
+    fn preset(dataset: &str) -> MsesConfig {
+        match dataset {
+            "avmnist" => MsesConfig::avmnist(),
+            "cremad" => MsesConfig::cremad(),
+            "urfunny" => MsesConfig::urfunny(),
+            _ => MsesConfig::av_digits(),
+        }
+    }
+
+    fn validate(config: &MsesConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &MsesConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        Mses::new(config, cx.modalities())
+    }
+}

@@ -234,3 +234,26 @@ impl Modulator for Mslr {
         Ok(())
     }
 }
+
+impl crate::Method for Mslr {
+    const NAME: &'static str = "mslr";
+    const HOOKS: crate::Hooks = crate::Hooks::EDITS;
+    type Config = MslrConfig;
+
+    fn preset(dataset: &str) -> MslrConfig {
+        match dataset {
+            "avmnist" => MslrConfig::avmnist(),
+            "cremad" => MslrConfig::cremad(),
+            "urfunny" => MslrConfig::urfunny(),
+            _ => MslrConfig::av_digits(),
+        }
+    }
+
+    fn validate(config: &MslrConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &MslrConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        Mslr::new(config, cx.modalities())
+    }
+}

@@ -443,6 +443,43 @@ impl Modulator for OgmGe {
     }
 }
 
+impl crate::Method for OgmGe {
+    const NAME: &'static str = "ogm-ge";
+    const HOOKS: crate::Hooks = crate::Hooks::EDITS;
+    type Config = OgmGeConfig;
+
+    fn preset(dataset: &str) -> OgmGeConfig {
+        match dataset {
+            "avmnist" => OgmGeConfig::reference_avmnist(),
+            _ => OgmGeConfig::av_digits(),
+        }
+    }
+
+    fn validate(config: &OgmGeConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &OgmGeConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        let ogm = OgmGe::new(config.clone(), cx.modalities())?.with_run_seed(cx.seed);
+        let selected = ogm.selected(cx.model);
+        if let Some(x) = selected.iter().position(Vec::is_empty) {
+            let why = match config.mode {
+                OgmMode::Reference => {
+                    "ogm_ge.mode = reference edits only 4-D (conv) weights and it has none; \
+                                       use mode = paper to modulate the whole encoder"
+                }
+                OgmMode::Paper => "it has no trainable parameters",
+            };
+            return Err(format!(
+                "ogm-ge would not modulate modality `{}` of this model: {why}",
+                cx.model.modalities().name(x)
+            )
+            .into());
+        }
+        Ok(ogm)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -407,3 +407,21 @@ impl Modulator for Pmr {
         Ok(())
     }
 }
+
+impl crate::Method for Pmr {
+    const NAME: &'static str = "pmr";
+    const HOOKS: crate::Hooks = crate::Hooks::OBJECTIVE;
+    type Config = PmrConfig;
+
+    fn preset(_dataset: &str) -> PmrConfig {
+        PmrConfig::av_digits()
+    }
+
+    fn validate(config: &PmrConfig) -> std::result::Result<(), MethodError> {
+        config.validate()
+    }
+
+    fn build(config: &PmrConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        Ok(Pmr::new(config.clone(), cx.modalities())?.with_run_seed(cx.seed))
+    }
+}

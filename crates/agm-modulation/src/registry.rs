@@ -6,182 +6,153 @@
 //! depends on the model (the number of modalities, which parameters a method can reach).
 //!
 //! ```
-//! use agm_modulation::registry::{self, MethodConfigs};
+//! use agm_modulation::registry;
+//! use agm_modulation::MethodSettings;
 //! let specs = registry::parse("agm+ogm-ge").unwrap();
 //! assert_eq!(specs.iter().map(|s| s.name).collect::<Vec<_>>(), ["agm", "ogm-ge"]);
 //! let err = registry::parse("agm+magic").unwrap_err().to_string();
 //! assert!(err.contains("magic") && err.contains("ogm-ge"));
-//! MethodConfigs::av_digits().validate().unwrap();
+//! MethodSettings::av_digits().validate().unwrap();
 //! ```
 //!
-//! Adding a method: one entry in [`METHODS`], one arm in [`lookup`] (in the marked place), and,
-//! when it has settings, a field in [`MethodConfigs`] checked in [`MethodConfigs::validate`].
+//! Adding a method: its file (a [`Method`] impl) and one line in [`builtin`]; from another crate
+//! (or a test), one call to [`register`].
 
-use crate::MethodError;
-use agm_core::MultimodalModel;
+use std::any::TypeId;
+use std::sync::{LazyLock, PoisonError, RwLock};
 
+use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{
-    Agm, AgmConfig, GBlend, GBlendConfig, Joint, JointConfig, MmPareto, MmParetoConfig, Modulator, Mses, MsesConfig,
-    Mslr, MslrConfig, OgmGe, OgmGeConfig, Pmr, PmrConfig,
-};
+use crate::{Agm, GBlend, Joint, MethodError, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr};
 
-/// Methods `--method` accepts, alone or joined with `+`.
-pub const METHODS: &[&str] = &["joint", "agm", "ogm-ge", "mslr", "mses", "gblend", "pmr", "mmpareto"];
+/// The methods built into agm-modulation, in the order `--help` lists them.
+fn builtin() -> Vec<MethodEntry> {
+    vec![
+        MethodEntry::of::<Joint>(),
+        MethodEntry::of::<Agm>(),
+        MethodEntry::of::<OgmGe>(),
+        MethodEntry::of::<Mslr>(),
+        MethodEntry::of::<Mses>(),
+        MethodEntry::of::<GBlend>(),
+        MethodEntry::of::<Pmr>(),
+        MethodEntry::of::<MmPareto>(),
+    ]
+}
 
 /// Joins the members of a stack.
 pub const STACK_SEPARATOR: char = '+';
 
-/// The settings of every method, as the run configuration holds them.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MethodConfigs {
-    /// The run's seed; methods that draw random numbers mix it into their own seed.
-    pub seed: u64,
-    pub joint: JointConfig,
-    pub agm: AgmConfig,
-    pub ogm_ge: OgmGeConfig,
-    pub mslr: MslrConfig,
-    pub mses: MsesConfig,
-    pub gblend: GBlendConfig,
-    pub pmr: PmrConfig,
-    pub mmpareto: MmParetoConfig,
-    /// Flattened size of each encoder's output, for methods that add their own heads
-    /// (G-Blending, MMPareto); the driver measures it with [`crate::encoder_feature_dims`].
-    pub feature_dims: Option<Vec<usize>>,
-}
-
-impl MethodConfigs {
-    /// Every method's AV-Digits preset.
-    pub fn av_digits() -> Self {
-        Self {
-            seed: 0,
-            joint: JointConfig::plain(),
-            agm: AgmConfig::av_digits(),
-            ogm_ge: OgmGeConfig::av_digits(),
-            mslr: MslrConfig::av_digits(),
-            mses: MsesConfig::av_digits(),
-            gblend: GBlendConfig::av_digits(),
-            pmr: PmrConfig::av_digits(),
-            mmpareto: MmParetoConfig::av_digits(),
-            feature_dims: None,
-        }
-    }
-
-    /// Checks every method's settings, used or not (a bad value in a config file is an error
-    /// even when another method runs); the error names the field and the allowed values.
-    pub fn validate(&self) -> Result<(), MethodError> {
-        self.joint.validate()?;
-        self.agm.validate()?;
-        self.ogm_ge.validate()?;
-        self.mslr.validate()?;
-        self.mses.validate()?;
-        self.gblend.validate()?;
-        self.pmr.validate()?;
-        self.mmpareto.validate()?;
-        Ok(())
-    }
-}
-
-/// How to build one method.
-type BuildFn = fn(&MethodConfigs, &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError>;
-
-/// One method of the registry.
+/// One method of the registry, its types erased: settings travel as TOML tables.
 #[derive(Clone, Copy)]
-pub struct MethodSpec {
+pub struct MethodEntry {
     pub name: &'static str,
     /// The hooks only one member of a stack can own.
     pub hooks: Hooks,
-    pub build: BuildFn,
+    type_id: fn() -> TypeId,
+    pub(crate) preset: fn(&str) -> toml::Table,
+    /// The table read as the method's config (missing keys take its defaults) and written back
+    /// complete; a bad key is `(dotted key inside the section, message)`.
+    pub(crate) check: fn(toml::Table) -> Result<toml::Table, (String, String)>,
+    pub(crate) validate: fn(&toml::Table) -> Result<(), MethodError>,
+    build: fn(&toml::Table, &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError>,
 }
 
-impl std::fmt::Debug for MethodSpec {
+impl std::fmt::Debug for MethodEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MethodSpec").field("name", &self.name).field("hooks", &self.hooks).finish()
+        f.debug_struct("MethodEntry").field("name", &self.name).field("hooks", &self.hooks).finish()
     }
 }
 
-fn modalities(model: &dyn MultimodalModel) -> usize {
-    model.modalities().len()
+fn typed<M: Method>(table: &toml::Table) -> Result<M::Config, MethodError> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| format!("[{}]: {}", M::section(), e.message()).into())
 }
 
-fn build_joint(c: &MethodConfigs, _: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    Ok(Box::new(Joint::with_clip(c.joint.clip)))
-}
+impl MethodEntry {
+    /// The entry of method `M`.
+    pub fn of<M: Method>() -> Self {
+        Self {
+            name: M::NAME,
+            hooks: M::HOOKS,
+            type_id: TypeId::of::<M>,
+            preset: |dataset| to_table(&M::preset(dataset)),
+            check: |table| {
+                let config: M::Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+                    .map_err(|e| (e.path().to_string(), e.into_inner().message().to_string()))?;
+                Ok(to_table(&config))
+            },
+            validate: |table| M::validate(&typed::<M>(table)?),
+            build: |table, cx| {
+                let config = typed::<M>(table)?;
+                M::validate(&config)?;
+                Ok(Box::new(M::build(&config, cx)?))
+            },
+        }
+    }
 
-fn build_agm(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    Ok(Box::new(Agm::new(c.agm.clone(), modalities(model))?))
-}
+    /// The `config.toml` section of the method's settings.
+    pub fn section(&self) -> String {
+        section_of(self.name)
+    }
 
-fn build_ogm_ge(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    let ogm = OgmGe::new(c.ogm_ge.clone(), modalities(model))?.with_run_seed(c.seed);
-    let selected = ogm.selected(model);
-    if let Some(x) = selected.iter().position(Vec::is_empty) {
-        let why = match c.ogm_ge.mode {
-            crate::OgmMode::Reference => "ogm_ge.mode = reference edits only 4-D (conv) weights and it has none; \
-                                          use mode = paper to modulate the whole encoder"
-                .to_string(),
-            crate::OgmMode::Paper => "it has no trainable parameters".to_string(),
+    /// Builds the method from its settings in `settings`.
+    pub fn build(&self, settings: &MethodSettings, cx: &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError> {
+        let section = self.section();
+        let preset;
+        let table = match settings.section(&section) {
+            Some(t) => t,
+            None => {
+                preset = (self.preset)("av-digits");
+                &preset
+            }
         };
-        return Err(format!(
-            "ogm-ge would not modulate modality `{}` of this model: {why}",
-            model.modalities().name(x)
-        )
-        .into());
+        (self.build)(table, cx)
     }
-    Ok(Box::new(ogm))
 }
 
-fn build_mslr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    Ok(Box::new(Mslr::new(&c.mslr, modalities(model))?))
+static REGISTRY: LazyLock<RwLock<Vec<MethodEntry>>> = LazyLock::new(|| RwLock::new(builtin()));
+
+/// Every method, built in or registered, in order.
+pub fn entries() -> Vec<MethodEntry> {
+    REGISTRY.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-fn build_mses(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    Ok(Box::new(Mses::new(&c.mses, modalities(model))?))
+/// The names `--method` accepts, alone or joined with `+`.
+pub fn names() -> Vec<&'static str> {
+    entries().iter().map(|e| e.name).collect()
 }
 
-fn feature_dims(c: &MethodConfigs, method: &str) -> Result<Vec<usize>, MethodError> {
-    c.feature_dims.clone().ok_or_else(|| {
-        format!("method = `{method}` adds uni-modal heads and needs the encoders' feature sizes (MethodConfigs.feature_dims)")
-            .into()
-    })
-}
-
-fn build_gblend(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    let g = GBlend::new(c.gblend.clone(), modalities(model))?.with_run_seed(c.seed);
-    Ok(Box::new(g.with_feature_dims(feature_dims(c, "gblend")?)?))
-}
-
-fn build_pmr(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    Ok(Box::new(Pmr::new(c.pmr.clone(), modalities(model))?.with_run_seed(c.seed)))
-}
-
-fn build_mmpareto(c: &MethodConfigs, model: &dyn MultimodalModel) -> Result<Box<dyn Modulator>, MethodError> {
-    let p = MmPareto::new(c.mmpareto.clone(), modalities(model))?.with_run_seed(c.seed);
-    Ok(Box::new(p.with_feature_dims(feature_dims(c, "mmpareto")?)?))
+/// Adds method `M` (from another crate, or a test) for every later lookup, parse and build in
+/// this process. Registering the same type again does nothing; another method of the same name
+/// or section is an error.
+pub fn register<M: Method>() -> Result<(), MethodError> {
+    let mut all = REGISTRY.write().unwrap_or_else(PoisonError::into_inner);
+    let entry = MethodEntry::of::<M>();
+    match all.iter().find(|e| e.name == entry.name || e.section() == entry.section()) {
+        Some(e) if (e.type_id)() == TypeId::of::<M>() => Ok(()),
+        Some(e) => Err(format!("a method named `{}` is already registered", e.name).into()),
+        None if M::NAME.is_empty() || M::NAME.contains(STACK_SEPARATOR) => {
+            Err(format!("`{}` cannot name a method (empty, or holds `{STACK_SEPARATOR}`)", M::NAME).into())
+        }
+        None => {
+            all.push(entry);
+            Ok(())
+        }
+    }
 }
 
 /// The method called `name`, if there is one.
-pub fn lookup(name: &str) -> Option<MethodSpec> {
-    let spec = |name, hooks, build| Some(MethodSpec { name, hooks, build });
-    match name {
-        "joint" => spec("joint", Hooks::EDITS, build_joint),
-        "agm" => spec("agm", Hooks::OBJECTIVE, build_agm),
-        "ogm-ge" => spec("ogm-ge", Hooks::EDITS, build_ogm_ge),
-        "mslr" => spec("mslr", Hooks::EDITS, build_mslr),
-        "mses" => spec("mses", Hooks::EDITS, build_mses),
-        "gblend" => spec("gblend", Hooks::OBJECTIVE, build_gblend),
-        "pmr" => spec("pmr", Hooks::OBJECTIVE, build_pmr),
-        "mmpareto" => spec("mmpareto", Hooks::OBJECTIVE_AND_BACKWARD, build_mmpareto),
-        _ => None,
-    }
+pub fn lookup(name: &str) -> Option<MethodEntry> {
+    entries().into_iter().find(|e| e.name == name)
 }
 
 fn allowed() -> String {
-    format!("{}, or several joined with `+` (e.g. agm+ogm-ge)", METHODS.join(", "))
+    format!("{}, or several joined with `+` (e.g. agm+ogm-ge)", names().join(", "))
 }
 
 /// The methods of a spec, in order, once the names are known and the hooks compose.
-pub fn parse(spec: &str) -> Result<Vec<MethodSpec>, MethodError> {
+pub fn parse(spec: &str) -> Result<Vec<MethodEntry>, MethodError> {
     let mut out = Vec::new();
     for part in spec.split(STACK_SEPARATOR) {
         let name = part.trim();
@@ -198,19 +169,15 @@ pub fn parse(spec: &str) -> Result<Vec<MethodSpec>, MethodError> {
     Ok(out)
 }
 
-/// Builds a spec for `model`: the method itself for one name, a [`Stack`] for several.
-pub fn build(
-    spec: &str,
-    configs: &MethodConfigs,
-    model: &dyn MultimodalModel,
-) -> Result<Box<dyn Modulator>, MethodError> {
-    let specs = parse(spec)?;
-    if let [one] = specs.as_slice() {
-        return (one.build)(configs, model);
+/// Builds a spec for a model: the method itself for one name, a [`Stack`] for several.
+pub fn build(spec: &str, settings: &MethodSettings, cx: &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError> {
+    let entries = parse(spec)?;
+    if let [one] = entries.as_slice() {
+        return one.build(settings, cx);
     }
-    let mut members = Vec::with_capacity(specs.len());
-    for s in &specs {
-        members.push(StackMember::new(s.name, (s.build)(configs, model)?, s.hooks));
+    let mut members = Vec::with_capacity(entries.len());
+    for e in &entries {
+        members.push(StackMember::new(e.name, e.build(settings, cx)?, e.hooks));
     }
     let stack = Stack::new(members).map_err(|e| format!("method = `{spec}` cannot be stacked: {e}"))?;
     Ok(Box::new(stack))
@@ -222,8 +189,8 @@ mod tests {
 
     #[test]
     fn every_listed_method_resolves_and_nothing_else() {
-        for name in METHODS {
-            assert_eq!(lookup(name).map(|s| s.name), Some(*name));
+        for name in names() {
+            assert_eq!(lookup(name).map(|s| s.name), Some(name));
         }
         assert!(lookup("AGM").is_none());
     }
@@ -232,10 +199,24 @@ mod tests {
     fn specs_are_checked_without_a_model() {
         assert_eq!(parse(" agm + mslr ").unwrap().len(), 2);
         for (spec, want) in
-            [("", "empty name"), ("agm+", "empty name"), ("ogm", "`ogm` is not known"), ("agm+agm", "appears twice")]
+            [("", "empty name"), ("agm+", "empty name"), ("ogmx", "`ogmx` is not known"), ("agm+agm", "appears twice")]
         {
             let err = parse(spec).unwrap_err().to_string();
             assert!(err.contains(want) && err.contains("method"), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn a_section_keeps_its_defaults_and_names_a_bad_key() {
+        let mut s = MethodSettings::av_digits();
+        let partial: toml::Table = toml::from_str("alpha = 3.0").unwrap();
+        s.set_section("agm", partial).unwrap();
+        assert_eq!(s.get::<Agm>().alpha, 3.0);
+        assert_eq!(s.get::<Agm>().prob_floor, crate::AgmConfig::av_digits().prob_floor);
+        let bad: toml::Table = toml::from_str("alpha = \"big\"").unwrap();
+        let (key, message) = s.set_section("agm", bad).unwrap_err();
+        assert_eq!(key, "agm.alpha", "{message}");
+        let (key, _) = s.set_section("agm", toml::from_str("alfa = 1.0").unwrap()).unwrap_err();
+        assert!(key.starts_with("agm"), "{key}");
     }
 }

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel};
 use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
-use agm_modulation::registry::{self, MethodConfigs};
+use agm_modulation::registry;
 use agm_modulation::{
     check_composable, mses_snapshot_tag, ogm_coefficients, Agm, AgmConfig, ClipRule, EpochAction, EpochCx,
     FirstEpochPolicy, Hooks, Joint, Modulator, Mses, MsesConfig, MsesSchedule, Mslr, MslrConfig, MslrSchedule, OgmGe,
     OgmGeConfig, OgmMode, Stack, StackMember, StepCx, StepForward,
 };
+use agm_modulation::{BuildCx, MethodSettings};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 
@@ -546,14 +547,15 @@ fn every_method_and_stack_runs_two_steps_for_two_and_three_modalities() {
     let specs = ["joint", "agm", "ogm-ge", "mslr", "mses", "agm+ogm-ge", "ogm-ge+mslr", "agm+mslr+mses"];
     for m in [2, 3] {
         for enc in [Enc::Mlp, Enc::Conv] {
-            let mut cfgs = MethodConfigs::av_digits();
-            cfgs.mslr = MslrConfig { init: vec![1.1; m], window: 5 };
+            let mut cfgs = MethodSettings::av_digits();
+            cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5 });
             if enc == Enc::Conv {
-                cfgs.ogm_ge.mode = OgmMode::Reference;
+                cfgs.set::<OgmGe>(&OgmGeConfig { mode: OgmMode::Reference, ..OgmGeConfig::av_digits() });
             }
             for spec in specs {
                 let net = model(m, enc, 5);
-                let mut modulator = registry::build(spec, &cfgs, &net).unwrap_or_else(|e| panic!("{spec}: {e}"));
+                let mut modulator =
+                    registry::build(spec, &cfgs, &BuildCx::new(&net, 0)).unwrap_or_else(|e| panic!("{spec}: {e}"));
                 let data = batches(m, enc, 2, 6);
                 train(&net, modulator.as_mut(), &data);
                 modulator.on_epoch_end(&epoch_cx(&net, 1, &vec![0.5; m], &vec![1.0; m])).unwrap();
@@ -567,20 +569,24 @@ fn every_method_and_stack_runs_two_steps_for_two_and_three_modalities() {
 
 #[test]
 fn the_registry_rejects_what_it_cannot_build_with_the_reason() {
-    let cfgs = MethodConfigs::av_digits();
+    let cfgs = MethodSettings::av_digits();
     let mlp = model(2, Enc::Mlp, 1);
-    let reference =
-        MethodConfigs { ogm_ge: OgmGeConfig { mode: OgmMode::Reference, ..OgmGeConfig::av_digits() }, ..cfgs.clone() };
+    let mlp3 = model(3, Enc::Mlp, 1);
+    let mlp1 = model(1, Enc::Mlp, 1);
+    let (mlp, mlp3, mlp1) = (BuildCx::new(&mlp, 0), BuildCx::new(&mlp3, 0), BuildCx::new(&mlp1, 0));
+    let mut reference = cfgs.clone();
+    reference.set::<OgmGe>(&OgmGeConfig { mode: OgmMode::Reference, ..OgmGeConfig::av_digits() });
     let err = registry::build("ogm-ge", &reference, &mlp).err().unwrap().to_string();
     assert!(err.contains("4-D") && err.contains("mode = paper"), "{err}");
-    let err = registry::build("mslr", &cfgs, &model(3, Enc::Mlp, 1)).err().unwrap().to_string();
+    let err = registry::build("mslr", &cfgs, &mlp3).err().unwrap().to_string();
     assert!(err.contains("mslr.init"), "{err}");
-    let err = registry::build("ogm-ge", &cfgs, &model(1, Enc::Mlp, 1)).err().unwrap().to_string();
+    let err = registry::build("ogm-ge", &cfgs, &mlp1).err().unwrap().to_string();
     assert!(err.contains("at least 2 modalities"), "{err}");
     let err = registry::build("magic", &cfgs, &mlp).err().unwrap().to_string();
     assert!(err.contains("`magic` is not known") && err.contains("joint, agm, ogm-ge, mslr, mses"), "{err}");
     let err = registry::build("mses+mses", &cfgs, &mlp).err().unwrap().to_string();
     assert!(err.contains("cannot be stacked") && err.contains("twice"), "{err}");
-    let bad = MethodConfigs { ogm_ge: OgmGeConfig { alpha: 0.0, ..OgmGeConfig::av_digits() }, ..cfgs };
+    let mut bad = cfgs;
+    bad.set::<OgmGe>(&OgmGeConfig { alpha: 0.0, ..OgmGeConfig::av_digits() });
     assert!(bad.validate().unwrap_err().to_string().contains("ogm_ge.alpha"));
 }

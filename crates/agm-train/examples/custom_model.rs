@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         schedule: ScheduleConfig::Constant {},
         checkpoint_every_steps: 0,
         shapley: agm_core::ShapleyMode::Faithful,
+        shuffle: true,
     };
     let mut trainer = Trainer::new(&model, Box::new(agm), |g| Ok(optimizer.build(g)?), opts, &device)?;
     let summary = trainer.fit(data.split(Split::Train), data.split(Split::Validation), &mut NoCallback)?;

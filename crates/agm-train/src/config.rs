@@ -8,10 +8,7 @@ use agm_data::av_digits::{self, AvDigits, AvDigitsConfig, NoisePreset, Split};
 use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
 use agm_data::{DatasetId, LoadOptions, LoadedDataset};
 use agm_fusion::{InputScale, PresetOptions};
-use agm_modulation::registry::{self, MethodConfigs};
-use agm_modulation::{
-    AgmConfig, GBlendConfig, JointConfig, MmParetoConfig, Modulator, MsesConfig, MslrConfig, OgmGeConfig, PmrConfig,
-};
+use agm_modulation::{registry, BuildCx, Method, MethodSettings, Modulator};
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +18,6 @@ use crate::TrainerOptions;
 
 /// Datasets `--dataset` accepts.
 pub const DATASETS: &[&str] = &["av-digits", "avmnist", "cremad", "urfunny", "ave", "mosei", "synthetic"];
-/// Methods `--method` accepts in this build, alone or stacked with `+` (`agm+ogm-ge`); the
-/// registry of agm-modulation owns the list.
-pub const METHODS: &[&str] = registry::METHODS;
 /// Devices `--device` accepts.
 pub const DEVICES: &[&str] = &["cpu", "cuda"];
 /// Values of `shapley`.
@@ -31,9 +25,10 @@ pub const SHAPLEY_MODES: &[&str] = &["auto", "fast", "faithful"];
 
 /// Everything that defines a run. [`crate::resolve`] builds one from the dataset's reference
 /// settings, a recipe, a config file and flags; read directly with [`RunConfig::from_toml_str`],
-/// missing keys take the AV-Digits defaults. Unknown keys are an error.
+/// missing keys take the AV-Digits defaults. Unknown keys are an error (the flattened method
+/// settings reject every key that is neither a run setting nor a method's section).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default = "RunConfig::av_digits")]
+#[serde(default = "RunConfig::av_digits")]
 pub struct RunConfig {
     pub dataset: String,
     /// Where a real dataset lives: a folder (a file for UR-Funny) or `hf://<repo-id>`; empty for
@@ -65,14 +60,10 @@ pub struct RunConfig {
     pub reference_protocol: bool,
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
-    pub joint: JointConfig,
-    pub agm: AgmConfig,
-    pub ogm_ge: OgmGeConfig,
-    pub mslr: MslrConfig,
-    pub mses: MsesConfig,
-    pub gblend: GBlendConfig,
-    pub pmr: PmrConfig,
-    pub mmpareto: MmParetoConfig,
+    /// Every registered method's settings, one `[<method>]` table each (`[agm]`, `[ogm_ge]`);
+    /// typed with [`RunConfig::method`] and [`RunConfig::set_method`].
+    #[serde(flatten)]
+    pub methods: MethodSettings,
 }
 
 /// What a config builds.
@@ -122,14 +113,7 @@ impl RunConfig {
             reference_protocol: false,
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)),
             schedule: ScheduleConfig::Constant {},
-            joint: JointConfig::plain(),
-            agm: AgmConfig::av_digits(),
-            ogm_ge: OgmGeConfig::av_digits(),
-            mslr: MslrConfig::av_digits(),
-            mses: MsesConfig::av_digits(),
-            gblend: GBlendConfig::av_digits(),
-            pmr: PmrConfig::av_digits(),
-            mmpareto: MmParetoConfig::av_digits(),
+            methods: MethodSettings::av_digits(),
         }
     }
 
@@ -141,36 +125,22 @@ impl RunConfig {
     /// default's settings.
     pub fn for_dataset(dataset: &str) -> Result<Self> {
         one_of("dataset", dataset, DATASETS)?;
-        let reference = |agm: AgmConfig, epochs: usize, batch_size: usize, lr: f64| Self {
+        let reference = |epochs: usize, batch_size: usize, lr: f64| Self {
             dataset: dataset.into(),
             model: default_model(dataset),
             epochs,
             batch_size,
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(lr)),
             schedule: ScheduleConfig::Step { step_size: 70, gamma: 0.1 },
-            agm,
+            methods: MethodSettings::for_dataset(dataset),
             ..Self::av_digits()
         };
         Ok(match dataset {
             // Author (issue #10): 1000 epochs; `range(1, EPOCHS)` runs EPOCHS − 1 of them.
-            "avmnist" => Self {
-                ogm_ge: OgmGeConfig::reference_avmnist(),
-                mslr: MslrConfig::avmnist(),
-                mses: MsesConfig::avmnist(),
-                ..reference(AgmConfig::paper_avmnist(), 999, 64, 1e-4)
-            },
-            "cremad" => Self {
-                mslr: MslrConfig::cremad(),
-                mses: MsesConfig::cremad(),
-                ..reference(AgmConfig::paper_cremad(), 1500, 16, 1e-5)
-            },
-            "urfunny" => Self {
-                mslr: MslrConfig::urfunny(),
-                mses: MsesConfig::urfunny(),
-                ..reference(AgmConfig::paper_urfunny(), 800, 16, 1e-5)
-            },
-            "ave" => reference(AgmConfig::paper_ave(), 10, 16, 1e-5),
-            "mosei" => Self { joint: JointConfig::paper_mosei(), ..reference(AgmConfig::paper_mosei(), 10, 16, 1e-5) },
+            "avmnist" => reference(999, 64, 1e-4),
+            "cremad" => reference(1500, 16, 1e-5),
+            "urfunny" => reference(800, 16, 1e-5),
+            "ave" | "mosei" => reference(10, 16, 1e-5),
             "synthetic" => Self { dataset: dataset.into(), ..Self::av_digits() },
             _ => Self::av_digits(),
         })
@@ -210,11 +180,31 @@ impl RunConfig {
 
     /// A parsed TOML table as a config, without the checks of [`RunConfig::validate`]. A bad
     /// value's error gives its dotted key (`optimizer.lr`) as the first element.
-    pub(crate) fn deserialize_table(table: toml::Table) -> std::result::Result<Self, (String, String)> {
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+    pub(crate) fn deserialize_table(mut table: toml::Table) -> std::result::Result<Self, (String, String)> {
+        // Method sections first, so their errors keep their dotted keys.
+        let methods = MethodSettings::take_from(&mut table)?;
+        let mut cfg: Self = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            (key, e.into_inner().message().to_string())
-        })
+            let message = e.into_inner().message().to_string();
+            // An unknown top-level key reaches the flattened settings, which report it at the root.
+            let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+            match unknown {
+                Some(field) if key == "." || key.is_empty() => (field.to_string(), message),
+                _ => (key, message),
+            }
+        })?;
+        cfg.methods = methods;
+        Ok(cfg)
+    }
+
+    /// Method `M`'s settings.
+    pub fn method<M: Method>(&self) -> M::Config {
+        self.methods.get::<M>()
+    }
+
+    /// Replaces method `M`'s settings.
+    pub fn set_method<M: Method>(&mut self, config: &M::Config) {
+        self.methods.set::<M>(config);
     }
 
     pub fn to_toml(&self) -> String {
@@ -232,10 +222,10 @@ impl RunConfig {
     /// Reading it back gives a config that trains the same run.
     pub fn to_run_toml(&self, header: &str) -> String {
         let mut table = toml::Table::try_from(self).expect("the config is plain data");
-        let used: Vec<String> = self.method.split('+').map(|m| m.trim().replace('-', "_")).collect();
-        for method in registry::METHODS {
-            let section = method.replace('-', "_");
-            if !used.contains(&section) {
+        let used: Vec<String> = self.method.split('+').map(agm_modulation::method::section_of).collect();
+        for entry in registry::entries() {
+            let section = entry.section();
+            if !used.iter().any(|u| u.trim() == section) {
                 table.remove(&section);
             }
         }
@@ -277,7 +267,7 @@ impl RunConfig {
         }
         self.optimizer.validate().map_err(|e| TrainError::Config(format!("optimizer: {e}")))?;
         self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
-        self.method_configs().validate()?;
+        self.methods.validate()?;
         Ok(())
     }
 
@@ -308,22 +298,6 @@ impl RunConfig {
         text.to_string()
     }
 
-    /// Every method's settings, as the registry takes them.
-    pub fn method_configs(&self) -> MethodConfigs {
-        MethodConfigs {
-            seed: self.seed,
-            joint: self.joint.clone(),
-            agm: self.agm.clone(),
-            ogm_ge: self.ogm_ge.clone(),
-            mslr: self.mslr.clone(),
-            mses: self.mses.clone(),
-            gblend: self.gblend.clone(),
-            pmr: self.pmr.clone(),
-            mmpareto: self.mmpareto.clone(),
-            feature_dims: None,
-        }
-    }
-
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cuda" => Device::new_cuda(0).map_err(|e| {
@@ -350,6 +324,7 @@ impl RunConfig {
             schedule: self.schedule,
             checkpoint_every_steps: self.checkpoint_every_steps,
             shapley: if self.shapley == "fast" { ShapleyMode::Fast } else { ShapleyMode::Faithful },
+            shuffle: true,
         }
     }
 
@@ -441,12 +416,12 @@ impl RunConfig {
 
     /// The method (or stack of methods) named by `method`, for this model and data.
     pub fn build_modulator(&self, model: &dyn MultimodalModel, data: &LoadedDataset) -> Result<Box<dyn Modulator>> {
-        let mut configs = self.method_configs();
         // Methods with their own heads need the encoders' output sizes: one pass on one sample.
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
         let probe = data.train.batch(&[0], &device)?;
-        configs.feature_dims = Some(agm_modulation::encoder_feature_dims(model, &probe)?);
-        Ok(registry::build(&self.method, &configs, model)?)
+        let dims = agm_modulation::encoder_feature_dims(model, &probe)?;
+        let cx = BuildCx::new(model, self.seed).with_feature_dims(&dims);
+        Ok(registry::build(&self.method, &self.methods, &cx)?)
     }
 
     /// A trainer for `model` and `modulator` with this config's optimizer and options, holding out

@@ -7,7 +7,7 @@
 //! use agm_train::resolve::RunRequest;
 //! let request = RunRequest::default().recipe("avmnist-agm-late").set("--data", "data", "avmnist/");
 //! let resolved = request.set("--lr", "optimizer.lr", 0.02).resolve().unwrap();
-//! assert_eq!(resolved.config.agm.alpha, 2.5);
+//! assert_eq!(resolved.config.method::<agm_modulation::Agm>().alpha, 2.5);
 //! let lr = resolved.settings.iter().find(|s| s.key == "optimizer.lr").unwrap();
 //! assert_eq!(lr.origin.to_string(), "flag --lr");
 //! ```

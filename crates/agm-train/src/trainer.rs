@@ -32,6 +32,8 @@ pub struct TrainerOptions {
     pub checkpoint_every_steps: usize,
     /// How the masked passes of Shapley-based methods run.
     pub shapley: ShapleyMode,
+    /// Visit the training split in a new seeded order every epoch (`false`: in stored order).
+    pub shuffle: bool,
 }
 
 /// Whether a callback lets training go on.
@@ -294,6 +296,11 @@ impl<'a> Trainer<'a> {
         self.modulator.as_ref()
     }
 
+    /// The variables the method added ([`Modulator::attach`]), which the optimizer trains too.
+    pub fn method_vars(&self) -> &[NamedVar] {
+        &self.extra_vars
+    }
+
     fn model_tensors(&self) -> Vec<(String, Tensor)> {
         self.model_vars
             .iter()
@@ -421,7 +428,7 @@ impl<'a> Trainer<'a> {
             let epoch = epoch_index + 1;
             let lr = schedule.lr_at_epoch(self.opts.base_lr, epoch_index);
             self.optimizer.set_learning_rate(lr);
-            let order = agm_data::epoch_order(n, self.opts.seed, epoch_index, true);
+            let order = agm_data::epoch_order(n, self.opts.seed, epoch_index, self.opts.shuffle);
             while self.state.next_batch < ranges.len() {
                 let bi = self.state.next_batch;
                 let batch = train.batch(&order[ranges[bi].clone()], &self.device)?;

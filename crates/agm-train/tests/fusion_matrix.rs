@@ -3,8 +3,8 @@
 
 use agm_core::{MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{FusionKind, FusionModel};
-use agm_modulation::registry::{self, MethodConfigs, METHODS};
 use agm_modulation::MslrConfig;
+use agm_modulation::{registry, BuildCx, MethodSettings, Mslr};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, StepParts};
@@ -33,17 +33,23 @@ fn values(model: &FusionModel) -> Vec<f32> {
 fn every_fusion_trains_two_steps_under_every_method_with_two_and_three_modalities() {
     for m in [2, 3] {
         for fusion in &common::FUSIONS {
-            for &method in METHODS {
+            for method in registry::names() {
                 for shapley in [ShapleyMode::Faithful, ShapleyMode::Fast] {
                     if shapley == ShapleyMode::Fast && method != "agm" {
                         continue;
                     }
                     let net = model(m, fusion);
-                    let mut cfgs = MethodConfigs::av_digits();
-                    cfgs.mslr = MslrConfig { init: vec![1.1; m], window: 5 };
-                    cfgs.feature_dims = Some(agm_modulation::encoder_feature_dims(&net, &batch(m, 0)).unwrap());
+                    let mut cfgs = MethodSettings::av_digits();
+                    cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5 });
+                    let dims = agm_modulation::encoder_feature_dims(&net, &batch(m, 0)).unwrap();
                     let what = format!("{fusion:?}, {method}, M = {m}, {shapley:?}");
-                    let mut modulator = registry::build(method, &cfgs, &net).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    let mut modulator =
+                        match registry::build(method, &cfgs, &BuildCx::new(&net, 0).with_feature_dims(&dims)) {
+                            Ok(modulator) => modulator,
+                            // A method defined for two modalities says so when built for three.
+                            Err(e) if m > 2 && e.to_string().contains("modalities") => continue,
+                            Err(e) => panic!("{what}: {e}"),
+                        };
                     let mut trainable = net.param_groups().trainable();
                     trainable.extend(modulator.attach(&net).unwrap());
                     let mut opt = OptimizerConfig::Sgd(SgdConfig::agm_reference(0.05))

@@ -3,8 +3,8 @@
 
 use agm_core::MultimodalModel;
 use agm_data::SplitTensors;
-use agm_modulation::{MsesConfig, OgmMode};
-use agm_train::{config, Callback, EpochSummary, Flow, RunConfig, TrainError};
+use agm_modulation::{Agm, Mses, MsesConfig, Mslr, OgmGe, OgmMode};
+use agm_train::{Callback, EpochSummary, Flow, RunConfig, TrainError};
 use candle_core::Device;
 
 /// Records every epoch row.
@@ -106,7 +106,8 @@ fn mses_stopping_at_a_first_epoch_best_restores_it_where_the_reference_crashes()
     // Patience 0 and validation losses that only grow: at epoch 2 both modalities stop with
     // their best at epoch 1, where the AV-MNIST reference tries to load a checkpoint it never
     // wrote. The trainer restores the epoch-1 snapshot and stops.
-    let cfg = RunConfig { mses: MsesConfig { patience: 0, ..MsesConfig::avmnist() }, ..with("mses", 4) };
+    let mut cfg = with("mses", 4);
+    cfg.set_method::<Mses>(&MsesConfig { patience: 0, ..MsesConfig::avmnist() });
     let (summary, coeffs, weights) = train_with_wrong_validation_labels(&cfg);
     assert_eq!(coeffs, vec![vec![1.0, 1.0], vec![0.0, 0.0]]);
     assert!(summary.stopped_early);
@@ -115,7 +116,8 @@ fn mses_stopping_at_a_first_epoch_best_restores_it_where_the_reference_crashes()
     let (_, _, after_one) = train_with_wrong_validation_labels(&RunConfig { epochs: 1, ..cfg.clone() });
     assert_eq!(weights, after_one, "the epoch-1 state was not restored");
     // UR-Funny's policy keeps the epoch-2 weights instead (no reload of a first-epoch best).
-    let skip = RunConfig { mses: MsesConfig { patience: 0, ..MsesConfig::urfunny() }, ..cfg };
+    let mut skip = cfg;
+    skip.set_method::<Mses>(&MsesConfig { patience: 0, ..MsesConfig::urfunny() });
     let (summary, coeffs, weights) = train_with_wrong_validation_labels(&skip);
     assert_eq!((summary.epochs_done, coeffs.len()), (2, 2));
     assert_ne!(weights, after_one);
@@ -124,8 +126,8 @@ fn mses_stopping_at_a_first_epoch_best_restores_it_where_the_reference_crashes()
 #[test]
 fn bad_method_configurations_are_rejected_naming_the_field_and_the_allowed_values() {
     let err = |toml: &str| RunConfig::from_toml_str(toml).unwrap_err().to_string();
-    let e = err("method = \"ogm\"\n");
-    assert!(e.contains("method") && e.contains("`ogm` is not known") && e.contains("ogm-ge, mslr, mses"), "{e}");
+    let e = err("method = \"ogmx\"\n");
+    assert!(e.contains("method") && e.contains("`ogmx` is not known") && e.contains("ogm-ge, mslr, mses"), "{e}");
     let e = err("method = \"agm+\"\n");
     assert!(e.contains("empty name"), "{e}");
     let e = err("method = \"mslr+mslr\"\n");
@@ -154,11 +156,11 @@ fn bad_method_configurations_are_rejected_naming_the_field_and_the_allowed_value
         }
     };
     let mut cfg = with("ogm-ge", 1);
-    cfg.ogm_ge.mode = OgmMode::Reference;
+    cfg.set_method::<OgmGe>(&agm_modulation::OgmGeConfig { mode: OgmMode::Reference, ..cfg.method::<OgmGe>() });
     let e = build(cfg);
     assert!(e.contains("4-D") && e.contains("mode = paper"), "{e}");
     let mut cfg = with("agm+mslr", 1);
-    cfg.mslr.init = vec![1.0, 1.0, 1.0];
+    cfg.set_method::<Mslr>(&agm_modulation::MslrConfig { init: vec![1.0, 1.0, 1.0], ..cfg.method::<Mslr>() });
     let e = build(cfg);
     assert!(e.contains("mslr.init has 3 values but the model has 2"), "{e}");
 }
@@ -169,13 +171,15 @@ fn method_sections_round_trip_and_default_to_the_av_digits_presets() {
         "method = \"agm+ogm-ge\"\n[ogm_ge]\nmode = \"reference\"\nalpha = 0.8\nwindow_end = 50\n[mses]\npatience = 3\n",
     )
     .unwrap();
-    assert_eq!(cfg.ogm_ge.mode, OgmMode::Reference);
-    assert_eq!((cfg.ogm_ge.alpha, cfg.ogm_ge.window_end), (0.8, Some(50)));
-    assert_eq!(cfg.ogm_ge.noise, agm_modulation::OgmGeConfig::av_digits().noise);
-    assert_eq!(cfg.mses.patience, 3);
-    assert_eq!(cfg.mslr, agm_modulation::MslrConfig::av_digits());
+    let ogm = cfg.method::<OgmGe>();
+    assert_eq!(ogm.mode, OgmMode::Reference);
+    assert_eq!((ogm.alpha, ogm.window_end), (0.8, Some(50)));
+    assert_eq!(ogm.noise, agm_modulation::OgmGeConfig::av_digits().noise);
+    assert_eq!(cfg.method::<Mses>().patience, 3);
+    assert_eq!(cfg.method::<Mslr>(), agm_modulation::MslrConfig::av_digits());
     assert_eq!(RunConfig::from_toml_str(&cfg.to_toml()).unwrap(), cfg);
-    assert!(config::METHODS.contains(&"ogm-ge"));
+    let e = RunConfig::from_toml_str("[ogm_gee]\nalpha = 1.0\n").unwrap_err().to_string();
+    assert!(e.contains("unknown field `ogm_gee`") && e.contains("ogm_ge"), "{e}");
 }
 
 #[test]
@@ -183,7 +187,7 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     let mut cfg = RunConfig::for_dataset("avmnist").unwrap();
     cfg.data = "data/avmnist".into();
     cfg.method = "agm+ogm-ge".into();
-    cfg.mslr.window = 9;
+    cfg.set_method::<Mslr>(&agm_modulation::MslrConfig { window: 9, ..cfg.method::<Mslr>() });
     let text = cfg.to_run_toml("Written by a test.\nSecond line.");
     assert!(text.starts_with("# Written by a test.\n# Second line.\n"), "{text}");
     let table: toml::Table = toml::from_str(&text).unwrap();
@@ -192,12 +196,15 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
         assert!(!table.contains_key(unused), "`[{unused}]` should be left out:\n{text}");
     }
     let back = RunConfig::from_toml_str(&text).unwrap();
-    assert_eq!((back.agm.clone(), back.ogm_ge.clone()), (cfg.agm.clone(), cfg.ogm_ge.clone()));
+    assert_eq!((back.method::<Agm>(), back.method::<OgmGe>()), (cfg.method::<Agm>(), cfg.method::<OgmGe>()));
     // Not equal (the unused MSLR section is not the default), yet the same run.
     assert_ne!(back, cfg);
     assert!(back.same_run(&cfg) && cfg.same_run(&back));
     assert!(!RunConfig { seed: 1, ..back.clone() }.same_run(&cfg));
     // Everything the run uses is the same: rebuild with the dropped sections and compare.
-    let restored = RunConfig { mslr: cfg.mslr.clone(), mses: cfg.mses.clone(), ..back };
+    let mut restored = back;
+    for section in ["joint", "mslr", "mses", "gblend", "pmr", "mmpareto"] {
+        restored.methods.set_section(section, cfg.methods.section(section).unwrap().clone()).unwrap();
+    }
     assert_eq!(restored, cfg);
 }

@@ -299,3 +299,106 @@ fn a_perturbed_schedule_fails_and_is_named() {
         "{report}"
     );
 }
+
+/// Every `method_steps` case under tests/fixtures/golden, found by its `kind` (a new method's
+/// case needs no new test).
+#[test]
+fn every_method_steps_case_matches() {
+    let root = fixture("");
+    let mut ran = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        let Ok(text) = std::fs::read_to_string(dir.join("case.json")) else { continue };
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if json["kind"] != "method_steps" {
+            continue;
+        }
+        let report = run_case(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        println!("{report}");
+        assert!(report.passed(), "{report}");
+        ran.push(report.case);
+    }
+    println!("method_steps cases: {ran:?}");
+}
+
+#[test]
+fn a_method_steps_case_with_a_wrong_parameter_fails_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_joint_case(dir.path(), 0.0);
+    let report = run_case(dir.path()).unwrap();
+    assert!(report.passed(), "{report}");
+    write_joint_case(dir.path(), 1e-6);
+    let report = run_case(dir.path()).unwrap();
+    assert!(!report.passed());
+    assert!(report.failures.iter().any(|f| f.key == "step2/params_after/net.head.fc.bias"), "{report}");
+}
+
+/// A `method_steps` case of plain joint training (one SGD step of cross-entropy, computed here
+/// by hand), with `error` added to the expected head bias after step 2.
+fn write_joint_case(dir: &Path, error: f64) {
+    let dev = Device::Cpu;
+    let (b, c, h, d) = (2usize, 2usize, 2usize, 2usize);
+    let t = |v: &[f64], shape: &[usize]| Tensor::from_vec(v.to_vec(), shape, &dev).unwrap();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut params: Vec<(String, Tensor)> = vec![
+        ("net.audio_encoder.0.weight".into(), t(&[0.5, -0.25, 0.125, 0.75], &[h, d])),
+        ("net.audio_encoder.0.bias".into(), t(&[0.0625, -0.1875], &[h])),
+        ("net.visual_encoder.0.weight".into(), t(&[-0.5, 0.25, 0.375, 0.5], &[h, d])),
+        ("net.visual_encoder.0.bias".into(), t(&[0.125, 0.25], &[h])),
+        ("net.head.fc.weight".into(), t(&[0.25, -0.5, 0.75, 0.125, -0.25, 0.5, 0.375, -0.75], &[c, 2 * h])),
+        ("net.head.fc.bias".into(), t(&[0.0, 0.0625], &[c])),
+    ];
+    for (n, p) in &params {
+        tensors.insert(format!("init/params/{n}"), p.clone());
+    }
+    let audio = t(&[1.0, 0.5, -0.5, 0.25, 0.75, -1.0, 0.5, 0.5], &[4, d]);
+    let visual = t(&[0.25, -0.75, 1.0, 0.5, -0.25, 0.5, 0.125, 1.0], &[4, d]);
+    let labels = [0i64, 1, 1, 0];
+    tensors.insert("train/input/audio".into(), audio.clone());
+    tensors.insert("train/input/visual".into(), visual.clone());
+    tensors.insert("train/label".into(), Tensor::new(&labels, &dev).unwrap());
+    // Plain SGD (lr 0.5, no momentum) on mean cross-entropy, by candle autograd on plain ops (no
+    // pre-activation is exactly 0, where candle's ReLU gradient differs from PyTorch's).
+    let mut steps = Vec::new();
+    for k in 0..2 {
+        let vars: Vec<candle_core::Var> =
+            params.iter().map(|(_, p)| candle_core::Var::from_tensor(p).unwrap()).collect();
+        let rows = |x: &Tensor| x.narrow(0, k * b, b).unwrap();
+        let enc = |x: &Tensor, w: &candle_core::Var, bias: &candle_core::Var| {
+            rows(x)
+                .matmul(&w.as_tensor().t().unwrap())
+                .unwrap()
+                .broadcast_add(bias.as_tensor())
+                .unwrap()
+                .relu()
+                .unwrap()
+        };
+        let feat = Tensor::cat(&[enc(&audio, &vars[0], &vars[1]), enc(&visual, &vars[2], &vars[3])], 1).unwrap();
+        let logits =
+            feat.matmul(&vars[4].as_tensor().t().unwrap()).unwrap().broadcast_add(vars[5].as_tensor()).unwrap();
+        let y = Tensor::new(&[labels[2 * k] as u32, labels[2 * k + 1] as u32], &dev).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        steps.push(serde_json::json!({"step": k + 1, "epoch": 1, "loss": loss.to_scalar::<f64>().unwrap()}));
+        let grads = loss.backward().unwrap();
+        for ((name, p), v) in params.iter_mut().zip(&vars) {
+            *p = (v.as_tensor() - (grads.get(v.as_tensor()).unwrap() * 0.5).unwrap()).unwrap();
+            let mut after = p.clone();
+            if k == 1 && name == "net.head.fc.bias" {
+                after = (after + error).unwrap();
+            }
+            tensors.insert(format!("step{}/params_after/{name}", k + 1), after);
+        }
+    }
+    let parameters: Vec<_> =
+        params.iter().map(|(n, p)| serde_json::json!({"name": n, "shape": p.dims(), "role": "shared"})).collect();
+    let case = serde_json::json!({
+        "case": "joint-by-hand", "format_version": 1, "kind": "method_steps", "dtype": "float64",
+        "method": "joint", "method_config": {},
+        "modalities": ["audio", "visual"],
+        "sizes": {"batch": b, "classes": c, "hidden": h, "input_dims": [d, d], "epochs": 1, "steps_per_epoch": 2},
+        "optimizer": {"kind": "sgd", "lr": 0.5, "momentum": 0.0, "weight_decay": 0.0},
+        "parameters": parameters, "steps": steps,
+    });
+    std::fs::write(dir.join("case.json"), serde_json::to_string_pretty(&case).unwrap()).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("tensors.safetensors")).unwrap();
+}

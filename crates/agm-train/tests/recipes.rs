@@ -70,9 +70,12 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
         RunRequest::default().set("--dataset", "dataset", "avmnist").set("--data", "data", "x").resolve().unwrap();
     let cfg = &resolved.config;
     assert_eq!(cfg.model, "avmnist-late");
-    assert_eq!((cfg.epochs, cfg.batch_size, cfg.optimizer.lr(), cfg.agm.alpha), (999, 64, 1e-4, 2.5));
+    assert_eq!(
+        (cfg.epochs, cfg.batch_size, cfg.optimizer.lr(), cfg.method::<agm_modulation::Agm>().alpha),
+        (999, 64, 1e-4, 2.5)
+    );
     assert_eq!(cfg.schedule, agm_train::optim::ScheduleConfig::Step { step_size: 70, gamma: 0.1 });
-    assert_eq!(cfg.agm, agm_modulation::AgmConfig::paper_avmnist());
+    assert_eq!(cfg.method::<agm_modulation::Agm>(), agm_modulation::AgmConfig::paper_avmnist());
     let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap();
     assert_eq!(epochs.to_string(), "epochs = 999 (avmnist default)");
     for (dataset, alpha, epochs) in [("cremad", 1.5, 1500), ("urfunny", 4.0, 800), ("ave", 1.0, 10), ("mosei", 1.0, 10)]
@@ -83,7 +86,11 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
             .resolve()
             .unwrap()
             .config;
-        assert_eq!((cfg.agm.alpha, cfg.epochs, cfg.batch_size), (alpha, epochs, 16), "{dataset}");
+        assert_eq!(
+            (cfg.method::<agm_modulation::Agm>().alpha, cfg.epochs, cfg.batch_size),
+            (alpha, epochs, 16),
+            "{dataset}"
+        );
     }
     // Synthetic data with a paper model trains with that model's dataset settings.
     let synthetic = RunRequest::default()
@@ -92,10 +99,13 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
         .resolve()
         .unwrap()
         .config;
-    assert_eq!((synthetic.optimizer.lr(), synthetic.agm.alpha, synthetic.epochs), (1e-4, 2.5, 20));
+    assert_eq!(
+        (synthetic.optimizer.lr(), synthetic.method::<agm_modulation::Agm>().alpha, synthetic.epochs),
+        (1e-4, 2.5, 20)
+    );
     // MOSEI clips every run, joint included.
     let mosei = RunConfig::for_dataset("mosei").unwrap();
-    assert!(mosei.joint.clip.is_some());
+    assert!(mosei.method::<agm_modulation::Joint>().clip.is_some());
     // The embedded default is unchanged by the resolver.
     assert_eq!(RunRequest::default().resolve().unwrap().config, RunConfig::av_digits());
     assert!(RunRequest::default().resolve().unwrap().settings.is_empty());
@@ -113,8 +123,12 @@ fn a_config_file_wins_over_a_recipe_and_a_flag_over_both() {
         .set("--epochs", "epochs", 2)
         .resolve()
         .unwrap();
-    assert_eq!((resolved.config.epochs, resolved.config.agm.alpha), (2, 0.5));
-    assert_eq!(resolved.config.agm.coeff_clamp, Some(7.0), "the recipe's dataset settings stay");
+    assert_eq!((resolved.config.epochs, resolved.config.method::<agm_modulation::Agm>().alpha), (2, 0.5));
+    assert_eq!(
+        resolved.config.method::<agm_modulation::Agm>().coeff_clamp,
+        Some(7.0),
+        "the recipe's dataset settings stay"
+    );
     let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap().to_string();
     assert!(
         epochs.starts_with("epochs = 2 (flag --epochs; wins over recipe urfunny-agm-late, config file"),

@@ -122,8 +122,8 @@ fn config_errors_name_the_key_and_the_file() {
     // A partial file keeps every other default.
     let cfg = RunConfig::from_toml_str("epochs = 3\n[agm]\nalpha = 0.5\n").unwrap();
     assert_eq!(cfg.epochs, 3);
-    assert_eq!(cfg.agm.alpha, 0.5);
-    assert_eq!(cfg.agm.prob_floor, AgmConfig::av_digits().prob_floor);
+    assert_eq!(cfg.method::<agm_modulation::Agm>().alpha, 0.5);
+    assert_eq!(cfg.method::<agm_modulation::Agm>().prob_floor, AgmConfig::av_digits().prob_floor);
     assert_eq!(RunConfig::from_toml_str(&RunConfig::av_digits().to_toml()).unwrap(), RunConfig::av_digits());
 }
 

@@ -13,6 +13,9 @@
 //! `epoch_schedule` (MSLR and MSES) replays each run's per-epoch inputs through the bookkeeping
 //! of [`agm_modulation::MslrSchedule`] and [`agm_modulation::MsesSchedule`], carrying out the
 //! snapshot actions on a stand-in for the trainer's state (see `epoch_schedule.rs`).
+//! `method_steps` (tests/fixtures/golden/METHODS.md) replays any registered method through the
+//! real [`crate::Trainer`] on a tiny network and compares losses, parameters after every step and
+//! the method's own numbers.
 //!
 //! Comparison (FORMAT.md §6): a tensor X (expected) against Y (computed) under key k has
 //! `err = max|X − Y| / max(max|X|, 1e-3·G)`, with G the largest |value| over the expected float
@@ -30,6 +33,7 @@
 mod case;
 mod competition;
 mod epoch_schedule;
+mod method_steps;
 mod report;
 mod train_steps;
 
@@ -64,7 +68,9 @@ pub enum ParityError {
     #[error("{path}: kind `{kind}` is not implemented yet (tracked by the competition / baselines issue)")]
     KindNotImplemented { path: PathBuf, kind: String },
 
-    #[error("{path}: unknown kind `{kind}` (allowed: train_steps, competition_strength, epoch_schedule)")]
+    #[error(
+        "{path}: unknown kind `{kind}` (allowed: train_steps, method_steps, competition_strength, epoch_schedule)"
+    )]
     UnknownKind { path: PathBuf, kind: String },
 
     #[error("{path}: method `{method}` is not implemented yet")]
@@ -122,6 +128,10 @@ pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
         "epoch_schedule" => {
             let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
             epoch_schedule::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
+        }
+        "method_steps" => {
+            let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
+            method_steps::run(&case_path, &dir.join(TENSORS_FILE), &json, &tensors)
         }
         "competition_strength" => {
             let tensors = load_tensors(&dir.join(TENSORS_FILE))?;
