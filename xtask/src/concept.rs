@@ -2,11 +2,10 @@
 //! modality's uni-modal model) that the competition-strength metric regresses on, and the glue
 //! that lets `cargo xtask train` measure that metric whenever the concepts exist.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agm_data::LoadedDataset;
-use agm_train::concept::{concept_modalities, default_dir, train_concept, ConceptProbe, ConceptSet};
+use agm_train::concept::{concept_modalities, default_dir, train_concept, ConceptSet};
+use agm_train::run::ConceptStatus;
 use agm_train::{RunConfig, RunSummary};
 
 use crate::cli::ConceptArgs;
@@ -72,93 +71,41 @@ pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where a run's concepts are expected and which modalities lack one.
-#[derive(Clone, Debug)]
-pub struct ConceptStatus {
-    pub dir: PathBuf,
-    /// Empty when the probe is attached.
-    pub missing: Vec<String>,
-    /// Concepts are trained for AV-Digits only in this version.
-    pub supported: bool,
-}
-
-/// [`attach_in`], after training the missing concepts into `dir` first where the dataset has
-/// them (AV-Digits: about 2 s, once; later runs find them on disk).
-pub fn attach_or_train<'a>(
-    cfg: &RunConfig,
-    data: &'a LoadedDataset,
-    dir: PathBuf,
-) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
-    let (probe, status) = attach_in(cfg, data, dir.clone())?;
-    if probe.is_some() || !status.supported {
-        return Ok((probe, status));
+/// The summary line of `train`: the last epoch's strengths, or how to create the concepts.
+pub fn summary_line(status: &ConceptStatus, cfg: &RunConfig, run: &RunSummary, modalities: &[String]) -> String {
+    if !status.supported {
+        return format!(
+            "competition strength: not measured (mono-modal concepts are trained for av-digits only; `{}` has none)",
+            cfg.dataset
+        );
     }
-    let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
-    agm_train::concept::train_concepts(&concept_cfg, Some(&status.missing.join(",")), &dir)?;
-    attach_in(cfg, data, dir)
-}
-
-/// The probe for a run when its dataset and preset have a concept for every modality in `dir`
-/// (by default `concepts/<dataset>-<preset>`). A broken concept folder is an error that names the
-/// file.
-pub fn attach_in<'a>(
-    cfg: &RunConfig,
-    data: &'a LoadedDataset,
-    dir: PathBuf,
-) -> anyhow::Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
-    let all = data.modalities.names().to_vec();
-    let (Some(dep), "av-digits") = (&data.dep, cfg.dataset.as_str()) else {
-        return Ok((None, ConceptStatus { dir, missing: all, supported: false }));
-    };
-    let set = ConceptSet::load_for(cfg, &dir)?;
-    let missing = match &set {
-        Some(s) => s.missing(&data.modalities),
-        None => all,
-    };
-    let probe = match set {
-        Some(s) if missing.is_empty() => Some(ConceptProbe::new(&s, &data.modalities, dep, &data.validation)?),
-        _ => None,
-    };
-    Ok((probe, ConceptStatus { dir, missing, supported: true }))
-}
-
-impl ConceptStatus {
-    /// The summary line of `train`: the last epoch's strengths, or how to create the concepts.
-    pub fn summary_line(&self, cfg: &RunConfig, run: &RunSummary, modalities: &[String]) -> String {
-        if !self.supported {
-            return format!(
-                "competition strength: not measured (mono-modal concepts are trained for av-digits only; `{}` has none)",
-                cfg.dataset
-            );
+    if !status.missing.is_empty() {
+        let only = if status.missing.len() < modalities.len() {
+            format!(" --modality {}", status.missing.join(","))
+        } else {
+            String::new()
+        };
+        return format!(
+            "competition strength: not measured (no concept for {} in {}); create {} with \
+             `cargo xtask concept --dataset {} --preset {}{only}` and train again",
+            status.missing.join(", "),
+            status.dir.display(),
+            if status.missing.len() > 1 { "them" } else { "it" },
+            cfg.dataset,
+            cfg.data_preset
+        );
+    }
+    match run.last.as_ref().and_then(|e| e.competition.as_ref()) {
+        Some(r) => {
+            let parts: Vec<String> = modalities.iter().zip(r).map(|(m, v)| format!("{m} {v:.3}")).collect();
+            format!(
+                "competition strength (validation, last epoch; 0: the modality's concept is linearly in the \
+                 fused feature, ~1: absent): {}   [concepts: {}]",
+                parts.join(" / "),
+                status.dir.display()
+            )
         }
-        if !self.missing.is_empty() {
-            let only = if self.missing.len() < modalities.len() {
-                format!(" --modality {}", self.missing.join(","))
-            } else {
-                String::new()
-            };
-            return format!(
-                "competition strength: not measured (no concept for {} in {}); create {} with \
-                 `cargo xtask concept --dataset {} --preset {}{only}` and train again",
-                self.missing.join(", "),
-                self.dir.display(),
-                if self.missing.len() > 1 { "them" } else { "it" },
-                cfg.dataset,
-                cfg.data_preset
-            );
-        }
-        match run.last.as_ref().and_then(|e| e.competition.as_ref()) {
-            Some(r) => {
-                let parts: Vec<String> = modalities.iter().zip(r).map(|(m, v)| format!("{m} {v:.3}")).collect();
-                format!(
-                    "competition strength (validation, last epoch; 0: the modality's concept is linearly in the \
-                     fused feature, ~1: absent): {}   [concepts: {}]",
-                    parts.join(" / "),
-                    self.dir.display()
-                )
-            }
-            None => format!("competition strength: concepts in {}, but no epoch was measured", self.dir.display()),
-        }
+        None => format!("competition strength: concepts in {}, but no epoch was measured", status.dir.display()),
     }
 }
 
@@ -215,7 +162,7 @@ mod tests {
             last: None,
             stopped_early: false,
         };
-        let line = status.summary_line(&cfg, &run, data.modalities().names());
+        let line = summary_line(&status, &cfg, &run, data.modalities().names());
         assert!(
             line.contains("cargo xtask concept --dataset av-digits --preset noisy-audio --modality visual"),
             "{line}"

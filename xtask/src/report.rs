@@ -41,13 +41,9 @@ impl RunRecord {
         let run = RunDir::open(dir)?;
         let config = RunConfig::from_toml_file(&run.config())?;
         let rows: Vec<EpochSummary> = run.read_metrics()?;
-        let test = match std::fs::read_to_string(run.summary()) {
-            Ok(text) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).with_context(|| format!("{}", run.summary().display()))?;
-                v.get("test").map(|t| serde_json::from_value(t.clone())).transpose()?
-            }
-            Err(_) => None,
+        let test = match run.summary().exists() {
+            true => agm_train::run::RunOutcome::load(&run)?.test,
+            false => None,
         };
         // The names the rows carry; for rows of earlier versions, the model's.
         let modalities = match rows.first() {

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agm_data::av_digits::Split;
 use agm_metric::EvalReport;
 use agm_train::concept::default_dir;
+use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
 use agm_train::{checkpoint::write_atomic, NoCallback, RunConfig, RunDir};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -463,23 +463,13 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
 /// `summary.json` and report.
 fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
-    let started = std::time::SystemTime::now();
-    let run_dir = RunDir::create(dir)?;
-    let _lock = run_dir.lock()?;
-    crate::provenance::write_config(&run_dir, cfg, started)?;
-    let device = cfg.device()?;
-    agm_benches::reset_peak_memory();
-    let built = cfg.build(&device)?;
-    let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
-    let mut trainer =
-        cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(run_dir.clone());
-    let concepts = concepts.map_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf);
-    if let (Some(probe), _) = crate::concept::attach_or_train(cfg, &built.data, concepts)? {
-        trainer = trainer.with_competition(Box::new(probe));
-    }
-    let summary = trainer.fit(train.as_ref(), validation, &mut NoCallback)?;
-    let test = crate::eval::evaluate_run(dir, Split::Test, "best")?;
-    crate::provenance::write_summary(&run_dir, &summary, &test, cfg, started)?;
+    let opts = RunOptions {
+        provenance: crate::provenance::of_this_process(std::time::SystemTime::now()),
+        concepts: Some(Concepts::TrainMissing(
+            concepts.map_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf),
+        )),
+    };
+    train_run(cfg, &RunDir::create(dir)?, RunStart::New, &opts, &mut NoCallback)?;
     report::write(dir, plot::YScale::Log)?;
     Ok(())
 }

@@ -3,14 +3,15 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use agm_data::av_digits::Split;
 use agm_modulation::Agm;
 use agm_train::concept::default_dir;
-use agm_train::{checkpoint::write_atomic, Resolved, RunConfig, RunDir};
+use agm_train::run::{train_run, Concepts, RunOptions, RunStart, RunStarted};
+use agm_train::{Callback, EpochSummary, Flow, Resolved, RunConfig, RunDir, StepSummary};
 use anyhow::Context;
 
 use crate::cli::TrainArgs;
 use crate::progress::Progress;
+use crate::report;
 
 /// The dataset's reference settings, then `--recipe`, then `--config`, then flags.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
@@ -193,13 +194,58 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
     notes
 }
 
+/// The header line and settings, printed when the run starts; then the progress bar.
+struct TrainOutput<'a> {
+    progress: Progress,
+    cfg: &'a RunConfig,
+    dir: &'a Path,
+    settings: &'a [String],
+}
+
+impl Callback for TrainOutput<'_> {
+    fn on_start(&mut self, run: &RunStarted) {
+        let cfg = self.cfg;
+        // Only methods that run the masked passes say how they run them.
+        let shapley = run.shapley.as_ref().map(|s| format!(", Shapley passes {s}")).unwrap_or_default();
+        let dataset = match cfg.dataset.as_str() {
+            "av-digits" => format!("av-digits ({} preset)", cfg.data_preset),
+            other => other.to_string(),
+        };
+        println!(
+            "{} {} with {} on {dataset} ({} train samples{shapley}), {} epoch{}, seed {}, device {} -> {}",
+            if run.resuming { "resuming" } else { "training" },
+            cfg.method,
+            cfg.model,
+            run.train_samples,
+            cfg.epochs,
+            if cfg.epochs == 1 { "" } else { "s" },
+            cfg.seed,
+            cfg.device,
+            self.dir.display()
+        );
+        if !self.settings.is_empty() {
+            println!("{SETTINGS_HEADING}");
+            self.settings.iter().for_each(|line| println!("{line}"));
+        }
+    }
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        self.progress.on_step(s)
+    }
+    fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
+        self.progress.on_epoch_end(e)
+    }
+    fn on_validation(&mut self, done: usize, total: usize) {
+        self.progress.on_validation(done, total)
+    }
+}
+
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::SystemTime::now();
     let (cfg, resumed, settings) = match &args.resume {
         Some(dir) => {
             let run_dir = RunDir::open(dir).with_context(|| format!("--resume {}", dir.display()))?;
-            let (cfg, rewrite) = resumed_config(&run_dir, &args, started)?;
-            (cfg, Some((run_dir, rewrite)), Vec::new())
+            let (cfg, header) = resumed_config(&run_dir, &args, started)?;
+            (cfg, Some((run_dir, header)), Vec::new())
         }
         None => {
             let resolved = resolve(&args)?;
@@ -218,101 +264,47 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
         return reexec_with_cuda();
     }
-    let resuming = resumed.is_some();
-    let (dir, rewrite) = match (resumed, &args.out) {
-        (Some((run_dir, rewrite)), _) => (run_dir, rewrite),
-        (None, Some(out)) => {
-            let dir = RunDir::create(out)?;
-            // A directory with run state is resumed or refused, never appended to.
-            if dir.holds_run_state() {
-                anyhow::bail!(
-                    "{} already holds a run; continue it with `cargo xtask train --resume {}` or choose another --out",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (dir, None)
-        }
+    let (dir, start) = match (resumed, &args.out) {
+        (Some((run_dir, header)), _) => (run_dir, RunStart::Resume { header }),
+        (None, Some(out)) => (RunDir::create(out)?, RunStart::New),
         // `<model>-<method>-seed<k>-<date>-<time>`, created atomically with a suffix on collision.
         (None, None) => {
             let name = format!("{}-{}-seed{}", cfg.model, cfg.method, cfg.seed);
-            (RunDir::open(crate::new_dir("runs", &name)?)?, None)
+            (RunDir::open(crate::new_dir("runs", &name)?)?, RunStart::New)
         }
     };
-    // Held until this function returns: a second run on the same directory stops here.
-    let _lock = dir.lock()?;
-    let has_checkpoint = dir.checkpoint().exists();
-    if resuming && !has_checkpoint {
-        // Stopped before its first checkpoint: start over from its config, dropping partial rows.
-        dir.truncate_metrics(0)?;
-    }
-    let device = cfg.device()?;
-    match rewrite {
-        Some(header) => write_atomic(&dir.config(), cfg.to_run_toml(&header).as_bytes())?,
-        None if !resuming => crate::provenance::write_config(&dir, &cfg, started)?,
-        None => {}
-    }
-    let built = cfg.build(&device)?;
-    let (train, validation) = (cfg.train_source(&built.data), &built.data.validation);
-    let modalities = built.data.modalities.names().to_vec();
     let concepts_dir = args.concepts.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
-    let (probe, concepts) = if args.no_concepts {
-        crate::concept::attach_in(&cfg, &built.data, concepts_dir)?
-    } else {
-        crate::concept::attach_or_train(&cfg, &built.data, concepts_dir)?
+    let opts = RunOptions {
+        provenance: crate::provenance::of_this_process(started),
+        concepts: Some(if args.no_concepts {
+            Concepts::In(concepts_dir)
+        } else {
+            Concepts::TrainMissing(concepts_dir)
+        }),
     };
-    let mut trainer =
-        cfg.trainer(built.model.as_ref(), built.modulator, &built.data, &device)?.with_run_dir(dir.clone());
-    if let Some(probe) = probe {
-        trainer = trainer.with_competition(Box::new(probe));
-    }
-    if resuming && has_checkpoint {
-        trainer.resume()?;
-    }
-    // Only methods that run the masked passes say how they run them.
-    let shapley = match trainer.modulator().forward_plan() {
-        agm_modulation::ForwardPlan::Shapley => {
-            format!(", Shapley passes {}", cfg.describe_shapley(built.model.as_ref()))
-        }
-        agm_modulation::ForwardPlan::Full => String::new(),
+    let modalities = report::modality_names(&cfg, 0);
+    let mut output = TrainOutput {
+        progress: Progress::new(modalities, args.quiet, args.stop_after_steps),
+        cfg: &cfg,
+        dir: dir.root(),
+        settings: &settings,
     };
-    let dataset = match cfg.dataset.as_str() {
-        "av-digits" => format!("av-digits ({} preset)", cfg.data_preset),
-        other => other.to_string(),
-    };
-    println!(
-        "{} {} with {} on {dataset} ({} train samples{}), {} epoch{}, seed {}, device {} -> {}",
-        if resuming { "resuming" } else { "training" },
-        cfg.method,
-        cfg.model,
-        train.len(),
-        shapley,
-        cfg.epochs,
-        if cfg.epochs == 1 { "" } else { "s" },
-        cfg.seed,
-        cfg.device,
-        dir.root().display()
-    );
-    if !settings.is_empty() {
-        println!("{SETTINGS_HEADING}");
-        settings.iter().for_each(|line| println!("{line}"));
-    }
-    let mut progress = Progress::new(modalities.clone(), args.quiet, args.stop_after_steps);
-    let summary = trainer.fit(train.as_ref(), validation, &mut progress)?;
-    progress.finish();
-    if summary.stopped_early && summary.epochs_done < cfg.epochs {
+    let outcome = train_run(&cfg, &dir, start, &opts, &mut output)?;
+    output.progress.finish();
+    let Some(test) = &outcome.test else {
         println!(
             "stopped at step {}; continue with `cargo xtask train --resume {}`",
-            summary.global_step,
+            outcome.run.global_step,
             dir.root().display()
         );
         return Ok(ExitCode::SUCCESS);
+    };
+    let modalities = test.modality_names();
+    print_summary(&cfg, &outcome.run, test, &modalities, dir.root());
+    if let Some(status) = &outcome.concepts {
+        println!("{}", crate::concept::summary_line(status, &cfg, &outcome.run, &modalities));
     }
-    let test = crate::eval::evaluate_run(dir.root(), Split::Test, "best")?;
-    print_summary(&cfg, &summary, &test, &modalities, dir.root());
-    println!("{}", concepts.summary_line(&cfg, &summary, &modalities));
-    crate::provenance::write_summary(&dir, &summary, &test, &cfg, started)?;
-    crate::report::write_after_train(dir.root());
+    report::write_after_train(dir.root());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,7 +420,7 @@ mod tests {
         assert_eq!(provenance["device"], "cpu");
         assert!(provenance["started"].as_str().unwrap() <= provenance["finished"].as_str().unwrap(), "{provenance}");
         assert!(provenance["threads"].as_u64().unwrap() >= 1 && provenance["command_line"].is_array(), "{provenance}");
-        let report = crate::eval::evaluate_run(&out, Split::Test, "best").unwrap();
+        let report = crate::eval::evaluate_run(&out, agm_data::av_digits::Split::Test, "best").unwrap();
         assert_eq!(report.samples, 600);
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);
     }

@@ -590,3 +590,38 @@ fn the_registry_rejects_what_it_cannot_build_with_the_reason() {
     bad.set::<OgmGe>(&OgmGeConfig { alpha: 0.0, ..OgmGeConfig::av_digits() });
     assert!(bad.validate().unwrap_err().to_string().contains("ogm_ge.alpha"));
 }
+
+/// `Method::HOOKS` must declare the hooks a method overrides, or a stack would silently skip
+/// them: a method that does not declare `objective` must return plain cross-entropy, and one
+/// that does not declare `backward` must differentiate as the default does.
+#[test]
+fn every_registered_method_declares_the_hooks_it_overrides() {
+    for entry in registry::entries() {
+        for step in 1..=2 {
+            let net = model(2, Enc::Mlp, 4);
+            let data = batches(2, Enc::Mlp, 1, 8);
+            let dims = agm_modulation::encoder_feature_dims(&net, &data[0]).unwrap();
+            let cx = BuildCx::new(&net, 0).with_feature_dims(&dims);
+            let mut method = entry.build(&MethodSettings::av_digits(), &cx).unwrap();
+            method.attach(&net).unwrap();
+            let forward = forward(&net, method.as_ref(), &data[0]);
+            let cx = StepCx { model: &net, batch: &data[0], forward: &forward, step, epoch: 1 };
+            let objective = method.objective(&cx).unwrap();
+            // AGM's loss has plain cross-entropy's value: compare what it differentiates to.
+            let plain = candle_nn::loss::cross_entropy(&forward.full.logits, &data[0].labels).unwrap();
+            let same_objective = snapshot(&net, &agm_kernels::backward(&objective.loss).unwrap())
+                == snapshot(&net, &agm_kernels::backward(&plain).unwrap());
+            if entry.name == "agm" {
+                assert!(!same_objective, "the check cannot tell AGM's objective from plain training");
+            }
+            if !entry.hooks.objective {
+                assert!(same_objective, "`{}` changes the objective but does not declare Hooks.objective", entry.name);
+            }
+            if !entry.hooks.backward {
+                let got = snapshot(&net, &method.backward(&cx, &objective).unwrap());
+                let want = snapshot(&net, &agm_kernels::backward(&objective.loss).unwrap());
+                assert_eq!(got, want, "`{}` changes the backward but does not declare Hooks.backward", entry.name);
+            }
+        }
+    }
+}

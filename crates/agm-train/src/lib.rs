@@ -17,6 +17,7 @@ pub mod optim;
 pub mod parity;
 pub mod recipes;
 pub mod resolve;
+pub mod run;
 mod run_dir;
 pub mod state_dict;
 pub mod step;

@@ -149,6 +149,8 @@ pub trait CompetitionProbe {
 
 /// Drivers observe training through this; libraries never print.
 pub trait Callback {
+    /// A whole run ([`crate::run::train_run`]) is about to train.
+    fn on_start(&mut self, _run: &crate::run::RunStarted) {}
     fn on_step(&mut self, _s: &StepSummary) -> Flow {
         Flow::Continue
     }

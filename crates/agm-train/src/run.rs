@@ -1,0 +1,299 @@
+//! One entry point for a whole run: train and evaluate a configuration into a run directory.
+//!
+//! [`train_run`] takes the run directory's lock, writes `config.toml` (new runs), builds the
+//! dataset, model and method, attaches the competition probe where concepts exist, trains (or
+//! resumes), evaluates the selected weights on the test split, and writes `summary.json`, which
+//! is exactly the [`RunOutcome`] it returns. `cargo xtask train`, `study` and the tests all run
+//! through it; drivers only parse arguments and print (through [`Callback`]).
+//!
+//! ```no_run
+//! use agm_train::run::{train_run, RunOptions, RunStart};
+//! use agm_train::{NoCallback, RunConfig, RunDir};
+//! let cfg = RunConfig { epochs: 2, ..RunConfig::av_digits() };
+//! let dir = RunDir::create("runs/example")?;
+//! let outcome = train_run(&cfg, &dir, RunStart::New, &RunOptions::default(), &mut NoCallback)?;
+//! println!("test accuracy {:.3}", outcome.test.unwrap().accuracy);
+//! # Ok::<(), agm_train::TrainError>(())
+//! ```
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use agm_core::MultimodalModel;
+use agm_data::LoadedDataset;
+use agm_metric::EvalReport;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::write_atomic;
+use crate::concept::{default_dir, ConceptProbe, ConceptSet};
+use crate::error::{Result, TrainError};
+use crate::{evaluate, load_weights_file, Callback, RunConfig, RunDir, RunSummary};
+
+/// How a run starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunStart {
+    /// A new run in an empty directory (or one without run state).
+    New,
+    /// Continue the run in the directory from its last checkpoint (from scratch when it stopped
+    /// before its first one). `header`, when given, replaces the comment block of its
+    /// `config.toml`, which is rewritten with the (possibly changed) epochs and device.
+    Resume { header: Option<String> },
+}
+
+/// Where the competition probe's mono-modal concepts come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Concepts {
+    /// No probe.
+    Off,
+    /// Use the concepts in this folder when it has one for every modality.
+    In(PathBuf),
+    /// As `In`, training the missing concepts first where the dataset supports it (AV-Digits).
+    TrainMissing(PathBuf),
+}
+
+impl Concepts {
+    /// `TrainMissing` in the default folder of the run's dataset and preset.
+    pub fn default_for(cfg: &RunConfig) -> Self {
+        Self::TrainMissing(default_dir(&cfg.dataset, &cfg.data_preset))
+    }
+}
+
+/// Facts a reader needs to trust or repeat a run, recorded in `summary.json` and atop
+/// `config.toml`. The driver fills in what only it knows (the command line, the commit).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub agm_version: String,
+    /// The commit the driver was built from, when built inside a git checkout.
+    pub git_commit: Option<String>,
+    /// UTC, RFC 3339.
+    pub started: String,
+    pub finished: String,
+    pub device: String,
+    /// Threads of candle's CPU pool (`RAYON_NUM_THREADS`, else the available cores).
+    pub threads: usize,
+    /// The command line, program name first (empty for a library call).
+    pub command_line: Vec<String>,
+}
+
+/// How [`train_run`] runs, besides the configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOptions {
+    pub provenance: Provenance,
+    /// Where the competition probe's concepts come from (default:
+    /// [`Concepts::default_for`] the run).
+    pub concepts: Option<Concepts>,
+}
+
+impl Default for RunOptions {
+    /// A library call started now, measuring competition where concepts exist.
+    fn default() -> Self {
+        Self { provenance: Provenance::started_now(Vec::new(), None), concepts: None }
+    }
+}
+
+impl Provenance {
+    /// A run started now from `command_line`, built at `git_commit`.
+    pub fn started_now(command_line: Vec<String>, git_commit: Option<String>) -> Self {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Self {
+            agm_version: env!("CARGO_PKG_VERSION").to_string(),
+            git_commit,
+            started: now.clone(),
+            finished: now,
+            device: String::new(),
+            threads,
+            command_line,
+        }
+    }
+
+    /// The comment block atop a run's `config.toml` (written when the run starts, so without
+    /// the end time; `summary.json` has it).
+    pub fn config_header(&self, device: &str) -> String {
+        let commit = self.git_commit.as_ref().map(|c| format!(", commit {c}")).unwrap_or_default();
+        let command =
+            if self.command_line.is_empty() { "(a library call)".to_string() } else { self.command_line.join(" ") };
+        format!(
+            "Written by agm {}{commit} for a run started {} on device {device} with {} thread{}.\n\
+             Command: {command}\n\
+             Settings of methods the run does not use are left out. Train it again with\n\
+             `cargo xtask train --config <this file>`.",
+            self.agm_version,
+            self.started,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+        )
+    }
+}
+
+/// What a run ended with; `summary.json` is this, serialised.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunOutcome {
+    pub run: RunSummary,
+    /// The test split's numbers for the selected (best validation) weights; `None` when the run
+    /// stopped before its last epoch (it can be resumed).
+    pub test: Option<EvalReport>,
+    pub config: RunConfig,
+    pub provenance: Provenance,
+    /// What became of the competition probe (not serialised).
+    #[serde(skip)]
+    pub concepts: Option<ConceptStatus>,
+}
+
+impl RunOutcome {
+    /// Reads a run's `summary.json`.
+    pub fn load(dir: &RunDir) -> Result<Self> {
+        let path = dir.summary();
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&path, format!("not a run summary: {e}")))
+    }
+
+    /// True when training ran every epoch (or the method stopped it) and the test split was
+    /// evaluated.
+    pub fn finished(&self) -> bool {
+        self.test.is_some()
+    }
+}
+
+/// Whether and where a run's competition probe found its concepts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConceptStatus {
+    pub dir: PathBuf,
+    /// Modalities without a concept in `dir`.
+    pub missing: Vec<String>,
+    /// Concepts are trained for AV-Digits only in this version.
+    pub supported: bool,
+}
+
+/// The probe for a run when its dataset has a concept for every modality in `dir`; with
+/// `train_missing`, the missing concepts are trained into `dir` first (AV-Digits: about 2 s, once).
+/// A broken concept folder is an error naming the file.
+pub fn attach_concepts<'a>(
+    cfg: &RunConfig,
+    data: &'a LoadedDataset,
+    dir: PathBuf,
+    train_missing: bool,
+) -> Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
+    let all = data.modalities.names().to_vec();
+    let (Some(dep), "av-digits") = (&data.dep, cfg.dataset.as_str()) else {
+        return Ok((None, ConceptStatus { dir, missing: all, supported: false }));
+    };
+    let missing = |set: &Option<ConceptSet>| match set {
+        Some(s) => s.missing(&data.modalities),
+        None => all.clone(),
+    };
+    let mut set = ConceptSet::load_for(cfg, &dir)?;
+    if train_missing && !missing(&set).is_empty() {
+        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
+        crate::concept::train_concepts(&concept_cfg, Some(&missing(&set).join(",")), &dir)?;
+        set = ConceptSet::load_for(cfg, &dir)?;
+    }
+    let missing = missing(&set);
+    let probe = match set {
+        Some(s) if missing.is_empty() => Some(ConceptProbe::new(&s, &data.modalities, dep, &data.validation)?),
+        _ => None,
+    };
+    Ok((probe, ConceptStatus { dir, missing, supported: true }))
+}
+
+/// What a run is about to do, for the driver's header line.
+#[derive(Clone, Debug)]
+pub struct RunStarted {
+    pub resuming: bool,
+    pub train_samples: usize,
+    /// How the Shapley passes run, for methods that run them.
+    pub shapley: Option<String>,
+    pub modalities: Vec<String>,
+}
+
+/// Trains and evaluates `cfg` into `dir` (see the module docs). The directory's lock is held
+/// for the whole run; a new run refuses a directory that already holds run state.
+pub fn train_run(
+    cfg: &RunConfig,
+    dir: &RunDir,
+    start: RunStart,
+    opts: &RunOptions,
+    callback: &mut dyn Callback,
+) -> Result<RunOutcome> {
+    let _lock = dir.lock()?;
+    let provenance = Provenance { device: cfg.device.clone(), ..opts.provenance.clone() };
+    let has_checkpoint = dir.checkpoint().exists();
+    match &start {
+        RunStart::New if dir.holds_run_state() => {
+            return Err(TrainError::Config(format!(
+                "{} already holds a run; continue it with `cargo xtask train --resume {}` or choose another --out",
+                dir.root().display(),
+                dir.root().display()
+            )));
+        }
+        RunStart::New => {
+            write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?
+        }
+        RunStart::Resume { header } => {
+            if !has_checkpoint {
+                // Stopped before its first checkpoint: start over from its config, dropping partial rows.
+                dir.truncate_metrics(0)?;
+            }
+            if let Some(header) = header {
+                write_atomic(&dir.config(), cfg.to_run_toml(header).as_bytes())?;
+            }
+        }
+    }
+    let resuming = matches!(start, RunStart::Resume { .. }) && has_checkpoint;
+    let device = cfg.device()?;
+    crate::memory::reset_peak_memory();
+    let built = cfg.build(&device)?;
+    let data = &built.data;
+    let train = cfg.train_source(data);
+    let concepts = opts.concepts.clone().unwrap_or_else(|| Concepts::default_for(cfg));
+    let (probe, concept_status) = match concepts {
+        Concepts::Off => (None, None),
+        Concepts::In(dir) => attach_concepts(cfg, data, dir, false).map(|(p, s)| (p, Some(s)))?,
+        Concepts::TrainMissing(dir) => attach_concepts(cfg, data, dir, true).map(|(p, s)| (p, Some(s)))?,
+    };
+    let model: &dyn MultimodalModel = built.model.as_ref();
+    let mut trainer = cfg.trainer(model, built.modulator, data, &device)?.with_run_dir(dir.clone());
+    if let Some(probe) = probe {
+        trainer = trainer.with_competition(Box::new(probe));
+    }
+    if resuming {
+        trainer.resume()?;
+    }
+    let shapley = (trainer.modulator().forward_plan() == agm_modulation::ForwardPlan::Shapley)
+        .then(|| cfg.describe_shapley(model));
+    callback.on_start(&RunStarted {
+        resuming,
+        train_samples: train.len(),
+        shapley,
+        modalities: data.modalities.names().to_vec(),
+    });
+    let summary = trainer.fit(train.as_ref(), &data.validation, callback)?;
+    drop(trainer);
+    let finished = !(summary.stopped_early && summary.epochs_done < cfg.epochs);
+    let test = if finished {
+        // The selected weights into the model already built, on the split already loaded.
+        load_weights_file(model, &dir.best())?;
+        Some(evaluate::evaluate_observed(model, &data.test, 256, &device, &mut |done, total| {
+            callback.on_validation(done, total)
+        })?)
+    } else {
+        None
+    };
+    let finished_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let outcome = RunOutcome {
+        run: summary,
+        test,
+        config: cfg.clone(),
+        provenance: Provenance { finished: finished_at, ..provenance },
+        concepts: concept_status,
+    };
+    if outcome.finished() {
+        let json = serde_json::to_string_pretty(&outcome).expect("a run outcome is plain data");
+        write_atomic(&dir.summary(), json.as_bytes())?;
+    }
+    Ok(outcome)
+}

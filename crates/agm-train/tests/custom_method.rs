@@ -1,0 +1,121 @@
+//! A method defined entirely in this file (its config, its hooks, its `Method` impl) and added
+//! with one registry call trains through the path `cargo xtask train` takes: the resolver (flags
+//! and its `[scale_grads]` section), then `agm_train::run::train_run` into a run directory.
+
+use agm_modulation::{registry, BuildCx, Hooks, Method, MethodError, Modulator, StepCx};
+use agm_train::run::{train_run, Concepts, RunOptions, RunOutcome, RunStart};
+use agm_train::{NoCallback, RunConfig, RunDir, RunRequest};
+use candle_core::backprop::GradStore;
+use serde::{Deserialize, Serialize};
+
+/// Multiplies every trainable gradient of the model by `factor`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ScaleGradsConfig {
+    factor: f64,
+}
+
+impl Default for ScaleGradsConfig {
+    fn default() -> Self {
+        Self { factor: 1.0 }
+    }
+}
+
+struct ScaleGrads {
+    factor: f64,
+}
+
+impl Modulator for ScaleGrads {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> candle_core::Result<()> {
+        for v in cx.model.param_groups().trainable() {
+            if let Some(g) = grads.get(v.var.as_tensor()) {
+                let scaled = g.affine(self.factor, 0.0)?;
+                grads.insert(v.var.as_tensor(), scaled);
+            }
+        }
+        Ok(())
+    }
+
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        Some(vec![self.factor])
+    }
+}
+
+impl Method for ScaleGrads {
+    const NAME: &'static str = "scale-grads";
+    const HOOKS: Hooks = Hooks::EDITS;
+    type Config = ScaleGradsConfig;
+
+    fn preset(_dataset: &str) -> ScaleGradsConfig {
+        ScaleGradsConfig::default()
+    }
+
+    fn validate(config: &ScaleGradsConfig) -> Result<(), MethodError> {
+        if config.factor > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("scale_grads.factor must be > 0, not {}", config.factor).into())
+        }
+    }
+
+    fn build(config: &ScaleGradsConfig, _cx: &BuildCx<'_>) -> Result<Self, MethodError> {
+        Ok(Self { factor: config.factor })
+    }
+}
+
+/// Resolves flags as `cargo xtask train` does and trains one epoch into a fresh directory.
+fn train(method: &str, factor: Option<f64>) -> (tempfile::TempDir, RunOutcome) {
+    let mut request = RunRequest::default().set("--method", "method", method).set("--epochs", "epochs", 1);
+    if let Some(f) = factor {
+        request = request.set("(test)", "scale_grads.factor", f);
+    }
+    let cfg: RunConfig = request.resolve().unwrap().config;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let outcome = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap();
+    (tmp, outcome)
+}
+
+fn weights(tmp: &tempfile::TempDir) -> Vec<u8> {
+    std::fs::read(tmp.path().join("run/best.safetensors")).unwrap()
+}
+
+#[test]
+fn a_method_from_a_test_file_trains_through_the_run_api() {
+    registry::register::<ScaleGrads>().unwrap();
+    // Registering the same type again is fine; another type under the name is not.
+    registry::register::<ScaleGrads>().unwrap();
+    assert!(registry::names().contains(&"scale-grads"));
+
+    let (joint_dir, joint) = train("joint", None);
+    let (same_dir, same) = train("scale-grads", Some(1.0));
+    let (half_dir, half) = train("scale-grads", Some(0.5));
+    // Factor 1 is plain joint training, bit for bit; 0.5 is not.
+    assert_eq!(weights(&same_dir), weights(&joint_dir));
+    assert_ne!(weights(&half_dir), weights(&joint_dir));
+    assert!(joint.test.is_some() && same.test.is_some() && half.test.is_some());
+    assert_eq!(half.run.last.as_ref().unwrap().last_coefficients, Some(vec![0.5]));
+
+    // The run directory records the method's section, and summary.json is the outcome.
+    let config = std::fs::read_to_string(half_dir.path().join("run/config.toml")).unwrap();
+    assert!(config.contains("[scale_grads]") && config.contains("factor = 0.5"), "{config}");
+    let back = RunOutcome::load(&RunDir::open(half_dir.path().join("run")).unwrap()).unwrap();
+    assert_eq!(back.config, half.config);
+    assert_eq!(back.test.unwrap().accuracy, half.test.unwrap().accuracy);
+
+    // Its settings are checked like a built-in method's, naming the key.
+    let err = RunRequest::default()
+        .set("--method", "method", "scale-grads")
+        .set("(test)", "scale_grads.factor", "big")
+        .resolve()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scale_grads.factor"), "{err}");
+    let err = RunConfig::from_toml_str("method = \"scale-grads\"\n[scale_grads]\nfactor = -1.0\n").unwrap_err();
+    assert!(err.to_string().contains("must be > 0"), "{err}");
+}
