@@ -24,6 +24,7 @@
 mod agm;
 mod error;
 mod gblend;
+mod inforeg;
 mod joint;
 pub mod method;
 mod mmpareto;
@@ -43,6 +44,10 @@ pub use error::MethodError;
 pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
     GBLEND_O_FLOOR,
+};
+pub use inforeg::{
+    head_split_outputs as inforeg_head_split_outputs, regulation_coefficients as inforeg_coefficients,
+    window_statistic as inforeg_window_statistic, InfoReg, InfoRegConfig, InfoRegUnimodal, WindowTrace,
 };
 pub use joint::{Joint, JointConfig};
 pub use method::{BuildCx, Method, MethodSettings};

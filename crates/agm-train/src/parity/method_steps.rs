@@ -112,6 +112,9 @@ struct Log {
     steps: Vec<(Option<Vec<f64>>, Value)>,
     /// After each epoch's end hook: the method's state.
     epochs: Vec<Value>,
+    /// Each step's objective: the value of the total loss the step differentiates (the fused
+    /// cross-entropy plus whatever terms the method adds).
+    objective_losses: Vec<f64>,
 }
 
 /// Delegates every hook to the method and records its state after each step and epoch end.
@@ -131,7 +134,10 @@ impl Modulator for Recorder<'_> {
         self.inner.forward_plan()
     }
     fn objective(&mut self, cx: &StepCx<'_>) -> candle_core::Result<Objective> {
-        self.inner.objective(cx)
+        let objective = self.inner.objective(cx)?;
+        let loss = objective.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.log.borrow_mut().objective_losses.push(loss);
+        Ok(objective)
     }
     fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> candle_core::Result<GradStore> {
         self.inner.backward(cx, objective)
@@ -164,16 +170,14 @@ impl Modulator for Recorder<'_> {
     }
 }
 
-/// Records the loss and every parameter after each step.
+/// Records every parameter after each step.
 struct ParamsAfter<'a> {
     vars: &'a [NamedVar],
-    losses: Vec<f64>,
     after: Vec<BTreeMap<String, Tensor>>,
 }
 
 impl Callback for ParamsAfter<'_> {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        self.losses.push(s.loss);
+    fn on_step(&mut self, _: &StepSummary) -> Flow {
         // The optimizer updates variables in place: keep a copy.
         let copies = self.vars.iter().filter_map(|v| Some((v.name.clone(), v.var.as_tensor().copy().ok()?)));
         self.after.push(copies.collect());
@@ -406,7 +410,7 @@ pub(super) fn run(
         var.var.set(&init.to_dtype(DType::F64).map_err(replay(0))?).map_err(replay(0))?;
     }
 
-    let mut params = ParamsAfter { vars: &vars, losses: Vec::new(), after: Vec::new() };
+    let mut params = ParamsAfter { vars: &vars, after: Vec::new() };
     let validation_split: &dyn BatchSource = match &validation {
         Some(v) => v,
         None => &train,
@@ -417,7 +421,6 @@ pub(super) fn run(
         }
         other => invalid(format!("the replay failed: {other}")),
     })?;
-    let losses = &params.losses;
 
     let mut checker = Checker::new(report, tensors).map_err(replay(0))?;
     let log = log.borrow();
@@ -427,7 +430,9 @@ pub(super) fn run(
             checker.missing(&at, format!("step {} out of order (expected {})", spec.step, k + 1));
             continue;
         }
-        checker.float("loss", &format!("{at}.loss"), spec.loss, losses.get(k).copied());
+        // `loss` is the total loss the step differentiates (METHODS.md), not only the fused
+        // cross-entropy the trainer reports.
+        checker.float("loss", &format!("{at}.loss"), spec.loss, log.objective_losses.get(k).copied());
         match log.steps.get(k) {
             Some((coefficients, state)) => {
                 compare_values(&mut checker, &at, &spec.values, coefficients.as_deref(), state)
