@@ -26,7 +26,9 @@ pub struct Checkpoint {
     pub meta: HashMap<String, String>,
 }
 
-/// One saved snapshot: model and optimizer tensors plus the modulator state of that moment.
+/// The training state of one moment: model (and method-owned) tensors, optimizer tensors and the
+/// modulator's state. A checkpoint holds the current one (plus the loop position), a snapshot an
+/// earlier one; [`crate::Trainer`] captures and restores both the same way.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotState {
     pub model: HashMap<String, Tensor>,

@@ -198,6 +198,15 @@ struct LoopState {
     stopped: bool,
 }
 
+/// What a restored state is to the method.
+#[derive(Clone, Copy)]
+enum Restore<'t> {
+    /// A stopped run continues.
+    Resume,
+    /// The method asked for snapshot `tag` back.
+    Snapshot(&'t str),
+}
+
 /// Trains one model with one modulator and one optimizer.
 pub struct Trainer<'a> {
     model: &'a dyn MultimodalModel,
@@ -326,19 +335,43 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// The training state now (model, optimizer, modulator); `copy` detaches it from the
+    /// variables the next steps update in place (snapshots), a checkpoint written at once needs
+    /// no copy.
+    fn capture(&self, copy: bool) -> Result<SnapshotState> {
+        let own = |pairs: Vec<(String, Tensor)>| -> candle_core::Result<HashMap<String, Tensor>> {
+            pairs.into_iter().map(|(k, t)| Ok((k, if copy { t.copy()? } else { t }))).collect()
+        };
+        Ok(SnapshotState {
+            model: own(self.model_tensors())?,
+            optimizer: own(self.optimizer.state()?)?,
+            modulator: self.modulator.state(),
+        })
+    }
+
+    /// Puts a captured state back. A resume restores the method's state as saved; a snapshot
+    /// restore tells the method which snapshot it asked for ([`Modulator::on_restored`]).
+    fn restore(&mut self, state: &SnapshotState, how: Restore<'_>, origin: &std::path::Path) -> Result<()> {
+        self.set_model_tensors(&state.model, origin)?;
+        self.optimizer
+            .load_state(&state.optimizer)
+            .map_err(|e| TrainError::checkpoint(origin, format!("optimizer state: {e}")))?;
+        let modulator = match how {
+            Restore::Resume => self.modulator.load_state(&state.modulator),
+            Restore::Snapshot(tag) => self.modulator.on_restored(tag, &state.modulator),
+        };
+        modulator.map_err(|e| TrainError::checkpoint(origin, e.to_string()))
+    }
+
     /// Writes the latest state to the run directory, if any.
     fn save_checkpoint(&mut self) -> Result<()> {
         let Some(dir) = &self.run_dir else { return Ok(()) };
+        let now = self.capture(false)?;
         let mut meta = HashMap::new();
         meta.insert("trainer".into(), serde_json::to_string(&self.state).expect("plain data"));
-        meta.insert("modulator".into(), self.modulator.state().to_string());
+        meta.insert("modulator".into(), now.modulator.to_string());
         meta.insert("lr".into(), self.optimizer.learning_rate().to_string());
-        let ck = Checkpoint {
-            model: self.model_tensors().into_iter().collect(),
-            optimizer: self.optimizer.state()?.into_iter().collect(),
-            snapshots: self.snapshots.clone(),
-            meta,
-        };
+        let ck = Checkpoint { model: now.model, optimizer: now.optimizer, snapshots: self.snapshots.clone(), meta };
         self.checkpoint_writes += 1;
         let crash = self.crash_on_write == Some(self.checkpoint_writes);
         ck.save_inner(&dir.checkpoint(), crash).map_err(|e| match e {
@@ -361,49 +394,26 @@ impl<'a> Trainer<'a> {
 
     /// Restores everything from the run directory's checkpoint, so the next `fit` continues
     /// exactly where the stopped run was (weights, optimizer, running scores, scales, position
-    /// in the data order).
+    /// in the data order, the method's saved snapshots).
     pub fn resume(&mut self) -> Result<()> {
-        let dir = self.run_dir.as_ref().ok_or_else(|| TrainError::Config("resume needs a run directory".into()))?;
+        let dir = self.run_dir.clone().ok_or_else(|| TrainError::Config("resume needs a run directory".into()))?;
         let path = dir.checkpoint();
         let ck = Checkpoint::load(&path, &self.device)?;
-        self.set_model_tensors(&ck.model, &path)?;
-        self.optimizer
-            .load_state(&ck.optimizer)
-            .map_err(|e| TrainError::checkpoint(&path, format!("optimizer state: {e}")))?;
-        let modulator_state: serde_json::Value = ck.meta_json("modulator", &path)?;
-        self.modulator.load_state(&modulator_state).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
-        self.state = ck.meta_json("trainer", &path)?;
+        let modulator = ck.meta_json("modulator", &path)?;
+        let loop_state = ck.meta_json("trainer", &path)?;
+        let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator };
+        self.restore(&state, Restore::Resume, &path)?;
+        self.state = loop_state;
         self.snapshots = ck.snapshots;
         dir.truncate_metrics(self.state.epochs_done)?;
         Ok(())
     }
 
-    fn take_snapshot(&self) -> Result<SnapshotState> {
-        Ok(SnapshotState {
-            model: self
-                .model_tensors()
-                .into_iter()
-                .map(|(k, t)| Ok((k, t.copy()?)))
-                .collect::<candle_core::Result<_>>()?,
-            optimizer: self
-                .optimizer
-                .state()?
-                .into_iter()
-                .map(|(k, t)| Ok((k, t.copy()?)))
-                .collect::<candle_core::Result<_>>()?,
-            modulator: self.modulator.state(),
-        })
-    }
-
     fn restore_snapshot(&mut self, tag: &str) -> Result<()> {
-        let snap = self.snapshots.get(tag).ok_or_else(|| {
+        let snap = self.snapshots.get(tag).cloned().ok_or_else(|| {
             TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved"))
         })?;
-        let (model, optimizer, modulator) = (snap.model.clone(), snap.optimizer.clone(), snap.modulator.clone());
-        self.set_model_tensors(&model, std::path::Path::new(tag))?;
-        self.optimizer.load_state(&optimizer)?;
-        self.modulator.on_restored(tag, &modulator)?;
-        Ok(())
+        self.restore(&snap, Restore::Snapshot(tag), std::path::Path::new(tag))
     }
 
     fn dropout_seed(&self) -> u64 {
@@ -504,7 +514,7 @@ impl<'a> Trainer<'a> {
             for action in actions {
                 match action {
                     EpochAction::SaveSnapshot(tag) => {
-                        let snap = self.take_snapshot()?;
+                        let snap = self.capture(true)?;
                         self.snapshots.insert(tag, snap);
                     }
                     EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag)?,
