@@ -143,7 +143,8 @@ pub struct ReproduceArgs {
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct StudyArgs {
-    /// Comma-separated methods, e.g. `joint,agm` (default: joint,agm).
+    /// Comma-separated methods, e.g. `joint,agm` (default: joint,agm), or `all` for every
+    /// registered method.
     #[arg(long, default_value = "joint,agm")]
     pub methods: String,
     /// Number of seeds (0..N).
@@ -194,11 +195,16 @@ pub struct ConceptArgs {
     pub out: Option<PathBuf>,
 }
 
+/// `--method`'s help: every registered method, so a new one is listed without editing this.
+fn method_help() -> String {
+    let names: Vec<String> = agm_modulation::registry::names().iter().map(|n| format!("`{n}`")).collect();
+    format!("A method ({}) or several joined with `+` (`agm+ogm-ge`); docs/methods.md describes each", names.join(", "))
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrainArgs {
-    /// A method (`joint`, `agm`, `ogm-ge`, `mslr`, `mses`, `gblend`, `pmr`, `mmpareto`) or several
-    /// joined with `+` (`agm+ogm-ge`).
-    #[arg(long)]
+    /// A method (see `method_help`) or several joined with `+` (`agm+ogm-ge`).
+    #[arg(long, help = method_help())]
     pub method: Option<String>,
     /// The run's seed (data order, initialisation, dropout).
     #[arg(long)]

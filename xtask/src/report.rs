@@ -582,7 +582,22 @@ pub(crate) mod tests {
             modality_accuracy: vec![0.8, 0.25],
             modality_loss: vec![0.5, 2.0],
         };
-        std::fs::write(dir.join("summary.json"), serde_json::json!({ "test": test }).to_string()).unwrap();
+        let record = RunRecord::load(&dir).unwrap();
+        let outcome = agm_train::run::RunOutcome {
+            run: agm_train::RunSummary {
+                epochs_done: 1,
+                global_step: 10,
+                best_epoch: 1,
+                best_accuracy: 0.9,
+                last: record.rows.last().cloned(),
+                stopped_early: false,
+            },
+            test: Some(test),
+            config: record.config,
+            provenance: agm_train::run::RunOptions::default().provenance,
+            concepts: None,
+        };
+        std::fs::write(dir.join("summary.json"), serde_json::to_string(&outcome).unwrap()).unwrap();
         let out = write(&dir, YScale::Log).unwrap();
         assert!(out.join("accuracy.png").exists() && out.join("modality_accuracy.svg").exists());
         assert!(!out.join("coefficients.png").exists() && !out.join("competition.png").exists());

@@ -528,6 +528,9 @@ pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> a
 
 /// The methods of `--methods`, checked.
 fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
+    if list.trim() == "all" {
+        return Ok(agm_modulation::registry::names().into_iter().map(String::from).collect());
+    }
     let methods: Vec<String> = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
     if methods.is_empty() {
         anyhow::bail!("--methods names no method");
