@@ -24,6 +24,7 @@
 mod agm;
 mod error;
 mod gblend;
+mod greedy;
 mod joint;
 pub mod method;
 mod mmpareto;
@@ -44,6 +45,7 @@ pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
     GBLEND_O_FLOOR,
 };
+pub use greedy::{conditional_speeds as greedy_conditional_speeds, Greedy, GreedyConfig, GreedyState};
 pub use joint::{Joint, JointConfig};
 pub use method::{BuildCx, Method, MethodSettings};
 pub use mmpareto::{

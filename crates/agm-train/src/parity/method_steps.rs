@@ -108,6 +108,9 @@ struct EpochSpec {
 /// What the replay saw after each step and each epoch end.
 #[derive(Default)]
 struct Log {
+    /// Each step's objective, the total loss it differentiates (the model's auxiliary loss
+    /// included), which the case's `loss` is.
+    losses: Vec<f64>,
     /// After each step: the method's coefficients and state.
     steps: Vec<(Option<Vec<f64>>, Value)>,
     /// After each epoch's end hook: the method's state.
@@ -134,6 +137,8 @@ impl Modulator for Recorder<'_> {
         self.inner.objective(cx)
     }
     fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> candle_core::Result<GradStore> {
+        let loss = objective.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        self.log.borrow_mut().losses.push(loss);
         self.inner.backward(cx, objective)
     }
     fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> candle_core::Result<()> {
@@ -164,16 +169,14 @@ impl Modulator for Recorder<'_> {
     }
 }
 
-/// Records the loss and every parameter after each step.
+/// Records every parameter after each step.
 struct ParamsAfter<'a> {
     vars: &'a [NamedVar],
-    losses: Vec<f64>,
     after: Vec<BTreeMap<String, Tensor>>,
 }
 
 impl Callback for ParamsAfter<'_> {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        self.losses.push(s.loss);
+    fn on_step(&mut self, _s: &StepSummary) -> Flow {
         // The optimizer updates variables in place: keep a copy.
         let copies = self.vars.iter().filter_map(|v| Some((v.name.clone(), v.var.as_tensor().copy().ok()?)));
         self.after.push(copies.collect());
@@ -406,7 +409,7 @@ pub(super) fn run(
         var.var.set(&init.to_dtype(DType::F64).map_err(replay(0))?).map_err(replay(0))?;
     }
 
-    let mut params = ParamsAfter { vars: &vars, losses: Vec::new(), after: Vec::new() };
+    let mut params = ParamsAfter { vars: &vars, after: Vec::new() };
     let validation_split: &dyn BatchSource = match &validation {
         Some(v) => v,
         None => &train,
@@ -417,10 +420,9 @@ pub(super) fn run(
         }
         other => invalid(format!("the replay failed: {other}")),
     })?;
-    let losses = &params.losses;
-
     let mut checker = Checker::new(report, tensors).map_err(replay(0))?;
     let log = log.borrow();
+    let losses = &log.losses;
     for (k, spec) in case.steps.iter().enumerate() {
         let at = format!("steps[{k}]");
         if spec.step != k + 1 {
