@@ -25,6 +25,7 @@ mod agm;
 mod error;
 mod gblend;
 mod inforeg;
+mod greedy;
 mod joint;
 pub mod method;
 mod mmpareto;
@@ -49,6 +50,7 @@ pub use inforeg::{
     head_split_outputs as inforeg_head_split_outputs, regulation_coefficients as inforeg_coefficients,
     window_statistic as inforeg_window_statistic, InfoReg, InfoRegConfig, InfoRegUnimodal, WindowTrace,
 };
+pub use greedy::{conditional_speeds as greedy_conditional_speeds, Greedy, GreedyConfig, GreedyState};
 pub use joint::{Joint, JointConfig};
 pub use method::{BuildCx, Method, MethodSettings};
 pub use mmpareto::{
