@@ -25,6 +25,7 @@ mod agm;
 mod error;
 mod gblend;
 mod joint;
+mod lfm;
 pub mod method;
 mod mmpareto;
 mod modulator;
@@ -45,6 +46,10 @@ pub use gblend::{
     GBLEND_O_FLOOR,
 };
 pub use joint::{Joint, JointConfig};
+pub use lfm::{
+    lfm_alignment, lfm_fitted_weights, lfm_learned_update, lfm_rows, Lfm, LfmConfig, LfmState, LfmWeighting,
+    LFM_FITTED_ALIGN, LFM_FITTED_CLS, LFM_FITTED_LAST_EPOCH,
+};
 pub use method::{BuildCx, Method, MethodSettings};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
