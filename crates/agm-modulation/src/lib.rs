@@ -27,6 +27,7 @@ mod gblend;
 mod inforeg;
 mod greedy;
 mod joint;
+mod lfm;
 pub mod method;
 mod mmpareto;
 mod modulator;
@@ -52,6 +53,10 @@ pub use inforeg::{
 };
 pub use greedy::{conditional_speeds as greedy_conditional_speeds, Greedy, GreedyConfig, GreedyState};
 pub use joint::{Joint, JointConfig};
+pub use lfm::{
+    lfm_alignment, lfm_fitted_weights, lfm_learned_update, lfm_rows, Lfm, LfmConfig, LfmState, LfmWeighting,
+    LFM_FITTED_ALIGN, LFM_FITTED_CLS, LFM_FITTED_LAST_EPOCH,
+};
 pub use method::{BuildCx, Method, MethodSettings};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
