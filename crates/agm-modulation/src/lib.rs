@@ -24,8 +24,8 @@
 mod agm;
 mod error;
 mod gblend;
-mod inforeg;
 mod greedy;
+mod inforeg;
 mod joint;
 mod lfm;
 pub mod method;
@@ -47,11 +47,11 @@ pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
     GBLEND_O_FLOOR,
 };
+pub use greedy::{conditional_speeds as greedy_conditional_speeds, Greedy, GreedyConfig, GreedyState};
 pub use inforeg::{
     head_split_outputs as inforeg_head_split_outputs, regulation_coefficients as inforeg_coefficients,
     window_statistic as inforeg_window_statistic, InfoReg, InfoRegConfig, InfoRegUnimodal, WindowTrace,
 };
-pub use greedy::{conditional_speeds as greedy_conditional_speeds, Greedy, GreedyConfig, GreedyState};
 pub use joint::{Joint, JointConfig};
 pub use lfm::{
     lfm_alignment, lfm_fitted_weights, lfm_learned_update, lfm_rows, Lfm, LfmConfig, LfmState, LfmWeighting,
