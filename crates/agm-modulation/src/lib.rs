@@ -26,6 +26,7 @@ mod error;
 mod gblend;
 mod joint;
 pub mod method;
+mod mla;
 mod mmpareto;
 mod modulator;
 mod mses;
@@ -46,6 +47,10 @@ pub use gblend::{
 };
 pub use joint::{Joint, JointConfig};
 pub use method::{BuildCx, Method, MethodSettings};
+pub use mla::{
+    fuse_logits as mla_fuse_logits, projector_alpha as mla_projector_alpha, projector_update as mla_projector_update,
+    Mla, MlaConfig, MlaFusion,
+};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };
