@@ -29,6 +29,7 @@ mod inforeg;
 mod joint;
 mod lfm;
 pub mod method;
+mod mla;
 mod mmpareto;
 mod modulator;
 mod mses;
@@ -58,6 +59,10 @@ pub use lfm::{
     LFM_FITTED_ALIGN, LFM_FITTED_CLS, LFM_FITTED_LAST_EPOCH,
 };
 pub use method::{BuildCx, Method, MethodSettings};
+pub use mla::{
+    fuse_logits as mla_fuse_logits, projector_alpha as mla_projector_alpha, projector_update as mla_projector_update,
+    Mla, MlaConfig, MlaFusion,
+};
 pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };

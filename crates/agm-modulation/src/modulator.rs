@@ -165,6 +165,13 @@ pub trait Modulator {
         None
     }
 
+    /// An epoch of `steps` optimizer steps begins with its step `first_step` (0-based: 0, or the
+    /// next step of an epoch a resumed run continues). For methods whose step depends on its place
+    /// in the epoch (MLA); the trainer calls it before the epoch's first step it runs.
+    fn on_epoch_start(&mut self, _epoch: usize, _steps: usize, _first_step: usize) -> Result<()> {
+        Ok(())
+    }
+
     fn on_epoch_end(&mut self, _cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         Ok(Vec::new())
     }
@@ -214,6 +221,9 @@ impl<T: Modulator + ?Sized> Modulator for Box<T> {
     }
     fn clip_rule(&self) -> Option<ClipRule> {
         (**self).clip_rule()
+    }
+    fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {
+        (**self).on_epoch_start(epoch, steps, first_step)
     }
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         (**self).on_epoch_end(cx)

@@ -8,6 +8,7 @@
 //! | `backward` | the single member that defines one, which must then also own the objective if any member does; otherwise `agm_kernels::backward(loss)` |
 //! | `after_backward` | every member's, in order |
 //! | `clip_rule` | the members' rule; members that clip must agree on it |
+//! | `on_epoch_start` | every member's, in order |
 //! | `on_epoch_end` | every member's actions, concatenated in order |
 //! | `coefficients` | the last member that has coefficients |
 //! | `state` / `load_state` | a JSON array with one entry per member |
@@ -118,7 +119,7 @@ impl Stack {
                              give both the same clip settings or remove one",
                             m.name
                         )
-                        .into())
+                        .into());
                     }
                     Some(_) => {}
                     None => clip = Some((m.name.clone(), rule)),
@@ -212,6 +213,13 @@ impl Modulator for Stack {
 
     fn clip_rule(&self) -> Option<ClipRule> {
         self.clip
+    }
+
+    fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {
+        for m in &mut self.members {
+            m.on_epoch_start(epoch, steps, first_step)?;
+        }
+        Ok(())
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {

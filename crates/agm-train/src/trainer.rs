@@ -441,6 +441,7 @@ impl<'a> Trainer<'a> {
             let lr = schedule.lr_at_epoch(self.opts.base_lr, epoch_index);
             self.optimizer.set_learning_rate(lr);
             let order = agm_data::epoch_order(n, self.opts.seed, epoch_index, self.opts.shuffle);
+            self.modulator.on_epoch_start(epoch, ranges.len(), self.state.next_batch)?;
             while self.state.next_batch < ranges.len() {
                 let bi = self.state.next_batch;
                 let batch = train.batch(&order[ranges[bi].clone()], &self.device)?;

@@ -151,6 +151,9 @@ impl Modulator for Recorder<'_> {
     fn clip_rule(&self) -> Option<agm_modulation::ClipRule> {
         self.inner.clip_rule()
     }
+    fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> candle_core::Result<()> {
+        self.inner.on_epoch_start(epoch, steps, first_step)
+    }
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> candle_core::Result<Vec<EpochAction>> {
         let actions = self.inner.on_epoch_end(cx)?;
         self.log.borrow_mut().epochs.push(self.inner.state());
