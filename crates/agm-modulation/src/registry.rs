@@ -23,7 +23,7 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 
 use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{Agm, GBlend, Joint, MethodError, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr};
+use crate::{Agm, GBlend, Joint, MethodError, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr, ReconBoost};
 
 /// The methods built into agm-modulation, in the order `--help` lists them.
 fn builtin() -> Vec<MethodEntry> {
@@ -36,6 +36,7 @@ fn builtin() -> Vec<MethodEntry> {
         MethodEntry::of::<GBlend>(),
         MethodEntry::of::<Pmr>(),
         MethodEntry::of::<MmPareto>(),
+        MethodEntry::of::<ReconBoost>(),
     ]
 }
 
