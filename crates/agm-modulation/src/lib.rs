@@ -36,6 +36,7 @@ mod mses;
 mod mslr;
 mod ogm_ge;
 mod pmr;
+mod reconboost;
 pub mod registry;
 pub mod shapley;
 mod shared;
@@ -76,5 +77,6 @@ pub use ogm_ge::{
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,
 };
 pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
+pub use reconboost::{reconcilement_weights, ReconBoost, ReconBoostConfig, ReconBoostPhase, ReconBoostStep, StagePlan};
 pub use registry::MethodEntry;
 pub use stack::{check_composable, Hooks, Stack, StackMember};
