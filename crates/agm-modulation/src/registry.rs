@@ -23,7 +23,7 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 
 use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{Agm, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr};
+use crate::{Agm, Dgl, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr};
 
 /// The methods built into agm-modulation, in the order `--help` lists them.
 fn builtin() -> Vec<MethodEntry> {
@@ -39,6 +39,7 @@ fn builtin() -> Vec<MethodEntry> {
         MethodEntry::of::<InfoReg>(),
         MethodEntry::of::<Greedy>(),
         MethodEntry::of::<Lfm>(),
+        MethodEntry::of::<Dgl>(),
     ]
 }
 
