@@ -121,6 +121,16 @@ pub trait MultimodalModel {
         Ok((full, passes))
     }
 
+    /// The fusion alone: logits `[B, classes]` from one feature per modality, shaped as
+    /// [`ModelOutput::encoder_features`] holds them, which the caller may detach, zero or mix
+    /// (DGL applies the fusion head to each feature with the others zeroed). `train` and
+    /// `dropout_seed` as in [`ForwardOpts`]; in training mode a fusion's batch norm updates its
+    /// running statistics, which only the full pass should do, so methods call it in evaluation
+    /// mode. `None` (the default): the model does not factor into encoders and a fusion.
+    fn fuse(&self, _features: &[Tensor], _train: bool, _dropout_seed: u64) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// What [`ShapleyMode::Fast`] does for this model. The default
     /// [`MultimodalModel::shapley_passes`] ignores the mode and always runs the faithful passes.
     fn fast_shapley(&self) -> FastShapley {
@@ -169,6 +179,9 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
         mode: ShapleyMode,
     ) -> Result<(ModelOutput, Vec<Tensor>)> {
         (**self).shapley_passes(inputs, masked, opts, mode)
+    }
+    fn fuse(&self, features: &[Tensor], train: bool, dropout_seed: u64) -> Result<Option<Tensor>> {
+        (**self).fuse(features, train, dropout_seed)
     }
     fn fast_shapley(&self) -> FastShapley {
         (**self).fast_shapley()

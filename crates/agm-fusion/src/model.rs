@@ -186,6 +186,20 @@ impl MultimodalModel for FusionModel {
         self.store.groups(self.encoders.len())
     }
 
+    /// The fusion over the given features (the fusion's dropout seed derived from
+    /// `dropout_seed` as in [`MultimodalModel::forward`]).
+    fn fuse(&self, features: &[Tensor], train: bool, dropout_seed: u64) -> Result<Option<Tensor>> {
+        if features.len() != self.encoders.len() {
+            candle_core::bail!("the model has {} modalities but got {} features", self.encoders.len(), features.len());
+        }
+        for (m, (enc, f)) in self.encoders.iter().zip(features).enumerate() {
+            if f.rank() != 2 || f.dim(1)? != enc.out_dim() {
+                candle_core::bail!("feature {m} has shape {:?}, the fusion takes [B, {}]", f.dims(), enc.out_dim());
+            }
+        }
+        Ok(Some(self.fusion.forward_t(features, train, self.fusion_seed(dropout_seed))?.logits))
+    }
+
     /// The fast path runs encoders in training mode, so it is exact only without batch norm or
     /// dropout in them.
     fn fast_shapley(&self) -> agm_core::FastShapley {

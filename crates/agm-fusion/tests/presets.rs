@@ -78,6 +78,14 @@ fn every_preset_builds_and_runs_forward_at_the_small_scale() {
         let out = model.forward(&xs, &ForwardOpts::eval(m)).unwrap();
         assert_eq!(out.logits.dims(), &[2 * spec.segments, spec.classes], "{name}");
         assert_eq!(out.encoder_features.len(), m, "{name}");
+        // The fusion alone over the pass's own features is the pass's fusion.
+        match model.fuse(&out.encoder_features, false, 0).unwrap() {
+            Some(logits) => {
+                let diff = (logits - &out.logits).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}");
+            }
+            None => assert!(name == "ave-psp" || name == "mosei-mat", "{name} has no fusion of its own"),
+        }
     }
     let reference = PresetOptions { scale: InputScale::Reference, ..PresetOptions::default() };
     let cremad = preset_spec("cremad-late", &reference).unwrap();

@@ -22,6 +22,7 @@
 //! ```
 
 mod agm;
+mod dgl;
 mod error;
 mod gblend;
 mod greedy;
@@ -44,6 +45,7 @@ mod stack;
 mod uni_heads;
 
 pub use agm::{Agm, AgmConfig, AgmStepStats};
+pub use dgl::{unimodal_logits as dgl_unimodal_logits, Dgl, DglConfig, DglStepStats};
 pub use error::MethodError;
 pub use gblend::{
     encoder_feature_dims, gblend_weights, GBlend, GBlendConfig, GBlendEstimate, GBlendEstimator, GBlendMeasure,
