@@ -36,6 +36,8 @@ fn builtin() -> Vec<MethodEntry> {
         MethodEntry::of::<GBlend>(),
         MethodEntry::of::<Pmr>(),
         MethodEntry::of::<MmPareto>(),
+        MethodEntry::of::<crate::Opm>(),
+        MethodEntry::of::<crate::Ogm>(),
     ]
 }
 
