@@ -35,7 +35,9 @@ mod mmpareto;
 mod modulator;
 mod mses;
 mod mslr;
+mod ogm;
 mod ogm_ge;
+mod opm;
 mod pmr;
 mod reconboost;
 pub mod registry;
@@ -74,10 +76,12 @@ pub use modulator::{
 };
 pub use mses::{snapshot_tag as mses_snapshot_tag, FirstEpochPolicy, Mses, MsesConfig, MsesEpoch, MsesSchedule};
 pub use mslr::{Mslr, MslrConfig, MslrSchedule};
+pub use ogm::{ogm_journal_coefficients, Ogm, OgmConfig, OgmParams, OgmStats, UniModal};
 pub use ogm_ge::{
     noise_std as ogm_noise_std, ogm_coefficients, score_sum as ogm_score_sum, OgmCoefficients, OgmGe, OgmGeConfig,
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,
 };
+pub use opm::{opm_drop_probabilities, opm_uniform, Opm, OpmConfig, OpmStats};
 pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
 pub use reconboost::{reconcilement_weights, ReconBoost, ReconBoostConfig, ReconBoostPhase, ReconBoostStep, StagePlan};
 pub use registry::MethodEntry;

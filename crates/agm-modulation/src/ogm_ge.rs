@@ -227,7 +227,7 @@ pub struct OgmCoefficients {
 }
 
 /// `1 − tanh(x)` for `x ≥ 0`, kept in `(0, 1]`.
-fn one_minus_tanh(x: f64) -> f64 {
+pub(crate) fn one_minus_tanh(x: f64) -> f64 {
     let k = 1.0 - x.tanh();
     if k >= STABLE_BELOW {
         k
@@ -283,7 +283,7 @@ pub fn noise_std(grad: &Tensor) -> Result<f64> {
 }
 
 /// SplitMix64: mixes seeds so that nearby seeds give unrelated streams.
-fn mix(a: u64, b: u64) -> u64 {
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -291,7 +291,7 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 /// `n` draws of `N(0, std)` by Box–Muller.
-fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
+pub(crate) fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
     (0..n)
         .map(|_| {
             let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);

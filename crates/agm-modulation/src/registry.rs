@@ -42,6 +42,8 @@ fn builtin() -> Vec<MethodEntry> {
         MethodEntry::of::<Mla>(),
         MethodEntry::of::<ReconBoost>(),
         MethodEntry::of::<Dgl>(),
+        MethodEntry::of::<crate::Opm>(),
+        MethodEntry::of::<crate::Ogm>(),
     ]
 }
 
