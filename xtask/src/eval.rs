@@ -94,15 +94,43 @@ pub fn evaluate_target(target: &EvalTarget, split: Split) -> anyhow::Result<(Eva
     let model = cfg.build_model(&data, &device)?;
     agm_train::load_weights_file(model.as_ref(), &target.weights)
         .with_context(|| format!("loading weights into model `{}` (dataset `{}`)", cfg.model, cfg.dataset))?;
+    let method = method_predictor(cfg, model.as_ref(), &data, &target.weights)?;
     let source = agm_train::config::dataset_split(&data, split)?;
     let mut bar = crate::progress::EvalBar::new(format!("evaluating on {}", split.name()));
     let report =
-        agm_train::evaluate_observed(model.as_ref(), source, 256, &device, &mut |done, total| bar.update(done, total))?;
+        agm_train::evaluate_with(model.as_ref(), method.as_deref(), source, 256, &device, &mut |done, total| {
+            bar.update(done, total)
+        })?;
     bar.finish();
     Ok((report, data.modalities.names().to_vec()))
 }
 
+/// The run's method with its saved variables, when it predicts with variables of its own (MLA's
+/// shared head, ReconBoost's ensemble) and the weights file holds them, so `eval` scores what
+/// training scored; otherwise `None` (the model's fused logits).
+fn method_predictor(
+    cfg: &RunConfig,
+    model: &dyn agm_core::MultimodalModel,
+    data: &agm_data::LoadedDataset,
+    weights: &Path,
+) -> anyhow::Result<Option<Box<dyn agm_modulation::Modulator>>> {
+    let Ok(mut method) = cfg.build_modulator(model, data) else { return Ok(None) };
+    let vars = method.attach(model)?;
+    let tensors = agm_train::read_state_dict(weights)?;
+    let saved: Option<Vec<_>> = vars.iter().map(|v| tensors.get(&format!("method.{}", v.name))).collect();
+    match saved {
+        Some(saved) if !vars.is_empty() => {
+            for (v, t) in vars.iter().zip(saved) {
+                v.var.set(&t.to_dtype(v.var.dtype())?.to_device(v.var.device())?)?;
+            }
+            Ok(Some(method))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Evaluates a run directory's `best` or `last` weights on a split.
+#[cfg(test)]
 pub fn evaluate_run(dir: &Path, split: Split, which: &str) -> anyhow::Result<EvalReport> {
     Ok(evaluate_target(&run_dir_target(dir, which)?, split)?.0)
 }

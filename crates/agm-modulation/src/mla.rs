@@ -51,9 +51,11 @@
 //! `p = softmax(o_m)` taken **over the batch axis** (the official `F.softmax(output, dim=0)`), and
 //! weights `w_m = exp(max e − e_m) / Σ_k exp(max e − e_k)`; `fixed`: `Σ w_m o_m` with
 //! `fusion_weights` (official: `0.55, 0.45` for two modalities, `0.35, 0.25, 0.4` for three;
-//! uniform otherwise). The fusion does not change training. agm's trainer evaluates the model's
-//! own fusion head, which MLA leaves untrained; with `epoch_eval` the method evaluates its own
-//! prediction (fused and per modality) on the training split at each epoch end
+//! uniform otherwise). The fusion does not change training. Evaluation, model selection and
+//! `cargo xtask eval` score this prediction ([`Modulator::predict`]; the dynamic weights come
+//! from the evaluation batch, 256 rows, where the official `valid` uses its loader's batch),
+//! not the model's fusion head, which MLA never trains. With `epoch_eval` the method also
+//! evaluates its own prediction (fused and per modality) on the training split at each epoch end
 //! ([`fuse_logits`]), as `train_fused_accuracy` and `train_modality_accuracy` in its state.
 //!
 //! # Number of modalities
@@ -495,6 +497,21 @@ impl Modulator for Mla {
     }
 
     /// One-hot: the modality trained at the last step (epoch means give each modality's share).
+    /// MLA's test-time fusion of the shared head's per-modality logits (`fusion`: the fixed
+    /// weights, or the entropy gating over the evaluation batch), so evaluation and model
+    /// selection score what MLA predicts, not the model's fusion head it never trains.
+    fn predict(&self, _model: &dyn MultimodalModel, pass: &agm_core::ModelOutput) -> Result<Option<Tensor>> {
+        let mut logits = Vec::with_capacity(self.m);
+        for (x, f) in pass.encoder_features.iter().enumerate() {
+            let o = self.head_logits(&self.feature(&f.detach(), x)?)?;
+            logits.push(o.to_dtype(DType::F64)?.to_vec2::<f64>()?);
+        }
+        let (fused, _) = fuse_logits(&logits, self.cfg.fusion, &self.cfg.fixed_weights(self.m));
+        let (rows, classes) = (fused.len(), fused.first().map_or(0, Vec::len));
+        let flat: Vec<f64> = fused.into_iter().flatten().collect();
+        Ok(Some(Tensor::from_vec(flat, (rows, classes), pass.logits.device())?.to_dtype(pass.logits.dtype())?))
+    }
+
     fn coefficients(&self) -> Option<Vec<f64>> {
         let mut c = vec![0.0; self.m];
         if let Some(x) = self.state.modality {

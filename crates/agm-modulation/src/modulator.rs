@@ -181,6 +181,14 @@ pub trait Modulator {
         None
     }
 
+    /// The method's prediction from an evaluation-mode pass of the model, for a method that
+    /// predicts with parts of its own (MLA's shared head, ReconBoost's ensemble). Evaluation,
+    /// model selection and the Shapley accuracies use it for every pass. `None` (the default):
+    /// the model's fused logits.
+    fn predict(&self, _model: &dyn MultimodalModel, _pass: &ModelOutput) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// Serializable state for checkpoints, resume and snapshots.
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Null
@@ -230,6 +238,9 @@ impl<T: Modulator + ?Sized> Modulator for Box<T> {
     }
     fn coefficients(&self) -> Option<Vec<f64>> {
         (**self).coefficients()
+    }
+    fn predict(&self, model: &dyn MultimodalModel, pass: &ModelOutput) -> Result<Option<Tensor>> {
+        (**self).predict(model, pass)
     }
     fn state(&self) -> serde_json::Value {
         (**self).state()

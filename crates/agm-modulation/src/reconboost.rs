@@ -575,6 +575,27 @@ impl Modulator for ReconBoost {
     }
 
     /// Per modality: 1 when the last step trained its encoder, else 0.
+    /// The boosted ensemble `β · Σ g(h_m)` over the learners trained so far (the stage's learner
+    /// and every earlier one; all of them before the first step), as the official evaluation
+    /// scores the model.
+    fn predict(&self, _model: &dyn MultimodalModel, pass: &agm_core::ModelOutput) -> Result<Option<Tensor>> {
+        let (head, beta) = self.parts()?;
+        let members = match &self.last {
+            Some(last) => {
+                let mut members = last.ensemble.clone();
+                members[last.learner] = true;
+                members
+            }
+            None => vec![true; self.m],
+        };
+        let logits: Vec<Tensor> =
+            pass.encoder_features.iter().map(|f| head.forward(&f.flatten_from(1)?)).collect::<Result<_>>()?;
+        match sum_logits(&logits, &members)? {
+            Some(sum) => Ok(Some(sum.broadcast_mul(beta.as_tensor())?)),
+            None => Ok(None),
+        }
+    }
+
     fn coefficients(&self) -> Option<Vec<f64>> {
         let last = self.last.as_ref()?;
         let plan = self.plan(last.epoch);

@@ -23,7 +23,10 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 
 use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{Agm, Dgl, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, Mla, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr, ReconBoost};
+use crate::{
+    Agm, Dgl, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, Mla, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr,
+    ReconBoost,
+};
 
 /// The methods built into agm-modulation, in the order `--help` lists them.
 fn builtin() -> Vec<MethodEntry> {

@@ -234,6 +234,19 @@ impl Modulator for Stack {
         self.members.iter().rev().find_map(|m| m.coefficients())
     }
 
+    fn predict(
+        &self,
+        model: &dyn MultimodalModel,
+        pass: &agm_core::ModelOutput,
+    ) -> Result<Option<candle_core::Tensor>> {
+        for m in &self.members {
+            if let Some(logits) = m.predict(model, pass)? {
+                return Ok(Some(logits));
+            }
+        }
+        Ok(None)
+    }
+
     fn state(&self) -> serde_json::Value {
         serde_json::Value::Array(self.members.iter().map(|m| m.state()).collect())
     }

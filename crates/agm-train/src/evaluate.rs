@@ -2,7 +2,7 @@
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalModel, Subset};
 use agm_metric::{EvalReport, EvalTally};
-use agm_modulation::shapley;
+use agm_modulation::{shapley, Modulator};
 use candle_core::{DType, Device, Result};
 
 /// Evaluates `model` on every sample of `data` in order. With two or more modalities it also
@@ -25,6 +25,27 @@ pub fn evaluate_observed(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
+    evaluate_with(model, None, data, batch_size, device, progress)
+}
+
+/// [`evaluate_observed`] with a method's own prediction for every pass
+/// ([`Modulator::predict`]; the model's logits where it has none).
+pub fn evaluate_with(
+    model: &dyn MultimodalModel,
+    method: Option<&dyn Modulator>,
+    data: &dyn BatchSource,
+    batch_size: usize,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let logits = |opts: &ForwardOpts, inputs: &[candle_core::Tensor]| -> Result<candle_core::Tensor> {
+        let pass = model.forward(inputs, opts)?;
+        let predicted = match method {
+            Some(method) => method.predict(model, &pass)?,
+            None => None,
+        };
+        Ok(predicted.unwrap_or(pass.logits).detach())
+    };
     let m = model.modalities().len();
     let mut tally = EvalTally::new(model.modalities().names());
     let n = data.len();
@@ -33,13 +54,13 @@ pub fn evaluate_observed(
         let batch = data.batch(chunk, device)?;
         let labels = batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let opts = ForwardOpts::eval(m);
-        let full = model.forward(&batch.inputs, &opts)?.logits.detach();
+        let full = logits(&opts, &batch.inputs)?;
         let mono = if m == 1 {
             vec![full.clone()]
         } else {
             let mut passes = Vec::new();
             for s in shapley::masked_subsets(m) {
-                passes.push((s, model.forward(&batch.inputs, &opts.with_present(s))?.logits.detach()));
+                passes.push((s, logits(&opts.with_present(s), &batch.inputs)?));
             }
             let lookup = |s: Subset| {
                 if s == Subset::full(m) {

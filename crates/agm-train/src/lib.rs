@@ -27,7 +27,7 @@ pub use agm_core::BatchSource;
 pub use checkpoint::Checkpoint;
 pub use config::RunConfig;
 pub use error::{Result, TrainError};
-pub use evaluate::{evaluate, evaluate_observed};
+pub use evaluate::{evaluate, evaluate_observed, evaluate_with};
 pub use memory::peak_memory_bytes;
 pub use resolve::{Resolved, RunRequest};
 pub use run_dir::{RunDir, RunLock};

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::write_atomic;
 use crate::concept::{default_dir, ConceptProbe, ConceptSet};
 use crate::error::{Result, TrainError};
-use crate::{evaluate, load_weights_file, Callback, RunConfig, RunDir, RunSummary};
+use crate::{Callback, RunConfig, RunDir, RunSummary};
 
 /// How a run starts.
 #[derive(Clone, Debug, PartialEq)]
@@ -272,17 +272,15 @@ pub fn train_run(
         modalities: data.modalities.names().to_vec(),
     });
     let summary = trainer.fit(train.as_ref(), &data.validation, callback)?;
-    drop(trainer);
     let finished = !(summary.stopped_early && summary.epochs_done < cfg.epochs);
     let test = if finished {
         // The selected weights into the model already built, on the split already loaded.
-        load_weights_file(model, &dir.best())?;
-        Some(evaluate::evaluate_observed(model, &data.test, 256, &device, &mut |done, total| {
-            callback.on_validation(done, total)
-        })?)
+        trainer.load_best()?;
+        Some(trainer.evaluate(&data.test, &mut |done, total| callback.on_validation(done, total))?)
     } else {
         None
     };
+    drop(trainer);
     let finished_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let outcome = RunOutcome {
         run: summary,

@@ -307,6 +307,22 @@ impl<'a> Trainer<'a> {
         self.modulator.as_ref()
     }
 
+    /// Evaluates the model as training does: with the method's own prediction where it has one
+    /// ([`Modulator::predict`]).
+    pub fn evaluate(&self, split: &dyn BatchSource, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport> {
+        let method = Some(self.modulator.as_ref() as &dyn Modulator);
+        Ok(evaluate::evaluate_with(self.model, method, split, self.opts.eval_batch_size, &self.device, progress)?)
+    }
+
+    /// Loads the run directory's best weights (model and method variables) for a final
+    /// evaluation.
+    pub fn load_best(&self) -> Result<()> {
+        let dir = self.run_dir.as_ref().ok_or_else(|| TrainError::Config("no run directory".into()))?;
+        let path = dir.best();
+        let tensors = crate::state_dict::read_state_dict(&path)?;
+        self.set_model_tensors(&tensors, &path)
+    }
+
     /// The variables the method added ([`Modulator::attach`]), which the optimizer trains too.
     pub fn method_vars(&self) -> &[NamedVar] {
         &self.extra_vars
@@ -495,8 +511,9 @@ impl<'a> Trainer<'a> {
                 }
             }
 
-            let validation_report = evaluate::evaluate_observed(
+            let validation_report = evaluate::evaluate_with(
                 self.model,
+                Some(self.modulator.as_ref()),
                 validation,
                 self.opts.eval_batch_size,
                 &self.device,
@@ -542,7 +559,7 @@ impl<'a> Trainer<'a> {
                 None => None,
             };
             let reference_split = match self.reference_split {
-                Some(split) => Some(evaluate::evaluate(self.model, split, self.opts.eval_batch_size, &self.device)?),
+                Some(split) => Some(self.evaluate(split, &mut |_, _| {})?),
                 None => None,
             };
             let steps = self.state.epoch_steps.max(1) as f64;

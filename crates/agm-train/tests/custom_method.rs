@@ -119,3 +119,40 @@ fn a_method_from_a_test_file_trains_through_the_run_api() {
     let err = RunConfig::from_toml_str("method = \"scale-grads\"\n[scale_grads]\nfactor = -1.0\n").unwrap_err();
     assert!(err.to_string().contains("must be > 0"), "{err}");
 }
+
+/// Predicts class 0 for every sample, whatever the model says.
+struct AlwaysZero;
+
+impl Modulator for AlwaysZero {
+    fn name(&self) -> &'static str {
+        "always-zero"
+    }
+
+    fn predict(
+        &self,
+        _model: &dyn agm_core::MultimodalModel,
+        pass: &agm_core::ModelOutput,
+    ) -> candle_core::Result<Option<candle_core::Tensor>> {
+        let (b, c) = pass.logits.dims2()?;
+        let mut v = vec![0f32; b * c];
+        (0..b).for_each(|i| v[i * c] = 1.0);
+        Ok(Some(candle_core::Tensor::from_vec(v, (b, c), pass.logits.device())?.to_dtype(pass.logits.dtype())?))
+    }
+}
+
+#[test]
+fn evaluation_scores_a_method_that_predicts_with_its_own_parts() {
+    let cfg = RunConfig::av_digits();
+    let data = cfg.load_dataset().unwrap();
+    let device = candle_core::Device::Cpu;
+    let model = cfg.build_model(&data, &device).unwrap();
+    let report =
+        agm_train::evaluate_with(model.as_ref(), Some(&AlwaysZero), &data.validation, 64, &device, &mut |_, _| {})
+            .unwrap();
+    let labels = data.validation.batch(&(0..data.validation.len()).collect::<Vec<_>>(), &device).unwrap().labels;
+    let zeros = labels.to_vec1::<u32>().unwrap().iter().filter(|&&y| y == 0).count();
+    assert_eq!(report.accuracy, zeros as f64 / data.validation.len() as f64);
+    // Without it, the model's own logits.
+    let plain = agm_train::evaluate(model.as_ref(), &data.validation, 64, &device).unwrap();
+    assert_ne!(plain.accuracy, report.accuracy);
+}

@@ -162,6 +162,13 @@ impl Modulator for Recorder<'_> {
     fn coefficients(&self) -> Option<Vec<f64>> {
         self.inner.coefficients()
     }
+    fn predict(
+        &self,
+        model: &dyn MultimodalModel,
+        pass: &agm_core::ModelOutput,
+    ) -> candle_core::Result<Option<Tensor>> {
+        self.inner.predict(model, pass)
+    }
     fn state(&self) -> Value {
         self.inner.state()
     }
