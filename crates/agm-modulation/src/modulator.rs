@@ -93,6 +93,9 @@ pub enum EpochAction {
     RestoreSnapshot(String),
     /// End training after this epoch.
     Stop,
+    /// Forget the optimizer's state (momentum, moments), as code that builds a fresh optimizer
+    /// for the next phase does (ReconBoost).
+    ResetOptimizer,
 }
 
 /// Which head-gradient test triggers the reference's conditional clipping.

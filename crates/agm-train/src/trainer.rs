@@ -537,6 +537,7 @@ impl<'a> Trainer<'a> {
                     }
                     EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag)?,
                     EpochAction::Stop => stopped_early = true,
+                    EpochAction::ResetOptimizer => self.optimizer.reset_state(),
                 }
             }
             if self.state.best_epoch == 0 || validation_report.accuracy > self.state.best_accuracy {

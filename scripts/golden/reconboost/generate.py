@@ -37,10 +37,11 @@ Two patches of official behaviour, both because of the test harness, not of the 
   published cannot run; the `MOSEI` branch is the 3-modality schedule text -> visual -> audio
   that `train_MSA.py`'s `pre_model` table is written for.
 - Every `optim.SGD` the loop creates is a recording subclass (it stores the gradients it consumes
-  and the parameters after each step). With `--momentum-override X` (default 0) its momentum is X
-  instead of the official 0.9: the official code builds a fresh SGD (fresh momentum buffers) at
-  every phase, while agm's trainer keeps one optimizer for the whole run and has no hook to reset
-  its state; with momentum 0 both are the same. Weight decay stays the official 5e-4.
+  and the parameters after each step). The official code builds a fresh SGD (fresh momentum
+  buffers) at every phase; agm's ReconBoost resets the trainer's optimizer state at each phase
+  (`fresh_optimizer_per_phase`, `EpochAction::ResetOptimizer`), so the official momentum 0.9
+  runs as is. `--momentum-override X` runs with momentum X instead. Weight decay stays the
+  official 5e-4.
 
 Values per step (named as agm's `ReconBoost::state()` exposes them): `stage` (0-based), `phase`
 ("boost" or "rectify", the global rectification), `learner` (the stage's learner, a modality
@@ -213,7 +214,8 @@ class RecordingSGD(torch.optim.SGD):
         self.weight_decay_used = weight_decay
         self.lr_used = lr
         REC.sgd = dict(lr=lr, official_momentum=momentum, weight_decay=weight_decay)
-        super().__init__(params, lr=lr, momentum=REC.momentum, weight_decay=weight_decay, **k)
+        used = momentum if REC.momentum is None else REC.momentum
+        super().__init__(params, lr=lr, momentum=used, weight_decay=weight_decay, **k)
 
     def step(self, closure=None):
         grads = {}
@@ -483,17 +485,17 @@ def run_case(official, out_dir, *, case, three, sizes, hyper, stages, momentum):
         "method": "reconboost", "method_config": method_config, "modalities": modalities,
         "sizes": {"batch": B, "classes": C, "hidden": H, "input_dims": dims, "epochs": n_stages * (E1 + E2),
                   "steps_per_epoch": S},
-        "optimizer": {"kind": "sgd", "lr": hyper["lr"], "momentum": momentum,
+        "optimizer": {"kind": "sgd", "lr": hyper["lr"],
+                      "momentum": REC.sgd["official_momentum"] if momentum is None else momentum,
                       "weight_decay": REC.sgd["weight_decay"]},
         "parameters": params, "steps": steps,
         "notes": (
             f"{n_stages} stages of {E1} boosting + {E2} rectification epochs; the official loop builds "
-            f"a fresh SGD per phase (momentum {REC.sgd['official_momentum']}); run here with momentum "
-            f"{momentum} (see the generator's docstring). boost_rate is a 0-d parameter officially, "
+            f"a fresh SGD per phase (momentum {REC.sgd['official_momentum']}), which agm's ReconBoost "
+            "matches by resetting the optimizer's state at each phase. boost_rate is a 0-d parameter officially, "
             "stored with shape [1]. The model's fusion head net.head.fc is not part of the official "
-            "model: it is never trained (no gradient) and is carried unchanged. steps[].loss is the "
-            "cross-entropy of the ensemble over the stage's learners (what agm reports as a step's "
-            "loss); values.loss is the loss the official code backpropagates."),
+            "model: it is never trained (no gradient) and is carried unchanged. steps[].loss (and "
+            "values.loss) is the loss the official code backpropagates."),
     }
     out = Path(out_dir) / case
     out.mkdir(parents=True, exist_ok=True)
@@ -508,7 +510,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("official")
     ap.add_argument("root", nargs="?", default=None, help="agm repository root (default: from this file's path)")
-    ap.add_argument("--momentum-override", type=float, default=0.0)
+    ap.add_argument("--momentum-override", type=float, default=None)
     a = ap.parse_args()
     official = str(Path(a.official).resolve())
     root = Path(a.root).resolve() if a.root else Path(__file__).resolve().parents[3]

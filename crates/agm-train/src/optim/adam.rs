@@ -187,6 +187,13 @@ impl Optimizer for Adam {
         Ok(())
     }
 
+    fn reset_state(&mut self) {
+        for slot in &mut self.slots {
+            slot.step = 0;
+            slot.moments = None;
+        }
+    }
+
     fn name(&self) -> &'static str {
         if self.decoupled {
             "adamw"
@@ -240,5 +247,9 @@ impl Optimizer for AdamW {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn reset_state(&mut self) {
+        self.inner.reset_state()
     }
 }

@@ -79,6 +79,10 @@ pub trait Optimizer {
 
     /// Short lower-case name: `"sgd"`, `"adam"` or `"adamw"`.
     fn name(&self) -> &'static str;
+
+    /// Forgets every parameter's state (momentum buffers, moments, step counts), as a freshly
+    /// built optimizer over the same parameters would start.
+    fn reset_state(&mut self);
 }
 
 /// Parameters that share a learning-rate multiplier.

@@ -162,4 +162,11 @@ impl Optimizer for Sgd {
     fn name(&self) -> &'static str {
         "sgd"
     }
+
+    fn reset_state(&mut self) {
+        for slot in &mut self.slots {
+            slot.step = 0;
+            slot.momentum_buffer = None;
+        }
+    }
 }

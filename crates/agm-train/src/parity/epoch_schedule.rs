@@ -254,6 +254,8 @@ fn replay_run(
                     None => replay_error = Some(format!("epoch {e}: restore of snapshot `{tag}`, never saved")),
                 },
                 EpochAction::Stop => rec.exit = true,
+                // MSLR and MSES never reset the optimizer; the stub has none.
+                EpochAction::ResetOptimizer => {}
             }
         }
         rec.running_after = stub.running.clone();
