@@ -25,7 +25,7 @@ use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
 use crate::{
     Agm, Dgl, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, Mla, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr,
-    ReconBoost,
+    ReconBoost, Relearn,
 };
 
 /// The methods built into agm-modulation, in the order `--help` lists them.
@@ -47,6 +47,7 @@ fn builtin() -> Vec<MethodEntry> {
         MethodEntry::of::<Dgl>(),
         MethodEntry::of::<crate::Opm>(),
         MethodEntry::of::<crate::Ogm>(),
+        MethodEntry::of::<Relearn>(),
     ]
 }
 

@@ -362,6 +362,8 @@ pub(super) fn run(
         )));
     }
     let validation = split(tensors_path, tensors, "validation", &case)?;
+    // A held-out split for methods that measure generalisation (`EpochCx::holdout`).
+    let holdout = split(tensors_path, tensors, "holdout", &case)?;
     let settings = settings(case_path, &case)?;
     let probe = train.batch(&[0], &Device::Cpu).map_err(replay(0))?;
     let dims = agm_modulation::encoder_feature_dims(&model, &probe).map_err(replay(0))?;
@@ -391,6 +393,9 @@ pub(super) fn run(
     };
     let mut trainer = Trainer::new(&model, recorder, |g| Ok(optimizer.build(g)?), opts, &Device::Cpu)
         .map_err(|e| invalid(format!("cannot set up the trainer: {e}")))?;
+    if let Some(h) = &holdout {
+        trainer = trainer.with_holdout(h);
+    }
 
     // Every variable, the method's included, starts from the case.
     let mut vars = model.param_groups().trainable();
@@ -469,6 +474,7 @@ pub(super) fn run(
         let used = key.starts_with("init/params/")
             || key.starts_with("train/")
             || key.starts_with("validation/")
+            || key.starts_with("holdout/")
             || (key.starts_with("step") && key.contains("/params_after/"));
         if !used {
             report.note(key.clone());
