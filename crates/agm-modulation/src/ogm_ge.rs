@@ -441,6 +441,32 @@ impl Modulator for OgmGe {
     fn coefficients(&self) -> Option<Vec<f64>> {
         Some(self.in_effect.clone())
     }
+
+    /// The coefficients in force (the noise is a function of the seed and the step), so a run
+    /// resumed before an epoch's end reports what the uninterrupted run does.
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(OgmGeState { in_effect: self.in_effect.clone() }).expect("plain data")
+    }
+
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        if state.is_null() {
+            return Ok(());
+        }
+        let saved: OgmGeState =
+            serde_json::from_value(state.clone()).map_err(|e| candle_core::Error::Msg(format!("ogm-ge state: {e}")))?;
+        if saved.in_effect.len() != self.m {
+            candle_core::bail!("ogm-ge state has {} coefficients for {} modalities", saved.in_effect.len(), self.m);
+        }
+        self.in_effect = saved.in_effect;
+        Ok(())
+    }
+}
+
+/// What OGM-GE saves in a checkpoint.
+#[derive(Serialize, Deserialize)]
+struct OgmGeState {
+    #[serde(with = "agm_core::serde_f64::seq")]
+    in_effect: Vec<f64>,
 }
 
 impl crate::Method for OgmGe {
