@@ -544,11 +544,7 @@ impl Modulator for Ogm {
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        if state.is_null() {
-            return Ok(());
-        }
-        let s: OgmState =
-            serde_json::from_value(state.clone()).map_err(|e| candle_core::Error::Msg(format!("ogm state: {e}")))?;
+        let Some(s) = crate::shared::saved_state::<OgmState>("ogm", state)? else { return Ok(()) };
         if s.in_effect.len() != self.m {
             candle_core::bail!("ogm state: {} coefficients for {} modalities", s.in_effect.len(), self.m);
         }

@@ -449,11 +449,7 @@ impl Modulator for OgmGe {
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        if state.is_null() {
-            return Ok(());
-        }
-        let saved: OgmGeState =
-            serde_json::from_value(state.clone()).map_err(|e| candle_core::Error::Msg(format!("ogm-ge state: {e}")))?;
+        let Some(saved) = crate::shared::saved_state::<OgmGeState>("ogm-ge", state)? else { return Ok(()) };
         if saved.in_effect.len() != self.m {
             candle_core::bail!("ogm-ge state has {} coefficients for {} modalities", saved.in_effect.len(), self.m);
         }

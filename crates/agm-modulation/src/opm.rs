@@ -351,11 +351,7 @@ impl Modulator for Opm {
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        if state.is_null() {
-            return Ok(());
-        }
-        let s: OpmState =
-            serde_json::from_value(state.clone()).map_err(|e| candle_core::Error::Msg(format!("opm state: {e}")))?;
+        let Some(s) = crate::shared::saved_state::<OpmState>("opm", state)? else { return Ok(()) };
         if s.in_effect.len() != self.m {
             candle_core::bail!("opm state: {} coefficients for {} modalities", s.in_effect.len(), self.m);
         }

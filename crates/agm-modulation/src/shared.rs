@@ -33,6 +33,20 @@ pub(crate) fn labels_u32(batch: &MultimodalBatch) -> Result<Vec<u32>> {
     batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()
 }
 
+/// A method's saved state read back as `T`: `None` for a run that saved none yet (`null`), an
+/// error naming the method for anything else that is not a `T`.
+pub(crate) fn saved_state<T: serde::de::DeserializeOwned>(
+    method: &str,
+    state: &serde_json::Value,
+) -> Result<Option<T>> {
+    if state.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(state.clone())
+        .map(Some)
+        .map_err(|e| candle_core::Error::Msg(format!("{method} state in the checkpoint: {e}")))
+}
+
 /// A scalar tensor as f64.
 pub(crate) fn scalar_f64(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?.to_scalar::<f64>()

@@ -23,8 +23,6 @@ pub(super) const USED_FIELDS: &[&str] = &[
 
 #[derive(Debug, Deserialize)]
 pub(super) struct TrainStepsCase {
-    #[serde(default)]
-    pub case: Option<String>,
     pub dtype: String,
     pub modalities: Vec<String>,
     pub method: String,

@@ -27,9 +27,7 @@ pub(super) fn run(
         }
         ReplayError::Tensors(m) => ParityError::invalid(tensors_path, m),
     })?;
-    let name = json.get("case").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
-        case_path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    });
+    let name = super::case_name(json, case_path);
     let report = CaseReport { case: name, kind: "competition_strength".into(), ..CaseReport::default() };
     let mut chk = Checker::new(report, tensors).map_err(|e| ParityError::invalid(tensors_path, e.to_string()))?;
     for (key, computed) in &replay.tensors {

@@ -83,9 +83,7 @@ pub(super) fn run(
             return Err(invalid(format!("dtype {d} is not supported (only float64)")));
         }
     }
-    let name = obj.get("case").and_then(Value::as_str).map(String::from).unwrap_or_else(|| {
-        case_path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    });
+    let name = super::case_name(json, case_path);
     let mut report = CaseReport { case: name, kind: "epoch_schedule".into(), ..CaseReport::default() };
     for k in obj.keys().filter(|k| !USED_FIELDS.contains(&k.as_str())) {
         report.note(format!("case.json: {k}"));

@@ -29,7 +29,6 @@ use crate::{Callback, Flow, StepSummary, Trainer, TrainerOptions};
 
 #[derive(Debug, Deserialize)]
 struct Case {
-    case: Option<String>,
     dtype: String,
     method: String,
     #[serde(default)]
@@ -337,9 +336,7 @@ pub(super) fn run(
         return Err(invalid(format!("dtype `{}` is not supported (only float64)", case.dtype)));
     }
     registry::parse(&case.method).map_err(|e| invalid(format!("method: {e}")))?;
-    let name = case.case.clone().unwrap_or_else(|| {
-        case_path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    });
+    let name = super::case_name(json, case_path);
     let report = CaseReport {
         case: name.clone(),
         kind: "method_steps".into(),

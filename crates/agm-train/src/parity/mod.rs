@@ -89,6 +89,16 @@ pub enum ParityError {
     },
 }
 
+/// The case's name: its `case` field, else its folder's name.
+pub(crate) fn case_name(json: &serde_json::Value, case_path: &Path) -> String {
+    match json.get("case").and_then(serde_json::Value::as_str) {
+        Some(name) => name.to_string(),
+        None => {
+            case_path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        }
+    }
+}
+
 impl ParityError {
     pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> Self {
         Self::Invalid { path: path.to_path_buf(), message: message.into() }

@@ -134,9 +134,7 @@ pub(super) fn run(
             return Err(invalid(format!("grad_stages: unknown stage `{s}` (allowed: backward, modulated, final)")));
         }
     }
-    let name = case.case.clone().unwrap_or_else(|| {
-        case_path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    });
+    let name = super::case_name(json, case_path);
     let mut report = CaseReport {
         case: name.clone(),
         kind: "train_steps".into(),
