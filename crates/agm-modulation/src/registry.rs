@@ -23,31 +23,29 @@ use std::sync::{LazyLock, PoisonError, RwLock};
 
 use crate::method::{section_of, to_table, BuildCx, Method, MethodSettings};
 use crate::stack::{check_composable, Hooks, Stack, StackMember};
-use crate::{
-    Agm, Dgl, GBlend, Greedy, InfoReg, Joint, Lfm, MethodError, Mla, MmPareto, Modulator, Mses, Mslr, OgmGe, Pmr,
-    ReconBoost, Relearn,
-};
+use crate::{MethodError, Modulator};
 
-/// The methods built into agm-modulation, in the order `--help` lists them.
+/// The methods built into agm-modulation, in the order `--help` lists them; a new method adds
+/// one line here.
 fn builtin() -> Vec<MethodEntry> {
     vec![
-        MethodEntry::of::<Joint>(),
-        MethodEntry::of::<Agm>(),
-        MethodEntry::of::<OgmGe>(),
-        MethodEntry::of::<Mslr>(),
-        MethodEntry::of::<Mses>(),
-        MethodEntry::of::<GBlend>(),
-        MethodEntry::of::<Pmr>(),
-        MethodEntry::of::<MmPareto>(),
-        MethodEntry::of::<InfoReg>(),
-        MethodEntry::of::<Greedy>(),
-        MethodEntry::of::<Lfm>(),
-        MethodEntry::of::<Mla>(),
-        MethodEntry::of::<ReconBoost>(),
-        MethodEntry::of::<Dgl>(),
+        MethodEntry::of::<crate::Joint>(),
+        MethodEntry::of::<crate::Agm>(),
+        MethodEntry::of::<crate::OgmGe>(),
+        MethodEntry::of::<crate::Mslr>(),
+        MethodEntry::of::<crate::Mses>(),
+        MethodEntry::of::<crate::GBlend>(),
+        MethodEntry::of::<crate::Pmr>(),
+        MethodEntry::of::<crate::MmPareto>(),
+        MethodEntry::of::<crate::InfoReg>(),
+        MethodEntry::of::<crate::Greedy>(),
+        MethodEntry::of::<crate::Lfm>(),
+        MethodEntry::of::<crate::Mla>(),
+        MethodEntry::of::<crate::ReconBoost>(),
+        MethodEntry::of::<crate::Dgl>(),
         MethodEntry::of::<crate::Opm>(),
         MethodEntry::of::<crate::Ogm>(),
-        MethodEntry::of::<Relearn>(),
+        MethodEntry::of::<crate::Relearn>(),
     ]
 }
 
@@ -198,6 +196,7 @@ pub fn build(spec: &str, settings: &MethodSettings, cx: &BuildCx<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Agm;
 
     #[test]
     fn every_listed_method_resolves_and_nothing_else() {
