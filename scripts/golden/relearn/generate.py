@@ -8,7 +8,7 @@ Usage:
     python generate.py <extracted official repo> [<agm repository root>]
 
 `<extracted official repo>` is the repository's tree (the folder holding `code/ours.py`), e.g.
-`git --git-dir=<mirror> archive HEAD | tar x -C /tmp/relearn-official`. The fixtures are written
+`git --git-dir=<mirror> archive HEAD | tar x -C <folder>`. The fixtures are written
 under `<agm root>/tests/fixtures/golden/relearn{,3}/` (default: three folders above this file).
 Needs torch, numpy, scikit-learn and safetensors; runs on CPU in float64.
 
