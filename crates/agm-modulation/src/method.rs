@@ -35,11 +35,18 @@ pub struct BuildCx<'a> {
     /// Flattened size of each encoder's output, for methods that add their own heads; the
     /// driver measures it with [`crate::encoder_feature_dims`].
     pub feature_dims: Option<&'a [usize]>,
+    /// Whether the run hands the method a held-out split at epoch ends (`None`: not known), so a
+    /// method that needs one can refuse before training starts.
+    pub holdout: Option<bool>,
 }
 
 impl<'a> BuildCx<'a> {
     pub fn new(model: &'a dyn MultimodalModel, seed: u64) -> Self {
-        Self { model, seed, feature_dims: None }
+        Self { model, seed, feature_dims: None, holdout: None }
+    }
+
+    pub fn with_holdout(self, holdout: bool) -> Self {
+        Self { holdout: Some(holdout), ..self }
     }
 
     pub fn with_feature_dims(self, dims: &'a [usize]) -> Self {

@@ -508,8 +508,8 @@ impl Modulator for Relearn {
         let holdout = cx.holdout.ok_or_else(|| {
             candle_core::Error::Msg(
                 "relearn diagnoses each modality by the purity gap between the training split and a held-out split, \
-                 and the run has none: give the trainer one (Trainer::with_holdout; AV-Digits: the `dep` split), \
-                 disjoint from the training data"
+                 and the run has none: give the trainer one (Trainer::with_holdout, disjoint from the training \
+                 data; of the built-in datasets only av-digits has one, its `dep` split)"
                     .into(),
             )
         })?;
@@ -569,6 +569,12 @@ impl crate::Method for Relearn {
 
     fn build(config: &RelearnConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
         let relearn = Relearn::new(config.clone(), cx.modalities())?;
+        if cx.holdout == Some(false) {
+            return Err("method = `relearn` compares each encoder's k-means purity on the training split and on a \
+                        held-out split, and this run has none; of the built-in datasets only av-digits has one (its \
+                        `dep` split)"
+                .into());
+        }
         if let Some(k) = cx.model.param_groups().per_modality.iter().position(Vec::is_empty) {
             return Err(format!(
                 "method = `relearn` re-initialises each modality's encoder, and modality {k} has no trainable encoder \

@@ -420,7 +420,7 @@ impl RunConfig {
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
         let probe = data.train.batch(&[0], &device)?;
         let dims = agm_modulation::encoder_feature_dims(model, &probe)?;
-        let cx = BuildCx::new(model, self.seed).with_feature_dims(&dims);
+        let cx = BuildCx::new(model, self.seed).with_feature_dims(&dims).with_holdout(data.dep.is_some());
         Ok(registry::build(&self.method, &self.methods, &cx)?)
     }
 

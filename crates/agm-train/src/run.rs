@@ -230,9 +230,7 @@ pub fn train_run(
                 dir.root().display()
             )));
         }
-        RunStart::New => {
-            write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?
-        }
+        RunStart::New => {}
         RunStart::Resume { header } => {
             if !has_checkpoint {
                 // Stopped before its first checkpoint: start over from its config, dropping partial rows.
@@ -247,6 +245,10 @@ pub fn train_run(
     let device = cfg.device()?;
     crate::memory::reset_peak_memory();
     let built = cfg.build(&device)?;
+    if start == RunStart::New {
+        // Only once the run could be built: a configuration that cannot run leaves no run state.
+        write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?;
+    }
     let data = &built.data;
     let train = cfg.train_source(data);
     let concepts = opts.concepts.clone().unwrap_or_else(|| Concepts::default_for(cfg));

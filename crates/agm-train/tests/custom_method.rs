@@ -156,3 +156,20 @@ fn evaluation_scores_a_method_that_predicts_with_its_own_parts() {
     let plain = agm_train::evaluate(model.as_ref(), &data.validation, 64, &device).unwrap();
     assert_ne!(plain.accuracy, report.accuracy);
 }
+
+#[test]
+fn a_run_that_cannot_be_built_leaves_no_run_state_and_says_why() {
+    // Re-learning needs a held-out split, which synthetic data does not have.
+    let cfg = RunRequest::default()
+        .set("--dataset", "dataset", "synthetic")
+        .set("--method", "method", "relearn")
+        .resolve()
+        .unwrap()
+        .config;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let err = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap_err().to_string();
+    assert!(err.contains("held-out split") && err.contains("av-digits"), "{err}");
+    assert!(!dir.holds_run_state(), "a failed start left run state behind");
+}

@@ -364,8 +364,9 @@ pub(super) fn run(
     let settings = settings(case_path, &case)?;
     let probe = train.batch(&[0], &Device::Cpu).map_err(replay(0))?;
     let dims = agm_modulation::encoder_feature_dims(&model, &probe).map_err(replay(0))?;
-    let modulator = registry::build(&case.method, &settings, &BuildCx::new(&model, case.seed).with_feature_dims(&dims))
-        .map_err(|e| invalid(format!("method_config: {e}")))?;
+    let cx = BuildCx::new(&model, case.seed).with_feature_dims(&dims).with_holdout(holdout.is_some());
+    let modulator =
+        registry::build(&case.method, &settings, &cx).map_err(|e| invalid(format!("method_config: {e}")))?;
     let log = Rc::new(RefCell::new(Log::default()));
     let recorder = Box::new(Recorder { inner: modulator, log: log.clone() });
 
