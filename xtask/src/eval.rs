@@ -116,12 +116,16 @@ fn method_predictor(
 ) -> anyhow::Result<Option<Box<dyn agm_modulation::Modulator>>> {
     let Ok(mut method) = cfg.build_modulator(model, data) else { return Ok(None) };
     let vars = method.attach(model)?;
-    let tensors = agm_train::read_state_dict(weights)?;
-    let saved: Option<Vec<_>> = vars.iter().map(|v| tensors.get(&format!("method.{}", v.name))).collect();
-    match saved {
-        Some(saved) if !vars.is_empty() => {
-            for (v, t) in vars.iter().zip(saved) {
+    // Weights written by a run (safetensors) also carry the method's state of their epoch.
+    let Ok(saved) = agm_train::Checkpoint::load(weights, &candle_core::Device::Cpu) else { return Ok(None) };
+    let tensors: Option<Vec<_>> = vars.iter().map(|v| saved.model.get(&format!("method.{}", v.name))).collect();
+    match tensors {
+        Some(tensors) if !vars.is_empty() => {
+            for (v, t) in vars.iter().zip(tensors) {
                 v.var.set(&t.to_dtype(v.var.dtype())?.to_device(v.var.device())?)?;
+            }
+            if saved.meta.contains_key("modulator") {
+                method.load_state(&saved.meta_json("modulator", weights)?)?;
             }
             Ok(Some(method))
         }
@@ -154,6 +158,22 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `eval` scores a run's best weights as training scored them, also for methods that predict
+    /// with their own parts and state (ReconBoost's ensemble of the learners boosted so far; MLA).
+    #[test]
+    fn eval_of_a_run_repeats_its_test_numbers_for_methods_with_their_own_predictor() {
+        use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+        for method in ["reconboost", "mla"] {
+            let cfg = RunConfig { method: method.into(), epochs: 2, ..RunConfig::av_digits() };
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = RunDir::create(tmp.path().join("run")).unwrap();
+            let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+            let outcome = train_run(&cfg, &dir, RunStart::New, &opts, &mut agm_train::NoCallback).unwrap();
+            let again = evaluate_run(dir.root(), Split::Test, "best").unwrap();
+            assert_eq!(again.accuracy, outcome.test.unwrap().accuracy, "{method}");
+        }
+    }
 
     fn fixture() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

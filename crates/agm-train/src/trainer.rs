@@ -314,13 +314,18 @@ impl<'a> Trainer<'a> {
         Ok(evaluate::evaluate_with(self.model, method, split, self.opts.eval_batch_size, &self.device, progress)?)
     }
 
-    /// Loads the run directory's best weights (model and method variables) for a final
-    /// evaluation.
-    pub fn load_best(&self) -> Result<()> {
-        let dir = self.run_dir.as_ref().ok_or_else(|| TrainError::Config("no run directory".into()))?;
+    /// Loads the run directory's best weights (model and method variables) and the method's
+    /// state of that epoch, for a final evaluation.
+    pub fn load_best(&mut self) -> Result<()> {
+        let dir = self.run_dir.clone().ok_or_else(|| TrainError::Config("no run directory".into()))?;
         let path = dir.best();
-        let tensors = crate::state_dict::read_state_dict(&path)?;
-        self.set_model_tensors(&tensors, &path)
+        let ck = Checkpoint::load(&path, &self.device)?;
+        self.set_model_tensors(&ck.model, &path)?;
+        if ck.meta.contains_key("modulator") {
+            let state: serde_json::Value = ck.meta_json("modulator", &path)?;
+            self.modulator.load_state(&state).map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The variables the method added ([`Modulator::attach`]), which the optimizer trains too.
@@ -544,7 +549,10 @@ impl<'a> Trainer<'a> {
                 self.state.best_accuracy = validation_report.accuracy;
                 self.state.best_epoch = epoch;
                 if let Some(dir) = &self.run_dir {
-                    let ck = Checkpoint { model: self.model_tensors().into_iter().collect(), ..Checkpoint::default() };
+                    // With the method's state of that epoch, for methods that predict with it.
+                    let meta = HashMap::from([("modulator".to_string(), self.modulator.state().to_string())]);
+                    let ck =
+                        Checkpoint { model: self.model_tensors().into_iter().collect(), meta, ..Checkpoint::default() };
                     ck.save(&dir.best()).map_err(|e| match e {
                         TrainError::NonFiniteTensor { path, tensor, .. } => TrainError::NonFiniteTensor {
                             path,
