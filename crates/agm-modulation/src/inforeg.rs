@@ -52,6 +52,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::concat_head::ConcatHead;
 use crate::shared::{labels_u32, require_two};
 use crate::{shapley, EpochAction, EpochCx, ForwardPlan, MethodError, Modulator, Objective, StepCx};
 
@@ -374,49 +375,18 @@ impl InfoReg {
     }
 }
 
-/// `f_m · W_mᵀ + b/M` for every modality, from the late concat head.
+/// `f_m · W_mᵀ + b/M` for every modality, from the late concat head (gradients reach the head).
 pub fn head_split_outputs(model: &dyn MultimodalModel, features: &[Tensor]) -> Result<Vec<Tensor>> {
-    let groups = model.param_groups();
-    let (weight, bias) = head_split_vars(&groups).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let w = weight.as_tensor();
-    let b = bias.as_tensor();
-    let m = features.len();
-    let feats = features.iter().map(|f| f.flatten_from(1)).collect::<Result<Vec<_>>>()?;
-    let dims: Vec<usize> = feats.iter().map(|f| f.dim(1)).collect::<Result<_>>()?;
-    let total: usize = dims.iter().sum();
-    if w.rank() != 2 || w.dim(1)? != total {
-        candle_core::bail!(
-            "inforeg.unimodal = head-split needs a late concat head (a Linear over the concatenated features, \
-             [classes, {total}]); the head weight is {:?}; use unimodal = shapley",
-            w.dims()
-        );
+    match ConcatHead::find(model, None) {
+        Some(head) => head.uni_logits(features, false),
+        None => candle_core::bail!("{HEAD_SPLIT_NEEDS}"),
     }
-    let share = (b / m as f64)?;
-    let mut off = 0;
-    let mut outs = Vec::with_capacity(m);
-    for (f, &d) in feats.iter().zip(&dims) {
-        let wm = w.narrow(1, off, d)?.t()?.contiguous()?;
-        outs.push(f.matmul(&wm)?.broadcast_add(&share)?);
-        off += d;
-    }
-    Ok(outs)
 }
 
-/// The head's weight (`ParamGroups::head_weight`) and its bias (same path, `bias`).
-fn head_split_vars(
-    groups: &agm_core::ParamGroups,
-) -> std::result::Result<(candle_core::Var, candle_core::Var), MethodError> {
-    let name = groups
-        .head_weight
-        .as_deref()
-        .ok_or("inforeg.unimodal = head-split needs the model to name its head weight; use unimodal = shapley")?;
-    let weight = groups.find(name).ok_or_else(|| format!("inforeg: head weight `{name}` is not in the model"))?;
-    let bias_name = name.strip_suffix("weight").map(|p| format!("{p}bias"));
-    let bias = bias_name.as_deref().and_then(|b| groups.find(b)).ok_or_else(|| {
-        format!("inforeg.unimodal = head-split needs the head's bias next to `{name}`; use unimodal = shapley")
-    })?;
-    Ok((weight.var.clone(), bias.var.clone()))
-}
+/// Why `head-split` cannot run on a model.
+const HEAD_SPLIT_NEEDS: &str =
+    "inforeg.unimodal = head-split needs a late concat head (a Linear over the concatenated \
+                                encoder features, with its bias); use unimodal = shapley";
 
 impl Modulator for InfoReg {
     fn name(&self) -> &'static str {
@@ -569,20 +539,8 @@ impl crate::Method for InfoReg {
 
     fn build(config: &InfoRegConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
         let method = InfoReg::new(config.clone(), cx.modalities())?;
-        if config.unimodal == InfoRegUnimodal::HeadSplit {
-            let groups = cx.model.param_groups();
-            let (weight, _) = head_split_vars(&groups)?;
-            if let Some(dims) = cx.feature_dims {
-                let total: usize = dims.iter().sum();
-                if weight.rank() != 2 || weight.dims()[1] != total {
-                    return Err(format!(
-                        "inforeg.unimodal = head-split needs a late concat head (a Linear over the concatenated \
-                         features, [classes, {total}]); this model's head weight is {:?}; use unimodal = shapley",
-                        weight.dims()
-                    )
-                    .into());
-                }
-            }
+        if config.unimodal == InfoRegUnimodal::HeadSplit && ConcatHead::find(cx.model, cx.feature_dims).is_none() {
+            return Err(HEAD_SPLIT_NEEDS.into());
         }
         if let Some(x) = cx.model.param_groups().per_modality.iter().position(Vec::is_empty) {
             return Err(format!(

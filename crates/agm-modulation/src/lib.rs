@@ -22,6 +22,7 @@
 //! ```
 
 mod agm;
+mod concat_head;
 mod dgl;
 mod error;
 mod gblend;

@@ -51,11 +51,12 @@
 
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::concat_head::ConcatHead;
 use crate::ogm_ge::{gaussian, mix, noise_std, one_minus_tanh, NOISE_STD_EPS};
 use crate::shared::labels_u32;
 use crate::{shapley, ForwardPlan, MethodError, Modulator, StepCx};
@@ -177,91 +178,7 @@ impl OgmConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared with OPM: the head split, the uni-modal predictions and their scores.
-
-/// A linear classifier over the concatenated encoder features (the official `ConcatFusion`).
-#[derive(Clone, Debug)]
-pub(crate) struct ConcatHead {
-    weight: Var,
-    bias: Var,
-}
-
-impl ConcatHead {
-    /// The model's head when it looks like `Linear(Σ d_m, C)` over the concatenation: a shared
-    /// `[C, D]` weight named by `ParamGroups::head_weight` with a shared `[C]` bias beside it
-    /// (and `D = Σ d_m` when the feature sizes are known).
-    pub(crate) fn find(model: &dyn MultimodalModel, feature_dims: Option<&[usize]>) -> Option<Self> {
-        let groups = model.param_groups();
-        let name = groups.head_weight.as_deref()?;
-        let shared = |n: &str| groups.shared.iter().find(|v| v.name == n).map(|v| v.var.clone());
-        let weight = shared(name)?;
-        let bias = shared(&format!("{}bias", name.strip_suffix("weight")?))?;
-        let c = model.num_classes();
-        let (wc, d) = weight.dims2().ok()?;
-        let ok_dims = feature_dims.is_none_or(|f| f.iter().sum::<usize>() == d);
-        (wc == c && bias.dims() == [c] && ok_dims).then_some(Self { weight, bias })
-    }
-
-    /// The features flattened to `[B, d_m]`, checked against the weight's width.
-    fn flat(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        let flat = features.iter().map(|f| f.flatten_from(1)).collect::<Result<Vec<_>>>()?;
-        let total: usize = flat.iter().map(|f| f.dim(1)).sum::<Result<usize>>()?;
-        let d = self.weight.dim(1)?;
-        if total != d {
-            candle_core::bail!(
-                "the encoder features have {total} values per sample but the head takes {d}: the head is not a \
-                 linear layer over their concatenation; set uni_modal = \"shapley\""
-            );
-        }
-        Ok(flat)
-    }
-
-    /// `t_m = h_m W_mᵀ + b/M` with `W` and `b` detached.
-    pub(crate) fn uni_logits(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
-        let flat = self.flat(features)?;
-        let w = self.weight.as_tensor().detach();
-        let b = self.bias.as_tensor().detach().affine(1.0 / flat.len() as f64, 0.0)?;
-        let mut start = 0;
-        flat.iter()
-            .map(|h| {
-                let d = h.dim(1)?;
-                let wm = w.narrow(1, start, d)?;
-                start += d;
-                h.matmul(&wm.t()?)?.broadcast_add(&b)
-            })
-            .collect()
-    }
-
-    /// `concat(features) Wᵀ + b`, differentiable in the features and the head.
-    pub(crate) fn fuse(&self, features: &[Tensor]) -> Result<Tensor> {
-        let x = Tensor::cat(&self.flat(features)?, 1)?;
-        x.matmul(&self.weight.as_tensor().t()?)?.broadcast_add(self.bias.as_tensor())
-    }
-
-    /// Whether the full pass's logits are this head over the pass's features.
-    pub(crate) fn matches(&self, features: &[Tensor], logits: &Tensor) -> Result<bool> {
-        let total: usize = features.iter().map(|f| Ok(f.elem_count() / f.dim(0)?)).sum::<Result<usize>>()?;
-        if total != self.weight.dim(1)? {
-            return Ok(false);
-        }
-        let recon = self.fuse(&features.iter().map(Tensor::detach).collect::<Vec<_>>())?;
-        let diff = (recon - logits.detach())?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let scale = logits.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let tol = if logits.dtype() == DType::F64 { 1e-9 } else { 1e-4 };
-        Ok(diff <= tol * (1.0 + scale))
-    }
-
-    /// Fails unless [`ConcatHead::matches`].
-    pub(crate) fn check(&self, method: &str, features: &[Tensor], logits: &Tensor) -> Result<()> {
-        if !self.matches(features, logits)? {
-            candle_core::bail!(
-                "{method}: the model's logits are no longer its head over the concatenated encoder features; set \
-                 {method}.uni_modal = \"shapley\" for this model"
-            );
-        }
-        Ok(())
-    }
-}
+// Shared with OPM: the uni-modal predictions and their scores.
 
 /// Where a method built for a model takes its uni-modal predictions from.
 #[derive(Clone, Debug)]
@@ -307,7 +224,7 @@ impl UniSource {
         match self {
             UniSource::Head(head) => {
                 head.check(method, &full.encoder_features, &full.logits)?;
-                head.uni_logits(&full.encoder_features)
+                head.uni_logits(&full.encoder_features, true)
             }
             _ => {
                 let m = cx.model.modalities().len();
@@ -682,7 +599,7 @@ pub(crate) mod tests {
         let fwd = forward(&net, &b, ForwardPlan::Full);
         head.check("ogm", &fwd.full.encoder_features, &fwd.full.logits).unwrap();
         // Σ_m (h_m W_mᵀ + b/M) = concat(h) Wᵀ + b.
-        let t = head.uni_logits(&fwd.full.encoder_features).unwrap();
+        let t = head.uni_logits(&fwd.full.encoder_features, true).unwrap();
         let sum = (&t[0] + &t[1]).unwrap();
         let diff = (sum - &fwd.full.logits).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(diff < 1e-12, "{diff}");
