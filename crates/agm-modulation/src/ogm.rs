@@ -57,7 +57,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::concat_head::ConcatHead;
-use crate::ogm_ge::{gaussian, mix, noise_std, one_minus_tanh, NOISE_STD_EPS};
+use crate::ogm_ge::{mix, modulated_grad, one_minus_tanh};
 use crate::shared::labels_u32;
 use crate::{shapley, ForwardPlan, MethodError, Modulator, StepCx};
 
@@ -430,17 +430,8 @@ impl Modulator for Ogm {
                 for v in group {
                     let t = v.var.as_tensor();
                     let Some(g) = grads.get(t) else { continue };
-                    let scaled = if k == 1.0 { None } else { Some(g.affine(k, 0.0)?) };
-                    let edited = if self.cfg.noise {
-                        let std = noise_std(g)? + NOISE_STD_EPS;
-                        stats.noise_std.push(std);
-                        let noise = Tensor::from_vec(gaussian(&mut rng, g.elem_count(), std), g.shape(), g.device())?
-                            .to_dtype(g.dtype())?;
-                        Some((scaled.unwrap_or_else(|| g.clone()) + noise)?)
-                    } else {
-                        scaled
-                    };
-                    if let Some(e) = edited {
+                    let noise = self.cfg.noise.then_some(&mut rng);
+                    if let Some(e) = modulated_grad(g, k, noise, &mut stats.noise_std)? {
                         grads.insert(t, e);
                     }
                 }

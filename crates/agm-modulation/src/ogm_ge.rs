@@ -290,6 +290,23 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// `k · g`, plus with `rng` the generalisation enhancement's Gaussian noise of `g`'s standard
+/// deviation (recorded in `stds`); `None` when the gradient stays as it is. OGM-GE and the
+/// journal's OGM edit each gradient this way.
+pub(crate) fn modulated_grad(
+    g: &Tensor,
+    k: f64,
+    rng: Option<&mut ChaCha8Rng>,
+    stds: &mut Vec<f64>,
+) -> Result<Option<Tensor>> {
+    let scaled = if k == 1.0 { None } else { Some(g.affine(k, 0.0)?) };
+    let Some(rng) = rng else { return Ok(scaled) };
+    let std = noise_std(g)? + NOISE_STD_EPS;
+    stds.push(std);
+    let noise = Tensor::from_vec(gaussian(rng, g.elem_count(), std), g.shape(), g.device())?.to_dtype(g.dtype())?;
+    Ok(Some((scaled.unwrap_or_else(|| g.clone()) + noise)?))
+}
+
 /// `n` draws of `N(0, std)` by Box–Muller.
 pub(crate) fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
     (0..n)
@@ -413,17 +430,8 @@ impl Modulator for OgmGe {
                     let t = v.var.as_tensor();
                     let Some(g) = grads.get(t) else { continue };
                     stats.modulated.push(v.name.clone());
-                    let scaled = if k == 1.0 { None } else { Some(g.affine(k, 0.0)?) };
-                    let edited = if self.cfg.noise {
-                        let std = noise_std(g)? + NOISE_STD_EPS;
-                        stats.noise_std.push(std);
-                        let noise = Tensor::from_vec(gaussian(&mut rng, g.elem_count(), std), g.shape(), g.device())?
-                            .to_dtype(g.dtype())?;
-                        Some((scaled.unwrap_or_else(|| g.clone()) + noise)?)
-                    } else {
-                        scaled
-                    };
-                    if let Some(e) = edited {
+                    let noise = self.cfg.noise.then_some(&mut rng);
+                    if let Some(e) = modulated_grad(g, k, noise, &mut stats.noise_std)? {
                         grads.insert(t, e);
                     }
                 }
