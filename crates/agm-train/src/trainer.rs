@@ -550,7 +550,12 @@ impl<'a> Trainer<'a> {
                 self.state.best_epoch = epoch;
                 if let Some(dir) = &self.run_dir {
                     // With the method's state of that epoch, for methods that predict with it.
-                    let meta = HashMap::from([("modulator".to_string(), self.modulator.state().to_string())]);
+                    let state = self.modulator.state();
+                    let meta = if state.is_null() {
+                        HashMap::new()
+                    } else {
+                        HashMap::from([("modulator".to_string(), state.to_string())])
+                    };
                     let ck =
                         Checkpoint { model: self.model_tensors().into_iter().collect(), meta, ..Checkpoint::default() };
                     ck.save(&dir.best()).map_err(|e| match e {

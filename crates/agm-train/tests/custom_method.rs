@@ -81,8 +81,20 @@ fn train(method: &str, factor: Option<f64>) -> (tempfile::TempDir, RunOutcome) {
     (tmp, outcome)
 }
 
-fn weights(tmp: &tempfile::TempDir) -> Vec<u8> {
-    std::fs::read(tmp.path().join("run/best.safetensors")).unwrap()
+/// Every tensor of the run's best weights, as raw bytes by name (file metadata, whose key order
+/// is not fixed, left out).
+fn weights(tmp: &tempfile::TempDir) -> Vec<(String, Vec<u8>)> {
+    let tensors =
+        candle_core::safetensors::load(tmp.path().join("run/best.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let values = t.flatten_all().unwrap().to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap();
+            (name, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 #[test]
@@ -96,6 +108,7 @@ fn a_method_from_a_test_file_trains_through_the_run_api() {
     let (same_dir, same) = train("scale-grads", Some(1.0));
     let (half_dir, half) = train("scale-grads", Some(0.5));
     // Factor 1 is plain joint training, bit for bit; 0.5 is not.
+    assert!(!weights(&joint_dir).is_empty());
     assert_eq!(weights(&same_dir), weights(&joint_dir));
     assert_ne!(weights(&half_dir), weights(&joint_dir));
     assert!(joint.test.is_some() && same.test.is_some() && half.test.is_some());
