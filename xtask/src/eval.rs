@@ -116,11 +116,14 @@ fn method_predictor(
 ) -> anyhow::Result<Option<Box<dyn agm_modulation::Modulator>>> {
     let Ok(mut method) = cfg.build_modulator(model, data) else { return Ok(None) };
     let vars = method.attach(model)?;
+    if vars.is_empty() {
+        return Ok(None);
+    }
     // Weights written by a run (safetensors) also carry the method's state of their epoch.
     let Ok(saved) = agm_train::Checkpoint::load(weights, &candle_core::Device::Cpu) else { return Ok(None) };
     let tensors: Option<Vec<_>> = vars.iter().map(|v| saved.model.get(&format!("method.{}", v.name))).collect();
     match tensors {
-        Some(tensors) if !vars.is_empty() => {
+        Some(tensors) => {
             for (v, t) in vars.iter().zip(tensors) {
                 v.var.set(&t.to_dtype(v.var.dtype())?.to_device(v.var.device())?)?;
             }

@@ -1,9 +1,24 @@
-//! The model's own fusion head read per modality, where it is a linear layer over the
-//! concatenated encoder features (late concat, the official `ConcatFusion`): OGM, OPM and
-//! InfoReg take their uni-modal predictions from it.
+//! Uni-modal predictions from the model itself: its fusion head read per modality, where it is
+//! a linear layer over the concatenated encoder features (late concat, the official
+//! `ConcatFusion`; OGM, OPM and InfoReg), else the Shapley mono-modal outputs; and the scores and
+//! ratios OGM and OPM compute from them.
 
 use agm_core::MultimodalModel;
 use candle_core::{DType, Result, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::{shapley, ForwardPlan, StepCx};
+
+/// Where the uni-modal predictions `t_m` come from (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UniModal {
+    /// The head split `h_m W_mᵀ + b/M` when the model's head is a linear layer over the
+    /// concatenated features (the official model), otherwise the Shapley mono-modal outputs.
+    Auto,
+    /// Always the Shapley mono-modal outputs of the masked passes.
+    Shapley,
+}
 
 /// A linear classifier over the concatenated encoder features (the official `ConcatFusion`).
 #[derive(Clone, Debug)]
@@ -89,4 +104,102 @@ impl ConcatHead {
         }
         Ok(())
     }
+}
+
+/// Where a method built for a model takes its uni-modal predictions from.
+#[derive(Clone, Debug)]
+pub(crate) enum UniSource {
+    /// A head of the right shapes, to be confirmed on the first step's full pass (which runs
+    /// with the masked passes, so that the Shapley outputs are there if it is not confirmed).
+    Pending(ConcatHead),
+    Head(ConcatHead),
+    Shapley,
+}
+
+impl UniSource {
+    pub(crate) fn for_model(mode: UniModal, model: &dyn MultimodalModel, feature_dims: Option<&[usize]>) -> Self {
+        match (mode, ConcatHead::find(model, feature_dims)) {
+            (UniModal::Auto, Some(head)) => UniSource::Pending(head),
+            _ => UniSource::Shapley,
+        }
+    }
+
+    pub(crate) fn forward_plan(&self) -> ForwardPlan {
+        match self {
+            UniSource::Head(_) => ForwardPlan::Full,
+            UniSource::Pending(_) | UniSource::Shapley => ForwardPlan::Shapley,
+        }
+    }
+
+    /// Whether the head split is used (for logs and state).
+    pub(crate) fn is_head(&self) -> bool {
+        matches!(self, UniSource::Head(_))
+    }
+
+    /// The uni-modal predictions `t_m` of this step (with their graph); a pending head is
+    /// confirmed or given up here.
+    pub(crate) fn uni_logits(&mut self, method: &str, cx: &StepCx<'_>) -> Result<Vec<Tensor>> {
+        let full = &cx.forward.full;
+        if let UniSource::Pending(head) = self {
+            *self = if head.matches(&full.encoder_features, &full.logits)? {
+                UniSource::Head(head.clone())
+            } else {
+                UniSource::Shapley
+            };
+        }
+        match self {
+            UniSource::Head(head) => {
+                head.check(method, &full.encoder_features, &full.logits)?;
+                head.uni_logits(&full.encoder_features, true)
+            }
+            _ => {
+                let m = cx.model.modalities().len();
+                shapley::mono_outputs(m, |s| cx.forward.logits(s, m))
+            }
+        }
+    }
+}
+
+/// `Σ_b softmax(logits)[b, y_b]` as a scalar tensor with its graph.
+pub(crate) fn score_tensor(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let p = agm_kernels::softmax_last_dim(logits)?;
+    let idx = labels.to_dtype(DType::U32)?.unsqueeze(1)?;
+    p.gather(&idx, 1)?.sum_all()
+}
+
+/// `Σ_b softmax(logits)[b, y_b]` in f64.
+pub(crate) fn score_value(logits: &Tensor, labels: &[u32]) -> Result<f64> {
+    Ok(shapley::true_class_probs(logits, labels)?.iter().sum())
+}
+
+/// The modality with the smallest score; the first one on a tie.
+pub(crate) fn weakest(scores: &[f64]) -> usize {
+    let mut w = 0;
+    for (m, &s) in scores.iter().enumerate() {
+        if s < scores[w] {
+            w = m;
+        }
+    }
+    w
+}
+
+/// `s_m / s_w` for every modality (1 for the weakest; infinite over a zero weakest score, 1 for
+/// 0/0).
+pub(crate) fn ratios(scores: &[f64], w: usize) -> Vec<f64> {
+    let sw = scores[w];
+    scores
+        .iter()
+        .enumerate()
+        .map(|(m, &s)| {
+            if m == w {
+                1.0
+            } else if sw > 0.0 {
+                s / sw
+            } else if s > 0.0 {
+                f64::INFINITY
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }

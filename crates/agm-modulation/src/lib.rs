@@ -49,6 +49,7 @@ mod stack;
 mod uni_heads;
 
 pub use agm::{Agm, AgmConfig, AgmStepStats};
+pub use concat_head::UniModal;
 pub use dgl::{unimodal_logits as dgl_unimodal_logits, Dgl, DglConfig, DglStepStats};
 pub use error::MethodError;
 pub use gblend::{
@@ -78,7 +79,7 @@ pub use modulator::{
 };
 pub use mses::{snapshot_tag as mses_snapshot_tag, FirstEpochPolicy, Mses, MsesConfig, MsesEpoch, MsesSchedule};
 pub use mslr::{Mslr, MslrConfig, MslrSchedule};
-pub use ogm::{ogm_journal_coefficients, Ogm, OgmConfig, OgmParams, OgmStats, UniModal};
+pub use ogm::{ogm_journal_coefficients, Ogm, OgmConfig, OgmParams, OgmStats};
 pub use ogm_ge::{
     noise_std as ogm_noise_std, ogm_coefficients, score_sum as ogm_score_sum, OgmCoefficients, OgmGe, OgmGeConfig,
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,

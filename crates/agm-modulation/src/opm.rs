@@ -51,7 +51,7 @@ use agm_core::{ForwardOpts, MultimodalModel};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::ogm::{ratios, score_tensor, weakest, UniModal, UniSource};
+use crate::concat_head::{ratios, score_tensor, weakest, UniModal, UniSource};
 use crate::shared::{labels_u32, mix_seed, scalar_f64};
 use crate::{ForwardPlan, MethodError, Modulator, Objective, StepCx};
 

@@ -222,10 +222,10 @@ impl RunConfig {
     /// Reading it back gives a config that trains the same run.
     pub fn to_run_toml(&self, header: &str) -> String {
         let mut table = toml::Table::try_from(self).expect("the config is plain data");
-        let used: Vec<String> = self.method.split('+').map(agm_modulation::method::section_of).collect();
+        let used: Vec<String> = self.method.split('+').map(|m| agm_modulation::method::section_of(m.trim())).collect();
         for entry in registry::entries() {
             let section = entry.section();
-            if !used.iter().any(|u| u.trim() == section) {
+            if !used.contains(&section) {
                 table.remove(&section);
             }
         }
