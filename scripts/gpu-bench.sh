@@ -5,15 +5,19 @@
 # then, from the repository root on the GPU machine (with the bundle and, for the reference's
 # own steps, a reference tree carried along):
 #   scripts/gpu-bench.sh target/gpu-bundle [reference tree, default .dev/agm-reference] [bench flags]
-# It finds the CUDA libraries in the NVIDIA wheels of the machine's Python (PyTorch's), then, each
-# step under its own time limit and each running even when an earlier one fails:
-#   1. the CUDA kernel tests (every agm kernel on CUDA against the CPU);
-#   2. 2 epochs of AGM on AV-Digits on the GPU and on the CPU (test accuracies side by side);
+# It finds the CUDA libraries (cuDNN included) in the NVIDIA wheels of the machine's Python
+# (PyTorch's), then, each step under its own time limit and each running even when an earlier one
+# fails:
+#   1. the CUDA kernel tests (every agm kernel on CUDA against the CPU; cuDNN against im2col;
+#      TF32 and bf16 within their rounding);
+#   2. 2 epochs of AGM on AV-Digits on the GPU and on the CPU with TF32 off (test accuracies side
+#      by side: they must agree);
 #   3. the bench table on the GPU at batch 64 (AV-MNIST, UR-Funny, CREMA-D) with the reference's
 #      own PyTorch steps (its plain step, and its joint and AGM steps where it has them) on the
-#      same GPU, and the targets table (extra flags go to this `bench`, `--repeats 2` say);
-#   4. AV-Digits, UR-Funny at batch 128 and the kernel table on the GPU (ours against candle's
-#      CUDA ops).
+#      same GPU, TF32 on both sides, and the targets table (extra flags go to this `bench`);
+#   4. the same at `--precision bf16` (PyTorch's plain step under bf16 autocast, and in fp32 as
+#      the bf16 target's anchor);
+#   5. AV-MNIST and CREMA-D without cuDNN (AGM_CUDNN=0: the im2col path), for what cuDNN buys.
 # The log is also written to $OUT/gpu-bench.log when OUT is set (the device tool's folder).
 set -uo pipefail
 bundle="${1:?usage: scripts/gpu-bench.sh <bundle dir> [reference tree] [bench flags]}"
@@ -52,13 +56,17 @@ step() {
   [ $rc -ne 0 ] && echo "!! $title: exit $rc$([ $rc -eq 124 ] && echo ', time limit')"
   echo "-- $title: $((SECONDS - started)) s"
 }
-step 120 "CUDA kernels against the CPU (agm-kernels tests/cuda)" "$bin_dir/agm-kernels-cuda-tests" --test-threads 1
+step 100 "CUDA kernels against the CPU (agm-kernels tests/cuda)" "$bin_dir/agm-kernels-cuda-tests" --test-threads 1
 for device in cuda cpu; do
-  step 50 "check: 2 epochs of AGM on AV-Digits, $device" "$bin" train --quiet --epochs 2 --device $device --out "$bin_dir/$device"
+  step 45 "check: 2 epochs of AGM on AV-Digits, $device, fp32-strict" \
+    "$bin" train --quiet --no-concepts --epochs 2 --device $device --precision fp32-strict --out "$bin_dir/$device"
 done
-step 360 "bench, GPU, batch 64, with the reference's PyTorch steps on the same GPU" \
-  "$bin" bench --device cuda --models avmnist-late,urfunny-late,cremad-late --large-batch-size 64 --seq-len 50 --steps 10 \
-  --reference-python python3 --reference-tree "$reference" "$@"
-step 120 "AV-Digits, UR-Funny at batch 128, and the kernels (ours vs candle's ops), GPU" \
-  "$bin" bench --device cuda --models av-digits-late,urfunny-late --large-batch-size 128 --seq-len 50 --steps 6 --kernels
+models=avmnist-late,urfunny-late,cremad-late
+for precision in fp32 bf16; do
+  step $([ $precision = fp32 ] && echo 200 || echo 150) "bench, GPU, batch 64, $precision, with the plain PyTorch step on the same GPU" \
+    "$bin" bench --device cuda --precision $precision --models $models --large-batch-size 64 --seq-len 50 \
+    --steps 10 --reference-python python3 --reference-tree "$reference" "$@"
+done
+step 50 "AV-MNIST and CREMA-D without cuDNN (im2col path), fp32" \
+  env AGM_CUDNN=0 "$bin" bench --device cuda --models avmnist-late,cremad-late --large-batch-size 64 --steps 5
 rm -rf "$bin_dir"

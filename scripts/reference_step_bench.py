@@ -16,12 +16,22 @@ Usage:
   python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 64 --device cuda
   python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 8 --plain
   python scripts/reference_step_bench.py --reference DIR --case cremad --batch 8 --plain
+  python scripts/reference_step_bench.py --reference DIR --case avmnist --batch 64 --device cuda --plain-only --precision bf16
 
 --plain adds a third arm, the plain PyTorch step: the official late-fusion concat model (the
 network agm's `<family>-late` preset builds: Later_Fusion_Resnet, Later_Fusion_Model, CREMA-D's
 AVClassifier with fusion 'concat'), forward, cross-entropy (mean), backward, SGD step with the
 reference's momentum 0.9 and weight decay 1e-4 -- no accuracies, no per-sample score loop, no
 .item() besides the loss at the end. CREMA-D (--case cremad) has only this arm, so it needs --plain.
+--plain-only runs that arm alone.
+
+--precision (CUDA only; agm's `--precision` of the same name): fp32 (default) turns TF32 on for
+matrix products and cuDNN convolutions (torch.backends.cuda.matmul.allow_tf32 and
+torch.backends.cudnn.allow_tf32; PyTorch's own default has TF32 for convolutions only);
+fp32-strict turns both off; bf16 runs the plain step's forward and loss under
+torch.autocast("cuda", dtype=torch.bfloat16) with TF32 on. On CUDA every arm sets
+torch.backends.cudnn.benchmark = True (each convolution shape's algorithm picked by timing, as agm
+does).
 
 Prints ONE JSON line:
   {"case", "batch", "threads", "device", "joint_ms_median", "agm_ms_median", "joint_peak_mib",
@@ -65,13 +75,17 @@ def _loadavg():
 def run_parent(args):
     results = {}
     load_start = _loadavg()
-    arms = ("plain",) if args.case == "cremad" else (("joint", "agm", "plain") if args.plain else ("joint", "agm"))
+    if args.case == "cremad" or args.plain_only:
+        arms = ("plain",)
+    else:
+        arms = ("joint", "agm", "plain") if args.plain else ("joint", "agm")
     for arm in arms:
         cmd = [sys.executable, os.path.abspath(__file__),
                "--reference", args.reference, "--case", args.case,
                "--batch", str(args.batch), "--steps", str(args.steps),
                "--threads", str(args.threads), "--seq-len", str(args.seq_len),
-               "--seed", str(args.seed), "--device", args.device, "--arm", arm]
+               "--seed", str(args.seed), "--device", args.device, "--arm", arm,
+               "--precision", args.precision]
         if args.alpha is not None:
             cmd += ["--alpha", str(args.alpha)]
         env = dict(os.environ)
@@ -95,6 +109,7 @@ def run_parent(args):
         "batch": args.batch,
         "threads": args.threads,
         "device": args.device,
+        "precision": args.precision,
         "joint_ms_median": key("joint", "ms_median"),
         "agm_ms_median": key("agm", "ms_median"),
         "joint_peak_mib": key("joint", "peak_mib"),
@@ -218,21 +233,23 @@ class PlainStep:
     """The plain PyTorch step: zero_grad, forward, cross-entropy (mean), backward, SGD step.
     No accuracies, no per-sample score loop; the loss is read (.item()) once, at the end."""
 
-    def __init__(self, torch, nn, model, optimizer, case):
+    def __init__(self, torch, nn, model, optimizer, case, bf16=False):
         self.model, self.optimizer, self.case = model, optimizer, case
+        self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
         self.loss_fn = nn.CrossEntropyLoss()
         model.train()
 
     def __call__(self, batch):
         self.optimizer.zero_grad()
-        if self.case == "urfunny":
-            (vision, audio, text), lengths, label = batch
-            out = self.model(vision, audio, text, lengths)
-            label = label.squeeze(1)
-        else:
-            audio, visual, label = batch
-            out = self.model(audio, visual)
-        loss = self.loss_fn(out, label)
+        with self.autocast():
+            if self.case == "urfunny":
+                (vision, audio, text), lengths, label = batch
+                out = self.model(vision, audio, text, lengths)
+                label = label.squeeze(1)
+            else:
+                audio, visual, label = batch
+                out = self.model(audio, visual)
+            loss = self.loss_fn(out, label)
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -453,6 +470,11 @@ def run_child(args):
     import torch
     import torch.nn as nn
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        tf32 = args.precision != "fp32-strict"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
     rss_after_import = _status_mib("VmRSS")
     torch.manual_seed(args.seed)  # utils/function_tools.set_seed: random_seed 999 by default
     if args.arm == "plain":
@@ -467,7 +489,8 @@ def run_child(args):
     optimizer = torch.optim.SGD(model.parameters(), lr=cfgs.learning_rate, momentum=0.9,
                                 weight_decay=1e-4)
     if args.arm == "plain":
-        step = PlainStep(torch, nn, model, optimizer, args.case)
+        bf16 = args.precision == "bf16" and args.device.startswith("cuda")
+        step = PlainStep(torch, nn, model, optimizer, args.case, bf16)
     else:
         Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
         step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
@@ -524,6 +547,9 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the first GPU")
     p.add_argument("--plain", action="store_true",
                    help="also time the plain PyTorch step (forward, CE, backward, SGD) of the late concat model")
+    p.add_argument("--plain-only", action="store_true", help="time the plain PyTorch step alone")
+    p.add_argument("--precision", choices=["fp32", "fp32-strict", "bf16"], default="fp32",
+                   help="CUDA arithmetic: TF32 allowed (fp32), off (fp32-strict), or bf16 autocast")
     p.add_argument("--arm", choices=["joint", "agm", "plain"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 1:

@@ -86,6 +86,10 @@ pub struct RunFlags {
     /// `cpu` or `cuda`.
     #[arg(long)]
     pub device: Option<String>,
+    /// `fp32` (default; TF32 allowed on CUDA), `fp32-strict` (no TF32) or `bf16` (bf16
+    /// products and convolutions, f32 weights and optimizer state).
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 impl RunFlags {
@@ -110,6 +114,7 @@ impl RunFlags {
             .set_opt("--alpha", "agm.alpha", self.alpha)
             .set_opt("--shapley", "shapley", self.shapley.clone())
             .set_opt("--device", "device", self.device.clone())
+            .set_opt("--precision", "precision", self.precision.clone())
     }
 }
 
@@ -320,6 +325,11 @@ pub struct BenchArgs {
     /// `cpu` or `cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// `fp32` (TF32 allowed on CUDA), `fp32-strict` or `bf16`, for agm's arms and the PyTorch
+    /// steps alike; with `bf16` the plain PyTorch step is also timed in `fp32`, the anchor of the
+    /// bf16 target.
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
     /// Also time the kernels against plain candle and the AV-MNIST loader against its step.
     #[arg(long)]
     pub kernels: bool,

@@ -66,6 +66,16 @@ fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 }
 
+/// On CUDA without cuDNN, one line saying that convolutions take the slower im2col path, and why.
+pub(crate) fn cudnn_notice() {
+    if let Err(why) = agm_kernels::cudnn_available() {
+        eprintln!(
+            "note: convolutions take the im2col path, not cuDNN: {why} \
+             (pip install nvidia-cudnn-cu13 and put its lib folder on LD_LIBRARY_PATH; docs/cuda.md)"
+        );
+    }
+}
+
 /// A new directory under `parent` named `<stem>-<UTC date>-<time>` (a suffix on collision).
 pub(crate) fn new_dir(parent: &str, stem: &str) -> anyhow::Result<std::path::PathBuf> {
     // 2026-12-06T05:01:02Z -> 20261206-050102

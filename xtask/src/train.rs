@@ -136,6 +136,7 @@ fn resumed_config(
         differs("--lr", flags.lr.map(|v| v.to_string()), recorded.optimizer.lr().to_string()),
         differs("--alpha", flags.alpha.map(|v| v.to_string()), recorded.method::<Agm>().alpha.to_string()),
         differs("--shapley", flags.shapley.clone(), recorded.shapley.clone()),
+        differs("--precision", flags.precision.clone(), recorded.precision.clone()),
     ]
     .into_iter()
     .flatten()
@@ -263,6 +264,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     // Before a new run directory exists: a missing toolkit leaves nothing behind.
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
         return reexec_with_cuda();
+    }
+    if cfg.device == "cuda" {
+        crate::cudnn_notice();
     }
     let (dir, start) = match (resumed, &args.out) {
         (Some((run_dir, header)), _) => (run_dir, RunStart::Resume { header }),

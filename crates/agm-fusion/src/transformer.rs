@@ -144,10 +144,10 @@ fn attention(qkv: &Tensor, part: &Part, heads: usize, p: f64, seed: u64) -> Resu
     // PyTorch scales the queries before the product.
     let q = (split(0)? * (1.0 / (hd as f64).sqrt()))?;
     let (k, v) = (split(1)?, split(2)?);
-    let scores = q.matmul(&k.t()?)?;
+    let scores = agm_kernels::matmul(&q, &k.t()?)?;
     let attn = agm_kernels::softmax_last_dim(&scores)?;
     let attn = dropout(&attn, p, train, seed)?;
-    attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * l, d))
+    agm_kernels::matmul(&attn, &v)?.transpose(1, 2)?.contiguous()?.reshape((b * l, d))
 }
 
 /// One batch of `batch` sequences of `len` tokens among the rows of [`EncoderLayer::forward_parts`],

@@ -73,17 +73,62 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     check_real(x, "conv2d")?;
     check_same_dtype(&[x, w], "conv2d")?;
     let geom = Geometry { c, h, w: wd, kh, kw, stride: s, pad: p, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) };
+    if crate::precision::wants_bf16(x) {
+        return conv2d_bf16(x, w, geom);
+    }
+    conv2d_op(x, w, geom)
+}
+
+/// [`conv2d`] in the operands' dtype: the fused op on the CPU; on CUDA cuDNN, or the im2col
+/// composition where cuDNN is missing.
+fn conv2d_op(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
-        return conv2d_im2col(x, w, geom);
+        if let Some(y) = cudnn_ops::try_conv(x, w, geom)? {
+            return Ok(y);
+        }
+        return im2col_matmul(x, w, geom);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv2d { geom })
 }
 
+/// [`conv2d`] with bf16 operands and result ([`crate::Precision::Bf16`]): cuDNN's bf16
+/// convolution on CUDA; elsewhere (the CPU, or CUDA without cuDNN) the f32 op between roundings.
+fn conv2d_bf16(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
+    use crate::precision::round_bf16;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        let (xb, wb) = (x.to_dtype(candle_core::DType::BF16)?, w.to_dtype(candle_core::DType::BF16)?);
+        if let Some(y) = cudnn_ops::try_conv(&xb, &wb, geom)? {
+            return y.to_dtype(candle_core::DType::F32);
+        }
+    }
+    round_bf16(&conv2d_op(&round_bf16(x)?, &round_bf16(w)?, geom)?)
+}
+
+/// [`conv2d`] through the im2col composition even where cuDNN is available: the reference the
+/// CUDA tests compare cuDNN with, and the path taken without cuDNN.
+#[cfg(feature = "cuda")]
+pub fn conv2d_im2col(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (_, _, kh, kw) = w.dims4()?;
+    let Conv2dSpec { stride, padding: pad } = spec;
+    im2col_matmul(
+        x,
+        w,
+        Geometry { c, h, w: wd, kh, kw, stride, pad, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) },
+    )
+}
+
 /// [`conv2d`] as `w · im2col(x)` from an im2col op and candle's matmul, differentiated by
-/// candle: the CUDA path (cuBLAS does the GEMMs), also run on the CPU by the unit tests.
+/// candle: the CUDA path without cuDNN (cuBLAS does the GEMMs), also run on the CPU by the unit
+/// tests.
 #[cfg(any(test, feature = "cuda"))]
-fn conv2d_im2col(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
+fn im2col_matmul(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        crate::precision::apply_to_cublas(None);
+    }
     let (b, o) = (x.dim(0)?, w.dim(0)?);
     // candle's graph keeps `cols` for the weight gradient (matmul's backward); the CPU op
     // recomputes them instead.
@@ -450,6 +495,133 @@ pub fn conv2d_ref(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     padded.conv2d(w, 0, s, 1, 1)
 }
 
+/// The convolution and its two gradients as cuDNN calls ([`crate::cudnn`]); f32, f64 and bf16.
+#[cfg(feature = "cuda")]
+mod cudnn_ops {
+    use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+    use super::Geometry;
+    use crate::backward::param_grad;
+    use crate::cudnn::{self, Direction, Shapes};
+
+    impl Geometry {
+        fn shapes(&self, b: usize, o: usize) -> Shapes {
+            Shapes {
+                input: [b, self.c, self.h, self.w],
+                kernel: [o, self.c, self.kh, self.kw],
+                output: [b, o, self.oh, self.ow],
+                stride: self.stride,
+                pad: self.pad,
+            }
+        }
+
+        /// `(B, O)` of an output (or output gradient) `[B, O, OH, OW]`.
+        fn check_output(&self, layout: &Layout, op: &str) -> Result<(usize, usize)> {
+            match layout.dims() {
+                &[b, o, oh, ow] if (oh, ow) == (self.oh, self.ow) => Ok((b, o)),
+                d => candle_core::bail!("{op}: expected gradient [B, O, {}, {}], got {d:?}", self.oh, self.ow),
+            }
+        }
+    }
+
+    /// The convolution through cuDNN, or `None` where cuDNN is not available or has just failed
+    /// (then never tried again in this process).
+    pub(super) fn try_conv(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Option<Tensor>> {
+        if cudnn::available().is_err() {
+            return Ok(None);
+        }
+        match x.contiguous()?.apply_op2(&w.contiguous()?, Conv(geom)) {
+            Ok(y) => Ok(Some(y)),
+            Err(e) => {
+                cudnn::give_up(&e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// `(x, w) → y`; its backward is two [`Grad`] calls.
+    struct Conv(Geometry);
+
+    impl CustomOp2 for Conv {
+        fn name(&self) -> &'static str {
+            "agm-conv2d-cudnn"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{}: runs on CUDA only", self.name())
+        }
+
+        fn cuda_fwd(
+            &self,
+            xs: &CudaStorage,
+            xl: &Layout,
+            ws: &CudaStorage,
+            wl: &Layout,
+        ) -> Result<(CudaStorage, Shape)> {
+            let g = self.0;
+            let b = g.check_input(xl, self.name())?;
+            let o = g.check_kernel(wl, self.name())?;
+            let shapes = g.shapes(b, o);
+            let y = cudnn::run(Direction::Forward, shapes, (xs, xl), (ws, wl), b * o * g.positions())?;
+            Ok((y, Shape::from(&shapes.output)))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            _res: &Tensor,
+            grad: &Tensor,
+        ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+            let grad = grad.contiguous()?;
+            let dx = if x.track_op() {
+                Some(w.apply_op2_no_bwd(&grad, &Grad(self.0, Direction::BackwardData))?)
+            } else {
+                None
+            };
+            let dw = if w.track_op() {
+                param_grad(w, x.apply_op2_no_bwd(&grad, &Grad(self.0, Direction::BackwardFilter))?)?
+            } else {
+                None
+            };
+            Ok((dx, dw))
+        }
+    }
+
+    /// `(w, dy) → dx` (`BackwardData`) or `(x, dy) → dw` (`BackwardFilter`).
+    struct Grad(Geometry, Direction);
+
+    impl CustomOp2 for Grad {
+        fn name(&self) -> &'static str {
+            "agm-conv2d-cudnn-grad"
+        }
+
+        fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+            candle_core::bail!("{}: runs on CUDA only", self.name())
+        }
+
+        fn cuda_fwd(&self, s: &CudaStorage, l: &Layout, ds: &CudaStorage, dl: &Layout) -> Result<(CudaStorage, Shape)> {
+            let Grad(g, direction) = *self;
+            let (b, o) = g.check_output(dl, self.name())?;
+            let shapes = g.shapes(b, o);
+            let out = match direction {
+                Direction::BackwardData => {
+                    g.check_kernel(l, self.name())?;
+                    shapes.input
+                }
+                _ => {
+                    if g.check_input(l, self.name())? != b {
+                        candle_core::bail!("{}: gradient and input batch sizes differ", self.name());
+                    }
+                    shapes.kernel
+                }
+            };
+            let result = cudnn::run(direction, shapes, (s, l), (ds, dl), out.iter().product())?;
+            Ok((result, Shape::from(&out)))
+        }
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::backend::BackendStorage;
@@ -489,7 +661,7 @@ mod gpu {
 mod tests {
     use candle_core::{Device, Result, Tensor, Var};
 
-    use super::{conv2d, conv2d_im2col, Conv2dSpec, Geometry};
+    use super::{conv2d, im2col_matmul, Conv2dSpec, Geometry};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
@@ -514,7 +686,7 @@ mod tests {
             let geom =
                 Geometry { c, h, w, kh: k, kw: k, stride: s, pad: p, oh: spec.out_len(h, k), ow: spec.out_len(w, k) };
             let fused = conv2d(x.as_tensor(), wv.as_tensor(), spec)?;
-            let composed = conv2d_im2col(x.as_tensor(), wv.as_tensor(), geom)?;
+            let composed = im2col_matmul(x.as_tensor(), wv.as_tensor(), geom)?;
             assert_eq!(fused.dims(), composed.dims());
             assert!(max_abs_diff(&fused, &composed)? < 1e-12, "output, case {b} {c} {h} {w} {o} {k} {s} {p}");
             let weight = Tensor::arange(0.0, fused.elem_count() as f64, &dev)?

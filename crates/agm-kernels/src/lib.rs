@@ -19,18 +19,23 @@ mod conv;
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cudnn;
 mod dropout;
 mod grad_scale;
 mod linear;
 mod loss;
 mod norm;
 mod pool;
+mod precision;
 mod relu;
 mod runtime;
 mod sgd;
 
 pub use backward::backward;
 pub use batch_norm::{batch_norm, batch_norm_mixed, batch_norm_ref, batch_norm_relu, updated_running, BatchStats};
+#[cfg(feature = "cuda")]
+pub use conv::conv2d_im2col;
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};
 pub use dropout::{dropout, dropout_leading, dropout_leading_ref, mix_seed};
 pub use grad_scale::{grad_scale, grad_scale_ref};
@@ -38,9 +43,19 @@ pub use linear::{linear, linear_ref};
 pub use loss::{cross_entropy_per_sample, cross_entropy_per_sample_ref};
 pub use norm::{layer_norm, layer_norm_ref, softmax_last_dim, softmax_ref};
 pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpec};
+pub use precision::{matmul, precision, set_precision, Precision, PrecisionGuard, PRECISIONS};
 pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
 pub use runtime::tune_cpu_runtime;
 pub use sgd::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};
+
+/// Whether convolutions on CUDA run through cuDNN; `Err` says why not (no `cuda` feature,
+/// cuDNN not found, or `AGM_CUDNN=0`), in which case they take the im2col path.
+pub fn cudnn_available() -> Result<(), String> {
+    #[cfg(feature = "cuda")]
+    return cudnn::available();
+    #[cfg(not(feature = "cuda"))]
+    Err("built without the `cuda` feature".into())
+}
 
 /// Whether agm's own kernels run on `device`: always on the CPU, and on CUDA devices when built
 /// with the `cuda` feature. Elsewhere (Metal) each op runs its candle-op form.

@@ -28,6 +28,27 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
             candle_core::bail!("linear: bias {:?} must have one value per output ({o})", b.dims());
         }
     }
+    if crate::precision::wants_bf16(x) {
+        return linear_bf16(x, w, b);
+    }
+    linear_op(x, w, b)
+}
+
+/// [`linear`] with bf16 operands and result ([`crate::Precision::Bf16`]): cuBLAS's bf16 product
+/// on CUDA, the f32 op between roundings on the CPU.
+fn linear_bf16(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    use crate::precision::round_bf16;
+    if x.device().is_cuda() {
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+        let b = b.map(bf16).transpose()?;
+        return linear_ref(&bf16(x)?, &bf16(w)?, b.as_ref())?.to_dtype(DType::F32);
+    }
+    let b = b.map(round_bf16).transpose()?;
+    round_bf16(&linear_op(&round_bf16(x)?, &round_bf16(w)?, b.as_ref())?)
+}
+
+/// [`linear`] in the operands' own dtype.
+fn linear_op(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let same_device = x.device().same_device(w.device()) && b.is_none_or(|b| b.device().same_device(x.device()));
     // The CPU rejects other dtypes below; CUDA leaves them (f16, bf16) to candle's matmul.
     let own =
@@ -307,9 +328,11 @@ mod gpu {
             ldc: c_int(cols)?,
         };
         let mut out = alloc::<T>(dev, rows * cols)?;
+        let blas = dev.cublas_handle();
+        crate::precision::apply_to_cublas(Some(&blas));
         // SAFETY: `b` holds `inner · cols` elements and `a` `rows · inner`, read with the leading
         // dimensions above; beta = 0, so cuBLAS writes all `rows · cols` of `out` without reading it.
-        unsafe { dev.cublas_handle().gemm(cfg, b, a, &mut out) }.w()?;
+        unsafe { blas.gemm(cfg, b, a, &mut out) }.w()?;
         Ok(out)
     }
 

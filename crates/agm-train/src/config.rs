@@ -47,6 +47,10 @@ pub struct RunConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub device: String,
+    /// How matrix products and convolutions compute: `fp32` (default; TF32 allowed on CUDA, as
+    /// PyTorch's cuDNN convolutions), `fp32-strict` (no TF32: CUDA computes what the CPU does)
+    /// or `bf16` (bf16 operands, f32 master weights and everything else); `agm_kernels::Precision`.
+    pub precision: String,
     /// Also checkpoint every this many steps (0: at the end of each epoch only).
     pub checkpoint_every_steps: usize,
     /// How Shapley-based methods run their masked passes: `faithful` (the reference's
@@ -108,6 +112,7 @@ impl RunConfig {
             epochs: 20,
             batch_size: 64,
             device: "cpu".into(),
+            precision: "fp32".into(),
             checkpoint_every_steps: 0,
             shapley: "auto".into(),
             reference_protocol: false,
@@ -257,6 +262,7 @@ impl RunConfig {
         }
         registry::parse(&self.method)?;
         one_of("device", &self.device, DEVICES)?;
+        self.precision()?;
         one_of("shapley", &self.shapley, SHAPLEY_MODES)?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
@@ -296,6 +302,11 @@ impl RunConfig {
             _ => "faithful",
         };
         text.to_string()
+    }
+
+    /// The parsed `precision`.
+    pub fn precision(&self) -> Result<agm_kernels::Precision> {
+        self.precision.parse().map_err(TrainError::Config)
     }
 
     pub fn device(&self) -> Result<Device> {

@@ -243,6 +243,8 @@ pub fn train_run(
     }
     let resuming = matches!(start, RunStart::Resume { .. }) && has_checkpoint;
     let device = cfg.device()?;
+    // Products and convolutions on this thread follow the run's precision until it returns.
+    let _precision = agm_kernels::PrecisionGuard::new(cfg.precision()?);
     crate::memory::reset_peak_memory();
     let built = cfg.build(&device)?;
     if start == RunStart::New {

@@ -26,6 +26,7 @@ fn linear_with_and_without_bias() -> Result<()> {
 #[test]
 fn linear_without_an_input_gradient() -> Result<()> {
     // Only the weight is tracked: the input-gradient product is skipped.
+    let _strict = agm_kernels::PrecisionGuard::new(agm_kernels::Precision::Fp32Strict);
     let gpu = gpu();
     let x = input(&[9, 5], 0.3, DType::F32)?;
     let w = Var::from_tensor(&input(&[4, 5], 0.8, DType::F32)?.to_device(&gpu)?)?;
@@ -66,4 +67,22 @@ fn grad_scale_copies_forward_and_scales_backward() -> Result<()> {
 
 fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
     t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// bf16 linear (cuBLAS's bf16 product) against the CPU's emulation, and batched bf16 `matmul`:
+/// equal up to a bf16 rounding step; TF32 stays within TF32's rounding.
+#[test]
+fn bf16_and_tf32_products_match_the_cpu_within_their_rounding() -> Result<()> {
+    use agm_kernels::{matmul, Precision, PrecisionGuard};
+    for (precision, tol) in [(Precision::Bf16, 2e-2), (Precision::Fp32, 1e-2)] {
+        let _p = PrecisionGuard::new(precision);
+        let (x, w, b) =
+            (input(&[37, 45], 0.1, DType::F32)?, input(&[29, 45], 1.3, DType::F32)?, input(&[29], 2.9, DType::F32)?);
+        crate::common::compare_devices(&format!("{precision} linear"), &[x, w, b], tol, |t| {
+            linear(&t[0], &t[1], Some(&t[2]))
+        })?;
+        let (a, c) = (input(&[2, 3, 17, 24], 0.4, DType::F32)?, input(&[2, 3, 24, 11], 0.8, DType::F32)?);
+        crate::common::compare_devices(&format!("{precision} matmul"), &[a, c], tol, |t| matmul(&t[0], &t[1]))?;
+    }
+    Ok(())
 }
