@@ -9,8 +9,13 @@ fn values(t: &Tensor) -> Result<Vec<f64>> {
 
 /// Three steps of both versions from the same start; parameters and buffers must agree bit for bit.
 fn check(u: SgdUpdate, dtype: DType) -> Result<()> {
+    check_shape(u, dtype, (4, 6))
+}
+
+fn check_shape(u: SgdUpdate, dtype: DType, shape: (usize, usize)) -> Result<()> {
     let dev = Device::Cpu;
-    let start = Tensor::arange(0f32, 24.0, &dev)?.affine(0.173, -2.1)?.sin()?.reshape((4, 6))?.to_dtype(dtype)?;
+    let n = (shape.0 * shape.1) as f32;
+    let start = Tensor::arange(0f32, n, &dev)?.affine(0.173, -2.1)?.sin()?.reshape(shape)?.to_dtype(dtype)?;
     let (fused, reference) = (Var::from_tensor(&start.copy()?)?, Var::from_tensor(&start.copy()?)?);
     let (mut buf_fused, mut buf_ref) = (None, None);
     for step in 0..3 {
@@ -44,6 +49,14 @@ fn in_place_update_matches_candle_ops_bit_for_bit() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A parameter of many update chunks, so the in-place pass runs its chunks in parallel.
+#[test]
+fn large_parameters_update_in_parallel_chunks_bit_for_bit() -> Result<()> {
+    let u = SgdUpdate { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-4, nesterov: false };
+    check_shape(u, DType::F32, (300, 437))?;
+    check_shape(SgdUpdate { nesterov: true, dampening: 0.0, ..u }, DType::F64, (300, 437))
 }
 
 #[test]
