@@ -397,10 +397,13 @@ mod tests {
             run,
             ..TrainArgs::default()
         };
-        let err = run(resume(RunFlags { lr: Some(0.5), ..RunFlags::default() }, Some("joint"))).unwrap_err();
+        let changed = RunFlags { lr: Some(0.5), precision: Some("bf16".into()), ..RunFlags::default() };
+        let err = run(resume(changed, Some("joint"))).unwrap_err();
         let err = err.to_string();
         assert!(
-            err.contains("--lr 0.5 (the run has 0.01)") && err.contains("--method joint (the run has agm)"),
+            err.contains("--lr 0.5 (the run has 0.01)")
+                && err.contains("--method joint (the run has agm)")
+                && err.contains("--precision bf16 (the run has fp32)"),
             "{err}"
         );
         // The same values, and more epochs, are fine; config.toml then records the new count.
@@ -494,6 +497,13 @@ mod tests {
         let err =
             resolve(&flags(RunFlags { device: Some("tpu".into()), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("cuda"), "{err}");
+        let precision = |p: &str| resolve(&flags(RunFlags { precision: Some(p.into()), ..RunFlags::default() }));
+        let err = precision("fp16").unwrap_err().to_string();
+        assert!(err.contains("`fp16`") && err.contains("fp32, fp32-strict, bf16"), "{err}");
+        let cfg = precision("bf16").unwrap().config;
+        assert_eq!(cfg.precision().unwrap(), agm_kernels::Precision::Bf16);
+        assert!(cfg.to_run_toml("").contains("precision = \"bf16\""), "the run's config.toml records it");
+        assert_eq!(resolve(&flags(RunFlags::default())).unwrap().config.precision, "fp32");
         // A type error names the file, the line and the key.
         std::fs::write(&path, "# a comment\n[optimizer]\nlr = \"fast\"\n").unwrap();
         let err =

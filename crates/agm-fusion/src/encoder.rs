@@ -29,12 +29,13 @@ pub trait Encoder: Send + Sync {
     }
 
     /// `forward_t(x, train, dropout_seed)` and then `zero_feature` of `x`'s sample shape, in that
-    /// order (a training pass may change what evaluation mode computes). Without mode-dependent
-    /// layers both modes are the same per-sample function, so the zero sample rides along as
-    /// one more row of the batch: one pass, and one gradient product per weight instead of two
-    /// and an addition. Mode-dependent encoders that can still run both in one pass override this.
+    /// order (a training pass may change what evaluation mode computes). In evaluation mode, or
+    /// without mode-dependent layers, both are the same per-sample function, so the zero sample
+    /// rides along as one more row of the batch: one pass, and one gradient product per weight
+    /// instead of two and an addition. Mode-dependent encoders that can still run both in one
+    /// training pass override this.
     fn forward_with_zero_feature(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<(Tensor, Tensor)> {
-        if self.mode_dependent() {
+        if self.mode_dependent() && train {
             let features = self.forward_t(x, train, dropout_seed)?;
             return Ok((features, self.zero_feature(&x.dims()[1..], x.dtype(), x.device())?));
         }

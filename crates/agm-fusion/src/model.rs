@@ -98,13 +98,18 @@ impl FusionModel {
         let mut muted = Vec::with_capacity(inputs.len());
         for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
             let (any_keeps, any_mutes) = (masked.iter().any(|s| s.contains(m)), masked.iter().any(|s| !s.contains(m)));
-            kept.push(if any_keeps { Some(enc.forward_t(x, false, 0)?) } else { None });
-            muted.push(if any_mutes {
-                let zero = enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?;
-                Some(zero.broadcast_as((b, enc.out_dim()))?)
-            } else {
-                None
-            });
+            // Both from one evaluation-mode pass where both are needed: the zero sample rides along.
+            let (features, zero) = match (any_keeps, any_mutes) {
+                (true, true) => {
+                    let (f, z) = enc.forward_with_zero_feature(x, false, 0)?;
+                    (Some(f), Some(z))
+                }
+                (true, false) => (Some(enc.forward_t(x, false, 0)?), None),
+                (false, true) => (None, Some(enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?)),
+                (false, false) => (None, None),
+            };
+            kept.push(features);
+            muted.push(zero.map(|z| z.broadcast_as((b, enc.out_dim()))).transpose()?);
         }
         let sets: Vec<Vec<Tensor>> = masked
             .iter()

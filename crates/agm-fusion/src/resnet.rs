@@ -219,12 +219,13 @@ impl Encoder for ResNet18 {
     /// running statistics this batch leaves, as the separate evaluation pass after it would.
     fn forward_with_zero_feature(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<(Tensor, Tensor)> {
         let b = x.dim(0)?;
-        if !train || b == 0 {
+        if b == 0 {
             let z = self.zero_feature(&x.dims()[1..], x.dtype(), x.device())?;
             return Ok((Encoder::forward_t(self, x, train, dropout_seed)?, z));
         }
         let zero = Tensor::zeros([&[1], &x.dims()[1..]].concat(), x.dtype(), x.device())?;
-        let both = self.forward_mode(&Tensor::cat(&[x, &zero], 0)?, NormMode::TrainWithEvalTail(1))?;
+        let mode = if train { NormMode::TrainWithEvalTail(1) } else { NormMode::Eval };
+        let both = self.forward_mode(&Tensor::cat(&[x, &zero], 0)?, mode)?;
         Ok((both.narrow(0, 0, b)?, both.narrow(0, b, 1)?))
     }
 }

@@ -44,10 +44,14 @@ impl Conv2dSpec {
 /// those large tensors. An `x` that candle does not track (a raw
 /// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
 ///
-/// On CUDA (the `cuda` feature) it is a composition that candle's autograd differentiates: an
-/// im2col op (whose backward is the col2im gather), cuBLAS's GEMM through candle's matmul, and a
-/// reorder to `[B, O, OH, OW]`; an untracked `x` gets no input gradient there either. Elsewhere
-/// (Metal) this calls [`conv2d_ref`], i.e. candle's own conv.
+/// On CUDA (the `cuda` feature) it is one op whose forward and two gradients are cuDNN calls
+/// (saving, like the CPU op, only its operands). Without cuDNN it is a composition that candle's
+/// autograd differentiates: an im2col op (whose backward is the col2im gather), cuBLAS's GEMM
+/// through candle's matmul, and a reorder to `[B, O, OH, OW]`. An untracked `x` gets no input
+/// gradient on either path. Elsewhere (Metal) this calls [`conv2d_ref`], i.e. candle's own conv.
+///
+/// The thread's [`crate::Precision`] applies: TF32 on CUDA unless strict, bf16 operands and
+/// result for `bf16`.
 pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (_, wc, kh, kw) = w.dims4()?;
@@ -502,7 +506,7 @@ mod cudnn_ops {
 
     use super::Geometry;
     use crate::backward::param_grad;
-    use crate::cudnn::{self, Direction, Shapes};
+    use crate::cudnn::{self, Call, Direction, Shapes};
 
     impl Geometry {
         fn shapes(&self, b: usize, o: usize) -> Shapes {
@@ -562,7 +566,14 @@ mod cudnn_ops {
             let b = g.check_input(xl, self.name())?;
             let o = g.check_kernel(wl, self.name())?;
             let shapes = g.shapes(b, o);
-            let y = cudnn::run(Direction::Forward, shapes, (xs, xl), (ws, wl), b * o * g.positions())?;
+            let call = Call {
+                direction: Direction::Forward,
+                shapes,
+                a: (xs, xl),
+                b: (ws, wl),
+                out_len: b * o * g.positions(),
+            };
+            let y = cudnn::run(call)?;
             Ok((y, Shape::from(&shapes.output)))
         }
 
@@ -616,7 +627,7 @@ mod cudnn_ops {
                     shapes.kernel
                 }
             };
-            let result = cudnn::run(direction, shapes, (s, l), (ds, dl), out.iter().product())?;
+            let result = cudnn::run(Call { direction, shapes, a: (s, l), b: (ds, dl), out_len: out.iter().product() })?;
             Ok((result, Shape::from(&out)))
         }
     }

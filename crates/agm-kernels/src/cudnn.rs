@@ -279,7 +279,7 @@ impl Plan {
     }
 }
 
-/// The cuDNN data type of a storage dtype, with the scale type its `alpha`/`beta` take.
+/// The cuDNN data type of a storage dtype.
 fn data_type(dtype: DType) -> Result<u32> {
     match dtype {
         DType::F32 => Ok(DATA_FLOAT),
@@ -289,24 +289,28 @@ fn data_type(dtype: DType) -> Result<u32> {
     }
 }
 
-/// Runs one direction: `Forward` reads `(x, w)` and writes `y`; `BackwardData` reads `(w, dy)`
+/// One convolution call: `Forward` reads `(x, w)` and writes `y`; `BackwardData` reads `(w, dy)`
 /// and writes `dx`; `BackwardFilter` reads `(x, dy)` and writes `dw`. `a` and `b` are the two
 /// operands in that order, contiguous; the result is a new storage of `out_len` elements.
-pub(crate) fn run(
-    direction: Direction,
-    shapes: Shapes,
-    (a, al): (&CudaStorage, &Layout),
-    (b, bl): (&CudaStorage, &Layout),
-    out_len: usize,
-) -> Result<CudaStorage> {
+pub(crate) struct Call<'a> {
+    pub direction: Direction,
+    pub shapes: Shapes,
+    pub a: (&'a CudaStorage, &'a Layout),
+    pub b: (&'a CudaStorage, &'a Layout),
+    pub out_len: usize,
+}
+
+/// Runs `call` through cuDNN.
+pub(crate) fn run(call: Call<'_>) -> Result<CudaStorage> {
     let api = api().map_err(|e| candle_core::Error::Msg(format!("cuDNN convolution: {e}")))?;
+    let (a, b) = (call.a.0, call.b.0);
     if a.dtype() != b.dtype() {
         candle_core::bail!("cuDNN convolution: operand dtypes differ ({:?}, {:?})", a.dtype(), b.dtype());
     }
     match a.dtype() {
-        DType::F32 => typed::<f32>(api, direction, shapes, (a, al), (b, bl), out_len),
-        DType::F64 => typed::<f64>(api, direction, shapes, (a, al), (b, bl), out_len),
-        DType::BF16 => typed::<half::bf16>(api, direction, shapes, (a, al), (b, bl), out_len),
+        DType::F32 => typed::<f32>(api, call),
+        DType::F64 => typed::<f64>(api, call),
+        DType::BF16 => typed::<half::bf16>(api, call),
         d => candle_core::bail!("cuDNN convolution: dtype {d:?} is not supported"),
     }
 }
@@ -320,14 +324,8 @@ fn contiguous<'a, T: CudaDType + DeviceRepr>(s: &'a CudaStorage, l: &Layout) -> 
     }
 }
 
-fn typed<T: CudaDType + DeviceRepr>(
-    api: &Api,
-    direction: Direction,
-    shapes: Shapes,
-    (a, al): (&CudaStorage, &Layout),
-    (b, bl): (&CudaStorage, &Layout),
-    out_len: usize,
-) -> Result<CudaStorage> {
+fn typed<T: CudaDType + DeviceRepr>(api: &Api, call: Call<'_>) -> Result<CudaStorage> {
+    let Call { direction, shapes, a: (a, al), b: (b, bl), out_len } = call;
     let dev = a.device().clone();
     let stream = dev.cuda_stream();
     let (va, vb) = (contiguous::<T>(a, al)?, contiguous::<T>(b, bl)?);

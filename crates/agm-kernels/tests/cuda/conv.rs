@@ -83,34 +83,33 @@ fn cudnn_matches_the_im2col_path() -> Result<()> {
     Ok(())
 }
 
+/// Every case at `precision` against the CPU (which emulates bf16 by rounding around its f32 op),
+/// within `tol`; the result comes back f32 either way.
+fn every_case_at(precision: Precision, tol: f64) -> Result<()> {
+    let _p = PrecisionGuard::new(precision);
+    for (i, (shape, out_channels, k, s, p)) in CASES.into_iter().enumerate() {
+        let x = input(&shape, 0.2 + i as f64, DType::F32)?;
+        let w = input(&[out_channels, shape[1], k, k], 3.1 + i as f64, DType::F32)?;
+        let what = format!("{precision} conv2d {shape:?} ⊛ {out_channels}×{k}×{k}");
+        compare_devices(&what, &[x, w], tol, |t| {
+            let y = conv2d(&t[0], &t[1], Conv2dSpec::new(s, p))?;
+            assert_eq!(y.dtype(), DType::F32, "convolutions give f32 tensors back");
+            Ok(y)
+        })?;
+    }
+    Ok(())
+}
+
 /// With TF32 allowed (the default precision) the GPU's convolution stays within TF32's rounding
 /// of the CPU's f32 result.
 #[test]
 fn tf32_convolutions_stay_within_tf32_rounding() -> Result<()> {
-    let _tf32 = PrecisionGuard::new(Precision::Fp32);
-    for (i, (shape, out_channels, k, s, p)) in CASES.into_iter().enumerate() {
-        let x = input(&shape, 0.2 + i as f64, DType::F32)?;
-        let w = input(&[out_channels, shape[1], k, k], 3.1 + i as f64, DType::F32)?;
-        let what = format!("TF32 conv2d {shape:?} ⊛ {out_channels}×{k}×{k}");
-        compare_devices(&what, &[x, w], 1e-2, |t| conv2d(&t[0], &t[1], Conv2dSpec::new(s, p)))?;
-    }
-    Ok(())
+    every_case_at(Precision::Fp32, 1e-2)
 }
 
 /// bf16 convolutions (cuDNN on bf16 tensors, f32 accumulation) against the CPU's emulation
 /// (operands and result rounded to bf16 around the f32 op): equal up to a bf16 rounding step.
 #[test]
 fn bf16_convolutions_match_the_cpu_emulation() -> Result<()> {
-    let _bf16 = PrecisionGuard::new(Precision::Bf16);
-    for (i, (shape, out_channels, k, s, p)) in CASES.into_iter().enumerate() {
-        let x = input(&shape, 0.5 + i as f64, DType::F32)?;
-        let w = input(&[out_channels, shape[1], k, k], 2.9 + i as f64, DType::F32)?;
-        let what = format!("bf16 conv2d {shape:?} ⊛ {out_channels}×{k}×{k}");
-        compare_devices(&what, &[x, w], 2e-2, |t| {
-            let y = conv2d(&t[0], &t[1], Conv2dSpec::new(s, p))?;
-            assert_eq!(y.dtype(), DType::F32, "bf16 convolutions give f32 tensors back");
-            Ok(y)
-        })?;
-    }
-    Ok(())
+    every_case_at(Precision::Bf16, 2e-2)
 }
