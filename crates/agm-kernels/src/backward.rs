@@ -61,7 +61,14 @@ pub(crate) fn param_grad(param: &Tensor, grad: Tensor) -> Result<Option<Tensor>>
         match collected.entry(param.id()) {
             Entry::Occupied(mut e) => {
                 let (_, earlier) = e.get_mut();
-                *earlier = (&*earlier + grad)?;
+                // The collector holds the only reference to an op's fresh gradient, so on the
+                // CPU the second one is added into it in place: no new buffer, and no pass
+                // through candle's thread pool.
+                if earlier.device().is_cpu() && earlier.is_contiguous() && grad.dims() == earlier.dims() {
+                    earlier.inplace_op2(&grad.contiguous()?, &AddAssign)?;
+                } else {
+                    *earlier = (&*earlier + grad)?;
+                }
             }
             Entry::Vacant(e) => {
                 e.insert((param.clone(), grad));
@@ -69,4 +76,35 @@ pub(crate) fn param_grad(param: &Tensor, grad: Tensor) -> Result<Option<Tensor>>
         }
         Ok(None)
     })
+}
+
+/// `a += b` elementwise, in place on `a` (f32 and f64 on the CPU), in parallel chunks.
+struct AddAssign;
+
+impl candle_core::InplaceOp2 for AddAssign {
+    fn name(&self) -> &'static str {
+        "agm-add-assign"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &mut candle_core::CpuStorage,
+        al: &candle_core::Layout,
+        b: &candle_core::CpuStorage,
+        bl: &candle_core::Layout,
+    ) -> Result<()> {
+        use crate::cpu::{dispatch_real, for_each_chunk, slice, slice_mut};
+        const CHUNK: usize = 1 << 15;
+        dispatch_real!(b, self.name(), T => {
+            let b = slice::<T>(b, bl, self.name())?;
+            let a = slice_mut::<T>(a, al, b.len(), self.name())?;
+            for_each_chunk(a, CHUNK, CHUNK, |i, a| {
+                let b = &b[i * CHUNK..i * CHUNK + a.len()];
+                for (x, &y) in a.iter_mut().zip(b) {
+                    *x += y;
+                }
+            });
+            Ok(())
+        })
+    }
 }

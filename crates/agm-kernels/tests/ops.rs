@@ -115,6 +115,23 @@ fn backward_matches_candle_backward() -> Result<()> {
     Ok(())
 }
 
+/// A weight used twice gets its two gradients added in place; over many parallel chunks the sum
+/// is candle's, bit for bit.
+#[test]
+fn a_shared_weight_sums_its_gradients_as_candle_does() -> Result<()> {
+    use agm_kernels::linear;
+    let dev = Device::Cpu;
+    let w = Var::from_tensor(&Tensor::arange(0f32, 120_000.0, &dev)?.affine(1e-4, 0.2)?.sin()?.reshape((300, 400))?)?;
+    let x = Tensor::arange(0f32, 2_000.0, &dev)?.affine(0.01, 0.3)?.cos()?.reshape((5, 400))?;
+    let h = linear(&x, w.as_tensor(), None)?.tanh()?;
+    let y = linear(&x.affine(0.5, 0.1)?, w.as_tensor(), None)?;
+    let loss = (h.sqr()?.sum_all()? + y.sum_all()?)?;
+    let (ours, candle) = (agm_kernels::backward(&loss)?, loss.backward()?);
+    let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    assert_eq!(values(ours.get(&w).expect("a gradient"))?, values(candle.get(&w).expect("a gradient"))?);
+    Ok(())
+}
+
 /// Dropout: the op's output and gradient equal the host-mask reference, strided input included;
 /// the mask is the one recomputed in the backward, drops about `p` of the elements, and depends
 /// on the seed. Dropout on leading rows gives those rows their own mask and leaves the rest.
