@@ -76,7 +76,7 @@ pub fn conv2d(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     }
     check_real(x, "conv2d")?;
     check_same_dtype(&[x, w], "conv2d")?;
-    let geom = Geometry { c, h, w: wd, kh, kw, stride: s, pad: p, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) };
+    let geom = Geometry::new((c, h, wd), (kh, kw), spec);
     if crate::precision::wants_bf16(x) {
         return conv2d_bf16(x, w, geom);
     }
@@ -116,12 +116,7 @@ fn conv2d_bf16(x: &Tensor, w: &Tensor, geom: Geometry) -> Result<Tensor> {
 pub fn conv2d_im2col(x: &Tensor, w: &Tensor, spec: Conv2dSpec) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (_, _, kh, kw) = w.dims4()?;
-    let Conv2dSpec { stride, padding: pad } = spec;
-    im2col_matmul(
-        x,
-        w,
-        Geometry { c, h, w: wd, kh, kw, stride, pad, oh: spec.out_len(h, kh), ow: spec.out_len(wd, kw) },
-    )
+    im2col_matmul(x, w, Geometry::new((c, h, wd), (kh, kw), spec))
 }
 
 /// [`conv2d`] as `w · im2col(x)` from an im2col op and candle's matmul, differentiated by
@@ -156,6 +151,12 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of input planes `(C, H, W)` under a `(kh, kw)` kernel.
+    fn new((c, h, w): (usize, usize, usize), (kh, kw): (usize, usize), spec: Conv2dSpec) -> Self {
+        let Conv2dSpec { stride, padding: pad } = spec;
+        Self { c, h, w, kh, kw, stride, pad, oh: spec.out_len(h, kh), ow: spec.out_len(w, kw) }
+    }
+
     /// Rows of the column matrix: `C·kh·kw`.
     fn rows(&self) -> usize {
         self.c * self.kh * self.kw
@@ -694,8 +695,7 @@ mod tests {
             let m = o * c * k * k;
             let kernel = Tensor::arange(0.0, m as f64, &dev)?.affine(0.53, 0.7)?.cos()?.reshape((o, c, k, k))?;
             let wv = Var::from_tensor(&kernel)?;
-            let geom =
-                Geometry { c, h, w, kh: k, kw: k, stride: s, pad: p, oh: spec.out_len(h, k), ow: spec.out_len(w, k) };
+            let geom = Geometry::new((c, h, w), (k, k), spec);
             let fused = conv2d(x.as_tensor(), wv.as_tensor(), spec)?;
             let composed = im2col_matmul(x.as_tensor(), wv.as_tensor(), geom)?;
             assert_eq!(fused.dims(), composed.dims());
