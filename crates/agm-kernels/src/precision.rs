@@ -77,9 +77,13 @@ pub fn precision() -> Precision {
     PRECISION.with(Cell::get)
 }
 
-/// Sets this thread's precision and returns the one it replaces.
+/// Sets this thread's precision and returns the one it replaces. On CUDA it also sets candle's
+/// process-wide TF32 switch for its own matmuls, which agm's ops set again on every call.
 pub fn set_precision(p: Precision) -> Precision {
-    PRECISION.with(|c| c.replace(p))
+    let previous = PRECISION.with(|c| c.replace(p));
+    #[cfg(feature = "cuda")]
+    apply_to_cublas(None);
+    previous
 }
 
 /// Sets this thread's precision until the guard drops.
