@@ -261,6 +261,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     for note in unused_flags(&args, &cfg) {
         eprintln!("note: {note}");
     }
+    if cfg.precision == "bf16" && cfg.device == "cpu" {
+        eprintln!("note: bf16 on the CPU is emulated by rounding: the GPU's numbers, slower than fp32 (fast on CUDA)");
+    }
     // Before a new run directory exists: a missing toolkit leaves nothing behind.
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
         return reexec_with_cuda();
