@@ -5,14 +5,17 @@
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+#[cfg(any(test, feature = "cuda"))]
+use candle_core::CustomOp1;
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::backward::param_grad;
 use crate::cpu::{
-    add_strided, check_real, check_same_dtype, collect_chunks, dispatch_real, matmul, same_storage_dtype, slice,
-    strided, valid_range, Real,
+    add_strided, check_real, check_same_dtype, collect_chunks, dispatch_real, matmul, matmul_into, same_storage_dtype,
+    slice, strided, valid_range, Real,
 };
 use crate::own_kernels;
+use rayon::prelude::*;
 
 /// Square-kernel 2-D convolution parameters, PyTorch's `nn.Conv2d(stride, padding)` with one
 /// value for both spatial dimensions.
@@ -35,8 +38,10 @@ impl Conv2dSpec {
 
 /// `x [B, C, H, W]` convolved with `w [O, C, kh, kw]` (no bias), gradients to both.
 ///
-/// On the CPU this is one custom op: im2col of the whole batch into columns `[C·kh·kw, B·OH·OW]`
-/// and one GEMM with the weight. The op saves only its input (which candle's graph holds anyway),
+/// On the CPU this is one custom op: im2col into columns `[C·kh·kw, OH·OW]` per sample and a GEMM
+/// with the weight. Each thread takes whole samples (or groups of a few small ones), so their
+/// columns stay in its cache; a batch with fewer groups than threads runs as one multithreaded
+/// GEMM over the whole batch's columns. The op saves only its input (which candle's graph holds anyway),
 /// not the columns, which are `kh·kw / stride²` times larger: its backward recomputes them from
 /// the input for the weight gradient's GEMM, and the input gradient is a GEMM and an exact col2im
 /// scatter-add, right for every stride, padding and input size. Neither the columns nor their
@@ -174,6 +179,14 @@ impl Geometry {
         }
     }
 
+    /// The batch size of an output gradient `[B, O, OH, OW]` for `o` output channels.
+    fn check_output_grad(&self, layout: &Layout, o: usize, op: &str) -> Result<usize> {
+        match layout.dims() {
+            &[b, go, oh, ow] if go == o && (oh, ow) == (self.oh, self.ow) => Ok(b),
+            d => candle_core::bail!("{op}: expected gradient [B, {o}, {}, {}], got {d:?}", self.oh, self.ow),
+        }
+    }
+
     fn check_kernel(&self, layout: &Layout, op: &str) -> Result<usize> {
         match layout.dims() {
             &[o, c, kh, kw] if (c, kh, kw) == (self.c, self.kh, self.kw) => Ok(o),
@@ -185,17 +198,29 @@ impl Geometry {
     /// input pixel under kernel tap `(ki, kj)` of channel `c` for every sample and output
     /// position, zero in the padding.
     fn im2col<T: Real>(&self, x: &[T], b: usize) -> Vec<T> {
-        let (n, plane) = (b * self.positions(), self.h * self.w);
+        let n = b * self.positions();
         // One job per (channel, kernel row): enough pieces to split a batch of one.
-        collect_chunks(self.rows() * n, self.kw * n, self.kw * n, |i, dst| {
-            let (c, ki) = (i / self.kh, i % self.kh);
-            for (kj, row) in dst.chunks_exact_mut(n).enumerate() {
-                for (bi, out) in row.chunks_exact_mut(self.positions()).enumerate() {
-                    let start = (bi * self.c + c) * plane;
-                    self.im2col_tap(&x[start..start + plane], ki, kj, out);
-                }
+        collect_chunks(self.rows() * n, self.kw * n, self.kw * n, |i, dst| self.im2col_rows(x, b, i, dst))
+    }
+
+    /// [`Self::im2col`] on the calling thread, into `dst` (`C·kh·kw · B·OH·OW` elements).
+    fn im2col_into<T: Real>(&self, x: &[T], b: usize, dst: &mut [T]) {
+        let n = b * self.positions();
+        for (i, rows) in dst.chunks_exact_mut(self.kw * n).enumerate() {
+            self.im2col_rows(x, b, i, rows);
+        }
+    }
+
+    /// The `kw` column rows of channel `i / kh`, kernel row `i % kh`.
+    fn im2col_rows<T: Real>(&self, x: &[T], b: usize, i: usize, dst: &mut [T]) {
+        let (n, plane) = (b * self.positions(), self.h * self.w);
+        let (c, ki) = (i / self.kh, i % self.kh);
+        for (kj, row) in dst.chunks_exact_mut(n).enumerate() {
+            for (bi, out) in row.chunks_exact_mut(self.positions()).enumerate() {
+                let start = (bi * self.c + c) * plane;
+                self.im2col_tap(&x[start..start + plane], ki, kj, out);
             }
-        })
+        }
     }
 
     /// The `OH·OW` pixels of one input plane `[H, W]` under kernel tap `(ki, kj)`.
@@ -231,13 +256,26 @@ impl Geometry {
     /// The adjoint of [`Self::im2col`]: columns `[C·kh·kw, B·OH·OW]` scatter-added onto
     /// `[B, C, H, W]`.
     fn col2im<T: Real>(&self, cols: &[T], b: usize) -> Vec<T> {
-        let (n, taps) = (b * self.positions(), self.kh * self.kw);
+        let taps = self.kh * self.kw;
         // One job per (sample, channel) plane: planes never overlap, so no atomics.
         collect_chunks(b * self.c * self.h * self.w, self.h * self.w, taps * self.positions(), |i, plane| {
-            let (bi, c) = (i / self.c, i % self.c);
-            let channel = &cols[c * taps * n..(c + 1) * taps * n];
-            self.col2im_plane(channel, n, bi * self.positions(), plane);
+            self.col2im_job(cols, b, i, plane)
         })
+    }
+
+    /// [`Self::col2im`] on the calling thread, added onto `dst` (`[B, C, H, W]`).
+    fn col2im_add<T: Real>(&self, cols: &[T], b: usize, dst: &mut [T]) {
+        for (i, plane) in dst.chunks_exact_mut(self.h * self.w).enumerate() {
+            self.col2im_job(cols, b, i, plane);
+        }
+    }
+
+    /// Plane `i` (sample `i / C`, channel `i % C`) of [`Self::col2im`].
+    fn col2im_job<T: Real>(&self, cols: &[T], b: usize, i: usize, plane: &mut [T]) {
+        let (n, taps) = (b * self.positions(), self.kh * self.kw);
+        let (bi, c) = (i / self.c, i % self.c);
+        let channel = &cols[c * taps * n..(c + 1) * taps * n];
+        self.col2im_plane(channel, n, bi * self.positions(), plane);
     }
 
     /// Adds the `kh·kw` rows of one channel (`n` apart, this sample's positions from `offset`)
@@ -269,6 +307,131 @@ impl Geometry {
     }
 }
 
+/// Output columns a sample group spans at least: fewer make each GEMM too thin to keep the
+/// vector units busy.
+const MIN_GROUP_COLUMNS: usize = 96;
+
+/// The three products of a convolution on CPU slices: `x [B, C, H, W]`, `w [O, C·kh·kw]`,
+/// `y` and `dy [B, O, OH·OW]`. Each runs one of two ways (`group`, from
+/// [`Geometry::samples_per_group`]): by sample group, or the whole batch as one GEMM.
+impl Geometry {
+    /// Samples per group when the batch runs group by group, `None` when it runs as one GEMM.
+    ///
+    /// Grouped, each thread takes whole sample groups: their columns (one sample's, or a few
+    /// small ones') stay in cache between im2col and the single-threaded GEMM that reads them,
+    /// where the whole batch's columns would go out to memory and back. That needs at least one
+    /// group per thread, each of at least [`MIN_GROUP_COLUMNS`] columns; a smaller batch (or a
+    /// small image) runs as one multithreaded GEMM, which also splits large weights better.
+    fn samples_per_group(&self, b: usize) -> Option<usize> {
+        let threads = rayon::current_num_threads();
+        // As many groups as fit, rounded down to a multiple of the thread count so that every
+        // thread gets the same work.
+        let most_groups = b / MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
+        let groups = most_groups / threads * threads;
+        (groups > 0).then(|| b.div_ceil(groups))
+    }
+
+    fn forward<T: Real>(&self, x: &[T], w: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
+        let (k, l) = (self.rows(), self.positions());
+        let Some(g) = group else {
+            // y as [O, B·L], then reordered to [B, O, L].
+            let y = matmul((o, b * l, k), w, false, &self.im2col(x, b), false);
+            return swap_leading(&y, o, b, l);
+        };
+        collect_chunks(b * o * l, g * o * l, g * o * l * k, |i, y| {
+            let s = y.len() / (o * l);
+            let cols = self.group_columns(x, i * g, s);
+            if s == 1 {
+                matmul_into(y, (o, l, k), (w, false), (&cols, false), false);
+            } else {
+                let mut ys = vec![T::ZERO; o * s * l];
+                matmul_into(&mut ys, (o, s * l, k), (w, false), (&cols, false), false);
+                swap_leading_into(&ys, o, s, l, y);
+            }
+        })
+    }
+
+    /// `dx [B, C, H, W]`: col2im of `wᵀ · dy`.
+    fn input_grad<T: Real>(&self, dy: &[T], w: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
+        let (k, l, plane) = (self.rows(), self.positions(), self.c * self.h * self.w);
+        let Some(g) = group else {
+            let dcols = matmul((k, b * l, o), w, true, &swap_leading(dy, b, o, l), false);
+            return self.col2im(&dcols, b);
+        };
+        collect_chunks(b * plane, g * plane, g * o * l * k, |i, dx| {
+            let s = dx.len() / plane;
+            let dy = channel_major(&dy[i * g * o * l..(i * g + s) * o * l], s, o, l);
+            let mut dcols = vec![T::ZERO; k * s * l];
+            matmul_into(&mut dcols, (k, s * l, o), (w, true), (&dy, false), false);
+            self.col2im_add(&dcols, s, dx);
+        })
+    }
+
+    /// `dw [O, C·kh·kw]`: `dy · colsᵀ`, the columns recomputed from `x`. Grouped, each thread
+    /// sums its groups' products into its own gradient, and the threads' gradients add up.
+    fn weight_grad<T: Real>(&self, dy: &[T], x: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
+        let (k, l) = (self.rows(), self.positions());
+        let Some(g) = group else {
+            return matmul((o, k, b * l), &swap_leading(dy, b, o, l), false, &self.im2col(x, b), true);
+        };
+        let groups = b.div_ceil(g);
+        (0..groups)
+            .into_par_iter()
+            .with_min_len(groups.div_ceil(rayon::current_num_threads()))
+            .fold(
+                || vec![T::ZERO; o * k],
+                |mut dw, i| {
+                    let s = g.min(b - i * g);
+                    let cols = self.group_columns(x, i * g, s);
+                    let dy = channel_major(&dy[i * g * o * l..(i * g + s) * o * l], s, o, l);
+                    matmul_into(&mut dw, (o, k, s * l), (&dy, false), (&cols, true), true);
+                    dw
+                },
+            )
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
+                a
+            })
+            .unwrap_or_else(|| vec![T::ZERO; o * k])
+    }
+
+    /// The columns `[C·kh·kw, s·L]` of the `s` samples from `first` on, built on this thread.
+    fn group_columns<T: Real>(&self, x: &[T], first: usize, s: usize) -> Vec<T> {
+        let plane = self.c * self.h * self.w;
+        let mut cols = vec![T::ZERO; self.rows() * s * self.positions()];
+        self.im2col_into(&x[first * plane..(first + s) * plane], s, &mut cols);
+        cols
+    }
+}
+
+/// `[S, O, L]` as `[O, S·L]`, borrowed when `S` is one.
+fn channel_major<T: Real>(dy: &[T], s: usize, o: usize, l: usize) -> std::borrow::Cow<'_, [T]> {
+    if s == 1 {
+        return std::borrow::Cow::Borrowed(dy);
+    }
+    let mut out = vec![T::ZERO; dy.len()];
+    swap_leading_into(dy, s, o, l, &mut out);
+    std::borrow::Cow::Owned(out)
+}
+
+/// `[R, C, L]` to `[C, R, L]`: swaps the two leading dimensions, in parallel.
+fn swap_leading<T: Real>(src: &[T], rows: usize, cols: usize, len: usize) -> Vec<T> {
+    collect_chunks(src.len(), len, len, |i, dst| swap_leading_row(src, rows, cols, len, i, dst))
+}
+
+/// [`swap_leading`] on the calling thread, into `dst`.
+fn swap_leading_into<T: Real>(src: &[T], rows: usize, cols: usize, len: usize, dst: &mut [T]) {
+    for (i, d) in dst.chunks_exact_mut(len).enumerate() {
+        swap_leading_row(src, rows, cols, len, i, d);
+    }
+}
+
+/// Row `i` of [`swap_leading`]'s output.
+fn swap_leading_row<T: Real>(src: &[T], rows: usize, cols: usize, len: usize, i: usize, dst: &mut [T]) {
+    let (c, r) = (i / rows, i % rows);
+    dst.copy_from_slice(&src[(r * cols + c) * len..(r * cols + c + 1) * len]);
+}
+
 /// The convolution `(x, w) → y`. It holds nothing beyond its geometry: the backward pass
 /// recomputes the columns from `x`, so a convolution in the graph costs its input, not its
 /// columns.
@@ -286,23 +449,16 @@ impl CustomOp2 for Conv2d {
         let b = g.check_input(xl, self.name())?;
         let o = g.check_kernel(wl, self.name())?;
         same_storage_dtype(xs, ws, self.name())?;
-        let (k, l) = (g.rows(), g.positions());
         dispatch_real!(xs, self.name(), T => {
             let x = slice::<T>(xs, xl, self.name())?;
             let w = slice::<T>(ws, wl, self.name())?;
-            let cols = g.im2col(x, b);
-            // y as [O, B·L] from one GEMM over the whole batch, then reordered to [B, O, L].
-            let y = matmul((o, b * l, k), w, false, &cols, false);
-            drop(cols);
-            let y = swap_leading(&y, o, b, l);
+            let y = g.forward(x, w, (b, o), g.samples_per_group(b));
             Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
         })
     }
 
     fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (b, o, _, _) = grad.dims4()?;
-        // The output gradient as [O, B·L], the layout both GEMMs read.
-        let dy = grad.contiguous()?.apply_op1_no_bwd(&SwapLeading { rows: b, cols: o, len: self.geom.positions() })?;
+        let dy = grad.contiguous()?;
         let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Conv2dInputGrad(self.geom))?) } else { None };
         let dw =
             if w.track_op() { param_grad(w, dy.apply_op2_no_bwd(x, &Conv2dWeightGrad(self.geom))?)? } else { None };
@@ -310,40 +466,7 @@ impl CustomOp2 for Conv2d {
     }
 }
 
-/// `[R, C, L]` to `[C, R, L]`: swaps the two leading dimensions, in parallel.
-fn swap_leading<T: Real>(src: &[T], rows: usize, cols: usize, len: usize) -> Vec<T> {
-    collect_chunks(src.len(), len, len, |i, dst| {
-        let (c, r) = (i / rows, i % rows);
-        dst.copy_from_slice(&src[(r * cols + c) * len..(r * cols + c + 1) * len]);
-    })
-}
-
-/// [`swap_leading`] as an op: `[R, C, L]` (any contiguous tensor of `R·C·L` elements) to
-/// `[C, R·L]`, the layout of an output gradient the backward GEMMs read.
-struct SwapLeading {
-    rows: usize,
-    cols: usize,
-    len: usize,
-}
-
-impl CustomOp1 for SwapLeading {
-    fn name(&self) -> &'static str {
-        "agm-swap-leading"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (r, c, n) = (self.rows, self.cols, self.len);
-        if l.shape().elem_count() != r * c * n {
-            candle_core::bail!("{}: expected {r}·{c}·{n} elements, got {:?}", self.name(), l.dims());
-        }
-        dispatch_real!(s, self.name(), T => {
-            let src = slice::<T>(s, l, self.name())?;
-            Ok((T::to_cpu_storage_owned(swap_leading(src, r, c, n)), Shape::from((c, r, n))))
-        })
-    }
-}
-
-/// `(dy [O, B·L], w [O, C, kh, kw]) → dx [B, C, H, W]`: col2im of `wᵀ · dy`.
+/// `(dy [B, O, OH, OW], w [O, C, kh, kw]) → dx [B, C, H, W]`.
 struct Conv2dInputGrad(Geometry);
 
 impl CustomOp2 for Conv2dInputGrad {
@@ -354,20 +477,18 @@ impl CustomOp2 for Conv2dInputGrad {
     fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let o = g.check_kernel(wl, self.name())?;
-        let b = output_grad_batch(&g, dl, o, self.name())?;
+        let b = g.check_output_grad(dl, o, self.name())?;
         same_storage_dtype(ds, ws, self.name())?;
-        let (k, n) = (g.rows(), b * g.positions());
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
             let w = slice::<T>(ws, wl, self.name())?;
-            let dcols = matmul((k, n, o), w, true, dy, false);
-            Ok((T::to_cpu_storage_owned(g.col2im(&dcols, b)), Shape::from((b, g.c, g.h, g.w))))
+            let dx = g.input_grad(dy, w, (b, o), g.samples_per_group(b));
+            Ok((T::to_cpu_storage_owned(dx), Shape::from((b, g.c, g.h, g.w))))
         })
     }
 }
 
-/// `(dy [O, B·L], x [B, C, H, W]) → dw [O, C, kh, kw]`: `dy · colsᵀ`, the columns recomputed
-/// from `x`.
+/// `(dy [B, O, OH, OW], x [B, C, H, W]) → dw [O, C, kh, kw]`.
 struct Conv2dWeightGrad(Geometry);
 
 impl CustomOp2 for Conv2dWeightGrad {
@@ -378,17 +499,15 @@ impl CustomOp2 for Conv2dWeightGrad {
     fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let b = g.check_input(xl, self.name())?;
-        let o = dl.dims().first().copied().unwrap_or(0);
-        if output_grad_batch(&g, dl, o, self.name())? != b {
+        let o = dl.dims().get(1).copied().unwrap_or(0);
+        if g.check_output_grad(dl, o, self.name())? != b {
             candle_core::bail!("{}: gradient and input batch sizes differ", self.name());
         }
         same_storage_dtype(ds, xs, self.name())?;
-        let (k, n) = (g.rows(), b * g.positions());
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
-            let cols = g.im2col(slice::<T>(xs, xl, self.name())?, b);
-            debug_assert_eq!(cols.len(), k * n);
-            let dw = matmul((o, k, n), dy, false, &cols, true);
+            let x = slice::<T>(xs, xl, self.name())?;
+            let dw = g.weight_grad(dy, x, (b, o), g.samples_per_group(b));
             Ok((T::to_cpu_storage_owned(dw), Shape::from((o, g.c, g.kh, g.kw))))
         })
     }
@@ -470,14 +589,6 @@ impl CustomOp1 for Col2Im {
             let dx = gpu::run::<T>("col2im", &g, b * g.c * g.h * g.w, n_cols, (s, l), self.name())?;
             Ok((dx, Shape::from((b, g.c, g.h, g.w))))
         })
-    }
-}
-
-/// The batch size of an output gradient laid out `[O, B, OH·OW]` for `o` output channels.
-fn output_grad_batch(g: &Geometry, layout: &Layout, o: usize, op: &str) -> Result<usize> {
-    match layout.dims() {
-        &[go, b, l] if go == o && l == g.positions() => Ok(b),
-        d => candle_core::bail!("{op}: expected gradient [{o}, B, {}], got {d:?}", g.positions()),
     }
 }
 
@@ -677,6 +788,61 @@ mod tests {
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
+    }
+
+    fn wave(n: usize, scale: f64, shift: f64) -> Vec<f64> {
+        (0..n).map(|i| (i as f64 * scale + shift).sin()).collect()
+    }
+
+    fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    }
+
+    /// Every sample grouping (one sample per group up to the whole batch in one group, with a
+    /// short last group) gives the whole-batch GEMM's output and gradients, also when the work
+    /// runs on several threads.
+    #[test]
+    fn sample_groups_match_the_whole_batch() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
+        pool.install(|| {
+            for (b, c, h, w, o, k, s, p) in [
+                (5, 3, 9, 8, 4, 3, 1, 1),
+                (4, 1, 37, 28, 3, 7, 2, 3),
+                (3, 2, 6, 11, 5, 1, 2, 0),
+                (7, 2, 5, 8, 3, 3, 2, 2),
+            ] {
+                let g = Geometry::new((c, h, w), (k, k), Conv2dSpec::new(s, p));
+                let x = wave(b * c * h * w, 0.37, 0.1);
+                let kernel = wave(o * g.rows(), 0.53, 0.7);
+                let dy = wave(b * o * g.positions(), 0.29, 0.3);
+                let y = g.forward(&x, &kernel, (b, o), None);
+                let dx = g.input_grad(&dy, &kernel, (b, o), None);
+                let dw = g.weight_grad(&dy, &x, (b, o), None);
+                for group in 1..=b {
+                    let case = format!("case {b} {c} {h} {w} {o} {k} {s} {p}, {group} per group");
+                    assert!(max_gap(&y, &g.forward(&x, &kernel, (b, o), Some(group))) < 1e-12, "output, {case}");
+                    assert!(max_gap(&dx, &g.input_grad(&dy, &kernel, (b, o), Some(group))) < 1e-12, "dx, {case}");
+                    assert!(max_gap(&dw, &g.weight_grad(&dy, &x, (b, o), Some(group))) < 1e-12, "dw, {case}");
+                }
+            }
+        });
+    }
+
+    /// Groups need a thread each and enough columns each; otherwise the batch is one GEMM.
+    #[test]
+    fn small_batches_and_images_run_as_one_gemm() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("thread pool");
+        pool.install(|| {
+            let spec = Conv2dSpec::new(1, 1);
+            let large = Geometry::new((8, 28, 28), (3, 3), spec);
+            assert_eq!(large.samples_per_group(8), Some(1));
+            assert_eq!(large.samples_per_group(1), None);
+            // 7×7 outputs: two samples reach the minimum of columns, so 8 samples make 4 groups.
+            assert_eq!(Geometry::new((8, 7, 7), (3, 3), spec).samples_per_group(8), Some(2));
+            // 4×4 outputs: six samples per group, one group, fewer than the threads.
+            assert_eq!(Geometry::new((8, 4, 4), (3, 3), spec).samples_per_group(8), None);
+        });
     }
 
     /// The im2col composition (the CUDA path, here run on the CPU) agrees with the fused CPU op in

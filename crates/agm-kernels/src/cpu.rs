@@ -267,6 +267,26 @@ pub(crate) fn matmul<T: Real>(
     gemm_new((m, n, k), Operand::of(lhs, m, k, lhs_t), Operand::of(rhs, k, n, rhs_t), threads > 1)
 }
 
+/// The transpose `[cols, rows]` of a row-major `[rows, cols]`, tile by tile so that reads and
+/// writes both stay in cache.
+pub(crate) fn transpose<T: Real>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const TILE: usize = 32;
+    assert_eq!(src.len(), rows * cols, "transpose: slice size does not match");
+    // One job per band of TILE output rows (TILE input columns).
+    collect_chunks(rows * cols, TILE * rows, TILE * rows, |band, dst| {
+        let c0 = band * TILE;
+        let width = dst.len() / rows.max(1);
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols + c0..r * cols + c0 + width];
+                for (j, &v) in row.iter().enumerate() {
+                    dst[j * rows + r] = v;
+                }
+            }
+        }
+    })
+}
+
 /// A strided matrix inside a slice: element `(i, j)` at `offset + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 struct Operand<'a, T> {
@@ -315,39 +335,90 @@ fn gemm_new<T: Real>(
     if m == 0 || n == 0 || k == 0 {
         return vec![T::ZERO; m * n];
     }
+    let mut out: Vec<T> = Vec::with_capacity(m * n);
+    // SAFETY: the destination has capacity m·n and gemm writes every element of it without
+    // reading (`accumulate` false), so `set_len` exposes initialised values only.
+    unsafe {
+        gemm_raw((m, n, k), out.as_mut_ptr(), lhs, rhs, false, parallel);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `dst [m, n] (+)= lhs [m, k] · rhs [k, n]` on the calling thread, for ops that split their
+/// work themselves: `dst` row-major, the operands stored as in [`matmul`]; `accumulate` adds
+/// the product to what `dst` holds instead of overwriting it.
+pub(crate) fn matmul_into<T: Real>(
+    dst: &mut [T],
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_t): (&[T], bool),
+    (rhs, rhs_t): (&[T], bool),
+    accumulate: bool,
+) {
+    assert!(dst.len() == m * n && lhs.len() == m * k && rhs.len() == k * n, "matmul_into: slice sizes do not match");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(T::ZERO);
+        }
+        return;
+    }
+    // SAFETY: `dst` holds m·n initialised elements, which gemm may read and writes in full.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            dst.as_mut_ptr(),
+            Operand::of(lhs, m, k, lhs_t),
+            Operand::of(rhs, k, n, rhs_t),
+            accumulate,
+            false,
+        )
+    }
+}
+
+/// gemm's `dst = (dst +) lhs · rhs` for a row-major `dst [m, n]` at `dst` (m, n, k > 0).
+///
+/// # Safety
+/// `dst` must be valid for m·n writes, and for reads too when `accumulate`.
+unsafe fn gemm_raw<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    lhs: Operand<'_, T>,
+    rhs: Operand<'_, T>,
+    accumulate: bool,
+    parallel: bool,
+) {
     lhs.check(m, k);
     rhs.check(k, n);
-    let mut out: Vec<T> = Vec::with_capacity(m * n);
     let parallelism =
         if parallel { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
-    // SAFETY: `check` bounds every index the strides reach in both operands; the destination
-    // has capacity m·n and gemm writes every element of it without reading (`read_dst` false),
-    // so `set_len` exposes initialised values only.
+    // SAFETY: `check` bounds every index the strides reach in both operands; the caller vouches
+    // for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.data.as_ptr().add(lhs.offset),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr().add(rhs.offset),
             rhs.cs as isize,
             rhs.rs as isize,
-            T::ZERO,
+            T::ONE,
             T::ONE,
             false,
             false,
             false,
             parallelism,
         );
-        out.set_len(m * n);
     }
-    out
 }
 
 #[cfg(test)]
@@ -358,6 +429,19 @@ mod tests {
         let at_ = |i: usize, p: usize| if at { a[p * m + i] } else { a[i * k + p] };
         let bt_ = |p: usize, j: usize| if bt { b[j * k + p] } else { b[p * n + j] };
         (0..m * n).map(|ij| (0..k).map(|p| at_(ij / n, p) * bt_(p, ij % n)).sum()).collect()
+    }
+
+    #[test]
+    fn transpose_moves_every_element_across_tiles() {
+        for (rows, cols) in [(1, 1), (3, 70), (37, 33), (64, 32)] {
+            let src: Vec<f64> = (0..rows * cols).map(|i| i as f64).collect();
+            let t = super::transpose(&src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], src[r * cols + c], "({r}, {c}) of {rows}×{cols}");
+                }
+            }
+        }
     }
 
     #[test]

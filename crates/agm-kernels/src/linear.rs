@@ -12,7 +12,7 @@ use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::backward::param_grad;
-use crate::cpu::{check_real, check_same_dtype, dispatch_real, matmul, same_storage_dtype, slice, Real};
+use crate::cpu::{check_real, check_same_dtype, dispatch_real, matmul, same_storage_dtype, slice, transpose, Real};
 use crate::own_kernels;
 
 /// `x [N, F] · w [O, F]ᵀ (+ b [O])` → `[N, O]`. On the CPU (f32, f64) and CUDA (f32, f64, with
@@ -94,7 +94,15 @@ impl Linear {
         dispatch_real!(xs, "linear", T => {
             let x = slice::<T>(xs, xl, "linear")?;
             let w = slice::<T>(ws, wl, "linear")?;
-            let mut y = matmul((n, o, f), x, false, w, true);
+            // gemm runs `x · wᵀ` (w stored [O, F]) at a third to four fifths of the speed it
+            // has with both operands row-major, the lower the fewer rows (measured on ResNet and
+            // Transformer shapes). So the product runs row-major, after transposing whichever
+            // side is smaller: `x` and `y` for `(w · xᵀ)ᵀ`, or `w`.
+            let mut y = if n * (f + o) <= o * f {
+                transpose(&matmul((o, n, f), w, false, &transpose(x, n, f), false), o, n)
+            } else {
+                matmul((n, o, f), x, false, &transpose(w, o, f), false)
+            };
             if let Some((bs, bl)) = bias {
                 same_storage_dtype(xs, bs, "linear")?;
                 let b = slice::<T>(bs, bl, "linear")?;

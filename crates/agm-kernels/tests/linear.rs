@@ -13,22 +13,28 @@ fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     (a - b)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
+/// Both ways the forward runs (transposing the weight for many rows, or the input and output
+/// for few rows), across more than one transpose tile.
 #[test]
 fn linear_matches_candle_ops_with_and_without_bias() -> Result<()> {
-    let (x, w, b) =
-        (var((7, 5), 0.1)?, var((3, 5), 1.3)?, Var::from_tensor(&Tensor::new(&[0.5f64, -1.0, 2.0], &Device::Cpu)?)?);
-    let up = var((7, 3), 2.2)?.as_tensor().detach();
-    for bias in [None, Some(b.as_tensor())] {
-        let (y, y_ref) = (linear(x.as_tensor(), w.as_tensor(), bias)?, linear_ref(x.as_tensor(), w.as_tensor(), bias)?);
-        assert!(max_diff(&y, &y_ref)? < 1e-12);
-        let (g, g_ref) = ((y * &up)?.sum_all()?.backward()?, (y_ref * &up)?.sum_all()?.backward()?);
-        for v in [&x, &w] {
-            assert!(max_diff(g.get(v).unwrap(), g_ref.get(v).unwrap())? < 1e-12);
-        }
-        if bias.is_some() {
-            assert!(max_diff(g.get(&b).unwrap(), g_ref.get(&b).unwrap())? < 1e-12);
+    for (n, f, o) in [(7, 5, 3), (2, 9, 11), (70, 33, 45), (3, 70, 66)] {
+        let (x, w) = (var((n, f), 0.1)?, var((o, f), 1.3)?);
+        let b = Var::from_tensor(&var((1, o), 0.7)?.as_tensor().flatten_all()?)?;
+        let up = var((n, o), 2.2)?.as_tensor().detach();
+        for bias in [None, Some(b.as_tensor())] {
+            let (y, y_ref) =
+                (linear(x.as_tensor(), w.as_tensor(), bias)?, linear_ref(x.as_tensor(), w.as_tensor(), bias)?);
+            assert!(max_diff(&y, &y_ref)? < 1e-12, "output, {n}×{f} → {o}");
+            let (g, g_ref) = ((y * &up)?.sum_all()?.backward()?, (y_ref * &up)?.sum_all()?.backward()?);
+            for v in [&x, &w] {
+                assert!(max_diff(g.get(v).unwrap(), g_ref.get(v).unwrap())? < 1e-12, "gradient, {n}×{f} → {o}");
+            }
+            if bias.is_some() {
+                assert!(max_diff(g.get(&b).unwrap(), g_ref.get(&b).unwrap())? < 1e-12);
+            }
         }
     }
+    let (x, w) = (var((7, 5), 0.1)?, var((3, 5), 1.3)?);
     // An input candle does not track gets no gradient; the weight still does.
     let y = linear(&x.as_tensor().detach(), w.as_tensor(), None)?;
     let g = y.sum_all()?.backward()?;
