@@ -41,10 +41,10 @@ impl Conv2dSpec {
 /// On the CPU this is one custom op: im2col into columns `[C·kh·kw, OH·OW]` per sample and a GEMM
 /// with the weight. Each thread takes whole samples (or groups of a few small ones), so their
 /// columns stay in its cache; a batch with fewer groups than threads runs as one multithreaded
-/// GEMM over the whole batch's columns. The op saves only its input (which candle's graph holds anyway),
-/// not the columns, which are `kh·kw / stride²` times larger: its backward recomputes them from
-/// the input for the weight gradient's GEMM, and the input gradient is a GEMM and an exact col2im
-/// scatter-add, right for every stride, padding and input size. Neither the columns nor their
+/// GEMM over the whole batch's columns. The op saves only its input (which candle's graph holds
+/// anyway), not the columns, which are `kh·kw / stride²` times larger: its backward recomputes
+/// them from the input for the weight gradient's GEMM, and the input gradient is a GEMM and an
+/// exact col2im scatter-add, right for every stride, padding and input size. Neither the columns nor their
 /// gradient ever enter candle's graph, so the backward pass never zero-fills and accumulates
 /// those large tensors. An `x` that candle does not track (a raw
 /// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
@@ -324,11 +324,13 @@ impl Geometry {
     /// small image) runs as one multithreaded GEMM, which also splits large weights better.
     fn samples_per_group(&self, b: usize) -> Option<usize> {
         let threads = rayon::current_num_threads();
-        // As many groups as fit, rounded down to a multiple of the thread count so that every
-        // thread gets the same work.
-        let most_groups = b / MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
-        let groups = most_groups / threads * threads;
-        (groups > 0).then(|| b.div_ceil(groups))
+        let least = MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
+        // The group size whose busiest thread has the fewest samples (the smallest such size),
+        // as long as every thread gets a group and the busiest carries at most a quarter more
+        // than an even share; AGM's batch plus one zero sample (9 on 2 threads) is 9 groups of 1.
+        let busiest = |g: usize| b.div_ceil(g).div_ceil(threads) * g;
+        let g = (least..=b.div_ceil(threads)).min_by_key(|&g| busiest(g))?;
+        (4 * busiest(g) * threads <= 5 * b).then_some(g)
     }
 
     fn forward<T: Real>(&self, x: &[T], w: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
@@ -377,7 +379,8 @@ impl Geometry {
         let groups = b.div_ceil(g);
         (0..groups)
             .into_par_iter()
-            .with_min_len(groups.div_ceil(rayon::current_num_threads()))
+            // At most one gradient per thread (rayon splits a range in halves down to this).
+            .with_min_len((groups / rayon::current_num_threads()).max(1))
             .fold(
                 || vec![T::ZERO; o * k],
                 |mut dw, i| {
@@ -829,7 +832,8 @@ mod tests {
         });
     }
 
-    /// Groups need a thread each and enough columns each; otherwise the batch is one GEMM.
+    /// Groups need a thread each, enough columns each and an even split over the threads;
+    /// otherwise the batch is one GEMM.
     #[test]
     fn small_batches_and_images_run_as_one_gemm() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("thread pool");
@@ -837,6 +841,11 @@ mod tests {
             let spec = Conv2dSpec::new(1, 1);
             let large = Geometry::new((8, 28, 28), (3, 3), spec);
             assert_eq!(large.samples_per_group(8), Some(1));
+            // 9 samples: one thread takes 5 groups of one, an eighth over an even share; groups of
+            // two would give it 6 samples.
+            assert_eq!(large.samples_per_group(9), Some(1));
+            // 3 samples: 2 against 1.5 is too uneven, and 1 sample leaves a thread idle.
+            assert_eq!(large.samples_per_group(3), None);
             assert_eq!(large.samples_per_group(1), None);
             // 7×7 outputs: two samples reach the minimum of columns, so 8 samples make 4 groups.
             assert_eq!(Geometry::new((8, 7, 7), (3, 3), spec).samples_per_group(8), Some(2));

@@ -127,7 +127,7 @@ where
     if chunk == 0 || out.is_empty() {
         return;
     }
-    let pieces = out.len() / chunk;
+    let pieces = out.len().div_ceil(chunk);
     if pieces <= 1 || pieces.saturating_mul(work_per_chunk) < PAR_MIN_WORK {
         out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
     } else {
@@ -177,7 +177,7 @@ where
     if chunk_a == 0 || chunk_b == 0 || a.is_empty() {
         return;
     }
-    let pieces = a.len() / chunk_a;
+    let pieces = a.len().div_ceil(chunk_a);
     let pairs = a.chunks_mut(chunk_a).zip(b.chunks_mut(chunk_b));
     if pieces <= 1 || pieces.saturating_mul(work) < PAR_MIN_WORK {
         pairs.enumerate().for_each(|(i, (x, y))| f(i, x, y));
