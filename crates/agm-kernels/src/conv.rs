@@ -167,6 +167,11 @@ impl Geometry {
         self.c * self.kh * self.kw
     }
 
+    /// Input elements per sample: `C·H·W`.
+    fn plane(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
     /// Output positions per sample: `OH·OW`.
     fn positions(&self) -> usize {
         self.oh * self.ow
@@ -311,100 +316,119 @@ impl Geometry {
 /// vector units busy.
 const MIN_GROUP_COLUMNS: usize = 96;
 
+/// How a batch's convolution products are split: the first `samples` of the batch in groups of
+/// `size` (the same number of groups for every thread), the rest as one multithreaded GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Groups {
+    size: usize,
+    samples: usize,
+}
+
 /// The three products of a convolution on CPU slices: `x [B, C, H, W]`, `w [O, C·kh·kw]`,
-/// `y` and `dy [B, O, OH·OW]`. Each runs one of two ways (`group`, from
-/// [`Geometry::samples_per_group`]): by sample group, or the whole batch as one GEMM.
+/// `y` and `dy [B, O, OH·OW]`. Each runs by sample group, as [`Geometry::groups`] plans, and
+/// the whole batch (or what the groups leave) as one GEMM.
 impl Geometry {
-    /// Samples per group when the batch runs group by group, `None` when it runs as one GEMM.
+    /// The sample groups of a batch of `b`, `None` when it runs as one GEMM.
     ///
     /// Grouped, each thread takes whole sample groups: their columns (one sample's, or a few
     /// small ones') stay in cache between im2col and the single-threaded GEMM that reads them,
-    /// where the whole batch's columns would go out to memory and back. That needs at least one
-    /// group per thread, each of at least [`MIN_GROUP_COLUMNS`] columns; a smaller batch (or a
-    /// small image) runs as one multithreaded GEMM, which also splits large weights better.
-    fn samples_per_group(&self, b: usize) -> Option<usize> {
+    /// where the whole batch's columns would go out to memory and back. Every thread gets the
+    /// same number of groups, each of at least [`MIN_GROUP_COLUMNS`] columns; the samples left
+    /// over (AGM's zero sample after a batch of 8 on 2 threads) run as one multithreaded GEMM,
+    /// as does a batch too small for a group per thread (or a small image), which also splits
+    /// large weights better.
+    fn groups(&self, b: usize) -> Option<Groups> {
         let threads = rayon::current_num_threads();
-        let least = MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
-        // The group size whose busiest thread has the fewest samples (the smallest such size),
-        // as long as every thread gets a group and the busiest carries at most a quarter more
-        // than an even share; AGM's batch plus one zero sample (9 on 2 threads) is 9 groups of 1.
-        let busiest = |g: usize| b.div_ceil(g).div_ceil(threads) * g;
-        let g = (least..=b.div_ceil(threads)).min_by_key(|&g| busiest(g))?;
-        (4 * busiest(g) * threads <= 5 * b).then_some(g)
+        let size = MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
+        let samples = b / (threads * size) * threads * size;
+        (samples > 0).then_some(Groups { size, samples })
     }
 
-    fn forward<T: Real>(&self, x: &[T], w: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
+    fn forward<T: Real>(&self, x: &[T], w: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
         let (k, l) = (self.rows(), self.positions());
-        let Some(g) = group else {
+        let Some(Groups { size: g, samples }) = groups else {
             // y as [O, B·L], then reordered to [B, O, L].
             let y = matmul((o, b * l, k), w, false, &self.im2col(x, b), false);
             return swap_leading(&y, o, b, l);
         };
-        collect_chunks(b * o * l, g * o * l, g * o * l * k, |i, y| {
-            let s = y.len() / (o * l);
-            let cols = self.group_columns(x, i * g, s);
-            if s == 1 {
+        let mut y = collect_chunks(samples * o * l, g * o * l, g * o * l * k, |i, y| {
+            let cols = self.group_columns(x, i * g, g);
+            if g == 1 {
                 matmul_into(y, (o, l, k), (w, false), (&cols, false), false);
             } else {
-                let mut ys = vec![T::ZERO; o * s * l];
-                matmul_into(&mut ys, (o, s * l, k), (w, false), (&cols, false), false);
-                swap_leading_into(&ys, o, s, l, y);
+                let mut ys = vec![T::ZERO; o * g * l];
+                matmul_into(&mut ys, (o, g * l, k), (w, false), (&cols, false), false);
+                swap_leading_into(&ys, o, g, l, y);
             }
-        })
+        });
+        if samples < b {
+            y.extend(self.forward(&x[samples * self.plane()..], w, (b - samples, o), None));
+        }
+        y
     }
 
     /// `dx [B, C, H, W]`: col2im of `wᵀ · dy`.
-    fn input_grad<T: Real>(&self, dy: &[T], w: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
-        let (k, l, plane) = (self.rows(), self.positions(), self.c * self.h * self.w);
-        let Some(g) = group else {
+    fn input_grad<T: Real>(&self, dy: &[T], w: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
+        let (k, l, plane) = (self.rows(), self.positions(), self.plane());
+        let Some(Groups { size: g, samples }) = groups else {
             let dcols = matmul((k, b * l, o), w, true, &swap_leading(dy, b, o, l), false);
             return self.col2im(&dcols, b);
         };
-        collect_chunks(b * plane, g * plane, g * o * l * k, |i, dx| {
-            let s = dx.len() / plane;
-            let dy = channel_major(&dy[i * g * o * l..(i * g + s) * o * l], s, o, l);
-            let mut dcols = vec![T::ZERO; k * s * l];
-            matmul_into(&mut dcols, (k, s * l, o), (w, true), (&dy, false), false);
-            self.col2im_add(&dcols, s, dx);
-        })
+        let mut dx = collect_chunks(samples * plane, g * plane, g * o * l * k, |i, dx| {
+            let dy = channel_major(&dy[i * g * o * l..(i + 1) * g * o * l], g, o, l);
+            let mut dcols = vec![T::ZERO; k * g * l];
+            matmul_into(&mut dcols, (k, g * l, o), (w, true), (&dy, false), false);
+            self.col2im_add(&dcols, g, dx);
+        });
+        if samples < b {
+            dx.extend(self.input_grad(&dy[samples * o * l..], w, (b - samples, o), None));
+        }
+        dx
     }
 
     /// `dw [O, C·kh·kw]`: `dy · colsᵀ`, the columns recomputed from `x`. Grouped, each thread
     /// sums its groups' products into its own gradient, and the threads' gradients add up.
-    fn weight_grad<T: Real>(&self, dy: &[T], x: &[T], (b, o): (usize, usize), group: Option<usize>) -> Vec<T> {
+    fn weight_grad<T: Real>(&self, dy: &[T], x: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
         let (k, l) = (self.rows(), self.positions());
-        let Some(g) = group else {
+        let Some(Groups { size: g, samples }) = groups else {
             return matmul((o, k, b * l), &swap_leading(dy, b, o, l), false, &self.im2col(x, b), true);
         };
-        let groups = b.div_ceil(g);
-        (0..groups)
+        let count = samples / g;
+        let mut dw = (0..count)
             .into_par_iter()
-            // At most one gradient per thread (rayon splits a range in halves down to this).
-            .with_min_len((groups / rayon::current_num_threads()).max(1))
+            // One gradient per thread: rayon splits the range in halves down to this length.
+            .with_min_len((count / rayon::current_num_threads()).max(1))
             .fold(
                 || vec![T::ZERO; o * k],
                 |mut dw, i| {
-                    let s = g.min(b - i * g);
-                    let cols = self.group_columns(x, i * g, s);
-                    let dy = channel_major(&dy[i * g * o * l..(i * g + s) * o * l], s, o, l);
-                    matmul_into(&mut dw, (o, k, s * l), (&dy, false), (&cols, true), true);
+                    let cols = self.group_columns(x, i * g, g);
+                    let dy = channel_major(&dy[i * g * o * l..(i + 1) * g * o * l], g, o, l);
+                    matmul_into(&mut dw, (o, k, g * l), (&dy, false), (&cols, true), true);
                     dw
                 },
             )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
-                a
-            })
-            .unwrap_or_else(|| vec![T::ZERO; o * k])
+            .reduce_with(add_into)
+            .unwrap_or_else(|| vec![T::ZERO; o * k]);
+        if samples < b {
+            let rest = self.weight_grad(&dy[samples * o * l..], &x[samples * self.plane()..], (b - samples, o), None);
+            dw = add_into(dw, rest);
+        }
+        dw
     }
 
     /// The columns `[C·kh·kw, s·L]` of the `s` samples from `first` on, built on this thread.
     fn group_columns<T: Real>(&self, x: &[T], first: usize, s: usize) -> Vec<T> {
-        let plane = self.c * self.h * self.w;
+        let plane = self.plane();
         let mut cols = vec![T::ZERO; self.rows() * s * self.positions()];
         self.im2col_into(&x[first * plane..(first + s) * plane], s, &mut cols);
         cols
     }
+}
+
+/// `a + b`, elementwise, in `a`.
+fn add_into<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
+    a
 }
 
 /// `[S, O, L]` as `[O, S·L]`, borrowed when `S` is one.
@@ -455,7 +479,7 @@ impl CustomOp2 for Conv2d {
         dispatch_real!(xs, self.name(), T => {
             let x = slice::<T>(xs, xl, self.name())?;
             let w = slice::<T>(ws, wl, self.name())?;
-            let y = g.forward(x, w, (b, o), g.samples_per_group(b));
+            let y = g.forward(x, w, (b, o), g.groups(b));
             Ok((T::to_cpu_storage_owned(y), Shape::from((b, o, g.oh, g.ow))))
         })
     }
@@ -485,7 +509,7 @@ impl CustomOp2 for Conv2dInputGrad {
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
             let w = slice::<T>(ws, wl, self.name())?;
-            let dx = g.input_grad(dy, w, (b, o), g.samples_per_group(b));
+            let dx = g.input_grad(dy, w, (b, o), g.groups(b));
             Ok((T::to_cpu_storage_owned(dx), Shape::from((b, g.c, g.h, g.w))))
         })
     }
@@ -510,7 +534,7 @@ impl CustomOp2 for Conv2dWeightGrad {
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
             let x = slice::<T>(xs, xl, self.name())?;
-            let dw = g.weight_grad(dy, x, (b, o), g.samples_per_group(b));
+            let dw = g.weight_grad(dy, x, (b, o), g.groups(b));
             Ok((T::to_cpu_storage_owned(dw), Shape::from((o, g.c, g.kh, g.kw))))
         })
     }
@@ -787,7 +811,7 @@ mod gpu {
 mod tests {
     use candle_core::{Device, Result, Tensor, Var};
 
-    use super::{conv2d, im2col_matmul, Conv2dSpec, Geometry};
+    use super::{conv2d, im2col_matmul, Conv2dSpec, Geometry, Groups};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
         (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f64>()
@@ -802,9 +826,9 @@ mod tests {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
     }
 
-    /// Every sample grouping (one sample per group up to the whole batch in one group, with a
-    /// short last group) gives the whole-batch GEMM's output and gradients, also when the work
-    /// runs on several threads.
+    /// Every grouping (one sample per group up to the whole batch in one group, with the rest of
+    /// the batch as one GEMM) gives the whole-batch GEMM's output and gradients, also when the
+    /// work runs on several threads.
     #[test]
     fn sample_groups_match_the_whole_batch() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("thread pool");
@@ -822,35 +846,36 @@ mod tests {
                 let y = g.forward(&x, &kernel, (b, o), None);
                 let dx = g.input_grad(&dy, &kernel, (b, o), None);
                 let dw = g.weight_grad(&dy, &x, (b, o), None);
-                for group in 1..=b {
-                    let case = format!("case {b} {c} {h} {w} {o} {k} {s} {p}, {group} per group");
-                    assert!(max_gap(&y, &g.forward(&x, &kernel, (b, o), Some(group))) < 1e-12, "output, {case}");
-                    assert!(max_gap(&dx, &g.input_grad(&dy, &kernel, (b, o), Some(group))) < 1e-12, "dx, {case}");
-                    assert!(max_gap(&dw, &g.weight_grad(&dy, &x, (b, o), Some(group))) < 1e-12, "dw, {case}");
+                for size in 1..=b {
+                    for samples in (size..=b).step_by(size) {
+                        let groups = Some(Groups { size, samples });
+                        let case = format!("case {b} {c} {h} {w} {o} {k} {s} {p}, {groups:?}");
+                        assert!(max_gap(&y, &g.forward(&x, &kernel, (b, o), groups)) < 1e-12, "output, {case}");
+                        assert!(max_gap(&dx, &g.input_grad(&dy, &kernel, (b, o), groups)) < 1e-12, "dx, {case}");
+                        assert!(max_gap(&dw, &g.weight_grad(&dy, &x, (b, o), groups)) < 1e-12, "dw, {case}");
+                    }
                 }
             }
         });
     }
 
-    /// Groups need a thread each, enough columns each and an even split over the threads;
-    /// otherwise the batch is one GEMM.
+    /// Every thread gets as many groups as the others, each with enough columns; the samples
+    /// left over, or a batch too small for a group per thread, run as one GEMM.
     #[test]
-    fn small_batches_and_images_run_as_one_gemm() {
+    fn groups_give_every_thread_the_same_work() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("thread pool");
         pool.install(|| {
             let spec = Conv2dSpec::new(1, 1);
             let large = Geometry::new((8, 28, 28), (3, 3), spec);
-            assert_eq!(large.samples_per_group(8), Some(1));
-            // 9 samples: one thread takes 5 groups of one, an eighth over an even share; groups of
-            // two would give it 6 samples.
-            assert_eq!(large.samples_per_group(9), Some(1));
-            // 3 samples: 2 against 1.5 is too uneven, and 1 sample leaves a thread idle.
-            assert_eq!(large.samples_per_group(3), None);
-            assert_eq!(large.samples_per_group(1), None);
-            // 7×7 outputs: two samples reach the minimum of columns, so 8 samples make 4 groups.
-            assert_eq!(Geometry::new((8, 7, 7), (3, 3), spec).samples_per_group(8), Some(2));
-            // 4×4 outputs: six samples per group, one group, fewer than the threads.
-            assert_eq!(Geometry::new((8, 4, 4), (3, 3), spec).samples_per_group(8), None);
+            assert_eq!(large.groups(8), Some(Groups { size: 1, samples: 8 }));
+            assert_eq!(large.groups(9), Some(Groups { size: 1, samples: 8 }));
+            assert_eq!(large.groups(1), None);
+            // 7×7 outputs: two samples reach the minimum of columns.
+            let small = Geometry::new((8, 7, 7), (3, 3), spec);
+            assert_eq!(small.groups(9), Some(Groups { size: 2, samples: 8 }));
+            assert_eq!(small.groups(3), None);
+            // 4×4 outputs: six samples per group, fewer than two groups in a batch of 8.
+            assert_eq!(Geometry::new((8, 4, 4), (3, 3), spec).groups(8), None);
         });
     }
 
