@@ -11,8 +11,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::backward::param_grad;
 use crate::cpu::{
-    add_strided, check_real, check_same_dtype, collect_chunks, dispatch_real, matmul, matmul_into, same_storage_dtype,
-    slice, strided, valid_range, Real,
+    add_strided, check_real, check_same_dtype, collect_chunks, collect_chunks_reserving, dispatch_real, matmul,
+    matmul_into, same_storage_dtype, slice, strided, valid_range, Real,
 };
 use crate::own_kernels;
 use rayon::prelude::*;
@@ -351,16 +351,17 @@ impl Geometry {
             let y = matmul((o, b * l, k), w, false, &self.im2col(x, b), false);
             return swap_leading(&y, o, b, l);
         };
-        let mut y = collect_chunks(samples * o * l, g * o * l, g * o * l * k, |i, y| {
-            let cols = self.group_columns(x, i * g, g);
-            if g == 1 {
-                matmul_into(y, (o, l, k), (w, false), (&cols, false), false);
-            } else {
-                let mut ys = vec![T::ZERO; o * g * l];
-                matmul_into(&mut ys, (o, g * l, k), (w, false), (&cols, false), false);
-                swap_leading_into(&ys, o, g, l, y);
-            }
-        });
+        let mut y =
+            collect_chunks_reserving(samples * o * l, (b - samples) * o * l, g * o * l, g * o * l * k, |i, y| {
+                let cols = self.group_columns(x, i * g, g);
+                if g == 1 {
+                    matmul_into(y, (o, l, k), (w, false), (&cols, false), false);
+                } else {
+                    let mut ys = vec![T::ZERO; o * g * l];
+                    matmul_into(&mut ys, (o, g * l, k), (w, false), (&cols, false), false);
+                    swap_leading_into(&ys, o, g, l, y);
+                }
+            });
         if samples < b {
             y.extend(self.forward(&x[samples * self.plane()..], w, (b - samples, o), None));
         }
@@ -374,12 +375,13 @@ impl Geometry {
             let dcols = matmul((k, b * l, o), w, true, &swap_leading(dy, b, o, l), false);
             return self.col2im(&dcols, b);
         };
-        let mut dx = collect_chunks(samples * plane, g * plane, g * o * l * k, |i, dx| {
-            let dy = channel_major(&dy[i * g * o * l..(i + 1) * g * o * l], g, o, l);
-            let mut dcols = vec![T::ZERO; k * g * l];
-            matmul_into(&mut dcols, (k, g * l, o), (w, true), (&dy, false), false);
-            self.col2im_add(&dcols, g, dx);
-        });
+        let mut dx =
+            collect_chunks_reserving(samples * plane, (b - samples) * plane, g * plane, g * o * l * k, |i, dx| {
+                let dy = channel_major(&dy[i * g * o * l..(i + 1) * g * o * l], g, o, l);
+                let mut dcols = vec![T::ZERO; k * g * l];
+                matmul_into(&mut dcols, (k, g * l, o), (w, true), (&dy, false), false);
+                self.col2im_add(&dcols, g, dx);
+            });
         if samples < b {
             dx.extend(self.input_grad(&dy[samples * o * l..], w, (b - samples, o), None));
         }

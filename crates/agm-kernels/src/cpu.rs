@@ -144,10 +144,27 @@ where
     T: Real,
     F: Fn(usize, &mut [T]) + Sync + Send,
 {
+    collect_chunks_reserving(len, 0, chunk, work_per_chunk, f)
+}
+
+/// [`collect_chunks`] with room for `extra` more elements, which the caller appends without
+/// a reallocation (that would copy the vector, and could double its capacity).
+pub(crate) fn collect_chunks_reserving<T, F>(
+    len: usize,
+    extra: usize,
+    chunk: usize,
+    work_per_chunk: usize,
+    f: F,
+) -> Vec<T>
+where
+    T: Real,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    let mut out = Vec::with_capacity(len + extra);
     if chunk == 0 {
-        return vec![T::ZERO; len];
+        out.resize(len, T::ZERO);
+        return out;
     }
-    let mut out = Vec::with_capacity(len);
     for_each_chunk(&mut out.spare_capacity_mut()[..len], chunk, work_per_chunk, |i, dst| {
         dst.fill(std::mem::MaybeUninit::new(T::ZERO));
         // SAFETY: every element of `dst` was initialised just above.
