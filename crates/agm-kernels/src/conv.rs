@@ -11,8 +11,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::backward::param_grad;
 use crate::cpu::{
-    add_strided, check_real, check_same_dtype, collect_chunks, collect_chunks_reserving, dispatch_real, matmul,
-    matmul_into, same_storage_dtype, slice, strided, valid_range, Real,
+    add_into, add_strided, check_real, check_same_dtype, collect_chunks, collect_chunks_reserving, dispatch_real,
+    matmul, matmul_into, same_storage_dtype, slice, strided, valid_range, Real,
 };
 use crate::own_kernels;
 use rayon::prelude::*;
@@ -44,10 +44,10 @@ impl Conv2dSpec {
 /// GEMM over the whole batch's columns. The op saves only its input (which candle's graph holds
 /// anyway), not the columns, which are `kh·kw / stride²` times larger: its backward recomputes
 /// them from the input for the weight gradient's GEMM, and the input gradient is a GEMM and an
-/// exact col2im scatter-add, right for every stride, padding and input size. Neither the columns nor their
-/// gradient ever enter candle's graph, so the backward pass never zero-fills and accumulates
-/// those large tensors. An `x` that candle does not track (a raw
-/// image, not a `Var` or derived from one) gets no input gradient. f32 and f64 only.
+/// exact col2im scatter-add, right for every stride, padding and input size. Neither the columns
+/// nor their gradient ever enter candle's graph, so the backward pass never zero-fills and
+/// accumulates those large tensors. An `x` that candle does not track (a raw image, not a `Var`
+/// or derived from one) gets no input gradient. f32 and f64 only.
 ///
 /// On CUDA (the `cuda` feature) it is one op whose forward and two gradients are cuDNN calls
 /// (saving, like the CPU op, only its operands). Without cuDNN it is a composition that candle's
@@ -168,7 +168,7 @@ impl Geometry {
     }
 
     /// Input elements per sample: `C·H·W`.
-    fn plane(&self) -> usize {
+    fn sample_len(&self) -> usize {
         self.c * self.h * self.w
     }
 
@@ -184,11 +184,11 @@ impl Geometry {
         }
     }
 
-    /// The batch size of an output gradient `[B, O, OH, OW]` for `o` output channels.
-    fn check_output_grad(&self, layout: &Layout, o: usize, op: &str) -> Result<usize> {
+    /// `(B, O)` of an output gradient `[B, O, OH, OW]`.
+    fn check_output_grad(&self, layout: &Layout, op: &str) -> Result<(usize, usize)> {
         match layout.dims() {
-            &[b, go, oh, ow] if go == o && (oh, ow) == (self.oh, self.ow) => Ok(b),
-            d => candle_core::bail!("{op}: expected gradient [B, {o}, {}, {}], got {d:?}", self.oh, self.ow),
+            &[b, o, oh, ow] if (oh, ow) == (self.oh, self.ow) => Ok((b, o)),
+            d => candle_core::bail!("{op}: expected gradient [B, O, {}, {}], got {d:?}", self.oh, self.ow),
         }
     }
 
@@ -263,7 +263,7 @@ impl Geometry {
     fn col2im<T: Real>(&self, cols: &[T], b: usize) -> Vec<T> {
         let taps = self.kh * self.kw;
         // One job per (sample, channel) plane: planes never overlap, so no atomics.
-        collect_chunks(b * self.c * self.h * self.w, self.h * self.w, taps * self.positions(), |i, plane| {
+        collect_chunks(b * self.sample_len(), self.h * self.w, taps * self.positions(), |i, plane| {
             self.col2im_job(cols, b, i, plane)
         })
     }
@@ -363,20 +363,20 @@ impl Geometry {
                 }
             });
         if samples < b {
-            y.extend(self.forward(&x[samples * self.plane()..], w, (b - samples, o), None));
+            y.extend(self.forward(&x[samples * self.sample_len()..], w, (b - samples, o), None));
         }
         y
     }
 
     /// `dx [B, C, H, W]`: col2im of `wᵀ · dy`.
     fn input_grad<T: Real>(&self, dy: &[T], w: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
-        let (k, l, plane) = (self.rows(), self.positions(), self.plane());
+        let (k, l, sample) = (self.rows(), self.positions(), self.sample_len());
         let Some(Groups { size: g, samples }) = groups else {
             let dcols = matmul((k, b * l, o), w, true, &swap_leading(dy, b, o, l), false);
             return self.col2im(&dcols, b);
         };
         let mut dx =
-            collect_chunks_reserving(samples * plane, (b - samples) * plane, g * plane, g * o * l * k, |i, dx| {
+            collect_chunks_reserving(samples * sample, (b - samples) * sample, g * sample, g * o * l * k, |i, dx| {
                 let dy = channel_major(&dy[i * g * o * l..(i + 1) * g * o * l], g, o, l);
                 let mut dcols = vec![T::ZERO; k * g * l];
                 matmul_into(&mut dcols, (k, g * l, o), (w, true), (&dy, false), false);
@@ -412,7 +412,8 @@ impl Geometry {
             .reduce_with(add_into)
             .unwrap_or_else(|| vec![T::ZERO; o * k]);
         if samples < b {
-            let rest = self.weight_grad(&dy[samples * o * l..], &x[samples * self.plane()..], (b - samples, o), None);
+            let rest =
+                self.weight_grad(&dy[samples * o * l..], &x[samples * self.sample_len()..], (b - samples, o), None);
             dw = add_into(dw, rest);
         }
         dw
@@ -420,17 +421,11 @@ impl Geometry {
 
     /// The columns `[C·kh·kw, s·L]` of the `s` samples from `first` on, built on this thread.
     fn group_columns<T: Real>(&self, x: &[T], first: usize, s: usize) -> Vec<T> {
-        let plane = self.plane();
+        let len = self.sample_len();
         let mut cols = vec![T::ZERO; self.rows() * s * self.positions()];
-        self.im2col_into(&x[first * plane..(first + s) * plane], s, &mut cols);
+        self.im2col_into(&x[first * len..(first + s) * len], s, &mut cols);
         cols
     }
-}
-
-/// `a + b`, elementwise, in `a`.
-fn add_into<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
-    a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
-    a
 }
 
 /// `[S, O, L]` as `[O, S·L]`, borrowed when `S` is one.
@@ -506,7 +501,10 @@ impl CustomOp2 for Conv2dInputGrad {
     fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let o = g.check_kernel(wl, self.name())?;
-        let b = g.check_output_grad(dl, o, self.name())?;
+        let (b, grad_o) = g.check_output_grad(dl, self.name())?;
+        if grad_o != o {
+            candle_core::bail!("{}: gradient has {grad_o} channels but the kernel {o}", self.name());
+        }
         same_storage_dtype(ds, ws, self.name())?;
         dispatch_real!(ds, self.name(), T => {
             let dy = slice::<T>(ds, dl, self.name())?;
@@ -528,8 +526,8 @@ impl CustomOp2 for Conv2dWeightGrad {
     fn cpu_fwd(&self, ds: &CpuStorage, dl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let b = g.check_input(xl, self.name())?;
-        let o = dl.dims().get(1).copied().unwrap_or(0);
-        if g.check_output_grad(dl, o, self.name())? != b {
+        let (grad_b, o) = g.check_output_grad(dl, self.name())?;
+        if grad_b != b {
             candle_core::bail!("{}: gradient and input batch sizes differ", self.name());
         }
         same_storage_dtype(ds, xs, self.name())?;
@@ -659,14 +657,6 @@ mod cudnn_ops {
                 pad: self.pad,
             }
         }
-
-        /// `(B, O)` of an output (or output gradient) `[B, O, OH, OW]`.
-        fn check_output(&self, layout: &Layout, op: &str) -> Result<(usize, usize)> {
-            match layout.dims() {
-                &[b, o, oh, ow] if (oh, ow) == (self.oh, self.ow) => Ok((b, o)),
-                d => candle_core::bail!("{op}: expected gradient [B, O, {}, {}], got {d:?}", self.oh, self.ow),
-            }
-        }
     }
 
     /// The convolution through cuDNN, or `None` where cuDNN is not available or has just failed
@@ -754,7 +744,7 @@ mod cudnn_ops {
 
         fn cuda_fwd(&self, s: &CudaStorage, l: &Layout, ds: &CudaStorage, dl: &Layout) -> Result<(CudaStorage, Shape)> {
             let Grad(g, direction) = *self;
-            let (b, o) = g.check_output(dl, self.name())?;
+            let (b, o) = g.check_output_grad(dl, self.name())?;
             let shapes = g.shapes(b, o);
             let out = match direction {
                 Direction::BackwardData => {

@@ -272,16 +272,15 @@ pub(crate) fn matmul<T: Real>(
                 gemm_new((m, n, len), l, r, false)
             })
             .collect();
-        let mut partials = partials.into_iter();
-        let mut out = partials.next().expect("at least one part");
-        for p in partials {
-            for (o, v) in out.iter_mut().zip(p) {
-                *o += v;
-            }
-        }
-        return out;
+        return partials.into_iter().reduce(add_into).expect("at least one part");
     }
     gemm_new((m, n, k), Operand::of(lhs, m, k, lhs_t), Operand::of(rhs, k, n, rhs_t), threads > 1)
+}
+
+/// `a + b`, elementwise, in `a`.
+pub(crate) fn add_into<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
+    a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);
+    a
 }
 
 /// The transpose `[cols, rows]` of a row-major `[rows, cols]`, tile by tile so that reads and
