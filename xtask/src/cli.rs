@@ -86,8 +86,9 @@ pub struct RunFlags {
     /// `cpu` or `cuda`.
     #[arg(long)]
     pub device: Option<String>,
-    /// `fp32` (default; TF32 allowed on CUDA), `fp32-strict` (no TF32) or `bf16` (bf16
-    /// products and convolutions, f32 weights and optimizer state).
+    /// `fp32` (default; TF32 allowed on CUDA, Winograd 3×3 convolutions on the CPU),
+    /// `fp32-strict` (neither) or `bf16` (bf16 products and convolutions, f32 weights and
+    /// optimizer state).
     #[arg(long)]
     pub precision: Option<String>,
 }

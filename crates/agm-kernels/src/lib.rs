@@ -31,6 +31,7 @@ mod precision;
 mod relu;
 mod runtime;
 mod sgd;
+mod winograd;
 
 pub use backward::backward;
 pub use batch_norm::{batch_norm, batch_norm_mixed, batch_norm_ref, batch_norm_relu, updated_running, BatchStats};

@@ -19,10 +19,12 @@ use candle_core::{DType, Result, Tensor};
 pub enum Precision {
     /// f32 tensors; on CUDA the products and convolutions may use TF32 tensor cores (10-bit
     /// mantissa inputs, f32 accumulation), as PyTorch's cuDNN convolutions do by default. On the
-    /// CPU this is exact f32.
+    /// CPU, 3×3 stride-1 convolutions on planes of 10×10 and more run as Winograd F(2×2, 3×3),
+    /// within a few ulps of the direct sum.
     #[default]
     Fp32,
-    /// f32 everywhere, TF32 off: a CUDA run computes what the CPU does, to rounding.
+    /// f32 everywhere, TF32 off, direct (im2col) convolutions on the CPU: a CUDA run computes
+    /// what the CPU does, to rounding.
     Fp32Strict,
     /// Products and convolutions take bf16 operands and give a bf16 result (f32 accumulation),
     /// like PyTorch's bf16 autocast; weights, optimizer state, losses and the rest stay f32. On
