@@ -81,23 +81,50 @@ pub fn av_digits_batch(batch_size: usize, device: &Device) -> Result<MultimodalB
     train.batch(&indices, device)
 }
 
-/// Median seconds per step of each bench. The benches take turns in blocks of a few consecutive
+/// Something timed in blocks of consecutive steps: one of agm's arms on its batch, or an outside
+/// process (PyTorch's plain step in `cargo xtask bench`).
+pub trait TimedArm {
+    /// The seconds of each of `n` consecutive steps.
+    fn time_block(&mut self, n: usize) -> Result<Vec<f64>>;
+}
+
+/// A [`StepBench`] stepping on one batch.
+pub struct OnBatch<'a>(pub &'a mut StepBench, pub &'a MultimodalBatch);
+
+impl TimedArm for OnBatch<'_> {
+    fn time_block(&mut self, n: usize) -> Result<Vec<f64>> {
+        (0..n)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                self.0.step(self.1)?;
+                Ok(started.elapsed().as_secs_f64())
+            })
+            .collect()
+    }
+}
+
+/// Median seconds per step of each bench on `batch` ([`interleaved_arm_medians`]).
+pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, steps: usize) -> Result<Vec<f64>> {
+    let mut arms: Vec<OnBatch<'_>> = benches.iter_mut().map(|b| OnBatch(b, batch)).collect();
+    let mut arms: Vec<&mut dyn TimedArm> = arms.iter_mut().map(|a| a as &mut dyn TimedArm).collect();
+    interleaved_arm_medians(&mut arms, steps)
+}
+
+/// Median seconds per step of each arm. The arms take turns in blocks of a few consecutive
 /// steps, so machine load hits all alike while each step still follows one of its own model (as
 /// in training, where one model steps after another); the turn order rotates every round so no
-/// bench always follows the same one, and the first round is warm-up.
-pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, steps: usize) -> Result<Vec<f64>> {
+/// arm always follows the same one, and the first round is warm-up.
+pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> Result<Vec<f64>> {
     const BLOCK: usize = 3;
-    let n = benches.len();
+    let n = arms.len();
     let mut times = vec![Vec::with_capacity(steps); n];
     for round in 0..=steps.div_ceil(BLOCK) {
         for k in 0..n {
             let i = (round + k) % n;
-            for _ in 0..BLOCK {
-                let started = std::time::Instant::now();
-                benches[i].step(batch)?;
-                if round > 0 && times[i].len() < steps {
-                    times[i].push(started.elapsed().as_secs_f64());
-                }
+            let block = arms[i].time_block(BLOCK)?;
+            if round > 0 {
+                let room = steps - times[i].len();
+                times[i].extend(block.into_iter().take(room));
             }
         }
     }
@@ -114,3 +141,31 @@ pub use agm_train::memory::{device_peak_memory_bytes, peak_memory_bytes, reset_d
 
 pub mod kernels;
 pub mod loader;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An arm whose k-th step takes `k + offset` seconds, counting every step it runs.
+    struct Counting {
+        offset: f64,
+        ran: usize,
+    }
+
+    impl TimedArm for Counting {
+        fn time_block(&mut self, n: usize) -> Result<Vec<f64>> {
+            let times = (self.ran..self.ran + n).map(|k| k as f64 + self.offset).collect();
+            self.ran += n;
+            Ok(times)
+        }
+    }
+
+    #[test]
+    fn arms_take_turns_after_a_warm_up_round_and_report_their_medians() {
+        let (mut a, mut b) = (Counting { offset: 0.0, ran: 0 }, Counting { offset: 100.0, ran: 0 });
+        let medians = interleaved_arm_medians(&mut [&mut a, &mut b], 5).unwrap();
+        // A warm-up block of 3, then two blocks (6 steps) of which the first 5 count: steps 3..8.
+        assert_eq!((a.ran, b.ran), (9, 9));
+        assert_eq!(medians, vec![5.0, 105.0]);
+    }
+}

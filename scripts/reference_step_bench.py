@@ -23,7 +23,9 @@ network agm's `<family>-late` preset builds: Later_Fusion_Resnet, Later_Fusion_M
 AVClassifier with fusion 'concat'), forward, cross-entropy (mean), backward, SGD step with the
 reference's momentum 0.9 and weight decay 1e-4 -- no accuracies, no per-sample score loop, no
 .item() besides the loss at the end. CREMA-D (--case cremad) has only this arm, so it needs --plain.
---plain-only runs that arm alone.
+--plain-only runs that arm alone. --serve runs it on request, for a caller that interleaves it
+with its own steps (`cargo xtask bench`): after two warm-up steps it prints {"ready": true}, then
+for each line "n" on stdin runs n steps and prints {"ms": [...]}, until end of input.
 
 --precision (CUDA only; agm's `--precision` of the same name): fp32 (default) turns TF32 on for
 matrix products and cuDNN convolutions (torch.backends.cuda.matmul.allow_tf32 and
@@ -465,7 +467,12 @@ def to_device(batch, device):
     return batch.to(device)
 
 
-def run_child(args):
+WARMUP = 2  # untimed steps before the timed ones
+
+
+def build_arm(args):
+    """(torch, step, batches, sync, rss_after_import) of the arm args.arm: its model, optimizer
+    and step, warmup + --steps batches on the device, and the device's wait."""
     AVMNIST_net, CREMAD_net, URFunny_net, Accuracy = import_reference(args.reference, args.device)
     import torch
     import torch.nn as nn
@@ -494,23 +501,34 @@ def run_child(args):
     else:
         Step = AVMNISTStep if args.case == "avmnist" else URFunnyStep
         step = Step(torch, nn, model, optimizer, cfgs, Accuracy)
-    warmup = 2
-    batches = [to_device(b, device) for b in make_batches(args.case, warmup + args.steps, args.batch, args.seq_len, torch)]
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    batches = [to_device(b, device) for b in make_batches(args.case, WARMUP + args.steps, args.batch, args.seq_len, torch)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return torch, model, step, batches, sync, rss_after_import
+
+
+def timed_step(step, batch, sync, i):
+    """(wall ms, process CPU ms) of one step; fails on a non-finite loss."""
+    sync()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    loss = step(batch)
+    sync()
+    dt = (time.perf_counter() - t0) * 1000.0
+    dc = (time.process_time() - c0) * 1000.0
+    if not math.isfinite(loss):
+        raise SystemExit(f"non-finite loss at step {i}")
+    return dt, dc
+
+
+def run_child(args):
+    torch, model, step, batches, sync, rss_after_import = build_arm(args)
+    cuda = args.device.startswith("cuda")
+    device = torch.device(args.device)
     times = []
     cpu_times = []
     for i, b in enumerate(batches):
-        sync()
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        loss = step(b)
-        sync()
-        dt = (time.perf_counter() - t0) * 1000.0
-        dc = (time.process_time() - c0) * 1000.0
-        if not math.isfinite(loss):
-            raise SystemExit(f"non-finite loss at step {i}")
-        if i >= warmup:
+        dt, dc = timed_step(step, b, sync, i)
+        if i >= WARMUP:
             times.append(dt)
             cpu_times.append(dc)
     peak = peak_rss_mib()
@@ -532,6 +550,26 @@ def run_child(args):
     }))
 
 
+def run_serve(args):
+    """The plain step on request, for a caller that interleaves it with its own steps: after the
+    warm-up steps prints {"ready": true}; then for each line n read from stdin runs n steps
+    (cycling through the batches) and prints {"ms": [wall ms of each]}; ends at end of input."""
+    args.arm = "plain"
+    _, _, step, batches, sync, _ = build_arm(args)
+    for i, b in enumerate(batches[:WARMUP]):
+        timed_step(step, b, sync, i)
+    print(json.dumps({"ready": True}), flush=True)
+    i = WARMUP
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        ms = []
+        for _ in range(int(line)):
+            ms.append(round(timed_step(step, batches[i % len(batches)], sync, i)[0], 3))
+            i += 1
+        print(json.dumps({"ms": ms}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reference", required=True,
@@ -550,13 +588,21 @@ def main():
     p.add_argument("--plain-only", action="store_true", help="time the plain PyTorch step alone")
     p.add_argument("--precision", choices=["fp32", "fp32-strict", "bf16"], default="fp32",
                    help="CUDA arithmetic: TF32 allowed (fp32), off (fp32-strict), or bf16 autocast")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the plain step on request (see run_serve): for cargo xtask bench, "
+                        "which interleaves it with agm's arms")
     p.add_argument("--arm", choices=["joint", "agm", "plain"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.steps < 1:
         p.error("--steps must be >= 1")
-    if args.case == "cremad" and not args.plain and args.arm is None:
+    if args.case == "cremad" and not args.plain and args.arm is None and not args.serve:
         p.error("--case cremad has only the plain step: pass --plain")
-    if args.arm is None:
+    if args.serve:
+        # The OpenMP / BLAS pools are sized before torch loads, as run_parent does for its children.
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+        run_serve(args)
+    elif args.arm is None:
         run_parent(args)
     else:
         run_child(args)

@@ -1,5 +1,6 @@
 //! Runs training steps of one preset in a loop, for profilers (`perf record`):
-//! `cargo run --release -p agm-benches --example profile_step -- avmnist-late joint 8 20`.
+//! `cargo run --release -p agm-benches --example profile_step -- avmnist-late joint 8 20`, and a
+//! precision after the step count (`fp32-strict`) to compare with the default.
 
 use agm_benches::{preset_batch, StepBench};
 use candle_core::Device;
@@ -15,6 +16,9 @@ fn main() -> candle_core::Result<()> {
     };
     let batch_size = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
     let steps = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let precision: agm_kernels::Precision =
+        args.get(5).map_or(Ok(agm_kernels::Precision::Fp32), |p| p.parse()).map_err(candle_core::Error::msg)?;
+    let _precision = agm_kernels::PrecisionGuard::new(precision);
     // The shapes `cargo xtask bench` times, with its default sequence length.
     let opts = agm_benches::reference_shapes(20);
     let device = Device::Cpu;
@@ -28,7 +32,11 @@ fn main() -> candle_core::Result<()> {
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    println!("{preset} {method} batch {batch_size}: median {:.1} ms, min {:.1} ms", times[times.len() / 2], times[0]);
+    println!(
+        "{preset} {method} {precision} batch {batch_size}: median {:.1} ms, min {:.1} ms",
+        times[times.len() / 2],
+        times[0]
+    );
     if std::env::var_os("PROFILE_STEP_ALL").is_some() {
         println!("{times:.0?}");
     }

@@ -5,7 +5,10 @@
 
 use std::process::ExitCode;
 
-use agm_benches::{device_peak_memory_bytes, interleaved_medians, preset_batch, reset_device_peak_memory, StepBench};
+use agm_benches::{
+    device_peak_memory_bytes, interleaved_arm_medians, preset_batch, reset_device_peak_memory, OnBatch, StepBench,
+    TimedArm,
+};
 use agm_fusion::PresetOptions;
 use anyhow::Context;
 use candle_core::Device;
@@ -21,6 +24,9 @@ struct Row {
     ms: [f64; 3],
     /// Per arm; NaN where the platform reports none.
     peak_mib: [f64; 3],
+    /// The plain PyTorch step, timed in turn with agm's arms (with `--reference-python`); at the
+    /// anchor's precision, fp32 when the bench runs bf16.
+    plain_ms: Option<f64>,
 }
 
 /// Peak memory of two steps of one arm built alone, in MiB: live heap bytes on the CPU, live
@@ -45,18 +51,96 @@ fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<
     let opts = agm_benches::reference_shapes(args.seq_len);
     let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
     let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
-    let mut arms = ARMS
+    let mut benches = ARMS
         .iter()
         .map(|arm| StepBench::for_preset(model, &opts, arm, device))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let t = interleaved_medians(&mut arms, &batch, args.steps)?;
+    // PyTorch's plain step takes its turns with agm's arms, so load changes hit both sides.
+    let mut plain = match (&args.reference_python, reference_case(model)) {
+        (Some(python), Some(case)) => Some(PlainTorchStep::start(python, args, case, batch_size)?),
+        _ => None,
+    };
+    let t = {
+        let mut on_batch: Vec<OnBatch<'_>> = benches.iter_mut().map(|b| OnBatch(b, &batch)).collect();
+        let mut arms: Vec<&mut dyn TimedArm> = on_batch.iter_mut().map(|a| a as &mut dyn TimedArm).collect();
+        if let Some(p) = plain.as_mut() {
+            arms.push(p);
+        }
+        interleaved_arm_medians(&mut arms, args.steps)?
+    };
+    let plain_ms = plain.is_some().then(|| 1e3 * t[ARMS.len()]);
+    // The peaks below build each arm alone: free these first, and end PyTorch's process.
+    drop((plain, benches));
     let modalities = batch.inputs.len();
-    drop(arms);
     let mut peak_mib = [0.0; 3];
     for (p, arm) in peak_mib.iter_mut().zip(ARMS) {
         *p = peak_of(model, &opts, arm, batch_size, device)?.unwrap_or(f64::NAN);
     }
-    Ok(Row { model: model.into(), modalities, batch: batch_size, ms: [1e3 * t[0], 1e3 * t[1], 1e3 * t[2]], peak_mib })
+    let ms = [1e3 * t[0], 1e3 * t[1], 1e3 * t[2]];
+    Ok(Row { model: model.into(), modalities, batch: batch_size, ms, peak_mib, plain_ms })
+}
+
+/// The plain PyTorch step in a `scripts/reference_step_bench.py --serve` process, stepped on
+/// request. Dropping it closes the process's input, which ends it.
+struct PlainTorchStep {
+    child: std::process::Child,
+    /// Open until the step is dropped.
+    input: Option<std::process::ChildStdin>,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PlainTorchStep {
+    /// Starts the process for reference `case` and waits for its warm-up steps.
+    fn start(python: &std::path::Path, args: &BenchArgs, case: &str, batch_size: usize) -> anyhow::Result<Self> {
+        use std::process::{Command, Stdio};
+        let tree = args.reference_tree.as_deref().context("--reference-python needs --reference-tree")?;
+        let script = crate::workspace_root().join("scripts/reference_step_bench.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg("--reference")
+            .arg(tree)
+            .args(["--case", case, "--batch", &batch_size.to_string(), "--steps", "4"])
+            .args(["--seq-len", &args.seq_len.to_string(), "--threads", &rayon::current_num_threads().to_string()])
+            .args(["--device", &args.device, "--precision", anchor_precision(&args.precision), "--serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} --serve", script.display()))?;
+        let input = Some(child.stdin.take().context("the plain step's input")?);
+        let output = std::io::BufReader::new(child.stdout.take().context("the plain step's output")?);
+        let mut step = Self { child, input, output };
+        let ready =
+            step.reply().with_context(|| format!("{} --serve did not start (its error is above)", script.display()))?;
+        anyhow::ensure!(ready.get("ready").is_some(), "{} --serve: unexpected first line {ready}", script.display());
+        Ok(step)
+    }
+
+    /// The next JSON line of the process.
+    fn reply(&mut self) -> anyhow::Result<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        anyhow::ensure!(self.output.read_line(&mut line)? > 0, "the PyTorch plain step ended early");
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl TimedArm for PlainTorchStep {
+    fn time_block(&mut self, n: usize) -> candle_core::Result<Vec<f64>> {
+        use std::io::Write;
+        let input = self.input.as_mut().expect("open until dropped");
+        let reply = writeln!(input, "{n}").map_err(anyhow::Error::from).and_then(|()| self.reply());
+        let ms = reply.map_err(|e| candle_core::Error::Msg(format!("PyTorch's plain step: {e:#}")))?;
+        let ms = ms.get("ms").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        Ok(ms.iter().filter_map(|v| v.as_f64()).map(|v| v / 1e3).collect())
+    }
+}
+
+impl Drop for PlainTorchStep {
+    fn drop(&mut self) {
+        // Closing the input ends its loop; wait so it leaves no process behind.
+        drop(self.input.take());
+        let _ = self.child.wait();
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -109,15 +193,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// Times every model of `--models` and prints its row.
 fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
-    println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let anchor = anchor_precision(&args.precision);
+    println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak | plain PyTorch ms ({anchor}, in turn) | joint / plain PyTorch |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
         let r = time_model(model, args, device)?;
         let p = r.peak_mib;
         let (peaks, ratio) = (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0]));
+        let plain = r.plain_ms.unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {peaks} | {ratio} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {peaks} | {ratio} | {} | {} |",
             r.model,
             r.modalities,
             r.batch,
@@ -125,7 +211,9 @@ fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
             r.ms[1],
             r.ms[2],
             r.ms[1] / r.ms[0],
-            r.ms[2] / r.ms[0]
+            r.ms[2] / r.ms[0],
+            num(plain, 1),
+            times(r.ms[0] / plain),
         );
         rows.push(r);
     }
@@ -145,6 +233,16 @@ fn loader_row(device: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The precision of the plain step a joint step at `precision` is held against: PyTorch's fp32
+/// step for bf16 (its target is a speed-up over fp32), the same precision otherwise.
+fn anchor_precision(precision: &str) -> &str {
+    if precision == "bf16" {
+        "fp32"
+    } else {
+        precision
+    }
+}
+
 /// The reference's case that times the same network as our `model` preset, if any.
 fn reference_case(model: &str) -> Option<&'static str> {
     match model {
@@ -159,15 +257,12 @@ fn reference_case(model: &str) -> Option<&'static str> {
 /// has no such arm (CREMA-D has only the plain step).
 struct ReferenceRow {
     case: &'static str,
-    /// The plain PyTorch step: the official late concat model's forward, cross-entropy,
-    /// backward and SGD step.
+    /// The plain PyTorch step (the official late concat model's forward, cross-entropy,
+    /// backward and SGD step) timed alone, after agm's arms.
     plain_ms: f64,
     /// The plain step's peak: live device bytes on CUDA; on the CPU the peak resident size less
     /// the resident size after `import torch` (Python's and PyTorch's libraries left out).
     plain_peak_mib: f64,
-    /// The plain step in `fp32` (TF32 allowed on CUDA): the anchor of the bf16 target; the
-    /// plain step itself at other precisions.
-    anchor_ms: f64,
     /// The reference's joint ("Normal") step: the Sum model, with its per-sample score loop.
     joint_ms: f64,
     agm_ms: f64,
@@ -197,7 +292,7 @@ fn reference_rows(
     let peak_of = if args.device == "cuda" { "live device" } else { "resident above import" };
     println!();
     println!(
-        "| reference (PyTorch) | batch | plain step ms | reference joint ms | reference AGM ms | reference AGM/joint | plain peak MiB ({peak_of}) | resident peak MiB plain / joint / AGM |"
+        "| reference (PyTorch) | batch | plain step ms (alone) | reference joint ms | reference AGM ms | reference AGM/joint | plain peak MiB ({peak_of}) | resident peak MiB plain / joint / AGM |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     let mut out = Vec::new();
@@ -211,6 +306,7 @@ fn reference_rows(
                 .arg(tree)
                 .args(["--case", case, "--batch", &args.large_batch_size.to_string(), "--plain"])
                 .args(["--steps", &args.steps.min(5).to_string(), "--seq-len", &args.seq_len.to_string()])
+                .args(["--threads", &rayon::current_num_threads().to_string()])
                 .args(["--device", &args.device, "--precision", precision])
                 .args(plain_only.then_some("--plain-only"))
                 .output()
@@ -225,16 +321,10 @@ fn reference_rows(
         // At bf16 the reference's own arms (fp32 code with a Python loop) add nothing.
         let v = script_json(&args.precision, args.precision == "bf16")?;
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
-        let anchor_ms = if args.precision == "bf16" {
-            script_json("fp32", true)?.get("plain_ms_median").and_then(|x| x.as_f64()).unwrap_or(f64::NAN)
-        } else {
-            f("plain_ms_median")
-        };
         let row = ReferenceRow {
             case,
             plain_ms: f("plain_ms_median"),
             plain_peak_mib: f("plain_peak_above_import_mib"),
-            anchor_ms,
             joint_ms: f("joint_ms_median"),
             agm_ms: f("agm_ms_median"),
         };
@@ -251,11 +341,6 @@ fn reference_rows(
             num(f("agm_peak_mib"), 0),
         );
         out.push(row);
-    }
-    if args.precision == "bf16" {
-        let anchors: Vec<String> = out.iter().map(|r| format!("{} {} ms", r.case, num(r.anchor_ms, 1))).collect();
-        println!();
-        println!("The bf16 target's anchor, the plain step in fp32: {}.", anchors.join(", "));
     }
     Ok(out)
 }
@@ -280,9 +365,10 @@ fn times(value: f64) -> String {
 
 /// The targets: agm's steps against the plain PyTorch step and the reference's AGM step, the
 /// AGM steps against agm's joint step, and the peaks; each ratio the median over the runs (with
-/// its range when there are several) and whether the median is within its limit. The reference
-/// is timed after our arms, not interleaved with them, so a load spike on a shared machine hits
-/// one side of a ratio: several runs (`--repeats`) give a median that one spike cannot move.
+/// its range when there are several) and whether the median is within its limit. The plain step
+/// takes its turns with agm's arms; the reference's own joint and AGM steps are timed after
+/// them, so a load spike on a shared machine can hit one side of that ratio: several runs
+/// (`--repeats`) give a median that one spike cannot move.
 fn target_table(runs: &[(Vec<Row>, Vec<ReferenceRow>)], precision: agm_kernels::Precision) {
     let Some((first, _)) = runs.first() else { return };
     // bf16 must beat PyTorch's fp32 step by a margin; elsewhere match it at the same precision.
@@ -327,7 +413,7 @@ fn target_table(runs: &[(Vec<Row>, Vec<ReferenceRow>)], precision: agm_kernels::
         println!(
             "| {model} vs {case}, b{} | {} | {} | {} | {} | {} | {} |",
             row.batch,
-            cell(&|r, c| r.ms[0] / c.anchor_ms, joint_limit),
+            cell(&|r, _| r.ms[0] / r.plain_ms.unwrap_or(f64::NAN), joint_limit),
             cell(&|r, _| r.ms[2] / r.ms[0], fast_limit),
             cell(&|r, _| r.ms[1] / r.ms[0], 2.0),
             cell(&|r, c| r.peak_mib[0] / c.plain_peak_mib, 1.2),
