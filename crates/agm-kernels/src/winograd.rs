@@ -257,6 +257,7 @@ impl Winograd {
     /// `plane [H, W]` zero-padded (padding `pad` before, as much as the last tile needs after)
     /// and split into quadrants by row and column parity: `quads` holds even rows' even and odd
     /// columns, then odd rows' (each [`Self::quadrant_len`]).
+    #[inline(always)]
     fn split_quadrants<T: Real>(&self, plane: &[T], quads: &mut [T]) {
         let (p, half, len) = (self.pad, self.tw + 1, self.quadrant_len());
         quads.fill(T::ZERO);
