@@ -257,6 +257,25 @@ impl Geometry {
         }
         out[..oy_lo * ow].fill(T::ZERO);
         out[oy_hi * ow..].fill(T::ZERO);
+        if s == 1 && ow == self.w {
+            // Input and output rows have one length, so the tap is the plane shifted by a
+            // constant: one copy for all rows (short rows would each be a call), then the
+            // columns that wrapped into a neighbouring row zeroed.
+            let shift = (ki * self.w + kj) as isize - (p * self.w + p) as isize;
+            let (start, end) = (oy_lo * ow, oy_hi * ow);
+            let lo = start.max((-shift).max(0) as usize).min(end);
+            let hi = end.min((plane.len() as isize - shift).max(0) as usize).max(lo);
+            out[start..lo].fill(T::ZERO);
+            out[hi..end].fill(T::ZERO);
+            if lo < hi {
+                out[lo..hi].copy_from_slice(&plane[(lo as isize + shift) as usize..(hi as isize + shift) as usize]);
+            }
+            for row in out[start..end].chunks_exact_mut(ow) {
+                row[..ox_lo].fill(T::ZERO);
+                row[ox_hi..].fill(T::ZERO);
+            }
+            return;
+        }
         for (oy, out) in out.chunks_exact_mut(ow).enumerate().take(oy_hi).skip(oy_lo) {
             let iy = oy * s + ki - p;
             let src = &plane[iy * self.w..(iy + 1) * self.w];

@@ -129,17 +129,32 @@ impl PoolGeometry {
     /// Max pooling of one plane `[H, W]` into `out [OH, OW]`, one output row at a time so the
     /// inner loop runs along a row without branches on the window's edges. NaN wins, as in PyTorch.
     fn max_plane<T: Real>(&self, taps: &[(usize, usize, usize)], plane: &[T], out: &mut [T]) {
+        let mut gathered = Vec::new();
         for (oy, row) in out.chunks_exact_mut(self.ow).enumerate() {
             row.fill(T::NEG_INF);
             let (y0, y1) = self.window(oy, self.h);
             for src in plane[y0 * self.w..y1 * self.w].chunks_exact(self.w) {
                 for &(lo, hi, start) in taps {
-                    for (m, v) in row[lo..hi].iter_mut().zip(strided(src, start, self.s, hi - lo)) {
+                    let values = self.tap_values(src, start, hi - lo, &mut gathered);
+                    for (m, &v) in row[lo..hi].iter_mut().zip(values) {
                         *m = if v > *m || v.is_nan() { v } else { *m };
                     }
                 }
             }
         }
+    }
+
+    /// The `n` input elements of row `src` that a tap reads from column `start` on, `s` apart:
+    /// the row itself at stride 1, else gathered into `buf`, so the loops over them are
+    /// contiguous and vectorise.
+    #[inline]
+    fn tap_values<'a, T: Real>(&self, src: &'a [T], start: usize, n: usize, buf: &'a mut Vec<T>) -> &'a [T] {
+        if self.s == 1 {
+            return &src[start..start + n];
+        }
+        buf.clear();
+        buf.extend(strided(src, start, self.s, n));
+        buf
     }
 
     /// Adds each output gradient of one plane at its window's argmax, PyTorch's: the first element
@@ -154,28 +169,26 @@ impl PoolGeometry {
         grad: &[T],
         dx: &mut [T],
     ) {
-        let mut at = vec![usize::MAX; self.ow];
+        // Plane indices as u32 (planes are far smaller), so the search vectorises in wide lanes.
+        const NONE: u32 = u32::MAX;
+        assert!(plane.len() < NONE as usize, "max pool: plane too large");
+        let (mut at, mut gathered) = (vec![NONE; self.ow], Vec::new());
         for (oy, (m, g)) in maxes.chunks_exact(self.ow).zip(grad.chunks_exact(self.ow)).enumerate() {
             let (y0, y1) = self.window(oy, self.h);
-            at.fill(usize::MAX);
+            at.fill(NONE);
             for (y, src) in (y0..y1).zip(plane[y0 * self.w..y1 * self.w].chunks_exact(self.w)) {
                 for &(lo, hi, start) in taps {
-                    let mut index = y * self.w + start;
-                    for ((a, &mx), v) in at[lo..hi].iter_mut().zip(&m[lo..hi]).zip(strided(src, start, self.s, hi - lo))
-                    {
-                        // True once per window, so unlike a running argmax this branch predicts well.
-                        if v == mx && *a == usize::MAX {
-                            *a = index;
-                        }
-                        index += self.s;
+                    let values = self.tap_values(src, start, hi - lo, &mut gathered);
+                    let first = (y * self.w + start) as u32;
+                    for (j, ((a, &mx), &v)) in at[lo..hi].iter_mut().zip(&m[lo..hi]).zip(values).enumerate() {
+                        let index = first + (j * self.s) as u32;
+                        *a = if v == mx && *a == NONE { index } else { *a };
                     }
                 }
             }
-            for (ox, (a, &g)) in at.iter_mut().zip(g).enumerate() {
-                if *a == usize::MAX {
-                    *a = self.argmax_window(plane, oy, ox);
-                }
-                dx[*a] += g;
+            for (ox, (&a, &g)) in at.iter().zip(g).enumerate() {
+                let a = if a == NONE { self.argmax_window(plane, oy, ox) } else { a as usize };
+                dx[a] += g;
             }
         }
     }
