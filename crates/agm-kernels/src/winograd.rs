@@ -278,12 +278,25 @@ impl Winograd {
     /// The adjoint of [`Self::input_points`]: `B dV Bᵀ` of every tile of `[16, C, B·tiles]`,
     /// overlapping tiles added, the padding cropped: `[B, C, H, W]`.
     fn input_from_points<T: Real>(&self, points: &[T], b: usize, dx: &mut [T], parallel: bool) {
-        let (c, tiles, plane) = (self.c, self.slots(), self.h * self.w);
-        let n = b * tiles;
-        each_chunk(dx, plane, parallel, |scratch, i, dst| {
-            let (bi, ci) = (i / c, i % c);
-            let rows: [&[T]; POINTS] = std::array::from_fn(|p| &points[(p * c + ci) * n + bi * tiles..][..tiles]);
-            self.input_grad_plane(&rows, dst, scratch);
+        self.planes_from_points(points, (b, self.c, self.h * self.w), dx, parallel, Self::input_grad_plane);
+    }
+
+    /// Each plane `(b, x)` of `out [B, X, plane]` written by `plane_of(rows, plane, scratch)`
+    /// from its 16 rows of `points [16, X, B·slots]`.
+    fn planes_from_points<T: Real>(
+        &self,
+        points: &[T],
+        (b, x, plane): (usize, usize, usize),
+        out: &mut [T],
+        parallel: bool,
+        plane_of: impl Fn(&Self, &[&[T]; POINTS], &mut [T], &mut Vec<T>) + Sync + Send,
+    ) {
+        let slots = self.slots();
+        let n = b * slots;
+        each_chunk(out, plane, parallel, |scratch, i, dst| {
+            let (bi, xi) = (i / x, i % x);
+            let rows: [&[T]; POINTS] = std::array::from_fn(|p| &points[(p * x + xi) * n + bi * slots..][..slots]);
+            plane_of(self, &rows, dst, scratch);
         })
     }
 
@@ -369,13 +382,7 @@ impl Winograd {
 
     /// `Aᵀ M A` of every tile of `[16, O, B·tiles]`, cropped to `[B, O, OH, OW]`.
     fn output_from_points<T: Real>(&self, points: &[T], b: usize, o: usize, y: &mut [T], parallel: bool) {
-        let (tiles, plane) = (self.slots(), self.oh * self.ow);
-        let n = b * tiles;
-        each_chunk(y, plane, parallel, |scratch, i, dst| {
-            let (bi, oi) = (i / o, i % o);
-            let rows: [&[T]; POINTS] = std::array::from_fn(|p| &points[(p * o + oi) * n + bi * tiles..][..tiles]);
-            self.output_plane(&rows, dst, scratch);
-        })
+        self.planes_from_points(points, (b, o, self.oh * self.ow), y, parallel, Self::output_plane);
     }
 
     /// One plane of [`Self::output_from_points`].
