@@ -12,9 +12,10 @@
 //! rounding only (a few ulps of the largest term). `fp32-strict` keeps the direct im2col path.
 //!
 //! Buffers of points are laid out `[16, rows, n]`: point-major, so that each point's operand is
-//! one row-major matrix for the GEMM. The transforms work tile row by tile row, with each padded
-//! input row split into its even and odd pixels, so every inner loop runs over the tiles of a
-//! row with unit stride.
+//! one row-major matrix for the GEMM. The transforms split a padded plane into quadrants (even
+//! or odd rows, even or odd columns), where a tile's neighbours in both directions are fixed
+//! offsets: each step is one flat, unit-stride loop over a whole plane, with one unused slot per
+//! tile row (see [`Winograd::slots`]), compiled for AVX-512 where the CPU has it.
 
 use rayon::prelude::*;
 
@@ -644,7 +645,7 @@ fn point_products<T: Real>(
     });
 }
 
-/// Columns (tiles) a group's GEMMs span at least; fewer make them too thin.
+/// Columns (tile slots) a group's GEMMs span at least; fewer make them too thin.
 const MIN_GROUP_TILES: usize = 48;
 
 /// `(size, grouped)`: the first `grouped` of `b` samples split into groups of `size` samples,
