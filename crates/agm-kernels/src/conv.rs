@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use crate::backward::param_grad;
 use crate::cpu::{
     add_into, add_strided, check_real, check_same_dtype, collect_chunks, collect_chunks_reserving, dispatch_real,
-    matmul, matmul_into, same_storage_dtype, slice, strided, valid_range, Real,
+    matmul, matmul_into, same_storage_dtype, slice, strided, valid_range, Groups, Real,
 };
 use crate::own_kernels;
 use crate::winograd::Winograd;
@@ -352,14 +352,6 @@ impl Geometry {
 /// vector units busy.
 const MIN_GROUP_COLUMNS: usize = 96;
 
-/// How a batch's convolution products are split: the first `samples` of the batch in groups of
-/// `size` (the same number of groups for every thread), the rest as one multithreaded GEMM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Groups {
-    size: usize,
-    samples: usize,
-}
-
 /// The three products of a convolution on CPU slices: `x [B, C, H, W]`, `w [O, C·kh·kw]`,
 /// `y` and `dy [B, O, OH·OW]`. Each runs by sample group, as [`Geometry::groups`] plans, and
 /// the whole batch (or what the groups leave) as one GEMM.
@@ -374,10 +366,7 @@ impl Geometry {
     /// as does a batch too small for a group per thread (or a small image), which also splits
     /// large weights better.
     fn groups(&self, b: usize) -> Option<Groups> {
-        let threads = rayon::current_num_threads();
-        let size = MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1));
-        let samples = b / (threads * size) * threads * size;
-        (samples > 0).then_some(Groups { size, samples })
+        Groups::plan(b, MIN_GROUP_COLUMNS.div_ceil(self.positions().max(1)))
     }
 
     fn forward<T: Real>(&self, x: &[T], w: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
@@ -428,14 +417,13 @@ impl Geometry {
     /// sums its groups' products into its own gradient, and the threads' gradients add up.
     fn weight_grad<T: Real>(&self, dy: &[T], x: &[T], (b, o): (usize, usize), groups: Option<Groups>) -> Vec<T> {
         let (k, l) = (self.rows(), self.positions());
-        let Some(Groups { size: g, samples }) = groups else {
+        let Some(plan @ Groups { size: g, samples }) = groups else {
             return matmul((o, k, b * l), &swap_leading(dy, b, o, l), false, &self.im2col(x, b), true);
         };
-        let count = samples / g;
-        let mut dw = (0..count)
+        let mut dw = (0..plan.count())
             .into_par_iter()
-            // One gradient per thread: rayon splits the range in halves down to this length.
-            .with_min_len((count / rayon::current_num_threads()).max(1))
+            // One gradient per thread.
+            .with_min_len(plan.per_thread())
             .fold(
                 || vec![T::ZERO; o * k],
                 |mut dw, i| {

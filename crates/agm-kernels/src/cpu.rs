@@ -277,6 +277,36 @@ pub(crate) fn matmul<T: Real>(
     gemm_new((m, n, k), Operand::of(lhs, m, k, lhs_t), Operand::of(rhs, k, n, rhs_t), threads > 1)
 }
 
+/// How a batch is split for per-thread work: the first `samples` samples in groups of `size`,
+/// the same number of groups for every thread; the samples after them run apart (together, on
+/// all threads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Groups {
+    pub size: usize,
+    pub samples: usize,
+}
+
+impl Groups {
+    /// The groups of `size` samples in a batch of `b`, `None` when it has fewer than one
+    /// group per thread.
+    pub(crate) fn plan(b: usize, size: usize) -> Option<Self> {
+        let per_round = rayon::current_num_threads() * size.max(1);
+        let samples = b / per_round * per_round;
+        (samples > 0).then_some(Self { size: size.max(1), samples })
+    }
+
+    /// How many groups there are.
+    pub(crate) fn count(&self) -> usize {
+        self.samples / self.size
+    }
+
+    /// rayon's minimum job length over the groups that keeps each thread's groups on it (rayon
+    /// splits a range in halves down to this length).
+    pub(crate) fn per_thread(&self) -> usize {
+        (self.count() / rayon::current_num_threads()).max(1)
+    }
+}
+
 /// `a + b`, elementwise, in `a`.
 pub(crate) fn add_into<T: Real>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
     a.iter_mut().zip(&b).for_each(|(a, b)| *a += *b);

@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::{add_into, collect_chunks, matmul_into, Real};
+use crate::cpu::{add_into, collect_chunks, matmul_into, transpose, Groups, Real};
 
 /// Calls the method `$body` of `self` compiled for AVX-512 where the CPU has it (the default
 /// target has SSE2 only): the transforms' loops are plain enough to vectorise at any width.
@@ -132,11 +132,11 @@ impl Winograd {
             self.input_points(&x[first * input_len..(first + s) * input_len], s, input, parallel);
             point_products(grad, input, sum, (o, self.c, n), (false, true), true, parallel);
         };
-        let (size, grouped) = group_split(b, self.group_size());
-        let count = grouped / size.max(1);
-        let mut sum = (0..count)
+        let groups = Groups::plan(b, self.group_size());
+        let (size, grouped) = groups.map_or((1, 0), |g| (g.size, g.samples));
+        let mut sum = (0..groups.map_or(0, |g| g.count()))
             .into_par_iter()
-            .with_min_len((count / rayon::current_num_threads()).max(1))
+            .with_min_len(groups.map_or(1, |g| g.per_thread()))
             .fold(
                 || (Vec::new(), vec![T::ZERO; sum_len]),
                 |(mut scratch, mut sum), i| {
@@ -159,12 +159,7 @@ impl Winograd {
         let mut points = vec![T::ZERO; POINTS * o * c];
         fill_points(&mut points, o, c, true, |_, i, mut rows| {
             // The kernels' taps as nine rows over the input channels.
-            let mut taps = vec![T::ZERO; 9 * c];
-            for (ci, g) in w[i * c * 9..(i + 1) * c * 9].chunks_exact(9).enumerate() {
-                for (j, &v) in g.iter().enumerate() {
-                    taps[j * c + ci] = v;
-                }
-            }
+            let taps = transpose(&w[i * c * 9..(i + 1) * c * 9], c, 9);
             // Down the kernel's columns, then along the four rows.
             let mut t = vec![T::ZERO; 12 * c];
             let tap = |ki: usize, kj: usize| &taps[(3 * ki + kj) * c..(3 * ki + kj + 1) * c];
@@ -199,11 +194,7 @@ impl Winograd {
                 let mut next = || column.next().expect("three rows");
                 g_transpose(row(0), row(1), row(2), row(3), next(), next(), next());
             }
-            for (ci, g) in dst.chunks_exact_mut(9).enumerate() {
-                for (j, v) in g.iter_mut().enumerate() {
-                    *v = taps[j * c + ci];
-                }
-            }
+            dst.copy_from_slice(&transpose(&taps, 9, c));
         })
     }
 
@@ -648,13 +639,6 @@ fn point_products<T: Real>(
 /// Columns (tile slots) a group's GEMMs span at least; fewer make them too thin.
 const MIN_GROUP_TILES: usize = 48;
 
-/// `(size, grouped)`: the first `grouped` of `b` samples split into groups of `size` samples,
-/// the same number of groups for every thread; `grouped` is zero when the batch is too small.
-fn group_split(b: usize, size: usize) -> (usize, usize) {
-    let threads = rayon::current_num_threads();
-    (size, b / (threads * size) * threads * size)
-}
-
 /// Runs `f(scratch, first, count, out_chunk, parallel)` over a batch whose output `out` holds
 /// `per_sample` elements per sample: groups of `size` samples, each on one thread
 /// (single-threaded, its buffers staying in that core's cache), then the samples left over
@@ -666,13 +650,15 @@ fn by_group<T: Real>(
     f: impl Fn(&mut Vec<T>, usize, usize, &mut [T], bool) + Sync + Send,
 ) {
     let b = out.len() / per_sample.max(1);
-    let (size, grouped) = group_split(b, size);
+    let groups = Groups::plan(b, size);
+    let grouped = groups.map_or(0, |g| g.samples);
     let (head, rest) = out.split_at_mut(grouped * per_sample);
-    let count = grouped / size.max(1);
-    head.par_chunks_mut((size * per_sample).max(1))
-        .enumerate()
-        .with_min_len((count / rayon::current_num_threads()).max(1))
-        .for_each_init(Vec::new, |scratch, (i, chunk)| f(scratch, i * size, size, chunk, false));
+    if let Some(g) = groups {
+        head.par_chunks_mut(g.size * per_sample)
+            .enumerate()
+            .with_min_len(g.per_thread())
+            .for_each_init(Vec::new, |scratch, (i, chunk)| f(scratch, i * g.size, g.size, chunk, false));
+    }
     if grouped < b {
         f(&mut Vec::new(), grouped, b - grouped, rest, true);
     }
