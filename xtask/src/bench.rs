@@ -92,16 +92,11 @@ struct PlainTorchStep {
 impl PlainTorchStep {
     /// Starts the process for reference `case` and waits for its warm-up steps.
     fn start(python: &std::path::Path, args: &BenchArgs, case: &str, batch_size: usize) -> anyhow::Result<Self> {
-        use std::process::{Command, Stdio};
-        let tree = args.reference_tree.as_deref().context("--reference-python needs --reference-tree")?;
-        let script = crate::workspace_root().join("scripts/reference_step_bench.py");
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg("--reference")
-            .arg(tree)
-            .args(["--case", case, "--batch", &batch_size.to_string(), "--steps", "4"])
-            .args(["--seq-len", &args.seq_len.to_string(), "--threads", &rayon::current_num_threads().to_string()])
-            .args(["--device", &args.device, "--precision", anchor_precision(&args.precision), "--serve"])
+        use std::process::Stdio;
+        let (mut command, script) =
+            reference_script(python, args, case, batch_size, anchor_precision(&args.precision))?;
+        let mut child = command
+            .args(["--steps", "4", "--serve"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -171,7 +166,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let rows = model_rows(&args, &device)?;
         let cases = match &args.reference_python {
-            Some(python) => reference_rows(python, args.reference_tree.as_deref(), &args, &rows)?,
+            Some(python) => reference_rows(python, &args, &rows)?,
             None => Vec::new(),
         };
         runs.push((rows, cases));
@@ -233,6 +228,32 @@ fn loader_row(device: &Device) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `scripts/reference_step_bench.py` (and its path) for reference `case` at `batch` and
+/// `precision`, with the bench's sequence length and device and as many threads as agm's pool;
+/// the caller adds the steps and the arms.
+fn reference_script(
+    python: &std::path::Path,
+    args: &BenchArgs,
+    case: &str,
+    batch: usize,
+    precision: &str,
+) -> anyhow::Result<(std::process::Command, std::path::PathBuf)> {
+    let tree = args
+        .reference_tree
+        .as_deref()
+        .context("--reference-python needs --reference-tree <reference repository tree>")?;
+    let script = crate::workspace_root().join("scripts/reference_step_bench.py");
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(&script)
+        .arg("--reference")
+        .arg(tree)
+        .args(["--case", case, "--batch", &batch.to_string(), "--seq-len", &args.seq_len.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .args(["--device", &args.device, "--precision", precision]);
+    Ok((command, script))
+}
+
 /// The precision of the plain step a joint step at `precision` is held against: PyTorch's fp32
 /// step for bf16 (its target is a speed-up over fp32), the same precision otherwise.
 fn anchor_precision(precision: &str) -> &str {
@@ -270,14 +291,7 @@ struct ReferenceRow {
 
 /// Runs scripts/reference_step_bench.py (with its plain step) for each reference case among the
 /// timed `rows` and prints its numbers.
-fn reference_rows(
-    python: &std::path::Path,
-    tree: Option<&std::path::Path>,
-    args: &BenchArgs,
-    rows: &[Row],
-) -> anyhow::Result<Vec<ReferenceRow>> {
-    let tree = tree.context("--reference-python needs --reference-tree <reference repository tree>")?;
-    let script = crate::workspace_root().join("scripts/reference_step_bench.py");
+fn reference_rows(python: &std::path::Path, args: &BenchArgs, rows: &[Row]) -> anyhow::Result<Vec<ReferenceRow>> {
     let mut cases: Vec<&'static str> = Vec::new();
     for case in rows.iter().filter_map(|r| reference_case(&r.model)) {
         if !cases.contains(&case) {
@@ -300,14 +314,9 @@ fn reference_rows(
         // The script's JSON line for this case at `precision`, with (`plain_only`) or without the
         // reference's own arms.
         let script_json = |precision: &str, plain_only: bool| -> anyhow::Result<serde_json::Value> {
-            let output = std::process::Command::new(python)
-                .arg(&script)
-                .args(["--reference"])
-                .arg(tree)
-                .args(["--case", case, "--batch", &args.large_batch_size.to_string(), "--plain"])
-                .args(["--steps", &args.steps.min(5).to_string(), "--seq-len", &args.seq_len.to_string()])
-                .args(["--threads", &rayon::current_num_threads().to_string()])
-                .args(["--device", &args.device, "--precision", precision])
+            let (mut command, script) = reference_script(python, args, case, args.large_batch_size, precision)?;
+            let output = command
+                .args(["--plain", "--steps", &args.steps.min(5).to_string()])
                 .args(plain_only.then_some("--plain-only"))
                 .output()
                 .with_context(|| format!("running {}", script.display()))?;
