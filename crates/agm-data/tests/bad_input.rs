@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agm_data::loaders::array::{npy_bytes, write_npy};
+use agm_data::loaders::h5::H5Dataset;
 use agm_data::loaders::pickle::parse_pickle;
 use agm_data::loaders::validate::validate_avmnist_mapped;
 use agm_data::loaders::{DatasetId, LoadOptions};
@@ -324,7 +325,7 @@ fn ave_truncated_garbage_and_nan_h5_files_are_refused() {
     let good = std::fs::read(&audio).unwrap();
     // NaN: overwrite the first stored feature value (found by its bytes) with a NaN.
     // The fixture stores f64 (make_fixtures.py).
-    let first = agm_data::loaders::h5::H5Dataset::open(&audio, "avadataset").unwrap().all_f32().unwrap();
+    let first = H5Dataset::open(&audio, "avadataset").unwrap().all_f32().unwrap();
     // The first run of four equal non-zero values (zeros also occur in the metadata).
     let k = first.iter().position(|&v| v != 0.0).unwrap();
     let pattern: Vec<u8> =
@@ -338,6 +339,52 @@ fn ave_truncated_garbage_and_nan_h5_files_are_refused() {
     for bytes in [&good[..at + 8], &good[..64], &b"not an hdf5 file at all"[..], &[]] {
         std::fs::write(&audio, bytes).unwrap();
         fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["audio_feature.h5"]);
+    }
+}
+
+/// Size fields of the chunked, deflated visual features made to point past the file. The reader
+/// sizes its buffers from them before reading, so each once aborted the process with a
+/// multi-gigabyte allocation.
+#[test]
+fn ave_h5_chunks_and_chunk_shapes_past_the_file_are_refused() {
+    let opts = LoadOptions::default();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("ave"), dir.path());
+    let visual = dir.path().join("visual_feature.h5");
+    let good = std::fs::read(&visual).unwrap();
+    let ds = hdf5_pure::File::open(&visual).unwrap().dataset("avadataset").unwrap();
+    let chunk = &ds.chunks().unwrap()[0];
+    // A B-tree v1 key: stored size (u32), filter mask (u32), rank + 1 offsets (u64), then the
+    // chunk's address (u64; the fixture's base address is 0).
+    let mut key = (chunk.storage_size as u32).to_le_bytes().to_vec();
+    key.extend(chunk.filter_mask.to_le_bytes());
+    key.extend(vec![0u8; 8 * (chunk.offset.len() + 1)]);
+    key.extend(chunk.address.to_le_bytes());
+    let at = good.windows(key.len()).position(|w| w == key.as_slice()).expect("the first chunk's key");
+    let address_at = at + key.len() - 8;
+    // The chunk shape in the layout message, one u32 per dimension.
+    let dims: Vec<u8> = ds.chunk_shape().unwrap().unwrap().iter().flat_map(|&d| (d as u32).to_le_bytes()).collect();
+    let dims_at = good.windows(dims.len()).position(|w| w == dims.as_slice()).expect("the chunk shape");
+    let patches: [(usize, Vec<u8>); 3] = [
+        (at, 3_539_442_121u32.to_le_bytes().to_vec()),
+        (address_at, (u64::MAX - 4).to_le_bytes().to_vec()),
+        (dims_at + 4, u32::MAX.to_le_bytes().to_vec()),
+    ];
+    let patched = patches.into_iter().map(|(pos, bytes)| {
+        let mut bad = good.clone();
+        bad[pos..pos + bytes.len()].copy_from_slice(&bytes);
+        bad
+    });
+    // Found by the fuzz test: 35 bytes repeated inside the chunk index make a 2.9 GB chunk.
+    let repeated = agm_data::fuzz::apply(
+        &good,
+        &[agm_data::fuzz::Mutation::Duplicate { from: 993_335_322, len: 35, at: 1_256_239_205 }],
+    );
+    for bad in std::iter::once(repeated).chain(patched) {
+        let in_memory = || H5Dataset::from_bytes(bad.clone(), Path::new("in-memory.h5"), "avadataset")?.all_f32();
+        fails_naming(in_memory, &["in-memory.h5", "corrupt"]);
+        std::fs::write(&visual, &bad).unwrap();
+        fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["visual_feature.h5", "corrupt"]);
     }
 }
 

@@ -14,7 +14,9 @@ fn h5_err(path: &Path, reason: impl std::fmt::Display) -> DataError {
 ///
 /// Its shape is checked against the file's size on open: an uncompressed dataset must fit in
 /// the file, a compressed one may expand at most [`crate::limits::MAX_H5_EXPANSION`] times the
-/// file. Reads then check that the library returned the values the shape promises.
+/// file. So is where its bytes lie (every stored run or chunk inside the file, every chunk no
+/// larger than the dataset may be), since the reader sizes its buffers from those fields before
+/// it reads. Reads then check that the library returned the values the shape promises.
 pub struct H5Dataset {
     path: std::path::PathBuf,
     ds: hdf5_pure::Dataset,
@@ -62,6 +64,7 @@ impl H5Dataset {
                 ),
             ));
         }
+        check_storage(&ds, file_len, room, elem, path, name)?;
         Ok(Self { path: path.to_path_buf(), ds, shape })
     }
 
@@ -106,6 +109,43 @@ impl H5Dataset {
             ));
         }
         Ok(v)
+    }
+}
+
+/// Refuses storage the file cannot hold: a contiguous run or a chunk that ends past the file, or a
+/// chunk shape larger than `room`. A corrupt size field would otherwise become one huge
+/// allocation inside the reader, which aborts the process rather than failing.
+fn check_storage(ds: &hdf5_pure::Dataset, file_len: u64, room: u64, elem: u64, path: &Path, name: &str) -> Result<()> {
+    let past_end = |what: String, address: u64, size: u64| {
+        if address.checked_add(size).is_some_and(|end| end <= file_len) {
+            return Ok(());
+        }
+        Err(h5_err(
+            path,
+            format!(
+                "`{name}`: {what} of {size} bytes at offset {address} ends past the file's {file_len} bytes; the \
+                 file is truncated or corrupt, so copy it again"
+            ),
+        ))
+    };
+    match guard(path, || ds.layout())? {
+        hdf5_pure::Layout::Contiguous { address: Some(address), size } => past_end("the data".into(), address, size),
+        hdf5_pure::Layout::Chunked { chunk_shape, .. } => {
+            let dims: Option<Vec<usize>> = chunk_shape.iter().map(|&d| usize::try_from(d).ok()).collect();
+            let chunk_bytes = dims
+                .and_then(|d| crate::limits::checked_len(&d, elem as usize))
+                .and_then(|n| (n as u64).checked_mul(elem));
+            if chunk_bytes.is_none_or(|b| b > room) {
+                return Err(h5_err(
+                    path,
+                    format!("`{name}`: chunk shape {chunk_shape:?} is larger than the file can hold; the file is corrupt"),
+                ));
+            }
+            // Datasets whose chunk index cannot be listed (a B-tree v2) are left to the reader.
+            let Ok(chunks) = guard(path, || ds.chunks()) else { return Ok(()) };
+            chunks.iter().try_for_each(|c| past_end(format!("chunk {:?}", c.offset), c.address, c.storage_size))
+        }
+        _ => Ok(()),
     }
 }
 
