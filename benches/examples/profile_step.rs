@@ -18,19 +18,24 @@ fn main() -> candle_core::Result<()> {
     let steps = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
     let precision: agm_kernels::Precision =
         args.get(5).map_or(Ok(agm_kernels::Precision::Fp32), |p| p.parse()).map_err(candle_core::Error::msg)?;
-    let _precision = agm_kernels::PrecisionGuard::new(precision);
     // The shapes `cargo xtask bench` times, with its default sequence length.
     let opts = agm_benches::reference_shapes(20);
-    let device = Device::Cpu;
-    let batch = preset_batch(preset, &opts, batch_size, &device)?;
-    let mut bench = StepBench::for_preset(preset, &opts, method, &device)?;
-    bench.step(&batch)?;
-    let mut times = Vec::new();
-    for _ in 0..steps {
-        let started = std::time::Instant::now();
+    // As `cargo xtask` runs: on a thread of the pool the kernels split their work on.
+    let mut times = agm_kernels::on_cpu_workers(|| -> candle_core::Result<Vec<f64>> {
+        // The precision is per thread: set it on the one that steps.
+        let _precision = agm_kernels::PrecisionGuard::new(precision);
+        let device = Device::Cpu;
+        let batch = preset_batch(preset, &opts, batch_size, &device)?;
+        let mut bench = StepBench::for_preset(preset, &opts, method, &device)?;
         bench.step(&batch)?;
-        times.push(started.elapsed().as_secs_f64() * 1e3);
-    }
+        let mut times = Vec::new();
+        for _ in 0..steps {
+            let started = std::time::Instant::now();
+            bench.step(&batch)?;
+            times.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(times)
+    })?;
     times.sort_by(f64::total_cmp);
     println!(
         "{preset} {method} {precision} batch {batch_size}: median {:.1} ms, min {:.1} ms",

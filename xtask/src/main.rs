@@ -30,7 +30,8 @@ fn main() -> std::process::ExitCode {
     agm_kernels::tune_cpu_runtime();
     init_logging();
     let args = cli::Cli::parse();
-    match run(args) {
+    // On a pool thread, each parallel op starts without waking this thread back up afterwards.
+    match agm_kernels::on_cpu_workers(|| run(args)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -46,7 +46,7 @@ pub use norm::{layer_norm, layer_norm_ref, softmax_last_dim, softmax_ref};
 pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpec};
 pub use precision::{matmul, precision, set_precision, Precision, PrecisionGuard, PRECISIONS};
 pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
-pub use runtime::tune_cpu_runtime;
+pub use runtime::{on_cpu_workers, tune_cpu_runtime, WORKER_STACK};
 pub use sgd::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};
 
 /// Whether convolutions on CUDA run through cuDNN; `Err` says why not (no `cuda` feature,
