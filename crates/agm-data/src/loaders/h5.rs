@@ -14,9 +14,9 @@ fn h5_err(path: &Path, reason: impl std::fmt::Display) -> DataError {
 ///
 /// Its shape is checked against the file's size on open: an uncompressed dataset must fit in
 /// the file, a compressed one may expand at most [`crate::limits::MAX_H5_EXPANSION`] times the
-/// file. So is where its bytes lie (every stored run or chunk inside the file, every chunk no
-/// larger than the dataset may be), since the reader sizes its buffers from those fields before
-/// it reads. Reads then check that the library returned the values the shape promises.
+/// file. So is where its bytes lie (every stored run and chunk inside the file, a chunk's shape
+/// within the same bound), since the reader sizes its buffers from those fields before it
+/// reads. Reads then check that the library returned the values the shape promises.
 pub struct H5Dataset {
     path: std::path::PathBuf,
     ds: hdf5_pure::Dataset,
@@ -48,10 +48,9 @@ impl H5Dataset {
             .map(|&d| usize::try_from(d).map_err(|_| h5_err(path, format!("`{name}`: dimension {d} is too large"))))
             .collect::<Result<_>>()?;
         let elem = guard(path, || ds.element_size())?;
-        let bytes =
-            crate::limits::checked_len(&shape, elem as usize).and_then(|n| (n as u64).checked_mul(elem)).ok_or_else(
-                || h5_err(path, format!("`{name}`: shape {shape:?} is too large to address; the file is corrupt")),
-            )?;
+        let bytes = byte_len(&shape, elem).ok_or_else(|| {
+            h5_err(path, format!("`{name}`: shape {shape:?} is too large to address; the file is corrupt"))
+        })?;
         let compressed = !ds.filters().is_empty();
         let room = if compressed { file_len.saturating_mul(crate::limits::MAX_H5_EXPANSION) } else { file_len };
         if bytes > room {
@@ -132,10 +131,7 @@ fn check_storage(ds: &hdf5_pure::Dataset, file_len: u64, room: u64, elem: u64, p
         hdf5_pure::Layout::Contiguous { address: Some(address), size } => past_end("the data".into(), address, size),
         hdf5_pure::Layout::Chunked { chunk_shape, .. } => {
             let dims: Option<Vec<usize>> = chunk_shape.iter().map(|&d| usize::try_from(d).ok()).collect();
-            let chunk_bytes = dims
-                .and_then(|d| crate::limits::checked_len(&d, elem as usize))
-                .and_then(|n| (n as u64).checked_mul(elem));
-            if chunk_bytes.is_none_or(|b| b > room) {
+            if dims.and_then(|d| byte_len(&d, elem)).is_none_or(|b| b > room) {
                 return Err(h5_err(
                     path,
                     format!("`{name}`: chunk shape {chunk_shape:?} is larger than the file can hold; the file is corrupt"),
@@ -147,6 +143,11 @@ fn check_storage(ds: &hdf5_pure::Dataset, file_len: u64, room: u64, elem: u64, p
         }
         _ => Ok(()),
     }
+}
+
+/// Bytes of `shape` elements of `elem` bytes each; `None` when that does not fit in memory.
+fn byte_len(shape: &[usize], elem: u64) -> Option<u64> {
+    crate::limits::checked_len(shape, usize::try_from(elem).ok()?).and_then(|n| (n as u64).checked_mul(elem))
 }
 
 /// Runs an `hdf5-pure` call, turning its errors and any panic inside it into an error naming
