@@ -35,9 +35,12 @@ fn steps(c: &mut Criterion) {
             group.bench_function(method, |b| b.iter(|| bench.step(&batch).expect("step")));
         }
         group.finish();
-        // The ratios themselves, measured interleaved in this run.
-        let mut benches: Vec<StepBench> = arms.iter().map(|&m| build(m)).collect();
-        let t = interleaved_medians(&mut benches, &batch, 21).expect("steps");
+        // The ratios themselves, measured interleaved in this run, on a pool thread as `cargo
+        // xtask` steps (criterion's own loop stays on the main thread: it cannot move).
+        let t = agm_kernels::on_cpu_workers(|| {
+            let mut benches: Vec<StepBench> = arms.iter().map(|&m| build(m)).collect();
+            interleaved_medians(&mut benches, &batch, 21).expect("steps")
+        });
         println!(
             "{preset}: AGM/joint step-time ratio (median of 21 interleaved steps): faithful {:.2}x, fast {:.2}x",
             t[1] / t[0],
