@@ -134,7 +134,9 @@ fn check_storage(ds: &hdf5_pure::Dataset, file_len: u64, room: u64, elem: u64, p
             if dims.and_then(|d| byte_len(&d, elem)).is_none_or(|b| b > room) {
                 return Err(h5_err(
                     path,
-                    format!("`{name}`: chunk shape {chunk_shape:?} is larger than the file can hold; the file is corrupt"),
+                    format!(
+                        "`{name}`: chunk shape {chunk_shape:?} is larger than the file can hold; the file is corrupt"
+                    ),
                 ));
             }
             // Datasets whose chunk index cannot be listed (a B-tree v2) are left to the reader.
