@@ -44,6 +44,26 @@ pub trait Encoder: Send + Sync {
         let out = self.forward_t(&Tensor::cat(&[x, &zero], 0)?, train, dropout_seed)?;
         Ok((out.narrow(0, 0, b)?, out.narrow(0, b, 1)?))
     }
+
+    /// The faithful Shapley path's passes of this encoder: `forward_t(x, true, dropout_seed)`,
+    /// then the evaluation-mode features of `eval_x` and, when `with_zero`, [`Self::zero_feature`]
+    /// of its sample shape, in that order (the training pass changes what evaluation mode
+    /// computes). Encoders that can run all of it as one batch override this: one pass, and one
+    /// gradient product per weight instead of two and an addition.
+    fn forward_train_then_eval(
+        &self,
+        x: &Tensor,
+        dropout_seed: u64,
+        eval_x: &Tensor,
+        with_zero: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let features = self.forward_t(x, true, dropout_seed)?;
+        if with_zero {
+            let (eval, zero) = self.forward_with_zero_feature(eval_x, false, 0)?;
+            return Ok((features, eval, Some(zero)));
+        }
+        Ok((features, self.forward_t(eval_x, false, 0)?, None))
+    }
 }
 use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 

@@ -84,33 +84,50 @@ impl FusionModel {
             .collect()
     }
 
-    /// The masked passes of the reference, in evaluation mode. Evaluation mode is deterministic
-    /// and acts per sample, so each encoder runs once on its real inputs (shared by every subset
-    /// that keeps the modality) and once on one zero sample (broadcast to every subset that mutes
-    /// it), and the fusion runs once over all subsets stacked: the same function as one full pass
-    /// per subset, with one evaluation pass per encoder instead of 2^M − 2.
-    fn faithful_masked(&self, inputs: &[Tensor], masked: &[Subset]) -> Result<Vec<Tensor>> {
+    /// The full pass and the masked passes of the reference, the masked ones in evaluation mode
+    /// after it. Evaluation mode is deterministic and acts per sample, so each encoder runs once
+    /// on its real inputs (shared by every subset that keeps the modality) and once on one zero
+    /// sample (broadcast to every subset that mutes it), and the fusion runs once over all
+    /// subsets stacked: the same function as one full pass per subset, with one evaluation pass
+    /// per encoder instead of 2^M − 2. In training, each encoder's evaluation inputs ride along
+    /// with its training pass where the encoder can carry them
+    /// ([`Encoder::forward_train_then_eval`]).
+    fn faithful_passes(
+        &self,
+        inputs: &[Tensor],
+        masked: &[Subset],
+        opts: &ForwardOpts,
+    ) -> Result<(ModelOutput, Vec<Tensor>)> {
         if masked.is_empty() {
-            return Ok(Vec::new());
+            return Ok((self.forward(inputs, opts)?, Vec::new()));
         }
-        let b = inputs[0].dim(0)?;
+        let mut feats = Vec::with_capacity(inputs.len());
         let mut kept = Vec::with_capacity(inputs.len());
         let mut muted = Vec::with_capacity(inputs.len());
         for (m, (enc, x)) in self.encoders.iter().zip(inputs).enumerate() {
             let (any_keeps, any_mutes) = (masked.iter().any(|s| s.contains(m)), masked.iter().any(|s| !s.contains(m)));
-            // Both from one evaluation-mode pass where both are needed: the zero sample rides along.
-            let (features, zero) = match (any_keeps, any_mutes) {
-                (true, true) => {
-                    let (f, z) = enc.forward_with_zero_feature(x, false, 0)?;
-                    (Some(f), Some(z))
+            let (input, seed) = Self::encoder_input(m, x, opts)?;
+            let (features, eval, zero) = if opts.train && any_keeps {
+                let (f, e, z) = enc.forward_train_then_eval(&input, seed, x, any_mutes)?;
+                (f, Some(e), z)
+            } else {
+                let features = enc.forward_t(&input, opts.train, seed)?;
+                // Both from one evaluation-mode pass where both are needed: the zero sample rides along.
+                match (any_keeps, any_mutes) {
+                    (true, true) => {
+                        let (e, z) = enc.forward_with_zero_feature(x, false, 0)?;
+                        (features, Some(e), Some(z))
+                    }
+                    (true, false) => (features, Some(enc.forward_t(x, false, 0)?), None),
+                    (false, true) => (features, None, Some(enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?)),
+                    (false, false) => (features, None, None),
                 }
-                (true, false) => (Some(enc.forward_t(x, false, 0)?), None),
-                (false, true) => (None, Some(enc.zero_feature(&x.dims()[1..], x.dtype(), x.device())?)),
-                (false, false) => (None, None),
             };
-            kept.push(features);
-            muted.push(zero.map(|z| z.broadcast_as((b, enc.out_dim()))).transpose()?);
+            feats.push(features);
+            kept.push(eval);
+            muted.push(zero.map(|z| z.broadcast_as((x.dim(0)?, enc.out_dim()))).transpose()?);
         }
+        let full = self.fusion.forward_t(&feats, opts.train, self.fusion_seed(opts.dropout_seed))?;
         let sets: Vec<Vec<Tensor>> = masked
             .iter()
             .map(|s| {
@@ -119,7 +136,8 @@ impl FusionModel {
                     .collect()
             })
             .collect();
-        Ok(self.fuse_stacked(&sets, false, 0)?.into_iter().map(|o| o.logits).collect())
+        let masked_logits = self.fuse_stacked(&sets, false, 0)?.into_iter().map(|o| o.logits).collect();
+        Ok((ModelOutput::new(full.logits, full.fused, feats), masked_logits))
     }
 
     /// Each encoder once in training mode on the real inputs; absent modalities take the
@@ -224,7 +242,7 @@ impl MultimodalModel for FusionModel {
     ) -> Result<(ModelOutput, Vec<Tensor>)> {
         self.check_inputs(inputs)?;
         match mode {
-            ShapleyMode::Faithful => Ok((self.forward(inputs, opts)?, self.faithful_masked(inputs, masked)?)),
+            ShapleyMode::Faithful => self.faithful_passes(inputs, masked, opts),
             ShapleyMode::Fast => self.fast_passes(inputs, masked, opts),
         }
     }

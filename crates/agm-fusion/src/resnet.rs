@@ -228,4 +228,29 @@ impl Encoder for ResNet18 {
         let both = self.forward_mode(&Tensor::cat(&[x, &zero], 0)?, mode)?;
         Ok((both.narrow(0, 0, b)?, both.narrow(0, b, 1)?))
     }
+
+    /// The evaluation samples (and the zero sample) ride along with the training batch as its
+    /// evaluation-mode tail, for the reason given at [`Self::forward_with_zero_feature`].
+    fn forward_train_then_eval(
+        &self,
+        x: &Tensor,
+        _dropout_seed: u64,
+        eval_x: &Tensor,
+        with_zero: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (b, e) = (x.dim(0)?, eval_x.dim(0)?);
+        if b == 0 || x.dims()[1..] != eval_x.dims()[1..] {
+            let features = ResNet18::forward_t(self, x, true)?;
+            let zero = with_zero.then(|| self.zero_feature(&eval_x.dims()[1..], x.dtype(), x.device())).transpose()?;
+            return Ok((features, ResNet18::forward_t(self, eval_x, false)?, zero));
+        }
+        let mut rows = vec![x.clone(), eval_x.clone()];
+        if with_zero {
+            rows.push(Tensor::zeros([&[1], &x.dims()[1..]].concat(), x.dtype(), x.device())?);
+        }
+        let tail = e + usize::from(with_zero);
+        let all = self.forward_mode(&Tensor::cat(&rows, 0)?, NormMode::TrainWithEvalTail(tail))?;
+        let zero = with_zero.then(|| all.narrow(0, b + e, 1)).transpose()?;
+        Ok((all.narrow(0, 0, b)?, all.narrow(0, b, e)?, zero))
+    }
 }

@@ -309,6 +309,24 @@ impl Encoder for Transformer {
         Ok((out.pop().expect("two parts"), zero_feature))
     }
 
+    /// The evaluation sequences (and the zero step) ride along with the training batch's tokens,
+    /// each attending within its own part; only the leading part takes dropout.
+    fn forward_train_then_eval(
+        &self,
+        x: &Tensor,
+        dropout_seed: u64,
+        eval_x: &Tensor,
+        with_zero: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let zero =
+            with_zero.then(|| self.zero_step(&eval_x.dims()[1..], eval_x.dtype(), eval_x.device())).transpose()?;
+        let mut parts = vec![(x, true), (eval_x, false)];
+        parts.extend(zero.as_ref().map(|z| (z, false)));
+        let mut out = self.forward_parts(&parts, dropout_seed)?.into_iter();
+        let (features, eval) = (out.next().expect("the training part"), out.next().expect("the evaluation part"));
+        Ok((features, eval, out.next()))
+    }
+
     fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         Transformer::forward_t(self, x, train, dropout_seed)
     }

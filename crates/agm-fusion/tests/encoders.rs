@@ -558,3 +558,42 @@ fn resnet18_zero_sample_rides_along_with_the_batch() {
         }
     }
 }
+
+/// The faithful Shapley path's passes of one encoder in one call against a training pass, then
+/// an evaluation pass over the same samples and the zero sample: features, evaluation
+/// features, zero feature, every gradient and the running statistics agree (f64). Covers the
+/// ResNet's evaluation tail (images and frame sequences), the transformer's parts with dropout
+/// on, and the trait's separate passes.
+#[test]
+fn training_then_evaluation_passes_ride_along_in_one_call() {
+    fn check<E: Encoder>(nets: &[(ParamStore, E)], dims: &[usize], with_zero: bool) {
+        let x = pattern(dims, 9, DType::F64);
+        // The evaluation inputs differ from the training ones (a muted modality trains on zeros).
+        let eval_x = pattern(dims, 10, DType::F64);
+        let (f1, e1, z1) = nets[0].1.forward_train_then_eval(&x, 5, &eval_x, with_zero).unwrap();
+        let f2 = nets[1].1.forward_t(&x, true, 5).unwrap();
+        let e2 = nets[1].1.forward_t(&eval_x, false, 0).unwrap();
+        let z2 = with_zero.then(|| nets[1].1.zero_feature(&dims[1..], DType::F64, &Device::Cpu).unwrap());
+        assert_eq!(z1.is_some(), with_zero);
+        assert_close(&e1, &e2, "evaluation features");
+        // The zero feature (or, without one, the evaluation features again) takes the place of
+        // the second output.
+        let (z1, z2) = (z1.unwrap_or_else(|| e1.clone()), z2.unwrap_or_else(|| e2.clone()));
+        let (o1, o2) = (
+            (&e1 + z1.broadcast_as(e1.shape()).unwrap()).unwrap(),
+            (&e2 + z2.broadcast_as(e2.shape()).unwrap()).unwrap(),
+        );
+        assert_one_pass_equals_two((&nets[0].0, &f1, &o1), (&nets[1].0, &f2, &o2));
+        for ((name, a), (_, b)) in nets[0].0.tensors().iter().zip(nets[1].0.tensors().iter()) {
+            assert_close(a, b, name);
+        }
+    }
+    for with_zero in [true, false] {
+        for (dims, channels) in [(vec![3, 1, 20, 20], 1), (vec![2, 3, 2, 16, 16], 3)] {
+            check(&twin_nets(7, |pb| ResNet18::new(pb, &ResNetConfig::reference(channels))), &dims, with_zero);
+        }
+        let cfg = TransformerConfig { in_features: 5, dim: 8, heads: 2, layers: 2, ff_dim: 16, dropout: 0.1 };
+        check(&twin_nets(3, |pb| Transformer::new(pb, &cfg)), &[3, 4, 5], with_zero);
+        check(&twin_nets(4, |pb| MaxOutMlp::new(pb, 12, 16, 8)), &[4, 12], with_zero);
+    }
+}
