@@ -57,13 +57,25 @@ pub trait Encoder: Send + Sync {
         eval_x: &Tensor,
         with_zero: bool,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let features = self.forward_t(x, true, dropout_seed)?;
-        if with_zero {
-            let (eval, zero) = self.forward_with_zero_feature(eval_x, false, 0)?;
-            return Ok((features, eval, Some(zero)));
-        }
-        Ok((features, self.forward_t(eval_x, false, 0)?, None))
+        train_then_eval_apart(self, x, dropout_seed, eval_x, with_zero)
     }
+}
+
+/// [`Encoder::forward_train_then_eval`] as separate passes: the trait's default, and where an
+/// override cannot carry the evaluation samples along.
+pub(crate) fn train_then_eval_apart<E: Encoder + ?Sized>(
+    enc: &E,
+    x: &Tensor,
+    dropout_seed: u64,
+    eval_x: &Tensor,
+    with_zero: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let features = enc.forward_t(x, true, dropout_seed)?;
+    if with_zero {
+        let (eval, zero) = enc.forward_with_zero_feature(eval_x, false, 0)?;
+        return Ok((features, eval, Some(zero)));
+    }
+    Ok((features, enc.forward_t(eval_x, false, 0)?, None))
 }
 use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 

@@ -234,15 +234,13 @@ impl Encoder for ResNet18 {
     fn forward_train_then_eval(
         &self,
         x: &Tensor,
-        _dropout_seed: u64,
+        dropout_seed: u64,
         eval_x: &Tensor,
         with_zero: bool,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (b, e) = (x.dim(0)?, eval_x.dim(0)?);
         if b == 0 || x.dims()[1..] != eval_x.dims()[1..] {
-            let features = ResNet18::forward_t(self, x, true)?;
-            let zero = with_zero.then(|| self.zero_feature(&eval_x.dims()[1..], x.dtype(), x.device())).transpose()?;
-            return Ok((features, ResNet18::forward_t(self, eval_x, false)?, zero));
+            return crate::encoder::train_then_eval_apart(self, x, dropout_seed, eval_x, with_zero);
         }
         let mut rows = vec![x.clone(), eval_x.clone()];
         if with_zero {
