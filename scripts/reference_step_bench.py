@@ -91,10 +91,8 @@ def run_parent(args):
         if args.alpha is not None:
             cmd += ["--alpha", str(args.alpha)]
         env = dict(os.environ)
-        # Pin the OpenMP / BLAS pools of the child before torch loads (torch.set_num_threads is
-        # also called inside the child).
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(args.threads)
+        # torch.set_num_threads is also called inside the child.
+        pin_thread_pools(env, args.threads)
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
         if proc.returncode != 0:
@@ -470,6 +468,12 @@ def to_device(batch, device):
 WARMUP = 2  # untimed steps before the timed ones
 
 
+def pin_thread_pools(env, threads):
+    """Sizes the OpenMP / BLAS thread pools in the environment env, before torch loads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+
+
 def build_arm(args):
     """(torch, step, batches, sync, rss_after_import) of the arm args.arm: its model, optimizer
     and step, warmup + --steps batches on the device, and the device's wait."""
@@ -598,9 +602,7 @@ def main():
     if args.case == "cremad" and not args.plain and args.arm is None and not args.serve:
         p.error("--case cremad has only the plain step: pass --plain")
     if args.serve:
-        # The OpenMP / BLAS pools are sized before torch loads, as run_parent does for its children.
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
+        pin_thread_pools(os.environ, args.threads)
         run_serve(args)
     elif args.arm is None:
         run_parent(args)
