@@ -124,9 +124,14 @@ impl TimedArm for PlainTorchStep {
         use std::io::Write;
         let input = self.input.as_mut().expect("open until dropped");
         let reply = writeln!(input, "{n}").map_err(anyhow::Error::from).and_then(|()| self.reply());
-        let ms = reply.map_err(|e| candle_core::Error::Msg(format!("PyTorch's plain step: {e:#}")))?;
-        let ms = ms.get("ms").and_then(|v| v.as_array()).cloned().unwrap_or_default();
-        Ok(ms.iter().filter_map(|v| v.as_f64()).map(|v| v / 1e3).collect())
+        let reply = reply.map_err(|e| candle_core::Error::Msg(format!("PyTorch's plain step: {e:#}")))?;
+        // A reply without n step times would leave the arm's median short or empty.
+        let ms: Option<Vec<f64>> =
+            reply.get("ms").and_then(|v| v.as_array()).map(|a| a.iter().filter_map(|v| v.as_f64()).collect());
+        match ms {
+            Some(ms) if ms.len() == n => Ok(ms.iter().map(|v| v / 1e3).collect()),
+            _ => Err(candle_core::Error::Msg(format!("PyTorch's plain step: asked for {n} step times, got {reply}"))),
+        }
     }
 }
 
