@@ -140,6 +140,7 @@ pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> 
 pub use agm_train::memory::{device_peak_memory_bytes, peak_memory_bytes, reset_device_peak_memory, reset_peak_memory};
 
 pub mod kernels;
+pub mod launches;
 pub mod loader;
 
 #[cfg(test)]

@@ -17,7 +17,9 @@
 #      same GPU, TF32 on both sides, and the targets table (extra flags go to this `bench`);
 #   4. the same at `--precision bf16` (PyTorch's plain step under bf16 autocast, and in fp32 as
 #      the bf16 target's anchor);
-#   5. AV-MNIST and CREMA-D without cuDNN (AGM_CUDNN=0: the im2col path), for what cuDNN buys.
+#   5. AV-MNIST and CREMA-D without cuDNN (AGM_CUDNN=0: the im2col path), for what cuDNN buys;
+#   6. kernels, copies and sets per step of each arm and of PyTorch's plain step (`--launches`:
+#      CUPTI on agm's side, PyTorch's profiler on the other), last, so a failure costs nothing else.
 # The log is also written to $OUT/gpu-bench.log when OUT is set (the device tool's folder).
 set -uo pipefail
 bundle="${1:?usage: scripts/gpu-bench.sh <bundle dir> [reference tree] [bench flags]}"
@@ -69,4 +71,7 @@ for precision in fp32 bf16; do
 done
 step 50 "AV-MNIST and CREMA-D without cuDNN (im2col path), fp32" \
   env AGM_CUDNN=0 "$bin" bench --device cuda --models avmnist-late,cremad-late --large-batch-size 64 --steps 5
+step 90 "kernel launches per step, batch 64, fp32 (CUPTI; PyTorch's profiler)" \
+  "$bin" bench --device cuda --models $models --large-batch-size 64 --seq-len 50 --launches \
+  --reference-python python3 --reference-tree "$reference"
 rm -rf "$bin_dir"

@@ -25,7 +25,8 @@ reference's momentum 0.9 and weight decay 1e-4 -- no accuracies, no per-sample s
 .item() besides the loss at the end. CREMA-D (--case cremad) has only this arm, so it needs --plain.
 --plain-only runs that arm alone. --serve runs it on request, for a caller that interleaves it
 with its own steps (`cargo xtask bench`): after two warm-up steps it prints {"ready": true}, then
-for each line "n" on stdin runs n steps and prints {"ms": [...]}, until end of input.
+for each line "n" on stdin runs n steps and prints {"ms": [...]}, and for a line "launches" the
+kernels, copies and sets of one step on CUDA from PyTorch's profiler, until end of input.
 
 --precision (CUDA only; agm's `--precision` of the same name): fp32 (default) turns TF32 on for
 matrix products and cuDNN convolutions (torch.backends.cuda.matmul.allow_tf32 and
@@ -554,18 +555,48 @@ def run_child(args):
     }))
 
 
+def count_launches(torch, step, batch, sync, cuda):
+    """The device work of one step on CUDA, from PyTorch's profiler (CUPTI's activity records,
+    as agm's bench counts its own): {"kernels", "memcpys", "memsets"}, or {"why"} where there is
+    nothing to count."""
+    if not cuda:
+        return {"why": "the plain step does not run on CUDA"}
+    from torch.profiler import ProfilerActivity, profile
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(batch)
+        sync()
+    counts = {"kernels": 0, "memcpys": 0, "memsets": 0}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        name = event.name
+        kind = "memcpys" if name.startswith("Memcpy") else "memsets" if name.startswith("Memset") else "kernels"
+        counts[kind] += 1
+    if counts["kernels"] == 0:
+        return {"why": "PyTorch's profiler recorded no CUDA kernel"}
+    return counts
+
+
 def run_serve(args):
     """The plain step on request, for a caller that interleaves it with its own steps: after the
     warm-up steps prints {"ready": true}; then for each line n read from stdin runs n steps
-    (cycling through the batches) and prints {"ms": [wall ms of each]}; ends at end of input."""
+    (cycling through the batches) and prints {"ms": [wall ms of each]}, and for a line
+    "launches" runs one step under PyTorch's profiler and prints count_launches' counts; ends at
+    end of input."""
     args.arm = "plain"
-    _, _, step, batches, sync, _ = build_arm(args)
+    torch, _, step, batches, sync, _ = build_arm(args)
     for i, b in enumerate(batches[:WARMUP]):
         timed_step(step, b, sync, i)
     print(json.dumps({"ready": True}), flush=True)
     i = WARMUP
     for line in sys.stdin:
         if not line.strip():
+            continue
+        if line.strip() == "launches":
+            print(json.dumps(count_launches(torch, step, batches[i % len(batches)], sync,
+                                            args.device.startswith("cuda"))), flush=True)
+            i += 1
             continue
         ms = []
         for _ in range(int(line)):

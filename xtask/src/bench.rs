@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use agm_benches::launches::{count_launches, LaunchCounts};
 use agm_benches::{
     device_peak_memory_bytes, interleaved_arm_medians, preset_batch, reset_device_peak_memory, OnBatch, StepBench,
     TimedArm,
@@ -110,6 +111,21 @@ impl PlainTorchStep {
         Ok(step)
     }
 
+    /// The device work of one plain step, counted by PyTorch's profiler; `Err` says why not.
+    fn launches(&mut self) -> anyhow::Result<Result<LaunchCounts, String>> {
+        use std::io::Write;
+        writeln!(self.input.as_mut().expect("open until dropped"), "launches")?;
+        let reply = self.reply()?;
+        if let Some(why) = reply.get("why").and_then(|w| w.as_str()) {
+            return Ok(Err(why.to_string()));
+        }
+        let count = |key: &str| reply.get(key).and_then(serde_json::Value::as_u64);
+        match (count("kernels"), count("memcpys"), count("memsets")) {
+            (Some(kernels), Some(memcpys), Some(memsets)) => Ok(Ok(LaunchCounts { kernels, memcpys, memsets })),
+            _ => anyhow::bail!("PyTorch's plain step: asked for its launch counts, got {reply}"),
+        }
+    }
+
     /// The next JSON line of the process.
     fn reply(&mut self) -> anyhow::Result<serde_json::Value> {
         use std::io::BufRead;
@@ -149,12 +165,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "cuda" => Device::new_cuda(0).context("--device cuda (build with --features cuda; docs/cuda.md)")?,
         other => anyhow::bail!("--device `{other}` is not known; allowed: cpu, cuda"),
     };
+    anyhow::ensure!(!args.launches || device.is_cuda(), "--launches counts CUDA kernels: add --device cuda");
     let precision: agm_kernels::Precision =
         args.precision.parse().map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
     // agm's arms run on this thread; the reference's steps get the same --precision.
     let _precision = agm_kernels::PrecisionGuard::new(precision);
     if device.is_cuda() {
         crate::cudnn_notice();
+    }
+    if args.launches {
+        println!("device {}, precision {precision}, device work of one step after two warm-up steps", args.device);
+        println!();
+        launch_rows(&args, &device)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
     println!(
@@ -218,6 +241,48 @@ fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
         rows.push(r);
     }
     Ok(rows)
+}
+
+/// `--launches`: the kernels, copies and sets of one step of each arm after two warm-up steps
+/// (cuDNN's algorithms found), counted by CUPTI, and of PyTorch's plain step, counted by its
+/// profiler; no timing.
+fn launch_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<()> {
+    let cell = |c: &LaunchCounts| format!("{} ({} + {})", c.kernels, c.memcpys, c.memsets);
+    println!("| model | batch | kernels (copies + sets) per step: joint | AGM faithful | AGM fast | plain PyTorch | joint / plain PyTorch kernels |");
+    println!("|---|---|---|---|---|---|---|");
+    for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        let opts = agm_benches::reference_shapes(args.seq_len);
+        let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
+        let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
+        let mut cells = Vec::with_capacity(ARMS.len());
+        let mut joint_kernels = None;
+        for arm in ARMS {
+            let mut bench = StepBench::for_preset(model, &opts, arm, device)?;
+            for _ in 0..2 {
+                bench.step(&batch)?;
+            }
+            match count_launches(device, || bench.step(&batch).map(drop))? {
+                Ok(c) => {
+                    if arm == "joint" {
+                        joint_kernels = Some(c.kernels);
+                    }
+                    cells.push(cell(&c));
+                }
+                Err(why) => cells.push(format!("not counted: {why}")),
+            }
+        }
+        let plain = match (&args.reference_python, reference_case(model)) {
+            (Some(python), Some(case)) => PlainTorchStep::start(python, args, case, batch_size)?.launches()?,
+            _ => Err("needs --reference-python and a model the reference has".into()),
+        };
+        let ratio = match (&plain, joint_kernels) {
+            (Ok(p), Some(j)) => times(j as f64 / p.kernels as f64),
+            _ => "–".into(),
+        };
+        let plain = plain.map_or_else(|why| format!("not counted: {why}"), |p| cell(&p));
+        println!("| {model} | {batch_size} | {} | {plain} | {ratio} |", cells.join(" | "));
+    }
+    Ok(())
 }
 
 /// The AV-MNIST loader (4,000 generated rows) against the `avmnist-late` joint step, batch 16.
