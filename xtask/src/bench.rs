@@ -126,12 +126,16 @@ impl PlainTorchStep {
         }
     }
 
-    /// The next JSON line of the process.
+    /// The next JSON line of the process; other lines (a library's chatter) are skipped.
     fn reply(&mut self) -> anyhow::Result<serde_json::Value> {
         use std::io::BufRead;
-        let mut line = String::new();
-        anyhow::ensure!(self.output.read_line(&mut line)? > 0, "the PyTorch plain step ended early");
-        Ok(serde_json::from_str(&line)?)
+        loop {
+            let mut line = String::new();
+            anyhow::ensure!(self.output.read_line(&mut line)? > 0, "the PyTorch plain step ended early");
+            if line.trim_start().starts_with('{') {
+                return Ok(serde_json::from_str(&line)?);
+            }
+        }
     }
 }
 
