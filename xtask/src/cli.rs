@@ -334,8 +334,8 @@ pub struct BenchArgs {
     /// Also time the kernels against plain candle and the AV-MNIST loader against its step.
     #[arg(long)]
     pub kernels: bool,
-    /// On CUDA, also count the kernels, copies and sets of one step of each arm (CUPTI, opened
-    /// at run time) and of the plain PyTorch step (its profiler).
+    /// On CUDA, count instead of timing: the kernels, copies and sets of one step of each arm
+    /// (CUPTI, opened at run time) and of the plain PyTorch step (its profiler).
     #[arg(long)]
     pub launches: bool,
     /// A Python with PyTorch: the reference's own steps are timed in the same run
