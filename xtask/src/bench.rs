@@ -48,10 +48,20 @@ fn peak_of(
     Ok(device_peak_memory_bytes(device).map(|b| b as f64 / (1024.0 * 1024.0)))
 }
 
-fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
+/// The shapes, batch size and batch the bench steps `model` on.
+fn model_batch(
+    model: &str,
+    args: &BenchArgs,
+    device: &Device,
+) -> anyhow::Result<(PresetOptions, usize, agm_core::MultimodalBatch)> {
     let opts = agm_benches::reference_shapes(args.seq_len);
     let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
     let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
+    Ok((opts, batch_size, batch))
+}
+
+fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<Row> {
+    let (opts, batch_size, batch) = model_batch(model, args, device)?;
     let mut benches = ARMS
         .iter()
         .map(|arm| StepBench::for_preset(model, &opts, arm, device))
@@ -255,9 +265,7 @@ fn launch_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<()> {
     println!("| model | batch | kernels (copies + sets) per step: joint | AGM faithful | AGM fast | plain PyTorch | joint / plain PyTorch kernels |");
     println!("|---|---|---|---|---|---|---|");
     for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-        let opts = agm_benches::reference_shapes(args.seq_len);
-        let batch_size = if model.starts_with("av-digits") { args.batch_size } else { args.large_batch_size };
-        let batch = preset_batch(model, &opts, batch_size, device).with_context(|| format!("a batch for {model}"))?;
+        let (opts, batch_size, batch) = model_batch(model, args, device)?;
         let mut cells = Vec::with_capacity(ARMS.len());
         let mut joint_kernels = None;
         for arm in ARMS {
