@@ -48,6 +48,11 @@ fn peak_of(
     Ok(device_peak_memory_bytes(device).map(|b| b as f64 / (1024.0 * 1024.0)))
 }
 
+/// The presets of `--models`, in order.
+fn model_names(args: &BenchArgs) -> impl Iterator<Item = &str> {
+    args.models.split(',').map(str::trim).filter(|m| !m.is_empty())
+}
+
 /// The shapes, batch size and batch the bench steps `model` on.
 fn model_batch(
     model: &str,
@@ -123,9 +128,7 @@ impl PlainTorchStep {
 
     /// The device work of one plain step, counted by PyTorch's profiler; `Err` says why not.
     fn launches(&mut self) -> anyhow::Result<Result<LaunchCounts, String>> {
-        use std::io::Write;
-        writeln!(self.input.as_mut().expect("open until dropped"), "launches")?;
-        let reply = self.reply()?;
+        let reply = self.ask("launches")?;
         if let Some(why) = reply.get("why").and_then(|w| w.as_str()) {
             return Ok(Err(why.to_string()));
         }
@@ -134,6 +137,13 @@ impl PlainTorchStep {
             (Some(kernels), Some(memcpys), Some(memsets)) => Ok(Ok(LaunchCounts { kernels, memcpys, memsets })),
             _ => anyhow::bail!("PyTorch's plain step: asked for its launch counts, got {reply}"),
         }
+    }
+
+    /// Sends one request line and returns the process's reply.
+    fn ask(&mut self, request: &str) -> anyhow::Result<serde_json::Value> {
+        use std::io::Write;
+        writeln!(self.input.as_mut().expect("open until dropped"), "{request}")?;
+        self.reply()
     }
 
     /// The next JSON line of the process; other lines (a library's chatter) are skipped.
@@ -151,9 +161,7 @@ impl PlainTorchStep {
 
 impl TimedArm for PlainTorchStep {
     fn time_block(&mut self, n: usize) -> candle_core::Result<Vec<f64>> {
-        use std::io::Write;
-        let input = self.input.as_mut().expect("open until dropped");
-        let reply = writeln!(input, "{n}").map_err(anyhow::Error::from).and_then(|()| self.reply());
+        let reply = self.ask(&n.to_string());
         let reply = reply.map_err(|e| candle_core::Error::Msg(format!("PyTorch's plain step: {e:#}")))?;
         // A reply without n step times would leave the arm's median short or empty.
         let ms: Option<Vec<f64>> =
@@ -234,7 +242,7 @@ fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
     println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak | plain PyTorch ms ({anchor}, in turn) | joint / plain PyTorch |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
-    for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for model in model_names(args) {
         let r = time_model(model, args, device)?;
         let p = r.peak_mib;
         let (peaks, ratio) = (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0]));
@@ -264,7 +272,7 @@ fn launch_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<()> {
     let cell = |c: &LaunchCounts| format!("{} ({} + {})", c.kernels, c.memcpys, c.memsets);
     println!("| model | batch | kernels (copies + sets) per step: joint | AGM faithful | AGM fast | plain PyTorch | joint / plain PyTorch kernels |");
     println!("|---|---|---|---|---|---|---|");
-    for model in args.models.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for model in model_names(args) {
         let (opts, batch_size, batch) = model_batch(model, args, device)?;
         let mut cells = Vec::with_capacity(ARMS.len());
         let mut joint_kernels = None;
