@@ -1,37 +1,33 @@
 // The SGD update in place and the squared norm for gradient clipping.
 #include "common.cuh"
 
-// buf <- momentum*buf + (1 - dampening)*(g + wd*p), with the decay and the damping skipped when
-// their flags are 0, as the CPU skips them.
+// With d = g + wd*p (the decay skipped when its flag is 0, as the CPU skips it):
+// buf <- momentum*buf + (1 - dampening)*d, then p <- p - lr*(d + nesterov_m*buf if nesterov, else
+// buf), one pass over the three; the first step passes momentum 0 and damp_scale 1.
 template <typename T>
-__device__ void momentum_update(size_t n, T* buf, const T* g, const T* p, T momentum, T weight_decay,
-                                T damp_scale, int decay, int damped) {
+__device__ void momentum_step(size_t n, T* p, const T* g, T* buf, T lr, T momentum, T weight_decay,
+                              T damp_scale, T nesterov_m, int decay, int damped, int nesterov) {
   AGM_FOR_EACH(i, n) {
     T d = decay ? agm_add(g[i], agm_mul(weight_decay, p[i])) : g[i];
-    T step = damped ? agm_mul(damp_scale, d) : d;
-    buf[i] = agm_add(agm_mul(momentum, buf[i]), step);
+    T b = agm_add(agm_mul(momentum, buf[i]), damped ? agm_mul(damp_scale, d) : d);
+    buf[i] = b;
+    T step = nesterov ? agm_add(d, agm_mul(nesterov_m, b)) : b;
+    p[i] = agm_sub(p[i], agm_mul(lr, step));
   }
 }
 
-// p <- p - lr*d, with d = buf (momentum), d = (g + wd*p) + momentum*buf (nesterov) or
-// d = g + wd*p (no momentum; buf is then unused).
+// p <- p - lr*(g + wd*p), without momentum.
 template <typename T>
-__device__ void param_update(size_t n, T* p, const T* g, const T* buf, T lr, T momentum, T weight_decay,
-                             int has_momentum, int nesterov, int decay) {
+__device__ void plain_step(size_t n, T* p, const T* g, T lr, T weight_decay, int decay) {
   AGM_FOR_EACH(i, n) {
-    T d;
-    if (!has_momentum || nesterov) {
-      d = decay ? agm_add(g[i], agm_mul(weight_decay, p[i])) : g[i];
-      if (has_momentum) d = agm_add(d, agm_mul(momentum, buf[i]));
-    } else {
-      d = buf[i];
-    }
+    T d = decay ? agm_add(g[i], agm_mul(weight_decay, p[i])) : g[i];
     p[i] = agm_sub(p[i], agm_mul(lr, d));
   }
 }
 
 // One partial sum of squares per block, in double (f32 values are widened before squaring, as
-// on the CPU); sum_partials then adds the partials in one block, so the result is deterministic.
+// on the CPU); sum_partials then adds each row of partials in one block, so the result is
+// deterministic.
 template <typename T>
 __device__ void sum_squares_partial(size_t n, const T* x, double* partials) {
   __shared__ double scratch[32];
@@ -44,24 +40,26 @@ __device__ void sum_squares_partial(size_t n, const T* x, double* partials) {
   if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-// Adds `count` partials with a single block into out[0].
+// Block b adds row b of `count` partials into out[b].
 __device__ void sum_partials(size_t count, const double* partials, double* out) {
   __shared__ double scratch[32];
+  const double* row = partials + blockIdx.x * count;
   double acc = 0.0;
-  for (size_t i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+  for (size_t i = threadIdx.x; i < count; i += blockDim.x) acc += row[i];
   acc = agm_block_sum(acc, scratch);
-  if (threadIdx.x == 0) out[0] = acc;
+  if (threadIdx.x == 0) out[blockIdx.x] = acc;
 }
 
 #define SGD_KERNELS(T, S)                                                                               \
-  extern "C" __global__ void momentum_update_##S(size_t n, T* buf, const T* g, const T* p, T momentum, \
-                                                 T weight_decay, T damp_scale, int decay, int damped) {  \
-    momentum_update(n, buf, g, p, momentum, weight_decay, damp_scale, decay, damped);                  \
+  extern "C" __global__ void momentum_step_##S(size_t n, T* p, const T* g, T* buf, T lr, T momentum,   \
+                                               T weight_decay, T damp_scale, T nesterov_m, int decay,  \
+                                               int damped, int nesterov) {                             \
+    momentum_step(n, p, g, buf, lr, momentum, weight_decay, damp_scale, nesterov_m, decay, damped,     \
+                  nesterov);                                                                           \
   }                                                                                                     \
-  extern "C" __global__ void param_update_##S(size_t n, T* p, const T* g, const T* buf, T lr,          \
-                                              T momentum, T weight_decay, int has_momentum,            \
-                                              int nesterov, int decay) {                               \
-    param_update(n, p, g, buf, lr, momentum, weight_decay, has_momentum, nesterov, decay);             \
+  extern "C" __global__ void plain_step_##S(size_t n, T* p, const T* g, T lr, T weight_decay,          \
+                                            int decay) {                                               \
+    plain_step(n, p, g, lr, weight_decay, decay);                                                      \
   }                                                                                                     \
   extern "C" __global__ void sum_squares_partial_##S(size_t n, const T* x, double* partials) {         \
     sum_squares_partial(n, x, partials);                                                               \

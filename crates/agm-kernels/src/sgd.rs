@@ -1,12 +1,12 @@
-//! `torch.optim.SGD`'s update for one parameter, in place and in one pass over memory on the CPU
-//! (two on CUDA), and the squared norm that gradient clipping needs.
+//! `torch.optim.SGD`'s update for one parameter, in place and in one pass over memory (one
+//! kernel on CUDA), and the squared norms that gradient clipping needs.
 //!
 //! Written with plain candle ops the update allocates and walks a parameter-sized tensor seven
 //! times per step; for a 22M-parameter ResNet pair that was a tenth of a training step.
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var};
 
 use rayon::prelude::*;
 
@@ -32,8 +32,8 @@ pub struct SgdUpdate {
 /// `d = buf`; finally `p ← p − lr·d`. Returns the momentum buffer to keep (`None` without
 /// momentum).
 ///
-/// On the CPU and CUDA (f32, f64, contiguous) `param` and `buf` are updated in place; elsewhere
-/// the same arithmetic runs as candle ops and `param` is set.
+/// On the CPU and CUDA (f32, f64, contiguous) `param` and `buf` are updated in place, in one pass
+/// (one kernel); elsewhere the same arithmetic runs as candle ops and `param` is set.
 pub fn sgd_update(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpdate) -> Result<Option<Tensor>> {
     let p = param.as_tensor();
     if grad.dims() != p.dims() {
@@ -48,37 +48,50 @@ pub fn sgd_update(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpdate)
         return sgd_update_ref(param, grad, buf, u);
     }
     let grad = grad.contiguous()?;
-    let buf = if u.momentum != 0.0 {
-        let (buf, first) = match buf {
-            Some(buf) => (buf, false),
-            None => (p.zeros_like()?, true),
-        };
-        // A first step is the general update of a zero buffer with no momentum and no dampening.
-        let (momentum, dampening) = if first { (0.0, 0.0) } else { (u.momentum, u.dampening) };
-        let momentum_update = MomentumUpdate { momentum, dampening, weight_decay: u.weight_decay };
-        if p.device().is_cpu() {
-            // One pass over parameter, gradient and buffer instead of two.
-            buf.inplace_op1(&MomentumStep { param: p, grad: &grad, momentum_update, param_update: u })?;
-            return Ok(Some(buf));
-        }
-        buf.inplace_op3(&grad, p, &momentum_update)?;
-        Some(buf)
-    } else {
-        None
+    if u.momentum == 0.0 {
+        p.inplace_op2(&grad, &ParamStep { buf: None.into(), momentum_update: MomentumUpdate::NONE, param_update: u })?;
+        return Ok(None);
+    }
+    let (buf, first) = match buf {
+        Some(buf) => (buf, false),
+        None => (p.zeros_like()?, true),
     };
-    // Without momentum the third operand is unused; the gradient stands in for it.
-    p.inplace_op3(&grad, buf.as_ref().unwrap_or(&grad), &ParamUpdate(u))?;
-    Ok(buf)
+    // A first step is the general update of a zero buffer with no momentum and no dampening.
+    let (momentum, dampening) = if first { (0.0, 0.0) } else { (u.momentum, u.dampening) };
+    let momentum_update = MomentumUpdate { momentum, dampening };
+    buf.inplace_op1(&MomentumStep { param: p, grad: &grad, momentum_update, param_update: u })?;
+    Ok(Some(buf))
 }
 
-/// [`MomentumUpdate`] and [`ParamUpdate`] as one pass on the CPU: in place on the buffer, whose
-/// elements it lends to [`ParamStep`], an in-place op on the parameter (candle lets an op write
-/// only its first operand, and the buffer's lock is held while the parameter's is taken).
+/// `buf ← momentum·buf + (1 − dampening)·(g + wd·p)`: the momentum and dampening of this step's
+/// buffer update (both 0 on the first step).
+#[derive(Clone, Copy)]
+struct MomentumUpdate {
+    momentum: f64,
+    dampening: f64,
+}
+
+impl MomentumUpdate {
+    /// Stands in where there is no buffer.
+    const NONE: Self = Self { momentum: 0.0, dampening: 0.0 };
+}
+
+/// The momentum step, in place on the buffer, whose elements it lends to [`ParamStep`], an
+/// in-place op on the parameter (candle lets an op write only its first operand, and the
+/// buffer's lock is held while the parameter's is taken).
 struct MomentumStep<'a> {
     param: &'a Tensor,
     grad: &'a Tensor,
     momentum_update: MomentumUpdate,
     param_update: SgdUpdate,
+}
+
+impl MomentumStep<'_> {
+    fn lend(&self, buf: Buffer<'_>) -> Result<()> {
+        let step =
+            ParamStep { buf: Some(buf).into(), momentum_update: self.momentum_update, param_update: self.param_update };
+        self.param.inplace_op2(self.grad, &step)
+    }
 }
 
 impl InplaceOp1 for MomentumStep<'_> {
@@ -89,17 +102,23 @@ impl InplaceOp1 for MomentumStep<'_> {
     fn cpu_fwd(&self, bs: &mut CpuStorage, bl: &Layout) -> Result<()> {
         use candle_core::backend::BackendStorage;
         let n = bl.shape().elem_count();
-        let buf = match bs.dtype() {
+        self.lend(match bs.dtype() {
             candle_core::DType::F32 => Buffer::F32(slice_mut::<f32>(bs, bl, n, self.name())?),
             candle_core::DType::F64 => Buffer::F64(slice_mut::<f64>(bs, bl, n, self.name())?),
             d => candle_core::bail!("{}: only f32 and f64 are supported, got {d:?}", self.name()),
-        };
-        let step = ParamStep {
-            buf: std::sync::Mutex::new(buf),
-            momentum_update: &self.momentum_update,
-            param_update: self.param_update,
-        };
-        self.param.inplace_op2(self.grad, &step)
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, bs: &mut CudaStorage, bl: &Layout) -> Result<()> {
+        use crate::cuda::view_mut;
+        use candle_core::backend::BackendStorage;
+        let n = bl.shape().elem_count();
+        self.lend(match bs.dtype() {
+            candle_core::DType::F32 => Buffer::CudaF32(view_mut::<f32>(bs, bl, n, self.name())?),
+            candle_core::DType::F64 => Buffer::CudaF64(view_mut::<f64>(bs, bl, n, self.name())?),
+            d => candle_core::bail!("{}: only f32 and f64 are supported, got {d:?}", self.name()),
+        })
     }
 }
 
@@ -107,30 +126,44 @@ impl InplaceOp1 for MomentumStep<'_> {
 enum Buffer<'a> {
     F32(&'a mut [f32]),
     F64(&'a mut [f64]),
+    #[cfg(feature = "cuda")]
+    CudaF32(candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f32>),
+    #[cfg(feature = "cuda")]
+    CudaF64(candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f64>),
 }
 
-/// `buf ← momentum·buf + (1 − dampening)·d`, then `p ← p − lr·(buf or d + momentum·buf)`, per
-/// element in one pass, with the arithmetic of the two separate passes.
-struct ParamStep<'a, 'b> {
-    buf: std::sync::Mutex<Buffer<'b>>,
-    momentum_update: &'a MomentumUpdate,
+/// `buf ← momentum·buf + (1 − dampening)·d` when there is a buffer, then
+/// `p ← p − lr·(buf or d + momentum·buf or d)`, per element in one pass, with `d = g + wd·p`.
+struct ParamStep<'b> {
+    buf: std::sync::Mutex<Option<Buffer<'b>>>,
+    momentum_update: MomentumUpdate,
     param_update: SgdUpdate,
 }
 
-impl ParamStep<'_, '_> {
-    fn run<T: crate::cpu::Real>(&self, p: &mut [T], g: &[T], buf: &mut [T]) -> Result<()> {
-        if g.len() != p.len() || buf.len() != p.len() {
+impl<'b> ParamStep<'b> {
+    fn run<T: crate::cpu::Real>(&self, p: &mut [T], g: &[T], buf: Option<&mut [T]>) -> Result<()> {
+        if g.len() != p.len() || buf.as_ref().is_some_and(|b| b.len() != p.len()) {
             candle_core::bail!("agm-sgd-step: parameter, gradient and buffer sizes differ");
         }
         let (mu, u) = (self.momentum_update, self.param_update);
-        let (m, wd) = (T::from_f64(mu.momentum), T::from_f64(mu.weight_decay));
+        let (m, wd) = (T::from_f64(mu.momentum), T::from_f64(u.weight_decay));
         let scale = T::from_f64(1.0 - mu.dampening);
         let (lr, nesterov_m) = (T::from_f64(u.lr), T::from_f64(u.momentum));
-        let (decay, damped) = (mu.weight_decay != 0.0, mu.dampening != 0.0);
+        let (decay, damped) = (u.weight_decay != 0.0, mu.dampening != 0.0);
+        let decayed = |g: T, p: T| if decay { g + wd * p } else { g };
+        let Some(buf) = buf else {
+            for_each_chunk(p, CHUNK, CHUNK, |i, p| {
+                let g = &g[i * CHUNK..i * CHUNK + p.len()];
+                for (p, &g) in p.iter_mut().zip(g) {
+                    *p -= lr * decayed(g, *p);
+                }
+            });
+            return Ok(());
+        };
         crate::cpu::for_each_chunk_pair(p, CHUNK, buf, CHUNK, CHUNK, |i, p, buf| {
             let g = &g[i * CHUNK..i * CHUNK + p.len()];
             for ((p, b), &g) in p.iter_mut().zip(buf.iter_mut()).zip(g) {
-                let d = if decay { g + wd * *p } else { g };
+                let d = decayed(g, *p);
                 *b = m * *b + if damped { scale * d } else { d };
                 let step = if u.nesterov { d + nesterov_m * *b } else { *b };
                 *p -= lr * step;
@@ -138,23 +171,39 @@ impl ParamStep<'_, '_> {
         });
         Ok(())
     }
+
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Option<Buffer<'b>>> {
+        self.buf.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
-impl InplaceOp2 for ParamStep<'_, '_> {
+impl InplaceOp2 for ParamStep<'_> {
     fn name(&self) -> &'static str {
         "agm-sgd-step"
     }
 
     fn cpu_fwd(&self, ps: &mut CpuStorage, pl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<()> {
-        let n = pl.shape().elem_count();
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
-        match &mut *buf {
-            Buffer::F32(b) => {
-                self.run(slice_mut::<f32>(ps, pl, n, self.name())?, slice::<f32>(gs, gl, self.name())?, b)
-            }
-            Buffer::F64(b) => {
-                self.run(slice_mut::<f64>(ps, pl, n, self.name())?, slice::<f64>(gs, gl, self.name())?, b)
-            }
+        use candle_core::{backend::BackendStorage, DType};
+        let (n, name) = (pl.shape().elem_count(), self.name());
+        match (&mut *self.buffer(), gs.dtype()) {
+            (None, DType::F32) => self.run(slice_mut::<f32>(ps, pl, n, name)?, slice(gs, gl, name)?, None),
+            (None, DType::F64) => self.run(slice_mut::<f64>(ps, pl, n, name)?, slice(gs, gl, name)?, None),
+            (Some(Buffer::F32(b)), _) => self.run(slice_mut::<f32>(ps, pl, n, name)?, slice(gs, gl, name)?, Some(b)),
+            (Some(Buffer::F64(b)), _) => self.run(slice_mut::<f64>(ps, pl, n, name)?, slice(gs, gl, name)?, Some(b)),
+            (_, d) => candle_core::bail!("{name}: only f32 and f64 in host memory are supported, got {d:?}"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, ps: &mut CudaStorage, pl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<()> {
+        use candle_core::{backend::BackendStorage, DType};
+        let (p, g) = ((ps, pl), (gs, gl));
+        match (&mut *self.buffer(), gs.dtype()) {
+            (None, DType::F32) => gpu::sgd_step::<f32>(self, p, g, None),
+            (None, DType::F64) => gpu::sgd_step::<f64>(self, p, g, None),
+            (Some(Buffer::CudaF32(b)), _) => gpu::sgd_step(self, p, g, Some(b)),
+            (Some(Buffer::CudaF64(b)), _) => gpu::sgd_step(self, p, g, Some(b)),
+            (_, d) => candle_core::bail!("{}: only f32 and f64 on the GPU are supported, got {d:?}", self.name()),
         }
     }
 }
@@ -182,125 +231,28 @@ pub fn sgd_update_ref(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpd
     Ok(kept)
 }
 
-/// `buf ← momentum·buf + (1 − dampening)·(g + wd·p)`, in place on `buf`.
-struct MomentumUpdate {
-    momentum: f64,
-    dampening: f64,
-    weight_decay: f64,
-}
-
-impl InplaceOp3 for MomentumUpdate {
-    fn name(&self) -> &'static str {
-        "agm-sgd-momentum"
-    }
-
-    fn cpu_fwd(
-        &self,
-        bs: &mut CpuStorage,
-        bl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-        ps: &CpuStorage,
-        pl: &Layout,
-    ) -> Result<()> {
-        dispatch_real!(gs, self.name(), T => {
-            let (g, p) = (slice::<T>(gs, gl, self.name())?, slice::<T>(ps, pl, self.name())?);
-            let buf = slice_mut::<T>(bs, bl, g.len(), self.name())?;
-            let (m, wd) = (T::from_f64(self.momentum), T::from_f64(self.weight_decay));
-            let scale = T::from_f64(1.0 - self.dampening);
-            let damped = self.dampening != 0.0;
-            for_each_chunk(buf, CHUNK, CHUNK, |i, buf| {
-                let range = i * CHUNK..i * CHUNK + buf.len();
-                for ((b, &g), &p) in buf.iter_mut().zip(&g[range.clone()]).zip(&p[range]) {
-                    let d = if self.weight_decay != 0.0 { g + wd * p } else { g };
-                    *b = m * *b + if damped { scale * d } else { d };
-                }
-            });
-            Ok(())
-        })
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        bs: &mut CudaStorage,
-        bl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-        ps: &CudaStorage,
-        pl: &Layout,
-    ) -> Result<()> {
-        dispatch_real!(gs, self.name(), T => gpu::momentum_update::<T>(self, (bs, bl), (gs, gl), (ps, pl)))
-    }
-}
-
-/// `p ← p − lr·d` with `d = buf`, `d = (g + wd·p) + momentum·buf` (nesterov) or `d = g + wd·p`
-/// (no momentum), in place on `p`.
-struct ParamUpdate(SgdUpdate);
-
-impl InplaceOp3 for ParamUpdate {
-    fn name(&self) -> &'static str {
-        "agm-sgd-param"
-    }
-
-    fn cpu_fwd(
-        &self,
-        ps: &mut CpuStorage,
-        pl: &Layout,
-        gs: &CpuStorage,
-        gl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<()> {
-        let u = self.0;
-        dispatch_real!(gs, self.name(), T => {
-            let (g, buf) = (slice::<T>(gs, gl, self.name())?, slice::<T>(bs, bl, self.name())?);
-            let p = slice_mut::<T>(ps, pl, g.len(), self.name())?;
-            let (lr, m, wd) = (T::from_f64(u.lr), T::from_f64(u.momentum), T::from_f64(u.weight_decay));
-            for_each_chunk(p, CHUNK, CHUNK, |i, p| {
-                let range = i * CHUNK..i * CHUNK + p.len();
-                for ((p, &g), &b) in p.iter_mut().zip(&g[range.clone()]).zip(&buf[range]) {
-                    let d = if u.momentum == 0.0 || u.nesterov {
-                        let d = if u.weight_decay != 0.0 { g + wd * *p } else { g };
-                        if u.momentum == 0.0 { d } else { d + m * b }
-                    } else {
-                        b
-                    };
-                    *p -= lr * d;
-                }
-            });
-            Ok(())
-        })
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        ps: &mut CudaStorage,
-        pl: &Layout,
-        gs: &CudaStorage,
-        gl: &Layout,
-        bs: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<()> {
-        dispatch_real!(gs, self.name(), T => gpu::param_update::<T>(self.0, (ps, pl), (gs, gl), (bs, bl)))
-    }
-}
-
 /// `Σ t²` over every element, accumulated in f64: the square of a gradient's L2 norm for
-/// clipping, in one parallel pass on the CPU (f32, f64) without a converted copy, and on CUDA
-/// (f32, f64) as a deterministic two-kernel reduction; elsewhere candle ops (in f32 on Metal,
-/// which has no f64).
+/// clipping. [`sum_squares_each`] of one tensor.
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
-    let t = t.detach();
+    Ok(sum_squares_each(std::slice::from_ref(t))?[0])
+}
+
+/// `Σ t²` of each tensor, accumulated in f64: on the CPU (f32, f64) one parallel pass per tensor
+/// without a converted copy; on CUDA (f32, f64, all tensors of one dtype on one device) a
+/// deterministic two-kernel reduction whose sums come back in one copy, so clipping waits for
+/// the GPU once per step rather than once per parameter; elsewhere candle ops (in f32 on Metal,
+/// which has no f64).
+pub fn sum_squares_each(ts: &[Tensor]) -> Result<Vec<f64>> {
     #[cfg(feature = "cuda")]
-    if t.device().is_cuda() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
-        let t = t.contiguous()?;
-        let (storage, layout) = t.storage_and_layout();
-        if let candle_core::Storage::Cuda(storage) = &*storage {
-            return dispatch_real!(storage, "sum_squares", T => gpu::sum_squares::<T>(storage, layout));
-        }
+    if let Some(sums) = gpu::sum_squares_each(ts)? {
+        return Ok(sums);
     }
+    ts.iter().map(sum_squares_apart).collect()
+}
+
+/// [`sum_squares`] of one tensor off CUDA.
+fn sum_squares_apart(t: &Tensor) -> Result<f64> {
+    let t = t.detach();
     if t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
         let t = t.contiguous()?;
         let (storage, layout) = t.storage_and_layout();
@@ -318,97 +270,107 @@ pub fn sum_squares(t: &Tensor) -> Result<f64> {
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaViewMut, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaStorage, Layout, Result};
+    use candle_core::{CudaStorage, Layout, Result, Storage, Tensor};
 
-    use super::{MomentumUpdate, SgdUpdate};
-    use crate::cuda::{alloc, elementwise, view, view_mut, CudaReal, BLOCK, SGD};
+    use super::ParamStep;
+    use crate::cuda::{alloc, elementwise, per_row, view, view_mut, zeros, CudaReal, BLOCK, SGD};
 
-    /// Blocks of the first pass of [`sum_squares`]: enough to fill a large GPU, few enough for
-    /// one block to add their partial sums.
+    /// Blocks of the first pass of [`sum_squares_each`]: enough to fill a large GPU, few enough
+    /// for one block to add their partial sums.
     const SUM_BLOCKS: usize = 1024;
 
-    /// [`MomentumUpdate`] on CUDA: `buf` in place, one thread per element.
-    pub(super) fn momentum_update<T: CudaReal>(
-        op: &MomentumUpdate,
-        (bs, bl): (&mut CudaStorage, &Layout),
-        (gs, gl): (&CudaStorage, &Layout),
-        (ps, pl): (&CudaStorage, &Layout),
-    ) -> Result<()> {
-        let name = "agm-sgd-momentum";
-        let dev = gs.device();
-        let (g, p) = (view::<T>(gs, gl, name)?, view::<T>(ps, pl, name)?);
-        let n = g.len();
-        if p.len() != n {
-            candle_core::bail!("{name}: gradient and parameter sizes differ ({n} and {})", p.len());
-        }
-        let mut buf = view_mut::<T>(bs, bl, n, name)?;
-        // The same conversions to T as the CPU loop, so the arithmetic is identical.
-        let (momentum, weight_decay) = (T::from_f64(op.momentum), T::from_f64(op.weight_decay));
-        let damp_scale = T::from_f64(1.0 - op.dampening);
-        let decay = i32::from(op.weight_decay != 0.0);
-        let damped = i32::from(op.dampening != 0.0);
-        let func = SGD.func::<T>(dev, "momentum_update")?;
-        let mut launch = func.builder();
-        launch.arg(&n).arg(&mut buf).arg(&g).arg(&p);
-        launch.arg(&momentum).arg(&weight_decay).arg(&damp_scale).arg(&decay).arg(&damped);
-        // SAFETY: the kernel reads and writes `n` elements of `buf` and reads `n` of `g` and `p`.
-        unsafe { launch.launch(elementwise(n)) }.w()?;
-        Ok(())
-    }
-
-    /// [`super::ParamUpdate`] on CUDA: `p` in place, one thread per element.
-    pub(super) fn param_update<T: CudaReal>(
-        u: SgdUpdate,
+    /// [`ParamStep`] on CUDA, one thread per element: `p` in place, and `buf` with it when
+    /// there is one.
+    pub(super) fn sgd_step<T: CudaReal>(
+        step: &ParamStep,
         (ps, pl): (&mut CudaStorage, &Layout),
         (gs, gl): (&CudaStorage, &Layout),
-        (bs, bl): (&CudaStorage, &Layout),
+        buf: Option<&mut CudaViewMut<'_, T>>,
     ) -> Result<()> {
-        let name = "agm-sgd-param";
-        let dev = gs.device();
-        let (g, buf) = (view::<T>(gs, gl, name)?, view::<T>(bs, bl, name)?);
+        let name = "agm-sgd-step";
+        let dev = gs.device().clone();
+        let g = view::<T>(gs, gl, name)?;
         let n = g.len();
+        let mut p = view_mut::<T>(ps, pl, n, name)?;
+        let (mu, u) = (step.momentum_update, step.param_update);
+        // The same conversions to T as the CPU loop, so the arithmetic is identical.
+        let (lr, weight_decay) = (T::from_f64(u.lr), T::from_f64(u.weight_decay));
+        let decay = i32::from(u.weight_decay != 0.0);
+        let Some(buf) = buf else {
+            let func = SGD.func::<T>(&dev, "plain_step")?;
+            let mut launch = func.builder();
+            launch.arg(&n).arg(&mut p).arg(&g).arg(&lr).arg(&weight_decay).arg(&decay);
+            // SAFETY: the kernel reads and writes `n` elements of `p` and reads `n` of `g`.
+            return unsafe { launch.launch(elementwise(n)) }.w().map(drop);
+        };
         if buf.len() != n {
             candle_core::bail!("{name}: gradient and momentum buffer sizes differ ({n} and {})", buf.len());
         }
-        let mut p = view_mut::<T>(ps, pl, n, name)?;
-        let (lr, momentum, weight_decay) = (T::from_f64(u.lr), T::from_f64(u.momentum), T::from_f64(u.weight_decay));
-        let has_momentum = i32::from(u.momentum != 0.0);
-        let nesterov = i32::from(u.nesterov);
-        let decay = i32::from(u.weight_decay != 0.0);
-        let func = SGD.func::<T>(dev, "param_update")?;
+        let (momentum, damp_scale) = (T::from_f64(mu.momentum), T::from_f64(1.0 - mu.dampening));
+        let nesterov_m = T::from_f64(u.momentum);
+        let (damped, nesterov) = (i32::from(mu.dampening != 0.0), i32::from(u.nesterov));
+        let func = SGD.func::<T>(&dev, "momentum_step")?;
         let mut launch = func.builder();
-        launch.arg(&n).arg(&mut p).arg(&g).arg(&buf);
-        launch.arg(&lr).arg(&momentum).arg(&weight_decay).arg(&has_momentum).arg(&nesterov).arg(&decay);
-        // SAFETY: the kernel reads and writes `n` elements of `p` and reads `n` of `g` and `buf`.
-        unsafe { launch.launch(elementwise(n)) }.w()?;
-        Ok(())
+        launch.arg(&n).arg(&mut p).arg(&g).arg(buf);
+        launch.arg(&lr).arg(&momentum).arg(&weight_decay).arg(&damp_scale).arg(&nesterov_m);
+        launch.arg(&decay).arg(&damped).arg(&nesterov);
+        // SAFETY: the kernel reads and writes `n` elements of `p` and `buf` and reads `n` of `g`.
+        unsafe { launch.launch(elementwise(n)) }.w().map(drop)
     }
 
-    /// `Σ x²` in f64 over a contiguous `storage`: per-block partial sums, then one block adds
-    /// them in a fixed order (deterministic, unlike atomics), and the scalar is copied back.
-    pub(super) fn sum_squares<T: CudaReal>(storage: &CudaStorage, layout: &Layout) -> Result<f64> {
-        let dev = storage.device().clone();
-        let x = view::<T>(storage, layout, "sum_squares")?;
-        let n = x.len();
-        let blocks = n.div_ceil(BLOCK as usize).clamp(1, SUM_BLOCKS);
-        let mut partials = alloc::<f64>(&dev, blocks)?;
-        let mut total = alloc::<f64>(&dev, 1)?;
-        let first = SGD.func::<T>(&dev, "sum_squares_partial")?;
-        let mut launch = first.builder();
-        launch.arg(&n).arg(&x).arg(&mut partials);
-        let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: the grid-stride loop reads `n` elements of `x`; block `i` writes `partials[i]`,
-        // and the grid has exactly `blocks` blocks.
-        unsafe { launch.launch(cfg) }.w()?;
-        let second = SGD.func::<T>(&dev, "sum_partials")?;
+    /// [`super::sum_squares_each`] on CUDA, or `None` unless every tensor is f32 (or every one
+    /// f64) on one CUDA device. Each tensor's per-block partial sums fill a row of
+    /// [`SUM_BLOCKS`] (zeros past its blocks); one block per row then adds them in a fixed order
+    /// (deterministic, unlike atomics), and the sums are copied back together.
+    pub(super) fn sum_squares_each(ts: &[Tensor]) -> Result<Option<Vec<f64>>> {
+        let Some(first) = ts.first() else { return Ok(None) };
+        let candle_core::Device::Cuda(dev) = first.device() else { return Ok(None) };
+        let dtype = first.dtype();
+        let same = |t: &Tensor| t.device().same_device(first.device()) && t.dtype() == dtype;
+        if !matches!(dtype, candle_core::DType::F32 | candle_core::DType::F64) || !ts.iter().all(same) {
+            return Ok(None);
+        }
+        let ts = ts.iter().map(|t| t.detach().contiguous()).collect::<Result<Vec<_>>>()?;
+        let held: Vec<_> = ts.iter().map(Tensor::storage_and_layout).collect();
+        let mut storages = Vec::with_capacity(held.len());
+        for (storage, layout) in &held {
+            match &**storage {
+                Storage::Cuda(s) => storages.push((s, *layout)),
+                _ => return Ok(None),
+            }
+        }
+        let sums = match dtype {
+            candle_core::DType::F32 => sum_rows::<f32>(dev, &storages)?,
+            _ => sum_rows::<f64>(dev, &storages)?,
+        };
+        Ok(Some(sums))
+    }
+
+    fn sum_rows<T: CudaReal>(dev: &candle_core::CudaDevice, ts: &[(&CudaStorage, &Layout)]) -> Result<Vec<f64>> {
+        let mut partials = zeros::<f64>(dev, ts.len() * SUM_BLOCKS)?;
+        let first = SGD.func::<T>(dev, "sum_squares_partial")?;
+        for (i, (storage, layout)) in ts.iter().enumerate() {
+            let x = view::<T>(storage, layout, "sum_squares")?;
+            let n = x.len();
+            let blocks = n.div_ceil(BLOCK as usize).clamp(1, SUM_BLOCKS);
+            let mut row = partials.slice_mut(i * SUM_BLOCKS..(i + 1) * SUM_BLOCKS);
+            let mut launch = first.builder();
+            launch.arg(&n).arg(&x).arg(&mut row);
+            let cfg = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            // SAFETY: the grid-stride loop reads `n` elements of `x`; block `j` writes `row[j]`,
+            // and the grid has `blocks` ≤ SUM_BLOCKS blocks.
+            unsafe { launch.launch(cfg) }.w()?;
+        }
+        let mut totals = alloc::<f64>(dev, ts.len())?;
+        let second = SGD.func::<T>(dev, "sum_partials")?;
         let mut launch = second.builder();
-        launch.arg(&blocks).arg(&partials).arg(&mut total);
-        let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: one block reads the `blocks` partials and writes `total[0]`.
-        unsafe { launch.launch(one_block) }.w()?;
-        let host = dev.cuda_stream().clone_dtoh(&total).w()?;
-        Ok(host[0])
+        launch.arg(&SUM_BLOCKS).arg(&partials).arg(&mut totals);
+        // SAFETY: block `i` reads row `i`'s SUM_BLOCKS partials and writes `totals[i]`.
+        unsafe { launch.launch(per_row(ts.len())) }.w()?;
+        let mut sums = dev.cuda_stream().clone_dtoh(&totals).w()?;
+        sums.truncate(ts.len());
+        Ok(sums)
     }
 }

@@ -96,3 +96,19 @@ fn sum_squares_matches_candle_and_reads_strided_tensors() -> Result<()> {
     assert_eq!(agm_kernels::sum_squares(&Tensor::new(&[3.0f64, 4.0], &dev)?)?, 25.0);
     Ok(())
 }
+
+#[test]
+fn sum_squares_each_is_each_tensors_own_sum() -> Result<()> {
+    let dev = Device::Cpu;
+    let ts = [
+        Tensor::new(&[3.0f64, 4.0], &dev)?,
+        Tensor::arange(0f32, 70_000.0, &dev)?.affine(1e-3, -20.0)?.cos()?.reshape((350, 200))?.t()?,
+        Tensor::new(&[-2.0f32], &dev)?,
+    ];
+    let each = agm_kernels::sum_squares_each(&ts)?;
+    let alone = ts.iter().map(agm_kernels::sum_squares).collect::<Result<Vec<_>>>()?;
+    assert_eq!(each, alone);
+    assert_eq!((each[0], each[2]), (25.0, 4.0));
+    assert!(agm_kernels::sum_squares_each(&[])?.is_empty());
+    Ok(())
+}

@@ -190,14 +190,12 @@ pub fn conditional_speeds(main: &[f64], bypass: f64) -> (Vec<f64>, f64, usize) {
 /// `‖g‖² / ‖θ‖²` of one group (ratio of sums); 0 when the weights are all zero. A variable
 /// without a gradient counts as a zero gradient.
 fn group_ratio(vars: &[agm_core::NamedVar], grads: &GradStore) -> Result<f64> {
-    let (mut wn, mut gn) = (0.0, 0.0);
-    for v in vars {
-        let t = v.var.as_tensor();
-        wn += agm_kernels::sum_squares(t)?;
-        if let Some(g) = grads.get(t) {
-            gn += agm_kernels::sum_squares(g)?;
-        }
-    }
+    let weights = vars.iter().map(|v| v.var.as_tensor().clone());
+    let with_grad: Vec<Tensor> = vars.iter().filter_map(|v| grads.get(v.var.as_tensor()).cloned()).collect();
+    // One call, so a GPU is waited for once.
+    let sums = agm_kernels::sum_squares_each(&weights.chain(with_grad).collect::<Vec<_>>())?;
+    let (w, g) = sums.split_at(vars.len());
+    let (wn, gn): (f64, f64) = (w.iter().sum(), g.iter().sum());
     Ok(if wn > 0.0 { gn / wn } else { 0.0 })
 }
 

@@ -1,6 +1,6 @@
 //! The in-place SGD update and the squared norm on CUDA against the CPU and candle ops.
 
-use agm_kernels::{sgd_update, sgd_update_ref, sum_squares, SgdUpdate};
+use agm_kernels::{sgd_update, sgd_update_ref, sum_squares, sum_squares_each, SgdUpdate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::common::{assert_close, gpu, input, tol};
@@ -108,5 +108,35 @@ fn sum_squares_matches_cpu() -> Result<()> {
         let got = sum_squares(&t.to_device(&gpu)?.t()?)?;
         assert!((got - want).abs() <= 1e-10 * want, "{dtype:?} transposed: {got} on CUDA, {want} on the CPU");
     }
+    Ok(())
+}
+
+/// The batched sums (one row of partials per tensor, one copy back) against each tensor's sum
+/// on the CPU, for tensors of very different sizes; tensors of mixed dtypes take the path one
+/// tensor at a time and give the same sums.
+#[test]
+fn sum_squares_each_matches_cpu() -> Result<()> {
+    let gpu = gpu();
+    for dtype in [DType::F32, DType::F64] {
+        let cpu = [
+            input(&[1], 0.1, dtype)?,
+            input(&[3_000_000], 0.2, dtype)?,
+            input(&[64], 0.3, dtype)?,
+            input(&[300, 77], 0.4, dtype)?.t()?,
+        ];
+        let on_gpu = cpu.iter().map(|t| t.to_device(&gpu)).collect::<Result<Vec<_>>>()?;
+        let got = sum_squares_each(&on_gpu)?;
+        for (i, (t, got)) in cpu.iter().zip(got).enumerate() {
+            let want = sum_squares(t)?;
+            assert!(
+                (got - want).abs() <= 1e-10 * want.max(1.0),
+                "{dtype:?} tensor {i}: {got} on CUDA, {want} on the CPU"
+            );
+            assert_eq!(got, sum_squares(&on_gpu[i])?, "{dtype:?} tensor {i}: batched and alone differ");
+        }
+    }
+    let mixed = [input(&[1000], 0.5, DType::F32)?.to_device(&gpu)?, input(&[1000], 0.6, DType::F64)?.to_device(&gpu)?];
+    let got = sum_squares_each(&mixed)?;
+    assert_eq!(got, [sum_squares(&mixed[0])?, sum_squares(&mixed[1])?]);
     Ok(())
 }

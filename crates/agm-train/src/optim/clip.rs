@@ -41,9 +41,11 @@ fn clip_with_coef(grads: &mut GradStore, params: &[NamedVar], max_norm: f64) -> 
         return Ok((0.0, max_norm / NORM_EPS));
     }
     // The norm of the per-parameter norms, as PyTorch computes it.
+    // All the sums at once: on a GPU, one wait for the device instead of one per parameter.
+    let sums = agm_kernels::sum_squares_each(&with_grad.iter().map(|(_, g)| g.clone()).collect::<Vec<_>>())?;
     let mut squares = 0.0;
-    for (_, g) in &with_grad {
-        let norm = agm_kernels::sum_squares(g)?.sqrt();
+    for sum in sums {
+        let norm = sum.sqrt();
         squares += norm * norm;
     }
     let total = squares.sqrt();
