@@ -332,26 +332,22 @@ mod gpu {
         if !matches!(dtype, candle_core::DType::F32 | candle_core::DType::F64) || !ts.iter().all(same) {
             return Ok(None);
         }
-        let ts = ts.iter().map(|t| t.detach().contiguous()).collect::<Result<Vec<_>>>()?;
-        let held: Vec<_> = ts.iter().map(Tensor::storage_and_layout).collect();
-        let mut storages = Vec::with_capacity(held.len());
-        for (storage, layout) in &held {
-            match &**storage {
-                Storage::Cuda(s) => storages.push((s, *layout)),
-                _ => return Ok(None),
-            }
-        }
         let sums = match dtype {
-            candle_core::DType::F32 => sum_rows::<f32>(dev, &storages)?,
-            _ => sum_rows::<f64>(dev, &storages)?,
+            candle_core::DType::F32 => sum_rows::<f32>(dev, ts)?,
+            _ => sum_rows::<f64>(dev, ts)?,
         };
         Ok(Some(sums))
     }
 
-    fn sum_rows<T: CudaReal>(dev: &candle_core::CudaDevice, ts: &[(&CudaStorage, &Layout)]) -> Result<Vec<f64>> {
+    /// The sums of [`sum_squares_each`] for tensors of type `T` on `dev`. Each tensor's storage
+    /// is read only while its own kernel is launched (a tensor may be passed twice).
+    fn sum_rows<T: CudaReal>(dev: &candle_core::CudaDevice, ts: &[Tensor]) -> Result<Vec<f64>> {
         let mut partials = zeros::<f64>(dev, ts.len() * SUM_BLOCKS)?;
         let first = SGD.func::<T>(dev, "sum_squares_partial")?;
-        for (i, (storage, layout)) in ts.iter().enumerate() {
+        for (i, t) in ts.iter().enumerate() {
+            let t = t.contiguous()?;
+            let (storage, layout) = t.storage_and_layout();
+            let Storage::Cuda(storage) = &*storage else { candle_core::bail!("sum_squares: a tensor left the GPU") };
             let x = view::<T>(storage, layout, "sum_squares")?;
             let n = x.len();
             let blocks = n.div_ceil(BLOCK as usize).clamp(1, SUM_BLOCKS);

@@ -113,7 +113,7 @@ fn sum_squares_matches_cpu() -> Result<()> {
 
 /// The batched sums (one row of partials per tensor, one copy back) against each tensor's sum
 /// on the CPU, for tensors of very different sizes; tensors of mixed dtypes take the path one
-/// tensor at a time and give the same sums.
+/// tensor at a time and give the same sums, and a tensor passed twice gets its sum twice.
 #[test]
 fn sum_squares_each_matches_cpu() -> Result<()> {
     let gpu = gpu();
@@ -138,5 +138,8 @@ fn sum_squares_each_matches_cpu() -> Result<()> {
     let mixed = [input(&[1000], 0.5, DType::F32)?.to_device(&gpu)?, input(&[1000], 0.6, DType::F64)?.to_device(&gpu)?];
     let got = sum_squares_each(&mixed)?;
     assert_eq!(got, [sum_squares(&mixed[0])?, sum_squares(&mixed[1])?]);
+    // The same tensor twice (its storage is read one launch at a time).
+    let twice = sum_squares_each(&[mixed[0].clone(), mixed[0].clone()])?;
+    assert_eq!(twice, [got[0], got[0]]);
     Ok(())
 }
