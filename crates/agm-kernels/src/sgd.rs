@@ -232,22 +232,26 @@ pub fn sgd_update_ref(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpd
 }
 
 /// `Σ t²` over every element, accumulated in f64: the square of a gradient's L2 norm for
-/// clipping. [`sum_squares_each`] of one tensor.
+/// clipping, in one parallel pass on the CPU (f32, f64) without a converted copy, and on CUDA
+/// (f32, f64) as a deterministic two-kernel reduction; elsewhere candle ops (in f32 on Metal,
+/// which has no f64).
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
-    Ok(sum_squares_each(std::slice::from_ref(t))?[0])
+    #[cfg(feature = "cuda")]
+    if let Some(sums) = gpu::sum_squares_each(std::slice::from_ref(t))? {
+        return Ok(sums[0]);
+    }
+    sum_squares_apart(t)
 }
 
-/// `Σ t²` of each tensor, accumulated in f64: on the CPU (f32, f64) one parallel pass per tensor
-/// without a converted copy; on CUDA (f32, f64, all tensors of one dtype on one device) a
-/// deterministic two-kernel reduction whose sums come back in one copy, so clipping waits for
-/// the GPU once per step rather than once per parameter; elsewhere candle ops (in f32 on Metal,
-/// which has no f64).
+/// [`sum_squares`] of each tensor. On CUDA, when all are f32 (or all f64) on one device, the
+/// sums come back in one copy, so clipping waits for the GPU once per step rather than once per
+/// parameter; otherwise one tensor at a time.
 pub fn sum_squares_each(ts: &[Tensor]) -> Result<Vec<f64>> {
     #[cfg(feature = "cuda")]
     if let Some(sums) = gpu::sum_squares_each(ts)? {
         return Ok(sums);
     }
-    ts.iter().map(sum_squares_apart).collect()
+    ts.iter().map(sum_squares).collect()
 }
 
 /// [`sum_squares`] of one tensor off CUDA.
