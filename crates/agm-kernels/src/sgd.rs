@@ -132,8 +132,9 @@ enum Buffer<'a> {
     CudaF64(candle_core::cuda_backend::cudarc::driver::CudaViewMut<'a, f64>),
 }
 
-/// `buf ← momentum·buf + (1 − dampening)·d` when there is a buffer, then
-/// `p ← p − lr·(buf or d + momentum·buf or d)`, per element in one pass, with `d = g + wd·p`.
+/// With `d = g + wd·p`: `buf ← momentum·buf + (1 − dampening)·d` when there is a buffer, then
+/// `p ← p − lr·s` with `s = buf`, `d + momentum·buf` (nesterov) or `d` (no buffer), per
+/// element in one pass.
 struct ParamStep<'b> {
     buf: std::sync::Mutex<Option<Buffer<'b>>>,
     momentum_update: MomentumUpdate,
