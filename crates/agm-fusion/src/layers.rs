@@ -102,22 +102,14 @@ impl BatchNorm {
         let (w, b) = (self.weight.as_tensor(), self.bias.as_tensor());
         let running = (&self.running_mean.as_tensor().detach(), &self.running_var.as_tensor().detach());
         let op = if relu { agm_kernels::batch_norm_relu } else { agm_kernels::batch_norm };
-        let (y, stats) = match mode {
+        let tail = match mode {
             NormMode::Eval => return Ok(op(x, w, b, Some(running), self.eps)?.0),
-            NormMode::Train => op(x, w, b, None, self.eps)?,
-            NormMode::TrainWithEvalTail(tail) => {
-                agm_kernels::batch_norm_mixed(x, w, b, running, self.momentum, tail, self.eps, relu)?
-            }
+            NormMode::Train => 0,
+            NormMode::TrainWithEvalTail(tail) => tail,
         };
-        let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
-        // Running averages take the unbiased variance, as PyTorch's do.
-        let n = stats.count as f64;
-        let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0).max(1.0)).collect();
-        let (m, dtype, dev) = (self.momentum, x.dtype(), x.device());
-        let mean = Tensor::from_vec(stats.mean, w.dims1()?, dev)?.to_dtype(dtype)?;
-        let var = Tensor::from_vec(unbiased, w.dims1()?, dev)?.to_dtype(dtype)?;
-        self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?)?;
-        self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?)?;
+        let (y, stored) = agm_kernels::batch_norm_train(x, w, b, running, self.momentum, tail, self.eps, relu)?;
+        self.running_mean.set(&stored.mean)?;
+        self.running_var.set(&stored.var)?;
         // The counter lives in the variable, so checkpoints restore it with the rest.
         self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
         Ok(y)

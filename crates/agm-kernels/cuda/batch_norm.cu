@@ -10,26 +10,69 @@ __device__ __forceinline__ size_t channel_offset(size_t j, size_t first_row, siz
   return (row * c + channel) * s + within;
 }
 
-// Mean and biased variance (two passes) of each channel over the first `rows` rows: block
-// `channel` writes moments[channel] (mean) and moments[c + channel] (variance), so the host
-// fetches both with one copy.
+// The rows of the statistics a batch norm reads (see `row` in src/batch_norm.rs): row r of
+// channel `channel` is at stats[r * c + channel].
+#define BN_MEAN 0
+#define BN_VAR 1
+#define BN_RSTD 2
+#define BN_FIXED_MEAN 3
+#define BN_FIXED_RSTD 4
+#define BN_RUNNING_MEAN 5
+#define BN_RUNNING_VAR 6
+
+// (1 − m)·running + m·batch, each step rounded (in double, or in T for the stored statistics,
+// as candle's ops on T tensors round them on the CPU).
 template <typename T>
-__device__ void batch_norm_moments(size_t rows, size_t c, size_t s, const T* x, double* moments) {
+__device__ __forceinline__ T moved(T running, T batch, double m) {
+  return agm_add(agm_mul(running, (T)(1.0 - m)), agm_mul(batch, (T)m));
+}
+
+// Block `channel` (one per channel): mean and biased variance (two passes, in double) of the
+// channel over the first `rows` rows, then, from thread 0, every statistics row of the channel:
+// 1/sqrt(var + eps); with running statistics, those the evaluation rows use (updated by this
+// batch first when `update`, as PyTorch's train() then eval() would see them) and those to
+// store. A row with nothing to hold is zero, as on the CPU.
+template <typename T>
+__device__ void batch_norm_stats(size_t rows, size_t c, size_t s, const T* x, const T* running_mean,
+                                 const T* running_var, int has_running, int update, double momentum, double eps,
+                                 double* stats) {
   __shared__ double scratch[32];
   const size_t channel = blockIdx.x, count = rows * s;
-  double sum = 0.0;
-  for (size_t j = threadIdx.x; j < count; j += blockDim.x) sum += (double)x[channel_offset(j, 0, c, s, channel)];
-  const double mean = agm_block_sum(sum, scratch) / (double)count;
-  double squares = 0.0;
-  for (size_t j = threadIdx.x; j < count; j += blockDim.x) {
-    const double d = (double)x[channel_offset(j, 0, c, s, channel)] - mean;
-    squares += d * d;
+  double mean = 0.0, var = 0.0;
+  if (count > 0) {
+    double sum = 0.0;
+    for (size_t j = threadIdx.x; j < count; j += blockDim.x) sum += (double)x[channel_offset(j, 0, c, s, channel)];
+    mean = agm_block_sum(sum, scratch) / (double)count;
+    double squares = 0.0;
+    for (size_t j = threadIdx.x; j < count; j += blockDim.x) {
+      const double d = (double)x[channel_offset(j, 0, c, s, channel)] - mean;
+      squares += d * d;
+    }
+    var = agm_block_sum(squares, scratch) / (double)count;
   }
-  const double var = agm_block_sum(squares, scratch) / (double)count;
-  if (threadIdx.x == 0) {
-    moments[channel] = mean;
-    moments[c + channel] = var;
+  if (threadIdx.x != 0) return;
+  double fixed_mean = 0.0, fixed_rstd = 0.0, stored_mean = 0.0, stored_var = 0.0;
+  if (has_running) {
+    const T r_mean = running_mean[channel], r_var = running_var[channel];
+    double fixed_var = (double)r_var;
+    fixed_mean = stored_mean = (double)r_mean;
+    stored_var = fixed_var;
+    if (update && count > 0) {
+      const double n = (double)count, unbiased = __dmul_rn(var, n) / fmax(n - 1.0, 1.0);
+      fixed_mean = moved((double)r_mean, mean, momentum);
+      fixed_var = moved((double)r_var, unbiased, momentum);
+      stored_mean = (double)moved(r_mean, (T)mean, momentum);
+      stored_var = (double)moved(r_var, (T)unbiased, momentum);
+    }
+    fixed_rstd = 1.0 / sqrt(fixed_var + eps);
   }
+  stats[BN_MEAN * c + channel] = mean;
+  stats[BN_VAR * c + channel] = var;
+  stats[BN_RSTD * c + channel] = count > 0 ? 1.0 / sqrt(var + eps) : 0.0;
+  stats[BN_FIXED_MEAN * c + channel] = fixed_mean;
+  stats[BN_FIXED_RSTD * c + channel] = fixed_rstd;
+  stats[BN_RUNNING_MEAN * c + channel] = stored_mean;
+  stats[BN_RUNNING_VAR * c + channel] = stored_var;
 }
 
 // y = x · scale + shift with scale = rstd · w and shift = bias − mean · scale, from the batch
@@ -115,8 +158,10 @@ __device__ void batch_norm_grad_input(size_t n, size_t c, size_t s, size_t head_
 }
 
 #define BATCH_NORM_KERNELS(T, S)                                                                                   \
-  extern "C" __global__ void batch_norm_moments_##S(size_t rows, size_t c, size_t s, const T* x, double* moments) { \
-    batch_norm_moments(rows, c, s, x, moments);                                                                    \
+  extern "C" __global__ void batch_norm_stats_##S(size_t rows, size_t c, size_t s, const T* x,                   \
+                                                  const T* running_mean, const T* running_var, int has_running,    \
+                                                  int update, double momentum, double eps, double* stats) {        \
+    batch_norm_stats(rows, c, s, x, running_mean, running_var, has_running, update, momentum, eps, stats);         \
   }                                                                                                                \
   extern "C" __global__ void batch_norm_apply_##S(size_t n, size_t c, size_t s, size_t head_elems, const T* x,     \
                                                   const T* w, const T* bias, const double* batch_mean,             \

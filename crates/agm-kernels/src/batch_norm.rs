@@ -4,12 +4,16 @@
 //! over dimensions 0, 2 and 3 several times with candle's single-threaded strided reduction; in a
 //! ResNet-18 step that dominated the backward pass. Here one op computes the output, and one
 //! backward pass yields the gradients of the input, the weight and the bias.
-
-use std::sync::{Arc, Mutex};
+//!
+//! A call runs in two steps: a statistics op computes, per channel, everything the
+//! normalisation needs (the batch moments, the running statistics the evaluation rows read,
+//! and the running statistics after this batch) into one small tensor on the input's device;
+//! the normalisation and its backward read that tensor. On CUDA nothing goes to the host, so a
+//! training step never waits for the GPU inside a batch norm.
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::backward::param_grad;
@@ -29,13 +33,20 @@ pub struct BatchStats {
     pub count: usize,
 }
 
+/// The running mean and variance after a training pass, in the input's dtype and on its device.
+#[derive(Clone, Debug)]
+pub struct RunningStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
 /// `(x − mean) / sqrt(var + eps) · weight + bias` per channel of `x [B, C, ...]`.
 ///
 /// `running = None` is training mode: the batch's own mean and biased variance normalise, and
-/// they are returned for the running averages (PyTorch's `BatchNorm` in `train()`).
-/// `running = Some((mean, var))` is evaluation mode with those constants. Gradients reach `x`,
-/// `weight` and `bias` in both modes. On the CPU and CUDA a fused custom op (f32, f64); on other
-/// devices [`batch_norm_ref`].
+/// they are returned (PyTorch's `BatchNorm` in `train()`; on CUDA returning them copies them to
+/// the host, which [`batch_norm_train`] avoids). `running = Some((mean, var))` is evaluation
+/// mode with those constants. Gradients reach `x`, `weight` and `bias` in both modes. On the
+/// CPU and CUDA a fused custom op (f32, f64); on other devices [`batch_norm_ref`].
 pub fn batch_norm(
     x: &Tensor,
     weight: &Tensor,
@@ -43,7 +54,7 @@ pub fn batch_norm(
     running: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<(Tensor, Option<BatchStats>)> {
-    batch_norm_op(x, weight, bias, running, None, eps, false)
+    batch_norm_fn(x, weight, bias, running, eps, false)
 }
 
 /// `relu(batch_norm(…))` as one op (a ResNet's `bn → relu`): the normalised activation never
@@ -56,72 +67,137 @@ pub fn batch_norm_relu(
     running: Option<(&Tensor, &Tensor)>,
     eps: f64,
 ) -> Result<(Tensor, Option<BatchStats>)> {
-    batch_norm_op(x, weight, bias, running, None, eps, true)
+    batch_norm_fn(x, weight, bias, running, eps, true)
 }
 
-/// Training-mode batch norm over the first `B − tail` samples of `x` and evaluation mode over
-/// the last `tail`: one call for a batch that carries extra evaluation-mode samples along (the
-/// fast Shapley path's zero sample). The evaluation rows see the running statistics as they are
-/// after this batch updates them (`momentum`, PyTorch's rule with the unbiased variance), as if
-/// the training rows had run first and the evaluation rows after, and as constants. The
-/// statistics returned are the training rows'. Followed by a ReLU when `relu`. On the CPU and
-/// CUDA one fused custom op; on other devices it is two calls on the two parts.
+fn batch_norm_fn(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Option<BatchStats>)> {
+    check_args(x, weight, bias, running, eps)?;
+    if !own_kernels(x.device()) {
+        let (y, stats) = batch_norm_ref(x, weight, bias, running, eps)?;
+        return Ok((if relu { y.relu()? } else { y }, stats));
+    }
+    let rows = Rows { running: running.map(|(m, v)| (m.clone(), v.clone())), tail: None };
+    let head = rows.batch_rows(x.dim(0)?);
+    let (y, stats) = batch_norm_op(x, weight, bias, rows, eps, relu)?;
+    if head == 0 {
+        return Ok((y, None));
+    }
+    let moments = stats.narrow(0, row::MEAN, 2)?.to_vec2::<f64>()?;
+    let (mean, var) = (moments[0].clone(), moments[1].clone());
+    Ok((y, Some(BatchStats { mean, var, count: x.elem_count() / x.dim(1)? })))
+}
+
+/// PyTorch's `BatchNorm` in `train()`, returning the output and the running statistics after
+/// this batch (the caller stores them): the batch's own statistics normalise the first
+/// `B − eval_tail` samples and update `running` with `momentum` (PyTorch's rule, with the
+/// unbiased variance); the last `eval_tail` samples ride along in evaluation mode (the fast
+/// Shapley path's zero sample), normalised by the running statistics as this batch leaves them,
+/// as constants, as if the training rows had run first and the evaluation rows after. Followed
+/// by a ReLU when `relu`. On the CPU and CUDA one fused custom op that leaves everything on the
+/// device; on other devices separate calls.
 #[allow(clippy::too_many_arguments)]
-pub fn batch_norm_mixed(
+pub fn batch_norm_train(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
     running: (&Tensor, &Tensor),
     momentum: f64,
-    tail: usize,
+    eval_tail: usize,
     eps: f64,
     relu: bool,
-) -> Result<(Tensor, Option<BatchStats>)> {
-    let b = x.dims().first().copied().unwrap_or(0);
-    if tail >= b {
-        candle_core::bail!("batch_norm: {tail} evaluation rows leave no training rows in a batch of {b}");
+) -> Result<(Tensor, RunningStats)> {
+    check_args(x, weight, bias, Some(running), eps)?;
+    let b = x.dim(0)?;
+    if eval_tail >= b {
+        candle_core::bail!("batch_norm: {eval_tail} evaluation rows leave no training rows in a batch of {b}");
     }
     if !own_kernels(x.device()) {
-        let op = if relu { batch_norm_relu } else { batch_norm };
-        let (head, stats) = op(&x.narrow(0, 0, b - tail)?, weight, bias, None, eps)?;
-        let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
-        let (mean, var) = updated_running(&to_f64(running.0)?, &to_f64(running.1)?, &stats, momentum);
-        let dev = x.device();
-        let mean = Tensor::from_vec(mean, weight.dims1()?, dev)?.to_dtype(x.dtype())?;
-        let var = Tensor::from_vec(var, weight.dims1()?, dev)?.to_dtype(x.dtype())?;
-        let (rest, _) = op(&x.narrow(0, b - tail, tail)?, weight, bias, Some((&mean, &var)), eps)?;
-        return Ok((Tensor::cat(&[head, rest], 0)?, Some(stats)));
+        return batch_norm_train_apart(x, weight, bias, running, momentum, eval_tail, eps, relu);
     }
-    batch_norm_op(x, weight, bias, Some(running), Some((tail, momentum)), eps, relu)
+    let rows = Rows { running: Some((running.0.clone(), running.1.clone())), tail: Some((eval_tail, momentum)) };
+    let (y, stats) = batch_norm_op(x, weight, bias, rows, eps, relu)?;
+    let stored = |r: usize| stats.get(r)?.to_dtype(x.dtype());
+    Ok((y, RunningStats { mean: stored(row::RUNNING_MEAN)?, var: stored(row::RUNNING_VAR)? }))
+}
+
+/// [`batch_norm_train`] on devices without agm's kernels: the training rows, then the
+/// evaluation rows with the updated statistics.
+#[allow(clippy::too_many_arguments)]
+fn batch_norm_train_apart(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    running: (&Tensor, &Tensor),
+    momentum: f64,
+    eval_tail: usize,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, RunningStats)> {
+    let b = x.dim(0)?;
+    let op = if relu { batch_norm_relu } else { batch_norm };
+    let (head, stats) = op(&x.narrow(0, 0, b - eval_tail)?, weight, bias, None, eps)?;
+    let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
+    let (dtype, dev, shape) = (x.dtype(), x.device(), weight.dims1()?);
+    let (m, n) = (momentum, stats.count as f64);
+    let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0).max(1.0)).collect();
+    let batch_mean = Tensor::from_vec(stats.mean.clone(), shape, dev)?.to_dtype(dtype)?;
+    let batch_var = Tensor::from_vec(unbiased, shape, dev)?.to_dtype(dtype)?;
+    let stored = RunningStats {
+        mean: ((running.0.detach() * (1.0 - m))? + (batch_mean * m)?)?,
+        var: ((running.1.detach() * (1.0 - m))? + (batch_var * m)?)?,
+    };
+    if eval_tail == 0 {
+        return Ok((head, stored));
+    }
+    let (mean, var) = updated_running(&to_f64(running.0)?, &to_f64(running.1)?, &stats, momentum);
+    let mean = Tensor::from_vec(mean, shape, dev)?.to_dtype(dtype)?;
+    let var = Tensor::from_vec(var, shape, dev)?.to_dtype(dtype)?;
+    let (rest, _) = op(&x.narrow(0, b - eval_tail, eval_tail)?, weight, bias, Some((&mean, &var)), eps)?;
+    Ok((Tensor::cat(&[head, rest], 0)?, stored))
 }
 
 /// PyTorch's running-statistics update: `(1 − m)·running + m·batch`, with the unbiased variance.
 pub fn updated_running(mean: &[f64], var: &[f64], stats: &BatchStats, momentum: f64) -> (Vec<f64>, Vec<f64>) {
     let n = stats.count as f64;
-    let m = momentum;
-    let mean = mean.iter().zip(&stats.mean).map(|(r, b)| r * (1.0 - m) + b * m).collect();
-    let var = var.iter().zip(&stats.var).map(|(r, v)| r * (1.0 - m) + (v * n / (n - 1.0).max(1.0)) * m).collect();
-    (mean, var)
+    (
+        mean.iter().zip(&stats.mean).map(|(&r, &b)| moved(r, b, momentum)).collect(),
+        var.iter().zip(&stats.var).map(|(&r, &v)| moved(r, unbiased(v, n), momentum)).collect(),
+    )
 }
 
-/// `running` normalises the last `tail.0` rows, updated with momentum `tail.1` (all rows, as
-/// they are, when `tail` is `None`); the batch's own statistics normalise the others.
-fn batch_norm_op(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    running: Option<(&Tensor, &Tensor)>,
-    tail: Option<(usize, f64)>,
-    eps: f64,
-    relu: bool,
-) -> Result<(Tensor, Option<BatchStats>)> {
+/// `(1 − m)·running + m·batch` in f64.
+fn moved(running: f64, batch: f64, m: f64) -> f64 {
+    running * (1.0 - m) + batch * m
+}
+
+/// The unbiased variance of `count` elements from the biased one.
+fn unbiased(var: f64, count: f64) -> f64 {
+    var * count / (count - 1.0).max(1.0)
+}
+
+/// [`moved`] rounded to `T` at every step, as candle's ops on `T` tensors compute it (the
+/// stored running statistics: PyTorch keeps them in the parameters' dtype too).
+fn moved_in<T: Real>(running: f64, batch: f64, m: f64) -> f64 {
+    let (keep, take) = (T::from_f64(1.0 - m), T::from_f64(m));
+    (T::from_f64(running) * keep + T::from_f64(batch) * take).to_f64()
+}
+
+/// Shapes, dtypes and `eps` of a batch-norm call.
+fn check_args(x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<()> {
     let dims = x.dims();
     if dims.len() < 2 || dims[1] == 0 || dims[0] == 0 {
         candle_core::bail!("batch_norm: input {dims:?} needs a batch and a channel dimension");
     }
     let c = dims[1];
     let running_pair = running.into_iter().flat_map(|(m, v)| [("running mean", m), ("running var", v)]);
-    for (name, t) in [("weight", weight), ("bias", bias)].into_iter().chain(running_pair) {
+    for (name, t) in [("weight", weight), ("bias", bias)].into_iter().chain(running_pair.clone()) {
         if t.dims() != [c] {
             candle_core::bail!("batch_norm: {name} {:?} must have one value per channel ({c})", t.dims());
         }
@@ -129,26 +205,34 @@ fn batch_norm_op(
     if !(eps >= 0.0 && eps.is_finite()) {
         candle_core::bail!("batch_norm: eps must be finite and non-negative, got {eps}");
     }
-    if !own_kernels(x.device()) {
-        let (y, stats) = batch_norm_ref(x, weight, bias, running, eps)?;
-        return Ok((if relu { y.relu()? } else { y }, stats));
+    if own_kernels(x.device()) {
+        check_real(x, "batch_norm")?;
+        let mut all = vec![x, weight, bias];
+        all.extend(running_pair.map(|(_, t)| t));
+        check_same_dtype(&all, "batch_norm")?;
     }
-    check_real(x, "batch_norm")?;
-    check_same_dtype(&[x, weight, bias], "batch_norm")?;
-    let fixed = match running {
-        Some((m, v)) => Some((to_f64(m)?, to_f64(v)?)),
-        None => None,
-    };
-    let saved = Arc::new(Mutex::new(None));
-    let rows = Rows { fixed, tail };
-    let op = BatchNormOp { eps, rows, relu, saved: saved.clone(), norm: Mutex::new(None) };
-    let y = x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
-    let stats = saved.lock().expect("batch-norm statistics").take();
+    Ok(())
+}
+
+/// The statistics op, then the normalisation reading its output; returns both.
+fn batch_norm_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    rows: Rows,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor)> {
+    let x = x.contiguous()?;
+    let head = rows.batch_rows(x.dim(0)?);
+    let stats = x.detach().apply_op1_no_bwd(&BatchNormStats { rows, eps })?;
+    let op = BatchNormOp { head, relu, stats: stats.clone() };
+    let y = x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
     Ok((y, stats))
 }
 
 fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
-    t.detach().to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()
+    t.detach().to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
 /// Reference from plain differentiable ops (the statistics are computed over a transposed copy).
@@ -180,6 +264,24 @@ pub fn batch_norm_ref(
     Ok((y, stats))
 }
 
+/// The rows of the statistics tensor `[row::COUNT, C]` (f64) that [`BatchNormStats`] writes; a
+/// row with nothing to hold is zero.
+mod row {
+    /// The batch rows' mean and biased variance.
+    pub const MEAN: usize = 0;
+    pub const VAR: usize = 1;
+    /// `1/sqrt(var + eps)` of the batch rows.
+    pub const RSTD: usize = 2;
+    /// The mean and `1/sqrt(var + eps)` the evaluation rows use (the running statistics, updated
+    /// by this batch first when it asks for that).
+    pub const FIXED_MEAN: usize = 3;
+    pub const FIXED_RSTD: usize = 4;
+    /// The running statistics to store after this batch, rounded to the input's dtype.
+    pub const RUNNING_MEAN: usize = 5;
+    pub const RUNNING_VAR: usize = 6;
+    pub const COUNT: usize = 7;
+}
+
 /// `B`, `C` and the elements per (sample, channel) plane of a layout.
 fn geometry(layout: &Layout) -> (usize, usize, usize) {
     let dims = layout.dims();
@@ -207,63 +309,98 @@ fn channel_moments<T: Real>(x: &[T], b: usize, c: usize, s: usize) -> (Vec<f64>,
 /// Which rows the batch's own statistics normalise and which the running ones do.
 #[derive(Clone, Debug)]
 struct Rows {
-    /// The running mean and variance, when any row uses them.
-    fixed: Option<(Vec<f64>, Vec<f64>)>,
-    /// How many trailing rows use `fixed`, updated first with this momentum; `None` means all
-    /// rows use `fixed` as it is (evaluation mode).
+    /// The running mean and variance, when any row uses them or this batch updates them.
+    running: Option<(Tensor, Tensor)>,
+    /// How many trailing rows use `running`, updated first with this momentum; `None` means all
+    /// rows use `running` as it is (evaluation mode).
     tail: Option<(usize, f64)>,
 }
 
 impl Rows {
     /// How many leading samples of a batch of `b` are normalised by the batch statistics.
     fn batch_rows(&self, b: usize) -> usize {
-        match (&self.fixed, self.tail) {
+        match (&self.running, self.tail) {
             (None, _) => b,
             (Some(_), None) => 0,
             (Some(_), Some((t, _))) => b.saturating_sub(t),
         }
     }
+}
 
-    /// The mean and `1/sqrt(var + eps)` of the running rows (zeros when there are none), after
-    /// the update with the batch rows' `stats` when the op asks for one.
-    fn fixed_norm(&self, c: usize, eps: f64, stats: Option<&BatchStats>) -> (Vec<f64>, Vec<f64>) {
-        let Some((mean, var)) = &self.fixed else { return (vec![0.0; c], vec![0.0; c]) };
-        let (mean, var) = match (self.tail, stats) {
-            (Some((_, momentum)), Some(stats)) => updated_running(mean, var, stats, momentum),
-            _ => (mean.clone(), var.clone()),
-        };
-        (mean, var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect())
+/// Everything a batch norm's forward and backward passes need per channel, as the rows of
+/// [`row`]: `x [B, C, ...]` to `[row::COUNT, C]` (f64).
+struct BatchNormStats {
+    rows: Rows,
+    eps: f64,
+}
+
+impl BatchNormStats {
+    /// The running statistics as host values (on the CPU).
+    fn running_on_host(&self) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        self.rows.running.as_ref().map(|(m, v)| Ok((to_f64(m)?, to_f64(v)?))).transpose()
     }
 }
 
-/// The normalisation a forward pass used, for its backward pass.
-#[derive(Clone, Debug)]
-struct Norms {
-    /// Batch rows: mean and `1/sqrt(var + eps)`.
-    batch: (Vec<f64>, Vec<f64>),
-    /// Running rows: the same.
-    fixed: (Vec<f64>, Vec<f64>),
+impl CustomOp1 for BatchNormStats {
+    fn name(&self) -> &'static str {
+        "agm-batch-norm-stats"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (b, c, s) = geometry(layout);
+        let head = self.rows.batch_rows(b);
+        let running = self.running_on_host()?;
+        dispatch_real!(storage, self.name(), T => {
+            let x = slice::<T>(storage, layout, self.name())?;
+            let mut out = vec![0.0; row::COUNT * c];
+            if head > 0 {
+                let (mean, var) = channel_moments(&x[..head * c * s], head, c, s);
+                let rstd = var.iter().map(|v| 1.0 / (v + self.eps).sqrt());
+                out[row::MEAN * c..][..c].copy_from_slice(&mean);
+                out[row::VAR * c..][..c].copy_from_slice(&var);
+                out[row::RSTD * c..][..c].iter_mut().zip(rstd).for_each(|(o, r)| *o = r);
+            }
+            if let Some((mean, var)) = running {
+                let (n, update) = ((head * s) as f64, self.rows.tail.filter(|_| head > 0));
+                for ch in 0..c {
+                    let (batch_mean, batch_var) = (out[row::MEAN * c + ch], unbiased(out[row::VAR * c + ch], n));
+                    let (fixed_mean, fixed_var, stored_mean, stored_var) = match update {
+                        Some((_, m)) => (
+                            moved(mean[ch], batch_mean, m),
+                            moved(var[ch], batch_var, m),
+                            moved_in::<T>(mean[ch], batch_mean, m),
+                            moved_in::<T>(var[ch], batch_var, m),
+                        ),
+                        None => (mean[ch], var[ch], mean[ch], var[ch]),
+                    };
+                    out[row::FIXED_MEAN * c + ch] = fixed_mean;
+                    out[row::FIXED_RSTD * c + ch] = 1.0 / (fixed_var + self.eps).sqrt();
+                    out[row::RUNNING_MEAN * c + ch] = stored_mean;
+                    out[row::RUNNING_VAR * c + ch] = stored_var;
+                }
+            }
+            Ok((CpuStorage::F64(out), Shape::from((row::COUNT, c))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+        dispatch_real!(storage, self.name(), T => gpu::stats::<T>(self, (storage, layout)))
+    }
+}
+
+/// The statistics rows of [`BatchNormStats`] on the host.
+fn host_rows(stats: &Tensor) -> Result<Vec<f64>> {
+    stats.flatten_all()?.to_vec1::<f64>()
 }
 
 struct BatchNormOp {
-    eps: f64,
-    rows: Rows,
+    /// Samples normalised by the batch statistics (the leading ones).
+    head: usize,
     /// Followed by a ReLU.
     relu: bool,
-    /// Training mode: where the forward leaves the batch statistics for the caller.
-    saved: Arc<Mutex<Option<BatchStats>>>,
-    /// What the forward pass normalised with, for the backward pass.
-    norm: Mutex<Option<Norms>>,
-}
-
-/// Mean and `1/sqrt(var + eps)` of the first `head` samples' channels, and their biased variance.
-fn batch_norm_params<T: Real>(x: &[T], head: usize, c: usize, s: usize, eps: f64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
-    if head == 0 {
-        return (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
-    }
-    let (mean, var) = channel_moments(&x[..head * c * s], head, c, s);
-    let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    (mean, rstd, var)
+    /// The [`BatchNormStats`] of the input.
+    stats: Tensor,
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -280,24 +417,23 @@ impl CustomOp3 for BatchNormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, c, s) = geometry(l1);
+        let (_, c, s) = geometry(l1);
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
-        let head = self.rows.batch_rows(b);
+        let (head, stats) = (self.head, host_rows(&self.stats)?);
+        let at = |r: usize| &stats[r * c..(r + 1) * c];
         dispatch_real!(s1, self.name(), T => {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let bias = slice::<T>(s3, l3, self.name())?;
-            let (mean, rstd, var) = batch_norm_params(x, head, c, s, self.eps);
-            let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
-            let (fmean, frstd) = self.rows.fixed_norm(c, self.eps, stats.as_ref());
             // y = x · scale + shift per channel, one pair for batch rows and one for running rows.
             let affine = |mean: &[f64], rstd: &[f64]| -> (Vec<f64>, Vec<f64>) {
                 let scale: Vec<f64> = (0..c).map(|ch| rstd[ch] * w[ch].to_f64()).collect();
                 let shift = (0..c).map(|ch| bias[ch].to_f64() - mean[ch] * scale[ch]).collect();
                 (scale, shift)
             };
-            let (batch, fixed) = (affine(&mean, &rstd), affine(&fmean, &frstd));
+            let batch = affine(at(row::MEAN), at(row::RSTD));
+            let fixed = affine(at(row::FIXED_MEAN), at(row::FIXED_RSTD));
             let out = collect_chunks(x.len(), s, s, |i, dst| {
                 let (scale, shift) = if i / c < head { &batch } else { &fixed };
                 let (k, m) = (scale[i % c], shift[i % c]);
@@ -309,10 +445,6 @@ impl CustomOp3 for BatchNormOp {
                     dst.iter_mut().for_each(|y| *y = if *y > T::ZERO { *y } else { T::ZERO });
                 }
             });
-            if stats.is_some() {
-                *self.saved.lock().expect("batch-norm statistics") = stats;
-            }
-            *self.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some(Norms { batch: (mean, rstd), fixed: (fmean, frstd) });
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -343,8 +475,7 @@ impl CustomOp3 for BatchNormOp {
         let n = x.elem_count();
         let c = weight.elem_count();
         let grad = if self.relu { relu_grad(grad_res, res)? } else { grad_res.contiguous()? };
-        let norm = self.norm.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let bwd = BatchNormBwd { eps: self.eps, rows: self.rows.clone(), norm };
+        let bwd = BatchNormBwd { head: self.head, stats: self.stats.clone() };
         let packed = x.apply_op3_no_bwd(weight, &grad, &bwd)?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         // Copies, so that stored parameter gradients do not hold `packed` (and `dx`) alive.
@@ -357,10 +488,9 @@ impl CustomOp3 for BatchNormOp {
 /// Gradient of [`BatchNormOp`]: `(x, weight, grad_out)` to one flat tensor holding `dx`, then
 /// `dweight`, then `dbias`.
 struct BatchNormBwd {
-    eps: f64,
-    rows: Rows,
-    /// The forward pass's normalisation; recomputed from `x` when absent.
-    norm: Option<Norms>,
+    head: usize,
+    /// The forward pass's [`BatchNormStats`].
+    stats: Tensor,
 }
 
 impl BatchNormBwd {
@@ -391,19 +521,13 @@ impl CustomOp3 for BatchNormBwd {
         self.check_grad(l1, l3)?;
         same_storage_dtype(s1, s2, self.name())?;
         same_storage_dtype(s1, s3, self.name())?;
-        let head = self.rows.batch_rows(b);
+        let (head, stats) = (self.head, host_rows(&self.stats)?);
+        let at = |r: usize| &stats[r * c..(r + 1) * c];
+        let (mean, rstd, fmean, frstd) = (at(row::MEAN), at(row::RSTD), at(row::FIXED_MEAN), at(row::FIXED_RSTD));
         dispatch_real!(s1, self.name(), T => {
             let x = slice::<T>(s1, l1, self.name())?;
             let w = slice::<T>(s2, l2, self.name())?;
             let g = slice::<T>(s3, l3, self.name())?;
-            let Norms { batch: (mean, rstd), fixed: (fmean, frstd) } = match &self.norm {
-                Some(norm) if norm.batch.0.len() == c => norm.clone(),
-                _ => {
-                    let (mean, rstd, var) = batch_norm_params(x, head, c, s, self.eps);
-                    let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
-                    Norms { batch: (mean, rstd), fixed: self.rows.fixed_norm(c, self.eps, stats.as_ref()) }
-                }
-            };
             let split = head * c * s;
             // Per channel and row group: Σ g and Σ g·x̂ (x̂ with that group's statistics).
             let sums = |x: &[T], g: &[T], rows: usize, mean: &[f64], rstd: &[f64]| -> (Vec<f64>, Vec<f64>) {
@@ -417,8 +541,8 @@ impl CustomOp3 for BatchNormBwd {
                     })
                     .unzip()
             };
-            let (sum_g, sum_gx) = sums(&x[..split], &g[..split], head, &mean, &rstd);
-            let (tail_g, tail_gx) = sums(&x[split..], &g[split..], b - head, &fmean, &frstd);
+            let (sum_g, sum_gx) = sums(&x[..split], &g[..split], head, mean, rstd);
+            let (tail_g, tail_gx) = sums(&x[split..], &g[split..], b - head, fmean, frstd);
             let count = (head * s) as f64;
             let n = x.len();
             let mut out = vec![T::ZERO; n + 2 * c];
@@ -467,18 +591,17 @@ impl CustomOp3 for BatchNormBwd {
     }
 }
 
-/// The CUDA paths of [`BatchNormOp`] and [`BatchNormBwd`] (`cuda/batch_norm.cu`). The
-/// per-channel statistics are small, so they live on the host as on the CPU: the forward copies
-/// the batch moments back once (the caller needs them as [`BatchStats`] anyway), and the backward
-/// uploads the forward's [`Norms`] rather than keeping a device buffer alive in between.
+/// The CUDA paths of [`BatchNormStats`], [`BatchNormOp`] and [`BatchNormBwd`]
+/// (`cuda/batch_norm.cu`): the statistics stay on the device, where the normalisation and its
+/// backward read them, so no kernel here waits for the GPU.
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
-    use candle_core::{CudaDevice, CudaStorage, CustomOp3, Layout, Result, Shape};
+    use candle_core::{CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-    use super::{geometry, BatchNormBwd, BatchNormOp, BatchStats, Norms};
+    use super::{geometry, row, BatchNormBwd, BatchNormOp, BatchNormStats};
     use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, BATCH_NORM};
 
     type Operand<'a> = (&'a CudaStorage, &'a Layout);
@@ -493,35 +616,55 @@ mod gpu {
         Ok(v)
     }
 
-    /// Mean, `1/sqrt(var + eps)` and biased variance of the channels of the first `head` rows of
-    /// `x [b, c, s]`, on the host (as `batch_norm_params` on the CPU).
-    fn batch_params<T: CudaReal>(
-        dev: &CudaDevice,
-        x: &CudaView<'_, T>,
-        (head, c, s): (usize, usize, usize),
-        eps: f64,
-    ) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
-        if head == 0 {
-            return Ok((vec![0.0; c], vec![0.0; c], vec![0.0; c]));
+    /// Runs `f` on the CUDA storage of a tensor that an op reads besides its operands.
+    fn with_cuda<R>(t: &Tensor, op: &str, f: impl FnOnce(Operand<'_>) -> Result<R>) -> Result<R> {
+        let (guard, layout) = t.storage_and_layout();
+        match &*guard {
+            Storage::Cuda(s) => f((s, layout)),
+            _ => candle_core::bail!("{op}: the batch-norm statistics are on another device than the input"),
         }
-        let mut moments = alloc::<f64>(dev, 2 * c)?;
-        let func = BATCH_NORM.func::<T>(dev, "batch_norm_moments")?;
-        let mut launch = func.builder();
-        launch.arg(&head).arg(&c).arg(&s).arg(x).arg(&mut moments);
-        // SAFETY: block `ch` of `c` reads channel `ch` of the first `head` rows of `x` and writes
-        // `moments[ch]` and `moments[c + ch]`.
-        unsafe { launch.launch(per_row(c)) }.w()?;
-        let mut moments = dev.clone_dtoh(&moments)?;
-        let var = moments.split_off(c);
-        let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        Ok((moments, rstd, var))
     }
 
-    /// Mean and `1/sqrt(var + eps)` of the batch rows, then of the running rows, in one device
-    /// buffer of `4c` values.
-    fn upload_norms(dev: &CudaDevice, norms: &Norms) -> Result<CudaSlice<f64>> {
-        let Norms { batch: (mean, rstd), fixed: (fmean, frstd) } = norms;
-        dev.clone_htod(&[mean.as_slice(), rstd, fmean, frstd].concat())
+    pub(super) fn stats<T: CudaReal>(op: &BatchNormStats, x: Operand<'_>) -> Result<(CudaStorage, Shape)> {
+        let name = op.name();
+        let dev = x.0.device();
+        let (b, c, s) = geometry(x.1);
+        let head = op.rows.batch_rows(b);
+        let xs = view::<T>(x.0, x.1, name)?;
+        let mut out = alloc::<f64>(dev, row::COUNT * c)?;
+        let update = op.rows.running.is_some() && op.rows.tail.is_some();
+        let momentum = op.rows.tail.map_or(0.0, |(_, m)| m);
+        let launch = |mean: &CudaView<'_, T>, var: &CudaView<'_, T>, out: &mut _| -> Result<()> {
+            let func = BATCH_NORM.func::<T>(dev, "batch_norm_stats")?;
+            let mut launch = func.builder();
+            let (has_running, update) = (i32::from(op.rows.running.is_some()), i32::from(update));
+            launch.arg(&head).arg(&c).arg(&s).arg(&xs).arg(mean).arg(var);
+            launch.arg(&has_running).arg(&update).arg(&momentum).arg(&op.eps).arg(out);
+            // SAFETY: block `ch` of `c` reads channel `ch` of the first `head` rows of `x` and,
+            // with running statistics, element `ch` of each; it writes element `ch` of each of the
+            // `row::COUNT` rows of `out`.
+            unsafe { launch.launch(per_row(c)) }.w()?;
+            Ok(())
+        };
+        match &op.rows.running {
+            Some((mean, var)) => with_cuda(mean, name, |m| {
+                with_cuda(var, name, |v| {
+                    launch(&per_channel::<T>(m, c, name)?, &per_channel::<T>(v, c, name)?, &mut out)
+                })
+            })?,
+            // Nothing reads the running statistics: the input stands in for them.
+            None => launch(&xs, &xs, &mut out)?,
+        }
+        Ok((storage(out, dev), Shape::from((row::COUNT, c))))
+    }
+
+    /// The `[row::COUNT · c]` statistics of an op's input, as one device view.
+    fn stats_view<'a>(s: Operand<'a>, c: usize, op: &str) -> Result<CudaView<'a, f64>> {
+        let v = view::<f64>(s.0, s.1, op)?;
+        if v.len() != row::COUNT * c {
+            candle_core::bail!("{op}: {} statistics for {c} channels", v.len());
+        }
+        Ok(v)
     }
 
     pub(super) fn forward<T: CudaReal>(
@@ -532,31 +675,27 @@ mod gpu {
     ) -> Result<(CudaStorage, Shape)> {
         let name = op.name();
         let dev = x.0.device();
-        let (b, c, s) = geometry(x.1);
-        let head = op.rows.batch_rows(b);
+        let (_, c, s) = geometry(x.1);
         let xs = view::<T>(x.0, x.1, name)?;
         let (w, bias) = (per_channel::<T>(weight, c, name)?, per_channel::<T>(bias, c, name)?);
-        let (mean, rstd, var) = batch_params(dev, &xs, (head, c, s), op.eps)?;
-        let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
-        let norms = Norms { batch: (mean, rstd), fixed: op.rows.fixed_norm(c, op.eps, stats.as_ref()) };
-        let params = upload_norms(dev, &norms)?;
         let n = xs.len();
-        let head_elems = head * c * s;
+        let head_elems = op.head * c * s;
         let relu = i32::from(op.relu);
         let mut y = alloc::<T>(dev, n)?;
-        let func = BATCH_NORM.func::<T>(dev, "batch_norm_apply")?;
-        let mut launch = func.builder();
-        let (mean, rstd) = (params.slice(0..c), params.slice(c..2 * c));
-        let (fixed_mean, fixed_rstd) = (params.slice(2 * c..3 * c), params.slice(3 * c..4 * c));
-        launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&xs).arg(&w).arg(&bias);
-        launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&relu).arg(&mut y);
-        // SAFETY: the kernel reads `n` elements of `x`, `c` of every per-channel operand and
-        // writes `n` of `y`.
-        unsafe { launch.launch(elementwise(n)) }.w()?;
-        if stats.is_some() {
-            *op.saved.lock().expect("batch-norm statistics") = stats;
-        }
-        *op.norm.lock().unwrap_or_else(|e| e.into_inner()) = Some(norms);
+        with_cuda(&op.stats, name, |st| {
+            let stats = stats_view(st, c, name)?;
+            let at = |r: usize| stats.slice(r * c..(r + 1) * c);
+            let func = BATCH_NORM.func::<T>(dev, "batch_norm_apply")?;
+            let mut launch = func.builder();
+            let (mean, rstd, fixed_mean, fixed_rstd) =
+                (at(row::MEAN), at(row::RSTD), at(row::FIXED_MEAN), at(row::FIXED_RSTD));
+            launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&xs).arg(&w).arg(&bias);
+            launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&relu).arg(&mut y);
+            // SAFETY: the kernel reads `n` elements of `x`, `c` of every per-channel operand and
+            // writes `n` of `y`.
+            unsafe { launch.launch(elementwise(n)) }.w()?;
+            Ok(())
+        })?;
         Ok((storage(y, dev), x.1.shape().clone()))
     }
 
@@ -569,43 +708,40 @@ mod gpu {
         let name = op.name();
         let dev = x.0.device();
         let (b, c, s) = geometry(x.1);
-        let head = op.rows.batch_rows(b);
+        let head = op.head;
         let (xs, g) = (view::<T>(x.0, x.1, name)?, view::<T>(grad.0, grad.1, name)?);
         let w = per_channel::<T>(weight, c, name)?;
-        let norms = match &op.norm {
-            Some(norm) if norm.batch.0.len() == c => norm.clone(),
-            _ => {
-                let (mean, rstd, var) = batch_params(dev, &xs, (head, c, s), op.eps)?;
-                let stats = (head > 0).then(|| BatchStats { mean: mean.clone(), var, count: head * s });
-                Norms { batch: (mean, rstd), fixed: op.rows.fixed_norm(c, op.eps, stats.as_ref()) }
-            }
-        };
-        let params = upload_norms(dev, &norms)?;
-        let (mean, rstd) = (params.slice(0..c), params.slice(c..2 * c));
-        let (fixed_mean, fixed_rstd) = (params.slice(2 * c..3 * c), params.slice(3 * c..4 * c));
         let n = xs.len();
         let mut out = alloc::<T>(dev, n + 2 * c)?;
         let mut batch_sums = alloc::<f64>(dev, 2 * c)?;
-        {
-            let mut dparams = out.slice_mut(n..);
-            let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_sums")?;
+        with_cuda(&op.stats, name, |st| {
+            let stats = stats_view(st, c, name)?;
+            let at = |r: usize| stats.slice(r * c..(r + 1) * c);
+            let (mean, rstd, fixed_mean, fixed_rstd) =
+                (at(row::MEAN), at(row::RSTD), at(row::FIXED_MEAN), at(row::FIXED_RSTD));
+            {
+                let mut dparams = out.slice_mut(n..);
+                let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_sums")?;
+                let mut launch = func.builder();
+                launch.arg(&b).arg(&head).arg(&c).arg(&s).arg(&xs).arg(&g);
+                launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&mut batch_sums).arg(&mut dparams);
+                // SAFETY: block `ch` of `c` reads channel `ch` of `x` and `g` (`b` rows) and
+                // writes element `ch` and `c + ch` of `batch_sums` and of the `2c` parameter
+                // gradients.
+                unsafe { launch.launch(per_row(c)) }.w()?;
+            }
+            let head_elems = head * c * s;
+            let count = (head * s) as f64;
+            let mut dx = out.slice_mut(..n);
+            let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_input")?;
             let mut launch = func.builder();
-            launch.arg(&b).arg(&head).arg(&c).arg(&s).arg(&xs).arg(&g);
-            launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&mut batch_sums).arg(&mut dparams);
-            // SAFETY: block `ch` of `c` reads channel `ch` of `x` and `g` (`b` rows) and writes
-            // element `ch` and `c + ch` of `batch_sums` and of the `2c` parameter gradients.
-            unsafe { launch.launch(per_row(c)) }.w()?;
-        }
-        let head_elems = head * c * s;
-        let count = (head * s) as f64;
-        let mut dx = out.slice_mut(..n);
-        let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_input")?;
-        let mut launch = func.builder();
-        launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&count).arg(&xs).arg(&w).arg(&g);
-        launch.arg(&mean).arg(&rstd).arg(&fixed_rstd).arg(&batch_sums).arg(&mut dx);
-        // SAFETY: the kernel reads `n` elements of `x` and `g`, `c` of `w` and every norm, `2c`
-        // of `batch_sums`, and writes the first `n` elements of `out`.
-        unsafe { launch.launch(elementwise(n)) }.w()?;
+            launch.arg(&n).arg(&c).arg(&s).arg(&head_elems).arg(&count).arg(&xs).arg(&w).arg(&g);
+            launch.arg(&mean).arg(&rstd).arg(&fixed_rstd).arg(&batch_sums).arg(&mut dx);
+            // SAFETY: the kernel reads `n` elements of `x` and `g`, `c` of `w` and every norm, `2c`
+            // of `batch_sums`, and writes the first `n` elements of `out`.
+            unsafe { launch.launch(elementwise(n)) }.w()?;
+            Ok(())
+        })?;
         Ok((storage(out, dev), Shape::from(n + 2 * c)))
     }
 }

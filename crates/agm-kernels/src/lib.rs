@@ -34,7 +34,9 @@ mod sgd;
 mod winograd;
 
 pub use backward::backward;
-pub use batch_norm::{batch_norm, batch_norm_mixed, batch_norm_ref, batch_norm_relu, updated_running, BatchStats};
+pub use batch_norm::{
+    batch_norm, batch_norm_ref, batch_norm_relu, batch_norm_train, updated_running, BatchStats, RunningStats,
+};
 #[cfg(feature = "cuda")]
 pub use conv::conv2d_im2col;
 pub use conv::{conv2d, conv2d_ref, Conv2dSpec};

@@ -114,36 +114,75 @@ fn bad_inputs_are_errors() -> Result<()> {
 }
 
 #[test]
-fn mixed_rows_equal_separate_training_and_evaluation_calls() -> Result<()> {
-    use agm_kernels::{batch_norm_mixed, batch_norm_relu};
-    let (b, c, tail) = (5, 3, 2);
+fn evaluation_tail_rows_equal_separate_training_and_evaluation_calls() -> Result<()> {
+    use agm_kernels::{batch_norm_relu, batch_norm_train};
+    let (b, c) = (5, 3);
     let x = Var::from_tensor(&tensor(&[b, c, 4, 3], 0.37, 0.1)?)?;
     let w = Var::from_tensor(&tensor(&[c], 1.3, 0.5)?)?;
     let bias = Var::from_tensor(&tensor(&[c], 0.9, 0.2)?)?;
     let rm = tensor(&[c], 0.5, 0.0)?;
     let rv = tensor(&[c], 0.4, 0.0)?.abs()?.affine(1.0, 0.5)?;
-    for relu in [false, true] {
-        let (mixed, stats) =
-            batch_norm_mixed(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, tail, 1e-5, relu)?;
+    for (tail, relu) in [(0, false), (2, false), (2, true), (4, true)] {
+        let (mixed, stored) =
+            batch_norm_train(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, tail, 1e-5, relu)?;
         let op = if relu { batch_norm_relu } else { batch_norm };
         let (head, head_stats) =
             op(&x.as_tensor().narrow(0, 0, b - tail)?, w.as_tensor(), bias.as_tensor(), None, 1e-5)?;
         // The evaluation rows run after the training rows updated the running statistics.
         let values = |t: &Tensor| t.to_vec1::<f64>();
         let (um, uv) = agm_kernels::updated_running(&values(&rm)?, &values(&rv)?, head_stats.as_ref().unwrap(), 0.1);
-        let (um, uv) = (Tensor::new(um, &Device::Cpu)?, Tensor::new(uv, &Device::Cpu)?);
-        let (rest, _) =
-            op(&x.as_tensor().narrow(0, b - tail, tail)?, w.as_tensor(), bias.as_tensor(), Some((&um, &uv)), 1e-5)?;
-        let separate = Tensor::cat(&[head, rest], 0)?;
+        assert_eq!(values(&stored.mean)?, um, "tail {tail}: stored running mean");
+        assert_eq!(values(&stored.var)?, uv, "tail {tail}: stored running variance");
+        let separate = if tail == 0 {
+            head
+        } else {
+            let (um, uv) = (Tensor::new(um, &Device::Cpu)?, Tensor::new(uv, &Device::Cpu)?);
+            let rest =
+                op(&x.as_tensor().narrow(0, b - tail, tail)?, w.as_tensor(), bias.as_tensor(), Some((&um, &uv)), 1e-5)?;
+            Tensor::cat(&[head, rest.0], 0)?
+        };
         assert!(max_rel(&mixed, &separate)? < 1e-12);
-        assert_eq!(stats, head_stats, "the statistics are the training rows'");
         let (g, g_ref) = (loss(&mixed)?.backward()?, loss(&separate)?.backward()?);
         for v in [&x, &w, &bias] {
             assert!(max_rel(g.get(v).unwrap(), g_ref.get(v).unwrap())? < 1e-10);
         }
     }
     let err =
-        batch_norm_mixed(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, b, 1e-5, false).unwrap_err();
+        batch_norm_train(x.as_tensor(), w.as_tensor(), bias.as_tensor(), (&rm, &rv), 0.1, b, 1e-5, false).unwrap_err();
     assert!(err.to_string().contains("no training rows"), "{err}");
+    let err = batch_norm_train(
+        x.as_tensor(),
+        w.as_tensor(),
+        bias.as_tensor(),
+        (&rm.to_dtype(DType::F32)?, &rv),
+        0.1,
+        0,
+        1e-5,
+        false,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("dtypes differ"), "{err}");
+    Ok(())
+}
+
+/// The stored running statistics in f32 are what `running·(1 − m) + batch·m` computes with
+/// candle's ops on f32 tensors, bit for bit (a model's buffers train as they always have).
+#[test]
+fn stored_running_statistics_round_as_candle_ops_on_f32() -> Result<()> {
+    let (b, c) = (6, 4);
+    let x = tensor(&[b, c, 3, 5], 0.61, 0.4)?.affine(3.0, 0.7)?.to_dtype(DType::F32)?;
+    let (w, bias) = (tensor(&[c], 1.3, 0.5)?.to_dtype(DType::F32)?, tensor(&[c], 0.9, 0.2)?.to_dtype(DType::F32)?);
+    let rm = tensor(&[c], 0.5, 0.0)?.to_dtype(DType::F32)?;
+    let rv = tensor(&[c], 0.4, 0.0)?.abs()?.affine(1.0, 0.5)?.to_dtype(DType::F32)?;
+    let m = 0.1;
+    let (_, stored) = agm_kernels::batch_norm_train(&x, &w, &bias, (&rm, &rv), m, 0, 1e-5, false)?;
+    let (_, stats) = batch_norm(&x, &w, &bias, None, 1e-5)?;
+    let stats = stats.unwrap();
+    let n = stats.count as f64;
+    let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0)).collect();
+    let batch = |v: Vec<f64>| Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F32);
+    let by_ops = |r: &Tensor, v: Vec<f64>| ((r * (1.0 - m))? + (batch(v)? * m)?)?.to_vec1::<f32>();
+    assert_eq!(stored.mean.to_vec1::<f32>()?, by_ops(&rm, stats.mean.clone())?);
+    assert_eq!(stored.var.to_vec1::<f32>()?, by_ops(&rv, unbiased)?);
     Ok(())
 }

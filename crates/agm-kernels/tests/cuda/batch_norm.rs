@@ -1,41 +1,50 @@
-//! Batch norm on CUDA against the CPU: every mode, the fused ReLU, and the returned statistics.
+//! Batch norm on CUDA against the CPU: every mode, the fused ReLU, the returned statistics and
+//! the stored running statistics.
 
 use std::cell::RefCell;
 
-use agm_kernels::{batch_norm, batch_norm_mixed, batch_norm_relu, BatchStats};
-use candle_core::{DType, Result};
+use agm_kernels::{batch_norm, batch_norm_relu, batch_norm_train};
+use candle_core::{DType, Result, Tensor};
 
 use crate::common::{check_op, input, tol};
 
 /// Which rows the running statistics normalise.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
+    /// `batch_norm` in training mode (the statistics copied to the host).
     Train,
     Eval,
-    /// Training rows followed by this many evaluation rows.
-    Mixed(usize),
+    /// `batch_norm_train`: training rows followed by this many evaluation rows.
+    Stored(usize),
 }
 
-/// Fails unless the CPU's and CUDA's statistics agree: both accumulate in f64, so to rounding
-/// whatever the dtype.
-fn assert_stats_close(gpu: &Option<BatchStats>, cpu: &Option<BatchStats>, what: &str) {
+/// What a call reports besides its output, as host values: the batch mean and variance of
+/// `batch_norm` in training, the stored running mean and variance of `batch_norm_train`.
+type Reported = Option<[Vec<f64>; 2]>;
+
+fn host(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F64)?.to_vec1::<f64>()
+}
+
+/// Fails unless the CPU's and CUDA's reports agree: statistics accumulate in f64 on both, and
+/// the stored ones are rounded to the dtype, so to that dtype's tolerance.
+fn assert_reports_close(gpu: &Reported, cpu: &Reported, dtype: DType, what: &str) {
     let (gpu, cpu) = match (gpu, cpu) {
         (None, None) => return,
         (Some(g), Some(c)) => (g, c),
         _ => panic!("{what}: statistics on one device only ({gpu:?} on CUDA, {cpu:?} on the CPU)"),
     };
-    assert_eq!(gpu.count, cpu.count, "{what}: element counts differ");
-    for (name, g, c) in [("mean", &gpu.mean, &cpu.mean), ("variance", &gpu.var, &cpu.var)] {
+    for (name, g, c) in [("mean", &gpu[0], &cpu[0]), ("variance", &gpu[1], &cpu[1])] {
         assert_eq!(g.len(), c.len(), "{what}: {name} lengths differ");
         for (ch, (a, b)) in g.iter().zip(c).enumerate() {
             let err = (a - b).abs() / b.abs().max(1.0);
-            assert!(err <= tol(DType::F64), "{what}: {name} of channel {ch} is {a} on CUDA, {b} on the CPU");
+            assert!(err <= tol(dtype), "{what}: {name} of channel {ch} is {a} on CUDA, {b} on the CPU");
         }
     }
 }
 
 /// Every mode with and without the ReLU, on CPU and CUDA: outputs, the gradients of `x`,
-/// `weight` and `bias`, and the returned statistics.
+/// `weight` and `bias`, and the reported statistics.
 fn check_shape(shape: &[usize], dtype: DType) -> Result<()> {
     let c = shape[1];
     let x = input(shape, 0.1, dtype)?;
@@ -43,29 +52,34 @@ fn check_shape(shape: &[usize], dtype: DType) -> Result<()> {
     let running_mean = input(&[c], 1.1, dtype)?;
     // A variance must be positive.
     let running_var = input(&[c], 0.4, dtype)?.abs()?.affine(1.0, 0.5)?;
-    for mode in [Mode::Train, Mode::Eval, Mode::Mixed(1), Mode::Mixed(2)] {
+    for mode in [Mode::Train, Mode::Eval, Mode::Stored(0), Mode::Stored(1), Mode::Stored(2)] {
         for relu in [false, true] {
             let what = format!("batch_norm {shape:?} {dtype:?} {mode:?} relu={relu}");
-            // (on CUDA, statistics) of each run, for the comparison check_op cannot make.
-            let stats = RefCell::new(Vec::new());
+            // (on CUDA, report) of each run, for the comparison check_op cannot make.
+            let reports = RefCell::new(Vec::new());
             check_op(&what, &[x.clone(), weight.clone(), bias.clone()], tol(dtype), |t| {
                 let dev = t[0].device();
                 let (rm, rv) = (running_mean.to_device(dev)?, running_var.to_device(dev)?);
-                let (y, s) = match mode {
-                    Mode::Train | Mode::Eval => {
-                        let running = matches!(mode, Mode::Eval).then_some((&rm, &rv));
-                        let op = if relu { batch_norm_relu } else { batch_norm };
-                        op(&t[0], &t[1], &t[2], running, 1e-5)?
+                let op = if relu { batch_norm_relu } else { batch_norm };
+                let (y, report) = match mode {
+                    Mode::Train => {
+                        let (y, s) = op(&t[0], &t[1], &t[2], None, 1e-5)?;
+                        (y, s.map(|s| [s.mean, s.var]))
                     }
-                    Mode::Mixed(tail) => batch_norm_mixed(&t[0], &t[1], &t[2], (&rm, &rv), 0.1, tail, 1e-5, relu)?,
+                    Mode::Eval => (op(&t[0], &t[1], &t[2], Some((&rm, &rv)), 1e-5)?.0, None),
+                    Mode::Stored(tail) => {
+                        let (y, s) = batch_norm_train(&t[0], &t[1], &t[2], (&rm, &rv), 0.1, tail, 1e-5, relu)?;
+                        (y, Some([host(&s.mean)?, host(&s.var)?]))
+                    }
                 };
-                stats.borrow_mut().push((dev.is_cuda(), s));
+                reports.borrow_mut().push((dev.is_cuda(), report));
                 Ok(y)
             })?;
-            let stats = stats.into_inner();
-            let on = |cuda: bool| &stats.iter().find(|(is_cuda, _)| *is_cuda == cuda).expect("a run on each device").1;
+            let reports = reports.into_inner();
+            let on =
+                |cuda: bool| &reports.iter().find(|(is_cuda, _)| *is_cuda == cuda).expect("a run on each device").1;
             assert_eq!(on(false).is_some(), !matches!(mode, Mode::Eval), "{what}: statistics only in training");
-            assert_stats_close(on(true), on(false), &what);
+            assert_reports_close(on(true), on(false), dtype, &what);
         }
     }
     Ok(())
