@@ -100,8 +100,8 @@ fn batch_norm_fn(
 /// unbiased variance); the last `eval_tail` samples ride along in evaluation mode (the fast
 /// Shapley path's zero sample), normalised by the running statistics as this batch leaves them,
 /// as constants, as if the training rows had run first and the evaluation rows after. Followed
-/// by a ReLU when `relu`. On the CPU and CUDA one fused custom op that leaves everything on the
-/// device; on other devices separate calls.
+/// by a ReLU when `relu`. On the CPU and CUDA agm's fused ops, which leave everything on the
+/// input's device; on other devices separate calls.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     x: &Tensor,
