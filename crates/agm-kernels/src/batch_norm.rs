@@ -593,7 +593,8 @@ impl CustomOp3 for BatchNormBwd {
 
 /// The CUDA paths of [`BatchNormStats`], [`BatchNormOp`] and [`BatchNormBwd`]
 /// (`cuda/batch_norm.cu`): the statistics stay on the device, where the normalisation and its
-/// backward read them, so no kernel here waits for the GPU.
+/// backward read them, so no kernel here waits for the GPU. Each per-channel reduction runs as
+/// blocks over parts of each channel, then one thread per channel adding its parts in order.
 #[cfg(feature = "cuda")]
 mod gpu {
     use candle_core::backend::BackendStorage;
@@ -602,7 +603,7 @@ mod gpu {
     use candle_core::{CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
     use super::{geometry, row, BatchNormBwd, BatchNormOp, BatchNormStats};
-    use crate::cuda::{alloc, elementwise, per_row, storage, view, CudaReal, BATCH_NORM};
+    use crate::cuda::{alloc, elementwise, per_row_parts, storage, view, CudaReal, BATCH_NORM};
 
     type Operand<'a> = (&'a CudaStorage, &'a Layout);
 
@@ -625,25 +626,48 @@ mod gpu {
         }
     }
 
+    /// Elements a block of a per-channel reduction takes at least.
+    const PART_MIN: usize = 8192;
+    /// Blocks a per-channel reduction aims at in all (enough to fill a large GPU).
+    const REDUCTION_BLOCKS: usize = 1024;
+
+    /// Blocks per channel for reducing `count` elements of each of `c` channels: one per channel
+    /// where that fills the GPU or the channel is small, more for a few large channels.
+    fn parts(count: usize, c: usize) -> usize {
+        count.div_ceil(PART_MIN).clamp(1, (REDUCTION_BLOCKS / c.max(1)).max(1))
+    }
+
     pub(super) fn stats<T: CudaReal>(op: &BatchNormStats, x: Operand<'_>) -> Result<(CudaStorage, Shape)> {
         let name = op.name();
         let dev = x.0.device();
         let (b, c, s) = geometry(x.1);
         let head = op.rows.batch_rows(b);
         let xs = view::<T>(x.0, x.1, name)?;
+        // Evaluation mode has no batch rows to reduce: no parts, and zero batch statistics.
+        let parts = if head == 0 { 0 } else { parts(head * s, c) };
+        let mut partials = alloc::<f64>(dev, 3 * c * parts)?;
+        if parts > 0 {
+            let func = BATCH_NORM.func::<T>(dev, "batch_norm_partial_moments")?;
+            let mut launch = func.builder();
+            launch.arg(&head).arg(&c).arg(&s).arg(&parts).arg(&xs).arg(&mut partials);
+            // SAFETY: block (ch, p) reads part `p` of channel `ch` of the first `head` rows of `x`
+            // and writes its three partial moments, so the grid writes all `3 · c · parts`.
+            unsafe { launch.launch(per_row_parts(c, parts)) }.w()?;
+        }
         let mut out = alloc::<f64>(dev, row::COUNT * c)?;
         let update = op.rows.running.is_some() && op.rows.tail.is_some();
         let momentum = op.rows.tail.map_or(0.0, |(_, m)| m);
+        let count = head * s;
         let launch = |mean: &CudaView<'_, T>, var: &CudaView<'_, T>, out: &mut _| -> Result<()> {
             let func = BATCH_NORM.func::<T>(dev, "batch_norm_stats")?;
             let mut launch = func.builder();
             let (has_running, update) = (i32::from(op.rows.running.is_some()), i32::from(update));
-            launch.arg(&head).arg(&c).arg(&s).arg(&xs).arg(mean).arg(var);
+            launch.arg(&count).arg(&c).arg(&parts).arg(&partials).arg(mean).arg(var);
             launch.arg(&has_running).arg(&update).arg(&momentum).arg(&op.eps).arg(out);
-            // SAFETY: block `ch` of `c` reads channel `ch` of the first `head` rows of `x` and,
-            // with running statistics, element `ch` of each; it writes element `ch` of each of the
+            // SAFETY: thread `ch` of `c` reads channel `ch`'s partial moments and, with running
+            // statistics, element `ch` of each; it writes element `ch` of each of the
             // `row::COUNT` rows of `out`.
-            unsafe { launch.launch(per_row(c)) }.w()?;
+            unsafe { launch.launch(elementwise(c)) }.w()?;
             Ok(())
         };
         match &op.rows.running {
@@ -714,21 +738,30 @@ mod gpu {
         let n = xs.len();
         let mut out = alloc::<T>(dev, n + 2 * c)?;
         let mut batch_sums = alloc::<f64>(dev, 2 * c)?;
+        let parts = parts(b * s, c);
+        let mut partials = alloc::<f64>(dev, 4 * c * parts)?;
         with_cuda(&op.stats, name, |st| {
             let stats = stats_view(st, c, name)?;
             let at = |r: usize| stats.slice(r * c..(r + 1) * c);
             let (mean, rstd, fixed_mean, fixed_rstd) =
                 (at(row::MEAN), at(row::RSTD), at(row::FIXED_MEAN), at(row::FIXED_RSTD));
             {
+                let func = BATCH_NORM.func::<T>(dev, "batch_norm_partial_grad_sums")?;
+                let mut launch = func.builder();
+                launch.arg(&b).arg(&head).arg(&c).arg(&s).arg(&parts).arg(&xs).arg(&g);
+                launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&mut partials);
+                // SAFETY: block (ch, p) reads part `p` of channel `ch` of `x` and `g` (`b` rows)
+                // and writes its four partial sums, so the grid writes all `4 · c · parts`.
+                unsafe { launch.launch(per_row_parts(c, parts)) }.w()?;
+            }
+            {
                 let mut dparams = out.slice_mut(n..);
                 let func = BATCH_NORM.func::<T>(dev, "batch_norm_grad_sums")?;
                 let mut launch = func.builder();
-                launch.arg(&b).arg(&head).arg(&c).arg(&s).arg(&xs).arg(&g);
-                launch.arg(&mean).arg(&rstd).arg(&fixed_mean).arg(&fixed_rstd).arg(&mut batch_sums).arg(&mut dparams);
-                // SAFETY: block `ch` of `c` reads channel `ch` of `x` and `g` (`b` rows) and
-                // writes element `ch` and `c + ch` of `batch_sums` and of the `2c` parameter
-                // gradients.
-                unsafe { launch.launch(per_row(c)) }.w()?;
+                launch.arg(&c).arg(&parts).arg(&partials).arg(&mut batch_sums).arg(&mut dparams);
+                // SAFETY: thread `ch` of `c` reads channel `ch`'s partial sums and writes element
+                // `ch` and `c + ch` of `batch_sums` and of the `2c` parameter gradients.
+                unsafe { launch.launch(elementwise(c)) }.w()?;
             }
             let head_elems = head * c * s;
             let count = (head * s) as f64;

@@ -123,5 +123,12 @@ pub(crate) fn elementwise(n: usize) -> LaunchConfig {
 
 /// A launch with one block of [`BLOCK`] threads per row (or channel): block `i` handles row `i`.
 pub(crate) fn per_row(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    per_row_parts(rows, 1)
+}
+
+/// A launch with `parts` blocks of [`BLOCK`] threads per row (or channel): block `(i, p)`
+/// handles part `p` of row `i`.
+pub(crate) fn per_row_parts(rows: usize, parts: usize) -> LaunchConfig {
+    let grid_dim = (rows.max(1) as u32, parts.max(1) as u32, 1);
+    LaunchConfig { grid_dim, block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }

@@ -112,3 +112,14 @@ fn batch_norm_five_dimensional() -> Result<()> {
     }
     Ok(())
 }
+
+/// Channels large enough that each reduction runs over several blocks per channel, with parts
+/// that end inside a row and, with evaluation rows, a part holding both kinds of rows.
+#[test]
+fn batch_norm_channels_split_over_blocks() -> Result<()> {
+    for dtype in [DType::F32, DType::F64] {
+        check_shape(&[4, 3, 64, 64], dtype)?;
+        check_shape(&[3, 2, 97, 101], dtype)?;
+    }
+    Ok(())
+}
