@@ -146,9 +146,9 @@ fn batch_norm_train_apart(
     let stats = stats.ok_or_else(|| candle_core::Error::Msg("batch norm returned no statistics".into()))?;
     let (dtype, dev, shape) = (x.dtype(), x.device(), weight.dims1()?);
     let (m, n) = (momentum, stats.count as f64);
-    let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0).max(1.0)).collect();
+    let batch_var: Vec<f64> = stats.var.iter().map(|&v| unbiased(v, n)).collect();
     let batch_mean = Tensor::from_vec(stats.mean.clone(), shape, dev)?.to_dtype(dtype)?;
-    let batch_var = Tensor::from_vec(unbiased, shape, dev)?.to_dtype(dtype)?;
+    let batch_var = Tensor::from_vec(batch_var, shape, dev)?.to_dtype(dtype)?;
     let stored = RunningStats {
         mean: ((running.0.detach() * (1.0 - m))? + (batch_mean * m)?)?,
         var: ((running.1.detach() * (1.0 - m))? + (batch_var * m)?)?,
