@@ -108,10 +108,8 @@ impl BatchNorm {
             NormMode::TrainWithEvalTail(tail) => tail,
         };
         let (y, stored) = agm_kernels::batch_norm_train(x, w, b, running, self.momentum, tail, self.eps, relu)?;
-        self.running_mean.set(&stored.mean)?;
-        self.running_var.set(&stored.var)?;
-        // The counter lives in the variable, so checkpoints restore it with the rest.
-        self.num_batches_tracked.set(&(self.num_batches_tracked.as_tensor() + 1.0)?)?;
+        // The counter lives in a variable, so checkpoints restore it with the rest.
+        stored.store(&self.running_mean, &self.running_var, &self.num_batches_tracked)?;
         Ok(y)
     }
 }

@@ -221,6 +221,18 @@ __device__ void batch_norm_grad_input(size_t n, size_t c, size_t s, size_t head_
   }
 }
 
+// A row of running statistics (double, holding values of T) into a layer's buffer of T.
+template <typename T>
+__device__ void batch_norm_store(size_t n, const double* src, T* dst) {
+  AGM_FOR_EACH(i, n) { dst[i] = (T)src[i]; }
+}
+
+// One more batch on a layer's counter (num_batches_tracked).
+template <typename T>
+__device__ void batch_norm_count(size_t n, T* counter) {
+  AGM_FOR_EACH(i, n) { counter[i] = agm_add(counter[i], (T)1); }
+}
+
 #define BATCH_NORM_KERNELS(T, S)                                                                                   \
   extern "C" __global__ void batch_norm_partial_moments_##S(size_t rows, size_t c, size_t s, size_t parts,         \
                                                             const T* x, double* partials) {                        \
@@ -253,7 +265,11 @@ __device__ void batch_norm_grad_input(size_t n, size_t c, size_t s, size_t head_
       const double* batch_mean, const double* batch_rstd, const double* fixed_rstd, const double* batch_sums,      \
       T* dx) {                                                                                                     \
     batch_norm_grad_input(n, c, s, head_elems, count, x, w, g, batch_mean, batch_rstd, fixed_rstd, batch_sums, dx); \
-  }
+  }                                                                                                                \
+  extern "C" __global__ void batch_norm_store_##S(size_t n, const double* src, T* dst) {                           \
+    batch_norm_store(n, src, dst);                                                                                 \
+  }                                                                                                                \
+  extern "C" __global__ void batch_norm_count_##S(size_t n, T* counter) { batch_norm_count(n, counter); }
 
 BATCH_NORM_KERNELS(float, f32)
 BATCH_NORM_KERNELS(double, f64)

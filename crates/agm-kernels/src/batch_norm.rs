@@ -13,12 +13,15 @@
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp3, DType, InplaceOp1, InplaceOp2, Layout, Result, Shape, Tensor, Var,
+};
 use rayon::prelude::*;
 
 use crate::backward::param_grad;
 use crate::cpu::{
-    check_real, check_same_dtype, collect_chunks, dispatch_real, for_each_chunk, same_storage_dtype, slice, Real,
+    check_real, check_same_dtype, collect_chunks, dispatch_real, for_each_chunk, same_storage_dtype, slice, slice_mut,
+    Real,
 };
 use crate::own_kernels;
 use crate::relu::relu_grad;
@@ -33,11 +36,41 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// The running mean and variance after a training pass, in the input's dtype and on its device.
+/// The running mean and variance after a training pass, on the input's device:
+/// [`RunningStats::store`] writes them into a layer's buffers.
 #[derive(Clone, Debug)]
 pub struct RunningStats {
-    pub mean: Tensor,
-    pub var: Tensor,
+    /// On the CPU and CUDA rows of the statistics op's f64 output, holding values of `dtype`.
+    mean: Tensor,
+    var: Tensor,
+    dtype: DType,
+}
+
+impl RunningStats {
+    /// The running mean, in the input's dtype.
+    pub fn mean(&self) -> Result<Tensor> {
+        self.mean.to_dtype(self.dtype)
+    }
+
+    /// The running variance (unbiased, as PyTorch keeps it), in the input's dtype.
+    pub fn var(&self) -> Result<Tensor> {
+        self.var.to_dtype(self.dtype)
+    }
+
+    /// What PyTorch's `BatchNorm` does to its buffers after a training batch: writes the
+    /// running mean and variance into `mean` and `var` and adds one to the counter `batches`
+    /// (`num_batches_tracked`). On the CPU and CUDA in place, one kernel each and nothing
+    /// allocated, where a conversion, a copy and the counter's addition would launch six.
+    pub fn store(&self, mean: &Var, var: &Var, batches: &Var) -> Result<()> {
+        if !own_kernels(mean.device()) {
+            mean.set(&self.mean()?)?;
+            var.set(&self.var()?)?;
+            return batches.set(&(batches.as_tensor() + 1.0)?);
+        }
+        mean.as_tensor().inplace_op2(&self.mean, &StoreRunning)?;
+        var.as_tensor().inplace_op2(&self.var, &StoreRunning)?;
+        batches.as_tensor().inplace_op1(&CountBatch)
+    }
 }
 
 /// `(x − mean) / sqrt(var + eps) · weight + bias` per channel of `x [B, C, ...]`.
@@ -123,8 +156,8 @@ pub fn batch_norm_train(
     }
     let rows = Rows { running: Some((running.0.clone(), running.1.clone())), tail: Some((eval_tail, momentum)) };
     let (y, stats) = batch_norm_op(x, weight, bias, rows, eps, relu)?;
-    let stored = |r: usize| stats.get(r)?.to_dtype(x.dtype());
-    Ok((y, RunningStats { mean: stored(row::RUNNING_MEAN)?, var: stored(row::RUNNING_VAR)? }))
+    let (mean, var) = (stats.get(row::RUNNING_MEAN)?, stats.get(row::RUNNING_VAR)?);
+    Ok((y, RunningStats { mean, var, dtype: x.dtype() }))
 }
 
 /// [`batch_norm_train`] on devices without agm's kernels: the training rows, then the
@@ -152,6 +185,7 @@ fn batch_norm_train_apart(
     let stored = RunningStats {
         mean: ((running.0.detach() * (1.0 - m))? + (batch_mean * m)?)?,
         var: ((running.1.detach() * (1.0 - m))? + (batch_var * m)?)?,
+        dtype,
     };
     if eval_tail == 0 {
         return Ok((head, stored));
@@ -161,6 +195,52 @@ fn batch_norm_train_apart(
     let var = Tensor::from_vec(var, shape, dev)?.to_dtype(dtype)?;
     let (rest, _) = op(&x.narrow(0, b - eval_tail, eval_tail)?, weight, bias, Some((&mean, &var)), eps)?;
     Ok((Tensor::cat(&[head, rest], 0)?, stored))
+}
+
+/// A row of running statistics (f64 holding values of the buffer's dtype) written into a
+/// layer's buffer, in place.
+struct StoreRunning;
+
+impl InplaceOp2 for StoreRunning {
+    fn name(&self) -> &'static str {
+        "agm-batch-norm-store"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dl: &Layout, src: &CpuStorage, sl: &Layout) -> Result<()> {
+        let src = slice::<f64>(src, sl, self.name())?;
+        dispatch_real!(dst, self.name(), T => {
+            let dst = slice_mut::<T>(dst, dl, src.len(), self.name())?;
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = T::from_f64(s));
+            Ok(())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, dst: &mut CudaStorage, dl: &Layout, src: &CudaStorage, sl: &Layout) -> Result<()> {
+        dispatch_real!(dst, self.name(), T => gpu::store::<T>(self.name(), (dst, dl), (src, sl)))
+    }
+}
+
+/// One more batch on a layer's counter, in place.
+struct CountBatch;
+
+impl InplaceOp1 for CountBatch {
+    fn name(&self) -> &'static str {
+        "agm-batch-norm-count"
+    }
+
+    fn cpu_fwd(&self, counter: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let n = layout.shape().elem_count();
+        dispatch_real!(counter, self.name(), T => {
+            slice_mut::<T>(counter, layout, n, self.name())?.iter_mut().for_each(|v| *v += T::ONE);
+            Ok(())
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, counter: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        dispatch_real!(counter, self.name(), T => gpu::count::<T>(self.name(), (counter, layout)))
+    }
 }
 
 /// PyTorch's running-statistics update: `(1 − m)·running + m·batch`, with the unbiased variance.
@@ -603,7 +683,7 @@ mod gpu {
     use candle_core::{CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
     use super::{geometry, row, BatchNormBwd, BatchNormOp, BatchNormStats};
-    use crate::cuda::{alloc, elementwise, per_row_parts, storage, view, CudaReal, BATCH_NORM};
+    use crate::cuda::{alloc, elementwise, per_row_parts, storage, view, view_mut, CudaReal, BATCH_NORM};
 
     type Operand<'a> = (&'a CudaStorage, &'a Layout);
 
@@ -680,6 +760,31 @@ mod gpu {
             None => launch(&xs, &xs, &mut out)?,
         }
         Ok((storage(out, dev), Shape::from((row::COUNT, c))))
+    }
+
+    /// [`super::StoreRunning`]: the f64 row `src` written into the buffer `dst` of `T`.
+    pub(super) fn store<T: CudaReal>(name: &str, dst: (&mut CudaStorage, &Layout), src: Operand<'_>) -> Result<()> {
+        let dev = src.0.device().clone();
+        let src = view::<f64>(src.0, src.1, name)?;
+        let n = src.len();
+        let mut dst = view_mut::<T>(dst.0, dst.1, n, name)?;
+        let func = BATCH_NORM.func::<T>(&dev, "batch_norm_store")?;
+        let mut launch = func.builder();
+        launch.arg(&n).arg(&src).arg(&mut dst);
+        // SAFETY: the kernel reads `n` elements of `src` and writes `n` of `dst`.
+        unsafe { launch.launch(elementwise(n)) }.w().map(drop)
+    }
+
+    /// [`super::CountBatch`]: one added to every element of `counter`.
+    pub(super) fn count<T: CudaReal>(name: &str, (s, l): (&mut CudaStorage, &Layout)) -> Result<()> {
+        let dev = s.device().clone();
+        let n = l.shape().elem_count();
+        let mut counter = view_mut::<T>(s, l, n, name)?;
+        let func = BATCH_NORM.func::<T>(&dev, "batch_norm_count")?;
+        let mut launch = func.builder();
+        launch.arg(&n).arg(&mut counter);
+        // SAFETY: the kernel reads and writes `n` elements of `counter`.
+        unsafe { launch.launch(elementwise(n)) }.w().map(drop)
     }
 
     /// The `[row::COUNT · c]` statistics of an op's input, as one device view.

@@ -131,8 +131,8 @@ fn evaluation_tail_rows_equal_separate_training_and_evaluation_calls() -> Result
         // The evaluation rows run after the training rows updated the running statistics.
         let values = |t: &Tensor| t.to_vec1::<f64>();
         let (um, uv) = agm_kernels::updated_running(&values(&rm)?, &values(&rv)?, head_stats.as_ref().unwrap(), 0.1);
-        assert_eq!(values(&stored.mean)?, um, "tail {tail}: stored running mean");
-        assert_eq!(values(&stored.var)?, uv, "tail {tail}: stored running variance");
+        assert_eq!(values(&stored.mean()?)?, um, "tail {tail}: stored running mean");
+        assert_eq!(values(&stored.var()?)?, uv, "tail {tail}: stored running variance");
         let separate = if tail == 0 {
             head
         } else {
@@ -182,7 +182,14 @@ fn stored_running_statistics_round_as_candle_ops_on_f32() -> Result<()> {
     let unbiased: Vec<f64> = stats.var.iter().map(|v| v * n / (n - 1.0)).collect();
     let batch = |v: Vec<f64>| Tensor::new(v, &Device::Cpu)?.to_dtype(DType::F32);
     let by_ops = |r: &Tensor, v: Vec<f64>| ((r * (1.0 - m))? + (batch(v)? * m)?)?.to_vec1::<f32>();
-    assert_eq!(stored.mean.to_vec1::<f32>()?, by_ops(&rm, stats.mean.clone())?);
-    assert_eq!(stored.var.to_vec1::<f32>()?, by_ops(&rv, unbiased)?);
+    let (mean, var) = (by_ops(&rm, stats.mean.clone())?, by_ops(&rv, unbiased)?);
+    assert_eq!(stored.mean()?.to_vec1::<f32>()?, mean);
+    assert_eq!(stored.var()?.to_vec1::<f32>()?, var);
+    // Stored in place into a layer's buffers, with its batch counted.
+    let (rm, rv) = (Var::from_tensor(&rm)?, Var::from_tensor(&rv)?);
+    let batches = Var::from_tensor(&Tensor::new(41f32, &Device::Cpu)?)?;
+    stored.store(&rm, &rv, &batches)?;
+    assert_eq!((rm.to_vec1::<f32>()?, rv.to_vec1::<f32>()?), (mean, var));
+    assert_eq!(batches.to_scalar::<f32>()?, 42.0);
     Ok(())
 }

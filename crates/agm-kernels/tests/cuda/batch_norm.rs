@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use agm_kernels::{batch_norm, batch_norm_relu, batch_norm_train};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::common::{check_op, input, tol};
 
@@ -69,7 +69,12 @@ fn check_shape(shape: &[usize], dtype: DType) -> Result<()> {
                     Mode::Eval => (op(&t[0], &t[1], &t[2], Some((&rm, &rv)), 1e-5)?.0, None),
                     Mode::Stored(tail) => {
                         let (y, s) = batch_norm_train(&t[0], &t[1], &t[2], (&rm, &rv), 0.1, tail, 1e-5, relu)?;
-                        (y, Some([host(&s.mean)?, host(&s.var)?]))
+                        // Stored in place, as a layer stores them, with its batch counted.
+                        let (mean, var) = (Var::from_tensor(&rm)?, Var::from_tensor(&rv)?);
+                        let batches = Var::from_tensor(&Tensor::new(&[7.0, 0.0], dev)?.to_dtype(dtype)?)?;
+                        s.store(&mean, &var, &batches)?;
+                        assert_eq!(host(&batches)?, [8.0, 1.0], "{what}: the batch counter on {dev:?}");
+                        (y, Some([host(&mean)?, host(&var)?]))
                     }
                 };
                 reports.borrow_mut().push((dev.is_cuda(), report));
