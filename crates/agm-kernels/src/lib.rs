@@ -49,7 +49,7 @@ pub use pool::{avg_pool2d, avg_pool2d_ref, max_pool2d, max_pool2d_ref, Pool2dSpe
 pub use precision::{matmul, precision, set_precision, Precision, PrecisionGuard, PRECISIONS};
 pub use relu::{add_relu, add_relu_ref, relu, relu_ref};
 pub use runtime::{on_cpu_workers, tune_cpu_runtime, WORKER_STACK};
-pub use sgd::{sgd_update, sgd_update_ref, sum_squares, sum_squares_each, SgdUpdate};
+pub use sgd::{sgd_update, sgd_update_all, sgd_update_ref, sum_squares, sum_squares_each, SgdParam, SgdUpdate};
 
 /// Whether convolutions on CUDA run through cuDNN; `Err` says why not (no `cuda` feature,
 /// cuDNN not found, or `AGM_CUDNN=0`), in which case they take the im2col path.

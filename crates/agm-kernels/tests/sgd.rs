@@ -1,6 +1,6 @@
 //! The in-place SGD update against the same arithmetic in candle ops, over several steps.
 
-use agm_kernels::{sgd_update, sgd_update_ref, SgdUpdate};
+use agm_kernels::{sgd_update, sgd_update_all, sgd_update_ref, SgdParam, SgdUpdate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 fn values(t: &Tensor) -> Result<Vec<f64>> {
@@ -57,6 +57,57 @@ fn large_parameters_update_in_parallel_chunks_bit_for_bit() -> Result<()> {
     let u = SgdUpdate { lr: 0.05, momentum: 0.9, dampening: 0.1, weight_decay: 1e-4, nesterov: false };
     check_shape(u, DType::F32, (300, 437))?;
     check_shape(SgdUpdate { nesterov: true, dampening: 0.0, ..u }, DType::F64, (300, 437))
+}
+
+/// Many parameters in one call (both dtypes, every setting, one in f16 that candle ops update,
+/// one listed twice) step as one call each would, in order, over three steps.
+#[test]
+fn update_all_equals_one_update_per_parameter() -> Result<()> {
+    let dev = Device::Cpu;
+    let base = SgdUpdate { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let settings = [
+        SgdUpdate { momentum: 0.0, ..base },
+        base,
+        SgdUpdate { dampening: 0.3, ..base },
+        SgdUpdate { nesterov: true, weight_decay: 0.0, ..base },
+    ];
+    let dtypes = [DType::F32, DType::F64, DType::F32, DType::F16];
+    let (mut all, mut one) = (Vec::new(), Vec::new());
+    for i in 0..9 {
+        let len = 1 + i * 37 % 50;
+        let start = Tensor::arange(0f32, len as f32, &dev)?.affine(0.31, i as f64)?.sin()?.to_dtype(dtypes[i % 4])?;
+        all.push(Var::from_tensor(&start)?);
+        one.push(Var::from_tensor(&start)?);
+    }
+    // Entry (parameter, setting); parameter 3 twice.
+    let entries: Vec<(usize, SgdUpdate)> =
+        (0..9).chain([3]).map(|i| (i, SgdUpdate { lr: 0.05 * (1.0 + i as f64), ..settings[i % 4] })).collect();
+    let (mut bufs_all, mut bufs_one) = (vec![None; entries.len()], vec![None; entries.len()]);
+    for step in 0..3 {
+        let grad = |i: usize| all[i].as_tensor().affine(0.7, step as f64)?.cos()? * 0.3;
+        let params = entries
+            .iter()
+            .zip(bufs_all)
+            .map(|(&(i, update), buf)| Ok(SgdParam { param: &all[i], grad: grad(i)?, buf, update }))
+            .collect::<Result<Vec<_>>>()?;
+        // Gradients taken before either steps, from the same values.
+        let grads = entries.iter().map(|&(i, _)| grad(i)).collect::<Result<Vec<_>>>()?;
+        bufs_all = sgd_update_all(params)?;
+        for (k, &(i, update)) in entries.iter().enumerate() {
+            bufs_one[k] = sgd_update(&one[i], &grads[k], bufs_one[k].take(), update)?;
+        }
+        for (i, (a, o)) in all.iter().zip(&one).enumerate() {
+            assert_eq!(values(a)?, values(o)?, "step {step}, parameter {i}");
+        }
+        for (k, (a, o)) in bufs_all.iter().zip(&bufs_one).enumerate() {
+            match (a, o) {
+                (Some(a), Some(o)) => assert_eq!(values(a)?, values(o)?, "step {step}, buffer {k}"),
+                (None, None) => assert_eq!(entries[k].1.momentum, 0.0),
+                _ => panic!("step {step}, entry {k}: a momentum buffer on one side only"),
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]

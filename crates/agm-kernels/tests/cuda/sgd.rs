@@ -1,6 +1,6 @@
 //! The in-place SGD update and the squared norm on CUDA against the CPU and candle ops.
 
-use agm_kernels::{sgd_update, sgd_update_ref, sum_squares, sum_squares_each, SgdUpdate};
+use agm_kernels::{sgd_update, sgd_update_all, sgd_update_ref, sum_squares, sum_squares_each, SgdParam, SgdUpdate};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::common::{assert_close, gpu, input, tol};
@@ -73,6 +73,68 @@ fn sgd_update_matches_cpu_and_candle_ops() -> Result<()> {
             // Odd sizes: a partial last block, and a single element.
             for shape in [&[37, 29][..], &[1][..], &[3, 5, 7, 11][..]] {
                 check(u, shape, dtype)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `sgd_update_all` on CUDA against one `sgd_update` per parameter on the CPU, bit for bit: 70
+/// parameters of both dtypes (three tables of f32, three of f64), every setting, sizes from one
+/// element to many blocks of the table kernel, one parameter listed twice (its two steps run one
+/// after the other), four steps (the first creates the buffers, later ones update them in place).
+#[test]
+fn sgd_update_all_matches_one_cpu_update_per_parameter() -> Result<()> {
+    let gpu = gpu();
+    let base = SgdUpdate { lr: 0.05, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false };
+    let settings = [
+        SgdUpdate { momentum: 0.0, ..base },
+        base,
+        SgdUpdate { dampening: 0.3, ..base },
+        SgdUpdate { nesterov: true, weight_decay: 0.0, ..base },
+        SgdUpdate { momentum: 0.0, weight_decay: 0.0, ..base },
+    ];
+    let (mut cpu, mut on_gpu) = (Vec::new(), Vec::new());
+    for i in 0..70 {
+        let dtype = if i % 2 == 0 { DType::F32 } else { DType::F64 };
+        let len = if i == 10 { 300 * 437 } else { 1 + i * 997 % 9000 };
+        let start = input(&[len], 0.05 * i as f64, dtype)?;
+        cpu.push(Var::from_tensor(&start)?);
+        on_gpu.push(Var::from_tensor(&start.to_device(&gpu)?)?);
+    }
+    let entries: Vec<(usize, SgdUpdate)> =
+        (0..70).chain([10]).map(|i| (i, SgdUpdate { lr: 0.01 * (1.0 + i as f64), ..settings[i % 5] })).collect();
+    let (mut bufs_cpu, mut bufs_gpu) = (vec![None; entries.len()], vec![None; entries.len()]);
+    for step in 0..4 {
+        let grads = entries
+            .iter()
+            .map(|&(i, _)| cpu[i].as_tensor().affine(0.7, step as f64)?.cos()? * 0.3)
+            .collect::<Result<Vec<_>>>()?;
+        let kept: Vec<_> = bufs_gpu.iter().map(|b: &Option<Tensor>| b.as_ref().map(|b| b.id())).collect();
+        let params = entries
+            .iter()
+            .zip(&grads)
+            .zip(bufs_gpu)
+            .map(|((&(i, update), g), buf)| Ok(SgdParam { param: &on_gpu[i], grad: g.to_device(&gpu)?, buf, update }))
+            .collect::<Result<Vec<_>>>()?;
+        bufs_gpu = sgd_update_all(params)?;
+        for (k, &(i, update)) in entries.iter().enumerate() {
+            bufs_cpu[k] = sgd_update(&cpu[i], &grads[k], bufs_cpu[k].take(), update)?;
+        }
+        for (i, (c, g)) in cpu.iter().zip(&on_gpu).enumerate() {
+            assert!(g.device().is_cuda(), "step {step}, parameter {i} left the GPU");
+            assert_eq!(values(g)?, values(c)?, "step {step}, parameter {i} ({:?}): CUDA vs CPU", c.dtype());
+        }
+        for (k, ((c, g), kept)) in bufs_cpu.iter().zip(&bufs_gpu).zip(kept).enumerate() {
+            match (c, g) {
+                (Some(c), Some(g)) => {
+                    assert_eq!(values(g)?, values(c)?, "step {step}, buffer {k}: CUDA vs CPU");
+                    if let Some(kept) = kept {
+                        assert_eq!(kept, g.id(), "step {step}, buffer {k} was not updated in place");
+                    }
+                }
+                (None, None) => assert_eq!(entries[k].1.momentum, 0.0),
+                _ => panic!("step {step}, entry {k}: a momentum buffer on one device only"),
             }
         }
     }

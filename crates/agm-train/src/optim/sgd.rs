@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use agm_kernels::{sgd_update, SgdUpdate};
+use agm_kernels::{sgd_update_all, SgdParam, SgdUpdate};
 use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +71,7 @@ struct SgdSlot {
 /// For each parameter with a gradient `g`: `d = g + wd·p`; with momentum, `buf = d` on the first
 /// step and `buf = momentum·buf + (1 − dampening)·d` afterwards, then `d = d + momentum·buf`
 /// (nesterov) or `d = buf`; finally `p ← p − lr·lr_mult·d`. On the CPU and CUDA the update runs
-/// in place ([`agm_kernels::sgd_update`]).
+/// in place ([`agm_kernels::sgd_update_all`]).
 #[derive(Debug)]
 pub struct Sgd {
     config: SgdConfig,
@@ -103,8 +103,11 @@ impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
         check_lr("SgdConfig", c.lr)?;
-        for slot in &mut self.slots {
-            let Some(g) = grad_of(&slot.param, grads)? else { continue };
+        // Every parameter with a gradient, in one call (on CUDA a few kernels for all of them).
+        let mut stepped = Vec::new();
+        let mut params = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(grad) = grad_of(&slot.param, grads)? else { continue };
             let update = SgdUpdate {
                 lr: c.lr * slot.param.lr_mult,
                 momentum: c.momentum,
@@ -112,7 +115,13 @@ impl Optimizer for Sgd {
                 weight_decay: c.weight_decay,
                 nesterov: c.nesterov,
             };
-            slot.momentum_buffer = sgd_update(&slot.param.var, &g, slot.momentum_buffer.take(), update)?;
+            params.push(SgdParam { param: &slot.param.var, grad, buf: slot.momentum_buffer.take(), update });
+            stepped.push(i);
+        }
+        let bufs = sgd_update_all(params)?;
+        for (i, buf) in stepped.into_iter().zip(bufs) {
+            let slot = &mut self.slots[i];
+            slot.momentum_buffer = buf;
             slot.step += 1;
         }
         Ok(())
