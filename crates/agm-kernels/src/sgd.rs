@@ -47,8 +47,8 @@ pub struct SgdParam<'a> {
 }
 
 /// [`sgd_update`] of each parameter, returning their momentum buffers in order. On CUDA the
-/// parameters of one dtype update together, one kernel per 32 (as PyTorch's foreach SGD does)
-/// where one each would launch 124 for two ResNet-18s; the arithmetic is the same.
+/// parameters of one dtype update together, one kernel per 32 (as PyTorch's foreach SGD does),
+/// where one each would launch 122 for AV-MNIST's two ResNet-18s; the arithmetic is the same.
 pub fn sgd_update_all(params: Vec<SgdParam<'_>>) -> Result<Vec<Option<Tensor>>> {
     let mut bufs = Vec::with_capacity(params.len());
     #[cfg(feature = "cuda")]
