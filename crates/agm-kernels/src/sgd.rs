@@ -132,6 +132,37 @@ impl MomentumUpdate {
     const NONE: Self = Self { momentum: 0.0, dampening: 0.0 };
 }
 
+/// A step's scalars converted to `T` once, for the CPU loop and the CUDA kernel alike, so both
+/// round the same values.
+#[derive(Clone, Copy)]
+struct Scalars<T> {
+    lr: T,
+    weight_decay: T,
+    momentum: T,
+    /// `1 − dampening`.
+    damp_scale: T,
+    /// The momentum Nesterov's step adds (the configured one, also on the first step).
+    nesterov_m: T,
+    decay: bool,
+    damped: bool,
+    nesterov: bool,
+}
+
+impl<T: crate::cpu::Real> Scalars<T> {
+    fn new(mu: MomentumUpdate, u: SgdUpdate) -> Self {
+        Self {
+            lr: T::from_f64(u.lr),
+            weight_decay: T::from_f64(u.weight_decay),
+            momentum: T::from_f64(mu.momentum),
+            damp_scale: T::from_f64(1.0 - mu.dampening),
+            nesterov_m: T::from_f64(u.momentum),
+            decay: u.weight_decay != 0.0,
+            damped: mu.dampening != 0.0,
+            nesterov: u.nesterov,
+        }
+    }
+}
+
 /// The momentum step, in place on the buffer, whose elements it lends to [`ParamStep`], an
 /// in-place op on the parameter (candle lets an op write only its first operand, and the
 /// buffer's lock is held while the parameter's is taken).
@@ -186,17 +217,13 @@ impl<'b> ParamStep<'b> {
         if g.len() != p.len() || buf.as_ref().is_some_and(|b| b.len() != p.len()) {
             candle_core::bail!("agm-sgd-step: parameter, gradient and buffer sizes differ");
         }
-        let (mu, u) = (self.momentum_update, self.param_update);
-        let (m, wd) = (T::from_f64(mu.momentum), T::from_f64(u.weight_decay));
-        let scale = T::from_f64(1.0 - mu.dampening);
-        let (lr, nesterov_m) = (T::from_f64(u.lr), T::from_f64(u.momentum));
-        let (decay, damped) = (u.weight_decay != 0.0, mu.dampening != 0.0);
-        let decayed = |g: T, p: T| if decay { g + wd * p } else { g };
+        let s = Scalars::<T>::new(self.momentum_update, self.param_update);
+        let decayed = |g: T, p: T| if s.decay { g + s.weight_decay * p } else { g };
         let Some(buf) = buf else {
             for_each_chunk(p, CHUNK, CHUNK, |i, p| {
                 let g = &g[i * CHUNK..i * CHUNK + p.len()];
                 for (p, &g) in p.iter_mut().zip(g) {
-                    *p -= lr * decayed(g, *p);
+                    *p -= s.lr * decayed(g, *p);
                 }
             });
             return Ok(());
@@ -205,9 +232,9 @@ impl<'b> ParamStep<'b> {
             let g = &g[i * CHUNK..i * CHUNK + p.len()];
             for ((p, b), &g) in p.iter_mut().zip(buf.iter_mut()).zip(g) {
                 let d = decayed(g, *p);
-                *b = m * *b + if damped { scale * d } else { d };
-                let step = if u.nesterov { d + nesterov_m * *b } else { *b };
-                *p -= lr * step;
+                *b = s.momentum * *b + if s.damped { s.damp_scale * d } else { d };
+                let step = if s.nesterov { d + s.nesterov_m * *b } else { *b };
+                *p -= s.lr * step;
             }
         });
         Ok(())
@@ -307,7 +334,7 @@ mod gpu {
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{DType, Layout, Result, Storage, Tensor};
 
-    use super::Step;
+    use super::{Scalars, Step};
     use crate::cuda::{alloc, per_row, view, zeros, CudaReal, BLOCK, SGD};
 
     /// Blocks of the first pass of [`sum_squares_each`]: enough to fill a large GPU, few enough
@@ -428,16 +455,14 @@ mod gpu {
             [table.p[k], table.g[k], table.buf[k]] = addresses;
             (table.n[k], table.first_block[k]) = (n as u64, blocks as u64);
             blocks += n.div_ceil(TABLE_CHUNK);
-            let (mu, u) = (step.momentum_update, step.param_update);
-            // The same conversions to T as the CPU loop, so the arithmetic is identical.
-            table.lr[k] = T::from_f64(u.lr);
-            table.weight_decay[k] = T::from_f64(u.weight_decay);
-            table.momentum[k] = T::from_f64(mu.momentum);
-            table.damp_scale[k] = T::from_f64(1.0 - mu.dampening);
-            table.nesterov_m[k] = T::from_f64(u.momentum);
+            let s = Scalars::<T>::new(step.momentum_update, step.param_update);
+            table.lr[k] = s.lr;
+            table.weight_decay[k] = s.weight_decay;
+            table.momentum[k] = s.momentum;
+            table.damp_scale[k] = s.damp_scale;
+            table.nesterov_m[k] = s.nesterov_m;
             let flag = |on: bool, bit: i32| if on { bit } else { 0 };
-            table.flags[k] =
-                flag(u.weight_decay != 0.0, DECAY) | flag(mu.dampening != 0.0, DAMPED) | flag(u.nesterov, NESTEROV);
+            table.flags[k] = flag(s.decay, DECAY) | flag(s.damped, DAMPED) | flag(s.nesterov, NESTEROV);
         }
         table.first_block[steps.len()] = blocks as u64;
         if blocks == 0 {
