@@ -116,6 +116,9 @@ pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, s
 /// arm always follows the same one, and the first round is warm-up.
 pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> Result<Vec<f64>> {
     const BLOCK: usize = 3;
+    if steps == 0 {
+        candle_core::bail!("a median needs at least one timed step (steps = 0)")
+    }
     let n = arms.len();
     let mut times = vec![Vec::with_capacity(steps); n];
     for round in 0..=steps.div_ceil(BLOCK) {
@@ -168,5 +171,8 @@ mod tests {
         // A warm-up block of 3, then two blocks (6 steps) of which the first 5 count: steps 3..8.
         assert_eq!((a.ran, b.ran), (9, 9));
         assert_eq!(medians, vec![5.0, 105.0]);
+        // No timed step has no median: an error, not a panic.
+        let err = interleaved_arm_medians(&mut [&mut a, &mut b], 0).unwrap_err().to_string();
+        assert!(err.contains("steps = 0"), "{err}");
     }
 }

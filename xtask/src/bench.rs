@@ -188,6 +188,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("--device `{other}` is not known; allowed: cpu, cuda"),
     };
     anyhow::ensure!(!args.launches || device.is_cuda(), "--launches counts CUDA kernels: add --device cuda");
+    for (flag, value) in [
+        ("--steps", args.steps),
+        ("--batch-size", args.batch_size),
+        ("--large-batch-size", args.large_batch_size),
+        ("--seq-len", args.seq_len),
+        ("--repeats", args.repeats),
+    ] {
+        anyhow::ensure!(value >= 1, "{flag} must be at least 1");
+    }
+    // Every name is checked before the table starts.
+    for model in model_names(&args) {
+        agm_fusion::preset_spec(model, &agm_benches::reference_shapes(args.seq_len)).context("--models")?;
+    }
     let precision: agm_kernels::Precision =
         args.precision.parse().map_err(|e: String| anyhow::anyhow!("--precision: {e}"))?;
     // agm's arms run on this thread; the reference's steps get the same --precision.
@@ -206,7 +219,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "device {}, precision {precision}, threads {threads}, median of {} interleaved steps per arm",
         args.device, args.steps
     );
-    let repeats = args.repeats.max(1);
+    let repeats = args.repeats;
     let mut runs = Vec::with_capacity(repeats);
     for run in 1..=repeats {
         println!();

@@ -12,9 +12,12 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Numbers may be negative (`--lr -0.1`), so a bad value reaches the configuration's own check
+// and its message instead of clap's "unexpected argument".
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Train a model (default: AGM on the embedded AV-Digits set, on the CPU).
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Evaluate a finished run's best weights on a split.
     Eval(EvalArgs),
@@ -23,19 +26,24 @@ pub enum Command {
     /// Dataset tools.
     Data(DataArgs),
     /// Time one AGM step against one joint step and print the ratio.
+    #[command(allow_negative_numbers = true)]
     Bench(BenchArgs),
     /// Check formatting and repository conventions.
     Tidy,
     /// Run several methods over several seeds on one dataset and write one comparison table.
+    #[command(allow_negative_numbers = true)]
     Study(StudyArgs),
     /// Render a run's plots (PNG and SVG) and Markdown summary.
     Report(ReportArgs),
     /// Train the mono-modal concept of one modality (for the competition-strength metric).
+    #[command(allow_negative_numbers = true)]
     Concept(ConceptArgs),
     /// List the paper experiments (`configs/*.toml`) that `--recipe` accepts.
     Recipes,
     /// Run a dataset's recipes over seeds and write one table beside the published numbers.
+    #[command(allow_negative_numbers = true)]
     Reproduce(ReproduceArgs),
+    #[command(allow_negative_numbers = true)]
     Fuzz(crate::fuzz::FuzzArgs),
 }
 
@@ -367,5 +375,16 @@ mod tests {
             assert!(help.contains(&format!("`{method}`")), "--method help lacks `{method}`:\n{help}");
         }
         assert!(help.contains("agm+ogm-ge"), "{help}");
+    }
+
+    #[test]
+    fn negative_numbers_reach_the_configuration_check_as_values() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from(["cargo xtask", "train", "--lr", "-0.1", "--alpha", "-1"]).unwrap();
+        let super::Command::Train(train) = cli.command else { panic!("not a train command") };
+        assert_eq!((train.run.lr, train.run.alpha), (Some(-0.1), Some(-1.0)));
+        // An unsigned flag names itself and the value instead of "unexpected argument '-3'".
+        let err = super::Cli::try_parse_from(["cargo xtask", "train", "--seed", "-3"]).unwrap_err().to_string();
+        assert!(err.contains("invalid value '-3' for '--seed"), "{err}");
     }
 }

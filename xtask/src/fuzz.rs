@@ -33,6 +33,9 @@ struct Tally {
 }
 
 pub fn run(args: FuzzArgs) -> anyhow::Result<ExitCode> {
+    let deadline = Duration::try_from_secs_f64(args.minutes * 60.0).map_err(|_| {
+        anyhow::anyhow!("--minutes {} is not a duration: pass a number of minutes, 0 or more", args.minutes)
+    })?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     });
@@ -63,7 +66,6 @@ pub fn run(args: FuzzArgs) -> anyhow::Result<ExitCode> {
     let seeds: Vec<(Target, Vec<Vec<u8>>)> = Target::ALL.iter().map(|&t| (t, t.seeds())).collect();
     let mut tallies: Vec<Tally> = Target::ALL.iter().map(|_| Tally::default()).collect();
     let mut rng = seeded_rng(seed);
-    let deadline = Duration::from_secs_f64(args.minutes.max(0.0) * 60.0);
     let mut failures: Vec<PathBuf> = Vec::new();
     'outer: while epoch.elapsed() < deadline {
         for (k, (target, bases)) in seeds.iter().enumerate() {

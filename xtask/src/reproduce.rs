@@ -164,6 +164,22 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         }
         chosen.retain(|r| names.contains(&r.name));
     }
+    // Every recipe's settings and the data's files are checked before anything is created.
+    let configs = chosen
+        .iter()
+        .map(|recipe| {
+            let request = RunRequest::default()
+                .recipe(recipe.name)
+                .set("--data", "data", args.data.clone())
+                .set_opt("--epochs", "epochs", args.epochs.map(|e| e as i64))
+                .set_opt("--batch-size", "batch_size", args.batch_size.map(|b| b as i64))
+                .set_opt("--device", "device", args.device.clone());
+            Ok(request.resolve()?.config)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(first) = configs.first() {
+        first.check_data_files()?;
+    }
     let out = match args.out.clone() {
         Some(out) => out,
         None => crate::new_dir("runs", &format!("reproduce-{}", args.dataset))?,
@@ -172,14 +188,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
     println!("reproduce: {} recipe(s) of {} × {} seed(s) -> {}", chosen.len(), args.dataset, args.seeds, out.display());
     let mut rows = Vec::new();
     let mut all = Vec::new();
-    for recipe in chosen {
-        let request = RunRequest::default()
-            .recipe(recipe.name)
-            .set("--data", "data", args.data.clone())
-            .set_opt("--epochs", "epochs", args.epochs.map(|e| e as i64))
-            .set_opt("--batch-size", "batch_size", args.batch_size.map(|b| b as i64))
-            .set_opt("--device", "device", args.device.clone());
-        let base = request.resolve()?.config;
+    for (recipe, base) in chosen.into_iter().zip(configs) {
         let mut runs = Vec::new();
         for seed in 0..args.seeds {
             let cfg = agm_train::RunConfig { seed, ..base.clone() };

@@ -271,6 +271,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if cfg.device == "cuda" {
         crate::cudnn_notice();
     }
+    if resumed.is_none() {
+        cfg.check_data_files()?;
+    }
     let (dir, start) = match (resumed, &args.out) {
         (Some((run_dir, header)), _) => (run_dir, RunStart::Resume { header }),
         (None, Some(out)) => (RunDir::create(out)?, RunStart::New),

@@ -59,3 +59,21 @@ fn device_cuda_without_nvcc_stops_before_building_and_names_nvcc() {
     assert!(!stderr.contains("rebuilding"), "no build starts: {stderr}");
     assert!(!tmp.path().join("runs").exists(), "nothing is written");
 }
+
+#[test]
+fn missing_dataset_files_stop_train_and_reproduce_before_a_run_directory_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    for args in [
+        &["train", "--dataset", "avmnist", "--data", "nowhere"][..],
+        &["train", "--dataset", "urfunny", "--data", "nowhere"],
+        &["train", "--dataset", "cremad", "--data", "."],
+        &["reproduce", "avmnist", "--data", "nowhere"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).current_dir(tmp.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("does not exist") || stderr.contains("lacks these 3 files"), "{args:?}: {stderr}");
+        assert!(stderr.contains("README.md, section Datasets"), "{args:?}: {stderr}");
+        assert!(!tmp.path().join("runs").exists(), "{args:?} wrote a run directory");
+    }
+}

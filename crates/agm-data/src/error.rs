@@ -17,6 +17,14 @@ pub enum DataError {
     #[error("cannot access {}: {cause}", path.display())]
     Io { path: PathBuf, cause: std::io::Error },
 
+    /// The dataset path itself does not exist.
+    #[error(
+        "{} does not exist; pass the dataset's folder (for UR-Funny its pickle file or a folder holding humor.pkl) \
+         as README.md, section Datasets, describes",
+        path.display()
+    )]
+    NotFound { path: PathBuf },
+
     /// Files or folders a dataset needs are missing; all of them are listed.
     #[error("{} lacks {listing}; the expected layout is in README.md, section Datasets", root.display())]
     MissingFiles { root: PathBuf, listing: String },
@@ -68,12 +76,14 @@ pub enum DataError {
     )]
     BadAsset { path: PathBuf, reason: String },
 
-    /// A noise preset name was not recognised.
+    /// A noise preset name was not recognised, or one of its numbers is out of range
+    /// (`problem` says which).
     #[error(
-        "unknown noise preset `{name}`; expected audio-dominant, balanced, image-dominant, noisy-audio, \
-         custom:<audio_std>,<image_std> or ambiguous:<pairs>,<audio_std>,<image_std>"
+        "noise preset `{name}`: {problem}; expected audio-dominant, balanced, image-dominant, noisy-audio, \
+         custom:<audio_std>,<image_std> (each a finite number >= 0) or ambiguous:<pairs>,<audio_std>,<image_std> \
+         (pairs 0 to 5)"
     )]
-    UnknownPreset { name: String },
+    UnknownPreset { name: String, problem: String },
 
     /// A loader option is out of range.
     #[error("invalid value for option `{option}`: {reason}")]
@@ -81,7 +91,10 @@ pub enum DataError {
 
     /// A pickle file could not be decoded, or holds something other than dicts, lists and
     /// numeric numpy arrays.
-    #[error("{}: cannot read pickle: {reason}", path.display())]
+    #[error(
+        "{}: cannot read pickle: {reason}; pass the dataset's own pickle file (README.md, section Datasets)",
+        path.display()
+    )]
     Pickle { path: PathBuf, reason: String },
 
     /// A required key, dataset or column is missing from a file.

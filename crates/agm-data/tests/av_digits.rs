@@ -145,6 +145,17 @@ fn preset_names_round_trip() {
     let err = "loud".parse::<NoisePreset>().unwrap_err();
     assert!(matches!(err, DataError::UnknownPreset { .. }));
     assert!(err.to_string().contains("balanced"), "{err}");
+    // A known form with a bad number says which number.
+    for (name, problem) in [
+        ("custom:-1,2", "noise std `-1`"),
+        ("custom:1,inf", "noise std `inf`"),
+        ("custom:1", "two numbers"),
+        ("ambiguous:9,1,1", "pairs `9` is not 0 to 5"),
+        ("ambiguous:1,1", "three numbers"),
+    ] {
+        let err = name.parse::<NoisePreset>().unwrap_err().to_string();
+        assert!(err.contains(problem) && err.contains(name), "{name}: {err}");
+    }
 }
 
 #[test]

@@ -481,4 +481,10 @@ fn an_empty_folder_names_every_file_each_dataset_needs() {
     }
     let e = load(DatasetId::UrFunny, dir.path(), &LoadOptions::default()).unwrap_err().to_string();
     assert!(e.contains("lacks humor.pkl"), "{e}");
+    // A path that does not exist is named as such, for a folder dataset and for UR-Funny's file.
+    let nowhere = dir.path().join("nowhere");
+    for id in [DatasetId::AvMnist, DatasetId::UrFunny] {
+        let e = load(id, &nowhere, &LoadOptions::default()).unwrap_err();
+        assert!(matches!(e, DataError::NotFound { .. }) && e.to_string().contains("nowhere does not exist"), "{e}");
+    }
 }

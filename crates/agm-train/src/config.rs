@@ -355,6 +355,21 @@ impl RunConfig {
         PresetOptions { scale, ..PresetOptions::default() }
     }
 
+    /// Where the dataset's files are: `data` as given, or the local snapshot of an `hf://`
+    /// reference (downloaded first when online and not cached).
+    fn data_path(&self) -> Result<std::path::PathBuf> {
+        Ok(agm_data::hub::resolve_data_path(&self.data, &agm_data::hub::HubOptions::from_env())?)
+    }
+
+    /// Fails, naming every missing file, when the dataset's folder lacks one; without reading
+    /// them, so a command checks this before it creates a run directory.
+    pub fn check_data_files(&self) -> Result<()> {
+        match self.dataset.as_str() {
+            "av-digits" | "synthetic" => Ok(()),
+            id => Ok(agm_data::loaders::require_all(id.parse()?, &self.data_path()?)?),
+        }
+    }
+
     /// The dataset: embedded, generated, or loaded from `data`, with its modalities in the
     /// model's order and, for per-segment tasks, one label per segment.
     pub fn load_dataset(&self) -> Result<LoadedDataset> {
@@ -381,8 +396,7 @@ impl RunConfig {
             }
             id => {
                 let id: DatasetId = id.parse()?;
-                let path = agm_data::hub::resolve_data_path(&self.data, &agm_data::hub::HubOptions::from_env())?;
-                agm_data::load(id, &path, &LoadOptions::default())?
+                agm_data::load(id, &self.data_path()?, &LoadOptions::default())?
             }
         };
         if let Some(seg) = data.segment_labels.take() {

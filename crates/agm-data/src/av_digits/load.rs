@@ -121,35 +121,33 @@ impl FromStr for NoisePreset {
     /// `audio-dominant`, `balanced`, `image-dominant`, `noisy-audio`, `custom:<audio_std>,<image_std>` or
     /// `ambiguous:<pairs>,<audio_std>,<image_std>` (pairs 0 to 5).
     fn from_str(s: &str) -> Result<Self> {
-        let unknown = || DataError::UnknownPreset { name: s.to_string() };
+        let bad = |problem: String| DataError::UnknownPreset { name: s.to_string(), problem };
+        let unknown = || bad("not a known name".into());
         match s.trim() {
             "audio-dominant" => Ok(NoisePreset::AudioDominant),
             "balanced" => Ok(NoisePreset::Balanced),
             "image-dominant" => Ok(NoisePreset::ImageDominant),
             "noisy-audio" => Ok(NoisePreset::NoisyAudio),
             other => {
-                let parse = |t: &str| t.trim().parse::<f32>().ok().filter(|x| x.is_finite() && *x >= 0.0);
+                let std = |t: &str| {
+                    let t = t.trim();
+                    t.parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x >= 0.0)
+                        .ok_or_else(|| bad(format!("noise std `{t}` is not a finite number >= 0")))
+                };
                 if let Some(rest) = other.strip_prefix("ambiguous:") {
                     let fields: Vec<&str> = rest.split(',').collect();
-                    let [p, a, v] = fields[..] else { return Err(unknown()) };
-                    let pairs = p
-                        .trim()
-                        .parse::<u8>()
-                        .ok()
-                        .filter(|&k| k as usize <= AMBIGUOUS_PAIRS.len())
-                        .ok_or_else(unknown)?;
-                    return Ok(NoisePreset::Ambiguous {
-                        pairs,
-                        audio_noise_std: parse(a).ok_or_else(unknown)?,
-                        image_noise_std: parse(v).ok_or_else(unknown)?,
-                    });
+                    let [p, a, v] = fields[..] else { return Err(bad("it takes three numbers".into())) };
+                    let pairs =
+                        p.trim().parse::<u8>().ok().filter(|&k| k as usize <= AMBIGUOUS_PAIRS.len()).ok_or_else(
+                            || bad(format!("pairs `{}` is not 0 to {}", p.trim(), AMBIGUOUS_PAIRS.len())),
+                        )?;
+                    return Ok(NoisePreset::Ambiguous { pairs, audio_noise_std: std(a)?, image_noise_std: std(v)? });
                 }
                 let rest = other.strip_prefix("custom:").ok_or_else(unknown)?;
-                let (a, v) = rest.split_once(',').ok_or_else(unknown)?;
-                Ok(NoisePreset::Custom {
-                    audio_noise_std: parse(a).ok_or_else(unknown)?,
-                    image_noise_std: parse(v).ok_or_else(unknown)?,
-                })
+                let (a, v) = rest.split_once(',').ok_or_else(|| bad("it takes two numbers".into()))?;
+                Ok(NoisePreset::Custom { audio_noise_std: std(a)?, image_noise_std: std(v)? })
             }
         }
     }

@@ -214,11 +214,12 @@ pub fn required_paths(id: DatasetId, root: &Path) -> Vec<PathBuf> {
 
 /// Fails listing every path of [`required_paths`] that is missing, all at once.
 pub fn require_all(id: DatasetId, root: &Path) -> Result<()> {
-    let missing: Vec<String> = required_paths(id, root)
-        .iter()
-        .filter(|p| !p.exists())
-        .map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string())
-        .collect();
+    let paths = required_paths(id, root);
+    if !paths.is_empty() && !root.exists() {
+        return Err(DataError::NotFound { path: root.to_path_buf() });
+    }
+    let missing: Vec<String> =
+        paths.iter().filter(|p| !p.exists()).map(|p| p.strip_prefix(root).unwrap_or(p).display().to_string()).collect();
     if missing.is_empty() {
         return Ok(());
     }
