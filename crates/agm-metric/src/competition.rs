@@ -57,9 +57,11 @@ pub enum RidgeSolver {
     /// least as many samples as features, the dual one otherwise; the SVD when `alpha` is 0.
     #[default]
     Auto,
-    /// Cholesky factorisation of the `F × F` normal matrix `XcᵀXc + αI`.
+    /// Cholesky factorisation of the `F × F` normal matrix `XcᵀXc + αI`; the SVD where the
+    /// factorisation fails (as scikit-learn's solver falls back).
     Cholesky,
-    /// Kernel form `W = Xcᵀ (XcXcᵀ + αI)⁻¹ Yc`: Cholesky of an `N × N` matrix.
+    /// Kernel form `W = Xcᵀ (XcXcᵀ + αI)⁻¹ Yc`: Cholesky of an `N × N` matrix, with the same
+    /// fallback.
     Dual,
     /// QR least squares on the augmented system `[Xc; √α·I] W ≈ [Yc; 0]` (no normal matrix).
     AugmentedQr,
@@ -128,7 +130,7 @@ impl Ridge {
             bail!("ridge: alpha must be finite and non-negative, got {alpha}");
         }
         if !all_finite(x) || !all_finite(y) {
-            bail!("ridge: the features or the targets hold NaN or infinite values");
+            bail!("ridge: the features or the targets hold NaN or infinite values (a diverging model's features?)");
         }
         let x_mean = column_means(x);
         let y_mean = column_means(y);
@@ -140,22 +142,45 @@ impl Ridge {
             RidgeSolver::Auto => RidgeSolver::Cholesky,
             s => s,
         };
-        let not_pd = |what: &str| {
-            candle_core::Error::Msg(format!(
-                "ridge: {what} is not positive definite (alpha {alpha}); use alpha > 0 or the SVD solver"
-            ))
+        // Thin SVD `Xc = U S Vᵀ`: `W = V diag(s / (s² + α)) Uᵀ Yc`.
+        let svd = || -> Result<DMatrix<f64>> {
+            let svd = xc.clone().svd(true, true);
+            let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
+                bail!("ridge: the SVD did not return its factors");
+            };
+            let s = &svd.singular_values;
+            let smax = s.max();
+            // s / (s² + α); with α = 0 the minimum-norm least-squares solution.
+            let shrink = DMatrix::from_fn(s.len(), 1, |i, _| {
+                let si = s[i];
+                if alpha == 0.0 && si <= PINV_RCOND * smax * (n.max(f) as f64) {
+                    0.0
+                } else {
+                    si / (si * si + alpha)
+                }
+            });
+            let uty = u.tr_mul(&yc);
+            let scaled = DMatrix::from_fn(uty.nrows(), uty.ncols(), |i, j| shrink[(i, 0)] * uty[(i, j)]);
+            Ok(v_t.tr_mul(&scaled))
         };
+        // A normal matrix that is not positive definite in floating point (alpha below the
+        // rounding of huge features) goes to the SVD, as scikit-learn's Cholesky solvers do.
         let weights = match solver {
             RidgeSolver::Cholesky | RidgeSolver::Auto => {
                 let mut a = xc.tr_mul(&xc);
                 add_to_diagonal(&mut a, alpha);
-                a.cholesky().ok_or_else(|| not_pd("XcᵀXc + αI"))?.solve(&xc.tr_mul(&yc))
+                match a.cholesky() {
+                    Some(c) => c.solve(&xc.tr_mul(&yc)),
+                    None => svd()?,
+                }
             }
             RidgeSolver::Dual => {
                 let mut k = &xc * xc.transpose();
                 add_to_diagonal(&mut k, alpha);
-                let dual = k.cholesky().ok_or_else(|| not_pd("XcXcᵀ + αI"))?.solve(&yc);
-                xc.tr_mul(&dual)
+                match k.cholesky() {
+                    Some(c) => xc.tr_mul(&c.solve(&yc)),
+                    None => svd()?,
+                }
             }
             RidgeSolver::AugmentedQr => {
                 let d = yc.ncols();
@@ -174,26 +199,7 @@ impl Ridge {
                     ))
                 })?
             }
-            RidgeSolver::Svd => {
-                let svd = xc.clone().svd(true, true);
-                let (Some(u), Some(v_t)) = (svd.u.as_ref(), svd.v_t.as_ref()) else {
-                    bail!("ridge: the SVD did not return its factors");
-                };
-                let s = &svd.singular_values;
-                let smax = s.max();
-                // s / (s² + α); with α = 0 the minimum-norm least-squares solution.
-                let shrink = DMatrix::from_fn(s.len(), 1, |i, _| {
-                    let si = s[i];
-                    if alpha == 0.0 && si <= PINV_RCOND * smax * (n.max(f) as f64) {
-                        0.0
-                    } else {
-                        si / (si * si + alpha)
-                    }
-                });
-                let uty = u.tr_mul(&yc);
-                let scaled = DMatrix::from_fn(uty.nrows(), uty.ncols(), |i, j| shrink[(i, 0)] * uty[(i, j)]);
-                v_t.tr_mul(&scaled)
-            }
+            RidgeSolver::Svd => svd()?,
         };
         let intercept = &y_mean - &x_mean * &weights;
         Ok(Self { weights, intercept, alpha })

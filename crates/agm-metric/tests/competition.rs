@@ -299,3 +299,27 @@ fn malformed_cases_are_errors_that_name_what_is_missing() {
     let replay = replay_case(&j, &tensors).unwrap();
     assert_eq!(replay.alpha, 5.0);
 }
+
+#[test]
+fn a_normal_matrix_that_rounding_breaks_falls_back_to_the_svd() {
+    // Features of a diverging model: huge, and the second column a copy of the first. In exact
+    // arithmetic XcᵀXc + 120·I is positive definite; in f64 the 120 is below the rounding of
+    // ~1e26 entries, and the Cholesky factorisation fails. scikit-learn then solves by SVD.
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (n, d) = (40, 2);
+    let base = gaussian(&mut rng, n, 1, 1e12);
+    let x = DMatrix::from_fn(n, 3, |i, j| if j == 2 { base[(i, 0)] * 0.5 } else { base[(i, 0)] });
+    let y = gaussian(&mut rng, n, d, 1.0);
+    let xm = DMatrix::from_fn(1, 3, |_, j| x.column(j).mean());
+    let xc = DMatrix::from_fn(n, 3, |i, j| x[(i, j)] - xm[(0, j)]);
+    let mut normal = xc.tr_mul(&xc);
+    for i in 0..3 {
+        normal[(i, i)] += DEFAULT_RIDGE_ALPHA;
+    }
+    assert!(normal.cholesky().is_none(), "the case must break the factorisation to test the fallback");
+    let svd = Ridge::fit_matrix(&x, &y, DEFAULT_RIDGE_ALPHA, RidgeSolver::Svd).unwrap();
+    for solver in [RidgeSolver::Auto, RidgeSolver::Cholesky] {
+        let r = Ridge::fit_matrix(&x, &y, DEFAULT_RIDGE_ALPHA, solver).unwrap();
+        assert_eq!(r.weights(), svd.weights(), "{solver:?}");
+    }
+}

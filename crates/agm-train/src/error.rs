@@ -36,6 +36,15 @@ pub enum TrainError {
     )]
     NonFiniteGradient { value: f64, epoch: usize, step: usize, checkpoint: String },
 
+    /// The end-of-epoch competition-strength measurement failed (its reason says why; a
+    /// diverging run's features break the ridge fit).
+    #[error(
+        "competition strength at the end of epoch {epoch} (mean training loss {loss:.4e}): {reason}; nothing after \
+         the last checkpoint was written ({checkpoint}); remove the cause (for a diverging run: lower the learning \
+         rate or alpha), then resume with --resume"
+    )]
+    Competition { epoch: usize, loss: f64, reason: String, checkpoint: String },
+
     /// A checkpoint would hold NaN or infinity; the previous file is left as it was.
     #[error(
         "refusing to write {path}: tensor `{tensor}` holds NaN or infinity{position}; lower the learning rate \

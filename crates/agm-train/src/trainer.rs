@@ -569,7 +569,12 @@ impl<'a> Trainer<'a> {
                 }
             }
             let competition = match self.competition.as_mut() {
-                Some(probe) => Some(probe.strength(self.model, &self.device)?),
+                Some(probe) => Some(probe.strength(self.model, &self.device).map_err(|e| TrainError::Competition {
+                    epoch,
+                    loss: self.state.epoch_loss_sum / self.state.epoch_steps.max(1) as f64,
+                    reason: e.to_string(),
+                    checkpoint: self.last_checkpoint(),
+                })?),
                 None => None,
             };
             let reference_split = match self.reference_split {

@@ -92,6 +92,28 @@ fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
+fn a_failed_competition_measurement_names_the_epoch_and_the_checkpoint() {
+    struct Failing;
+    impl agm_train::CompetitionProbe for Failing {
+        fn strength(&mut self, _: &dyn MultimodalModel, _: &Device) -> candle_core::Result<Vec<f64>> {
+            candle_core::bail!("ridge: the features or the targets hold NaN or infinite values")
+        }
+    }
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let mut t = Trainer::new(&model, agm(), sgd(), options(1), &dev)
+        .unwrap()
+        .with_run_dir(RunDir::create(dir.path()).unwrap())
+        .with_competition(Box::new(Failing));
+    let err = t.fit(data.split(Split::Train), data.split(Split::Validation), &mut agm_train::NoCallback).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Competition { epoch: 1, .. }), "{msg}");
+    assert!(msg.contains("at the end of epoch 1") && msg.contains("NaN") && msg.contains("--resume"), "{msg}");
+}
+
+#[test]
 fn missing_and_corrupt_checkpoints_name_the_file() {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
