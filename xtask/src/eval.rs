@@ -32,18 +32,14 @@ pub struct EvalTarget {
 /// A run directory's config with its `best` or `last` weights.
 fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
     let run = RunDir::open(dir)?;
-    let cfg = RunConfig::from_toml_file(&run.config())?;
+    let cfg = run.read_config()?;
     let weights = match which {
         "best" => run.best(),
         "last" => run.checkpoint(),
         other => anyhow::bail!("--checkpoint `{other}` is not known; allowed: best, last"),
     };
     if !weights.is_file() {
-        anyhow::bail!(
-            "{} not found; is {} a run directory written by `cargo xtask train`?",
-            weights.display(),
-            dir.display()
-        );
+        return Err(agm_train::TrainError::MissingRunFile { path: weights, dir: dir.to_path_buf() }.into());
     }
     Ok(EvalTarget { cfg, weights, label: which.to_string() })
 }
@@ -60,7 +56,7 @@ pub fn resolve(args: &EvalArgs) -> anyhow::Result<EvalTarget> {
         ),
         (Some(dir), None) => run_dir_target(dir, &args.checkpoint),
         (Some(dir), Some(weights)) => {
-            let cfg = RunConfig::from_toml_file(&RunDir::open(dir)?.config())?;
+            let cfg = RunDir::open(dir)?.read_config()?;
             Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
         }
         (None, Some(weights)) => {

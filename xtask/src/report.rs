@@ -39,7 +39,7 @@ impl RunRecord {
     /// Reads `config.toml`, `metrics.jsonl` and, if present, `summary.json`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let run = RunDir::open(dir)?;
-        let config = RunConfig::from_toml_file(&run.config())?;
+        let config = run.read_config()?;
         let rows: Vec<EpochSummary> = run.read_metrics()?;
         let test = match run.summary().exists() {
             true => agm_train::run::RunOutcome::load(&run)?.test,

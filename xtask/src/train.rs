@@ -120,7 +120,7 @@ fn resumed_config(
     args: &TrainArgs,
     started: std::time::SystemTime,
 ) -> anyhow::Result<(RunConfig, Option<String>)> {
-    let recorded = RunConfig::from_toml_file(&run_dir.config())?;
+    let recorded = run_dir.read_config()?;
     let flags = &args.run;
     let differs = |flag: &str, given: Option<String>, recorded: String| {
         given.filter(|g| *g != recorded).map(|g| format!("{flag} {g} (the run has {recorded})"))

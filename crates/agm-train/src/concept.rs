@@ -133,6 +133,11 @@ fn file_error(path: &Path, message: impl Into<String>) -> TrainError {
     TrainError::Tensor(candle_core::Error::Msg(format!("{}: {}", path.display(), message.into())))
 }
 
+/// A concept file that is damaged or not one: the fix is to train the concept again.
+fn corrupt(path: &Path, problem: impl std::fmt::Display) -> TrainError {
+    file_error(path, format!("{problem}; re-create it with `cargo xtask concept` or pass another --concepts folder"))
+}
+
 impl ConceptSet {
     /// Reads every `<modality>.json` manifest of `dir` and its tensors file. `Ok(None)` when the
     /// folder does not exist or holds no manifest; an error naming the file when a manifest is
@@ -182,11 +187,10 @@ impl ConceptSet {
 
     fn load_one(dir: &Path, path: &Path) -> Result<Concept> {
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        let manifest: ConceptManifest = serde_json::from_str(&text).map_err(|e| {
-            file_error(path, format!("not a concept manifest ({e}); re-create it with `cargo xtask concept`"))
-        })?;
+        let manifest: ConceptManifest =
+            serde_json::from_str(&text).map_err(|e| corrupt(path, format!("not a concept manifest ({e})")))?;
         if manifest.format != CONCEPT_FORMAT {
-            return Err(file_error(path, format!("format `{}` is not `{CONCEPT_FORMAT}`", manifest.format)));
+            return Err(corrupt(path, format!("format `{}` is not `{CONCEPT_FORMAT}`", manifest.format)));
         }
         let tensors_path = dir.join(&manifest.tensors);
         if !tensors_path.is_file() {
@@ -202,14 +206,14 @@ impl ConceptSet {
             ));
         }
         let tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)
-            .map_err(|e| file_error(&tensors_path, format!("not a readable safetensors file: {e}")))?;
+            .map_err(|e| corrupt(&tensors_path, format!("not a readable safetensors file ({e})")))?;
         let mut splits = HashMap::new();
         for (name, &rows) in &manifest.rows {
             let split: Split =
-                name.parse().map_err(|e| file_error(path, format!("rows: `{name}` is not a split ({e})")))?;
-            let t = tensors.get(name).ok_or_else(|| file_error(&tensors_path, format!("split `{name}` is missing")))?;
+                name.parse().map_err(|e| corrupt(path, format!("rows: `{name}` is not a split ({e})")))?;
+            let t = tensors.get(name).ok_or_else(|| corrupt(&tensors_path, format!("split `{name}` is missing")))?;
             if t.dims() != [rows, manifest.dim] {
-                return Err(file_error(
+                return Err(corrupt(
                     &tensors_path,
                     format!("split `{name}` has shape {:?}, the manifest says [{rows}, {}]", t.dims(), manifest.dim),
                 ));

@@ -19,6 +19,17 @@ pub enum TrainError {
     #[error("the weights do not fit the model: {0}")]
     Weights(crate::state_dict::KeyMismatch),
 
+    /// A file every run directory holds is missing.
+    #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`?")]
+    MissingRunFile { path: PathBuf, dir: PathBuf },
+
+    /// A line of a run's `metrics.jsonl` that is not a metrics row (an edit, another program).
+    #[error(
+        "{path} line {line}: not a metrics row ({reason}); each line is one finished epoch's JSON object as \
+         `cargo xtask train` writes it: remove that line"
+    )]
+    MetricsRow { path: PathBuf, line: usize, reason: String },
+
     // The cause is part of the message, not a `source`, so error chains print it once.
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },

@@ -129,6 +129,15 @@ impl RunDir {
         self.root.join("summary.json")
     }
 
+    /// The run's recorded configuration (`config.toml`).
+    pub fn read_config(&self) -> Result<crate::RunConfig> {
+        let path = self.config();
+        if !path.is_file() {
+            return Err(TrainError::MissingRunFile { path, dir: self.root.clone() });
+        }
+        crate::RunConfig::from_toml_file(&path)
+    }
+
     /// Appends one JSON line to `metrics.jsonl`.
     pub fn append_metrics<T: serde::Serialize>(&self, row: &T) -> Result<()> {
         let path = self.metrics();
@@ -160,8 +169,13 @@ impl RunDir {
         let path = self.metrics();
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
         text.lines()
-            .map(|l| {
-                serde_json::from_str(l).map_err(|e| TrainError::Config(format!("{}: bad row: {e}", path.display())))
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| TrainError::MetricsRow {
+                    path: path.clone(),
+                    line: i + 1,
+                    reason: e.to_string(),
+                })
             })
             .collect()
     }
@@ -205,5 +219,17 @@ mod tests {
         dir.lock().unwrap();
         assert!(!tmp.path().join("metrics.csv.1152.22.tmp").exists());
         assert!(!tmp.path().join("report/loss.svg.7.0.tmp").exists());
+    }
+
+    #[test]
+    fn a_missing_config_and_a_bad_metrics_line_are_named_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path()).unwrap();
+        let err = dir.read_config().unwrap_err().to_string();
+        assert!(err.contains("config.toml not found") && err.contains("cargo xtask train"), "{err}");
+        dir.append_metrics(&serde_json::json!({ "epoch": 1 })).unwrap();
+        std::fs::OpenOptions::new().append(true).open(dir.metrics()).unwrap().write_all(b"{bad\n").unwrap();
+        let err = dir.read_metrics::<serde_json::Value>().unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl line 2") && err.contains("remove that line"), "{err}");
     }
 }

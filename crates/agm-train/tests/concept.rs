@@ -211,7 +211,14 @@ fn a_corrupt_manifest_or_another_preset_is_refused_by_name() {
     assert!(err.contains("audio.json") && err.contains("balanced"), "{err}");
     std::fs::write(tmp.path().join("audio.json"), "{ not json").unwrap();
     let err = ConceptSet::load(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("audio.json"), "{err}");
+    assert!(err.contains("audio.json") && err.contains("cargo xtask concept"), "{err}");
+    // A truncated tensors file: named, with the same fix.
+    write_concept(tmp.path(), "audio", ROWS, ROWS);
+    let tensors = tmp.path().join("audio.safetensors");
+    let bytes = std::fs::read(&tensors).unwrap();
+    std::fs::write(&tensors, &bytes[..bytes.len() / 2]).unwrap();
+    let err = ConceptSet::load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("audio.safetensors") && err.contains("cargo xtask concept"), "{err}");
 }
 
 #[test]
