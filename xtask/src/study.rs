@@ -176,14 +176,20 @@ pub struct AccuracyVerdict {
     pub outcome: String,
 }
 
+/// What a paired difference supports: `better` or `worse` (its 95% CI excludes 0),
+/// `no-difference` (the CI includes 0) or `too-few-seeds` (under [`SEEDS_FOR_A_CLAIM`] pairs).
+fn claim_outcome(difference: &MeanCi) -> &'static str {
+    match difference.half_width {
+        _ if difference.n < SEEDS_FOR_A_CLAIM => "too-few-seeds",
+        Some(h) if difference.mean - h > 0.0 => "better",
+        Some(h) if difference.mean + h < 0.0 => "worse",
+        _ => "no-difference",
+    }
+}
+
 impl AccuracyVerdict {
     fn of(method: &str, baseline: &str, difference: MeanCi) -> Self {
-        let outcome = match difference.half_width {
-            _ if difference.n < SEEDS_FOR_A_CLAIM => "too-few-seeds",
-            Some(h) if difference.mean - h > 0.0 => "better",
-            Some(h) if difference.mean + h < 0.0 => "worse",
-            _ => "no-difference",
-        };
+        let outcome = claim_outcome(&difference);
         Self { method: method.into(), baseline: baseline.into(), difference, outcome: outcome.into() }
     }
 
@@ -291,11 +297,17 @@ fn verdict(setup: &StudySetup, rows: &[MethodRow], results: &[RunResult]) -> Opt
     })
 }
 
-/// The pass/fail line.
+/// The pass/fail line (on the means), with what the paired interval supports.
 pub fn verdict_line(v: &Verdict) -> String {
+    let support = match claim_outcome(&v.difference) {
+        "better" => "the 95% CI excludes 0: AGM raises it".to_string(),
+        "worse" => "the 95% CI excludes 0: AGM lowers it".to_string(),
+        "no-difference" => "the 95% CI includes 0: no significant difference".to_string(),
+        _ => format!("a claim needs {SEEDS_FOR_A_CLAIM} paired seeds, this study has {}", v.difference.n),
+    };
     format!(
         "**{}**: {CLAIM}. Weaker modality under joint: {}; its test Shapley accuracy {}% (joint) vs {}% (agm), \
-         paired difference {} points (95% CI).",
+         paired difference {} points (95% CI; {support}).",
         if v.pass { "PASS" } else { "FAIL" },
         v.weaker_modality,
         v.joint.show(100.0, 2),
@@ -694,7 +706,7 @@ mod tests {
             "| agm | 3 | 94.00 ± 6.57 | +2.00 ± 2.48 | 95.00 ± 6.57 | 82.00 ± 4.97 | 44.00 ± 9.94 |",
             "**PASS**: AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds. \
              Weaker modality under joint: visual; its test Shapley accuracy 32.00 ± 4.97% (joint) vs 44.00 ± 9.94% \
-             (agm), paired difference +12.00 ± 4.97 points (95% CI).",
+             (agm), paired difference +12.00 ± 4.97 points (95% CI; a claim needs 20 paired seeds, this study has 3).",
             "Competition strength: not measured",
             "| agm | 2 | 3 | 97.00 | 96.00 | 84.00 | 48.00 | [agm-seed2](agm-seed2/report/README.md) |",
         ] {
