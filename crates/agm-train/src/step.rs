@@ -4,7 +4,8 @@
 //!    mode with gradients;
 //! 2. the modulator's objective (AGM computes its coefficients here, from this batch), plus the
 //!    model's auxiliary loss where its reference has one;
-//! 3. backward (the modulator may run several);
+//! 3. backward (the modulator may run several), then the loss is read and a non-finite one
+//!    ends the step;
 //! 4. the modulator's gradient edits;
 //! 5. conditional clipping, when the modulator's reference clips;
 //! 6. the optimizer step.
@@ -83,16 +84,19 @@ pub fn train_step(
     if let Some(aux) = model.aux_loss(&forward.full, &batch.labels)? {
         objective.loss = (&objective.loss + aux)?;
     }
-    let loss = candle_nn::loss::cross_entropy(&objective.output.detach(), &batch.labels)?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()?;
+    let loss = candle_nn::loss::cross_entropy(&objective.output.detach(), &batch.labels)?.to_dtype(DType::F64)?;
     observer.forward(&forward, &objective)?;
+
+    // The loss is read once the backward is queued: reading it first would make a GPU idle
+    // between the forward and the backward while the host waits for it. A non-finite loss still
+    // stops the step before anything is updated; a backward that failed on it reports the loss.
+    let grads = parts.modulator.backward(&cx, &objective);
+    let loss = loss.to_scalar::<f64>()?;
     if !loss.is_finite() {
         // The caller turns this into a run-level error that names the last checkpoint.
         return Ok(StepOutcome { loss, clip: None, coefficients: parts.modulator.coefficients() });
     }
-
-    let mut grads = parts.modulator.backward(&cx, &objective)?;
+    let mut grads = grads?;
     observer.grads(GradStage::Backward, &grads)?;
     parts.modulator.after_backward(&cx, &mut grads)?;
     observer.grads(GradStage::Modulated, &grads)?;
