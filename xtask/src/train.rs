@@ -228,6 +228,9 @@ impl Callback for TrainOutput<'_> {
             println!("{SETTINGS_HEADING}");
             self.settings.iter().for_each(|line| println!("{line}"));
         }
+        for note in &run.notes {
+            eprintln!("note: {note}");
+        }
     }
     fn on_step(&mut self, s: &StepSummary) -> Flow {
         self.progress.on_step(s)

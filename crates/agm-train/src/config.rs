@@ -421,6 +421,26 @@ impl RunConfig {
         }
     }
 
+    /// One line per input whose samples differ in shape from the preset's reference shape (the
+    /// model is built for the data's shapes, which then is not the paper's experiment).
+    pub fn input_shape_notes(&self, data: &LoadedDataset) -> Result<Vec<String>> {
+        let reference = agm_fusion::preset_spec(&self.model, &self.preset_options())?;
+        Ok(reference
+            .inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(m, input)| {
+                let shape = data.train.sample_shape(m);
+                (shape != input.shape.as_slice()).then(|| {
+                    format!(
+                        "{} samples are {shape:?}, {}'s reference shape is {:?}; the model is built for the data's",
+                        input.modality, self.model, input.shape
+                    )
+                })
+            })
+            .collect())
+    }
+
     /// The model preset for `data`: token vocabularies (MOSEI) are sized from the data.
     pub fn build_model(&self, data: &LoadedDataset, device: &Device) -> Result<Box<dyn MultimodalModel>> {
         let shapes = (0..data.modalities.len()).map(|m| data.train.sample_shape(m).to_vec()).collect();

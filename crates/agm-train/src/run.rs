@@ -208,6 +208,9 @@ pub struct RunStarted {
     /// How the Shapley passes run, for methods that run them.
     pub shapley: Option<String>,
     pub modalities: Vec<String>,
+    /// What the driver should tell the user about the data: the loader's notes (samples it
+    /// dropped) and inputs whose shape differs from the preset's reference shape.
+    pub notes: Vec<String>,
 }
 
 /// Trains and evaluates `cfg` into `dir` (see the module docs). The directory's lock is held
@@ -274,6 +277,7 @@ pub fn train_run(
         train_samples: train.len(),
         shapley,
         modalities: data.modalities.names().to_vec(),
+        notes: data.notes.iter().cloned().chain(cfg.input_shape_notes(data)?).collect(),
     });
     let summary = trainer.fit(train.as_ref(), &data.validation, callback)?;
     let finished = !(summary.stopped_early && summary.epochs_done < cfg.epochs);

@@ -11,7 +11,8 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../agm-data/tests/fixtures").join(name)
 }
 
-fn one_epoch(dataset: &str, data: &Path) -> agm_train::RunSummary {
+/// One epoch's summary, and the notes on inputs shaped unlike the preset's reference.
+fn one_epoch(dataset: &str, data: &Path) -> (agm_train::RunSummary, Vec<String>) {
     let cfg = RunConfig {
         dataset: dataset.into(),
         data: data.to_string_lossy().into_owned(),
@@ -30,14 +31,15 @@ fn one_epoch(dataset: &str, data: &Path) -> agm_train::RunSummary {
     assert!(last.train_loss.is_finite(), "{dataset}: loss {}", last.train_loss);
     let m = built.data.modalities.len();
     assert_eq!(last.validation.modality_accuracy.len(), m, "{dataset}");
-    summary
+    (summary, cfg.input_shape_notes(&built.data).unwrap())
 }
 
 #[test]
 fn avmnist_folder_trains_with_avmnist_late() {
     let dir = tempfile::tempdir().unwrap();
     agm_data::loaders::avmnist::write_random_folder(dir.path(), 12, 6, 0).unwrap();
-    one_epoch("avmnist", dir.path());
+    let (_, notes) = one_epoch("avmnist", dir.path());
+    assert!(notes.is_empty(), "the reference's shapes: {notes:?}");
 }
 
 #[test]
@@ -52,7 +54,10 @@ fn mosei_pickles_train_with_the_mat_net_and_the_data_vocabulary() {
 
 #[test]
 fn urfunny_pickle_trains_with_three_transformers() {
-    one_epoch("urfunny", &fixture("urfunny/humor_p4.pkl"));
+    // Padded to 4 steps where the reference pads to 50: the run says so, once per modality.
+    let (_, notes) = one_epoch("urfunny", &fixture("urfunny/humor_p4.pkl"));
+    assert_eq!(notes.len(), 3, "{notes:?}");
+    assert!(notes[0].contains("reference shape is [50,") && notes[0].contains("built for the data's"), "{notes:?}");
 }
 
 #[test]
