@@ -391,6 +391,7 @@ impl<'a> Trainer<'a> {
         let mut meta = HashMap::new();
         meta.insert("trainer".into(), serde_json::to_string(&self.state).expect("plain data"));
         meta.insert("modulator".into(), now.modulator.to_string());
+        meta.insert("method".into(), self.modulator.name().to_string());
         meta.insert("lr".into(), self.optimizer.learning_rate().to_string());
         let ck = Checkpoint { model: now.model, optimizer: now.optimizer, snapshots: self.snapshots.clone(), meta };
         self.checkpoint_writes += 1;
@@ -420,6 +421,17 @@ impl<'a> Trainer<'a> {
         let dir = self.run_dir.clone().ok_or_else(|| TrainError::Config("resume needs a run directory".into()))?;
         let path = dir.checkpoint();
         let ck = Checkpoint::load(&path, &self.device)?;
+        // Checkpoints before this key was written are checked by the method's own state.
+        if let Some(method) = ck.meta.get("method").filter(|m| *m != self.modulator.name()) {
+            return Err(TrainError::checkpoint(
+                &path,
+                format!(
+                    "written by a `{method}` run, this run trains `{}`; resume the run directory it belongs to, or \
+                     start a new run with --out",
+                    self.modulator.name()
+                ),
+            ));
+        }
         let modulator = ck.meta_json("modulator", &path)?;
         let loop_state = ck.meta_json("trainer", &path)?;
         let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator };

@@ -114,6 +114,22 @@ fn a_failed_competition_measurement_names_the_epoch_and_the_checkpoint() {
 }
 
 #[test]
+fn another_methods_checkpoint_is_refused_by_name() {
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 0, DType::F32, &dev).unwrap();
+    let mut t = Trainer::new(&model, Box::new(Joint::new()), sgd(), options(1), &dev)
+        .unwrap()
+        .with_run_dir(RunDir::create(dir.path()).unwrap());
+    t.fit(data.split(Split::Train), data.split(Split::Validation), &mut common::StopAt(3)).unwrap();
+    let mut t =
+        Trainer::new(&model, agm(), sgd(), options(1), &dev).unwrap().with_run_dir(RunDir::open(dir.path()).unwrap());
+    let err = t.resume().unwrap_err().to_string();
+    assert!(err.contains("checkpoint.safetensors") && err.contains("written by a `joint` run"), "{err}");
+}
+
+#[test]
 fn missing_and_corrupt_checkpoints_name_the_file() {
     let dev = Device::Cpu;
     let dir = tempfile::tempdir().unwrap();
