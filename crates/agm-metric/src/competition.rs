@@ -15,7 +15,8 @@
 //! is not at all (a predictor of the column means gives `(N−1)/N`). The reference rounds the
 //! predictions to float32 before the subtraction; [`CompetitionStrength::r_official`] keeps that
 //! rounding, [`CompetitionStrength::r_float64`] does not. Everything else runs in f64, with
-//! nalgebra's Cholesky, QR and SVD for the solves and the pseudo-inverse.
+//! nalgebra's Cholesky, QR and SVD for the solves and the pseudo-inverse; as in scikit-learn, a
+//! Cholesky solve that fails in floating point (huge, collinear features) falls back to the SVD.
 //!
 //! ```
 //! # fn main() -> candle_core::Result<()> {
