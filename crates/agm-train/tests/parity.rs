@@ -71,6 +71,18 @@ fn agm2_matches_the_official_run() {
 
 #[test]
 #[allow(clippy::print_stdout)] // the report, shown with --nocapture
+fn agm2_with_a_decaying_learning_rate_matches_the_official_run() {
+    // Made by scripts/golden/agm_train_steps.py (the official `train` and `GradMod`): StepLR
+    // divides the lr by 10 every epoch (0.5, 0.05, 0.005), alpha 4, clipping fires in 7 of 12 steps.
+    let report = run_case(&fixture("agm2_steplr")).unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_groups(&report, 12, 10, 6, 3, 2);
+    assert_eq!(report.groups["scalar:clip_total_norm"].compared, 7, "{report}");
+}
+
+#[test]
+#[allow(clippy::print_stdout)] // the report, shown with --nocapture
 fn agm3_matches_the_official_run() {
     let report = run_case(&fixture("agm3")).unwrap();
     println!("{report}");

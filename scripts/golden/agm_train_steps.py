@@ -1,0 +1,269 @@
+"""A `train_steps` parity case (FORMAT v1 of the shared golden fixtures, kind `train_steps`,
+method AGM, two modalities, AV-MNIST semantics) made by running the official AGM code.
+
+Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
+       [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
+       [--step-size EPOCHS] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
+(PyTorch and safetensors from PyPI, CPU.) The fixture tests/fixtures/golden/agm2_steplr is
+`--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3 --step-size 1`.
+
+Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`
+(the step loop: GradMod forward, the scores, ratios and coefficients, `update_scale`, the hooked
+backward, the conditional clipping, the SGD step, StepLR at the epoch's end) and
+`model/AVMNIST_net.py:GradMod` (the three passes, the Shapley outputs, the backward hooks).
+Swaps, as the shared fixtures made them: the inner network is the tiny one of FORMAT.md §1.3
+(Flatten, Linear, BatchNorm1d, ReLU per modality; concatenation; `head.fc`), everything runs in
+float64 (the loop's `.float()` casts return float64), and the modules the loop imports but this
+case never calls (TensorBoard, scikit-learn, the dataset task) are stubs. The recorded values are
+read around the official calls: the passes and Shapley outputs by forward hooks, the gradients
+after `loss.backward()` and at `optimizer.step()`, the clipping by wrapping `clip_grad_norm_`;
+the scores, ratios and running scores are recomputed from the recorded outputs with FORMAT.md
+§1.5's formulas, and the coefficients in effect are the wrapper's own `scale_a` / `scale_v`.
+"""
+
+import argparse
+import importlib.machinery
+import json
+import math
+import os
+import sys
+import types
+
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+MODS = ["audio", "visual"]
+
+
+def stub(name, **attrs):
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    module.__dict__.update(attrs)
+    sys.modules[name] = module
+    return module
+
+
+def stub_modules():
+    stub("torch.utils.tensorboard", SummaryWriter=object)
+    stub("sklearn", linear_model=stub("sklearn.linear_model"))
+    stub("tasks.AVMNIST_task", AVMNIST_Task=object)
+
+
+class Tiny(nn.Module):
+    """FORMAT.md §1.3 without conv, with the official inner network's interface."""
+
+    def __init__(self, dims, hidden, classes):
+        super().__init__()
+        self.mode = "classify"
+        for m, d in zip(MODS, dims):
+            enc = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+            setattr(self, f"{m}_encoder", enc)
+        self.head = nn.Module()
+        self.head.fc = nn.Linear(hidden * len(MODS), classes)
+
+    def forward(self, audio, visual, pad_audio=False, pad_visual=False):
+        if pad_audio:
+            audio = torch.zeros_like(audio)
+        if pad_visual:
+            visual = torch.zeros_like(visual)
+        feature = torch.cat([self.audio_encoder(audio), self.visual_encoder(visual)], dim=1)
+        out = self.head.fc(feature)
+        return (out, feature) if self.mode == "feature" else out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tree")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=16)
+    ap.add_argument("--classes", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--alpha", type=float, default=2.5)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--step-size", type=int, default=70)
+    ap.add_argument("--audio-shape", default="1,6,6")
+    ap.add_argument("--visual-shape", default="1,4,4")
+    a = ap.parse_args()
+
+    sys.path.insert(0, a.tree)
+    stub_modules()
+    from model import AVMNIST_net  # noqa: E402
+    import run.AVMNIST_main as official  # noqa: E402
+
+    torch.manual_seed(a.seed)
+    shapes = [tuple(int(v) for v in s.split(",")) for s in (a.audio_shape, a.visual_shape)]
+    dims = [math.prod(s) for s in shapes]
+    B, H, C, E, S = a.batch, a.hidden, a.classes, a.epochs, a.steps
+    AVMNIST_net.Later_Fusion_Resnet = lambda cfgs: Tiny(dims, H, C)
+    cfgs = types.SimpleNamespace(
+        mode="train", fusion_type="late_fusion", modality="Multimodal", methods="AGM", alpha=a.alpha,
+        modulation_starts=0, modulation_ends=100, use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
+    )
+    model = AVMNIST_net.GradMod(cfgs).double()
+    # Random running statistics, as the shared fixtures start from.
+    for m in MODS:
+        bn = getattr(model.net, f"{m}_encoder")[2]
+        bn.running_mean.copy_(torch.randn(H, dtype=torch.float64) * 0.3)
+        bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
+    named = dict(model.named_parameters())
+    buffers = {n: b for n, b in model.named_buffers()}
+    tensors = {f"init/params/{n}": p.detach().clone() for n, p in named.items()}
+    tensors.update({f"init/buffers/{n}": b.detach().clone() for n, b in buffers.items()})
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.step_size, gamma=0.1)
+
+    # Batches: values exactly representable in float32; labels in [0, C).
+    batches = []
+    for _ in range(E * S):
+        xs = [(torch.randn((B,) + s) * 2).float().double() for s in shapes]
+        batches.append((xs[0], xs[1], torch.randint(0, C, (B,))))
+
+    rec = {"passes": [], "m": {}, "clip": None}
+    def net_pass(module, inputs, out):
+        # The first pass (feature mode) also returns the fused feature.
+        if isinstance(out, tuple):
+            out, rec["feature"] = out
+        rec["passes"].append(out)
+
+    model.net.register_forward_hook(net_pass)
+    model.m_a_o.register_forward_hook(lambda module, inputs, out: rec["m"].__setitem__("audio", out))
+    model.m_v_o.register_forward_hook(lambda module, inputs, out: rec["m"].__setitem__("visual", out))
+
+    steps, state = [], {"k": 0, "running": {m: 0.0 for m in MODS}}
+    float_of_tensor = torch.Tensor.float
+    torch.Tensor.float = lambda self: self.double()  # the loop's casts keep float64
+    original_backward = torch.Tensor.backward
+    original_clip = nn.utils.clip_grad_norm_
+
+    def backward(self, *args, **kwargs):
+        original_backward(self, *args, **kwargs)
+        rec["loss"] = self.item()
+        rec["grad_backward"] = {n: p.grad.detach().clone() for n, p in named.items()}
+
+    def clip(params, max_norm, **kwargs):
+        total = original_clip(params, max_norm, **kwargs)
+        rec["clip"] = total.item()
+        return total
+
+    def record_step(epoch, step_in_epoch):
+        k = state["k"] = state["k"] + 1
+        label = batches[k - 1][2]
+        p = f"step{k}/"
+        tensors[p + "input/audio"], tensors[p + "input/visual"] = batches[k - 1][0], batches[k - 1][1]
+        tensors[p + "label"] = label.clone()
+        for name, t in zip(["keep_av", "keep_a", "keep_v"], rec["passes"][-3:]):
+            tensors[p + f"pass/{name}"] = t.detach().clone()
+        tensors[p + "feature"] = rec["feature"].detach().clone()
+        for m in MODS:
+            tensors[p + f"m/{m}"] = rec["m"][m].detach().clone()
+        out = rec["m"]["audio"] + rec["m"]["visual"]
+        tensors[p + "out"] = out.detach().clone()
+        scores, below = {}, {}
+        for m in MODS:
+            probs = torch.softmax(rec["m"][m].detach(), dim=1)[torch.arange(B), label]
+            below[m] = int((probs < 1e-8).sum())
+            scores[m] = float(torch.where(probs < 1e-8, -math.log(1e-8), -torch.log(probs)).mean())
+        before = dict(state["running"])
+        mean_s, mean_r = sum(scores.values()) / 2, sum(before.values()) / 2
+        ratio = {m: math.exp(2 * (mean_s - scores[m])) for m in MODS}
+        opt = {m: math.exp(2 * (mean_r - before[m])) for m in MODS}
+        state["running"] = {m: before[m] * (k - 1) / k + scores[m] / k for m in MODS}
+        coeff = {"audio": model.scale_a, "visual": model.scale_v}
+        head = rec["grad_backward"]["net.head.fc.weight"]
+        for n, g in rec["grad_backward"].items():
+            tensors[p + f"grad_backward/{n}"] = g
+        steps.append({
+            "step": k, "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": k,
+            "lr": optimizer.param_groups[0]["lr"], "loss": rec["loss"],
+            "passes": [
+                {"order": 0, "name": "keep_av", "train_mode": True, "net_mode": "feature"},
+                {"order": 1, "name": "keep_a", "train_mode": False, "net_mode": "classify"},
+                {"order": 2, "name": "keep_v", "train_mode": False, "net_mode": "classify"},
+            ],
+            "scores": scores, "label_prob_below_1e-8_count": below, "running_score_before": before,
+            "ratio": ratio, "opt_ratio": opt, "opt_ratio_minus_ratio": {m: opt[m] - ratio[m] for m in MODS},
+            "coeff": {m: float(coeff[m]) for m in MODS}, "running_score_after": dict(state["running"]),
+            "hook_scale_in_effect": {m: float(coeff[m]) for m in MODS},
+            "head_grad_max": float(head.max()), "head_grad_min": float(head.min()), "clip_threshold": 1.0,
+            "clip_fired": rec["clip"] is not None, "clip_total_norm": rec["clip"],
+        })
+        if rec["clip"] is not None:
+            # What clip_grad_norm_ multiplied by (max_norm 1.0), only when it fired.
+            steps[-1]["clip_coef"] = 1.0 / (rec["clip"] + 1e-6)
+        rec["clip"] = None
+
+    original_step = optimizer.step
+
+    def sgd_step(*args, **kwargs):
+        epoch, step_in_epoch = state["epoch"], len(steps) - (state["epoch"] - 1) * S
+        grads = {n: p.grad.detach().clone() for n, p in named.items()}
+        record_step(epoch, step_in_epoch)
+        k = state["k"]
+        for n, g in grads.items():
+            tensors[f"step{k}/grad_final/{n}"] = g
+        result = original_step(*args, **kwargs)
+        for n, prm in named.items():
+            tensors[f"step{k}/params_after/{n}"] = prm.detach().clone()
+            tensors[f"step{k}/momentum_after/{n}"] = optimizer.state[prm]["momentum_buffer"].detach().clone()
+        for n, b in buffers.items():
+            tensors[f"step{k}/buffers_after/{n}"] = b.detach().clone()
+        return result
+
+    torch.Tensor.backward = backward
+    nn.utils.clip_grad_norm_ = clip
+    optimizer.step = sgd_step
+    logger = types.SimpleNamespace(info=lambda *_: None)
+    writer = types.SimpleNamespace(add_scalar=lambda *_: None, add_scalars=lambda *_: None)
+    last = (0.0, 0.0)
+    epoch_end = []
+    try:
+        for epoch in range(1, E + 1):
+            state["epoch"] = epoch
+            loader = [batches[(epoch - 1) * S + i] for i in range(S)]
+            last = official.train(model, loader, optimizer, scheduler, epoch, cfgs, "cpu", writer, logger,
+                                  last[0], last[1], 1.0, 1.0)
+            epoch_end.append({"epoch": epoch, "running_score": {"audio": float(last[0]), "visual": float(last[1])}})
+    finally:
+        torch.Tensor.backward = original_backward
+        torch.Tensor.float = float_of_tensor
+        nn.utils.clip_grad_norm_ = original_clip
+
+    parameters = [{"name": n, "shape": list(prm.shape), "kind": "parameter"} for n, prm in named.items()]
+    parameters += [
+        {"name": n, "shape": list(b.shape), "kind": "buffer", "dtype": str(b.dtype).replace("torch.", "")}
+        for n, b in buffers.items()
+    ]
+    case = {
+        "case": os.path.basename(os.path.normpath(a.out)), "format_version": 1, "kind": "train_steps",
+        "semantics": "AV-MNIST", "dtype": "float64", "modalities": MODS,
+        "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": "run/AVMNIST_main.py:train",
+                               "model_wrapper": "model/AVMNIST_net.py:GradMod"},
+        "method": "AGM",
+        "hyper": {
+            "alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4, "dampening": 0.0, "nesterov": False,
+            "lr_schedule": {"kind": "StepLR", "step_size_epochs": a.step_size, "gamma": 0.1},
+            "modulation_window_epochs": [0, 100], "coeff_clamp": None, "prob_floor": 1e-8,
+            "clip": {"threshold_on_head_weight_grad": 1.0, "max_norm": 1.0, "eps": 1e-6, "params": "all"},
+        },
+        "sizes": {"B": B, "C": C, "hidden": H, "epochs": E, "steps_per_epoch": S, "total_steps": E * S,
+                  "input_shapes": {m: [B] + list(s) for m, s in zip(MODS, shapes)}, "conv_channels": 0},
+        "network": {"encoder": "Flatten -> Linear(in, hidden) -> BatchNorm1d(hidden) -> ReLU",
+                    "fusion": "concatenate in modality order -> head.fc"},
+        "seed": a.seed, "parameters": parameters, "grad_stages": ["backward", "final"], "steps": steps,
+        "epoch_end": epoch_end,
+    }
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "case.json"), "w") as f:
+        json.dump(case, f, indent=1)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(a.out, "tensors.safetensors"))
+    fired = sum(s["clip_fired"] for s in steps)
+    print(f"{a.out}: {len(steps)} steps, clipping fired {fired} times, last coefficients {steps[-1]['coeff']}")
+
+
+if __name__ == "__main__":
+    main()
