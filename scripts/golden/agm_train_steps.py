@@ -1,16 +1,21 @@
 """A `train_steps` parity case (FORMAT v1 of the shared golden fixtures, kind `train_steps`,
-method AGM, two modalities, AV-MNIST semantics) made by running the official AGM code.
+method AGM) made by running the official AGM code.
 
 Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
        [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
-       [--step-size EPOCHS] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
-(PyTorch and safetensors from PyPI, CPU.) The fixture tests/fixtures/golden/agm2_steplr is
-`--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3 --step-size 1`.
+       [--step-size EPOCHS] [--semantics avmnist|urfunny] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
+       [--text-shape 5,7]
+(PyTorch and safetensors from PyPI, CPU.) `--semantics urfunny` runs the UR-Funny loop instead:
+three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
+in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3
+--step-size 1`; `agm3_steplr` is `--semantics urfunny --seed 202 --batch 4 --hidden 13 --classes 4
+--lr 0.5 --alpha 5 --step-size 1 --text-shape 4,5`.
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`
-(the step loop: GradMod forward, the scores, ratios and coefficients, `update_scale`, the hooked
-backward, the conditional clipping, the SGD step, StepLR at the epoch's end) and
-`model/AVMNIST_net.py:GradMod` (the three passes, the Shapley outputs, the backward hooks).
+or `run/URFunny_main.py:train` (the step loop: GradMod forward, the scores, ratios and
+coefficients, `update_scale`, the hooked backward, the conditional clipping, the SGD step, StepLR
+at the epoch's end) and `GradMod` of `model/AVMNIST_net.py` or `model/URFunny_net.py` (the passes,
+the Shapley outputs, the backward hooks).
 Swaps, as the shared fixtures made them: the inner network is the tiny one of FORMAT.md §1.3
 (Flatten, Linear, BatchNorm1d, ReLU per modality; concatenation; `head.fc`), everything runs in
 float64 (the loop's `.float()` casts return float64), and the modules the loop imports but this
@@ -18,7 +23,7 @@ case never calls (TensorBoard, scikit-learn, the dataset task) are stubs. The re
 read around the official calls: the passes and Shapley outputs by forward hooks, the gradients
 after `loss.backward()` and at `optimizer.step()`, the clipping by wrapping `clip_grad_norm_`;
 the scores, ratios and running scores are recomputed from the recorded outputs with FORMAT.md
-§1.5's formulas, and the coefficients in effect are the wrapper's own `scale_a` / `scale_v`.
+§1.5's formulas, and the coefficients in effect are the wrapper's own `scale_a`, `scale_v` (`scale_t`).
 """
 
 import argparse
@@ -33,7 +38,23 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-MODS = ["audio", "visual"]
+# What differs between the two official loops (FORMAT.md §1.5, §1.7).
+SEMANTICS = {
+    "avmnist": {
+        "name": "AV-MNIST", "mods": ["audio", "visual"], "net": ("AVMNIST_net", "Later_Fusion_Resnet"),
+        "main": "AVMNIST_main", "task": ("tasks.AVMNIST_task", "AVMNIST_Task"), "clamp": None, "floor": 1e-8,
+        "clip": 1.0, "shapes": {"audio": "1,6,6", "visual": "1,4,4"},
+        # Pass order of GradMod.forward: T, then visual muted, then audio muted.
+        "passes": ["keep_av", "keep_a", "keep_v"],
+    },
+    "urfunny": {
+        "name": "UR-Funny", "mods": ["audio", "visual", "text"], "net": ("URFunny_net", "Later_Fusion_Model"),
+        "main": "URFunny_main", "task": ("tasks.URFunny_task", "Funny_Task"), "clamp": 7.0, "floor": None,
+        "clip": 5.0, "shapes": {"audio": "1,6,6", "visual": "1,4,4", "text": "5,7"},
+        # T, then audio, visual, text muted, then visual+audio, visual+text, audio+text, all muted.
+        "passes": ["keep_avt", "keep_vt", "keep_at", "keep_av", "keep_t", "keep_a", "keep_v", "keep_none"],
+    },
+}
 
 
 def stub(name, **attrs):
@@ -44,30 +65,36 @@ def stub(name, **attrs):
     return module
 
 
-def stub_modules():
+def stub_modules(sem):
     stub("torch.utils.tensorboard", SummaryWriter=object)
     stub("sklearn", linear_model=stub("sklearn.linear_model"))
-    stub("tasks.AVMNIST_task", AVMNIST_Task=object)
+    stub(sem["task"][0], **{sem["task"][1]: object})
 
 
 class Tiny(nn.Module):
-    """FORMAT.md §1.3 without conv, with the official inner network's interface."""
+    """FORMAT.md §1.3 without conv, with the official inner network's interface: AV-MNIST's
+    `(audio, visual, pad_audio, pad_visual)` or UR-Funny's `(vision, audio, text, lengths,
+    pad_audio, pad_visual, pad_text)`."""
 
-    def __init__(self, dims, hidden, classes):
+    def __init__(self, mods, dims, hidden, classes):
         super().__init__()
-        self.mode = "classify"
-        for m, d in zip(MODS, dims):
+        self.mods, self.mode = mods, "classify"
+        for m, d in zip(mods, dims):
             enc = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
             setattr(self, f"{m}_encoder", enc)
         self.head = nn.Module()
-        self.head.fc = nn.Linear(hidden * len(MODS), classes)
+        self.head.fc = nn.Linear(hidden * len(mods), classes)
 
-    def forward(self, audio, visual, pad_audio=False, pad_visual=False):
-        if pad_audio:
-            audio = torch.zeros_like(audio)
-        if pad_visual:
-            visual = torch.zeros_like(visual)
-        feature = torch.cat([self.audio_encoder(audio), self.visual_encoder(visual)], dim=1)
+    def forward(self, *args, pad_audio=False, pad_visual=False, pad_text=False):
+        if len(self.mods) == 2:
+            inputs = {"audio": args[0], "visual": args[1]}
+        else:
+            inputs = {"visual": args[0], "audio": args[1], "text": args[2]}
+        muted = {"audio": pad_audio, "visual": pad_visual, "text": pad_text}
+        feature = torch.cat(
+            [getattr(self, f"{m}_encoder")(torch.zeros_like(inputs[m]) if muted[m] else inputs[m]) for m in self.mods],
+            dim=1,
+        )
         out = self.head.fc(feature)
         return (out, feature) if self.mode == "feature" else out
 
@@ -85,27 +112,31 @@ def main():
     ap.add_argument("--alpha", type=float, default=2.5)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--step-size", type=int, default=70)
-    ap.add_argument("--audio-shape", default="1,6,6")
-    ap.add_argument("--visual-shape", default="1,4,4")
+    ap.add_argument("--semantics", choices=sorted(SEMANTICS), default="avmnist")
+    for m in ["audio", "visual", "text"]:
+        ap.add_argument(f"--{m}-shape")
     a = ap.parse_args()
+    sem = SEMANTICS[a.semantics]
+    mods = sem["mods"]
+    M = len(mods)
 
     sys.path.insert(0, a.tree)
-    stub_modules()
-    from model import AVMNIST_net  # noqa: E402
-    import run.AVMNIST_main as official  # noqa: E402
+    stub_modules(sem)
+    net_module = importlib.import_module(f"model.{sem['net'][0]}")
+    official = importlib.import_module(f"run.{sem['main']}")
 
     torch.manual_seed(a.seed)
-    shapes = [tuple(int(v) for v in s.split(",")) for s in (a.audio_shape, a.visual_shape)]
+    shapes = [tuple(int(v) for v in (getattr(a, f"{m}_shape") or sem["shapes"][m]).split(",")) for m in mods]
     dims = [math.prod(s) for s in shapes]
     B, H, C, E, S = a.batch, a.hidden, a.classes, a.epochs, a.steps
-    AVMNIST_net.Later_Fusion_Resnet = lambda cfgs: Tiny(dims, H, C)
+    setattr(net_module, sem["net"][1], lambda cfgs: Tiny(mods, dims, H, C))
     cfgs = types.SimpleNamespace(
         mode="train", fusion_type="late_fusion", modality="Multimodal", methods="AGM", alpha=a.alpha,
         modulation_starts=0, modulation_ends=100, use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
     )
-    model = AVMNIST_net.GradMod(cfgs).double()
+    model = net_module.GradMod(cfgs).double()
     # Random running statistics, as the shared fixtures start from.
-    for m in MODS:
+    for m in mods:
         bn = getattr(model.net, f"{m}_encoder")[2]
         bn.running_mean.copy_(torch.randn(H, dtype=torch.float64) * 0.3)
         bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
@@ -121,7 +152,7 @@ def main():
     batches = []
     for _ in range(E * S):
         xs = [(torch.randn((B,) + s) * 2).float().double() for s in shapes]
-        batches.append((xs[0], xs[1], torch.randint(0, C, (B,))))
+        batches.append((dict(zip(mods, xs)), torch.randint(0, C, (B,))))
 
     rec = {"passes": [], "m": {}, "clip": None}
     def net_pass(module, inputs, out):
@@ -131,10 +162,11 @@ def main():
         rec["passes"].append(out)
 
     model.net.register_forward_hook(net_pass)
-    model.m_a_o.register_forward_hook(lambda module, inputs, out: rec["m"].__setitem__("audio", out))
-    model.m_v_o.register_forward_hook(lambda module, inputs, out: rec["m"].__setitem__("visual", out))
+    for m in mods:
+        hook = getattr(model, f"m_{m[0]}_o")
+        hook.register_forward_hook(lambda module, inputs, out, m=m: rec["m"].__setitem__(m, out))
 
-    steps, state = [], {"k": 0, "running": {m: 0.0 for m in MODS}}
+    steps, state = [], {"k": 0, "running": {m: 0.0 for m in mods}}
     float_of_tensor = torch.Tensor.float
     torch.Tensor.float = lambda self: self.double()  # the loop's casts keep float64
     original_backward = torch.Tensor.backward
@@ -152,49 +184,55 @@ def main():
 
     def record_step(epoch, step_in_epoch):
         k = state["k"] = state["k"] + 1
-        label = batches[k - 1][2]
+        inputs, label = batches[k - 1]
         p = f"step{k}/"
-        tensors[p + "input/audio"], tensors[p + "input/visual"] = batches[k - 1][0], batches[k - 1][1]
+        for m in mods:
+            tensors[p + f"input/{m}"] = inputs[m]
         tensors[p + "label"] = label.clone()
-        for name, t in zip(["keep_av", "keep_a", "keep_v"], rec["passes"][-3:]):
+        passes = rec["passes"][-len(sem["passes"]):]
+        for name, t in zip(sem["passes"], passes):
             tensors[p + f"pass/{name}"] = t.detach().clone()
         tensors[p + "feature"] = rec["feature"].detach().clone()
-        for m in MODS:
+        for m in mods:
             tensors[p + f"m/{m}"] = rec["m"][m].detach().clone()
-        out = rec["m"]["audio"] + rec["m"]["visual"]
-        tensors[p + "out"] = out.detach().clone()
+            if M == 3:
+                tensors[p + f"m_mc/{m}"] = (rec["m"][m] - passes[-1] / 3).detach().clone()
+        tensors[p + "out"] = sum(rec["m"][m] for m in mods).detach().clone()
         scores, below = {}, {}
-        for m in MODS:
+        for m in mods:
             probs = torch.softmax(rec["m"][m].detach(), dim=1)[torch.arange(B), label]
             below[m] = int((probs < 1e-8).sum())
-            scores[m] = float(torch.where(probs < 1e-8, -math.log(1e-8), -torch.log(probs)).mean())
+            floored = probs if sem["floor"] is None else torch.where(probs < sem["floor"], sem["floor"], probs)
+            scores[m] = float((-torch.log(floored)).mean())
         before = dict(state["running"])
-        mean_s, mean_r = sum(scores.values()) / 2, sum(before.values()) / 2
-        ratio = {m: math.exp(2 * (mean_s - scores[m])) for m in MODS}
-        opt = {m: math.exp(2 * (mean_r - before[m])) for m in MODS}
-        state["running"] = {m: before[m] * (k - 1) / k + scores[m] / k for m in MODS}
-        coeff = {"audio": model.scale_a, "visual": model.scale_v}
+        factor = M / (M - 1)
+        mean_s, mean_r = sum(scores.values()) / M, sum(before.values()) / M
+        ratio = {m: math.exp(factor * (mean_s - scores[m])) for m in mods}
+        opt = {m: math.exp(factor * (mean_r - before[m])) for m in mods}
+        state["running"] = {m: before[m] * (k - 1) / k + scores[m] / k for m in mods}
+        coeff = {m: float(getattr(model, f"scale_{m[0]}")) for m in mods}
         head = rec["grad_backward"]["net.head.fc.weight"]
         for n, g in rec["grad_backward"].items():
             tensors[p + f"grad_backward/{n}"] = g
+        names = sem["passes"]
         steps.append({
             "step": k, "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": k,
             "lr": optimizer.param_groups[0]["lr"], "loss": rec["loss"],
             "passes": [
-                {"order": 0, "name": "keep_av", "train_mode": True, "net_mode": "feature"},
-                {"order": 1, "name": "keep_a", "train_mode": False, "net_mode": "classify"},
-                {"order": 2, "name": "keep_v", "train_mode": False, "net_mode": "classify"},
+                {"order": i, "name": n, "train_mode": i == 0, "net_mode": "feature" if i == 0 else "classify"}
+                for i, n in enumerate(names)
             ],
             "scores": scores, "label_prob_below_1e-8_count": below, "running_score_before": before,
-            "ratio": ratio, "opt_ratio": opt, "opt_ratio_minus_ratio": {m: opt[m] - ratio[m] for m in MODS},
-            "coeff": {m: float(coeff[m]) for m in MODS}, "running_score_after": dict(state["running"]),
-            "hook_scale_in_effect": {m: float(coeff[m]) for m in MODS},
-            "head_grad_max": float(head.max()), "head_grad_min": float(head.min()), "clip_threshold": 1.0,
+            "ratio": ratio, "opt_ratio": opt, "opt_ratio_minus_ratio": {m: opt[m] - ratio[m] for m in mods},
+            "coeff": coeff, "running_score_after": dict(state["running"]), "hook_scale_in_effect": coeff,
+            "head_grad_max": float(head.max()), "head_grad_min": float(head.min()), "clip_threshold": sem["clip"],
             "clip_fired": rec["clip"] is not None, "clip_total_norm": rec["clip"],
         })
+        if sem["clamp"] is not None:
+            steps[-1]["clamp_fired"] = {m: opt[m] - ratio[m] > sem["clamp"] for m in mods}
         if rec["clip"] is not None:
-            # What clip_grad_norm_ multiplied by (max_norm 1.0), only when it fired.
-            steps[-1]["clip_coef"] = 1.0 / (rec["clip"] + 1e-6)
+            # What clip_grad_norm_ multiplied by, only when it fired.
+            steps[-1]["clip_coef"] = sem["clip"] / (rec["clip"] + 1e-6)
         rec["clip"] = None
 
     original_step = optimizer.step
@@ -219,15 +257,24 @@ def main():
     optimizer.step = sgd_step
     logger = types.SimpleNamespace(info=lambda *_: None)
     writer = types.SimpleNamespace(add_scalar=lambda *_: None, add_scalars=lambda *_: None)
-    last = (0.0, 0.0)
+    running = {m: 0.0 for m in mods}
     epoch_end = []
     try:
         for epoch in range(1, E + 1):
             state["epoch"] = epoch
-            loader = [batches[(epoch - 1) * S + i] for i in range(S)]
-            last = official.train(model, loader, optimizer, scheduler, epoch, cfgs, "cpu", writer, logger,
-                                  last[0], last[1], 1.0, 1.0)
-            epoch_end.append({"epoch": epoch, "running_score": {"audio": float(last[0]), "visual": float(last[1])}})
+            epoch_batches = batches[(epoch - 1) * S:epoch * S]
+            if M == 2:
+                loader = [(x["audio"], x["visual"], y) for x, y in epoch_batches]
+                last = official.train(model, loader, optimizer, scheduler, epoch, cfgs, "cpu", writer, logger,
+                                      running["audio"], running["visual"], 1.0, 1.0)
+                running = dict(zip(mods, last))
+            else:
+                lengths = torch.zeros(B)
+                loader = [([x["visual"], x["audio"], x["text"]], lengths, None, y[:, None]) for x, y in epoch_batches]
+                v, a_, t = official.train(model, loader, optimizer, scheduler, cfgs, "cpu", logger, epoch, writer,
+                                          running["visual"], running["audio"], running["text"], 1.0, 1.0, 1.0)
+                running = {"audio": a_, "visual": v, "text": t}
+            epoch_end.append({"epoch": epoch, "running_score": {m: float(running[m]) for m in mods}})
     finally:
         torch.Tensor.backward = original_backward
         torch.Tensor.float = float_of_tensor
@@ -240,18 +287,18 @@ def main():
     ]
     case = {
         "case": os.path.basename(os.path.normpath(a.out)), "format_version": 1, "kind": "train_steps",
-        "semantics": "AV-MNIST", "dtype": "float64", "modalities": MODS,
-        "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": "run/AVMNIST_main.py:train",
-                               "model_wrapper": "model/AVMNIST_net.py:GradMod"},
+        "semantics": sem["name"], "dtype": "float64", "modalities": mods,
+        "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
+                               "model_wrapper": f"model/{sem['net'][0]}.py:GradMod"},
         "method": "AGM",
         "hyper": {
             "alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4, "dampening": 0.0, "nesterov": False,
             "lr_schedule": {"kind": "StepLR", "step_size_epochs": a.step_size, "gamma": 0.1},
-            "modulation_window_epochs": [0, 100], "coeff_clamp": None, "prob_floor": 1e-8,
-            "clip": {"threshold_on_head_weight_grad": 1.0, "max_norm": 1.0, "eps": 1e-6, "params": "all"},
+            "modulation_window_epochs": [0, 100], "coeff_clamp": sem["clamp"], "prob_floor": sem["floor"],
+            "clip": {"threshold_on_head_weight_grad": sem["clip"], "max_norm": sem["clip"], "eps": 1e-6, "params": "all"},
         },
         "sizes": {"B": B, "C": C, "hidden": H, "epochs": E, "steps_per_epoch": S, "total_steps": E * S,
-                  "input_shapes": {m: [B] + list(s) for m, s in zip(MODS, shapes)}, "conv_channels": 0},
+                  "input_shapes": {m: [B] + list(s) for m, s in zip(mods, shapes)}, "conv_channels": 0},
         "network": {"encoder": "Flatten -> Linear(in, hidden) -> BatchNorm1d(hidden) -> ReLU",
                     "fusion": "concatenate in modality order -> head.fc"},
         "seed": a.seed, "parameters": parameters, "grad_stages": ["backward", "final"], "steps": steps,

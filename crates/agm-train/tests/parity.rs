@@ -83,6 +83,20 @@ fn agm2_with_a_decaying_learning_rate_matches_the_official_run() {
 
 #[test]
 #[allow(clippy::print_stdout)] // the report, shown with --nocapture
+fn agm3_with_a_decaying_learning_rate_and_a_clamped_coefficient_matches_the_official_run() {
+    // Made by scripts/golden/agm_train_steps.py --semantics urfunny (the official UR-Funny `train`
+    // and `GradMod`): lr 0.5 then 0.05, alpha 5, text's coefficient clamped once (1.6e15),
+    // clipping in 4 of 6 steps.
+    let report = run_case(&fixture("agm3_steplr")).unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_groups(&report, 6, 14, 9, 8, 3);
+    assert_eq!(report.groups["scalar:clip_total_norm"].compared, 4, "{report}");
+    assert!(report.groups.contains_key("scalar:clamp_fired"), "{report}");
+}
+
+#[test]
+#[allow(clippy::print_stdout)] // the report, shown with --nocapture
 fn agm3_matches_the_official_run() {
     let report = run_case(&fixture("agm3")).unwrap();
     println!("{report}");
