@@ -9,7 +9,11 @@ Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [-
 three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
 in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3
 --step-size 1`; `agm3_steplr` is `--semantics urfunny --seed 202 --batch 4 --hidden 13 --classes 4
---lr 0.5 --alpha 5 --step-size 1 --text-shape 4,5`.
+--lr 0.5 --alpha 5 --step-size 1 --text-shape 4,5`; `ogm_steplr` is `--method ogm-ge --conv-channels 2
+--seed 301 --batch 4 --hidden 5 --classes 3 --lr 0.3 --alpha 2 --step-size 1 --audio-shape 2,5,5`.
+`--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
+which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
+exact zeros (its std recorded).
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`
 or `run/URFunny_main.py:train` (the step loop: GradMod forward, the scores, ratios and
@@ -76,11 +80,17 @@ class Tiny(nn.Module):
     `(audio, visual, pad_audio, pad_visual)` or UR-Funny's `(vision, audio, text, lengths,
     pad_audio, pad_visual, pad_text)`."""
 
-    def __init__(self, mods, dims, hidden, classes):
+    def __init__(self, mods, shapes, hidden, classes, conv):
         super().__init__()
         self.mods, self.mode = mods, "classify"
-        for m, d in zip(mods, dims):
-            enc = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        for m, shape in zip(mods, shapes):
+            if conv:
+                # FORMAT.md §1.3 with conv: a 3x3 convolution (4-D weight, which OGM-GE edits) first.
+                flat = conv * (shape[1] - 2) * (shape[2] - 2)
+                layers = [nn.Conv2d(shape[0], conv, 3), nn.ReLU(), nn.Flatten(), nn.Linear(flat, hidden)]
+            else:
+                layers = [nn.Flatten(), nn.Linear(math.prod(shape), hidden)]
+            enc = nn.Sequential(*layers, nn.BatchNorm1d(hidden), nn.ReLU())
             setattr(self, f"{m}_encoder", enc)
         self.head = nn.Module()
         self.head.fc = nn.Linear(hidden * len(mods), classes)
@@ -113,6 +123,8 @@ def main():
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--step-size", type=int, default=70)
     ap.add_argument("--semantics", choices=sorted(SEMANTICS), default="avmnist")
+    ap.add_argument("--method", choices=["agm", "ogm-ge"], default="agm")
+    ap.add_argument("--conv-channels", type=int, default=0)
     for m in ["audio", "visual", "text"]:
         ap.add_argument(f"--{m}-shape")
     a = ap.parse_args()
@@ -127,17 +139,21 @@ def main():
 
     torch.manual_seed(a.seed)
     shapes = [tuple(int(v) for v in (getattr(a, f"{m}_shape") or sem["shapes"][m]).split(",")) for m in mods]
-    dims = [math.prod(s) for s in shapes]
     B, H, C, E, S = a.batch, a.hidden, a.classes, a.epochs, a.steps
-    setattr(net_module, sem["net"][1], lambda cfgs: Tiny(mods, dims, H, C))
+    ogm = a.method == "ogm-ge"
+    if ogm and M != 2:
+        sys.exit("OGM-GE runs in the AV-MNIST loop only")
+    # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
+    fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
+    setattr(net_module, net_class, lambda cfgs: Tiny(mods, shapes, H, C, a.conv_channels))
     cfgs = types.SimpleNamespace(
-        mode="train", fusion_type="late_fusion", modality="Multimodal", methods="AGM", alpha=a.alpha,
-        modulation_starts=0, modulation_ends=100, use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
+        mode="train", fusion_type=fusion, modality="Multimodal", methods="OGM-GE" if ogm else "AGM",
+        alpha=a.alpha, modulation_starts=0, modulation_ends=100, use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
     )
     model = net_module.GradMod(cfgs).double()
     # Random running statistics, as the shared fixtures start from.
     for m in mods:
-        bn = getattr(model.net, f"{m}_encoder")[2]
+        bn = getattr(model.net, f"{m}_encoder")[-2]
         bn.running_mean.copy_(torch.randn(H, dtype=torch.float64) * 0.3)
         bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
     named = dict(model.named_parameters())
@@ -178,6 +194,7 @@ def main():
         rec["grad_backward"] = {n: p.grad.detach().clone() for n, p in named.items()}
 
     def clip(params, max_norm, **kwargs):
+        rec["modulated"] = {n: p.grad.detach().clone() for n, p in named.items()}
         total = original_clip(params, max_norm, **kwargs)
         rec["clip"] = total.item()
         return total
@@ -210,7 +227,9 @@ def main():
         ratio = {m: math.exp(factor * (mean_s - scores[m])) for m in mods}
         opt = {m: math.exp(factor * (mean_r - before[m])) for m in mods}
         state["running"] = {m: before[m] * (k - 1) / k + scores[m] / k for m in mods}
-        coeff = {m: float(getattr(model, f"scale_{m[0]}")) for m in mods}
+        clamp = sem["clamp"] if sem["clamp"] is not None else math.inf
+        coeff = {m: math.exp(a.alpha * min(opt[m] - ratio[m], clamp)) for m in mods}
+        in_effect = {m: float(getattr(model, f"scale_{m[0]}")) for m in mods}
         head = rec["grad_backward"]["net.head.fc.weight"]
         for n, g in rec["grad_backward"].items():
             tensors[p + f"grad_backward/{n}"] = g
@@ -224,10 +243,25 @@ def main():
             ],
             "scores": scores, "label_prob_below_1e-8_count": below, "running_score_before": before,
             "ratio": ratio, "opt_ratio": opt, "opt_ratio_minus_ratio": {m: opt[m] - ratio[m] for m in mods},
-            "coeff": coeff, "running_score_after": dict(state["running"]), "hook_scale_in_effect": coeff,
+            "coeff": coeff, "running_score_after": dict(state["running"]), "hook_scale_in_effect": in_effect,
             "head_grad_max": float(head.max()), "head_grad_min": float(head.min()), "clip_threshold": sem["clip"],
             "clip_fired": rec["clip"] is not None, "clip_total_norm": rec["clip"],
         })
+        if ogm:
+            # FORMAT.md §1.8, from the recorded outputs; the gradients are the official edit's.
+            sums = {m: float(torch.softmax(rec["m"][m].detach(), dim=1)[torch.arange(B), label].sum()) for m in mods}
+            r = sums["visual"] / sums["audio"]
+            k_ogm = {"audio": 1.0, "visual": 1 - math.tanh(a.alpha * r)} if r > 1 else {
+                "audio": 1 - math.tanh(a.alpha / r), "visual": 1.0}
+            edited = [n for n, prm in named.items() if n.split(".")[1].endswith("_encoder") and prm.dim() == 4]
+            steps[-1]["ogm"] = {
+                "score_sum": sums, "ratio_v_over_a": r, "ratio_a_over_v": 1 / r, "coeff": k_ogm,
+                # The std each edited gradient's noise would have had (the official loop's order).
+                "noise_std_that_official_would_use": dict(zip(edited, rec.pop("noise_std"))),
+                "modulated_params": edited,
+            }
+            for n, g in rec.get("modulated", {}).items():
+                tensors[p + f"grad_modulated/{n}"] = g.clone()
         if sem["clamp"] is not None:
             steps[-1]["clamp_fired"] = {m: opt[m] - ratio[m] > sem["clamp"] for m in mods}
         if rec["clip"] is not None:
@@ -240,7 +274,9 @@ def main():
     def sgd_step(*args, **kwargs):
         epoch, step_in_epoch = state["epoch"], len(steps) - (state["epoch"] - 1) * S
         grads = {n: p.grad.detach().clone() for n, p in named.items()}
+        rec.setdefault("modulated", grads)
         record_step(epoch, step_in_epoch)
+        rec.pop("modulated")
         k = state["k"]
         for n, g in grads.items():
             tensors[f"step{k}/grad_final/{n}"] = g
@@ -254,6 +290,13 @@ def main():
 
     torch.Tensor.backward = backward
     nn.utils.clip_grad_norm_ = clip
+    # OGM-GE's Gaussian noise on the edited gradients draws exact zeros (FORMAT.md §1.8).
+    original_normal = torch.Tensor.normal_
+    def zero_noise(self, mean=0.0, std=1.0, **kwargs):
+        rec.setdefault("noise_std", []).append(std)
+        return self.zero_()
+
+    torch.Tensor.normal_ = zero_noise
     optimizer.step = sgd_step
     logger = types.SimpleNamespace(info=lambda *_: None)
     writer = types.SimpleNamespace(add_scalar=lambda *_: None, add_scalars=lambda *_: None)
@@ -278,6 +321,7 @@ def main():
     finally:
         torch.Tensor.backward = original_backward
         torch.Tensor.float = float_of_tensor
+        torch.Tensor.normal_ = original_normal
         nn.utils.clip_grad_norm_ = original_clip
 
     parameters = [{"name": n, "shape": list(prm.shape), "kind": "parameter"} for n, prm in named.items()]
@@ -290,18 +334,19 @@ def main():
         "semantics": sem["name"], "dtype": "float64", "modalities": mods,
         "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
                                "model_wrapper": f"model/{sem['net'][0]}.py:GradMod"},
-        "method": "AGM",
+        "method": "OGM-GE" if ogm else "AGM",
         "hyper": {
             "alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4, "dampening": 0.0, "nesterov": False,
             "lr_schedule": {"kind": "StepLR", "step_size_epochs": a.step_size, "gamma": 0.1},
             "modulation_window_epochs": [0, 100], "coeff_clamp": sem["clamp"], "prob_floor": sem["floor"],
             "clip": {"threshold_on_head_weight_grad": sem["clip"], "max_norm": sem["clip"], "eps": 1e-6, "params": "all"},
+            "ogm_alpha": a.alpha if ogm else None, "ogm_noise": "disabled (exactly zero)" if ogm else None,
         },
         "sizes": {"B": B, "C": C, "hidden": H, "epochs": E, "steps_per_epoch": S, "total_steps": E * S,
-                  "input_shapes": {m: [B] + list(s) for m, s in zip(mods, shapes)}, "conv_channels": 0},
+                  "input_shapes": {m: [B] + list(s) for m, s in zip(mods, shapes)}, "conv_channels": a.conv_channels},
         "network": {"encoder": "Flatten -> Linear(in, hidden) -> BatchNorm1d(hidden) -> ReLU",
                     "fusion": "concatenate in modality order -> head.fc"},
-        "seed": a.seed, "parameters": parameters, "grad_stages": ["backward", "final"], "steps": steps,
+        "seed": a.seed, "parameters": parameters, "grad_stages": ["backward", "modulated", "final"] if ogm else ["backward", "final"], "steps": steps,
         "epoch_end": epoch_end,
     }
     os.makedirs(a.out, exist_ok=True)

@@ -259,6 +259,22 @@ fn ogm_matches_the_official_run() {
 }
 
 #[test]
+#[allow(clippy::print_stdout)] // the report, shown with --nocapture
+fn ogm_with_other_shapes_and_a_decaying_learning_rate_matches_the_official_run() {
+    // Made by scripts/golden/agm_train_steps.py --method ogm-ge: two input channels for audio,
+    // two convolution channels, lr 0.3 then 0.03, OGM alpha 2.
+    let report = run_case(&fixture("ogm_steplr")).unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.method.as_deref(), Some("OGM-GE"));
+    let steps = 6;
+    assert_eq!(group_count(&report, "grad_modulated"), 14 * steps, "{report}");
+    for field in ["ogm.coeff", "ogm.ratio", "ogm.score_sum", "ogm.noise_std"] {
+        assert_eq!(group_count(&report, &format!("scalar:{field}")), 2 * steps, "{field}\n{report}");
+    }
+}
+
+#[test]
 fn a_perturbed_ogm_coefficient_or_parameter_list_fails_and_is_named() {
     let dir = copy_case("ogm");
     edit_json(dir.path(), |v| {
