@@ -107,6 +107,20 @@ fn agm3_matches_the_official_run() {
 }
 
 #[test]
+#[allow(clippy::print_stdout)] // the report, shown with --nocapture
+fn competition_with_more_features_than_fit_samples_matches_the_official_metric() {
+    // Made by scripts/golden/competition_strength.py (scikit-learn's Ridge as the official code
+    // fits it, then the official `test_compute_weight`): 50 features, 20 dep samples, so the
+    // ridge is solved in its dual form.
+    let report = run_case(&fixture("competition_dual")).unwrap();
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.kind, "competition_strength");
+    assert_eq!(report.tensors_compared, 12, "{report}");
+    assert_eq!(group_count(&report, "scalar:r_official"), 2, "{report}");
+}
+
+#[test]
 fn a_perturbed_gradient_fails_and_is_named() {
     let dir = copy_case("agm2");
     let path = dir.path().join("tensors.safetensors");
