@@ -166,6 +166,7 @@ def main():
         batches.append((dict(zip(mods, xs)), torch.randint(0, C, (B,))))
 
     rec = {"passes": [], "m": {}, "clip": None}
+
     def net_pass(module, inputs, out):
         # The first pass (feature mode) also returns the fused feature.
         if isinstance(out, tuple):
