@@ -580,10 +580,12 @@ impl<'a> Trainer<'a> {
                     })?;
                 }
             }
+            let steps = self.state.epoch_steps.max(1) as f64;
+            let train_loss = self.state.epoch_loss_sum / steps;
             let competition = match self.competition.as_mut() {
                 Some(probe) => Some(probe.strength(self.model, &self.device).map_err(|e| TrainError::Competition {
                     epoch,
-                    loss: self.state.epoch_loss_sum / self.state.epoch_steps.max(1) as f64,
+                    loss: train_loss,
                     reason: e.to_string(),
                     checkpoint: self.last_checkpoint(),
                 })?),
@@ -593,11 +595,10 @@ impl<'a> Trainer<'a> {
                 Some(split) => Some(self.evaluate(split, &mut |_, _| {})?),
                 None => None,
             };
-            let steps = self.state.epoch_steps.max(1) as f64;
             let row = EpochSummary {
                 epoch,
                 lr,
-                train_loss: self.state.epoch_loss_sum / steps,
+                train_loss,
                 validation: validation_report,
                 coefficients: (!self.state.epoch_coeff_sum.is_empty())
                     .then(|| self.state.epoch_coeff_sum.iter().map(|s| s / steps).collect()),
