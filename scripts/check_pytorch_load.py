@@ -84,7 +84,7 @@ def main():
     torch.manual_seed(0)
     with torch.no_grad():
         out = net(*[torch.rand(s) for s in shapes])
-    logits = out[0] if isinstance(out, (tuple, list)) else out
+    logits = out[-1] if isinstance(out, (tuple, list)) else out  # the Sum models end with the sum
     if not torch.isfinite(logits).all():
         raise SystemExit("the forward pass gave non-finite logits")
     print(f"ok: {len(state)} tensors of {args.weights} load strictly into {module_name}.{class_name}; "

@@ -1,0 +1,272 @@
+//! Twin models: every paper preset against the official model class it reproduces, on the same
+//! weights and inputs (fixtures written by `scripts/golden/twin_models.py` from the official code,
+//! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
+//! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use agm_core::{ForwardOpts, MultimodalModel};
+use agm_fusion::{build_preset, PresetOptions};
+use candle_core::{DType, Device, Tensor};
+use serde::Deserialize;
+
+/// Relative agreement asked of every comparison: float64 on both sides, in different orders.
+const TOLERANCE: f64 = 1e-9;
+
+#[derive(Deserialize)]
+struct Case {
+    preset: String,
+    batch: usize,
+    inputs: Vec<InputRecipe>,
+    labels: Vec<u32>,
+    tensors: Vec<TensorRecipe>,
+    passes: Vec<Pass>,
+}
+
+#[derive(Deserialize)]
+struct TensorRecipe {
+    name: String,
+    shape: Vec<usize>,
+    #[serde(default)]
+    zero: bool,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    offset: f64,
+    #[serde(default)]
+    shift: i32,
+}
+
+/// One input batch: formula values, or token ids in 1..vocab, with the last `zero_tail[b]`
+/// positions of sample b zero (padding).
+#[derive(Deserialize)]
+struct InputRecipe {
+    shape: Vec<usize>,
+    seed: u64,
+    vocab: Option<u64>,
+    #[serde(default)]
+    zero_tail: Vec<usize>,
+}
+
+#[derive(Deserialize)]
+struct Pass {
+    train: bool,
+    logits: Vec<Vec<f64>>,
+    loss: f64,
+    grads: HashMap<String, Summary>,
+    no_grad: Vec<String>,
+    #[serde(default)]
+    buffers_after: HashMap<String, Summary>,
+    #[serde(default)]
+    eval_logits_after: Option<Vec<Vec<f64>>>,
+}
+
+/// A tensor in brief: its sum, its sum of squares and a few `(flat index, value)` entries.
+#[derive(Deserialize)]
+struct Summary {
+    sum: f64,
+    sumsq: f64,
+    at: Vec<(usize, f64)>,
+}
+
+/// The fixtures' hash of element `i` (the generator's docstring).
+fn mixed(i: u64, seed: u64) -> u64 {
+    const MASK: u64 = 0xFFFF_FFFF;
+    let mut h = (i + seed * 0x9E37_79B9) & MASK;
+    for _ in 0..2 {
+        h ^= h >> 16;
+        h = (h * 0x045D_9F3B) & MASK;
+    }
+    h ^ (h >> 16)
+}
+
+/// The fixtures' values: exact in float64.
+fn formula(numel: usize, seed: u64, offset: f64, shift: i32) -> Vec<f64> {
+    (0..numel as u64).map(|i| offset + ((mixed(i, seed) & 2047) as f64 - 1024.0) / 1024.0 * 2f64.powi(-shift)).collect()
+}
+
+fn input(recipe: &InputRecipe, batch: usize, dev: &Device) -> Tensor {
+    let per_sample: usize = recipe.shape.iter().product();
+    let n = batch * per_sample;
+    let mut values = match recipe.vocab {
+        Some(vocab) => (0..n as u64).map(|i| (1 + mixed(i, recipe.seed) % (vocab - 1)) as f64).collect(),
+        None => formula(n, recipe.seed, 0.0, 0),
+    };
+    let position: usize = recipe.shape[1..].iter().product();
+    for (b, &zeros) in recipe.zero_tail.iter().enumerate() {
+        let end = (b + 1) * per_sample;
+        values[end - zeros * position..end].fill(0.0);
+    }
+    let mut dims = vec![batch];
+    dims.extend(&recipe.shape);
+    Tensor::from_vec(values, dims, dev).unwrap()
+}
+
+fn fixture(preset: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/twins").join(format!("{preset}.json"))
+}
+
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap()
+}
+
+/// The worst error seen per kind of comparison, each relative to its own scale, and the
+/// comparisons that failed.
+#[derive(Default)]
+struct Worst {
+    per_kind: BTreeMap<&'static str, (f64, String)>,
+    failures: Vec<String>,
+}
+
+impl Worst {
+    fn check(&mut self, kind: &'static str, what: impl Fn() -> String, ours: f64, theirs: f64, scale: f64) {
+        let err = (ours - theirs).abs() / scale;
+        if err.is_nan() || err > TOLERANCE {
+            self.failures
+                .push(format!("{}: agm {ours:e}, official {theirs:e} (error {err:.1e} of {scale:.1e})", what()));
+        }
+        let entry = self.per_kind.entry(kind).or_insert((0.0, String::new()));
+        if err > entry.0 {
+            *entry = (err, what());
+        }
+    }
+}
+
+fn check_logits(worst: &mut Worst, ours: &Tensor, theirs: &[Vec<f64>], what: &str) {
+    let theirs: Vec<f64> = theirs.iter().flatten().copied().collect();
+    let ours = flat(ours);
+    assert_eq!(ours.len(), theirs.len(), "{what}: logits count");
+    let scale = theirs.iter().fold(1f64, |m, x| m.max(x.abs()));
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        worst.check("logits", || format!("{what} logit {i}"), *a, *b, scale);
+    }
+}
+
+/// Sums, sums of squares and entries, each relative to the tensor's root mean square (or a
+/// millionth of the largest one, for gradients that are zero in exact arithmetic).
+fn check_summary(worst: &mut Worst, kind: &'static str, ours: &Tensor, theirs: &Summary, floor: f64, what: &str) {
+    let v = flat(ours);
+    let n = v.len() as f64;
+    let rms = (theirs.sumsq / n).sqrt().max(floor);
+    worst.check(kind, || format!("{what}: sum"), v.iter().sum(), theirs.sum, n * rms);
+    worst.check(kind, || format!("{what}: sum of squares"), v.iter().map(|x| x * x).sum(), theirs.sumsq, n * rms * rms);
+    for &(i, x) in &theirs.at {
+        worst.check(kind, || format!("{what}[{i}]"), v[i], x, rms);
+    }
+}
+
+fn largest_rms(summaries: &HashMap<String, Summary>, vars: &HashMap<String, Tensor>) -> f64 {
+    summaries.iter().map(|(k, s)| (s.sumsq / vars[k].elem_count() as f64).sqrt()).fold(0.0, f64::max)
+}
+
+fn run_case(preset: &str, worst: &mut Worst) {
+    let path = fixture(preset);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let case: Case = serde_json::from_str(&text).unwrap();
+    assert_eq!(case.preset, preset, "{}", path.display());
+    let dev = Device::Cpu;
+    let shapes = case.inputs.iter().map(|i| i.shape.clone()).collect();
+    let opts = PresetOptions { input_shapes: Some(shapes), ..PresetOptions::default() };
+    let model: Box<dyn MultimodalModel> = build_preset(&case.preset, &opts, 0, DType::F64, &dev).unwrap();
+
+    let state: HashMap<String, Tensor> = case
+        .tensors
+        .iter()
+        .map(|t| {
+            let n = t.shape.iter().product();
+            let values = if t.zero { vec![0.0; n] } else { formula(n, t.seed, t.offset, t.shift) };
+            (t.name.clone(), Tensor::from_vec(values, t.shape.as_slice(), &dev).unwrap())
+        })
+        .collect();
+    // Strict: every official key is one of the preset's variables, of the same shape, and back.
+    agm_train::load_weights(model.as_ref(), &state).unwrap_or_else(|e| panic!("{}: {e}", case.preset));
+
+    let inputs: Vec<Tensor> = case.inputs.iter().map(|i| input(i, case.batch, &dev)).collect();
+    let labels = Tensor::new(case.labels.as_slice(), &dev).unwrap();
+    let m = inputs.len();
+    let groups = model.param_groups();
+    let vars: HashMap<String, Tensor> =
+        groups.all_sorted().into_iter().map(|v| (v.name, v.var.as_tensor().clone())).collect();
+
+    for pass in &case.passes {
+        let mode = if pass.train { "train" } else { "eval" };
+        let what = format!("{} ({mode})", case.preset);
+        let opts = if pass.train { ForwardOpts::train(m, 0) } else { ForwardOpts::eval(m) };
+        let out = model.forward(&inputs, &opts).unwrap();
+        check_logits(worst, &out.logits, &pass.logits, &what);
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
+        worst.check("loss", || format!("{what} loss"), loss.to_scalar::<f64>().unwrap(), pass.loss, pass.loss.abs());
+        let grads = loss.backward().unwrap();
+        let trainable = groups.trainable();
+        assert_eq!(trainable.len(), pass.grads.len() + pass.no_grad.len(), "{what}: parameter count");
+        let floor = 1e-6 * largest_rms(&pass.grads, &vars);
+        for v in &trainable {
+            let ours = grads.get(v.var.as_tensor());
+            match pass.grads.get(&v.name) {
+                Some(theirs) => {
+                    let ours = ours.unwrap_or_else(|| panic!("{what}: {} has no gradient", v.name));
+                    check_summary(worst, "gradients", ours, theirs, floor, &format!("{what} grad {}", v.name));
+                }
+                // Outside the logits' graph in PyTorch (AVE's auxiliary heads): none here either.
+                None => {
+                    assert!(pass.no_grad.contains(&v.name), "{what}: {} is not in the fixture", v.name);
+                    let zero = ours.is_none_or(|g| flat(g).iter().all(|x| *x == 0.0));
+                    assert!(zero, "{what}: {} has a gradient, PyTorch's has none", v.name);
+                }
+            }
+        }
+        for (name, theirs) in &pass.buffers_after {
+            let ours = vars.get(name).unwrap_or_else(|| panic!("{what}: no buffer {name}"));
+            check_summary(worst, "buffers", ours, theirs, 0.0, &format!("{what} buffer {name}"));
+        }
+        if let Some(after) = &pass.eval_logits_after {
+            let out = model.forward(&inputs, &ForwardOpts::eval(m)).unwrap();
+            check_logits(worst, &out.logits, after, &format!("{what}, then eval"));
+        }
+    }
+}
+
+/// Runs the presets' cases one after another (a UR-Funny preset holds about a gigabyte in
+/// float64), prints the worst error of each kind and fails listing every comparison that failed.
+#[allow(clippy::print_stdout)] // the worst errors, shown with --nocapture
+fn check_presets(presets: &[&str]) {
+    let mut worst = Worst::default();
+    for preset in presets {
+        run_case(preset, &mut worst);
+    }
+    for (kind, (err, what)) in &worst.per_kind {
+        println!("worst {kind}: {err:.2e} ({what})");
+    }
+    let shown: Vec<&String> = worst.failures.iter().take(40).collect();
+    assert!(worst.failures.is_empty(), "{} comparisons failed:\n{shown:#?}", worst.failures.len());
+}
+
+#[test]
+fn avmnist_presets_compute_what_their_official_classes_compute() {
+    check_presets(&["avmnist-late", "avmnist-late-sum", "avmnist-early", "avmnist-uni-audio", "avmnist-uni-visual"]);
+}
+
+#[test]
+fn cremad_presets_compute_what_their_official_classes_compute() {
+    check_presets(&["cremad-late", "cremad-late-sum", "cremad-early", "cremad-uni-audio", "cremad-uni-visual"]);
+}
+
+#[test]
+fn urfunny_presets_compute_what_their_official_classes_compute() {
+    check_presets(&[
+        "urfunny-late",
+        "urfunny-late-sum",
+        "urfunny-early",
+        "urfunny-uni-audio",
+        "urfunny-uni-visual",
+        "urfunny-uni-text",
+    ]);
+}
+
+/// AVE's PSP net is compared on its logits (its cross-attention output, which the reference's
+/// AVE loss also reads, is not); MOSEI's inputs end in padding, which the model masks.
+#[test]
+fn ave_and_mosei_nets_compute_what_their_official_classes_compute() {
+    check_presets(&["ave-psp", "mosei-mat"]);
+}
