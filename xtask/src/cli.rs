@@ -71,6 +71,11 @@ pub struct RunFlags {
     /// (default: `<dataset>-late`).
     #[arg(long)]
     pub model: Option<String>,
+    /// Start from these weights instead of the seeded initialisation: a PyTorch state dict or
+    /// checkpoint (`.pth`, `.pth.tar`; the official code's included) or a safetensors file, by
+    /// the official names (docs/checkpoints.md).
+    #[arg(long)]
+    pub init_weights: Option<String>,
     /// AV-Digits data preset: `noisy-audio` (default), `audio-dominant`, `balanced`,
     /// `image-dominant`, `custom:<audio_std>,<image_std>`, `ambiguous:<pairs>,<audio_std>,<image_std>`.
     #[arg(long)]
@@ -116,6 +121,7 @@ impl RunFlags {
             .set_opt("--dataset", "dataset", self.dataset.clone())
             .set_opt("--data", "data", self.data.clone())
             .set_opt("--model", "model", self.model.clone())
+            .set_opt("--init-weights", "init_weights", self.init_weights.clone())
             .set_opt("--preset", "data_preset", self.preset.clone())
             .set_opt("--epochs", "epochs", int(self.epochs))
             .set_opt("--batch-size", "batch_size", int(self.batch_size))

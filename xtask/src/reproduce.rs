@@ -178,7 +178,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(first) = configs.first() {
-        first.check_data_files()?;
+        first.check_input_files()?;
     }
     let out = match args.out.clone() {
         Some(out) => out,

@@ -275,7 +275,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         crate::cudnn_notice();
     }
     if resumed.is_none() {
-        cfg.check_data_files()?;
+        cfg.check_input_files()?;
     }
     let (dir, start) = match (resumed, &args.out) {
         (Some((run_dir, header)), _) => (run_dir, RunStart::Resume { header }),

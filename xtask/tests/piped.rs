@@ -77,3 +77,17 @@ fn missing_dataset_files_stop_train_and_reproduce_before_a_run_directory_exists(
         assert!(!tmp.path().join("runs").exists(), "{args:?} wrote a run directory");
     }
 }
+
+#[test]
+fn missing_init_weights_stop_train_before_a_run_directory_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["train", "--init-weights", "ckpt_full_epoch99.pth.tar"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("init_weights = `ckpt_full_epoch99.pth.tar`: no such file"), "{stderr}");
+    assert!(!tmp.path().join("runs").exists(), "wrote a run directory");
+}

@@ -273,11 +273,13 @@ pub fn concept_modalities(set: &ModalitySet, spec: Option<&str>) -> Result<Vec<S
     Ok(out)
 }
 
-/// The uni-modal model of `modality` for `cfg`'s model preset.
+/// The uni-modal model of `modality` for `cfg`'s dataset: the encoder every model preset of the
+/// dataset shares, with a linear head.
 fn unimodal_config(cfg: &RunConfig, modality: &str) -> Result<LateConcatConfig> {
-    let full = match cfg.model.as_str() {
-        "av-digits-late" => LateConcatConfig::av_digits(),
-        other => return Err(TrainError::Config(format!("model `{other}` has no uni-modal concept model yet"))),
+    let full = match cfg.dataset.as_str() {
+        // Every `av-digits-*` fusion builds these encoders.
+        "av-digits" => LateConcatConfig::av_digits(),
+        other => return Err(TrainError::Config(format!("dataset `{other}` has no uni-modal concept model yet"))),
     };
     full.only(modality)
         .ok_or_else(|| TrainError::Config(format!("model `{}` has no encoder for modality `{modality}`", cfg.model)))

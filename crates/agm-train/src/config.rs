@@ -39,6 +39,12 @@ pub struct RunConfig {
     pub data_preset: String,
     /// A model preset (`agm_fusion::preset_names`); `<dataset>-late` suits each dataset.
     pub model: String,
+    /// Weights a new run starts from instead of the preset's seeded initialisation: a PyTorch
+    /// state dict or checkpoint (`.pth`, `.pth.tar`, `.pt`, `.bin`; the official code's
+    /// `ckpt_full_epoch{N}.pth.tar` included) or a safetensors file, loaded strictly by the
+    /// official names as `cargo xtask eval --weights` loads them (docs/checkpoints.md). Empty:
+    /// the seeded initialisation. A resumed run takes its weights from its checkpoint.
+    pub init_weights: String,
     /// `small` (32×32 frames, sequences of 4) or `reference` shapes for `--dataset synthetic`.
     pub synthetic_scale: String,
     /// One method or several joined with `+`, composed in the order written (`agm+ogm-ge`).
@@ -106,6 +112,7 @@ impl RunConfig {
             data: String::new(),
             data_preset: NoisePreset::NoisyAudio.to_string(),
             model: "av-digits-late".into(),
+            init_weights: String::new(),
             synthetic_scale: "small".into(),
             method: "agm".into(),
             seed: 0,
@@ -361,9 +368,16 @@ impl RunConfig {
         Ok(agm_data::hub::resolve_data_path(&self.data, &agm_data::hub::HubOptions::from_env())?)
     }
 
-    /// Fails, naming every missing file, when the dataset's folder lacks one; without reading
-    /// them, so a command checks this before it creates a run directory.
-    pub fn check_data_files(&self) -> Result<()> {
+    /// Fails, naming every missing file, when the dataset's folder lacks one or `init_weights`
+    /// names no file; without reading them, so a command checks this before it creates a run
+    /// directory.
+    pub fn check_input_files(&self) -> Result<()> {
+        if !self.init_weights.is_empty() && !Path::new(&self.init_weights).is_file() {
+            return Err(TrainError::Config(format!(
+                "init_weights = `{}`: no such file; pass a weights file (.pth, .pth.tar, .pt, .bin or .safetensors)",
+                self.init_weights
+            )));
+        }
         match self.dataset.as_str() {
             "av-digits" | "synthetic" => Ok(()),
             id => Ok(agm_data::loaders::require_all(id.parse()?, &self.data_path()?)?),
@@ -509,6 +523,10 @@ impl RunConfig {
     pub fn build(&self, device: &Device) -> Result<Built> {
         let data = self.load_dataset()?;
         let model = self.build_model(&data, device)?;
+        if !self.init_weights.is_empty() {
+            // Before the method is built: methods may keep a copy of the starting weights.
+            crate::load_weights_file(model.as_ref(), Path::new(&self.init_weights))?;
+        }
         let modulator = self.build_modulator(model.as_ref(), &data)?;
         Ok(Built { data, model, modulator })
     }

@@ -188,7 +188,8 @@ pub fn attach_concepts<'a>(
     };
     let mut set = ConceptSet::load_for(cfg, &dir)?;
     if train_missing && !missing(&set).is_empty() {
-        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
+        // Concepts are mono-modal models of their own, trained from the seeded initialisation.
+        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), init_weights: String::new(), ..cfg.clone() };
         crate::concept::train_concepts(&concept_cfg, Some(&missing(&set).join(",")), &dir)?;
         set = ConceptSet::load_for(cfg, &dir)?;
     }
@@ -249,7 +250,9 @@ pub fn train_run(
     // Products and convolutions on this thread follow the run's precision until it returns.
     let _precision = agm_kernels::PrecisionGuard::new(cfg.precision()?);
     crate::memory::reset_peak_memory();
-    let built = cfg.build(&device)?;
+    // A resumed run's weights come from its checkpoint, not from `init_weights`.
+    let built =
+        if resuming { RunConfig { init_weights: String::new(), ..cfg.clone() } } else { cfg.clone() }.build(&device)?;
     if start == RunStart::New {
         // Only once the run could be built: a configuration that cannot run leaves no run state.
         write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?;

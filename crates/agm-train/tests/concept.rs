@@ -229,6 +229,17 @@ fn unknown_modalities_and_the_default_folder() {
     assert_eq!(default_dir("av-digits", "balanced"), PathBuf::from("concepts").join("av-digits-balanced"));
 }
 
+#[test]
+fn every_av_digits_fusion_trains_its_missing_concepts() {
+    // The concept is the dataset's: the uni-modal model of the encoder all `av-digits-*` share.
+    for model in ["av-digits-early", "av-digits-film"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = RunConfig { model: model.into(), ..quick_cfg(1) };
+        let set = train_concepts(&cfg, Some("visual"), tmp.path()).unwrap_or_else(|e| panic!("{model}: {e}"));
+        assert_eq!(set.modalities(), ["visual"], "{model}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Parity
 
