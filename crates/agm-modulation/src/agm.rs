@@ -86,7 +86,7 @@ impl AgmConfig {
     }
 
     pub fn in_window(&self, epoch: usize) -> bool {
-        epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+        crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 
     /// Checks every field; the error names the field and the allowed values.
@@ -94,13 +94,7 @@ impl AgmConfig {
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return Err(format!("agm.alpha must be a finite number >= 0, got {}", self.alpha).into());
         }
-        if let Some(end) = self.window_end {
-            if end < self.window_start {
-                return Err(
-                    format!("agm.window_end ({end}) must be >= agm.window_start ({})", self.window_start).into()
-                );
-            }
-        }
+        crate::shared::check_window("agm", self.window_start, self.window_end)?;
         if let Some(c) = self.coeff_clamp {
             if !c.is_finite() {
                 return Err(format!("agm.coeff_clamp must be finite, got {c}").into());

@@ -99,12 +99,19 @@ pub struct MsesConfig {
     pub patience: usize,
     /// `restore` or `skip`: see [`FirstEpochPolicy`].
     pub best_at_first_epoch: FirstEpochPolicy,
+    /// First epoch (1-based, inclusive) whose gradients are scaled (a stopped modality's by 0).
+    pub window_start: usize,
+    /// Last such epoch (inclusive); `None`: until the end. Outside the window every modality
+    /// trains, stopped or not (the reference's `train()` skips MSES there; its default window
+    /// is 0..=20, the presets' is the whole run); the end-of-epoch updates, reloads and the
+    /// final stop run in every epoch.
+    pub window_end: Option<usize>,
 }
 
 impl MsesConfig {
     /// AV-MNIST: patience 10; restores the first epoch where the reference crashes.
     pub fn avmnist() -> Self {
-        Self { patience: 10, best_at_first_epoch: FirstEpochPolicy::Restore }
+        Self { patience: 10, best_at_first_epoch: FirstEpochPolicy::Restore, window_start: 0, window_end: None }
     }
 
     /// CREMA-D: patience 80; restores the first epoch where the reference crashes.
@@ -114,7 +121,7 @@ impl MsesConfig {
 
     /// UR-Funny: patience 30; no reload when the best epoch is the first (as the reference).
     pub fn urfunny() -> Self {
-        Self { patience: 30, best_at_first_epoch: FirstEpochPolicy::Skip }
+        Self { patience: 30, best_at_first_epoch: FirstEpochPolicy::Skip, ..Self::avmnist() }
     }
 
     /// The embedded AV-Digits default: AV-MNIST's values.
@@ -137,7 +144,12 @@ impl MsesConfig {
 
     /// Checks every field (every patience, 0 included, is meaningful).
     pub fn validate(&self) -> std::result::Result<(), MethodError> {
-        Ok(())
+        crate::shared::check_window("mses", self.window_start, self.window_end)
+    }
+
+    /// Whether epoch `epoch`'s gradients are scaled.
+    pub fn in_window(&self, epoch: usize) -> bool {
+        crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 }
 
@@ -261,11 +273,24 @@ impl MsesSchedule {
 pub struct Mses {
     schedule: MsesSchedule,
     last: Option<MsesEpoch>,
+    cfg: MsesConfig,
+    /// The epoch being trained (1-based).
+    epoch: usize,
 }
 
 impl Mses {
     pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
-        Ok(Self { schedule: MsesSchedule::new(cfg, m)?, last: None })
+        Ok(Self { schedule: MsesSchedule::new(cfg, m)?, last: None, cfg: cfg.clone(), epoch: 1 })
+    }
+
+    /// The multipliers applied in the current epoch: the ratios inside the window, else 1.
+    fn applied(&self) -> Vec<f64> {
+        let r = self.schedule.ratios();
+        if self.cfg.in_window(self.epoch) {
+            r.to_vec()
+        } else {
+            vec![1.0; r.len()]
+        }
     }
 
     pub fn schedule(&self) -> &MsesSchedule {
@@ -283,8 +308,14 @@ impl Modulator for Mses {
         "mses"
     }
 
+    fn on_epoch_start(&mut self, epoch: usize, _steps: usize, _first_step: usize) -> Result<()> {
+        self.epoch = epoch;
+        Ok(())
+    }
+
     fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
-        scale_modality_grads(cx.model, grads, self.schedule.ratios())
+        self.epoch = cx.epoch;
+        scale_modality_grads(cx.model, grads, &self.applied())
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
@@ -296,7 +327,7 @@ impl Modulator for Mses {
     }
 
     fn coefficients(&self) -> Option<Vec<f64>> {
-        Some(self.schedule.ratios().to_vec())
+        Some(self.applied())
     }
 
     fn state(&self) -> serde_json::Value {

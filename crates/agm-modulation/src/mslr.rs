@@ -11,7 +11,10 @@
 //! - otherwise `r_x = a_e / mean(memory)` (the memory before this update), then the oldest value
 //!   is dropped and `a_e` appended.
 //!
-//! The new ratio takes effect in epoch `e + 1`. As in the reference, weight decay (added inside
+//! The new ratio takes effect in epoch `e + 1`. Gradients are scaled only in the epochs of the
+//! modulation window (`window_start..=window_end`, the reference's `--modulation_starts` /
+//! `--modulation_ends`); the end-of-epoch updates run in every epoch, as in the reference. As in
+//! the reference, weight decay (added inside
 //! the optimizer) is not scaled, so this is not exactly a learning-rate change. A memory whose
 //! mean is not a positive finite number leaves the ratio unchanged (the reference would divide
 //! by zero).
@@ -33,24 +36,30 @@ use crate::{EpochAction, EpochCx, Modulator, StepCx};
 pub struct MslrConfig {
     /// Initial multiplier per modality, in the model's modality order.
     pub init: Vec<f64>,
-    /// How many past accuracies the ratio compares with.
+    /// How many past accuracies the ratio compares with (the memory's length).
     pub window: usize,
+    /// First epoch (1-based, inclusive) whose gradients are scaled; before it they are not.
+    pub window_start: usize,
+    /// Last such epoch (inclusive); `None`: until the end. After it gradients are not scaled
+    /// (the reference's `train()` skips MSLR outside its window; its default window is 0..=20,
+    /// the presets' is the whole run, as for AGM).
+    pub window_end: Option<usize>,
 }
 
 impl MslrConfig {
     /// AV-MNIST (audio, visual): 1.3 / 0.7.
     pub fn avmnist() -> Self {
-        Self { init: vec![1.3, 0.7], window: 5 }
+        Self { init: vec![1.3, 0.7], window: 5, window_start: 0, window_end: None }
     }
 
     /// CREMA-D (audio, visual): 0.9 / 1.1.
     pub fn cremad() -> Self {
-        Self { init: vec![0.9, 1.1], window: 5 }
+        Self { init: vec![0.9, 1.1], window: 5, window_start: 0, window_end: None }
     }
 
     /// UR-Funny (audio, visual, text): 0.9 / 1.4 / 0.7.
     pub fn urfunny() -> Self {
-        Self { init: vec![0.9, 1.4, 0.7], window: 5 }
+        Self { init: vec![0.9, 1.4, 0.7], window: 5, window_start: 0, window_end: None }
     }
 
     /// The embedded AV-Digits default: AV-MNIST's values (same modalities, audio then visual).
@@ -82,7 +91,12 @@ impl MslrConfig {
         if self.window == 0 {
             return Err("mslr.window must be at least 1".into());
         }
-        Ok(())
+        crate::shared::check_window("mslr", self.window_start, self.window_end)
+    }
+
+    /// Whether epoch `epoch`'s gradients are scaled.
+    pub fn in_window(&self, epoch: usize) -> bool {
+        crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 
     /// Checks the config against a model with `m` modalities.
@@ -183,11 +197,24 @@ pub(crate) fn scale_modality_grads(
 #[derive(Clone, Debug)]
 pub struct Mslr {
     schedule: MslrSchedule,
+    cfg: MslrConfig,
+    /// The epoch being trained (1-based).
+    epoch: usize,
 }
 
 impl Mslr {
     pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, MethodError> {
-        Ok(Self { schedule: MslrSchedule::new(cfg, m)? })
+        Ok(Self { schedule: MslrSchedule::new(cfg, m)?, cfg: cfg.clone(), epoch: 1 })
+    }
+
+    /// The multipliers applied in the current epoch: the schedule's inside the window, else 1.
+    fn applied(&self) -> Vec<f64> {
+        let m = self.schedule.multipliers();
+        if self.cfg.in_window(self.epoch) {
+            m
+        } else {
+            vec![1.0; m.len()]
+        }
     }
 
     pub fn schedule(&self) -> &MslrSchedule {
@@ -200,8 +227,14 @@ impl Modulator for Mslr {
         "mslr"
     }
 
+    fn on_epoch_start(&mut self, epoch: usize, _steps: usize, _first_step: usize) -> Result<()> {
+        self.epoch = epoch;
+        Ok(())
+    }
+
     fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
-        scale_modality_grads(cx.model, grads, &self.schedule.multipliers())
+        self.epoch = cx.epoch;
+        scale_modality_grads(cx.model, grads, &self.applied())
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
@@ -210,7 +243,7 @@ impl Modulator for Mslr {
     }
 
     fn coefficients(&self) -> Option<Vec<f64>> {
-        Some(self.schedule.multipliers())
+        Some(self.applied())
     }
 
     fn state(&self) -> serde_json::Value {

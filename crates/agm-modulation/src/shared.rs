@@ -9,6 +9,21 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::MethodError;
 
+/// Whether `epoch` (1-based) lies in the inclusive window `start..=end` (`end` `None`: no end).
+pub(crate) fn in_window(start: usize, end: Option<usize>, epoch: usize) -> bool {
+    epoch >= start && end.is_none_or(|end| epoch <= end)
+}
+
+/// `<section>.window_end` must not come before `<section>.window_start`.
+pub(crate) fn check_window(section: &str, start: usize, end: Option<usize>) -> std::result::Result<(), MethodError> {
+    match end {
+        Some(end) if end < start => {
+            Err(format!("{section}.window_end ({end}) must be >= {section}.window_start ({start})").into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Mixes two seeds (splitmix64 finaliser).
 pub(crate) fn mix_seed(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;

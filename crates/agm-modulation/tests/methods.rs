@@ -122,8 +122,19 @@ fn step(
     batch: &MultimodalBatch,
     k: usize,
 ) -> (HashMap<String, Vec<f64>>, HashMap<String, Vec<f64>>) {
+    step_in_epoch(model, modulator, batch, k, 1)
+}
+
+/// [`step`] in epoch `epoch`.
+fn step_in_epoch(
+    model: &dyn MultimodalModel,
+    modulator: &mut dyn Modulator,
+    batch: &MultimodalBatch,
+    k: usize,
+    epoch: usize,
+) -> (HashMap<String, Vec<f64>>, HashMap<String, Vec<f64>>) {
     let fwd = forward(model, modulator, batch);
-    let cx = StepCx { model, batch, forward: &fwd, step: k, epoch: 1 };
+    let cx = StepCx { model, batch, forward: &fwd, step: k, epoch };
     let objective = modulator.objective(&cx).unwrap();
     let mut grads = modulator.backward(&cx, &objective).unwrap();
     let before = snapshot(model, &grads);
@@ -322,7 +333,10 @@ fn modulators_whose_coefficients_are_all_one_equal_joint_training_bitwise() {
                 "ogm-ge, noise off, coefficients 1",
                 Box::new(ogm(OgmMode::Paper, false, m).with_fixed_coefficients(vec![1.0; m]).unwrap()),
             ),
-            ("mslr, multipliers 1", Box::new(Mslr::new(&MslrConfig { init: vec![1.0; m], window: 5 }, m).unwrap())),
+            (
+                "mslr, multipliers 1",
+                Box::new(Mslr::new(&MslrConfig { init: vec![1.0; m], window: 5, ..MslrConfig::avmnist() }, m).unwrap()),
+            ),
             ("mses before any stop", Box::new(Mses::new(&MsesConfig::avmnist(), m).unwrap())),
         ];
         for (what, mut modulator) in neutral {
@@ -342,7 +356,10 @@ fn a_stack_with_a_neutral_second_member_equals_the_first_alone() {
     let mut first = agm();
     train(&alone, first.as_mut(), &data);
     let seconds: Vec<(&str, Box<dyn Modulator>)> = vec![
-        ("mslr", Box::new(Mslr::new(&MslrConfig { init: vec![1.0; m], window: 5 }, m).unwrap())),
+        (
+            "mslr",
+            Box::new(Mslr::new(&MslrConfig { init: vec![1.0; m], window: 5, ..MslrConfig::avmnist() }, m).unwrap()),
+        ),
         ("ogm-ge", Box::new(ogm(OgmMode::Reference, false, m).with_fixed_coefficients(vec![1.0; m]).unwrap())),
     ];
     for (name, second) in seconds {
@@ -367,7 +384,7 @@ fn a_stack_composes_edits_in_order_and_keeps_state_per_member() {
     let mut stack = Stack::new(vec![
         StackMember::new(
             "mslr",
-            Box::new(Mslr::new(&MslrConfig { init: vec![2.0, 0.5], window: 1 }, m).unwrap()),
+            Box::new(Mslr::new(&MslrConfig { init: vec![2.0, 0.5], window: 1, ..MslrConfig::avmnist() }, m).unwrap()),
             Hooks::EDITS,
         ),
         StackMember::new("ogm-ge", Box::new(ogm(OgmMode::Reference, false, m)), Hooks::EDITS),
@@ -462,9 +479,13 @@ fn mslr_scales_each_modality_group_by_init_times_ratio() {
 fn mslr_settings_are_checked_against_the_model() {
     let err = MslrSchedule::new(&MslrConfig::avmnist(), 3).unwrap_err().to_string();
     assert!(err.contains("mslr.init has 2 values but the model has 3"), "{err}");
-    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, -1.0], window: 5 }, 2).unwrap_err().to_string();
+    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, -1.0], window: 5, ..MslrConfig::avmnist() }, 2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mslr.init"), "{err}");
-    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, 1.0], window: 0 }, 2).unwrap_err().to_string();
+    let err = MslrSchedule::new(&MslrConfig { init: vec![1.0, 1.0], window: 0, ..MslrConfig::avmnist() }, 2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("mslr.window"), "{err}");
 }
 
@@ -472,8 +493,11 @@ fn mslr_settings_are_checked_against_the_model() {
 
 #[test]
 fn mses_stops_restores_and_ends_training() {
-    let mut s =
-        MsesSchedule::new(&MsesConfig { patience: 2, best_at_first_epoch: FirstEpochPolicy::Restore }, 2).unwrap();
+    let mut s = MsesSchedule::new(
+        &MsesConfig { patience: 2, best_at_first_epoch: FirstEpochPolicy::Restore, ..MsesConfig::avmnist() },
+        2,
+    )
+    .unwrap();
     // Epoch 1: a snapshot of every modality (the state the reference never saved).
     let up = s.end_epoch(1, &[1.0, 1.0]).unwrap();
     let tags: Vec<EpochAction> = (0..2).map(|x| EpochAction::SaveSnapshot(mses_snapshot_tag(x))).collect();
@@ -497,7 +521,11 @@ fn mses_stops_restores_and_ends_training() {
     assert!(up.all_stopped);
 
     // UR-Funny's policy: no snapshot at epoch 1 and no reload of it.
-    let mut s = MsesSchedule::new(&MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Skip }, 1).unwrap();
+    let mut s = MsesSchedule::new(
+        &MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Skip, ..MsesConfig::avmnist() },
+        1,
+    )
+    .unwrap();
     assert!(s.end_epoch(1, &[1.0]).unwrap().actions.is_empty());
     let up = s.end_epoch(2, &[3.0]).unwrap();
     assert_eq!(up.stopped, vec![(0, 1, false)]);
@@ -507,7 +535,11 @@ fn mses_stops_restores_and_ends_training() {
 #[test]
 fn mses_keeps_its_schedule_across_its_own_restores_but_loads_checkpoints() {
     let net = model(2, Enc::Mlp, 1);
-    let mut mses = Mses::new(&MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Restore }, 2).unwrap();
+    let mut mses = Mses::new(
+        &MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Restore, ..MsesConfig::avmnist() },
+        2,
+    )
+    .unwrap();
     mses.on_epoch_end(&epoch_cx(&net, 1, &[0.0; 2], &[1.0, 1.0])).unwrap();
     let at_epoch_one = mses.state();
     let acts = mses.on_epoch_end(&epoch_cx(&net, 2, &[0.0; 2], &[0.5, 2.0])).unwrap();
@@ -526,7 +558,9 @@ fn mses_keeps_its_schedule_across_its_own_restores_but_loads_checkpoints() {
 #[test]
 fn mses_zeroes_the_gradients_of_a_stopped_modality_only() {
     let net = model(2, Enc::Mlp, 1);
-    let mut mses = Mses::new(&MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Skip }, 2).unwrap();
+    let mut mses =
+        Mses::new(&MsesConfig { patience: 0, best_at_first_epoch: FirstEpochPolicy::Skip, ..MsesConfig::avmnist() }, 2)
+            .unwrap();
     mses.on_epoch_end(&epoch_cx(&net, 1, &[0.0; 2], &[1.0, 1.0])).unwrap();
     mses.on_epoch_end(&epoch_cx(&net, 2, &[0.0; 2], &[0.5, 2.0])).unwrap();
     let (before, after) = step(&net, &mut mses, &batches(2, Enc::Mlp, 1, 8)[0], 1);
@@ -540,6 +574,41 @@ fn mses_zeroes_the_gradients_of_a_stopped_modality_only() {
     }
 }
 
+#[test]
+fn mslr_and_mses_scale_only_inside_their_modulation_window() {
+    let net = model(2, Enc::Mlp, 1);
+    let batch = &batches(2, Enc::Mlp, 1, 8)[0];
+    let scaled = |modulator: &mut dyn Modulator, epoch: usize| {
+        modulator.on_epoch_start(epoch, 1, 0).unwrap();
+        let (before, after) = step_in_epoch(&net, modulator, batch, 1, epoch);
+        (before != after, modulator.coefficients().unwrap())
+    };
+    let mut mslr = Mslr::new(&MslrConfig { window_start: 2, window_end: Some(3), ..MslrConfig::avmnist() }, 2).unwrap();
+    assert_eq!(scaled(&mut mslr, 1), (false, vec![1.0, 1.0]));
+    assert_eq!(scaled(&mut mslr, 2), (true, vec![1.3, 0.7]));
+    assert_eq!(scaled(&mut mslr, 3), (true, vec![1.3, 0.7]));
+    assert_eq!(scaled(&mut mslr, 4), (false, vec![1.0, 1.0]));
+
+    // A stopped modality trains again after the window, as in the reference.
+    let cfg = MsesConfig {
+        patience: 0,
+        best_at_first_epoch: FirstEpochPolicy::Skip,
+        window_end: Some(2),
+        ..MsesConfig::avmnist()
+    };
+    let mut mses = Mses::new(&cfg, 2).unwrap();
+    mses.on_epoch_end(&epoch_cx(&net, 1, &[0.0; 2], &[1.0, 1.0])).unwrap();
+    mses.on_epoch_end(&epoch_cx(&net, 2, &[0.0; 2], &[0.5, 2.0])).unwrap();
+    assert_eq!(mses.schedule().ratios(), &[1.0, 0.0]);
+    assert_eq!(scaled(&mut mses, 2), (true, vec![1.0, 0.0]));
+    assert_eq!(scaled(&mut mses, 3), (false, vec![1.0, 1.0]));
+
+    let err = Mslr::new(&MslrConfig { window_start: 5, window_end: Some(4), ..MslrConfig::avmnist() }, 2).unwrap_err();
+    assert!(err.to_string().contains("mslr.window_end (4) must be >= mslr.window_start (5)"), "{err}");
+    let err = Mses::new(&MsesConfig { window_start: 3, window_end: Some(1), ..MsesConfig::avmnist() }, 2).unwrap_err();
+    assert!(err.to_string().contains("mses.window_end (1)"), "{err}");
+}
+
 // ---------------------------------------------------------------- registry
 
 #[test]
@@ -548,7 +617,7 @@ fn every_method_and_stack_runs_two_steps_for_two_and_three_modalities() {
     for m in [2, 3] {
         for enc in [Enc::Mlp, Enc::Conv] {
             let mut cfgs = MethodSettings::av_digits();
-            cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5 });
+            cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5, ..MslrConfig::avmnist() });
             if enc == Enc::Conv {
                 cfgs.set::<OgmGe>(&OgmGeConfig { mode: OgmMode::Reference, ..OgmGeConfig::av_digits() });
             }

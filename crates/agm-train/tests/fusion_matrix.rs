@@ -40,7 +40,7 @@ fn every_fusion_trains_two_steps_under_every_method_with_two_and_three_modalitie
                     }
                     let net = model(m, fusion);
                     let mut cfgs = MethodSettings::av_digits();
-                    cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5 });
+                    cfgs.set::<Mslr>(&MslrConfig { init: vec![1.1; m], window: 5, ..MslrConfig::avmnist() });
                     let dims = agm_modulation::encoder_feature_dims(&net, &batch(m, 0)).unwrap();
                     let what = format!("{fusion:?}, {method}, M = {m}, {shapley:?}");
                     let mut modulator =

@@ -356,6 +356,29 @@ fn a_perturbed_schedule_fails_and_is_named() {
     );
 }
 
+/// Made by `scripts/golden/epoch_schedule.py` from the official loops: two modalities stopping in
+/// one epoch (one checkpoint loaded twice, then the exit), a UR-Funny exit whose stops all skip
+/// the reload, and two runs in the official default window 0..=20 (no multiplier after epoch 20:
+/// MSLR's go back to 1, a stopped MSES modality trains again).
+#[test]
+fn mslr_mses_window_matches_the_official_runs() {
+    let report = run_case(&fixture("mslr_mses_window")).unwrap();
+    assert!(report.passed(), "{report}");
+    assert_eq!(group_count(&report, "scalar:epoch"), 17 + 32 + 30 + 40, "{report}");
+    // Without the window, the multipliers after epoch 20 are the schedule's, not the official 1.
+    let dir = copy_case("mslr_mses_window");
+    edit_json(dir.path(), |v| {
+        for run in v["runs"].as_array_mut().unwrap() {
+            run.as_object_mut().unwrap().remove("modulation_window_epochs");
+        }
+    });
+    let report = run_case(dir.path()).unwrap();
+    assert!(!report.passed(), "{report}");
+    assert!(report.failures.iter().all(|f| f.key.contains("grad_multiplier")), "{report}");
+    assert!(report.failures.iter().any(|f| f.key.starts_with("run3_avmnist_mslr.epochs[20]")), "{report}");
+    assert!(report.failures.iter().any(|f| f.key.starts_with("run4_urfunny_mses")), "{report}");
+}
+
 /// Every `method_steps` case under tests/fixtures/golden, found by its `kind` (a new method's
 /// case needs no new test).
 #[test]

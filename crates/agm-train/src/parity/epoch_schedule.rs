@@ -10,6 +10,10 @@
 //! back, a stop ends the run. Every field of every `epochs[j]` is compared; the reference's
 //! checkpoint file names are derived from the improvements and restores the bookkeeping reports.
 //!
+//! A run may give `modulation_window_epochs: [start, end]` (agm's extension of FORMAT.md §3, the
+//! official `--modulation_starts` / `--modulation_ends` it ran with; absent: the whole run):
+//! outside it the official `train()` applies no multiplier, so `grad_multiplier` is 1 there.
+//!
 //! A run that ended in an official error (run 3: FileNotFoundError, AV-MNIST's reload of a
 //! checkpoint never written) is compared on the epochs before the error; the runner then checks
 //! that ours continues through the remaining inputs without error (the documented difference,
@@ -28,8 +32,18 @@ use super::ParityError;
 /// Top-level fields this runner uses; every other one is informational.
 const USED_FIELDS: &[&str] = &["case", "format_version", "kind", "dtype", "runs"];
 /// Fields of `runs[i]` this runner uses.
-const USED_RUN_FIELDS: &[&str] =
-    &["run", "dataset", "method", "modalities", "init_multiplier", "patience", "inputs", "epochs", "error"];
+const USED_RUN_FIELDS: &[&str] = &[
+    "run",
+    "dataset",
+    "method",
+    "modalities",
+    "init_multiplier",
+    "patience",
+    "inputs",
+    "epochs",
+    "error",
+    "modulation_window_epochs",
+];
 /// The MSLR memory length of FORMAT.md §3.3.
 const MSLR_WINDOW: usize = 5;
 
@@ -59,8 +73,8 @@ struct EpochRecord {
 }
 
 enum Bookkeeping {
-    Mslr(MslrSchedule),
-    Mses(MsesSchedule),
+    Mslr(MslrSchedule, MslrConfig),
+    Mses(MsesSchedule, MsesConfig),
 }
 
 /// A stand-in for the trainer around the bookkeeping.
@@ -168,12 +182,20 @@ fn replay_run(
             at("inputs")
         )));
     }
+    let (window_start, window_end) = match run.get("modulation_window_epochs") {
+        None | Some(Value::Null) => (0, None),
+        Some(v) => match v.as_array().map(|a| a.iter().map(Value::as_u64).collect::<Vec<_>>()).as_deref() {
+            Some([Some(start), Some(end)]) => (*start as usize, Some(*end as usize)),
+            _ => return Err(invalid(format!("{}: must be [start, end], two epochs", at("modulation_window_epochs")))),
+        },
+    };
     let mut book = match method {
         "MSLR" => {
-            let cfg = MslrConfig { init: per_mod_numbers("init_multiplier")?, window: MSLR_WINDOW };
-            Bookkeeping::Mslr(
-                MslrSchedule::new(&cfg, m).map_err(|e| invalid(format!("{}: {e}", at("init_multiplier"))))?,
-            )
+            let cfg =
+                MslrConfig { init: per_mod_numbers("init_multiplier")?, window: MSLR_WINDOW, window_start, window_end };
+            let schedule =
+                MslrSchedule::new(&cfg, m).map_err(|e| invalid(format!("{}: {e}", at("init_multiplier"))))?;
+            Bookkeeping::Mslr(schedule, cfg)
         }
         "MSES" => {
             if per_mod_numbers("init_multiplier")?.iter().any(|&v| v != 1.0) {
@@ -193,8 +215,8 @@ fn replay_run(
                     )))
                 }
             };
-            let cfg = MsesConfig { patience: patience as usize, best_at_first_epoch };
-            Bookkeeping::Mses(MsesSchedule::new(&cfg, m).map_err(|e| invalid(format!("runs[{i}]: {e}")))?)
+            let cfg = MsesConfig { patience: patience as usize, best_at_first_epoch, window_start, window_end };
+            Bookkeeping::Mses(MsesSchedule::new(&cfg, m).map_err(|e| invalid(format!("runs[{i}]: {e}")))?, cfg)
         }
         other => return Err(invalid(format!("{}: `{other}` is not known (allowed: MSLR, MSES)", at("method")))),
     };
@@ -213,8 +235,10 @@ fn replay_run(
         let mut rec =
             EpochRecord { tag_during: stub.tag, running_passed_in: stub.running.clone(), ..Default::default() };
         let (ratio, mult) = match &book {
-            Bookkeeping::Mslr(s) => (s.ratios().to_vec(), s.multipliers()),
-            Bookkeeping::Mses(s) => (s.ratios().to_vec(), s.ratios().to_vec()),
+            Bookkeeping::Mslr(s, cfg) if cfg.in_window(e) => (s.ratios().to_vec(), s.multipliers()),
+            Bookkeeping::Mses(s, cfg) if cfg.in_window(e) => (s.ratios().to_vec(), s.ratios().to_vec()),
+            Bookkeeping::Mslr(s, _) => (s.ratios().to_vec(), vec![1.0; m]),
+            Bookkeeping::Mses(s, _) => (s.ratios().to_vec(), vec![1.0; m]),
         };
         rec.ratio_during = ratio;
         rec.multiplier_during = mult;
@@ -222,13 +246,13 @@ fn replay_run(
         stub.running = train_score.iter().map(|s| s[e - 1]).collect();
         let values: Vec<f64> = measured.iter().map(|s| s[e - 1]).collect();
         let actions = match &mut book {
-            Bookkeeping::Mslr(s) => {
+            Bookkeeping::Mslr(s, _) => {
                 s.end_epoch(&values).map_err(|e| invalid(format!("runs[{i}]: {e}")))?;
                 rec.ratio_after = s.ratios().to_vec();
                 rec.memory = (0..m).map(|x| s.memory(x)).collect();
                 Vec::new()
             }
-            Bookkeeping::Mses(s) => {
+            Bookkeeping::Mses(s, _) => {
                 let update = s.end_epoch(e, &values).map_err(|e| invalid(format!("runs[{i}]: {e}")))?;
                 rec.ratio_after = s.ratios().to_vec();
                 rec.smoothed = s.smoothed_loss().to_vec();
