@@ -4,13 +4,15 @@ method AGM) made by running the official AGM code.
 Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
        [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
        [--step-size EPOCHS] [--semantics avmnist|urfunny] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
-       [--text-shape 5,7]
+       [--text-shape 5,7] [--window 0,100]
 (PyTorch and safetensors from PyPI, CPU.) `--semantics urfunny` runs the UR-Funny loop instead:
 three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
 in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3
 --step-size 1`; `agm3_steplr` is `--semantics urfunny --seed 202 --batch 4 --hidden 13 --classes 4
 --lr 0.5 --alpha 5 --step-size 1 --text-shape 4,5`; `ogm_steplr` is `--method ogm-ge --conv-channels 2
---seed 301 --batch 4 --hidden 5 --classes 3 --lr 0.3 --alpha 2 --step-size 1 --audio-shape 2,5,5`.
+--seed 301 --batch 4 --hidden 5 --classes 3 --lr 0.3 --alpha 2 --step-size 1 --audio-shape 2,5,5`;
+`agm2_window` is `--seed 12 --epochs 3 --steps 2 --batch 4 --hidden 8 --classes 3 --window 2,2
+--alpha 3 --lr 0.3` (`--window` sets the official modulation window, default 0,100).
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
 exact zeros (its std recorded).
@@ -120,10 +122,12 @@ def main():
     ap.add_argument("--semantics", choices=sorted(SEMANTICS), default="avmnist")
     ap.add_argument("--method", choices=["agm", "ogm-ge"], default="agm")
     ap.add_argument("--conv-channels", type=int, default=0)
+    ap.add_argument("--window", default="0,100", help="cfgs.modulation_starts,modulation_ends")
     for m in ["audio", "visual", "text"]:
         ap.add_argument(f"--{m}-shape")
     a = ap.parse_args()
     sem = SEMANTICS[a.semantics]
+    window = [int(v) for v in a.window.split(",")]
     mods = sem["mods"]
     M = len(mods)
 
@@ -143,7 +147,8 @@ def main():
     setattr(net_module, net_class, lambda cfgs: Tiny(mods, shapes, H, C, a.conv_channels))
     cfgs = types.SimpleNamespace(
         mode="train", fusion_type=fusion, modality="Multimodal", methods="OGM-GE" if ogm else "AGM",
-        alpha=a.alpha, modulation_starts=0, modulation_ends=100, use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
+        alpha=a.alpha, modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E,
+        learning_rate=a.lr,
     )
     model = net_module.GradMod(cfgs).double()
     # Random running statistics, as the shared fixtures start from.
@@ -249,11 +254,14 @@ def main():
             r = sums["visual"] / sums["audio"]
             k_ogm = {"audio": 1.0, "visual": 1 - math.tanh(a.alpha * r)} if r > 1 else {
                 "audio": 1 - math.tanh(a.alpha / r), "visual": 1.0}
+            # The official loop draws noise for each gradient it edits; none outside the window.
+            stds = rec.pop("noise_std", [])
             edited = [n for n, prm in named.items() if n.split(".")[1].endswith("_encoder") and prm.dim() == 4]
+            edited = edited if stds else []
             steps[-1]["ogm"] = {
                 "score_sum": sums, "ratio_v_over_a": r, "ratio_a_over_v": 1 / r, "coeff": k_ogm,
                 # The std each edited gradient's noise would have had (the official loop's order).
-                "noise_std_that_official_would_use": dict(zip(edited, rec.pop("noise_std"))),
+                "noise_std_that_official_would_use": dict(zip(edited, stds)),
                 "modulated_params": edited,
             }
             for n, g in rec.get("modulated", {}).items():
@@ -334,7 +342,7 @@ def main():
         "hyper": {
             "alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4, "dampening": 0.0, "nesterov": False,
             "lr_schedule": {"kind": "StepLR", "step_size_epochs": a.step_size, "gamma": 0.1},
-            "modulation_window_epochs": [0, 100], "coeff_clamp": sem["clamp"], "prob_floor": sem["floor"],
+            "modulation_window_epochs": window, "coeff_clamp": sem["clamp"], "prob_floor": sem["floor"],
             "clip": {"threshold_on_head_weight_grad": sem["clip"], "max_norm": sem["clip"], "eps": 1e-6, "params": "all"},
             "ogm_alpha": a.alpha if ogm else None, "ogm_noise": "disabled (exactly zero)" if ogm else None,
         },

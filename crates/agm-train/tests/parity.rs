@@ -82,6 +82,16 @@ fn agm2_with_a_decaying_learning_rate_matches_the_official_run() {
 }
 
 #[test]
+fn agm2_with_a_modulation_window_matches_the_official_run() {
+    // Made by scripts/golden/agm_train_steps.py --window 2,2: scales 1 in epoch 1, installed in
+    // epoch 2, and epoch 2's last scales still in force in epoch 3 (the reference's stale scales).
+    let report = run_case(&fixture("agm2_window")).unwrap();
+    assert!(report.passed(), "{report}");
+    assert_groups(&report, 6, 10, 6, 3, 2);
+    assert_eq!(report.groups["scalar:hook_scale_in_effect"].compared, 12, "{report}");
+}
+
+#[test]
 #[allow(clippy::print_stdout)] // the report, shown with --nocapture
 fn agm3_with_a_decaying_learning_rate_and_a_clamped_coefficient_matches_the_official_run() {
     // Made by scripts/golden/agm_train_steps.py --semantics urfunny (the official UR-Funny `train`
