@@ -188,8 +188,7 @@ pub fn attach_concepts<'a>(
     };
     let mut set = ConceptSet::load_for(cfg, &dir)?;
     if train_missing && !missing(&set).is_empty() {
-        // Concepts are mono-modal models of their own, trained from the seeded initialisation.
-        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), init_weights: String::new(), ..cfg.clone() };
+        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
         crate::concept::train_concepts(&concept_cfg, Some(&missing(&set).join(",")), &dir)?;
         set = ConceptSet::load_for(cfg, &dir)?;
     }
@@ -251,8 +250,14 @@ pub fn train_run(
     let _precision = agm_kernels::PrecisionGuard::new(cfg.precision()?);
     crate::memory::reset_peak_memory();
     // A resumed run's weights come from its checkpoint, not from `init_weights`.
-    let built =
-        if resuming { RunConfig { init_weights: String::new(), ..cfg.clone() } } else { cfg.clone() }.build(&device)?;
+    let without_init;
+    let build_cfg = if resuming {
+        without_init = RunConfig { init_weights: String::new(), ..cfg.clone() };
+        &without_init
+    } else {
+        cfg
+    };
+    let built = build_cfg.build(&device)?;
     if start == RunStart::New {
         // Only once the run could be built: a configuration that cannot run leaves no run state.
         write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?;
