@@ -123,6 +123,9 @@ def main():
     ap.add_argument("--method", choices=["agm", "ogm-ge"], default="agm")
     ap.add_argument("--conv-channels", type=int, default=0)
     ap.add_argument("--window", default="0,100", help="cfgs.modulation_starts,modulation_ends")
+    ap.add_argument("--network", choices=["tiny", "official"], default="tiny",
+                    help="official: the official inner network, weights from twin_models.py's formula; "
+                         "writes <out>.json, a twin-steps fixture of summaries")
     for m in ["audio", "visual", "text"]:
         ap.add_argument(f"--{m}-shape")
     a = ap.parse_args()
@@ -142,20 +145,32 @@ def main():
     ogm = a.method == "ogm-ge"
     if ogm and M != 2:
         sys.exit("OGM-GE runs in the AV-MNIST loop only")
+    twin = a.network == "official"
+    if twin and (ogm or M != 2):
+        # UR-Funny's transformers have dropout, whose masks cannot be matched across frameworks.
+        sys.exit("--network official runs AGM in the AV-MNIST loop only")
+    if twin:
+        C = 10  # the official AV-MNIST head
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
     fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
-    setattr(net_module, net_class, lambda cfgs: Tiny(mods, shapes, H, C, a.conv_channels))
+    if not twin:
+        setattr(net_module, net_class, lambda cfgs: Tiny(mods, shapes, H, C, a.conv_channels))
     cfgs = types.SimpleNamespace(
         mode="train", fusion_type=fusion, modality="Multimodal", methods="OGM-GE" if ogm else "AGM",
         alpha=a.alpha, modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E,
         learning_rate=a.lr,
     )
     model = net_module.GradMod(cfgs).double()
-    # Random running statistics, as the shared fixtures start from.
-    for m in mods:
-        bn = getattr(model.net, f"{m}_encoder")[-2]
-        bn.running_mean.copy_(torch.randn(H, dtype=torch.float64) * 0.3)
-        bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
+    if twin:
+        from twin_models import set_formula_weights, summary
+
+        recipe = set_formula_weights(model.net)
+    else:
+        # Random running statistics, as the shared fixtures start from.
+        for m in mods:
+            bn = getattr(model.net, f"{m}_encoder")[-2]
+            bn.running_mean.copy_(torch.randn(H, dtype=torch.float64) * 0.3)
+            bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
     named = dict(model.named_parameters())
     buffers = {n: b for n, b in model.named_buffers()}
     tensors = {f"init/params/{n}": p.detach().clone() for n, p in named.items()}
@@ -328,6 +343,27 @@ def main():
         torch.Tensor.normal_ = original_normal
         nn.utils.clip_grad_norm_ = original_clip
 
+    if twin:
+        # Summaries, not tensors: the official network has 22 million parameters.
+        strip = len("net.")
+        case = {
+            "case": os.path.basename(a.out), "kind": "twin_steps", "preset": "avmnist-late", "dtype": "float64",
+            "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
+                                   "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": sem["net"][1]},
+            "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,
+                      "modulation_window_epochs": window},
+            "tensors": recipe, "steps_per_epoch": S,
+            "batches": [{"inputs": [x[m].reshape(-1).tolist() for m in mods], "shapes": [list(x[m].shape) for m in mods],
+                         "labels": y.tolist()} for x, y in batches],
+            "steps": [{"loss": st["loss"], "coeff": st["coeff"], "hook_scale_in_effect": st["hook_scale_in_effect"],
+                       "scores": st["scores"], "clip_fired": st["clip_fired"]} for st in steps],
+            "after": {n[strip:]: summary(t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                      if not n.endswith("num_batches_tracked")},
+        }
+        with open(a.out + ".json", "w") as f:
+            json.dump(case, f, separators=(",", ":"))
+        print(f"{a.out}.json: {len(steps)} steps, coefficients in effect {[st['hook_scale_in_effect'] for st in steps]}")
+        return
     parameters = [{"name": n, "shape": list(prm.shape), "kind": "parameter"} for n, prm in named.items()]
     parameters += [
         {"name": n, "shape": list(b.shape), "kind": "buffer", "dtype": str(b.dtype).replace("torch.", "")}

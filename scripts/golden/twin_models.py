@@ -175,8 +175,8 @@ def logits_of(out, pick):
     return logits.reshape(-1, logits.shape[-1])
 
 
-def case(reference_module, class_name, inputs, order, dropout, pick, preset):
-    net = build(reference_module, class_name).double()
+def set_formula_weights(net):
+    """Sets every state-dict tensor of `net` from the formula; returns the fixture's recipe list."""
     tensors = []
     state = {}
     for seed, (name, t) in enumerate(net.state_dict().items(), start=1):
@@ -191,6 +191,12 @@ def case(reference_module, class_name, inputs, order, dropout, pick, preset):
             state[name] = formula(t.numel(), seed, r[0], r[1]).reshape(shape).to(t.dtype)
         tensors.append(entry)
     net.load_state_dict(state, strict=True)
+    return tensors
+
+
+def case(reference_module, class_name, inputs, order, dropout, pick, preset):
+    net = build(reference_module, class_name).double()
+    tensors = set_formula_weights(net)
     for j, spec in enumerate(inputs):
         spec["seed"] = 10_000 + j
     tensors_in = [input_tensor(spec) for spec in inputs]

@@ -2,12 +2,18 @@
 //! weights and inputs (fixtures written by `scripts/golden/twin_models.py` from the official code,
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
+//! Then AGM training steps of the AV-MNIST paper model against the official training loop
+//! (`scripts/golden/agm_train_steps.py --network official`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use agm_core::{ForwardOpts, MultimodalModel};
+use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{build_preset, PresetOptions};
+use agm_modulation::{Agm, AgmConfig};
+use agm_train::optim::{ParamGroup, Sgd, SgdConfig};
+use agm_train::step::NoObserver;
+use agm_train::{train_step, StepParts};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
@@ -103,6 +109,20 @@ fn input(recipe: &InputRecipe, batch: usize, dev: &Device) -> Tensor {
     Tensor::from_vec(values, dims, dev).unwrap()
 }
 
+/// Sets every variable from the fixture's recipes; strict: every official key is one of the
+/// preset's variables, of the same shape, and back.
+fn load_formula_weights(model: &dyn MultimodalModel, recipes: &[TensorRecipe], preset: &str) {
+    let state: HashMap<String, Tensor> = recipes
+        .iter()
+        .map(|t| {
+            let n = t.shape.iter().product();
+            let values = if t.zero { vec![0.0; n] } else { formula(n, t.seed, t.offset, t.shift) };
+            (t.name.clone(), Tensor::from_vec(values, t.shape.as_slice(), &Device::Cpu).unwrap())
+        })
+        .collect();
+    agm_train::load_weights(model, &state).unwrap_or_else(|e| panic!("{preset}: {e}"));
+}
+
 fn fixture(preset: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/twins").join(format!("{preset}.json"))
 }
@@ -120,6 +140,16 @@ struct Worst {
 }
 
 impl Worst {
+    /// Prints the worst error of each kind and fails listing every comparison that failed.
+    #[allow(clippy::print_stdout)] // shown with --nocapture
+    fn finish(self) {
+        for (kind, (err, what)) in &self.per_kind {
+            println!("worst {kind}: {err:.2e} ({what})");
+        }
+        let shown: Vec<&String> = self.failures.iter().take(40).collect();
+        assert!(self.failures.is_empty(), "{} comparisons failed:\n{shown:#?}", self.failures.len());
+    }
+
     fn check(&mut self, kind: &'static str, what: impl Fn() -> String, ours: f64, theirs: f64, scale: f64) {
         let err = (ours - theirs).abs() / scale;
         if err.is_nan() || err > TOLERANCE {
@@ -170,17 +200,7 @@ fn run_case(preset: &str, worst: &mut Worst) {
     let opts = PresetOptions { input_shapes: Some(shapes), ..PresetOptions::default() };
     let model: Box<dyn MultimodalModel> = build_preset(&case.preset, &opts, 0, DType::F64, &dev).unwrap();
 
-    let state: HashMap<String, Tensor> = case
-        .tensors
-        .iter()
-        .map(|t| {
-            let n = t.shape.iter().product();
-            let values = if t.zero { vec![0.0; n] } else { formula(n, t.seed, t.offset, t.shift) };
-            (t.name.clone(), Tensor::from_vec(values, t.shape.as_slice(), &dev).unwrap())
-        })
-        .collect();
-    // Strict: every official key is one of the preset's variables, of the same shape, and back.
-    agm_train::load_weights(model.as_ref(), &state).unwrap_or_else(|e| panic!("{}: {e}", case.preset));
+    load_formula_weights(model.as_ref(), &case.tensors, &case.preset);
 
     let inputs: Vec<Tensor> = case.inputs.iter().map(|i| input(i, case.batch, &dev)).collect();
     let labels = Tensor::new(case.labels.as_slice(), &dev).unwrap();
@@ -229,17 +249,12 @@ fn run_case(preset: &str, worst: &mut Worst) {
 
 /// Runs the presets' cases one after another (a UR-Funny preset holds about a gigabyte in
 /// float64), prints the worst error of each kind and fails listing every comparison that failed.
-#[allow(clippy::print_stdout)] // the worst errors, shown with --nocapture
 fn check_presets(presets: &[&str]) {
     let mut worst = Worst::default();
     for preset in presets {
         run_case(preset, &mut worst);
     }
-    for (kind, (err, what)) in &worst.per_kind {
-        println!("worst {kind}: {err:.2e} ({what})");
-    }
-    let shown: Vec<&String> = worst.failures.iter().take(40).collect();
-    assert!(worst.failures.is_empty(), "{} comparisons failed:\n{shown:#?}", worst.failures.len());
+    worst.finish();
 }
 
 #[test]
@@ -269,4 +284,108 @@ fn urfunny_presets_compute_what_their_official_classes_compute() {
 #[test]
 fn ave_and_mosei_nets_compute_what_their_official_classes_compute() {
     check_presets(&["ave-psp", "mosei-mat"]);
+}
+
+// ---------------------------------------------------------------- AGM steps
+
+#[derive(Deserialize)]
+struct StepsCase {
+    preset: String,
+    hyper: StepsHyper,
+    tensors: Vec<TensorRecipe>,
+    steps_per_epoch: usize,
+    batches: Vec<BatchRecord>,
+    steps: Vec<StepRecord>,
+    after: HashMap<String, Summary>,
+}
+
+#[derive(Deserialize)]
+struct StepsHyper {
+    alpha: f64,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    modulation_window_epochs: [usize; 2],
+}
+
+#[derive(Deserialize)]
+struct BatchRecord {
+    inputs: Vec<Vec<f64>>,
+    shapes: Vec<Vec<usize>>,
+    labels: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct StepRecord {
+    loss: f64,
+    /// The official wrapper's `scale_a`, `scale_v` during the step's backward.
+    hook_scale_in_effect: BTreeMap<String, f64>,
+    clip_fired: bool,
+}
+
+/// Four AGM steps (two epochs) of `avmnist-late` from the official `run/AVMNIST_main.py:train`
+/// with its `GradMod` around the official `Later_Fusion_Resnet`: the Shapley passes in evaluation
+/// mode beside the training-mode pass, scores, coefficients, conditional clipping (it fires in
+/// every step) and SGD, on the real ResNet-18s. Compared: every step's loss, coefficients and
+/// clipping decision, then every parameter and running statistic after the last step. The fast
+/// Shapley passes fail it (batch norm), as they should.
+#[test]
+fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/twin_steps/avmnist-late-agm.json");
+    let case: StepsCase = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let shapes: Vec<Vec<usize>> = case.batches[0].shapes.iter().map(|s| s[1..].to_vec()).collect();
+    let opts = PresetOptions { input_shapes: Some(shapes), ..PresetOptions::default() };
+    let model = build_preset(&case.preset, &opts, 0, DType::F64, &dev).unwrap();
+    load_formula_weights(model.as_ref(), &case.tensors, &case.preset);
+
+    let [lo, hi] = case.hyper.modulation_window_epochs;
+    let agm_cfg =
+        AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..AgmConfig::paper_avmnist() };
+    let mut agm = Agm::new(agm_cfg, 2).unwrap();
+    let trainable = model.param_groups().trainable();
+    let sgd_cfg = SgdConfig {
+        lr: case.hyper.lr,
+        momentum: case.hyper.momentum,
+        dampening: 0.0,
+        weight_decay: case.hyper.weight_decay,
+        nesterov: false,
+    };
+    let mut sgd = Sgd::new(vec![ParamGroup::new(trainable.clone())], sgd_cfg).unwrap();
+    let mut worst = Worst::default();
+    assert_eq!(case.batches.len(), case.steps.len());
+    for (k, (b, expected)) in case.batches.iter().zip(&case.steps).enumerate() {
+        let inputs = b
+            .inputs
+            .iter()
+            .zip(&b.shapes)
+            .map(|(v, s)| Tensor::from_vec(v.clone(), s.as_slice(), &dev).unwrap())
+            .collect();
+        let batch = MultimodalBatch::new(inputs, Tensor::new(b.labels.as_slice(), &dev).unwrap()).unwrap();
+        let mut parts = StepParts {
+            model: model.as_ref(),
+            modulator: &mut agm,
+            optimizer: &mut sgd,
+            trainable: &trainable,
+            shapley: ShapleyMode::Faithful,
+        };
+        let epoch = k / case.steps_per_epoch + 1;
+        let outcome = train_step(&mut parts, &batch, k + 1, epoch, 0, &mut NoObserver).unwrap();
+        let what = format!("step {}", k + 1);
+        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
+        let coefficients = outcome.coefficients.unwrap();
+        for (m, ours) in ["audio", "visual"].iter().zip(coefficients) {
+            let theirs = expected.hook_scale_in_effect[*m];
+            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
+        }
+        assert_eq!(outcome.clip.is_some_and(|c| c.fired), expected.clip_fired, "{what}: clipping");
+    }
+    let vars: HashMap<String, Tensor> =
+        model.param_groups().all_sorted().into_iter().map(|v| (v.name, v.var.as_tensor().clone())).collect();
+    assert_eq!(case.after.len(), vars.iter().filter(|(k, _)| !k.ends_with("num_batches_tracked")).count());
+    for (name, theirs) in &case.after {
+        let ours = vars.get(name).unwrap_or_else(|| panic!("no variable {name}"));
+        check_summary(&mut worst, "after the steps", ours, theirs, 0.0, name);
+    }
+    worst.finish();
 }
