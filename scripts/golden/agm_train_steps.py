@@ -13,6 +13,11 @@ in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 
 --seed 301 --batch 4 --hidden 5 --classes 3 --lr 0.3 --alpha 2 --step-size 1 --audio-shape 2,5,5`;
 `agm2_window` is `--seed 12 --epochs 3 --steps 2 --batch 4 --hidden 8 --classes 3 --window 2,2
 --alpha 3 --lr 0.3` (`--window` sets the official modulation window, default 0,100).
+`--network official` keeps the official `Later_Fusion_Resnet` (AV-MNIST, AGM), sets its weights
+from `twin_models.py`'s formula and writes `<out dir>.json` of summaries for
+`crates/agm-train/tests/twins.rs`: `tests/fixtures/twin_steps/avmnist-late-agm` is `--network
+official --seed 3 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.05 --audio-shape 1,32,32
+--visual-shape 1,28,28`.
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
 exact zeros (its std recorded).
