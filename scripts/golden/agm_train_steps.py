@@ -3,8 +3,8 @@ method AGM) made by running the official AGM code.
 
 Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
        [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
-       [--step-size EPOCHS] [--semantics avmnist|urfunny] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
-       [--text-shape 5,7] [--window 0,100]
+       [--step-size EPOCHS] [--semantics avmnist|cremad|urfunny] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
+       [--text-shape 5,7] [--window 0,100] [--network tiny|official]
 (PyTorch and safetensors from PyPI, CPU.) `--semantics urfunny` runs the UR-Funny loop instead:
 three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
 in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3
@@ -12,7 +12,10 @@ in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 
 --lr 0.5 --alpha 5 --step-size 1 --text-shape 4,5`; `ogm_steplr` is `--method ogm-ge --conv-channels 2
 --seed 301 --batch 4 --hidden 5 --classes 3 --lr 0.3 --alpha 2 --step-size 1 --audio-shape 2,5,5`;
 `agm2_window` is `--seed 12 --epochs 3 --steps 2 --batch 4 --hidden 8 --classes 3 --window 2,2
---alpha 3 --lr 0.3` (`--window` sets the official modulation window, default 0,100).
+--alpha 3 --lr 0.3` (`--window` sets the official modulation window, default 0,100);
+`agm2_cremad` is `--semantics cremad --seed 43 --classes 6 --alpha 0.3 --lr 3 --epochs 2 --steps 5
+--batch 4 --hidden 12` (`--semantics cremad` runs the CREMA-D loop: AV-MNIST's rules with the
+clamp at 10, four passes).
 `--network official` keeps the official `Later_Fusion_Resnet` (AV-MNIST, AGM), sets its weights
 from `twin_models.py`'s formula and writes `<out dir>.json` of summaries for
 `crates/agm-train/tests/twins.rs`: `tests/fixtures/twin_steps/avmnist-late-agm` is `--network
@@ -52,7 +55,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stubs import stub  # noqa: E402
 
-# What differs between the two official loops (FORMAT.md §1.5, §1.7).
+# What differs between the official loops (FORMAT.md §1.5, §1.7; CREMA-D's as agm-reference.md
+# describes it: AV-MNIST's rules with the clamp at 10).
 SEMANTICS = {
     "avmnist": {
         "name": "AV-MNIST", "mods": ["audio", "visual"], "net": ("AVMNIST_net", "Later_Fusion_Resnet"),
@@ -60,6 +64,13 @@ SEMANTICS = {
         "clip": 1.0, "shapes": {"audio": "1,6,6", "visual": "1,4,4"},
         # Pass order of GradMod.forward: T, then visual muted, then audio muted.
         "passes": ["keep_av", "keep_a", "keep_v"],
+    },
+    "cremad": {
+        "name": "CREMA-D", "mods": ["audio", "visual"], "net": ("CREMAD_net", "AVClassifier"),
+        "main": "CREMAD_main", "task": ("tasks.CREMAD_task", "Cramed_Task"), "clamp": 10.0, "floor": 1e-8,
+        "clip": 1.0, "shapes": {"audio": "1,6,6", "visual": "1,4,4"},
+        # T, visual muted, audio muted, then both muted (computed, never used).
+        "passes": ["keep_av", "keep_a", "keep_v", "keep_none"],
     },
     "urfunny": {
         "name": "UR-Funny", "mods": ["audio", "visual", "text"], "net": ("URFunny_net", "Later_Fusion_Model"),
@@ -96,6 +107,10 @@ class Tiny(nn.Module):
             setattr(self, f"{m}_encoder", enc)
         self.head = nn.Module()
         self.head.fc = nn.Linear(hidden * len(mods), classes)
+        # CREMA-D's loop clips on `net.fusion_module.fc_out`: the same layer (its parameters are
+        # listed once, under `head.fc`).
+        self.fusion_module = nn.Module()
+        self.fusion_module.fc_out = self.head.fc
 
     def forward(self, *args, pad_audio=False, pad_visual=False, pad_text=False):
         if len(self.mods) == 2:
@@ -148,7 +163,7 @@ def main():
     shapes = [tuple(int(v) for v in (getattr(a, f"{m}_shape") or sem["shapes"][m]).split(",")) for m in mods]
     B, H, C, E, S = a.batch, a.hidden, a.classes, a.epochs, a.steps
     ogm = a.method == "ogm-ge"
-    if ogm and M != 2:
+    if ogm and a.semantics != "avmnist":
         sys.exit("OGM-GE runs in the AV-MNIST loop only")
     twin = a.network == "official"
     if twin and (ogm or M != 2):
@@ -163,7 +178,7 @@ def main():
     cfgs = types.SimpleNamespace(
         mode="train", fusion_type=fusion, modality="Multimodal", methods="OGM-GE" if ogm else "AGM",
         alpha=a.alpha, modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E,
-        learning_rate=a.lr,
+        learning_rate=a.lr, dataset="CREMAD" if a.semantics == "cremad" else None,
     )
     model = net_module.GradMod(cfgs).double()
     if twin:
@@ -330,7 +345,13 @@ def main():
         for epoch in range(1, E + 1):
             state["epoch"] = epoch
             epoch_batches = batches[(epoch - 1) * S:epoch * S]
-            if M == 2:
+            if a.semantics == "cremad":
+                # Its loader yields (item, spectrogram without channel, image, label).
+                loader = [(None, x["audio"].squeeze(1), x["visual"], y) for x, y in epoch_batches]
+                last = official.train(model, loader, optimizer, scheduler, logger, cfgs, epoch, "cpu", writer,
+                                      running["audio"], running["visual"], 1.0, 1.0)
+                running = dict(zip(mods, last))
+            elif M == 2:
                 loader = [(x["audio"], x["visual"], y) for x, y in epoch_batches]
                 last = official.train(model, loader, optimizer, scheduler, epoch, cfgs, "cpu", writer, logger,
                                       running["audio"], running["visual"], 1.0, 1.0)

@@ -82,6 +82,18 @@ fn agm2_with_a_decaying_learning_rate_matches_the_official_run() {
 }
 
 #[test]
+fn agm2_in_the_cremad_loop_matches_the_official_run() {
+    // Made by scripts/golden/agm_train_steps.py --semantics cremad (the official CREMA-D `train`
+    // and `GradMod`, four passes with the unused all-muted one): the clamp at 10 fires in three
+    // steps (opt_ratio − ratio up to 35), clipping in 8 of 10.
+    let report = run_case(&fixture("agm2_cremad")).unwrap();
+    assert!(report.passed(), "{report}");
+    assert_groups(&report, 10, 10, 6, 4, 2);
+    assert_eq!(report.groups["scalar:clip_total_norm"].compared, 8, "{report}");
+    assert!(report.groups.contains_key("scalar:clamp_fired"), "{report}");
+}
+
+#[test]
 fn agm2_with_a_modulation_window_matches_the_official_run() {
     // Made by scripts/golden/agm_train_steps.py --window 2,2: scales 1 in epoch 1, installed in
     // epoch 2, and epoch 2's last scales still in force in epoch 3 (the reference's stale scales).
