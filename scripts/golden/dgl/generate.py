@@ -4,6 +4,8 @@ Official reference: shicaiwei123/ICCV2025-GDL, commit b72a55f0fe1bd7fde6354fda96
 ("Boosting Multimodal Learning via Disentangled Gradient Learning", ICCV 2025).
 
 Usage: python generate.py <extracted official repo> [<output root, default tests/fixtures/golden>]
+       [--name CASE --seed N --batch ... (`--help`)]: with --name, one extra case of those sizes
+       (M = 2: the official run; M = 3: the loop below); without it, the committed cases.
 (extract with `git archive HEAD | tar x`; only main_dgl.py, models/fusion_modules.py and
 utils/utils.py are imported).
 
@@ -46,6 +48,7 @@ steps and not in others (`notes.clip_total_norm` lists the pre-clip norms: it fi
 and 9 of `dgl` and step 4 of `dgl3`).
 """
 
+import argparse
 import importlib.machinery
 import json
 import os
@@ -364,11 +367,56 @@ def write_case(root, name, modalities, sizes, init, inputs, labels, steps, funct
     return case
 
 
-def main():
-    repo = sys.argv[1]
+def parse_args():
     here = os.path.dirname(os.path.abspath(__file__))
-    root = sys.argv[2] if len(sys.argv) > 2 else os.path.join(here, "..", "..", "..", "tests", "fixtures", "golden")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("root", nargs="?", default=os.path.join(here, "..", "..", "..", "tests", "fixtures", "golden"))
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--seed", type=int, default=2025)
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=4)
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
+    ap.add_argument("--scales", type=float, nargs="+", default=None)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--alpha", type=float, default=ALPHA)
+    ap.add_argument("--momentum", type=float, default=MOMENTUM)
+    return ap.parse_args()
+
+
+def extra_case(a, main_dgl, concat_fusion_dgl):
+    global ALPHA, LR, MOMENTUM
+    ALPHA, LR, MOMENTUM = a.alpha, a.lr, a.momentum
+    mods = ["audio", "visual", "text"][:a.modalities]
+    dims = a.dims or [5, 4, 3][:a.modalities]
+    scales = a.scales or (SCALES2 if a.modalities == 2 else SCALES3)
+    sizes = {"batch": a.batch, "classes": a.classes, "hidden": a.hidden, "input_dims": dims, "epochs": a.epochs,
+             "steps_per_epoch": a.steps}
+    gen = torch.Generator().manual_seed(a.seed)
+    init = make_init(gen, [(n, s) for n, s, _ in param_list(mods, dims, a.hidden, a.classes)])
+    inputs, labels = make_data(gen, a.batch * a.steps, dims, a.classes, scales)
+    steps = run_m(mods, init, inputs, labels, sizes)
+    if a.modalities == 2:
+        official = run_official(main_dgl, concat_fusion_dgl, init, inputs, labels, sizes)
+        for o, r in zip(official, steps):
+            assert o["uni"] == r["uni"] and o["fusion"] == r["fusion"] and o["norm"] == r["norm"], (o, r)
+        steps = official
+    c = write_case(a.root, a.name, mods, sizes, init, inputs, labels, steps,
+                   ["main_dgl.train_epoch", "models.fusion_modules.ConcatFusion_DGL"])
+    print(c["case"], "clip norms", [round(x, 3) for x in c["notes"]["clip_total_norm"]])
+    print(" losses", [round(s["loss"], 4) for s in c["steps"]])
+
+
+def main():
+    a = parse_args()
+    repo, root = a.repo, a.root
     main_dgl, concat_fusion_dgl = import_official(repo)
+    if a.name:
+        return extra_case(a, main_dgl, concat_fusion_dgl)
 
     # M = 2: the official train_epoch.
     mods2 = ["audio", "visual"]

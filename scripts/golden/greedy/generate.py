@@ -5,7 +5,9 @@ Official code: github.com/nyukat/greedy_multimodal_learning, commit
 a190e03755bd8d0883b2c5c0cd7921d2561ce2ee (Wu, Jastrzebski, Cho, Geras, "Characterizing and
 Overcoming the Greedy Nature of Learning in Multi-modal Deep Neural Networks", ICML 2022).
 
-Usage: generate.py <extracted official repo> [<agm repository root>]
+Usage: generate.py <extracted official repo> [<agm repository root>] [--name CASE --seed N ...]
+(with --name: one extra case, the committed case of that modality count with the given
+overrides, `--help`; without it: the committed cases)
 (`git archive` of the commit above; the second argument defaults to the repository this script
 lives in). Needs torch, numpy, safetensors and gin-config; the official modules' other imports
 (matplotlib, argh, pandas, torchvision, the ModelNet40 loader and the MMTM model) are never
@@ -53,6 +55,7 @@ official rule exactly, and this script checks so: it reruns the 2-modality case 
 callback and requires bit-identical parameters, speeds and decisions.
 """
 
+import argparse
 import importlib.machinery
 import json
 import os
@@ -436,13 +439,44 @@ NOTE = ("Regular step: loss CE(z), z the fused logits. Re-balancing step of moda
         "min; above epsilon (from starting_epoch on) the next window_size steps re-balance the argmax.")
 
 
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("root", nargs="?", default=os.path.join(HERE, "..", "..", ".."))
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    for k in ("seed", "batch", "steps", "epochs", "hidden", "classes", "window_size", "starting_epoch"):
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=None)
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
+    ap.add_argument("--signal", type=float, nargs="+", default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--epsilon", type=float, default=None)
+    return ap.parse_args()
+
+
+def extra_cases(a):
+    """The committed case of a.modalities modalities with the given overrides."""
+    c = dict(CASES["greedy" if a.modalities == 2 else "greedy3"])
+    c["cfg"] = dict(c["cfg"])
+    for k in ("seed", "batch", "steps", "epochs", "hidden", "classes"):
+        if getattr(a, k) is not None:
+            c[k] = getattr(a, k)
+    for k in ("lr", "epsilon", "window_size", "starting_epoch"):
+        if getattr(a, k) is not None:
+            c["cfg"][k] = getattr(a, k)
+    if a.dims:
+        c["dims"] = a.dims
+    if a.signal:
+        c["signal"] = dict(zip(c["modalities"], a.signal))
+    return {a.name: c}
+
+
 def main():
-    if len(sys.argv) < 2:
-        sys.exit("usage: generate.py <extracted official repo> [<agm repository root>]")
-    repo = os.path.abspath(sys.argv[1])
-    root = os.path.abspath(sys.argv[2]) if len(sys.argv) > 2 else os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+    a = parse_args()
+    repo = os.path.abspath(a.repo)
+    root = os.path.abspath(a.root)
     official = load_official(repo)
-    for name, c in CASES.items():
+    for name, c in (extra_cases(a) if a.name else CASES).items():
         args = (c["modalities"], c["dims"], c["hidden"], c["classes"], c["batch"], c["steps"], c["epochs"], c["seed"],
                 c["signal"], c["cfg"])
         M = len(c["modalities"])

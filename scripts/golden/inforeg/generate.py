@@ -5,7 +5,8 @@ Official code: GeWu-Lab/InfoReg_CVPR2025, commit 939b2ed11dcbf4daddb2507157b2cb9
 Acquisition", CVPR 2025).
 
 Usage:
-    python generate.py <extracted official repo> [<agm repository root>]
+    python generate.py <extracted official repo> [<agm repository root>] [--name CASE --seed N ...]
+(with --name: one extra case, CASE2 or CASE3 below with the given overrides, `--help`)
 
 What runs
 ---------
@@ -60,6 +61,7 @@ modalities at once in some steps), and the prime learning window closes in epoch
 (k ≤ 0.05: no regulation in its steps) and opens again in epoch 4.
 """
 
+import argparse
 import copy
 import importlib
 import inspect
@@ -463,10 +465,46 @@ CASE3 = dict(dims=[4, 3, 5], hidden=4, classes=3, batch=6, steps=3, epochs=4, lr
 STRENGTHS3 = [0.95, 0.1, 0.5]
 
 
+def parse_args(argv):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("root", nargs="?", default=os.getcwd())
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    for k in ("seed", "batch", "steps", "epochs", "hidden", "classes"):
+        ap.add_argument("--" + k, type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
+    ap.add_argument("--scales", type=float, nargs="+", default=None)
+    ap.add_argument("--bias-shift", type=float, nargs="+", default=None)
+    return ap.parse_args(argv[1:])
+
+
+def extra_case(a, main):
+    c = dict(CASE2 if a.modalities == 2 else CASE3)
+    for k in ("seed", "batch", "steps", "epochs", "hidden", "classes", "lr", "dims", "scales", "bias_shift"):
+        if getattr(a, k) is not None:
+            c[k] = getattr(a, k)
+    mods = ["audio", "visual", "text"][:a.modalities]
+    strengths = STRENGTHS2 if a.modalities == 2 else STRENGTHS3
+    inputs, labels, params = make_case(mods, c["dims"], c["hidden"], c["classes"], c["batch"], c["steps"],
+                                       c["seed"], c["scales"], c["bias_shift"])
+    steps, epochs = reference_general(inputs, labels, params, c, mods, strengths)
+    if a.modalities == 2:
+        off_steps, off_epochs = run_official(main, inputs, labels, params, c)
+        print(f"official vs reference_general: {compare(off_steps, off_epochs, steps, epochs):.2e}")
+        steps, epochs = off_steps, off_epochs
+    summary(a.name, steps, epochs)
+    print("wrote", write_case(a.root, a.name, mods, c, inputs, labels, params, steps, epochs, strengths,
+                              f"InfoReg, extra case (M = {a.modalities}); see the committed cases' semantics."))
+
+
 def main_(argv):
-    repo = argv[1]
-    root = argv[2] if len(argv) > 2 else os.getcwd()
+    a = parse_args(argv)
+    repo, root = a.repo, a.root
     main = import_official(os.path.abspath(repo))
+    if a.name:
+        return extra_case(a, main)
 
     mods2 = ["audio", "visual"]
     c = CASE2

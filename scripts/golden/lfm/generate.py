@@ -8,6 +8,7 @@ NeurIPS 2024.)
 
 Usage:
     python scripts/golden/lfm/generate.py /path/to/extracted/NeurIPS24-LFM [--out tests/fixtures/golden]
+        [--name CASE --weighting fitted|learned --seed N ...]  (one extra case; `--help`)
 
 (`git --git-dir=<bare repo> archive <commit> | tar x -C /path` extracts it.)
 
@@ -300,17 +301,17 @@ def init_params(model, rng, names):
 
 
 def run_case(name, fitted_mod, learn_mod, mods, weighting, seed, lr_alpha=None, alpha_init=None, epochs=3, steps=3,
-             batch=4):
+             batch=4, hidden=4, classes=3, lr=0.05, dims=None):
     global RECORD
     RECORD = {"averaged": [], "alpha_grad": [], "steps": []}
     RecordingAverager.pending = []
     rng = np.random.default_rng(seed)
     M = len(mods)
-    dims = [5, 4, 6][:M]
-    H, C = 4, 3
+    dims = dims or [5, 4, 6][:M]
+    H, C = hidden, classes
     N = steps * batch
     NV = 8
-    opt = {"kind": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4}
+    opt = {"kind": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4}
 
     train_x, train_y = make_data(rng, N, dims, C)
     val_x, val_y = make_data(rng, NV, dims, C)
@@ -487,6 +488,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("official_repo")
     ap.add_argument("--out", default=os.path.join(here, "..", "..", "..", "tests", "fixtures", "golden"))
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--weighting", default="learned", choices=("fitted", "learned"))
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    for k in ("seed", "epochs", "steps", "batch", "hidden", "classes"):
+        ap.add_argument("--" + k, type=int, default=None)
+    for k in ("lr", "lr-alpha", "alpha-init"):
+        ap.add_argument("--" + k, type=float, default=None)
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
     args = ap.parse_args()
     fitted, learnable = import_official(os.path.abspath(args.official_repo))
     for mod in (fitted, learnable):
@@ -499,8 +508,16 @@ def main():
         ("lfm_learned", ["audio", "visual"], "learned", 12, 20.0, 0.5),
         ("lfm3", ["audio", "visual", "text"], "learned", 13, 40.0, 0.125),
     ]
+    sizes = {}
+    if args.name:
+        learned = args.weighting == "learned"
+        cases = [(args.name, ["audio", "visual", "text"][:args.modalities], args.weighting, args.seed or 0,
+                  (args.lr_alpha or 20.0) if learned else None, (args.alpha_init or 0.5) if learned else None)]
+        sizes = {k: getattr(args, k) for k in ("epochs", "steps", "batch", "hidden", "classes", "lr", "dims")
+                 if getattr(args, k) is not None}
     for name, mods, weighting, seed, lr_alpha, alpha_init in cases:
-        case, tensors, grads, alphas = run_case(name, fitted, learnable, mods, weighting, seed, lr_alpha, alpha_init)
+        case, tensors, grads, alphas = run_case(name, fitted, learnable, mods, weighting, seed, lr_alpha, alpha_init,
+                                                **sizes)
         out = os.path.join(args.out, name)
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "case.json"), "w") as f:

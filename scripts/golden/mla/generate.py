@@ -5,6 +5,7 @@ commit ab6c184579f9ff390e9c9b8216c9900c2a43545b (Zhang, Yoon, Bansal, Yao, "Mult
 Representation Learning by Alternating Unimodal Adaptation", CVPR 2024).
 
 Usage:  python generate.py <extracted official repo> [<output root, default tests/fixtures/golden>]
+        [--name CASE --seed N ...]  (one extra case; `--help`)
 
 What runs from the official code, unchanged:
 - `main.train_epoch` with `gs_flag=True` (the MLA branch): for every batch, for each modality in
@@ -64,6 +65,7 @@ step (`projector`, row-major, H*H; only with the projection). Per epoch: `train_
 and `train_modality_accuracy` from `valid`.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -225,8 +227,8 @@ def run_case(official_main, official_utils, out_root, name, mods, dims, seed, pr
     args = types.SimpleNamespace(
         lorb="m3ae" if M == 3 else "base", modal3=(M == 3), clip=True, modulation="Normal",
         fusion_method="concat", use_tensorboard=False, dynamic=dynamic,
-        # `valid` takes the class count from the dataset name; MVSA has 3 classes.
-        dataset="MVSA",
+        # `valid` takes the class count from the dataset name (an upper bound suffices); MVSA has 3.
+        dataset="MVSA" if classes <= 3 else "IEMOCAP" if classes == 4 else "CREMAD" if classes <= 6 else "Food101",
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 70, 0.1)
@@ -314,7 +316,7 @@ def run_case(official_main, official_utils, out_root, name, mods, dims, seed, pr
 
     # The chosen settings must have exercised what they claim.
     alphas = [s["values"]["rls_alpha"] for s in steps]
-    assert (not project) or len({a for a in alphas if a is not None}) == 2, alphas
+    assert (not project) or len({a for a in alphas if a is not None}) == batches, alphas
     assert steps[0]["values"]["rls_alpha"] is None
     if min_den:
         print(f"{name}: smallest |alpha + k r| = {min(min_den):.3e}")
@@ -364,10 +366,34 @@ def run_case(official_main, official_utils, out_root, name, mods, dims, seed, pr
           f"epochs {[e['values'] for e in epoch_values]}")
 
 
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("out_root", nargs="?", default=os.path.join("tests", "fixtures", "golden"))
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    for k in ("project", "torch18", "dynamic"):
+        ap.add_argument("--" + k, type=int, default=None, choices=(0, 1))
+    for k, v in (("batch", 4), ("batches", 2), ("hidden", 4), ("classes", 3), ("epochs", 3)):
+        ap.add_argument("--" + k, type=int, default=v)
+    ap.add_argument("--lr", type=float, default=0.25)
+    return ap.parse_args()
+
+
 def main():
-    repo = sys.argv[1]
-    out_root = sys.argv[2] if len(sys.argv) > 2 else os.path.join("tests", "fixtures", "golden")
+    a = parse_args()
+    repo, out_root = a.repo, a.out_root
     official_main, official_utils = import_official(repo)
+    if a.name:
+        mods = ["audio", "visual", "text"][:a.modalities]
+        flag = lambda v, d: bool(d if v is None else v)  # noqa: E731
+        run_case(official_main, official_utils, out_root, a.name, mods, a.dims or [4, 3, 5][:a.modalities],
+                 seed=a.seed, project=flag(a.project, True), torch18=flag(a.torch18, False),
+                 dynamic=flag(a.dynamic, True), batch=a.batch, batches=a.batches, hidden=a.hidden,
+                 classes=a.classes, epochs=a.epochs, lr=a.lr)
+        return
     run_case(official_main, official_utils, out_root, "mla", ["audio", "visual"], [4, 3], seed=11,
              project=True, torch18=False, dynamic=True)
     run_case(official_main, official_utils, out_root, "mla3", ["audio", "visual", "text"], [4, 3, 5],

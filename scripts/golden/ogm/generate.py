@@ -1,8 +1,10 @@
 """Golden case `ogm_tpami` of method `ogm`: the TPAMI 2024 journal's On-the-fly Gradient
 Modulation (OGM, Wei et al.). (The fixture folder `ogm` holds the AGM repository's OGM-GE case.)
 
-Usage: python scripts/golden/ogm/generate.py <extracted GeWu-Lab/BML_TPAMI2024> [out_root]
+Usage: python scripts/golden/ogm/generate.py <extracted GeWu-Lab/BML_TPAMI2024> [out_root] [options]
 (out_root defaults to tests/fixtures/golden; writes <out_root>/ogm_tpami/{case.json,tensors.safetensors}).
+Options (`--help`) change the sizes, seeds, lr, alpha and the case name; their defaults make the
+committed case.
 
 Official repository GeWu-Lab/BML_TPAMI2024, commit 4b3aa4fd841856c4acbebf48549e6c59fbf7635e,
 run as `scripts/train_ogm.sh` configures it (`--use_modulation --alpha 0.8
@@ -28,6 +30,7 @@ Case-specific choices:
   official StepLR(40, 0.1) never fires here.
 """
 
+import argparse
 import os
 import sys
 
@@ -40,11 +43,33 @@ B, S, E, H, C = 6, 3, 3, 4, 3
 DIMS = [3, 5]
 ALPHA = 0.8
 LR, BETAS, EPS, WD = 0.02, (0.9, 0.999), 1e-8, 0.0
+MODEL_SEED, DATA_SEED, NAME = 3, 4, "ogm_tpami"
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("out_root", nargs="?", default="tests/fixtures/golden")
+    ap.add_argument("--batch", type=int, default=B)
+    ap.add_argument("--steps", type=int, default=S)
+    ap.add_argument("--epochs", type=int, default=E)
+    ap.add_argument("--hidden", type=int, default=H)
+    ap.add_argument("--classes", type=int, default=C)
+    ap.add_argument("--dims", type=int, nargs=2, default=DIMS)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--alpha", type=float, default=ALPHA)
+    ap.add_argument("--model-seed", type=int, default=MODEL_SEED)
+    ap.add_argument("--data-seed", type=int, default=DATA_SEED)
+    ap.add_argument("--name", default=NAME)
+    return ap.parse_args()
 
 
 def main():
-    repo = sys.argv[1]
-    out_root = sys.argv[2] if len(sys.argv) > 2 else "tests/fixtures/golden"
+    global B, S, E, H, C, DIMS, LR, ALPHA, MODEL_SEED, DATA_SEED, NAME
+    a = parse_args()
+    repo, out_root = a.repo, a.out_root
+    B, S, E, H, C, DIMS = a.batch, a.steps, a.epochs, a.hidden, a.classes, list(a.dims)
+    LR, ALPHA, MODEL_SEED, DATA_SEED, NAME = a.lr, a.alpha, a.model_seed, a.data_seed, a.name
     classifier, official_main, config = h.load_official(repo, H)
 
     cfg = config.Config()
@@ -60,9 +85,9 @@ def main():
             "modulation_ends": 6,
         }
     )
-    model = h.build(classifier, cfg, DIMS, H, C, seed=3)
+    model = h.build(classifier, cfg, DIMS, H, C, seed=MODEL_SEED)
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    xs, label = h.data(DIMS, B, S, C, seed=4)
+    xs, label = h.data(DIMS, B, S, C, seed=DATA_SEED)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_step, gamma=cfg.lr_decay_ratio)
@@ -100,7 +125,7 @@ def main():
         steps.append({"step": k, "epoch": epoch, "loss": float(s["ce"][0]), "values": values})
 
     case = {
-        "case": "ogm_tpami",
+        "case": NAME,
         "format_version": 1,
         "kind": "method_steps",
         "dtype": "float64",
@@ -136,7 +161,7 @@ def main():
         "parameters": h.parameter_list(init),
         "steps": steps,
     }
-    h.write_case(os.path.join(out_root, "ogm_tpami"), case, tensors)
+    h.write_case(os.path.join(out_root, NAME), case, tensors)
     for s in steps:
         print(s["step"], s["epoch"], round(s["loss"], 6), s["values"])
 

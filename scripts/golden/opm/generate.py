@@ -1,7 +1,9 @@
 """Golden case `opm`: On-the-fly Prediction Modulation (OPM, Wei et al., TPAMI 2024).
 
-Usage: python scripts/golden/opm/generate.py <extracted GeWu-Lab/BML_TPAMI2024> [out_root]
+Usage: python scripts/golden/opm/generate.py <extracted GeWu-Lab/BML_TPAMI2024> [out_root] [options]
 (out_root defaults to tests/fixtures/golden; writes <out_root>/opm/{case.json,tensors.safetensors}).
+Options (`--help`) change the sizes, seeds, lr, OPM settings and the case name; their defaults
+make the committed case.
 
 Official repository GeWu-Lab/BML_TPAMI2024, commit 4b3aa4fd841856c4acbebf48549e6c59fbf7635e,
 run as `scripts/train_opm.sh` configures it (`--use_adam_drop --q_base 0.5 --lam 0.5
@@ -29,6 +31,7 @@ Case-specific choices:
   theta * d(theta)/d(params). agm reproduces it (`theta_gradient = true`).
 """
 
+import argparse
 import os
 import sys
 
@@ -43,21 +46,49 @@ DIMS = [3, 5]
 SEED = 7  # agm's opm.seed; the draws' base is mix_seed(seed, run seed)
 RUN_SEED = 0
 LR, BETAS, EPS, WD = 0.02, (0.9, 0.999), 1e-8, 0.0
+MODEL_SEED, DATA_SEED, NAME = 1, 2, "opm"
+Q_BASE, LAM, P_EXE = 0.5, 0.5, 0.7
+
+
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("out_root", nargs="?", default="tests/fixtures/golden")
+    ap.add_argument("--batch", type=int, default=B)
+    ap.add_argument("--steps", type=int, default=S)
+    ap.add_argument("--epochs", type=int, default=E)
+    ap.add_argument("--hidden", type=int, default=H)
+    ap.add_argument("--classes", type=int, default=C)
+    ap.add_argument("--dims", type=int, nargs=2, default=DIMS)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--q-base", type=float, default=Q_BASE)
+    ap.add_argument("--lam", type=float, default=LAM)
+    ap.add_argument("--p-exe", type=float, default=P_EXE)
+    ap.add_argument("--seed", type=int, default=SEED, help="agm's opm.seed")
+    ap.add_argument("--run-seed", type=int, default=RUN_SEED)
+    ap.add_argument("--model-seed", type=int, default=MODEL_SEED)
+    ap.add_argument("--data-seed", type=int, default=DATA_SEED)
+    ap.add_argument("--name", default=NAME)
+    return ap.parse_args()
 
 
 def main():
-    repo = sys.argv[1]
-    out_root = sys.argv[2] if len(sys.argv) > 2 else "tests/fixtures/golden"
+    global B, S, E, H, C, DIMS, LR, Q_BASE, LAM, P_EXE, SEED, RUN_SEED, MODEL_SEED, DATA_SEED, NAME
+    a = parse_args()
+    repo, out_root = a.repo, a.out_root
+    B, S, E, H, C, DIMS, LR = a.batch, a.steps, a.epochs, a.hidden, a.classes, list(a.dims), a.lr
+    Q_BASE, LAM, P_EXE, SEED, RUN_SEED = a.q_base, a.lam, a.p_exe, a.seed, a.run_seed
+    MODEL_SEED, DATA_SEED, NAME = a.model_seed, a.data_seed, a.name
     classifier, official_main, config = h.load_official(repo, H)
 
     cfg = config.Config()
     cfg.parse(
-        {"train": True, "use_adam_drop": True, "use_modulation": False, "q_base": 0.5, "lam": 0.5, "p_exe": 0.7}
+        {"train": True, "use_adam_drop": True, "use_modulation": False, "q_base": Q_BASE, "lam": LAM, "p_exe": P_EXE}
     )
     cfg.d = [H, H]
-    model = h.build(classifier, cfg, DIMS, H, C, seed=1)
+    model = h.build(classifier, cfg, DIMS, H, C, seed=MODEL_SEED)
     init = {n: p.detach().clone() for n, p in model.named_parameters()}
-    xs, label = h.data(DIMS, B, S, C, seed=2)
+    xs, label = h.data(DIMS, B, S, C, seed=DATA_SEED)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_decay_step, gamma=cfg.lr_decay_ratio)
@@ -116,7 +147,7 @@ def main():
         steps.append({"step": k, "epoch": epoch, "loss": float(s["ce"][0]), "values": values})
 
     case = {
-        "case": "opm",
+        "case": NAME,
         "format_version": 1,
         "kind": "method_steps",
         "dtype": "float64",
@@ -143,9 +174,9 @@ def main():
         ),
         "method": "opm",
         "method_config": {
-            "q_base": 0.5,
-            "lambda": 0.5,
-            "p_exe": 0.7,
+            "q_base": Q_BASE,
+            "lambda": LAM,
+            "p_exe": P_EXE,
             "warmup_epochs": 1,
             "theta_gradient": True,
             "seed": SEED,
@@ -157,7 +188,7 @@ def main():
         "parameters": h.parameter_list(init),
         "steps": steps,
     }
-    h.write_case(os.path.join(out_root, "opm"), case, tensors)
+    h.write_case(os.path.join(out_root, NAME), case, tensors)
     for s in steps:
         print(s["step"], s["epoch"], round(s["loss"], 6), s["values"])
 

@@ -6,6 +6,7 @@ Reconcilement", ICML 2024).
 
 Usage:
     python scripts/golden/reconboost/generate.py <extracted official repo> [<agm repo root>]
+        [--name CASE --three --data-seed N ...]  (one extra case; `--help`)
 
 It writes tests/fixtures/golden/reconboost/{case.json,tensors.safetensors} (M = 2, the official
 `train.py`) and tests/fixtures/golden/reconboost3/... (M = 3, the official `train_MSA.py`).
@@ -296,7 +297,7 @@ def fusion_head(modalities, hidden, classes, seed):
 
 
 # ---------------------------------------------------------------- one case
-def run_case(official, out_dir, *, case, three, sizes, hyper, stages, momentum):
+def run_case(official, out_dir, *, case, three, sizes, hyper, stages, momentum, data_seed=None, init_seed=None):
     REC.reset()
     REC.momentum = momentum
     modalities = ["audio", "visual", "text"] if three else ["audio", "visual"]
@@ -304,8 +305,8 @@ def run_case(official, out_dir, *, case, three, sizes, hyper, stages, momentum):
     dims = sizes["input_dims"]
     S = sizes["steps_per_epoch"]
     N = S * B
-    xs, y = data(modalities, dims, N, C, seed=1234 + (3 if three else 2))
-    REC.fixed = fusion_head(modalities, H, C, seed=99 + len(modalities))
+    xs, y = data(modalities, dims, N, C, seed=1234 + (3 if three else 2) if data_seed is None else data_seed)
+    REC.fixed = fusion_head(modalities, H, C, seed=(99 if data_seed is None else data_seed) + len(modalities))
 
     import models.dynamic_net as dn
     import schedule as sched
@@ -370,6 +371,9 @@ def run_case(official, out_dir, *, case, three, sizes, hyper, stages, momentum):
     mod.nn = types.SimpleNamespace(**{k: getattr(nn, k) for k in dir(nn) if not k.startswith("_")})
     mod.nn.MSELoss = RecordingMSE
     mod.check_status = lambda stage: stage < n_stages
+    if init_seed is not None:
+        # the official setup_seed with another seed (it hard-codes 0)
+        mod.setup_seed = lambda: (torch.manual_seed(init_seed), random.seed(init_seed))
 
     E1, E2 = hyper["epochs_per_stage"], hyper["correct_epoch"]
 
@@ -511,6 +515,14 @@ def main():
     ap.add_argument("official")
     ap.add_argument("root", nargs="?", default=None, help="agm repository root (default: from this file's path)")
     ap.add_argument("--momentum-override", type=float, default=None)
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--three", action="store_true")
+    for k in ("data-seed", "init-seed", "batch", "classes", "hidden", "steps", "stages", "epochs-per-stage",
+              "correct-epoch", "head-hidden"):
+        ap.add_argument("--" + k, type=int, default=None)
+    for k in ("weight1", "weight2", "alpha", "boost-rate", "lr"):
+        ap.add_argument("--" + k, type=float, default=None)
+    ap.add_argument("--dims", type=int, nargs="+", default=None)
     a = ap.parse_args()
     official = str(Path(a.official).resolve())
     root = Path(a.root).resolve() if a.root else Path(__file__).resolve().parents[3]
@@ -518,6 +530,8 @@ def main():
     stub_modules()
     out_dir = root / "tests" / "fixtures" / "golden"
     cwd = os.getcwd()
+    if a.name:
+        return extra_case(official, out_dir, a)
     run_case(official, out_dir, case="reconboost", three=False,
              sizes={"batch": 4, "classes": 3, "hidden": 4, "input_dims": [5, 3], "steps_per_epoch": 2},
              hyper={"weight1": 5.0, "weight2": 1.0, "alpha": 0.5, "boost_rate": 1.0, "epochs_per_stage": 2,
@@ -530,6 +544,33 @@ def main():
                     "correct_epoch": 1, "lr": 0.1, "head_hidden": 0},
              stages=4, momentum=a.momentum_override)
     os.chdir(cwd)
+
+
+def extra_case(official, out_dir, a):
+    """One case like the committed one of its modality count, with the given overrides."""
+    if a.three:
+        sizes = {"batch": 4, "classes": 3, "hidden": 4, "input_dims": [3, 4, 5], "steps_per_epoch": 2}
+        hyper = {"weight1": 1.0, "weight2": 0.25, "alpha": 0.5, "boost_rate": 1.0, "epochs_per_stage": 1,
+                 "correct_epoch": 1, "lr": 0.1, "head_hidden": 0}
+        stages = 4
+    else:
+        sizes = {"batch": 4, "classes": 3, "hidden": 4, "input_dims": [5, 3], "steps_per_epoch": 2}
+        hyper = {"weight1": 5.0, "weight2": 1.0, "alpha": 0.5, "boost_rate": 1.0, "epochs_per_stage": 2,
+                 "correct_epoch": 1, "lr": 0.1, "head_hidden": 5}
+        stages = 3
+    for k in ("batch", "classes", "hidden"):
+        if getattr(a, k) is not None:
+            sizes[k] = getattr(a, k)
+    if a.dims:
+        sizes["input_dims"] = a.dims
+    if a.steps is not None:
+        sizes["steps_per_epoch"] = a.steps
+    for k in hyper:
+        if getattr(a, k, None) is not None:
+            hyper[k] = getattr(a, k)
+    run_case(official, out_dir, case=a.name, three=a.three, sizes=sizes, hyper=hyper,
+             stages=a.stages or stages, momentum=a.momentum_override, data_seed=a.data_seed,
+             init_seed=a.init_seed)
 
 
 if __name__ == "__main__":

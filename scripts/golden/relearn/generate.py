@@ -6,6 +6,7 @@ Balanced Multimodal Learning", ECCV 2024).
 
 Usage:
     python generate.py <extracted official repo> [<agm repository root>]
+        [--name CASE --modalities 2|3 --seed N ...]  (one extra case; `--help`)
 
 `<extracted official repo>` is the repository's tree (the folder holding `code/ours.py`), e.g.
 `git --git-dir=<mirror> archive HEAD | tar x -C <folder>`. The fixtures are written
@@ -68,6 +69,7 @@ reinit_epoch 1, reinit_num 2, 4 epochs: re-initialisation after (1-based) epochs
 4 is eligible but over the cap.
 """
 
+import argparse
 import copy
 import importlib
 import json
@@ -560,11 +562,36 @@ def write_case(name, modalities, run, ours, seed, out_root):
     print(f"{name}: {n_steps} steps, diagnoses {json.dumps(diag)}")
 
 
+def parse_args():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parents[3]))
+    ap.add_argument("--name", default=None, help="write one extra case of this name")
+    ap.add_argument("--modalities", type=int, default=2, choices=(2, 3))
+    ap.add_argument("--seed", type=int, default=None)
+    for k, v in (("batch", B), ("steps", S), ("classes", C), ("hidden", H), ("holdout", N_HOLDOUT),
+                 ("test", N_TEST), ("epochs", EPOCHS), ("reinit_epoch", REINIT_EPOCH), ("reinit_num", REINIT_NUM)):
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
+    ap.add_argument("--lr", type=float, default=LR)
+    ap.add_argument("--move-lambda", type=float, default=MOVE_LAMBDA)
+    ap.add_argument("--dims", type=int, nargs=3, default=None, help="audio visual text")
+    return ap.parse_args()
+
+
 def main():
-    repo = sys.argv[1]
-    root = sys.argv[2] if len(sys.argv) > 2 else str(Path(__file__).resolve().parents[3])
+    global B, S, C, H, N_HOLDOUT, N_TEST, EPOCHS, LR, MOVE_LAMBDA, REINIT_EPOCH, REINIT_NUM, DIMS
+    a = parse_args()
+    repo, root = a.repo, a.root
     ours = import_official(repo)
     patch_common(ours)
+    if a.name:
+        B, S, C, H, N_HOLDOUT, N_TEST = a.batch, a.steps, a.classes, a.hidden, a.holdout, a.test
+        EPOCHS, LR, MOVE_LAMBDA, REINIT_EPOCH, REINIT_NUM = a.epochs, a.lr, a.move_lambda, a.reinit_epoch, a.reinit_num
+        if a.dims:
+            DIMS = dict(zip(["audio", "visual", "text"], a.dims))
+        mods = ["audio", "visual", "text"][:a.modalities]
+        write_case(a.name, mods, run_m2 if a.modalities == 2 else run_m3, ours, a.seed or 0, root)
+        return
     write_case("relearn", ["audio", "visual"], run_m2, ours, 26, root)
     write_case("relearn3", ["audio", "visual", "text"], run_m3, ours, 30, root)
 
