@@ -36,6 +36,7 @@ What is swapped, and how:
 Everything runs in float64 on the CPU.
 """
 
+import argparse
 import importlib.util
 import json
 import os
@@ -52,6 +53,25 @@ OFFICIAL_REPO = "GeWu-Lab/BML_TPAMI2024"
 OFFICIAL_COMMIT = "4b3aa4fd841856c4acbebf48549e6c59fbf7635e"
 
 M64 = (1 << 64) - 1
+
+
+def case_arguments(*, batch, steps, epochs, hidden, classes, dims, lr, model_seed, data_seed, name):
+    """The arguments both generators take (the defaults are each one's committed case); the
+    caller adds its method's own and parses."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("repo")
+    ap.add_argument("out_root", nargs="?", default="tests/fixtures/golden")
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--epochs", type=int, default=epochs)
+    ap.add_argument("--hidden", type=int, default=hidden)
+    ap.add_argument("--classes", type=int, default=classes)
+    ap.add_argument("--dims", type=int, nargs=2, default=dims)
+    ap.add_argument("--lr", type=float, default=lr)
+    ap.add_argument("--model-seed", type=int, default=model_seed)
+    ap.add_argument("--data-seed", type=int, default=data_seed)
+    ap.add_argument("--name", default=name)
+    return ap
 
 
 def _rotl(x, r):

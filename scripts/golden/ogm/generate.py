@@ -47,20 +47,11 @@ MODEL_SEED, DATA_SEED, NAME = 3, 4, "ogm_tpami"
 
 
 def parse_args():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("repo")
-    ap.add_argument("out_root", nargs="?", default="tests/fixtures/golden")
-    ap.add_argument("--batch", type=int, default=B)
-    ap.add_argument("--steps", type=int, default=S)
-    ap.add_argument("--epochs", type=int, default=E)
-    ap.add_argument("--hidden", type=int, default=H)
-    ap.add_argument("--classes", type=int, default=C)
-    ap.add_argument("--dims", type=int, nargs=2, default=DIMS)
-    ap.add_argument("--lr", type=float, default=LR)
+    ap = h.case_arguments(
+        batch=B, steps=S, epochs=E, hidden=H, classes=C, dims=DIMS, lr=LR,
+        model_seed=MODEL_SEED, data_seed=DATA_SEED, name=NAME,
+    )
     ap.add_argument("--alpha", type=float, default=ALPHA)
-    ap.add_argument("--model-seed", type=int, default=MODEL_SEED)
-    ap.add_argument("--data-seed", type=int, default=DATA_SEED)
-    ap.add_argument("--name", default=NAME)
     return ap.parse_args()
 
 

@@ -51,24 +51,15 @@ Q_BASE, LAM, P_EXE = 0.5, 0.5, 0.7
 
 
 def parse_args():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("repo")
-    ap.add_argument("out_root", nargs="?", default="tests/fixtures/golden")
-    ap.add_argument("--batch", type=int, default=B)
-    ap.add_argument("--steps", type=int, default=S)
-    ap.add_argument("--epochs", type=int, default=E)
-    ap.add_argument("--hidden", type=int, default=H)
-    ap.add_argument("--classes", type=int, default=C)
-    ap.add_argument("--dims", type=int, nargs=2, default=DIMS)
-    ap.add_argument("--lr", type=float, default=LR)
+    ap = h.case_arguments(
+        batch=B, steps=S, epochs=E, hidden=H, classes=C, dims=DIMS, lr=LR,
+        model_seed=MODEL_SEED, data_seed=DATA_SEED, name=NAME,
+    )
     ap.add_argument("--q-base", type=float, default=Q_BASE)
     ap.add_argument("--lam", type=float, default=LAM)
     ap.add_argument("--p-exe", type=float, default=P_EXE)
     ap.add_argument("--seed", type=int, default=SEED, help="agm's opm.seed")
     ap.add_argument("--run-seed", type=int, default=RUN_SEED)
-    ap.add_argument("--model-seed", type=int, default=MODEL_SEED)
-    ap.add_argument("--data-seed", type=int, default=DATA_SEED)
-    ap.add_argument("--name", default=NAME)
     return ap.parse_args()
 
 
