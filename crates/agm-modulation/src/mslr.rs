@@ -14,10 +14,9 @@
 //! The new ratio takes effect in epoch `e + 1`. Gradients are scaled only in the epochs of the
 //! modulation window (`window_start..=window_end`, the reference's `--modulation_starts` /
 //! `--modulation_ends`); the end-of-epoch updates run in every epoch, as in the reference. As in
-//! the reference, weight decay (added inside
-//! the optimizer) is not scaled, so this is not exactly a learning-rate change. A memory whose
-//! mean is not a positive finite number leaves the ratio unchanged (the reference would divide
-//! by zero).
+//! the reference, weight decay (added inside the optimizer) is not scaled, so this is not exactly
+//! a learning-rate change. A memory whose mean is not a positive finite number leaves the ratio
+//! unchanged (the reference would divide by zero).
 
 use crate::MethodError;
 use std::collections::VecDeque;
