@@ -131,6 +131,7 @@ fn resumed_config(
         differs("--dataset", flags.dataset.clone(), recorded.dataset.clone()),
         differs("--data", flags.data.clone(), recorded.data.clone()),
         differs("--model", flags.model.clone(), recorded.model.clone()),
+        differs("--init-weights", flags.init_weights.clone(), recorded.init_weights.clone()),
         differs("--preset", flags.preset.clone(), recorded.data_preset.clone()),
         differs("--batch-size", flags.batch_size.map(|v| v.to_string()), recorded.batch_size.to_string()),
         differs("--lr", flags.lr.map(|v| v.to_string()), recorded.optimizer.lr().to_string()),
@@ -406,13 +407,19 @@ mod tests {
             run,
             ..TrainArgs::default()
         };
-        let changed = RunFlags { lr: Some(0.5), precision: Some("bf16".into()), ..RunFlags::default() };
+        let changed = RunFlags {
+            lr: Some(0.5),
+            precision: Some("bf16".into()),
+            init_weights: Some("w.pth".into()),
+            ..RunFlags::default()
+        };
         let err = run(resume(changed, Some("joint"))).unwrap_err();
         let err = err.to_string();
         assert!(
             err.contains("--lr 0.5 (the run has 0.01)")
                 && err.contains("--method joint (the run has agm)")
-                && err.contains("--precision bf16 (the run has fp32)"),
+                && err.contains("--precision bf16 (the run has fp32)")
+                && err.contains("--init-weights w.pth (the run has )"),
             "{err}"
         );
         // The same values, and more epochs, are fine; config.toml then records the new count.

@@ -1,8 +1,9 @@
 //! Checkpoints: one safetensors file holding the model's variables (`model/<name>`), the
 //! optimizer state (`optim/<name>`), the method's snapshots (`snapshot/<k>/model/<name>`,
 //! `snapshot/<k>/optim/<name>`) and, in the header metadata, the trainer and modulator state as
-//! JSON and the name of the method that wrote it (a resume by another method is refused). Written atomically (temporary file, then rename), so a crash never leaves a torn file;
-//! every tensor is checked for NaN and infinity on the way out and on the way in.
+//! JSON and the name of the method that wrote it (a resume by another method is refused).
+//! Written atomically (temporary file, then rename), so a crash never leaves a torn file; every
+//! tensor is checked for NaN and infinity on the way out and on the way in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
