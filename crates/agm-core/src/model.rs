@@ -131,6 +131,14 @@ pub trait MultimodalModel {
         Ok(None)
     }
 
+    /// One logit tensor `[B, classes]` per modality, summing to the full pass's logits, where the
+    /// model's fusion is a sum of per-modality heads (the reference's `_Sum` late-fusion
+    /// models): its own uni-modal predictions, computed from `full.encoder_features`. `None`
+    /// (the default) for every other model.
+    fn modality_logits(&self, _full: &ModelOutput) -> Result<Option<Vec<Tensor>>> {
+        Ok(None)
+    }
+
     /// What [`ShapleyMode::Fast`] does for this model. The default
     /// [`MultimodalModel::shapley_passes`] ignores the mode and always runs the faithful passes.
     fn fast_shapley(&self) -> FastShapley {
@@ -182,6 +190,9 @@ impl<T: MultimodalModel + ?Sized> MultimodalModel for Box<T> {
     }
     fn fuse(&self, features: &[Tensor], train: bool, dropout_seed: u64) -> Result<Option<Tensor>> {
         (**self).fuse(features, train, dropout_seed)
+    }
+    fn modality_logits(&self, full: &ModelOutput) -> Result<Option<Vec<Tensor>>> {
+        (**self).modality_logits(full)
     }
     fn fast_shapley(&self) -> FastShapley {
         (**self).fast_shapley()

@@ -22,6 +22,12 @@ pub trait Fusion: Send + Sync {
     fn mode_dependent(&self) -> bool {
         false
     }
+
+    /// The per-modality logits whose sum is the fusion's logits, for a fusion that sums one head
+    /// per modality; `None` for every other fusion.
+    fn modality_logits(&self, _features: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+        Ok(None)
+    }
 }
 
 /// The fusions agm builds by name.
@@ -154,13 +160,21 @@ struct LateSum {
     heads: Vec<Linear>,
 }
 
+impl LateSum {
+    fn head_logits(&self, features: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.heads.iter().zip(features).map(|(h, f)| h.forward(f)).collect()
+    }
+}
+
 impl Fusion for LateSum {
     fn forward_t(&self, features: &[Tensor], _train: bool, _seed: u64) -> Result<FusionOutput> {
-        let mut logits = self.heads[0].forward(&features[0])?;
-        for (h, f) in self.heads.iter().zip(features).skip(1) {
-            logits = (logits + h.forward(f)?)?;
-        }
+        let per_modality = self.head_logits(features)?;
+        let logits = per_modality.iter().skip(1).try_fold(per_modality[0].clone(), |sum, l| sum + l)?;
         Ok(FusionOutput { logits, fused: Tensor::cat(features, 1)? })
+    }
+
+    fn modality_logits(&self, features: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+        self.head_logits(features).map(Some)
     }
 }
 

@@ -223,6 +223,10 @@ impl MultimodalModel for FusionModel {
         Ok(Some(self.fusion.forward_t(features, train, self.fusion_seed(dropout_seed))?.logits))
     }
 
+    fn modality_logits(&self, full: &ModelOutput) -> Result<Option<Vec<Tensor>>> {
+        self.fusion.modality_logits(&full.encoder_features)
+    }
+
     /// The fast path runs encoders in training mode, so it is exact only without batch norm or
     /// dropout in them.
     fn fast_shapley(&self) -> agm_core::FastShapley {

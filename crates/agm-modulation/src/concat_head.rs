@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{shapley, ForwardPlan, StepCx};
 
-/// Where the uni-modal predictions `t_m` come from (see the module docs).
+/// Where a method's uni-modal predictions `t_m` come from (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UniModal {
-    /// The head split `h_m W_mᵀ + b/M` when the model's head is a linear layer over the
-    /// concatenated features (the official model), otherwise the Shapley mono-modal outputs.
+    /// The model's own uni-modal predictions where it has the ones the method's official code
+    /// reads, otherwise the Shapley mono-modal outputs. For OGM, OPM and InfoReg: the head split
+    /// `h_m W_mᵀ + b/M` when the model's head is a linear layer over the concatenated features;
+    /// for OGM-GE: the per-modality heads of a summed late fusion.
     Auto,
     /// Always the Shapley mono-modal outputs of the masked passes.
     Shapley,

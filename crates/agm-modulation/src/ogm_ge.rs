@@ -3,8 +3,13 @@
 //!
 //! # What one step computes
 //!
-//! 1. Mono-modal outputs `m_x` from the Shapley passes ([`crate::shapley::mono_outputs`], the
-//!    forward plan is [`ForwardPlan::Shapley`] as for AGM), for any number of modalities.
+//! 1. Uni-modal outputs `m_x`, for any number of modalities. With `uni_modal = "auto"` (the
+//!    default), a model whose fusion sums one head per modality (the `-late-sum` presets, the
+//!    reference's `_Sum` models) gives its own per-modality logits from the training pass, as
+//!    the reference reads `out_a, out_v` from those models in late fusion; every other model
+//!    gives the Shapley mono-modal outputs of the masked passes
+//!    ([`crate::shapley::mono_outputs`], the forward plan [`ForwardPlan::Shapley`] as for AGM),
+//!    as the reference does in early fusion. `uni_modal = "shapley"` always takes the latter.
 //! 2. Scores `S_x = Σ_k softmax(m_x)[k, y_k]`: a **sum** over the batch of the true-class
 //!    probability (not a log, not a mean), computed in f64.
 //! 3. The weakest modality `w` is the one with the smallest `S` (on an exact tie, the last of
@@ -59,7 +64,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::shapley;
-use crate::{ClipRule, ForwardPlan, Modulator, StepCx};
+use crate::{ClipRule, ForwardPlan, Modulator, StepCx, UniModal};
 
 /// Below this, `1 − tanh(x)` loses precision to cancellation and the stable form is used.
 const STABLE_BELOW: f64 = 1e-3;
@@ -132,6 +137,8 @@ pub struct OgmGeConfig {
     pub window_end: Option<usize>,
     /// Conditional clipping after the edit (the reference clips every method in early fusion).
     pub clip: Option<ClipRule>,
+    /// `auto` or `shapley`: where the uni-modal outputs come from (see the module docs).
+    pub uni_modal: UniModal,
 }
 
 impl OgmGeConfig {
@@ -147,7 +154,16 @@ impl OgmGeConfig {
             window_start: 0,
             window_end: None,
             clip: Some(ClipRule::outside_band(1.0, 1.0)),
+            uni_modal: UniModal::Auto,
         }
+    }
+
+    /// The AGM repository's CREMA-D late-fusion code path (`run/CREMAD_main.py`, on the summed
+    /// heads model): every encoder and uni-modal head parameter, the heads' outputs as the
+    /// uni-modal responses, noise on, alpha 1.0 (the shared `--alpha` default), over the whole
+    /// run, no clipping.
+    pub fn reference_cremad() -> Self {
+        Self { mode: OgmMode::Paper, alpha: 1.0, window_start: 0, window_end: None, ..Self::paper_cremad() }
     }
 
     /// The official OGM-GE repository on CREMA-D: alpha 0.8 (its README), modulation in its
@@ -161,6 +177,7 @@ impl OgmGeConfig {
             window_start: 1,
             window_end: Some(51),
             clip: None,
+            uni_modal: UniModal::Auto,
         }
     }
 
@@ -176,11 +193,13 @@ impl OgmGeConfig {
     }
 
     /// The preset names [`OgmGeConfig::preset`] accepts.
-    pub const PRESETS: &'static [&'static str] = &["reference-avmnist", "paper-cremad", "paper-vggsound", "av-digits"];
+    pub const PRESETS: &'static [&'static str] =
+        &["reference-avmnist", "reference-cremad", "paper-cremad", "paper-vggsound", "av-digits"];
 
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "reference-avmnist" => Some(Self::reference_avmnist()),
+            "reference-cremad" => Some(Self::reference_cremad()),
             "paper-cremad" => Some(Self::paper_cremad()),
             "paper-vggsound" => Some(Self::paper_vggsound()),
             "av-digits" => Some(Self::av_digits()),
@@ -345,6 +364,9 @@ pub struct OgmGe {
     fixed: Option<Vec<f64>>,
     in_effect: Vec<f64>,
     last: Option<OgmStepStats>,
+    /// Whether the uni-modal outputs are the model's per-modality heads; `None` until the first
+    /// step's full pass shows it (that step runs the masked passes too).
+    heads: Option<bool>,
 }
 
 impl OgmGe {
@@ -355,7 +377,8 @@ impl OgmGe {
             return Err(format!("ogm-ge needs at least 2 modalities, the model has {m}").into());
         }
         let noise_base = mix(cfg.seed, 0);
-        Ok(Self { cfg, m, noise_base, fixed: None, in_effect: vec![1.0; m], last: None })
+        let heads = (cfg.uni_modal == UniModal::Shapley).then_some(false);
+        Ok(Self { cfg, m, noise_base, fixed: None, in_effect: vec![1.0; m], last: None, heads })
     }
 
     /// Mixes the run seed into the noise seed (the registry passes the run's seed).
@@ -385,6 +408,22 @@ impl OgmGe {
         self.last.as_ref()
     }
 
+    /// The uni-modal outputs of this step (see the module docs).
+    fn uni_logits(&mut self, cx: &StepCx<'_>) -> Result<Vec<Tensor>> {
+        if self.heads != Some(false) {
+            match (cx.model.modality_logits(&cx.forward.full)?, self.heads) {
+                (Some(logits), _) => {
+                    self.heads = Some(true);
+                    return Ok(logits);
+                }
+                (None, Some(true)) => candle_core::bail!("ogm-ge: the model stopped giving per-modality logits"),
+                (None, _) => self.heads = Some(false),
+            }
+        }
+        let m = self.m;
+        shapley::mono_outputs(m, |s| cx.forward.logits(s, m))
+    }
+
     /// The parameters this mode edits, per modality.
     pub fn selected(&self, model: &dyn MultimodalModel) -> Vec<Vec<NamedVar>> {
         model
@@ -402,13 +441,16 @@ impl Modulator for OgmGe {
     }
 
     fn forward_plan(&self) -> ForwardPlan {
-        ForwardPlan::Shapley
+        if self.heads == Some(true) {
+            ForwardPlan::Full
+        } else {
+            ForwardPlan::Shapley
+        }
     }
 
     fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
         let m = self.m;
-        let fwd = cx.forward;
-        let mono = shapley::mono_outputs(m, |s| fwd.logits(s, m))?;
+        let mono = self.uni_logits(cx)?;
         let labels = cx.batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let sums = mono.iter().map(|mx| score_sum(mx, &labels)).collect::<Result<Vec<_>>>()?;
         let c = ogm_coefficients(self.cfg.alpha, &sums);
@@ -481,6 +523,7 @@ impl crate::Method for OgmGe {
     fn preset(dataset: &str) -> OgmGeConfig {
         match dataset {
             "avmnist" => OgmGeConfig::reference_avmnist(),
+            "cremad" => OgmGeConfig::reference_cremad(),
             _ => OgmGeConfig::av_digits(),
         }
     }

@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalBatch, MultimodalModel};
-use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
+use agm_fusion::{EncoderLayer, EncoderSpec, FusionKind, FusionModel, LateConcatConfig};
 use agm_modulation::registry;
 use agm_modulation::{
     check_composable, mses_snapshot_tag, ogm_coefficients, Agm, AgmConfig, ClipRule, EpochAction, EpochCx,
-    FirstEpochPolicy, Hooks, Joint, Modulator, Mses, MsesConfig, MsesSchedule, Mslr, MslrConfig, MslrSchedule, OgmGe,
-    OgmGeConfig, OgmMode, Stack, StackMember, StepCx, StepForward,
+    FirstEpochPolicy, ForwardPlan, Hooks, Joint, Modulator, Mses, MsesConfig, MsesSchedule, Mslr, MslrConfig,
+    MslrSchedule, OgmGe, OgmGeConfig, OgmMode, Stack, StackMember, StepCx, StepForward, UniModal,
 };
+use agm_modulation::{ogm_score_sum, shapley};
 use agm_modulation::{BuildCx, MethodSettings};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
@@ -49,6 +50,11 @@ fn input_shape(enc: Enc) -> Vec<usize> {
 
 /// A late concat model over `m` modalities with BatchNorm in every encoder.
 fn model(m: usize, enc: Enc, seed: u64) -> FusionModel {
+    model_with(m, enc, seed, &FusionKind::LateConcat)
+}
+
+/// [`model`]'s encoders joined by `fusion`.
+fn model_with(m: usize, enc: Enc, seed: u64, fusion: &FusionKind) -> FusionModel {
     let layers = match enc {
         Enc::Mlp => vec![
             EncoderLayer::Flatten,
@@ -67,7 +73,7 @@ fn model(m: usize, enc: Enc, seed: u64) -> FusionModel {
     };
     let encoders = NAMES[..m].iter().map(|n| EncoderSpec { modality: n.to_string(), layers: layers.clone() }).collect();
     let cfg = LateConcatConfig { encoders, num_classes: CLASSES, prefix: "net".into() };
-    FusionModel::late_concat(&cfg, seed, DType::F64, &Device::Cpu).unwrap()
+    FusionModel::sequential(&cfg, fusion, seed, DType::F64, &Device::Cpu).unwrap()
 }
 
 /// Batches whose modalities carry different amounts of signal (modality 0 the most).
@@ -290,6 +296,43 @@ fn ogm_noise_is_seeded_by_step_and_has_the_gradient_std() {
     let mean = z.iter().sum::<f64>() / n;
     let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
     assert!(n > 100.0 && mean.abs() < 0.3 && (0.7..1.4).contains(&var), "n {n}, mean {mean}, var {var}");
+}
+
+#[test]
+fn ogm_reads_a_summed_model_s_own_heads_and_the_shapley_outputs_elsewhere() {
+    let batch = &batches(2, Enc::Mlp, 1, 11)[0];
+    let labels = batch.labels.to_vec1::<u32>().unwrap();
+    // The reference's `out_a, out_v` of a `_Sum` model: each head on its encoder's
+    // training-mode feature; the step needs no masked pass once it has seen them.
+    let net = model_with(2, Enc::Mlp, 3, &FusionKind::LateSum);
+    let full =
+        model_with(2, Enc::Mlp, 3, &FusionKind::LateSum).forward(&batch.inputs, &ForwardOpts::train(2, 0)).unwrap();
+    let heads = net.modality_logits(&full).unwrap().unwrap();
+    let sum = (&heads[0] + &heads[1]).unwrap();
+    assert_eq!(sum.to_vec2::<f64>().unwrap(), full.logits.to_vec2::<f64>().unwrap());
+    let want: Vec<f64> = heads.iter().map(|h| ogm_score_sum(h, &labels).unwrap()).collect();
+    let mut o = ogm(OgmMode::Paper, false, 2);
+    assert_eq!(o.forward_plan(), ForwardPlan::Shapley, "not known before the first step");
+    step(&net, &mut o, batch, 1);
+    assert_eq!(o.last_stats().unwrap().score_sum, want);
+    assert_eq!(o.forward_plan(), ForwardPlan::Full);
+    // `uni_modal = "shapley"` on the same model, and `auto` on a concat model: the Shapley
+    // outputs of the masked passes, which differ from the heads'.
+    let shapley = |fusion: &FusionKind, uni_modal| {
+        let cfg = OgmGeConfig { uni_modal, noise: false, ..OgmGeConfig::av_digits() };
+        let mut o = OgmGe::new(cfg, 2).unwrap();
+        // The passes on a twin: a training pass moves the running statistics.
+        let fwd = forward(&model_with(2, Enc::Mlp, 3, fusion), &o, batch);
+        let mono = shapley::mono_outputs(2, |s| fwd.logits(s, 2)).unwrap();
+        step(&model_with(2, Enc::Mlp, 3, fusion), &mut o, batch, 1);
+        assert_eq!(o.forward_plan(), ForwardPlan::Shapley);
+        let want: Vec<f64> = mono.iter().map(|h| ogm_score_sum(h, &labels).unwrap()).collect();
+        assert_eq!(o.last_stats().unwrap().score_sum, want);
+        want
+    };
+    let on_sum = shapley(&FusionKind::LateSum, UniModal::Shapley);
+    assert!(on_sum.iter().zip(&o.last_stats().unwrap().score_sum).all(|(a, b)| (a - b).abs() > 1e-6), "{on_sum:?}");
+    shapley(&FusionKind::LateConcat, UniModal::Auto);
 }
 
 #[test]

@@ -2,18 +2,19 @@
 //! weights and inputs (fixtures written by `scripts/golden/twin_models.py` from the official code,
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
-//! Then AGM training steps of the AV-MNIST paper model against the official training loop
-//! (`scripts/golden/agm_train_steps.py --network official`).
+//! Then training steps of paper models against the official training loop: AGM on AV-MNIST
+//! (`scripts/golden/agm_train_steps.py --network official`) and OGM-GE on CREMA-D's summed-heads
+//! model (`scripts/golden/ogm_ge_twin_steps.py`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{build_preset, PresetOptions};
-use agm_modulation::{Agm, AgmConfig};
+use agm_modulation::{Agm, AgmConfig, Modulator, OgmGe, OgmGeConfig};
 use agm_train::optim::{ParamGroup, Sgd, SgdConfig};
 use agm_train::step::NoObserver;
-use agm_train::{train_step, StepParts};
+use agm_train::{train_step, StepOutcome, StepParts};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
@@ -289,13 +290,13 @@ fn ave_and_mosei_nets_compute_what_their_official_classes_compute() {
 // ---------------------------------------------------------------- AGM steps
 
 #[derive(Deserialize)]
-struct StepsCase {
+struct StepsCase<Step> {
     preset: String,
     hyper: StepsHyper,
     tensors: Vec<TensorRecipe>,
     steps_per_epoch: usize,
     batches: Vec<BatchRecord>,
-    steps: Vec<StepRecord>,
+    steps: Vec<Step>,
     after: HashMap<String, Summary>,
 }
 
@@ -308,41 +309,71 @@ struct StepsHyper {
     modulation_window_epochs: [usize; 2],
 }
 
+/// One batch: its values, or formula inputs (`InputRecipe`, the sample count from the labels).
 #[derive(Deserialize)]
 struct BatchRecord {
+    #[serde(default)]
     inputs: Vec<Vec<f64>>,
+    #[serde(default)]
     shapes: Vec<Vec<usize>>,
+    #[serde(default)]
+    formula_inputs: Vec<InputRecipe>,
     labels: Vec<u32>,
 }
 
+impl BatchRecord {
+    fn batch(&self, dev: &Device) -> MultimodalBatch {
+        let inputs = if self.formula_inputs.is_empty() {
+            self.inputs
+                .iter()
+                .zip(&self.shapes)
+                .map(|(v, s)| Tensor::from_vec(v.clone(), s.as_slice(), dev).unwrap())
+                .collect()
+        } else {
+            self.formula_inputs.iter().map(|r| input(r, self.labels.len(), dev)).collect()
+        };
+        MultimodalBatch::new(inputs, Tensor::new(self.labels.as_slice(), dev).unwrap()).unwrap()
+    }
+}
+
 #[derive(Deserialize)]
-struct StepRecord {
+struct AgmStepRecord {
     loss: f64,
     /// The official wrapper's `scale_a`, `scale_v` during the step's backward.
     hook_scale_in_effect: BTreeMap<String, f64>,
     clip_fired: bool,
 }
 
-/// Four AGM steps (two epochs) of `avmnist-late` from the official `run/AVMNIST_main.py:train`
-/// with its `GradMod` around the official `Later_Fusion_Resnet`: the Shapley passes in evaluation
-/// mode beside the training-mode pass, scores, coefficients, conditional clipping (it fires in
-/// every step) and SGD, on the real ResNet-18s. Compared: every step's loss, coefficients and
-/// clipping decision, then every parameter and running statistic after the last step. The fast
-/// Shapley passes fail it (batch norm), as they should.
-#[test]
-fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/twin_steps/avmnist-late-agm.json");
-    let case: StepsCase = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+#[derive(Deserialize)]
+struct OgmStepRecord {
+    loss: f64,
+    /// `Σ_k softmax(out_m)[k, y_k]` of the heads' outputs, audio then visual.
+    score_sum: [f64; 2],
+    /// Whether the loop edited the gradients (inside its window).
+    edited: bool,
+    /// The coefficients applied (1 and 1 outside the window).
+    coeff: [f64; 2],
+}
+
+fn steps_case<Step: serde::de::DeserializeOwned>(name: &str) -> StepsCase<Step> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/twin_steps/{name}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Runs agm's `train_step` (SGD with the case's settings, faithful Shapley passes) over the case's
+/// batches from the case's weights, calls `check` after each step with its 1-based index, then
+/// compares every parameter and running statistic after the last step.
+fn replay_twin_steps<Step, M: Modulator>(
+    case: &StepsCase<Step>,
+    modulator: &mut M,
+    mut check: impl FnMut(&mut Worst, usize, &StepOutcome, &M),
+) {
     let dev = Device::Cpu;
-    let shapes: Vec<Vec<usize>> = case.batches[0].shapes.iter().map(|s| s[1..].to_vec()).collect();
+    let first = case.batches[0].batch(&dev);
+    let shapes: Vec<Vec<usize>> = first.inputs.iter().map(|t| t.dims()[1..].to_vec()).collect();
     let opts = PresetOptions { input_shapes: Some(shapes), ..PresetOptions::default() };
     let model = build_preset(&case.preset, &opts, 0, DType::F64, &dev).unwrap();
     load_formula_weights(model.as_ref(), &case.tensors, &case.preset);
-
-    let [lo, hi] = case.hyper.modulation_window_epochs;
-    let agm_cfg =
-        AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..AgmConfig::paper_avmnist() };
-    let mut agm = Agm::new(agm_cfg, 2).unwrap();
     let trainable = model.param_groups().trainable();
     let sgd_cfg = SgdConfig {
         lr: case.hyper.lr,
@@ -354,31 +385,17 @@ fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
     let mut sgd = Sgd::new(vec![ParamGroup::new(trainable.clone())], sgd_cfg).unwrap();
     let mut worst = Worst::default();
     assert_eq!(case.batches.len(), case.steps.len());
-    for (k, (b, expected)) in case.batches.iter().zip(&case.steps).enumerate() {
-        let inputs = b
-            .inputs
-            .iter()
-            .zip(&b.shapes)
-            .map(|(v, s)| Tensor::from_vec(v.clone(), s.as_slice(), &dev).unwrap())
-            .collect();
-        let batch = MultimodalBatch::new(inputs, Tensor::new(b.labels.as_slice(), &dev).unwrap()).unwrap();
+    for (k, b) in case.batches.iter().enumerate() {
         let mut parts = StepParts {
             model: model.as_ref(),
-            modulator: &mut agm,
+            modulator: &mut *modulator,
             optimizer: &mut sgd,
             trainable: &trainable,
             shapley: ShapleyMode::Faithful,
         };
         let epoch = k / case.steps_per_epoch + 1;
-        let outcome = train_step(&mut parts, &batch, k + 1, epoch, 0, &mut NoObserver).unwrap();
-        let what = format!("step {}", k + 1);
-        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
-        let coefficients = outcome.coefficients.unwrap();
-        for (m, ours) in ["audio", "visual"].iter().zip(coefficients) {
-            let theirs = expected.hook_scale_in_effect[*m];
-            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
-        }
-        assert_eq!(outcome.clip.is_some_and(|c| c.fired), expected.clip_fired, "{what}: clipping");
+        let outcome = train_step(&mut parts, &b.batch(&dev), k + 1, epoch, 0, &mut NoObserver).unwrap();
+        check(&mut worst, k + 1, &outcome, &*modulator);
     }
     let vars: HashMap<String, Tensor> =
         model.param_groups().all_sorted().into_iter().map(|v| (v.name, v.var.as_tensor().clone())).collect();
@@ -388,4 +405,68 @@ fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
         check_summary(&mut worst, "after the steps", ours, theirs, 0.0, name);
     }
     worst.finish();
+}
+
+/// Four AGM steps (two epochs) of `avmnist-late` from the official `run/AVMNIST_main.py:train`
+/// with its `GradMod` around the official `Later_Fusion_Resnet`: the Shapley passes in evaluation
+/// mode beside the training-mode pass, scores, coefficients, conditional clipping (it fires in
+/// every step) and SGD, on the real ResNet-18s. Compared: every step's loss, coefficients and
+/// clipping decision, then every parameter and running statistic after the last step. The fast
+/// Shapley passes fail it (batch norm), as they should.
+#[test]
+fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
+    let case: StepsCase<AgmStepRecord> = steps_case("avmnist-late-agm");
+    let [lo, hi] = case.hyper.modulation_window_epochs;
+    let agm_cfg =
+        AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..AgmConfig::paper_avmnist() };
+    let mut agm = Agm::new(agm_cfg, 2).unwrap();
+    replay_twin_steps(&case, &mut agm, |worst, k, outcome, _| {
+        let expected = &case.steps[k - 1];
+        let what = format!("step {k}");
+        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
+        let coefficients = outcome.coefficients.clone().unwrap();
+        for (m, ours) in ["audio", "visual"].iter().zip(coefficients) {
+            let theirs = expected.hook_scale_in_effect[*m];
+            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
+        }
+        assert_eq!(outcome.clip.as_ref().is_some_and(|c| c.fired), expected.clip_fired, "{what}: clipping");
+    });
+}
+
+/// Six OGM-GE steps (three epochs, the window the first two) of `cremad-late-sum` from the
+/// official `run/CREMAD_main.py:train` in late fusion on the official `AVClassifier_Sum`: the
+/// uni-modal outputs of its two heads, the score sums, the coefficients (one step damps audio,
+/// the others visual, one of them to exactly 0 in the official code), every encoder and head
+/// gradient of the damped modality scaled, SGD, on the real ResNet-18s; the Gaussian noise is
+/// off on both sides. Compared as the AGM case, with the score sums. Taking the uni-modal outputs
+/// from the Shapley passes instead (`uni_modal = "shapley"`) fails it.
+#[test]
+fn ogm_ge_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
+    let case: StepsCase<OgmStepRecord> = steps_case("cremad-late-sum-ogm-ge");
+    let [lo, hi] = case.hyper.modulation_window_epochs;
+    let cfg = OgmGeConfig {
+        alpha: case.hyper.alpha,
+        noise: false,
+        window_start: lo,
+        window_end: Some(hi),
+        ..OgmGeConfig::reference_cremad()
+    };
+    let mut ogm = OgmGe::new(cfg, 2).unwrap();
+    replay_twin_steps(&case, &mut ogm, |worst, k, outcome, ogm| {
+        let expected = &case.steps[k - 1];
+        let what = format!("step {k}");
+        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
+        let stats = ogm.last_stats().unwrap();
+        assert_eq!(stats.applied, expected.edited, "{what}: inside the window");
+        for (m, (&ours, theirs)) in ["audio", "visual"].iter().zip(stats.score_sum.iter().zip(expected.score_sum)) {
+            worst.check("score sums", || format!("{what} score sum {m}"), ours, theirs, theirs);
+        }
+        let coefficients = outcome.coefficients.clone().unwrap();
+        for (m, (ours, theirs)) in ["audio", "visual"].iter().zip(coefficients.into_iter().zip(expected.coeff)) {
+            // In (0, 1]; agm keeps the official exact 0 at the smallest positive f64.
+            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, 1.0);
+        }
+        assert!(outcome.clip.is_none(), "{what}: no clipping in late fusion");
+    });
+    assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
 }

@@ -243,6 +243,10 @@ fn split(
 
 /// The network of the format: per modality `Linear(d, H)` + ReLU, concat, `Linear(H·M, C)`.
 fn build_model(path: &Path, case: &Case) -> Result<FusionModel, ParityError> {
+    if !(1..=agm_core::Subset::MAX_MODALITIES).contains(&case.modalities.len()) {
+        let max = agm_core::Subset::MAX_MODALITIES;
+        return Err(ParityError::invalid(path, format!("modalities: a case has 1 to {max} modalities")));
+    }
     if case.sizes.input_dims.len() != case.modalities.len() {
         return Err(ParityError::invalid(path, "sizes.input_dims needs one size per modality"));
     }

@@ -12,7 +12,7 @@ use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, NamedVar, ShapleyM
 use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{
     ogm_noise_std, shapley, Agm, AgmConfig, AgmStepStats, ClipRule, Modulator, Objective, OgmGe, OgmGeConfig, OgmMode,
-    OgmStepStats, StepForward, OGM_NOISE_STD_EPS,
+    OgmStepStats, StepForward, UniModal, OGM_NOISE_STD_EPS,
 };
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
@@ -129,6 +129,13 @@ pub(super) fn run(
     if case.dtype != "float64" {
         return Err(invalid(format!("dtype `{}` is not supported (only float64)", case.dtype)));
     }
+    let m = case.modalities.len();
+    if !(2..=Subset::MAX_MODALITIES).contains(&m) {
+        return Err(invalid(format!(
+            "modalities: {m} names; a `train_steps` case has 2 to {} modalities",
+            Subset::MAX_MODALITIES
+        )));
+    }
     for s in &case.grad_stages {
         if !matches!(s.as_str(), "backward" | "modulated" | "final") {
             return Err(invalid(format!("grad_stages: unknown stage `{s}` (allowed: backward, modulated, final)")));
@@ -189,7 +196,6 @@ pub(super) fn run(
         prob_floor: h.prob_floor,
         clip,
     };
-    let m = case.modalities.len();
     let mut replay = match case.method.as_str() {
         "OGM-GE" => {
             if let Some(noise) = &h.ogm_noise {
@@ -208,6 +214,8 @@ pub(super) fn run(
                 window_start: lo,
                 window_end: Some(hi),
                 clip: agm_cfg.clip,
+                // The case runs the early-fusion wrapper, whose uni-modal outputs are Shapley's.
+                uni_modal: UniModal::Shapley,
             };
             let ogm = OgmGe::new(ogm_cfg, m).map_err(|e| invalid(format!("hyper: {e}")))?;
             let shadow_cfg = AgmConfig { window_start: usize::MAX, window_end: None, clip: None, ..agm_cfg };
