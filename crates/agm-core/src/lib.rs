@@ -18,6 +18,7 @@ mod modality;
 mod model;
 mod params;
 pub mod serde_f64;
+pub mod serde_none;
 
 pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};

@@ -22,12 +22,16 @@ pub struct AgmConfig {
     pub window_start: usize,
     /// Last epoch (inclusive); `None` means until the end. After it the last scales stay in
     /// force, as in the reference.
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
     /// Upper clamp on `opt_ratio − ratio` (CREMA-D 10, UR-Funny 7, otherwise none).
+    #[serde(with = "agm_core::serde_none")]
     pub coeff_clamp: Option<f64>,
     /// Floor on the true-class probability in the scores (1e-8; none in UR-Funny).
+    #[serde(with = "agm_core::serde_none")]
     pub prob_floor: Option<f64>,
     /// The conditional clipping the reference applies to AGM runs.
+    #[serde(with = "agm_core::serde_none")]
     pub clip: Option<ClipRule>,
 }
 

@@ -127,6 +127,7 @@ pub struct GBlendConfig {
     /// `delta` (the paper's `ΔG/ΔO²`) or `final` (MultiBench's default `L^V/O²`).
     pub estimator: GBlendEstimator,
     /// Training samples the train loss is measured on (a fixed seeded subset); `None`: all.
+    #[serde(with = "agm_core::serde_none")]
     pub train_samples: Option<usize>,
     /// Batch size of the measurements.
     pub eval_batch_size: usize,

@@ -11,6 +11,7 @@ use crate::{ClipRule, Modulator};
 #[serde(deny_unknown_fields, default)]
 pub struct JointConfig {
     /// The conditional clipping after the backward (none by default).
+    #[serde(with = "agm_core::serde_none")]
     pub clip: Option<ClipRule>,
 }
 

@@ -105,6 +105,7 @@ pub struct MsesConfig {
     /// trains, stopped or not (the reference's `train()` skips MSES there; its default window
     /// is 0..=20, the presets' is the whole run); the end-of-epoch updates, reloads and the
     /// final stop run in every epoch.
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
 }
 

@@ -42,6 +42,7 @@ pub struct MslrConfig {
     /// Last such epoch (inclusive); `None`: until the end. After it gradients are not scaled
     /// (the reference's `train()` skips MSLR outside its window; its default window is 0..=20,
     /// the presets' is the whole run, as for AGM).
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
 }
 

@@ -95,6 +95,7 @@ pub struct OgmConfig {
     /// First epoch (1-based, inclusive) in which gradients are edited.
     pub window_start: usize,
     /// Last epoch (inclusive); absent means until the end.
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
     /// Which parameters are edited: `conv`, `weights` or `all`.
     pub params: OgmParams,

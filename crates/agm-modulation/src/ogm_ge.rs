@@ -134,8 +134,10 @@ pub struct OgmGeConfig {
     /// First epoch (1-based, inclusive) in which gradients are edited.
     pub window_start: usize,
     /// Last epoch (inclusive); `None` means until the end.
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
     /// Conditional clipping after the edit (the reference clips every method in early fusion).
+    #[serde(with = "agm_core::serde_none")]
     pub clip: Option<ClipRule>,
     /// `auto` or `shapley`: where the uni-modal outputs come from (see the module docs).
     pub uni_modal: UniModal,

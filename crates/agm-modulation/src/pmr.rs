@@ -61,6 +61,7 @@ pub struct PmrConfig {
     /// First epoch (1-based, inclusive) with the prototype terms.
     pub window_start: usize,
     /// Last epoch (inclusive); `None` means until the end.
+    #[serde(with = "agm_core::serde_none")]
     pub window_end: Option<usize>,
     /// Batch size of the prototype computation.
     pub eval_batch_size: usize,

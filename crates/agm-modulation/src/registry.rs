@@ -198,6 +198,18 @@ mod tests {
     use super::*;
     use crate::Agm;
 
+    /// A preset written as a table and read back is the same preset: its `None`s (UR-Funny's
+    /// "no probability floor", AVE's "no clipping") must not come back as the defaults' values.
+    #[test]
+    fn every_preset_reads_back_as_itself() {
+        for entry in entries() {
+            for dataset in ["av-digits", "avmnist", "cremad", "urfunny", "ave", "mosei", "synthetic"] {
+                let table = (entry.preset)(dataset);
+                assert_eq!((entry.check)(table.clone()).unwrap(), table, "{} on {dataset}", entry.name);
+            }
+        }
+    }
+
     #[test]
     fn every_listed_method_resolves_and_nothing_else() {
         for name in names() {

@@ -35,6 +35,8 @@ fn document(key: &str, value: toml::Value) -> String {
 /// A value of another type than `v`.
 fn wrong_type(v: &toml::Value) -> toml::Value {
     match v {
+        // An optional setting that is off (`"none"`) takes numbers or tables.
+        toml::Value::String(s) if s == agm_core::serde_none::NONE => toml::Value::Boolean(true),
         toml::Value::String(_) => toml::Value::Integer(7),
         toml::Value::Array(_) => toml::Value::Boolean(true),
         _ => toml::Value::String("fast".into()),

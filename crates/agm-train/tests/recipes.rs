@@ -91,6 +91,22 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
             (alpha, epochs, 16),
             "{dataset}"
         );
+        // Every AGM setting, its `None`s included, through the resolver and a run's config.toml.
+        let preset = <agm_modulation::Agm as agm_modulation::Method>::preset(dataset);
+        let back = RunConfig::from_toml_str(&cfg.to_run_toml("test")).unwrap();
+        assert_eq!(
+            (cfg.method::<agm_modulation::Agm>(), back.method::<agm_modulation::Agm>()),
+            (preset.clone(), preset)
+        );
+    }
+    // The paper's recipes where the reference has no probability floor (UR-Funny) or no
+    // clipping (AVE): resolved and read back from the run's config.toml, both stay off.
+    for (recipe, floor, clip) in [("urfunny-agm-late", false, true), ("ave-agm", true, false)] {
+        let cfg = RunRequest::default().recipe(recipe).set("--data", "data", "x").resolve().unwrap().config;
+        let back = RunConfig::from_toml_str(&cfg.to_run_toml("test")).unwrap();
+        for agm in [cfg.method::<agm_modulation::Agm>(), back.method::<agm_modulation::Agm>()] {
+            assert_eq!((agm.prob_floor.is_some(), agm.clip.is_some()), (floor, clip), "{recipe}: {agm:?}");
+        }
     }
     // Synthetic data with a paper model trains with that model's dataset settings.
     let synthetic = RunRequest::default()
