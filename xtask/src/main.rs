@@ -20,6 +20,9 @@ mod study;
 mod tidy;
 mod train;
 
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::Parser;
 
 /// Counts heap bytes, so run records and benches report the peak of live data.
@@ -51,6 +54,11 @@ fn init_logging() {
 
 fn run(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
     use cli::Command;
+    // Every command that takes `--device cuda` rebuilds itself with CUDA before it does anything
+    // (`train` also for a device set in a config file or recipe).
+    if !cfg!(feature = "cuda") && asks_for_cuda(std::env::args().skip(1)) {
+        return reexec_with_cuda();
+    }
     match args.command {
         Command::Train(t) => train::run(t),
         Command::Eval(e) => eval::run(e),
@@ -92,4 +100,77 @@ pub(crate) fn new_dir(parent: &str, stem: &str) -> anyhow::Result<std::path::Pat
 pub(crate) fn workspace_root() -> std::path::PathBuf {
     let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace");
     xtask_tidy::workspace_of_this_process().unwrap_or_else(|| built.to_path_buf())
+}
+
+/// Whether the command line says `--device cuda` (or `--device=cuda`).
+fn asks_for_cuda(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.windows(2).any(|w| w[0] == "--device" && w[1] == "cuda") || args.iter().any(|a| a == "--device=cuda")
+}
+
+/// The nvcc a CUDA build would use and its release line (`nvcc 12.4 at /usr/local/cuda/bin/nvcc`),
+/// looked for where `scripts/cuda-env.sh` looks: `$NVCC`, `PATH`, `$CUDA_HOME`, `$CUDA_ROOT`,
+/// `/usr/local/cuda`. Checked before any build starts, so a missing toolkit costs a second.
+fn nvcc_release() -> Result<String, String> {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("nvcc")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let candidates: Vec<std::path::PathBuf> = env("NVCC")
+        .into_iter()
+        .chain(on_path)
+        .chain(env("CUDA_HOME").map(|h| h.join("bin/nvcc")))
+        .chain(env("CUDA_ROOT").map(|h| h.join("bin/nvcc")))
+        .chain([std::path::PathBuf::from("/usr/local/cuda/bin/nvcc")])
+        .collect();
+    let nvcc = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or("none was found ($NVCC, PATH, $CUDA_HOME, $CUDA_ROOT, /usr/local/cuda)")?;
+    let out = std::process::Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("{} does not run ({e})", nvcc.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let release = text
+        .split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| format!("`{} --version` did not print its release", nvcc.display()))?;
+    Ok(format!("nvcc {release} at {}", nvcc.display()))
+}
+
+/// `--device cuda` from a binary built without CUDA: run the same command through cargo with
+/// the feature on.
+pub(crate) fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
+    if std::env::var_os("AGM_XTASK_CUDA_REEXEC").is_some() {
+        anyhow::bail!("the cuda build still lacks CUDA support; see docs/cuda.md");
+    }
+    let nvcc = nvcc_release().map_err(|why| {
+        anyhow::anyhow!(
+            "--device cuda needs a build with the `cuda` feature, and that build needs the CUDA compiler nvcc: \
+             {why}. Install the CUDA toolkit, or run `source scripts/cuda-env.sh` (nvcc from PyPI wheels), then \
+             run this command again (docs/cuda.md)"
+        )
+    })?;
+    eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` ({nvcc}; docs/cuda.md)");
+    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "run",
+            "--release",
+            "--target-dir",
+            "target/xtask-cuda",
+            "--package",
+            "xtask",
+            "--features",
+            "cuda",
+            "--",
+        ])
+        .args(std::env::args_os().skip(1))
+        .env("AGM_XTASK_CUDA_REEXEC", "1")
+        .current_dir(crate::workspace_root())
+        .status()
+        .context("running cargo to build the CUDA xtask")?;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

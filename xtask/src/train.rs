@@ -15,11 +15,10 @@ use crate::report;
 
 /// The dataset's reference settings, then `--recipe`, then `--config`, then flags.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
-    let request = args.run.request().set_opt("--method", "method", args.method.clone()).set_opt(
-        "--seed",
-        "seed",
-        args.seed.map(|s| s as i64),
-    );
+    // TOML integers are i64.
+    let seed =
+        args.seed.map(i64::try_from).transpose().map_err(|_| anyhow::anyhow!("--seed must be at most {}", i64::MAX))?;
+    let request = args.run.request().set_opt("--method", "method", args.method.clone()).set_opt("--seed", "seed", seed);
     Ok(request.resolve()?)
 }
 
@@ -44,73 +43,6 @@ fn print_config(resolved: &Resolved) {
     print!("{}", resolved.config.to_toml());
 }
 
-/// The nvcc a CUDA build would use and its release line (`nvcc 12.4 at /usr/local/cuda/bin/nvcc`),
-/// looked for where `scripts/cuda-env.sh` looks: `$NVCC`, `PATH`, `$CUDA_HOME`, `$CUDA_ROOT`,
-/// `/usr/local/cuda`. Checked before any build starts, so a missing toolkit costs a second.
-fn nvcc_release() -> Result<String, String> {
-    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nvcc")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let candidates: Vec<std::path::PathBuf> = env("NVCC")
-        .into_iter()
-        .chain(on_path)
-        .chain(env("CUDA_HOME").map(|h| h.join("bin/nvcc")))
-        .chain(env("CUDA_ROOT").map(|h| h.join("bin/nvcc")))
-        .chain([std::path::PathBuf::from("/usr/local/cuda/bin/nvcc")])
-        .collect();
-    let nvcc = candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or("none was found ($NVCC, PATH, $CUDA_HOME, $CUDA_ROOT, /usr/local/cuda)")?;
-    let out = std::process::Command::new(&nvcc)
-        .arg("--version")
-        .output()
-        .map_err(|e| format!("{} does not run ({e})", nvcc.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let release = text
-        .split("release ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .filter(|_| out.status.success())
-        .ok_or_else(|| format!("`{} --version` did not print its release", nvcc.display()))?;
-    Ok(format!("nvcc {release} at {}", nvcc.display()))
-}
-
-/// `--device cuda` from a binary built without CUDA: run the same command through cargo with
-/// the feature on.
-fn reexec_with_cuda() -> anyhow::Result<ExitCode> {
-    if std::env::var_os("AGM_XTASK_CUDA_REEXEC").is_some() {
-        anyhow::bail!("the cuda build still lacks CUDA support; see docs/cuda.md");
-    }
-    let nvcc = nvcc_release().map_err(|why| {
-        anyhow::anyhow!(
-            "--device cuda needs a build with the `cuda` feature, and that build needs the CUDA compiler nvcc: \
-             {why}. Install the CUDA toolkit, or run `source scripts/cuda-env.sh` (nvcc from PyPI wheels), then \
-             run this command again (docs/cuda.md)"
-        )
-    })?;
-    eprintln!("this xtask was built without CUDA; rebuilding with `--features cuda` ({nvcc}; docs/cuda.md)");
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "run",
-            "--release",
-            "--target-dir",
-            "target/xtask-cuda",
-            "--package",
-            "xtask",
-            "--features",
-            "cuda",
-            "--",
-        ])
-        .args(std::env::args_os().skip(1))
-        .env("AGM_XTASK_CUDA_REEXEC", "1")
-        .current_dir(crate::workspace_root())
-        .status()
-        .context("running cargo to build the CUDA xtask")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
 /// The config of a run to resume: its `config.toml` with the flags that may change on resume
 /// applied (`--epochs`, `--device`), and, when they changed it, the header to rewrite the file
 /// with (the original one plus a line saying what changed). Any other run setting given
@@ -123,7 +55,13 @@ fn resumed_config(
     let recorded = run_dir.read_config()?;
     let flags = &args.run;
     let differs = |flag: &str, given: Option<String>, recorded: String| {
+        let recorded = if recorded.is_empty() { "none".to_string() } else { recorded };
         given.filter(|g| *g != recorded).map(|g| format!("{flag} {g} (the run has {recorded})"))
+    };
+    // The same file however it is spelled (`./w.pth`, `w.pth`).
+    let same_file = |given: &String| {
+        let canonical = |p: &str| std::fs::canonicalize(p).ok();
+        canonical(given).is_some() && canonical(given) == canonical(&recorded.init_weights)
     };
     let conflicts: Vec<String> = [
         differs("--method", args.method.clone(), recorded.method.clone()),
@@ -131,7 +69,7 @@ fn resumed_config(
         differs("--dataset", flags.dataset.clone(), recorded.dataset.clone()),
         differs("--data", flags.data.clone(), recorded.data.clone()),
         differs("--model", flags.model.clone(), recorded.model.clone()),
-        differs("--init-weights", flags.init_weights.clone(), recorded.init_weights.clone()),
+        differs("--init-weights", flags.init_weights.clone().filter(|g| !same_file(g)), recorded.init_weights.clone()),
         differs("--preset", flags.preset.clone(), recorded.data_preset.clone()),
         differs("--batch-size", flags.batch_size.map(|v| v.to_string()), recorded.batch_size.to_string()),
         differs("--lr", flags.lr.map(|v| v.to_string()), recorded.optimizer.lr().to_string()),
@@ -270,7 +208,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     // Before a new run directory exists: a missing toolkit leaves nothing behind.
     if cfg.device == "cuda" && !cfg!(feature = "cuda") {
-        return reexec_with_cuda();
+        return crate::reexec_with_cuda();
     }
     if cfg.device == "cuda" {
         crate::cudnn_notice();
@@ -419,7 +357,7 @@ mod tests {
             err.contains("--lr 0.5 (the run has 0.01)")
                 && err.contains("--method joint (the run has agm)")
                 && err.contains("--precision bf16 (the run has fp32)")
-                && err.contains("--init-weights w.pth (the run has )"),
+                && err.contains("--init-weights w.pth (the run has none)"),
             "{err}"
         );
         // The same values, and more epochs, are fine; config.toml then records the new count.

@@ -260,13 +260,6 @@ impl RunConfig {
             )));
         }
         one_of("synthetic_scale", &self.synthetic_scale, &["small", "reference"])?;
-        let needs_files = !matches!(self.dataset.as_str(), "av-digits" | "synthetic");
-        if needs_files && self.data.is_empty() {
-            return Err(TrainError::Config(format!(
-                "dataset `{}` needs its files: pass --data <folder> or --data hf://<repo-id> (README, section Datasets)",
-                self.dataset
-            )));
-        }
         registry::parse(&self.method)?;
         one_of("device", &self.device, DEVICES)?;
         self.precision()?;
@@ -365,6 +358,14 @@ impl RunConfig {
     /// Where the dataset's files are: `data` as given, or the local snapshot of an `hf://`
     /// reference (downloaded first when online and not cached).
     fn data_path(&self) -> Result<std::path::PathBuf> {
+        // Checked where the files are needed, not in `validate`: a config without them still
+        // prints (`--print-config`).
+        if self.data.is_empty() {
+            return Err(TrainError::Config(format!(
+                "dataset `{}` needs its files: pass --data <folder> or --data hf://<repo-id> (README, section Datasets)",
+                self.dataset
+            )));
+        }
         Ok(agm_data::hub::resolve_data_path(&self.data, &agm_data::hub::HubOptions::from_env())?)
     }
 

@@ -2,6 +2,11 @@
 
 use std::path::PathBuf;
 
+/// What to do about a run that diverged or met NaN: `--resume` keeps every setting but the
+/// epochs and the device, so a lower learning rate or alpha needs a new run.
+const DIVERGED: &str = "start a new run with a lower learning rate or alpha (--resume keeps the run's settings), or \
+                        remove NaN from the inputs and continue from the last checkpoint with --resume";
+
 /// Everything that can stop a run. Messages name the file or field and, where possible, the fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,14 +41,15 @@ pub enum TrainError {
 
     #[error(
         "the loss became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was written \
-         ({checkpoint}); lower the learning rate or alpha, or check the inputs for NaN, then resume with --resume"
+         ({checkpoint}); {diverged}",
+        diverged = DIVERGED
     )]
     NonFiniteLoss { value: f64, epoch: usize, step: usize, checkpoint: String },
 
     #[error(
         "the gradient norm became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was \
-         written ({checkpoint}); lower the learning rate or alpha, or check the inputs for NaN, then resume with \
-         --resume"
+         written ({checkpoint}); {diverged}",
+        diverged = DIVERGED
     )]
     NonFiniteGradient { value: f64, epoch: usize, step: usize, checkpoint: String },
 
@@ -51,16 +57,16 @@ pub enum TrainError {
     /// diverging run's features break the ridge fit).
     #[error(
         "competition strength at the end of epoch {epoch} (mean training loss {loss:.4e}): {reason}; nothing after \
-         the last checkpoint was written ({checkpoint}); remove the cause (for a diverging run: lower the learning \
-         rate or alpha), then resume with --resume"
+         the last checkpoint was written ({checkpoint}); {diverged}",
+        diverged = DIVERGED
     )]
     Competition { epoch: usize, loss: f64, reason: String, checkpoint: String },
 
     /// A checkpoint would hold NaN or infinity; the previous file is left as it was.
     #[error(
-        "refusing to write {path}: tensor `{tensor}` holds NaN or infinity{position}; lower the learning rate \
-         or alpha, or check the inputs for NaN (batch-norm running statistics take them in), then resume from the \
-         last good checkpoint with --resume"
+        "refusing to write {path}: tensor `{tensor}` holds NaN or infinity{position} (batch-norm running \
+         statistics take in NaN inputs); the last good checkpoint is kept; {diverged}",
+        diverged = DIVERGED
     )]
     NonFiniteTensor { path: PathBuf, tensor: String, position: String },
 

@@ -214,7 +214,9 @@ pub struct RunStarted {
 }
 
 /// Trains and evaluates `cfg` into `dir` (see the module docs). The directory's lock is held
-/// for the whole run; a new run refuses a directory that already holds run state.
+/// for the whole run; a new run refuses a directory that already holds run state, and a new run
+/// that fails before its first checkpoint removes what it wrote (the directory too, when that
+/// leaves it empty), so a failed start leaves nothing behind.
 pub fn train_run(
     cfg: &RunConfig,
     dir: &RunDir,
@@ -222,7 +224,24 @@ pub fn train_run(
     opts: &RunOptions,
     callback: &mut dyn Callback,
 ) -> Result<RunOutcome> {
-    let _lock = dir.lock()?;
+    let lock = dir.lock()?;
+    let new = start == RunStart::New && !dir.holds_run_state();
+    let result = run_locked(cfg, dir, start, opts, callback);
+    if result.is_err() && new && !dir.checkpoint().exists() {
+        dir.remove_unstarted();
+    }
+    drop(lock);
+    result
+}
+
+/// [`train_run`] once the directory's lock is held.
+fn run_locked(
+    cfg: &RunConfig,
+    dir: &RunDir,
+    start: RunStart,
+    opts: &RunOptions,
+    callback: &mut dyn Callback,
+) -> Result<RunOutcome> {
     let provenance = Provenance { device: cfg.device.clone(), ..opts.provenance.clone() };
     let has_checkpoint = dir.checkpoint().exists();
     match &start {
@@ -234,15 +253,23 @@ pub fn train_run(
             )));
         }
         RunStart::New => {}
-        RunStart::Resume { header } => {
-            if !has_checkpoint {
-                // Stopped before its first checkpoint: start over from its config, dropping partial rows.
-                dir.truncate_metrics(0)?;
+        RunStart::Resume { .. } if !has_checkpoint => {
+            // A second metrics row means a checkpoint was written after the first epoch.
+            let rows = std::fs::read_to_string(dir.metrics()).map_or(0, |t| t.lines().count());
+            if dir.summary().exists() || rows > 1 {
+                return Err(TrainError::Checkpoint {
+                    path: dir.checkpoint(),
+                    message: format!(
+                        "missing, but {} records finished epochs; the run cannot continue exactly without it: \
+                         restore the file, or start a new run with --out",
+                        dir.root().display()
+                    ),
+                });
             }
-            if let Some(header) = header {
-                write_atomic(&dir.config(), cfg.to_run_toml(header).as_bytes())?;
-            }
+            // Stopped before its first checkpoint: start over from its config, dropping partial rows.
+            dir.truncate_metrics(0)?;
         }
+        RunStart::Resume { .. } => {}
     }
     let resuming = matches!(start, RunStart::Resume { .. }) && has_checkpoint;
     let device = cfg.device()?;
@@ -277,6 +304,10 @@ pub fn train_run(
     }
     if resuming {
         trainer.resume()?;
+    }
+    // Only once the checkpoint was read: a resume that fails leaves the config as it was.
+    if let RunStart::Resume { header: Some(header) } = &start {
+        write_atomic(&dir.config(), cfg.to_run_toml(header).as_bytes())?;
     }
     let shapley = (trainer.modulator().forward_plan() == agm_modulation::ForwardPlan::Shapley)
         .then(|| cfg.describe_shapley(model));

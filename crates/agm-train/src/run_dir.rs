@@ -109,6 +109,18 @@ impl RunDir {
         }
     }
 
+    /// Removes what a run that never reached its first checkpoint wrote here (its config,
+    /// metrics, best weights, report, lock and temporaries), then the directory itself if that
+    /// leaves it empty. Best effort: anything else in the directory stays.
+    pub fn remove_unstarted(&self) {
+        for name in ["config.toml", "metrics.jsonl", "metrics.csv", "best.safetensors", "summary.json", ".lock"] {
+            let _ = std::fs::remove_file(self.root.join(name));
+        }
+        self.remove_stale_temporaries();
+        let _ = std::fs::remove_dir_all(self.root.join("report"));
+        let _ = std::fs::remove_dir(&self.root);
+    }
+
     /// Whether the directory holds anything a run wrote (a config, metrics or a checkpoint).
     pub fn holds_run_state(&self) -> bool {
         [self.config(), self.metrics(), self.checkpoint(), self.best()].iter().any(|p| p.exists())

@@ -183,9 +183,17 @@ pub fn load_weights(model: &dyn MultimodalModel, tensors: &HashMap<String, Tenso
 }
 
 /// Reads a weights file with [`read_state_dict`] and loads it into `model` with
-/// [`load_weights`]; errors name the file.
+/// [`load_weights`]; errors name the file. Weights holding NaN or infinity are refused.
 pub fn load_weights_file(model: &dyn MultimodalModel, path: &Path) -> Result<()> {
     let tensors = read_state_dict(path)?;
+    let mut sorted: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    sorted.sort_by_key(|(k, _)| *k);
+    if let Some(name) = crate::checkpoint::first_non_finite(sorted)? {
+        return Err(TrainError::checkpoint(
+            path,
+            format!("tensor `{name}` holds NaN or infinity; pass finite weights"),
+        ));
+    }
     load_weights(model, &tensors).map_err(|e| match e {
         TrainError::Weights(m) => TrainError::checkpoint(
             path,

@@ -409,7 +409,7 @@ impl<'a> Trainer<'a> {
     fn last_checkpoint(&self) -> String {
         match &self.run_dir {
             Some(d) if d.checkpoint().exists() => d.checkpoint().display().to_string(),
-            Some(d) => format!("none yet in {}", d.root().display()),
+            Some(d) => format!("none yet in {}: no epoch finished", d.root().display()),
             None => "no run directory".to_string(),
         }
     }
@@ -433,7 +433,16 @@ impl<'a> Trainer<'a> {
             ));
         }
         let modulator = ck.meta_json("modulator", &path)?;
-        let loop_state = ck.meta_json("trainer", &path)?;
+        let loop_state: LoopState = ck.meta_json("trainer", &path)?;
+        if loop_state.epochs_done > self.opts.epochs {
+            return Err(TrainError::Config(format!(
+                "{} has {} epochs done; --epochs {} would end it before where it is: pass --epochs {} or more",
+                dir.root().display(),
+                loop_state.epochs_done,
+                self.opts.epochs,
+                loop_state.epochs_done
+            )));
+        }
         let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator };
         self.restore(&state, Restore::Resume, &path)?;
         self.state = loop_state;

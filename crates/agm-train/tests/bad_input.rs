@@ -175,3 +175,74 @@ fn damaged_checkpoints_are_named_and_refused() {
     }
     eprintln!("{} damaged checkpoints, each refused with the file named", cases.len());
 }
+
+/// Every file under `dir` with its length and a hash of its bytes.
+fn contents(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, (usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(contents(&path));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bytes.hash(&mut h);
+            out.insert(path.clone(), (bytes.len(), h.finish()));
+        }
+    }
+    out
+}
+
+#[test]
+fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
+    use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let run = |cfg: &RunConfig, dir: &RunDir, start: RunStart| {
+        train_run(cfg, dir, start, &opts, &mut agm_train::NoCallback).map_err(|e| e.to_string())
+    };
+    let cfg = RunConfig { epochs: 2, ..RunConfig::av_digits() };
+
+    // A new run that diverges in its first epoch: its directory goes; a directory that held
+    // something else keeps that and only that.
+    let sgd = agm_train::optim::SgdConfig::agm_reference(1e6);
+    let diverging = RunConfig { optimizer: agm_train::optim::OptimizerConfig::Sgd(sgd), ..cfg.clone() };
+    let fresh = RunDir::create(tmp.path().join("fresh")).unwrap();
+    let err = run(&diverging, &fresh, RunStart::New).unwrap_err();
+    assert!(
+        err.contains("became NaN at epoch 1") && err.contains("start a new run with a lower learning rate"),
+        "{err}"
+    );
+    assert!(!fresh.root().exists(), "{err}");
+    let shared = RunDir::create(tmp.path().join("shared")).unwrap();
+    std::fs::write(shared.root().join("notes.txt"), "mine").unwrap();
+    run(&diverging, &shared, RunStart::New).unwrap_err();
+    assert_eq!(contents(shared.root()).into_keys().collect::<Vec<_>>(), [shared.root().join("notes.txt")]);
+
+    // A finished run, then resumes that must fail and change nothing.
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    run(&cfg, &dir, RunStart::New).unwrap();
+    let before = contents(dir.root());
+    let changed = Some("A header that must not be written.".to_string());
+    let resume = |cfg: &RunConfig| run(cfg, &dir, RunStart::Resume { header: changed.clone() }).unwrap_err();
+    let err = resume(&RunConfig { epochs: 1, ..cfg.clone() });
+    assert!(err.contains("2 epochs done") && err.contains("--epochs 2 or more"), "{err}");
+    assert_eq!(contents(dir.root()), before, "fewer epochs");
+    let checkpoint = dir.checkpoint();
+    let good = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &good[..good.len() / 2]).unwrap();
+    let err = resume(&RunConfig { epochs: 4, ..cfg.clone() });
+    assert!(err.contains("checkpoint.safetensors"), "{err}");
+    std::fs::write(&checkpoint, &good).unwrap();
+    assert_eq!(contents(dir.root()), before, "a damaged checkpoint");
+    // Without its checkpoint a run with finished epochs cannot continue exactly.
+    std::fs::remove_file(&checkpoint).unwrap();
+    let err = resume(&RunConfig { epochs: 4, ..cfg.clone() });
+    assert!(err.contains("checkpoint.safetensors") && err.contains("missing"), "{err}");
+    std::fs::write(&checkpoint, &good).unwrap();
+    assert_eq!(contents(dir.root()), before, "a missing checkpoint");
+    // And the run still resumes.
+    let outcome = run(&RunConfig { epochs: 3, ..cfg }, &dir, RunStart::Resume { header: changed.clone() }).unwrap();
+    assert_eq!(outcome.run.epochs_done, 3);
+}

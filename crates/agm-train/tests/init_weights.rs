@@ -75,5 +75,18 @@ fn init_weights_that_are_missing_or_do_not_fit_stop_the_run_before_it_writes_any
     let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
     let err = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap_err().to_string();
     assert!(err.contains("ckpt_full_epoch7.pth.tar") && err.contains("do not fit the model"), "{err}");
-    assert!(!dir.holds_run_state(), "a run that could not start left run state behind");
+    assert!(!dir.root().exists(), "a run that could not start left its directory behind");
+
+    // Weights holding NaN: named, refused before training.
+    let nan = tmp.path().join("nan.safetensors");
+    let mut tensors = read_state_dict(&official_checkpoint()).unwrap();
+    let bias = tensors.get_mut("net.audio_encoder.1.bias").unwrap();
+    *bias = bias.affine(0.0, f64::NAN).unwrap();
+    candle_core::safetensors::save(&tensors, &nan).unwrap();
+    let dir = RunDir::create(tmp.path().join("run-nan")).unwrap();
+    let err = train_run(&config("av-digits-early", &nan), &dir, RunStart::New, &opts, &mut NoCallback)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nan.safetensors") && err.contains("`net.audio_encoder.1.bias` holds NaN"), "{err}");
+    assert!(!dir.root().exists());
 }
