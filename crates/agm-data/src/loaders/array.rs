@@ -203,12 +203,13 @@ pub struct NpyFile {
 impl NpyFile {
     /// Maps `path` and checks that the data section holds exactly `prod(shape)` elements.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
+        // A directory opens on Linux, and only its memory map fails ("No such device").
+        super::require_not_dir(path)?;
+        let file = File::open(path).map_err(|source| super::io_err(path, source))?;
         // SAFETY: the map is read-only; a file truncated by another process while mapped would
         // fault, which is the documented risk of memory-mapped reads (datasets are not rewritten
         // while training).
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|source| super::io_err(path, source))?;
         let header = parse_npy_header(&map, path)?;
         let have = map.len() - header.data_offset;
         Self::check_size(&header, have, path)?;

@@ -23,7 +23,7 @@ pub const N_FRAMES: usize = 1 + CLIP_SAMPLES / HOP;
 /// or 1 would make resampling divide by zero or run for hours. The sample count the header
 /// claims must fit in the file.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io { path: path.to_path_buf(), cause: e })?;
+    let bytes = std::fs::read(path).map_err(|e| super::io_err(path, e))?;
     parse_wav(&bytes, path)
 }
 

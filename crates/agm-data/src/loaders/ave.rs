@@ -1,7 +1,8 @@
 //! AVE (AVE-ECCV18 / PSP features): `audio_feature.h5` `[N,10,128]`, `visual_feature.h5`
 //! `[N,10,7,7,512]`, `right_labels.h5` `[N,10,29]` one-hot (28 = background), all under dataset
 //! `avadataset`, and `{train,val,test}_order.h5` (dataset `order`, int row indices). No
-//! normalisation (agm-reference §7.4). Feature dims are taken from the files.
+//! normalisation (agm-reference §7.4). These shapes are required exactly: they are the PSP
+//! net's fixed inputs.
 //!
 //! The split labels are each video's event class (the lowest non-background class present, as
 //! the reference's AVPS target uses; 28 if none); per-segment labels are in
@@ -19,6 +20,11 @@ use crate::error::{DataError, Result};
 /// Outputs per segment (28 events + background).
 pub const CLASSES: usize = 29;
 pub const BACKGROUND: u32 = 28;
+/// One-second segments per video.
+pub const SEGMENTS: usize = 10;
+/// Per-segment feature shapes: VGGish audio, VGG-19 pool5 visual maps (the PSP net's inputs).
+pub const AUDIO_FEATURES: [usize; 1] = [128];
+pub const VISUAL_FEATURES: [usize; 3] = [7, 7, 512];
 
 fn order(root: &Path, name: &str, n_all: usize) -> Result<Vec<usize>> {
     let path = root.join(format!("{name}_order.h5"));
@@ -38,11 +44,14 @@ fn order(root: &Path, name: &str, n_all: usize) -> Result<Vec<usize>> {
 /// Segment labels `[N, segments]` from one-hot rows; each row must have exactly one maximum > 0.
 fn segment_labels(ds: &H5Dataset) -> Result<(Vec<u32>, usize)> {
     let shape = ds.shape().to_vec();
-    if shape.len() != 3 || shape[2] != CLASSES {
+    if shape.len() != 3 || shape[1] != SEGMENTS || shape[2] != CLASSES {
         return Err(DataError::BadShape {
             path: ds.path().to_path_buf(),
             shape,
-            reason: format!("labels must be [N, segments, {CLASSES}]"),
+            reason: format!(
+                "labels must be [N, {SEGMENTS}, {CLASSES}]: one-hot per segment, class {BACKGROUND} = background \
+                 (README.md, section Datasets)"
+            ),
         });
     }
     let v = ds.all_f32()?;
@@ -83,12 +92,20 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
     // Labels first: their shape check guarantees the indexing below.
     let (seg, segments) = segment_labels(&l)?;
     let n = l.shape()[0];
-    for d in [&a, &v] {
-        if d.shape().len() < 3 || d.shape()[0] != n || d.shape()[1] != l.shape()[1] {
+    for (d, what, features) in [
+        (&a, "audio features (VGGish)", &AUDIO_FEATURES[..]),
+        (&v, "visual features (VGG-19 pool5)", &VISUAL_FEATURES[..]),
+    ] {
+        let want: Vec<usize> = [n, SEGMENTS].into_iter().chain(features.iter().copied()).collect();
+        if d.shape() != want.as_slice() {
+            let dims = |s: &[usize]| s.iter().map(usize::to_string).collect::<Vec<_>>().join(", ");
             return Err(DataError::BadShape {
                 path: d.path().to_path_buf(),
                 shape: d.shape().to_vec(),
-                reason: format!("expected [{n}, {}, ...] like right_labels.h5", l.shape()[1]),
+                reason: format!(
+                    "{what} must be [N, {}] with N = {n} rows like right_labels.h5 (README.md, section Datasets)",
+                    dims(&want[1..])
+                ),
             });
         }
     }

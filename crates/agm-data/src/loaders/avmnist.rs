@@ -1,6 +1,8 @@
 //! AV-MNIST (MFAS / MultiBench release): `image/{train,test}_data.npy`,
-//! `audio/{train,test}_data.npy`, `{train,test}_labels.npy`, any numeric dtype, read through
-//! memory maps. Items are `audio/255 → [1,H,W]`, `image/255 → [1,28,28]` (agm-reference §7.1).
+//! `audio/{train,test}_data.npy`, `{train,test}_labels.npy`, any numeric dtype (little-endian,
+//! C order), read through memory maps. Images are `[N, 784]`, spectrograms `[N, H, W]` or
+//! `[N, 1, H, W]` (`112 × 112` in the release), labels `[N]` or `[N, 1]`. Items are
+//! `audio/255 → [1,H,W]`, `image/255 → [1,28,28]` (agm-reference §7.1).
 
 use std::path::Path;
 
@@ -65,6 +67,40 @@ fn check_rows(f: &NpyFile, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Images must be `[N, 784]`: one row of 28×28 pixels per sample, as MultiBench ships them.
+fn check_image(f: &NpyFile) -> Result<()> {
+    if f.shape().len() != 2 || f.shape()[1] != 784 {
+        return Err(DataError::BadShape {
+            path: f.path().to_path_buf(),
+            shape: f.shape().to_vec(),
+            reason: "images must be [N, 784]: one row of 28x28 = 784 pixels per sample (README.md, section Datasets)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Spectrograms must be `[N, H, W]` or `[N, 1, H, W]` with `H, W ≥ 1` (`[N, 112, 112]` in the
+/// release; the ResNet takes other sizes).
+fn check_audio(f: &NpyFile) -> Result<()> {
+    let s = f.shape();
+    let plane = match s.len() {
+        3 => &s[1..],
+        4 if s[1] == 1 => &s[2..],
+        _ => &[][..],
+    };
+    if plane.len() != 2 || plane.contains(&0) {
+        return Err(DataError::BadShape {
+            path: f.path().to_path_buf(),
+            shape: s.to_vec(),
+            reason: "audio must be [N, 112, 112] (or [N, 1, 112, 112]): one H x W spectrogram per sample, \
+                     with H and W at least 1 (README.md, section Datasets)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl AvMnistFiles {
     /// Opens and validates the folder (shapes agree, labels in 0..10).
     pub fn open(root: &Path) -> Result<Self> {
@@ -78,13 +114,11 @@ impl AvMnistFiles {
         check_rows(&train_audio, train_labels.len(), "as train_labels.npy")?;
         check_rows(&test_image, test_labels.len(), "as test_labels.npy")?;
         check_rows(&test_audio, test_labels.len(), "as test_labels.npy")?;
-        if train_image.row_len() != 784 || test_image.row_len() != 784 {
-            let f = if train_image.row_len() != 784 { &train_image } else { &test_image };
-            return Err(DataError::BadShape {
-                path: f.path().to_path_buf(),
-                shape: f.shape().to_vec(),
-                reason: "an image row must hold 784 = 28x28 pixels".into(),
-            });
+        for f in [&train_image, &test_image] {
+            check_image(f)?;
+        }
+        for f in [&train_audio, &test_audio] {
+            check_audio(f)?;
         }
         if train_audio.shape()[1..] != test_audio.shape()[1..] {
             return Err(DataError::BadShape {

@@ -93,7 +93,7 @@ pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes a jpeg, resizes it to `size × size` (bilinear with antialiasing, like PIL's
 /// `Resize`), scales to [0, 1] and normalises with the ImageNet mean/std: `[3, size, size]`.
 pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
+    let bytes = std::fs::read(path).map_err(|source| super::io_err(path, source))?;
     decode_frame(&bytes, path, size)
 }
 

@@ -27,6 +27,7 @@ impl H5Dataset {
     /// Opens dataset `name` of the file at `path`.
     pub fn open(path: &Path, name: &str) -> Result<Self> {
         require(path)?;
+        super::require_not_dir(path)?;
         let file_len = std::fs::metadata(path).map_err(|e| super::io_err(path, e))?.len();
         let file = guard(path, || hdf5_pure::File::open_streaming(path))?;
         Self::from_file(file, file_len, path, name)

@@ -230,8 +230,23 @@ pub fn require_all(id: DatasetId, root: &Path) -> Result<()> {
     Err(DataError::MissingFiles { root: root.to_path_buf(), listing })
 }
 
+/// The error of a failed read of the file `path`: [`DataError::IsDirectory`] when a directory
+/// stands there (the OS says only "Is a directory" or, for a memory map, "No such device"),
+/// else [`DataError::Io`].
 pub(crate) fn io_err(path: &Path, source: std::io::Error) -> DataError {
+    if path.is_dir() {
+        return DataError::IsDirectory { path: path.to_path_buf() };
+    }
     DataError::Io { path: path.to_path_buf(), cause: source }
+}
+
+/// Fails with [`DataError::IsDirectory`] when `path`, where a file is expected, is a directory.
+pub(crate) fn require_not_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        Err(DataError::IsDirectory { path: path.to_path_buf() })
+    } else {
+        Ok(())
+    }
 }
 
 /// Fails with an `Io` (not found) error naming `path` when it does not exist.

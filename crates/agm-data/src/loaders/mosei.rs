@@ -1,6 +1,7 @@
 //! CMU-MOSEI as the UMONS pickles hold it: `{split}_sentences.p` (key → list of words),
-//! `{split}_mels.p` (key → `[T,80]`), `{split}_sentiment.p` (key → score in [-3,3], float, numpy
-//! scalar or 1-element array), optional `token_to_ix.pkl` (agm-reference §7.5).
+//! `{split}_mels.p` (key → `[T,80]` with `T ≥ 1`; another shape is an error naming the key),
+//! `{split}_sentiment.p` (key → score in [-3,3], float, numpy scalar or 1-element array),
+//! optional `token_to_ix.pkl` (agm-reference §7.5).
 //!
 //! Items: text = 60 token ids (0 = pad, unknown = 1) stored as `f32`, audio = the first 60 mel
 //! frames zero-padded `[60,80]`; label = binary sentiment (`s < 0` → 0 else 1). The reference
@@ -23,6 +24,8 @@ pub const CLASSES: usize = 2;
 pub const SEQ_LEN: usize = 60;
 pub const PAD_ID: u32 = 0;
 pub const UNK_ID: u32 = 1;
+/// Mel bands per frame (the MAT net's audio width).
+pub const MEL_BANDS: usize = 80;
 
 /// The reference's `clean`: lower-case; delete `.,'!?"()*#:;`; `-` and `/` become spaces (the
 /// word stays one token).
@@ -39,7 +42,7 @@ fn dict<'a>(path: &Path, v: &'a Py) -> Result<&'a [(Py, Py)]> {
         Py::Dict(d) => Ok(d),
         other => Err(DataError::BadSource {
             path: path.to_path_buf(),
-            reason: format!("top level is a {}, not a dict", other.kind()),
+            reason: format!("top level is {}, not a dict", other.a_kind()),
         }),
     }
 }
@@ -61,7 +64,7 @@ fn words(path: &Path, key: &str, v: &Py) -> Result<Vec<String>> {
             .collect()),
         other => Err(DataError::BadSource {
             path: path.to_path_buf(),
-            reason: format!("sentence of `{key}` is a {}, not a list of words", other.kind()),
+            reason: format!("sentence of `{key}` is {}, not a list of words", other.a_kind()),
         }),
     }
 }
@@ -95,24 +98,29 @@ fn read_split(root: &Path, split: &str, notes: &mut Vec<String>) -> Result<Raw> 
             continue;
         };
         let mel = match mel {
-            Py::Array(a) if a.shape.len() == 2 && a.shape[1] > 0 => (a.shape[0], a.shape[1], a.to_f32()),
+            Py::Array(a) if a.shape.len() == 2 && a.shape[0] > 0 && a.shape[1] == MEL_BANDS => {
+                (a.shape[0], a.shape[1], a.to_f32())
+            }
             Py::Array(a) => {
                 return Err(DataError::BadShape {
                     path: mp.clone(),
                     shape: a.shape.clone(),
-                    reason: format!("mels of `{key}` must be [T, 80]"),
+                    reason: format!(
+                        "mels of `{key}` must be [T, {MEL_BANDS}]: T >= 1 frames of {MEL_BANDS} mel bands \
+                         (README.md, section Datasets)"
+                    ),
                 })
             }
             other => {
                 return Err(DataError::BadSource {
                     path: mp.clone(),
-                    reason: format!("mels of `{key}` is a {}", other.kind()),
+                    reason: format!("mels of `{key}` are {}, not a [T, {MEL_BANDS}] numpy array", other.a_kind()),
                 })
             }
         };
         let y = y.as_f64().ok_or_else(|| DataError::BadSource {
             path: lp.clone(),
-            reason: format!("sentiment of `{key}` is a {}, not a number", y.kind()),
+            reason: format!("sentiment of `{key}` is {}, not a number", y.a_kind()),
         })?;
         if !(-3.0..=3.0).contains(&y) {
             return Err(DataError::BadSource {
@@ -191,24 +199,15 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
     let train = read_split(root, "train", &mut notes)?;
     let valid = read_split(root, "valid", &mut notes)?;
     let test = read_split(root, "test", &mut notes)?;
-    let width = train.mels.iter().chain(&valid.mels).chain(&test.mels).map(|m| m.1).next().unwrap_or(80);
-    for (raw, split) in [(&train, "train"), (&valid, "valid"), (&test, "test")] {
-        if let Some((i, m)) = raw.mels.iter().enumerate().find(|(_, m)| m.1 != width) {
-            return Err(DataError::BadShape {
-                path: root.join(format!("{split}_mels.p")),
-                shape: vec![m.0, m.1],
-                reason: format!("mels of `{}` have {} features but others have {width}", raw.keys[i], m.1),
-            });
-        }
-    }
     let vocab = vocabulary(root, &train)?;
     Ok(LoadedDataset {
         id: super::DatasetId::Mosei,
         modalities: ModalitySet::new(["audio", "text"]),
         classes: CLASSES,
-        train: tensors(&train, &vocab, width),
-        validation: tensors(&valid, &vocab, width),
-        test: tensors(&test, &vocab, width),
+        // `read_split` refused every key whose mels are not [T, 80].
+        train: tensors(&train, &vocab, MEL_BANDS),
+        validation: tensors(&valid, &vocab, MEL_BANDS),
+        test: tensors(&test, &vocab, MEL_BANDS),
         dep: None,
         segment_labels: None,
         notes,

@@ -68,6 +68,20 @@ impl Py {
         }
     }
 
+    /// [`Self::kind`] with its article (`an int`, `a list`), and for an unsupported numpy
+    /// object what it is, for messages such as "`x` is an int, not a numpy array".
+    pub fn a_kind(&self) -> String {
+        match self {
+            Py::Opaque(what) => format!("an unsupported numpy object ({what})"),
+            Py::None => "None".into(),
+            other => {
+                let kind = other.kind();
+                let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+                format!("{article} {kind}")
+            }
+        }
+    }
+
     /// A number (int, float, bool, 0-d or 1-element array) as `f64`.
     pub fn as_f64(&self) -> Option<f64> {
         match self {
@@ -87,7 +101,7 @@ fn err(path: &Path, pos: usize, reason: impl Into<String>) -> DataError {
 
 /// Reads and decodes the pickle file at `path`.
 pub fn read_pickle(path: &Path) -> Result<Py> {
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), cause: source })?;
+    let bytes = std::fs::read(path).map_err(|source| super::io_err(path, source))?;
     parse_pickle(&bytes, path)
 }
 
@@ -259,8 +273,8 @@ impl Vm<'_> {
                 d.extend(pairs(py).ok_or_else(|| err(path, at, "odd number of dict items"))?)
             }
             other => {
-                let kind = other.kind();
-                return Err(err(path, at, format!("{op} on a {kind}")));
+                let kind = other.a_kind();
+                return Err(err(path, at, format!("{op} on {kind}")));
             }
         }
         top.depth = top.depth.max(depth);
@@ -516,11 +530,11 @@ impl Vm<'_> {
     fn call(&self, func: Py, args: Py, at: usize) -> Result<Py> {
         let name = match func {
             Py::Global(n) => n,
-            other => return Err(err(self.path, at, format!("cannot call a {}", other.kind()))),
+            other => return Err(err(self.path, at, format!("cannot call {}", other.a_kind()))),
         };
         let args = match args {
             Py::Tuple(a) => a,
-            other => return Err(err(self.path, at, format!("call arguments are a {}", other.kind()))),
+            other => return Err(err(self.path, at, format!("call arguments are {}", other.a_kind()))),
         };
         let bad = |what: &str| err(self.path, at, format!("bad arguments to {name}: {what}"));
         match name.as_str() {
@@ -561,7 +575,7 @@ impl Vm<'_> {
                 // state = (version, shape, dtype, fortran_order, data)
                 let s = match state {
                     Py::Tuple(s) if s.len() == 5 => s,
-                    other => return Err(err(self.path, at, format!("ndarray state is a {}", other.kind()))),
+                    other => return Err(err(self.path, at, format!("ndarray state is {}", other.a_kind()))),
                 };
                 let shape = match &s[1] {
                     Py::Tuple(t) => ints(t).ok_or_else(|| err(self.path, at, "bad ndarray shape"))?,
@@ -570,7 +584,7 @@ impl Vm<'_> {
                 let dtype = match &s[2] {
                     Py::DType(d) => *d,
                     Py::Opaque(d) => return Ok(Py::Opaque(format!("ndarray of {d}"))),
-                    other => return Err(err(self.path, at, format!("ndarray dtype is a {}", other.kind()))),
+                    other => return Err(err(self.path, at, format!("ndarray dtype is {}", other.a_kind()))),
                 };
                 if s[3] == Py::Bool(true) && shape.len() > 1 {
                     return Err(err(self.path, at, "fortran-order arrays are not supported"));
@@ -582,7 +596,7 @@ impl Vm<'_> {
                         return Err(err(
                             self.path,
                             at,
-                            format!("ndarray data is a {} (object arrays are not supported)", other.kind()),
+                            format!("ndarray data is {} (object arrays are not supported)", other.a_kind()),
                         ))
                     }
                 };
@@ -603,7 +617,7 @@ impl Vm<'_> {
                 }
                 Ok(Py::Dict(d))
             }
-            other => Err(err(self.path, at, format!("BUILD on a {}", other.kind()))),
+            other => Err(err(self.path, at, format!("BUILD on {}", other.a_kind()))),
         }
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! Processing as AGM (`aligned=True, z_norm=False`): rows with all-zero text are dropped; audio
 //! `-inf` → 0; every modality is cut to `[start:]` where `start` is the first non-zero text
-//! step; label `< 1` → 0 else 1. AGM then right-pads each batch to its longest sequence; here
-//! every sample is right-padded to the file's `T` (so shapes are fixed), which keeps the
-//! content at the front exactly as AGM's batches do (only the amount of trailing zeros differs).
+//! step; label `< 1` → 0 else 1 (a non-finite label is an error). AGM then right-pads each
+//! batch to its longest sequence; here every sample is right-padded to the file's `T` (so shapes
+//! are fixed), which keeps the content at the front exactly as AGM's batches do (only the amount
+//! of trailing zeros differs). `T` and every feature width `F` must be at least 1, and a
+//! modality's `F` the same in every split (one model reads them all).
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +28,7 @@ fn get_array(path: &Path, split: &Py, split_name: &str, key: &str) -> Result<Arr
         Some(Py::Array(a)) => Ok(a.clone()),
         Some(other) => Err(DataError::BadSource {
             path: path.to_path_buf(),
-            reason: format!("`{split_name}/{key}` is a {}, not a numpy array", other.kind()),
+            reason: format!("`{split_name}/{key}` is {}, not a numeric numpy array", other.a_kind()),
         }),
         None => Err(DataError::MissingKey { path: path.to_path_buf(), key: format!("{split_name}/{key}") }),
     }
@@ -41,7 +43,9 @@ pub fn pickle_path(path: &Path) -> PathBuf {
     }
 }
 
-fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize)> {
+/// One split: its tensors, the rows dropped for all-zero text, and the `[N, T, F]` shapes of
+/// audio, vision and text as stored.
+fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize, Vec<Vec<usize>>)> {
     let s = root.get(name).ok_or_else(|| DataError::MissingKey { path: path.to_path_buf(), key: name.to_string() })?;
     let mut mods = Vec::new();
     for key in ["audio", "vision", "text"] {
@@ -73,10 +77,28 @@ fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize)> {
             reason: format!("`{name}/labels` must be [N] or [N, 1]"),
         });
     }
+    for (a, key) in mods.iter().zip(["audio", "vision", "text"]) {
+        if a.shape[1] == 0 || a.shape[2] == 0 {
+            return Err(DataError::BadShape {
+                path: path.to_path_buf(),
+                shape: a.shape.clone(),
+                reason: format!("`{name}/{key}` must be [N, T, F] with at least one step T and one feature F per step"),
+            });
+        }
+    }
+    let label_values = labels.to_f64();
+    if let Some((row, v)) = label_values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(DataError::BadSource {
+            path: path.to_path_buf(),
+            reason: format!(
+                "`{name}/labels` sample {row} is {v}; labels must be finite numbers (below 1 is class 0, \
+                 otherwise class 1)"
+            ),
+        });
+    }
     let t = mods[2].shape[1];
     let values: Vec<Vec<f32>> = mods.iter().map(Array::to_f32).collect();
     let widths: Vec<usize> = mods.iter().map(|a| a.shape[2]).collect();
-    let label_values = labels.to_f64();
     let mut data: Vec<Vec<f32>> = vec![Vec::new(); 3];
     let mut out_labels = Vec::new();
     let mut dropped = 0;
@@ -97,7 +119,8 @@ fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize)> {
         out_labels.push(if label_values[i] < 1.0 { 0 } else { 1 });
     }
     let shapes = widths.iter().map(|&w| vec![t, w]).collect();
-    Ok((SplitTensors::new(data, shapes, out_labels), dropped))
+    let stored = mods.into_iter().map(|a| a.shape).collect();
+    Ok((SplitTensors::new(data, shapes, out_labels), dropped, stored))
 }
 
 /// Loads UR-Funny from the pickle (`path` is the file, or a folder holding `humor.pkl`):
@@ -107,15 +130,31 @@ pub fn load(path: &Path) -> Result<LoadedDataset> {
     require(&file)?;
     let root = read_pickle(&file)?;
     if !matches!(root, Py::Dict(_)) {
-        return Err(DataError::BadSource { path: file, reason: format!("top level is a {}, not a dict", root.kind()) });
+        return Err(DataError::BadSource { path: file, reason: format!("top level is {}, not a dict", root.a_kind()) });
     }
     let mut notes = Vec::new();
     let mut parts = Vec::new();
+    let mut stored: Vec<Vec<Vec<usize>>> = Vec::new();
     for name in ["train", "valid", "test"] {
-        let (s, dropped) = split(&file, &root, name)?;
+        let (s, dropped, shapes) = split(&file, &root, name)?;
         if dropped > 0 {
             notes.push(format!("{}: dropped {dropped} `{name}` samples with all-zero text", file.display()));
         }
+        // One model serves every split: a modality's feature width must agree across them.
+        for (m, key) in ["audio", "vision", "text"].into_iter().enumerate() {
+            let (width, first) = (shapes[m][2], stored.first().map(|s| s[m][2]));
+            if let Some(train_width) = first.filter(|&w| w != width) {
+                return Err(DataError::BadShape {
+                    path: file.clone(),
+                    shape: shapes[m].clone(),
+                    reason: format!(
+                        "`{name}/{key}` has {width} features per step but `train/{key}` has {train_width}; \
+                         every split of a modality must have the same feature width"
+                    ),
+                });
+            }
+        }
+        stored.push(shapes);
         parts.push(s);
     }
     let test = parts.pop().expect("3 splits");

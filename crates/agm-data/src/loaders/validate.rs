@@ -2,7 +2,8 @@
 //!
 //! [`super::load`] (which `train` uses) and `cargo xtask data check` both end in
 //! [`validate_splits`], so what trains is exactly what was checked: every split holds samples,
-//! and every input value is finite. Errors name the file (and key) a split or modality came from.
+//! no input has a zero-size dimension, and every input value is finite. Errors name the file
+//! (and key) a split or modality came from.
 
 use std::path::{Path, PathBuf};
 
@@ -62,6 +63,9 @@ pub fn validate_splits(
         for start in (0..s.len()).step_by(CHUNK) {
             let idx: Vec<usize> = (start..(start + CHUNK).min(s.len())).collect();
             let batch = s.batch(&idx, &Device::Cpu)?;
+            if start == 0 {
+                zero_size_dims(id, root, split, modalities, &batch.inputs)?;
+            }
             for (m, t) in batch.inputs.iter().enumerate().take(modalities.len()) {
                 let per = t.dims().iter().skip(1).product::<usize>().max(1);
                 let values = t.flatten_all()?.to_vec1::<f32>()?;
@@ -98,6 +102,35 @@ pub fn validate_splits(
             listing: offenders.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>().join("; "),
         }),
     }
+}
+
+/// Fails when a modality's samples have a zero-size dimension (`inputs` are one batch, its first
+/// dimension the batch): no encoder can read them, and the loaders' own shape checks should have
+/// refused them already, so this is the net under every loader.
+fn zero_size_dims(
+    id: DatasetId,
+    root: &Path,
+    split: &str,
+    modalities: &[&str],
+    inputs: &[candle_core::Tensor],
+) -> Result<()> {
+    for (m, t) in inputs.iter().enumerate().take(modalities.len()) {
+        let sample = &t.dims()[1.min(t.rank())..];
+        if sample.contains(&0) {
+            let (path, field) = source(id, root, split, Some(modalities[m]));
+            let field = field.map(|f| format!(" (`{f}`)")).unwrap_or_default();
+            return Err(DataError::BadShape {
+                path,
+                shape: sample.to_vec(),
+                reason: format!(
+                    "{split} {} samples{field} have a zero-size dimension; every dimension of an input must be at \
+                     least 1 (the layouts are in README.md, section Datasets)",
+                    modalities[m]
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Why a split of dataset `id` can come out empty, and what to give it.
