@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use agm_modulation::Agm;
 use agm_train::concept::default_dir;
@@ -117,6 +118,22 @@ fn resumed_config(
     Ok((cfg, Some(header.join("\n"))))
 }
 
+/// Set by the first Ctrl-C: the run stops after its current step, with a checkpoint.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl-C ends the run at its next step boundary (a checkpoint is written, so
+/// `--resume` continues exactly); a second one exits at once.
+fn stop_on_ctrl_c() {
+    let installed = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: stopping after this step (Ctrl-C again to quit at once)");
+    });
+    // Without a handler (another one is installed) Ctrl-C keeps its default: the process ends.
+    drop(installed);
+}
+
 /// Flags given that the chosen method or dataset does not read.
 fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
     let flags = &args.run;
@@ -172,6 +189,9 @@ impl Callback for TrainOutput<'_> {
         }
     }
     fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Flow::Stop;
+        }
         self.progress.on_step(s)
     }
     fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
@@ -241,15 +261,19 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         dir: dir.root(),
         settings: &settings,
     };
+    stop_on_ctrl_c();
     let outcome = train_run(&cfg, &dir, start, &opts, &mut output)?;
     output.progress.finish();
     let Some(test) = &outcome.test else {
+        let interrupted = INTERRUPTED.load(Ordering::Relaxed);
         println!(
-            "stopped at step {}; continue with `cargo xtask train --resume {}`",
+            "{} at step {}, checkpoint written; continue with `cargo xtask train --resume {}`",
+            if interrupted { "interrupted" } else { "stopped" },
             outcome.run.global_step,
             dir.root().display()
         );
-        return Ok(ExitCode::SUCCESS);
+        // 130: the shell's code for a command ended by Ctrl-C.
+        return Ok(if interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS });
     };
     let modalities = test.modality_names();
     print_summary(&cfg, &outcome.run, test, &modalities, dir.root());

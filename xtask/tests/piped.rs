@@ -43,21 +43,56 @@ fn device_cuda_without_nvcc_stops_before_building_and_names_nvcc() {
         return; // CUDA built in, or a system toolkit: the CUDA path would run, not this case.
     }
     let tmp = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["train", "--device", "cuda", "--epochs", "1"])
+    // Every command that takes --device, before it writes anything.
+    for args in [
+        &["train", "--device", "cuda", "--epochs", "1"][..],
+        &["study", "--methods", "joint", "--seeds", "1", "--device", "cuda"],
+        &["reproduce", "avmnist", "--data", "nowhere", "--device=cuda"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .current_dir(tmp.path())
+            .env("PATH", tmp.path())
+            .env_remove("NVCC")
+            .env_remove("CUDA_HOME")
+            .env_remove("CUDA_ROOT")
+            .env_remove("AGM_XTASK_CUDA_REEXEC")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("nvcc") && stderr.contains("scripts/cuda-env.sh"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("rebuilding"), "no build starts: {stderr}");
+        assert!(!tmp.path().join("runs").exists(), "{args:?}: nothing is written");
+    }
+}
+
+#[test]
+fn ctrl_c_stops_a_run_at_a_step_with_its_checkpoint() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["train", "--epochs", "100000", "--no-concepts", "--out", "run"])
         .current_dir(tmp.path())
-        .env("PATH", tmp.path())
-        .env_remove("NVCC")
-        .env_remove("CUDA_HOME")
-        .env_remove("CUDA_ROOT")
-        .env_remove("AGM_XTASK_CUDA_REEXEC")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("nvcc") && stderr.contains("scripts/cuda-env.sh"), "{stderr}");
-    assert!(!stderr.contains("rebuilding"), "no build starts: {stderr}");
-    assert!(!tmp.path().join("runs").exists(), "nothing is written");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Once an epoch has ended, as a user would press it.
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("epoch ") {
+            break;
+        }
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let last = rest.last().unwrap();
+    assert!(last.starts_with("interrupted at step") && last.contains("--resume"), "{rest:?}");
+    assert!(tmp.path().join("run/checkpoint.safetensors").is_file());
 }
 
 #[test]
