@@ -2,7 +2,7 @@
 //! preset under a given method, on a fixed batch; the kernels against plain candle; the
 //! AV-MNIST loader against the training step.
 
-use agm_core::{MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode};
+use agm_core::{FastShapley, MultimodalBatch, MultimodalModel, NamedVar, ShapleyMode};
 use agm_fusion::PresetOptions;
 use agm_modulation::{Agm, AgmConfig, Joint, Modulator};
 use agm_train::optim::{Optimizer, OptimizerConfig, ParamGroup, SgdConfig};
@@ -41,6 +41,12 @@ impl StepBench {
         let optimizer =
             OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)).build(vec![ParamGroup::new(trainable.clone())])?;
         Ok(Self { method, model, modulator, optimizer, trainable, shapley, step: 0 })
+    }
+
+    /// Whether this arm's step is its own: `agm-fast` on a model without fast Shapley passes
+    /// (`FastShapley::NotSupported`: `mosei-mat`, `ave-psp`) runs the faithful ones, `agm`'s step.
+    pub fn is_distinct_arm(&self) -> bool {
+        self.method != "agm-fast" || self.model.fast_shapley() != FastShapley::NotSupported
     }
 
     /// One full training step on `batch`.

@@ -22,8 +22,9 @@ struct Row {
     model: String,
     modalities: usize,
     batch: usize,
+    /// Per arm; NaN for an arm that is not timed (AGM fast on a model without fast passes).
     ms: [f64; 3],
-    /// Per arm; NaN where the platform reports none.
+    /// Per arm; NaN where the platform reports none or the arm is not timed.
     peak_mib: [f64; 3],
     /// The plain PyTorch step, timed in turn with agm's arms (with `--reference-python`); at the
     /// anchor's precision, fp32 when the bench runs bf16.
@@ -71,28 +72,35 @@ fn time_model(model: &str, args: &BenchArgs, device: &Device) -> anyhow::Result<
         .iter()
         .map(|arm| StepBench::for_preset(model, &opts, arm, device))
         .collect::<candle_core::Result<Vec<_>>>()?;
+    // AGM fast on a model without fast passes would time AGM faithful again: it is left out.
+    let timed: [bool; 3] = std::array::from_fn(|i| benches[i].is_distinct_arm());
     // PyTorch's plain step takes its turns with agm's arms, so load changes hit both sides.
     let mut plain = match (&args.reference_python, reference_case(model)) {
         (Some(python), Some(case)) => Some(PlainTorchStep::start(python, args, case, batch_size)?),
         _ => None,
     };
     let t = {
-        let mut on_batch: Vec<OnBatch<'_>> = benches.iter_mut().map(|b| OnBatch(b, &batch)).collect();
+        let mut on_batch: Vec<OnBatch<'_>> =
+            benches.iter_mut().filter(|b| b.is_distinct_arm()).map(|b| OnBatch(b, &batch)).collect();
         let mut arms: Vec<&mut dyn TimedArm> = on_batch.iter_mut().map(|a| a as &mut dyn TimedArm).collect();
         if let Some(p) = plain.as_mut() {
             arms.push(p);
         }
         interleaved_arm_medians(&mut arms, args.steps)?
     };
-    let plain_ms = plain.is_some().then(|| 1e3 * t[ARMS.len()]);
+    // The medians in order: the timed arms, then the plain step.
+    let mut medians = t.into_iter().map(|s| 1e3 * s);
+    let ms = timed.map(|on| if on { medians.next().expect("one median per timed arm") } else { f64::NAN });
+    let plain_ms = plain.is_some().then(|| medians.next().expect("the plain step's median"));
     // The peaks below build each arm alone: free these first, and end PyTorch's process.
     drop((plain, benches));
     let modalities = batch.inputs.len();
-    let mut peak_mib = [0.0; 3];
-    for (p, arm) in peak_mib.iter_mut().zip(ARMS) {
-        *p = peak_of(model, &opts, arm, batch_size, device)?.unwrap_or(f64::NAN);
+    let mut peak_mib = [f64::NAN; 3];
+    for ((p, arm), on) in peak_mib.iter_mut().zip(ARMS).zip(timed) {
+        if on {
+            *p = peak_of(model, &opts, arm, batch_size, device)?.unwrap_or(f64::NAN);
+        }
     }
-    let ms = [1e3 * t[0], 1e3 * t[1], 1e3 * t[2]];
     Ok(Row { model: model.into(), modalities, batch: batch_size, ms, peak_mib, plain_ms })
 }
 
@@ -257,25 +265,48 @@ fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for model in model_names(args) {
         let r = time_model(model, args, device)?;
-        let p = r.peak_mib;
-        let (peaks, ratio) = (format!("{:.0} / {:.0} / {:.0}", p[0], p[1], p[2]), format!("{:.2}", p[2] / p[0]));
-        let plain = r.plain_ms.unwrap_or(f64::NAN);
-        println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2}x | {:.2}x | {peaks} | {ratio} | {} | {} |",
-            r.model,
-            r.modalities,
-            r.batch,
-            r.ms[0],
-            r.ms[1],
-            r.ms[2],
-            r.ms[1] / r.ms[0],
-            r.ms[2] / r.ms[0],
-            num(plain, 1),
-            times(r.ms[0] / plain),
-        );
+        println!("{}", row_line(&r));
         rows.push(r);
     }
+    let untimed: Vec<&str> = rows.iter().filter(|r| r.ms[2].is_nan()).map(|r| r.model.as_str()).collect();
+    if !untimed.is_empty() {
+        println!();
+        println!("{}", no_fast_note(&untimed));
+    }
     Ok(rows)
+}
+
+/// One model's row of the timing table; `–` for what was not timed or measured.
+fn row_line(r: &Row) -> String {
+    let (ms, p) = (r.ms, r.peak_mib);
+    let plain = r.plain_ms.unwrap_or(f64::NAN);
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} |",
+        r.model,
+        r.modalities,
+        r.batch,
+        num(ms[0], 1),
+        num(ms[1], 1),
+        num(ms[2], 1),
+        times(ms[1] / ms[0]),
+        times(ms[2] / ms[0]),
+        num(p[0], 0),
+        num(p[1], 0),
+        num(p[2], 0),
+        num(p[2] / p[0], 2),
+        num(plain, 1),
+        times(ms[0] / plain),
+    )
+}
+
+/// The footnote of the `–` in the AGM fast cells of `models`.
+fn no_fast_note(models: &[&str]) -> String {
+    format!(
+        "–: {} always {} the faithful Shapley passes (the model has no fast ones), so AGM fast is AGM faithful \
+         and is not timed or counted",
+        models.join(", "),
+        if models.len() == 1 { "runs" } else { "run" }
+    )
 }
 
 /// `--launches`: the kernels, copies and sets of one step of each arm after two warm-up steps
@@ -285,12 +316,18 @@ fn launch_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<()> {
     let cell = |c: &LaunchCounts| format!("{} ({} + {})", c.kernels, c.memcpys, c.memsets);
     println!("| model | batch | kernels (copies + sets) per step: joint | AGM faithful | AGM fast | plain PyTorch | joint / plain PyTorch kernels |");
     println!("|---|---|---|---|---|---|---|");
+    let mut untimed = Vec::new();
     for model in model_names(args) {
         let (opts, batch_size, batch) = model_batch(model, args, device)?;
         let mut cells = Vec::with_capacity(ARMS.len());
         let mut joint_kernels = None;
         for arm in ARMS {
             let mut bench = StepBench::for_preset(model, &opts, arm, device)?;
+            if !bench.is_distinct_arm() {
+                cells.push("–".into());
+                untimed.push(model);
+                continue;
+            }
             for _ in 0..2 {
                 bench.step(&batch)?;
             }
@@ -314,6 +351,10 @@ fn launch_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<()> {
         };
         let plain = plain.map_or_else(|why| format!("not counted: {why}"), |p| cell(&p));
         println!("| {model} | {batch_size} | {} | {plain} | {ratio} |", cells.join(" | "));
+    }
+    if !untimed.is_empty() {
+        println!();
+        println!("{}", no_fast_note(&untimed));
     }
     Ok(())
 }
@@ -543,5 +584,29 @@ fn median(values: &[f64]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agm_fast_shows_a_dash_on_models_that_always_run_the_faithful_passes() {
+        let opts = agm_benches::reference_shapes(4);
+        let arm = |model: &str, arm| StepBench::for_preset(model, &opts, arm, &Device::Cpu).unwrap().is_distinct_arm();
+        assert!(!arm("ave-psp", "agm-fast"));
+        assert!(arm("ave-psp", "agm") && arm("av-digits-late", "agm-fast"));
+        let row = Row {
+            model: "ave-psp".into(),
+            modalities: 2,
+            batch: 2,
+            ms: [40.5, 119.6, f64::NAN],
+            peak_mib: [49.0, 77.0, f64::NAN],
+            plain_ms: None,
+        };
+        assert_eq!(row_line(&row), "| ave-psp | 2 | 2 | 40.5 | 119.6 | – | 2.95x | – | 49 / 77 / – | – | – | – |");
+        let note = no_fast_note(&["ave-psp", "mosei-mat"]);
+        assert!(note.starts_with("–: ave-psp, mosei-mat always run the faithful Shapley passes"), "{note}");
     }
 }

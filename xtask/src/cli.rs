@@ -67,8 +67,9 @@ pub struct RunFlags {
     #[arg(long)]
     pub data: Option<String>,
     /// Model preset: `<family>-<fusion>` with family av-digits, avmnist, cremad or urfunny and
-    /// fusion late, late-sum, early, film, gated or crossmodal; or `ave-psp`, `mosei-mat`
-    /// (default: `<dataset>-late`).
+    /// fusion late, late-sum, early, film, gated or crossmodal; `<family>-uni-<modality>`, one
+    /// modality's encoder and a linear head (e.g. `avmnist-uni-audio`, `urfunny-uni-text`); or
+    /// `ave-psp`, `mosei-mat` (default: `<dataset>-late`).
     #[arg(long)]
     pub model: Option<String>,
     /// Start from these weights instead of the seeded initialisation: a PyTorch state dict or
@@ -140,7 +141,7 @@ pub struct ReproduceArgs {
     /// The dataset's folder (a file for UR-Funny) or `hf://<repo-id>`.
     #[arg(long)]
     pub data: String,
-    /// Seeds per recipe (0..N).
+    /// Seeds per recipe, 1 to 10,000 (seeds 0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     /// Only these recipes (comma-separated; default: every recipe of the dataset).
@@ -149,6 +150,7 @@ pub struct ReproduceArgs {
     /// Fewer epochs than the recipes' (a smoke run; the table says so).
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Samples per training step instead of each recipe's (e.g. to fit a smaller GPU).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// `cpu` or `cuda`.
@@ -157,6 +159,7 @@ pub struct ReproduceArgs {
     /// Output folder (default: runs/reproduce-<dataset>-<date>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// No line per finished run: print only the settings and the final table.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -167,7 +170,7 @@ pub struct StudyArgs {
     /// registered method.
     #[arg(long, default_value = "joint,agm")]
     pub methods: String,
-    /// Number of seeds (0..N).
+    /// Number of seeds, 1 to 10,000 (seeds 0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
     #[command(flatten)]
@@ -178,6 +181,7 @@ pub struct StudyArgs {
     /// Output folder (default: runs/study-<date>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// No line per finished run: print only the settings and the final table.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -198,16 +202,19 @@ pub struct ReportArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ConceptArgs {
+    /// Dataset id; concepts are trained for `av-digits` only in this version.
     #[arg(long, default_value = "av-digits")]
     pub dataset: String,
     /// Modality name (e.g. `audio`, `visual`); all modalities when omitted.
     #[arg(long)]
     pub modality: Option<String>,
-    /// AV-Digits noise preset.
+    /// AV-Digits data preset, as `train --preset` takes it [default: noisy-audio].
     #[arg(long)]
     pub preset: Option<String>,
+    /// Seed of the uni-modal models (initialisation, data order).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Training epochs of each uni-modal model (default: the dataset's, 20 for AV-Digits).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Concepts folder (default: concepts/<dataset>-<preset>).
@@ -288,7 +295,8 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct ParityArgs {
-    /// Case folders (each with case.json and tensors.safetensors).
+    /// Case folders (each with case.json and tensors.safetensors), or folders of them
+    /// (`tests/fixtures/golden` replays every committed case, in sorted order).
     #[arg(required = true)]
     pub cases: Vec<PathBuf>,
 }
@@ -332,6 +340,8 @@ pub struct BenchArgs {
     /// Batch size (the AV-Digits models); the reference-scale presets use `--large-batch-size`.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Batch size of the reference-scale presets (`avmnist-*`, `cremad-*`, `urfunny-*`,
+    /// `ave-psp`, `mosei-mat`).
     #[arg(long, default_value_t = 8)]
     pub large_batch_size: usize,
     /// UR-Funny sequence length for the `urfunny-*` presets.
@@ -381,6 +391,30 @@ mod tests {
             assert!(help.contains(&format!("`{method}`")), "--method help lacks `{method}`:\n{help}");
         }
         assert!(help.contains("agm+ogm-ge"), "{help}");
+    }
+
+    #[test]
+    fn every_flag_of_every_command_has_a_help_line() {
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands() {
+            let commands = std::iter::once(sub).chain(sub.get_subcommands());
+            for command in commands {
+                for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                    if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                        missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                    }
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without a help line: {missing:?}");
+        let help = |name: &str| {
+            let mut cli = super::Cli::command();
+            cli.find_subcommand_mut(name).expect("a command").render_long_help().to_string()
+        };
+        assert!(help("train").contains("`avmnist-uni-audio`"), "{}", help("train"));
+        assert!(help("concept").contains("[default: noisy-audio]"), "{}", help("concept"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use agm_train::concept::{concept_modalities, default_dir, train_concept, ConceptSet};
+use agm_train::concept::{check_concept_dataset, concept_modalities, default_dir, train_concept, ConceptSet};
 use agm_train::run::ConceptStatus;
 use agm_train::{RunConfig, RunSummary};
 
@@ -27,6 +27,8 @@ fn resolve(args: &ConceptArgs) -> anyhow::Result<RunConfig> {
 }
 
 pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {
+    // Before the settings: a paper dataset would otherwise ask for files that do not help.
+    check_concept_dataset(&args.dataset)?;
     let cfg = resolve(&args)?;
     let out = args.out.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
     let data = cfg.load_av_digits()?;
@@ -129,6 +131,27 @@ mod tests {
         assert!(err.contains("loud"), "{err}");
         let err = resolve(&ConceptArgs { dataset: "mnist".into(), ..args }).unwrap_err().to_string();
         assert!(err.contains("mnist"), "{err}");
+    }
+
+    #[test]
+    fn a_dataset_without_concept_models_is_refused_before_anything_starts() {
+        let tmp = tempfile::tempdir().unwrap();
+        for dataset in ["avmnist", "synthetic"] {
+            let out = tmp.path().join(dataset);
+            let args = ConceptArgs {
+                dataset: dataset.into(),
+                modality: None,
+                preset: None,
+                seed: 0,
+                epochs: None,
+                out: Some(out.clone()),
+            };
+            let err = format!("{:#}", run(args).unwrap_err());
+            assert!(err.contains("mono-modal concepts are trained for av-digits only"), "{err}");
+            assert!(err.contains(&format!("dataset `{dataset}` has no uni-modal concept model")), "{err}");
+            assert!(!err.contains("--data"), "concept has no --data flag: {err}");
+            assert!(!out.exists(), "nothing is written for {dataset}");
+        }
     }
 
     #[test]

@@ -36,6 +36,15 @@ fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
     use agm_data::loaders::{self, avmnist, splits, DatasetId, LoadOptions};
 
     let id: DatasetId = dataset.parse()?;
+    if !DatasetId::ALL.contains(&id) {
+        let with_files: Vec<&str> = DatasetId::ALL.iter().map(|d| d.as_str()).collect();
+        let what = if id == DatasetId::AvDigits { "embedded in agm" } else { "generated at run time" };
+        anyhow::bail!(
+            "dataset `{}` has no files to check (it is {what}); `data check` takes {}",
+            id.as_str(),
+            with_files.join(", ")
+        );
+    }
     let root = agm_data::hub::resolve_data_path(spec, &agm_data::hub::HubOptions::from_env())?;
     println!("checking {} at {}", id.as_str(), root.display());
     loaders::require_all(id, &root)?;
@@ -87,4 +96,19 @@ fn counts(labels: &[u32], classes: usize) -> Vec<usize> {
     let mut c = vec![0; classes];
     labels.iter().for_each(|&l| c[(l as usize).min(classes - 1)] += 1);
     c
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_dataset_without_files_gets_one_clear_sentence() {
+        let err = super::check("av-digits", "/nonexistent").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "dataset `av-digits` has no files to check (it is embedded in agm); `data check` takes avmnist, \
+             cremad, urfunny, ave, mosei"
+        );
+        let err = super::check("synthetic", "/nonexistent").unwrap_err().to_string();
+        assert!(err.starts_with("dataset `synthetic` has no files to check (it is generated at run time)"), "{err}");
+    }
 }

@@ -1,12 +1,14 @@
 //! `cargo xtask parity`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::cli::ParityArgs;
 
 pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
+    let cases = case_dirs(&args.cases)?;
     let mut failed = 0;
-    for dir in &args.cases {
+    for dir in &cases {
         match agm_train::parity::run_case(dir) {
             Ok(report) => {
                 println!("{report}");
@@ -20,6 +22,66 @@ pub fn run(args: ParityArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("{} passed, {} failed", args.cases.len() - failed, failed);
+    println!("{} passed, {} failed", cases.len() - failed, failed);
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Whether `dir` is a case folder (it holds `case.json`).
+fn is_case(dir: &Path) -> bool {
+    dir.join("case.json").is_file()
+}
+
+/// The case folders `paths` name: a case folder as it is, and a folder of case folders (no
+/// `case.json` of its own) as its subfolders that hold one, in sorted order. Anything else is
+/// kept, so its replay reports what is wrong with it.
+fn case_dirs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut cases = Vec::new();
+    for path in paths {
+        if !path.is_dir() || is_case(path) {
+            cases.push(path.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let mut inside: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_case(p)).collect();
+        if inside.is_empty() {
+            // A case folder without its case.json: the replay says so.
+            cases.push(path.clone());
+        }
+        inside.sort();
+        cases.extend(inside);
+    }
+    Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_of_cases_expands_to_its_case_folders_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("golden");
+        for case in ["b", "a", "c"] {
+            std::fs::create_dir_all(root.join(case)).unwrap();
+            std::fs::write(root.join(case).join("case.json"), "{}").unwrap();
+        }
+        // Not cases: a document and a folder without case.json.
+        std::fs::write(root.join("FORMAT.md"), "# format").unwrap();
+        std::fs::create_dir_all(root.join("notes")).unwrap();
+        let expanded = case_dirs(std::slice::from_ref(&root)).unwrap();
+        assert_eq!(expanded, ["a", "b", "c"].map(|c| root.join(c)));
+        // Case folders given one by one stay as given, in their order.
+        let given = [root.join("c"), root.join("a")];
+        assert_eq!(case_dirs(&given).unwrap(), given);
+        // A folder without case.json or cases stays, so its replay reports the missing case.json.
+        assert_eq!(case_dirs(&[root.join("notes")]).unwrap(), [root.join("notes")]);
+    }
+
+    #[test]
+    fn the_committed_golden_folder_replays_as_the_readme_says() {
+        let golden = crate::workspace_root().join("tests/fixtures/golden");
+        let cases = case_dirs(std::slice::from_ref(&golden)).unwrap();
+        assert!(cases.len() >= 5 && cases.iter().all(|c| is_case(c)), "{cases:?}");
+        assert!(golden.join("FORMAT.md").is_file(), "tests/fixtures/golden/FORMAT.md, the cases' format, is missing");
+    }
 }

@@ -1,7 +1,7 @@
 //! The progress bar and per-epoch lines of `cargo xtask train`.
 
 use agm_train::{Callback, EpochSummary, Flow, StepSummary};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 /// A transient bar over the samples of one evaluation; draws nothing without a terminal.
 pub struct EvalBar {
@@ -33,6 +33,17 @@ impl EvalBar {
             bar.finish_and_clear();
         }
     }
+}
+
+/// Steps per second with three significant digits or so (`2371/s`, `45.2/s`, `0.83/s`), where
+/// indicatif's `{per_sec}` prints four decimals (`2,370.6457/s`).
+fn rate(per_sec: f64) -> String {
+    let decimals = match per_sec {
+        r if r >= 100.0 => 0,
+        r if r >= 10.0 => 1,
+        _ => 2,
+    };
+    format!("{per_sec:.decimals$}/s")
 }
 
 /// Coefficients by modality name, `audio 0.98 visual 1.02` with `separator` " ", each value as
@@ -77,9 +88,12 @@ impl Callback for Progress {
                 let bar = ProgressBar::new(s.steps_in_epoch as u64);
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {per_sec:.dim} elapsed {elapsed} eta {eta} {msg}",
+                        "epoch {prefix:>3} [{bar:30}] {pos}/{len} {rate:.dim} elapsed {elapsed} eta {eta} {msg}",
                     )
                     .expect("static template")
+                    .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = w.write_str(&rate(s.per_sec()));
+                    })
                     .progress_chars("=> "),
                 );
                 bar
@@ -130,5 +144,15 @@ impl Callback for Progress {
             1e3 * e.mean_step_seconds
         ));
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_step_rate_is_rounded_to_a_few_digits() {
+        assert_eq!(super::rate(2370.6457), "2371/s");
+        assert_eq!(super::rate(45.239), "45.2/s");
+        assert_eq!(super::rate(0.8333), "0.83/s");
     }
 }

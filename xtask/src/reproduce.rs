@@ -141,9 +141,7 @@ pub fn markdown(dataset: &str, seeds: u64, shortened: Option<usize>, rows: &[Rec
 }
 
 pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
-    if args.seeds == 0 {
-        anyhow::bail!("--seeds must be at least 1");
-    }
+    crate::study::check_seeds(args.seeds)?;
     let mut chosen = recipes::for_dataset(&args.dataset);
     if chosen.is_empty() {
         let datasets: std::collections::BTreeSet<String> =
@@ -229,6 +227,26 @@ mod tests {
         for p in PUBLISHED {
             recipes::find(p.recipe).unwrap();
             assert!(p.accuracy > 0.0 && p.accuracy < 100.0);
+        }
+    }
+
+    #[test]
+    fn seeds_are_bounded_before_anything_is_resolved() {
+        for seeds in [0, 1_000_000_000_000] {
+            let err = run(ReproduceArgs {
+                dataset: "avmnist".into(),
+                data: "/nonexistent".into(),
+                seeds,
+                recipes: None,
+                epochs: None,
+                batch_size: None,
+                device: None,
+                out: None,
+                quiet: true,
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("--seeds {seeds} is out of range: pass 1 to 10000")), "{err}");
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! <out>/<method>-seed<k>/   one run directory each (config, metrics, weights, summary.json, report/)
-//! <out>/study.md            mean ± 95% CI over seeds per method, paired differences, pass/fail line
+//! <out>/study.md            mean ± 95% CI over seeds per method, paired differences, verdict lines
+//!                           (no claim under 20 paired seeds)
 //! <out>/study.json          the same table and every run's numbers
 //! <out>/curves.{png,svg}    validation accuracy and the weaker modality's Shapley accuracy per
 //!                           epoch, mean over seeds, one line per method
@@ -159,11 +160,24 @@ pub struct Verdict {
     pub agm: MeanCi,
     /// agm minus joint, paired by seed.
     pub difference: MeanCi,
-    pub pass: bool,
+    /// Whether agm's mean is above joint's; `None` (no claim) under [`SEEDS_FOR_A_CLAIM`] pairs.
+    pub pass: Option<bool>,
 }
 
 /// Seeds a claim that one method beats another needs.
 pub const SEEDS_FOR_A_CLAIM: usize = 20;
+
+/// The most seeds `--seeds` takes (`study` and `reproduce`): each seed is a training run per
+/// method or recipe, so a larger count is a typo, not a plan.
+pub const MAX_SEEDS: u64 = 10_000;
+
+/// `--seeds` checked: 1 to [`MAX_SEEDS`]. Called before anything is allocated per seed.
+pub(crate) fn check_seeds(seeds: u64) -> anyhow::Result<()> {
+    if !(1..=MAX_SEEDS).contains(&seeds) {
+        anyhow::bail!("--seeds {seeds} is out of range: pass 1 to {MAX_SEEDS} (each seed is one training run per method or recipe)");
+    }
+    Ok(())
+}
 
 /// Whether a method's test accuracy differs from the baseline's, paired by seed.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -176,11 +190,16 @@ pub struct AccuracyVerdict {
     pub outcome: String,
 }
 
+/// Whether a paired difference has the [`SEEDS_FOR_A_CLAIM`] pairs every verdict needs.
+fn supports_a_claim(difference: &MeanCi) -> bool {
+    difference.n >= SEEDS_FOR_A_CLAIM
+}
+
 /// What a paired difference supports: `better` or `worse` (its 95% CI excludes 0),
 /// `no-difference` (the CI includes 0) or `too-few-seeds` (under [`SEEDS_FOR_A_CLAIM`] pairs).
 fn claim_outcome(difference: &MeanCi) -> &'static str {
     match difference.half_width {
-        _ if difference.n < SEEDS_FOR_A_CLAIM => "too-few-seeds",
+        _ if !supports_a_claim(difference) => "too-few-seeds",
         Some(h) if difference.mean - h > 0.0 => "better",
         Some(h) if difference.mean + h < 0.0 => "worse",
         _ => "no-difference",
@@ -288,27 +307,34 @@ fn verdict(setup: &StudySetup, rows: &[MethodRow], results: &[RunResult]) -> Opt
         .min_by(|&a, &b| joint.modality_accuracy[a].mean.total_cmp(&joint.modality_accuracy[b].mean))?;
     let (j, a) = (joint.modality_accuracy[weaker], agm.modality_accuracy[weaker]);
     let at = |r: &RunResult| r.test.modality_accuracy.get(weaker).copied().unwrap_or(f64::NAN);
+    let difference = paired(results, "joint", "agm", at);
     Some(Verdict {
         weaker_modality: setup.modalities[weaker].clone(),
         joint: j,
         agm: a,
-        difference: paired(results, "joint", "agm", at),
-        pass: a.mean > j.mean,
+        pass: supports_a_claim(&difference).then_some(a.mean > j.mean),
+        difference,
     })
 }
 
-/// The pass/fail line (on the means), with what the paired interval supports.
+/// The pass/fail line (on the means), with what the paired interval supports; no claim, neither
+/// pass nor fail, under [`SEEDS_FOR_A_CLAIM`] paired seeds.
 pub fn verdict_line(v: &Verdict) -> String {
-    let support = match claim_outcome(&v.difference) {
+    let outcome = claim_outcome(&v.difference);
+    let support = match outcome {
         "better" => "the 95% CI excludes 0: AGM raises it".to_string(),
         "worse" => "the 95% CI excludes 0: AGM lowers it".to_string(),
         "no-difference" => "the 95% CI includes 0: no significant difference".to_string(),
         _ => format!("a claim needs {SEEDS_FOR_A_CLAIM} paired seeds, this study has {}", v.difference.n),
     };
+    let head = match (outcome, v.pass) {
+        ("too-few-seeds", _) | (_, None) => "NO CLAIM",
+        (_, Some(true)) => "PASS",
+        (_, Some(false)) => "FAIL",
+    };
     format!(
-        "**{}**: {CLAIM}. Weaker modality under joint: {}; its test Shapley accuracy {}% (joint) vs {}% (agm), \
+        "**{head}**: {CLAIM}. Weaker modality under joint: {}; its test Shapley accuracy {}% (joint) vs {}% (agm), \
          paired difference {} points (95% CI; {support}).",
-        if v.pass { "PASS" } else { "FAIL" },
         v.weaker_modality,
         v.joint.show(100.0, 2),
         v.agm.show(100.0, 2),
@@ -557,9 +583,7 @@ fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
 
 pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     let methods = parse_methods(&args.methods)?;
-    if args.seeds == 0 {
-        anyhow::bail!("--seeds must be at least 1");
-    }
+    check_seeds(args.seeds)?;
     let resolved = args.run.request().resolve()?;
     let base = resolved.config.clone();
     let configs: Vec<RunConfig> = methods
@@ -693,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_has_means_intervals_differences_and_a_passing_line() {
+    fn the_table_has_means_intervals_differences_and_no_claim_under_twenty_seeds() {
         let results = study([0.40, 0.44, 0.48]);
         let table = summarise(setup(&["joint", "agm"], 3), &results);
         let md = markdown(&table, &results, Some("curves"));
@@ -704,7 +728,7 @@ mod tests {
              | audio Shapley acc. (%) | visual Shapley acc. (%) | step time (ms) | peak memory (MiB) |",
             "| joint | 3 | 92.00 ± 4.97 | — | 93.00 ± 4.97 | 86.00 ± 2.48 | 32.00 ± 4.97 | 3.00 ± 2.48 | 200 ± 0 |",
             "| agm | 3 | 94.00 ± 6.57 | +2.00 ± 2.48 | 95.00 ± 6.57 | 82.00 ± 4.97 | 44.00 ± 9.94 |",
-            "**PASS**: AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds. \
+            "**NO CLAIM**: AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds. \
              Weaker modality under joint: visual; its test Shapley accuracy 32.00 ± 4.97% (joint) vs 44.00 ± 9.94% \
              (agm), paired difference +12.00 ± 4.97 points (95% CI; a claim needs 20 paired seeds, this study has 3).",
             "Competition strength: not measured",
@@ -712,26 +736,48 @@ mod tests {
         ] {
             assert!(md.contains(needle), "study.md lacks\n{needle}\nin\n{md}");
         }
+        // Three seeds: agm's higher mean is no claim, neither in the line nor in the JSON.
         let v = table.verdict.as_ref().unwrap();
-        assert!(v.pass && v.weaker_modality == "visual");
+        assert!(v.pass.is_none() && v.weaker_modality == "visual");
+        assert!(!md.contains("PASS") && !md.contains("FAIL"), "{md}");
         // The JSON carries the same numbers.
         let json = serde_json::to_value(&table).unwrap();
         assert_eq!(json["rows"][1]["test_accuracy_difference"]["n"], 3);
     }
 
+    /// joint and agm over `seeds` seeds; agm's visual (the weaker modality) Shapley accuracy is
+    /// joint's plus `gain`.
+    fn paired_study(seeds: u64, gain: f64) -> Vec<RunResult> {
+        let visual = |seed: u64| 0.30 + 0.01 * (seed % 3) as f64;
+        let joint = (0..seeds).map(|k| result("joint", k, 0.90, 0.85, visual(k)));
+        joint.chain((0..seeds).map(|k| result("agm", k, 0.91, 0.80, visual(k) + gain))).collect()
+    }
+
     #[test]
-    fn the_line_fails_when_agm_does_not_raise_the_weaker_modality() {
-        let results = study([0.29, 0.31, 0.33]);
-        let table = summarise(setup(&["joint", "agm"], 3), &results);
-        let v = table.verdict.as_ref().unwrap();
-        assert!(!v.pass && v.weaker_modality == "visual");
-        let md = markdown(&table, &results, None);
+    fn the_line_passes_or_fails_only_with_twenty_paired_seeds() {
+        let line = |seeds: u64, gain: f64| {
+            let results = paired_study(seeds, gain);
+            let table = summarise(setup(&["joint", "agm"], seeds), &results);
+            let v = table.verdict.clone().unwrap();
+            assert_eq!(v.weaker_modality, "visual");
+            (v.pass, markdown(&table, &results, None))
+        };
+        let (pass, md) = line(20, -0.01);
+        assert_eq!(pass, Some(false));
         assert!(md.contains("**FAIL**: AGM raises the weaker modality's Shapley accuracy above joint's"), "{md}");
-        assert!(md.contains("32.00 ± 4.97% (joint) vs 31.00 ± 4.97% (agm), paired difference -1.00 ± 0.00"), "{md}");
-        assert!(!md.contains("PASS"));
+        assert!(md.contains("paired difference -1.00 ± 0.00 points"), "{md}");
+        assert!(md.contains("AGM lowers it") && !md.contains("PASS"), "{md}");
+        let (pass, md) = line(20, 0.05);
+        assert_eq!(pass, Some(true));
+        assert!(md.contains("**PASS**: AGM raises") && md.contains("AGM raises it)"), "{md}");
         // Equal means do not pass either.
-        let table = summarise(setup(&["joint", "agm"], 3), &study([0.30, 0.32, 0.34]));
-        assert!(!table.verdict.unwrap().pass);
+        assert_eq!(line(20, 0.0).0, Some(false));
+        // Under 20 paired seeds every verdict line, this one and the accuracy line, says no claim.
+        let (pass, md) = line(19, 0.05);
+        assert_eq!(pass, None);
+        assert!(md.contains("**NO CLAIM**: AGM raises") && md.contains("this study has 19)"), "{md}");
+        assert!(md.contains("no claim: 19 paired seed(s), a claim needs 20"), "{md}");
+        assert!(!md.contains("PASS") && !md.contains("FAIL"), "{md}");
     }
 
     #[test]
@@ -819,6 +865,18 @@ mod tests {
         assert_eq!(AccuracyVerdict::of("agm", "joint", ci(19, 0.012, 0.005)).outcome, "too-few-seeds");
         let line = AccuracyVerdict::of("agm", "joint", ci(20, 0.012, 0.005)).line();
         assert!(line.contains("+1.20 ± 0.50 points") && line.contains("agm beats joint"), "{line}");
+    }
+
+    #[test]
+    fn seeds_are_bounded_before_any_run_is_planned() {
+        // Checked first: a huge count fails at once instead of allocating a config per seed.
+        for seeds in [0, MAX_SEEDS + 1, 1_000_000_000_000, u64::MAX] {
+            let args = StudyArgs { methods: "joint,agm".into(), seeds, ..Default::default() };
+            let err = run(args).unwrap_err().to_string();
+            assert!(err.contains(&format!("--seeds {seeds} is out of range: pass 1 to {MAX_SEEDS}")), "{err}");
+        }
+        check_seeds(1).unwrap();
+        check_seeds(MAX_SEEDS).unwrap();
     }
 
     #[test]

@@ -273,15 +273,30 @@ pub fn concept_modalities(set: &ModalitySet, spec: Option<&str>) -> Result<Vec<S
     Ok(out)
 }
 
+/// The model whose encoders `dataset`'s uni-modal concept models take (the encoders every model
+/// preset of the dataset shares); an error for a dataset without concept models.
+fn concept_encoders(dataset: &str) -> Result<LateConcatConfig> {
+    match dataset {
+        // Every `av-digits-*` fusion builds these encoders.
+        "av-digits" => Ok(LateConcatConfig::av_digits()),
+        other => Err(TrainError::Config(format!(
+            "mono-modal concepts are trained for av-digits only in this version; dataset `{other}` has no \
+             uni-modal concept model yet (its runs train without the competition-strength metric)"
+        ))),
+    }
+}
+
+/// An error unless `dataset` has uni-modal concept models; the check [`train_concept`] makes
+/// first, for a caller to make before it starts anything.
+pub fn check_concept_dataset(dataset: &str) -> Result<()> {
+    concept_encoders(dataset).map(drop)
+}
+
 /// The uni-modal model of `modality` for `cfg`'s dataset: the encoder every model preset of the
 /// dataset shares, with a linear head.
 fn unimodal_config(cfg: &RunConfig, modality: &str) -> Result<LateConcatConfig> {
-    let full = match cfg.dataset.as_str() {
-        // Every `av-digits-*` fusion builds these encoders.
-        "av-digits" => LateConcatConfig::av_digits(),
-        other => return Err(TrainError::Config(format!("dataset `{other}` has no uni-modal concept model yet"))),
-    };
-    full.only(modality)
+    concept_encoders(&cfg.dataset)?
+        .only(modality)
         .ok_or_else(|| TrainError::Config(format!("model `{}` has no encoder for modality `{modality}`", cfg.model)))
 }
 
@@ -332,6 +347,7 @@ pub fn train_concept(
     callback: &mut dyn Callback,
 ) -> Result<ConceptManifest> {
     cfg.validate()?;
+    check_concept_dataset(&cfg.dataset)?;
     let device = cfg.device()?;
     let data = cfg.load_av_digits()?;
     concept_modalities(data.modalities(), Some(modality))?;
