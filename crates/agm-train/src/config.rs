@@ -223,6 +223,12 @@ impl RunConfig {
         toml::to_string_pretty(self).expect("the config is plain data")
     }
 
+    /// The `config.toml` sections of the registered methods this run does not use.
+    pub fn unused_method_sections(&self) -> Vec<String> {
+        let used: Vec<String> = self.method.split('+').map(|m| agm_modulation::method::section_of(m.trim())).collect();
+        registry::entries().iter().map(|e| e.section()).filter(|s| !used.contains(s)).collect()
+    }
+
     /// Whether two configs train the same run: equal in every setting but the sections of
     /// methods neither uses (a run directory's `config.toml` leaves those out).
     pub fn same_run(&self, other: &RunConfig) -> bool {
@@ -234,12 +240,8 @@ impl RunConfig {
     /// Reading it back gives a config that trains the same run.
     pub fn to_run_toml(&self, header: &str) -> String {
         let mut table = toml::Table::try_from(self).expect("the config is plain data");
-        let used: Vec<String> = self.method.split('+').map(|m| agm_modulation::method::section_of(m.trim())).collect();
-        for entry in registry::entries() {
-            let section = entry.section();
-            if !used.contains(&section) {
-                table.remove(&section);
-            }
+        for section in self.unused_method_sections() {
+            table.remove(&section);
         }
         let comments: String = header.lines().map(|l| format!("# {l}\n").replace("# \n", "#\n")).collect();
         format!("{comments}{}", toml::to_string_pretty(&table).expect("the config is plain data"))

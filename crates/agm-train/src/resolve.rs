@@ -178,9 +178,12 @@ impl RunRequest {
         let config = check(&current, &Origin::Dataset(dataset))?;
         config.validate()?;
         let defaults = leaves(&embedded);
+        // Settings of methods the run does not use do not change it.
+        let unused: Vec<String> = config.unused_method_sections().into_iter().map(|s| format!("{s}.")).collect();
         let settings = leaves(&current)
             .into_iter()
             .filter(|(key, value)| defaults.get(key) != Some(value))
+            .filter(|(key, _)| !unused.iter().any(|s| key.starts_with(s)))
             .filter_map(|(key, value)| {
                 let (origin, overrides) = origins.get(&key)?.clone();
                 Some(Setting { key, value: value.to_string(), origin, overrides })

@@ -179,7 +179,7 @@ pub fn attach_concepts<'a>(
     train_missing: bool,
 ) -> Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
     let all = data.modalities.names().to_vec();
-    let (Some(dep), "av-digits") = (&data.dep, cfg.dataset.as_str()) else {
+    let (Some(dep), true) = (&data.dep, crate::concept::check_concept_dataset(&cfg.dataset).is_ok()) else {
         return Ok((None, ConceptStatus { dir, missing: all, supported: false }));
     };
     let missing = |set: &Option<ConceptSet>| match set {

@@ -78,6 +78,9 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
     assert_eq!(cfg.method::<agm_modulation::Agm>(), agm_modulation::AgmConfig::paper_avmnist());
     let epochs = resolved.settings.iter().find(|s| s.key == "epochs").unwrap();
     assert_eq!(epochs.to_string(), "epochs = 999 (avmnist default)");
+    // AV-MNIST's OGM-GE settings differ from the embedded ones, but an AGM run does not use them.
+    assert!(resolved.settings.iter().any(|s| s.key.starts_with("agm.")), "{:?}", resolved.settings);
+    assert!(!resolved.settings.iter().any(|s| s.key.starts_with("ogm_ge.")), "{:?}", resolved.settings);
     for (dataset, alpha, epochs) in [("cremad", 1.5, 1500), ("urfunny", 4.0, 800), ("ave", 1.0, 10), ("mosei", 1.0, 10)]
     {
         let cfg = RunRequest::default()
