@@ -49,7 +49,15 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
             all
         }
     } else if is_pytorch(&name) {
-        read_pytorch(path).map_err(|e| unreadable(format!("not a readable PyTorch zip file ({e})")))?
+        read_pytorch(path).map_err(|e| {
+            let legacy = if is_legacy_pytorch(path) {
+                "; it is in PyTorch's legacy format (`_use_new_zipfile_serialization=False`): save it again with \
+                 `torch.save(torch.load(f), f)` in Python"
+            } else {
+                ""
+            };
+            unreadable(format!("not a readable PyTorch zip file ({e}){legacy}"))
+        })?
     } else {
         return Err(unreadable("the file name has no known extension".into()));
     };
@@ -57,6 +65,14 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         return Err(unreadable("the file holds no tensors".into()));
     }
     Ok(tensors)
+}
+
+/// Whether the file starts as PyTorch's pre-1.6 format does: a pickled protocol-2 long, the
+/// format's magic number 0x1950a86a20f9469cfc6c.
+fn is_legacy_pytorch(path: &Path) -> bool {
+    const MAGIC: [u8; 14] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+    let mut head = [0u8; 14];
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && head == MAGIC
 }
 
 fn read_pytorch(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
@@ -341,6 +357,22 @@ mod tests {
             let err = read_state_dict(&path).unwrap_err().to_string();
             assert!(err.contains(&path.display().to_string()) && err.contains(ACCEPTED_FORMATS), "{err}");
         }
+    }
+
+    #[test]
+    fn a_legacy_pytorch_file_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The first bytes `torch.save(..., _use_new_zipfile_serialization=False)` writes.
+        let path = tmp.path().join("legacy.pth");
+        std::fs::write(
+            &path,
+            [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e],
+        )
+        .unwrap();
+        let err = read_state_dict(&path).unwrap_err().to_string();
+        assert!(err.contains("legacy.pth") && err.contains("legacy format") && err.contains("torch.save"), "{err}");
+        std::fs::write(&path, b"not a checkpoint").unwrap();
+        assert!(!read_state_dict(&path).unwrap_err().to_string().contains("legacy format"));
     }
 
     #[test]
