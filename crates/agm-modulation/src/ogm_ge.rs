@@ -165,7 +165,7 @@ impl OgmGeConfig {
     /// uni-modal responses, noise on, alpha 1.0 (the shared `--alpha` default), over the whole
     /// run, no clipping.
     pub fn reference_cremad() -> Self {
-        Self { mode: OgmMode::Paper, alpha: 1.0, window_start: 0, window_end: None, ..Self::paper_cremad() }
+        Self { alpha: 1.0, window_start: 0, window_end: None, ..Self::paper_cremad() }
     }
 
     /// The official OGM-GE repository on CREMA-D: alpha 0.8 (its README), modulation in its

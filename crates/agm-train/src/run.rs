@@ -179,7 +179,8 @@ pub fn attach_concepts<'a>(
     train_missing: bool,
 ) -> Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
     let all = data.modalities.names().to_vec();
-    let (Some(dep), true) = (&data.dep, crate::concept::check_concept_dataset(&cfg.dataset).is_ok()) else {
+    let supported = crate::concept::check_concept_dataset(&cfg.dataset).is_ok();
+    let Some(dep) = data.dep.as_ref().filter(|_| supported) else {
         return Ok((None, ConceptStatus { dir, missing: all, supported: false }));
     };
     let missing = |set: &Option<ConceptSet>| match set {
