@@ -101,6 +101,12 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
             (cfg.method::<agm_modulation::Agm>(), back.method::<agm_modulation::Agm>()),
             (preset.clone(), preset)
         );
+        // And every other setting of every method.
+        for method in agm_modulation::registry::names() {
+            let cfg = RunConfig { method: method.to_string(), ..cfg.clone() };
+            let back = RunConfig::from_toml_str(&cfg.to_run_toml("test")).unwrap();
+            assert!(back.same_run(&cfg), "{dataset} {method}:\n{}", cfg.to_run_toml(""));
+        }
     }
     // The paper's recipes where the reference has no probability floor (UR-Funny) or no
     // clipping (AVE): resolved and read back from the run's config.toml, both stay off.
