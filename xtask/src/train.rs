@@ -118,6 +118,29 @@ fn resumed_config(
     Ok((cfg, Some(header.join("\n"))))
 }
 
+/// Why `--resume` of a finished run has nothing to train (its `summary.json` says it finished
+/// `cfg.epochs` epochs, or its method stopped it), and what to do instead.
+fn nothing_to_resume(dir: &RunDir, start: &RunStart, cfg: &RunConfig) -> Option<String> {
+    if *start == RunStart::New {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.summary()).ok()?;
+    let done: agm_train::run::RunOutcome = serde_json::from_str(&text).ok()?;
+    let eval = format!("evaluate it with `cargo xtask eval {} --split test`", dir.root().display());
+    let epochs = done.run.epochs_done;
+    if done.run.stopped_early && epochs < done.config.epochs {
+        Some(format!("{} is finished: its method stopped training after epoch {epochs}; {eval}", dir.root().display()))
+    } else if cfg.epochs == epochs {
+        Some(format!(
+            "{} is finished: it trained its {epochs} epochs; pass --epochs {} or more to train on, or {eval}",
+            dir.root().display(),
+            epochs + 1
+        ))
+    } else {
+        None
+    }
+}
+
 /// Set by the first Ctrl-C: the run stops after its current step, with a checkpoint.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -245,6 +268,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             (RunDir::open(crate::new_dir("runs", &name)?)?, RunStart::New)
         }
     };
+    if let Some(note) = nothing_to_resume(&dir, &start, &cfg) {
+        println!("{note}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let concepts_dir = args.concepts.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
     let opts = RunOptions {
         provenance: crate::provenance::of_this_process(started),
@@ -388,9 +415,15 @@ mod tests {
         run(resume(RunFlags { epochs: Some(3), lr: Some(0.01), ..RunFlags::default() }, Some("agm"))).unwrap();
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
         assert!(config.contains("epochs = 3") && config.contains("# Resumed ") && config.contains("# Command: "));
+        // Finished: nothing to resume at the same epoch count, and the command says so.
+        let recorded = RunDir::open(&out).unwrap().read_config().unwrap();
+        let start = RunStart::Resume { header: None };
+        let note = nothing_to_resume(&RunDir::open(&out).unwrap(), &start, &recorded).unwrap();
+        assert!(note.contains("is finished: it trained its 3 epochs") && note.contains("--epochs 4"), "{note}");
+        run(resume(RunFlags::default(), None)).unwrap();
         // Held by another run, the directory is refused.
         let lock = RunDir::open(&out).unwrap().lock().unwrap();
-        let err = run(resume(RunFlags::default(), None)).unwrap_err().to_string();
+        let err = run(resume(RunFlags { epochs: Some(4), ..RunFlags::default() }, None)).unwrap_err().to_string();
         assert!(err.contains("in use by another run"), "{err}");
         drop(lock);
         assert!(out.join("summary.json").exists() && out.join("best.safetensors").exists());
