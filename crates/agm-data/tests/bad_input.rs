@@ -622,8 +622,24 @@ fn ave_features_of_other_shapes_than_the_documented_ones_are_refused() {
         std::fs::write(&visual, &good_visual).unwrap();
     }
     // Labels with another segment count than 10.
-    write_h5(&dir.path().join("right_labels.h5"), &[6, 5, 29]);
+    let labels = dir.path().join("right_labels.h5");
+    let good_labels = std::fs::read(&labels).unwrap();
+    write_h5(&labels, &[6, 5, 29]);
     fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["right_labels.h5", "[6, 5, 29]", "[N, 10, 29]"]);
+    // One-hot rows whose one entry is NaN or negative are no labels (the NaN became its class).
+    for (bad, shown) in [(f32::NAN, "is NaN"), (-1.0, "is -1")] {
+        let mut values = vec![0f32; 6 * 10 * 29];
+        for row in values.chunks_exact_mut(29) {
+            row[3] = 1.0;
+        }
+        values[29 * 13 + 3] = bad;
+        let mut b = hdf5_pure::FileBuilder::new();
+        b.create_dataset("avadataset").with_f32_data(&values).with_shape(&[6, 10, 29]);
+        b.write(&labels).unwrap();
+        fails_naming(|| load(DatasetId::Ave, dir.path(), &opts), &["right_labels.h5", "row 1 segment 3", shown]);
+    }
+    std::fs::write(&labels, &good_labels).unwrap();
+    load(DatasetId::Ave, dir.path(), &opts).unwrap();
 }
 
 // ------------------------------------------------------------------ wav, jpg, csv (CREMA-D)

@@ -58,15 +58,15 @@ fn segment_labels(ds: &H5Dataset) -> Result<(Vec<u32>, usize)> {
     let mut out = Vec::with_capacity(shape[0] * shape[1]);
     for (r, row) in v.chunks_exact(CLASSES).enumerate() {
         let ones: Vec<usize> = row.iter().enumerate().filter(|(_, &x)| x != 0.0).map(|(i, _)| i).collect();
-        if ones.len() != 1 {
+        // The one entry must be a positive number: a NaN or negative entry is no label.
+        if ones.len() != 1 || !(row[ones[0]] > 0.0 && row[ones[0]].is_finite()) {
+            let what = match ones.as_slice() {
+                [i] => format!("its one non-zero entry, class {i}, is {}", row[*i]),
+                _ => format!("{} non-zero entries", ones.len()),
+            };
             return Err(DataError::BadSource {
                 path: ds.path().to_path_buf(),
-                reason: format!(
-                    "row {} segment {} is not one-hot ({} non-zero entries)",
-                    r / shape[1],
-                    r % shape[1],
-                    ones.len()
-                ),
+                reason: format!("row {} segment {} is not one-hot ({what})", r / shape[1], r % shape[1]),
             });
         }
         out.push(ones[0] as u32);
