@@ -163,16 +163,15 @@ impl RunDir {
     pub fn truncate_metrics(&self, last_epoch: usize) -> Result<()> {
         let path = self.metrics();
         let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
-                    .is_some_and(|e| e as usize <= last_epoch)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let epoch_of =
+            |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64().map(|e| e as usize);
+        let kept: Vec<&str> = text.lines().filter(|l| epoch_of(l).is_some_and(|e| e <= last_epoch)).collect();
+        // A damaged line (an edit, a crash mid-write) is dropped: say which epochs the file lacks.
+        let missing: Vec<usize> = (1..=last_epoch).filter(|e| !kept.iter().any(|l| epoch_of(l) == Some(*e))).collect();
+        if !missing.is_empty() {
+            tracing::warn!("{} lacks the rows of epochs {missing:?} (damaged or removed lines)", path.display());
+        }
+        let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
         crate::checkpoint::write_atomic(&path, kept.as_bytes())
     }
 
