@@ -3,15 +3,15 @@
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
 //! Then training steps of paper models against the official training loop: AGM on AV-MNIST
-//! (`scripts/golden/agm_train_steps.py --network official`) and OGM-GE on CREMA-D's summed-heads
-//! model (`scripts/golden/ogm_ge_twin_steps.py`).
+//! (`scripts/golden/agm_train_steps.py --network official`), OGM-GE and MSLR on CREMA-D's
+//! summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{build_preset, PresetOptions};
-use agm_modulation::{Agm, AgmConfig, Modulator, OgmGe, OgmGeConfig};
+use agm_modulation::{Agm, AgmConfig, Modulator, Mslr, MslrConfig, OgmGe, OgmGeConfig};
 use agm_train::optim::{ParamGroup, Sgd, SgdConfig};
 use agm_train::step::NoObserver;
 use agm_train::{train_step, StepOutcome, StepParts};
@@ -344,10 +344,11 @@ struct AgmStepRecord {
     clip_fired: bool,
 }
 
+/// One step of a late-sum method case (OGM-GE, MSLR).
 #[derive(Deserialize)]
 struct OgmStepRecord {
     loss: f64,
-    /// `Σ_k softmax(out_m)[k, y_k]` of the heads' outputs, audio then visual.
+    /// `Σ_k softmax(out_m)[k, y_k]` of the heads' outputs, audio then visual (OGM-GE's scores).
     score_sum: [f64; 2],
     /// Whether the loop edited the gradients (inside its window).
     edited: bool,
@@ -467,6 +468,29 @@ fn ogm_ge_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
             worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, 1.0);
         }
         assert!(outcome.clip.is_none(), "{what}: no clipping in late fusion");
+    });
+    assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
+}
+
+/// Six MSLR steps of `cremad-late-sum` from the same official loop (`--methods MSLR`): every
+/// encoder and head gradient of each modality scaled by CREMA-D's multipliers (0.9 audio, 1.1
+/// visual; the learning-rate ratios the epoch loop passes in are 1 in the first epochs) inside
+/// the window, none after it. Compared: losses, the multipliers in force, every parameter and
+/// running statistic after the last step.
+#[test]
+fn mslr_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
+    let case: StepsCase<OgmStepRecord> = steps_case("cremad-late-sum-mslr");
+    let [lo, hi] = case.hyper.modulation_window_epochs;
+    let cfg = MslrConfig { window_start: lo, window_end: Some(hi), ..MslrConfig::cremad() };
+    let mut mslr = Mslr::new(&cfg, 2).unwrap();
+    replay_twin_steps(&case, &mut mslr, |worst, k, outcome, _| {
+        let expected = &case.steps[k - 1];
+        let what = format!("step {k}");
+        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
+        let multipliers = outcome.coefficients.clone().unwrap();
+        for (m, (ours, theirs)) in ["audio", "visual"].iter().zip(multipliers.into_iter().zip(expected.coeff)) {
+            worst.check("multipliers", || format!("{what} multiplier {m}"), ours, theirs, 1.0);
+        }
     });
     assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
 }

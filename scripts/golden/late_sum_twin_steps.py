@@ -1,18 +1,21 @@
-"""A twin-steps fixture of OGM-GE on CREMA-D's late-fusion model, made by running the official
-AGM code.
+"""A twin-steps fixture of OGM-GE or MSLR on CREMA-D's late-fusion model, made by running the
+official AGM code.
 
-Usage: python scripts/golden/ogm_ge_twin_steps.py <AGM_ICCV2023 tree> <out> [--seed N] [--batch B]
-       [--epochs E] [--steps S] [--alpha A] [--lr LR] [--window 0,100] [--audio-shape 1,32,32]
-       [--visual-shape 3,1,32,32]
+Usage: python scripts/golden/late_sum_twin_steps.py <AGM_ICCV2023 tree> <out> [--method ogm-ge|mslr]
+       [--seed N] [--batch B] [--epochs E] [--steps S] [--alpha A] [--lr LR] [--window 0,100]
+       [--audio-shape 1,32,32] [--visual-shape 3,1,32,32]
 (PyTorch from PyPI, CPU.) Writes `<out>.json` for `crates/agm-train/tests/twins.rs`;
 `tests/fixtures/twin_steps/cremad-late-sum-ogm-ge` is written with the defaults (`--seed 6 --batch 8
---epochs 3 --steps 2 --alpha 0.6 --lr 0.003 --window 1,2`).
+--epochs 3 --steps 2 --alpha 0.6 --lr 0.003 --window 1,2`), `cremad-late-sum-mslr` with
+`--method mslr` and the same defaults.
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/CREMAD_main.py:train`
 with `--methods OGM-GE --fusion_type late_fusion` (the path the paper's CREMA-D OGM-GE row takes:
 the uni-modal outputs `out_a, out_v` of the summed-heads model's training pass, the score sums,
 ratio and coefficients, every `audio_net`/`audio_cls` and `visual_net`/`visual_cls` gradient
-scaled, no clipping, SGD, StepLR at the epoch's end) on the official `AVClassifier_Sum` of
+scaled, no clipping, SGD, StepLR at the epoch's end; with `--method mslr` the same gradients
+scaled by MSLR's CREMA-D multipliers 0.9 and 1.1 times the learning-rate ratios, which the epoch
+loop passes in and are 1 here) on the official `AVClassifier_Sum` of
 `model/CREMAD_net.py` (two ResNet-18s and a linear head per modality), its weights set from
 `twin_models.py`'s formula. Swaps: everything runs in float64 (the loop's `.float()` casts keep
 float64), the Gaussian noise of the edit draws exact zeros (the std it would have had is
@@ -40,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("tree")
     ap.add_argument("out")
+    ap.add_argument("--method", choices=["ogm-ge", "mslr"], default="ogm-ge")
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
@@ -65,7 +69,7 @@ def main():
     model = build(net_module, "AVClassifier_Sum").double()
     recipe = set_formula_weights(model)
     cfgs = types.SimpleNamespace(
-        mode="train", fusion_type="late_fusion", modality="Multimodal", methods="OGM-GE", alpha=a.alpha,
+        mode="train", fusion_type="late_fusion", modality="Multimodal", methods=a.method.upper(), alpha=a.alpha,
         modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E, learning_rate=a.lr,
         dataset="CREMAD",
     )
@@ -95,12 +99,19 @@ def main():
         k = len(steps)
         label = batches[k][1]
         sums = [float(torch.softmax(o.detach(), dim=1)[torch.arange(B), label].sum()) for o in rec["uni"]]
-        r = sums[1] / sums[0]
-        coeff = [1.0, 1 - math.tanh(a.alpha * r)] if r > 1 else [1 - math.tanh(a.alpha / r), 1.0]
+        epoch = k // S + 1
+        edited = window[0] <= epoch <= window[1]
+        if a.method == "mslr":
+            # The loop's multipliers: CREMA-D's 0.9 and 1.1 times the ratios passed in (1).
+            coeff = [0.9, 1.1]
+        else:
+            r = sums[1] / sums[0]
+            coeff = [1.0, 1 - math.tanh(a.alpha * r)] if r > 1 else [1 - math.tanh(a.alpha / r), 1.0]
         stds = rec.pop("noise_std", [])
+        assert a.method == "mslr" or bool(stds) == edited
         steps.append({
-            "loss": rec["loss"], "score_sum": sums, "edited": bool(stds),
-            "coeff": coeff if stds else [1.0, 1.0], "noise_std_that_official_would_use": stds,
+            "loss": rec["loss"], "score_sum": sums, "edited": edited,
+            "coeff": coeff if edited else [1.0, 1.0], "noise_std_that_official_would_use": stds,
         })
         return original_step(*args, **kwargs)
 
@@ -121,7 +132,7 @@ def main():
         torch.Tensor.backward, torch.Tensor.normal_, torch.Tensor.float = original_backward, original_normal, original_float
 
     case = {
-        "case": os.path.basename(a.out), "kind": "twin_steps", "preset": "cremad-late-sum", "method": "ogm-ge",
+        "case": os.path.basename(a.out), "kind": "twin_steps", "preset": "cremad-late-sum", "method": a.method,
         "dtype": "float64",
         "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": "run/CREMAD_main.py:train",
                                "net": "model/CREMAD_net.py:AVClassifier_Sum"},
