@@ -595,12 +595,20 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<Result<_, _>>()?;
     if base.device == "cuda" && !cfg!(feature = "cuda") {
-        anyhow::bail!("the study runs on the CPU in this build");
+        anyhow::bail!("device = \"cuda\" needs the cuda build: pass --device cuda on the command line (cargo xtask rebuilds with CUDA; docs/cuda.md)");
     }
     let out = match args.out.clone() {
         Some(out) => out,
         None => crate::new_dir("runs", "study")?,
     };
+    // A study's folder holds run folders; a run folder itself is not one.
+    if RunDir::open(&out).is_ok_and(|d| d.holds_run_state()) {
+        anyhow::bail!(
+            "--out {} is a training run's directory; pass a new folder for the study (it holds one run folder per \
+             method and seed)",
+            out.display()
+        );
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     println!(
         "study: {} × {} seed(s) on {} ({} preset), {} epochs -> {}",

@@ -126,3 +126,18 @@ fn missing_init_weights_stop_train_before_a_run_directory_exists() {
     assert!(stderr.contains("init_weights = `ckpt_full_epoch99.pth.tar`: no such file"), "{stderr}");
     assert!(!tmp.path().join("runs").exists(), "wrote a run directory");
 }
+
+#[test]
+fn a_study_refuses_a_training_run_s_directory_as_its_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("run")).unwrap();
+    std::fs::write(tmp.path().join("run/config.toml"), "epochs = 2\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["study", "--methods", "joint", "--seeds", "1", "--out", "run"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("is a training run's directory"), "{stderr}");
+    assert_eq!(std::fs::read_dir(tmp.path().join("run")).unwrap().count(), 1, "nothing written into the run");
+}
