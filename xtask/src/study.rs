@@ -595,7 +595,10 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<Result<_, _>>()?;
     if base.device == "cuda" && !cfg!(feature = "cuda") {
-        anyhow::bail!("device = \"cuda\" needs the cuda build: pass --device cuda on the command line (cargo xtask rebuilds with CUDA; docs/cuda.md)");
+        anyhow::bail!(
+            "device = \"cuda\" needs the cuda build: pass --device cuda on the command line (cargo xtask \
+             rebuilds with CUDA; docs/cuda.md)"
+        );
     }
     let out = match args.out.clone() {
         Some(out) => out,
