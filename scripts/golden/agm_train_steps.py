@@ -16,11 +16,13 @@ in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 
 `agm2_cremad` is `--semantics cremad --seed 43 --classes 6 --alpha 0.3 --lr 3 --epochs 2 --steps 5
 --batch 4 --hidden 12` (`--semantics cremad` runs the CREMA-D loop: AV-MNIST's rules with the
 clamp at 10, four passes).
-`--network official` keeps the official `Later_Fusion_Resnet` (AV-MNIST, AGM), sets its weights
-from `twin_models.py`'s formula and writes `<out dir>.json` of summaries for
-`crates/agm-train/tests/twins.rs`: `tests/fixtures/twin_steps/avmnist-late-agm` is `--network
-official --seed 3 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.05 --audio-shape 1,32,32
---visual-shape 1,28,28`.
+`--network official` keeps the official inner network (AV-MNIST's `Later_Fusion_Resnet`, CREMA-D's
+`AVClassifier`; AGM), sets its weights from `twin_models.py`'s formula and writes `<out dir>.json`
+of summaries for `crates/agm-train/tests/twins.rs`: `tests/fixtures/twin_steps/avmnist-late-agm`
+is `--network official --seed 3 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.05
+--audio-shape 1,32,32 --visual-shape 1,28,28`; `cremad-late-agm` is `--network official
+--semantics cremad --seed 5 --batch 8 --epochs 2 --steps 2 --alpha 1.5 --lr 0.01
+--audio-shape 1,32,32 --visual-shape 3,1,32,32`.
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
 exact zeros (its std recorded).
@@ -168,9 +170,9 @@ def main():
     twin = a.network == "official"
     if twin and (ogm or M != 2):
         # UR-Funny's transformers have dropout, whose masks cannot be matched across frameworks.
-        sys.exit("--network official runs AGM in the AV-MNIST loop only")
+        sys.exit("--network official runs AGM in the AV-MNIST and CREMA-D loops only")
     if twin:
-        C = 10  # the official AV-MNIST head
+        C = 6 if a.semantics == "cremad" else 10  # the official heads
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
     fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
     if not twin:
@@ -178,7 +180,7 @@ def main():
     cfgs = types.SimpleNamespace(
         mode="train", fusion_type=fusion, modality="Multimodal", methods="OGM-GE" if ogm else "AGM",
         alpha=a.alpha, modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E,
-        learning_rate=a.lr, dataset="CREMAD" if a.semantics == "cremad" else None,
+        learning_rate=a.lr, dataset="CREMAD" if a.semantics == "cremad" else None, fusion="concat", fps=1,
     )
     model = net_module.GradMod(cfgs).double()
     if twin:
@@ -266,7 +268,9 @@ def main():
         clamp = sem["clamp"] if sem["clamp"] is not None else math.inf
         coeff = {m: math.exp(a.alpha * min(opt[m] - ratio[m], clamp)) for m in mods}
         in_effect = {m: float(getattr(model, f"scale_{m[0]}")) for m in mods}
-        head = rec["grad_backward"]["net.head.fc.weight"]
+        # The layer the loop's clipping reads (CREMA-D's official model names it `fusion_module.fc_out`).
+        head_name = "net.head.fc.weight" if "net.head.fc.weight" in named else "net.fusion_module.fc_out.weight"
+        head = rec["grad_backward"][head_name]
         for n, g in rec["grad_backward"].items():
             tensors[p + f"grad_backward/{n}"] = g
         names = sem["passes"]
@@ -373,7 +377,7 @@ def main():
         # Summaries, not tensors: the official network has 22 million parameters.
         strip = len("net.")
         case = {
-            "case": os.path.basename(a.out), "kind": "twin_steps", "preset": "avmnist-late", "dtype": "float64",
+            "case": os.path.basename(a.out), "kind": "twin_steps", "preset": f"{a.semantics}-late", "dtype": "float64",
             "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
                                    "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": sem["net"][1]},
             "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,

@@ -2,9 +2,9 @@
 //! weights and inputs (fixtures written by `scripts/golden/twin_models.py` from the official code,
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
-//! Then training steps of paper models against the official training loop: AGM on AV-MNIST
-//! (`scripts/golden/agm_train_steps.py --network official`), OGM-GE and MSLR on CREMA-D's
-//! summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
+//! Then training steps of paper models against the official training loops: AGM on AV-MNIST's
+//! and CREMA-D's late-fusion models (`scripts/golden/agm_train_steps.py --network official`),
+//! OGM-GE and MSLR on CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -408,30 +408,35 @@ fn replay_twin_steps<Step, M: Modulator>(
     worst.finish();
 }
 
-/// Four AGM steps (two epochs) of `avmnist-late` from the official `run/AVMNIST_main.py:train`
-/// with its `GradMod` around the official `Later_Fusion_Resnet`: the Shapley passes in evaluation
-/// mode beside the training-mode pass, scores, coefficients, conditional clipping (it fires in
-/// every step) and SGD, on the real ResNet-18s. Compared: every step's loss, coefficients and
-/// clipping decision, then every parameter and running statistic after the last step. The fast
-/// Shapley passes fail it (batch norm), as they should.
+/// AGM steps of `avmnist-late` and `cremad-late` from the official `run/AVMNIST_main.py:train` and
+/// `run/CREMAD_main.py:train` with their `GradMod` around the official `Later_Fusion_Resnet` and
+/// `AVClassifier` (four steps, two epochs each): the Shapley passes in evaluation mode beside the
+/// training-mode pass (CREMA-D's loop also runs the all-muted one), scores, coefficients (CREMA-D
+/// clamps at 10), conditional clipping (it fires in every step) and SGD, on the real ResNet-18s.
+/// Compared: every step's loss, coefficients and clipping decision, then every parameter and
+/// running statistic after the last step. The fast Shapley passes fail it (batch norm), as they
+/// should.
 #[test]
-fn agm_steps_on_the_avmnist_paper_model_match_the_official_training_loop() {
-    let case: StepsCase<AgmStepRecord> = steps_case("avmnist-late-agm");
-    let [lo, hi] = case.hyper.modulation_window_epochs;
-    let agm_cfg =
-        AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..AgmConfig::paper_avmnist() };
-    let mut agm = Agm::new(agm_cfg, 2).unwrap();
-    replay_twin_steps(&case, &mut agm, |worst, k, outcome, _| {
-        let expected = &case.steps[k - 1];
-        let what = format!("step {k}");
-        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
-        let coefficients = outcome.coefficients.clone().unwrap();
-        for (m, ours) in ["audio", "visual"].iter().zip(coefficients) {
-            let theirs = expected.hook_scale_in_effect[*m];
-            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
-        }
-        assert_eq!(outcome.clip.as_ref().is_some_and(|c| c.fired), expected.clip_fired, "{what}: clipping");
-    });
+fn agm_steps_on_the_paper_models_match_the_official_training_loops() {
+    for (name, preset) in
+        [("avmnist-late-agm", AgmConfig::paper_avmnist()), ("cremad-late-agm", AgmConfig::paper_cremad())]
+    {
+        let case: StepsCase<AgmStepRecord> = steps_case(name);
+        let [lo, hi] = case.hyper.modulation_window_epochs;
+        let agm_cfg = AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..preset };
+        let mut agm = Agm::new(agm_cfg, 2).unwrap();
+        replay_twin_steps(&case, &mut agm, |worst, k, outcome, _| {
+            let expected = &case.steps[k - 1];
+            let what = format!("{name} step {k}");
+            worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
+            let coefficients = outcome.coefficients.clone().unwrap();
+            for (m, ours) in ["audio", "visual"].iter().zip(coefficients) {
+                let theirs = expected.hook_scale_in_effect[*m];
+                worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
+            }
+            assert_eq!(outcome.clip.as_ref().is_some_and(|c| c.fired), expected.clip_fired, "{what}: clipping");
+        });
+    }
 }
 
 /// Six OGM-GE steps (three epochs, the window the first two) of `cremad-late-sum` from the
