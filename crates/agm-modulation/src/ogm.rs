@@ -148,7 +148,7 @@ impl OgmConfig {
 
     /// Whether gradients are edited in `epoch` (1-based): past the warm-up and in the window.
     pub fn applies(&self, epoch: usize) -> bool {
-        epoch > self.warmup_epochs && epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+        epoch > self.warmup_epochs && crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 
     /// Checks every field; the error names the field and the allowed values.
@@ -156,14 +156,7 @@ impl OgmConfig {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(format!("ogm.alpha must be a finite number > 0, got {}", self.alpha).into());
         }
-        if let Some(end) = self.window_end {
-            if end < self.window_start {
-                return Err(
-                    format!("ogm.window_end ({end}) must be >= ogm.window_start ({})", self.window_start).into()
-                );
-            }
-        }
-        Ok(())
+        crate::shared::check_window("ogm", self.window_start, self.window_end)
     }
 }
 

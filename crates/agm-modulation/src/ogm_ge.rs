@@ -210,7 +210,7 @@ impl OgmGeConfig {
     }
 
     pub fn in_window(&self, epoch: usize) -> bool {
-        epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+        crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 
     /// Checks every field; the error names the field and the allowed values.
@@ -218,15 +218,7 @@ impl OgmGeConfig {
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
             return Err(format!("ogm_ge.alpha must be a finite number > 0, got {}", self.alpha).into());
         }
-        if let Some(end) = self.window_end {
-            if end < self.window_start {
-                return Err(format!(
-                    "ogm_ge.window_end ({end}) must be >= ogm_ge.window_start ({})",
-                    self.window_start
-                )
-                .into());
-            }
-        }
+        crate::shared::check_window("ogm_ge", self.window_start, self.window_end)?;
         if let Some(c) = &self.clip {
             if !(c.max_norm > 0.0 && c.threshold >= 0.0) {
                 return Err("ogm_ge.clip needs max_norm > 0 and threshold >= 0".into());

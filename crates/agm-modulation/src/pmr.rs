@@ -99,7 +99,7 @@ impl PmrConfig {
     }
 
     pub fn in_window(&self, epoch: usize) -> bool {
-        epoch >= self.window_start && self.window_end.is_none_or(|end| epoch <= end)
+        crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
 
     /// Checks every field; the error names the field and the allowed values.
@@ -113,13 +113,7 @@ impl PmrConfig {
         if !(self.sample_ratio > 0.0 && self.sample_ratio <= 1.0) {
             return Err(format!("pmr.sample_ratio must be in (0, 1], got {}", self.sample_ratio).into());
         }
-        if let Some(end) = self.window_end {
-            if end < self.window_start {
-                return Err(
-                    format!("pmr.window_end ({end}) must be >= pmr.window_start ({})", self.window_start).into()
-                );
-            }
-        }
+        crate::shared::check_window("pmr", self.window_start, self.window_end)?;
         if self.eval_batch_size == 0 {
             return Err("pmr.eval_batch_size must be >= 1, got 0".into());
         }
