@@ -113,8 +113,11 @@ impl RunDir {
     /// metrics, best weights, report, lock and temporaries), then the directory itself if that
     /// leaves it empty. Best effort: anything else in the directory stays.
     pub fn remove_unstarted(&self) {
-        for name in ["config.toml", "metrics.jsonl", "metrics.csv", "best.safetensors", "summary.json", ".lock"] {
-            let _ = std::fs::remove_file(self.root.join(name));
+        let root = &self.root;
+        for path in
+            [self.config(), self.metrics(), root.join("metrics.csv"), self.best(), self.summary(), root.join(".lock")]
+        {
+            let _ = std::fs::remove_file(path);
         }
         self.remove_stale_temporaries();
         let _ = std::fs::remove_dir_all(self.root.join("report"));
@@ -165,13 +168,16 @@ impl RunDir {
         let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
         let epoch_of =
             |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64().map(|e| e as usize);
-        let kept: Vec<&str> = text.lines().filter(|l| epoch_of(l).is_some_and(|e| e <= last_epoch)).collect();
+        // Each line parsed once: a run of 1,500 epochs resumes without re-reading its rows per epoch.
+        let kept: Vec<(usize, &str)> =
+            text.lines().filter_map(|l| Some((epoch_of(l)?, l))).filter(|&(e, _)| e <= last_epoch).collect();
         // A damaged line (an edit, a crash mid-write) is dropped: say which epochs the file lacks.
-        let missing: Vec<usize> = (1..=last_epoch).filter(|e| !kept.iter().any(|l| epoch_of(l) == Some(*e))).collect();
+        let present: std::collections::BTreeSet<usize> = kept.iter().map(|&(e, _)| e).collect();
+        let missing: Vec<usize> = (1..=last_epoch).filter(|e| !present.contains(e)).collect();
         if !missing.is_empty() {
             tracing::warn!("{} lacks the rows of epochs {missing:?} (damaged or removed lines)", path.display());
         }
-        let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        let kept: String = kept.iter().map(|(_, l)| format!("{l}\n")).collect();
         crate::checkpoint::write_atomic(&path, kept.as_bytes())
     }
 
