@@ -212,7 +212,7 @@ pub struct ConceptArgs {
     #[arg(long)]
     pub preset: Option<String>,
     /// Seed of the uni-modal models (initialisation, data order).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed_parser())]
     pub seed: u64,
     /// Training epochs of each uni-modal model (default: the dataset's, 20 for AV-Digits).
     #[arg(long)]
@@ -220,6 +220,11 @@ pub struct ConceptArgs {
     /// Concepts folder (default: concepts/<dataset>-<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// A seed: what a config file holds, a TOML integer (`0..=i64::MAX`).
+fn seed_parser() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(..=i64::MAX as u64)
 }
 
 /// `--method`'s help: every registered method, so a new one is listed without editing this.
@@ -234,7 +239,7 @@ pub struct TrainArgs {
     #[arg(long, help = method_help())]
     pub method: Option<String>,
     /// The run's seed (data order, initialisation, dropout).
-    #[arg(long)]
+    #[arg(long, value_parser = seed_parser())]
     pub seed: Option<u64>,
     #[command(flatten)]
     pub run: RunFlags,
@@ -426,5 +431,12 @@ mod tests {
         // An unsigned flag names itself and the value instead of "unexpected argument '-3'".
         let err = super::Cli::try_parse_from(["cargo xtask", "train", "--seed", "-3"]).unwrap_err().to_string();
         assert!(err.contains("invalid value '-3' for '--seed"), "{err}");
+        // Config files hold seeds as TOML integers: above i64::MAX is refused by both commands.
+        for command in ["train", "concept"] {
+            let args = ["cargo xtask", command, "--seed", "9223372036854775808"];
+            let err = super::Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains("invalid value '9223372036854775808' for '--seed"), "{command}: {err}");
+            assert!(super::Cli::try_parse_from(["cargo xtask", command, "--seed", "9223372036854775807"]).is_ok());
+        }
     }
 }

@@ -16,9 +16,8 @@ use crate::report;
 
 /// The dataset's reference settings, then `--recipe`, then `--config`, then flags.
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
-    // TOML integers are i64.
-    let seed =
-        args.seed.map(i64::try_from).transpose().map_err(|_| anyhow::anyhow!("--seed must be at most {}", i64::MAX))?;
+    // `--seed` is parsed within i64 (`cli::seed_parser`).
+    let seed = args.seed.map(|s| s as i64);
     let request = args.run.request().set_opt("--method", "method", args.method.clone()).set_opt("--seed", "seed", seed);
     Ok(request.resolve()?)
 }
@@ -61,8 +60,7 @@ fn resumed_config(
     };
     // The same file however it is spelled (`./w.pth`, `w.pth`).
     let same_file = |given: &String| {
-        let canonical = |p: &str| std::fs::canonicalize(p).ok();
-        canonical(given).is_some() && canonical(given) == canonical(&recorded.init_weights)
+        std::fs::canonicalize(given).is_ok_and(|g| std::fs::canonicalize(&recorded.init_weights).is_ok_and(|r| g == r))
     };
     let conflicts: Vec<String> = [
         differs("--method", args.method.clone(), recorded.method.clone()),
