@@ -363,11 +363,12 @@ pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The report at the end of `train`: a failure is a warning, the run itself is done.
+/// The report at the end of `train` (finished or stopped): a failure is a warning, the run's
+/// checkpoint and metrics are written already.
 pub fn write_after_train(run_dir: &Path) {
     match write(run_dir, YScale::Log) {
         Ok(dir) => println!("report: {}", dir.join("README.md").display()),
-        Err(e) => eprintln!("warning: the run finished but its report failed: {e:#}"),
+        Err(e) => eprintln!("warning: the run's checkpoint and metrics are written but its report failed: {e:#}"),
     }
 }
 

@@ -290,6 +290,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let outcome = train_run(&cfg, &dir, start, &opts, &mut output)?;
     output.progress.finish();
     let Some(test) = &outcome.test else {
+        // The epochs done so far are in metrics.csv and the report, as for a finished run.
+        report::write_after_train(dir.root());
         let interrupted = INTERRUPTED.load(Ordering::Relaxed);
         println!(
             "{} at step {}, checkpoint written; continue with `cargo xtask train --resume {}`",

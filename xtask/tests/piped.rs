@@ -93,6 +93,10 @@ fn ctrl_c_stops_a_run_at_a_step_with_its_checkpoint() {
     let last = rest.last().unwrap();
     assert!(last.starts_with("interrupted at step") && last.contains("--resume"), "{rest:?}");
     assert!(tmp.path().join("run/checkpoint.safetensors").is_file());
+    // The finished epochs are in metrics.csv and the report, as for a finished run.
+    let csv = std::fs::read_to_string(tmp.path().join("run/metrics.csv")).unwrap();
+    assert!(csv.lines().count() >= 2, "{csv}");
+    assert!(tmp.path().join("run/report/README.md").is_file());
 }
 
 #[test]

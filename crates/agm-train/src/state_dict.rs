@@ -49,6 +49,22 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
             all
         }
     } else if is_pytorch(&name) {
+        // candle's reader skips such tensors, so they would surface as missing keys.
+        let skipped = unreadable_pytorch_tensors(path);
+        if !skipped.is_empty() {
+            let shown: Vec<String> = skipped.iter().take(SHOWN).map(|(key, why)| format!("`{key}` ({why})")).collect();
+            return Err(TrainError::checkpoint(
+                path,
+                format!(
+                    "{} tensor(s) of a type agm cannot read: {}{}; agm reads float64, float32, float16, bfloat16, \
+                     uint8 and int64 tensors: convert the others in PyTorch (`.long()` for integer and boolean \
+                     tensors, `.float()` for the rest) and save again",
+                    skipped.len(),
+                    shown.join(", "),
+                    if skipped.len() > SHOWN { ", …" } else { "" }
+                ),
+            ));
+        }
         read_pytorch(path).map_err(|e| {
             let legacy = if is_legacy_pytorch(path) {
                 "; it is in PyTorch's legacy format (`_use_new_zipfile_serialization=False`): save it again with \
@@ -73,6 +89,44 @@ fn is_legacy_pytorch(path: &Path) -> bool {
     const MAGIC: [u8; 14] = [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
     let mut head = [0u8; 14];
     std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && head == MAGIC
+}
+
+/// The tensors of a PyTorch zip file (its `state_dict` entry where it has one) whose storage
+/// type candle cannot read, with candle's reason; empty where the file cannot be parsed (the
+/// reader reports that).
+fn unreadable_pytorch_tensors(path: &Path) -> Vec<(String, String)> {
+    use candle_core::pickle::{Object, Stack};
+    let Ok(file) = std::fs::File::open(path) else { return Vec::new() };
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else { return Vec::new() };
+    let pickles: Vec<String> = zip.file_names().filter(|n| n.ends_with("data.pkl")).map(String::from).collect();
+    let mut skipped = Vec::new();
+    for pickle in pickles {
+        let Ok(entry) = zip.by_name(&pickle) else { continue };
+        let mut stack = Stack::empty();
+        if stack.read_loop(&mut std::io::BufReader::new(entry)).is_err() {
+            continue;
+        }
+        let Ok(Object::Dict(mut entries)) = stack.finalize() else { continue };
+        let state_dict = Object::Unicode("state_dict".into());
+        if let Some(at) = entries.iter().position(|(k, _)| *k == state_dict) {
+            match entries.swap_remove(at).1 {
+                Object::Dict(inner) => entries = inner,
+                _ => continue,
+            }
+        }
+        let dir = Path::new(pickle.trim_end_matches(".pkl"));
+        for (key, value) in entries {
+            let name = match &key {
+                Object::Unicode(name) => name.clone(),
+                _ => continue,
+            };
+            if let Err(e) = value.into_tensor_info(key, dir) {
+                // The first line: candle appends a backtrace where RUST_BACKTRACE is set.
+                skipped.push((name, e.to_string().lines().next().unwrap_or_default().to_string()));
+            }
+        }
+    }
+    skipped
 }
 
 fn read_pytorch(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
@@ -373,6 +427,16 @@ mod tests {
         assert!(err.contains("legacy.pth") && err.contains("legacy format") && err.contains("torch.save"), "{err}");
         std::fs::write(&path, b"not a checkpoint").unwrap();
         assert!(!read_state_dict(&path).unwrap_err().to_string().contains("legacy format"));
+    }
+
+    #[test]
+    fn tensors_of_unreadable_types_are_named_not_reported_missing() {
+        let path = fixtures().join("unreadable_dtypes.pth");
+        let err = read_state_dict(&path).unwrap_err().to_string();
+        assert!(err.contains("unreadable_dtypes.pth") && err.contains("2 tensor(s)"), "{err}");
+        assert!(err.contains("`net.mask` (unsupported storage type BoolStorage)"), "{err}");
+        assert!(err.contains("`net.count` (unsupported storage type IntStorage)"), "{err}");
+        assert!(!err.contains("net.head.fc.bias") && err.contains(".long()"), "{err}");
     }
 
     #[test]
