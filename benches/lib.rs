@@ -58,6 +58,7 @@ impl StepBench {
             optimizer: self.optimizer.as_mut(),
             trainable: &self.trainable,
             shapley: self.shapley,
+            loss_reduction: Default::default(),
         };
         let loss = train_step(&mut parts, batch, self.step, 1, self.step as u64, &mut NoObserver)?.loss;
         // Wait for the device so wall time covers the work (a no-op on the CPU).

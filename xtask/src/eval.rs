@@ -92,11 +92,17 @@ pub fn evaluate_target(target: &EvalTarget, split: Split) -> anyhow::Result<(Eva
         .with_context(|| format!("loading weights into model `{}` (dataset `{}`)", cfg.model, cfg.dataset))?;
     let method = method_predictor(cfg, model.as_ref(), &data, &target.weights)?;
     let source = agm_train::config::dataset_split(&data, split)?;
+    // As training evaluates: data padded per batch at the run's batch size.
+    let batch_size = cfg.trainer_options().eval_batch_size_for(source);
     let mut bar = crate::progress::EvalBar::new(format!("evaluating on {}", split.name()));
-    let report =
-        agm_train::evaluate_with(model.as_ref(), method.as_deref(), source, 256, &device, &mut |done, total| {
-            bar.update(done, total)
-        })?;
+    let report = agm_train::evaluate_with(
+        model.as_ref(),
+        method.as_deref(),
+        source,
+        batch_size,
+        &device,
+        &mut |done, total| bar.update(done, total),
+    )?;
     bar.finish();
     Ok((report, data.modalities.names().to_vec()))
 }

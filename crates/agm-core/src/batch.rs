@@ -50,6 +50,12 @@ pub trait BatchSource {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether each batch is cut to its longest sample (sequences right-padded per batch, as
+    /// PyTorch's `pad_sequence` collate does). A sample's inputs then depend on which samples
+    /// share its batch, so evaluation must batch as the reference does.
+    fn pads_per_batch(&self) -> bool {
+        false
+    }
 }
 
 impl<T: BatchSource + ?Sized> BatchSource for &T {
@@ -58,5 +64,8 @@ impl<T: BatchSource + ?Sized> BatchSource for &T {
     }
     fn batch(&self, indices: &[usize], device: &candle_core::Device) -> Result<MultimodalBatch> {
         (**self).batch(indices, device)
+    }
+    fn pads_per_batch(&self) -> bool {
+        (**self).pads_per_batch()
     }
 }

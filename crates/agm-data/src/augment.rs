@@ -108,6 +108,10 @@ impl BatchSource for RandomResizedCropFlip<'_> {
         batch.inputs[self.modality] = Tensor::from_vec(out, dims, &Device::Cpu)?;
         batch.to_device(device)
     }
+
+    fn pads_per_batch(&self) -> bool {
+        self.split.pads_per_batch()
+    }
 }
 
 #[cfg(test)]

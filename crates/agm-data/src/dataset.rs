@@ -2,7 +2,9 @@
 //!
 //! A split is held in memory as [`SplitTensors`]: one flat `f32` buffer per modality plus the
 //! per-sample shape, and `u32` labels. [`SplitTensors::batch`] gathers any index list into an
-//! [`agm_core::MultimodalBatch`]. [`epoch_order`] and [`batches`] give the sample order of an
+//! [`agm_core::MultimodalBatch`]; a split with per-sample valid lengths
+//! ([`SplitTensors::with_valid_lengths`]) cuts every batch to its longest sample there, so no
+//! caller can batch it otherwise. [`epoch_order`] and [`batches`] give the sample order of an
 //! epoch and its batch ranges; both are pure functions, so a resumed run sees the same order.
 
 use std::ops::Range;
@@ -50,6 +52,9 @@ pub struct SplitTensors {
     labels: Vec<u32>,
     /// Labels per sample: 1, or the segment count for per-segment tasks (AVE).
     labels_per_sample: usize,
+    /// Per sample, the leading steps of the time axis that hold data (the rest are zeros);
+    /// `None` keeps every batch at the stored shape.
+    valid_lengths: Option<Vec<usize>>,
 }
 
 impl SplitTensors {
@@ -69,7 +74,50 @@ impl SplitTensors {
                 labels.len()
             );
         }
-        Self { data, shapes, labels, labels_per_sample: 1 }
+        Self { data, shapes, labels, labels_per_sample: 1, valid_lengths: None }
+    }
+
+    /// The same samples, each holding data in the first `lengths[i]` steps of every modality's
+    /// first (time) axis and zeros after: [`Self::batch`] then cuts each batch on that axis to its
+    /// longest sample, as PyTorch's `pad_sequence` collate pads each batch (UR-Funny). The stored
+    /// samples keep the full axis.
+    ///
+    /// # Panics
+    /// If `lengths` does not hold one length per sample, the modalities' first axes differ, or a
+    /// length is 0 or longer than that axis.
+    pub fn with_valid_lengths(self, lengths: Vec<usize>) -> Self {
+        assert_eq!(lengths.len(), self.len(), "one valid length per sample");
+        let steps = self.time_steps();
+        assert!(
+            self.shapes.iter().all(|s| s.first() == Some(&steps)),
+            "every modality's first axis must be the same time axis: {:?}",
+            self.shapes
+        );
+        if let Some((i, bad)) = lengths.iter().enumerate().find(|&(_, &l)| l == 0 || l > steps) {
+            panic!("sample {i}: valid length {bad} is not within 1..={steps}");
+        }
+        Self { valid_lengths: Some(lengths), ..self }
+    }
+
+    /// Each sample's valid length on the time axis, where batches are cut to their longest sample.
+    pub fn valid_lengths(&self) -> Option<&[usize]> {
+        self.valid_lengths.as_deref()
+    }
+
+    /// Whether batches are cut to their longest sample ([`Self::with_valid_lengths`]).
+    pub fn pads_per_batch(&self) -> bool {
+        self.valid_lengths.is_some()
+    }
+
+    /// The stored length of the time axis (the first modality's first axis; 1 without one).
+    fn time_steps(&self) -> usize {
+        self.shapes.first().and_then(|s| s.first()).copied().unwrap_or(1)
+    }
+
+    /// The time steps a batch of `indices` keeps: its longest valid length, or all of them.
+    fn batch_steps(&self, indices: &[usize]) -> Option<usize> {
+        let lengths = self.valid_lengths.as_ref()?;
+        Some(indices.iter().map(|&i| lengths[i]).max().unwrap_or_else(|| self.time_steps()))
     }
 
     /// The same samples labelled per segment: `labels` holds `per_sample` labels for each sample,
@@ -99,6 +147,7 @@ impl SplitTensors {
             shapes: order.iter().map(|&m| self.shapes[m].clone()).collect(),
             labels: self.labels.clone(),
             labels_per_sample: self.labels_per_sample,
+            valid_lengths: self.valid_lengths.clone(),
         }
     }
 
@@ -142,7 +191,8 @@ impl SplitTensors {
     }
 
     /// Gathers the samples at `indices` (in that order) into a batch on `device`: inputs `f32` of
-    /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B]`.
+    /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B]`. With valid lengths the time axis
+    /// is cut to the batch's longest one: `[B, L, ..]`.
     ///
     /// An index out of bounds is an error (an empty split asked for its first sample must not
     /// take the process down).
@@ -154,16 +204,25 @@ impl SplitTensors {
                  which refuses empty splits"
             )));
         }
+        let steps = self.batch_steps(indices);
         let mut inputs = Vec::with_capacity(self.num_modalities());
         for m in 0..self.num_modalities() {
             let per = self.per_sample(m);
-            let mut buf = Vec::with_capacity(per * indices.len());
-            for &i in indices {
-                buf.extend_from_slice(&self.data[m][i * per..(i + 1) * per]);
-            }
             let mut shape = Vec::with_capacity(self.shapes[m].len() + 1);
             shape.push(indices.len());
             shape.extend_from_slice(&self.shapes[m]);
+            // Samples are stored time-major, so the kept steps are each sample's leading values.
+            let kept = match steps {
+                Some(steps) => {
+                    shape[1] = steps;
+                    per / self.shapes[m][0] * steps
+                }
+                None => per,
+            };
+            let mut buf = Vec::with_capacity(kept * indices.len());
+            for &i in indices {
+                buf.extend_from_slice(&self.data[m][i * per..i * per + kept]);
+            }
             inputs.push(Tensor::from_vec(buf, shape, device)?);
         }
         let k = self.labels_per_sample;
@@ -180,6 +239,10 @@ impl agm_core::BatchSource for SplitTensors {
 
     fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
         SplitTensors::batch(self, indices, device)
+    }
+
+    fn pads_per_batch(&self) -> bool {
+        SplitTensors::pads_per_batch(self)
     }
 }
 

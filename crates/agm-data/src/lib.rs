@@ -34,4 +34,4 @@ pub mod synthetic;
 pub use dataset::{batches, epoch_order, Dataset, Sample, SplitTensors};
 pub use error::{DataError, Result, PIP_COMMAND};
 pub use loaders::prefetch::Prefetcher;
-pub use loaders::{load, DatasetId, LoadOptions, LoadedDataset, SegmentLabels};
+pub use loaders::{load, DatasetId, LoadOptions, LoadedDataset, SegmentLabels, WordVectors};

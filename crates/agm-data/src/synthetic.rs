@@ -96,5 +96,6 @@ pub fn generate(spec: &SyntheticSpec) -> LoadedDataset {
         dep: None,
         segment_labels: None,
         notes: vec![format!("synthetic data, seed {}", spec.seed)],
+        word_vectors: None,
     }
 }

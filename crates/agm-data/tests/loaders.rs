@@ -349,6 +349,80 @@ fn urfunny_pickles_protocol_2_numpy1_and_protocol_4_numpy2_agree() {
 }
 
 #[test]
+fn urfunny_batches_are_cut_to_their_longest_valid_sequence() {
+    use agm_core::BatchSource;
+    let d = load(DatasetId::UrFunny, &fixtures().join("urfunny/humor_p4.pkl"), &LoadOptions::default()).unwrap();
+    // T = 8 and row i holds 3 + i words; train row 1 (all-zero text) is dropped.
+    assert_eq!(d.train.valid_lengths(), Some(&[3, 5, 6, 7][..]));
+    assert_eq!(d.validation.valid_lengths(), Some(&[3, 4, 5][..]));
+    assert_eq!(d.test.valid_lengths(), Some(&[3, 4, 5, 6][..]));
+    assert_eq!(d.dep.as_ref().unwrap().valid_lengths(), d.test.valid_lengths());
+    let widths = [4, 5, 3];
+    for (split, lengths) in [(&d.train, [3, 5, 6, 7]), (&d.test, [3, 4, 5, 6])] {
+        // The steps a batch cuts off hold nothing.
+        for (i, &len) in lengths.iter().enumerate() {
+            for (m, w) in widths.iter().enumerate() {
+                assert!(split.sample_data(m, i)[len * w..].iter().all(|&v| v == 0.0), "sample {i} modality {m}");
+            }
+        }
+    }
+    // Through the trait object every caller holds, in any order, the last batch included.
+    let source: &dyn BatchSource = &d.train;
+    assert!(source.pads_per_batch());
+    for (indices, steps) in [(vec![0], 3), (vec![0, 1], 5), (vec![1, 0], 5), (vec![3, 0, 2], 7), (vec![2], 6)] {
+        let batch = source.batch(&indices, &candle_core::Device::Cpu).unwrap();
+        for (m, w) in widths.iter().enumerate() {
+            assert_eq!(batch.inputs[m].dims(), [indices.len(), steps, *w], "{indices:?} modality {m}");
+            let values = batch.inputs[m].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let stored: Vec<f32> =
+                indices.iter().flat_map(|&i| d.train.sample_data(m, i)[..steps * w].to_vec()).collect();
+            assert_eq!(values, stored, "{indices:?} modality {m}");
+        }
+        let labels = batch.labels.to_vec1::<u32>().unwrap();
+        assert_eq!(labels, indices.iter().map(|&i| d.train.labels()[i]).collect::<Vec<_>>());
+    }
+}
+
+/// A batch of `split` holds its stored samples at their stored shape, bit for bit.
+#[track_caller]
+fn batches_as_stored(name: &str, split: &agm_data::SplitTensors) {
+    use agm_core::BatchSource;
+    assert!(!BatchSource::pads_per_batch(&split), "{name}");
+    assert_eq!(split.valid_lengths(), None, "{name}");
+    let indices: Vec<usize> = (0..split.len()).rev().collect();
+    let batch = split.batch(&indices, &candle_core::Device::Cpu).unwrap();
+    for m in 0..split.num_modalities() {
+        let dims: Vec<usize> = [&[indices.len()], split.sample_shape(m)].concat();
+        assert_eq!(batch.inputs[m].dims(), dims.as_slice(), "{name} modality {m}");
+        let values = batch.inputs[m].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let stored: Vec<f32> = indices.iter().flat_map(|&i| split.sample_data(m, i).iter().copied()).collect();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&values), bits(&stored), "{name} modality {m}");
+    }
+}
+
+#[test]
+fn only_urfunny_pads_per_batch_other_datasets_batch_their_stored_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_avmnist(dir.path(), 20, 10);
+    let avmnist = load(DatasetId::AvMnist, dir.path(), &LoadOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_cremad(dir.path());
+    let cremad = load(DatasetId::CremaD, dir.path(), &LoadOptions { frame_size: 8, ..LoadOptions::default() }).unwrap();
+    // MOSEI's mels and tokens end in zero padding, which the reference keeps at 60 steps.
+    let mosei = load(DatasetId::Mosei, &fixtures().join("mosei"), &LoadOptions::default()).unwrap();
+    let ave = load(DatasetId::Ave, &fixtures().join("ave"), &LoadOptions::default()).unwrap();
+    for d in [&avmnist, &cremad, &mosei, &ave] {
+        for (name, split) in [("train", &d.train), ("validation", &d.validation), ("test", &d.test)] {
+            batches_as_stored(&format!("{} {name}", d.id.as_str()), split);
+        }
+        if let Some(dep) = &d.dep {
+            batches_as_stored(&format!("{} dep", d.id.as_str()), dep);
+        }
+    }
+}
+
+#[test]
 fn urfunny_pickle_with_a_missing_key_names_file_and_key() {
     let e = urfunny::load(&fixtures().join("urfunny/humor_missing_audio.pkl")).unwrap_err();
     assert!(matches!(&e, DataError::MissingKey { key, .. } if key == "valid/audio"), "{e}");
@@ -416,6 +490,50 @@ fn mosei_builds_its_vocabulary_from_train_without_the_cache() {
     std::fs::remove_file(dir.path().join("valid_mels.p")).unwrap();
     let e = mosei::load(dir.path()).unwrap_err();
     assert!(e.to_string().contains("valid_mels.p"), "{e}");
+}
+
+/// The MOSEI fixture in a temporary folder, with `train_glove.npy` of `rows` x `dim` values
+/// `i / 8` where given, and without `token_to_ix.pkl` where `vocab_cache` is false.
+fn mosei_folder(glove: Option<(usize, usize)>, vocab_cache: bool) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixtures().join("mosei")).unwrap() {
+        let p = f.unwrap().path();
+        if vocab_cache || p.file_name().unwrap() != "token_to_ix.pkl" {
+            std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    if let Some((rows, dim)) = glove {
+        let body: Vec<u8> = (0..rows * dim).flat_map(|i| (i as f32 / 8.0).to_le_bytes()).collect();
+        write_npy(&dir.path().join("train_glove.npy"), "<f4", &[rows, dim], &body).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn mosei_reads_the_reference_s_glove_cache_as_word_vectors() {
+    // Without the cache the embedding keeps its random start.
+    assert!(mosei::load(mosei_folder(None, true).path()).unwrap().word_vectors.is_none());
+    let dir = mosei_folder(Some((9, 3)), true);
+    let v = mosei::load(dir.path()).unwrap().word_vectors.unwrap();
+    assert_eq!((v.rows, v.dim, v.values.len()), (9, 3, 27));
+    assert_eq!((v.values[0], v.values[26]), (0.0, 26.0 / 8.0));
+    assert!(v.source.ends_with("train_glove.npy"));
+    // token_to_ix.pkl has ids up to 8: 5 rows cannot embed them.
+    let e = mosei::load(mosei_folder(Some((5, 3)), true).path()).unwrap_err().to_string();
+    assert!(e.contains("train_glove.npy") && e.contains("ids up to 8"), "{e}");
+    // The rows follow token_to_ix.pkl's ids, so it must be there too.
+    let e = mosei::load(mosei_folder(Some((9, 3)), false).path()).unwrap_err().to_string();
+    assert!(e.contains("train_glove.npy") && e.contains("token_to_ix.pkl, which is missing"), "{e}");
+    // Non-finite and integer vectors are refused, naming the file.
+    let dir = mosei_folder(None, true);
+    let mut body: Vec<u8> = (0..27).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    body[4 * 13..4 * 14].copy_from_slice(&f32::NAN.to_le_bytes());
+    write_npy(&dir.path().join("train_glove.npy"), "<f4", &[9, 3], &body).unwrap();
+    let e = mosei::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("train_glove.npy") && e.contains("row 4 holds NaN"), "{e}");
+    write_npy(&dir.path().join("train_glove.npy"), "<i8", &[9, 1], &[0u8; 72]).unwrap();
+    let e = mosei::load(dir.path()).unwrap_err().to_string();
+    assert!(e.contains("train_glove.npy") && e.contains("expected float"), "{e}");
 }
 
 // ------------------------------------------------------------------ AVE

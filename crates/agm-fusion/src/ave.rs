@@ -244,7 +244,7 @@ impl AvePspNet {
     /// `dataloader/AVE_loader.py`) for segment labels `[B·S]`: in each clip, the segments of the
     /// smallest class present (the event class, or background when the clip has no event) get
     /// `1/count`, the others 0. The reference's buffer is never cleared between batches (quirk
-    /// Q15); this target is built fresh, without that leak.
+    /// Q15); this target is built fresh, without that leak (docs/known-differences.md).
     pub fn avps_target(labels: &[u32], segments: usize) -> Vec<f64> {
         let mut target = vec![0.0; labels.len()];
         for (clip, out) in labels.chunks(segments).zip(target.chunks_mut(segments)) {

@@ -312,7 +312,8 @@ impl Block {
 /// reference's `LayerNorm` divides by the unbiased std + 1e-6.
 ///
 /// The embedding starts `N(0, 1)` (PyTorch's default); the reference copies GloVe vectors into
-/// it, which [`MoseiMatNet::set_embedding`] (or loading `embedding.weight` by name) does here.
+/// it, which a run does from the dataset's `train_glove.npy` (the preset names [`Self::EMBEDDING`] as
+/// its text input's embedding), and [`MoseiMatNet::set_embedding`] does directly.
 ///
 /// Inputs, in modality order: text token ids `[B, 60]` as U32, I64 or F32 (0 = padding), audio
 /// `[B, 60, 80]` float (all-zero rows = padding). The lengths are fixed because each `AttFlat`
@@ -327,8 +328,8 @@ impl Block {
 /// `att_lang`, `norm_l`, `attflat_lang`); audio = `adapter` and the y stream (`enc_list.*.sa3`,
 /// `att_audio`, `norm_i`, `attflat_img`); shared = `proj_norm`, `proj` (the head weight).
 ///
-/// The reference trains with `CrossEntropyLoss(reduction="sum")` (mean in validation); that is
-/// the loss's business, not the model's.
+/// The reference trains with `CrossEntropyLoss(reduction="sum")` (mean in validation): the
+/// run's `loss_reduction`, MOSEI's dataset settings set it.
 pub struct MoseiMatNet {
     cfg: MoseiMatConfig,
     modalities: ModalitySet,
@@ -344,6 +345,9 @@ pub struct MoseiMatNet {
 }
 
 impl MoseiMatNet {
+    /// The word-embedding variable.
+    pub const EMBEDDING: &'static str = "embedding.weight";
+
     pub fn new(cfg: &MoseiMatConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         if cfg.hidden_size.checked_rem(cfg.multi_head) != Some(0) {
             candle_core::bail!("hidden size {} is not a multiple of {} heads", cfg.hidden_size, cfg.multi_head);
@@ -356,7 +360,7 @@ impl MoseiMatNet {
         let h = cfg.hidden_size;
         let embedding = text.param(
             (cfg.vocab_size, cfg.word_embed_size),
-            "embedding.weight",
+            Self::EMBEDDING,
             ParamInit::Normal { mean: 0.0, std: 1.0 },
         )?;
         let lstm_x = Lstm::new(&text.pp("lstm_x"), cfg.word_embed_size, h, false)?;

@@ -23,6 +23,9 @@ pub struct InputSpec {
     pub shape: Vec<usize>,
     /// `Some(vocab)` for token ids (pad id 0).
     pub vocab: Option<usize>,
+    /// The variable `[vocab, dim]` that embeds these token ids, which a dataset's pretrained
+    /// word vectors replace at the start of a run.
+    pub embedding: Option<&'static str>,
 }
 
 /// What a preset expects and produces.
@@ -116,7 +119,7 @@ fn family_and_fusion(name: &str) -> Option<(&'static str, &str)> {
 }
 
 fn input(modality: &str, shape: &[usize]) -> InputSpec {
-    InputSpec { modality: modality.into(), shape: shape.to_vec(), vocab: None }
+    InputSpec { modality: modality.into(), shape: shape.to_vec(), vocab: None, embedding: None }
 }
 
 /// A [`PresetSpec`] constructor for preset `name`.
@@ -145,7 +148,12 @@ pub fn preset_spec(name: &str, opts: &PresetOptions) -> Result<PresetSpec> {
             ))
         }
         "mosei-mat" => {
-            let text = InputSpec { modality: "text".into(), shape: vec![60], vocab: Some(opts.vocab_size) };
+            let text = InputSpec {
+                modality: "text".into(),
+                shape: vec![60],
+                vocab: Some(opts.vocab_size),
+                embedding: Some(crate::MoseiMatNet::EMBEDDING),
+            };
             let reference = (opts.vocab_size == 50).then_some(41_252_596);
             return Ok(spec("mosei", vec![text, input("audio", &[60, 80])], 2, 1, reference));
         }

@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         checkpoint_every_steps: 0,
         shapley: agm_core::ShapleyMode::Faithful,
         shuffle: true,
+        loss_reduction: Default::default(),
     };
     let mut trainer = Trainer::new(&model, Box::new(agm), |g| Ok(optimizer.build(g)?), opts, &device)?;
     let summary = trainer.fit(data.split(Split::Train), data.split(Split::Validation), &mut NoCallback)?;

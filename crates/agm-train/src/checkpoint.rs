@@ -35,6 +35,9 @@ pub struct SnapshotState {
     pub model: HashMap<String, Tensor>,
     pub optimizer: HashMap<String, Tensor>,
     pub modulator: serde_json::Value,
+    /// A method snapshot's learning rate for the epoch after it, which its restore brings back
+    /// (`None` in a checkpoint's own state, and in snapshots of earlier versions).
+    pub learning_rate: Option<f64>,
 }
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
@@ -139,7 +142,7 @@ impl Checkpoint {
             let index: Vec<serde_json::Value> = self
                 .snapshots
                 .iter()
-                .map(|(tag, s)| serde_json::json!({ "tag": tag, "modulator": s.modulator }))
+                .map(|(tag, s)| serde_json::json!({ "tag": tag, "modulator": s.modulator, "learning_rate": s.learning_rate }))
                 .collect();
             meta.insert("snapshots".into(), serde_json::Value::Array(index).to_string());
         }
@@ -180,21 +183,29 @@ impl Checkpoint {
             ));
         }
         let mut ck = Checkpoint { meta, ..Checkpoint::default() };
-        let tags: Vec<(String, serde_json::Value)> = match ck.meta.get("snapshots") {
+        let tags: Vec<(String, (serde_json::Value, Option<f64>))> = match ck.meta.get("snapshots") {
             None => Vec::new(),
             Some(raw) => {
                 #[derive(serde::Deserialize)]
                 struct Entry {
                     tag: String,
                     modulator: serde_json::Value,
+                    #[serde(default)]
+                    learning_rate: Option<f64>,
                 }
                 let entries: Vec<Entry> =
                     serde_json::from_str(raw).map_err(|e| corrupt(format!("metadata `snapshots`: {e}")))?;
-                entries.into_iter().map(|e| (e.tag, e.modulator)).collect()
+                entries.into_iter().map(|e| (e.tag, (e.modulator, e.learning_rate))).collect()
             }
         };
-        let mut snapshots: Vec<SnapshotState> =
-            tags.iter().map(|(_, m)| SnapshotState { modulator: m.clone(), ..SnapshotState::default() }).collect();
+        let mut snapshots: Vec<SnapshotState> = tags
+            .iter()
+            .map(|(_, (modulator, learning_rate))| SnapshotState {
+                modulator: modulator.clone(),
+                learning_rate: *learning_rate,
+                ..SnapshotState::default()
+            })
+            .collect();
         for (k, v) in tensors {
             if let Some(name) = k.strip_prefix("model/") {
                 ck.model.insert(name.to_string(), v);

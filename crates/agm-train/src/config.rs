@@ -9,7 +9,7 @@ use agm_data::synthetic::{SyntheticModality, SyntheticSpec};
 use agm_data::{DatasetId, LoadOptions, LoadedDataset};
 use agm_fusion::{InputScale, PresetOptions};
 use agm_modulation::{registry, BuildCx, Method, MethodSettings, Modulator};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -52,6 +52,9 @@ pub struct RunConfig {
     pub seed: u64,
     pub epochs: usize,
     pub batch_size: usize,
+    /// How the training loss reduces over the batch: `mean` (default) or `sum` (the reference's
+    /// MOSEI loop, whose gradients are the batch size times the mean's).
+    pub loss_reduction: String,
     pub device: String,
     /// How matrix products and convolutions compute: `fp32` (default; TF32 allowed on CUDA, as
     /// PyTorch's cuDNN convolutions), `fp32-strict` (no TF32: CUDA computes what the CPU does)
@@ -118,6 +121,7 @@ impl RunConfig {
             seed: 0,
             epochs: 20,
             batch_size: 64,
+            loss_reduction: "mean".into(),
             device: "cpu".into(),
             precision: "fp32".into(),
             checkpoint_every_steps: 0,
@@ -152,7 +156,9 @@ impl RunConfig {
             "avmnist" => reference(999, 64, 1e-4),
             "cremad" => reference(1500, 16, 1e-5),
             "urfunny" => reference(800, 16, 1e-5),
-            "ave" | "mosei" => reference(10, 16, 1e-5),
+            "ave" => reference(10, 16, 1e-5),
+            // `run/MOSEI_main.py` trains with `CrossEntropyLoss(reduction="sum")`.
+            "mosei" => Self { loss_reduction: "sum".into(), ..reference(10, 16, 1e-5) },
             "synthetic" => Self { dataset: dataset.into(), ..Self::av_digits() },
             _ => Self::av_digits(),
         })
@@ -266,6 +272,7 @@ impl RunConfig {
         one_of("device", &self.device, DEVICES)?;
         self.precision()?;
         one_of("shapley", &self.shapley, SHAPLEY_MODES)?;
+        one_of("loss_reduction", &self.loss_reduction, &["mean", "sum"])?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
             return Err(TrainError::Config("epochs must be at least 1".into()));
@@ -338,6 +345,7 @@ impl RunConfig {
             checkpoint_every_steps: self.checkpoint_every_steps,
             shapley: if self.shapley == "fast" { ShapleyMode::Fast } else { ShapleyMode::Faithful },
             shuffle: true,
+            loss_reduction: crate::LossReduction::parse(&self.loss_reduction).unwrap_or_default(),
         }
     }
 
@@ -403,6 +411,7 @@ impl RunConfig {
                     dep: Some(d.split(Split::Dep).clone()),
                     segment_labels: None,
                     notes: Vec::new(),
+                    word_vectors: None,
                 }
             }
             "synthetic" => {
@@ -465,15 +474,22 @@ impl RunConfig {
         let spec = agm_fusion::preset_spec(&self.model, &opts)?;
         for (m, input) in spec.inputs.iter().enumerate() {
             if input.vocab.is_some() {
-                // Ids are 0 (pad) .. max; the embedding needs max + 1 rows.
+                // Ids are 0 (pad) .. max; the embedding needs max + 1 rows, or a row per word
+                // vector (the reference sizes it by its vocabulary).
                 let max_id = [&data.train, &data.validation, &data.test]
                     .iter()
                     .flat_map(|s| s.modality_data(m).iter())
                     .fold(0f32, |a, &v| a.max(v));
-                opts.vocab_size = max_id as usize + 1;
+                let vectors = data.word_vectors.as_ref().map_or(0, |w| w.rows);
+                opts.vocab_size = (max_id as usize + 1).max(vectors);
             }
         }
-        Ok(agm_fusion::build_preset(&self.model, &opts, self.seed, DType::F32, device)?)
+        let model = agm_fusion::build_preset(&self.model, &opts, self.seed, DType::F32, device)?;
+        let embedding = spec.inputs.iter().find_map(|i| i.embedding);
+        if let (Some(name), Some(vectors)) = (embedding, &data.word_vectors) {
+            set_word_vectors(model.as_ref(), name, vectors)?;
+        }
+        Ok(model)
     }
 
     /// The method (or stack of methods) named by `method`, for this model and data.
@@ -533,6 +549,30 @@ impl RunConfig {
         let modulator = self.build_modulator(model.as_ref(), &data)?;
         Ok(Built { data, model, modulator })
     }
+}
+
+/// Copies pretrained word vectors into the model's embedding variable `name`, as the reference
+/// copies its GloVe matrix into its embedding.
+fn set_word_vectors(model: &dyn MultimodalModel, name: &str, vectors: &agm_data::WordVectors) -> Result<()> {
+    let groups = model.param_groups();
+    let var = &groups
+        .find(name)
+        .ok_or_else(|| TrainError::Config(format!("the model has no embedding `{name}` for the word vectors")))?
+        .var;
+    let [rows, dim] = var.dims() else {
+        return Err(TrainError::Config(format!("embedding `{name}` is not a matrix: {:?}", var.dims())));
+    };
+    if (vectors.rows, vectors.dim) != (*rows, *dim) {
+        return Err(TrainError::Config(format!(
+            "{}: word vectors of shape [{}, {}], but the model's embedding `{name}` is [{rows}, {dim}]",
+            vectors.source.display(),
+            vectors.rows,
+            vectors.dim
+        )));
+    }
+    let values = Tensor::from_slice(&vectors.values, (vectors.rows, vectors.dim), var.device())?;
+    var.set(&values.to_dtype(var.dtype())?)?;
+    Ok(())
 }
 
 /// A split of a loaded dataset by the AV-Digits split names (`dep` only where the dataset has it).

@@ -7,6 +7,8 @@ use candle_core::{DType, Device, Result};
 
 /// Evaluates `model` on every sample of `data` in order. With two or more modalities it also
 /// runs every masked pass and reports each modality's Shapley mono-modal accuracy and loss.
+/// Where `data` pads per batch ([`BatchSource::pads_per_batch`]) the outputs depend on
+/// `batch_size`; [`crate::TrainerOptions::eval_batch_size_for`] gives the reference's.
 pub fn evaluate(
     model: &dyn MultimodalModel,
     data: &dyn BatchSource,

@@ -32,7 +32,7 @@ pub use memory::peak_memory_bytes;
 pub use resolve::{Resolved, RunRequest};
 pub use run_dir::{RunDir, RunLock};
 pub use state_dict::{load_weights, load_weights_file, read_state_dict, KeyMismatch};
-pub use step::{train_step, ClipReport, GradStage, StepObserver, StepOutcome, StepParts};
+pub use step::{train_step, ClipReport, GradStage, LossReduction, StepObserver, StepOutcome, StepParts};
 /// The README's code blocks, compiled as doc tests so its library example cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

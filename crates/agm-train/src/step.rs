@@ -61,6 +61,28 @@ pub struct StepParts<'a> {
     pub trainable: &'a [NamedVar],
     /// How the masked passes of Shapley-based methods run.
     pub shapley: ShapleyMode,
+    /// How the training loss reduces over the batch.
+    pub loss_reduction: LossReduction,
+}
+
+/// How the training loss reduces over the batch: the mean of the per-sample losses (PyTorch's
+/// default) or their sum (the reference's MOSEI loop), whose gradients are `B` times the mean's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LossReduction {
+    #[default]
+    Mean,
+    Sum,
+}
+
+impl LossReduction {
+    /// `mean` or `sum`, as configs write it.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "mean" => Some(Self::Mean),
+            "sum" => Some(Self::Sum),
+            _ => None,
+        }
+    }
 }
 
 /// Runs one step. `step` and `epoch` are 1-based.
@@ -97,6 +119,16 @@ pub fn train_step(
         return Ok(StepOutcome { loss, clip: None, coefficients: parts.modulator.coefficients() });
     }
     let mut grads = grads?;
+    if parts.loss_reduction == LossReduction::Sum {
+        // Every method's loss is a mean over the batch, so the sum's gradients are B times its
+        // gradients, before the method edits them and the clipping reads them, as in the reference.
+        let samples = batch.labels.dims()[0] as f64;
+        for v in parts.trainable {
+            if let Some(g) = grads.remove(&v.var) {
+                grads.insert(&v.var, g.affine(samples, 0.0)?);
+            }
+        }
+    }
     observer.grads(GradStage::Backward, &grads)?;
     parts.modulator.after_backward(&cx, &mut grads)?;
     observer.grads(GradStage::Modulated, &grads)?;

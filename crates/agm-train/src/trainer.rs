@@ -23,6 +23,8 @@ use crate::{evaluate, RunDir};
 pub struct TrainerOptions {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Evaluation's batch size, for data whose outputs do not depend on it
+    /// ([`TrainerOptions::eval_batch_size_for`]).
     pub eval_batch_size: usize,
     /// Seeds the data order and dropout masks.
     pub seed: u64,
@@ -34,6 +36,22 @@ pub struct TrainerOptions {
     pub shapley: ShapleyMode,
     /// Visit the training split in a new seeded order every epoch (`false`: in stored order).
     pub shuffle: bool,
+    /// How the training loss reduces over the batch.
+    pub loss_reduction: crate::LossReduction,
+}
+
+impl TrainerOptions {
+    /// The batch size evaluation batches `split` at: the training batch size where batches are
+    /// cut to their longest sample ([`BatchSource::pads_per_batch`]: the padding depends on the
+    /// batch, and the reference evaluates such data at its training batch size), else
+    /// `eval_batch_size`.
+    pub fn eval_batch_size_for(&self, split: &dyn BatchSource) -> usize {
+        if split.pads_per_batch() {
+            self.batch_size
+        } else {
+            self.eval_batch_size
+        }
+    }
 }
 
 /// Whether a callback lets training go on.
@@ -196,6 +214,11 @@ struct LoopState {
     #[serde(with = "agm_core::serde_f64::seq")]
     epoch_coeff_sum: Vec<f64>,
     stopped: bool,
+    /// Set by a snapshot restore: the schedule's learning rate times this, since the restore
+    /// brought back the snapshot's rate and the schedule's decays go on from it (PyTorch's
+    /// `optimizer.load_state_dict` under a chained `StepLR`, as the reference's MSES does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lr_factor: Option<f64>,
 }
 
 /// What a restored state is to the method.
@@ -311,7 +334,8 @@ impl<'a> Trainer<'a> {
     /// ([`Modulator::predict`]).
     pub fn evaluate(&self, split: &dyn BatchSource, progress: &mut dyn FnMut(usize, usize)) -> Result<EvalReport> {
         let method = Some(self.modulator.as_ref() as &dyn Modulator);
-        Ok(evaluate::evaluate_with(self.model, method, split, self.opts.eval_batch_size, &self.device, progress)?)
+        let batch_size = self.opts.eval_batch_size_for(split);
+        Ok(evaluate::evaluate_with(self.model, method, split, batch_size, &self.device, progress)?)
     }
 
     /// Loads the run directory's best weights (model and method variables) and the method's
@@ -367,6 +391,7 @@ impl<'a> Trainer<'a> {
             model: own(self.model_tensors())?,
             optimizer: own(self.optimizer.state()?)?,
             modulator: self.modulator.state(),
+            learning_rate: None,
         })
     }
 
@@ -443,7 +468,7 @@ impl<'a> Trainer<'a> {
                 loop_state.epochs_done
             )));
         }
-        let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator };
+        let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator, learning_rate: None };
         self.restore(&state, Restore::Resume, &path)?;
         self.state = loop_state;
         self.snapshots = ck.snapshots;
@@ -451,11 +476,17 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    fn restore_snapshot(&mut self, tag: &str) -> Result<()> {
+    /// Restores snapshot `tag` before an epoch the schedule gives `scheduled_lr`: the snapshot's
+    /// own learning rate comes back with it, and later epochs decay from there.
+    fn restore_snapshot(&mut self, tag: &str, scheduled_lr: f64) -> Result<()> {
         let snap = self.snapshots.get(tag).cloned().ok_or_else(|| {
             TrainError::Config(format!("the method asked to restore snapshot `{tag}`, which was never saved"))
         })?;
-        self.restore(&snap, Restore::Snapshot(tag), std::path::Path::new(tag))
+        self.restore(&snap, Restore::Snapshot(tag), std::path::Path::new(tag))?;
+        if let Some(lr) = snap.learning_rate.filter(|_| scheduled_lr > 0.0) {
+            self.state.lr_factor = Some(lr / scheduled_lr);
+        }
+        Ok(())
     }
 
     fn dropout_seed(&self) -> u64 {
@@ -480,7 +511,7 @@ impl<'a> Trainer<'a> {
         while !stopped_early && self.state.epochs_done < self.opts.epochs {
             let epoch_index = self.state.epochs_done;
             let epoch = epoch_index + 1;
-            let lr = schedule.lr_at_epoch(self.opts.base_lr, epoch_index);
+            let lr = schedule.lr_at_epoch(self.opts.base_lr, epoch_index) * self.state.lr_factor.unwrap_or(1.0);
             self.optimizer.set_learning_rate(lr);
             let order = agm_data::epoch_order(n, self.opts.seed, epoch_index, self.opts.shuffle);
             self.modulator.on_epoch_start(epoch, ranges.len(), self.state.next_batch)?;
@@ -497,6 +528,7 @@ impl<'a> Trainer<'a> {
                         optimizer: self.optimizer.as_mut(),
                         trainable: &self.trainable,
                         shapley: self.opts.shapley,
+                        loss_reduction: self.opts.loss_reduction,
                     };
                     train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
                 };
@@ -541,7 +573,7 @@ impl<'a> Trainer<'a> {
                 self.model,
                 Some(self.modulator.as_ref()),
                 validation,
-                self.opts.eval_batch_size,
+                self.opts.eval_batch_size_for(validation),
                 &self.device,
                 &mut |done, total| callback.on_validation(done, total),
             )?;
@@ -555,13 +587,17 @@ impl<'a> Trainer<'a> {
                 modality_accuracy: validation_report.modality_accuracy.clone(),
                 modality_loss: validation_report.modality_loss.clone(),
             })?;
+            // The schedule's rate for the next epoch (index `epoch`).
+            let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
             for action in actions {
                 match action {
                     EpochAction::SaveSnapshot(tag) => {
-                        let snap = self.capture(true)?;
+                        let mut snap = self.capture(true)?;
+                        // The rate the reference's checkpoint holds: its scheduler has stepped.
+                        snap.learning_rate = Some(next_lr * self.state.lr_factor.unwrap_or(1.0));
                         self.snapshots.insert(tag, snap);
                     }
-                    EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag)?,
+                    EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag, next_lr)?,
                     EpochAction::Stop => stopped_early = true,
                     EpochAction::ResetOptimizer => self.optimizer.reset_state(),
                 }
@@ -625,6 +661,7 @@ impl<'a> Trainer<'a> {
                 best_accuracy: self.state.best_accuracy,
                 best_epoch: self.state.best_epoch,
                 stopped: stopped_early,
+                lr_factor: self.state.lr_factor,
                 ..LoopState::default()
             };
             if let Some(dir) = &self.run_dir {

@@ -53,8 +53,42 @@ fn mosei_pickles_train_with_the_mat_net_and_the_data_vocabulary() {
 }
 
 #[test]
+fn mosei_runs_start_from_the_glove_vectors_and_sum_their_loss() {
+    use agm_core::MultimodalModel;
+    // The reference's settings: `CrossEntropyLoss(reduction="sum")` (run/MOSEI_main.py).
+    let cfg =
+        RunConfig { data: fixture("mosei").to_string_lossy().into_owned(), ..RunConfig::for_dataset("mosei").unwrap() };
+    assert_eq!(cfg.loss_reduction, "sum");
+    assert_eq!(cfg.trainer_options().loss_reduction, agm_train::LossReduction::Sum);
+    assert_eq!(RunConfig::for_dataset("ave").unwrap().loss_reduction, "mean");
+    // The fixture's vocabulary has ids 0..=7; ten rows of GloVe make a ten-row embedding, as
+    // the reference sizes it by its vocabulary.
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(fixture("mosei")).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+    }
+    let (rows, dim) = (10, 300);
+    let body: Vec<u8> = (0..rows * dim).flat_map(|i| ((i % 97) as f32 / 64.0).to_le_bytes()).collect();
+    let glove = dir.path().join("train_glove.npy");
+    agm_data::loaders::array::write_npy(&glove, "<f4", &[rows, dim], &body).unwrap();
+    let cfg = RunConfig { data: dir.path().to_string_lossy().into_owned(), ..cfg };
+    let built = cfg.build(&Device::Cpu).unwrap();
+    let groups = built.model.param_groups();
+    let embedding = groups.find(agm_fusion::MoseiMatNet::EMBEDDING).unwrap().var.as_tensor().clone();
+    assert_eq!(embedding.dims(), [rows, dim]);
+    let values = embedding.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert!(values.iter().enumerate().all(|(i, &v)| v == (i % 97) as f32 / 64.0));
+    // Vectors of another width than the model's embedding are refused, naming the file.
+    agm_data::loaders::array::write_npy(&glove, "<f4", &[rows, 4], &body[..rows * 4 * 4]).unwrap();
+    let e = cfg.build(&Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("train_glove.npy") && e.contains("[10, 4]") && e.contains("[10, 300]"), "{e}");
+}
+
+#[test]
 fn urfunny_pickle_trains_with_three_transformers() {
-    // Padded to 4 steps where the reference pads to 50: the run says so, once per modality.
+    // The fixture's samples are [8, F] with small F where the reference's are [50, 81 | 371 | 300]:
+    // the run says so, once per modality.
     let (_, notes) = one_epoch("urfunny", &fixture("urfunny/humor_p4.pkl"));
     assert_eq!(notes.len(), 3, "{notes:?}");
     assert!(notes[0].contains("reference shape is [50,") && notes[0].contains("built for the data's"), "{notes:?}");

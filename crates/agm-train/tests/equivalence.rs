@@ -6,7 +6,7 @@ use agm_fusion::{FusionKind, FusionModel};
 use agm_modulation::{Agm, AgmConfig, ClipRule, Joint, Modulator};
 use agm_train::optim::{OptimizerConfig, ParamGroup, SgdConfig};
 use agm_train::step::NoObserver;
-use agm_train::{train_step, StepParts};
+use agm_train::{train_step, LossReduction, StepParts};
 use candle_core::DType;
 
 mod common;
@@ -20,11 +20,19 @@ fn batches(m: usize, n: usize) -> Vec<MultimodalBatch> {
 }
 
 /// Trains `steps` steps and returns every variable afterwards.
-fn train(m: usize, mut modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)> {
+fn train(m: usize, modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)> {
+    train_with(m, modulator, SgdConfig::agm_reference(0.1), LossReduction::Mean)
+}
+
+fn train_with(
+    m: usize,
+    mut modulator: Box<dyn Modulator>,
+    sgd: SgdConfig,
+    loss_reduction: LossReduction,
+) -> Vec<(String, Vec<f64>)> {
     let model = model(m);
     let trainable = model.param_groups().trainable();
-    let mut opt =
-        OptimizerConfig::Sgd(SgdConfig::agm_reference(0.1)).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
+    let mut opt = OptimizerConfig::Sgd(sgd).build(vec![ParamGroup::new(trainable.clone())]).unwrap();
     for (i, batch) in batches(m, 6).iter().enumerate() {
         let mut parts = StepParts {
             model: &model,
@@ -32,6 +40,7 @@ fn train(m: usize, mut modulator: Box<dyn Modulator>) -> Vec<(String, Vec<f64>)>
             optimizer: opt.as_mut(),
             trainable: &trainable,
             shapley: Default::default(),
+            loss_reduction,
         };
         train_step(&mut parts, batch, i + 1, 1, 0, &mut NoObserver).unwrap();
     }
@@ -73,4 +82,23 @@ fn nonzero_alpha_does_modulate() {
     let agm = train(2, Box::new(Agm::new(AgmConfig { alpha: 2.0, ..AgmConfig::paper_avmnist() }, 2).unwrap()));
     let joint = train(2, Box::new(Joint::with_clip(AgmConfig::paper_avmnist().clip)));
     assert_ne!(agm, joint, "a real alpha must change the updates");
+}
+
+#[test]
+fn a_summed_loss_steps_as_the_mean_at_the_batch_size_times_the_learning_rate() {
+    // Plain SGD (no momentum or weight decay, which the batch size does not scale): summing the
+    // batch of 8 at lr 0.1 / 8 is the mean at lr 0.1, exactly (8 is a power of two); with
+    // clipping firing on the head, which the summed gradients reach first.
+    let plain = |lr| SgdConfig { lr, momentum: 0.0, dampening: 0.0, weight_decay: 0.0, nesterov: false };
+    for clip in [None, Some(ClipRule::outside_band(0.05, 0.5))] {
+        let agm = || Box::new(Agm::new(AgmConfig { alpha: 2.0, clip, ..AgmConfig::paper_avmnist() }, 2).unwrap());
+        let mean = train_with(2, agm(), plain(0.1), LossReduction::Mean);
+        let sum = train_with(2, agm(), plain(0.1 / 8.0), LossReduction::Sum);
+        if clip.is_none() {
+            assert_eq!(mean, sum);
+        } else {
+            // Clipping rescales to a norm, so the sum's larger gradients take other steps.
+            assert_ne!(mean, sum);
+        }
+    }
 }

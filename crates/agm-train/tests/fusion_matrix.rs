@@ -63,6 +63,7 @@ fn every_fusion_trains_two_steps_under_every_method_with_two_and_three_modalitie
                             optimizer: opt.as_mut(),
                             trainable: &trainable,
                             shapley,
+                            loss_reduction: Default::default(),
                         };
                         let out = train_step(&mut parts, &batch(m, step as u64), step, 1, 7, &mut NoObserver).unwrap();
                         assert!(out.loss.is_finite(), "{what}: loss {}", out.loss);

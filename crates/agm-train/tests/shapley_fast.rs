@@ -37,6 +37,7 @@ fn train(m: usize, fusion: &FusionKind, batch_norm: bool, mode: ShapleyMode) -> 
             optimizer: opt.as_mut(),
             trainable: &trainable,
             shapley: mode,
+            loss_reduction: Default::default(),
         };
         train_step(&mut parts, &batch(m, step as u64), step, 1, step as u64, &mut NoObserver).unwrap();
     }

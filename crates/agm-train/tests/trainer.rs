@@ -202,3 +202,76 @@ fn default_preset_shows_competition_over_three_seeds() {
         );
     }
 }
+
+/// Saves snapshot `snap` after epoch `save` and restores it after epoch `restore`; trains as
+/// joint training otherwise.
+struct SnapshotThenRestore {
+    save: usize,
+    restore: usize,
+}
+
+impl Modulator for SnapshotThenRestore {
+    fn name(&self) -> &'static str {
+        "snapshot-then-restore"
+    }
+    fn on_epoch_end(
+        &mut self,
+        cx: &agm_modulation::EpochCx<'_>,
+    ) -> candle_core::Result<Vec<agm_modulation::EpochAction>> {
+        use agm_modulation::EpochAction::{RestoreSnapshot, SaveSnapshot};
+        Ok(match cx.epoch {
+            e if e == self.save => vec![SaveSnapshot("snap".into())],
+            e if e == self.restore => vec![RestoreSnapshot("snap".into())],
+            _ => Vec::new(),
+        })
+    }
+}
+
+struct EpochRates(Vec<f64>);
+
+impl agm_train::Callback for EpochRates {
+    fn on_epoch_end(&mut self, e: &agm_train::EpochSummary) -> agm_train::Flow {
+        self.0.push(e.lr);
+        agm_train::Flow::Continue
+    }
+}
+
+#[test]
+fn a_restored_snapshot_brings_back_its_learning_rate_and_the_schedule_decays_from_it() {
+    // The reference's MSES reloads `optimizer.state_dict()` from the checkpoint of epoch 1,
+    // whose scheduler had stepped: epoch 2's rate. A chained StepLR then keeps multiplying by
+    // gamma at its step boundaries, so after the restore at the end of epoch 3 the rates are
+    // epoch 2's, then half of it, and so on (not the schedule's 0.1 / 8, 0.1 / 16).
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let dev = Device::Cpu;
+    let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 3, DType::F32, &dev).unwrap();
+    let opts = TrainerOptions {
+        base_lr: 0.1,
+        schedule: agm_train::optim::ScheduleConfig::Step { step_size: 1, gamma: 0.5 },
+        ..options(5)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let modulator = Box::new(SnapshotThenRestore { save: 1, restore: 3 });
+    let mut t = Trainer::new(&model, modulator, sgd(), opts.clone(), &dev)
+        .unwrap()
+        .with_run_dir(RunDir::create(dir.path()).unwrap());
+    let mut rates = EpochRates(Vec::new());
+    t.fit(data.split(Split::Train), data.split(Split::Validation), &mut rates).unwrap();
+    assert_eq!(rates.0, [0.1, 0.05, 0.025, 0.05, 0.025]);
+
+    // The factor survives a resume: stop after epoch 4, resume, epoch 5 still runs at 0.025.
+    let dir = tempfile::tempdir().unwrap();
+    let modulator = Box::new(SnapshotThenRestore { save: 1, restore: 3 });
+    let stopped = TrainerOptions { epochs: 4, ..opts.clone() };
+    let mut t = Trainer::new(&model, modulator, sgd(), stopped, &dev)
+        .unwrap()
+        .with_run_dir(RunDir::create(dir.path()).unwrap());
+    t.fit(data.split(Split::Train), data.split(Split::Validation), &mut agm_train::NoCallback).unwrap();
+    let modulator = Box::new(SnapshotThenRestore { save: 1, restore: 3 });
+    let mut t =
+        Trainer::new(&model, modulator, sgd(), opts, &dev).unwrap().with_run_dir(RunDir::open(dir.path()).unwrap());
+    t.resume().unwrap();
+    let mut rates = EpochRates(Vec::new());
+    t.fit(data.split(Split::Train), data.split(Split::Validation), &mut rates).unwrap();
+    assert_eq!(rates.0, [0.025]);
+}

@@ -6,7 +6,8 @@
 //!
 //! The split labels are each video's event class (the lowest non-background class present, as
 //! the reference's AVPS target uses; 28 if none); per-segment labels are in
-//! [`super::SegmentLabels`]. AGM drops the last partial batch of AVE; that is the trainer's call.
+//! [`super::SegmentLabels`]. The reference drops AVE's last partial batch in training and
+//! evaluation; agm keeps every sample (docs/known-differences.md).
 
 use std::path::Path;
 
@@ -147,5 +148,6 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
         dep: None,
         segment_labels: Some(segment_labels),
         notes: Vec::new(),
+        word_vectors: None,
     })
 }

@@ -232,6 +232,7 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
         dep: Some(dep),
         segment_labels: None,
         notes: Vec::new(),
+        word_vectors: None,
     })
 }
 

@@ -3,8 +3,9 @@
 //! `Image-01-FPS/<clip>/` → `[3,1,S,S]` ImageNet-normalised (agm-reference §7.2).
 //!
 //! A precomputed spectrogram `Spectrogram/<clip>.npy` (`[257,188]`, any float dtype) is used
-//! instead of the wav when present. Frames get the eval transform (resize) in every split: the
-//! reference's random crop/flip on train is not applied (SplitTensors are static).
+//! instead of the wav when present. Frames are stored resized (the reference's eval transform);
+//! a run draws the reference's random resized crop and flip on the training frames
+//! (`crate::augment`), from the resized frame (docs/known-differences.md).
 
 use std::path::{Path, PathBuf};
 
@@ -156,5 +157,6 @@ pub fn load(root: &Path, opts: &LoadOptions) -> Result<LoadedDataset> {
         dep: Some(dep),
         segment_labels: None,
         notes,
+        word_vectors: None,
     })
 }

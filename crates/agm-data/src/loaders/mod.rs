@@ -132,6 +132,19 @@ pub struct LoadedDataset {
     pub segment_labels: Option<SegmentLabels>,
     /// What the loader skipped or adjusted (rows with missing media, dropped samples…).
     pub notes: Vec<String>,
+    /// Pretrained vectors for the text embedding, one row per token id (MOSEI's
+    /// `train_glove.npy`, which the reference copies into its embedding).
+    pub word_vectors: Option<WordVectors>,
+}
+
+/// A word-vector matrix `[rows, dim]`, row `i` for token id `i`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WordVectors {
+    pub rows: usize,
+    pub dim: usize,
+    pub values: Vec<f32>,
+    /// The file they came from, for messages.
+    pub source: std::path::PathBuf,
 }
 
 impl LoadedDataset {

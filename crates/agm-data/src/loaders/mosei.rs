@@ -9,6 +9,9 @@
 //! `{split}_sentences.p` is used and keys missing from another file are skipped (and noted).
 //! The vocabulary is `token_to_ix.pkl` when present, else built from train as the reference
 //! does (`{'UNK': 1}`, each new word gets `len(dict)`, so the first word shares id 1 with UNK).
+//! `train_glove.npy` (`[V, 300]`, row `i` for id `i` of `token_to_ix.pkl`, the reference's
+//! cached GloVe matrix) becomes the dataset's word vectors, which the reference copies into its
+//! embedding; without it the embedding keeps its random initialisation.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,7 +19,7 @@ use std::path::Path;
 use agm_core::ModalitySet;
 
 use super::pickle::{read_pickle, Py};
-use super::{require, LoadedDataset};
+use super::{require, LoadedDataset, WordVectors};
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
@@ -200,6 +203,14 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
     let valid = read_split(root, "valid", &mut notes)?;
     let test = read_split(root, "test", &mut notes)?;
     let vocab = vocabulary(root, &train)?;
+    let word_vectors = word_vectors(root, &vocab)?;
+    if word_vectors.is_none() {
+        notes.push(
+            "no train_glove.npy: the text embedding starts random, where the reference copies GloVe vectors \
+             into it (put the reference's cached token_to_ix.pkl and train_glove.npy in the folder)"
+                .into(),
+        );
+    }
     Ok(LoadedDataset {
         id: super::DatasetId::Mosei,
         modalities: ModalitySet::new(["audio", "text"]),
@@ -211,7 +222,45 @@ pub fn load(root: &Path) -> Result<LoadedDataset> {
         dep: None,
         segment_labels: None,
         notes,
+        word_vectors,
     })
+}
+
+/// `train_glove.npy`, when present: 2-D float, finite, a row for every id of the vocabulary,
+/// which must then come from `token_to_ix.pkl` (the rows follow its ids).
+fn word_vectors(root: &Path, vocab: &HashMap<String, u32>) -> Result<Option<WordVectors>> {
+    let path = root.join("train_glove.npy");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bad = |reason: String| DataError::BadSource { path: path.clone(), reason };
+    if !root.join("token_to_ix.pkl").is_file() {
+        return Err(bad(
+            "its rows follow the ids of token_to_ix.pkl, which is missing: put the token_to_ix.pkl written with \
+             it beside it, or remove train_glove.npy to train the embedding from a random start"
+                .into(),
+        ));
+    }
+    let file = super::array::NpyFile::open(&path)?;
+    let &[rows, dim] = file.shape() else {
+        return Err(bad(format!("shape {:?}, expected [vocabulary, 300]", file.shape())));
+    };
+    if file.dtype().is_integer() || rows == 0 || dim == 0 {
+        return Err(bad(format!("{:?} of shape [{rows}, {dim}], expected float [vocabulary, 300]", file.dtype())));
+    }
+    let needed = vocab.values().copied().max().map_or(0, |m| m as usize + 1);
+    if rows < needed {
+        return Err(bad(format!(
+            "{rows} rows, but token_to_ix.pkl has ids up to {}; write both files again from the same vocabulary",
+            needed - 1
+        )));
+    }
+    let mut values = Vec::with_capacity(rows * dim);
+    file.read_rows_f32(0, rows, 1.0, &mut values);
+    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+        return Err(bad(format!("row {} holds {}", at / dim, values[at])));
+    }
+    Ok(Some(WordVectors { rows, dim, values, source: path }))
 }
 
 /// The vocabulary size the text embedding needs (max id + 1).

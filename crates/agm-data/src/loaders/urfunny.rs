@@ -3,11 +3,13 @@
 //!
 //! Processing as AGM (`aligned=True, z_norm=False`): rows with all-zero text are dropped; audio
 //! `-inf` → 0; every modality is cut to `[start:]` where `start` is the first non-zero text
-//! step; label `< 1` → 0 else 1 (a non-finite label is an error). AGM then right-pads each
-//! batch to its longest sequence; here every sample is right-padded to the file's `T` (so shapes
-//! are fixed), which keeps the content at the front exactly as AGM's batches do (only the amount
-//! of trailing zeros differs). `T` and every feature width `F` must be at least 1, and a
-//! modality's `F` the same in every split (one model reads them all).
+//! step; label `< 1` → 0 else 1 (a non-finite label is an error). Each sample is stored
+//! right-padded with zeros to the file's `T` with its valid length `T − start`, and every batch
+//! is cut to its longest valid length, as AGM's `pad_sequence` collate pads each batch: its
+//! transformers attend to every zero step (no padding mask), so the number of them changes the
+//! outputs. Evaluation therefore batches UR-Funny in order at the run's batch size, as AGM's
+//! loaders do. `T` and every feature width `F` must be at least 1, and a modality's `F` the same
+//! in every split (one model reads them all).
 
 use std::path::{Path, PathBuf};
 
@@ -101,6 +103,7 @@ fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize, Vec
     let widths: Vec<usize> = mods.iter().map(|a| a.shape[2]).collect();
     let mut data: Vec<Vec<f32>> = vec![Vec::new(); 3];
     let mut out_labels = Vec::new();
+    let mut valid_lengths = Vec::new();
     let mut dropped = 0;
     for i in 0..n {
         let text = &values[2][i * t * widths[2]..(i + 1) * t * widths[2]];
@@ -117,10 +120,12 @@ fn split(path: &Path, root: &Py, name: &str) -> Result<(SplitTensors, usize, Vec
             data[m].extend(std::iter::repeat_n(0.0, start * w));
         }
         out_labels.push(if label_values[i] < 1.0 { 0 } else { 1 });
+        // `aligned`: one start for every modality, so one length.
+        valid_lengths.push(t - start);
     }
     let shapes = widths.iter().map(|&w| vec![t, w]).collect();
     let stored = mods.into_iter().map(|a| a.shape).collect();
-    Ok((SplitTensors::new(data, shapes, out_labels), dropped, stored))
+    Ok((SplitTensors::new(data, shapes, out_labels).with_valid_lengths(valid_lengths), dropped, stored))
 }
 
 /// Loads UR-Funny from the pickle (`path` is the file, or a folder holding `humor.pkl`):
@@ -170,5 +175,6 @@ pub fn load(path: &Path) -> Result<LoadedDataset> {
         test,
         segment_labels: None,
         notes,
+        word_vectors: None,
     })
 }

@@ -392,6 +392,7 @@ pub(super) fn run(
         checkpoint_every_steps: 0,
         shapley: agm_core::ShapleyMode::Faithful,
         shuffle: false,
+        loss_reduction: Default::default(),
     };
     let mut trainer = Trainer::new(&model, recorder, |g| Ok(optimizer.build(g)?), opts, &Device::Cpu)
         .map_err(|e| invalid(format!("cannot set up the trainer: {e}")))?;

@@ -299,6 +299,7 @@ pub(super) fn run(
                 optimizer: &mut sgd,
                 trainable: &trainable,
                 shapley: ShapleyMode::Faithful,
+                loss_reduction: Default::default(),
             };
             train_step(&mut parts, &batch, k, epoch, 0, &mut capture).map_err(replay_err)?
         };
