@@ -17,12 +17,22 @@ in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 
 --batch 4 --hidden 12` (`--semantics cremad` runs the CREMA-D loop: AV-MNIST's rules with the
 clamp at 10, four passes).
 `--network official` keeps the official inner network (AV-MNIST's `Later_Fusion_Resnet`, CREMA-D's
-`AVClassifier`; AGM), sets its weights from `twin_models.py`'s formula and writes `<out dir>.json`
-of summaries for `crates/agm-train/tests/twins.rs`: `tests/fixtures/twin_steps/avmnist-late-agm`
-is `--network official --seed 3 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.05
---audio-shape 1,32,32 --visual-shape 1,28,28`; `cremad-late-agm` is `--network official
---semantics cremad --seed 5 --batch 8 --epochs 2 --steps 2 --alpha 1.5 --lr 0.01
---audio-shape 1,32,32 --visual-shape 3,1,32,32`.
+`AVClassifier`, UR-Funny's `Later_Fusion_Model`; AGM), sets its weights from `twin_models.py`'s
+formula and writes `<out dir>.json` of summaries for `crates/agm-train/tests/twins.rs`:
+`tests/fixtures/twin_steps/avmnist-late-agm` is `--network official --seed 3 --batch 4 --epochs 2
+--steps 2 --alpha 2.5 --lr 0.05 --audio-shape 1,32,32 --visual-shape 1,28,28`; `cremad-late-agm` is
+`--network official --semantics cremad --seed 5 --batch 4 --epochs 2 --steps 2 --alpha 1.5
+--lr 0.01 --audio-shape 1,32,32 --visual-shape 3,1,16,16`, written as `cremad-late-agm-b4` (its
+`case`) and renamed; `urfunny-late-agm` is `--network official --semantics urfunny --seed 11
+--batch 4 --epochs 2 --steps 3 --alpha 2 --lr 0.003 --audio-shape 3,81 --visual-shape 3,371
+--text-shape 3,300`. UR-Funny's transformers train with dropout, so the official run takes agm's
+masks: every dropout site of its `nn.TransformerEncoderLayer`s (`dropout1`, `dropout`, `dropout2`
+and the attention-weight dropout inside `nn.MultiheadAttention`) applies the mask of
+`crates/agm-kernels/src/dropout.rs` for agm's seed of that site (`FusionModel::encoder_seed`, then
+`mix_seed(·, 4·layer + site)`) and agm's element index (batch-first rows). The step's dropout seed
+is the one agm's `Trainer` would pass (`seed · 0x9E3779B97F4A7C15 ^ global step`), recorded per
+step (`dropout_seeds`). Only the full pass trains: GradMod runs the masked passes in evaluation
+mode, as agm does. Its inputs are formula inputs (`twin_models.py`).
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
 exact zeros (its std recorded).
@@ -50,6 +60,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
@@ -82,6 +93,13 @@ SEMANTICS = {
         "passes": ["keep_avt", "keep_vt", "keep_at", "keep_av", "keep_t", "keep_a", "keep_v", "keep_none"],
     },
 }
+
+
+class TensorsNotKept(dict):
+    """The tensor record of a twin fixture, which keeps summaries instead: writes are dropped."""
+
+    def __setitem__(self, key, value):
+        pass
 
 
 def stub_modules(sem):
@@ -128,6 +146,101 @@ class Tiny(nn.Module):
         return (out, feature) if self.mode == "feature" else out
 
 
+U64 = (1 << 64) - 1
+# agm's `Trainer` derives each step's dropout seed from the run seed and the global step.
+TRAINER_SEED_FACTOR = 0x9E3779B97F4A7C15
+# `TransformerConfig::urfunny`: eight layers, four dropout sites each (attention weights, after
+# attention, inside and after the feed-forward block), in agm's order of `mix_seed` indices.
+AGM_LAYERS, AGM_SITES = 8, {"attention": 0, "dropout1": 1, "dropout": 2, "dropout2": 3}
+
+
+def mix_seed(seed, index):
+    """agm_kernels::mix_seed (SplitMix64's output function): Python ints, or numpy uint64 arrays
+    of indices (numpy wraps them modulo 2^64 as Rust's wrapping ops do)."""
+    if isinstance(index, np.ndarray):
+        seed, c = np.uint64(seed), [np.uint64(v) for v in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)]
+        z = seed ^ ((index + np.uint64(1)) * c[0])
+        z = (z ^ (z >> np.uint64(30))) * c[1]
+        z = (z ^ (z >> np.uint64(27))) * c[2]
+        return z ^ (z >> np.uint64(31))
+    z = seed ^ (((index + 1) * 0x9E3779B97F4A7C15) & U64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & U64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & U64
+    return z ^ (z >> 31)
+
+
+def agm_mask(seed, shape, p):
+    """agm's dropout factors (0 or 1/(1-p)) for a tensor of `shape` in agm's layout, element i
+    dropped when the 53-bit draw of mix_seed(seed, i) is below p (`dropout.rs`: `dropped`)."""
+    z = mix_seed(seed, np.arange(math.prod(shape), dtype=np.uint64))
+    dropped = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < p
+    return torch.from_numpy(np.where(dropped, 0.0, 1.0 / (1.0 - p))).reshape(shape)
+
+
+class AgmMasks:
+    """Puts agm's dropout masks into the official UR-Funny network: each `nn.Dropout` of its
+    transformer layers becomes an `AgmDropout`, and the attention-weight dropout inside
+    `nn.MultiheadAttention` (which reaches `F.scaled_dot_product_attention` with `dropout_p`) runs
+    through `attention`. Any other dropout fails the run, so the sites correspond one to one."""
+
+    def __init__(self, net, mods):
+        self.step_seed = None
+        self.attention_seed = None
+        sites = 0
+        for m, mod in enumerate(mods):
+            layers = getattr(net, f"{mod}_encoder").transformer.layers
+            assert len(layers) == AGM_LAYERS, f"{mod}: {len(layers)} layers, agm's preset has {AGM_LAYERS}"
+            for i, layer in enumerate(layers):
+                for name in ["dropout1", "dropout", "dropout2"]:
+                    assert type(getattr(layer, name)) is nn.Dropout
+                    setattr(layer, name, AgmDropout(self, m, i, AGM_SITES[name], getattr(layer, name).p))
+                assert layer.self_attn.dropout == getattr(layer, "dropout1").p and not layer.self_attn.batch_first
+                layer.self_attn.register_forward_pre_hook(
+                    lambda module, args, m=m, i=i: setattr(self, "attention_seed", (m, i)))
+                sites += 4
+        left = [n for n, x in net.named_modules() if isinstance(x, nn.Dropout)]
+        assert not left and sites == len(mods) * AGM_LAYERS * len(AGM_SITES), left
+
+    def site_seed(self, m, layer, site):
+        """`FusionModel::encoder_seed`, then `Transformer::forward_parts`'s per-layer seeds."""
+        encoder_seed = (self.step_seed * 31 + m) & U64
+        return mix_seed(encoder_seed, 4 * layer + site)
+
+    def attention(self, original, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        """Training-mode attention as agm computes it (`transformer.rs`: `attention`); the
+        weights `[B, heads, L, L]` are already in agm's layout."""
+        if dropout_p == 0.0:
+            return original(q, k, v, attn_mask, dropout_p, is_causal, **kwargs)
+        assert attn_mask is None and not is_causal and not kwargs and self.attention_seed is not None
+        scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+        weights = torch.softmax(scores, dim=-1)
+        mask = agm_mask(self.site_seed(*self.attention_seed, AGM_SITES["attention"]), tuple(weights.shape), dropout_p)
+        self.attention_seed = None
+        return (weights * mask) @ v
+
+
+class AgmDropout(nn.Module):
+    """One `nn.Dropout` of a sequence-first transformer layer (`[L, B, W]`) with agm's mask, whose
+    element index is the batch-first row's (`[B·L, W]`)."""
+
+    def __init__(self, masks, m, layer, site, p):
+        super().__init__()
+        self.masks, self.m, self.layer, self.site, self.p = masks, m, layer, site, p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        L, B, W = x.shape
+        mask = agm_mask(self.masks.site_seed(self.m, self.layer, self.site), (B, L, W), self.p)
+        return x * mask.permute(1, 0, 2)
+
+
+def no_other_dropout(x, p=0.5, training=True, inplace=False):
+    """`F.dropout` while the masks are agm's: a training-mode dropout that `AgmMasks` missed."""
+    assert not training or p == 0.0, "a dropout site that AgmMasks does not replace"
+    return x
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("tree")
@@ -168,11 +281,12 @@ def main():
     if ogm and a.semantics != "avmnist":
         sys.exit("OGM-GE runs in the AV-MNIST loop only")
     twin = a.network == "official"
-    if twin and (ogm or M != 2):
-        # UR-Funny's transformers have dropout, whose masks cannot be matched across frameworks.
-        sys.exit("--network official runs AGM in the AV-MNIST and CREMA-D loops only")
+    if twin and ogm:
+        sys.exit("--network official runs AGM only")
     if twin:
-        C = 6 if a.semantics == "cremad" else 10  # the official heads
+        C = {"cremad": 6, "urfunny": 2}.get(a.semantics, 10)  # the official heads
+    # UR-Funny's transformers train with dropout: the official run takes agm's masks.
+    agm_dropout = twin and a.semantics == "urfunny"
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
     fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
     if not twin:
@@ -183,10 +297,12 @@ def main():
         learning_rate=a.lr, dataset="CREMAD" if a.semantics == "cremad" else None, fusion="concat", fps=1,
     )
     model = net_module.GradMod(cfgs).double()
+    masks = None
     if twin:
-        from twin_models import set_formula_weights, summary
+        from twin_models import formula, set_formula_weights, summary
 
         recipe = set_formula_weights(model.net)
+        masks = AgmMasks(model.net, mods) if agm_dropout else None
     else:
         # Random running statistics, as the shared fixtures start from.
         for m in mods:
@@ -195,16 +311,29 @@ def main():
             bn.running_var.copy_(torch.rand(H, dtype=torch.float64) + 0.5)
     named = dict(model.named_parameters())
     buffers = {n: b for n, b in model.named_buffers()}
-    tensors = {f"init/params/{n}": p.detach().clone() for n, p in named.items()}
-    tensors.update({f"init/buffers/{n}": b.detach().clone() for n, b in buffers.items()})
+    # The layer the loop's clipping reads (CREMA-D's official model names it `fusion_module.fc_out`).
+    head_name = "net.head.fc.weight" if "net.head.fc.weight" in named else "net.fusion_module.fc_out.weight"
+    # A twin fixture keeps summaries only: no copies of every tensor at every step (UR-Funny's
+    # network holds a gigabyte in float64), only the head gradient the clipping reads.
+    tensors = TensorsNotKept() if twin else {}
+    watched = {head_name: named[head_name]} if twin else named
+    if not twin:
+        tensors.update({f"init/params/{n}": p.detach().clone() for n, p in named.items()})
+        tensors.update({f"init/buffers/{n}": b.detach().clone() for n, b in buffers.items()})
 
     optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=a.step_size, gamma=0.1)
 
     # Batches: values exactly representable in float32; labels in [0, C).
-    batches = []
-    for _ in range(E * S):
-        xs = [(torch.randn((B,) + s) * 2).float().double() for s in shapes]
+    batches, formula_inputs = [], []
+    for k in range(E * S):
+        if agm_dropout:
+            # Formula inputs (twin_models.py), in [-1, 1): the fixture stores their recipes.
+            recipes = [{"shape": list(s), "seed": 20_000 + 10 * k + j} for j, s in enumerate(shapes)]
+            xs = [formula(B * math.prod(s), r["seed"], 0.0, 0).reshape((B,) + s) for s, r in zip(shapes, recipes)]
+            formula_inputs.append(recipes)
+        else:
+            xs = [(torch.randn((B,) + s) * 2).float().double() for s in shapes]
         batches.append((dict(zip(mods, xs)), torch.randint(0, C, (B,))))
 
     rec = {"passes": [], "m": {}, "clip": None}
@@ -229,10 +358,10 @@ def main():
     def backward(self, *args, **kwargs):
         original_backward(self, *args, **kwargs)
         rec["loss"] = self.item()
-        rec["grad_backward"] = {n: p.grad.detach().clone() for n, p in named.items()}
+        rec["grad_backward"] = {n: p.grad.detach().clone() for n, p in watched.items()}
 
     def clip(params, max_norm, **kwargs):
-        rec["modulated"] = {n: p.grad.detach().clone() for n, p in named.items()}
+        rec["modulated"] = {n: p.grad.detach().clone() for n, p in watched.items()}
         total = original_clip(params, max_norm, **kwargs)
         rec["clip"] = total.item()
         return total
@@ -268,8 +397,6 @@ def main():
         clamp = sem["clamp"] if sem["clamp"] is not None else math.inf
         coeff = {m: math.exp(a.alpha * min(opt[m] - ratio[m], clamp)) for m in mods}
         in_effect = {m: float(getattr(model, f"scale_{m[0]}")) for m in mods}
-        # The layer the loop's clipping reads (CREMA-D's official model names it `fusion_module.fc_out`).
-        head_name = "net.head.fc.weight" if "net.head.fc.weight" in named else "net.fusion_module.fc_out.weight"
         head = rec["grad_backward"][head_name]
         for n, g in rec["grad_backward"].items():
             tensors[p + f"grad_backward/{n}"] = g
@@ -316,7 +443,7 @@ def main():
 
     def sgd_step(*args, **kwargs):
         epoch, step_in_epoch = state["epoch"], len(steps) - (state["epoch"] - 1) * S
-        grads = {n: p.grad.detach().clone() for n, p in named.items()}
+        grads = {n: p.grad.detach().clone() for n, p in watched.items()}
         rec.setdefault("modulated", grads)
         record_step(epoch, step_in_epoch)
         rec.pop("modulated")
@@ -324,6 +451,8 @@ def main():
         for n, g in grads.items():
             tensors[f"step{k}/grad_final/{n}"] = g
         result = original_step(*args, **kwargs)
+        if twin:
+            return result
         for n, prm in named.items():
             tensors[f"step{k}/params_after/{n}"] = prm.detach().clone()
             tensors[f"step{k}/momentum_after/{n}"] = optimizer.state[prm]["momentum_buffer"].detach().clone()
@@ -341,6 +470,20 @@ def main():
 
     torch.Tensor.normal_ = zero_noise
     optimizer.step = sgd_step
+    original_attention, original_dropout = nn.functional.scaled_dot_product_attention, nn.functional.dropout
+    dropout_seeds = []
+    if masks is not None:
+        # `F.multi_head_attention_forward` calls the module's global `scaled_dot_product_attention`.
+        nn.functional.scaled_dot_product_attention = lambda *args, **kwargs: masks.attention(
+            original_attention, *args, **kwargs)
+        nn.functional.dropout = no_other_dropout
+
+        def step_seed(module, args):
+            # GradMod runs once per step: agm's `Trainer` seed for the global step before it.
+            masks.step_seed = ((a.seed * TRAINER_SEED_FACTOR) & U64) ^ len(dropout_seeds)
+            dropout_seeds.append(masks.step_seed)
+
+        model.register_forward_pre_hook(step_seed)
     logger = types.SimpleNamespace(info=lambda *_: None)
     writer = types.SimpleNamespace(add_scalar=lambda *_: None, add_scalars=lambda *_: None)
     running = {m: 0.0 for m in mods}
@@ -368,6 +511,7 @@ def main():
                 running = {"audio": a_, "visual": v, "text": t}
             epoch_end.append({"epoch": epoch, "running_score": {m: float(running[m]) for m in mods}})
     finally:
+        nn.functional.scaled_dot_product_attention, nn.functional.dropout = original_attention, original_dropout
         torch.Tensor.backward = original_backward
         torch.Tensor.float = float_of_tensor
         torch.Tensor.normal_ = original_normal
@@ -383,13 +527,17 @@ def main():
             "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,
                       "modulation_window_epochs": window},
             "tensors": recipe, "steps_per_epoch": S,
-            "batches": [{"inputs": [x[m].reshape(-1).tolist() for m in mods], "shapes": [list(x[m].shape) for m in mods],
-                         "labels": y.tolist()} for x, y in batches],
+            "batches": [{"formula_inputs": formula_inputs[k], "labels": y.tolist()} if formula_inputs else
+                        {"inputs": [x[m].reshape(-1).tolist() for m in mods], "shapes": [list(x[m].shape) for m in mods],
+                         "labels": y.tolist()} for k, (x, y) in enumerate(batches)],
             "steps": [{"loss": st["loss"], "coeff": st["coeff"], "hook_scale_in_effect": st["hook_scale_in_effect"],
                        "scores": st["scores"], "clip_fired": st["clip_fired"]} for st in steps],
             "after": {n[strip:]: summary(t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
                       if not n.endswith("num_batches_tracked")},
         }
+        if masks is not None:
+            # The step's dropout seed (agm's `train_step` argument), one per step.
+            case["dropout_seeds"] = dropout_seeds
         with open(a.out + ".json", "w") as f:
             json.dump(case, f, separators=(",", ":"))
         print(f"{a.out}.json: {len(steps)} steps, coefficients in effect {[st['hook_scale_in_effect'] for st in steps]}")
