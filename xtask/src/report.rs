@@ -505,6 +505,7 @@ pub(crate) mod tests {
                     loss: 1.5 - t,
                     modality_accuracy: vec![0.45 + 0.4 * t, 0.2 + 0.1 * t],
                     modality_loss: vec![1.6 - t, 2.0 - 0.2 * t],
+                    ..Default::default()
                 },
                 coefficients: (method == "agm").then(|| vec![1.0 - 0.2 * t, 1.0 + 0.3 * t]),
                 last_coefficients: (method == "agm").then(|| vec![1.0 - 0.25 * t, 1.0 + 0.35 * t]),
@@ -582,6 +583,7 @@ pub(crate) mod tests {
             loss: 0.4,
             modality_accuracy: vec![0.8, 0.25],
             modality_loss: vec![0.5, 2.0],
+            ..Default::default()
         };
         let record = RunRecord::load(&dir).unwrap();
         let outcome = agm_train::run::RunOutcome {

@@ -703,6 +703,7 @@ mod tests {
                 loss: 0.3,
                 modality_accuracy: vec![audio, visual],
                 modality_loss: vec![0.5, 1.5],
+                ..Default::default()
             },
             competition: None,
             step_seconds: 0.002 + 0.001 * seed as f64,

@@ -57,6 +57,8 @@ pub struct EvalTally {
     loss_sum: f64,
     modality_correct: Vec<usize>,
     modality_loss_sum: Vec<f64>,
+    head_correct: Vec<usize>,
+    head_loss_sum: Vec<f64>,
 }
 
 /// Evaluation numbers of one split. In files the per-modality values are keyed by modality
@@ -73,6 +75,11 @@ pub struct EvalReport {
     pub modality_accuracy: Vec<f64>,
     /// Mean cross-entropy of each modality's Shapley mono-modal output.
     pub modality_loss: Vec<f64>,
+    /// Accuracy of each modality's own head, for models whose fusion sums one head per modality
+    /// (`MultimodalModel::modality_logits`, the reference's `_Sum` models); empty otherwise.
+    pub head_accuracy: Vec<f64>,
+    /// Mean cross-entropy of each modality's own head; empty where `head_accuracy` is.
+    pub head_loss: Vec<f64>,
 }
 
 impl EvalReport {
@@ -98,6 +105,10 @@ struct EvalReportFile {
     modalities: Vec<String>,
     modality_accuracy: Keyed,
     modality_loss: Keyed,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head_accuracy: Option<Keyed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    head_loss: Option<Keyed>,
 }
 
 impl From<EvalReport> for EvalReportFile {
@@ -109,6 +120,8 @@ impl From<EvalReport> for EvalReportFile {
             loss: r.loss,
             modality_accuracy: Keyed::new(&names, &r.modality_accuracy),
             modality_loss: Keyed::new(&names, &r.modality_loss),
+            head_accuracy: (!r.head_accuracy.is_empty()).then(|| Keyed::new(&names, &r.head_accuracy)),
+            head_loss: (!r.head_loss.is_empty()).then(|| Keyed::new(&names, &r.head_loss)),
             modalities: names,
         }
     }
@@ -123,6 +136,8 @@ impl TryFrom<EvalReportFile> for EvalReport {
             loss: f.loss,
             modality_accuracy: f.modality_accuracy.values(&f.modalities)?,
             modality_loss: f.modality_loss.values(&f.modalities)?,
+            head_accuracy: f.head_accuracy.map_or(Ok(Vec::new()), |k| k.values(&f.modalities))?,
+            head_loss: f.head_loss.map_or(Ok(Vec::new()), |k| k.values(&f.modalities))?,
             modalities: f.modalities,
         })
     }
@@ -139,7 +154,24 @@ impl EvalTally {
             loss_sum: 0.0,
             modality_correct: vec![0; num_modalities],
             modality_loss_sum: vec![0.0; num_modalities],
+            head_correct: Vec::new(),
+            head_loss_sum: Vec::new(),
         }
+    }
+
+    /// Adds one batch's per-modality head logits (models whose fusion sums one head per
+    /// modality); call it for every batch or none.
+    pub fn add_heads(&mut self, heads: &[Tensor], labels: &[u32]) -> Result<()> {
+        if heads.len() != self.modality_correct.len() {
+            candle_core::bail!("expected {} head outputs, got {}", self.modality_correct.len(), heads.len());
+        }
+        self.head_correct.resize(heads.len(), 0);
+        self.head_loss_sum.resize(heads.len(), 0.0);
+        for (x, hx) in heads.iter().enumerate() {
+            self.head_correct[x] += count_correct(hx, labels)?;
+            self.head_loss_sum[x] += cross_entropy_sum(hx, labels)?;
+        }
+        Ok(())
     }
 
     /// Adds one batch: fused logits and each modality's mono-modal logits.
@@ -166,6 +198,8 @@ impl EvalTally {
             modalities: self.modalities.clone(),
             modality_accuracy: self.modality_correct.iter().map(|&c| c as f64 / n).collect(),
             modality_loss: self.modality_loss_sum.iter().map(|&l| l / n).collect(),
+            head_accuracy: self.head_correct.iter().map(|&c| c as f64 / n).collect(),
+            head_loss: self.head_loss_sum.iter().map(|&l| l / n).collect(),
         }
     }
 }

@@ -771,6 +771,8 @@ mod tests {
             accuracy: 0.0,
             modality_accuracy: vec![0.0; 2],
             modality_loss: vec![0.0; 2],
+            head_accuracy: Vec::new(),
+            head_loss: Vec::new(),
         };
         let mut traces = Vec::new();
         for epoch in 1..=3 {

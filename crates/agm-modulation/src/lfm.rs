@@ -866,6 +866,8 @@ mod tests {
             accuracy: 0.0,
             modality_accuracy: vec![0.0; 2],
             modality_loss: vec![0.0; 2],
+            head_accuracy: Vec::new(),
+            head_loss: Vec::new(),
         };
         lfm.on_epoch_end(&cx).unwrap();
         let s2 = lfm.lfm_state().clone();

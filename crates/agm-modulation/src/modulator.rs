@@ -82,6 +82,32 @@ pub struct EpochCx<'a> {
     pub modality_accuracy: Vec<f64>,
     /// Per-modality mean cross-entropy of the Shapley outputs on that split.
     pub modality_loss: Vec<f64>,
+    /// Per-modality accuracy of the model's own heads on that split, where its fusion sums one
+    /// head per modality ([`MultimodalModel::modality_logits`]); empty otherwise.
+    pub head_accuracy: Vec<f64>,
+    /// Per-modality mean cross-entropy of those heads; empty where `head_accuracy` is.
+    pub head_loss: Vec<f64>,
+}
+
+impl EpochCx<'_> {
+    /// Each modality's uni-modal accuracy as the reference's epoch-level baselines (MSLR) read
+    /// it: the model's own heads where it sums them (the `_Sum` models), else the Shapley outputs.
+    pub fn uni_modal_accuracy(&self) -> &[f64] {
+        if self.head_accuracy.is_empty() {
+            &self.modality_accuracy
+        } else {
+            &self.head_accuracy
+        }
+    }
+
+    /// Each modality's uni-modal loss, as [`EpochCx::uni_modal_accuracy`] chooses (MSES).
+    pub fn uni_modal_loss(&self) -> &[f64] {
+        if self.head_loss.is_empty() {
+            &self.modality_loss
+        } else {
+            &self.head_loss
+        }
+    }
 }
 
 /// What the trainer must do after an epoch, in order.

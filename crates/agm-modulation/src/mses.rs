@@ -2,8 +2,9 @@
 //! that drives per-modality gradient multipliers (1 while a modality trains, 0 once it stopped)
 //! and asks the trainer to keep and restore snapshots.
 //!
-//! Per modality `x`, at the end of epoch `e`, with `ℓ_e` its validation Shapley loss
-//! ([`EpochCx::modality_loss`]):
+//! Per modality `x`, at the end of epoch `e`, with `ℓ_e` its validation loss: its own head's on
+//! models that sum one head per modality (the reference's `_Sum` models, which the recipes use),
+//! its Shapley output's elsewhere ([`EpochCx::uni_modal_loss`]):
 //!
 //! - first epoch: `smoothed = ℓ_e`, `min = ℓ_e`, `argmin = e`;
 //! - later: `smoothed = 0.6·ℓ_{e−1} + 0.4·ℓ_e` (the previous **raw** loss, as the reference);
@@ -320,8 +321,10 @@ impl Modulator for Mses {
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        let update =
-            self.schedule.end_epoch(cx.epoch, &cx.modality_loss).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let update = self
+            .schedule
+            .end_epoch(cx.epoch, cx.uni_modal_loss())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let actions = update.actions.clone();
         self.last = Some(update);
         Ok(actions)

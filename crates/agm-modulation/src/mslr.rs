@@ -4,8 +4,9 @@
 //! Each modality `x` has a fixed initial multiplier `init_x` and a ratio `r_x` (1 at the
 //! start). During an epoch every gradient of modality `x`'s parameter group
 //! (`param_groups().per_modality[x]`, never a name rule) is multiplied by `init_x · r_x` after
-//! backward. At the end of epoch `e`, with `a_e` the modality's validation Shapley accuracy
-//! ([`EpochCx::modality_accuracy`]):
+//! backward. At the end of epoch `e`, with `a_e` the modality's validation accuracy: its own
+//! head's on models that sum one head per modality (the reference's `_Sum` models, which the
+//! recipes use), its Shapley output's elsewhere ([`EpochCx::uni_modal_accuracy`]):
 //!
 //! - while the memory holds fewer than `window` (5) values, `a_e` is appended and `r_x` stays;
 //! - otherwise `r_x = a_e / mean(memory)` (the memory before this update), then the oldest value
@@ -238,7 +239,7 @@ impl Modulator for Mslr {
     }
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        self.schedule.end_epoch(&cx.modality_accuracy).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        self.schedule.end_epoch(cx.uni_modal_accuracy()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Vec::new())
     }
 

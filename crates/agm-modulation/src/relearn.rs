@@ -669,6 +669,8 @@ mod tests {
             accuracy: 0.0,
             modality_accuracy: Vec::new(),
             modality_loss: Vec::new(),
+            head_accuracy: Vec::new(),
+            head_loss: Vec::new(),
         }
     }
 

@@ -119,6 +119,8 @@ fn epoch_cx<'a>(
         accuracy: 0.0,
         modality_accuracy: Vec::new(),
         modality_loss: Vec::new(),
+        head_accuracy: Vec::new(),
+        head_loss: Vec::new(),
     }
 }
 

@@ -200,6 +200,8 @@ fn epoch_cx<'a>(model: &'a dyn MultimodalModel, epoch: usize, acc: &[f64], loss:
         accuracy: 0.5,
         modality_accuracy: acc.to_vec(),
         modality_loss: loss.to_vec(),
+        head_accuracy: Vec::new(),
+        head_loss: Vec::new(),
     }
 }
 
@@ -516,6 +518,31 @@ fn mslr_scales_each_modality_group_by_init_times_ratio() {
     let mut other = Mslr::new(&MslrConfig::urfunny(), m).unwrap();
     other.load_state(&mslr.state()).unwrap();
     assert_eq!(other.schedule(), mslr.schedule());
+}
+
+#[test]
+fn mslr_and_mses_read_the_model_s_own_heads_where_it_sums_them() {
+    // The reference's Sum models report each head's accuracy and loss; MSLR and MSES read those,
+    // and the Shapley outputs only on models without such heads.
+    let net = model(2, Enc::Mlp, 1);
+    let with_heads = |epoch, acc: &[f64], loss: &[f64]| EpochCx {
+        head_accuracy: acc.to_vec(),
+        head_loss: loss.to_vec(),
+        ..epoch_cx(&net, epoch, &[0.5, 0.5], &[1.0, 1.0])
+    };
+    let mut mslr = Mslr::new(&MslrConfig { window: 1, ..MslrConfig::avmnist() }, 2).unwrap();
+    mslr.on_epoch_end(&with_heads(1, &[0.4, 0.2], &[1.0, 1.0])).unwrap();
+    mslr.on_epoch_end(&with_heads(2, &[0.2, 0.2], &[1.0, 1.0])).unwrap();
+    assert_eq!(mslr.schedule().ratios(), [0.5, 1.0]);
+    let cx = with_heads(1, &[0.4, 0.2], &[0.3, 0.7]);
+    assert_eq!((cx.uni_modal_accuracy(), cx.uni_modal_loss()), (&[0.4, 0.2][..], &[0.3, 0.7][..]));
+    let cx = epoch_cx(&net, 1, &[0.5, 0.5], &[1.0, 1.0]);
+    assert_eq!((cx.uni_modal_accuracy(), cx.uni_modal_loss()), (&[0.5, 0.5][..], &[1.0, 1.0][..]));
+    // MSES: the Shapley losses stay flat, the visual head's rises, so visual stops.
+    let mut mses = Mses::new(&MsesConfig { patience: 0, ..MsesConfig::urfunny() }, 2).unwrap();
+    mses.on_epoch_end(&with_heads(1, &[0.0; 2], &[1.0, 1.0])).unwrap();
+    mses.on_epoch_end(&with_heads(2, &[0.0; 2], &[0.5, 2.0])).unwrap();
+    assert_eq!(mses.coefficients().unwrap(), vec![1.0, 0.0]);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Evaluation: fused accuracy and per-modality Shapley accuracy, all passes in evaluation mode.
+//! Evaluation: fused accuracy and per-modality Shapley accuracy (and the model's own heads'
+//! accuracy where its fusion sums them), all passes in evaluation mode.
 
 use agm_core::{BatchSource, ForwardOpts, MultimodalModel, Subset};
 use agm_metric::{EvalReport, EvalTally};
@@ -40,14 +41,14 @@ pub fn evaluate_with(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport> {
-    let logits = |opts: &ForwardOpts, inputs: &[candle_core::Tensor]| -> Result<candle_core::Tensor> {
-        let pass = model.forward(inputs, opts)?;
+    let prediction = |pass: agm_core::ModelOutput| -> Result<candle_core::Tensor> {
         let predicted = match method {
             Some(method) => method.predict(model, &pass)?,
             None => None,
         };
         Ok(predicted.unwrap_or(pass.logits).detach())
     };
+    let logits = |opts: &ForwardOpts, inputs: &[candle_core::Tensor]| prediction(model.forward(inputs, opts)?);
     let m = model.modalities().len();
     let mut tally = EvalTally::new(model.modalities().names());
     let n = data.len();
@@ -56,7 +57,12 @@ pub fn evaluate_with(
         let batch = data.batch(chunk, device)?;
         let labels = batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let opts = ForwardOpts::eval(m);
-        let full = logits(&opts, &batch.inputs)?;
+        let pass = model.forward(&batch.inputs, &opts)?;
+        // The model's own uni-modal heads, where its fusion sums them (the baselines read them).
+        if let Some(heads) = model.modality_logits(&pass)? {
+            tally.add_heads(&heads.iter().map(|h| h.detach()).collect::<Vec<_>>(), &labels)?;
+        }
+        let full = prediction(pass)?;
         let mono = if m == 1 {
             vec![full.clone()]
         } else {

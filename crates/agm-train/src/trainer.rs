@@ -586,6 +586,8 @@ impl<'a> Trainer<'a> {
                 accuracy: validation_report.accuracy,
                 modality_accuracy: validation_report.modality_accuracy.clone(),
                 modality_loss: validation_report.modality_loss.clone(),
+                head_accuracy: validation_report.head_accuracy.clone(),
+                head_loss: validation_report.head_loss.clone(),
             })?;
             // The schedule's rate for the next epoch (index `epoch`).
             let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);

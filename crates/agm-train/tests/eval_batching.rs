@@ -96,3 +96,35 @@ fn urfunny_splits_are_evaluated_at_the_run_s_batch_size_and_mosei_s_at_the_evalu
         }
     }
 }
+
+#[test]
+fn evaluation_reports_the_summed_heads_of_models_that_have_them() {
+    use agm_core::{ForwardOpts, MultimodalModel};
+    let dev = Device::Cpu;
+    let data = split(7);
+    // The reference's `_Sum` models: each modality's head, as MSLR and MSES read them.
+    let model = common::tiny_model(2, &FusionKind::LateSum, false, 2, DType::F32);
+    let report = agm_train::evaluate(&model, &data, 3, &dev).unwrap();
+    let batch = data.batch(&(0..7).collect::<Vec<_>>(), &dev).unwrap();
+    let pass = model.forward(&batch.inputs, &ForwardOpts::eval(2)).unwrap();
+    let heads = model.modality_logits(&pass).unwrap().unwrap();
+    let labels = batch.labels.to_vec1::<u32>().unwrap();
+    for (x, head) in heads.iter().enumerate() {
+        let predicted = head.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+        let correct = predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        assert_eq!(report.head_accuracy[x], correct as f64 / 7.0);
+        let loss = candle_nn::loss::cross_entropy(head, &batch.labels).unwrap().to_scalar::<f32>().unwrap();
+        assert!((report.head_loss[x] - loss as f64).abs() < 1e-6, "{} vs {loss}", report.head_loss[x]);
+    }
+    // They differ from the Shapley outputs' (shifted by the heads' response to zeros).
+    assert_ne!(report.head_loss, report.modality_loss);
+    // A concat model has no heads of its own; reports round-trip either way.
+    let concat = common::tiny_model(2, &FusionKind::LateConcat, false, 2, DType::F32);
+    let plain = agm_train::evaluate(&concat, &data, 3, &dev).unwrap();
+    assert!(plain.head_accuracy.is_empty() && plain.head_loss.is_empty());
+    for r in [&report, &plain] {
+        let json = serde_json::to_string(r).unwrap();
+        assert_eq!(json.contains("head_accuracy"), !r.head_accuracy.is_empty(), "{json}");
+        assert_eq!(&serde_json::from_str::<agm_metric::EvalReport>(&json).unwrap(), r);
+    }
+}
