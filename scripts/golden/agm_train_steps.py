@@ -92,6 +92,13 @@ SEMANTICS = {
         # T, then audio, visual, text muted, then visual+audio, visual+text, audio+text, all muted.
         "passes": ["keep_avt", "keep_vt", "keep_at", "keep_av", "keep_t", "keep_a", "keep_v", "keep_none"],
     },
+    "mosei": {
+        "name": "CMU-MOSEI", "mods": ["text", "audio"], "net": ("MOSEI_net", "Model_LA"),
+        "main": "MOSEI_main", "task": ("tasks.MOSEI_task", "Mosei_Task"), "clamp": None, "floor": 1e-8,
+        "clip": 1.0, "shapes": {"text": "60", "audio": "60,80"},
+        # T, then text muted, audio muted, both muted (computed, never used).
+        "passes": ["keep_ta", "keep_a", "keep_t", "keep_none"],
+    },
 }
 
 
@@ -235,6 +242,63 @@ class AgmDropout(nn.Module):
         return x * mask.permute(1, 0, 2)
 
 
+def mosei_sites(layers):
+    """agm's dropout sites of `MoseiMatNet` (`mosei.rs`: one `DropoutSites` counter per pass), in
+    its order, by the official module each one stands for (`Block.dropout` serves two)."""
+    sites = []
+    for i in range(layers):
+        b = f"enc_list.{i}."
+        sites += [b + "sa1.mhatt.dropout", b + "sa1.dropout1", b + "sa1.ffn.mlp.fc.dropout", b + "sa1.dropout2"]
+        sites += [b + "sa3.mhatt1.dropout", b + "sa3.dropout1", b + "sa3.mhatt2.dropout", b + "sa3.dropout2",
+                  b + "sa3.ffn.mlp.fc.dropout", b + "sa3.dropout3"]
+        if i + 1 < layers:
+            sites += [b + "att_lang.mlp.fc.dropout", b + "att_audio.mlp.fc.dropout", b + "dropout", b + "dropout"]
+    return sites + ["attflat_lang.mlp.fc.dropout", "attflat_img.mlp.fc.dropout"]
+
+
+class MoseiMasks:
+    """Puts agm's dropout masks into the official MOSEI `Model_LA`: every `nn.Dropout` becomes a
+    `MoseiDropout`, and a training-mode pass must call them in agm's site order (`mosei_sites`),
+    site k taking the mask of `mix_seed(step seed, k)` over its own row-major layout. Any other
+    order or count fails the run, so the sites correspond one to one."""
+
+    def __init__(self, net, layers):
+        self.step_seed, self.calls = None, None
+        self.sites = mosei_sites(layers)
+        modules = dict(net.named_modules())
+        for name in sorted(set(self.sites)):
+            parent, _, attr = name.rpartition(".")
+            owner = modules[parent] if parent else net
+            assert type(getattr(owner, attr)) is nn.Dropout, name
+            setattr(owner, attr, MoseiDropout(self, name, getattr(owner, attr).p))
+        left = [n for n, x in net.named_modules() if isinstance(x, nn.Dropout)]
+        assert not left, f"dropout modules agm has no site for: {left}"
+        net.register_forward_pre_hook(lambda module, args: setattr(self, "calls", []))
+        net.register_forward_hook(lambda module, args, out: self.check_pass(module.training))
+
+    def check_pass(self, training):
+        assert self.calls == (self.sites if training else []), "the official pass's dropout sites differ from agm's"
+
+    def mask(self, name, shape, p):
+        k = len(self.calls)
+        assert k < len(self.sites) and self.sites[k] == name, f"site {k}: official {name}, agm {self.sites[k:k + 1]}"
+        self.calls.append(name)
+        return agm_mask(mix_seed(self.step_seed, k), shape, p)
+
+
+class MoseiDropout(nn.Module):
+    """One dropout site of `Model_LA` with agm's mask for its tensor in its logical shape."""
+
+    def __init__(self, masks, name, p):
+        super().__init__()
+        self.masks, self.name, self.p = masks, name, p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        return x * self.masks.mask(self.name, tuple(x.shape), self.p)
+
+
 def no_other_dropout(x, p=0.5, training=True, inplace=False):
     """`F.dropout` while the masks are agm's: a training-mode dropout that `AgmMasks` missed."""
     assert not training or p == 0.0, "a dropout site that AgmMasks does not replace"
@@ -284,9 +348,12 @@ def main():
     if twin and ogm:
         sys.exit("--network official runs AGM only")
     if twin:
-        C = {"cremad": 6, "urfunny": 2}.get(a.semantics, 10)  # the official heads
-    # UR-Funny's transformers train with dropout: the official run takes agm's masks.
-    agm_dropout = twin and a.semantics == "urfunny"
+        C = {"cremad": 6, "urfunny": 2, "mosei": 2}.get(a.semantics, 10)  # the official heads
+    # UR-Funny's and MOSEI's transformers train with dropout: the official run takes agm's masks.
+    agm_dropout = twin and a.semantics in ("urfunny", "mosei")
+    mosei = a.semantics == "mosei"
+    if mosei and not twin:
+        sys.exit("--semantics mosei runs the official network only (--network official)")
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
     fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
     if not twin:
@@ -296,13 +363,24 @@ def main():
         alpha=a.alpha, modulation_starts=window[0], modulation_ends=window[1], use_mgpu=False, EPOCHS=E,
         learning_rate=a.lr, dataset="CREMAD" if a.semantics == "cremad" else None, fusion="concat", fps=1,
     )
-    model = net_module.GradMod(cfgs).double()
+    if mosei:
+        from twin_models import MOSEI_VOCAB, MoseiArgs
+
+        # `Model_LA` reads its sizes from the same namespace (`MoseiMatConfig::paper`'s); its
+        # GloVe matrix is overwritten by the formula weights below.
+        vars(cfgs).update({k: v for k, v in vars(MoseiArgs).items() if not k.startswith("_")})
+        model = net_module.GradMod(cfgs, MOSEI_VOCAB, np.zeros((MOSEI_VOCAB, MoseiArgs.word_embed_size))).double()
+    else:
+        model = net_module.GradMod(cfgs).double()
     masks = None
     if twin:
-        from twin_models import formula, set_formula_weights, summary
+        from twin_models import formula, mixed, set_formula_weights, summary
 
         recipe = set_formula_weights(model.net)
-        masks = AgmMasks(model.net, mods) if agm_dropout else None
+        if mosei:
+            masks = MoseiMasks(model.net, MoseiArgs.layer)
+        elif agm_dropout:
+            masks = AgmMasks(model.net, mods)
     else:
         # Random running statistics, as the shared fixtures start from.
         for m in mods:
@@ -312,7 +390,7 @@ def main():
     named = dict(model.named_parameters())
     buffers = {n: b for n, b in model.named_buffers()}
     # The layer the loop's clipping reads (CREMA-D's official model names it `fusion_module.fc_out`).
-    head_name = "net.head.fc.weight" if "net.head.fc.weight" in named else "net.fusion_module.fc_out.weight"
+    head_name = next(n for n in ["net.head.fc.weight", "net.fusion_module.fc_out.weight", "net.proj.weight"] if n in named)
     # A twin fixture keeps summaries only: no copies of every tensor at every step (UR-Funny's
     # network holds a gigabyte in float64), only the head gradient the clipping reads.
     tensors = TensorsNotKept() if twin else {}
@@ -327,7 +405,23 @@ def main():
     # Batches: values exactly representable in float32; labels in [0, C).
     batches, formula_inputs = [], []
     for k in range(E * S):
-        if agm_dropout:
+        if mosei:
+            # Token ids 1..49 and formula frames (twin_models.py), each sample ending in padding of
+            # its own length (some none), so that the masks take part.
+            recipes = [{"shape": list(s), "seed": 20_000 + 10 * k + j} for j, s in enumerate(shapes)]
+            recipes[0].update(vocab=MOSEI_VOCAB, zero_tail=[5 + 11 * ((k + b) % 4) for b in range(B)])
+            recipes[1]["zero_tail"] = [(13 * k + 29 * b) % 50 for b in range(B)]
+            xs = []
+            for s, r in zip(shapes, recipes):
+                n = B * math.prod(s)
+                v = (1 + mixed(n, r["seed"]) % (r["vocab"] - 1)).double() if "vocab" in r else formula(n, r["seed"], 0.0, 0)
+                x = v.reshape((B,) + s)
+                for b, zeros in enumerate(r["zero_tail"]):
+                    if zeros:
+                        x[b, -zeros:] = 0
+                xs.append(x)
+            formula_inputs.append(recipes)
+        elif agm_dropout:
             # Formula inputs (twin_models.py), in [-1, 1): the fixture stores their recipes.
             recipes = [{"shape": list(s), "seed": 20_000 + 10 * k + j} for j, s in enumerate(shapes)]
             xs = [formula(B * math.prod(s), r["seed"], 0.0, 0).reshape((B,) + s) for s, r in zip(shapes, recipes)]
@@ -376,7 +470,8 @@ def main():
         passes = rec["passes"][-len(sem["passes"]):]
         for name, t in zip(sem["passes"], passes):
             tensors[p + f"pass/{name}"] = t.detach().clone()
-        tensors[p + "feature"] = rec["feature"].detach().clone()
+        if "feature" in rec:  # MOSEI's GradMod never asks for the feature
+            tensors[p + "feature"] = rec["feature"].detach().clone()
         for m in mods:
             tensors[p + f"m/{m}"] = rec["m"][m].detach().clone()
             if M == 3:
@@ -473,9 +568,10 @@ def main():
     original_attention, original_dropout = nn.functional.scaled_dot_product_attention, nn.functional.dropout
     dropout_seeds = []
     if masks is not None:
-        # `F.multi_head_attention_forward` calls the module's global `scaled_dot_product_attention`.
-        nn.functional.scaled_dot_product_attention = lambda *args, **kwargs: masks.attention(
-            original_attention, *args, **kwargs)
+        if not mosei:
+            # `F.multi_head_attention_forward` calls the module's global `scaled_dot_product_attention`.
+            nn.functional.scaled_dot_product_attention = lambda *args, **kwargs: masks.attention(
+                original_attention, *args, **kwargs)
         nn.functional.dropout = no_other_dropout
 
         def step_seed(module, args):
@@ -492,7 +588,13 @@ def main():
         for epoch in range(1, E + 1):
             state["epoch"] = epoch
             epoch_batches = batches[(epoch - 1) * S:epoch * S]
-            if a.semantics == "cremad":
+            if mosei:
+                # Its loader yields (id, text ids, audio frames, video (unused here), label).
+                loader = [(None, x["text"], x["audio"], torch.zeros(B), y) for x, y in epoch_batches]
+                last = official.train(model, loader, optimizer, scheduler, cfgs, "cpu", logger, epoch, writer,
+                                      running["text"], running["audio"])
+                running = dict(zip(mods, last))
+            elif a.semantics == "cremad":
                 # Its loader yields (item, spectrogram without channel, image, label).
                 loader = [(None, x["audio"].squeeze(1), x["visual"], y) for x, y in epoch_batches]
                 last = official.train(model, loader, optimizer, scheduler, logger, cfgs, epoch, "cpu", writer,
@@ -521,7 +623,8 @@ def main():
         # Summaries, not tensors: the official network has 22 million parameters.
         strip = len("net.")
         case = {
-            "case": os.path.basename(a.out), "kind": "twin_steps", "preset": f"{a.semantics}-late", "dtype": "float64",
+            "case": os.path.basename(a.out), "kind": "twin_steps", "preset": "mosei-mat" if mosei else f"{a.semantics}-late",
+            "dtype": "float64",
             "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
                                    "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": sem["net"][1]},
             "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,
@@ -538,8 +641,12 @@ def main():
         if masks is not None:
             # The step's dropout seed (agm's `train_step` argument), one per step.
             case["dropout_seeds"] = dropout_seeds
+        if mosei:
+            # `CrossEntropyLoss(reduction="sum")`: the steps' losses are sums over the batch.
+            case["loss_reduction"] = "sum"
         with open(a.out + ".json", "w") as f:
             json.dump(case, f, separators=(",", ":"))
+        print("DEBUG", [(st["head_grad_max"], st["head_grad_min"], st["loss"]) for st in steps])
         print(f"{a.out}.json: {len(steps)} steps, coefficients in effect {[st['hook_scale_in_effect'] for st in steps]}")
         return
     parameters = [{"name": n, "shape": list(prm.shape), "kind": "parameter"} for n, prm in named.items()]

@@ -120,12 +120,13 @@ pub fn train_step(
     }
     let mut grads = grads?;
     if parts.loss_reduction == LossReduction::Sum {
-        // Every method's loss is a mean over the batch, so the sum's gradients are B times its
-        // gradients, before the method edits them and the clipping reads them, as in the reference.
-        let samples = batch.labels.dims()[0] as f64;
+        // Every method's loss is a mean over the batch's labels (samples, or segments), so the
+        // sum's gradients are that count times its gradients, before the method edits them and
+        // the clipping reads them, as in the reference.
+        let terms = batch.labels.elem_count() as f64;
         for v in parts.trainable {
             if let Some(g) = grads.remove(&v.var) {
-                grads.insert(&v.var, g.affine(samples, 0.0)?);
+                grads.insert(&v.var, g.affine(terms, 0.0)?);
             }
         }
     }
