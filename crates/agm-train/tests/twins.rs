@@ -3,8 +3,9 @@
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
 //! Then training steps of paper models against the official training loops: AGM on AV-MNIST's,
-//! CREMA-D's and UR-Funny's late-fusion models (`scripts/golden/agm_train_steps.py --network
-//! official`; UR-Funny's in training mode with dropout, the official run drawing agm's masks),
+//! CREMA-D's and UR-Funny's late-fusion models and MOSEI's MAT (`scripts/golden/agm_train_steps.py
+//! --network official`; UR-Funny's and MOSEI's in training mode with dropout, the official run
+//! drawing agm's masks; MOSEI's with the loss summed over the batch),
 //! OGM-GE and MSLR on CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,7 +15,7 @@ use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{build_preset, PresetOptions};
 use agm_modulation::{Agm, AgmConfig, Modulator, Mslr, MslrConfig, OgmGe, OgmGeConfig};
 use agm_train::optim::{ParamGroup, Sgd, SgdConfig};
-use agm_train::step::NoObserver;
+use agm_train::step::{LossReduction, NoObserver};
 use agm_train::{train_step, StepOutcome, StepParts};
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
@@ -311,6 +312,28 @@ struct StepsCase<Step> {
     /// masks; none where the model has no dropout (then 0).
     #[serde(default)]
     dropout_seeds: Vec<u64>,
+    /// The official loop's loss reduction, `mean` (absent) or `sum` (MOSEI's): its recorded
+    /// losses are reduced the same way.
+    #[serde(default = "mean")]
+    loss_reduction: String,
+}
+
+fn mean() -> String {
+    "mean".into()
+}
+
+impl<Step> StepsCase<Step> {
+    fn loss_reduction(&self) -> LossReduction {
+        LossReduction::parse(&self.loss_reduction).expect("mean or sum")
+    }
+
+    /// agm's loss (a mean over the batch) reduced as the official loop reduced step `k`'s.
+    fn official_loss(&self, k: usize, mean_loss: f64) -> f64 {
+        match self.loss_reduction() {
+            LossReduction::Mean => mean_loss,
+            LossReduction::Sum => mean_loss * self.batches[k - 1].labels.len() as f64,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -407,7 +430,7 @@ fn replay_twin_steps<Step, M: Modulator>(
             optimizer: &mut sgd,
             trainable: &trainable,
             shapley: ShapleyMode::Faithful,
-            loss_reduction: Default::default(),
+            loss_reduction: case.loss_reduction(),
         };
         let epoch = k / case.steps_per_epoch + 1;
         let dropout_seed = case.dropout_seeds.get(k).copied().unwrap_or(0);
@@ -439,29 +462,47 @@ fn replay_twin_steps<Step, M: Modulator>(
 #[test]
 fn agm_steps_on_the_paper_models_match_the_official_training_loops() {
     let two = ["audio", "visual"].as_slice();
-    for (name, preset, modalities) in [
-        ("avmnist-late-agm", AgmConfig::paper_avmnist(), two),
-        ("cremad-late-agm", AgmConfig::paper_cremad(), two),
-        ("urfunny-late-agm", AgmConfig::paper_urfunny(), ["audio", "visual", "text"].as_slice()),
-    ] {
-        let case: StepsCase<AgmStepRecord> = steps_case(name);
-        let [lo, hi] = case.hyper.modulation_window_epochs;
-        let agm_cfg = AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..preset };
-        let mut agm = Agm::new(agm_cfg, modalities.len()).unwrap();
-        replay_twin_steps(&case, &mut agm, |worst, k, outcome, _| {
-            let expected = &case.steps[k - 1];
-            let what = format!("{name} step {k}");
-            worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
-            let coefficients = outcome.coefficients.clone().unwrap();
-            assert_eq!(coefficients.len(), modalities.len(), "{what}: one coefficient per modality");
-            for (m, ours) in modalities.iter().zip(coefficients) {
-                let theirs = expected.hook_scale_in_effect[*m];
-                worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
-            }
-            let fired = outcome.clip.as_ref().is_some_and(|c| c.fired);
-            worst.require(fired == expected.clip_fired, || format!("{what}: clipping fired {fired}, official not"));
-        });
-    }
+    check_agm_steps("avmnist-late-agm", AgmConfig::paper_avmnist(), two);
+    check_agm_steps("cremad-late-agm", AgmConfig::paper_cremad(), two);
+    check_agm_steps("urfunny-late-agm", AgmConfig::paper_urfunny(), ["audio", "visual", "text"].as_slice());
+}
+
+/// Four AGM steps (two epochs) of `mosei-mat` from the official `run/MOSEI_main.py:train`
+/// (`--methods AGM`) with its `GradMod` around the official `Model_LA`, the real six-block MAT
+/// transformer at its fixed lengths (60 tokens, 60 frames; batch 2, padded tails so the masks
+/// take part), in training mode with dropout: the official run drew agm's masks at every one of
+/// its 82 dropout sites from the recorded per-step seeds. The loss is summed over the batch
+/// (`LossReduction::Sum`; the recorded losses are sums) and the clipping is the official
+/// condition as written (`ClipCondition::MoseiQuirk`); it fires in steps 1, 3 and 4. The head has
+/// two classes, so its gradient's rows are opposite (min = −max) and the regular band
+/// (`OutsideBand`) decides the same: the case covers the clipping, not where the quirk differs.
+/// Compared as the other AGM cases. The mean reduction fails it, and so do other dropout seeds.
+#[test]
+fn agm_steps_on_the_mosei_model_match_the_official_training_loop() {
+    check_agm_steps("mosei-mat-agm", AgmConfig::paper_mosei(), ["text", "audio"].as_slice());
+}
+
+/// AGM steps of a twin-steps case: every step's loss, coefficients and clipping decision, then
+/// every parameter and running statistic after the last step.
+fn check_agm_steps(name: &str, preset: AgmConfig, modalities: &[&str]) {
+    let case: StepsCase<AgmStepRecord> = steps_case(name);
+    let [lo, hi] = case.hyper.modulation_window_epochs;
+    let agm_cfg = AgmConfig { alpha: case.hyper.alpha, window_start: lo, window_end: Some(hi), ..preset };
+    let mut agm = Agm::new(agm_cfg, modalities.len()).unwrap();
+    replay_twin_steps(&case, &mut agm, |worst, k, outcome, _| {
+        let expected = &case.steps[k - 1];
+        let what = format!("{name} step {k}");
+        let loss = case.official_loss(k, outcome.loss);
+        worst.check("loss", || format!("{what} loss"), loss, expected.loss, expected.loss.abs());
+        let coefficients = outcome.coefficients.clone().unwrap();
+        assert_eq!(coefficients.len(), modalities.len(), "{what}: one coefficient per modality");
+        for (m, ours) in modalities.iter().zip(coefficients) {
+            let theirs = expected.hook_scale_in_effect[*m];
+            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, theirs.abs());
+        }
+        let fired = outcome.clip.as_ref().is_some_and(|c| c.fired);
+        worst.require(fired == expected.clip_fired, || format!("{what}: clipping fired {fired}, official not"));
+    });
 }
 
 /// Six OGM-GE steps (three epochs, the window the first two) of `cremad-late-sum` from the
