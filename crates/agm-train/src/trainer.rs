@@ -589,21 +589,6 @@ impl<'a> Trainer<'a> {
                 head_accuracy: validation_report.head_accuracy.clone(),
                 head_loss: validation_report.head_loss.clone(),
             })?;
-            // The schedule's rate for the next epoch (index `epoch`).
-            let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
-            for action in actions {
-                match action {
-                    EpochAction::SaveSnapshot(tag) => {
-                        let mut snap = self.capture(true)?;
-                        // The rate the reference's checkpoint holds: its scheduler has stepped.
-                        snap.learning_rate = Some(next_lr * self.state.lr_factor.unwrap_or(1.0));
-                        self.snapshots.insert(tag, snap);
-                    }
-                    EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag, next_lr)?,
-                    EpochAction::Stop => stopped_early = true,
-                    EpochAction::ResetOptimizer => self.optimizer.reset_state(),
-                }
-            }
             if self.state.best_epoch == 0 || validation_report.accuracy > self.state.best_accuracy {
                 self.state.best_accuracy = validation_report.accuracy;
                 self.state.best_epoch = epoch;
@@ -642,6 +627,24 @@ impl<'a> Trainer<'a> {
                 Some(split) => Some(self.evaluate(split, &mut |_, _| {})?),
                 None => None,
             };
+            // The method's actions come after the epoch's model is scored, kept as the best and
+            // measured: a restore puts back another epoch's weights, and the reference, too,
+            // evaluates and compares before its MSES reload. The schedule's rate for the next
+            // epoch (index `epoch`).
+            let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
+            for action in actions {
+                match action {
+                    EpochAction::SaveSnapshot(tag) => {
+                        let mut snap = self.capture(true)?;
+                        // The rate the reference's checkpoint holds: its scheduler has stepped.
+                        snap.learning_rate = Some(next_lr * self.state.lr_factor.unwrap_or(1.0));
+                        self.snapshots.insert(tag, snap);
+                    }
+                    EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag, next_lr)?,
+                    EpochAction::Stop => stopped_early = true,
+                    EpochAction::ResetOptimizer => self.optimizer.reset_state(),
+                }
+            }
             let row = EpochSummary {
                 epoch,
                 lr,

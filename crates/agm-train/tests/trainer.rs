@@ -275,3 +275,42 @@ fn a_restored_snapshot_brings_back_its_learning_rate_and_the_schedule_decays_fro
     t.fit(data.split(Split::Train), data.split(Split::Validation), &mut rates).unwrap();
     assert_eq!(rates.0, [0.025]);
 }
+
+#[test]
+fn an_epoch_is_scored_kept_and_measured_before_its_restore_puts_other_weights_back() {
+    // Restoring epoch 1's snapshot at the end of epoch 3 must not change what epoch 3 reports:
+    // its best weights and its reference-split accuracy are epoch 3's own, as the reference
+    // evaluates and compares before its MSES reload.
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let (train, val, test) = (data.split(Split::Train), data.split(Split::Validation), data.split(Split::Test));
+    let dev = Device::Cpu;
+    // Epoch 3's row, the best weights kept, and the weights after the run.
+    let run = |restore: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let model = FusionModel::late_concat(&LateConcatConfig::av_digits(), 3, DType::F32, &dev).unwrap();
+        let modulator = Box::new(SnapshotThenRestore { save: 1, restore });
+        let mut t = Trainer::new(&model, modulator, sgd(), options(3), &dev)
+            .unwrap()
+            .with_run_dir(RunDir::create(dir.path()).unwrap())
+            .with_reference_split(test);
+        t.fit(train, val, &mut agm_train::NoCallback).unwrap();
+        let run_dir = RunDir::open(dir.path()).unwrap();
+        let rows: Vec<agm_train::EpochSummary> = run_dir.read_metrics().unwrap();
+        let best = agm_train::checkpoint::Checkpoint::load(&run_dir.best(), &dev).unwrap();
+        let best: Vec<(String, Vec<f32>)> = weights(&model)
+            .into_iter()
+            .map(|(name, _)| {
+                let kept = best.model[&name].flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap();
+                (name, kept)
+            })
+            .collect();
+        (rows[2].clone(), best, weights(&model))
+    };
+    let (restored_row, restored_best, _) = run(3);
+    let (row, best, epoch3) = run(0);
+    assert_eq!((restored_row.best_epoch, row.best_epoch), (3, 3), "the test needs epoch 3 to be the best");
+    // `assert!`, not `assert_eq!`: the weights are too long to print.
+    assert!(best == epoch3, "the best weights are not the last epoch's");
+    assert!(restored_best == epoch3, "the restoring run kept other weights as its best");
+    assert_eq!(restored_row.reference_split, row.reference_split);
+}
