@@ -3,7 +3,7 @@ method AGM) made by running the official AGM code.
 
 Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
        [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
-       [--step-size EPOCHS] [--semantics avmnist|cremad|urfunny|mosei] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
+       [--step-size EPOCHS] [--semantics avmnist|cremad|urfunny|mosei|ave] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
        [--text-shape 5,7] [--window 0,100] [--network tiny|official]
 (PyTorch and safetensors from PyPI, CPU.) `--semantics urfunny` runs the UR-Funny loop instead:
 three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
@@ -43,15 +43,30 @@ seed, k)`, each tensor in its own row-major order), checked call by call. Its in
 1..49 and formula frames with padded tails; the `LayerNorm` scales `a_2` take the norm-scale recipe.
 `tests/fixtures/twin_steps/mosei-mat-agm` is `--network official --semantics mosei --seed 1
 --batch 2 --epochs 2 --steps 2 --alpha 1 --lr 0.003` (the clipping fires in steps 1, 3 and 4).
+`--semantics ave` (with `--network official` only) runs `run/AVE_main.py:train` (Multimodal, AGM)
+on the official `psp_net` in its `GradMod` (`ave-psp`; `cfgs.threshold` 0.099, `cfgs.LAMBDA` 100):
+labels per segment (`[B, 10]`, 28 = background; every other clip all background, the others one
+event over a random span), the loss the mean cross-entropy over the segments plus 100 · AVPS, the
+scores per segment, floor 1e-8, no clamp, no clipping. The loop reads a stub loader
+(`FreshTargetLoader`): the formula inputs (audio `[B, 10, 128]`, visual `[B, 10, 7, 7, 512]`), the
+one-hot labels, and the segment labels and AVPS target of the official `get_segment_wise_relation`
+on fresh buffers per batch: the official loader's target buffer leaks across batches (quirk Q15,
+a documented difference; agm's `avps_target` is fresh), so the case compares the loop and the
+model. PSP's six training-mode dropout calls take agm's masks (`ave_sites`, checked call by call
+as MOSEI's). A step's `loss` is the cross-entropy term (the loop's `loss` less the weighted AVPS
+term, which a wrapper of `AVPSLoss` records as `avps_loss`), `loss_total` the loop's `loss`.
+`tests/fixtures/twin_steps/ave-psp-agm` is `--network official --semantics ave --seed 3 --batch 2
+--epochs 2 --steps 2 --alpha 1 --lr 0.01`.
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
 exact zeros (its std recorded).
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`,
-`run/URFunny_main.py:train` or `run/MOSEI_main.py:train` (the step loop: GradMod forward, the scores, ratios and
+`run/URFunny_main.py:train`, `run/MOSEI_main.py:train` or `run/AVE_main.py:train` (the step loop: GradMod forward, the scores, ratios and
 coefficients, `update_scale`, the hooked backward, the conditional clipping, the SGD step, StepLR
 at the epoch's end) and `GradMod` of `model/AVMNIST_net.py` or `model/URFunny_net.py` (the passes,
-the Shapley outputs, the backward hooks; `model/MOSEI_net.py`'s for MOSEI).
+the Shapley outputs, the backward hooks; `model/MOSEI_net.py`'s for MOSEI, `model/AVE_net.py`'s
+and `get_segment_wise_relation` of `dataloader/AVE_loader.py` for AVE).
 Swaps, as the shared fixtures made them: the inner network is the tiny one of FORMAT.md §1.3
 (Flatten, Linear, BatchNorm1d, ReLU per modality; concatenation; `head.fc`), everything runs in
 float64 (the loop's `.float()` casts return float64), and the modules the loop imports but this
@@ -109,6 +124,13 @@ SEMANTICS = {
         # T, then text muted, audio muted, both muted (computed, never used).
         "passes": ["keep_ta", "keep_a", "keep_t", "keep_none"],
     },
+    "ave": {
+        "name": "AVE", "mods": ["audio", "visual"], "net": ("AVE_net", "psp_net"),
+        "main": "AVE_main", "task": ("tasks.AVE_task", "AVE_task"), "clamp": None, "floor": 1e-8,
+        "clip": None, "shapes": {"audio": "10,128", "visual": "10,7,7,512"},
+        # T, visual muted, audio muted, both muted (computed, never used).
+        "passes": ["keep_av", "keep_a", "keep_v", "keep_none"],
+    },
 }
 
 
@@ -121,7 +143,10 @@ class TensorsNotKept(dict):
 
 def stub_modules(sem):
     stub("torch.utils.tensorboard", SummaryWriter=object)
-    stub("sklearn", linear_model=stub("sklearn.linear_model"))
+    # AVE's loop imports `accuracy_score` (for accuracies it logs) and its loader h5py.
+    metrics = stub("sklearn.metrics", accuracy_score=lambda *_: 0.0)
+    stub("sklearn", linear_model=stub("sklearn.linear_model"), metrics=metrics)
+    stub("h5py")
     stub(sem["task"][0], **{sem["task"][1]: object})
 
 
@@ -266,15 +291,22 @@ def mosei_sites(layers):
     return sites + ["attflat_lang.mlp.fc.dropout", "attflat_img.mlp.fc.dropout"]
 
 
-class MoseiMasks:
-    """Puts agm's dropout masks into the official MOSEI `Model_LA`: every `nn.Dropout` becomes a
-    `MoseiDropout`, and a training-mode pass must call them in agm's site order (`mosei_sites`),
-    site k taking the mask of `mix_seed(step seed, k)` over its own row-major layout. Any other
-    order or count fails the run, so the sites correspond one to one."""
+def ave_sites():
+    """agm's dropout sites of `AvePspNet` (`ave.rs`: `Psp::forward`), in its order: PSP's one
+    `nn.Dropout` after `v_L1`, `v_L2`, `a_L1`, `a_L2`, then `v_fc`, `a_fc`."""
+    return ["psp.dropout"] * 6
 
-    def __init__(self, net, layers):
+
+class MoseiMasks:
+    """Puts agm's dropout masks into an official network whose dropout sites agm counts per pass
+    (`DropoutSites`: MOSEI's `Model_LA`, AVE's `psp_net`): every `nn.Dropout` becomes a
+    `MoseiDropout`, and a training-mode pass must call them in agm's site order (`sites`:
+    `mosei_sites`, `ave_sites`), site k taking the mask of `mix_seed(step seed, k)` over its own
+    row-major layout. Any other order or count fails the run, so the sites correspond one to one."""
+
+    def __init__(self, net, sites):
         self.step_seed, self.calls = None, None
-        self.sites = mosei_sites(layers)
+        self.sites = sites
         modules = dict(net.named_modules())
         for name in sorted(set(self.sites)):
             parent, _, attr = name.rpartition(".")
@@ -297,7 +329,7 @@ class MoseiMasks:
 
 
 class MoseiDropout(nn.Module):
-    """One dropout site of `Model_LA` with agm's mask for its tensor in its logical shape."""
+    """One dropout site of `Model_LA` or `psp_net` with agm's mask for its tensor in its logical shape."""
 
     def __init__(self, masks, name, p):
         super().__init__()
@@ -307,6 +339,34 @@ class MoseiDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         return x * self.masks.mask(self.name, tuple(x.shape), self.p)
+
+
+class FreshTargetLoader:
+    """The official AVE loader's interface (`__len__`, `get_batch`) over this case's batches in
+    order (no shuffling): audio, visual, one-hot labels `[B, 10, 29]`, and the segment labels and
+    AVPS target of the official `get_segment_wise_relation` run on fresh zero buffers for each
+    batch. The official loader never clears its target buffer (quirk Q15, a documented difference:
+    agm's `avps_target` is built fresh), so this compares the loop and the model, not that leak."""
+
+    def __init__(self, dataset_class, batches):
+        self.dataset_class, self.batches = dataset_class, batches
+
+    def __len__(self):
+        return sum(len(y) for _, y in self.batches)
+
+    def get_batch(self, idx, shuffle_samples=False):
+        x, y = self.batches[idx]
+        B, S = y.shape
+        one_hot = np.zeros((B, S, 29))
+        one_hot[np.arange(B)[:, None], np.arange(S)[None, :], y.numpy()] = 1.0
+        # float64 buffers: the target's 1/count exact, as agm's.
+        fresh = object.__new__(self.dataset_class)
+        fresh.segment_label_batch, fresh.segment_avps_gt_batch = np.zeros((B, S)), np.zeros((B, S))
+        fresh.get_segment_wise_relation(one_hot)
+        segment_labels = torch.from_numpy(fresh.segment_label_batch).long()
+        assert torch.equal(segment_labels, y)
+        return (x["audio"], x["visual"], torch.from_numpy(one_hot).float(), segment_labels,
+                torch.from_numpy(fresh.segment_avps_gt_batch).float())
 
 
 def no_other_dropout(x, p=0.5, training=True, inplace=False):
@@ -358,12 +418,15 @@ def main():
     if twin and ogm:
         sys.exit("--network official runs AGM only")
     if twin:
-        C = {"cremad": 6, "urfunny": 2, "mosei": 2}.get(a.semantics, 10)  # the official heads
+        C = {"cremad": 6, "urfunny": 2, "mosei": 2, "ave": 29}.get(a.semantics, 10)  # the official heads
     # UR-Funny's and MOSEI's transformers train with dropout: the official run takes agm's masks.
-    agm_dropout = twin and a.semantics in ("urfunny", "mosei")
+    agm_dropout = twin and a.semantics in ("urfunny", "mosei", "ave")
     mosei = a.semantics == "mosei"
     if mosei and not twin:
         sys.exit("--semantics mosei runs the official network only (--network official)")
+    ave = a.semantics == "ave"
+    if ave and not twin:
+        sys.exit("--semantics ave runs the official network only (--network official)")
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
     fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
     if not twin:
@@ -380,6 +443,12 @@ def main():
         # GloVe matrix is overwritten by the formula weights below.
         vars(cfgs).update({k: v for k, v in vars(MoseiArgs).items() if not k.startswith("_")})
         model = net_module.GradMod(cfgs, MOSEI_VOCAB, np.zeros((MOSEI_VOCAB, MoseiArgs.word_embed_size))).double()
+    elif ave:
+        # `AVE_Config`'s PSP threshold and AVPS weight; the loop reads the batch size for its
+        # step count. The LSTMs' zero states are made in the default dtype.
+        vars(cfgs).update(threshold=0.099, LAMBDA=100, batch_size=B)
+        torch.set_default_dtype(torch.float64)
+        model = net_module.GradMod(cfgs).double()
     else:
         model = net_module.GradMod(cfgs).double()
     masks = None
@@ -396,7 +465,9 @@ def main():
                 if entry["name"].endswith(".a_2"):
                     entry.update(offset=1.0, shift=2)
                     variables[entry["name"]].data.copy_(formula(math.prod(entry["shape"]), entry["seed"], 1.0, 2))
-            masks = MoseiMasks(model.net, MoseiArgs.layer)
+            masks = MoseiMasks(model.net, mosei_sites(MoseiArgs.layer))
+        elif ave:
+            masks = MoseiMasks(model.net, ave_sites())
         elif agm_dropout:
             masks = AgmMasks(model.net, mods)
     else:
@@ -408,7 +479,7 @@ def main():
     named = dict(model.named_parameters())
     buffers = {n: b for n, b in model.named_buffers()}
     # The layer the loop's clipping reads (CREMA-D's official model names it `fusion_module.fc_out`).
-    heads = ["net.head.fc.weight", "net.fusion_module.fc_out.weight", "net.proj.weight"]  # MOSEI's `proj`
+    heads = ["net.head.fc.weight", "net.fusion_module.fc_out.weight", "net.proj.weight", "net.L2.weight"]
     head_name = next(n for n in heads if n in named)
     # A twin fixture keeps summaries only: no copies of every tensor at every step (UR-Funny's
     # network holds a gigabyte in float64), only the head gradient the clipping reads.
@@ -450,6 +521,16 @@ def main():
             formula_inputs.append(recipes)
         else:
             xs = [(torch.randn((B,) + s) * 2).float().double() for s in shapes]
+        if ave:
+            # Segment labels [B, 10]: odd clips (counting across batches) all background (28),
+            # the others an event of one class over a random span, background elsewhere.
+            y = torch.full((B, 10), 28)
+            for b in range(B):
+                if (k * B + b) % 2 == 0:
+                    start = int(torch.randint(0, 10, ()))
+                    y[b, start:start + int(torch.randint(1, 11, ()))] = int(torch.randint(0, 28, ()))
+            batches.append((dict(zip(mods, xs)), y))
+            continue
         batches.append((dict(zip(mods, xs)), torch.randint(0, C, (B,))))
 
     rec = {"passes": [], "m": {}, "clip": None}
@@ -500,8 +581,11 @@ def main():
                 tensors[p + f"m_mc/{m}"] = (rec["m"][m] - passes[-1] / 3).detach().clone()
         tensors[p + "out"] = sum(rec["m"][m] for m in mods).detach().clone()
         scores, below = {}, {}
+        # One row per label: per segment for AVE (its outputs are [B, 10, 29]).
+        rows = label.reshape(-1)
         for m in mods:
-            probs = torch.softmax(rec["m"][m].detach(), dim=1)[torch.arange(B), label]
+            logits = rec["m"][m].detach().reshape(len(rows), -1)
+            probs = torch.softmax(logits, dim=1)[torch.arange(len(rows)), rows]
             below[m] = int((probs < 1e-8).sum())
             floored = probs if sem["floor"] is None else torch.where(probs < sem["floor"], sem["floor"], probs)
             scores[m] = float((-torch.log(floored)).mean())
@@ -549,6 +633,8 @@ def main():
             }
             for n, g in rec.get("modulated", {}).items():
                 tensors[p + f"grad_modulated/{n}"] = g.clone()
+        if "avps" in rec:
+            steps[-1]["avps_loss"] = rec.pop("avps")
         if sem["clamp"] is not None:
             steps[-1]["clamp_fired"] = {m: opt[m] - ratio[m] > sem["clamp"] for m in mods}
         if rec["clip"] is not None:
@@ -602,6 +688,17 @@ def main():
             dropout_seeds.append(masks.step_seed)
 
         model.register_forward_pre_hook(step_seed)
+    original_avps = getattr(official, "AVPSLoss", None)
+    if ave:
+        from dataloader.AVE_loader import AVE_Fully_Dataset as dataset_class
+
+        def avps(av_simm, soft_label):
+            # The AVPS term as the loop weighs it (`cfgs.LAMBDA * loss_avps`).
+            loss = original_avps(av_simm, soft_label)
+            rec["avps"] = cfgs.LAMBDA * loss.item()
+            return loss
+
+        official.AVPSLoss = avps
     logger = types.SimpleNamespace(info=lambda *_: None)
     writer = types.SimpleNamespace(add_scalar=lambda *_: None, add_scalars=lambda *_: None)
     running = {m: 0.0 for m in mods}
@@ -615,6 +712,11 @@ def main():
                 loader = [(None, x["text"], x["audio"], torch.zeros(B), y) for x, y in epoch_batches]
                 last = official.train(model, loader, optimizer, scheduler, cfgs, "cpu", logger, epoch, writer,
                                       running["text"], running["audio"])
+                running = dict(zip(mods, last))
+            elif ave:
+                loader = FreshTargetLoader(dataset_class, epoch_batches)
+                last = official.train(model, loader, optimizer, scheduler, logger, cfgs, epoch, "cpu", writer,
+                                      running["audio"], running["visual"])
                 running = dict(zip(mods, last))
             elif a.semantics == "cremad":
                 # Its loader yields (item, spectrogram without channel, image, label).
@@ -635,6 +737,8 @@ def main():
                 running = {"audio": a_, "visual": v, "text": t}
             epoch_end.append({"epoch": epoch, "running_score": {m: float(running[m]) for m in mods}})
     finally:
+        if ave:
+            official.AVPSLoss = original_avps
         nn.functional.scaled_dot_product_attention, nn.functional.dropout = original_attention, original_dropout
         torch.Tensor.backward = original_backward
         torch.Tensor.float = float_of_tensor
@@ -646,13 +750,13 @@ def main():
         strip = len("net.")
         case = {
             "case": os.path.basename(a.out), "kind": "twin_steps",
-            "preset": "mosei-mat" if mosei else f"{a.semantics}-late", "dtype": "float64",
+            "preset": "mosei-mat" if mosei else "ave-psp" if ave else f"{a.semantics}-late", "dtype": "float64",
             "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
                                    "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": sem["net"][1]},
             "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,
                       "modulation_window_epochs": window},
             "tensors": recipe, "steps_per_epoch": S,
-            "batches": [{"formula_inputs": formula_inputs[k], "labels": y.tolist()} if formula_inputs else
+            "batches": [{"formula_inputs": formula_inputs[k], "labels": y.reshape(-1).tolist()} if formula_inputs else
                         {"inputs": [x[m].reshape(-1).tolist() for m in mods], "shapes": [list(x[m].shape) for m in mods],
                          "labels": y.tolist()} for k, (x, y) in enumerate(batches)],
             "steps": [{"loss": st["loss"], "coeff": st["coeff"], "hook_scale_in_effect": st["hook_scale_in_effect"],
@@ -666,6 +770,14 @@ def main():
         if mosei:
             # `CrossEntropyLoss(reduction="sum")`: the steps' losses are sums over the batch.
             case["loss_reduction"] = "sum"
+        if ave:
+            # Labels per segment (sample-major), so each batch names its sample count. A step's
+            # `loss` is the cross-entropy term (the loop's `loss` less the weighted AVPS term, as
+            # agm reports it), `loss_total` the loop's `loss`, `avps_loss` = LAMBDA * AVPSLoss.
+            for batch in case["batches"]:
+                batch["samples"] = B
+            for st, record in zip(steps, case["steps"]):
+                record.update(loss=st["loss"] - st["avps_loss"], loss_total=st["loss"], avps_loss=st["avps_loss"])
         with open(a.out + ".json", "w") as f:
             json.dump(case, f, separators=(",", ":"))
         print(f"{a.out}.json: {len(steps)} steps, coefficients in effect {[st['hook_scale_in_effect'] for st in steps]}")
