@@ -4,7 +4,7 @@ method AGM) made by running the official AGM code.
 Usage: python scripts/golden/agm_train_steps.py <AGM_ICCV2023 tree> <out dir> [--seed N]
        [--batch B] [--hidden H] [--classes C] [--epochs E] [--steps S] [--alpha A] [--lr LR]
        [--step-size EPOCHS] [--semantics avmnist|cremad|urfunny|mosei|ave] [--audio-shape 1,6,6] [--visual-shape 1,4,4]
-       [--text-shape 5,7] [--window 0,100] [--network tiny|official]
+       [--text-shape 5,7] [--window 0,100] [--network tiny|official] [--fusion late|early]
 (PyTorch and safetensors from PyPI, CPU.) `--semantics urfunny` runs the UR-Funny loop instead:
 three modalities, the coefficient clamp at 7, no probability floor, clipping at 5. The fixtures
 in tests/fixtures/golden: `agm2_steplr` is `--seed 3 --lr 0.5 --alpha 4 --steps 4 --epochs 3
@@ -33,6 +33,17 @@ and the attention-weight dropout inside `nn.MultiheadAttention`) applies the mas
 is the one agm's `Trainer` would pass (`seed · 0x9E3779B97F4A7C15 ^ global step`), recorded per
 step (`dropout_seeds`). Only the full pass trains: GradMod runs the masked passes in evaluation
 mode, as agm does. Its inputs are formula inputs (`twin_models.py`).
+`--fusion early` (with `--network official`, AV-MNIST and UR-Funny) runs the loop with
+`fusion_type` `early_fusion`: the official `Early_Fusion` or `Early_Fusion_Model` in its `GradMod`
+(presets `avmnist-early`, `urfunny-early`), whose masked passes zero a raw input and run the whole
+network in evaluation mode with gradients. The MaxOut block's two training-mode dropouts
+(`maxout_sites`) take agm's masks, seeded `FusionModel::fusion_seed` and one more
+(`maxout_seed`) and checked call by call as MOSEI's, beside UR-Funny's transformer sites; the
+inputs are formula inputs. `tests/fixtures/twin_steps/avmnist-early-agm` is `--network official
+--fusion early --seed 5 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.001 --audio-shape 1,64,64
+--visual-shape 1,56,56` (the clipping fires in step 2); `urfunny-early-agm` is `--network official
+--fusion early --semantics urfunny --seed 3 --batch 4 --epochs 2 --steps 3 --alpha 6 --lr 0.003
+--audio-shape 3,81 --visual-shape 3,371 --text-shape 3,300` (it fires in steps 2, 4, 5 and 6).
 `--semantics mosei` (with `--network official` only) runs `run/MOSEI_main.py:train` (Multimodal,
 AGM) on the official `Model_LA` (`mosei-mat`: six MAT blocks, 60 tokens and 60 frames) in its
 `GradMod`: two modalities (text, audio), floor 1e-8, no clamp, the loss summed over the batch
@@ -132,6 +143,10 @@ SEMANTICS = {
         "passes": ["keep_av", "keep_a", "keep_v", "keep_none"],
     },
 }
+
+
+# `--fusion early`: the official early-fusion network of each loop that has one here.
+EARLY_NETS = {"avmnist": "Early_Fusion", "urfunny": "Early_Fusion_Model"}
 
 
 class TensorsNotKept(dict):
@@ -291,6 +306,17 @@ def mosei_sites(layers):
     return sites + ["attflat_lang.mlp.fc.dropout", "attflat_img.mlp.fc.dropout"]
 
 
+def maxout_sites():
+    """agm's dropout sites of the early-fusion `MaxOut_MLP` (`maxout.rs`): after `module1`'s and
+    `module2`'s batch norms."""
+    return ["mm_encoder.module1.1", "mm_encoder.module2.1"]
+
+
+def maxout_seed(mods):
+    """agm's seed of MaxOut site k: `FusionModel::fusion_seed` (the encoder seed of index M), plus k."""
+    return lambda step_seed, k: (step_seed * 31 + len(mods) + k) & U64
+
+
 def ave_sites():
     """agm's dropout sites of `AvePspNet` (`ave.rs`: `Psp::forward`), in its order: PSP's one
     `nn.Dropout` after `v_L1`, `v_L2`, `a_L1`, `a_L2`, then `v_fc`, `a_fc`."""
@@ -304,9 +330,11 @@ class MoseiMasks:
     `mosei_sites`, `ave_sites`), site k taking the mask of `mix_seed(step seed, k)` over its own
     row-major layout. Any other order or count fails the run, so the sites correspond one to one."""
 
-    def __init__(self, net, sites):
+    def __init__(self, net, sites, site_seed=None, only=True):
         self.step_seed, self.calls = None, None
         self.sites = sites
+        # Site k's seed from the step's; `mix_seed(step seed, k)` unless the model seeds otherwise.
+        self.site_seed = site_seed or mix_seed
         modules = dict(net.named_modules())
         for name in sorted(set(self.sites)):
             parent, _, attr = name.rpartition(".")
@@ -314,7 +342,8 @@ class MoseiMasks:
             assert type(getattr(owner, attr)) is nn.Dropout, name
             setattr(owner, attr, MoseiDropout(self, name, getattr(owner, attr).p))
         left = [n for n, x in net.named_modules() if isinstance(x, nn.Dropout)]
-        assert not left, f"dropout modules agm has no site for: {left}"
+        # Unless masks replaced after these check what is left (`only` False).
+        assert not only or not left, f"dropout modules agm has no site for: {left}"
         net.register_forward_pre_hook(lambda module, args: setattr(self, "calls", []))
         net.register_forward_hook(lambda module, args, out: self.check_pass(module.training))
 
@@ -325,7 +354,7 @@ class MoseiMasks:
         k = len(self.calls)
         assert k < len(self.sites) and self.sites[k] == name, f"site {k}: official {name}, agm {self.sites[k:k + 1]}"
         self.calls.append(name)
-        return agm_mask(mix_seed(self.step_seed, k), shape, p)
+        return agm_mask(self.site_seed(self.step_seed, k), shape, p)
 
 
 class MoseiDropout(nn.Module):
@@ -392,6 +421,8 @@ def main():
     ap.add_argument("--method", choices=["agm", "ogm-ge"], default="agm")
     ap.add_argument("--conv-channels", type=int, default=0)
     ap.add_argument("--window", default="0,100", help="cfgs.modulation_starts,modulation_ends")
+    ap.add_argument("--fusion", choices=["late", "early"], default="late",
+                    help="early: the official early-fusion network (with --network official)")
     ap.add_argument("--network", choices=["tiny", "official"], default="tiny",
                     help="official: the official inner network, weights from twin_models.py's formula; "
                          "writes <out>.json, a twin-steps fixture of summaries")
@@ -419,8 +450,12 @@ def main():
         sys.exit("--network official runs AGM only")
     if twin:
         C = {"cremad": 6, "urfunny": 2, "mosei": 2, "ave": 29}.get(a.semantics, 10)  # the official heads
-    # UR-Funny's and MOSEI's transformers train with dropout: the official run takes agm's masks.
-    agm_dropout = twin and a.semantics in ("urfunny", "mosei", "ave")
+    early = a.fusion == "early"
+    if early and (not twin or a.semantics not in EARLY_NETS):
+        sys.exit(f"--fusion early runs the official early-fusion networks only ({', '.join(EARLY_NETS)})")
+    # UR-Funny's and MOSEI's transformers and the early-fusion MaxOut block train with dropout:
+    # the official run takes agm's masks.
+    agm_dropout = twin and (a.semantics in ("urfunny", "mosei", "ave") or early)
     mosei = a.semantics == "mosei"
     if mosei and not twin:
         sys.exit("--semantics mosei runs the official network only (--network official)")
@@ -428,7 +463,12 @@ def main():
     if ave and not twin:
         sys.exit("--semantics ave runs the official network only (--network official)")
     # OGM-GE clips only through the early-fusion wrapper (FORMAT.md §1.7), so its case uses it.
-    fusion, net_class = ("early_fusion", "Early_Fusion") if ogm else ("late_fusion", sem["net"][1])
+    if ogm:
+        fusion, net_class = "early_fusion", "Early_Fusion"
+    elif early:
+        fusion, net_class = "early_fusion", EARLY_NETS[a.semantics]
+    else:
+        fusion, net_class = "late_fusion", sem["net"][1]
     if not twin:
         setattr(net_module, net_class, lambda cfgs: Tiny(mods, shapes, H, C, a.conv_channels))
     cfgs = types.SimpleNamespace(
@@ -452,6 +492,8 @@ def main():
     else:
         model = net_module.GradMod(cfgs).double()
     masks = None
+    # Masks whose step seed is set beside `masks`' (UR-Funny's early-fusion MaxOut block).
+    more_masks = []
     if twin:
         from twin_models import formula, mixed, set_formula_weights, summary
 
@@ -468,7 +510,12 @@ def main():
             masks = MoseiMasks(model.net, mosei_sites(MoseiArgs.layer))
         elif ave:
             masks = MoseiMasks(model.net, ave_sites())
+        elif early and a.semantics == "avmnist":
+            masks = MoseiMasks(model.net, maxout_sites(), maxout_seed(mods))
         elif agm_dropout:
+            if early:
+                # The MaxOut block's dropouts first, so that `AgmMasks` finds only the transformers'.
+                more_masks.append(MoseiMasks(model.net, maxout_sites(), maxout_seed(mods), only=False))
             masks = AgmMasks(model.net, mods)
     else:
         # Random running statistics, as the shared fixtures start from.
@@ -676,7 +723,7 @@ def main():
     original_attention, original_dropout = nn.functional.scaled_dot_product_attention, nn.functional.dropout
     dropout_seeds = []
     if masks is not None:
-        if not mosei:
+        if isinstance(masks, AgmMasks):
             # `F.multi_head_attention_forward` calls the module's global `scaled_dot_product_attention`.
             nn.functional.scaled_dot_product_attention = lambda *args, **kwargs: masks.attention(
                 original_attention, *args, **kwargs)
@@ -685,6 +732,8 @@ def main():
         def step_seed(module, args):
             # GradMod runs once per step: agm's `Trainer` seed for the global step before it.
             masks.step_seed = ((a.seed * TRAINER_SEED_FACTOR) & U64) ^ len(dropout_seeds)
+            for more in more_masks:
+                more.step_seed = masks.step_seed
             dropout_seeds.append(masks.step_seed)
 
         model.register_forward_pre_hook(step_seed)
@@ -750,9 +799,9 @@ def main():
         strip = len("net.")
         case = {
             "case": os.path.basename(a.out), "kind": "twin_steps",
-            "preset": "mosei-mat" if mosei else "ave-psp" if ave else f"{a.semantics}-late", "dtype": "float64",
+            "preset": "mosei-mat" if mosei else "ave-psp" if ave else f"{a.semantics}-{a.fusion}", "dtype": "float64",
             "official_reference": {"repo": "lihong2303/AGM_ICCV2023", "train_function": f"run/{sem['main']}.py:train",
-                                   "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": sem["net"][1]},
+                                   "model_wrapper": f"model/{sem['net'][0]}.py:GradMod", "net": net_class},
             "hyper": {"alpha": a.alpha, "lr": a.lr, "momentum": 0.9, "weight_decay": 1e-4,
                       "modulation_window_epochs": window},
             "tensors": recipe, "steps_per_epoch": S,

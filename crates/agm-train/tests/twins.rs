@@ -3,8 +3,9 @@
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
 //! Then training steps of paper models against the official training loops: AGM on AV-MNIST's,
-//! CREMA-D's and UR-Funny's late-fusion models, MOSEI's MAT and AVE's PSP net
-//! (`scripts/golden/agm_train_steps.py --network official`; UR-Funny's, MOSEI's and AVE's in
+//! CREMA-D's and UR-Funny's late-fusion models, AV-MNIST's and UR-Funny's early-fusion models,
+//! MOSEI's MAT and AVE's PSP net (`scripts/golden/agm_train_steps.py --network official`,
+//! `--fusion early` for early fusion; UR-Funny's, the early-fusion ones, MOSEI's and AVE's in
 //! training mode with dropout, the official run drawing agm's masks; MOSEI's with the loss summed
 //! over the batch; AVE's labelled per segment, with its AVPS loss),
 //! OGM-GE and MSLR on CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
@@ -490,6 +491,34 @@ fn agm_steps_on_the_paper_models_match_the_official_training_loops() {
     check_agm_steps("avmnist-late-agm", AgmConfig::paper_avmnist(), two);
     check_agm_steps("cremad-late-agm", AgmConfig::paper_cremad(), two);
     check_agm_steps("urfunny-late-agm", AgmConfig::paper_urfunny(), ["audio", "visual", "text"].as_slice());
+}
+
+/// Four AGM steps (two epochs, batch 4) of `avmnist-early` from the official
+/// `run/AVMNIST_main.py:train` in early fusion (`--fusion early`) with its `GradMod` around the
+/// official `Early_Fusion`: the real ResNet-18s (64×64 and 56×56 inputs, so the deepest batch
+/// norms see more than one value per sample) into the MaxOut block and the head. The masked
+/// passes zero a raw input and run the whole network in evaluation mode with gradients, so the
+/// coefficients reach every parameter through all three passes; the training pass's two MaxOut
+/// dropouts took agm's masks from the recorded per-step seeds. The clipping fires in step 2.
+/// Compared as the late-fusion cases. The fast Shapley passes fail it, and so do other dropout
+/// seeds.
+#[test]
+fn agm_steps_on_the_avmnist_early_model_match_the_official_training_loop() {
+    check_agm_steps("avmnist-early-agm", AgmConfig::paper_avmnist(), ["audio", "visual"].as_slice());
+}
+
+/// Six AGM steps (two epochs, batch 4) of `urfunny-early` from the official
+/// `run/URFunny_main.py:train` in early fusion with its `GradMod` around the official
+/// `Early_Fusion_Model`: the three eight-layer transformers into the MaxOut block and the head,
+/// the seven masked passes in evaluation mode with gradients, alpha 6 (clamp 7, no floor, clip at
+/// 5). The training pass's dropout took agm's masks at every transformer site and both MaxOut
+/// sites (the fusion's seeds after the encoders') from the recorded per-step seeds. The
+/// coefficients swing widely and the clipping fires in steps 2, 4, 5 and 6. Compared as the
+/// other AGM cases. Other dropout seeds fail it, and so do the fast Shapley passes.
+#[test]
+fn agm_steps_on_the_urfunny_early_model_match_the_official_training_loop() {
+    let three = ["audio", "visual", "text"].as_slice();
+    check_agm_steps("urfunny-early-agm", AgmConfig::paper_urfunny_early(), three);
 }
 
 /// Four AGM steps (two epochs) of `mosei-mat` from the official `run/MOSEI_main.py:train`
