@@ -33,15 +33,18 @@ and the attention-weight dropout inside `nn.MultiheadAttention`) applies the mas
 is the one agm's `Trainer` would pass (`seed · 0x9E3779B97F4A7C15 ^ global step`), recorded per
 step (`dropout_seeds`). Only the full pass trains: GradMod runs the masked passes in evaluation
 mode, as agm does. Its inputs are formula inputs (`twin_models.py`).
-`--fusion early` (with `--network official`, AV-MNIST and UR-Funny) runs the loop with
-`fusion_type` `early_fusion`: the official `Early_Fusion` or `Early_Fusion_Model` in its `GradMod`
-(presets `avmnist-early`, `urfunny-early`), whose masked passes zero a raw input and run the whole
-network in evaluation mode with gradients. The MaxOut block's two training-mode dropouts
-(`maxout_sites`) take agm's masks, seeded `FusionModel::fusion_seed` and one more
-(`maxout_seed`) and checked call by call as MOSEI's, beside UR-Funny's transformer sites; the
-inputs are formula inputs. `tests/fixtures/twin_steps/avmnist-early-agm` is `--network official
---fusion early --seed 5 --batch 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.001 --audio-shape 1,64,64
---visual-shape 1,56,56` (the clipping fires in step 2); `urfunny-early-agm` is `--network official
+`--fusion early` (with `--network official`, AV-MNIST, CREMA-D and UR-Funny) runs the loop with
+`fusion_type` `early_fusion`: the official `Early_Fusion`, `AV_Early_Classifier` or
+`Early_Fusion_Model` in its `GradMod` (presets `avmnist-early`, `cremad-early`, `urfunny-early`),
+whose masked passes zero a raw input and run the whole network in evaluation mode with gradients.
+The MaxOut block's two training-mode dropouts (`maxout_sites`) take agm's masks, seeded
+`FusionModel::fusion_seed` and one more (`maxout_seed`) and checked call by call as MOSEI's, beside
+UR-Funny's transformer sites; the inputs are formula inputs.
+`tests/fixtures/twin_steps/avmnist-early-agm` is `--network official --fusion early --seed 5 --batch
+4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.001 --audio-shape 1,64,64 --visual-shape 1,56,56` (the
+clipping fires in step 2); `cremad-early-agm` is `--network official --fusion early --semantics
+cremad --seed 5 --batch 4 --epochs 2 --steps 2 --alpha 1.5 --lr 0.0003 --audio-shape 1,64,64
+--visual-shape 3,1,64,64` (it fires in steps 1 and 3); `urfunny-early-agm` is `--network official
 --fusion early --semantics urfunny --seed 3 --batch 4 --epochs 2 --steps 3 --alpha 6 --lr 0.003
 --audio-shape 3,81 --visual-shape 3,371 --text-shape 3,300` (it fires in steps 2, 4, 5 and 6).
 `--semantics mosei` (with `--network official` only) runs `run/MOSEI_main.py:train` (Multimodal,
@@ -73,11 +76,12 @@ which the loop clips), convolution encoders (`--conv-channels`), and the Gaussia
 exact zeros (its std recorded).
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`,
-`run/URFunny_main.py:train`, `run/MOSEI_main.py:train` or `run/AVE_main.py:train` (the step loop: GradMod forward, the scores, ratios and
-coefficients, `update_scale`, the hooked backward, the conditional clipping, the SGD step, StepLR
-at the epoch's end) and `GradMod` of `model/AVMNIST_net.py` or `model/URFunny_net.py` (the passes,
-the Shapley outputs, the backward hooks; `model/MOSEI_net.py`'s for MOSEI, `model/AVE_net.py`'s
-and `get_segment_wise_relation` of `dataloader/AVE_loader.py` for AVE).
+`run/CREMAD_main.py:train`, `run/URFunny_main.py:train`, `run/MOSEI_main.py:train` or
+`run/AVE_main.py:train` (the step loop: GradMod forward, the scores, ratios and coefficients,
+`update_scale`, the hooked backward, the conditional clipping, the SGD step, StepLR at the epoch's
+end) and `GradMod` of `model/AVMNIST_net.py`, `model/CREMAD_net.py` or `model/URFunny_net.py` (the
+passes, the Shapley outputs, the backward hooks; `model/MOSEI_net.py`'s for MOSEI,
+`model/AVE_net.py`'s and `get_segment_wise_relation` of `dataloader/AVE_loader.py` for AVE).
 Swaps, as the shared fixtures made them: the inner network is the tiny one of FORMAT.md §1.3
 (Flatten, Linear, BatchNorm1d, ReLU per modality; concatenation; `head.fc`), everything runs in
 float64 (the loop's `.float()` casts return float64), and the modules the loop imports but this
@@ -146,7 +150,7 @@ SEMANTICS = {
 
 
 # `--fusion early`: the official early-fusion network of each loop that has one here.
-EARLY_NETS = {"avmnist": "Early_Fusion", "urfunny": "Early_Fusion_Model"}
+EARLY_NETS = {"avmnist": "Early_Fusion", "cremad": "AV_Early_Classifier", "urfunny": "Early_Fusion_Model"}
 
 
 class TensorsNotKept(dict):
@@ -510,7 +514,7 @@ def main():
             masks = MoseiMasks(model.net, mosei_sites(MoseiArgs.layer))
         elif ave:
             masks = MoseiMasks(model.net, ave_sites())
-        elif early and a.semantics == "avmnist":
+        elif early and a.semantics in ("avmnist", "cremad"):
             masks = MoseiMasks(model.net, maxout_sites(), maxout_seed(mods))
         elif agm_dropout:
             if early:

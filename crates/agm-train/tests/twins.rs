@@ -3,11 +3,11 @@
 //! in float64). Strict loading checks the names and shapes; the passes check the function: logits,
 //! the cross-entropy, every parameter's gradient, and in training mode the running statistics.
 //! Then training steps of paper models against the official training loops: AGM on AV-MNIST's,
-//! CREMA-D's and UR-Funny's late-fusion models, AV-MNIST's and UR-Funny's early-fusion models,
-//! MOSEI's MAT and AVE's PSP net (`scripts/golden/agm_train_steps.py --network official`,
-//! `--fusion early` for early fusion; UR-Funny's, the early-fusion ones, MOSEI's and AVE's in
-//! training mode with dropout, the official run drawing agm's masks; MOSEI's with the loss summed
-//! over the batch; AVE's labelled per segment, with its AVPS loss),
+//! CREMA-D's and UR-Funny's late-fusion models, AV-MNIST's, CREMA-D's and UR-Funny's
+//! early-fusion models, MOSEI's MAT and AVE's PSP net (`scripts/golden/agm_train_steps.py
+//! --network official`, `--fusion early` for early fusion; UR-Funny's, the early-fusion ones,
+//! MOSEI's and AVE's in training mode with dropout, the official run drawing agm's masks;
+//! MOSEI's with the loss summed over the batch; AVE's labelled per segment, with its AVPS loss),
 //! OGM-GE and MSLR on CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -505,6 +505,19 @@ fn agm_steps_on_the_paper_models_match_the_official_training_loops() {
 #[test]
 fn agm_steps_on_the_avmnist_early_model_match_the_official_training_loop() {
     check_agm_steps("avmnist-early-agm", AgmConfig::paper_avmnist(), ["audio", "visual"].as_slice());
+}
+
+/// Four AGM steps (two epochs, batch 4) of `cremad-early` from the official
+/// `run/CREMAD_main.py:train` in early fusion with its `GradMod` around the official
+/// `AV_Early_Classifier`: the real ResNet-18s (64×64 spectrograms, one 64×64 frame) into the
+/// MaxOut block and the head, the three masked passes (the all-muted one computed, never used) in
+/// evaluation mode with gradients, alpha 1.5 (the `cremad-agm-early` recipe's), clamp 10, clip at
+/// 1. The training pass's two MaxOut dropouts took agm's masks from the recorded per-step seeds.
+/// The clipping fires in steps 1 and 3. Compared as the other AGM cases. The fast Shapley passes
+/// fail it, and so does another alpha.
+#[test]
+fn agm_steps_on_the_cremad_early_model_match_the_official_training_loop() {
+    check_agm_steps("cremad-early-agm", AgmConfig::paper_cremad(), ["audio", "visual"].as_slice());
 }
 
 /// Six AGM steps (two epochs, batch 4) of `urfunny-early` from the official
