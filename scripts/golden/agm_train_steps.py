@@ -327,10 +327,11 @@ def ave_sites():
     return ["psp.dropout"] * 6
 
 
-class MoseiMasks:
+class OrderedSiteMasks:
     """Puts agm's dropout masks into an official network whose dropout sites agm counts per pass
-    (`DropoutSites`: MOSEI's `Model_LA`, AVE's `psp_net`): every `nn.Dropout` becomes a
-    `MoseiDropout`, and a training-mode pass must call them in agm's site order (`sites`:
+    (`DropoutSites`: MOSEI's `Model_LA`, AVE's `psp_net`; the early-fusion MaxOut's two sites):
+    every `nn.Dropout` becomes a
+    `OrderedSiteDropout`, and a training-mode pass must call them in agm's site order (`sites`:
     `mosei_sites`, `ave_sites`), site k taking the mask of `mix_seed(step seed, k)` over its own
     row-major layout. Any other order or count fails the run, so the sites correspond one to one."""
 
@@ -344,7 +345,7 @@ class MoseiMasks:
             parent, _, attr = name.rpartition(".")
             owner = modules[parent] if parent else net
             assert type(getattr(owner, attr)) is nn.Dropout, name
-            setattr(owner, attr, MoseiDropout(self, name, getattr(owner, attr).p))
+            setattr(owner, attr, OrderedSiteDropout(self, name, getattr(owner, attr).p))
         left = [n for n, x in net.named_modules() if isinstance(x, nn.Dropout)]
         # Unless masks replaced after these check what is left (`only` False).
         assert not only or not left, f"dropout modules agm has no site for: {left}"
@@ -361,8 +362,9 @@ class MoseiMasks:
         return agm_mask(self.site_seed(self.step_seed, k), shape, p)
 
 
-class MoseiDropout(nn.Module):
-    """One dropout site of `Model_LA` or `psp_net` with agm's mask for its tensor in its logical shape."""
+class OrderedSiteDropout(nn.Module):
+    """One dropout site of an `OrderedSiteMasks` network with agm's mask for its tensor in its
+    logical shape."""
 
     def __init__(self, masks, name, p):
         super().__init__()
@@ -511,15 +513,15 @@ def main():
                 if entry["name"].endswith(".a_2"):
                     entry.update(offset=1.0, shift=2)
                     variables[entry["name"]].data.copy_(formula(math.prod(entry["shape"]), entry["seed"], 1.0, 2))
-            masks = MoseiMasks(model.net, mosei_sites(MoseiArgs.layer))
+            masks = OrderedSiteMasks(model.net, mosei_sites(MoseiArgs.layer))
         elif ave:
-            masks = MoseiMasks(model.net, ave_sites())
+            masks = OrderedSiteMasks(model.net, ave_sites())
         elif early and a.semantics in ("avmnist", "cremad"):
-            masks = MoseiMasks(model.net, maxout_sites(), maxout_seed(mods))
+            masks = OrderedSiteMasks(model.net, maxout_sites(), maxout_seed(mods))
         elif agm_dropout:
             if early:
                 # The MaxOut block's dropouts first, so that `AgmMasks` finds only the transformers'.
-                more_masks.append(MoseiMasks(model.net, maxout_sites(), maxout_seed(mods), only=False))
+                more_masks.append(OrderedSiteMasks(model.net, maxout_sites(), maxout_seed(mods), only=False))
             masks = AgmMasks(model.net, mods)
     else:
         # Random running statistics, as the shared fixtures start from.

@@ -272,7 +272,7 @@ impl RunConfig {
         one_of("device", &self.device, DEVICES)?;
         self.precision()?;
         one_of("shapley", &self.shapley, SHAPLEY_MODES)?;
-        one_of("loss_reduction", &self.loss_reduction, &["mean", "sum"])?;
+        one_of("loss_reduction", &self.loss_reduction, crate::LossReduction::NAMES)?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
         if self.epochs == 0 {
             return Err(TrainError::Config("epochs must be at least 1".into()));

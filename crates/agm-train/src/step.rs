@@ -75,6 +75,9 @@ pub enum LossReduction {
 }
 
 impl LossReduction {
+    /// The names configs write, in the order of the variants.
+    pub const NAMES: &'static [&'static str] = &["mean", "sum"];
+
     /// `mean` or `sum`, as configs write it.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
