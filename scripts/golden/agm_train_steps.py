@@ -73,7 +73,11 @@ term, which a wrapper of `AVPSLoss` records as `avps_loss`), `loss_total` the lo
 --epochs 2 --steps 2 --alpha 1 --lr 0.01`.
 `--method ogm-ge` runs OGM-GE as the shared `ogm` case did: the early-fusion wrapper (through
 which the loop clips), convolution encoders (`--conv-channels`), and the Gaussian noise drawn as
-exact zeros (its std recorded).
+exact zeros (its std recorded). With `--network official` it runs on the official `Early_Fusion`
+(`--fusion early` only: it is where the loop's OGM-GE acts) and records each step's score sums,
+whether it edited and the coefficients applied: `tests/fixtures/twin_steps/avmnist-early-ogm-ge`
+is `--network official --fusion early --method ogm-ge --seed 3 --batch 4 --alpha 1 --epochs 2
+--steps 2 --window 0,1 --lr 0.0003 --audio-shape 1,64,64 --visual-shape 1,56,56`.
 
 Official repository lihong2303/AGM_ICCV2023. Official code that runs: `run/AVMNIST_main.py:train`,
 `run/CREMAD_main.py:train`, `run/URFunny_main.py:train`, `run/MOSEI_main.py:train` or
@@ -452,11 +456,11 @@ def main():
     if ogm and a.semantics != "avmnist":
         sys.exit("OGM-GE runs in the AV-MNIST loop only")
     twin = a.network == "official"
-    if twin and ogm:
-        sys.exit("--network official runs AGM only")
+    early = a.fusion == "early"
+    if twin and ogm and not early:
+        sys.exit("--network official runs OGM-GE on the early-fusion network only (--fusion early)")
     if twin:
         C = {"cremad": 6, "urfunny": 2, "mosei": 2, "ave": 29}.get(a.semantics, 10)  # the official heads
-    early = a.fusion == "early"
     if early and (not twin or a.semantics not in EARLY_NETS):
         sys.exit(f"--fusion early runs the official early-fusion networks only ({', '.join(EARLY_NETS)})")
     # UR-Funny's and MOSEI's transformers and the early-fusion MaxOut block train with dropout:
@@ -819,6 +823,15 @@ def main():
             "after": {n[strip:]: summary(t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
                       if not n.endswith("num_batches_tracked")},
         }
+        if ogm:
+            # OGM-GE's record (`late_sum_twin_steps.py`'s): the score sums, whether the loop
+            # edited (inside the window), the coefficients applied (1 and 1 outside it).
+            case["method"] = "OGM-GE"
+            for st, record in zip(steps, case["steps"]):
+                edited = bool(st["ogm"]["modulated_params"])
+                record.update(score_sum=[st["ogm"]["score_sum"][m] for m in mods], edited=edited,
+                              coeff=[st["ogm"]["coeff"][m] for m in mods] if edited else [1.0, 1.0],
+                              noise_std_that_official_would_use=st["ogm"]["noise_std_that_official_would_use"])
         if masks is not None:
             # The step's dropout seed (agm's `train_step` argument), one per step.
             case["dropout_seeds"] = dropout_seeds
