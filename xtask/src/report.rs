@@ -348,8 +348,9 @@ pub fn metrics_csv(record: &RunRecord) -> String {
 /// Writes `<run-dir>/metrics.csv` and renders `<run-dir>/report/`; returns that folder.
 pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     let record = RunRecord::load(run_dir)?;
-    agm_train::checkpoint::write_atomic(&run_dir.join("metrics.csv"), metrics_csv(&record).as_bytes())?;
-    let out = run_dir.join("report");
+    let run = RunDir::open(run_dir)?;
+    agm_train::checkpoint::write_atomic(&run.metrics_csv(), metrics_csv(&record).as_bytes())?;
+    let out = run.report();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut plots = Vec::new();
     if !record.rows.is_empty() {

@@ -98,7 +98,7 @@ impl RunDir {
     /// [`crate::checkpoint::write_atomic`] here and in `report/`. Only the lock holder calls
     /// this, so no live writer owns them.
     fn remove_stale_temporaries(&self) {
-        for dir in [self.root.clone(), self.root.join("report")] {
+        for dir in [self.root.clone(), self.report()] {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for path in entries.flatten().map(|e| e.path()) {
                 if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
@@ -114,13 +114,12 @@ impl RunDir {
     /// leaves it empty. Best effort: anything else in the directory stays.
     pub fn remove_unstarted(&self) {
         let root = &self.root;
-        for path in
-            [self.config(), self.metrics(), root.join("metrics.csv"), self.best(), self.summary(), root.join(".lock")]
+        for path in [self.config(), self.metrics(), self.metrics_csv(), self.best(), self.summary(), root.join(".lock")]
         {
             let _ = std::fs::remove_file(path);
         }
         self.remove_stale_temporaries();
-        let _ = std::fs::remove_dir_all(self.root.join("report"));
+        let _ = std::fs::remove_dir_all(self.report());
         let _ = std::fs::remove_dir(&self.root);
     }
 
@@ -133,6 +132,14 @@ impl RunDir {
     }
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
+    }
+    /// The per-epoch table the report writes beside `metrics.jsonl`.
+    pub fn metrics_csv(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+    /// The report's folder (plots and tables).
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report")
     }
     pub fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint.safetensors")
