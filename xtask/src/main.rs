@@ -30,6 +30,13 @@ use clap::Parser;
 static ALLOC: agm_train::memory::CountingAlloc = agm_train::memory::CountingAlloc;
 
 fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe panicked; the default ends the process
+    // quietly. Run files are written atomically, so nothing is left half-written.
+    #[cfg(unix)]
+    // SAFETY: called first, before any thread exists; restores the signal's default action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     agm_kernels::tune_cpu_runtime();
     init_logging();
     let args = cli::Cli::parse();

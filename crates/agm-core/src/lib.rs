@@ -19,6 +19,7 @@ mod model;
 mod params;
 pub mod serde_f64;
 pub mod serde_none;
+pub mod suggest;
 
 pub use batch::{BatchSource, MultimodalBatch};
 pub use modality::{ModalitySet, Subset};

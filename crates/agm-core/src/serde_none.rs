@@ -50,7 +50,8 @@ impl<T> OptionVisitor<T> {
     where
         T: Deserialize<'de>,
     {
-        T::deserialize(d).map(Some).map_err(|e| E::custom(format!("{e} (or \"{NONE}\")")))
+        // Some formats end their message with a newline.
+        T::deserialize(d).map(Some).map_err(|e| E::custom(format!("{} (or \"{NONE}\")", e.to_string().trim_end())))
     }
 }
 
@@ -149,7 +150,7 @@ mod tests {
     #[test]
     fn a_bad_value_names_what_is_expected() {
         let e = toml::from_str::<Settings>("floor = \"off\"").unwrap_err().to_string();
-        assert!(e.contains("floor") && e.contains("f64") && e.contains("\"none\""), "{e}");
+        assert!(e.contains("floor") && e.contains("expected f64 (or \"none\")"), "{e}");
         let e = toml::from_str::<Settings>("end = -1").unwrap_err().to_string();
         assert!(e.contains("end") && e.contains("\"none\""), "{e}");
         let e = toml::from_str::<Settings>("[clip]\nthreshold = 1.0\nmax_nrm = 1.0").unwrap_err().to_string();

@@ -171,7 +171,10 @@ pub fn parse(spec: &str) -> Result<Vec<MethodEntry>, MethodError> {
         }
         match lookup(name) {
             Some(s) => out.push(s),
-            None => return Err(format!("method = `{name}` is not known; allowed: {}", allowed()).into()),
+            None => {
+                let hint = agm_core::suggest::did_you_mean(name, names());
+                return Err(format!("method = `{name}` is not known{hint}; allowed: {}", allowed()).into());
+            }
         }
     }
     let decl: Vec<(&str, Hooks)> = out.iter().map(|s| (s.name, s.hooks)).collect();

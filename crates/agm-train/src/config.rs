@@ -100,11 +100,40 @@ fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
     if allowed.contains(&value) {
         Ok(())
     } else {
-        Err(TrainError::Config(format!("{field} = `{value}` is not known; allowed: {}", allowed.join(", "))))
+        Err(TrainError::Config(format!(
+            "{field} = `{value}` is not known{}; allowed: {}",
+            agm_core::suggest::did_you_mean(value, allowed.iter().copied()),
+            allowed.join(", ")
+        )))
     }
 }
 
+/// ` (did you mean …?)` for an unknown top-level key: the closest run setting or method
+/// section, or a setting inside a section (`learning_rate` → `[optimizer] lr`).
+fn setting_hint(field: &str) -> String {
+    let table = toml::Table::try_from(RunConfig::av_digits()).expect("the config is plain data");
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (key, value) in &table {
+        names.push((key.clone(), format!("`{key}`")));
+        if let toml::Value::Table(inner) = value {
+            names.extend(inner.keys().map(|k| (k.clone(), format!("`{k}` in [{key}]"))));
+        }
+    }
+    names.push(("learning_rate".into(), "`lr` in [optimizer]".into()));
+    names.extend(registry::entries().iter().map(|e| (e.section(), format!("[{}]", e.section()))));
+    agm_core::suggest::closest(field, names.iter().map(|(n, _)| n.as_str()))
+        .and_then(|n| names.iter().find(|(m, _)| m == n))
+        .map_or_else(String::new, |(_, shown)| format!(" (did you mean {shown}?)"))
+}
+
 impl RunConfig {
+    /// The settings a checkpoint was trained under, as JSON: every field but those a resume may
+    /// change (`epochs`, `device`) and `init_weights`, which a resume does not read.
+    pub fn resumable_identity(&self) -> serde_json::Value {
+        let same = RunConfig { epochs: 0, device: String::new(), init_weights: String::new(), ..self.clone() };
+        serde_json::to_value(same).expect("plain data")
+    }
+
     /// The default run: AGM on AV-Digits (noisy-audio preset) with the late concat MLP model,
     /// SGD at lr 0.01 with the reference's momentum and weight decay. The preset and the learning
     /// rate were chosen on validation data so that the default shows the paper's claim, an
@@ -207,7 +236,10 @@ impl RunConfig {
             // An unknown top-level key reaches the flattened settings, which report it at the root.
             let unknown = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
             match unknown {
-                Some(field) if key == "." || key.is_empty() => (field.to_string(), message),
+                Some(field) if key == "." || key.is_empty() => {
+                    let hint = setting_hint(field);
+                    (field.to_string(), format!("{message}{hint}"))
+                }
                 _ => (key, message),
             }
         })?;

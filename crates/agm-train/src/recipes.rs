@@ -81,7 +81,8 @@ impl Recipe {
 pub fn find(name: &str) -> Result<&'static Recipe> {
     RECIPES.iter().find(|r| r.name == name).ok_or_else(|| {
         TrainError::Config(format!(
-            "recipe `{name}` is not known; known recipes (`cargo xtask recipes`): {}",
+            "recipe `{name}` is not known{}; known recipes (`cargo xtask recipes`): {}",
+            agm_core::suggest::did_you_mean(name, RECIPES.iter().map(|r| r.name)),
             RECIPES.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
         ))
     })

@@ -299,7 +299,10 @@ fn run_locked(
         Concepts::TrainMissing(dir) => attach_concepts(cfg, data, dir, true).map(|(p, s)| (p, Some(s)))?,
     };
     let model: &dyn MultimodalModel = built.model.as_ref();
-    let mut trainer = cfg.trainer(model, built.modulator, data, &device)?.with_run_dir(dir.clone());
+    let mut trainer = cfg
+        .trainer(model, built.modulator, data, &device)?
+        .with_run_dir(dir.clone())
+        .with_settings(cfg.resumable_identity());
     if let Some(probe) = probe {
         trainer = trainer.with_competition(Box::new(probe));
     }

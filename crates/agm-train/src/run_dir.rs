@@ -30,7 +30,7 @@ impl RunDir {
     /// Opens (and creates) a run directory.
     pub fn create(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
+        create_dirs(&root)?;
         Ok(Self { root })
     }
 
@@ -38,7 +38,7 @@ impl RunDir {
     /// taken. The creation itself decides (no check-then-create race), so two runs started
     /// together never share a directory.
     pub fn create_unique(parent: &Path, stem: &str) -> Result<Self> {
-        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+        create_dirs(parent)?;
         for k in 1..=1000 {
             let root = parent.join(if k == 1 { stem.to_string() } else { format!("{stem}-{k}") });
             match std::fs::create_dir(&root) {
@@ -205,9 +205,38 @@ impl RunDir {
     }
 }
 
+/// `create_dir_all`, naming the file that stands where a folder is needed.
+fn create_dirs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
+        Some(file) => {
+            let why = match file == dir {
+                true => "a file, not a folder, has this name; choose another run directory".to_string(),
+                false => format!(
+                    "{} is a file, so no folder can be made in it; choose another run directory",
+                    file.display()
+                ),
+            };
+            TrainError::io(dir, std::io::Error::other(why))
+        }
+        None => TrainError::io(dir, e),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_where_the_run_directory_goes_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("taken");
+        std::fs::write(&file, "mine").unwrap();
+        let err = RunDir::create(&file).unwrap_err().to_string();
+        assert!(err.contains("a file, not a folder, has this name"), "{err}");
+        let err = RunDir::create_unique(&file, "run").unwrap_err().to_string();
+        assert!(err.contains(&format!("{} is a file", file.display())), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+    }
 
     #[test]
     fn two_runs_of_the_same_name_get_different_directories() {

@@ -253,6 +253,9 @@ pub struct Trainer<'a> {
     /// Test hook: the checkpoint write with this 1-based number stops after its temporary file.
     crash_on_write: Option<usize>,
     checkpoint_writes: usize,
+    /// The settings the run trains with (JSON), written into every checkpoint and compared on
+    /// resume ([`Trainer::with_settings`]).
+    settings: Option<serde_json::Value>,
 }
 
 impl<'a> Trainer<'a> {
@@ -290,7 +293,16 @@ impl<'a> Trainer<'a> {
             reference_split: None,
             crash_on_write: None,
             checkpoint_writes: 0,
+            settings: None,
         })
+    }
+
+    /// Records the settings the run trains with in every checkpoint; [`Trainer::resume`] refuses
+    /// a checkpoint written under other settings, naming each one that changed (a hand-edited
+    /// `config.toml`). Settings a resume may change are left out by the caller.
+    pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
+        self.settings = Some(settings);
+        self
     }
 
     /// Writes checkpoints, `metrics.jsonl` and the best weights into `dir`.
@@ -418,6 +430,9 @@ impl<'a> Trainer<'a> {
         meta.insert("modulator".into(), now.modulator.to_string());
         meta.insert("method".into(), self.modulator.name().to_string());
         meta.insert("lr".into(), self.optimizer.learning_rate().to_string());
+        if let Some(settings) = &self.settings {
+            meta.insert("settings".into(), settings.to_string());
+        }
         let ck = Checkpoint { model: now.model, optimizer: now.optimizer, snapshots: self.snapshots.clone(), meta };
         self.checkpoint_writes += 1;
         let crash = self.crash_on_write == Some(self.checkpoint_writes);
@@ -456,6 +471,22 @@ impl<'a> Trainer<'a> {
                     self.modulator.name()
                 ),
             ));
+        }
+        // Checkpoints before this key was written are not compared.
+        if let (Some(ours), true) = (&self.settings, ck.meta.contains_key("settings")) {
+            let theirs: serde_json::Value = ck.meta_json("settings", &path)?;
+            let mut changed = Vec::new();
+            setting_differences("", ours, &theirs, &mut changed);
+            if !changed.is_empty() {
+                return Err(TrainError::checkpoint(
+                    &path,
+                    format!(
+                        "written under other settings than the run's now: {}. Put the run's config.toml back as \
+                         it was, or start a new run with --out",
+                        changed.join(", ")
+                    ),
+                ));
+            }
         }
         let modulator = ck.meta_json("modulator", &path)?;
         let loop_state: LoopState = ck.meta_json("trainer", &path)?;
@@ -690,6 +721,22 @@ impl<'a> Trainer<'a> {
             last,
             stopped_early,
         }
+    }
+}
+
+/// `path = now (the checkpoint's: then)` for every setting that differs between two JSON trees.
+fn setting_differences(path: &str, now: &serde_json::Value, then: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (now, then) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                setting_differences(&at, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path} = {a} (the checkpoint's: {b})")),
+        _ => {}
     }
 }
 

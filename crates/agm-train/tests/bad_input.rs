@@ -74,6 +74,12 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
         let err = resolve_file(&path);
         assert!(err.contains("unknown field `bogus_key`") && err.contains(&format!("`{key}`")), "{key}: {err}");
     }
+    // A misspelt top-level key names the setting it was probably meant to be.
+    for (typo, meant) in [("epoch", "`epochs`"), ("learning_rat", "`lr` in [optimizer]"), ("agmm", "`agm`")] {
+        std::fs::write(&path, format!("{typo} = 1\n")).unwrap();
+        let err = resolve_file(&path);
+        assert!(err.contains(&format!("(did you mean {meant}?)")), "{typo}: {err}");
+    }
     eprintln!("{} fields of the wrong type and {n_sections} unknown keys, each named with its line", all.len());
 }
 
@@ -242,6 +248,23 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
     assert!(err.contains("checkpoint.safetensors") && err.contains("missing"), "{err}");
     std::fs::write(&checkpoint, &good).unwrap();
     assert_eq!(contents(dir.root()), before, "a missing checkpoint");
+    // Settings changed since the checkpoint (a hand-edited config.toml) are named; more epochs
+    // and another device are what a resume may change.
+    let sgd = agm_train::optim::SgdConfig::agm_reference(0.05);
+    let edited = RunConfig {
+        epochs: 4,
+        data_preset: "balanced".into(),
+        optimizer: agm_train::optim::OptimizerConfig::Sgd(sgd),
+        ..cfg.clone()
+    };
+    let err = resume(&edited);
+    assert!(
+        err.contains("optimizer.lr = 0.05 (the checkpoint's: 0.01)")
+            && err.contains("data_preset = \"balanced\" (the checkpoint's: \"noisy-audio\")")
+            && err.contains("config.toml"),
+        "{err}"
+    );
+    assert_eq!(contents(dir.root()), before, "changed settings");
     // And the run still resumes.
     let outcome = run(&RunConfig { epochs: 3, ..cfg }, &dir, RunStart::Resume { header: changed.clone() }).unwrap();
     assert_eq!(outcome.run.epochs_done, 3);

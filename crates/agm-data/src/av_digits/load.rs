@@ -122,7 +122,8 @@ impl FromStr for NoisePreset {
     /// `ambiguous:<pairs>,<audio_std>,<image_std>` (pairs 0 to 5).
     fn from_str(s: &str) -> Result<Self> {
         let bad = |problem: String| DataError::UnknownPreset { name: s.to_string(), problem };
-        let unknown = || bad("not a known name".into());
+        let names = ["audio-dominant", "balanced", "image-dominant", "noisy-audio"];
+        let unknown = || bad(format!("not a known name{}", agm_core::suggest::did_you_mean(s.trim(), names)));
         match s.trim() {
             "audio-dominant" => Ok(NoisePreset::AudioDominant),
             "balanced" => Ok(NoisePreset::Balanced),
