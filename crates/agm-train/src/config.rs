@@ -127,11 +127,13 @@ fn setting_hint(field: &str) -> String {
 }
 
 impl RunConfig {
-    /// The settings a checkpoint was trained under, as JSON: every field but those a resume may
-    /// change (`epochs`, `device`) and `init_weights`, which a resume does not read.
+    /// The settings a checkpoint was trained under, as JSON: what the run's `config.toml`
+    /// records ([`RunConfig::to_run_toml`]: the sections of unused methods left out) but the
+    /// fields a resume may change (`epochs`, `device`) and `init_weights`, which it does not read.
     pub fn resumable_identity(&self) -> serde_json::Value {
         let same = RunConfig { epochs: 0, device: String::new(), init_weights: String::new(), ..self.clone() };
-        serde_json::to_value(same).expect("plain data")
+        let table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
+        serde_json::to_value(table).expect("plain data")
     }
 
     /// The default run: AGM on AV-Digits (noisy-audio preset) with the late concat MLP model,

@@ -47,6 +47,24 @@ fn every_recipe_resolves_and_trains_one_step_of_its_model_at_the_reference_shape
     }
 }
 
+/// A resume compares the settings its checkpoint recorded with the run's `config.toml` read
+/// back; for every recipe (AGM's also stacked with OGM-GE) they must be the same, though
+/// `config.toml` leaves out the sections of unused methods and the dataset's defaults differ
+/// from the AV-Digits ones a file is read over.
+#[test]
+fn every_recipe_s_settings_read_back_from_its_config_toml_as_the_checkpoint_records_them() {
+    for recipe in RECIPES {
+        let cfg = RunRequest::default().recipe(recipe.name).set("--data", "data", "unused").resolve().unwrap().config;
+        let stacked = (cfg.method == "agm").then(|| RunConfig { method: "agm+ogm-ge".into(), ..cfg.clone() });
+        for cfg in std::iter::once(cfg).chain(stacked) {
+            let back = RunConfig::from_toml_str(&cfg.to_run_toml("a header")).unwrap();
+            assert_eq!(back.resumable_identity(), cfg.resumable_identity(), "{} ({})", recipe.name, cfg.method);
+            let more = RunConfig { epochs: cfg.epochs + 5, device: "cuda".into(), ..back };
+            assert_eq!(more.resumable_identity(), cfg.resumable_identity(), "{}: epochs, device", recipe.name);
+        }
+    }
+}
+
 #[test]
 fn recipes_are_unique_and_cover_each_dataset_with_joint_and_agm() {
     for (i, r) in RECIPES.iter().enumerate() {
