@@ -99,7 +99,8 @@ pub fn summary_line(status: &ConceptStatus, cfg: &RunConfig, run: &RunSummary, m
     }
     match run.last.as_ref().and_then(|e| e.competition.as_ref()) {
         Some(r) => {
-            let parts: Vec<String> = modalities.iter().zip(r).map(|(m, v)| format!("{m} {v:.3}")).collect();
+            let parts: Vec<String> =
+                modalities.iter().zip(r).map(|(m, v)| format!("{m} {}", crate::progress::compact(*v, 3))).collect();
             format!(
                 "competition strength (validation, last epoch; 0: the modality's concept is linearly in the \
                  fused feature, ~1: absent): {}   [concepts: {}]",

@@ -39,6 +39,15 @@ fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
         other => anyhow::bail!("--checkpoint `{other}` is not known; allowed: best, last"),
     };
     if !weights.is_file() {
+        // A run stopped before its first epoch ended has a checkpoint but no best weights yet.
+        if which == "best" && run.checkpoint().is_file() {
+            anyhow::bail!(
+                "{} has no best weights yet: no epoch finished; evaluate its last checkpoint with --checkpoint last, \
+                 or train on with `cargo xtask train --resume {}`",
+                dir.display(),
+                dir.display()
+            );
+        }
         return Err(agm_train::TrainError::MissingRunFile { path: weights, dir: dir.to_path_buf() }.into());
     }
     Ok(EvalTarget { cfg, weights, label: which.to_string() })
@@ -149,12 +158,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     let target = resolve(&args)?;
     let (report, modalities) = evaluate_target(&target, split)?;
     println!("{} split, {} weights, {} samples", split.name(), target.label, report.samples);
-    println!("accuracy {:.2}%   loss {:.4}", 100.0 * report.accuracy, report.loss);
+    println!("accuracy {:.2}%   loss {}", 100.0 * report.accuracy, crate::progress::compact(report.loss, 4));
     for (i, name) in modalities.iter().enumerate() {
         println!(
-            "  {name:<8} Shapley accuracy {:.2}%   loss {:.4}",
+            "  {name:<8} Shapley accuracy {:.2}%   loss {}",
             100.0 * report.modality_accuracy[i],
-            report.modality_loss[i]
+            crate::progress::compact(report.modality_loss[i], 4)
         );
     }
     Ok(ExitCode::SUCCESS)

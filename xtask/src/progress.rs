@@ -46,6 +46,16 @@ fn rate(per_sec: f64) -> String {
     format!("{per_sec:.decimals$}/s")
 }
 
+/// `v` with `decimals` decimals, or in scientific notation from 1e6 on: saturated AGM
+/// coefficients and diverging losses reach 1e308 and stay one word long.
+pub fn compact(v: f64, decimals: usize) -> String {
+    if v.abs() >= 1e6 {
+        format!("{v:.decimals$e}")
+    } else {
+        format!("{v:.decimals$}")
+    }
+}
+
 /// Coefficients by modality name, `audio 0.98 visual 1.02` with `separator` " ", each value as
 /// `format` writes it.
 pub fn labelled(modalities: &[String], values: &[f64], separator: &str, format: impl Fn(f64) -> String) -> String {
@@ -103,7 +113,7 @@ impl Callback for Progress {
             let coeff = s
                 .coefficients
                 .as_ref()
-                .map(|c| format!(" coeff {}", labelled(&self.modalities, c, " ", |v| format!("{v:.2}"))));
+                .map(|c| format!(" coeff {}", labelled(&self.modalities, c, " ", |v| compact(v, 2))));
             if s.step_in_epoch == s.steps_in_epoch {
                 // The epoch's evaluation runs next; say so instead of sitting silent.
                 bar.set_message(format!("loss {:.4}; validation…", s.loss));
@@ -133,7 +143,7 @@ impl Callback for Progress {
         let coeff = e
             .coefficients
             .as_ref()
-            .map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, " ", |v| format!("{v:.3}"))));
+            .map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, " ", |v| compact(v, 3))));
         self.line(format!(
             "epoch {:>3}  loss {:.4}  val acc {:.1}%  shapley {}{}  {:.1} ms/step",
             e.epoch,
@@ -149,6 +159,16 @@ impl Callback for Progress {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_values_print_in_scientific_notation() {
+        assert_eq!(compact(0.4551, 3), "0.455");
+        assert_eq!(compact(-123456.0, 2), "-123456.00");
+        assert_eq!(compact(9.883e33, 4), "9.8830e33");
+        assert_eq!(compact(f64::INFINITY, 3), "inf");
+    }
+
     #[test]
     fn the_step_rate_is_rounded_to_a_few_digits() {
         assert_eq!(super::rate(2370.6457), "2371/s");

@@ -662,8 +662,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     println!("{}", md.split("\n## Runs").next().unwrap_or(&md).trim_end());
     println!();
     println!(
-        "{} runs in {:.1} s; table {}, plot {}",
+        "{} run{} in {:.1} s; table {}, plot {}",
         results.len(),
+        if results.len() == 1 { "" } else { "s" },
         started.elapsed().as_secs_f64(),
         out.join("study.md").display(),
         out.join("curves.png").display()

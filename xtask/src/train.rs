@@ -169,6 +169,15 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
     if flags.preset.is_some() && cfg.dataset != "av-digits" {
         notes.push(format!("--preset does nothing for dataset `{}` (it picks AV-Digits' noise)", cfg.dataset));
     }
+    // A config file's sections of methods the run does not use (the file was read, so it parses).
+    let file =
+        flags.config.as_ref().and_then(|p| Some((p, std::fs::read_to_string(p).ok()?.parse::<toml::Table>().ok()?)));
+    if let Some((path, table)) = file {
+        let unused = cfg.unused_method_sections();
+        for section in table.keys().filter(|k| unused.contains(k)) {
+            notes.push(format!("[{section}] in {} does nothing for method `{}`", path.display(), cfg.method));
+        }
+    }
     notes
 }
 
@@ -315,15 +324,6 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// Saturated AGM coefficients reach 1e308: scientific notation keeps them one word long.
-fn coefficient(v: f64) -> String {
-    if v.abs() >= 1e6 {
-        format!("{v:.3e}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 fn print_summary(
     cfg: &RunConfig,
     run: &agm_train::RunSummary,
@@ -342,14 +342,17 @@ fn print_summary(
     println!("test accuracy of the best weights: {} on {} samples", pct(test.accuracy), test.samples);
     for (i, name) in modalities.iter().enumerate() {
         println!(
-            "  {name:<8} Shapley accuracy {:>6}   loss {:.3}",
+            "  {name:<8} Shapley accuracy {:>6}   loss {}",
             pct(test.modality_accuracy[i]),
-            test.modality_loss[i]
+            crate::progress::compact(test.modality_loss[i], 3)
         );
     }
     if let Some(last) = &run.last {
         if let Some(c) = &last.last_coefficients {
-            println!("final coefficients: {}", crate::progress::labelled(modalities, c, " / ", coefficient));
+            println!(
+                "final coefficients: {}",
+                crate::progress::labelled(modalities, c, " / ", |v| crate::progress::compact(v, 3))
+            );
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
     }
@@ -472,6 +475,12 @@ mod tests {
         let notes = unused_flags(&flags(RunFlags { preset: Some("balanced".into()), ..RunFlags::default() }), &avmnist);
         assert!(notes.join("").contains("--preset does nothing for dataset `avmnist`"), "{notes:?}");
         assert!(unused_flags(&flags(RunFlags { alpha: Some(2.0), ..RunFlags::default() }), &avmnist).is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "[ogm_ge]\nalpha = 0.5\n[agm]\nalpha = 2.0\n").unwrap();
+        let agm = RunConfig::av_digits();
+        let notes = unused_flags(&flags(RunFlags { config: Some(file.clone()), ..RunFlags::default() }), &agm);
+        assert_eq!(notes, [format!("[ogm_ge] in {} does nothing for method `agm`", file.display())]);
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub enum DataError {
     )]
     NotFound { path: PathBuf },
 
+    /// The dataset path is a file where the dataset's folder goes.
+    #[error(
+        "{} is a file; pass the dataset's folder (the one holding it) as README.md, section Datasets, describes",
+        path.display()
+    )]
+    NotAFolder { path: PathBuf },
+
     /// Files or folders a dataset needs are missing; all of them are listed.
     #[error("{} lacks {listing}; the expected layout is in README.md, section Datasets", root.display())]
     MissingFiles { root: PathBuf, listing: String },

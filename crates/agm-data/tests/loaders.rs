@@ -605,4 +605,11 @@ fn an_empty_folder_names_every_file_each_dataset_needs() {
         let e = load(id, &nowhere, &LoadOptions::default()).unwrap_err();
         assert!(matches!(e, DataError::NotFound { .. }) && e.to_string().contains("nowhere does not exist"), "{e}");
     }
+    // One of a dataset's files passed where its folder goes is named as a file.
+    let file = dir.path().join("train_labels.npy");
+    std::fs::write(&file, b"x").unwrap();
+    let e = load(DatasetId::AvMnist, &file, &LoadOptions::default()).unwrap_err();
+    assert!(
+        matches!(e, DataError::NotAFolder { .. }) && e.to_string().contains("is a file; pass the dataset's folder")
+    );
 }

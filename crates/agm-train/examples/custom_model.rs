@@ -78,12 +78,14 @@ fn main() -> anyhow::Result<()> {
     let mut trainer = Trainer::new(&model, Box::new(agm), |g| Ok(optimizer.build(g)?), opts, &device)?;
     let summary = trainer.fit(data.split(Split::Train), data.split(Split::Validation), &mut NoCallback)?;
     let last = summary.last.expect("five epochs ran");
+    // AGM reports its coefficients of the last step (audio, visual).
+    let coefficients = last.last_coefficients.unwrap_or_default();
     println!(
-        "validation accuracy {:.1}%, Shapley accuracy audio {:.1}% visual {:.1}%, coefficients {:?}",
+        "validation accuracy {:.1}%, Shapley accuracy audio {:.1}% visual {:.1}%, coefficients {:.3?}",
         100.0 * last.validation.accuracy,
         100.0 * last.validation.modality_accuracy[0],
         100.0 * last.validation.modality_accuracy[1],
-        last.last_coefficients
+        coefficients
     );
     Ok(())
 }

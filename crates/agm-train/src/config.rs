@@ -314,8 +314,11 @@ impl RunConfig {
         if self.batch_size == 0 {
             return Err(TrainError::Config("batch_size must be at least 1".into()));
         }
-        self.optimizer.validate().map_err(|e| TrainError::Config(format!("optimizer: {e}")))?;
-        self.schedule.build().map_err(|e| TrainError::Config(format!("schedule: {e}")))?;
+        // The first line: candle appends a backtrace where RUST_BACKTRACE is set.
+        let first_line =
+            |e: candle_core::Error| TrainError::Config(e.to_string().lines().next().unwrap_or_default().into());
+        self.optimizer.validate().map_err(first_line)?;
+        self.schedule.build().map_err(first_line)?;
         self.methods.validate()?;
         Ok(())
     }

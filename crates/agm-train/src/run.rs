@@ -149,7 +149,8 @@ impl RunOutcome {
     pub fn load(dir: &RunDir) -> Result<Self> {
         let path = dir.summary();
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| TrainError::checkpoint(&path, format!("not a run summary: {e}")))
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::io(&path, std::io::Error::other(format!("not a run summary written by agm: {e}"))))
     }
 
     /// True when training ran every epoch (or the method stopped it) and the test split was

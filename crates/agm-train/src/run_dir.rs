@@ -56,6 +56,14 @@ impl RunDir {
     /// Opens an existing run directory.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
+        if root.is_file() {
+            return Err(TrainError::io(
+                &root,
+                std::io::Error::other(
+                    "a file, not a run directory (a weights file is evaluated with `cargo xtask eval --weights`)",
+                ),
+            ));
+        }
         if !root.is_dir() {
             return Err(TrainError::io(
                 &root,
@@ -233,9 +241,11 @@ mod tests {
         std::fs::write(&file, "mine").unwrap();
         let err = RunDir::create(&file).unwrap_err().to_string();
         assert!(err.contains("a file, not a folder, has this name"), "{err}");
-        let err = RunDir::create_unique(&file, "run").unwrap_err().to_string();
+        let err = RunDir::create_unique(&file.join("runs"), "run").unwrap_err().to_string();
         assert!(err.contains(&format!("{} is a file", file.display())), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+        let err = RunDir::open(&file).unwrap_err().to_string();
+        assert!(err.contains("a file, not a run directory") && err.contains("--weights"), "{err}");
     }
 
     #[test]

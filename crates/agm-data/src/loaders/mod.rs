@@ -236,6 +236,9 @@ pub fn require_all(id: DatasetId, root: &Path) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    if root.is_file() && missing.len() == paths.len() {
+        return Err(DataError::NotAFolder { path: root.to_path_buf() });
+    }
     let listing = match missing.as_slice() {
         [one] => one.clone(),
         many => format!("these {} files: {}", many.len(), many.join(", ")),

@@ -48,7 +48,7 @@ impl AdamConfig {
 
     /// PyTorch's checks, plus finiteness; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        const O: &str = "AdamConfig";
+        const O: &str = "optimizer";
         check_lr(O, self.lr)?;
         let (b1, b2) = (self.beta1, self.beta2);
         ensure((0.0..1.0).contains(&b1), O, "beta1", b1, "in [0, 1)")?;
@@ -108,7 +108,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
-        check_lr("AdamConfig", c.lr)?;
+        check_lr("optimizer", c.lr)?;
         for slot in &mut self.slots {
             let Some(mut g) = grad_of(&slot.param, grads)? else { continue };
             let lr = c.lr * slot.param.lr_mult;

@@ -38,8 +38,8 @@ impl StepLr {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure(self.step_size > 0, "StepLr", "step_size", self.step_size as f64, "> 0")?;
-        ensure(self.gamma.is_finite() && self.gamma > 0.0, "StepLr", "gamma", self.gamma, "finite and > 0")
+        ensure(self.step_size > 0, "schedule", "step_size", self.step_size as f64, "> 0")?;
+        ensure(self.gamma.is_finite() && self.gamma > 0.0, "schedule", "gamma", self.gamma, "finite and > 0")
     }
 }
 
@@ -71,8 +71,8 @@ impl CosineLr {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure(self.t_max > 0, "CosineLr", "t_max", self.t_max as f64, "> 0")?;
-        ensure(self.eta_min.is_finite() && self.eta_min >= 0.0, "CosineLr", "eta_min", self.eta_min, "finite and >= 0")
+        ensure(self.t_max > 0, "schedule", "t_max", self.t_max as f64, "> 0")?;
+        ensure(self.eta_min.is_finite() && self.eta_min >= 0.0, "schedule", "eta_min", self.eta_min, "finite and >= 0")
     }
 }
 

@@ -39,7 +39,7 @@ impl SgdConfig {
 
     /// PyTorch's checks, plus finiteness; errors name the field.
     pub fn validate(&self) -> Result<()> {
-        const O: &str = "SgdConfig";
+        const O: &str = "optimizer";
         check_lr(O, self.lr)?;
         let m = self.momentum;
         ensure(m.is_finite() && m >= 0.0, O, "momentum", m, "finite and >= 0")?;
@@ -49,7 +49,7 @@ impl SgdConfig {
         ensure(wd.is_finite() && wd >= 0.0, O, "weight_decay", wd, "finite and >= 0")?;
         if self.nesterov && (m <= 0.0 || d != 0.0) {
             candle_core::bail!(
-                "invalid SgdConfig.nesterov = true: nesterov requires momentum > 0 and dampening = 0 \
+                "invalid optimizer.nesterov = true: nesterov requires momentum > 0 and dampening = 0 \
                  (momentum = {m}, dampening = {d})"
             )
         }
@@ -102,7 +102,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
-        check_lr("SgdConfig", c.lr)?;
+        check_lr("optimizer", c.lr)?;
         // Every parameter with a gradient, in one call (on CUDA a few kernels for all of them).
         let mut stepped = Vec::new();
         let mut params = Vec::new();
