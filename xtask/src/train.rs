@@ -155,7 +155,8 @@ fn stop_on_ctrl_c() {
     drop(installed);
 }
 
-/// Flags given that the chosen method or dataset does not read.
+/// Flags given that the chosen method or dataset does not read, and settings that make a part of
+/// the run do nothing.
 fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
     let flags = &args.run;
     let methods: Vec<&str> = cfg.method.split('+').collect();
@@ -177,6 +178,20 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
         for section in table.keys().filter(|k| unused.contains(k)) {
             notes.push(format!("[{section}] in {} does nothing for method `{}`", path.display(), cfg.method));
         }
+    }
+    // A method window that opens after the last epoch: the method never acts.
+    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
+    for (section, value) in &recorded {
+        let start = value.get("window_start").and_then(toml::Value::as_integer);
+        if let Some(start) = start.filter(|&s| s > cfg.epochs as i64) {
+            notes.push(format!(
+                "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
+                cfg.epochs
+            ));
+        }
+    }
+    if cfg.optimizer.lr() == 0.0 {
+        notes.push("the learning rate is 0: the weights never change".into());
     }
     notes
 }
@@ -280,6 +295,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let concepts_dir = args.concepts.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
+    // The run trains missing concepts before its header prints; say why it is quiet meanwhile.
+    let concepts_missing = agm_train::concept::check_concept_dataset(&cfg.dataset).is_ok()
+        && !matches!(agm_train::concept::ConceptSet::load(&concepts_dir), Ok(Some(_)));
+    if concepts_missing && !args.no_concepts && !args.quiet {
+        println!("training the mono-modal concepts into {} (once per dataset and preset)…", concepts_dir.display());
+    }
     let opts = RunOptions {
         provenance: crate::provenance::of_this_process(started),
         concepts: Some(if args.no_concepts {
@@ -356,7 +377,11 @@ fn print_summary(
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
     }
-    println!("run directory: {} (config.toml, metrics.jsonl, best.safetensors, summary.json)", dir.display());
+    println!(
+        "run directory: {} (config.toml, metrics.jsonl, metrics.csv, best.safetensors, checkpoint.safetensors, \
+         summary.json, report/)",
+        dir.display()
+    );
     println!("evaluate again with `cargo xtask eval {} --split test`", dir.display());
 }
 
@@ -481,6 +506,13 @@ mod tests {
         let agm = RunConfig::av_digits();
         let notes = unused_flags(&flags(RunFlags { config: Some(file.clone()), ..RunFlags::default() }), &agm);
         assert_eq!(notes, [format!("[ogm_ge] in {} does nothing for method `agm`", file.display())]);
+        let mut late = RunConfig { epochs: 2, ..RunConfig::av_digits() };
+        late.set_method::<agm_modulation::Agm>(&agm_modulation::AgmConfig {
+            window_start: 5,
+            ..late.method::<agm_modulation::Agm>()
+        });
+        let notes = unused_flags(&flags(RunFlags::default()), &late);
+        assert_eq!(notes, ["[agm] window_start = 5 is after the last epoch (2): the method never acts in this run"]);
     }
 
     #[test]

@@ -42,7 +42,15 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
     }
     let tensors = if name.ends_with(".safetensors") {
         let all = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| unreadable(format!("not a readable safetensors file ({e})")))?;
+            // The name says safetensors, so the format is right and the content is not.
+            .map_err(|e| {
+                let e = e.to_string();
+                let first = e.lines().next().unwrap_or_default();
+                TrainError::checkpoint(
+                    path,
+                    format!("a damaged or cut-short safetensors file ({first}); save it again"),
+                )
+            })?;
         if all.keys().any(|k| k.starts_with("model/")) {
             all.into_iter().filter_map(|(k, v)| k.strip_prefix("model/").map(|k| (k.to_string(), v))).collect()
         } else {

@@ -177,7 +177,10 @@ pub fn parse_npy_header(bytes: &[u8], path: &Path) -> Result<NpyHeader> {
     let descr = dict_value(header, "descr").ok_or_else(|| npy_err(path, format!("no 'descr' in header {header:?}")))?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     if descr.starts_with('>') && descr != ">u1" && descr != ">i1" {
-        return Err(npy_err(path, format!("big-endian dtype {descr} is not supported")));
+        return Err(npy_err(
+            path,
+            format!("big-endian dtype {descr} is not supported; save it little-endian (`a.astype(a.dtype.newbyteorder(\"<\"))` in NumPy)"),
+        ));
     }
     let dtype = DType::from_numpy(descr.trim_start_matches('>'))
         .ok_or_else(|| npy_err(path, format!("dtype {descr} is not supported (numeric dtypes only)")))?;
