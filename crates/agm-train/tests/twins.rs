@@ -606,33 +606,7 @@ fn check_agm_steps(name: &str, preset: AgmConfig, modalities: &[&str]) {
 /// from the Shapley passes instead (`uni_modal = "shapley"`) fails it.
 #[test]
 fn ogm_ge_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
-    let case: StepsCase<OgmStepRecord> = steps_case("cremad-late-sum-ogm-ge");
-    let [lo, hi] = case.hyper.modulation_window_epochs;
-    let cfg = OgmGeConfig {
-        alpha: case.hyper.alpha,
-        noise: false,
-        window_start: lo,
-        window_end: Some(hi),
-        ..OgmGeConfig::reference_cremad()
-    };
-    let mut ogm = OgmGe::new(cfg, 2).unwrap();
-    replay_twin_steps(&case, &mut ogm, |worst, k, outcome, _, ogm| {
-        let expected = &case.steps[k - 1];
-        let what = format!("step {k}");
-        worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
-        let stats = ogm.last_stats().unwrap();
-        assert_eq!(stats.applied, expected.edited, "{what}: inside the window");
-        for (m, (&ours, theirs)) in ["audio", "visual"].iter().zip(stats.score_sum.iter().zip(expected.score_sum)) {
-            worst.check("score sums", || format!("{what} score sum {m}"), ours, theirs, theirs);
-        }
-        let coefficients = outcome.coefficients.clone().unwrap();
-        for (m, (ours, theirs)) in ["audio", "visual"].iter().zip(coefficients.into_iter().zip(expected.coeff)) {
-            // In (0, 1]; agm keeps the official exact 0 at the smallest positive f64.
-            worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, 1.0);
-        }
-        assert!(outcome.clip.is_none(), "{what}: no clipping in late fusion");
-    });
-    assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
+    check_ogm_ge_steps("cremad-late-sum-ogm-ge", OgmGeConfig::reference_cremad());
 }
 
 /// Four OGM-GE steps (two epochs, the window the first) of `avmnist-early` from the official
@@ -649,19 +623,20 @@ fn ogm_ge_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
 /// step 3, the official step 4 agrees with agm's to 7e-14.
 #[test]
 fn ogm_ge_steps_on_the_avmnist_early_model_match_the_official_training_loop() {
-    let case: StepsCase<OgmStepRecord> = steps_case("avmnist-early-ogm-ge");
+    check_ogm_ge_steps("avmnist-early-ogm-ge", OgmGeConfig::reference_avmnist());
+}
+
+/// OGM-GE steps of a twin-steps case with `base`'s settings, the case's alpha and window and no
+/// noise: every step's loss, score sums, coefficients and clipping decision (late-fusion cases
+/// record none and must not clip), then every parameter and running statistic.
+fn check_ogm_ge_steps(name: &str, base: OgmGeConfig) {
+    let case: StepsCase<OgmStepRecord> = steps_case(name);
     let [lo, hi] = case.hyper.modulation_window_epochs;
-    let cfg = OgmGeConfig {
-        alpha: case.hyper.alpha,
-        noise: false,
-        window_start: lo,
-        window_end: Some(hi),
-        ..OgmGeConfig::reference_avmnist()
-    };
+    let cfg = OgmGeConfig { alpha: case.hyper.alpha, noise: false, window_start: lo, window_end: Some(hi), ..base };
     let mut ogm = OgmGe::new(cfg, 2).unwrap();
     replay_twin_steps(&case, &mut ogm, |worst, k, outcome, _, ogm| {
         let expected = &case.steps[k - 1];
-        let what = format!("step {k}");
+        let what = format!("{name} step {k}");
         worst.check("loss", || format!("{what} loss"), outcome.loss, expected.loss, expected.loss.abs());
         let stats = ogm.last_stats().unwrap();
         assert_eq!(stats.applied, expected.edited, "{what}: inside the window");
@@ -670,10 +645,15 @@ fn ogm_ge_steps_on_the_avmnist_early_model_match_the_official_training_loop() {
         }
         let coefficients = outcome.coefficients.clone().unwrap();
         for (m, (ours, theirs)) in ["audio", "visual"].iter().zip(coefficients.into_iter().zip(expected.coeff)) {
+            // In (0, 1]; agm keeps the official exact 0 at the smallest positive f64.
             worst.check("coefficients", || format!("{what} coefficient {m}"), ours, theirs, 1.0);
         }
-        if let Some(fired) = expected.clip_fired {
-            worst.require(outcome.clip.as_ref().is_some_and(|c| c.fired) == fired, || format!("{what}: clipping"));
+        match expected.clip_fired {
+            Some(fired) => {
+                let ours = outcome.clip.as_ref().is_some_and(|c| c.fired);
+                worst.require(ours == fired, || format!("{what}: clipping fired {ours}, official {fired}"));
+            }
+            None => assert!(outcome.clip.is_none(), "{what}: no clipping in late fusion"),
         }
     });
     assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
