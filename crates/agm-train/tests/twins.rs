@@ -515,8 +515,9 @@ fn agm_steps_on_the_avmnist_early_model_match_the_official_training_loop() {
 /// `run/CREMAD_main.py:train` in early fusion with its `GradMod` around the official
 /// `AV_Early_Classifier`: the real ResNet-18s (64×64 spectrograms, one 64×64 frame) into the
 /// MaxOut block and the head, the three masked passes (the all-muted one computed, never used) in
-/// evaluation mode with gradients, alpha 1.5 (the `cremad-agm-early` recipe's), clamp 10, clip at
-/// 1. The training pass's two MaxOut dropouts took agm's masks from the recorded per-step seeds.
+/// evaluation mode with gradients, alpha 1.5 (the `cremad-agm-early` recipe's), clamp 10,
+/// clipping at 1. The training pass's two MaxOut dropouts took agm's masks from the recorded
+/// per-step seeds.
 /// The clipping fires in steps 1 and 3. Compared as the other AGM cases. The fast Shapley passes
 /// fail it, and so does another alpha.
 #[test]
