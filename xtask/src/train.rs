@@ -44,7 +44,7 @@ fn print_config(resolved: &Resolved) {
 }
 
 /// The config of a run to resume: its `config.toml` with the flags that may change on resume
-/// applied (`--epochs`, `--device`), and, when they changed it, the header to rewrite the file
+/// applied (`--epochs`, `--device`, `--data` for a moved dataset folder), and, when they changed it, the header to rewrite the file
 /// with (the original one plus a line saying what changed). Any other run setting given
 /// differently is refused, since the checkpoint was trained with the recorded one.
 fn resumed_config(
@@ -66,7 +66,6 @@ fn resumed_config(
         differs("--method", args.method.clone(), recorded.method.clone()),
         differs("--seed", args.seed.map(|v| v.to_string()), recorded.seed.to_string()),
         differs("--dataset", flags.dataset.clone(), recorded.dataset.clone()),
-        differs("--data", flags.data.clone(), recorded.data.clone()),
         differs("--model", flags.model.clone(), recorded.model.clone()),
         differs("--init-weights", flags.init_weights.clone().filter(|g| !same_file(g)), recorded.init_weights.clone()),
         differs("--preset", flags.preset.clone(), recorded.data_preset.clone()),
@@ -82,7 +81,8 @@ fn resumed_config(
     if !conflicts.is_empty() {
         anyhow::bail!(
             "--resume continues {} as recorded in its config.toml; these flags would change it: {}. \
-             Drop them, or start a new run with --out (only --epochs and --device may change on resume)",
+             Drop them, or start a new run with --out (only --epochs, --device and --data, for a moved dataset \
+             folder, may change on resume)",
             run_dir.root().display(),
             conflicts.join(", ")
         );
@@ -94,8 +94,11 @@ fn resumed_config(
     if let Some(device) = &flags.device {
         cfg.device = device.clone();
     }
+    if let Some(data) = &flags.data {
+        cfg.data = data.clone();
+    }
     cfg.validate()?;
-    if (recorded.epochs, &recorded.device) == (cfg.epochs, &cfg.device) {
+    if (recorded.epochs, &recorded.device, &recorded.data) == (cfg.epochs, &cfg.device, &cfg.data) {
         return Ok((cfg, None));
     }
     let path = run_dir.config();
@@ -106,12 +109,14 @@ fn resumed_config(
         .map(|l| l.trim_start_matches('#').trim_start().to_string())
         .collect();
     header.push(format!(
-        "Resumed {} with epochs = {} and device = {} (were {} and {}).",
+        "Resumed {} with epochs = {}, device = {} and data = {:?} (were {}, {} and {:?}).",
         humantime::format_rfc3339_seconds(started),
         cfg.epochs,
         cfg.device,
+        cfg.data,
         recorded.epochs,
-        recorded.device
+        recorded.device,
+        recorded.data
     ));
     Ok((cfg, Some(header.join("\n"))))
 }
@@ -569,6 +574,23 @@ mod tests {
         let err =
             resolve(&flags(RunFlags { config: Some(path.clone()), ..RunFlags::default() })).unwrap_err().to_string();
         assert!(err.contains("line 2, `agm.alpah`: unknown field `alpah`, expected one of `alpha`"), "{err}");
+    }
+
+    #[test]
+    fn a_resume_may_point_at_a_moved_dataset_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = RunConfig { data: "old/mosei".into(), ..RunConfig::for_dataset("mosei").unwrap() };
+        std::fs::write(dir.path().join("config.toml"), cfg.to_run_toml("Started.")).unwrap();
+        let run_dir = RunDir::open(dir.path()).unwrap();
+        let moved = flags(RunFlags { data: Some("new/mosei".into()), ..RunFlags::default() });
+        let (resumed, header) = resumed_config(&run_dir, &moved, std::time::SystemTime::now()).unwrap();
+        assert_eq!(resumed.data, "new/mosei");
+        assert_eq!(resumed.resumable_identity(), cfg.resumable_identity());
+        let header = header.unwrap();
+        assert!(header.starts_with("Started.\nResumed ") && header.contains("data = \"new/mosei\""), "{header}");
+        let other = flags(RunFlags { data: Some("new/mosei".into()), lr: Some(0.5), ..RunFlags::default() });
+        let err = resumed_config(&run_dir, &other, std::time::SystemTime::now()).unwrap_err().to_string();
+        assert!(err.contains("--lr 0.5") && !err.contains("--data new"), "{err}");
     }
 
     #[test]

@@ -129,9 +129,16 @@ fn setting_hint(field: &str) -> String {
 impl RunConfig {
     /// The settings a checkpoint was trained under, as JSON: what the run's `config.toml`
     /// records ([`RunConfig::to_run_toml`]: the sections of unused methods left out) but the
-    /// fields a resume may change (`epochs`, `device`) and `init_weights`, which it does not read.
+    /// fields a resume may change (`epochs`, `device`), `init_weights`, which it does not read,
+    /// and `data`, a location (a dataset moved to another folder resumes from there).
     pub fn resumable_identity(&self) -> serde_json::Value {
-        let same = RunConfig { epochs: 0, device: String::new(), init_weights: String::new(), ..self.clone() };
+        let same = RunConfig {
+            epochs: 0,
+            device: String::new(),
+            init_weights: String::new(),
+            data: String::new(),
+            ..self.clone()
+        };
         let table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
         serde_json::to_value(table).expect("plain data")
     }

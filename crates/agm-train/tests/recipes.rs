@@ -59,8 +59,8 @@ fn every_recipe_s_settings_read_back_from_its_config_toml_as_the_checkpoint_reco
         for cfg in std::iter::once(cfg).chain(stacked) {
             let back = RunConfig::from_toml_str(&cfg.to_run_toml("a header")).unwrap();
             assert_eq!(back.resumable_identity(), cfg.resumable_identity(), "{} ({})", recipe.name, cfg.method);
-            let more = RunConfig { epochs: cfg.epochs + 5, device: "cuda".into(), ..back };
-            assert_eq!(more.resumable_identity(), cfg.resumable_identity(), "{}: epochs, device", recipe.name);
+            let moved = RunConfig { epochs: cfg.epochs + 5, device: "cuda".into(), data: "moved".into(), ..back };
+            assert_eq!(moved.resumable_identity(), cfg.resumable_identity(), "{}: epochs, device, data", recipe.name);
         }
     }
 }
