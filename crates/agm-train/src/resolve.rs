@@ -41,6 +41,20 @@ impl fmt::Display for Origin {
     }
 }
 
+/// A configuration error about a value a flag, a config file or a recipe gave, prefixed with where
+/// it came from (`flag --method: method = `agn` is not known…`); the message's first word names
+/// the setting.
+fn blamed(err: TrainError, origins: &BTreeMap<String, (Origin, Vec<Origin>)>) -> TrainError {
+    let TrainError::Config(message) = err else { return err };
+    let key = message.split([' ', ':']).next().unwrap_or_default();
+    match origins.get(key) {
+        Some((origin, _)) if !matches!(origin, Origin::Dataset(_)) => {
+            TrainError::Config(format!("{origin}: {message}"))
+        }
+        _ => TrainError::Config(message),
+    }
+}
+
 /// One setting that differs from the embedded default.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Setting {
@@ -106,6 +120,20 @@ impl RunRequest {
         }
     }
 
+    /// Which of a flag, the config file and the recipe names top-level `key`, in that order of
+    /// precedence.
+    fn origin_of(
+        &self,
+        key: &str,
+        recipe: Option<&(Origin, toml::Table)>,
+        file: Option<&(Origin, toml::Table)>,
+    ) -> Option<Origin> {
+        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(f, _, _)| Origin::Flag(f.clone()));
+        let in_layer =
+            |layer: Option<&(Origin, toml::Table)>| layer.filter(|(_, t)| t.contains_key(key)).map(|(o, _)| o.clone());
+        flag.or_else(|| in_layer(file)).or_else(|| in_layer(recipe))
+    }
+
     /// The value of top-level `key` a flag, the config file or the recipe names, in that order
     /// of precedence.
     fn named(
@@ -139,10 +167,18 @@ impl RunRequest {
             None => None,
         };
         let dataset = self.named("dataset", recipe.as_ref(), file.as_ref())?.unwrap_or_else(|| "av-digits".into());
+        // Where the dataset and model names came from, for an error about them.
+        let named_origins: BTreeMap<String, (Origin, Vec<Origin>)> = ["dataset", "model"]
+            .into_iter()
+            .filter_map(|key| {
+                Some((key.to_string(), (self.origin_of(key, recipe.as_ref(), file.as_ref())?, Vec::new())))
+            })
+            .collect();
         let base = match self.named("model", recipe.as_ref(), file.as_ref())? {
-            Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model)?,
-            _ => RunConfig::for_dataset(&dataset)?,
-        };
+            Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model),
+            _ => RunConfig::for_dataset(&dataset),
+        }
+        .map_err(|e| blamed(e, &named_origins))?;
         let embedded = to_table(&RunConfig::av_digits());
         let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&base))];
         layers.extend(recipe);
@@ -176,7 +212,7 @@ impl RunRequest {
             current = next;
         }
         let config = check(&current, &Origin::Dataset(dataset))?;
-        config.validate()?;
+        config.validate().map_err(|e| blamed(e, &origins))?;
         let defaults = leaves(&embedded);
         // Settings of methods the run does not use do not change it.
         let unused: Vec<String> = config.unused_method_sections().into_iter().map(|s| format!("{s}.")).collect();

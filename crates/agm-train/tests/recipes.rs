@@ -154,6 +154,23 @@ fn a_dataset_without_a_recipe_resolves_to_its_reference_settings() {
     assert!(RunRequest::default().resolve().unwrap().settings.is_empty());
 }
 
+/// A rejected name says where it came from and which known name was probably meant.
+#[test]
+fn an_unknown_name_is_blamed_on_the_flag_or_file_that_gave_it() {
+    let err = |request: RunRequest| request.resolve().unwrap_err().to_string();
+    let e = err(RunRequest::default().set("--method", "method", "agn"));
+    assert!(e.contains("flag --method: method = `agn` is not known (did you mean `agm`?)"), "{e}");
+    let e = err(RunRequest::default().set("--dataset", "dataset", "avmnst"));
+    assert!(e.contains("flag --dataset: dataset = `avmnst` is not known (did you mean `avmnist`?)"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mine.toml");
+    std::fs::write(&path, "model = \"avmnist-lat\"\ndataset = \"avmnist\"\n").unwrap();
+    let e = err(RunRequest::default().config_file(&path).set("--data", "data", "x"));
+    let expected =
+        format!("config file {}: model = `avmnist-lat` is not known (did you mean `avmnist-late`?)", path.display());
+    assert!(e.contains(&expected), "{e}");
+}
+
 #[test]
 fn a_config_file_wins_over_a_recipe_and_a_flag_over_both() {
     let dir = tempfile::tempdir().unwrap();
