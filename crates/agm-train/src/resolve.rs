@@ -44,13 +44,10 @@ impl fmt::Display for Origin {
 /// A configuration error about a value a flag, a config file or a recipe gave, prefixed with where
 /// it came from (`flag --method: method = `agn` is not known…`); the message's first word names
 /// the setting.
-fn blamed(err: TrainError, origins: &BTreeMap<String, (Origin, Vec<Origin>)>) -> TrainError {
+fn blamed(err: TrainError, origin_of: impl Fn(&str) -> Option<Origin>) -> TrainError {
     let TrainError::Config(message) = err else { return err };
-    let key = message.split([' ', ':']).next().unwrap_or_default();
-    match origins.get(key) {
-        Some((origin, _)) if !matches!(origin, Origin::Dataset(_)) => {
-            TrainError::Config(format!("{origin}: {message}"))
-        }
+    match origin_of(message.split([' ', ':']).next().unwrap_or_default()) {
+        Some(origin) if !matches!(origin, Origin::Dataset(_)) => TrainError::Config(format!("{origin}: {message}")),
         _ => TrainError::Config(message),
     }
 }
@@ -167,18 +164,11 @@ impl RunRequest {
             None => None,
         };
         let dataset = self.named("dataset", recipe.as_ref(), file.as_ref())?.unwrap_or_else(|| "av-digits".into());
-        // Where the dataset and model names came from, for an error about them.
-        let named_origins: BTreeMap<String, (Origin, Vec<Origin>)> = ["dataset", "model"]
-            .into_iter()
-            .filter_map(|key| {
-                Some((key.to_string(), (self.origin_of(key, recipe.as_ref(), file.as_ref())?, Vec::new())))
-            })
-            .collect();
         let base = match self.named("model", recipe.as_ref(), file.as_ref())? {
             Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model),
             _ => RunConfig::for_dataset(&dataset),
         }
-        .map_err(|e| blamed(e, &named_origins))?;
+        .map_err(|e| blamed(e, |key| self.origin_of(key, recipe.as_ref(), file.as_ref())))?;
         let embedded = to_table(&RunConfig::av_digits());
         let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&base))];
         layers.extend(recipe);
@@ -212,7 +202,7 @@ impl RunRequest {
             current = next;
         }
         let config = check(&current, &Origin::Dataset(dataset))?;
-        config.validate().map_err(|e| blamed(e, &origins))?;
+        config.validate().map_err(|e| blamed(e, |key| origins.get(key).map(|(origin, _)| origin.clone())))?;
         let defaults = leaves(&embedded);
         // Settings of methods the run does not use do not change it.
         let unused: Vec<String> = config.unused_method_sections().into_iter().map(|s| format!("{s}.")).collect();
