@@ -44,9 +44,10 @@ fn print_config(resolved: &Resolved) {
 }
 
 /// The config of a run to resume: its `config.toml` with the flags that may change on resume
-/// applied (`--epochs`, `--device`, `--data` for a moved dataset folder), and, when they changed it, the header to rewrite the file
-/// with (the original one plus a line saying what changed). Any other run setting given
-/// differently is refused, since the checkpoint was trained with the recorded one.
+/// applied (`--epochs`, `--device`, `--data` for a moved dataset folder), and, when they changed
+/// it, the header to rewrite the file with (the original one plus a line saying what changed).
+/// Any other run setting given differently is refused, since the checkpoint was trained with the
+/// recorded one.
 fn resumed_config(
     run_dir: &RunDir,
     args: &TrainArgs,

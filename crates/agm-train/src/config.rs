@@ -127,10 +127,11 @@ fn setting_hint(field: &str) -> String {
 }
 
 impl RunConfig {
-    /// The settings a checkpoint was trained under, as JSON: what the run's `config.toml`
-    /// records ([`RunConfig::to_run_toml`]: the sections of unused methods left out) but the
-    /// fields a resume may change (`epochs`, `device`), `init_weights`, which it does not read,
-    /// and `data`, a location (a dataset moved to another folder resumes from there).
+    /// The settings a checkpoint was trained under, as a JSON object of dotted keys
+    /// (`optimizer.lr`): what the run's `config.toml` records ([`RunConfig::to_run_toml`]: the
+    /// sections of unused methods left out) but the fields a resume may change (`epochs`,
+    /// `device`), `init_weights`, which it does not read, and `data`, a location (a dataset moved
+    /// to another folder resumes from there).
     pub fn resumable_identity(&self) -> serde_json::Value {
         let same = RunConfig {
             epochs: 0,
@@ -140,7 +141,7 @@ impl RunConfig {
             ..self.clone()
         };
         let table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
-        serde_json::to_value(table).expect("plain data")
+        serde_json::to_value(crate::resolve::leaves(&table)).expect("plain data")
     }
 
     /// The default run: AGM on AV-Digits (noisy-audio preset) with the late concat MLP model,
@@ -321,11 +322,9 @@ impl RunConfig {
         if self.batch_size == 0 {
             return Err(TrainError::Config("batch_size must be at least 1".into()));
         }
-        // The first line: candle appends a backtrace where RUST_BACKTRACE is set.
-        let first_line =
-            |e: candle_core::Error| TrainError::Config(e.to_string().lines().next().unwrap_or_default().into());
-        self.optimizer.validate().map_err(first_line)?;
-        self.schedule.build().map_err(first_line)?;
+        let config_error = |e: candle_core::Error| TrainError::Config(crate::error::candle_message(&e));
+        self.optimizer.validate().map_err(config_error)?;
+        self.schedule.build().map_err(config_error)?;
         self.methods.validate()?;
         Ok(())
     }

@@ -7,6 +7,12 @@ use std::path::PathBuf;
 const DIVERGED: &str = "start a new run with a lower learning rate or alpha (--resume keeps the run's settings), or \
                         remove NaN from the inputs and continue from the last checkpoint with --resume";
 
+/// A candle error's message without the backtrace candle appends where `RUST_BACKTRACE` is set:
+/// its first line.
+pub(crate) fn candle_message(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
 /// Everything that can stop a run. Messages name the file or field and, where possible, the fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

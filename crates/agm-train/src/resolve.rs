@@ -117,17 +117,17 @@ impl RunRequest {
         }
     }
 
-    /// Which of a flag, the config file and the recipe names top-level `key`, in that order of
-    /// precedence.
-    fn origin_of(
-        &self,
+    /// Top-level `key` as a flag, the config file or the recipe gives it, in that order of
+    /// precedence, with where it came from.
+    fn lookup<'t>(
+        &'t self,
         key: &str,
-        recipe: Option<&(Origin, toml::Table)>,
-        file: Option<&(Origin, toml::Table)>,
-    ) -> Option<Origin> {
-        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(f, _, _)| Origin::Flag(f.clone()));
+        recipe: Option<&'t (Origin, toml::Table)>,
+        file: Option<&'t (Origin, toml::Table)>,
+    ) -> Option<(Origin, &'t toml::Value)> {
+        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(f, _, v)| (Origin::Flag(f.clone()), v));
         let in_layer =
-            |layer: Option<&(Origin, toml::Table)>| layer.filter(|(_, t)| t.contains_key(key)).map(|(o, _)| o.clone());
+            |layer: Option<&'t (Origin, toml::Table)>| layer.and_then(|(o, t)| Some((o.clone(), t.get(key)?)));
         flag.or_else(|| in_layer(file)).or_else(|| in_layer(recipe))
     }
 
@@ -139,10 +139,7 @@ impl RunRequest {
         recipe: Option<&(Origin, toml::Table)>,
         file: Option<&(Origin, toml::Table)>,
     ) -> Result<Option<String>> {
-        let flag = self.flags.iter().rev().find(|(_, k, _)| k == key).map(|(f, _, v)| (Origin::Flag(f.clone()), v));
-        let from_file = file.and_then(|(o, t)| Some((o.clone(), t.get(key)?)));
-        let from_recipe = recipe.and_then(|(o, t)| Some((o.clone(), t.get(key)?)));
-        match flag.or(from_file).or(from_recipe) {
+        match self.lookup(key, recipe, file) {
             None => Ok(None),
             Some((_, toml::Value::String(v))) => Ok(Some(v.clone())),
             Some((origin, other)) => Err(field_error(
@@ -168,7 +165,7 @@ impl RunRequest {
             Some(model) if dataset == "synthetic" => RunConfig::for_synthetic(&model),
             _ => RunConfig::for_dataset(&dataset),
         }
-        .map_err(|e| blamed(e, |key| self.origin_of(key, recipe.as_ref(), file.as_ref())))?;
+        .map_err(|e| blamed(e, |key| Some(self.lookup(key, recipe.as_ref(), file.as_ref())?.0)))?;
         let embedded = to_table(&RunConfig::av_digits());
         let mut layers = vec![(Origin::Dataset(dataset.clone()), to_table(&base))];
         layers.extend(recipe);
@@ -257,7 +254,7 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
 }
 
 /// Every leaf as `dotted.key → value`.
-fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
+pub(crate) fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
     fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {
         for (k, v) in table {
             let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };

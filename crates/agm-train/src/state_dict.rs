@@ -44,8 +44,7 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         let all = candle_core::safetensors::load(path, &Device::Cpu)
             // The name says safetensors, so the format is right and the content is not.
             .map_err(|e| {
-                let e = e.to_string();
-                let first = e.lines().next().unwrap_or_default();
+                let first = crate::error::candle_message(&e);
                 TrainError::checkpoint(
                     path,
                     format!("a damaged or cut-short safetensors file ({first}); save it again"),
@@ -129,8 +128,7 @@ fn unreadable_pytorch_tensors(path: &Path) -> Vec<(String, String)> {
                 _ => continue,
             };
             if let Err(e) = value.into_tensor_info(key, dir) {
-                // The first line: candle appends a backtrace where RUST_BACKTRACE is set.
-                skipped.push((name, e.to_string().lines().next().unwrap_or_default().to_string()));
+                skipped.push((name, crate::error::candle_message(&e)));
             }
         }
     }

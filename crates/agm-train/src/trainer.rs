@@ -253,8 +253,8 @@ pub struct Trainer<'a> {
     /// Test hook: the checkpoint write with this 1-based number stops after its temporary file.
     crash_on_write: Option<usize>,
     checkpoint_writes: usize,
-    /// The settings the run trains with (JSON), written into every checkpoint and compared on
-    /// resume ([`Trainer::with_settings`]).
+    /// The settings the run trains with (a JSON object), written into every checkpoint and
+    /// compared on resume ([`Trainer::with_settings`]).
     settings: Option<serde_json::Value>,
 }
 
@@ -297,9 +297,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Records the settings the run trains with in every checkpoint; [`Trainer::resume`] refuses
-    /// a checkpoint written under other settings, naming each one that changed (a hand-edited
-    /// `config.toml`). Settings a resume may change are left out by the caller.
+    /// Records the settings the run trains with (a JSON object, one entry per setting) in every
+    /// checkpoint; [`Trainer::resume`] refuses a checkpoint written under other settings, naming
+    /// each one that changed (a hand-edited `config.toml`). Settings a resume may change are
+    /// left out by the caller.
     pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
         self.settings = Some(settings);
         self
@@ -475,8 +476,7 @@ impl<'a> Trainer<'a> {
         // Checkpoints before this key was written are not compared.
         if let (Some(ours), true) = (&self.settings, ck.meta.contains_key("settings")) {
             let theirs: serde_json::Value = ck.meta_json("settings", &path)?;
-            let mut changed = Vec::new();
-            setting_differences("", ours, &theirs, &mut changed);
+            let changed = setting_differences(ours, &theirs);
             if !changed.is_empty() {
                 return Err(TrainError::checkpoint(
                     &path,
@@ -724,20 +724,19 @@ impl<'a> Trainer<'a> {
     }
 }
 
-/// `path = now (the checkpoint's: then)` for every setting that differs between two JSON trees.
-fn setting_differences(path: &str, now: &serde_json::Value, then: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    match (now, then) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for k in keys {
-                let at = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                setting_differences(&at, a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null), out);
-            }
-        }
-        (a, b) if a != b => out.push(format!("{path} = {a} (the checkpoint's: {b})")),
-        _ => {}
-    }
+/// `key = now (the checkpoint's: then)` for every setting of two settings objects whose values
+/// differ (a setting one of them lacks reads as `null`).
+fn setting_differences(now: &serde_json::Value, then: &serde_json::Value) -> Vec<String> {
+    let none = serde_json::Map::new();
+    let (now, then) = (now.as_object().unwrap_or(&none), then.as_object().unwrap_or(&none));
+    let keys: std::collections::BTreeSet<&String> = now.keys().chain(then.keys()).collect();
+    let value = |map: &serde_json::Map<String, serde_json::Value>, k: &str| map.get(k).cloned().unwrap_or_default();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (a, b) = (value(now, k), value(then, k));
+            (a != b).then(|| format!("{k} = {a} (the checkpoint's: {b})"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -122,14 +122,18 @@ impl FromStr for NoisePreset {
     /// `ambiguous:<pairs>,<audio_std>,<image_std>` (pairs 0 to 5).
     fn from_str(s: &str) -> Result<Self> {
         let bad = |problem: String| DataError::UnknownPreset { name: s.to_string(), problem };
-        let names = ["audio-dominant", "balanced", "image-dominant", "noisy-audio"];
-        let unknown = || bad(format!("not a known name{}", agm_core::suggest::did_you_mean(s.trim(), names)));
-        match s.trim() {
-            "audio-dominant" => Ok(NoisePreset::AudioDominant),
-            "balanced" => Ok(NoisePreset::Balanced),
-            "image-dominant" => Ok(NoisePreset::ImageDominant),
-            "noisy-audio" => Ok(NoisePreset::NoisyAudio),
-            other => {
+        // The named presets, spelled as `Display` writes them.
+        let named =
+            [NoisePreset::AudioDominant, NoisePreset::Balanced, NoisePreset::ImageDominant, NoisePreset::NoisyAudio]
+                .map(|p| (p.to_string(), p));
+        let unknown = || {
+            let hint = agm_core::suggest::did_you_mean(s.trim(), named.iter().map(|(n, _)| n.as_str()));
+            bad(format!("not a known name{hint}"))
+        };
+        match named.iter().find(|(n, _)| n == s.trim()) {
+            Some(&(_, preset)) => Ok(preset),
+            None => {
+                let other = s.trim();
                 let std = |t: &str| {
                     let t = t.trim();
                     t.parse::<f32>()
