@@ -4,7 +4,10 @@
 
 use std::process::ExitCode;
 
-use agm_train::concept::{check_concept_dataset, concept_modalities, default_dir, train_concept, ConceptSet};
+use agm_train::concept::{
+    check_concept_dataset, check_concept_folder, concept_modalities, concept_request, default_dir, train_concept,
+    ConceptSet,
+};
 use agm_train::run::ConceptStatus;
 use agm_train::{RunConfig, RunSummary};
 
@@ -15,11 +18,10 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// The concept run's configuration: the shared resolver with joint training and the flags on top.
+/// The concept run's configuration: the concept settings every concept training starts from
+/// (also a run's, training its missing concepts) with the flags on top.
 fn resolve(args: &ConceptArgs) -> anyhow::Result<RunConfig> {
-    let request = agm_train::RunRequest::default()
-        .set("--dataset", "dataset", args.dataset.clone())
-        .set("(concepts train jointly)", "method", "joint")
+    let request = concept_request(&args.dataset)
         .set("--seed", "seed", args.seed as i64)
         .set_opt("--preset", "data_preset", args.preset.clone())
         .set_opt("--epochs", "epochs", args.epochs.map(|e| e as i64));
@@ -31,6 +33,8 @@ pub fn run(args: ConceptArgs) -> anyhow::Result<ExitCode> {
     check_concept_dataset(&args.dataset)?;
     let cfg = resolve(&args)?;
     let out = args.out.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
+    // Before anything trains: the files would be written beside a run's, then fail to load.
+    check_concept_folder(&out)?;
     let data = cfg.load_av_digits()?;
     let modalities = concept_modalities(data.modalities(), args.modality.as_deref())?;
     println!(
@@ -128,6 +132,14 @@ mod tests {
         };
         let cfg = resolve(&args).unwrap();
         assert_eq!((cfg.method.as_str(), cfg.data_preset.as_str(), cfg.seed, cfg.epochs), ("joint", "balanced", 3, 2));
+        // Without --seed and --epochs: the settings a run trains its missing concepts with.
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(["cargo xtask", "concept", "--preset", "balanced"]).unwrap();
+        let crate::cli::Command::Concept(defaults) = cli.command else { panic!("not a concept command") };
+        let mut run =
+            RunConfig { data_preset: "balanced".into(), epochs: 1, seed: 7, batch_size: 8, ..RunConfig::av_digits() };
+        run.optimizer = agm_train::optim::OptimizerConfig::Sgd(agm_train::optim::SgdConfig::agm_reference(0.3));
+        assert_eq!(resolve(&defaults).unwrap(), agm_train::concept::concept_config(&run).unwrap());
         let err = resolve(&ConceptArgs { preset: Some("loud".into()), ..args.clone() }).unwrap_err().to_string();
         assert!(err.contains("loud"), "{err}");
         let err = resolve(&ConceptArgs { dataset: "mnist".into(), ..args }).unwrap_err().to_string();
@@ -153,6 +165,23 @@ mod tests {
             assert!(!err.contains("--data"), "concept has no --data flag: {err}");
             assert!(!out.exists(), "nothing is written for {dataset}");
         }
+    }
+
+    #[test]
+    fn a_run_directory_as_out_is_refused_before_training() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("config.toml"), RunConfig::av_digits().to_toml()).unwrap();
+        let args = ConceptArgs {
+            dataset: "av-digits".into(),
+            modality: Some("audio".into()),
+            preset: None,
+            seed: 0,
+            epochs: Some(1),
+            out: Some(tmp.path().to_path_buf()),
+        };
+        let err = format!("{:#}", run(args).unwrap_err());
+        assert!(err.contains(&format!("{} is a run directory", tmp.path().display())), "{err}");
+        assert!(!tmp.path().join("audio.safetensors").exists() && !tmp.path().join(".audio-run").exists());
     }
 
     #[test]

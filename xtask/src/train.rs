@@ -134,7 +134,8 @@ fn nothing_to_resume(dir: &RunDir, start: &RunStart, cfg: &RunConfig) -> Option<
     let epochs = done.run.epochs_done;
     if done.run.stopped_early && epochs < done.config.epochs {
         Some(format!("{} is finished: its method stopped training after epoch {epochs}; {eval}", dir.root().display()))
-    } else if cfg.epochs == epochs {
+    } else if cfg.epochs <= epochs {
+        // Fewer epochs than it trained cannot end it earlier: only more train on.
         Some(format!(
             "{} is finished: it trained its {epochs} epochs; pass --epochs {} or more to train on, or {eval}",
             dir.root().display(),
@@ -245,6 +246,12 @@ impl Callback for TrainOutput<'_> {
         }
         self.progress.on_step(s)
     }
+    fn on_concept_step(&mut self, _modality: &str, _s: &StepSummary) -> Flow {
+        if INTERRUPTED.load(Ordering::Relaxed) {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
     fn on_epoch_end(&mut self, e: &EpochSummary) -> Flow {
         self.progress.on_epoch_end(e)
     }
@@ -310,9 +317,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let opts = RunOptions {
         provenance: crate::provenance::of_this_process(started),
         concepts: Some(if args.no_concepts {
-            Concepts::In(concepts_dir)
+            Concepts::In(concepts_dir.clone())
         } else {
-            Concepts::TrainMissing(concepts_dir)
+            Concepts::TrainMissing(concepts_dir.clone())
         }),
     };
     let modalities = report::modality_names(&cfg, 0);
@@ -323,11 +330,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         settings: &settings,
     };
     stop_on_ctrl_c();
-    let outcome = train_run(&cfg, &dir, start, &opts, &mut output)?;
+    let outcome = match train_run(&cfg, &dir, start, &opts, &mut output) {
+        // Ctrl-C while the missing concepts trained: the run never started.
+        Err(agm_train::TrainError::Interrupted(_)) if INTERRUPTED.load(Ordering::Relaxed) => {
+            output.progress.finish();
+            eprintln!(
+                "interrupted while training the concepts into {}; nothing of them or of the run was written; \
+                 run the same command again",
+                concepts_dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        outcome => outcome?,
+    };
     output.progress.finish();
     let Some(test) = &outcome.test else {
-        // The epochs done so far are in metrics.csv and the report, as for a finished run.
-        report::write_after_train(dir.root());
+        // The epochs done so far are in metrics.csv and the report, as for a finished run (a
+        // stop in the first epoch has none).
+        if dir.metrics().exists() {
+            report::write_after_train(dir.root());
+        }
         let interrupted = INTERRUPTED.load(Ordering::Relaxed);
         println!(
             "{} at step {}, checkpoint written; continue with `cargo xtask train --resume {}`",
@@ -454,6 +476,10 @@ mod tests {
         let start = RunStart::Resume { header: None };
         let note = nothing_to_resume(&RunDir::open(&out).unwrap(), &start, &recorded).unwrap();
         assert!(note.contains("is finished: it trained its 3 epochs") && note.contains("--epochs 4"), "{note}");
+        // Fewer epochs than it trained: the same note, asking for more than were done.
+        let fewer = RunConfig { epochs: 2, ..recorded.clone() };
+        let note = nothing_to_resume(&RunDir::open(&out).unwrap(), &start, &fewer).unwrap();
+        assert!(note.contains("pass --epochs 4 or more"), "{note}");
         run(resume(RunFlags::default(), None)).unwrap();
         // Held by another run, the directory is refused.
         let lock = RunDir::open(&out).unwrap().lock().unwrap();
@@ -463,6 +489,18 @@ mod tests {
         assert!(out.join("summary.json").exists() && out.join("best.safetensors").exists());
         // The first run trained the default's concepts, so every epoch measured competition strength.
         assert!(dir.path().join("concepts/audio.json").is_file() && dir.path().join("concepts/visual.json").is_file());
+        // Trained under the concept settings (`cargo xtask concept`'s), not this 2-epoch run's.
+        let concepts = agm_train::concept::ConceptSet::load(&dir.path().join("concepts")).unwrap().unwrap();
+        let defaults = agm_train::concept::concept_config(&recorded).unwrap();
+        for c in concepts.concepts() {
+            assert_eq!(
+                (c.manifest().epochs, c.manifest().seed),
+                (defaults.epochs, defaults.seed),
+                "{:?}",
+                c.manifest()
+            );
+        }
+        assert!(defaults.epochs > 3, "the defaults train longer than this run: {}", defaults.epochs);
         let rows: Vec<agm_train::EpochSummary> = RunDir::open(&out).unwrap().read_metrics().unwrap();
         assert!(rows.iter().all(|r| r.competition.as_ref().is_some_and(|c| c.len() == 2)), "{rows:?}");
         let summary: serde_json::Value =

@@ -2,8 +2,8 @@
 //!
 //! The concept of modality m is the output (logits) of the uni-modal model of m: for late
 //! fusion, the same encoder with its own linear head ([`LateConcatConfig::only`]), trained
-//! with plain joint training (cross-entropy) by the same [`Trainer`] and the run's optimizer,
-//! and taken at its best validation epoch. Its logits are saved on the `dep`, `validation` and
+//! with plain joint training (cross-entropy) by the same [`Trainer`] under the dataset's concept
+//! settings ([`concept_config`]: never a run's own), and taken at its best validation epoch. Its logits are saved on the `dep`, `validation` and
 //! `test` splits, rows in the unshuffled split order.
 //!
 //! ```text
@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::write_atomic;
 use crate::error::{Result, TrainError};
+use crate::resolve::RunRequest;
 use crate::{evaluate, Callback, Checkpoint, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
 
 /// Format tag of a concept manifest and of its tensors file's metadata.
@@ -60,6 +61,65 @@ pub fn default_dir(dataset: &str, preset: &str) -> PathBuf {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
     };
     PathBuf::from("concepts").join(format!("{}-{}", clean(dataset), clean(preset)))
+}
+
+/// The seed concepts train with unless `cargo xtask concept --seed` says otherwise.
+pub const CONCEPT_SEED: u64 = 0;
+
+/// What every concept training of `dataset` starts from: the dataset's reference settings with
+/// joint training and [`CONCEPT_SEED`]. `cargo xtask concept` puts its flags on top.
+pub fn concept_request(dataset: &str) -> RunRequest {
+    RunRequest::default().set("--dataset", "dataset", dataset).set("(concepts train jointly)", "method", "joint").set(
+        "(the concepts' seed)",
+        "seed",
+        CONCEPT_SEED as i64,
+    )
+}
+
+/// The settings the concepts of `run`'s dataset, data preset and data folder train with when
+/// nothing else is asked for: those of `cargo xtask concept` without `--seed` or `--epochs`.
+/// A run that trains its missing concepts uses these, never its own settings, so a concepts
+/// folder shared by many runs holds the same concepts whichever run filled it.
+pub fn concept_config(run: &RunConfig) -> Result<RunConfig> {
+    let request = concept_request(&run.dataset)
+        .set("(the run's data preset)", "data_preset", run.data_preset.clone())
+        .set("(the run's data folder)", "data", run.data.clone());
+    Ok(request.resolve()?.config)
+}
+
+/// Refuses to train concepts into `out` when it holds anything but concepts: a run directory
+/// (its `summary.json` would be read as a manifest), or files that are not a concept's
+/// `<modality>.json` or `<modality>.safetensors`. Hidden entries (the scratch runs
+/// `.<modality>-run`) and the temporaries (`*.tmp`) of a writer that was killed are ignored.
+pub fn check_concept_folder(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out) else { return Ok(()) };
+    let run = RunDir::open(out)?;
+    let own = "give the concepts a folder of their own (default concepts/<dataset>-<preset>)";
+    if run.holds_run_state() {
+        return Err(TrainError::Config(format!(
+            "{} is a run directory (it holds {}), not a concepts folder; {own}",
+            out.display(),
+            run.config().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        )));
+    }
+    let mut others: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let concept_file =
+                e.path().is_file() && [".json", ".safetensors", ".tmp"].iter().any(|x| name.ends_with(x));
+            (!name.starts_with('.') && !concept_file).then_some(name)
+        })
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    others.sort();
+    Err(TrainError::Config(format!(
+        "{} holds files that are not concepts ({}); {own}",
+        out.display(),
+        others.join(", ")
+    )))
 }
 
 /// What was trained, written next to the tensors as `<modality>.json`.
@@ -339,7 +399,9 @@ pub fn logits(model: &dyn MultimodalModel, data: &dyn BatchSource, device: &Devi
 /// Trains the uni-modal model of `modality` on `cfg`'s dataset (joint training, `cfg`'s seed,
 /// epochs, batch size and optimizer), keeps its best validation epoch, and writes
 /// `<modality>.safetensors` and `<modality>.json` into `out` (atomically, the manifest last).
-/// `callback` sees the uni-modal training as it goes.
+/// `callback` sees the uni-modal training as it goes; when it stops the training before the last
+/// epoch, nothing is written and the error is [`TrainError::Interrupted`]. The scratch run
+/// directory (`.<modality>-run`, left by a process that was killed) is removed however it ends.
 pub fn train_concept(
     cfg: &RunConfig,
     modality: &str,
@@ -348,6 +410,24 @@ pub fn train_concept(
 ) -> Result<ConceptManifest> {
     cfg.validate()?;
     check_concept_dataset(&cfg.dataset)?;
+    check_concept_folder(out)?;
+    let scratch = out.join(format!(".{modality}-run"));
+    let result = train_concept_in(cfg, modality, out, &scratch, callback);
+    if result.is_err() && scratch.exists() {
+        // Best effort: the error being reported matters more than a failed cleanup.
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    result
+}
+
+/// [`train_concept`], its uni-modal run kept in `scratch`.
+fn train_concept_in(
+    cfg: &RunConfig,
+    modality: &str,
+    out: &Path,
+    scratch: &Path,
+    callback: &mut dyn Callback,
+) -> Result<ConceptManifest> {
     let device = cfg.device()?;
     let data = cfg.load_av_digits()?;
     concept_modalities(data.modalities(), Some(modality))?;
@@ -358,11 +438,10 @@ pub fn train_concept(
 
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
     // The uni-modal run keeps its best weights in a scratch run directory inside `out`.
-    let scratch = out.join(format!(".{modality}-run"));
     if scratch.exists() {
-        std::fs::remove_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+        std::fs::remove_dir_all(scratch).map_err(|e| TrainError::io(scratch, e))?;
     }
-    let run_dir = RunDir::create(&scratch)?;
+    let run_dir = RunDir::create(scratch)?;
     let summary = {
         let mut trainer = Trainer::new(
             &model,
@@ -374,9 +453,12 @@ pub fn train_concept(
         .with_run_dir(run_dir.clone());
         trainer.fit(&train, &validation, callback)?
     };
-    if summary.best_epoch == 0 {
-        return Err(TrainError::Config(format!(
-            "the `{modality}` concept training stopped before its first epoch ended; nothing was written"
+    // A concept is its best epoch of a complete training: one stopped early is not kept.
+    if summary.epochs_done < cfg.epochs {
+        return Err(TrainError::Interrupted(format!(
+            "the training of the `{modality}` concept was stopped in epoch {} of {}; nothing of it was written",
+            summary.epochs_done + 1,
+            cfg.epochs
         )));
     }
     let best = Checkpoint::load(&run_dir.best(), &device)?;
@@ -417,7 +499,7 @@ pub fn train_concept(
         .map_err(|e| file_error(&tensors_path, format!("cannot serialize: {e}")))?;
     write_atomic(&tensors_path, &bytes)?;
     write_atomic(&out.join(format!("{modality}.json")), manifest_json.as_bytes())?;
-    std::fs::remove_dir_all(&scratch).map_err(|e| TrainError::io(&scratch, e))?;
+    std::fs::remove_dir_all(scratch).map_err(|e| TrainError::io(scratch, e))?;
     Ok(manifest)
 }
 

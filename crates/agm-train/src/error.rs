@@ -34,6 +34,13 @@ pub enum TrainError {
     #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`?")]
     MissingRunFile { path: PathBuf, dir: PathBuf },
 
+    /// A run directory without `metrics.jsonl`: its run stopped before its first epoch ended.
+    #[error(
+        "{path} not found: the run in {dir} has no finished epoch yet; continue it with \
+         `cargo xtask train --resume {dir}`"
+    )]
+    NoFinishedEpoch { path: PathBuf, dir: PathBuf },
+
     /// A line of a run's `metrics.jsonl` that is not a metrics row (an edit, another program).
     #[error(
         "{path} line {line}: not a metrics row ({reason}); each line is one finished epoch's JSON object as \
@@ -75,6 +82,11 @@ pub enum TrainError {
         diverged = DIVERGED
     )]
     NonFiniteTensor { path: PathBuf, tensor: String, position: String },
+
+    /// A callback stopped work that leaves nothing behind when unfinished (a concept's training):
+    /// what was stopped and that nothing of it was written.
+    #[error("{0}")]
+    Interrupted(String),
 
     #[error(transparent)]
     Data(#[from] agm_data::DataError),

@@ -171,13 +171,15 @@ pub struct ConceptStatus {
 }
 
 /// The probe for a run when its dataset has a concept for every modality in `dir`; with
-/// `train_missing`, the missing concepts are trained into `dir` first (AV-Digits: about 2 s, once).
-/// A broken concept folder is an error naming the file.
+/// `train_missing`, the missing concepts are trained into `dir` first (AV-Digits: about 2 s, once),
+/// under the dataset's concept settings ([`crate::concept::concept_config`]), their steps shown to
+/// `callback` ([`Callback::on_concept_step`]). A broken concept folder is an error naming the file.
 pub fn attach_concepts<'a>(
     cfg: &RunConfig,
     data: &'a LoadedDataset,
     dir: PathBuf,
     train_missing: bool,
+    callback: &mut dyn Callback,
 ) -> Result<(Option<ConceptProbe<'a>>, ConceptStatus)> {
     let all = data.modalities.names().to_vec();
     let supported = crate::concept::check_concept_dataset(&cfg.dataset).is_ok();
@@ -188,10 +190,17 @@ pub fn attach_concepts<'a>(
         Some(s) => s.missing(&data.modalities),
         None => all.clone(),
     };
+    if train_missing {
+        // Before its files are read as concepts: a run directory's summary.json is no manifest.
+        crate::concept::check_concept_folder(&dir)?;
+    }
     let mut set = ConceptSet::load_for(cfg, &dir)?;
     if train_missing && !missing(&set).is_empty() {
-        let concept_cfg = RunConfig { seed: 0, method: "joint".into(), ..cfg.clone() };
-        crate::concept::train_concepts(&concept_cfg, Some(&missing(&set).join(",")), &dir)?;
+        let concept_cfg = crate::concept::concept_config(cfg)?;
+        for modality in missing(&set) {
+            let mut steps = ConceptSteps { modality: &modality, run: &mut *callback };
+            crate::concept::train_concept(&concept_cfg, &modality, &dir, &mut steps)?;
+        }
         set = ConceptSet::load_for(cfg, &dir)?;
     }
     let missing = missing(&set);
@@ -200,6 +209,19 @@ pub fn attach_concepts<'a>(
         _ => None,
     };
     Ok((probe, ConceptStatus { dir, missing, supported: true }))
+}
+
+/// A run's callback as the training of one of its concepts sees it: steps only, through
+/// [`Callback::on_concept_step`] (the run's progress and epochs are not the concept's).
+struct ConceptSteps<'c> {
+    modality: &'c str,
+    run: &'c mut dyn Callback,
+}
+
+impl Callback for ConceptSteps<'_> {
+    fn on_step(&mut self, s: &crate::StepSummary) -> crate::Flow {
+        self.run.on_concept_step(self.modality, s)
+    }
 }
 
 /// What a run is about to do, for the driver's header line.
@@ -296,8 +318,8 @@ fn run_locked(
     let concepts = opts.concepts.clone().unwrap_or_else(|| Concepts::default_for(cfg));
     let (probe, concept_status) = match concepts {
         Concepts::Off => (None, None),
-        Concepts::In(dir) => attach_concepts(cfg, data, dir, false).map(|(p, s)| (p, Some(s)))?,
-        Concepts::TrainMissing(dir) => attach_concepts(cfg, data, dir, true).map(|(p, s)| (p, Some(s)))?,
+        Concepts::In(dir) => attach_concepts(cfg, data, dir, false, callback).map(|(p, s)| (p, Some(s)))?,
+        Concepts::TrainMissing(dir) => attach_concepts(cfg, data, dir, true, callback).map(|(p, s)| (p, Some(s)))?,
     };
     let model: &dyn MultimodalModel = built.model.as_ref();
     let mut trainer = cfg

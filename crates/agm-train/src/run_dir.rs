@@ -196,10 +196,16 @@ impl RunDir {
         crate::checkpoint::write_atomic(&path, kept.as_bytes())
     }
 
-    /// Reads every metrics row.
+    /// Reads every metrics row; a run that has none yet (no `metrics.jsonl` beside its
+    /// `config.toml`) is an error saying so and how to continue it.
     pub fn read_metrics<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>> {
         let path = self.metrics();
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if self.config().is_file() => {
+                TrainError::NoFinishedEpoch { path: path.clone(), dir: self.root.clone() }
+            }
+            _ => TrainError::io(&path, e),
+        })?;
         text.lines()
             .enumerate()
             .map(|(i, l)| {
@@ -290,6 +296,10 @@ mod tests {
         let dir = RunDir::create(tmp.path()).unwrap();
         let err = dir.read_config().unwrap_err().to_string();
         assert!(err.contains("config.toml not found") && err.contains("cargo xtask train"), "{err}");
+        // A run stopped in its first epoch has a config but no metrics yet.
+        std::fs::write(dir.config(), "").unwrap();
+        let err = dir.read_metrics::<serde_json::Value>().unwrap_err().to_string();
+        assert!(err.contains("has no finished epoch yet") && err.contains("train --resume"), "{err}");
         dir.append_metrics(&serde_json::json!({ "epoch": 1 })).unwrap();
         std::fs::OpenOptions::new().append(true).open(dir.metrics()).unwrap().write_all(b"{bad\n").unwrap();
         let err = dir.read_metrics::<serde_json::Value>().unwrap_err().to_string();

@@ -177,6 +177,13 @@ pub trait Callback {
     }
     /// After each batch of the epoch's validation pass: samples done and in all.
     fn on_validation(&mut self, _done: usize, _total: usize) {}
+    /// A step of the uni-modal training of `modality`'s missing mono-modal concept, which a whole
+    /// run ([`crate::run::train_run`]) does before it starts; the other hooks do not see it.
+    /// `Flow::Stop` abandons the concept and the run, which then fails with
+    /// [`crate::TrainError::Interrupted`] having written nothing of either.
+    fn on_concept_step(&mut self, _modality: &str, _s: &StepSummary) -> Flow {
+        Flow::Continue
+    }
 }
 
 /// Ignores everything.

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use agm_core::ModalitySet;
 use agm_data::av_digits::Split;
 use agm_train::concept::{
-    default_dir, train_concept, train_concepts, ConceptManifest, ConceptProbe, ConceptSet, CONCEPT_FORMAT,
+    check_concept_folder, default_dir, train_concept, train_concepts, ConceptManifest, ConceptProbe, ConceptSet,
+    CONCEPT_FORMAT,
 };
 use agm_train::optim::{OptimizerConfig, SgdConfig};
-use agm_train::{Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, Trainer};
+use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+use agm_train::{Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, StepSummary, TrainError, Trainer};
 use candle_core::{DType, Device, Tensor};
 
 /// The clean preset at its learning rate: two epochs of a uni-modal MLP learn well there.
@@ -111,6 +113,75 @@ fn a_concept_run_writes_files_that_load_back_and_feed_the_probe() {
     }
     let metrics: Vec<EpochSummary> = run.read_metrics().unwrap();
     assert_eq!(metrics[0].competition.as_deref(), Some(competition.as_slice()));
+}
+
+/// Stops at global step `.0`, as a Ctrl-C does: of a concept's own training, or of the concept
+/// training a run does first.
+struct StopAt(usize);
+impl Callback for StopAt {
+    fn on_step(&mut self, s: &StepSummary) -> Flow {
+        if s.global_step >= self.0 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    }
+    fn on_concept_step(&mut self, _modality: &str, s: &StepSummary) -> Flow {
+        self.on_step(s)
+    }
+}
+
+#[test]
+fn a_stopped_concept_training_writes_nothing_and_a_killed_ones_leftovers_are_ignored_then_cleared() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("concepts");
+    let err = train_concept(&quick_cfg(2), "audio", &out, &mut StopAt(3)).unwrap_err();
+    assert!(matches!(err, TrainError::Interrupted(_)), "{err}");
+    assert!(err.to_string().contains("`audio` concept") && err.to_string().contains("nothing of it was written"));
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "neither the concept nor its scratch run stays: {left:?}");
+
+    // What `kill -9` leaves: the scratch run with a temporary inside, and a temporary beside.
+    std::fs::create_dir_all(out.join(".audio-run")).unwrap();
+    std::fs::write(out.join(".audio-run/checkpoint.safetensors.4242.0.tmp"), "partial").unwrap();
+    std::fs::write(out.join("audio.safetensors.4242.1.tmp"), "partial").unwrap();
+    assert!(ConceptSet::load(&out).unwrap().is_none(), "leftovers are no concepts");
+    check_concept_folder(&out).unwrap();
+    train_concept(&quick_cfg(1), "audio", &out, &mut NoCallback).unwrap();
+    assert_eq!(ConceptSet::load(&out).unwrap().unwrap().modalities(), ["audio"]);
+    assert!(!out.join(".audio-run").exists(), "the next training clears the scratch run");
+}
+
+#[test]
+fn a_run_stopped_while_it_trains_its_concepts_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, concepts) = (tmp.path().join("run"), tmp.path().join("concepts"));
+    let opts = RunOptions { concepts: Some(Concepts::TrainMissing(concepts.clone())), ..RunOptions::default() };
+    let err = train_run(&quick_cfg(1), &RunDir::create(&run).unwrap(), RunStart::New, &opts, &mut StopAt(2))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(err, TrainError::Interrupted(_)), "{err}");
+    assert!(!run.exists(), "the run never started: its directory is removed");
+    assert!(ConceptSet::load(&concepts).unwrap().is_none());
+    assert!(std::fs::read_dir(&concepts).unwrap().next().is_none(), "no scratch run stays");
+}
+
+#[test]
+fn a_run_directory_or_other_files_are_no_concepts_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.toml"), RunConfig::av_digits().to_toml()).unwrap();
+    std::fs::write(run.join("summary.json"), "{}").unwrap();
+    let err = train_concept(&quick_cfg(1), "audio", &run, &mut NoCallback).unwrap_err().to_string();
+    assert!(err.contains(&format!("{} is a run directory", run.display())), "{err}");
+    assert!(!run.join("audio.safetensors").exists() && !run.join(".audio-run").exists(), "refused before training");
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("data")).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let err = check_concept_folder(&other).unwrap_err().to_string();
+    assert!(err.contains("holds files that are not concepts (data, notes.txt)"), "{err}");
+    assert!(check_concept_folder(&tmp.path().join("absent")).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------------
