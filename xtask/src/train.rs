@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use agm_modulation::Agm;
-use agm_train::concept::default_dir;
-use agm_train::run::{train_run, Concepts, RunOptions, RunStart, RunStarted};
+use agm_train::run::{train_run, RunOptions, RunStart, RunStarted};
 use agm_train::{Callback, EpochSummary, Flow, Resolved, RunConfig, RunDir, StepSummary};
 use anyhow::Context;
 
@@ -18,7 +17,13 @@ use crate::report;
 pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
     // `--seed` is parsed within i64 (`cli::seed_parser`).
     let seed = args.seed.map(|s| s as i64);
-    let request = args.run.request().set_opt("--method", "method", args.method.clone()).set_opt("--seed", "seed", seed);
+    let request = args
+        .run
+        .request()
+        .set_opt("--method", "method", args.method.clone())
+        .set_opt("--seed", "seed", seed)
+        .set_opt("--concepts", "concepts", args.concepts.as_ref().map(|p| p.display().to_string()))
+        .set_opt("--no-concepts", "train_concepts", args.no_concepts.then_some(false));
     Ok(request.resolve()?)
 }
 
@@ -44,8 +49,9 @@ fn print_config(resolved: &Resolved) {
 }
 
 /// The config of a run to resume: its `config.toml` with the flags that may change on resume
-/// applied (`--epochs`, `--device`, `--data` for a moved dataset folder), and, when they changed
-/// it, the header to rewrite the file with (the original one plus a line saying what changed).
+/// applied (`--epochs`, `--device`, `--data` for a moved dataset folder, `--concepts` and
+/// `--no-concepts`; the recorded concepts otherwise), and, when they changed it, the header to
+/// rewrite the file with (the original one plus a line saying what changed).
 /// Any other run setting given differently is refused, since the checkpoint was trained with the
 /// recorded one.
 fn resumed_config(
@@ -82,8 +88,8 @@ fn resumed_config(
     if !conflicts.is_empty() {
         anyhow::bail!(
             "--resume continues {} as recorded in its config.toml; these flags would change it: {}. \
-             Drop them, or start a new run with --out (only --epochs, --device and --data, for a moved dataset \
-             folder, may change on resume)",
+             Drop them, or start a new run with --out (only --epochs, --device, --data, for a moved dataset \
+             folder, --concepts and --no-concepts may change on resume)",
             run_dir.root().display(),
             conflicts.join(", ")
         );
@@ -98,8 +104,25 @@ fn resumed_config(
     if let Some(data) = &flags.data {
         cfg.data = data.clone();
     }
+    if let Some(concepts) = &args.concepts {
+        cfg.concepts = concepts.display().to_string();
+    }
+    if args.no_concepts {
+        cfg.train_concepts = false;
+    }
     cfg.validate()?;
-    if (recorded.epochs, &recorded.device, &recorded.data) == (cfg.epochs, &cfg.device, &cfg.data) {
+    let changes: Vec<String> = [
+        ("epochs", cfg.epochs.to_string(), recorded.epochs.to_string()),
+        ("device", cfg.device.clone(), recorded.device.clone()),
+        ("data", format!("{:?}", cfg.data), format!("{:?}", recorded.data)),
+        ("concepts", format!("{:?}", cfg.concepts), format!("{:?}", recorded.concepts)),
+        ("train_concepts", cfg.train_concepts.to_string(), recorded.train_concepts.to_string()),
+    ]
+    .into_iter()
+    .filter(|(_, now, was)| now != was)
+    .map(|(key, now, was)| format!("{key} = {now} (was {was})"))
+    .collect();
+    if changes.is_empty() {
         return Ok((cfg, None));
     }
     let path = run_dir.config();
@@ -109,16 +132,7 @@ fn resumed_config(
         .take_while(|l| l.starts_with('#'))
         .map(|l| l.trim_start_matches('#').trim_start().to_string())
         .collect();
-    header.push(format!(
-        "Resumed {} with epochs = {}, device = {} and data = {:?} (were {}, {} and {:?}).",
-        humantime::format_rfc3339_seconds(started),
-        cfg.epochs,
-        cfg.device,
-        cfg.data,
-        recorded.epochs,
-        recorded.device,
-        recorded.data
-    ));
+    header.push(format!("Resumed {} with {}.", humantime::format_rfc3339_seconds(started), changes.join(", ")));
     Ok((cfg, Some(header.join("\n"))))
 }
 
@@ -307,21 +321,16 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         println!("{note}");
         return Ok(ExitCode::SUCCESS);
     }
-    let concepts_dir = args.concepts.clone().unwrap_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset));
+    // The flags' or, on resume, the recorded folder (config.toml's `concepts`).
+    let concepts_dir = cfg.concepts_dir();
     // The run trains missing concepts before its header prints; say why it is quiet meanwhile.
     let concepts_missing = agm_train::concept::check_concept_dataset(&cfg.dataset).is_ok()
         && !matches!(agm_train::concept::ConceptSet::load(&concepts_dir), Ok(Some(_)));
-    if concepts_missing && !args.no_concepts && !args.quiet {
+    if concepts_missing && cfg.train_concepts && !args.quiet {
         println!("training the mono-modal concepts into {} (once per dataset and preset)…", concepts_dir.display());
     }
-    let opts = RunOptions {
-        provenance: crate::provenance::of_this_process(started),
-        concepts: Some(if args.no_concepts {
-            Concepts::In(concepts_dir.clone())
-        } else {
-            Concepts::TrainMissing(concepts_dir.clone())
-        }),
-    };
+    // The concepts come from the config (`Concepts::default_for`).
+    let opts = RunOptions { provenance: crate::provenance::of_this_process(started), concepts: None };
     let modalities = report::modality_names(&cfg, 0);
     let mut output = TrainOutput {
         progress: Progress::new(modalities, args.quiet, args.stop_after_steps),
@@ -438,17 +447,18 @@ mod tests {
         // A second plain run into the same folder would overwrite it: refused.
         let err = run(args(&out)).unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
-        let concepts = Some(dir.path().join("concepts"));
-        // config.toml: provenance atop, the chosen method's section only.
+        // config.toml: provenance atop, the chosen method's section only, the concepts' folder.
         let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        let concepts = dir.path().join("concepts").display().to_string();
+        assert!(config.contains(&format!("concepts = {concepts:?}")), "{config}");
         assert!(config.starts_with("# Written by agm ") && config.contains("\n# Command: "), "{config}");
         assert!(config.contains("[agm]") && !config.contains("[mslr]") && !config.contains("[joint]"), "{config}");
         // Resuming refuses flags that would change the run, naming each.
+        // Without --concepts: a resume measures against the folder the run started with.
         let resume = |run: RunFlags, method: Option<&str>| TrainArgs {
             resume: Some(out.clone()),
             method: method.map(String::from),
             quiet: true,
-            concepts: concepts.clone(),
             run,
             ..TrainArgs::default()
         };
@@ -630,6 +640,36 @@ mod tests {
         let other = flags(RunFlags { data: Some("new/mosei".into()), lr: Some(0.5), ..RunFlags::default() });
         let err = resumed_config(&run_dir, &other, std::time::SystemTime::now()).unwrap_err().to_string();
         assert!(err.contains("--lr 0.5") && !err.contains("--data new"), "{err}");
+    }
+
+    #[test]
+    fn a_resume_keeps_the_concepts_the_run_started_with_unless_told_otherwise() {
+        use agm_train::run::Concepts;
+        let dir = tempfile::tempdir().unwrap();
+        let started = TrainArgs { concepts: Some("S/cfresh".into()), ..flags(RunFlags::default()) };
+        let cfg = resolve(&started).unwrap().config;
+        std::fs::write(dir.path().join("config.toml"), cfg.to_run_toml("Started.")).unwrap();
+        let run_dir = RunDir::open(dir.path()).unwrap();
+        let (resumed, header) =
+            resumed_config(&run_dir, &flags(RunFlags::default()), std::time::SystemTime::now()).unwrap();
+        assert_eq!(Concepts::default_for(&resumed), Concepts::TrainMissing("S/cfresh".into()));
+        assert!(header.is_none(), "nothing changed");
+        // Given again, --concepts wins and the header says so; --no-concepts turns training them off.
+        let other = TrainArgs { concepts: Some("S/other".into()), no_concepts: true, ..flags(RunFlags::default()) };
+        let (resumed, header) = resumed_config(&run_dir, &other, std::time::SystemTime::now()).unwrap();
+        assert_eq!(Concepts::default_for(&resumed), Concepts::In("S/other".into()));
+        let header = header.unwrap();
+        assert!(
+            header.contains("concepts = \"S/other\" (was \"S/cfresh\"), train_concepts = false (was true)"),
+            "{header}"
+        );
+        // Neither is part of what the checkpoint recorded: it resumes under either.
+        assert_eq!(resumed.resumable_identity(), cfg.resumable_identity());
+        // A run started with --no-concepts resumes without training them.
+        let off = resolve(&TrainArgs { no_concepts: true, ..flags(RunFlags::default()) }).unwrap().config;
+        std::fs::write(dir.path().join("config.toml"), off.to_run_toml("Started.")).unwrap();
+        let (resumed, _) = resumed_config(&run_dir, &flags(RunFlags::default()), std::time::SystemTime::now()).unwrap();
+        assert!(matches!(Concepts::default_for(&resumed), Concepts::In(_)), "{resumed:?}");
     }
 
     #[test]

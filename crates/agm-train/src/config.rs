@@ -71,6 +71,13 @@ pub struct RunConfig {
     /// AV-MNIST and CREMA-D, validation elsewhere), so a run can be reported under the
     /// reference's protocol too. Model selection still uses validation only.
     pub reference_protocol: bool,
+    /// The folder of the mono-modal concepts the competition-strength metric measures against;
+    /// empty: `concepts/<dataset>-<preset>` ([`RunConfig::concepts_dir`]). A location, like
+    /// `data`: a checkpoint does not record it, and a resume may point elsewhere.
+    pub concepts: String,
+    /// Train the concepts missing in `concepts` before the run (`false`: `--no-concepts`, the
+    /// metric is measured only where they exist already).
+    pub train_concepts: bool,
     pub optimizer: OptimizerConfig,
     pub schedule: ScheduleConfig,
     /// Every registered method's settings, one `[<method>]` table each (`[agm]`, `[ogm_ge]`);
@@ -130,8 +137,8 @@ impl RunConfig {
     /// The settings a checkpoint was trained under, as a JSON object of dotted keys
     /// (`optimizer.lr`): what the run's `config.toml` records ([`RunConfig::to_run_toml`]: the
     /// sections of unused methods left out) but the fields a resume may change (`epochs`,
-    /// `device`), `init_weights`, which it does not read, and `data`, a location (a dataset moved
-    /// to another folder resumes from there).
+    /// `device`), `init_weights`, which it does not read, and the locations `data` (a dataset
+    /// moved to another folder resumes from there) and the concepts (they train nothing).
     pub fn resumable_identity(&self) -> serde_json::Value {
         let same = RunConfig {
             epochs: 0,
@@ -140,7 +147,10 @@ impl RunConfig {
             data: String::new(),
             ..self.clone()
         };
-        let table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
+        let mut table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
+        // Left out, not blanked: checkpoints written before these keys existed compare equal.
+        table.remove("concepts");
+        table.remove("train_concepts");
         serde_json::to_value(crate::resolve::leaves(&table)).expect("plain data")
     }
 
@@ -166,6 +176,8 @@ impl RunConfig {
             checkpoint_every_steps: 0,
             shapley: "auto".into(),
             reference_protocol: false,
+            concepts: String::new(),
+            train_concepts: true,
             optimizer: OptimizerConfig::Sgd(SgdConfig::agm_reference(0.01)),
             schedule: ScheduleConfig::Constant {},
             methods: MethodSettings::av_digits(),
@@ -354,6 +366,14 @@ impl RunConfig {
             _ => "faithful",
         };
         text.to_string()
+    }
+
+    /// The concepts' folder: `concepts`, or `concepts/<dataset>-<preset>` when it is empty.
+    pub fn concepts_dir(&self) -> std::path::PathBuf {
+        match self.concepts.as_str() {
+            "" => crate::concept::default_dir(&self.dataset, &self.data_preset),
+            dir => dir.into(),
+        }
     }
 
     /// The parsed `precision`.

@@ -52,9 +52,27 @@ pub enum Concepts {
 }
 
 impl Concepts {
-    /// `TrainMissing` in the default folder of the run's dataset and preset.
+    /// What the run's config asks for: `TrainMissing`, or `In` without `train_concepts`, in
+    /// [`RunConfig::concepts_dir`].
     pub fn default_for(cfg: &RunConfig) -> Self {
-        Self::TrainMissing(default_dir(&cfg.dataset, &cfg.data_preset))
+        match cfg.train_concepts {
+            true => Self::TrainMissing(cfg.concepts_dir()),
+            false => Self::In(cfg.concepts_dir()),
+        }
+    }
+
+    /// `cfg` recording these concepts (its `concepts` and `train_concepts`; `Off` records
+    /// nothing), so a resume finds the ones the run started with. The default folder is
+    /// recorded as empty: it follows the dataset and preset.
+    pub fn recorded_in(&self, cfg: &RunConfig) -> RunConfig {
+        let (dir, train) = match self {
+            Self::Off => return cfg.clone(),
+            Self::In(dir) => (dir, false),
+            Self::TrainMissing(dir) => (dir, true),
+        };
+        let concepts =
+            if *dir == default_dir(&cfg.dataset, &cfg.data_preset) { String::new() } else { dir.display().to_string() };
+        RunConfig { concepts, train_concepts: train, ..cfg.clone() }
     }
 }
 
@@ -309,13 +327,15 @@ fn run_locked(
         cfg
     };
     let built = build_cfg.build(&device)?;
+    let concepts = opts.concepts.clone().unwrap_or_else(|| Concepts::default_for(cfg));
+    // config.toml says which concepts the run measures against, whoever chose them.
+    let recorded = concepts.recorded_in(cfg);
     if start == RunStart::New {
         // Only once the run could be built: a configuration that cannot run leaves no run state.
-        write_atomic(&dir.config(), cfg.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?;
+        write_atomic(&dir.config(), recorded.to_run_toml(&provenance.config_header(&cfg.device)).as_bytes())?;
     }
     let data = &built.data;
     let train = cfg.train_source(data);
-    let concepts = opts.concepts.clone().unwrap_or_else(|| Concepts::default_for(cfg));
     let (probe, concept_status) = match concepts {
         Concepts::Off => (None, None),
         Concepts::In(dir) => attach_concepts(cfg, data, dir, false, callback).map(|(p, s)| (p, Some(s)))?,
@@ -334,7 +354,7 @@ fn run_locked(
     }
     // Only once the checkpoint was read: a resume that fails leaves the config as it was.
     if let RunStart::Resume { header: Some(header) } = &start {
-        write_atomic(&dir.config(), cfg.to_run_toml(header).as_bytes())?;
+        write_atomic(&dir.config(), recorded.to_run_toml(header).as_bytes())?;
     }
     let shapley = (trainer.modulator().forward_plan() == agm_modulation::ForwardPlan::Shapley)
         .then(|| cfg.describe_shapley(model));

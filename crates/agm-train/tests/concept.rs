@@ -167,6 +167,22 @@ fn a_run_stopped_while_it_trains_its_concepts_writes_nothing() {
 }
 
 #[test]
+fn a_run_records_the_concepts_it_was_given_for_its_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let concepts = tmp.path().join("elsewhere");
+    // As `study` passes them: in the options, not in the config.
+    let opts = RunOptions { concepts: Some(Concepts::In(concepts.clone())), ..RunOptions::default() };
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    train_run(&quick_cfg(1), &dir, RunStart::New, &opts, &mut NoCallback).unwrap();
+    let recorded = dir.read_config().unwrap();
+    assert_eq!(Concepts::default_for(&recorded), Concepts::In(concepts));
+    // The default folder is recorded as empty: it follows the dataset and preset.
+    let cfg = quick_cfg(1);
+    let default = Concepts::TrainMissing(default_dir(&cfg.dataset, &cfg.data_preset)).recorded_in(&cfg);
+    assert_eq!((default.concepts.as_str(), default.train_concepts), ("", true));
+}
+
+#[test]
 fn a_run_directory_or_other_files_are_no_concepts_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
