@@ -520,6 +520,10 @@ mod tests {
         assert_eq!(provenance["device"], "cpu");
         assert!(provenance["started"].as_str().unwrap() <= provenance["finished"].as_str().unwrap(), "{provenance}");
         assert!(provenance["threads"].as_u64().unwrap() >= 1 && provenance["command_line"].is_array(), "{provenance}");
+        // The first start's command line, and the one resume that trained.
+        let resumes = provenance["resumes"].as_array().unwrap();
+        assert_eq!(resumes.len(), 1, "{provenance}");
+        assert!(provenance["started"].as_str().unwrap() <= resumes[0]["started"].as_str().unwrap(), "{provenance}");
         let report = crate::eval::evaluate_run(&out, agm_data::av_digits::Split::Test, "best").unwrap();
         assert_eq!(report.samples, 600);
         assert!(report.accuracy > 0.5, "two epochs learn something: {}", report.accuracy);

@@ -77,7 +77,8 @@ impl Concepts {
 }
 
 /// Facts a reader needs to trust or repeat a run, recorded in `summary.json` and atop
-/// `config.toml`. The driver fills in what only it knows (the command line, the commit).
+/// `config.toml`. The driver fills in what only it knows (the command line, the commit). For a
+/// resumed run, everything but `finished` is its first start's, and `resumes` lists each resume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
     pub agm_version: String,
@@ -91,7 +92,25 @@ pub struct Provenance {
     pub threads: usize,
     /// The command line, program name first (empty for a library call).
     pub command_line: Vec<String>,
+    /// Each time the run was resumed, in order (absent in summaries of earlier versions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumes: Vec<Resumed>,
 }
+
+/// One resume of a run: when, where and by which command it went on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resumed {
+    /// UTC, RFC 3339.
+    pub started: String,
+    pub agm_version: String,
+    pub git_commit: Option<String>,
+    pub device: String,
+    pub threads: usize,
+    pub command_line: Vec<String>,
+}
+
+/// The checkpoint metadata key holding the run's [`Provenance`], so a resume knows its first start.
+const PROVENANCE_META: &str = "provenance";
 
 /// How [`train_run`] runs, besides the configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +145,22 @@ impl Provenance {
             device: String::new(),
             threads,
             command_line,
+            resumes: Vec::new(),
         }
+    }
+
+    /// This (a run's provenance so far) with `now`, the process resuming it, added to `resumes`.
+    pub fn resumed_by(&self, now: &Provenance) -> Provenance {
+        let mut resumes = self.resumes.clone();
+        resumes.push(Resumed {
+            started: now.started.clone(),
+            agm_version: now.agm_version.clone(),
+            git_commit: now.git_commit.clone(),
+            device: now.device.clone(),
+            threads: now.threads,
+            command_line: now.command_line.clone(),
+        });
+        Provenance { resumes, ..self.clone() }
     }
 
     /// The comment block atop a run's `config.toml` (written when the run starts, so without
@@ -352,6 +386,14 @@ fn run_locked(
     if resuming {
         trainer.resume()?;
     }
+    // The first start and every resume, carried in the checkpoints (older ones lack it: the run
+    // is then described from this resume on).
+    let first = trainer.run_meta(PROVENANCE_META).and_then(|p| serde_json::from_str::<Provenance>(p).ok());
+    let provenance = match first {
+        Some(first) if resuming => first.resumed_by(&provenance),
+        _ => provenance,
+    };
+    trainer.set_run_meta(PROVENANCE_META, serde_json::to_string(&provenance).expect("plain data"));
     // Only once the checkpoint was read: a resume that fails leaves the config as it was.
     if let RunStart::Resume { header: Some(header) } = &start {
         write_atomic(&dir.config(), recorded.to_run_toml(header).as_bytes())?;

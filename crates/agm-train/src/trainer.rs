@@ -263,7 +263,12 @@ pub struct Trainer<'a> {
     /// The settings the run trains with (a JSON object), written into every checkpoint and
     /// compared on resume ([`Trainer::with_settings`]).
     settings: Option<serde_json::Value>,
+    /// A driver's own checkpoint metadata ([`Trainer::set_run_meta`]).
+    run_meta: BTreeMap<String, String>,
 }
+
+/// The checkpoint metadata keys the trainer writes itself (and [`Checkpoint::save`] the format's).
+const TRAINER_META: [&str; 7] = ["trainer", "modulator", "method", "lr", "settings", "format", "snapshots"];
 
 impl<'a> Trainer<'a> {
     /// Attaches the modulator (it may add variables) and builds the optimizer over every
@@ -301,6 +306,7 @@ impl<'a> Trainer<'a> {
             crash_on_write: None,
             checkpoint_writes: 0,
             settings: None,
+            run_meta: BTreeMap::new(),
         })
     }
 
@@ -311,6 +317,18 @@ impl<'a> Trainer<'a> {
     pub fn with_settings(mut self, settings: serde_json::Value) -> Self {
         self.settings = Some(settings);
         self
+    }
+
+    /// Stores `value` under `key` in the metadata of every later checkpoint: a driver's record of
+    /// the run (its provenance) that travels with it across resumes. The trainer's own keys
+    /// (`trainer`, `settings`, …) are not replaced.
+    pub fn set_run_meta(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.run_meta.insert(key.into(), value.into());
+    }
+
+    /// An entry of [`Trainer::set_run_meta`]; after [`Trainer::resume`], the resumed checkpoint's.
+    pub fn run_meta(&self, key: &str) -> Option<&str> {
+        self.run_meta.get(key).map(String::as_str)
     }
 
     /// Writes checkpoints, `metrics.jsonl` and the best weights into `dir`.
@@ -433,7 +451,9 @@ impl<'a> Trainer<'a> {
     fn save_checkpoint(&mut self) -> Result<()> {
         let Some(dir) = &self.run_dir else { return Ok(()) };
         let now = self.capture(false)?;
-        let mut meta = HashMap::new();
+        let own = |k: &String| TRAINER_META.contains(&k.as_str());
+        let mut meta: HashMap<String, String> =
+            self.run_meta.iter().filter(|(k, _)| !own(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         meta.insert("trainer".into(), serde_json::to_string(&self.state).expect("plain data"));
         meta.insert("modulator".into(), now.modulator.to_string());
         meta.insert("method".into(), self.modulator.name().to_string());
@@ -497,6 +517,8 @@ impl<'a> Trainer<'a> {
         }
         let modulator = ck.meta_json("modulator", &path)?;
         let loop_state: LoopState = ck.meta_json("trainer", &path)?;
+        let run_meta = ck.meta.iter().filter(|(k, _)| !TRAINER_META.contains(&k.as_str()));
+        let run_meta: BTreeMap<String, String> = run_meta.map(|(k, v)| (k.clone(), v.clone())).collect();
         if loop_state.epochs_done > self.opts.epochs {
             return Err(TrainError::Config(format!(
                 "{} has {} epochs done; --epochs {} would end it before where it is: pass --epochs {} or more",
@@ -510,6 +532,7 @@ impl<'a> Trainer<'a> {
         self.restore(&state, Restore::Resume, &path)?;
         self.state = loop_state;
         self.snapshots = ck.snapshots;
+        self.run_meta = run_meta;
         dir.truncate_metrics(self.state.epochs_done)?;
         Ok(())
     }

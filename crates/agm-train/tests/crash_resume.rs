@@ -371,3 +371,35 @@ fn every_registered_method_resumed_mid_run_matches_an_uninterrupted_run() {
         assert_same(&whole, &run(method, epochs, 0, &plan), name);
     }
 }
+
+#[test]
+fn a_resumed_run_keeps_its_first_start_and_lists_each_resume() {
+    use agm_train::run::{train_run, Concepts, Provenance, RunOptions, RunOutcome, RunStart};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let cfg = RunConfig { epochs: 2, ..RunConfig::av_digits() };
+    let opts = |command: &str, started: &str| RunOptions {
+        provenance: Provenance {
+            started: started.into(),
+            ..Provenance::started_now(vec!["cargo xtask".into(), command.into()], None)
+        },
+        concepts: Some(Concepts::Off),
+    };
+    let stopped = train_run(&cfg, &dir, RunStart::New, &opts("first", "2001-01-01T00:00:00Z"), &mut common::StopAt(3));
+    assert!(stopped.unwrap().test.is_none(), "stopped in epoch 1");
+    let resume = RunStart::Resume { header: None };
+    let stopped =
+        train_run(&cfg, &dir, resume.clone(), &opts("second", "2002-01-01T00:00:00Z"), &mut common::StopAt(12));
+    assert!(stopped.unwrap().test.is_none(), "stopped again");
+    train_run(&cfg, &dir, resume, &opts("third", "2003-01-01T00:00:00Z"), &mut agm_train::NoCallback).unwrap();
+    let summary = RunOutcome::load(&dir).unwrap().provenance;
+    assert_eq!((summary.started.as_str(), summary.command_line[1].as_str()), ("2001-01-01T00:00:00Z", "first"));
+    let resumes: Vec<(&str, &str)> =
+        summary.resumes.iter().map(|r| (r.started.as_str(), r.command_line[1].as_str())).collect();
+    assert_eq!(resumes, [("2002-01-01T00:00:00Z", "second"), ("2003-01-01T00:00:00Z", "third")]);
+    // A summary written before resumes were recorded still reads.
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.summary()).unwrap()).unwrap();
+    json["provenance"].as_object_mut().unwrap().remove("resumes");
+    let old: RunOutcome = serde_json::from_value(json).unwrap();
+    assert!(old.provenance.resumes.is_empty());
+}
