@@ -290,9 +290,12 @@ impl RunConfig {
     }
 
     /// Whether two configs train the same run: equal in every setting but the sections of
-    /// methods neither uses (a run directory's `config.toml` leaves those out).
+    /// methods neither uses (a run directory's `config.toml` leaves those out) and the concepts
+    /// (where the metric's concepts live changes nothing that trains).
     pub fn same_run(&self, other: &RunConfig) -> bool {
-        self.to_run_toml("") == other.to_run_toml("")
+        let trained =
+            |c: &RunConfig| RunConfig { concepts: String::new(), train_concepts: true, ..c.clone() }.to_run_toml("");
+        trained(self) == trained(other)
     }
 
     /// The config as a run directory records it: `header` as `#` comment lines, then every

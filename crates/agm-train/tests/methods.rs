@@ -203,6 +203,8 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     assert_ne!(back, cfg);
     assert!(back.same_run(&cfg) && cfg.same_run(&back));
     assert!(!RunConfig { seed: 1, ..back.clone() }.same_run(&cfg));
+    // The concepts' folder changes what is measured, not what trains.
+    assert!(RunConfig { concepts: "elsewhere".into(), train_concepts: false, ..back.clone() }.same_run(&cfg));
     // Everything the run uses is the same: rebuild with the dropped sections and compare.
     let mut restored = back;
     for entry in agm_modulation::registry::entries().into_iter().filter(|e| !["agm", "ogm-ge"].contains(&e.name)) {
