@@ -9,7 +9,9 @@
 //! MOSEI's and AVE's in training mode with dropout, the official run drawing agm's masks;
 //! MOSEI's with the loss summed over the batch; AVE's labelled per segment, with its AVPS loss),
 //! OGM-GE on AV-MNIST's early-fusion model (`--method ogm-ge --fusion early`), OGM-GE and MSLR on
-//! CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`).
+//! CREMA-D's summed-heads model (`scripts/golden/late_sum_twin_steps.py`). Last, whole runs of
+//! MSES and MSLR on AV-MNIST's summed-heads model against the official epoch loop, reloads
+//! included (`scripts/golden/late_sum_twin_run.py`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,7 +19,8 @@ use std::path::{Path, PathBuf};
 use agm_core::{ForwardOpts, MultimodalBatch, MultimodalModel, ShapleyMode};
 use agm_fusion::{build_preset, PresetOptions};
 use agm_modulation::{
-    Agm, AgmConfig, MethodSettings, Modulator, Mslr, MslrConfig, Objective, OgmGe, OgmGeConfig, StepForward,
+    Agm, AgmConfig, MethodSettings, Modulator, Mses, MsesConfig, Mslr, MslrConfig, Objective, OgmGe, OgmGeConfig,
+    StepForward,
 };
 use agm_train::optim::{ParamGroup, Sgd, SgdConfig};
 use agm_train::step::{LossReduction, StepObserver};
@@ -681,4 +684,201 @@ fn mslr_steps_on_the_cremad_sum_model_match_the_official_training_loop() {
         }
     });
     assert!(case.steps.iter().any(|s| s.edited) && case.steps.iter().any(|s| !s.edited));
+}
+
+/// A whole run of the official epoch loop (`scripts/golden/late_sum_twin_run.py`): its settings,
+/// the formula weights, the fixed batches, and what the loop did in each epoch.
+#[derive(Deserialize)]
+struct RunCase {
+    preset: String,
+    method: String,
+    hyper: RunHyper,
+    tensors: Vec<TensorRecipe>,
+    train_batches: Vec<BatchRecord>,
+    eval_batches: Vec<BatchRecord>,
+    epochs: Vec<RunEpochRecord>,
+    outcome: String,
+    after: HashMap<String, Summary>,
+}
+
+#[derive(Deserialize)]
+struct RunHyper {
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    lr_decay_step: usize,
+    lr_decay_ratio: f64,
+    modulation_window_epochs: [usize; 2],
+    init_multipliers: Vec<f64>,
+    epochs: usize,
+}
+
+#[derive(Deserialize)]
+struct RunEpochRecord {
+    epoch: usize,
+    /// The optimizer's learning rate during the epoch (a reload brings back the checkpoint's).
+    lr: f64,
+    /// The ratios the loop passed to `train()`: MSLR's accuracy ratios, MSES's 1 or 0.
+    ratios: Vec<f64>,
+    /// Each step's loss.
+    losses: Vec<f64>,
+    /// Epochs whose checkpoints the loop reloaded at this epoch's end.
+    loaded: Vec<usize>,
+    eval: RunEvalRecord,
+}
+
+/// `test()`'s return values: accuracies and the heads' mean cross-entropies.
+#[derive(Deserialize)]
+struct RunEvalRecord {
+    accuracy: f64,
+    head_accuracy: Vec<f64>,
+    head_loss: Vec<f64>,
+}
+
+/// The case's batches, in order: the trainer asks for consecutive runs of one batch's size.
+struct FixedBatches(Vec<MultimodalBatch>);
+
+impl agm_core::BatchSource for FixedBatches {
+    fn len(&self) -> usize {
+        self.0.iter().map(|b| b.len()).sum()
+    }
+
+    fn batch(&self, indices: &[usize], _device: &Device) -> candle_core::Result<MultimodalBatch> {
+        let size = self.0[0].len();
+        let k = indices[0] / size;
+        assert!(indices.iter().copied().eq(k * size..(k + 1) * size), "in order, by whole batches");
+        Ok(self.0[k].clone())
+    }
+}
+
+/// Records every step and epoch the trainer reports.
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<agm_train::StepSummary>,
+    epochs: Vec<agm_train::EpochSummary>,
+}
+
+impl agm_train::Callback for Recorder {
+    fn on_step(&mut self, s: &agm_train::StepSummary) -> agm_train::Flow {
+        self.steps.push(s.clone());
+        agm_train::Flow::Continue
+    }
+
+    fn on_epoch_end(&mut self, e: &agm_train::EpochSummary) -> agm_train::Flow {
+        self.epochs.push(e.clone());
+        agm_train::Flow::Continue
+    }
+}
+
+/// MSES and MSLR over whole runs of AV-MNIST's summed-heads model against the official
+/// `run/AVMNIST_main.py:AVMNIST_main` (its real `train()` and `test()` on the official
+/// `Later_Fusion_Resnet_Sum`, its epoch loop, checkpoints and reloads; fixed batches, float64):
+/// agm's `Trainer` with the same SGD, StepLR and method settings, evaluating on the loop's
+/// evaluation batches. Compared in every epoch: the learning rate (a reload brings back the
+/// checkpoint's), every step's loss and the multipliers in force, the heads' evaluation
+/// accuracies and losses that drive the methods, and the fused accuracy; then where the run ended
+/// (MSES stops when every modality has) and every parameter and running statistic at its end.
+#[test]
+fn mses_and_mslr_runs_on_the_avmnist_sum_model_match_the_official_epoch_loop() {
+    check_twin_run("avmnist-late-sum-mses");
+    check_twin_run("avmnist-late-sum-mslr");
+}
+
+fn check_twin_run(name: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/twin_runs/{name}.json"));
+    let case: RunCase = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let train = FixedBatches(case.train_batches.iter().map(|b| b.batch(&dev)).collect());
+    let evaluation = FixedBatches(case.eval_batches.iter().map(|b| b.batch(&dev)).collect());
+    let shapes: Vec<Vec<usize>> = train.0[0].inputs.iter().map(|t| t.dims()[1..].to_vec()).collect();
+    let opts = PresetOptions { input_shapes: Some(shapes), ..PresetOptions::default() };
+    let model = build_preset(&case.preset, &opts, 0, DType::F64, &dev).unwrap();
+    load_formula_weights(model.as_ref(), &case.tensors, &case.preset);
+
+    let h = &case.hyper;
+    let [lo, hi] = h.modulation_window_epochs;
+    let m = h.init_multipliers.len();
+    let modulator: Box<dyn Modulator> = match case.method.as_str() {
+        "mses" => Box::new(
+            Mses::new(&MsesConfig { window_start: lo, window_end: Some(hi), ..MsesConfig::avmnist() }, m).unwrap(),
+        ),
+        "mslr" => Box::new(
+            Mslr::new(
+                &MslrConfig {
+                    init: h.init_multipliers.clone(),
+                    window_start: lo,
+                    window_end: Some(hi),
+                    ..MslrConfig::avmnist()
+                },
+                m,
+            )
+            .unwrap(),
+        ),
+        other => panic!("no twin run for method {other}"),
+    };
+    let sgd =
+        SgdConfig { lr: h.lr, momentum: h.momentum, dampening: 0.0, weight_decay: h.weight_decay, nesterov: false };
+    let options = agm_train::TrainerOptions {
+        epochs: h.epochs,
+        batch_size: train.0[0].len(),
+        eval_batch_size: evaluation.0[0].len(),
+        seed: 0,
+        base_lr: h.lr,
+        schedule: agm_train::optim::ScheduleConfig::Step { step_size: h.lr_decay_step, gamma: h.lr_decay_ratio },
+        checkpoint_every_steps: 0,
+        shapley: ShapleyMode::Faithful,
+        shuffle: false,
+        loss_reduction: LossReduction::Mean,
+    };
+    let build_sgd = |groups| Ok(Box::new(Sgd::new(groups, sgd)?) as Box<dyn agm_train::optim::Optimizer>);
+    let mut trainer = agm_train::Trainer::new(model.as_ref(), modulator, build_sgd, options, &dev).unwrap();
+    let mut seen = Recorder::default();
+    let summary = trainer.fit(&train, &evaluation, &mut seen).unwrap();
+
+    let mut worst = Worst::default();
+    let official_exit = case.outcome.starts_with("exit()");
+    worst.require(summary.stopped_early == official_exit, || {
+        format!("{name}: agm stopped early {}, official: {}", summary.stopped_early, case.outcome)
+    });
+    worst.require(seen.epochs.len() == case.epochs.len(), || {
+        format!("{name}: agm ran {} epochs, official {} ({})", seen.epochs.len(), case.epochs.len(), case.outcome)
+    });
+    let mut steps = seen.steps.iter();
+    for (ours, theirs) in seen.epochs.iter().zip(&case.epochs) {
+        let what = format!("{name} epoch {}", theirs.epoch);
+        assert_eq!(ours.epoch, theirs.epoch);
+        worst.check("learning rates", || format!("{what} learning rate"), ours.lr, theirs.lr, theirs.lr);
+        let inside = lo <= theirs.epoch && theirs.epoch <= hi;
+        for (k, &loss) in theirs.losses.iter().enumerate() {
+            let step = steps.next().expect("one agm step per official step");
+            worst.check("losses", || format!("{what} step {} loss", k + 1), step.loss, loss, loss.abs());
+            let applied = step.coefficients.clone().expect("the method reports its multipliers");
+            for (x, &ours) in applied.iter().enumerate() {
+                let theirs = if inside { h.init_multipliers[x] * theirs.ratios[x] } else { 1.0 };
+                worst.check("multipliers", || format!("{what} step {} multiplier {x}", k + 1), ours, theirs, 1.0);
+            }
+        }
+        let (v, e) = (&ours.validation, &theirs.eval);
+        worst.check("accuracies", || format!("{what} accuracy"), v.accuracy, e.accuracy, 1.0);
+        for x in 0..m {
+            worst.check(
+                "accuracies",
+                || format!("{what} head {x} accuracy"),
+                v.head_accuracy[x],
+                e.head_accuracy[x],
+                1.0,
+            );
+            let scale = e.head_loss[x].abs();
+            worst.check("evaluation losses", || format!("{what} head {x} loss"), v.head_loss[x], e.head_loss[x], scale);
+        }
+    }
+    let vars: HashMap<String, Tensor> =
+        model.param_groups().all_sorted().into_iter().map(|v| (v.name, v.var.as_tensor().clone())).collect();
+    for (name, theirs) in &case.after {
+        let ours = vars.get(name).unwrap_or_else(|| panic!("no variable {name}"));
+        check_summary(&mut worst, "at the end", ours, theirs, 0.0, name);
+    }
+    worst.finish();
+    let reloads = case.epochs.iter().filter(|e| !e.loaded.is_empty()).count();
+    assert!(case.method != "mses" || reloads > 0, "{name}: the case must reload a checkpoint");
 }
