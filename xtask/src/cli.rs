@@ -144,19 +144,22 @@ pub struct ReproduceArgs {
     /// Seeds per recipe, 1 to 10,000 (seeds 0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// Only these recipes (comma-separated; default: every recipe of the dataset).
+    /// Only these recipes (comma-separated, each once; default: every recipe of the dataset).
     #[arg(long)]
     pub recipes: Option<String>,
-    /// Fewer epochs than the recipes' (a smoke run; the table says so).
+    /// Fewer epochs than the recipes' (a smoke run; the table says it is not comparable).
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Samples per training step instead of each recipe's (e.g. to fit a smaller GPU).
+    /// Samples per training step instead of each recipe's (e.g. to fit a smaller GPU; the table
+    /// says it is not comparable).
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// `cpu` or `cuda`.
     #[arg(long)]
     pub device: Option<String>,
-    /// Output folder (default: runs/reproduce-<dataset>-<date>-<time>).
+    /// Output folder (default: runs/reproduce-<dataset>-<date>-<time>), locked while it runs;
+    /// finished runs of the same settings are reused, a run of other settings is never deleted
+    /// (refused, as in `study`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No line per finished run: print only the settings and the final table.
@@ -178,7 +181,11 @@ pub struct StudyArgs {
     /// The mono-modal concepts' folder (default: concepts/<dataset>-<preset>).
     #[arg(long)]
     pub concepts: Option<PathBuf>,
-    /// Output folder (default: runs/study-<date>-<time>).
+    /// Output folder (default: runs/study-<date>-<time>), locked while the study runs. Run again
+    /// with the same settings, a study reuses its finished runs and trains unfinished ones again
+    /// from their start (Ctrl-C stops it; the same command continues). A run of other settings,
+    /// finished or not, is never deleted: the study refuses before training anything, naming
+    /// each differing setting. A folder holding other files is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No line per finished run: print only the settings and the final table.
@@ -293,8 +300,9 @@ pub struct EvalArgs {
     /// `train`, `dep`, `validation` or `test`.
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// `best` (model selection on validation) or `last`.
-    #[arg(long, default_value = "best")]
+    /// `best` (model selection on validation) or `last`, of the run directory (not with --weights,
+    /// which names the weights itself).
+    #[arg(long, default_value = "best", conflicts_with = "weights")]
     pub checkpoint: String,
 }
 
@@ -420,6 +428,18 @@ mod tests {
         };
         assert!(help("train").contains("`avmnist-uni-audio`"), "{}", help("train"));
         assert!(help("concept").contains("[default: noisy-audio]"), "{}", help("concept"));
+    }
+
+    #[test]
+    fn eval_takes_either_a_weights_file_or_a_checkpoint_of_the_run() {
+        use clap::Parser;
+        let parse = |args: &[&str]| super::Cli::try_parse_from([&["cargo xtask", "eval", "runs/r"], args].concat());
+        let err = parse(&["--weights", "w.pt", "--checkpoint", "last"]).unwrap_err().to_string();
+        assert!(err.contains("'--weights <WEIGHTS>' cannot be used with '--checkpoint <CHECKPOINT>'"), "{err}");
+        // The default `best` is no conflict: --weights alone evaluates that file.
+        let super::Command::Eval(eval) = parse(&["--weights", "w.pt"]).unwrap().command else { panic!("not eval") };
+        assert_eq!(eval.weights.as_deref(), Some(std::path::Path::new("w.pt")));
+        assert!(parse(&["--checkpoint", "last"]).is_ok());
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
         println!("  sample shapes: audio {:?}, visual [1, 28, 28]", f.audio_shape());
         println!("  train label counts: {:?}", counts(&f.train_labels, avmnist::CLASSES));
         println!("  test label counts: {:?}", counts(&f.test_labels, avmnist::CLASSES));
-        if (ntr, nte) != (60_000, 10_000) {
+        if (ntr, nte) != avmnist::RELEASE_ROWS {
             println!("  note: the released AV-MNIST has 60,000 / 10,000 rows; this folder has {ntr} / {nte}");
         }
         println!("ok");

@@ -385,6 +385,21 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         println!("report: {}", dir.join("README.md").display());
         return Ok(ExitCode::SUCCESS);
     }
+    // The same run twice would be one run drawn twice under one label.
+    for (i, dir) in args.run_dirs.iter().enumerate() {
+        let same = |other: &PathBuf| match (dir.canonicalize(), other.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => dir == other,
+        };
+        if let Some(first) = args.run_dirs[..i].iter().find(|d| same(d)) {
+            anyhow::bail!(
+                "{} is given twice (as {} and {}); a comparison takes each run once",
+                dir.display(),
+                first.display(),
+                dir.display()
+            );
+        }
+    }
     let records = args
         .run_dirs
         .iter()
@@ -651,7 +666,8 @@ pub(crate) mod tests {
         synthetic_run(&a, "agm", 3, false);
         synthetic_run(&b, "joint", 5, false);
         let out = tmp.path().join("compare");
-        run(ReportArgs { run_dirs: vec![a, b], loss_scale: "log".into(), out: Some(out.clone()) }).unwrap();
+        run(ReportArgs { run_dirs: vec![a.clone(), b.clone()], loss_scale: "log".into(), out: Some(out.clone()) })
+            .unwrap();
         for stem in ["accuracy", "modality_accuracy"] {
             check::svg_names(&out.join(format!("{stem}.svg")), &["run-agm", "run-joint"]);
         }
@@ -660,5 +676,10 @@ pub(crate) mod tests {
         let md = std::fs::read_to_string(out.join("README.md")).unwrap();
         assert!(md.contains("| run-agm | agm | av-digits-late | av-digits | 0 | 3 | 3 | 90.00% | n/a |"), "{md}");
         assert!(md.contains("| run-joint | joint |"), "{md}");
+        // The same run twice, however it is spelt, is refused by name.
+        let again = tmp.path().join(".").join("run-agm");
+        let twice = ReportArgs { run_dirs: vec![a, b, again.clone()], loss_scale: "log".into(), out: Some(out) };
+        let err = run(twice).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} is given twice", again.display())) && err.contains("each run once"), "{err}");
     }
 }

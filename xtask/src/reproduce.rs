@@ -8,11 +8,17 @@
 //! <out>/reproduce.json      the table's numbers and every run's record
 //! ```
 //!
+//! A setting changed from a recipe's (`--epochs`, `--batch-size`) and data smaller than the
+//! release are named atop the table: those numbers are not comparable with the published ones.
+//! The folder is locked while a reproduction runs, and a run of other settings is never deleted,
+//! as in `study`.
+//!
 //! Two protocols are reported. Ours selects the epoch on validation and reports test accuracy.
 //! The reference's picks the best epoch on the split it evaluates every epoch (test for AV-MNIST
 //! and CREMA-D, validation elsewhere): comparable with its numbers, but optimistic.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agm_train::{checkpoint::write_atomic, recipes, RunRequest};
@@ -20,7 +26,10 @@ use serde::Serialize;
 
 use crate::cli::ReproduceArgs;
 use crate::stats::MeanCi;
-use crate::study::{run_one, RunResult};
+use crate::study::{counted, plan_all, run_planned, stop_on_ctrl_c, OutFolder, RunResult};
+
+const REPRODUCE_FOLDER: OutFolder =
+    OutFolder { kind: "reproduction", runs_per: "recipe", files: &["reproduce.md", "reproduce.json"] };
 
 /// A number someone published for a recipe's setting.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -57,6 +66,8 @@ pub struct RecipeRow {
     pub method: String,
     pub model: String,
     pub epochs: usize,
+    /// Settings changed from the recipe's, `key = value (the recipe's: value)`.
+    pub overridden: Vec<String>,
     pub runs: usize,
     /// Test accuracy of the best-validation epoch.
     pub ours: MeanCi,
@@ -66,13 +77,14 @@ pub struct RecipeRow {
 }
 
 impl RecipeRow {
-    pub fn of(recipe: &str, method: &str, model: &str, epochs: usize, runs: &[RunResult]) -> Self {
+    pub fn of(recipe: &str, base: &agm_train::RunConfig, overridden: Vec<String>, runs: &[RunResult]) -> Self {
         let ci = |f: &dyn Fn(&RunResult) -> f64| MeanCi::of(&runs.iter().map(f).collect::<Vec<_>>());
         Self {
             recipe: recipe.into(),
-            method: method.into(),
-            model: model.into(),
-            epochs,
+            method: base.method.clone(),
+            model: base.model.clone(),
+            epochs: base.epochs,
+            overridden,
             runs: runs.len(),
             ours: ci(&|r| r.test.accuracy),
             reference_protocol: ci(&|r| r.reference_protocol_accuracy.unwrap_or(f64::NAN)),
@@ -89,16 +101,25 @@ fn reference_split(dataset: &str) -> &'static str {
     }
 }
 
-/// `reproduce.md`.
-pub fn markdown(dataset: &str, seeds: u64, shortened: Option<usize>, rows: &[RecipeRow]) -> String {
+/// `reproduce.md`; `data_note` says how the data differs from the release, if it does.
+pub fn markdown(dataset: &str, seeds: u64, data_note: Option<&str>, rows: &[RecipeRow]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# Reproduction: {dataset}, {seeds} seed(s) per recipe\n");
-    if let Some(epochs) = shortened {
-        let _ = writeln!(
-            md,
-            "**Shortened to {epochs} epoch(s) per run (`--epochs`): these numbers are not comparable with the \
-             published ones.**\n"
-        );
+    let _ = writeln!(md, "# Reproduction: {dataset}, {} per recipe\n", counted(seeds, "seed"));
+    let changed: Vec<&RecipeRow> = rows.iter().filter(|r| !r.overridden.is_empty()).collect();
+    if !changed.is_empty() || data_note.is_some() {
+        md.push_str("**Not comparable with the published numbers:**\n\n");
+        for r in changed {
+            let _ = writeln!(
+                md,
+                "- `{}` ran with settings changed from the recipe's: {}",
+                r.recipe,
+                r.overridden.join(", ")
+            );
+        }
+        if let Some(note) = data_note {
+            let _ = writeln!(md, "- {note}");
+        }
+        md.push('\n');
     }
     let _ = writeln!(
         md,
@@ -140,6 +161,38 @@ pub fn markdown(dataset: &str, seeds: u64, shortened: Option<usize>, rows: &[Rec
     md
 }
 
+/// The recipes of `--recipes`, checked as `study` checks `--methods`: at least one, none twice.
+fn parse_recipes(list: &str) -> anyhow::Result<Vec<&str>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        anyhow::bail!("--recipes names no recipe; leave it out to run every recipe of the dataset");
+    }
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            anyhow::bail!("--recipes names `{name}` twice");
+        }
+    }
+    Ok(names)
+}
+
+/// Where the data is smaller than the release the published numbers come from (known for
+/// AV-MNIST, whose files open without reading them).
+fn smaller_than_release(cfg: &agm_train::RunConfig) -> anyhow::Result<Option<String>> {
+    use agm_data::loaders::avmnist::{AvMnistFiles, RELEASE_ROWS};
+    if cfg.dataset != "avmnist" {
+        return Ok(None);
+    }
+    let root = agm_data::hub::resolve_data_path(&cfg.data, &agm_data::hub::HubOptions::from_env())?;
+    let files = AvMnistFiles::open(&root)?;
+    let rows = (files.train_labels.len(), files.test_labels.len());
+    Ok((rows.0 < RELEASE_ROWS.0 || rows.1 < RELEASE_ROWS.1).then(|| {
+        format!(
+            "the data holds {} / {} train / test rows; the released AV-MNIST has {} / {}",
+            rows.0, rows.1, RELEASE_ROWS.0, RELEASE_ROWS.1
+        )
+    }))
+}
+
 pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
     crate::study::check_seeds(args.seeds)?;
     let mut chosen = recipes::for_dataset(&args.dataset);
@@ -153,7 +206,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(list) = &args.recipes {
-        let names: Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        let names = parse_recipes(list)?;
         for name in &names {
             let recipe = recipes::find(name)?;
             if !chosen.iter().any(|r| r.name == recipe.name) {
@@ -162,53 +215,85 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         }
         chosen.retain(|r| names.contains(&r.name));
     }
-    // Every recipe's settings and the data's files are checked before anything is created.
+    // Every recipe's settings and the data's files are checked before anything is created; what
+    // the flags change from each recipe's settings is kept for the table.
     let configs = chosen
         .iter()
         .map(|recipe| {
-            let request = RunRequest::default()
+            let as_published = RunRequest::default()
                 .recipe(recipe.name)
                 .set("--data", "data", args.data.clone())
+                .set_opt("--device", "device", args.device.clone());
+            let published = as_published.clone().resolve()?.config;
+            let cfg = as_published
                 .set_opt("--epochs", "epochs", args.epochs.map(|e| e as i64))
                 .set_opt("--batch-size", "batch_size", args.batch_size.map(|b| b as i64))
-                .set_opt("--device", "device", args.device.clone());
-            Ok(request.resolve()?.config)
+                .resolve()?
+                .config;
+            let overridden = cfg
+                .run_differences(&published)
+                .into_iter()
+                .map(|(key, ours, theirs)| format!("{key} = {ours} (the recipe's: {theirs})"))
+                .collect();
+            Ok((cfg, overridden))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(first) = configs.first() {
-        first.check_input_files()?;
-    }
+        .collect::<anyhow::Result<Vec<(agm_train::RunConfig, Vec<String>)>>>()?;
+    let data_note = match configs.first() {
+        Some((first, _)) => {
+            first.check_input_files()?;
+            smaller_than_release(first)?
+        }
+        None => None,
+    };
     let out = match args.out.clone() {
         Some(out) => out,
         None => crate::new_dir("runs", &format!("reproduce-{}", args.dataset))?,
     };
-    std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("creating {}: {e}", out.display()))?;
-    println!("reproduce: {} recipe(s) of {} × {} seed(s) -> {}", chosen.len(), args.dataset, args.seeds, out.display());
+    // Held until the reproduction ends: a second one on this folder is refused.
+    let _lock = REPRODUCE_FOLDER.claim(&out)?;
+    let runs: Vec<(agm_train::RunConfig, PathBuf)> = chosen
+        .iter()
+        .zip(&configs)
+        .flat_map(|(recipe, (base, _))| {
+            (0..args.seeds).map(|seed| {
+                let dir = out.join(format!("{}-seed{seed}", recipe.name));
+                (agm_train::RunConfig { seed, ..base.clone() }, dir)
+            })
+        })
+        .collect();
+    let mut planned = runs.iter().zip(plan_all(&runs, &out)?);
+    println!(
+        "reproduce: {} of {} × {} -> {}",
+        counted(chosen.len() as u64, "recipe"),
+        args.dataset,
+        counted(args.seeds, "seed"),
+        out.display()
+    );
+    stop_on_ctrl_c(runs.len(), &out);
     let mut rows = Vec::new();
     let mut all = Vec::new();
-    for (recipe, base) in chosen.into_iter().zip(configs) {
-        let mut runs = Vec::new();
-        for seed in 0..args.seeds {
-            let cfg = agm_train::RunConfig { seed, ..base.clone() };
-            let dir = out.join(format!("{}-seed{seed}", recipe.name));
+    for (recipe, (base, overridden)) in chosen.into_iter().zip(configs) {
+        let mut results = Vec::new();
+        // The runs are in recipe order, `--seeds` of each.
+        for ((cfg, dir), plan) in planned.by_ref().take(args.seeds as usize) {
             let started = std::time::Instant::now();
-            let (result, reused) = run_one(&cfg, &dir, None)?;
+            let (result, reused) = run_planned(cfg, dir, plan, None)?;
             if !args.quiet {
                 println!(
                     "  {:<22} seed {:<3} test {:.2}%, reference protocol {}, {}",
                     recipe.name,
-                    seed,
+                    cfg.seed,
                     100.0 * result.test.accuracy,
                     result.reference_protocol_accuracy.map_or("n/a".into(), |a| format!("{:.2}%", 100.0 * a)),
                     if reused { "reused".to_string() } else { format!("{:.1} s", started.elapsed().as_secs_f64()) }
                 );
             }
-            runs.push(result);
+            results.push(result);
         }
-        rows.push(RecipeRow::of(recipe.name, &base.method, &base.model, base.epochs, &runs));
-        all.extend(runs);
+        rows.push(RecipeRow::of(recipe.name, &base, overridden, &results));
+        all.extend(results);
     }
-    let md = markdown(&args.dataset, args.seeds, args.epochs, &rows);
+    let md = markdown(&args.dataset, args.seeds, data_note.as_deref(), &rows);
     write_atomic(&out.join("reproduce.md"), md.as_bytes())?;
     let json = serde_json::json!({ "dataset": args.dataset, "seeds": args.seeds, "rows": rows, "runs": all });
     write_atomic(&out.join("reproduce.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
@@ -269,7 +354,20 @@ mod tests {
         })
         .unwrap();
         let md = std::fs::read_to_string(out.join("reproduce.md")).unwrap();
-        assert!(md.contains("Shortened to 1 epoch"), "{md}");
+        // Every setting the flags changed from the recipe's, and the small data, are named.
+        assert!(md.contains("# Reproduction: avmnist, 1 seed per recipe"), "{md}");
+        assert!(md.contains("**Not comparable with the published numbers:**"), "{md}");
+        assert!(
+            md.contains(
+                "- `avmnist-agm-late` ran with settings changed from the recipe's: batch_size = 8 (the recipe's: 64), \
+                 epochs = 1 (the recipe's: 999)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- the data holds 24 / 12 train / test rows; the released AV-MNIST has 60000 / 10000"),
+            "{md}"
+        );
         assert!(md.contains("| avmnist-agm-late | agm | avmnist-late | 1 | 1 |"), "{md}");
         assert!(md.contains("| 72.14 | AGM paper, as quoted by G2D"), "{md}");
         let json: serde_json::Value =
@@ -284,11 +382,39 @@ mod tests {
             epochs: None,
             batch_size: None,
             device: None,
-            out: Some(out),
+            out: Some(out.clone()),
             quiet: true,
         })
         .unwrap_err()
         .to_string();
         assert!(err.contains("not for dataset `avmnist`"), "{err}");
+        // A run folder is no reproduction's folder.
+        let err = run(ReproduceArgs { out: Some(out.join("avmnist-agm-late-seed0")), ..args(&data) }).unwrap_err();
+        assert!(err.to_string().contains("is a training run's directory"), "{err}");
+    }
+
+    fn args(data: &std::path::Path) -> ReproduceArgs {
+        ReproduceArgs {
+            dataset: "avmnist".into(),
+            data: data.to_string_lossy().into_owned(),
+            seeds: 1,
+            recipes: Some("avmnist-joint-late".into()),
+            epochs: Some(1),
+            batch_size: Some(8),
+            device: None,
+            out: None,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn recipes_are_checked_as_study_checks_methods() {
+        let err = |recipes: &str| {
+            let args = ReproduceArgs { recipes: Some(recipes.into()), ..args(std::path::Path::new("/nonexistent")) };
+            run(args).unwrap_err().to_string()
+        };
+        assert!(err(",").contains("--recipes names no recipe"), "{}", err(","));
+        let twice = err("avmnist-agm-late, avmnist-agm-late");
+        assert!(twice.contains("--recipes names `avmnist-agm-late` twice"), "{twice}");
     }
 }

@@ -11,18 +11,22 @@
 //! ```
 //!
 //! A run directory that already holds a finished run of the same configuration is reused, so an
-//! interrupted study continues where it stopped.
+//! interrupted study continues where it stopped; an unfinished one of the same configuration is
+//! trained again from its start. A run of other settings, finished or not, is never deleted: the
+//! study refuses before training anything. The study holds `<out>/.lock` while it runs, so a
+//! second study on the same folder is refused.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use agm_metric::EvalReport;
 use agm_train::concept::default_dir;
 use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
-use agm_train::{checkpoint::write_atomic, NoCallback, RunConfig, RunDir};
+use agm_train::{checkpoint::write_atomic, NoCallback, RunConfig, RunDir, RunLock};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -160,8 +164,18 @@ pub struct Verdict {
     pub agm: MeanCi,
     /// agm minus joint, paired by seed.
     pub difference: MeanCi,
-    /// Whether agm's mean is above joint's; `None` (no claim) under [`SEEDS_FOR_A_CLAIM`] pairs.
+    /// `Some(true)` when the paired difference's 95% CI lies above 0, `Some(false)` below 0;
+    /// `None` when it includes 0 or under [`SEEDS_FOR_A_CLAIM`] pairs (no claim either way).
     pub pass: Option<bool>,
+    /// `better`, `worse`, `no-difference` (the 95% CI includes 0) or `too-few-seeds`, as
+    /// [`AccuracyVerdict::outcome`] (empty in records written before it).
+    #[serde(default)]
+    pub outcome: String,
+}
+
+/// `1 seed`, `3 seeds`.
+pub(crate) fn counted(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Seeds a claim that one method beats another needs.
@@ -219,12 +233,15 @@ impl AccuracyVerdict {
             "better" => format!("{m} beats {b} (the 95% CI excludes 0)"),
             "worse" => format!("{b} beats {m} (the 95% CI excludes 0)"),
             "no-difference" => format!("no significant difference between {m} and {b} (the 95% CI includes 0)"),
-            _ => format!("no claim: {} paired seed(s), a claim needs {SEEDS_FOR_A_CLAIM}", self.difference.n),
+            _ => format!(
+                "no claim: {}, a claim needs {SEEDS_FOR_A_CLAIM}",
+                counted(self.difference.n as u64, "paired seed")
+            ),
         };
         format!(
-            "**Test accuracy, {m} − {b}**: {} points (paired by seed, 95% CI, {} seeds): {verdict}.",
+            "**Test accuracy, {m} − {b}**: {} points (paired by seed, 95% CI, {}): {verdict}.",
             self.difference.show_signed(100.0, 2),
-            self.difference.n
+            counted(self.difference.n as u64, "seed")
         )
     }
 }
@@ -308,29 +325,33 @@ fn verdict(setup: &StudySetup, rows: &[MethodRow], results: &[RunResult]) -> Opt
     let (j, a) = (joint.modality_accuracy[weaker], agm.modality_accuracy[weaker]);
     let at = |r: &RunResult| r.test.modality_accuracy.get(weaker).copied().unwrap_or(f64::NAN);
     let difference = paired(results, "joint", "agm", at);
+    let outcome = claim_outcome(&difference);
     Some(Verdict {
         weaker_modality: setup.modalities[weaker].clone(),
         joint: j,
         agm: a,
-        pass: supports_a_claim(&difference).then_some(a.mean > j.mean),
+        pass: match outcome {
+            "better" => Some(true),
+            "worse" => Some(false),
+            _ => None,
+        },
+        outcome: outcome.into(),
         difference,
     })
 }
 
-/// The pass/fail line (on the means), with what the paired interval supports; no claim, neither
-/// pass nor fail, under [`SEEDS_FOR_A_CLAIM`] paired seeds.
+/// The verdict line: PASS or FAIL only where the paired 95% CI excludes 0 with
+/// [`SEEDS_FOR_A_CLAIM`] paired seeds, as every verdict of the study ([`claim_outcome`]);
+/// otherwise no significant difference, or no claim under that many seeds.
 pub fn verdict_line(v: &Verdict) -> String {
+    // Read from the interval, not from `pass`: records written before the rule say FAIL for a
+    // CI that includes 0, and `report` renders them again.
     let outcome = claim_outcome(&v.difference);
-    let support = match outcome {
-        "better" => "the 95% CI excludes 0: AGM raises it".to_string(),
-        "worse" => "the 95% CI excludes 0: AGM lowers it".to_string(),
-        "no-difference" => "the 95% CI includes 0: no significant difference".to_string(),
-        _ => format!("a claim needs {SEEDS_FOR_A_CLAIM} paired seeds, this study has {}", v.difference.n),
-    };
-    let head = match (outcome, v.pass) {
-        ("too-few-seeds", _) | (_, None) => "NO CLAIM",
-        (_, Some(true)) => "PASS",
-        (_, Some(false)) => "FAIL",
+    let (head, support) = match outcome {
+        "better" => ("PASS", "the 95% CI excludes 0: AGM raises it".to_string()),
+        "worse" => ("FAIL", "the 95% CI excludes 0: AGM lowers it".to_string()),
+        "no-difference" => ("NO SIGNIFICANT DIFFERENCE", "the 95% CI includes 0: neither pass nor fail".to_string()),
+        _ => ("NO CLAIM", format!("a claim needs {SEEDS_FOR_A_CLAIM} paired seeds, this study has {}", v.difference.n)),
     };
     format!(
         "**{head}**: {CLAIM}. Weaker modality under joint: {}; its test Shapley accuracy {}% (joint) vs {}% (agm), \
@@ -348,12 +369,12 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Study: {} on {} ({} preset), {} seed(s) × {} epochs\n",
+        "# Study: {} on {} ({} preset), {} × {}\n",
         s.methods.join(", "),
         s.dataset,
         s.preset,
-        s.seeds,
-        s.epochs
+        counted(s.seeds, "seed"),
+        counted(s.epochs as u64, "epoch")
     );
     md.push_str(
         "Each cell is the mean over seeds ± the half-width of its 95% confidence interval (Student t, \
@@ -476,7 +497,7 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
         })
         .unwrap_or(0);
     let name = table.setup.modalities.get(weaker).cloned().unwrap_or_else(|| "weaker modality".into());
-    let seeds = table.setup.seeds;
+    let seeds = counted(table.setup.seeds, "seed");
     let mut accuracy = Vec::new();
     let mut modality = Vec::new();
     for method in &table.setup.methods {
@@ -487,10 +508,10 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
         }));
     }
     vec![
-        Panel::new(format!("Validation accuracy (mean over {seeds} seeds, 95% CI)"), "validation accuracy", accuracy)
+        Panel::new(format!("Validation accuracy (mean over {seeds}, 95% CI)"), "validation accuracy", accuracy)
             .y_scale(YScale::Percent),
         Panel::new(
-            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds} seeds, 95% CI)"),
+            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds}, 95% CI)"),
             format!("{name} Shapley accuracy (validation)"),
             modality,
         )
@@ -544,24 +565,202 @@ pub fn render_folder(out: &Path) -> anyhow::Result<PathBuf> {
     Ok(out.join("study.md"))
 }
 
-/// Runs (or reuses) one method and seed; says whether it was reused. Mono-modal concepts live in
-/// `concepts` (default: `concepts/<dataset>-<preset>`).
-pub(crate) fn run_one(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<(RunResult, bool)> {
-    let (record, reused) = match finished(cfg, dir) {
-        Some(record) => (record, true),
-        None => {
+/// What a study does with one run folder, decided for every run before any trains.
+pub(crate) enum Plan {
+    /// A finished run of exactly this configuration: reused.
+    Reuse(RunRecord),
+    /// Nothing there yet, or an unfinished run of this configuration, trained again from its
+    /// start.
+    Train,
+}
+
+/// What to do with `dir` for `cfg`. A run of other settings, finished or not, is refused with
+/// each differing setting, never deleted; so is an unfinished run another process still holds.
+fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
+    if !dir.join("config.toml").exists() {
+        if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
+            anyhow::bail!("{} is not empty and holds no run", dir.display());
+        }
+        return Ok(Plan::Train);
+    }
+    let run = RunDir::open(dir)?;
+    let recorded = run.read_config().with_context(|| format!("{} holds a run whose config.toml", dir.display()))?;
+    if !recorded.same_run(cfg) {
+        let state = if run.summary().exists() { "a finished" } else { "an unfinished" };
+        let changed: Vec<String> = cfg
+            .run_differences(&recorded)
+            .into_iter()
+            .map(|(key, ours, theirs)| format!("{key} = {ours} (the run's: {theirs})"))
+            .collect();
+        let changed = if changed.is_empty() { "its config.toml differs".to_string() } else { changed.join(", ") };
+        anyhow::bail!("{} holds {state} run of other settings: {changed}", dir.display());
+    }
+    if let Some(record) = finished(cfg, dir) {
+        return Ok(Plan::Reuse(record));
+    }
+    // Refused now, not after other runs have trained, while another process writes it.
+    drop(run.lock()?);
+    Ok(Plan::Train)
+}
+
+/// The plan of every run, `(configuration, run folder)`, in order; one error naming every
+/// folder that cannot be used, before anything trains.
+pub(crate) fn plan_all(runs: &[(RunConfig, PathBuf)], out: &Path) -> anyhow::Result<Vec<Plan>> {
+    let mut plans = Vec::new();
+    let mut refused = Vec::new();
+    for (cfg, dir) in runs {
+        match plan(cfg, dir) {
+            Ok(p) => plans.push(p),
+            Err(e) => refused.push(format!("{e:#}")),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(plans);
+    }
+    const SHOWN: usize = 8;
+    let mut lines: Vec<String> = refused.iter().take(SHOWN).map(|r| format!("  {r}")).collect();
+    if refused.len() > SHOWN {
+        lines.push(format!("  … and {} more", refused.len() - SHOWN));
+    }
+    anyhow::bail!(
+        "{} of the {} run folders in {} cannot be used (nothing was trained or deleted):\n{}\nA run of other \
+         settings is kept: pass a new --out for these settings, or the settings those runs were trained with",
+        refused.len(),
+        runs.len(),
+        out.display(),
+        lines.join("\n")
+    )
+}
+
+/// Runs (or reuses) one method and seed as planned; says whether it was reused. Mono-modal
+/// concepts live in `concepts` (default: `concepts/<dataset>-<preset>`).
+pub(crate) fn run_planned(
+    cfg: &RunConfig,
+    dir: &Path,
+    plan: Plan,
+    concepts: Option<&Path>,
+) -> anyhow::Result<(RunResult, bool)> {
+    let (record, reused) = match plan {
+        Plan::Reuse(record) => (record, true),
+        Plan::Train => {
             if dir.join("config.toml").exists() {
-                // An unfinished or different run from an earlier study: start it again.
-                std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
-            } else if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-                anyhow::bail!("{} is not empty and holds no run; choose another --out", dir.display());
+                clear_unfinished(dir)?;
             }
             train(cfg, dir, concepts)
                 .with_context(|| format!("{} seed {} in {}", cfg.method, cfg.seed, dir.display()))?;
             (RunRecord::load(dir)?, false)
         }
     };
+    RUNS_FINISHED.fetch_add(1, Ordering::Relaxed);
     Ok((RunResult::from_record(&cfg.method, cfg.seed, dir, &record)?, reused))
+}
+
+/// Empties an unfinished run's folder under its lock, so a run another process writes is refused
+/// instead of deleted; the lock file itself stays (deleting it would let a second lock be taken
+/// on a new file while the first is held).
+fn clear_unfinished(dir: &Path) -> anyhow::Result<()> {
+    let _lock = RunDir::open(dir)?.lock()?;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+        let path = entry.path();
+        if entry.file_name() == ".lock" {
+            continue;
+        }
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("clearing the unfinished run in {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// The output folder of a study or a reproduction: what it writes besides one run folder per
+/// `<name>-seed<k>`.
+pub(crate) struct OutFolder {
+    /// `study`, `reproduction`.
+    pub kind: &'static str,
+    /// What each run folder is one of per seed: `method`, `recipe`.
+    pub runs_per: &'static str,
+    /// The files it writes at its top.
+    pub files: &'static [&'static str],
+}
+
+pub(crate) const STUDY_FOLDER: OutFolder =
+    OutFolder { kind: "study", runs_per: "method", files: &["study.json", "study.md", "curves.png", "curves.svg"] };
+
+impl OutFolder {
+    /// Creates `out` and locks it for as long as the guard lives, so a second study (or
+    /// reproduction) on the same folder is refused at its start. Refuses a training run's
+    /// directory and a folder holding anything this kind of folder does not write (a comparison,
+    /// another command's output), so no run folder is mixed into it.
+    pub fn claim(&self, out: &Path) -> anyhow::Result<RunLock> {
+        let kind = self.kind;
+        if RunDir::open(out).is_ok_and(|d| d.holds_run_state()) {
+            anyhow::bail!(
+                "--out {} is a training run's directory; pass a new folder for the {kind} (it holds one run folder \
+                 per {} and seed)",
+                out.display(),
+                self.runs_per
+            );
+        }
+        let lock = RunDir::create(out)?.lock()?;
+        let mut foreign: Vec<String> = std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .flatten()
+            .filter(|e| !self.owns(&e.file_name().to_string_lossy(), e.path().is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !foreign.is_empty() {
+            foreign.sort();
+            let more = foreign.len().saturating_sub(5);
+            foreign.truncate(5);
+            anyhow::bail!(
+                "--out {} holds {}{}, which a {kind} does not write (it writes {} and one <{}>-seed<k> folder per \
+                 run); pass a new or empty folder",
+                out.display(),
+                foreign.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+                self.files.join(", "),
+                self.runs_per
+            );
+        }
+        Ok(lock)
+    }
+
+    /// Whether an entry of the folder is one this kind of folder writes: its files, its lock and
+    /// temporaries, and `<name>-seed<k>` run folders.
+    fn owns(&self, name: &str, is_dir: bool) -> bool {
+        if is_dir {
+            return name
+                .rsplit_once("-seed")
+                .is_some_and(|(_, k)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+        }
+        self.files.contains(&name) || name == ".lock" || name.ends_with(".tmp")
+    }
+}
+
+/// Runs finished (trained or reused) so far by this process's study or reproduction, for the
+/// Ctrl-C line.
+static RUNS_FINISHED: AtomicUsize = AtomicUsize::new(0);
+
+/// What Ctrl-C prints: how far the study got and how to continue.
+fn interrupted_line(finished: usize, total: usize, out: &Path) -> String {
+    format!(
+        "interrupted: {finished} of {} finished in {}; run the same command again to continue (finished runs are \
+         reused, the one in progress starts again)",
+        counted(total as u64, "run"),
+        out.display()
+    )
+}
+
+/// Ctrl-C ends a study or reproduction at once with [`interrupted_line`] and the shell's code
+/// for it, 130.
+pub(crate) fn stop_on_ctrl_c(total: usize, out: &Path) {
+    RUNS_FINISHED.store(0, Ordering::Relaxed);
+    let out = out.to_path_buf();
+    let installed = ctrlc::set_handler(move || {
+        eprintln!("\n{}", interrupted_line(RUNS_FINISHED.load(Ordering::Relaxed), total, &out));
+        std::process::exit(130);
+    });
+    // Without a handler (another one is installed) Ctrl-C keeps its default: the process ends.
+    drop(installed);
 }
 
 /// The methods of `--methods`, checked.
@@ -604,33 +803,34 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         Some(out) => out,
         None => crate::new_dir("runs", "study")?,
     };
-    // A study's folder holds run folders; a run folder itself is not one.
-    if RunDir::open(&out).is_ok_and(|d| d.holds_run_state()) {
-        anyhow::bail!(
-            "--out {} is a training run's directory; pass a new folder for the study (it holds one run folder per \
-             method and seed)",
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    // Held until the study ends: a second study on this folder is refused.
+    let _lock = STUDY_FOLDER.claim(&out)?;
+    let runs: Vec<(RunConfig, PathBuf)> = configs
+        .into_iter()
+        .map(|cfg| {
+            let dir = out.join(format!("{}-seed{}", cfg.method, cfg.seed));
+            (cfg, dir)
+        })
+        .collect();
+    let plans = plan_all(&runs, &out)?;
     println!(
-        "study: {} × {} seed(s) on {} ({} preset), {} epochs -> {}",
+        "study: {} × {} on {} ({} preset), {} -> {}",
         methods.join(", "),
-        args.seeds,
+        counted(args.seeds, "seed"),
         base.dataset,
         base.data_preset,
-        base.epochs,
+        counted(base.epochs as u64, "epoch"),
         out.display()
     );
     for line in crate::train::settings_lines(&resolved) {
         println!("{line}");
     }
+    stop_on_ctrl_c(runs.len(), &out);
     let started = Instant::now();
     let mut results = Vec::new();
-    for cfg in &configs {
+    for ((cfg, dir), plan) in runs.iter().zip(plans) {
         let t = Instant::now();
-        let dir = out.join(format!("{}-seed{}", cfg.method, cfg.seed));
-        let (result, reused) = run_one(cfg, &dir, args.concepts.as_deref())?;
+        let (result, reused) = run_planned(cfg, dir, plan, args.concepts.as_deref())?;
         if !args.quiet {
             let per: Vec<String> = result.test.modality_accuracy.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
             println!(
@@ -783,14 +983,41 @@ mod tests {
         let (pass, md) = line(20, 0.05);
         assert_eq!(pass, Some(true));
         assert!(md.contains("**PASS**: AGM raises") && md.contains("AGM raises it)"), "{md}");
-        // Equal means do not pass either.
-        assert_eq!(line(20, 0.0).0, Some(false));
+        // Equal means neither pass nor fail: the interval includes 0.
+        let (pass, md) = line(20, 0.0);
+        assert_eq!(pass, None);
+        assert!(
+            md.contains("**NO SIGNIFICANT DIFFERENCE**: AGM raises") && md.contains("the 95% CI includes 0"),
+            "{md}"
+        );
+        assert!(!md.contains("PASS") && !md.contains("FAIL"), "{md}");
         // Under 20 paired seeds every verdict line, this one and the accuracy line, says no claim.
         let (pass, md) = line(19, 0.05);
         assert_eq!(pass, None);
         assert!(md.contains("**NO CLAIM**: AGM raises") && md.contains("this study has 19)"), "{md}");
-        assert!(md.contains("no claim: 19 paired seed(s), a claim needs 20"), "{md}");
+        assert!(md.contains("no claim: 19 paired seeds, a claim needs 20"), "{md}");
         assert!(!md.contains("PASS") && !md.contains("FAIL"), "{md}");
+    }
+
+    #[test]
+    fn a_lower_mean_whose_interval_includes_zero_is_no_fail() {
+        // Twenty seeds, agm's weaker-modality accuracy below joint's on average (−0.17 points)
+        // but by ±1 point from seed to seed: the paired 95% CI includes 0.
+        let mut results = paired_study(20, 0.0);
+        for r in results.iter_mut().filter(|r| r.method == "agm") {
+            let noise = if r.seed % 2 == 0 { 0.01 } else { -0.01 };
+            r.test.modality_accuracy[1] += noise - 0.0017;
+        }
+        let table = summarise(setup(&["joint", "agm"], 20), &results);
+        let v = table.verdict.clone().unwrap();
+        assert!(v.difference.mean < 0.0 && v.difference.half_width.unwrap() > -v.difference.mean, "{v:?}");
+        assert_eq!((v.pass, v.outcome.as_str()), (None, "no-difference"));
+        let md = markdown(&table, &results, None);
+        assert!(md.contains("**NO SIGNIFICANT DIFFERENCE**: AGM raises"), "{md}");
+        assert!(!md.contains("FAIL") && !md.contains("PASS"), "{md}");
+        // A record written before the rule (pass = false on the means) renders by the same rule.
+        let old = Verdict { pass: Some(false), outcome: String::new(), ..v };
+        assert!(verdict_line(&old).starts_with("**NO SIGNIFICANT DIFFERENCE**"), "{}", verdict_line(&old));
     }
 
     #[test]
@@ -849,7 +1076,7 @@ mod tests {
         };
         let before = summaries(&out);
         assert_eq!(before.len(), 4);
-        run(args).unwrap();
+        run(args.clone()).unwrap();
         assert_eq!(summaries(&out), before, "a finished run was trained again");
         let runs = json["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 4);
@@ -858,6 +1085,18 @@ mod tests {
             assert!(visual["test_shapley_accuracy"].as_f64().is_some_and(|a| (0.0..=1.0).contains(&a)), "{r}");
             assert!(r["per_modality"]["audio"]["validation_shapley_accuracy"].is_number(), "{r}");
         }
+        // Other settings: the finished runs are named and kept, nothing trains.
+        let longer = StudyArgs { run: crate::cli::RunFlags { epochs: Some(2), ..Default::default() }, ..args.clone() };
+        let err = format!("{:#}", run(longer).unwrap_err());
+        assert!(err.contains("4 of the 4 run folders") && err.contains("nothing was trained or deleted"), "{err}");
+        assert!(err.contains("joint-seed0 holds a finished run of other settings: epochs = 2 (the run's: 1)"), "{err}");
+        assert!(err.contains("pass a new --out"), "{err}");
+        assert_eq!(summaries(&out), before, "a finished run of other settings was touched");
+        // While the study folder is locked (a study running), a second study is refused at once.
+        let held = STUDY_FOLDER.claim(&out).unwrap();
+        let err = format!("{:#}", run(args.clone()).unwrap_err());
+        assert!(err.contains("is in use by another run (pid"), "{err}");
+        drop(held);
         let verdict = &json["table"]["accuracy_verdicts"][0];
         assert_eq!((verdict["method"].as_str(), verdict["outcome"].as_str()), (Some("agm"), Some("too-few-seeds")));
         let md = std::fs::read_to_string(out.join("study.md")).unwrap();
@@ -867,6 +1106,63 @@ mod tests {
         crate::report::run(crate::cli::ReportArgs { run_dirs: vec![out.clone()], loss_scale: "log".into(), out: None })
             .unwrap();
         assert_eq!(std::fs::read_to_string(out.join("study.md")).unwrap(), md);
+    }
+
+    #[test]
+    fn an_unfinished_run_of_other_settings_or_held_by_another_process_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("agm-seed0");
+        // An unfinished run: config and metrics, no summary.json.
+        crate::report::tests::synthetic_run(&dir, "agm", 2, false);
+        let recorded = RunDir::open(&dir).unwrap().read_config().unwrap();
+        let other = RunConfig { epochs: 3, ..recorded.clone() };
+        let err = format!("{:#}", plan(&other, &dir).err().unwrap());
+        assert!(err.contains("holds an unfinished run of other settings: epochs = 3 (the run's: 2)"), "{err}");
+        // Same settings, but another process writes it: refused, not cleared.
+        let held = RunDir::open(&dir).unwrap().lock().unwrap();
+        let err = format!("{:#}", plan(&recorded, &dir).err().unwrap());
+        assert!(err.contains("in use by another run (pid"), "{err}");
+        assert!(clear_unfinished(&dir).is_err());
+        assert!(dir.join("metrics.jsonl").exists() && dir.join("config.toml").exists());
+        drop(held);
+        // Nobody holds it: it is trained again from its start, its folder emptied but for the lock.
+        assert!(matches!(plan(&recorded, &dir).unwrap(), Plan::Train));
+        clear_unfinished(&dir).unwrap();
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [".lock"]);
+    }
+
+    #[test]
+    fn a_folder_holding_other_files_is_no_study_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A `report` comparison folder.
+        let compare = tmp.path().join("compare");
+        std::fs::create_dir_all(&compare).unwrap();
+        for file in ["README.md", "accuracy.png", "loss.svg"] {
+            std::fs::write(compare.join(file), "").unwrap();
+        }
+        let args = StudyArgs { methods: "joint".into(), seeds: 1, out: Some(compare.clone()), ..Default::default() };
+        let err = run(args).unwrap_err().to_string();
+        assert!(err.contains("holds README.md, accuracy.png, loss.svg, which a study does not write"), "{err}");
+        assert!(!compare.join("joint-seed0").exists());
+        // A study's own files, lock, temporaries and run folders are its own.
+        let study = tmp.path().join("study");
+        std::fs::create_dir_all(study.join("agm-seed12")).unwrap();
+        for file in ["study.json", "study.md", "curves.png", "study.md.7.0.tmp"] {
+            std::fs::write(study.join(file), "").unwrap();
+        }
+        drop(STUDY_FOLDER.claim(&study).unwrap());
+        std::fs::create_dir_all(study.join("notes")).unwrap();
+        assert!(STUDY_FOLDER.claim(&study).unwrap_err().to_string().contains("holds notes"));
+    }
+
+    #[test]
+    fn ctrl_c_says_how_far_the_study_got_and_how_to_continue() {
+        let line = interrupted_line(1, 4, Path::new("runs/st"));
+        assert!(line.contains("1 of 4 runs finished in runs/st"), "{line}");
+        assert!(line.contains("run the same command again to continue (finished runs are reused"), "{line}");
+        assert!(interrupted_line(0, 1, Path::new("s")).contains("0 of 1 run finished"));
+        assert_eq!((counted(1, "seed"), counted(20, "seed")), ("1 seed".to_string(), "20 seeds".to_string()));
     }
 
     #[test]

@@ -147,11 +147,18 @@ impl RunConfig {
             data: String::new(),
             ..self.clone()
         };
-        let mut table: toml::Table = toml::from_str(&same.to_run_toml("")).expect("written as TOML");
-        // Left out, not blanked: checkpoints written before these keys existed compare equal.
+        serde_json::to_value(same.trained_settings()).expect("plain data")
+    }
+
+    /// Every setting that shapes what trains, as dotted keys (`optimizer.lr`) with the values
+    /// `config.toml` records ([`RunConfig::to_run_toml`]: the sections of unused methods left
+    /// out). The concepts are left out, not blanked: where the metric's concepts live changes
+    /// nothing that trains, and checkpoints written before those keys existed compare equal.
+    fn trained_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
+        let mut table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
         table.remove("concepts");
         table.remove("train_concepts");
-        serde_json::to_value(crate::resolve::leaves(&table)).expect("plain data")
+        crate::resolve::leaves(&table)
     }
 
     /// The default run: AGM on AV-Digits (noisy-audio preset) with the late concat MLP model,
@@ -293,9 +300,20 @@ impl RunConfig {
     /// methods neither uses (a run directory's `config.toml` leaves those out) and the concepts
     /// (where the metric's concepts live changes nothing that trains).
     pub fn same_run(&self, other: &RunConfig) -> bool {
-        let trained =
-            |c: &RunConfig| RunConfig { concepts: String::new(), train_concepts: true, ..c.clone() }.to_run_toml("");
-        trained(self) == trained(other)
+        self.trained_settings() == other.trained_settings()
+    }
+
+    /// The settings in which two configs train different runs, as `(dotted key, this config's
+    /// value, the other's)` with values as TOML writes them (`-` where one lacks the key); empty
+    /// for configs that are the [`RunConfig::same_run`].
+    pub fn run_differences(&self, other: &RunConfig) -> Vec<(String, String, String)> {
+        let (ours, theirs) = (self.trained_settings(), other.trained_settings());
+        let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+        let shown = |v: Option<&toml::Value>| v.map_or_else(|| "-".to_string(), ToString::to_string);
+        keys.into_iter()
+            .filter(|k| ours.get(*k) != theirs.get(*k))
+            .map(|k| (k.clone(), shown(ours.get(k)), shown(theirs.get(k))))
+            .collect()
     }
 
     /// The config as a run directory records it: `header` as `#` comment lines, then every

@@ -90,14 +90,21 @@ impl RunDir {
             .map_err(|e| TrainError::io(&path, e))?;
         match file.try_lock() {
             Ok(()) => {
+                // The holder's process id, so a refused run can say which process to wait for.
+                // Best effort: the lock itself is what excludes.
+                let _ = file.set_len(0).and_then(|()| (&file).write_all(std::process::id().to_string().as_bytes()));
                 self.remove_stale_temporaries();
                 Ok(RunLock { _file: file })
             }
-            Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
-                "{} is in use by another run (it holds {}); wait for that run to end or choose another --out",
-                self.root.display(),
-                path.display()
-            ))),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                Err(TrainError::Config(format!(
+                    "{} is in use by another run ({}it holds {}); wait for that run to end or choose another --out",
+                    self.root.display(),
+                    holder.map_or_else(String::new, |pid| format!("pid {pid}; ")),
+                    path.display()
+                )))
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
         }
     }
@@ -280,6 +287,7 @@ mod tests {
         let first = dir.lock().unwrap();
         let err = RunDir::open(tmp.path()).unwrap().lock().unwrap_err().to_string();
         assert!(err.contains("in use by another run") && err.contains(".lock"), "{err}");
+        assert!(err.contains(&format!("(pid {}; ", std::process::id())), "the holder's pid: {err}");
         drop(first);
         // Taking the lock clears temporaries that killed writers left behind.
         std::fs::write(tmp.path().join("metrics.csv.1152.22.tmp"), "partial").unwrap();

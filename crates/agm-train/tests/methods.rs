@@ -205,6 +205,11 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     assert!(!RunConfig { seed: 1, ..back.clone() }.same_run(&cfg));
     // The concepts' folder changes what is measured, not what trains.
     assert!(RunConfig { concepts: "elsewhere".into(), train_concepts: false, ..back.clone() }.same_run(&cfg));
+    // What differs is named, key by key; sections of unused methods are no difference.
+    assert!(back.run_differences(&cfg).is_empty());
+    let other = RunConfig { seed: 1, epochs: cfg.epochs + 1, ..back.clone() };
+    let expected = [("epochs", (cfg.epochs + 1).to_string(), cfg.epochs.to_string()), ("seed", "1".into(), "0".into())];
+    assert_eq!(other.run_differences(&cfg), expected.map(|(k, a, b)| (k.to_string(), a, b)));
     // Everything the run uses is the same: rebuild with the dropped sections and compare.
     let mut restored = back;
     for entry in agm_modulation::registry::entries().into_iter().filter(|e| !["agm", "ogm-ge"].contains(&e.name)) {

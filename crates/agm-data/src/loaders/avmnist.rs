@@ -17,6 +17,8 @@ use crate::error::{DataError, Result};
 pub const CLASSES: usize = 10;
 /// AGM train rows of the real release (`int(0.9 * 60000)`).
 pub const REAL_TRAIN_ROWS: usize = 54_000;
+/// Train and test rows of the released AV-MNIST (MultiBench's), which published numbers use.
+pub const RELEASE_ROWS: (usize, usize) = (60_000, 10_000);
 
 /// The six files of one AV-MNIST folder, opened and checked.
 pub struct AvMnistFiles {
