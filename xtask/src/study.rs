@@ -568,7 +568,7 @@ pub fn render_folder(out: &Path) -> anyhow::Result<PathBuf> {
 /// What a study does with one run folder, decided for every run before any trains.
 pub(crate) enum Plan {
     /// A finished run of exactly this configuration: reused.
-    Reuse(RunRecord),
+    Reuse(Box<RunRecord>),
     /// Nothing there yet, or an unfinished run of this configuration, trained again from its
     /// start.
     Train,
@@ -596,7 +596,7 @@ fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
         anyhow::bail!("{} holds {state} run of other settings: {changed}", dir.display());
     }
     if let Some(record) = finished(cfg, dir) {
-        return Ok(Plan::Reuse(record));
+        return Ok(Plan::Reuse(Box::new(record)));
     }
     // Refused now, not after other runs have trained, while another process writes it.
     drop(run.lock()?);
@@ -641,7 +641,7 @@ pub(crate) fn run_planned(
     concepts: Option<&Path>,
 ) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match plan {
-        Plan::Reuse(record) => (record, true),
+        Plan::Reuse(record) => (*record, true),
         Plan::Train => {
             if dir.join("config.toml").exists() {
                 clear_unfinished(dir)?;
