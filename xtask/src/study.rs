@@ -584,7 +584,8 @@ fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
         return Ok(Plan::Train);
     }
     let run = RunDir::open(dir)?;
-    let recorded = run.read_config().with_context(|| format!("{} holds a run whose config.toml", dir.display()))?;
+    let recorded =
+        run.read_config().with_context(|| format!("{} holds a run whose settings cannot be read", dir.display()))?;
     if !recorded.same_run(cfg) {
         let state = if run.summary().exists() { "a finished" } else { "an unfinished" };
         let changed: Vec<String> = cfg
