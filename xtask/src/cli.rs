@@ -181,9 +181,9 @@ pub struct StudyArgs {
     /// The mono-modal concepts' folder (default: concepts/<dataset>-<preset>).
     #[arg(long)]
     pub concepts: Option<PathBuf>,
-    /// Output folder (default: runs/study-<date>-<time>), locked while the study runs. Run again
-    /// with the same settings, a study reuses its finished runs and trains unfinished ones again
-    /// from their start (Ctrl-C stops it; the same command continues). A run of other settings,
+    /// Output folder (default: runs/study-<date>-<time>), locked while the study runs. A study run
+    /// again with the same settings reuses its finished runs and trains unfinished ones again from
+    /// their start (Ctrl-C stops it; the same command continues). A run of other settings,
     /// finished or not, is never deleted: the study refuses before training anything, naming
     /// each differing setting. A folder holding other files is refused.
     #[arg(long)]
