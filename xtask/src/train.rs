@@ -344,8 +344,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         Err(agm_train::TrainError::Interrupted(_)) if INTERRUPTED.load(Ordering::Relaxed) => {
             output.progress.finish();
             eprintln!(
-                "interrupted while training the concepts into {}; nothing of them or of the run was written; \
-                 run the same command again",
+                "interrupted while training the concepts into {}; the run did not start and the concept in training \
+                 was not written (finished ones are kept); run the same command again",
                 concepts_dir.display()
             );
             return Ok(ExitCode::from(130));
