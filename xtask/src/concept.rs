@@ -167,19 +167,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_run_directory_as_out_is_refused_before_training() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::write(tmp.path().join("config.toml"), RunConfig::av_digits().to_toml()).unwrap();
-        let args = ConceptArgs {
+    /// The audio concept of AV-Digits, one epoch, into `out`.
+    fn one_epoch_of_audio(out: &std::path::Path) -> ConceptArgs {
+        ConceptArgs {
             dataset: "av-digits".into(),
             modality: Some("audio".into()),
             preset: None,
             seed: 0,
             epochs: Some(1),
-            out: Some(tmp.path().to_path_buf()),
-        };
-        let err = format!("{:#}", run(args).unwrap_err());
+            out: Some(out.to_path_buf()),
+        }
+    }
+
+    #[test]
+    fn a_run_directory_as_out_is_refused_before_training() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("config.toml"), RunConfig::av_digits().to_toml()).unwrap();
+        let err = format!("{:#}", run(one_epoch_of_audio(tmp.path())).unwrap_err());
         assert!(err.contains(&format!("{} is a run directory", tmp.path().display())), "{err}");
         assert!(!tmp.path().join("audio.safetensors").exists() && !tmp.path().join(".audio-run").exists());
     }
@@ -188,15 +192,7 @@ mod tests {
     fn concept_cli_writes_the_folder_that_train_then_finds() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("c");
-        let args = ConceptArgs {
-            dataset: "av-digits".into(),
-            modality: Some("audio".into()),
-            preset: None,
-            seed: 0,
-            epochs: Some(1),
-            out: Some(out.clone()),
-        };
-        run(args).unwrap();
+        run(one_epoch_of_audio(&out)).unwrap();
         let set = ConceptSet::load(&out).unwrap().unwrap();
         assert_eq!(set.modalities(), ["audio"]);
         // A train run in a folder without concepts says how to create them.

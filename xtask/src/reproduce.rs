@@ -161,20 +161,6 @@ pub fn markdown(dataset: &str, seeds: u64, data_note: Option<&str>, rows: &[Reci
     md
 }
 
-/// The recipes of `--recipes`, checked as `study` checks `--methods`: at least one, none twice.
-fn parse_recipes(list: &str) -> anyhow::Result<Vec<&str>> {
-    let names: Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
-    if names.is_empty() {
-        anyhow::bail!("--recipes names no recipe; leave it out to run every recipe of the dataset");
-    }
-    for (i, name) in names.iter().enumerate() {
-        if names[..i].contains(name) {
-            anyhow::bail!("--recipes names `{name}` twice");
-        }
-    }
-    Ok(names)
-}
-
 /// Where the data is smaller than the release the published numbers come from (known for
 /// AV-MNIST, whose files open without reading them).
 fn smaller_than_release(cfg: &agm_train::RunConfig) -> anyhow::Result<Option<String>> {
@@ -206,7 +192,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(list) = &args.recipes {
-        let names = parse_recipes(list)?;
+        let names = crate::study::name_list(list, "--recipes", "recipe")?;
         for name in &names {
             let recipe = recipes::find(name)?;
             if !chosen.iter().any(|r| r.name == recipe.name) {
@@ -375,15 +361,12 @@ mod tests {
         // AV-MNIST's reference protocol reads the test split the run recorded every epoch.
         assert!(json["runs"][0]["reference_protocol_accuracy"].as_f64().is_some(), "{json}");
         let err = run(ReproduceArgs {
-            dataset: "avmnist".into(),
             data: String::new(),
-            seeds: 1,
             recipes: Some("cremad-agm-late".into()),
             epochs: None,
             batch_size: None,
-            device: None,
             out: Some(out.clone()),
-            quiet: true,
+            ..args(&data)
         })
         .unwrap_err()
         .to_string();

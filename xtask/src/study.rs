@@ -769,16 +769,21 @@ fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
     if list.trim() == "all" {
         return Ok(agm_modulation::registry::names().into_iter().map(String::from).collect());
     }
-    let methods: Vec<String> = list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect();
-    if methods.is_empty() {
-        anyhow::bail!("--methods names no method");
+    Ok(name_list(list, "--methods", "method")?.into_iter().map(String::from).collect())
+}
+
+/// The names of a comma-separated list flag: at least one, none twice.
+pub(crate) fn name_list<'a>(list: &'a str, flag: &str, what: &str) -> anyhow::Result<Vec<&'a str>> {
+    let names: Vec<&str> = list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    if names.is_empty() {
+        anyhow::bail!("{flag} names no {what}");
     }
-    for (i, m) in methods.iter().enumerate() {
-        if methods[..i].contains(m) {
-            anyhow::bail!("--methods names `{m}` twice");
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            anyhow::bail!("{flag} names `{name}` twice");
         }
     }
-    Ok(methods)
+    Ok(names)
 }
 
 pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
