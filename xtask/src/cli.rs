@@ -182,8 +182,8 @@ pub struct StudyArgs {
     #[arg(long)]
     pub concepts: Option<PathBuf>,
     /// Output folder (default: runs/study-<date>-<time>), locked while the study runs. A study run
-    /// again with the same settings reuses its finished runs and trains unfinished ones again from
-    /// their start (Ctrl-C stops it; the same command continues). A run of other settings,
+    /// again with the same settings reuses its finished runs and continues unfinished ones from
+    /// their last checkpoint (Ctrl-C stops it; the same command continues). A run of other settings,
     /// finished or not, is never deleted: the study refuses before training anything, naming
     /// each differing setting. A folder holding other files is refused.
     #[arg(long)]

@@ -11,8 +11,8 @@
 //! ```
 //!
 //! A run directory that already holds a finished run of the same configuration is reused, so an
-//! interrupted study continues where it stopped; an unfinished one of the same configuration is
-//! trained again from its start. A run of other settings, finished or not, is never deleted: the
+//! interrupted study continues where it stopped; an unfinished one of the same configuration
+//! continues from its last checkpoint. A run of other settings, finished or not, is never deleted: the
 //! study refuses before training anything. The study holds `<out>/.lock` while it runs, so a
 //! second study on the same folder is refused.
 
@@ -521,14 +521,14 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
 
 /// Trains one run into `dir` as `cargo xtask train` does, quietly, and writes its
 /// `summary.json` and report.
-fn train(cfg: &RunConfig, dir: &Path, concepts: Option<&Path>) -> anyhow::Result<()> {
+fn train(cfg: &RunConfig, dir: &Path, start: RunStart, concepts: Option<&Path>) -> anyhow::Result<()> {
     let opts = RunOptions {
         provenance: crate::provenance::of_this_process(std::time::SystemTime::now()),
         concepts: Some(Concepts::TrainMissing(
             concepts.map_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf),
         )),
     };
-    train_run(cfg, &RunDir::create(dir)?, RunStart::New, &opts, &mut NoCallback)?;
+    train_run(cfg, &RunDir::create(dir)?, start, &opts, &mut NoCallback)?;
     report::write(dir, plot::YScale::Log)?;
     Ok(())
 }
@@ -569,9 +569,11 @@ pub fn render_folder(out: &Path) -> anyhow::Result<PathBuf> {
 pub(crate) enum Plan {
     /// A finished run of exactly this configuration: reused.
     Reuse(Box<RunRecord>),
-    /// Nothing there yet, or an unfinished run of this configuration, trained again from its
-    /// start.
+    /// Nothing there yet: trained.
     Train,
+    /// An unfinished run of this configuration: continued from its last checkpoint, as
+    /// `cargo xtask train --resume` continues it.
+    Resume,
 }
 
 /// What to do with `dir` for `cfg`. A run of other settings, finished or not, is refused with
@@ -601,7 +603,7 @@ fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
     }
     // Refused now, not after other runs have trained, while another process writes it.
     drop(run.lock()?);
-    Ok(Plan::Train)
+    Ok(Plan::Resume)
 }
 
 /// The plan of every run, `(configuration, run folder)`, in order; one error naming every
@@ -643,33 +645,18 @@ pub(crate) fn run_planned(
 ) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match plan {
         Plan::Reuse(record) => (*record, true),
-        Plan::Train => {
-            if dir.join("config.toml").exists() {
-                clear_unfinished(dir)?;
-            }
-            train(cfg, dir, concepts)
+        Plan::Train | Plan::Resume => {
+            let start = match plan {
+                Plan::Resume => RunStart::Resume { header: None },
+                _ => RunStart::New,
+            };
+            train(cfg, dir, start, concepts)
                 .with_context(|| format!("{} seed {} in {}", cfg.method, cfg.seed, dir.display()))?;
             (RunRecord::load(dir)?, false)
         }
     };
     RUNS_FINISHED.fetch_add(1, Ordering::Relaxed);
     Ok((RunResult::from_record(&cfg.method, cfg.seed, dir, &record)?, reused))
-}
-
-/// Empties an unfinished run's folder under its lock, so a run another process writes is refused
-/// instead of deleted; the lock file itself stays (deleting it would let a second lock be taken
-/// on a new file while the first is held).
-fn clear_unfinished(dir: &Path) -> anyhow::Result<()> {
-    let _lock = RunDir::open(dir)?.lock()?;
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
-        let path = entry.path();
-        if entry.file_name() == ".lock" {
-            continue;
-        }
-        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        removed.with_context(|| format!("clearing the unfinished run in {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// The output folder of a study or a reproduction: what it writes besides one run folder per
@@ -745,7 +732,7 @@ static RUNS_FINISHED: AtomicUsize = AtomicUsize::new(0);
 fn interrupted_line(finished: usize, total: usize, out: &Path) -> String {
     format!(
         "interrupted: {finished} of {} finished in {}; run the same command again to continue (finished runs are \
-         reused, the one in progress starts again)",
+         reused, the one in progress continues from its last checkpoint)",
         counted(total as u64, "run"),
         out.display()
     )
@@ -1103,6 +1090,22 @@ mod tests {
         let err = format!("{:#}", run(args.clone()).unwrap_err());
         assert!(err.contains("is in use by another run (pid"), "{err}");
         drop(held);
+        // A run stopped after its last checkpoint (no summary yet) continues from it: its epochs
+        // are not trained again, and it ends as it would have.
+        let stopped = out.join("agm-seed1");
+        let metrics = std::fs::read_to_string(stopped.join("metrics.jsonl")).unwrap();
+        let test_accuracy = |dir: &Path| {
+            let summary: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+            summary["test"]["accuracy"].as_f64().unwrap()
+        };
+        let accuracy = test_accuracy(&stopped);
+        std::fs::remove_file(stopped.join("summary.json")).unwrap();
+        run(args.clone()).unwrap();
+        assert_eq!(std::fs::read_to_string(stopped.join("metrics.jsonl")).unwrap(), metrics);
+        assert_eq!(test_accuracy(&stopped), accuracy);
+        let summary = std::fs::read_to_string(stopped.join("summary.json")).unwrap();
+        assert!(summary.contains("\"resumes\"") && !summary.contains("\"last\": null"), "{summary}");
         let verdict = &json["table"]["accuracy_verdicts"][0];
         assert_eq!((verdict["method"].as_str(), verdict["outcome"].as_str()), (Some("agm"), Some("too-few-seeds")));
         let md = std::fs::read_to_string(out.join("study.md")).unwrap();
@@ -1128,14 +1131,10 @@ mod tests {
         let held = RunDir::open(&dir).unwrap().lock().unwrap();
         let err = format!("{:#}", plan(&recorded, &dir).err().unwrap());
         assert!(err.contains("in use by another run (pid"), "{err}");
-        assert!(clear_unfinished(&dir).is_err());
         assert!(dir.join("metrics.jsonl").exists() && dir.join("config.toml").exists());
         drop(held);
-        // Nobody holds it: it is trained again from its start, its folder emptied but for the lock.
-        assert!(matches!(plan(&recorded, &dir).unwrap(), Plan::Train));
-        clear_unfinished(&dir).unwrap();
-        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left, [".lock"]);
+        // Nobody holds it: it continues from its last checkpoint.
+        assert!(matches!(plan(&recorded, &dir).unwrap(), Plan::Resume));
     }
 
     #[test]

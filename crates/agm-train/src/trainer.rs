@@ -567,7 +567,13 @@ impl<'a> Trainer<'a> {
         }
         let schedule = self.opts.schedule.build().map_err(|e| TrainError::Config(e.to_string()))?;
         let ranges = agm_data::batches(n, self.opts.batch_size);
-        let mut last = None;
+        // A resumed run that has no epoch left ends with the last one it recorded.
+        let mut last = match (&self.run_dir, self.state.epochs_done) {
+            (Some(dir), done) if done > 0 => {
+                dir.read_metrics::<EpochSummary>().ok().and_then(|rows| rows.into_iter().last())
+            }
+            _ => None,
+        };
         let mut stopped_early = self.state.stopped;
         while !stopped_early && self.state.epochs_done < self.opts.epochs {
             let epoch_index = self.state.epochs_done;
