@@ -42,7 +42,10 @@ The MaxOut block's two training-mode dropouts (`maxout_sites`) take agm's masks,
 UR-Funny's transformer sites; the inputs are formula inputs.
 `tests/fixtures/twin_steps/avmnist-early-agm` is `--network official --fusion early --seed 5 --batch
 4 --epochs 2 --steps 2 --alpha 2.5 --lr 0.001 --audio-shape 1,64,64 --visual-shape 1,56,56` (the
-clipping fires in step 2); `cremad-early-agm` is `--network official --fusion early --semantics
+clipping fires in step 2); `avmnist-early-agm-extreme` is `--network official --fusion early --seed
+4 --batch 8 --epochs 3 --steps 2 --alpha 3 --lr 0.01 --audio-shape 1,64,64 --visual-shape 1,56,56`
+(coefficients from 94.5 down to 4.2e-19 and exactly 0, the clipping in five steps);
+`cremad-early-agm` is `--network official --fusion early --semantics
 cremad --seed 5 --batch 4 --epochs 2 --steps 2 --alpha 1.5 --lr 0.0003 --audio-shape 1,64,64
 --visual-shape 3,1,64,64` (it fires in steps 1 and 3); `urfunny-early-agm` is `--network official
 --fusion early --semantics urfunny --seed 3 --batch 4 --epochs 2 --steps 3 --alpha 6 --lr 0.003
