@@ -328,15 +328,9 @@ mod tests {
         agm_data::loaders::avmnist::write_random_folder(&data, 24, 12, 0).unwrap();
         let out = dir.path().join("out");
         run(ReproduceArgs {
-            dataset: "avmnist".into(),
-            data: data.to_string_lossy().into_owned(),
-            seeds: 1,
             recipes: Some("avmnist-joint-late,avmnist-agm-late".into()),
-            epochs: Some(1),
-            batch_size: Some(8),
-            device: None,
             out: Some(out.clone()),
-            quiet: true,
+            ..args(&data)
         })
         .unwrap();
         let md = std::fs::read_to_string(out.join("reproduce.md")).unwrap();
