@@ -308,11 +308,10 @@ impl RunConfig {
     /// for configs that are the [`RunConfig::same_run`].
     pub fn run_differences(&self, other: &RunConfig) -> Vec<(String, String, String)> {
         let (ours, theirs) = (self.trained_settings(), other.trained_settings());
-        let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
         let shown = |v: Option<&toml::Value>| v.map_or_else(|| "-".to_string(), ToString::to_string);
-        keys.into_iter()
-            .filter(|k| ours.get(*k) != theirs.get(*k))
-            .map(|k| (k.clone(), shown(ours.get(k)), shown(theirs.get(k))))
+        crate::resolve::differences(&ours, &theirs)
+            .into_iter()
+            .map(|(k, a, b)| (k.to_string(), shown(a), shown(b)))
             .collect()
     }
 

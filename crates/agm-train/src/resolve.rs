@@ -253,6 +253,19 @@ fn merge(base: &mut toml::Table, layer: toml::Table) {
     }
 }
 
+/// The dotted keys whose values differ between two settings maps ([`leaves`]), with each side's
+/// value (`None` where a map lacks the key), in key order.
+pub(crate) fn differences<'m, V: PartialEq>(
+    ours: &'m BTreeMap<String, V>,
+    theirs: &'m BTreeMap<String, V>,
+) -> Vec<(&'m str, Option<&'m V>, Option<&'m V>)> {
+    let keys: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+    keys.into_iter()
+        .filter(|k| ours.get(*k) != theirs.get(*k))
+        .map(|k| (k.as_str(), ours.get(k), theirs.get(k)))
+        .collect()
+}
+
 /// Every leaf as `dotted.key → value`.
 pub(crate) fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
     fn walk(prefix: &str, table: &toml::Table, out: &mut BTreeMap<String, toml::Value>) {

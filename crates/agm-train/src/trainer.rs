@@ -568,8 +568,9 @@ impl<'a> Trainer<'a> {
         let schedule = self.opts.schedule.build().map_err(|e| TrainError::Config(e.to_string()))?;
         let ranges = agm_data::batches(n, self.opts.batch_size);
         // A resumed run that has no epoch left ends with the last one it recorded.
-        let mut last = match (&self.run_dir, self.state.epochs_done) {
-            (Some(dir), done) if done > 0 => {
+        let nothing_left = self.state.stopped || self.state.epochs_done >= self.opts.epochs;
+        let mut last = match &self.run_dir {
+            Some(dir) if nothing_left && self.state.epochs_done > 0 => {
                 dir.read_metrics::<EpochSummary>().ok().and_then(|rows| rows.into_iter().last())
             }
             _ => None,
@@ -763,15 +764,14 @@ impl<'a> Trainer<'a> {
 /// `key = now (the checkpoint's: then)` for every setting of two settings objects whose values
 /// differ (a setting one of them lacks reads as `null`).
 fn setting_differences(now: &serde_json::Value, then: &serde_json::Value) -> Vec<String> {
-    let none = serde_json::Map::new();
-    let (now, then) = (now.as_object().unwrap_or(&none), then.as_object().unwrap_or(&none));
-    let keys: std::collections::BTreeSet<&String> = now.keys().chain(then.keys()).collect();
-    let value = |map: &serde_json::Map<String, serde_json::Value>, k: &str| map.get(k).cloned().unwrap_or_default();
-    keys.into_iter()
-        .filter_map(|k| {
-            let (a, b) = (value(now, k), value(then, k));
-            (a != b).then(|| format!("{k} = {a} (the checkpoint's: {b})"))
-        })
+    let entries = |v: &serde_json::Value| -> BTreeMap<String, serde_json::Value> {
+        v.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    };
+    let (now, then) = (entries(now), entries(then));
+    let shown = |v: Option<&serde_json::Value>| v.cloned().unwrap_or_default();
+    crate::resolve::differences(&now, &then)
+        .into_iter()
+        .map(|(k, a, b)| format!("{k} = {} (the checkpoint's: {})", shown(a), shown(b)))
         .collect()
 }
 
