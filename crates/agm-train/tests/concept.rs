@@ -12,8 +12,10 @@ use agm_train::concept::{
 };
 use agm_train::optim::{OptimizerConfig, SgdConfig};
 use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
-use agm_train::{Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, StepSummary, TrainError, Trainer};
+use agm_train::{Callback, EpochSummary, Flow, NoCallback, RunConfig, RunDir, TrainError, Trainer};
 use candle_core::{DType, Device, Tensor};
+
+mod common;
 
 /// The clean preset at its learning rate: two epochs of a uni-modal MLP learn well there.
 fn quick_cfg(epochs: usize) -> RunConfig {
@@ -115,27 +117,11 @@ fn a_concept_run_writes_files_that_load_back_and_feed_the_probe() {
     assert_eq!(metrics[0].competition.as_deref(), Some(competition.as_slice()));
 }
 
-/// Stops at global step `.0`, as a Ctrl-C does: of a concept's own training, or of the concept
-/// training a run does first.
-struct StopAt(usize);
-impl Callback for StopAt {
-    fn on_step(&mut self, s: &StepSummary) -> Flow {
-        if s.global_step >= self.0 {
-            Flow::Stop
-        } else {
-            Flow::Continue
-        }
-    }
-    fn on_concept_step(&mut self, _modality: &str, s: &StepSummary) -> Flow {
-        self.on_step(s)
-    }
-}
-
 #[test]
 fn a_stopped_concept_training_writes_nothing_and_a_killed_ones_leftovers_are_ignored_then_cleared() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("concepts");
-    let err = train_concept(&quick_cfg(2), "audio", &out, &mut StopAt(3)).unwrap_err();
+    let err = train_concept(&quick_cfg(2), "audio", &out, &mut common::StopAt(3)).unwrap_err();
     assert!(matches!(err, TrainError::Interrupted(_)), "{err}");
     assert!(err.to_string().contains("`audio` concept") && err.to_string().contains("nothing of it was written"));
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
@@ -157,7 +143,7 @@ fn a_run_stopped_while_it_trains_its_concepts_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (run, concepts) = (tmp.path().join("run"), tmp.path().join("concepts"));
     let opts = RunOptions { concepts: Some(Concepts::TrainMissing(concepts.clone())), ..RunOptions::default() };
-    let err = train_run(&quick_cfg(1), &RunDir::create(&run).unwrap(), RunStart::New, &opts, &mut StopAt(2))
+    let err = train_run(&quick_cfg(1), &RunDir::create(&run).unwrap(), RunStart::New, &opts, &mut common::StopAt(2))
         .map(|_| ())
         .unwrap_err();
     assert!(matches!(err, TrainError::Interrupted(_)), "{err}");

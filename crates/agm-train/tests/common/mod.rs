@@ -72,7 +72,8 @@ impl agm_train::Callback for PoisonAfter {
     }
 }
 
-/// Stops training once global step `.0` is done.
+/// Stops training once global step `.0` is done, as a Ctrl-C does: also the training of a
+/// concept that a whole run does first.
 pub struct StopAt(pub usize);
 
 impl agm_train::Callback for StopAt {
@@ -82,5 +83,8 @@ impl agm_train::Callback for StopAt {
         } else {
             agm_train::Flow::Continue
         }
+    }
+    fn on_concept_step(&mut self, _modality: &str, s: &agm_train::StepSummary) -> agm_train::Flow {
+        self.on_step(s)
     }
 }
