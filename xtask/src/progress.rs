@@ -46,6 +46,11 @@ fn rate(per_sec: f64) -> String {
     format!("{per_sec:.decimals$}/s")
 }
 
+/// `1 seed`, `3 seeds`.
+pub fn counted(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// `v` with `decimals` decimals, or in scientific notation from 1e6 on: saturated AGM
 /// coefficients and diverging losses reach 1e308 and stay one word long.
 pub fn compact(v: f64, decimals: usize) -> String {

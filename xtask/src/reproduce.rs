@@ -25,8 +25,9 @@ use agm_train::{checkpoint::write_atomic, recipes, RunRequest};
 use serde::Serialize;
 
 use crate::cli::ReproduceArgs;
+use crate::progress::counted;
 use crate::stats::MeanCi;
-use crate::study::{counted, plan_all, run_planned, stop_on_ctrl_c, OutFolder, RunResult};
+use crate::study::{plan_all, run_planned, stop_on_ctrl_c, OutFolder, RunResult};
 
 const REPRODUCE_FOLDER: OutFolder =
     OutFolder { kind: "reproduction", runs_per: "recipe", files: &["reproduce.md", "reproduce.json"] };

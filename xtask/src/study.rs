@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::StudyArgs;
 use crate::plot::{self, Panel, Series, YScale};
+use crate::progress::counted;
 use crate::report::{self, RunRecord};
 use crate::stats::MeanCi;
 
@@ -171,11 +172,6 @@ pub struct Verdict {
     /// [`AccuracyVerdict::outcome`] (empty in records written before it).
     #[serde(default)]
     pub outcome: String,
-}
-
-/// `1 seed`, `3 seeds`.
-pub(crate) fn counted(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Seeds a claim that one method beats another needs.
@@ -855,9 +851,8 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     println!("{}", md.split("\n## Runs").next().unwrap_or(&md).trim_end());
     println!();
     println!(
-        "{} run{} in {:.1} s; table {}, plot {}",
-        results.len(),
-        if results.len() == 1 { "" } else { "s" },
+        "{} in {:.1} s; table {}, plot {}",
+        counted(results.len() as u64, "run"),
         started.elapsed().as_secs_f64(),
         out.join("study.md").display(),
         out.join("curves.png").display()

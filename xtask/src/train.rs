@@ -235,13 +235,12 @@ impl Callback for TrainOutput<'_> {
             other => other.to_string(),
         };
         println!(
-            "{} {} with {} on {dataset} ({} train samples{shapley}), {} epoch{}, seed {}, device {} -> {}",
+            "{} {} with {} on {dataset} ({} train samples{shapley}), {}, seed {}, device {} -> {}",
             if run.resuming { "resuming" } else { "training" },
             cfg.method,
             cfg.model,
             run.train_samples,
-            cfg.epochs,
-            if cfg.epochs == 1 { "" } else { "s" },
+            crate::progress::counted(cfg.epochs as u64, "epoch"),
             cfg.seed,
             cfg.device,
             self.dir.display()
