@@ -75,7 +75,7 @@ pub use mmpareto::{
     min_norm_2, pareto_combine, MmPareto, MmParetoConfig, MmParetoStats, ParetoEncoderStats, ParetoRescale,
 };
 pub use modulator::{
-    ClipCondition, ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx, StepForward,
+    ClipCondition, ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx, StepForward, TrainStartCx,
 };
 pub use mses::{snapshot_tag as mses_snapshot_tag, FirstEpochPolicy, Mses, MsesConfig, MsesEpoch, MsesSchedule};
 pub use mslr::{Mslr, MslrConfig, MslrSchedule};

@@ -65,6 +65,16 @@ pub struct Objective {
     pub mono: Option<Vec<Tensor>>,
 }
 
+/// What a modulator sees before a run's first step.
+pub struct TrainStartCx<'a> {
+    pub model: &'a dyn MultimodalModel,
+    pub device: &'a candle_core::Device,
+    /// The training split (in its stored order).
+    pub train: &'a dyn BatchSource,
+    /// Samples held out from training, when the run has them.
+    pub holdout: Option<&'a dyn BatchSource>,
+}
+
 /// What a modulator sees at the end of an epoch.
 pub struct EpochCx<'a> {
     pub model: &'a dyn MultimodalModel,
@@ -194,6 +204,13 @@ pub trait Modulator {
         None
     }
 
+    /// Called once before a run's first step, for methods whose official code computes something
+    /// from the untrained model before training (PMR's first prototypes). A resumed run does not
+    /// call it again: the method's state comes back from the checkpoint.
+    fn on_train_start(&mut self, _cx: &TrainStartCx<'_>) -> Result<()> {
+        Ok(())
+    }
+
     /// An epoch of `steps` optimizer steps begins with its step `first_step` (0-based: 0, or the
     /// next step of an epoch a resumed run continues). For methods whose step depends on its place
     /// in the epoch (MLA); the trainer calls it before the epoch's first step it runs.
@@ -258,6 +275,9 @@ impl<T: Modulator + ?Sized> Modulator for Box<T> {
     }
     fn clip_rule(&self) -> Option<ClipRule> {
         (**self).clip_rule()
+    }
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+        (**self).on_train_start(cx)
     }
     fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {
         (**self).on_epoch_start(epoch, steps, first_step)

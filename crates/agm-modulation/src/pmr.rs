@@ -10,16 +10,18 @@
 //! ([`EpochCx::train`]; the held-out and validation splits are never read), at the end of every
 //! epoch for the next one, which is the model state the official code computes them from at the
 //! start of the next epoch. The official code reads the first tenth of the batches of its
-//! shuffled loader; here a fresh seeded random subset of `ceil(sample_ratio · N)` samples is
-//! read each time (extended until every class has a sample, or the split is exhausted). With
-//! momentum `μ`, after the first computation `c ← (1 − μ)·c_new + μ·c_old`. A class with no
-//! training sample keeps its previous prototype (zeros at first; the official code divides by
+//! shuffled loader (at least one batch); here a fresh seeded random subset of
+//! `ceil(sample_ratio · N)` samples is read each time (extended until every class has a sample,
+//! or the split is exhausted). With momentum `μ`, `c ← (1 − μ)·c_new + μ·c_old` (see below for
+//! when). A class with no training sample keeps its previous prototype (zeros at first; the official code divides by
 //! zero there).
 //!
-//! The official code also computes prototypes once before epoch 1, from the untrained model.
-//! The trainer has no hook before the first step, so a driver that wants this calls
-//! [`Pmr::prime`] before training; otherwise the prototype terms start in epoch 2 (epoch 1 is
-//! joint training).
+//! As in the official code, the first prototypes are computed before epoch 1, from the
+//! untrained model ([`Modulator::on_train_start`]; [`Pmr::prime`] for a driver of its own), so
+//! the prototype terms act from the first step. The momentum mixes in the previous prototypes
+//! only from the computation after epoch 2 on: the official loop passes its 0-based epoch to
+//! `calculate_prototype`, which skips the momentum for epoch `<= 0`, i.e. before training and
+//! after the first epoch.
 //!
 //! # One step (`train_epoch`)
 //!
@@ -42,7 +44,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::{labels_u32, mix_seed, require_two, scalar_f64, seeded_permutation};
-use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx};
+use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx, TrainStartCx};
 
 /// Floor on the squared distance before the square root.
 pub const PMR_DIST2_FLOOR: f64 = 1e-12;
@@ -202,7 +204,8 @@ impl Pmr {
     }
 
     /// Computes the first prototypes from the training split before training (the official
-    /// code's epoch-0 prototypes, from the untrained model).
+    /// code's epoch-0 prototypes, from the untrained model). The trainer does this itself
+    /// ([`Modulator::on_train_start`]).
     pub fn prime(&mut self, model: &dyn MultimodalModel, train: &dyn BatchSource, device: &Device) -> Result<()> {
         self.update_prototypes(model, train, device, 0)
     }
@@ -262,7 +265,9 @@ impl Pmr {
                 counts[y as usize] += 1;
             }
         }
-        let old = self.protos.as_ref().filter(|p| p.classes == k && p.dims == dims);
+        let previous = self.protos.as_ref().filter(|p| p.classes == k && p.dims == dims);
+        // The official code mixes nothing in before training or after the first epoch.
+        let old = previous.filter(|_| epoch >= 2);
         let missing: Vec<usize> = (0..k).filter(|&c| counts[c] == 0).collect();
         if !missing.is_empty() {
             tracing::warn!(?missing, "pmr: classes without training samples keep their previous prototypes");
@@ -275,13 +280,12 @@ impl Pmr {
                 for (c, &count) in counts.iter().enumerate().take(k) {
                     for j in 0..d {
                         let i = c * d + j;
-                        let prev = old.map(|p| p.values[x][i]);
                         v[i] = if count == 0 {
-                            prev.unwrap_or(0.0)
+                            previous.map_or(0.0, |p| p.values[x][i])
                         } else {
                             let new = sums[x][i] / count as f64;
-                            match prev {
-                                Some(p) => (1.0 - mu) * new + mu * p,
+                            match old {
+                                Some(p) => (1.0 - mu) * new + mu * p.values[x][i],
                                 None => new,
                             }
                         };
@@ -366,6 +370,11 @@ impl Modulator for Pmr {
         self.beta.clone_from(&beta);
         self.last = Some(PmrStepStats { scores, beta, proto_loss });
         Ok(Objective { loss, output, mono: Some(logits.iter().map(Tensor::detach).collect()) })
+    }
+
+    /// The first prototypes, from the untrained model.
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+        self.update_prototypes(cx.model, cx.train, cx.device, 0)
     }
 
     /// Recomputes the prototypes from the training split (only) for the next epoch.

@@ -22,7 +22,7 @@ use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::Result;
 
-use crate::{ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx};
+use crate::{ClipRule, EpochAction, EpochCx, ForwardPlan, Modulator, Objective, StepCx, TrainStartCx};
 
 /// The hooks a method overrides that only one member of a stack can own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -213,6 +213,13 @@ impl Modulator for Stack {
 
     fn clip_rule(&self) -> Option<ClipRule> {
         self.clip
+    }
+
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+        for m in &mut self.members {
+            m.on_train_start(cx)?;
+        }
+        Ok(())
     }
 
     fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {

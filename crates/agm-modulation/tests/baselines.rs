@@ -746,7 +746,15 @@ fn pmr_momentum_mixes_old_and_new_prototypes() {
     let pa = protos_after_epoch(&model, &a, &a, &cfg);
     let pb = protos_after_epoch(&model, &b, &b, &cfg);
     let mut pmr = Pmr::new(cfg, m).unwrap().with_run_seed(9);
+    // As the official code: nothing mixed in before training or after the first epoch.
+    pmr.prime(&model, &b, &cpu()).unwrap();
     pmr.on_epoch_end(&epoch_cx(&model, &cpu(), &a, None, 1)).unwrap();
+    let first = &pmr.prototypes().unwrap().values;
+    for x in 0..m {
+        for i in 0..first[x].len() {
+            assert!((first[x][i] - pa[x][i]).abs() < 1e-12);
+        }
+    }
     pmr.on_epoch_end(&epoch_cx(&model, &cpu(), &b, None, 2)).unwrap();
     let mixed = &pmr.prototypes().unwrap().values;
     for x in 0..m {

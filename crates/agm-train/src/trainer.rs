@@ -8,7 +8,7 @@ use std::time::Instant;
 use agm_core::by_name::{value_names, Keyed};
 use agm_core::{BatchSource, MultimodalModel, NamedVar, ShapleyMode};
 use agm_metric::EvalReport;
-use agm_modulation::{EpochAction, EpochCx, Modulator};
+use agm_modulation::{EpochAction, EpochCx, Modulator, TrainStartCx};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -575,6 +575,14 @@ impl<'a> Trainer<'a> {
             }
             _ => None,
         };
+        if self.state.global_step == 0 && self.state.epochs_done == 0 {
+            self.modulator.on_train_start(&TrainStartCx {
+                model: self.model,
+                device: &self.device,
+                train,
+                holdout: self.holdout,
+            })?;
+        }
         let mut stopped_early = self.state.stopped;
         while !stopped_early && self.state.epochs_done < self.opts.epochs {
             let epoch_index = self.state.epochs_done;

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use agm_core::{BatchSource, MultimodalBatch, MultimodalModel, NamedVar};
 use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{
-    registry, BuildCx, EpochAction, EpochCx, ForwardPlan, MethodSettings, Modulator, Objective, StepCx,
+    registry, BuildCx, EpochAction, EpochCx, ForwardPlan, MethodSettings, Modulator, Objective, StepCx, TrainStartCx,
 };
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
@@ -149,6 +149,9 @@ impl Modulator for Recorder<'_> {
     }
     fn clip_rule(&self) -> Option<agm_modulation::ClipRule> {
         self.inner.clip_rule()
+    }
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> candle_core::Result<()> {
+        self.inner.on_train_start(cx)
     }
     fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> candle_core::Result<()> {
         self.inner.on_epoch_start(epoch, steps, first_step)
