@@ -268,6 +268,35 @@ fn paired(results: &[RunResult], a: &str, b: &str, f: impl Fn(&RunResult) -> f64
     MeanCi::of(&diffs)
 }
 
+/// Whether every run of `method` trained exactly as the baseline's run of its seed: the same
+/// validation curves (fused and per modality) and the same test accuracy.
+fn trained_as(results: &[RunResult], baseline: &str, method: &str) -> bool {
+    let mut runs = of_method(results, method).peekable();
+    runs.peek().is_some()
+        && runs.all(|r| {
+            of_method(results, baseline).any(|b| {
+                b.seed == r.seed
+                    && b.curve_accuracy == r.curve_accuracy
+                    && b.curve_modality_accuracy == r.curve_modality_accuracy
+                    && b.test.accuracy == r.test.accuracy
+            })
+        })
+}
+
+/// The note under the table for a method that trained exactly as the baseline.
+fn same_run_note(method: &str, baseline: &str, epochs: usize) -> String {
+    let why = if baseline == "joint" {
+        format!(
+            ", so it never acted within these {}; a window, warm-up or schedule in its settings starts later \
+             (the run's `config.toml` lists them; docs/methods.md)",
+            counted(epochs as u64, "epoch")
+        )
+    } else {
+        String::new()
+    };
+    format!("`{method}` trained exactly as `{baseline}` on every seed (the same validation curves){why}.")
+}
+
 /// Over runs, a value some runs may lack.
 fn ci_of(runs: &[&RunResult], f: impl Fn(&RunResult) -> Option<f64>) -> MeanCi {
     MeanCi::of(&runs.iter().map(|r| f(r).unwrap_or(f64::NAN)).collect::<Vec<_>>())
@@ -418,6 +447,11 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
     md.push('\n');
     for v in &table.accuracy_verdicts {
         let _ = writeln!(md, "{}\n", v.line());
+    }
+    for r in table.rows.iter().filter(|r| r.method != table.baseline) {
+        if trained_as(results, &table.baseline, &r.method) {
+            let _ = writeln!(md, "{}\n", same_run_note(&r.method, &table.baseline, s.epochs));
+        }
     }
     match &table.verdict {
         Some(v) => {
@@ -944,6 +978,28 @@ mod tests {
         // The JSON carries the same numbers.
         let json = serde_json::to_value(&table).unwrap();
         assert_eq!(json["rows"][1]["test_accuracy_difference"]["n"], 3);
+    }
+
+    #[test]
+    fn a_method_that_trained_exactly_as_joint_is_named() {
+        let mut results = study([0.40, 0.44, 0.48]);
+        let same: Vec<RunResult> =
+            results[..3].iter().map(|r| RunResult { method: "relearn".into(), ..r.clone() }).collect();
+        results.extend(same);
+        let table = summarise(setup(&["joint", "agm", "relearn"], 3), &results);
+        let md = markdown(&table, &results, None);
+        assert!(
+            md.contains(
+                "`relearn` trained exactly as `joint` on every seed (the same validation curves), so it never acted \
+                 within these 3 epochs"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("`agm` trained exactly"), "{md}");
+        // One seed that differs in one epoch is no longer the same run.
+        results.last_mut().unwrap().curve_accuracy[0] += 0.01;
+        let md = markdown(&summarise(setup(&["joint", "agm", "relearn"], 3), &results), &results, None);
+        assert!(!md.contains("trained exactly"), "{md}");
     }
 
     /// joint and agm over `seeds` seeds; agm's visual (the weaker modality) Shapley accuracy is
