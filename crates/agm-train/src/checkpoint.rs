@@ -49,6 +49,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_inner(path, bytes, false)
 }
 
+/// `safetensors::serialize` with the header's keys in sorted order, so that identical runs write
+/// identical bytes: the crate writes the metadata from a `HashMap`, whose order changes from
+/// process to process.
+pub(crate) fn serialize_sorted<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+    meta: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| e.to_string())?;
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = &mut bytes[8..8 + len];
+    // serde_json's map is a BTreeMap: parsing and writing again sorts every key. The text is
+    // the same JSON, so it fits in the padded header; the padding is spaces, as the crate's.
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    if sorted.len() > len {
+        return Err(format!("the sorted header is {} bytes, the written one {len}", sorted.len()));
+    }
+    sorted.resize(len, b' ');
+    header.copy_from_slice(&sorted);
+    Ok(bytes)
+}
+
 /// Temporary sibling of `path`: `<name>.<pid>.<counter>.tmp`.
 fn temporary_for(path: &Path) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -146,7 +168,7 @@ impl Checkpoint {
                 .collect();
             meta.insert("snapshots".into(), serde_json::Value::Array(index).to_string());
         }
-        let bytes = safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
+        let bytes = serialize_sorted(named.iter().map(|(k, v)| (k.as_str(), v)), meta)
             .map_err(|e| TrainError::checkpoint(path, format!("cannot serialize: {e}")))?;
         write_atomic_inner(path, &bytes, crash_after_temp)
     }
@@ -248,3 +270,39 @@ fn display_name(k: &str) -> &str {
 
 // The strict weights loader lives with the state-dict reader; this path keeps older callers working.
 pub use crate::state_dict::load_weights;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint whose maps were filled in `order`.
+    fn checkpoint(order: &[usize]) -> Checkpoint {
+        let mut ck = Checkpoint::default();
+        for &i in order {
+            let t = Tensor::new(&[i as f32, 0.5], &Device::Cpu).unwrap();
+            ck.model.insert(format!("net.layer{i}.weight"), t.clone());
+            ck.optimizer.insert(format!("momentum.layer{i}"), t);
+            ck.meta.insert(format!("key{i}"), format!("{{\"value\": {i}}}"));
+        }
+        ck
+    }
+
+    #[test]
+    fn the_same_checkpoint_is_written_as_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let forward: Vec<usize> = (0..24).collect();
+        let backward: Vec<usize> = (0..24).rev().collect();
+        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+        checkpoint(&forward).save(&a).unwrap();
+        checkpoint(&backward).save(&b).unwrap();
+        let bytes = std::fs::read(&a).unwrap();
+        assert_eq!(bytes, std::fs::read(&b).unwrap());
+        // Still a safetensors file that reads back whole.
+        let back = Checkpoint::load(&a, &Device::Cpu).unwrap();
+        assert_eq!(back.meta.get("key7").map(String::as_str), Some("{\"value\": 7}"));
+        assert_eq!(back.model["net.layer3.weight"].to_vec1::<f32>().unwrap(), [3.0, 0.5]);
+        assert_eq!(back.optimizer.len(), 24);
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(len % 8, 0, "the header stays padded to 8 bytes");
+    }
+}

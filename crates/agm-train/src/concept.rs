@@ -40,7 +40,7 @@ use agm_modulation::Joint;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{serialize_sorted, write_atomic};
 use crate::error::{Result, TrainError};
 use crate::resolve::RunRequest;
 use crate::{evaluate, Callback, Checkpoint, CompetitionProbe, NoCallback, RunConfig, RunDir, Trainer};
@@ -495,7 +495,7 @@ fn train_concept_in(
         ("format".to_string(), CONCEPT_FORMAT.to_string()),
         ("manifest".to_string(), manifest_json.clone()),
     ]);
-    let bytes = safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
+    let bytes = serialize_sorted(named.iter().map(|(k, v)| (k.as_str(), v)), meta)
         .map_err(|e| file_error(&tensors_path, format!("cannot serialize: {e}")))?;
     write_atomic(&tensors_path, &bytes)?;
     write_atomic(&out.join(format!("{modality}.json")), manifest_json.as_bytes())?;
