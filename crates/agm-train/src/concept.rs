@@ -87,11 +87,15 @@ pub fn concept_config(run: &RunConfig) -> Result<RunConfig> {
     Ok(request.resolve()?.config)
 }
 
-/// Refuses to train concepts into `out` when it holds anything but concepts: a run directory
+/// Refuses to train concepts into `out` when a file stands where it (or a folder above it) must
+/// go, or when it holds anything but concepts: a run directory
 /// (its `summary.json` would be read as a manifest), or files that are not a concept's
 /// `<modality>.json` or `<modality>.safetensors`. Hidden entries (the scratch runs
 /// `.<modality>-run`) and the temporaries (`*.tmp`) of a writer that was killed are ignored.
 pub fn check_concept_folder(out: &Path) -> Result<()> {
+    if let Some(e) = crate::run_dir::file_in_the_way(out, "concepts folder") {
+        return Err(e);
+    }
     let Ok(entries) = std::fs::read_dir(out) else { return Ok(()) };
     let run = RunDir::open(out)?;
     let own = "give the concepts a folder of their own (default concepts/<dataset>-<preset>)";

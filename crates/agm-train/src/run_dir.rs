@@ -228,19 +228,18 @@ impl RunDir {
 
 /// `create_dir_all`, naming the file that stands where a folder is needed.
 fn create_dirs(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| match dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir()) {
-        Some(file) => {
-            let why = match file == dir {
-                true => "a file, not a folder, has this name; choose another run directory".to_string(),
-                false => format!(
-                    "{} is a file, so no folder can be made in it; choose another run directory",
-                    file.display()
-                ),
-            };
-            TrainError::io(dir, std::io::Error::other(why))
-        }
-        None => TrainError::io(dir, e),
-    })
+    std::fs::create_dir_all(dir).map_err(|e| file_in_the_way(dir, "run directory").unwrap_or(TrainError::io(dir, e)))
+}
+
+/// The error for a file that stands where the folder `dir` (a `what`) or one above it must be.
+pub(crate) fn file_in_the_way(dir: &Path, what: &str) -> Option<TrainError> {
+    let file = dir.ancestors().find(|a| a.exists()).filter(|a| !a.is_dir())?;
+    let why = if file == dir {
+        format!("a file, not a folder, has this name; choose another {what}")
+    } else {
+        format!("{} is a file, so no folder can be made in it; choose another {what}", file.display())
+    };
+    Some(TrainError::io(dir, std::io::Error::other(why)))
 }
 
 #[cfg(test)]

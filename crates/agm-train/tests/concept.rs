@@ -184,6 +184,12 @@ fn a_run_directory_or_other_files_are_no_concepts_folder() {
     let err = check_concept_folder(&other).unwrap_err().to_string();
     assert!(err.contains("holds files that are not concepts (data, notes.txt)"), "{err}");
     assert!(check_concept_folder(&tmp.path().join("absent")).is_ok());
+    // A file where the folder, or a folder above it, would go.
+    let file = other.join("notes.txt");
+    let err = check_concept_folder(&file).unwrap_err().to_string();
+    assert!(err.contains("a file, not a folder, has this name; choose another concepts folder"), "{err}");
+    let err = check_concept_folder(&file.join("concepts")).unwrap_err().to_string();
+    assert!(err.contains(&format!("{} is a file", file.display())), "{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
