@@ -29,6 +29,15 @@
 //!    away from that direction.
 //! 5. Every other variable (shared fusion/head, the method's heads) keeps `g_sum`.
 //!
+//! # Golden case
+//!
+//! `tests/fixtures/golden/mmpareto`, made by `scripts/golden/mmpareto/generate.py` from the
+//! official `train_epoch` and `MinNormSolver` on the `method_steps` tiny network (the official
+//! name rules select exactly its encoder tensors there), pins the per-tensor rescaling: both
+//! branches for both encoders, both edge cases of the solver (an exactly zero gradient at step
+//! 1), and steps where one tensor of an encoder is rescaled and the other is not. The replay
+//! compares the parameters, the losses (`state().losses`) and `k_uni` (the coefficients).
+//!
 //! # Cost
 //!
 //! The `M + 1` backward passes run inside [`Modulator::backward`], which the trainer times as
