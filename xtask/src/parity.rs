@@ -32,11 +32,16 @@ fn is_case(dir: &Path) -> bool {
 }
 
 /// The case folders `paths` name: a case folder as it is, and a folder of case folders (no
-/// `case.json` of its own) as its subfolders that hold one, in sorted order. Anything else is
-/// kept, so its replay reports what is wrong with it.
+/// `case.json` of its own) as its subfolders that hold one, in sorted order; a `case.json` file as
+/// its folder. Anything else is kept, so its replay reports what is wrong with it.
 fn case_dirs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut cases = Vec::new();
     for path in paths {
+        // `…/case.json` names its folder.
+        if path.is_file() && path.file_name() == Some(std::ffi::OsStr::new("case.json")) {
+            cases.push(path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
+            continue;
+        }
         if !path.is_dir() || is_case(path) {
             cases.push(path.clone());
             continue;
@@ -75,6 +80,11 @@ mod tests {
         assert_eq!(case_dirs(&given).unwrap(), given);
         // A folder without case.json or cases stays, so its replay reports the missing case.json.
         assert_eq!(case_dirs(&[root.join("notes")]).unwrap(), [root.join("notes")]);
+        // A case's case.json names its folder; another file stays, for the replay to refuse.
+        assert_eq!(case_dirs(&[root.join("b/case.json")]).unwrap(), [root.join("b")]);
+        assert_eq!(case_dirs(&[root.join("FORMAT.md")]).unwrap(), [root.join("FORMAT.md")]);
+        let err = agm_train::parity::run_case(&root.join("FORMAT.md")).unwrap_err().to_string();
+        assert!(err.contains("a file, not a case folder"), "{err}");
     }
 
     #[test]

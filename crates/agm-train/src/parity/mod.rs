@@ -107,6 +107,12 @@ impl ParityError {
 
 /// Replays the case in folder `dir` and compares every stored number.
 pub fn run_case(dir: &Path) -> Result<CaseReport, ParityError> {
+    if dir.is_file() {
+        return Err(ParityError::invalid(
+            dir,
+            format!("a file, not a case folder (a folder holding {CASE_FILE} and tensors.safetensors)"),
+        ));
+    }
     let case_path = dir.join(CASE_FILE);
     let text = std::fs::read_to_string(&case_path)
         .map_err(|source| ParityError::Io { path: case_path.clone(), cause: source })?;
