@@ -85,7 +85,7 @@ pub use ogm_ge::{
     OgmMode, OgmStepStats, NOISE_STD_EPS as OGM_NOISE_STD_EPS,
 };
 pub use opm::{opm_drop_probabilities, opm_uniform, Opm, OpmConfig, OpmStats};
-pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes, PMR_DIST2_FLOOR};
+pub use pmr::{prototype_logits, Pmr, PmrConfig, PmrStepStats, Prototypes};
 pub use reconboost::{reconcilement_weights, ReconBoost, ReconBoostConfig, ReconBoostPhase, ReconBoostStep, StagePlan};
 pub use registry::MethodEntry;
 pub use relearn::{relearn_strength, Relearn, RelearnConfig, RelearnDiagnosis};

@@ -25,9 +25,10 @@
 //!
 //! # One step (`train_epoch`)
 //!
-//! - `P_m[i, k] = −‖h_m,i − c_m[k]‖₂` (prototype logits; the distance is taken as
-//!   `sqrt(max(d², 1e-12))` so a feature exactly on a prototype gets a zero gradient instead of
-//!   the reference's NaN);
+//! - `P_m[i, k] = −‖h_m,i − c_m[k]‖₂` (prototype logits, the official distance exactly; a
+//!   feature exactly on a prototype, which ReLU features reach on an all-zero prototype, gets a
+//!   zero gradient there instead of the reference's `sqrt` backward at 0, NaN unless a ReLU
+//!   masks it);
 //! - `s_m = Σ_i softmax(P_m)_i[y_i]` (a sum over the batch, in f64);
 //! - inside the modulation window (1-based, inclusive epochs):
 //!   `L = CE(T, y) + Σ_m β_m · CE(P_m, y)` with `β_m = alpha` when `s_m < max_j s_j` and 0
@@ -45,9 +46,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::shared::{labels_u32, mix_seed, require_two, scalar_f64, seeded_permutation};
 use crate::{shapley, EpochAction, EpochCx, Modulator, Objective, StepCx, TrainStartCx};
-
-/// Floor on the squared distance before the square root.
-pub const PMR_DIST2_FLOOR: f64 = 1e-12;
 
 /// PMR settings. Use a named preset; in a config file missing keys take the AV-Digits preset's
 /// values.
@@ -313,8 +311,8 @@ impl Pmr {
     }
 }
 
-/// Prototype logits `P[i, k] = −sqrt(max(‖h_i − c_k‖², 1e-12))` for features `h` `[B, …]` and
-/// prototypes `c` `[K, D]`.
+/// Prototype logits `P[i, k] = −‖h_i − c_k‖₂` for features `h` `[B, …]` and prototypes `c`
+/// `[K, D]`, with a zero gradient where a feature sits exactly on a prototype.
 pub fn prototype_logits(features: &Tensor, prototypes: &Tensor) -> Result<Tensor> {
     let h = features.flatten_from(1)?;
     let (d, dp) = (h.dim(1)?, prototypes.dim(1)?);
@@ -322,7 +320,12 @@ pub fn prototype_logits(features: &Tensor, prototypes: &Tensor) -> Result<Tensor
         candle_core::bail!("pmr: features have {d} dimensions but the prototypes {dp}");
     }
     let diff = h.unsqueeze(1)?.broadcast_sub(&prototypes.unsqueeze(0)?)?;
-    diff.sqr()?.sum(D::Minus1)?.maximum(PMR_DIST2_FLOOR)?.sqrt()?.neg()
+    let d2 = diff.sqr()?.sum(D::Minus1)?;
+    // The square root of exact zeros is taken from a constant, so no 1/(2·0) reaches the graph;
+    // everywhere else the value is the official one to the last bit.
+    let on = d2.eq(0.0)?;
+    let safe = on.where_cond(&d2.ones_like()?, &d2)?;
+    on.where_cond(&d2.zeros_like()?, &safe.sqrt()?)?.neg()
 }
 
 impl Modulator for Pmr {

@@ -813,5 +813,22 @@ fn pmr_adds_the_prototype_loss_of_the_modalities_behind_the_leader() {
     let f = Tensor::new(&[[0.0f64, 0.0], [1.0, 1.0]], &d).unwrap();
     let c = Tensor::new(&[[0.0f64, 0.0], [1.0, 1.0]], &d).unwrap();
     let p = prototype_logits(&f, &c).unwrap().to_vec2::<f64>().unwrap();
-    assert!(p[0][0].abs() < 1e-5 && (p[0][1] + 2f64.sqrt()).abs() < 1e-12);
+    assert!(p[0][0] == 0.0 && p[1][1] == 0.0 && p[0][1] == -(2f64.sqrt()) && p[1][0] == -(2f64.sqrt()));
+}
+
+#[test]
+fn a_feature_on_its_prototype_has_distance_zero_and_a_zero_gradient() {
+    // The official distance exactly (ReLU features of zeros sit on an all-zero prototype), with
+    // a finite gradient where the official sqrt backward gives NaN.
+    let d = Device::Cpu;
+    let f = candle_core::Var::from_tensor(&Tensor::new(&[[0.0f64, 0.0], [3.0, 4.0], [1e-9, 0.0]], &d).unwrap())
+        .unwrap();
+    let c = Tensor::new(&[[0.0f64, 0.0], [3.0, 0.0]], &d).unwrap();
+    let p = prototype_logits(f.as_tensor(), &c).unwrap();
+    assert_eq!(p.to_vec2::<f64>().unwrap(), [[0.0, -3.0], [-5.0, -4.0], [-1e-9, -(9.0f64 - 6e-9 + 1e-18).sqrt()]]);
+    let grads = p.sum_all().unwrap().backward().unwrap();
+    let g = grads.get(f.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+    assert!(g.iter().flatten().all(|v| v.is_finite()), "{g:?}");
+    // Row 0: only the distance to the second prototype, -(h - c)/‖h - c‖ = (1, 0).
+    assert_eq!(g[0], [1.0, 0.0]);
 }

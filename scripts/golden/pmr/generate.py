@@ -40,6 +40,12 @@ name), H = 4, batch 8, 3 steps per epoch, 4 epochs; the modulation window is the
 0-based epochs 0..2, agm's 1-based 1..3, so epoch 4 trains on the fused loss alone. Alpha 1 and
 momentum 0.2 are the official defaults. The seeds and lr were chosen so that each modality gets
 the prototype term in some step and the momentum-mixed prototypes of epoch 2's end drive epoch 3.
+
+Case `pmr_late_window` (`--window 1 3 --epochs 5 --name pmr_late_window`): the window is agm's
+epochs 2..4, so epochs 1 and 5 train on the fused loss alone. After epoch 1 every class-1 sample
+has all-zero audio features (dead ReLUs), so class 1's audio prototype is exactly zero and
+several samples sit at distance 0 from it inside the window: the official distance is 0 there,
+and its NaN gradient is masked by the ReLU.
 """
 
 import argparse
@@ -47,6 +53,7 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import sys
 import warnings
 
@@ -166,7 +173,7 @@ def main():
     optimizer = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_decay_step, args.lr_decay_ratio)
     # The recorder below replaces the step the scheduler counts; the rate never decays here.
-    warnings.filterwarnings("ignore", message="Seems like `optimizer.step()` has been overridden")
+    warnings.filterwarnings("ignore", message=re.escape("Seems like `optimizer.step()` has been overridden"))
 
     steps = []
     params_after = []
@@ -180,7 +187,7 @@ def main():
         steps.append({
             "loss": float(caller["loss"].detach()),
             "coefficients": [beta, lam],
-            "scores": [float(caller["score_a_p"]), float(caller["score_v_p"])],
+            "scores": [float(caller["score_a_p"].detach()), float(caller["score_v_p"].detach())],
         })
         params_after.append({n_: p.detach().clone() for n_, p in model.named_parameters()})
         return r
