@@ -821,8 +821,8 @@ fn a_feature_on_its_prototype_has_distance_zero_and_a_zero_gradient() {
     // The official distance exactly (ReLU features of zeros sit on an all-zero prototype), with
     // a finite gradient where the official sqrt backward gives NaN.
     let d = Device::Cpu;
-    let f = candle_core::Var::from_tensor(&Tensor::new(&[[0.0f64, 0.0], [3.0, 4.0], [1e-9, 0.0]], &d).unwrap())
-        .unwrap();
+    let f =
+        candle_core::Var::from_tensor(&Tensor::new(&[[0.0f64, 0.0], [3.0, 4.0], [1e-9, 0.0]], &d).unwrap()).unwrap();
     let c = Tensor::new(&[[0.0f64, 0.0], [3.0, 0.0]], &d).unwrap();
     let p = prototype_logits(f.as_tensor(), &c).unwrap();
     assert_eq!(p.to_vec2::<f64>().unwrap(), [[0.0, -3.0], [-5.0, -4.0], [-1e-9, -(9.0f64 - 6e-9 + 1e-18).sqrt()]]);
