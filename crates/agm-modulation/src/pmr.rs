@@ -13,8 +13,8 @@
 //! shuffled loader (at least one batch); here a fresh seeded random subset of
 //! `ceil(sample_ratio · N)` samples is read each time (extended until every class has a sample,
 //! or the split is exhausted). With momentum `μ`, `c ← (1 − μ)·c_new + μ·c_old` (see below for
-//! when). A class with no training sample keeps its previous prototype (zeros at first; the official code divides by
-//! zero there).
+//! when). A class with no training sample keeps its previous prototype (zeros at first; the
+//! official code divides by zero there).
 //!
 //! As in the official code, the first prototypes are computed before epoch 1, from the
 //! untrained model ([`Modulator::on_train_start`]; [`Pmr::prime`] for a driver of its own), so
