@@ -66,8 +66,6 @@ use serde::{Deserialize, Serialize};
 use crate::shapley;
 use crate::{ClipRule, ForwardPlan, Modulator, StepCx, UniModal};
 
-/// Below this, `1 − tanh(x)` loses precision to cancellation and the stable form is used.
-const STABLE_BELOW: f64 = 1e-3;
 /// Added to the gradient's standard deviation (the official `std + 1e-8`).
 pub const NOISE_STD_EPS: f64 = 1e-8;
 
@@ -239,10 +237,12 @@ pub struct OgmCoefficients {
     pub coeff: Vec<f64>,
 }
 
-/// `1 − tanh(x)` for `x ≥ 0`, kept in `(0, 1]`.
+/// `1 − tanh(x)` for `x ≥ 0`, computed as the official code computes it (bit for bit, also
+/// where cancellation costs it digits) and kept in `(0, 1]`: where it rounds to 0, the official
+/// code freezes the modality, and the exact `2/(1 + e^{2x})` is used instead.
 pub(crate) fn one_minus_tanh(x: f64) -> f64 {
     let k = 1.0 - x.tanh();
-    if k >= STABLE_BELOW {
+    if k > 0.0 {
         k
     } else {
         (2.0 / (1.0 + (2.0 * x).exp())).max(f64::MIN_POSITIVE)
@@ -577,6 +577,19 @@ mod tests {
         assert!(c.coeff[1] > 0.0 && c.coeff[0] == 1.0);
         let c = ogm_coefficients(1.0, &[0.0, 0.0]);
         assert!(c.coeff.iter().all(|&k| k > 0.0 && k <= 1.0), "{c:?}");
+    }
+
+    #[test]
+    fn coefficients_are_the_official_expression_wherever_it_is_positive() {
+        // The official `1 - tanh(x)` loses digits to cancellation for large x; agm returns its
+        // very value (so logs and golden cases agree bit for bit), and only where it rounds to 0
+        // the exact, positive one.
+        for x in [0.0, 0.5, 3.0, 8.2384, 15.653, 19.0] {
+            assert_eq!(one_minus_tanh(x).to_bits(), (1.0 - x.tanh()).to_bits(), "x = {x}");
+        }
+        let k = one_minus_tanh(27.6);
+        assert!(1.0 - 27.6f64.tanh() == 0.0 && (k / 2.0 / (-55.2f64).exp() - 1.0).abs() < 1e-12, "{k}");
+        assert!(one_minus_tanh(1e6) == f64::MIN_POSITIVE);
     }
 
     #[test]
