@@ -28,6 +28,11 @@ Case-specific choices:
   5e-5 so that the scores move within nine steps, and with weight decay 0 instead of 0.01:
   agm's `method_steps` replay knows SGD and Adam, and AdamW without weight decay is Adam. The
   official StepLR(40, 0.1) never fires here.
+
+Case `ogm_tpami_alpha6` (`--alpha 6 --name ogm_tpami_alpha6`): coefficients down to 1.8e-8,
+where the official `1 - tanh(x)` has lost digits to cancellation; agm must give the same bits.
+The official `main.py` imports tqdm (install it next to PyTorch) and scikit-learn, used only by
+its validation; a stub module `sklearn` on PYTHONPATH is enough for the training loop.
 """
 
 import argparse
