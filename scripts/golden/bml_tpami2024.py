@@ -41,11 +41,12 @@ import importlib.util
 import json
 import os
 import sys
-import types
 
 import numpy as np
 import torch
 from torch import nn
+
+from stubs import stub
 
 torch.set_default_dtype(torch.float64)
 
@@ -104,11 +105,12 @@ def load_official(repo, hidden):
         "utils": {},
         "utils.log_file": {"Logger": None},
         "torch.utils.tensorboard": {"SummaryWriter": None},
+        # Only the official validation uses it.
+        "sklearn": {},
+        "sklearn.metrics": {"average_precision_score": None},
     }
     for name, attrs in stubs.items():
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attrs)
-        sys.modules[name] = mod
+        stub(name, **attrs)
     import models  # noqa: F401  (the package; its submodules are loaded below)
 
     path = os.path.join(code, "models", "Classifier.py")

@@ -31,8 +31,7 @@ Case-specific choices:
 
 Case `ogm_tpami_alpha6` (`--alpha 6 --name ogm_tpami_alpha6`): coefficients down to 1.8e-8,
 where the official `1 - tanh(x)` has lost digits to cancellation; agm must give the same bits.
-The official `main.py` imports tqdm (install it next to PyTorch) and scikit-learn, used only by
-its validation; a stub module `sklearn` on PYTHONPATH is enough for the training loop.
+The official training loop needs tqdm next to PyTorch (`pip install tqdm`).
 """
 
 import argparse
