@@ -33,6 +33,11 @@ it):
   `0.5 * (kl_div(p.log(), m) + kl_div(q.log(), m))`). Everything else (weights, the
   double-backward hypergradient over the first parameter tensor, halving, clamp) is line for line
   the official `getAlpha_Learnable` / `train_audio_video`.
+* `lfm_learned_kink` (`--name lfm_learned_kink --weighting learned --seed 21 --lr-alpha 500
+  --alpha-init 0.9 --epochs 5`): as `lfm_learned`, with a ReLU input 2.7e-3 from zero at the
+  first hypergradient, within reach of a finite difference's samples. The official double
+  backward sees only the current linear piece (4.1e-3, so alpha_align clamps at 0.05); a
+  difference across the kink gave −5.2e-2 (clamped at 0.95).
 
 What is swapped: the ResNet18 encoders and the CREMA-D loader. The tiny model follows the
 official `AVClassifier`: encoder per modality (`Linear(d_m, H)` + ReLU), one linear classifier per
@@ -340,8 +345,9 @@ def run_case(name, fitted_mod, learn_mod, mods, weighting, seed, lr_alpha=None, 
     # agm's rows: k rows evenly spaced over the source, floor(i * n / k): over the first training
     # batch for the first epoch's weights, over the training split afterwards (the replay gives
     # the method no held-out split).
-    first_batch_rows = [i * batch // K for i in range(K)]
-    split_rows = [i * N // K for i in range(K)]
+    # At most one row per sample (`lfm_rows` caps k at n).
+    first_batch_rows = [i * batch // min(K, batch) for i in range(min(K, batch))]
+    split_rows = [i * N // min(K, N) for i in range(min(K, N))]
     optimizer = make_optimizer(model, opt)
 
     method_config = {"weighting": weighting, "fused_weight": 0.0}
