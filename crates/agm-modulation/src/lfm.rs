@@ -56,17 +56,18 @@
 //!   two is kept. On the golden cases and 30 variants made with the official code this agrees
 //!   with the double backward to 5e-11 relative or better (case `lfm_learned_kink` crosses a
 //!   kink). A ReLU input exactly 0 at the point itself never settles (the double backward takes
-//!   ReLU′(0) = 0); then the first step's value is used, with a warning.
+//!   ReLU′(0) = 0); then the largest step's value is used, with a warning.
 //! - **Which tensor is "first".** agm lists a modality's variables by name, not in PyTorch's
 //!   registration order; the tensor read is the first multi-dimensional variable of the first
 //!   modality's group (its first layer's weight in agm's models), else its first variable.
 //! - **Which samples.** The official code takes 16 random training samples out of training and
 //!   uses the first 8. Here: `alpha_samples` samples evenly spaced (rows `⌊i·n/k⌋`) over the run's
 //!   held-out split ([`EpochCx::holdout`]), or over the training split when the run has none
-//!   (then they are not held out), measured at the end of every epoch for the next one (the
-//!   model the official code measures at the start of that epoch). The trainer has no hook before
-//!   the first step, so the first epoch's weights are computed at the first step from that step's
-//!   batch (rows `⌊i·B/k⌋`).
+//!   (then they are not held out), measured before training for the first epoch
+//!   ([`Modulator::on_train_start`]) and at the end of every epoch for the next one (the model
+//!   the official code measures at the start of that epoch). A driver that does not call
+//!   `on_train_start` gets the first epoch's weights at the first step from that step's batch
+//!   (rows `⌊i·B/k⌋`).
 //!
 //! # M = 2 and M = 3
 //!
@@ -82,7 +83,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::shared::{require_two, scalar_f64};
 use crate::uni_heads::UniHeads;
-use crate::{EpochAction, EpochCx, MethodError, Modulator, Objective, StepCx};
+use crate::{EpochAction, EpochCx, MethodError, Modulator, Objective, StepCx, TrainStartCx};
 
 /// `α_cls(e) = Σ_i c_i·eⁱ` (official `coef_alpha1`).
 pub const LFM_FITTED_CLS: [f64; 6] =
@@ -498,8 +499,8 @@ impl Lfm {
         // the step until two steps agree.
         let agree = if first.dtype() == DType::F64 { FD_AGREE_F64 } else { FD_AGREE_OTHER };
         let result = (|| -> Result<f64> {
-            let first_step = difference(h)?;
-            let (mut h, mut g) = (h, first_step);
+            let coarsest = difference(h)?;
+            let (mut h, mut g) = (h, coarsest);
             for _ in 0..FD_SHRINKS {
                 let finer = difference(h / FD_SHRINK)?;
                 if (finer - g).abs() <= agree * finer.abs().max(g.abs()) {
@@ -508,19 +509,36 @@ impl Lfm {
                 (h, g) = (h / FD_SHRINK, finer);
             }
             // A kink at the point itself (a ReLU input exactly 0) grows as the step shrinks; the
-            // first step's value is the least affected.
+            // largest step's value is the least affected.
             tracing::warn!(
-                hypergradient = first_step,
+                hypergradient = coarsest,
                 "lfm: the finite-difference hypergradient did not settle as its step shrank (a ReLU input \
-                 exactly at 0?); using the first step's value"
+                 exactly at 0?); using the largest step's value"
             );
-            Ok(first_step)
+            Ok(coarsest)
         })();
         // Back to the exact values, whatever happened.
         for (v, b) in vars.iter().zip(&base) {
             v.set(b)?;
         }
         result
+    }
+
+    /// With learned weights, computes those of 1-based epoch `epoch` on `alpha_samples` rows of
+    /// `source` (the held-out split, else the training split).
+    fn measure_for_epoch(
+        &mut self,
+        model: &dyn MultimodalModel,
+        device: &candle_core::Device,
+        source: &dyn BatchSource,
+        epoch: usize,
+    ) -> Result<()> {
+        let rows = lfm_rows(source.len(), self.cfg.alpha_samples);
+        if self.cfg.weighting == LfmWeighting::Learned && !rows.is_empty() {
+            let batch = source.batch(&rows, device)?;
+            self.learned_update(model, &batch, epoch)?;
+        }
+        Ok(())
     }
 
     /// Computes the learned weights of 1-based epoch `epoch` on `batch`.
@@ -573,7 +591,8 @@ impl Modulator for Lfm {
         match self.cfg.weighting {
             LfmWeighting::Fitted => self.state.alpha = lfm_fitted_weights(cx.epoch.saturating_sub(1)).to_vec(),
             LfmWeighting::Learned if self.state.alpha_epoch < cx.epoch => {
-                // No end hook computed this epoch's weights (the first epoch): this batch's rows.
+                // A driver that did not call `on_train_start`: the first epoch's weights from this
+                // batch's rows.
                 let n = cx.batch.inputs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(0);
                 let sub = select_rows(cx.batch, &lfm_rows(n, self.cfg.alpha_samples))?;
                 self.learned_update(cx.model, &sub, cx.epoch)?;
@@ -594,15 +613,13 @@ impl Modulator for Lfm {
         Ok(Objective { loss, output: full.logits.clone(), mono: Some(l.uni.iter().map(Tensor::detach).collect()) })
     }
 
+    /// The first epoch's learned weights, from the untrained model.
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+        self.measure_for_epoch(cx.model, cx.device, cx.holdout.unwrap_or(cx.train), 1)
+    }
+
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        if self.cfg.weighting == LfmWeighting::Learned {
-            let source: &dyn BatchSource = cx.holdout.unwrap_or(cx.train);
-            let rows = lfm_rows(source.len(), self.cfg.alpha_samples);
-            if !rows.is_empty() {
-                let batch = source.batch(&rows, cx.device)?;
-                self.learned_update(cx.model, &batch, cx.epoch + 1)?;
-            }
-        }
+        self.measure_for_epoch(cx.model, cx.device, cx.holdout.unwrap_or(cx.train), cx.epoch + 1)?;
         Ok(Vec::new())
     }
 
