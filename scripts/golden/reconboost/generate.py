@@ -548,6 +548,9 @@ def main():
 
 def extra_case(official, out_dir, a):
     """One case like the committed one of its modality count, with the given overrides."""
+    if a.three and getattr(a, "head_hidden", None):
+        # The official MSA path builds a one-layer head; the case must not claim another.
+        raise SystemExit("--head-hidden does not apply with --three (the official head has one layer)")
     if a.three:
         sizes = {"batch": 4, "classes": 3, "hidden": 4, "input_dims": [3, 4, 5], "steps_per_epoch": 2}
         hyper = {"weight1": 1.0, "weight2": 0.25, "alpha": 0.5, "boost_rate": 1.0, "epochs_per_stage": 1,
