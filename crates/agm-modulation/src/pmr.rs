@@ -377,7 +377,7 @@ impl Modulator for Pmr {
 
     /// The first prototypes, from the untrained model.
     fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
-        self.update_prototypes(cx.model, cx.train, cx.device, 0)
+        self.prime(cx.model, cx.train, cx.device)
     }
 
     /// Recomputes the prototypes from the training split (only) for the next epoch.
