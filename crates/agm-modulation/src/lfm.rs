@@ -48,7 +48,8 @@
 //!   twice (`create_graph=True`); agm's ops have no second derivatives. With `v = ∇L_cls`
 //!   (every trainable variable, the heads included) and `s(t)` the mean gradient of the first
 //!   tensor at `θ + t·v`, `g = Σ_k w_k·(s(k·h) − s(−k·h))/h` over `k = 1, 2, 3` with
-//!   `w = (45, −9, 1)/60` (sixth order) and `h = 10⁻³/max|v|`.
+//!   `w = (45, −9, 1)/60` (sixth order) and `h = 10⁻³/max|v|`, computed in `fp32-strict`
+//!   whatever the run's `--precision` (bf16 products left it 50 % off on `avmnist-late`).
 //!   The variables are set back bit for bit afterwards. The network is piecewise linear, and the
 //!   double backward sees only the current piece: where a ReLU input lies within the ±3h of the
 //!   samples, the difference measures the gradient's jump instead. So in f64 the step is halved
@@ -445,6 +446,9 @@ impl Lfm {
 
     /// `mean(H·∇L_cls)` over the first tensor (see the module docs).
     pub fn hypergradient(&self, model: &dyn MultimodalModel, batch: &MultimodalBatch) -> Result<f64> {
+        // A finite difference needs every digit the dtype has: no bf16 products, TF32 or
+        // Winograd while it runs, whatever the run's precision.
+        let _strict = agm_kernels::PrecisionGuard::new(agm_kernels::Precision::Fp32Strict);
         let groups = model.param_groups();
         let first = groups
             .per_modality
