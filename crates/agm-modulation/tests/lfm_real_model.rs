@@ -23,8 +23,7 @@ fn hypergradient(seed: u64, dtype: DType) -> f64 {
     let batch =
         MultimodalBatch::new(vec![inputs(seed, shape, dtype), inputs(seed + 11, shape, dtype)], labels).unwrap();
     let dims = encoder_feature_dims(model.as_ref(), &batch).unwrap();
-    let cfg = LfmConfig { weighting: "learned".to_string().try_into().unwrap(), ..LfmConfig::official() };
-    let mut lfm = Lfm::new(cfg, 2).unwrap().with_feature_dims(dims).unwrap();
+    let mut lfm = Lfm::new(LfmConfig::learned(), 2).unwrap().with_feature_dims(dims).unwrap();
     lfm.attach(model.as_ref()).unwrap();
     lfm.hypergradient(model.as_ref(), &batch).unwrap()
 }
