@@ -217,11 +217,7 @@ pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {
                 .set_opt("--batch-size", "batch_size", args.batch_size.map(|b| b as i64))
                 .resolve()?
                 .config;
-            let overridden = cfg
-                .run_differences(&published)
-                .into_iter()
-                .map(|(key, ours, theirs)| format!("{key} = {ours} (the recipe's: {theirs})"))
-                .collect();
+            let overridden = crate::study::differences_from(&cfg, &published, "the recipe's");
             Ok((cfg, overridden))
         })
         .collect::<anyhow::Result<Vec<(agm_train::RunConfig, Vec<String>)>>>()?;

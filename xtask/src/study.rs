@@ -606,6 +606,15 @@ pub(crate) enum Plan {
     Resume,
 }
 
+/// `key = value (<whose>: value)` for every setting in which `cfg` trains another run than
+/// `other`.
+pub(crate) fn differences_from(cfg: &RunConfig, other: &RunConfig, whose: &str) -> Vec<String> {
+    cfg.run_differences(other)
+        .into_iter()
+        .map(|(key, ours, theirs)| format!("{key} = {ours} ({whose}: {theirs})"))
+        .collect()
+}
+
 /// What to do with `dir` for `cfg`. A run of other settings, finished or not, is refused with
 /// each differing setting, never deleted; so is an unfinished run another process still holds.
 fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
@@ -620,11 +629,7 @@ fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
         run.read_config().with_context(|| format!("{} holds a run whose settings cannot be read", dir.display()))?;
     if !recorded.same_run(cfg) {
         let state = if run.summary().exists() { "a finished" } else { "an unfinished" };
-        let changed: Vec<String> = cfg
-            .run_differences(&recorded)
-            .into_iter()
-            .map(|(key, ours, theirs)| format!("{key} = {ours} (the run's: {theirs})"))
-            .collect();
+        let changed = differences_from(cfg, &recorded, "the run's");
         let changed = if changed.is_empty() { "its config.toml differs".to_string() } else { changed.join(", ") };
         anyhow::bail!("{} holds {state} run of other settings: {changed}", dir.display());
     }
