@@ -30,6 +30,7 @@ pub(crate) const CONV: Module = Module { name: "agm-conv", ptx: ptx::CONV };
 pub(crate) const DROPOUT: Module = Module { name: "agm-dropout", ptx: ptx::DROPOUT };
 pub(crate) const LINEAR: Module = Module { name: "agm-linear", ptx: ptx::LINEAR };
 pub(crate) const LOSS: Module = Module { name: "agm-loss", ptx: ptx::LOSS };
+pub(crate) const NOISE: Module = Module { name: "agm-noise", ptx: ptx::NOISE };
 pub(crate) const NORM: Module = Module { name: "agm-norm", ptx: ptx::NORM };
 pub(crate) const POOL: Module = Module { name: "agm-pool", ptx: ptx::POOL };
 pub(crate) const RELU: Module = Module { name: "agm-relu", ptx: ptx::RELU };

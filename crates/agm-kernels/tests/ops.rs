@@ -172,3 +172,39 @@ fn dropout_matches_its_reference_and_drops_about_p() -> Result<()> {
     assert!(dropout(&Tensor::ones(3, DType::F32, &dev)?, 1.0, 0).is_err());
     Ok(())
 }
+
+/// Gaussian noise: the op equals its host reference bit for bit (odd lengths and strided input
+/// included, more elements than one parallel chunk), its draws are standard normal, its gradient
+/// is the scale, and another seed gives other draws.
+#[test]
+fn gaussian_noise_matches_its_reference_and_is_standard_normal() -> Result<()> {
+    use agm_kernels::{add_gaussian_noise, add_gaussian_noise_ref};
+    let dev = Device::Cpu;
+    let v = |t: &Tensor| t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>();
+    for dtype in [DType::F32, DType::F64] {
+        let x = Var::from_tensor(&Tensor::arange(0f64, 60_001.0, &dev)?.affine(1e-4, -3.0)?.to_dtype(dtype)?)?;
+        for (scale, std, seed) in [(1.0, 0.5, 0), (0.3, 2.0, u64::MAX), (0.0, 1.0, 42)] {
+            let (y, y_ref) = (add_gaussian_noise(&x, scale, std, seed)?, add_gaussian_noise_ref(&x, scale, std, seed)?);
+            assert_eq!(v(&y)?, v(&y_ref)?, "{dtype:?} scale {scale} std {std} seed {seed}");
+            let w = x.as_tensor().detach().cos()?;
+            let g = (&y * &w)?.sum_all()?.backward()?;
+            assert_eq!(v(g.get(&x).unwrap())?, v(&w.affine(scale, 0.0)?)?, "the gradient is the scale");
+        }
+        let xt = x.as_tensor().narrow(0, 0, 60_000)?.reshape((200, 300))?.t()?;
+        assert_eq!(v(&add_gaussian_noise(&xt, 0.5, 1.0, 9)?)?, v(&add_gaussian_noise_ref(&xt, 0.5, 1.0, 9)?)?);
+
+        let z = v(&add_gaussian_noise(&Tensor::zeros(1_000_001, dtype, &dev)?, 1.0, 1.0, 5)?)?;
+        let n = z.len() as f64;
+        let mean = z.iter().sum::<f64>() / n;
+        let var = z.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / n;
+        let beyond_2 = z.iter().filter(|e| e.abs() > 2.0).count() as f64 / n;
+        assert!(mean.abs() < 5e-3 && (var - 1.0).abs() < 5e-3, "mean {mean}, variance {var}");
+        // P(|z| > 2) = 0.0455 for a standard normal.
+        assert!((beyond_2 - 0.0455).abs() < 1e-3, "P(|z| > 2) = {beyond_2}");
+        let lag1 = z.windows(2).map(|p| p[0] * p[1]).sum::<f64>() / n;
+        assert!(lag1.abs() < 5e-3, "neighbouring draws correlate: {lag1}");
+        let other = v(&add_gaussian_noise(&Tensor::zeros(1_000, dtype, &dev)?, 1.0, 1.0, 6)?)?;
+        assert!(other.iter().zip(&z).all(|(a, b)| a != b), "another seed gives other draws");
+    }
+    Ok(())
+}

@@ -52,12 +52,10 @@
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::Result;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::concat_head::{ratios, score_value, weakest, UniModal, UniSource};
-use crate::ogm_ge::{mix, modulated_grad, one_minus_tanh};
+use crate::ogm_ge::{mix, modulated_grad, noise_seed, one_minus_tanh};
 use crate::shared::labels_u32;
 use crate::{ForwardPlan, MethodError, Modulator, StepCx};
 
@@ -306,14 +304,15 @@ impl Modulator for Ogm {
             noise_std: Vec::new(),
         };
         if applied {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.noise_base, cx.step as u64));
+            let mut edited = 0;
             for (x, group) in self.selected.iter().enumerate() {
                 let k = coeff[x];
                 for v in group {
                     let t = v.var.as_tensor();
                     let Some(g) = grads.get(t) else { continue };
-                    let noise = self.cfg.noise.then_some(&mut rng);
-                    if let Some(e) = modulated_grad(g, k, noise, &mut stats.noise_std)? {
+                    let seed = noise_seed(self.noise_base, cx.step, edited);
+                    edited += 1;
+                    if let Some(e) = modulated_grad(g, k, self.cfg.noise.then_some(seed), &mut stats.noise_std)? {
                         grads.insert(t, e);
                     }
                 }

@@ -50,17 +50,16 @@
 //!
 //! The coefficient formula, the noise and the window are the same in both modes.
 //!
-//! Noise is drawn from a ChaCha8 generator seeded from the configured seed, the run seed and the
-//! 1-based global step (candle's CPU generator cannot be seeded), in modality order, then
-//! parameter order within the group, then row-major element order, with the Box–Muller
-//! transform. A resumed run therefore draws exactly the noise the uninterrupted run drew.
+//! Each edited gradient's noise is its own stream of counter-based draws
+//! ([`agm_kernels::add_gaussian_noise`]), seeded from the configured seed, the run seed, the
+//! 1-based global step and the gradient's place (modality order, then parameter order within the
+//! group), and drawn where the gradient lives, in parallel. A resumed run therefore draws exactly
+//! the noise the uninterrupted run drew, and the CPU and CUDA draw the same noise.
 
 use crate::MethodError;
 use agm_core::{MultimodalModel, NamedVar};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::shapley;
@@ -303,32 +302,27 @@ pub(crate) fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `k · g`, plus with `rng` the generalisation enhancement's Gaussian noise of `g`'s standard
-/// deviation (recorded in `stds`); `None` when the gradient stays as it is. OGM-GE and the
-/// journal's OGM edit each gradient this way.
+/// `k · g`, plus with `noise_seed` the generalisation enhancement's Gaussian noise of `g`'s
+/// standard deviation (recorded in `stds`), drawn on `g`'s device from the seed alone; `None`
+/// when the gradient stays as it is. OGM-GE and the journal's OGM edit each gradient this way.
 pub(crate) fn modulated_grad(
     g: &Tensor,
     k: f64,
-    rng: Option<&mut ChaCha8Rng>,
+    noise_seed: Option<u64>,
     stds: &mut Vec<f64>,
 ) -> Result<Option<Tensor>> {
-    let scaled = if k == 1.0 { None } else { Some(g.affine(k, 0.0)?) };
-    let Some(rng) = rng else { return Ok(scaled) };
+    let Some(seed) = noise_seed else {
+        return Ok((k != 1.0).then(|| g.affine(k, 0.0)).transpose()?);
+    };
     let std = noise_std(g)? + NOISE_STD_EPS;
     stds.push(std);
-    let noise = Tensor::from_vec(gaussian(rng, g.elem_count(), std), g.shape(), g.device())?.to_dtype(g.dtype())?;
-    Ok(Some((scaled.unwrap_or_else(|| g.clone()) + noise)?))
+    Ok(Some(agm_kernels::add_gaussian_noise(g, k, std, seed)?))
 }
 
-/// `n` draws of `N(0, std)` by Box–Muller.
-pub(crate) fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
-            let u2: f64 = rng.random();
-            std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        })
-        .collect()
+/// The noise seed of the `ordinal`-th edited gradient at `step`: each gradient draws its own
+/// stream, a function of the run's noise seed, the step and the gradient alone.
+pub(crate) fn noise_seed(base: u64, step: usize, ordinal: usize) -> u64 {
+    mix(mix(base, step as u64), ordinal as u64)
 }
 
 /// What OGM-GE computed and did at one step, for logs and parity checks.
@@ -459,15 +453,14 @@ impl Modulator for OgmGe {
             ..OgmStepStats::default()
         };
         if applied {
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(self.noise_base, cx.step as u64));
             for (x, group) in self.selected(cx.model).into_iter().enumerate() {
                 let k = coeff.get(x).copied().unwrap_or(1.0);
                 for v in group {
                     let t = v.var.as_tensor();
                     let Some(g) = grads.get(t) else { continue };
+                    let seed = noise_seed(self.noise_base, cx.step, stats.modulated.len());
                     stats.modulated.push(v.name.clone());
-                    let noise = self.cfg.noise.then_some(&mut rng);
-                    if let Some(e) = modulated_grad(g, k, noise, &mut stats.noise_std)? {
+                    if let Some(e) = modulated_grad(g, k, self.cfg.noise.then_some(seed), &mut stats.noise_std)? {
                         grads.insert(t, e);
                     }
                 }
@@ -598,6 +591,27 @@ mod tests {
         assert!((noise_std(&t).unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
         let one = Tensor::new(&[1.0f32], &candle_core::Device::Cpu).unwrap();
         assert_eq!(noise_std(&one).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn noise_has_the_gradients_std_and_each_gradient_its_own_stream() {
+        let dev = candle_core::Device::Cpu;
+        let g = Tensor::arange(0f32, 40_000.0, &dev).unwrap().affine(1e-4, 0.0).unwrap().sin().unwrap();
+        let (k, seed) = (0.5, noise_seed(7, 3, 0));
+        let mut stds = Vec::new();
+        let edited = modulated_grad(&g, k, Some(seed), &mut stds).unwrap().unwrap();
+        assert_eq!(stds, vec![noise_std(&g).unwrap() + NOISE_STD_EPS]);
+        let noise = (&edited - g.affine(k, 0.0).unwrap()).unwrap();
+        let drawn = noise_std(&noise).unwrap();
+        assert!((drawn / stds[0] - 1.0).abs() < 0.02, "noise std {drawn}, gradient std {}", stds[0]);
+        let again = modulated_grad(&g, k, Some(seed), &mut stds).unwrap().unwrap();
+        assert_eq!(edited.to_vec1::<f32>().unwrap(), again.to_vec1::<f32>().unwrap(), "a function of the seed");
+        let seeds = [noise_seed(7, 3, 1), noise_seed(7, 4, 0), noise_seed(8, 3, 0)];
+        assert!(seeds.iter().all(|&s| s != seed), "another gradient, step or run draws another stream");
+        // Without noise only the scale is applied, and a coefficient of 1 leaves the gradient alone.
+        let scaled = modulated_grad(&g, k, None, &mut stds).unwrap().unwrap();
+        assert_eq!(scaled.to_vec1::<f32>().unwrap(), g.affine(k, 0.0).unwrap().to_vec1::<f32>().unwrap());
+        assert!(modulated_grad(&g, 1.0, None, &mut stds).unwrap().is_none());
     }
 
     #[test]

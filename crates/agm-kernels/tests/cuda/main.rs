@@ -13,6 +13,7 @@ mod conv;
 mod dropout;
 mod linear;
 mod loss;
+mod noise;
 mod norm;
 mod pool;
 mod relu;
