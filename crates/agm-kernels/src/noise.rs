@@ -13,55 +13,62 @@ use crate::cpu::{check_real, dispatch_real, map_into, slice, Real};
 use crate::dropout::mix_seed;
 use crate::own_kernels;
 
-/// The two standard normal draws of pair `pair` (elements `2·pair` and `2·pair + 1`): Box–Muller
-/// on the two 32-bit halves of one hash, `u1 ∈ (0, 1]` from the high half and `u2 ∈ [0, 1)` from
-/// the low one, computed in `T`. `cuda/noise.cu` computes the same. The 32-bit uniforms bound a
-/// draw by `√(64 ln 2) ≈ 6.7`, which a noise term never misses.
-#[inline(always)]
-pub(crate) fn normal_pair<T: NoiseReal>(seed: u64, pair: u64) -> (T, T) {
-    let h = mix_seed(seed, pair);
-    let u1 = T::from_f64(((h >> 32) + 1) as f64) * T::from_f64(TWO_POW_M32);
-    let u2 = T::from_f64((h & 0xffff_ffff) as f64) * T::from_f64(TWO_POW_M32);
-    let r = (T::from_f64(-2.0) * u1.ln()).sqrt();
-    let (sin, cos) = (T::from_f64(std::f64::consts::TAU) * u2).sin_cos();
-    (r * cos, r * sin)
+/// Standard normal draws `2·first_pair ..` of stream `seed` into `out` (draw `i` at `out[i − 2·first_pair]`).
+///
+/// Pair `p` (draws `2p`, `2p + 1`) is Box–Muller on the two 32-bit halves of one hash of `p`:
+/// `u1 ∈ (0, 1]` from the high half, `u2 ∈ [0, 1)` from the low one, `r = √(−2 ln u1)`, the draws
+/// `r·cos(2π u2)` and `r·sin(2π u2)`, computed in `T` with `wide`'s vectorised `ln` and
+/// `sin_cos`, a batch of pairs at a time; every pair takes the same lane arithmetic wherever it
+/// falls, so a draw depends on `seed` and its index alone. `cuda/noise.cu` computes the same
+/// with CUDA's `log` and `sincos`. The 32-bit uniforms bound a draw by `√(64 ln 2) ≈ 6.7`, which a
+/// noise term never misses.
+pub(crate) fn fill_normal<T: NoiseReal>(seed: u64, first_pair: usize, out: &mut [T]) {
+    let mut u = [[0.0f64; 2]; 8];
+    for (b, batch) in out.chunks_mut(2 * T::LANES).enumerate() {
+        let first = first_pair + b * T::LANES;
+        for (l, u) in u.iter_mut().take(T::LANES).enumerate() {
+            let h = mix_seed(seed, (first + l) as u64);
+            *u = [((h >> 32) + 1) as f64, (h & 0xffff_ffff) as f64];
+        }
+        T::box_muller(&u[..T::LANES], batch);
+    }
+}
+
+/// The element types of the noise kernel, with their vectorised Box–Muller.
+pub(crate) trait NoiseReal: Real {
+    /// Pairs per batch.
+    const LANES: usize;
+    /// Writes the pairs of `u` (hash halves as integers in f64) interleaved into `out`, as many
+    /// as fit (`out` holds at most `2 · LANES`).
+    fn box_muller(u: &[[f64; 2]], out: &mut [Self]);
 }
 
 const TWO_POW_M32: f64 = 1.0 / 4_294_967_296.0;
 
-/// The float operations the draws need, in the element type.
-pub(crate) trait NoiseReal: Real + std::ops::Mul<Output = Self> + std::ops::Add<Output = Self> {
-    fn ln(self) -> Self;
-    fn sin_cos(self) -> (Self, Self);
-}
-
 macro_rules! noise_real {
-    ($t:ty) => {
+    ($t:ty, $simd:ty, $lanes:expr) => {
         impl NoiseReal for $t {
+            const LANES: usize = $lanes;
             #[inline(always)]
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            #[inline(always)]
-            fn sin_cos(self) -> (Self, Self) {
-                <$t>::sin_cos(self)
+            fn box_muller(u: &[[f64; 2]], out: &mut [Self]) {
+                let lane = |k: usize| -> $simd {
+                    let mut a = [0.0 as $t; $lanes];
+                    a.iter_mut().zip(u).for_each(|(a, u)| *a = u[k] as $t);
+                    <$simd>::from(a) * <$simd>::splat(TWO_POW_M32 as $t)
+                };
+                let (u1, u2) = (lane(0), lane(1));
+                let r = (<$simd>::splat(-2.0) * u1.ln()).sqrt();
+                let (sin, cos) = (<$simd>::splat(std::f64::consts::TAU as $t) * u2).sin_cos();
+                let (z0, z1) = ((r * cos).to_array(), (r * sin).to_array());
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = if i % 2 == 0 { z0[i / 2] } else { z1[i / 2] };
+                }
             }
         }
     };
 }
-noise_real!(f32);
-noise_real!(f64);
-
-/// Standard normal draw `i` of stream `seed` (element `i` of a tensor filled from it).
-#[inline(always)]
-fn normal<T: NoiseReal>(seed: u64, i: usize) -> T {
-    let (even, odd) = normal_pair::<T>(seed, (i / 2) as u64);
-    if i.is_multiple_of(2) {
-        even
-    } else {
-        odd
-    }
-}
+noise_real!(f32, wide::f32x8, 8);
+noise_real!(f64, wide::f64x4, 4);
 
 /// `scale · x + std · z`, where `z[i]` is standard normal draw `i` (row-major) of stream `seed`:
 /// a function of `seed` and the index alone. On the CPU and CUDA (f32, f64) one custom op;
@@ -77,13 +84,15 @@ pub fn add_gaussian_noise(x: &Tensor, scale: f64, std: f64, seed: u64) -> Result
 /// [`add_gaussian_noise`] from plain candle ops, the draws made on the host (in f32 for every
 /// dtype but f64).
 pub fn add_gaussian_noise_ref(x: &Tensor, scale: f64, std: f64, seed: u64) -> Result<Tensor> {
-    let n = x.elem_count();
+    fn draws<T: NoiseReal>(seed: u64, n: usize) -> Vec<T> {
+        let mut z = vec![T::ZERO; n];
+        fill_normal(seed, 0, &mut z);
+        z
+    }
+    let (n, shape, dev) = (x.elem_count(), x.shape(), x.device());
     let z = match x.dtype() {
-        DType::F64 => {
-            Tensor::from_vec((0..n).map(|i| normal::<f64>(seed, i)).collect::<Vec<_>>(), x.shape(), x.device())?
-        }
-        _ => Tensor::from_vec((0..n).map(|i| normal::<f32>(seed, i)).collect::<Vec<_>>(), x.shape(), x.device())?
-            .to_dtype(x.dtype())?,
+        DType::F64 => Tensor::from_vec(draws::<f64>(seed, n), shape, dev)?,
+        _ => Tensor::from_vec(draws::<f32>(seed, n), shape, dev)?.to_dtype(x.dtype())?,
     };
     x.affine(scale, 0.0)? + z.affine(std, 0.0)?
 }
@@ -105,13 +114,10 @@ impl CustomOp1 for GaussianNoise {
             let x = slice::<T>(s, l, self.name())?;
             let (scale, std) = (T::from_f64(scale), T::from_f64(std));
             let y = map_into::<T>(x.len(), |start, dst| {
-                // Chunks start at even indices, so each pair's draws are made once.
-                for (j, (d, v)) in dst.chunks_mut(2).zip(x[start..].chunks(2)).enumerate() {
-                    let (z0, z1) = normal_pair::<T>(seed, (start / 2 + j) as u64);
-                    d[0] = v[0] * scale + z0 * std;
-                    if let (Some(d1), Some(&v1)) = (d.get_mut(1), v.get(1)) {
-                        *d1 = v1 * scale + z1 * std;
-                    }
+                // Chunks start at even indices, so a chunk's draws start with a whole pair.
+                fill_normal(seed, start / 2, dst);
+                for (d, &v) in dst.iter_mut().zip(&x[start..]) {
+                    *d = v * scale + *d * std;
                 }
             });
             Ok((T::to_cpu_storage_owned(y), l.shape().clone()))

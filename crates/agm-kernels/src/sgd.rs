@@ -6,8 +6,6 @@
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var};
 
-use rayon::prelude::*;
-
 use crate::cpu::{dispatch_real, for_each_chunk, slice, slice_mut};
 use crate::own_kernels;
 
@@ -287,7 +285,7 @@ pub fn sgd_update_ref(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpd
 }
 
 /// `Σ t²` over every element, accumulated in f64: the square of a gradient's L2 norm for
-/// clipping, in one parallel pass on the CPU (f32, f64) without a converted copy, and on CUDA
+/// clipping, in one parallel, deterministic pass on the CPU (f32, f64) without a converted copy, and on CUDA
 /// (f32, f64) as a deterministic two-kernel reduction; elsewhere candle ops (in f32 on Metal,
 /// which has no f64).
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
@@ -318,7 +316,7 @@ fn sum_squares_apart(t: &Tensor) -> Result<f64> {
         if let candle_core::Storage::Cpu(storage) = &*storage {
             return dispatch_real!(storage, "sum_squares", T => {
                 let x = slice::<T>(storage, layout, "sum_squares")?;
-                Ok(x.par_chunks(CHUNK).map(|c| c.iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>()).sum())
+                Ok(crate::reduce::sum_squares_slice(x))
             });
         }
     }

@@ -208,3 +208,44 @@ fn gaussian_noise_matches_its_reference_and_is_standard_normal() -> Result<()> {
     }
     Ok(())
 }
+
+/// The f64 reductions: `dot`, `gram` and `std_unbiased` against candle ops in f64 (strided and
+/// multi-chunk inputs included), bit for bit the same on one thread as on several, and `gram`'s
+/// entries the very `dot` values.
+#[test]
+fn reductions_match_f64_candle_ops_and_do_not_depend_on_the_thread_count() -> Result<()> {
+    use agm_kernels::{dot, gram, std_unbiased, sum_squares};
+    let dev = Device::Cpu;
+    let f64_sum = |t: &Tensor| t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>();
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{what}: {a} vs {b}");
+    for dtype in [DType::F32, DType::F64] {
+        let n = 100_003;
+        let a = Tensor::arange(0f64, n as f64, &dev)?.affine(1e-3, 0.0)?.sin()?.to_dtype(dtype)?;
+        let b = Tensor::arange(0f64, n as f64, &dev)?.affine(7e-4, 2.0)?.cos()?.affine(0.5, 0.3)?.to_dtype(dtype)?;
+        let c =
+            Tensor::arange(0f64, 300.0 * 200.0, &dev)?.affine(1e-4, -1.0)?.reshape((300, 200))?.to_dtype(dtype)?.t()?;
+        let (a64, b64) = (a.to_dtype(DType::F64)?, b.to_dtype(DType::F64)?);
+        close(dot(&a, &b)?, f64_sum(&(&a64 * &b64)?)?, "dot");
+        close(sum_squares(&a)?, f64_sum(&a64.sqr()?)?, "sum_squares");
+        let c64 = c.to_dtype(DType::F64)?;
+        close(dot(&c, &c.contiguous()?)?, f64_sum(&c64.sqr()?)?, "dot of a strided tensor");
+        let mean = a64.mean_all()?;
+        let want_std = (f64_sum(&a64.broadcast_sub(&mean)?.sqr()?)? / (n - 1) as f64).sqrt();
+        close(std_unbiased(&a)?, want_std, "std_unbiased");
+        let third = (&a + &b)?;
+        let g = gram(&[a.clone(), b.clone(), third.clone()])?;
+        let ts = [&a, &b, &third];
+        for p in 0..3 {
+            for q in 0..3 {
+                assert_eq!(g[p * 3 + q].to_bits(), dot(ts[p], ts[q])?.to_bits(), "gram ({p}, {q})");
+            }
+        }
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let alone = one_thread
+            .install(|| -> Result<_> { Ok((dot(&a, &b)?, std_unbiased(&a)?, gram(&[a.clone(), b.clone()])?)) })?;
+        assert_eq!(alone, (dot(&a, &b)?, std_unbiased(&a)?, gram(&[a.clone(), b.clone()])?));
+    }
+    assert!(dot(&Tensor::ones(3, DType::F32, &dev)?, &Tensor::ones(4, DType::F32, &dev)?).is_err());
+    assert_eq!(std_unbiased(&Tensor::ones(1, DType::F32, &dev)?)?, 0.0);
+    Ok(())
+}

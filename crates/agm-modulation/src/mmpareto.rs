@@ -51,8 +51,9 @@
 
 use crate::MethodError;
 use agm_core::{MultimodalModel, NamedVar};
+use agm_kernels::gram;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::shared::{require_two, scalar_f64};
@@ -173,10 +174,6 @@ pub struct ParetoEncoderStats {
     pub dot_uni: f64,
 }
 
-fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
-    scalar_f64(&(a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?.sum_all()?)
-}
-
 /// Combines one encoder's gradients (one tensor per parameter, in the same order in the three
 /// slices) as the module docs describe; returns the new gradients and what was done.
 pub fn pareto_combine(
@@ -191,9 +188,10 @@ pub fn pareto_combine(
     }
     let (mut v11, mut v12, mut v22) = (0.0, 0.0, 0.0);
     for (a, b) in g_mm.iter().zip(g_uni) {
-        v11 += dot(a, a)?;
-        v12 += dot(a, b)?;
-        v22 += dot(b, b)?;
+        let g = gram(&[a.clone(), b.clone()])?;
+        v11 += g[0];
+        v12 += g[1];
+        v22 += g[3];
     }
     let cos = v12 / (v11.sqrt() * v22.sqrt()).max(1e-8);
     // A NaN cosine (a zero gradient) counts as a conflict.
@@ -209,10 +207,15 @@ pub fn pareto_combine(
         .zip(g_uni)
         .map(|(a, b)| a.affine(2.0 * k_mm, 0.0)? + b.affine(2.0 * k_uni, 0.0)?)
         .collect::<Result<Vec<_>>>()?;
+    // One pass per tensor for the direction's products with both gradients, its own norm and the
+    // summed gradient's norm: [d·d, d·a, d·b, s·s] as Gram entries (0,0), (0,1), (0,2), (3,3).
     let (mut dot_mm, mut dot_uni) = (0.0, 0.0);
-    for ((d, a), b) in dirs.iter().zip(g_mm).zip(g_uni) {
-        dot_mm += dot(d, a)?;
-        dot_uni += dot(d, b)?;
+    let mut norms = Vec::with_capacity(dirs.len());
+    for (((d, a), b), s) in dirs.iter().zip(g_mm).zip(g_uni).zip(g_sum) {
+        let g = gram(&[d.clone(), a.clone(), b.clone(), s.clone()])?;
+        dot_mm += g[1];
+        dot_uni += g[2];
+        norms.push((g[15], g[0]));
     }
     let factor = |sum_sq: f64, dir_sq: f64| {
         let ratio = sum_sq.sqrt() / dir_sq.sqrt();
@@ -225,15 +228,11 @@ pub fn pareto_combine(
     let out = match rescale {
         ParetoRescale::PerTensor => dirs
             .iter()
-            .zip(g_sum)
-            .map(|(d, s)| d.affine(gamma * factor(dot(s, s)?, dot(d, d)?), 0.0))
+            .zip(&norms)
+            .map(|(d, &(ss, dd))| d.affine(gamma * factor(ss, dd), 0.0))
             .collect::<Result<Vec<_>>>()?,
         ParetoRescale::PerEncoder => {
-            let (mut ss, mut dd) = (0.0, 0.0);
-            for (d, s) in dirs.iter().zip(g_sum) {
-                ss += dot(s, s)?;
-                dd += dot(d, d)?;
-            }
+            let (ss, dd) = norms.iter().fold((0.0, 0.0), |(ss, dd), &(s, d)| (ss + s, dd + d));
             let f = gamma * factor(ss, dd);
             dirs.iter().map(|d| d.affine(f, 0.0)).collect::<Result<Vec<_>>>()?
         }

@@ -284,14 +284,7 @@ pub fn score_sum(logits: &Tensor, labels: &[u32]) -> Result<f64> {
 /// The unbiased standard deviation of a gradient (PyTorch's `Tensor.std()`); 0 for fewer than
 /// two elements (where PyTorch gives NaN).
 pub fn noise_std(grad: &Tensor) -> Result<f64> {
-    let n = grad.elem_count();
-    if n < 2 {
-        return Ok(0.0);
-    }
-    let g = grad.to_dtype(DType::F64)?;
-    let mean = g.mean_all()?;
-    let ss = g.broadcast_sub(&mean)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
-    Ok((ss / (n - 1) as f64).sqrt())
+    agm_kernels::std_unbiased(grad)
 }
 
 /// SplitMix64: mixes seeds so that nearby seeds give unrelated streams.
