@@ -449,17 +449,12 @@ impl Modulator for InfoReg {
             }
         }
         for (x, group) in groups.per_modality.iter().enumerate() {
-            let mut fim: Option<Tensor> = None;
-            for v in group.iter().filter(|v| v.var.rank() >= 2) {
-                let Some(g) = grads.get(v.var.as_tensor()) else { continue };
-                let term = g.to_dtype(DType::F64)?.sqr()?.mean_all()?;
-                fim = Some(match fim {
-                    None => term,
-                    Some(acc) => (acc + term)?,
-                });
-            }
-            if let Some(f) = fim {
-                self.epoch_trace[x] += f.to_scalar::<f64>()?;
+            // The trace term of each weight is its gradient's mean square, summed in f64.
+            let gs: Vec<Tensor> =
+                group.iter().filter(|v| v.var.rank() >= 2).filter_map(|v| grads.get(v.var.as_tensor()).cloned()).collect();
+            if !gs.is_empty() {
+                let sums = agm_kernels::sum_squares_each(&gs)?;
+                self.epoch_trace[x] += gs.iter().zip(sums).map(|(g, s)| s / g.elem_count() as f64).sum::<f64>();
             }
         }
         Ok(())
