@@ -77,9 +77,18 @@ pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
 pub fn gram(ts: &[Tensor]) -> Result<Vec<f64>> {
     let k = ts.len();
     let pairs: Vec<(usize, usize)> = (0..k).flat_map(|p| (p..k).map(move |q| (p, q))).collect();
+    if let Some(t) = ts.iter().find(|t| t.elem_count() != ts[0].elem_count() || t.dtype() != ts[0].dtype()) {
+        candle_core::bail!("gram: {:?} {:?} against {:?} {:?}", t.shape(), t.dtype(), ts[0].shape(), ts[0].dtype());
+    }
     let sums = match cpu_gram(ts, &pairs)? {
         Some(sums) => sums,
-        None => pairs.iter().map(|&(p, q)| dot(&ts[p], &ts[q])).collect::<Result<Vec<_>>>()?,
+        None => {
+            // Each tensor converted once and every sum read back in one copy (one wait on CUDA).
+            let acc = accumulation_dtype(&ts[0]);
+            let flat = ts.iter().map(|t| t.flatten_all()?.to_dtype(acc)).collect::<Result<Vec<_>>>()?;
+            let sums = pairs.iter().map(|&(p, q)| (&flat[p] * &flat[q])?.sum_all()).collect::<Result<Vec<_>>>()?;
+            Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?
+        }
     };
     let mut out = vec![0.0; k * k];
     for (&(p, q), v) in pairs.iter().zip(sums) {
@@ -93,8 +102,8 @@ pub fn gram(ts: &[Tensor]) -> Result<Vec<f64>> {
 /// of one length.
 fn cpu_gram(ts: &[Tensor], pairs: &[(usize, usize)]) -> Result<Option<Vec<f64>>> {
     let Some(first) = ts.first() else { return Ok(Some(Vec::new())) };
-    let (n, dtype) = (first.elem_count(), first.dtype());
-    if ts.iter().any(|t| !on_cpu(t) || t.elem_count() != n || t.dtype() != dtype) {
+    let n = first.elem_count();
+    if !ts.iter().all(on_cpu) {
         return Ok(None);
     }
     let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;

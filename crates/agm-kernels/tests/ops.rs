@@ -246,6 +246,7 @@ fn reductions_match_f64_candle_ops_and_do_not_depend_on_the_thread_count() -> Re
         assert_eq!(alone, (dot(&a, &b)?, std_unbiased(&a)?, gram(&[a.clone(), b.clone()])?));
     }
     assert!(dot(&Tensor::ones(3, DType::F32, &dev)?, &Tensor::ones(4, DType::F32, &dev)?).is_err());
+    assert!(gram(&[Tensor::ones(3, DType::F32, &dev)?, Tensor::ones(3, DType::F64, &dev)?]).is_err());
     assert_eq!(std_unbiased(&Tensor::ones(1, DType::F32, &dev)?)?, 0.0);
     Ok(())
 }

@@ -450,8 +450,11 @@ impl Modulator for InfoReg {
         }
         for (x, group) in groups.per_modality.iter().enumerate() {
             // The trace term of each weight is its gradient's mean square, summed in f64.
-            let gs: Vec<Tensor> =
-                group.iter().filter(|v| v.var.rank() >= 2).filter_map(|v| grads.get(v.var.as_tensor()).cloned()).collect();
+            let gs: Vec<Tensor> = group
+                .iter()
+                .filter(|v| v.var.rank() >= 2)
+                .filter_map(|v| grads.get(v.var.as_tensor()).cloned())
+                .collect();
             if !gs.is_empty() {
                 let sums = agm_kernels::sum_squares_each(&gs)?;
                 self.epoch_trace[x] += gs.iter().zip(sums).map(|(g, s)| s / g.elem_count() as f64).sum::<f64>();

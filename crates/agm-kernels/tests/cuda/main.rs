@@ -16,5 +16,6 @@ mod loss;
 mod noise;
 mod norm;
 mod pool;
+mod reduce;
 mod relu;
 mod sgd;
