@@ -92,3 +92,12 @@ __device__ void agm_softmax_row(const T* x, size_t d, T* y, T* scratch, T& row_m
   // Each thread rescales the elements it wrote itself: no barrier needed.
   for (size_t j = threadIdx.x; j < d; j += blockDim.x) y[j] *= inv;
 }
+
+// SplitMix64's output function of `seed` and the stream position `index` (src/dropout.rs::mix_seed):
+// the hash behind dropout masks and noise draws.
+__device__ __forceinline__ unsigned long long agm_mix_seed(unsigned long long seed, unsigned long long index) {
+  unsigned long long z = seed ^ ((index + 1ull) * 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}

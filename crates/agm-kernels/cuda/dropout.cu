@@ -2,14 +2,6 @@
 // same mask on the CPU, bit for bit.
 #include "common.cuh"
 
-// src/dropout.rs::mix_seed.
-__device__ __forceinline__ unsigned long long agm_mix_seed(unsigned long long seed, unsigned long long index) {
-  unsigned long long z = seed ^ ((index + 1ull) * 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // Elements from `count` on pass unchanged.
 template <typename T>
 __device__ void dropout(size_t n, size_t count, unsigned long long seed, double p, T keep, const T* x, T* y) {

@@ -1,22 +1,14 @@
 // Gaussian noise hashed from the seed and the element index; src/noise.rs draws the same on the
-// CPU (to the rounding of log, sin and cos).
+// CPU (to the rounding of log, sin and cos: CUDA's functions here, `wide`'s polynomials there).
 #include "common.cuh"
-
-// src/dropout.rs::mix_seed.
-__device__ __forceinline__ unsigned long long agm_noise_mix(unsigned long long seed, unsigned long long index) {
-  unsigned long long z = seed ^ ((index + 1ull) * 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 __device__ __forceinline__ void agm_sincos(float a, float* s, float* c) { sincosf(a, s, c); }
 __device__ __forceinline__ void agm_sincos(double a, double* s, double* c) { sincos(a, s, c); }
 
-// src/noise.rs::normal_pair: Box-Muller on the two 32-bit halves of one hash, in T.
+// src/noise.rs::fill_normal for one pair: Box-Muller on the two 32-bit halves of one hash, in T.
 template <typename T>
 __device__ void agm_normal_pair(unsigned long long seed, unsigned long long pair, T* z0, T* z1) {
-  const unsigned long long h = agm_noise_mix(seed, pair);
+  const unsigned long long h = agm_mix_seed(seed, pair);
   const T two_pow_m32 = T(2.3283064365386963e-10);
   const T u1 = T((double)((h >> 32) + 1ull)) * two_pow_m32;
   const T u2 = T((double)(h & 0xffffffffull)) * two_pow_m32;
