@@ -2,8 +2,8 @@
 //! draw the same noise (to their `ln`/`sin`/`cos` rounding), in parallel, from any thread count.
 //!
 //! OGM-GE adds noise of each gradient's standard deviation to every modulated gradient, every
-//! step. Drawn one element at a time on the host, that was two thirds of an AV-Digits OGM-GE run
-//! and, for a ResNet-18 pair on CUDA, an upload of every encoder gradient per step.
+//! step. A sequential host generator would spend most of an OGM-GE step drawing it and, on CUDA,
+//! upload every modulated gradient's noise each step.
 
 #[cfg(feature = "cuda")]
 use candle_core::CudaStorage;
