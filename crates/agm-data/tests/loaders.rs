@@ -58,6 +58,7 @@ fn avmnist_loads_splits_shapes_and_scaling() {
     assert!((d.test.sample_data(0, 3)[0] - 30.0 / 255.0).abs() < 1e-6);
     assert!((d.test.sample_data(1, 0)[5] - 5.0 / 255.0).abs() < 1e-6);
     // dep = train rows 18, 19 then test row 9.
+    assert_eq!(d.holdout(), d.dep.as_ref(), "AV-MNIST's dep is disjoint from test: methods may hold it out");
     assert_eq!(d.dep.unwrap().labels(), [8, 9, 9]);
     let mut all: Vec<u32> = d.train.labels().iter().chain(d.validation.labels()).copied().collect();
     all.sort();
@@ -332,6 +333,7 @@ fn urfunny_pickles_protocol_2_numpy1_and_protocol_4_numpy2_agree() {
     // train: 5 rows, row 1 has all-zero text -> dropped
     assert_eq!((a.train.len(), a.validation.len(), a.test.len()), (4, 3, 4));
     assert_eq!(a.dep.as_ref().unwrap(), &a.test);
+    assert!(a.holdout().is_none(), "UR-Funny's dep is its test split: no method may hold it out");
     assert_eq!(a.train.sample_shape(0), [8, 4]);
     assert_eq!(a.train.sample_shape(1), [8, 5]);
     assert_eq!(a.train.sample_shape(2), [8, 3]);

@@ -418,11 +418,11 @@ impl Modulator for GBlend {
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         let holdout = cx.holdout.ok_or_else(|| {
-            candle_core::Error::Msg(
+            candle_core::Error::Msg(format!(
                 "gblend needs a held-out split to estimate its blend weights, and the run has none: give the trainer \
-                 one (Trainer::with_holdout; AV-Digits: the `dep` split), disjoint from the training data"
-                    .into(),
-            )
+                 one (Trainer::with_holdout), disjoint from the training data; {}",
+                crate::shared::BUILT_IN_HOLDOUTS
+            ))
         })?;
         if !cx.epoch.is_multiple_of(self.cfg.super_epoch) {
             return Ok(Vec::new());
@@ -485,6 +485,7 @@ impl crate::Method for GBlend {
     }
 
     fn build(config: &GBlendConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
+        crate::shared::require_holdout(cx, "gblend", "estimates its blend weights on a held-out split")?;
         let g = GBlend::new(config.clone(), cx.modalities())?.with_run_seed(cx.seed);
         g.with_feature_dims(cx.feature_dims(Self::NAME)?)
     }

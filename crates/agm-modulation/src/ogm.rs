@@ -55,8 +55,8 @@ use candle_core::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::concat_head::{ratios, score_value, weakest, UniModal, UniSource};
-use crate::ogm_ge::{mix, modulated_grad, noise_seed, one_minus_tanh};
-use crate::shared::labels_u32;
+use crate::ogm_ge::{modulated_grad, noise_seed, one_minus_tanh};
+use crate::shared::{labels_u32, mix_seed};
 use crate::{ForwardPlan, MethodError, Modulator, StepCx};
 
 /// Which gradients of each modality's encoder group OGM edits.
@@ -247,7 +247,7 @@ impl Ogm {
             .into());
         }
         let source = UniSource::for_model(cfg.uni_modal, model, feature_dims);
-        let noise_base = mix(cfg.seed, mix(run_seed, 1));
+        let noise_base = mix_seed(cfg.seed, mix_seed(run_seed, 1));
         Ok(Self {
             cfg,
             m,

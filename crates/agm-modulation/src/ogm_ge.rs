@@ -63,6 +63,7 @@ use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::shapley;
+use crate::shared::mix_seed;
 use crate::{ClipRule, ForwardPlan, Modulator, StepCx, UniModal};
 
 /// Added to the gradient's standard deviation (the official `std + 1e-8`).
@@ -287,14 +288,6 @@ pub fn noise_std(grad: &Tensor) -> Result<f64> {
     agm_kernels::std_unbiased(grad)
 }
 
-/// SplitMix64: mixes seeds so that nearby seeds give unrelated streams.
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// `k · g`, plus with `noise_seed` the generalisation enhancement's Gaussian noise of `g`'s
 /// standard deviation (recorded in `stds`), drawn on `g`'s device from the seed alone; `None`
 /// when the gradient stays as it is. OGM-GE and the journal's OGM edit each gradient this way.
@@ -315,7 +308,7 @@ pub(crate) fn modulated_grad(
 /// The noise seed of the `ordinal`-th edited gradient at `step`: each gradient draws its own
 /// stream, a function of the run's noise seed, the step and the gradient alone.
 pub(crate) fn noise_seed(base: u64, step: usize, ordinal: usize) -> u64 {
-    mix(mix(base, step as u64), ordinal as u64)
+    mix_seed(mix_seed(base, step as u64), ordinal as u64)
 }
 
 /// What OGM-GE computed and did at one step, for logs and parity checks.
@@ -357,14 +350,14 @@ impl OgmGe {
         if m < 2 {
             return Err(format!("ogm-ge needs at least 2 modalities, the model has {m}").into());
         }
-        let noise_base = mix(cfg.seed, 0);
+        let noise_base = mix_seed(cfg.seed, 0);
         let heads = (cfg.uni_modal == UniModal::Shapley).then_some(false);
         Ok(Self { cfg, m, noise_base, fixed: None, in_effect: vec![1.0; m], last: None, heads })
     }
 
     /// Mixes the run seed into the noise seed (the registry passes the run's seed).
     pub fn with_run_seed(mut self, seed: u64) -> Self {
-        self.noise_base = mix(self.cfg.seed, mix(seed, 1));
+        self.noise_base = mix_seed(self.cfg.seed, mix_seed(seed, 1));
         self
     }
 

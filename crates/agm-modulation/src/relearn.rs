@@ -506,12 +506,12 @@ impl Modulator for Relearn {
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         let holdout = cx.holdout.ok_or_else(|| {
-            candle_core::Error::Msg(
+            candle_core::Error::Msg(format!(
                 "relearn diagnoses each modality by the purity gap between the training split and a held-out split, \
                  and the run has none: give the trainer one (Trainer::with_holdout, disjoint from the training \
-                 data; of the built-in datasets only av-digits has one, its `dep` split)"
-                    .into(),
-            )
+                 data); {}",
+                crate::shared::BUILT_IN_HOLDOUTS
+            ))
         })?;
         if cx.model.modalities().len() != self.m {
             candle_core::bail!(
@@ -569,12 +569,11 @@ impl crate::Method for Relearn {
 
     fn build(config: &RelearnConfig, cx: &crate::BuildCx<'_>) -> std::result::Result<Self, MethodError> {
         let relearn = Relearn::new(config.clone(), cx.modalities())?;
-        if cx.holdout == Some(false) {
-            return Err("method = `relearn` compares each encoder's k-means purity on the training split and on a \
-                        held-out split, and this run has none; of the built-in datasets only av-digits has one (its \
-                        `dep` split)"
-                .into());
-        }
+        crate::shared::require_holdout(
+            cx,
+            "relearn",
+            "compares each encoder's k-means purity on the training split and on a held-out split",
+        )?;
         if let Some(k) = cx.model.param_groups().per_modality.iter().position(Vec::is_empty) {
             return Err(format!(
                 "method = `relearn` re-initialises each modality's encoder, and modality {k} has no trainable encoder \

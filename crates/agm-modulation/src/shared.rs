@@ -24,6 +24,24 @@ pub(crate) fn check_window(section: &str, start: usize, end: Option<usize>) -> s
     }
 }
 
+/// Which built-in datasets give a run a held-out split, for the errors of methods that need one.
+pub(crate) const BUILT_IN_HOLDOUTS: &str = "of the built-in datasets, av-digits, avmnist and cremad have one (their \
+     `dep` split); urfunny's `dep` is its test split, which no training decision may read, and ave, mosei and \
+     synthetic have none";
+
+/// Refuses, at build time, a method that reads a held-out split (`needs`: what it reads it for)
+/// when the run has none.
+pub(crate) fn require_holdout(
+    cx: &crate::BuildCx<'_>,
+    method: &str,
+    needs: &str,
+) -> std::result::Result<(), MethodError> {
+    if cx.holdout == Some(false) {
+        return Err(format!("method = `{method}` {needs}, and this run has none; {BUILT_IN_HOLDOUTS}").into());
+    }
+    Ok(())
+}
+
 /// Mixes two seeds (splitmix64 finaliser).
 pub(crate) fn mix_seed(a: u64, b: u64) -> u64 {
     let mut z = a ^ b.rotate_left(29) ^ 0x9E37_79B9_7F4A_7C15;

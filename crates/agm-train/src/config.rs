@@ -581,7 +581,7 @@ impl RunConfig {
         let device = model.param_groups().trainable().first().map(|v| v.var.device().clone()).unwrap_or(Device::Cpu);
         let probe = data.train.batch(&[0], &device)?;
         let dims = agm_modulation::encoder_feature_dims(model, &probe)?;
-        let cx = BuildCx::new(model, self.seed).with_feature_dims(&dims).with_holdout(data.dep.is_some());
+        let cx = BuildCx::new(model, self.seed).with_feature_dims(&dims).with_holdout(data.holdout().is_some());
         Ok(registry::build(&self.method, &self.methods, &cx)?)
     }
 
@@ -596,8 +596,8 @@ impl RunConfig {
     ) -> Result<crate::Trainer<'a>> {
         let opts = TrainerOptions { shapley: self.shapley_mode(model), ..self.trainer_options() };
         let mut trainer = crate::Trainer::new(model, modulator, |g| Ok(self.optimizer.build(g)?), opts, device)?;
-        if let Some(dep) = &data.dep {
-            trainer = trainer.with_holdout(dep);
+        if let Some(holdout) = data.holdout() {
+            trainer = trainer.with_holdout(holdout);
         }
         if self.reference_protocol && data.id.reference_selects_on_test() {
             trainer = trainer.with_reference_split(&data.test);

@@ -172,17 +172,21 @@ fn evaluation_scores_a_method_that_predicts_with_its_own_parts() {
 
 #[test]
 fn a_run_that_cannot_be_built_leaves_no_run_state_and_says_why() {
-    // Re-learning needs a held-out split, which synthetic data does not have.
-    let cfg = RunRequest::default()
-        .set("--dataset", "dataset", "synthetic")
-        .set("--method", "method", "relearn")
-        .resolve()
-        .unwrap()
-        .config;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = RunDir::create(tmp.path().join("run")).unwrap();
-    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
-    let err = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap_err().to_string();
-    assert!(err.contains("held-out split") && err.contains("av-digits"), "{err}");
-    assert!(!dir.holds_run_state(), "a failed start left run state behind");
+    // Re-learning and gradient blending need a held-out split, which synthetic data does not
+    // have: refused before the first step, with the datasets that have one.
+    for method in ["relearn", "gblend"] {
+        let cfg = RunRequest::default()
+            .set("--dataset", "dataset", "synthetic")
+            .set("--method", "method", method)
+            .resolve()
+            .unwrap()
+            .config;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path().join("run")).unwrap();
+        let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+        let err = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap_err().to_string();
+        assert!(err.contains(&format!("method = `{method}`")) && err.contains("held-out split"), "{err}");
+        assert!(err.contains("avmnist") && err.contains("synthetic have none"), "{err}");
+        assert!(!dir.holds_run_state(), "{method}: a failed start left run state behind");
+    }
 }

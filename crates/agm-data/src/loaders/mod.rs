@@ -68,6 +68,12 @@ impl DatasetId {
     pub fn reference_selects_on_test(self) -> bool {
         matches!(self, Self::AvMnist | Self::CremaD)
     }
+
+    /// Whether the `dep` split is the test split itself (UR-Funny, as the AGM reference defines
+    /// it): then no training decision may read it.
+    pub fn dep_is_test(self) -> bool {
+        matches!(self, Self::UrFunny)
+    }
 }
 
 impl std::str::FromStr for DatasetId {
@@ -148,6 +154,12 @@ pub struct WordVectors {
 }
 
 impl LoadedDataset {
+    /// The split a method may hold out from training (G-Blending's blend weights, ReLearn's
+    /// diagnosis): `dep`, unless it is the test split ([`DatasetId::dep_is_test`]).
+    pub fn holdout(&self) -> Option<&SplitTensors> {
+        self.dep.as_ref().filter(|_| !self.id.dep_is_test())
+    }
+
     /// Keeps the modalities `names` (a model's, in its order) in every split; a uni-modal model
     /// keeps one of them.
     pub fn reorder_modalities(&mut self, names: &[&str]) -> Result<()> {
