@@ -298,7 +298,7 @@ pub(crate) fn modulated_grad(
     stds: &mut Vec<f64>,
 ) -> Result<Option<Tensor>> {
     let Some(seed) = noise_seed else {
-        return Ok((k != 1.0).then(|| g.affine(k, 0.0)).transpose()?);
+        return (k != 1.0).then(|| g.affine(k, 0.0)).transpose();
     };
     let std = noise_std(g)? + NOISE_STD_EPS;
     stds.push(std);
