@@ -34,16 +34,27 @@ fn lane_sum<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-/// Sums `part(range)` over fixed chunks of `0..n`, in parallel, adding the partials in order.
-fn chunked_sum(n: usize, part: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
-    let parts: Vec<f64> =
+/// Sums `part(range)` (`k` values) over fixed chunks of `0..n`, in parallel, adding the
+/// chunks' partials in order.
+fn chunked_sums(n: usize, k: usize, part: impl Fn(std::ops::Range<usize>) -> Vec<f64> + Sync) -> Vec<f64> {
+    let parts: Vec<Vec<f64>> =
         (0..n.div_ceil(CHUNK)).into_par_iter().map(|c| part(c * CHUNK..((c + 1) * CHUNK).min(n))).collect();
-    parts.iter().sum()
+    parts.iter().fold(vec![0.0; k], |mut acc, part| {
+        acc.iter_mut().zip(part).for_each(|(a, v)| *a += v);
+        acc
+    })
 }
 
-/// `Σ a·b` over two equal-length slices, in f64 (products of f32 values are exact in f64).
-fn dot_slices<T: Real>(a: &[T], b: &[T]) -> f64 {
-    chunked_sum(a.len(), |r| lane_sum(&a[r.clone()], &b[r], |x, y| x.to_f64() * y.to_f64()))
+/// `Σ xs[p]·xs[q]` in f64 for each of `pairs`, over equal-length slices, in one pass (products
+/// of f32 values are exact in f64).
+fn pair_sums<T: Real>(xs: &[&[T]], pairs: &[(usize, usize)]) -> Vec<f64> {
+    let n = xs.first().map_or(0, |x| x.len());
+    chunked_sums(n, pairs.len(), |r| {
+        pairs
+            .iter()
+            .map(|&(p, q)| lane_sum(&xs[p][r.clone()], &xs[q][r.clone()], |x, y| x.to_f64() * y.to_f64()))
+            .collect()
+    })
 }
 
 /// Whether `t` takes the CPU path: an f32 or f64 CPU tensor.
@@ -54,22 +65,10 @@ fn on_cpu(t: &Tensor) -> bool {
 /// `Σ a·b` over every element (row-major), in f64. The tensors must have the same number of
 /// elements and dtype.
 pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
-    if a.elem_count() != b.elem_count() || a.dtype() != b.dtype() {
-        candle_core::bail!("dot: {:?} {:?} against {:?} {:?}", a.shape(), a.dtype(), b.shape(), b.dtype());
-    }
     if a.id() == b.id() {
         return crate::sum_squares(a);
     }
-    if on_cpu(a) && on_cpu(b) {
-        let (a, b) = (a.contiguous()?, b.contiguous()?);
-        let ((sa, la), (sb, lb)) = (a.storage_and_layout(), b.storage_and_layout());
-        if let (candle_core::Storage::Cpu(sa), candle_core::Storage::Cpu(sb)) = (&*sa, &*sb) {
-            return dispatch_real!(sa, "dot", T => Ok(dot_slices(slice::<T>(sa, la, "dot")?, slice::<T>(sb, lb, "dot")?)));
-        }
-    }
-    let acc = accumulation_dtype(a);
-    let prod = (a.flatten_all()?.to_dtype(acc)? * b.flatten_all()?.to_dtype(acc)?)?;
-    prod.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    Ok(products(&[a.clone(), b.clone()], &[(0, 1)], "dot")?[0])
 }
 
 /// The Gram matrix of `ts` (row-major, `k × k`): entry `(p, q)` is [`dot`] of tensors `p` and
@@ -77,63 +76,42 @@ pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
 pub fn gram(ts: &[Tensor]) -> Result<Vec<f64>> {
     let k = ts.len();
     let pairs: Vec<(usize, usize)> = (0..k).flat_map(|p| (p..k).map(move |q| (p, q))).collect();
-    if let Some(t) = ts.iter().find(|t| t.elem_count() != ts[0].elem_count() || t.dtype() != ts[0].dtype()) {
-        candle_core::bail!("gram: {:?} {:?} against {:?} {:?}", t.shape(), t.dtype(), ts[0].shape(), ts[0].dtype());
-    }
-    let sums = match cpu_gram(ts, &pairs)? {
-        Some(sums) => sums,
-        None => {
-            // Each tensor converted once and every sum read back in one copy (one wait on CUDA).
-            let acc = accumulation_dtype(&ts[0]);
-            let flat = ts.iter().map(|t| t.flatten_all()?.to_dtype(acc)).collect::<Result<Vec<_>>>()?;
-            let sums = pairs.iter().map(|&(p, q)| (&flat[p] * &flat[q])?.sum_all()).collect::<Result<Vec<_>>>()?;
-            Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?
-        }
-    };
     let mut out = vec![0.0; k * k];
-    for (&(p, q), v) in pairs.iter().zip(sums) {
+    for (&(p, q), v) in pairs.iter().zip(products(ts, &pairs, "gram")?) {
         out[p * k + q] = v;
         out[q * k + p] = v;
     }
     Ok(out)
 }
 
-/// [`gram`]'s `pairs` in one pass, where every tensor is an f32 (or every one an f64) CPU tensor
-/// of one length.
-fn cpu_gram(ts: &[Tensor], pairs: &[(usize, usize)]) -> Result<Option<Vec<f64>>> {
-    let Some(first) = ts.first() else { return Ok(Some(Vec::new())) };
-    let n = first.elem_count();
-    if !ts.iter().all(on_cpu) {
-        return Ok(None);
+/// `Σ ts[p]·ts[q]` for each of `pairs`: on the CPU one pass over every tensor, elsewhere each
+/// tensor converted once and every sum read back in one copy (one wait on CUDA).
+fn products(ts: &[Tensor], pairs: &[(usize, usize)], op: &str) -> Result<Vec<f64>> {
+    let Some(first) = ts.first() else { return Ok(Vec::new()) };
+    if let Some(t) = ts.iter().find(|t| t.elem_count() != first.elem_count() || t.dtype() != first.dtype()) {
+        candle_core::bail!("{op}: {:?} {:?} against {:?} {:?}", t.shape(), t.dtype(), first.shape(), first.dtype());
     }
-    let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    let mut cpu = Vec::with_capacity(guards.len());
-    for (storage, layout) in &guards {
-        let candle_core::Storage::Cpu(storage) = &**storage else { return Ok(None) };
-        cpu.push((storage, layout));
-    }
-    fn sums<T: Real>(xs: &[&[T]], pairs: &[(usize, usize)], n: usize) -> Vec<f64> {
-        let parts: Vec<Vec<f64>> = (0..n.div_ceil(CHUNK))
-            .into_par_iter()
-            .map(|c| {
-                let r = c * CHUNK..((c + 1) * CHUNK).min(n);
-                pairs
-                    .iter()
-                    .map(|&(p, q)| lane_sum(&xs[p][r.clone()], &xs[q][r.clone()], |x, y| x.to_f64() * y.to_f64()))
-                    .collect()
+    if ts.iter().all(on_cpu) {
+        let ts = ts.iter().map(|t| t.contiguous()).collect::<Result<Vec<_>>>()?;
+        let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+        let cpu: Vec<_> = guards
+            .iter()
+            .filter_map(|(s, l)| match &**s {
+                candle_core::Storage::Cpu(s) => Some((s, *l)),
+                _ => None,
             })
             .collect();
-        parts.iter().fold(vec![0.0; pairs.len()], |mut acc, part| {
-            acc.iter_mut().zip(part).for_each(|(a, v)| *a += v);
-            acc
-        })
+        if cpu.len() == ts.len() {
+            return dispatch_real!(cpu[0].0, op, T => {
+                let xs = cpu.iter().map(|(s, l)| slice::<T>(s, l, op)).collect::<Result<Vec<_>>>()?;
+                Ok(pair_sums(&xs, pairs))
+            });
+        }
     }
-    let (storage, _) = cpu[0];
-    dispatch_real!(storage, "gram", T => {
-        let xs = cpu.iter().map(|(s, l)| slice::<T>(s, l, "gram")).collect::<Result<Vec<_>>>()?;
-        Ok(Some(sums(&xs, pairs, n)))
-    })
+    let acc = accumulation_dtype(first);
+    let flat = ts.iter().map(|t| t.flatten_all()?.to_dtype(acc)).collect::<Result<Vec<_>>>()?;
+    let sums = pairs.iter().map(|&(p, q)| (&flat[p] * &flat[q])?.sum_all()).collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&sums, 0)?.to_dtype(DType::F64)?.to_vec1::<f64>()
 }
 
 /// The unbiased standard deviation of every element (PyTorch's `Tensor.std()`), in f64, by two
@@ -145,9 +123,9 @@ pub fn std_unbiased(t: &Tensor) -> Result<f64> {
         return Ok(0.0);
     }
     fn two_pass<T: Real>(x: &[T]) -> f64 {
-        let sum = chunked_sum(x.len(), |r| lane_sum(&x[r.clone()], &x[r], |v, _| v.to_f64()));
+        let sum = chunked_sums(x.len(), 1, |r| vec![lane_sum(&x[r.clone()], &x[r], |v, _| v.to_f64())])[0];
         let mean = sum / x.len() as f64;
-        chunked_sum(x.len(), |r| lane_sum(&x[r.clone()], &x[r], |v, _| (v.to_f64() - mean).powi(2)))
+        chunked_sums(x.len(), 1, |r| vec![lane_sum(&x[r.clone()], &x[r], |v, _| (v.to_f64() - mean).powi(2))])[0]
     }
     if on_cpu(t) {
         let t = t.contiguous()?;
@@ -175,5 +153,5 @@ fn accumulation_dtype(t: &Tensor) -> DType {
 
 /// `Σ t²` of a contiguous f32 or f64 CPU slice, as [`dot`] computes it.
 pub(crate) fn sum_squares_slice<T: Real>(x: &[T]) -> f64 {
-    dot_slices(x, x)
+    pair_sums(&[x], &[(0, 0)])[0]
 }
