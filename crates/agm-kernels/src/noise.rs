@@ -9,7 +9,7 @@
 use candle_core::CudaStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use crate::cpu::{check_real, dispatch_real, map_into, slice, Real};
+use crate::cpu::{dispatch_real, map_into, slice, Real};
 use crate::dropout::mix_seed;
 use crate::own_kernels;
 
@@ -72,12 +72,11 @@ noise_real!(f64, wide::f64x4, 4);
 
 /// `scale · x + std · z`, where `z[i]` is standard normal draw `i` (row-major) of stream `seed`:
 /// a function of `seed` and the index alone. On the CPU and CUDA (f32, f64) one custom op;
-/// elsewhere [`add_gaussian_noise_ref`]. The gradient with respect to `x` is `scale`.
+/// elsewhere (other devices or dtypes) [`add_gaussian_noise_ref`]. The gradient with respect to `x` is `scale`.
 pub fn add_gaussian_noise(x: &Tensor, scale: f64, std: f64, seed: u64) -> Result<Tensor> {
-    if !own_kernels(x.device()) {
+    if !own_kernels(x.device()) || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return add_gaussian_noise_ref(x, scale, std, seed);
     }
-    check_real(x, "add_gaussian_noise")?;
     x.contiguous()?.apply_op1(GaussianNoise { scale, std, seed })
 }
 
