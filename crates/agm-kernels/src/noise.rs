@@ -72,7 +72,8 @@ noise_real!(f64, wide::f64x4, 4);
 
 /// `scale · x + std · z`, where `z[i]` is standard normal draw `i` (row-major) of stream `seed`:
 /// a function of `seed` and the index alone. On the CPU and CUDA (f32, f64) one custom op;
-/// elsewhere (other devices or dtypes) [`add_gaussian_noise_ref`]. The gradient with respect to `x` is `scale`.
+/// elsewhere (other devices or dtypes) [`add_gaussian_noise_ref`]. The gradient with respect to
+/// `x` is `scale`.
 pub fn add_gaussian_noise(x: &Tensor, scale: f64, std: f64, seed: u64) -> Result<Tensor> {
     if !own_kernels(x.device()) || !matches!(x.dtype(), DType::F32 | DType::F64) {
         return add_gaussian_noise_ref(x, scale, std, seed);
