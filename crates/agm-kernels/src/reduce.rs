@@ -86,7 +86,7 @@ pub fn gram(ts: &[Tensor]) -> Result<Vec<f64>> {
 
 /// `Σ ts[p]·ts[q]` for each of `pairs`: on the CPU one pass over every tensor, elsewhere each
 /// tensor converted once and every sum read back in one copy (one wait on CUDA).
-fn products(ts: &[Tensor], pairs: &[(usize, usize)], op: &str) -> Result<Vec<f64>> {
+pub(crate) fn products(ts: &[Tensor], pairs: &[(usize, usize)], op: &str) -> Result<Vec<f64>> {
     let Some(first) = ts.first() else { return Ok(Vec::new()) };
     if let Some(t) = ts.iter().find(|t| t.elem_count() != first.elem_count() || t.dtype() != first.dtype()) {
         candle_core::bail!("{op}: {:?} {:?} against {:?} {:?}", t.shape(), t.dtype(), first.shape(), first.dtype());
@@ -149,9 +149,4 @@ fn accumulation_dtype(t: &Tensor) -> DType {
     } else {
         DType::F64
     }
-}
-
-/// `Σ t²` of a contiguous f32 or f64 CPU slice, as [`dot`] computes it.
-pub(crate) fn sum_squares_slice<T: Real>(x: &[T]) -> f64 {
-    pair_sums(&[x], &[(0, 0)])[0]
 }

@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor, Var};
 
-use crate::cpu::{dispatch_real, for_each_chunk, slice, slice_mut};
+use crate::cpu::{for_each_chunk, slice, slice_mut};
 use crate::own_kernels;
 
 /// Elements per parallel job of the update loops.
@@ -285,9 +285,9 @@ pub fn sgd_update_ref(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpd
 }
 
 /// `Σ t²` over every element, accumulated in f64: the square of a gradient's L2 norm for
-/// clipping, in one parallel, deterministic pass on the CPU (f32, f64) without a converted copy, and on CUDA
-/// (f32, f64) as a deterministic two-kernel reduction; elsewhere candle ops (in f32 on Metal,
-/// which has no f64).
+/// clipping, in one parallel, deterministic pass on the CPU (f32, f64) without a converted copy,
+/// and on CUDA (f32, f64) as a deterministic two-kernel reduction; elsewhere candle ops (in f32
+/// on Metal, which has no f64).
 pub fn sum_squares(t: &Tensor) -> Result<f64> {
     #[cfg(feature = "cuda")]
     if let Some(sums) = gpu::sum_squares_each(std::slice::from_ref(t))? {
@@ -307,21 +307,9 @@ pub fn sum_squares_each(ts: &[Tensor]) -> Result<Vec<f64>> {
     ts.iter().map(sum_squares).collect()
 }
 
-/// [`sum_squares`] of one tensor off CUDA.
+/// [`sum_squares`] of one tensor off CUDA: the Gram pass of the tensor with itself.
 fn sum_squares_apart(t: &Tensor) -> Result<f64> {
-    let t = t.detach();
-    if t.device().is_cpu() && matches!(t.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
-        let t = t.contiguous()?;
-        let (storage, layout) = t.storage_and_layout();
-        if let candle_core::Storage::Cpu(storage) = &*storage {
-            return dispatch_real!(storage, "sum_squares", T => {
-                let x = slice::<T>(storage, layout, "sum_squares")?;
-                Ok(crate::reduce::sum_squares_slice(x))
-            });
-        }
-    }
-    let acc = if t.device().is_metal() { candle_core::DType::F32 } else { candle_core::DType::F64 };
-    t.to_dtype(acc)?.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()
+    Ok(crate::reduce::products(&[t.detach()], &[(0, 0)], "sum_squares")?[0])
 }
 
 #[cfg(feature = "cuda")]
