@@ -418,11 +418,7 @@ impl Modulator for GBlend {
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         let holdout = cx.holdout.ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "gblend needs a held-out split to estimate its blend weights, and the run has none: give the trainer \
-                 one (Trainer::with_holdout), disjoint from the training data; {}",
-                crate::shared::BUILT_IN_HOLDOUTS
-            ))
+            crate::shared::no_holdout("gblend", "needs a held-out split to estimate its blend weights")
         })?;
         if !cx.epoch.is_multiple_of(self.cfg.super_epoch) {
             return Ok(Vec::new());

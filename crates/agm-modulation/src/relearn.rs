@@ -506,12 +506,10 @@ impl Modulator for Relearn {
 
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         let holdout = cx.holdout.ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "relearn diagnoses each modality by the purity gap between the training split and a held-out split, \
-                 and the run has none: give the trainer one (Trainer::with_holdout, disjoint from the training \
-                 data); {}",
-                crate::shared::BUILT_IN_HOLDOUTS
-            ))
+            crate::shared::no_holdout(
+                "relearn",
+                "diagnoses each modality by the purity gap between the training split and a held-out split",
+            )
         })?;
         if cx.model.modalities().len() != self.m {
             candle_core::bail!(

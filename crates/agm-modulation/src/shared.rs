@@ -25,7 +25,7 @@ pub(crate) fn check_window(section: &str, start: usize, end: Option<usize>) -> s
 }
 
 /// Which built-in datasets give a run a held-out split, for the errors of methods that need one.
-pub(crate) const BUILT_IN_HOLDOUTS: &str = "of the built-in datasets, av-digits, avmnist and cremad have one (their \
+const BUILT_IN_HOLDOUTS: &str = "of the built-in datasets, av-digits, avmnist and cremad have one (their \
      `dep` split); urfunny's `dep` is its test split, which no training decision may read, and ave, mosei and \
      synthetic have none";
 
@@ -40,6 +40,14 @@ pub(crate) fn require_holdout(
         return Err(format!("method = `{method}` {needs}, and this run has none; {BUILT_IN_HOLDOUTS}").into());
     }
     Ok(())
+}
+
+/// The error of a method that reads a held-out split (`needs`: what for) in a run without one.
+pub(crate) fn no_holdout(method: &str, needs: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!(
+        "{method} {needs}, and the run has none: give the trainer one (Trainer::with_holdout, disjoint from the \
+         training data); {BUILT_IN_HOLDOUTS}"
+    ))
 }
 
 /// Mixes two seeds (splitmix64 finaliser).
