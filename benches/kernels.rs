@@ -32,6 +32,7 @@ enum Kind {
     Linear { x: Var, w: Var, b: Var },
     Softmax { x: Var },
     CrossEntropy { logits: Var, labels: Tensor },
+    GaussianNoise { x: Var },
 }
 
 /// One kernel on fixed inputs; every input is a `Var`, so every input gradient is computed.
@@ -99,6 +100,11 @@ impl KernelCase {
                 };
                 f(logits.as_tensor(), labels)?
             }
+            Kind::GaussianNoise { x } => {
+                let f = if reference { agm_kernels::add_gaussian_noise_ref } else { agm_kernels::add_gaussian_noise };
+                // OGM-GE's use: a gradient plus noise of its own spread.
+                f(x.as_tensor(), 1.0, 0.5, 7)?
+            }
         };
         let grads = out.sum_all()?.backward()?;
         // Wait for the device so wall time covers the work (a no-op on the CPU).
@@ -108,7 +114,7 @@ impl KernelCase {
 }
 
 /// The benchmarked cases, f32: ResNet18 shapes at batch 8 on 112×112 inputs, plus transformer-
-/// and head-sized linear, norm, softmax and loss.
+/// and head-sized linear, norm, softmax and loss, and OGM-GE's noise on a ResNet18 weight.
 pub fn kernel_cases(device: &Device) -> Result<Vec<KernelCase>> {
     let conv = |name, x: &[usize], w: &[usize], stride, padding, seed| -> Result<KernelCase> {
         let kind = Kind::Conv {
@@ -181,6 +187,11 @@ pub fn kernel_cases(device: &Device) -> Result<Vec<KernelCase>> {
                 logits: seeded(&[256, 10], 12, device)?,
                 labels: Tensor::from_vec(labels, 256, device)?,
             },
+            device: device.clone(),
+        },
+        KernelCase {
+            name: "gaussian_noise_512x512x3x3",
+            kind: Kind::GaussianNoise { x: seeded(&[512, 512, 3, 3], 25, device)? },
             device: device.clone(),
         },
     ])
