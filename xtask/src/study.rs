@@ -619,8 +619,14 @@ pub(crate) fn differences_from(cfg: &RunConfig, other: &RunConfig, whose: &str) 
 /// each differing setting, never deleted; so is an unfinished run another process still holds.
 fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
     if !dir.join("config.toml").exists() {
-        if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
-            anyhow::bail!("{} is not empty and holds no run", dir.display());
+        if dir.exists() {
+            let run = RunDir::open(dir)?;
+            if !run.holds_only_leftovers() {
+                anyhow::bail!("{} holds files but no run; move them, or pass a new --out", dir.display());
+            }
+            // A run killed before its config.toml left its lock: refused now if a process
+            // still holds it, else its leftovers are cleared and it trains from the start.
+            drop(run.lock()?);
         }
         return Ok(Plan::Train);
     }
@@ -1191,6 +1197,28 @@ mod tests {
         drop(held);
         // Nobody holds it: it continues from its last checkpoint.
         assert!(matches!(plan(&recorded, &dir).unwrap(), Plan::Resume));
+    }
+
+    #[test]
+    fn a_run_killed_before_its_config_is_trained_again_and_other_files_are_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("joint-seed2");
+        std::fs::create_dir_all(&dir).unwrap();
+        // What a run killed right after taking its lock leaves.
+        drop(RunDir::open(&dir).unwrap().lock().unwrap());
+        std::fs::write(dir.join("config.toml.77.0.tmp"), "").unwrap();
+        let cfg = RunConfig::av_digits();
+        let held = RunDir::open(&dir).unwrap().lock().unwrap();
+        let err = format!("{:#}", plan(&cfg, &dir).err().unwrap());
+        assert!(err.contains("in use by another run (pid"), "{err}");
+        drop(held);
+        assert!(matches!(plan(&cfg, &dir).unwrap(), Plan::Train));
+        assert!(!dir.join("config.toml.77.0.tmp").exists(), "the killed writer's temporary is cleared");
+        // Files a run does not write are never taken for leftovers.
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let err = format!("{:#}", plan(&cfg, &dir).err().unwrap());
+        assert!(err.contains("holds files but no run; move them, or pass a new --out"), "{err}");
+        assert!(dir.join("notes.txt").exists());
     }
 
     #[test]

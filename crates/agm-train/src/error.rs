@@ -48,6 +48,10 @@ pub enum TrainError {
     )]
     MetricsRow { path: PathBuf, line: usize, reason: String },
 
+    /// A run's `metrics.jsonl` that a resume would have to lose rows of.
+    #[error("{path}: {message}")]
+    MetricsFile { path: PathBuf, message: String },
+
     // The cause is part of the message, not a `source`, so error chains print it once.
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },

@@ -138,6 +138,16 @@ impl RunDir {
         let _ = std::fs::remove_dir(&self.root);
     }
 
+    /// Whether the directory holds nothing but what a run killed before it wrote its
+    /// `config.toml` leaves: its `.lock` and temporaries (an empty directory too).
+    pub fn holds_only_leftovers(&self) -> bool {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return false };
+        entries.flatten().all(|e| {
+            let path = e.path();
+            path.is_file() && (e.file_name() == ".lock" || path.extension().is_some_and(|x| x == "tmp"))
+        })
+    }
+
     /// Whether the directory holds anything a run wrote (a config, metrics or a checkpoint).
     pub fn holds_run_state(&self) -> bool {
         [self.config(), self.metrics(), self.checkpoint(), self.best()].iter().any(|p| p.exists())
@@ -184,23 +194,60 @@ impl RunDir {
         writeln!(f, "{line}").map_err(|e| TrainError::io(&path, e))
     }
 
-    /// Keeps only the metrics rows of epochs `<= last_epoch` (a resumed run rewrites the rest).
+    /// Keeps only the metrics rows of epochs `<= last_epoch` (a resumed run writes the rest
+    /// again). Nothing else is dropped: a line that does not read as a row is refused by number,
+    /// except a torn last line (a writer killed mid-append, of an epoch after the checkpoint's),
+    /// and so is a missing file once epochs finished.
     pub fn truncate_metrics(&self, last_epoch: usize) -> Result<()> {
         let path = self.metrics();
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
-        let epoch_of =
-            |l: &str| serde_json::from_str::<serde_json::Value>(l).ok()?.get("epoch")?.as_u64().map(|e| e as usize);
-        // Each line parsed once: a run of 1,500 epochs resumes without re-reading its rows per epoch.
-        let kept: Vec<(usize, &str)> =
-            text.lines().filter_map(|l| Some((epoch_of(l)?, l))).filter(|&(e, _)| e <= last_epoch).collect();
-        // A damaged line (an edit, a crash mid-write) is dropped: say which epochs the file lacks.
+        let refuse = |message: String| Err(TrainError::MetricsFile { path: path.clone(), message });
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && last_epoch == 0 => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return refuse(format!(
+                    "missing, but the checkpoint is at the end of epoch {last_epoch}, and a resume cannot write \
+                     those epochs' rows again: restore the file, or create it empty to resume without them"
+                ))
+            }
+            Err(e) => return Err(TrainError::io(&path, e)),
+        };
+        let epoch_of = |l: &[u8]| {
+            let row: serde_json::Value = serde_json::from_slice(l).ok()?;
+            row.get("epoch")?.as_u64().map(|e| e as usize)
+        };
+        let lines: Vec<&[u8]> = match bytes.strip_suffix(b"\n").unwrap_or(&bytes) {
+            [] if bytes.is_empty() => Vec::new(),
+            text => text.split(|&b| b == b'\n').collect(),
+        };
+        let torn_last = !bytes.is_empty() && !bytes.ends_with(b"\n");
+        let (mut kept, mut damaged) = (Vec::new(), Vec::new());
+        for (i, line) in lines.iter().enumerate() {
+            match epoch_of(line) {
+                Some(epoch) if epoch <= last_epoch => kept.push((epoch, *line)),
+                Some(_) => {}
+                None if torn_last && i + 1 == lines.len() => {}
+                None => damaged.push((i + 1).to_string()),
+            }
+        }
+        if !damaged.is_empty() {
+            let (what, those) = match damaged.len() {
+                1 => (format!("line {} is not a metrics row", damaged[0]), "that line"),
+                _ => (format!("lines {} are not metrics rows", damaged.join(", ")), "those lines"),
+            };
+            return refuse(format!(
+                "{what}, and a resume rewrites the file without such lines: restore it, or remove {those} to \
+                 resume without them"
+            ));
+        }
+        // Rows removed by hand stay removed: say which epochs the file lacks.
         let present: std::collections::BTreeSet<usize> = kept.iter().map(|&(e, _)| e).collect();
         let missing: Vec<usize> = (1..=last_epoch).filter(|e| !present.contains(e)).collect();
         if !missing.is_empty() {
-            tracing::warn!("{} lacks the rows of epochs {missing:?} (damaged or removed lines)", path.display());
+            tracing::warn!("{} lacks the rows of epochs {missing:?} (removed lines)", path.display());
         }
-        let kept: String = kept.iter().map(|(_, l)| format!("{l}\n")).collect();
-        crate::checkpoint::write_atomic(&path, kept.as_bytes())
+        let kept: Vec<u8> = kept.iter().flat_map(|(_, l)| l.iter().copied().chain([b'\n'])).collect();
+        crate::checkpoint::write_atomic(&path, &kept)
     }
 
     /// Reads every metrics row; a run that has none yet (no `metrics.jsonl` beside its
@@ -311,5 +358,36 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(dir.metrics()).unwrap().write_all(b"{bad\n").unwrap();
         let err = dir.read_metrics::<serde_json::Value>().unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl line 2") && err.contains("remove that line"), "{err}");
+    }
+
+    #[test]
+    fn a_resume_keeps_finished_rows_drops_a_torn_append_and_refuses_to_drop_anything_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path()).unwrap();
+        let rows = |dir: &RunDir| std::fs::read_to_string(dir.metrics()).unwrap();
+        for epoch in 1..=3 {
+            dir.append_metrics(&serde_json::json!({ "epoch": epoch })).unwrap();
+        }
+        // A writer killed mid-append of epoch 4's row; the checkpoint is at epoch 2.
+        std::fs::OpenOptions::new().append(true).open(dir.metrics()).unwrap().write_all(b"{\"epo").unwrap();
+        dir.truncate_metrics(2).unwrap();
+        assert_eq!(rows(&dir), "{\"epoch\":1}\n{\"epoch\":2}\n");
+        // A damaged line that is not the last one is refused, and the file kept.
+        let damaged = "{\"epoch\":1}\n{bad\n{\"epoch\":2}\nnot json\n{\"epoch\":3}\n";
+        std::fs::write(dir.metrics(), damaged).unwrap();
+        let err = dir.truncate_metrics(3).unwrap_err().to_string();
+        assert!(err.contains("lines 2, 4 are not metrics rows") && err.contains("remove those lines"), "{err}");
+        assert_eq!(rows(&dir), damaged);
+        // Rows removed by hand stay removed; nothing to keep and no file is fine.
+        std::fs::write(dir.metrics(), "{\"epoch\":2}\n{\"epoch\":3}\n").unwrap();
+        dir.truncate_metrics(2).unwrap();
+        assert_eq!(rows(&dir), "{\"epoch\":2}\n");
+        std::fs::remove_file(dir.metrics()).unwrap();
+        dir.truncate_metrics(0).unwrap();
+        assert!(dir
+            .truncate_metrics(1)
+            .unwrap_err()
+            .to_string()
+            .contains("missing, but the checkpoint is at the end of epoch 1"));
     }
 }

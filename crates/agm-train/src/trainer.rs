@@ -228,6 +228,26 @@ struct LoopState {
     lr_factor: Option<f64>,
 }
 
+/// Refuses a resume whose `best.safetensors` (the weights of epoch `best_epoch`) is missing or
+/// does not read back whole: no later epoch can rebuild them.
+fn check_best_weights(path: &std::path::Path, best_epoch: usize) -> Result<()> {
+    let problem = match Checkpoint::load(path, &Device::Cpu) {
+        Ok(_) => return Ok(()),
+        Err(_) if !path.exists() => "missing".to_string(),
+        Err(TrainError::Checkpoint { message, .. }) => message,
+        Err(other) => other.to_string(),
+    };
+    // The loader's own advice ("start a fresh run") is replaced by the whole choice.
+    let problem = problem.split("; ").next().unwrap_or_default().to_string();
+    Err(TrainError::checkpoint(
+        path,
+        format!(
+            "{problem}, but it holds the run's best weights (epoch {best_epoch}), which training on cannot rebuild: \
+             restore the file, or start a new run with --out"
+        ),
+    ))
+}
+
 /// What a restored state is to the method.
 #[derive(Clone, Copy)]
 enum Restore<'t> {
@@ -527,6 +547,10 @@ impl<'a> Trainer<'a> {
                 self.opts.epochs,
                 loop_state.epochs_done
             )));
+        }
+        if loop_state.best_epoch > 0 {
+            // Before any epoch trains: the run ends by evaluating these weights.
+            check_best_weights(&dir.best(), loop_state.best_epoch)?;
         }
         let state = SnapshotState { model: ck.model, optimizer: ck.optimizer, modulator, learning_rate: None };
         self.restore(&state, Restore::Resume, &path)?;

@@ -265,6 +265,39 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
         "{err}"
     );
     assert_eq!(contents(dir.root()), before, "changed settings");
+    // Best weights that are gone or damaged are refused before any epoch trains: the run ends
+    // by evaluating them, and no later epoch can rebuild them.
+    let best = dir.best();
+    let good_best = std::fs::read(&best).unwrap();
+    for (damage, bytes) in [("missing", None), ("cut", Some(&good_best[..good_best.len() / 2]))] {
+        match bytes {
+            None => std::fs::remove_file(&best).unwrap(),
+            Some(bytes) => std::fs::write(&best, bytes).unwrap(),
+        }
+        let err = resume(&RunConfig { epochs: 4, ..cfg.clone() });
+        assert!(
+            err.contains("best.safetensors")
+                && err.contains("best weights (epoch ")
+                && err.contains("restore the file"),
+            "{damage}: {err}"
+        );
+        std::fs::write(&best, &good_best).unwrap();
+        assert_eq!(contents(dir.root()), before, "best weights {damage}");
+    }
+    // Finished epochs' metrics rows a resume would lose: a damaged line, or the whole file.
+    let metrics = dir.metrics();
+    let good_metrics = std::fs::read(&metrics).unwrap();
+    let garbled =
+        [&b"{garbled\n"[..], &good_metrics[good_metrics.iter().position(|&b| b == b'\n').unwrap() + 1..]].concat();
+    std::fs::write(&metrics, &garbled).unwrap();
+    let err = resume(&RunConfig { epochs: 4, ..cfg.clone() });
+    assert!(err.contains("metrics.jsonl: line 1 is not a metrics row") && err.contains("remove that line"), "{err}");
+    assert_eq!(std::fs::read(&metrics).unwrap(), garbled, "the damaged file is kept as it was");
+    std::fs::remove_file(&metrics).unwrap();
+    let err = resume(&RunConfig { epochs: 4, ..cfg.clone() });
+    assert!(err.contains("metrics.jsonl: missing") && err.contains("create it empty"), "{err}");
+    std::fs::write(&metrics, &good_metrics).unwrap();
+    assert_eq!(contents(dir.root()), before, "damaged metrics");
     // And the run still resumes.
     let outcome = run(&RunConfig { epochs: 3, ..cfg }, &dir, RunStart::Resume { header: changed.clone() }).unwrap();
     assert_eq!(outcome.run.epochs_done, 3);
