@@ -364,10 +364,15 @@ pub fn write(run_dir: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The report at the end of `train` (finished or stopped): a failure is a warning, the run's
-/// checkpoint and metrics are written already.
-pub fn write_after_train(run_dir: &Path) {
-    match write(run_dir, YScale::Log) {
+/// The report at the end of `train` (finished or stopped), to print with [`print_after_train`].
+pub fn write_after_train(run_dir: &Path) -> anyhow::Result<PathBuf> {
+    write(run_dir, YScale::Log)
+}
+
+/// Where the report went; a failure is a warning, the run's checkpoint and metrics are written
+/// already.
+pub fn print_after_train(written: anyhow::Result<PathBuf>) {
+    match written {
         Ok(dir) => println!("report: {}", dir.join("README.md").display()),
         Err(e) => eprintln!("warning: the run's checkpoint and metrics are written but its report failed: {e:#}"),
     }

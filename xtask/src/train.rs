@@ -1,6 +1,6 @@
 //! `cargo xtask train`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -223,6 +223,8 @@ struct TrainOutput<'a> {
     cfg: &'a RunConfig,
     dir: &'a Path,
     settings: &'a [String],
+    /// The report, written while the run still holds its directory's lock.
+    report: Option<anyhow::Result<PathBuf>>,
 }
 
 impl Callback for TrainOutput<'_> {
@@ -271,6 +273,12 @@ impl Callback for TrainOutput<'_> {
     fn on_validation(&mut self, done: usize, total: usize) {
         self.progress.on_validation(done, total)
     }
+    fn on_run_written(&mut self, dir: &RunDir) {
+        // The epochs done so far, as for a finished run (a stop in the first epoch has none).
+        if dir.metrics().exists() {
+            self.report = Some(report::write_after_train(dir.root()));
+        }
+    }
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
@@ -317,6 +325,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(note) = nothing_to_resume(&dir, &start, &cfg) {
+        // A run killed between its summary.json and its report: the lock clears the killed
+        // writer's temporaries, and the report is written again.
+        let _lock = dir.lock()?;
+        if !dir.metrics_csv().is_file() || !dir.report().join("README.md").is_file() {
+            report::print_after_train(report::write_after_train(dir.root()));
+        }
         println!("{note}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -336,6 +350,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg: &cfg,
         dir: dir.root(),
         settings: &settings,
+        report: None,
     };
     stop_on_ctrl_c();
     let outcome = match train_run(&cfg, &dir, start, &opts, &mut output) {
@@ -353,10 +368,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     output.progress.finish();
     let Some(test) = &outcome.test else {
-        // The epochs done so far are in metrics.csv and the report, as for a finished run (a
-        // stop in the first epoch has none).
-        if dir.metrics().exists() {
-            report::write_after_train(dir.root());
+        if let Some(written) = output.report.take() {
+            report::print_after_train(written);
         }
         let interrupted = INTERRUPTED.load(Ordering::Relaxed);
         println!(
@@ -373,7 +386,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(status) = &outcome.concepts {
         println!("{}", crate::concept::summary_line(status, &cfg, &outcome.run, &modalities));
     }
-    report::write_after_train(dir.root());
+    if let Some(written) = output.report.take() {
+        report::print_after_train(written);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -303,8 +303,10 @@ pub fn train_run(
     let lock = dir.lock()?;
     let new = start == RunStart::New && !dir.holds_run_state();
     let result = run_locked(cfg, dir, start, opts, callback);
-    if result.is_err() && new && !dir.checkpoint().exists() {
-        dir.remove_unstarted();
+    match &result {
+        Ok(_) => callback.on_run_written(dir),
+        Err(_) if new && !dir.checkpoint().exists() => dir.remove_unstarted(),
+        Err(_) => {}
     }
     drop(lock);
     result

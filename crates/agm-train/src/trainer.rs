@@ -184,6 +184,10 @@ pub trait Callback {
     fn on_concept_step(&mut self, _modality: &str, _s: &StepSummary) -> Flow {
         Flow::Continue
     }
+    /// A whole run ([`crate::run::train_run`]) wrote its files (checkpoint and metrics, and
+    /// `summary.json` when it finished) and still holds its directory's lock: what a driver
+    /// derives from them here (a report) no other process can interleave with.
+    fn on_run_written(&mut self, _dir: &crate::RunDir) {}
 }
 
 /// Ignores everything.

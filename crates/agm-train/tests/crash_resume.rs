@@ -403,3 +403,26 @@ fn a_resumed_run_keeps_its_first_start_and_lists_each_resume() {
     let old: RunOutcome = serde_json::from_value(json).unwrap();
     assert!(old.provenance.resumes.is_empty());
 }
+
+#[test]
+fn what_a_driver_writes_after_the_run_is_written_under_the_runs_lock() {
+    use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+    /// Records what taking the lock again said when the run's files were written.
+    struct Report(Option<String>);
+    impl agm_train::Callback for Report {
+        fn on_run_written(&mut self, dir: &RunDir) {
+            assert!(dir.summary().exists(), "the finished run's summary.json is written first");
+            self.0 = Some(dir.lock().map(drop).map_err(|e| e.to_string()).unwrap_err());
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let cfg = RunConfig { epochs: 1, ..RunConfig::av_digits() };
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let mut report = Report(None);
+    train_run(&cfg, &dir, RunStart::New, &opts, &mut report).unwrap();
+    let refused = report.0.expect("the hook ran");
+    assert!(refused.contains("in use by another run"), "{refused}");
+    // Released once the run returns.
+    dir.lock().unwrap();
+}
