@@ -3,7 +3,8 @@
 //! `snapshot/<k>/optim/<name>`) and, in the header metadata, the trainer and modulator state as
 //! JSON and the name of the method that wrote it (a resume by another method is refused).
 //! Written atomically (temporary file, then rename), so a crash never leaves a torn file; every
-//! tensor is checked for NaN and infinity on the way out and on the way in.
+//! tensor is checked for NaN and infinity on the way out and on the way in, and the whole file
+//! against the CRC-32 in its header, so damage after writing (a disk, a copy) is refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -14,7 +15,15 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, TrainError};
 
-const FORMAT: &str = "agm-checkpoint-v1";
+/// v2 files carry a checksum ([`verify_checksum`]); v1 files, of earlier versions, are read
+/// without one.
+const FORMAT: &str = "agm-checkpoint-v2";
+const FORMAT_V1: &str = "agm-checkpoint-v1";
+
+/// The header entry holding a file's checksum: `crc32:<8 hex digits>` of the header (this
+/// entry's value zeroed) and the data after it.
+const CHECKSUM: &str = "checksum";
+const CHECKSUM_ZERO: &str = "crc32:00000000";
 
 /// The contents of a checkpoint.
 #[derive(Debug, Default)]
@@ -50,18 +59,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `safetensors::serialize` with the header's keys in sorted order, so that identical runs write
-/// identical bytes: the crate writes the metadata from a `HashMap`, whose order changes from
-/// process to process.
+/// identical bytes (the crate writes the metadata from a `HashMap`, whose order changes from
+/// process to process), and with the file's checksum in the header ([`verify_checksum`]).
 pub(crate) fn serialize_sorted<'a>(
     tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
-    meta: HashMap<String, String>,
+    mut meta: HashMap<String, String>,
 ) -> std::result::Result<Vec<u8>, String> {
+    // Room for the checksum, which has the placeholder's length.
+    meta.insert(CHECKSUM.into(), CHECKSUM_ZERO.into());
     let mut bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| e.to_string())?;
     let len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let header = &mut bytes[8..8 + len];
+    let (header, data) = bytes[8..].split_at_mut(len);
     // serde_json's map is a BTreeMap: parsing and writing again sorts every key. The text is
     // the same JSON, so it fits in the padded header; the padding is spaces, as the crate's.
-    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let mut value: serde_json::Value = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    value["__metadata__"][CHECKSUM] = checksum_of(&value, data).into();
     let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     if sorted.len() > len {
         return Err(format!("the sorted header is {} bytes, the written one {len}", sorted.len()));
@@ -69,6 +81,38 @@ pub(crate) fn serialize_sorted<'a>(
     sorted.resize(len, b' ');
     header.copy_from_slice(&sorted);
     Ok(bytes)
+}
+
+/// The checksum of a file with `header` (its checksum entry holding [`CHECKSUM_ZERO`]) and `data`.
+fn checksum_of(header: &serde_json::Value, data: &[u8]) -> String {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&serde_json::to_vec(header).expect("a parsed header writes back"));
+    crc.update(data);
+    format!("crc32:{:08x}", crc.finalize())
+}
+
+/// Checks a safetensors file that [`serialize_sorted`] wrote against the checksum in its header:
+/// `Ok(true)` when it matches, `Ok(false)` when the file has none (written by an earlier version),
+/// and the mismatch otherwise.
+pub(crate) fn verify_checksum(bytes: &[u8]) -> std::result::Result<bool, String> {
+    let len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let Some((header, data)) = len.filter(|&n| n <= bytes.len() - 8).map(|n| bytes[8..].split_at(n)) else {
+        return Err("incomplete header".into());
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("header: {e}"))?;
+    let found = match value.get("__metadata__").and_then(|m| m.get(CHECKSUM)) {
+        None => return Ok(false),
+        Some(found) => found.as_str().unwrap_or_default().to_string(),
+    };
+    value["__metadata__"][CHECKSUM] = CHECKSUM_ZERO.into();
+    let computed = checksum_of(&value, data);
+    if found != computed {
+        return Err(format!(
+            "its checksum is {found} but its contents give {computed}: it changed after it was written (a disk or \
+             copy error)"
+        ));
+    }
+    Ok(true)
 }
 
 /// Temporary sibling of `path`: `<name>.<pid>.<counter>.tmp`.
@@ -184,14 +228,22 @@ impl Checkpoint {
         let corrupt = |e: String| {
             TrainError::checkpoint(
                 path,
-                format!("corrupt or not an agm checkpoint ({e}); start a fresh run with --out"),
+                format!(
+                    "corrupt or not an agm checkpoint ({e}); restore it from a copy, or start a fresh run with --out"
+                ),
             )
         };
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        let mut meta = header.metadata().clone().unwrap_or_default();
+        let format = meta.get("format").map(String::as_str);
+        if format != Some(FORMAT) && format != Some(FORMAT_V1) {
             return Err(corrupt(format!("missing format tag `{FORMAT}`")));
         }
+        let verified = verify_checksum(&bytes).map_err(corrupt)?;
+        if !verified && format == Some(FORMAT) {
+            return Err(corrupt(format!("a `{FORMAT}` file without its `{CHECKSUM}` entry")));
+        }
+        meta.remove(CHECKSUM);
         let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| corrupt(e.to_string()))?;
         let mut sorted: Vec<(&String, &Tensor)> = tensors.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));

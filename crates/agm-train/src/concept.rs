@@ -269,7 +269,9 @@ impl ConceptSet {
                 ),
             ));
         }
-        let tensors = candle_core::safetensors::load(&tensors_path, &Device::Cpu)
+        let bytes = std::fs::read(&tensors_path).map_err(|e| TrainError::io(&tensors_path, e))?;
+        crate::checkpoint::verify_checksum(&bytes).map_err(|e| corrupt(&tensors_path, e))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
             .map_err(|e| corrupt(&tensors_path, format!("not a readable safetensors file ({e})")))?;
         let mut splits = HashMap::new();
         for (name, &rows) in &manifest.rows {
@@ -343,10 +345,14 @@ fn concept_encoders(dataset: &str) -> Result<LateConcatConfig> {
     match dataset {
         // Every `av-digits-*` fusion builds these encoders.
         "av-digits" => Ok(LateConcatConfig::av_digits()),
-        other => Err(TrainError::Config(format!(
-            "mono-modal concepts are trained for av-digits only in this version; dataset `{other}` has no \
-             uni-modal concept model yet (its runs train without the competition-strength metric)"
-        ))),
+        other => {
+            // A misspelt id is named as one, not as a dataset without concepts.
+            crate::config::one_of("dataset", other, crate::config::DATASETS)?;
+            Err(TrainError::Config(format!(
+                "mono-modal concepts are trained for av-digits only in this version; dataset `{other}` has no \
+                 uni-modal concept model yet (its runs train without the competition-strength metric)"
+            )))
+        }
     }
 }
 

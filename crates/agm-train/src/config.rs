@@ -103,7 +103,7 @@ pub fn default_model(dataset: &str) -> String {
     }
 }
 
-fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
+pub(crate) fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
     if allowed.contains(&value) {
         Ok(())
     } else {

@@ -132,17 +132,36 @@ fn damaged_checkpoints_are_named_and_refused() {
         bytes[at] ^= 0x5a;
         cases.push((format!("header byte {at} flipped"), bytes));
     }
-    // Valid safetensors with the wrong contents: a missing, an extra and a misshapen tensor, and
-    // broken trainer state.
-    let tensors = candle_core::safetensors::load_buffer(&good, &Device::Cpu).unwrap();
+    // One bit of a tensor's data, or of the header's text: only the checksum can tell.
+    for (at, what) in [(good.len() - 3, "data"), (8 + header_len / 2, "header text")] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x01;
+        cases.push((format!("one bit of the {what} flipped"), bytes));
+    }
     let (_, header) = safetensors::SafeTensors::read_metadata(&good).unwrap();
     let meta = header.metadata().clone().unwrap_or_default();
+    assert!(meta["checksum"].starts_with("crc32:"), "{meta:?}");
+    // Valid safetensors with the wrong contents: a missing, an extra and a misshapen tensor, and
+    // broken trainer state, each written as a file of the version before checksums, which loads
+    // without one, so that the check of its own kind refuses it.
+    let tensors = candle_core::safetensors::load_buffer(&good, &Device::Cpu).unwrap();
+    let serialize = |named: &[(String, candle_core::Tensor)], meta: &std::collections::HashMap<String, String>| {
+        safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta.clone())).unwrap()
+    };
+    let mut named: Vec<(String, candle_core::Tensor)> = tensors.clone().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut v1 = meta.clone();
+    v1.remove("checksum");
+    v1.insert("format".into(), "agm-checkpoint-v1".into());
+    std::fs::write(&path, serialize(&named, &v1)).unwrap();
+    assert_eq!(resume(&cfg, dir.path()), None, "an undamaged checkpoint of the version before checksums resumes");
+    let mut unsummed = meta.clone();
+    unsummed.remove("checksum");
+    cases.push(("a checksum missing".into(), serialize(&named, &unsummed)));
     let rewrite = |edit: &Edit| {
-        let mut named: Vec<(String, candle_core::Tensor)> = tensors.clone().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut meta = meta.clone();
+        let (mut named, mut meta) = (named.clone(), v1.clone());
         edit(&mut named, &mut meta);
-        safetensors::serialize(named.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap()
+        serialize(&named, &meta)
     };
     cases
         .push(("a model tensor missing".into(), rewrite(&|named, _| named.retain(|(k, _)| k != "model/head.fc.bias"))));
@@ -178,6 +197,9 @@ fn damaged_checkpoints_are_named_and_refused() {
         std::fs::write(&path, bytes).unwrap();
         let err = resume(&cfg, dir.path()).unwrap_or_else(|| panic!("{name}: accepted"));
         assert!(err.contains("checkpoint.safetensors"), "{name}: the error does not name the file: {err}");
+        if name == "one bit of the data flipped" {
+            assert!(err.contains("changed after it was written") && err.contains("restore it"), "{err}");
+        }
     }
     eprintln!("{} damaged checkpoints, each refused with the file named", cases.len());
 }
@@ -221,6 +243,8 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
         "{err}"
     );
     assert!(!fresh.root().exists(), "{err}");
+    // Nothing of it was kept, so nothing names the directory or offers a resume.
+    assert!(err.contains("nothing to resume") && !err.contains("fresh") && !err.contains("--resume"), "{err}");
     let shared = RunDir::create(tmp.path().join("shared")).unwrap();
     std::fs::write(shared.root().join("notes.txt"), "mine").unwrap();
     run(&diverging, &shared, RunStart::New).unwrap_err();

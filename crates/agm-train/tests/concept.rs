@@ -301,6 +301,19 @@ fn a_corrupt_manifest_or_another_preset_is_refused_by_name() {
 }
 
 #[test]
+fn a_concept_file_changed_after_it_was_written_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    train_concepts(&quick_cfg(1), Some("visual"), tmp.path()).unwrap();
+    let tensors = tmp.path().join("visual.safetensors");
+    let mut bytes = std::fs::read(&tensors).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&tensors, &bytes).unwrap();
+    let err = ConceptSet::load(tmp.path()).unwrap_err().to_string();
+    assert!(err.contains("visual.safetensors") && err.contains("changed after it was written"), "{err}");
+}
+
+#[test]
 fn unknown_modalities_and_the_default_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let err = train_concept(&quick_cfg(1), "text", tmp.path(), &mut NoCallback).unwrap_err().to_string();
