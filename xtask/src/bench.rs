@@ -124,7 +124,7 @@ impl PlainTorchStep {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting {} --serve", script.display()))?;
+            .with_context(|| format!("starting {} {} --serve", python.display(), script.display()))?;
         let input = Some(child.stdin.take().context("the plain step's input")?);
         let output = std::io::BufReader::new(child.stdout.take().context("the plain step's output")?);
         let mut step = Self { child, input, output };
@@ -196,6 +196,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("--device `{other}` is not known; allowed: cpu, cuda"),
     };
     anyhow::ensure!(!args.launches || device.is_cuda(), "--launches counts CUDA kernels: add --device cuda");
+    if let Some(python) = &args.reference_python {
+        // Before the first table row, whichever models it times.
+        std::process::Command::new(python).arg("--version").output().with_context(|| {
+            format!("--reference-python {} cannot be run (a Python with PyTorch)", python.display())
+        })?;
+        match &args.reference_tree {
+            Some(tree) if tree.is_dir() => {}
+            Some(tree) => {
+                anyhow::bail!("--reference-tree {} is not a folder (the reference repository)", tree.display())
+            }
+            None => anyhow::bail!("--reference-python needs --reference-tree <reference repository tree>"),
+        }
+    }
     for (flag, value) in [
         ("--steps", args.steps),
         ("--batch-size", args.batch_size),

@@ -69,7 +69,8 @@ pub struct RunFlags {
     /// Model preset: `<family>-<fusion>` with family av-digits, avmnist, cremad or urfunny and
     /// fusion late, late-sum, early, film, gated or crossmodal; `<family>-uni-<modality>`, one
     /// modality's encoder and a linear head (e.g. `avmnist-uni-audio`, `urfunny-uni-text`); or
-    /// `ave-psp`, `mosei-mat` (default: `<dataset>-late`).
+    /// `ave-psp`, `mosei-mat` (default: `<dataset>-late`; `ave-psp` for ave, `mosei-mat` for mosei,
+    /// `av-digits-late` for synthetic).
     #[arg(long)]
     pub model: Option<String>,
     /// Start from these weights instead of the seeded initialisation: a PyTorch state dict or
@@ -82,10 +83,10 @@ pub struct RunFlags {
     #[arg(long)]
     pub preset: Option<String>,
     /// Training epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser())]
     pub epochs: Option<usize>,
     /// Samples per training step.
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser())]
     pub batch_size: Option<usize>,
     /// Base learning rate (of whichever optimizer the configuration uses).
     #[arg(long)]
@@ -148,11 +149,11 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub recipes: Option<String>,
     /// Fewer epochs than the recipes' (a smoke run; the table says it is not comparable).
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser())]
     pub epochs: Option<usize>,
     /// Samples per training step instead of each recipe's (e.g. to fit a smaller GPU; the table
     /// says it is not comparable).
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser())]
     pub batch_size: Option<usize>,
     /// `cpu` or `cuda`.
     #[arg(long)]
@@ -222,11 +223,17 @@ pub struct ConceptArgs {
     #[arg(long, default_value_t = 0, value_parser = seed_parser())]
     pub seed: u64,
     /// Training epochs of each uni-modal model (default: the dataset's, 20 for AV-Digits).
-    #[arg(long)]
+    #[arg(long, value_parser = count_parser())]
     pub epochs: Option<usize>,
     /// Concepts folder (default: concepts/<dataset>-<preset>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// A count (epochs, samples): what a config file holds, a TOML integer (`0..=i64::MAX`), so a
+/// larger one is named as given, not wrapped; 0 is refused by the configuration's own check.
+fn count_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(..=i64::MAX as u64)
 }
 
 /// A seed: what a config file holds, a TOML integer (`0..=i64::MAX`).
@@ -457,6 +464,12 @@ mod tests {
             let err = super::Cli::try_parse_from(args).unwrap_err().to_string();
             assert!(err.contains("invalid value '9223372036854775808' for '--seed"), "{command}: {err}");
             assert!(super::Cli::try_parse_from(["cargo xtask", command, "--seed", "9223372036854775807"]).is_ok());
+        }
+        // So are counts, named as given rather than wrapped to a negative number.
+        for flag in ["--epochs", "--batch-size"] {
+            let args = ["cargo xtask", "train", flag, "18446744073709551615"];
+            let err = super::Cli::try_parse_from(args).unwrap_err().to_string();
+            assert!(err.contains(&format!("invalid value '18446744073709551615' for '{flag}")), "{err}");
         }
     }
 }

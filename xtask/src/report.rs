@@ -308,8 +308,13 @@ pub fn metrics_csv(record: &RunRecord) -> String {
     let coefficient_names = value_names(&record.modalities, coefficients);
     let mut header: Vec<String> =
         ["epoch", "lr", "train_loss", "validation_accuracy", "validation_loss"].map(String::from).to_vec();
+    // Summed-heads models also score each modality's own head.
+    let heads = record.rows.iter().any(|r| !r.validation.head_accuracy.is_empty());
     for m in &record.modalities {
         header.extend([format!("{m}_shapley_accuracy"), format!("{m}_shapley_loss"), format!("{m}_competition")]);
+        if heads {
+            header.extend([format!("{m}_head_accuracy"), format!("{m}_head_loss")]);
+        }
     }
     for c in &coefficient_names {
         header.extend([format!("{c}_coefficient_mean"), format!("{c}_coefficient_last")]);
@@ -330,6 +335,10 @@ pub fn metrics_csv(record: &RunRecord) -> String {
             cells.push(cell(r.validation.modality_accuracy.get(i).copied()));
             cells.push(cell(r.validation.modality_loss.get(i).copied()));
             cells.push(cell(r.competition.as_ref().and_then(|c| c.get(i).copied())));
+            if heads {
+                cells.push(cell(r.validation.head_accuracy.get(i).copied()));
+                cells.push(cell(r.validation.head_loss.get(i).copied()));
+            }
         }
         for i in 0..coefficients {
             cells.push(cell(r.coefficients.as_ref().and_then(|c| c.get(i).copied())));
@@ -590,6 +599,17 @@ pub(crate) mod tests {
             assert_eq!(value("visual_coefficient_last"), row.last_coefficients.as_ref().unwrap()[1]);
             assert_eq!(cells[col("reference_split_accuracy")], "");
         }
+        // Each head's columns where the model sums heads, none where it has no heads.
+        assert!(!header.iter().any(|h| h.contains("_head_")), "{header:?}");
+        let mut record = RunRecord::load(&dir).unwrap();
+        for r in &mut record.rows {
+            (r.validation.head_accuracy, r.validation.head_loss) = (vec![0.5, 0.25], vec![1.5, 2.5]);
+        }
+        let csv = metrics_csv(&record);
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        let at = |name: &str| first[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"))];
+        assert_eq!([at("audio_head_accuracy"), at("visual_head_loss")], ["0.5", "2.5"]);
     }
 
     #[test]

@@ -254,6 +254,12 @@ impl Callback for TrainOutput<'_> {
         for note in &run.notes {
             eprintln!("note: {note}");
         }
+        if cfg.batch_size > run.train_samples {
+            eprintln!(
+                "note: batch size {} is larger than the {} training samples: each epoch is one step over all of them",
+                cfg.batch_size, run.train_samples
+            );
+        }
     }
     fn on_step(&mut self, s: &StepSummary) -> Flow {
         if INTERRUPTED.load(Ordering::Relaxed) {

@@ -7,6 +7,17 @@ use std::path::PathBuf;
 const DIVERGED: &str = "start a new run with a lower learning rate or alpha (--resume keeps the run's settings), or \
                         remove NaN from the inputs and continue from the last checkpoint with --resume";
 
+/// What a run that diverged at a step kept, and what to do: `checkpoint` is the file a resume
+/// continues from, `None` where none was written yet (then there is nothing to resume).
+pub(crate) fn kept_after_divergence(checkpoint: Option<&std::path::Path>) -> String {
+    match checkpoint {
+        Some(path) => format!("nothing after the last checkpoint was written ({}); {DIVERGED}", path.display()),
+        None => "no checkpoint was written yet (no epoch finished), so there is nothing to resume: start a new run \
+                 with a lower learning rate or alpha, or remove NaN from the inputs"
+            .to_string(),
+    }
+}
+
 /// A candle error's message without the backtrace candle appends where `RUST_BACKTRACE` is set:
 /// its first line.
 pub(crate) fn candle_message(e: &candle_core::Error) -> String {
@@ -31,7 +42,7 @@ pub enum TrainError {
     Weights(crate::state_dict::KeyMismatch),
 
     /// A file every run directory holds is missing.
-    #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`?")]
+    #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`? If it is, restore the file")]
     MissingRunFile { path: PathBuf, dir: PathBuf },
 
     /// A run directory without `metrics.jsonl`: its run stopped before its first epoch ended.
@@ -56,28 +67,17 @@ pub enum TrainError {
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },
 
-    #[error(
-        "the loss became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was written \
-         ({checkpoint}); {diverged}",
-        diverged = DIVERGED
-    )]
-    NonFiniteLoss { value: f64, epoch: usize, step: usize, checkpoint: String },
+    /// `kept`: what the run kept and what to do ([`kept_after_divergence`]).
+    #[error("the loss became {value} at epoch {epoch}, step {step}; {kept}")]
+    NonFiniteLoss { value: f64, epoch: usize, step: usize, kept: String },
 
-    #[error(
-        "the gradient norm became {value} at epoch {epoch}, step {step}; nothing after the last checkpoint was \
-         written ({checkpoint}); {diverged}",
-        diverged = DIVERGED
-    )]
-    NonFiniteGradient { value: f64, epoch: usize, step: usize, checkpoint: String },
+    #[error("the gradient norm became {value} at epoch {epoch}, step {step}; {kept}")]
+    NonFiniteGradient { value: f64, epoch: usize, step: usize, kept: String },
 
     /// The end-of-epoch competition-strength measurement failed (its reason says why; a
     /// diverging run's features break the ridge fit).
-    #[error(
-        "competition strength at the end of epoch {epoch} (mean training loss {loss:.4e}): {reason}; nothing after \
-         the last checkpoint was written ({checkpoint}); {diverged}",
-        diverged = DIVERGED
-    )]
-    Competition { epoch: usize, loss: f64, reason: String, checkpoint: String },
+    #[error("competition strength at the end of epoch {epoch} (mean training loss {loss:.4e}): {reason}; {kept}")]
+    Competition { epoch: usize, loss: f64, reason: String, kept: String },
 
     /// A checkpoint would hold NaN or infinity; the previous file is left as it was.
     #[error(

@@ -497,13 +497,10 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Names the checkpoint a diverged run can resume from.
-    fn last_checkpoint(&self) -> String {
-        match &self.run_dir {
-            Some(d) if d.checkpoint().exists() => d.checkpoint().display().to_string(),
-            Some(d) => format!("none yet in {}: no epoch finished", d.root().display()),
-            None => "no run directory".to_string(),
-        }
+    /// What a run diverging now keeps: the checkpoint it can resume from, if any.
+    fn kept_after_divergence(&self) -> String {
+        let checkpoint = self.run_dir.as_ref().map(RunDir::checkpoint).filter(|p| p.exists());
+        crate::error::kept_after_divergence(checkpoint.as_deref())
     }
 
     /// Restores everything from the run directory's checkpoint, so the next `fit` continues
@@ -637,12 +634,12 @@ impl<'a> Trainer<'a> {
                     train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
                 };
                 if !outcome.loss.is_finite() {
-                    let checkpoint = self.last_checkpoint();
-                    return Err(TrainError::NonFiniteLoss { value: outcome.loss, epoch, step: bi + 1, checkpoint });
+                    let kept = self.kept_after_divergence();
+                    return Err(TrainError::NonFiniteLoss { value: outcome.loss, epoch, step: bi + 1, kept });
                 }
                 if let Some(value) = outcome.clip.as_ref().and_then(crate::step::ClipReport::non_finite) {
-                    let checkpoint = self.last_checkpoint();
-                    return Err(TrainError::NonFiniteGradient { value, epoch, step: bi + 1, checkpoint });
+                    let kept = self.kept_after_divergence();
+                    return Err(TrainError::NonFiniteGradient { value, epoch, step: bi + 1, kept });
                 }
                 self.state.global_step = step;
                 self.state.next_batch = bi + 1;
@@ -722,8 +719,8 @@ impl<'a> Trainer<'a> {
                 Some(probe) => Some(probe.strength(self.model, &self.device).map_err(|e| TrainError::Competition {
                     epoch,
                     loss: train_loss,
-                    reason: e.to_string(),
-                    checkpoint: self.last_checkpoint(),
+                    reason: crate::error::candle_message(&e),
+                    kept: self.kept_after_divergence(),
                 })?),
                 None => None,
             };

@@ -92,7 +92,7 @@ fn nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
-fn a_failed_competition_measurement_names_the_epoch_and_the_checkpoint() {
+fn a_failed_competition_measurement_names_the_epoch_and_what_was_kept() {
     struct Failing;
     impl agm_train::CompetitionProbe for Failing {
         fn strength(&mut self, _: &dyn MultimodalModel, _: &Device) -> candle_core::Result<Vec<f64>> {
@@ -110,7 +110,10 @@ fn a_failed_competition_measurement_names_the_epoch_and_the_checkpoint() {
     let err = t.fit(data.split(Split::Train), data.split(Split::Validation), &mut agm_train::NoCallback).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, TrainError::Competition { epoch: 1, .. }), "{msg}");
-    assert!(msg.contains("at the end of epoch 1") && msg.contains("NaN") && msg.contains("--resume"), "{msg}");
+    assert!(msg.contains("at the end of epoch 1") && msg.contains("NaN"), "{msg}");
+    // Measured before the epoch's checkpoint: the run has none to resume from.
+    assert!(msg.contains("no checkpoint was written yet") && msg.contains("nothing to resume"), "{msg}");
+    assert!(!msg.contains("stack backtrace") && msg.lines().count() == 1, "{msg}");
 }
 
 #[test]
