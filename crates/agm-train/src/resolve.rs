@@ -217,7 +217,8 @@ impl RunRequest {
 }
 
 fn read_table(path: &Path) -> Result<toml::Table> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })?;
     toml::from_str(&text).map_err(|e| TrainError::ConfigFile { path: path.to_path_buf(), message: e.to_string() })
 }
 
@@ -304,6 +305,7 @@ fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
 /// An error in setting `key` (dotted; `.` or empty for the whole table), naming the layer that
 /// brought it and, for a file, the line.
 fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
+    let message = plain_types(&message);
     let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
     match origin {
         Origin::File(path) => {
@@ -313,6 +315,21 @@ fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
         }
         other => TrainError::Config(format!("{other}: {at}{message}")),
     }
+}
+
+/// serde's Rust type names in `message` as a user reads them.
+fn plain_types(message: &str) -> String {
+    let count = "expected a whole number (0 or more)";
+    [
+        ("expected usize", count),
+        ("expected u64", count),
+        ("expected u32", count),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+    ]
+    .iter()
+    .fold(message.to_string(), |m, (rust, plain)| m.replace(rust, plain))
 }
 
 /// The first key at or under `under` whose value has another type than the default config's.

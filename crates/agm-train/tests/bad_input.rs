@@ -80,6 +80,15 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
         let err = resolve_file(&path);
         assert!(err.contains(&format!("(did you mean {meant}?)")), "{typo}: {err}");
     }
+    // Types in words, not Rust's names; a missing file is named as the config file.
+    std::fs::write(&path, "epochs = \"two\"\n[optimizer]\nlr = \"fast\"\n").unwrap();
+    let err = resolve_file(&path);
+    assert!(err.contains("expected a whole number (0 or more)") && !err.contains("usize"), "{err}");
+    std::fs::write(&path, "[optimizer]\nlr = \"fast\"\n").unwrap();
+    let err = resolve_file(&path);
+    assert!(err.contains("expected a number") && !err.contains("f64"), "{err}");
+    let err = resolve_file(&dir.path().join("absent.toml"));
+    assert!(err.starts_with("config file ") && err.contains("absent.toml"), "{err}");
     eprintln!("{} fields of the wrong type and {n_sections} unknown keys, each named with its line", all.len());
 }
 
