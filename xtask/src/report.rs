@@ -378,6 +378,37 @@ pub fn write_after_train(run_dir: &Path) -> anyhow::Result<PathBuf> {
     write(run_dir, YScale::Log)
 }
 
+/// A run's callback that writes its report once its files are written, while the run still
+/// holds its directory's lock (no second process can clear the report's temporaries).
+#[derive(Default)]
+pub struct ReportWhenWritten {
+    /// Where the report went, or why it failed; `None` when no epoch finished.
+    pub written: Option<anyhow::Result<PathBuf>>,
+}
+
+impl agm_train::Callback for ReportWhenWritten {
+    fn on_run_written(&mut self, dir: &RunDir) {
+        // The epochs done so far, as for a finished run (a stop in the first epoch has none).
+        if dir.metrics().exists() {
+            self.written = Some(write_after_train(dir.root()));
+        }
+    }
+}
+
+/// Writes a finished run's `metrics.csv` and report again where a kill left them missing, or
+/// older than its `summary.json` (from an earlier stop); under the run's lock, which also
+/// clears the killed writer's temporaries. `None` where they are current.
+pub fn repair_finished(run: &RunDir) -> anyhow::Result<Option<PathBuf>> {
+    let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let summary = modified(run.summary());
+    let outputs = [run.metrics_csv(), run.report().join("README.md")].map(modified);
+    if outputs.iter().all(|written| written.is_some_and(|w| summary.is_some_and(|s| w >= s))) {
+        return Ok(None);
+    }
+    let _lock = run.lock()?;
+    write_after_train(run.root()).map(Some)
+}
+
 /// Where the report went; a failure is a warning, the run's checkpoint and metrics are written
 /// already.
 pub fn print_after_train(written: anyhow::Result<PathBuf>) {
@@ -512,6 +543,33 @@ pub fn write_comparison(records: &[(String, RunRecord)], out: &Path, loss: YScal
 pub(crate) mod tests {
     use super::*;
     use crate::plot::check;
+
+    #[test]
+    fn a_finished_runs_missing_or_stale_report_is_written_again_under_its_lock() {
+        use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::create(tmp.path().join("run")).unwrap();
+        let cfg = RunConfig { epochs: 1, ..RunConfig::av_digits() };
+        let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+        let mut report = ReportWhenWritten::default();
+        train_run(&cfg, &dir, RunStart::New, &opts, &mut report).unwrap();
+        report.written.expect("a report").unwrap();
+        assert_eq!(repair_finished(&dir).unwrap(), None, "a current report stays");
+        // Killed before its metrics.csv: written again.
+        std::fs::remove_file(dir.metrics_csv()).unwrap();
+        assert_eq!(repair_finished(&dir).unwrap(), Some(dir.report()));
+        assert!(dir.metrics_csv().exists());
+        // A report older than the summary (from an earlier stop) is written again, but not
+        // while another process holds the run.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let summary = std::fs::read(dir.summary()).unwrap();
+        std::fs::write(dir.summary(), summary).unwrap();
+        let held = dir.lock().unwrap();
+        assert!(repair_finished(&dir).unwrap_err().to_string().contains("in use by another run"));
+        drop(held);
+        assert_eq!(repair_finished(&dir).unwrap(), Some(dir.report()));
+        assert_eq!(repair_finished(&dir).unwrap(), None);
+    }
 
     /// A run directory with a config and `epochs` metrics rows, as a finished AGM run writes
     /// them; no training.

@@ -26,7 +26,7 @@ use std::time::Instant;
 use agm_metric::EvalReport;
 use agm_train::concept::default_dir;
 use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
-use agm_train::{checkpoint::write_atomic, NoCallback, RunConfig, RunDir, RunLock};
+use agm_train::{checkpoint::write_atomic, RunConfig, RunDir, RunLock};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
@@ -558,8 +558,9 @@ fn train(cfg: &RunConfig, dir: &Path, start: RunStart, concepts: Option<&Path>) 
             concepts.map_or_else(|| default_dir(&cfg.dataset, &cfg.data_preset), Path::to_path_buf),
         )),
     };
-    train_run(cfg, &RunDir::create(dir)?, start, &opts, &mut NoCallback)?;
-    report::write(dir, plot::YScale::Log)?;
+    let mut report = report::ReportWhenWritten::default();
+    train_run(cfg, &RunDir::create(dir)?, start, &opts, &mut report)?;
+    report.written.transpose()?;
     Ok(())
 }
 
@@ -666,9 +667,16 @@ pub(crate) fn plan_all(runs: &[(RunConfig, PathBuf)], out: &Path) -> anyhow::Res
     if refused.len() > SHOWN {
         lines.push(format!("  … and {} more", refused.len() - SHOWN));
     }
+    // The advice for runs of other settings, where there are any (each refusal says why).
+    let other_settings = refused.iter().any(|r| r.contains("run of other settings"));
+    let advice = if other_settings {
+        "\nA run of other settings is kept: pass a new --out for these settings, or the settings those runs were \
+         trained with"
+    } else {
+        ""
+    };
     anyhow::bail!(
-        "{} of the {} run folders in {} cannot be used (nothing was trained or deleted):\n{}\nA run of other \
-         settings is kept: pass a new --out for these settings, or the settings those runs were trained with",
+        "{} of the {} run folders in {} cannot be used (nothing was trained or deleted):\n{}{advice}",
         refused.len(),
         runs.len(),
         out.display(),
@@ -685,7 +693,11 @@ pub(crate) fn run_planned(
     concepts: Option<&Path>,
 ) -> anyhow::Result<(RunResult, bool)> {
     let (record, reused) = match plan {
-        Plan::Reuse(record) => (*record, true),
+        Plan::Reuse(record) => {
+            // A run killed between its summary.json and its report.
+            report::repair_finished(&RunDir::open(dir)?)?;
+            (*record, true)
+        }
         Plan::Train | Plan::Resume => {
             let start = match plan {
                 Plan::Resume => RunStart::Resume { header: None },

@@ -1,6 +1,6 @@
 //! `cargo xtask train`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -224,7 +224,7 @@ struct TrainOutput<'a> {
     dir: &'a Path,
     settings: &'a [String],
     /// The report, written while the run still holds its directory's lock.
-    report: Option<anyhow::Result<PathBuf>>,
+    report: report::ReportWhenWritten,
 }
 
 impl Callback for TrainOutput<'_> {
@@ -280,10 +280,7 @@ impl Callback for TrainOutput<'_> {
         self.progress.on_validation(done, total)
     }
     fn on_run_written(&mut self, dir: &RunDir) {
-        // The epochs done so far, as for a finished run (a stop in the first epoch has none).
-        if dir.metrics().exists() {
-            self.report = Some(report::write_after_train(dir.root()));
-        }
+        self.report.on_run_written(dir)
     }
 }
 
@@ -331,11 +328,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(note) = nothing_to_resume(&dir, &start, &cfg) {
-        // A run killed between its summary.json and its report: the lock clears the killed
-        // writer's temporaries, and the report is written again.
-        let _lock = dir.lock()?;
-        if !dir.metrics_csv().is_file() || !dir.report().join("README.md").is_file() {
-            report::print_after_train(report::write_after_train(dir.root()));
+        // A run killed between its summary.json and its report.
+        if let Some(report) = report::repair_finished(&dir)? {
+            println!("report: {} (written again)", report.join("README.md").display());
         }
         println!("{note}");
         return Ok(ExitCode::SUCCESS);
@@ -356,7 +351,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         cfg: &cfg,
         dir: dir.root(),
         settings: &settings,
-        report: None,
+        report: report::ReportWhenWritten::default(),
     };
     stop_on_ctrl_c();
     let outcome = match train_run(&cfg, &dir, start, &opts, &mut output) {
@@ -374,7 +369,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     output.progress.finish();
     let Some(test) = &outcome.test else {
-        if let Some(written) = output.report.take() {
+        if let Some(written) = output.report.written.take() {
             report::print_after_train(written);
         }
         let interrupted = INTERRUPTED.load(Ordering::Relaxed);
@@ -392,7 +387,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(status) = &outcome.concepts {
         println!("{}", crate::concept::summary_line(status, &cfg, &outcome.run, &modalities));
     }
-    if let Some(written) = output.report.take() {
+    if let Some(written) = output.report.written.take() {
         report::print_after_train(written);
     }
     Ok(ExitCode::SUCCESS)

@@ -196,8 +196,8 @@ impl RunDir {
 
     /// Keeps only the metrics rows of epochs `<= last_epoch` (a resumed run writes the rest
     /// again). Nothing else is dropped: a line that does not read as a row is refused by number,
-    /// except a torn last line (a writer killed mid-append, of an epoch after the checkpoint's),
-    /// and so is a missing file once epochs finished.
+    /// except a torn last line after all the checkpoint's rows (a writer killed mid-append), and
+    /// so is a missing file once epochs finished.
     pub fn truncate_metrics(&self, last_epoch: usize) -> Result<()> {
         let path = self.metrics();
         let refuse = |message: String| Err(TrainError::MetricsFile { path: path.clone(), message });
@@ -220,16 +220,22 @@ impl RunDir {
             [] if bytes.is_empty() => Vec::new(),
             text => text.split(|&b| b == b'\n').collect(),
         };
-        let torn_last = !bytes.is_empty() && !bytes.ends_with(b"\n");
         let (mut kept, mut damaged) = (Vec::new(), Vec::new());
         for (i, line) in lines.iter().enumerate() {
             match epoch_of(line) {
                 Some(epoch) if epoch <= last_epoch => kept.push((epoch, *line)),
                 Some(_) => {}
-                None if torn_last && i + 1 == lines.len() => {}
-                None => damaged.push((i + 1).to_string()),
+                None => damaged.push(i + 1),
             }
         }
+        let present: std::collections::BTreeSet<usize> = kept.iter().map(|&(e, _)| e).collect();
+        let missing: Vec<usize> = (1..=last_epoch).filter(|e| !present.contains(e)).collect();
+        // A writer killed mid-append tears only the row after the checkpoint's epochs, which
+        // are then all there.
+        if damaged.last() == Some(&lines.len()) && !bytes.ends_with(b"\n") && missing.is_empty() {
+            damaged.pop();
+        }
+        let damaged: Vec<String> = damaged.iter().map(usize::to_string).collect();
         if !damaged.is_empty() {
             let (what, those) = match damaged.len() {
                 1 => (format!("line {} is not a metrics row", damaged[0]), "that line"),
@@ -241,8 +247,6 @@ impl RunDir {
             ));
         }
         // Rows removed by hand stay removed: say which epochs the file lacks.
-        let present: std::collections::BTreeSet<usize> = kept.iter().map(|&(e, _)| e).collect();
-        let missing: Vec<usize> = (1..=last_epoch).filter(|e| !present.contains(e)).collect();
         if !missing.is_empty() {
             tracing::warn!("{} lacks the rows of epochs {missing:?} (removed lines)", path.display());
         }
@@ -372,6 +376,10 @@ mod tests {
         std::fs::OpenOptions::new().append(true).open(dir.metrics()).unwrap().write_all(b"{\"epo").unwrap();
         dir.truncate_metrics(2).unwrap();
         assert_eq!(rows(&dir), "{\"epoch\":1}\n{\"epoch\":2}\n");
+        // A last line cut short where the checkpoint's own row should be is damage, not a crash.
+        std::fs::write(dir.metrics(), "{\"epoch\":1}\n{\"epoch\":2,\"lr\"").unwrap();
+        let err = dir.truncate_metrics(2).unwrap_err().to_string();
+        assert!(err.contains("line 2 is not a metrics row"), "{err}");
         // A damaged line that is not the last one is refused, and the file kept.
         let damaged = "{\"epoch\":1}\n{bad\n{\"epoch\":2}\nnot json\n{\"epoch\":3}\n";
         std::fs::write(dir.metrics(), damaged).unwrap();

@@ -41,15 +41,18 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         return Err(unreadable("not found or not a file".into()));
     }
     let tensors = if name.ends_with(".safetensors") {
-        let all = candle_core::safetensors::load(path, &Device::Cpu)
-            // The name says safetensors, so the format is right and the content is not.
-            .map_err(|e| {
-                let first = crate::error::candle_message(&e);
-                TrainError::checkpoint(
-                    path,
-                    format!("a damaged or cut-short safetensors file ({first}); save it again"),
-                )
-            })?;
+        // The name says safetensors, so the format is right and the content is not.
+        let damaged = |why: String| {
+            TrainError::checkpoint(
+                path,
+                format!("a damaged or cut-short safetensors file ({why}); restore it from a copy, or save it again"),
+            )
+        };
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        // agm's own files (run checkpoints, best weights) carry a checksum; others have none.
+        crate::checkpoint::verify_checksum(&bytes).map_err(damaged)?;
+        let all = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| damaged(crate::error::candle_message(&e)))?;
         if all.keys().any(|k| k.starts_with("model/")) {
             all.into_iter().filter_map(|(k, v)| k.strip_prefix("model/").map(|k| (k.to_string(), v))).collect()
         } else {

@@ -210,6 +210,14 @@ fn damaged_checkpoints_are_named_and_refused() {
             assert!(err.contains("changed after it was written") && err.contains("restore it"), "{err}");
         }
     }
+    // Read as weights (`eval`, `--init-weights`), a flipped bit is refused too.
+    let (_, flipped) = cases.iter().find(|(name, _)| name == "one bit of the data flipped").unwrap();
+    let weights = dir.path().join("weights.safetensors");
+    std::fs::write(&weights, flipped).unwrap();
+    let err = agm_train::read_state_dict(&weights).unwrap_err().to_string();
+    assert!(err.contains("weights.safetensors") && err.contains("changed after it was written"), "{err}");
+    std::fs::write(&weights, &good).unwrap();
+    assert!(agm_train::read_state_dict(&weights).is_ok());
     eprintln!("{} damaged checkpoints, each refused with the file named", cases.len());
 }
 
