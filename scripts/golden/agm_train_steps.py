@@ -115,8 +115,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from stubs import stub  # noqa: E402
 
-# What differs between the official loops (FORMAT.md §1.5, §1.7; CREMA-D's as agm-reference.md
-# describes it: AV-MNIST's rules with the clamp at 10).
+# What differs between the official loops (FORMAT.md §1.5, §1.7; CREMA-D's as the reference's
+# `run/CREMAD_main.py` has it: AV-MNIST's rules with the clamp at 10).
 SEMANTICS = {
     "avmnist": {
         "name": "AV-MNIST", "mods": ["audio", "visual"], "net": ("AVMNIST_net", "Later_Fusion_Resnet"),

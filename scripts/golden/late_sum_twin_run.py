@@ -240,7 +240,7 @@ def run(official, cfgs, model, build_optimizer, train_batches, eval_batches):
     except Exited:
         outcome = f"exit() after epoch {epochs[-1]['epoch']} (all modalities stopped)"
     except FileNotFoundError as exc:
-        # AV-MNIST's reload when a modality's best epoch is still the first (agm-reference.md Q8).
+        # AV-MNIST's reload when a modality's best epoch is still the first (the reference's MSES reload).
         outcome = f"official code raised FileNotFoundError in epoch {epochs[-1]['epoch']}: {exc.filename}"
     finally:
         torch.save, torch.load = original_save, original_load

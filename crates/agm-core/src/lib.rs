@@ -21,7 +21,9 @@ pub mod serde_f64;
 pub mod serde_none;
 pub mod suggest;
 
+// The tensor crate of every signature here, at the version agm builds with.
 pub use batch::{BatchSource, MultimodalBatch};
+pub use candle_core;
 pub use modality::{ModalitySet, Subset};
 pub use model::{FastShapley, ForwardOpts, ModelOutput, MultimodalModel, ShapleyMode};
 pub use params::{NamedVar, ParamGroups};

@@ -84,8 +84,11 @@ impl ModelOutput {
 /// `candle_nn::VarMap`) and reports which belong to which modality in [`ParamGroups`], so
 /// modulation methods never select parameters by name.
 pub trait MultimodalModel {
+    /// The modality names, in the order of `forward`'s inputs and of every per-modality value
+    /// (coefficients, Shapley accuracies, parameter groups).
     fn modalities(&self) -> &ModalitySet;
 
+    /// Classes of the logits `forward` returns (their last dimension).
     fn num_classes(&self) -> usize;
 
     /// One pass over `inputs` (one tensor per modality, all of them, even the absent ones: the

@@ -12,6 +12,7 @@ pub trait Encoder: Send + Sync {
     /// The feature of every sample. `dropout_seed` seeds this pass's dropout masks.
     fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor>;
 
+    /// The feature's width: `forward_t` returns `[batch, out_dim]`.
     fn out_dim(&self) -> usize;
 
     /// Whether training and evaluation mode compute different functions (batch norm, dropout).

@@ -16,6 +16,8 @@ pub struct FusionOutput {
 
 /// Features to logits.
 pub trait Fusion: Send + Sync {
+    /// The logits (and the fused feature) from one feature per modality, in the model's
+    /// modality order. `dropout_seed` seeds this pass's dropout masks.
     fn forward_t(&self, features: &[Tensor], train: bool, dropout_seed: u64) -> Result<FusionOutput>;
 
     /// Whether training and evaluation mode differ (batch norm, dropout in the fusion).

@@ -87,7 +87,15 @@ impl ParamStore {
         for (name, e) in entries.iter() {
             let nv = NamedVar { name: name.clone(), var: e.var.clone() };
             match e.role {
-                ParamRole::Modality(i) => groups.per_modality[i].push(nv),
+                ParamRole::Modality(i) => match groups.per_modality.get_mut(i) {
+                    Some(group) => group.push(nv),
+                    // A model's own mistake, not the data's: no caller can recover.
+                    None => panic!(
+                        "variable `{name}` has role Modality({i}), but the model groups {num_modalities} modalities \
+                         (0 to {}): give it the index of its modality's encoder",
+                        num_modalities.saturating_sub(1)
+                    ),
+                },
                 ParamRole::Shared => groups.shared.push(nv),
                 ParamRole::Buffer => groups.buffers.push(nv),
             }

@@ -1,4 +1,4 @@
-//! AGM, faithfully (Li et al., ICCV 2023; agm-reference.md sections 1-2).
+//! AGM, faithfully (Li et al., ICCV 2023; the official code's differences: docs/known-differences.md).
 
 use crate::MethodError;
 use agm_core::Subset;
@@ -252,6 +252,14 @@ impl Modulator for Agm {
 
     fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
         let m = self.m;
+        let model_m = cx.model.modalities().len();
+        if model_m != m {
+            // Else the passes of another modality count would be taken for the model's.
+            candle_core::bail!(
+                "agm was built for {m} modalities, the model has {model_m}: build it with `Agm::new(config, \
+                 model.modalities().len())`"
+            );
+        }
         let fwd = cx.forward;
         let mono = shapley::mono_outputs(m, |s: Subset| fwd.logits(s, m))?;
         let labels = cx.batch.labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;

@@ -48,6 +48,7 @@ mod shared;
 mod stack;
 mod uni_heads;
 
+// The crates of `Modulator::state` (JSON) and `MethodSettings` (TOML tables), at agm's versions.
 pub use agm::{Agm, AgmConfig, AgmStepStats};
 pub use concat_head::UniModal;
 pub use dgl::{unimodal_logits as dgl_unimodal_logits, Dgl, DglConfig, DglStepStats};
@@ -90,3 +91,4 @@ pub use reconboost::{reconcilement_weights, ReconBoost, ReconBoostConfig, ReconB
 pub use registry::MethodEntry;
 pub use relearn::{relearn_strength, Relearn, RelearnConfig, RelearnDiagnosis};
 pub use stack::{check_composable, Hooks, Stack, StackMember};
+pub use {serde_json, toml};

@@ -148,8 +148,9 @@ impl MethodSettings {
     }
 
     /// Sets `section` from a table that may leave keys out (they take the method's serde
-    /// defaults). A bad key or value is `(dotted key, message)`; an unknown section is an error
-    /// too. The table is stored complete.
+    /// defaults). An unknown key or a value of the wrong type is `(dotted key, message)`; an
+    /// unknown section is an error too. The table is stored complete. Values of the right type
+    /// are checked against the method's rules (`Method::validate`) by [`MethodSettings::validate`].
     pub fn set_section(&mut self, section: &str, table: toml::Table) -> Result<(), (String, String)> {
         let entry = crate::registry::entries()
             .into_iter()

@@ -45,8 +45,11 @@ impl StepForward {
 
 /// What a modulator sees during one step.
 pub struct StepCx<'a> {
+    /// The model being trained.
     pub model: &'a dyn MultimodalModel,
+    /// This step's batch (inputs of every modality, labels).
     pub batch: &'a MultimodalBatch,
+    /// The passes of this step: the full one and, under [`ForwardPlan::Shapley`], the masked ones.
     pub forward: &'a StepForward,
     /// 1-based global step (the running-score counter of the reference).
     pub step: usize,
@@ -170,6 +173,7 @@ impl ClipRule {
 
 /// A modulation method. Only [`Modulator::name`] is required.
 pub trait Modulator {
+    /// The method's name in logs and errors (`agm`, `ogm-ge`).
     fn name(&self) -> &'static str;
 
     /// Extra trainable variables the method owns (uni-modal heads); called once before
@@ -178,6 +182,8 @@ pub trait Modulator {
         Ok(Vec::new())
     }
 
+    /// Which passes a step runs before [`Modulator::objective`]: the full pass (default), or
+    /// also one masked pass per modality subset ([`ForwardPlan::Shapley`]).
     fn forward_plan(&self) -> ForwardPlan {
         ForwardPlan::Full
     }
@@ -218,6 +224,8 @@ pub trait Modulator {
         Ok(())
     }
 
+    /// After an epoch's validation: what the trainer should do before the next epoch (stop,
+    /// save or restore a snapshot, set learning-rate multipliers). Default: nothing.
     fn on_epoch_end(&mut self, _cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         Ok(Vec::new())
     }

@@ -1,4 +1,4 @@
-//! MSES, modality-specific early stopping (agm-reference.md §3.3), as an epoch-level schedule
+//! MSES, modality-specific early stopping (the AGM reference's baseline), as an epoch-level schedule
 //! that drives per-modality gradient multipliers (1 while a modality trains, 0 once it stopped)
 //! and asks the trainer to keep and restore snapshots.
 //!

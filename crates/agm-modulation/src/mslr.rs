@@ -1,4 +1,4 @@
-//! MSLR, modality-specific learning rates (agm-reference.md §3.2), as an epoch-level schedule
+//! MSLR, modality-specific learning rates (the AGM reference's baseline), as an epoch-level schedule
 //! that drives per-modality gradient multipliers.
 //!
 //! Each modality `x` has a fixed initial multiplier `init_x` and a ratio `r_x` (1 at the

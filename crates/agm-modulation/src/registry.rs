@@ -15,8 +15,8 @@
 //! MethodSettings::av_digits().validate().unwrap();
 //! ```
 //!
-//! Adding a method: its file (a [`Method`] impl) and one line in [`builtin`]; from another crate
-//! (or a test), one call to [`register`].
+//! Adding a method: its file (a [`Method`] impl) and one line in this module's `builtin` list;
+//! from another crate (or a test), one call to [`register`].
 
 use std::any::TypeId;
 use std::sync::{LazyLock, PoisonError, RwLock};

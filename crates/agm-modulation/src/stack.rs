@@ -99,12 +99,36 @@ pub fn check_composable(members: &[(&str, Hooks)]) -> std::result::Result<(), Me
 pub struct Stack {
     members: Vec<Box<dyn Modulator>>,
     names: Vec<String>,
+    hooks: Vec<Hooks>,
+    /// Whether the first step checked that the members declaring no objective have none.
+    objectives_checked: bool,
     objective: Option<usize>,
     backward: Option<usize>,
     clip: Option<ClipRule>,
 }
 
 impl Stack {
+    /// A member whose `Method::HOOKS` declares no objective but whose `objective` returns
+    /// another loss than cross-entropy would be skipped without a word (the trait cannot tell
+    /// an override): refused at the first step, once, by the loss's value.
+    fn check_undeclared_objectives(&mut self, cx: &StepCx<'_>, plain: &Objective) -> Result<()> {
+        let plain_loss = plain.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        for (i, member) in self.members.iter_mut().enumerate() {
+            if self.hooks[i].objective {
+                continue;
+            }
+            let loss = member.objective(cx)?.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if loss.to_bits() != plain_loss.to_bits() {
+                candle_core::bail!(
+                    "`{}` returns an objective of its own (loss {loss}, cross-entropy {plain_loss}) but its \
+                     `Method::HOOKS` does not declare one, so the stack would skip it: declare `Hooks::OBJECTIVE`",
+                    self.names[i]
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Composes `members` in order, or says why they cannot be composed.
     pub fn new(members: Vec<StackMember>) -> std::result::Result<Self, MethodError> {
         let decl: Vec<(&str, Hooks)> = members.iter().map(|m| (m.name.as_str(), m.hooks)).collect();
@@ -129,9 +153,12 @@ impl Stack {
         let objective = members.iter().position(|m| m.hooks.objective);
         let backward = members.iter().position(|m| m.hooks.backward);
         let names = members.iter().map(|m| m.name.clone()).collect();
+        let hooks = members.iter().map(|m| m.hooks).collect();
         Ok(Self {
             members: members.into_iter().map(|m| m.modulator).collect(),
             names,
+            hooks,
+            objectives_checked: false,
             objective,
             backward,
             clip: clip.map(|(_, r)| r),
@@ -187,13 +214,18 @@ impl Modulator for Stack {
     }
 
     fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
+        let plain = || -> Result<Objective> {
+            let output = cx.forward.full.logits.clone();
+            let loss = candle_nn::loss::cross_entropy(&output, &cx.batch.labels)?;
+            Ok(Objective { loss, output, mono: None })
+        };
+        if !self.objectives_checked {
+            self.objectives_checked = true;
+            self.check_undeclared_objectives(cx, &plain()?)?;
+        }
         match self.objective {
             Some(i) => self.members[i].objective(cx),
-            None => {
-                let output = cx.forward.full.logits.clone();
-                let loss = candle_nn::loss::cross_entropy(&output, &cx.batch.labels)?;
-                Ok(Objective { loss, output, mono: None })
-            }
+            None => plain(),
         }
     }
 

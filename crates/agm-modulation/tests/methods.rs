@@ -423,6 +423,46 @@ fn a_stack_with_a_neutral_second_member_equals_the_first_alone() {
 }
 
 #[test]
+fn a_stacked_method_returning_an_undeclared_objective_is_refused_at_its_first_step() {
+    /// Doubles the loss but declares only gradient edits, so a stack would skip its objective.
+    struct Doubled;
+    impl Modulator for Doubled {
+        fn name(&self) -> &'static str {
+            "doubled"
+        }
+        fn objective(&mut self, cx: &StepCx<'_>) -> candle_core::Result<agm_modulation::Objective> {
+            let output = cx.forward.full.logits.clone();
+            let loss = (candle_nn::loss::cross_entropy(&output, &cx.batch.labels)? * 2.0)?;
+            Ok(agm_modulation::Objective { loss, output, mono: None })
+        }
+    }
+    let (m, data) = (2, batches(2, Enc::Mlp, 1, 3));
+    let net = model(m, Enc::Mlp, 4);
+    let agm = Box::new(Agm::new(AgmConfig::av_digits(), m).unwrap());
+    let mut stack = Stack::new(vec![
+        StackMember::new("agm", agm, Hooks::OBJECTIVE),
+        StackMember::new("doubled", Box::new(Doubled), Hooks::EDITS),
+    ])
+    .unwrap();
+    let fwd = forward(&net, &stack, &data[0]);
+    let cx = StepCx { model: &net, batch: &data[0], forward: &fwd, step: 1, epoch: 1 };
+    let err = stack.objective(&cx).err().expect("refused").to_string();
+    assert!(err.contains("`doubled` returns an objective of its own") && err.contains("Hooks::OBJECTIVE"), "{err}");
+}
+
+#[test]
+fn agm_built_for_another_modality_count_than_the_models_says_so() {
+    for (model_m, m) in [(2, 3), (2, 4), (3, 2)] {
+        let (net, data) = (model(model_m, Enc::Mlp, 4), batches(model_m, Enc::Mlp, 1, 3));
+        let mut agm = Agm::new(AgmConfig::av_digits(), m).unwrap();
+        let fwd = forward(&net, &agm, &data[0]);
+        let cx = StepCx { model: &net, batch: &data[0], forward: &fwd, step: 1, epoch: 1 };
+        let err = agm.objective(&cx).err().expect("refused").to_string();
+        assert!(err.contains(&format!("agm was built for {m} modalities, the model has {model_m}")), "{err}");
+    }
+}
+
+#[test]
 fn a_stack_composes_edits_in_order_and_keeps_state_per_member() {
     let m = 2;
     let net = model(m, Enc::Conv, 4);

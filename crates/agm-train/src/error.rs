@@ -7,14 +7,15 @@ use std::path::PathBuf;
 const DIVERGED: &str = "start a new run with a lower learning rate or alpha (--resume keeps the run's settings), or \
                         remove NaN from the inputs and continue from the last checkpoint with --resume";
 
-/// What a run that diverged at a step kept, and what to do: `checkpoint` is the file a resume
-/// continues from, `None` where none was written yet (then there is nothing to resume).
-pub(crate) fn kept_after_divergence(checkpoint: Option<&std::path::Path>) -> String {
-    match checkpoint {
-        Some(path) => format!("nothing after the last checkpoint was written ({}); {DIVERGED}", path.display()),
-        None => "no checkpoint was written yet (no epoch finished), so there is nothing to resume: start a new run \
-                 with a lower learning rate or alpha, or remove NaN from the inputs"
-            .to_string(),
+/// What a run that diverged at a step kept in `run_dir`, and what to do.
+pub(crate) fn kept_after_divergence(run_dir: Option<&crate::RunDir>) -> String {
+    const AGAIN: &str = "start again with a lower learning rate or alpha, or remove NaN from the inputs";
+    match run_dir.map(crate::RunDir::checkpoint) {
+        Some(path) if path.exists() => {
+            format!("nothing after the last checkpoint was written ({}); {DIVERGED}", path.display())
+        }
+        Some(_) => format!("no checkpoint was written yet (no epoch finished), so there is nothing to resume: {AGAIN}"),
+        None => format!("the trainer has no run directory, so it kept no checkpoint: {AGAIN}"),
     }
 }
 
@@ -67,7 +68,7 @@ pub enum TrainError {
     #[error("{path}: {cause}")]
     Io { path: PathBuf, cause: std::io::Error },
 
-    /// `kept`: what the run kept and what to do ([`kept_after_divergence`]).
+    /// `kept`: what the run kept and what to do.
     #[error("the loss became {value} at epoch {epoch}, step {step}; {kept}")]
     NonFiniteLoss { value: f64, epoch: usize, step: usize, kept: String },
 

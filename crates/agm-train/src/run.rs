@@ -122,7 +122,10 @@ pub struct RunOptions {
 }
 
 impl Default for RunOptions {
-    /// A library call started now, measuring competition where concepts exist.
+    /// A library call started now, with the run's own concepts ([`Concepts::default_for`]): its
+    /// `concepts` folder (default `concepts/<dataset>-<preset>`, relative to the working
+    /// directory), whose missing concepts it trains first where the dataset has them and
+    /// `train_concepts` is on (the default). `concepts: Some(Concepts::Off)` measures nothing.
     fn default() -> Self {
         Self { provenance: Provenance::started_now(Vec::new(), None), concepts: None }
     }

@@ -21,14 +21,18 @@ use crate::{evaluate, RunDir};
 /// Loop settings.
 #[derive(Clone, Debug)]
 pub struct TrainerOptions {
+    /// Epochs to train (a resume continues up to this many).
     pub epochs: usize,
+    /// Samples per training step (the last batch of an epoch may be smaller).
     pub batch_size: usize,
     /// Evaluation's batch size, for data whose outputs do not depend on it
     /// ([`TrainerOptions::eval_batch_size_for`]).
     pub eval_batch_size: usize,
     /// Seeds the data order and dropout masks.
     pub seed: u64,
+    /// The learning rate the schedule starts from (the optimizer's own `lr`).
     pub base_lr: f64,
+    /// How the learning rate changes from epoch to epoch.
     pub schedule: ScheduleConfig,
     /// Write a checkpoint every this many steps (0: only at the end of each epoch).
     pub checkpoint_every_steps: usize,
@@ -58,17 +62,25 @@ impl TrainerOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     Continue,
+    /// End training after this step (a checkpoint is written first when the trainer has a run
+    /// directory, so it resumes exactly).
     Stop,
 }
 
 /// Reported after every step.
 #[derive(Clone, Debug)]
 pub struct StepSummary {
+    /// 1-based epoch.
     pub epoch: usize,
+    /// 1-based step within the epoch, of `steps_in_epoch`.
     pub step_in_epoch: usize,
     pub steps_in_epoch: usize,
+    /// 1-based step since the run began (resumes included).
     pub global_step: usize,
+    /// The step's training loss.
     pub loss: f64,
+    /// The method's coefficients in force after this step, per modality (`None` for methods
+    /// without any).
     pub coefficients: Option<Vec<f64>>,
 }
 
@@ -77,9 +89,13 @@ pub struct StepSummary {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(into = "EpochRow", try_from = "EpochRow")]
 pub struct EpochSummary {
+    /// 1-based epoch.
     pub epoch: usize,
+    /// The learning rate the epoch trained at.
     pub lr: f64,
+    /// Mean training loss over the epoch's steps.
     pub train_loss: f64,
+    /// The validation split's numbers at the epoch's end.
     pub validation: EvalReport,
     /// Mean over the epoch's steps of the coefficients in force (AGM's scales).
     pub coefficients: Option<Vec<f64>>,
@@ -169,9 +185,12 @@ pub trait CompetitionProbe {
 pub trait Callback {
     /// A whole run ([`crate::run::train_run`]) is about to train.
     fn on_start(&mut self, _run: &crate::run::RunStarted) {}
+    /// After every training step; `Flow::Stop` ends training after it.
     fn on_step(&mut self, _s: &StepSummary) -> Flow {
         Flow::Continue
     }
+    /// After an epoch's validation (its row is in `metrics.jsonl` by then, with a run
+    /// directory); `Flow::Stop` ends training there.
     fn on_epoch_end(&mut self, _e: &EpochSummary) -> Flow {
         Flow::Continue
     }
@@ -198,10 +217,14 @@ impl Callback for NoCallback {}
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunSummary {
     pub epochs_done: usize,
+    /// Steps trained in all.
     pub global_step: usize,
+    /// The 1-based epoch of the best validation accuracy (the first on ties); its weights are
+    /// the run directory's `best.safetensors`.
     pub best_epoch: usize,
     #[serde(with = "agm_core::serde_f64")]
     pub best_accuracy: f64,
+    /// The last epoch's row.
     pub last: Option<EpochSummary>,
     /// True when a callback or the method stopped training before the last epoch.
     pub stopped_early: bool,
@@ -403,7 +426,13 @@ impl<'a> Trainer<'a> {
     /// Loads the run directory's best weights (model and method variables) and the method's
     /// state of that epoch, for a final evaluation.
     pub fn load_best(&mut self) -> Result<()> {
-        let dir = self.run_dir.clone().ok_or_else(|| TrainError::Config("no run directory".into()))?;
+        let dir = self.run_dir.clone().ok_or_else(|| {
+            TrainError::Config(
+                "load_best reads the run directory's best.safetensors, and this trainer has none: give it one \
+                 with `Trainer::with_run_dir` before `fit`"
+                    .into(),
+            )
+        })?;
         let path = dir.best();
         let ck = Checkpoint::load(&path, &self.device)?;
         self.set_model_tensors(&ck.model, &path)?;
@@ -499,8 +528,7 @@ impl<'a> Trainer<'a> {
 
     /// What a run diverging now keeps: the checkpoint it can resume from, if any.
     fn kept_after_divergence(&self) -> String {
-        let checkpoint = self.run_dir.as_ref().map(RunDir::checkpoint).filter(|p| p.exists());
-        crate::error::kept_after_divergence(checkpoint.as_deref())
+        crate::error::kept_after_divergence(self.run_dir.as_ref())
     }
 
     /// Restores everything from the run directory's checkpoint, so the next `fit` continues

@@ -256,7 +256,7 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
     let fresh = RunDir::create(tmp.path().join("fresh")).unwrap();
     let err = run(&diverging, &fresh, RunStart::New).unwrap_err();
     assert!(
-        err.contains("became NaN at epoch 1") && err.contains("start a new run with a lower learning rate"),
+        err.contains("became NaN at epoch 1") && err.contains("start again with a lower learning rate"),
         "{err}"
     );
     assert!(!fresh.root().exists(), "{err}");

@@ -72,8 +72,8 @@ pub fn parse_wav(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, u32)> {
 
 /// Band-limited resampling with a Hann-windowed sinc (16 zero crossings each side).
 ///
-/// librosa uses soxr, so values differ slightly from the reference (data.md A2: bit parity is
-/// not reachable); at equal rates the input is returned unchanged.
+/// librosa uses soxr, so values differ slightly from the reference (bit parity is not
+/// reachable); at equal rates the input is returned unchanged.
 pub fn resample(x: &[f32], from: u32, to: u32) -> Vec<f32> {
     if from == to || x.is_empty() {
         return x.to_vec();

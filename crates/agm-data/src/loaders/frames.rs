@@ -10,7 +10,7 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Index picked by `np.random.seed(999); np.random.choice(n, 1, replace=False)` for a folder of
 /// `n` frames: numpy's legacy `RandomState` (MT19937 seeded with `init_genrand(999)`, then
 /// `permutation(n)[0]` by a Fisher–Yates shuffle with masked rejection draws). Checked against
-/// numpy for n = 1..39 (data.md A2 table for 1..15).
+/// numpy for n = 1..39.
 pub fn reference_frame_index(n: usize) -> usize {
     if n <= 1 {
         return 0;

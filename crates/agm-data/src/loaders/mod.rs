@@ -1,5 +1,5 @@
-//! Loaders for the five AGM datasets, reading the files users have (data.md Part A,
-//! agm-reference.md §7), plus the shared readers and a background prefetcher.
+//! Loaders for the five AGM datasets, reading the files users have (docs/datasets.md), plus the
+//! shared readers and a background prefetcher.
 //!
 //! [`load`] returns a [`LoadedDataset`]: train / validation / test (and `dep` where the
 //! reference has it) as [`SplitTensors`], the [`ModalitySet`] and the class count.

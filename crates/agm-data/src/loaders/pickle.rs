@@ -1,6 +1,6 @@
 //! A minimal, safe Python pickle reader (protocols 2–5) for dicts, lists and numpy arrays.
 //!
-//! It interprets only the opcodes listed in data.md A6 (plus the protocol-5 in-band buffer) and
+//! It interprets only the opcodes these files use (plus the protocol-5 in-band buffer) and
 //! only these globals: numpy's `_reconstruct`, `ndarray`, `dtype`, `scalar` and `_frombuffer`
 //! under both module paths (`numpy.core.*` of numpy 1.x and `numpy._core.*` of numpy 2.x),
 //! `_codecs.encode`, and `collections.OrderedDict`. Anything else is rejected with an error, so
