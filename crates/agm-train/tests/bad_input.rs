@@ -255,10 +255,7 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
     let diverging = RunConfig { optimizer: agm_train::optim::OptimizerConfig::Sgd(sgd), ..cfg.clone() };
     let fresh = RunDir::create(tmp.path().join("fresh")).unwrap();
     let err = run(&diverging, &fresh, RunStart::New).unwrap_err();
-    assert!(
-        err.contains("became NaN at epoch 1") && err.contains("start again with a lower learning rate"),
-        "{err}"
-    );
+    assert!(err.contains("became NaN at epoch 1") && err.contains("start again with a lower learning rate"), "{err}");
     assert!(!fresh.root().exists(), "{err}");
     // Nothing of it was kept, so nothing names the directory or offers a resume.
     assert!(err.contains("nothing to resume") && !err.contains("fresh") && !err.contains("--resume"), "{err}");
