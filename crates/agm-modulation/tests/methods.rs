@@ -446,7 +446,7 @@ fn a_stacked_method_returning_an_undeclared_objective_is_refused_at_its_first_st
     .unwrap();
     let fwd = forward(&net, &stack, &data[0]);
     let cx = StepCx { model: &net, batch: &data[0], forward: &fwd, step: 1, epoch: 1 };
-    let err = stack.objective(&cx).err().expect("refused").to_string();
+    let err = stack.objective(&cx).expect_err("refused").to_string();
     assert!(err.contains("`doubled` returns an objective of its own") && err.contains("Hooks::OBJECTIVE"), "{err}");
 }
 
@@ -457,7 +457,7 @@ fn agm_built_for_another_modality_count_than_the_models_says_so() {
         let mut agm = Agm::new(AgmConfig::av_digits(), m).unwrap();
         let fwd = forward(&net, &agm, &data[0]);
         let cx = StepCx { model: &net, batch: &data[0], forward: &fwd, step: 1, epoch: 1 };
-        let err = agm.objective(&cx).err().expect("refused").to_string();
+        let err = agm.objective(&cx).expect_err("refused").to_string();
         assert!(err.contains(&format!("agm was built for {m} modalities, the model has {model_m}")), "{err}");
     }
 }
