@@ -216,9 +216,9 @@ impl RunDir {
             let row: serde_json::Value = serde_json::from_slice(l).ok()?;
             row.get("epoch")?.as_u64().map(|e| e as usize)
         };
-        let lines: Vec<&[u8]> = match bytes.strip_suffix(b"\n").unwrap_or(&bytes) {
-            [] if bytes.is_empty() => Vec::new(),
-            text => text.split(|&b| b == b'\n').collect(),
+        let lines: Vec<&[u8]> = match bytes.is_empty() {
+            true => Vec::new(),
+            false => bytes.strip_suffix(b"\n").unwrap_or(&bytes).split(|&b| b == b'\n').collect(),
         };
         let (mut kept, mut damaged) = (Vec::new(), Vec::new());
         for (i, line) in lines.iter().enumerate() {
