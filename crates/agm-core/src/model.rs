@@ -18,14 +18,17 @@ pub struct ForwardOpts {
 }
 
 impl ForwardOpts {
+    /// A training-mode pass over all `m` modalities, its dropout masks drawn from `dropout_seed`.
     pub fn train(m: usize, dropout_seed: u64) -> Self {
         Self { present: Subset::full(m), train: true, dropout_seed }
     }
 
+    /// An evaluation-mode pass over all `m` modalities (no dropout, running statistics).
     pub fn eval(m: usize) -> Self {
         Self { present: Subset::full(m), train: false, dropout_seed: 0 }
     }
 
+    /// The same pass with only `present`'s modalities fed (the others zeroed).
     pub fn with_present(self, present: Subset) -> Self {
         Self { present, ..self }
     }
@@ -73,6 +76,7 @@ pub struct ModelOutput {
 }
 
 impl ModelOutput {
+    /// An output without an extra (`aux`) tensor.
     pub fn new(logits: Tensor, fused_feature: Tensor, encoder_features: Vec<Tensor>) -> Self {
         Self { logits, fused_feature, encoder_features, aux: None }
     }

@@ -1,6 +1,6 @@
 //! Competition strength: how much of a modality's mono-modal concept the fused feature of a
-//! multimodal model still carries (the metric of the AGM paper; design reference §4, golden case
-//! `competition`, FORMAT.md §2).
+//! multimodal model still carries (the metric of the AGM paper; golden case `competition`,
+//! tests/fixtures/golden/FORMAT.md §2).
 //!
 //! For modality m with concept `O` (the logits of a uni-modal model, one row per sample):
 //!

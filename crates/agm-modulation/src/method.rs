@@ -29,6 +29,7 @@ use crate::{Hooks, MethodError, Modulator};
 /// What a method is built from, besides its settings.
 #[derive(Clone, Copy)]
 pub struct BuildCx<'a> {
+    /// The model the method will train.
     pub model: &'a dyn MultimodalModel,
     /// The run's seed; methods that draw random numbers mix it into their own seed.
     pub seed: u64,
@@ -41,14 +42,17 @@ pub struct BuildCx<'a> {
 }
 
 impl<'a> BuildCx<'a> {
+    /// The context of `model` under run seed `seed`, without feature sizes or a held-out split.
     pub fn new(model: &'a dyn MultimodalModel, seed: u64) -> Self {
         Self { model, seed, feature_dims: None, holdout: None }
     }
 
+    /// Says whether the run has a held-out split.
     pub fn with_holdout(self, holdout: bool) -> Self {
         Self { holdout: Some(holdout), ..self }
     }
 
+    /// Gives the encoders' feature sizes ([`crate::encoder_feature_dims`]).
     pub fn with_feature_dims(self, dims: &'a [usize]) -> Self {
         Self { feature_dims: Some(dims), ..self }
     }

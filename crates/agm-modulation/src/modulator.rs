@@ -70,7 +70,9 @@ pub struct Objective {
 
 /// What a modulator sees before a run's first step.
 pub struct TrainStartCx<'a> {
+    /// The model about to be trained.
     pub model: &'a dyn MultimodalModel,
+    /// The device it trains on.
     pub device: &'a candle_core::Device,
     /// The training split (in its stored order).
     pub train: &'a dyn BatchSource,
@@ -80,7 +82,9 @@ pub struct TrainStartCx<'a> {
 
 /// What a modulator sees at the end of an epoch.
 pub struct EpochCx<'a> {
+    /// The model, with the weights of the epoch that just ended.
     pub model: &'a dyn MultimodalModel,
+    /// The device it trains on.
     pub device: &'a candle_core::Device,
     /// The training split (in its stored order).
     pub train: &'a dyn BatchSource,

@@ -46,11 +46,15 @@ impl Hooks {
 pub struct StackMember {
     /// The method's name as written (`agm`, `ogm-ge`).
     pub name: String,
+    /// The method itself.
     pub modulator: Box<dyn Modulator>,
+    /// The hooks it owns (its `Method::HOOKS`); a stack runs only declared owners' `objective`
+    /// and `backward`.
     pub hooks: Hooks,
 }
 
 impl StackMember {
+    /// A member named `name`.
     pub fn new(name: impl Into<String>, modulator: Box<dyn Modulator>, hooks: Hooks) -> Self {
         Self { name: name.into(), modulator, hooks }
     }

@@ -61,6 +61,7 @@ impl TrainerOptions {
 /// Whether a callback lets training go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
+    /// Train on.
     Continue,
     /// End training after this step (a checkpoint is written first when the trainer has a run
     /// directory, so it resumes exactly).
@@ -74,6 +75,7 @@ pub struct StepSummary {
     pub epoch: usize,
     /// 1-based step within the epoch, of `steps_in_epoch`.
     pub step_in_epoch: usize,
+    /// Steps in this epoch.
     pub steps_in_epoch: usize,
     /// 1-based step since the run began (resumes included).
     pub global_step: usize,
@@ -101,8 +103,11 @@ pub struct EpochSummary {
     pub coefficients: Option<Vec<f64>>,
     /// Coefficients in force after the epoch's last step.
     pub last_coefficients: Option<Vec<f64>>,
+    /// Mean wall time of the epoch's training steps.
     pub mean_step_seconds: f64,
+    /// Peak host memory so far ([`crate::memory::peak_memory_bytes`]).
     pub peak_memory_bytes: Option<u64>,
+    /// The best epoch so far (1-based), this one included.
     pub best_epoch: usize,
     /// Competition strength per modality, when a probe is attached (0: the modality's concept
     /// is linearly recoverable from the fused feature; about 1: not at all).
@@ -216,12 +221,14 @@ impl Callback for NoCallback {}
 /// How a `fit` call ended.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunSummary {
+    /// Epochs trained in all (resumes included).
     pub epochs_done: usize,
     /// Steps trained in all.
     pub global_step: usize,
     /// The 1-based epoch of the best validation accuracy (the first on ties); its weights are
     /// the run directory's `best.safetensors`.
     pub best_epoch: usize,
+    /// The validation accuracy of `best_epoch`.
     #[serde(with = "agm_core::serde_f64")]
     pub best_accuracy: f64,
     /// The last epoch's row.

@@ -1,7 +1,7 @@
 //! AVE (AVE-ECCV18 / PSP features): `audio_feature.h5` `[N,10,128]`, `visual_feature.h5`
 //! `[N,10,7,7,512]`, `right_labels.h5` `[N,10,29]` one-hot (28 = background), all under dataset
 //! `avadataset`, and `{train,val,test}_order.h5` (dataset `order`, int row indices). No
-//! normalisation (agm-reference §7.4). These shapes are required exactly: they are the PSP
+//! normalisation (docs/datasets.md). These shapes are required exactly: they are the PSP
 //! net's fixed inputs.
 //!
 //! The split labels are each video's event class (the lowest non-background class present, as

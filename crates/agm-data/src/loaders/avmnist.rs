@@ -2,7 +2,7 @@
 //! `audio/{train,test}_data.npy`, `{train,test}_labels.npy`, any numeric dtype (little-endian,
 //! C order), read through memory maps. Images are `[N, 784]`, spectrograms `[N, H, W]` or
 //! `[N, 1, H, W]` (`112 × 112` in the release), labels `[N]` or `[N, 1]`. Items are
-//! `audio/255 → [1,H,W]`, `image/255 → [1,28,28]` (agm-reference §7.1).
+//! `audio/255 → [1,H,W]`, `image/255 → [1,28,28]` (docs/datasets.md).
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! CREMA-D as OGM-GE / AGM prepare it: `CREMAD/{train,test}.csv` (`clip,EMO`, no header, BOM
 //! and CRLF accepted), `Audio/<clip>.wav` → log-magnitude STFT `[1,257,188]`, and one frame of
-//! `Image-01-FPS/<clip>/` → `[3,1,S,S]` ImageNet-normalised (agm-reference §7.2).
+//! `Image-01-FPS/<clip>/` → `[3,1,S,S]` ImageNet-normalised (docs/datasets.md).
 //!
 //! A precomputed spectrogram `Spectrogram/<clip>.npy` (`[257,188]`, any float dtype) is used
 //! instead of the wav when present. Frames are stored resized (the reference's eval transform);

@@ -1,7 +1,7 @@
 //! CMU-MOSEI as the UMONS pickles hold it: `{split}_sentences.p` (key → list of words),
 //! `{split}_mels.p` (key → `[T,80]` with `T ≥ 1`; another shape is an error naming the key),
 //! `{split}_sentiment.p` (key → score in [-3,3], float, numpy scalar or 1-element array),
-//! optional `token_to_ix.pkl` (agm-reference §7.5).
+//! optional `token_to_ix.pkl` (docs/datasets.md).
 //!
 //! Items: text = 60 token ids (0 = pad, unknown = 1) stored as `f32`, audio = the first 60 mel
 //! frames zero-padded `[60,80]`; label = binary sentiment (`s < 0` → 0 else 1). The reference

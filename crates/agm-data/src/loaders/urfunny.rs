@@ -1,5 +1,5 @@
 //! UR-Funny (MultiBench `humor.pkl`): `{'train'|'valid'|'test': {'vision' [N,T,371],
-//! 'audio' [N,T,81], 'text' [N,T,300], 'labels' [N,1]|[N], ...}}` (agm-reference §7.3).
+//! 'audio' [N,T,81], 'text' [N,T,300], 'labels' [N,1]|[N], ...}}` (docs/datasets.md).
 //!
 //! Processing as AGM (`aligned=True, z_norm=False`): rows with all-zero text are dropped; audio
 //! `-inf` → 0; every modality is cut to `[start:]` where `start` is the first non-zero text
