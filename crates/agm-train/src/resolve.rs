@@ -305,7 +305,7 @@ fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
 /// An error in setting `key` (dotted; `.` or empty for the whole table), naming the layer that
 /// brought it and, for a file, the line.
 fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
-    let message = plain_types(&message);
+    let message = with_suggestion(plain_types(&message));
     let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
     match origin {
         Origin::File(path) => {
@@ -314,6 +314,24 @@ fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
             TrainError::ConfigFile { path: path.clone(), message: format!("{at}{message}") }
         }
         other => TrainError::Config(format!("{other}: {at}{message}")),
+    }
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`" with the closest allowed name suggested
+/// (top-level keys get theirs from [`RunConfig::deserialize_table`]).
+fn with_suggestion(message: String) -> String {
+    let Some((field, expected)) = message.strip_prefix("unknown field `").and_then(|m| m.split_once('`')) else {
+        return message;
+    };
+    if message.contains("did you mean") {
+        return message;
+    }
+    // The allowed names are every other piece between backticks.
+    let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let alias = (field == "learning_rate" && allowed.contains(&"lr")).then_some("lr");
+    match alias.or_else(|| agm_core::suggest::closest(field, allowed.iter().copied())) {
+        Some(name) => format!("{message} (did you mean `{name}`?)"),
+        None => message,
     }
 }
 

@@ -80,6 +80,12 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
         let err = resolve_file(&path);
         assert!(err.contains(&format!("(did you mean {meant}?)")), "{typo}: {err}");
     }
+    // Inside a section too, a misspelt key names the key it was probably meant to be.
+    for (text, meant) in [("[optimizer]\nlearning_rate = 0.1\n", "`lr`"), ("[agm]\nalpah = 1.0\n", "`alpha`")] {
+        std::fs::write(&path, text).unwrap();
+        let err = resolve_file(&path);
+        assert!(err.contains(&format!("(did you mean {meant}?)")) && err.matches("did you mean").count() == 1, "{err}");
+    }
     // Types in words, not Rust's names; a missing file is named as the config file.
     std::fs::write(&path, "epochs = \"two\"\n[optimizer]\nlr = \"fast\"\n").unwrap();
     let err = resolve_file(&path);
