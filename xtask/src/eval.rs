@@ -39,17 +39,16 @@ fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
         other => anyhow::bail!("--checkpoint `{other}` is not known; allowed: best, last"),
     };
     if !weights.is_file() {
-        // A run stopped before its first epoch ended has a checkpoint but no best weights yet.
-        let finished_epochs = std::fs::read_to_string(run.metrics()).map_or(0, |t| t.lines().count());
-        if which == "best" && run.checkpoint().is_file() && finished_epochs > 0 {
-            anyhow::bail!(
+        if which == "best" && run.checkpoint().is_file() {
+            let finished_epochs = std::fs::read_to_string(run.metrics()).map_or(0, |t| t.lines().count());
+            anyhow::ensure!(
+                finished_epochs == 0,
                 "{} is missing, although {} finished: restore the file, or evaluate the run's last checkpoint \
                  with --checkpoint last",
                 weights.display(),
                 crate::progress::counted(finished_epochs as u64, "epoch")
             );
-        }
-        if which == "best" && run.checkpoint().is_file() {
+            // A run stopped before its first epoch ended has a checkpoint but no best weights yet.
             anyhow::bail!(
                 "{} has no best weights yet: no epoch finished; evaluate its last checkpoint with --checkpoint last, \
                  or train on with `cargo xtask train --resume {}`",
