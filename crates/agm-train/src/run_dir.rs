@@ -17,7 +17,16 @@ use crate::error::{Result, TrainError};
 /// The lock of a run directory ([`RunDir::lock`]); released on drop.
 #[derive(Debug)]
 pub struct RunLock {
-    _file: std::fs::File,
+    file: std::fs::File,
+}
+
+impl Drop for RunLock {
+    /// Clears the holder's pid before the lock goes, so the next holder's file starts empty and
+    /// a refused run never names a process that has ended.
+    fn drop(&mut self) {
+        // Best effort: the pid is only for messages.
+        let _ = self.file.set_len(0);
+    }
 }
 
 /// Paths of a run directory.
@@ -94,10 +103,10 @@ impl RunDir {
                 // Best effort: the lock itself is what excludes.
                 let _ = file.set_len(0).and_then(|()| (&file).write_all(std::process::id().to_string().as_bytes()));
                 self.remove_stale_temporaries();
-                Ok(RunLock { _file: file })
+                Ok(RunLock { file })
             }
             Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                let holder = Self::holder_pid(&path);
                 Err(TrainError::Config(format!(
                     "{} is in use by another run ({}it holds {}); wait for that run to end or choose another --out",
                     self.root.display(),
@@ -107,6 +116,18 @@ impl RunDir {
             }
             Err(std::fs::TryLockError::Error(e)) => Err(TrainError::io(&path, e)),
         }
+    }
+
+    /// The lock holder's pid, read from its `.lock`. A holder writes it just after taking the
+    /// lock, so a run refused in that instant waits a little for it.
+    fn holder_pid(path: &Path) -> Option<u32> {
+        for _ in 0..20 {
+            if let Some(pid) = std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+                return Some(pid);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
     }
 
     /// Removes what writers killed mid-write left: `<name>.<pid>.<k>.tmp` files of
@@ -339,6 +360,21 @@ mod tests {
         assert!(err.contains("in use by another run") && err.contains(".lock"), "{err}");
         assert!(err.contains(&format!("(pid {}; ", std::process::id())), "the holder's pid: {err}");
         drop(first);
+        assert_eq!(std::fs::read_to_string(tmp.path().join(".lock")).unwrap(), "", "a released lock names nobody");
+        // A run refused in the instant between the holder's lock and its pid still names it.
+        let held = std::fs::OpenOptions::new().write(true).open(tmp.path().join(".lock")).unwrap();
+        held.try_lock().unwrap();
+        let late_pid = std::thread::spawn({
+            let path = tmp.path().join(".lock");
+            move || {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                std::fs::write(path, "4242").unwrap();
+            }
+        });
+        let err = dir.lock().unwrap_err().to_string();
+        late_pid.join().unwrap();
+        assert!(err.contains("(pid 4242; "), "the pid written after the refusal began: {err}");
+        drop(held);
         // Taking the lock clears temporaries that killed writers left behind.
         std::fs::write(tmp.path().join("metrics.csv.1152.22.tmp"), "partial").unwrap();
         std::fs::create_dir_all(tmp.path().join("report")).unwrap();
