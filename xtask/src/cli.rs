@@ -25,7 +25,7 @@ pub enum Command {
     Parity(ParityArgs),
     /// Dataset tools.
     Data(DataArgs),
-    /// Time one AGM step against one joint step and print the ratio.
+    /// Time AGM's steps and joint training per model, as ratios (and against PyTorch's step).
     #[command(allow_negative_numbers = true)]
     Bench(BenchArgs),
     /// Check formatting and repository conventions.
