@@ -266,50 +266,58 @@ pub trait Modulator {
     }
 }
 
-impl<T: Modulator + ?Sized> Modulator for Box<T> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn attach(&mut self, model: &dyn MultimodalModel) -> Result<Vec<NamedVar>> {
-        (**self).attach(model)
-    }
-    fn forward_plan(&self) -> ForwardPlan {
-        (**self).forward_plan()
-    }
-    fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
-        (**self).objective(cx)
-    }
-    fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
-        (**self).backward(cx, objective)
-    }
-    fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
-        (**self).after_backward(cx, grads)
-    }
-    fn clip_rule(&self) -> Option<ClipRule> {
-        (**self).clip_rule()
-    }
-    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
-        (**self).on_train_start(cx)
-    }
-    fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {
-        (**self).on_epoch_start(epoch, steps, first_step)
-    }
-    fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        (**self).on_epoch_end(cx)
-    }
-    fn coefficients(&self) -> Option<Vec<f64>> {
-        (**self).coefficients()
-    }
-    fn predict(&self, model: &dyn MultimodalModel, pass: &ModelOutput) -> Result<Option<Tensor>> {
-        (**self).predict(model, pass)
-    }
-    fn state(&self) -> serde_json::Value {
-        (**self).state()
-    }
-    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
-        (**self).load_state(state)
-    }
-    fn on_restored(&mut self, tag: &str, state: &serde_json::Value) -> Result<()> {
-        (**self).on_restored(tag, state)
-    }
+/// A boxed method, and a borrowed one: `Trainer::new(&model, Box::new(&mut method), …)` leaves
+/// the method with its caller, who reads its state (`Agm::last_stats`) once the trainer is gone.
+macro_rules! forward_modulator {
+    ($($wrapper:ty),+) => {$(
+        impl<T: Modulator + ?Sized> Modulator for $wrapper {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn attach(&mut self, model: &dyn MultimodalModel) -> Result<Vec<NamedVar>> {
+                (**self).attach(model)
+            }
+            fn forward_plan(&self) -> ForwardPlan {
+                (**self).forward_plan()
+            }
+            fn objective(&mut self, cx: &StepCx<'_>) -> Result<Objective> {
+                (**self).objective(cx)
+            }
+            fn backward(&mut self, cx: &StepCx<'_>, objective: &Objective) -> Result<GradStore> {
+                (**self).backward(cx, objective)
+            }
+            fn after_backward(&mut self, cx: &StepCx<'_>, grads: &mut GradStore) -> Result<()> {
+                (**self).after_backward(cx, grads)
+            }
+            fn clip_rule(&self) -> Option<ClipRule> {
+                (**self).clip_rule()
+            }
+            fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+                (**self).on_train_start(cx)
+            }
+            fn on_epoch_start(&mut self, epoch: usize, steps: usize, first_step: usize) -> Result<()> {
+                (**self).on_epoch_start(epoch, steps, first_step)
+            }
+            fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
+                (**self).on_epoch_end(cx)
+            }
+            fn coefficients(&self) -> Option<Vec<f64>> {
+                (**self).coefficients()
+            }
+            fn predict(&self, model: &dyn MultimodalModel, pass: &ModelOutput) -> Result<Option<Tensor>> {
+                (**self).predict(model, pass)
+            }
+            fn state(&self) -> serde_json::Value {
+                (**self).state()
+            }
+            fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+                (**self).load_state(state)
+            }
+            fn on_restored(&mut self, tag: &str, state: &serde_json::Value) -> Result<()> {
+                (**self).on_restored(tag, state)
+            }
+        }
+    )+};
 }
+
+forward_modulator!(Box<T>, &mut T);

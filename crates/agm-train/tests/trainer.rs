@@ -317,3 +317,30 @@ fn an_epoch_is_scored_kept_and_measured_before_its_restore_puts_other_weights_ba
     assert!(restored_best == epoch3, "the restoring run kept other weights as its best");
     assert_eq!(restored_row.reference_split, row.reference_split);
 }
+
+#[test]
+fn a_borrowed_method_trains_as_a_boxed_one_and_is_read_after_the_trainer_is_gone() {
+    let data = av_digits::load(&AvDigitsConfig::default_preset()).unwrap();
+    let (train, val) = (data.split(Split::Train), data.split(Split::Validation));
+    let dev = Device::Cpu;
+    let cfg = LateConcatConfig::av_digits();
+
+    let boxed = FusionModel::late_concat(&cfg, 3, DType::F32, &dev).unwrap();
+    let boxed_run = Trainer::new(&boxed, agm(), sgd(), options(1), &dev)
+        .unwrap()
+        .fit(train, val, &mut agm_train::NoCallback)
+        .unwrap();
+
+    let borrowed = FusionModel::late_concat(&cfg, 3, DType::F32, &dev).unwrap();
+    let mut method = Agm::new(AgmConfig::av_digits(), 2).unwrap();
+    let borrowed_run = Trainer::new(&borrowed, Box::new(&mut method), sgd(), options(1), &dev)
+        .unwrap()
+        .fit(train, val, &mut agm_train::NoCallback)
+        .unwrap();
+
+    assert_eq!(weights(&boxed), weights(&borrowed));
+    let last = borrowed_run.last.unwrap().last_coefficients.unwrap();
+    assert_eq!(boxed_run.last.unwrap().last_coefficients.unwrap(), last);
+    // The method's own state, read once the trainer that borrowed it has been dropped.
+    assert_eq!(method.last_stats().unwrap().coeff, last);
+}
