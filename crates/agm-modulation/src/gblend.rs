@@ -31,8 +31,9 @@
 //!
 //! - [`GBlendEstimator::Delta`] (the paper's `ΔG/ΔO²`; MultiBench with `delta = True`; BalanceMM):
 //!   `ΔG_k = L^V_{k,N} − L^V_{k,N+S}`, `ΔO_k = O_{k,N+S} − O_{k,N}`,
-//!   `w_k = |ΔG_k| / max(|ΔO_k|, 1e-4)²`. It needs two measurements, so the first estimate is
-//!   made at the end of epoch `2S` (epoch 0, before training, has no hook).
+//!   `w_k = |ΔG_k| / max(|ΔO_k|, 1e-4)²`. It needs two measurements: the first is taken before
+//!   training ([`Modulator::on_train_start`]), so the first estimate is made at the end of epoch
+//!   `S`.
 //! - [`GBlendEstimator::Final`] (MultiBench's default `delta = False`):
 //!   `w_k = |L^V_{k,N+S}| / max(O_{k,N+S}, 1e-4)²`, first made at the end of epoch `S`.
 //!   (MultiBench floors only a negative `O`; `max` also keeps an `O` in `[0, 1e-4)` finite.)
@@ -48,9 +49,10 @@
 //! of each super-epoch and train the copies for `n` epochs on their own to get the `N` and
 //! `N+n` losses. The [`Modulator`] hooks cannot clone a model or run an inner training loop (no
 //! optimizer is reachable from [`EpochCx`]), so the `N` and `N+S` measurements are taken here on
-//! the jointly trained model itself at consecutive super-epoch boundaries: the weights for
-//! super-epoch `k+1` come from how each output's generalisation and overfitting moved during
-//! super-epoch `k`.
+//! the jointly trained model itself at consecutive super-epoch boundaries (the first before
+//! training): the weights for super-epoch `k+1` come from how each output's generalisation and
+//! overfitting moved during super-epoch `k`, and the first super-epoch trains with equal
+//! weights, where the references train it with weights from their copies.
 //!
 //! # Encoder feature sizes
 //!
@@ -67,7 +69,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::shared::encoder_feature_dims;
 use crate::shared::{for_each_batch, mix_seed, require_two, scalar_f64, seeded_permutation};
 use crate::uni_heads::UniHeads;
-use crate::{EpochAction, EpochCx, MethodError, Modulator, Objective, StepCx};
+use crate::{EpochAction, EpochCx, MethodError, Modulator, Objective, StepCx, TrainStartCx};
 
 // ------------------------------------------------------------------------------------------
 // G-Blending
@@ -366,6 +368,26 @@ impl GBlend {
         Ok(sums.into_iter().map(|s| s / n as f64).collect())
     }
 
+    /// Every output's losses on the training samples and the held-out split, at `epoch`.
+    fn measure(
+        &self,
+        model: &dyn MultimodalModel,
+        train: &dyn BatchSource,
+        holdout: Option<&dyn BatchSource>,
+        epoch: usize,
+        device: &Device,
+    ) -> Result<GBlendMeasure> {
+        let holdout = holdout.ok_or_else(|| {
+            crate::shared::no_holdout("gblend", "needs a held-out split to estimate its blend weights")
+        })?;
+        let holdout_idx: Vec<usize> = (0..holdout.len()).collect();
+        Ok(GBlendMeasure {
+            epoch,
+            train_loss: self.measure_losses(model, train, &self.train_indices(train.len()), device)?,
+            holdout_loss: self.measure_losses(model, holdout, &holdout_idx, device)?,
+        })
+    }
+
     fn train_indices(&self, n: usize) -> Vec<usize> {
         match self.cfg.train_samples {
             Some(k) if k < n => {
@@ -416,20 +438,21 @@ impl Modulator for GBlend {
         Ok(Objective { loss, output: full.logits.clone(), mono: Some(uni.iter().map(Tensor::detach).collect()) })
     }
 
+    /// The untrained model's losses, the `N` of the first estimate, so that `ΔG/ΔO²` is first
+    /// estimated at the end of the first super-epoch (`Final` needs no earlier measurement).
+    fn on_train_start(&mut self, cx: &TrainStartCx<'_>) -> Result<()> {
+        if self.cfg.estimator == GBlendEstimator::Delta {
+            self.last_measure = Some(self.measure(cx.model, cx.train, cx.holdout, 0, cx.device)?);
+        }
+        Ok(())
+    }
+
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
-        let holdout = cx.holdout.ok_or_else(|| {
-            crate::shared::no_holdout("gblend", "needs a held-out split to estimate its blend weights")
-        })?;
-        if !cx.epoch.is_multiple_of(self.cfg.super_epoch) {
+        // Without a held-out split, `measure` refuses at the first epoch's end at the latest.
+        if cx.holdout.is_some() && !cx.epoch.is_multiple_of(self.cfg.super_epoch) {
             return Ok(Vec::new());
         }
-        let train_idx = self.train_indices(cx.train.len());
-        let holdout_idx: Vec<usize> = (0..holdout.len()).collect();
-        let measure = GBlendMeasure {
-            epoch: cx.epoch,
-            train_loss: self.measure_losses(cx.model, cx.train, &train_idx, cx.device)?,
-            holdout_loss: self.measure_losses(cx.model, holdout, &holdout_idx, cx.device)?,
-        };
+        let measure = self.measure(cx.model, cx.train, cx.holdout, cx.epoch, cx.device)?;
         let weights = gblend_weights(self.cfg.estimator, self.last_measure.as_ref(), &measure, self.cfg.weight_floor);
         match &weights {
             Some(w) => self.weights.clone_from(w),

@@ -40,7 +40,9 @@
 //!   `α_cls·L_cls + α_align·L_align` (the official code reads `hessian_vector_prod[0]`, its audio
 //!   encoder's first convolution weight); `lr ← lr/2` when `e % alpha_lr_halve_every == 0` and
 //!   `e > 0`; `α_align ← clamp(α_align − lr·g, alpha_min, alpha_max)`; `α_cls = 1 − α_align`.
-//!   The losses here are measured in evaluation mode (no dropout, BatchNorm running statistics).
+//!   The model's mode is the official code's: training mode before epoch 0 (the freshly built
+//!   model; batch statistics of these samples, and BatchNorm's running statistics move once),
+//!   evaluation mode before every later epoch (the official loop's validation left it there).
 //!
 //! # Where the learned weights differ from the official code
 //!
@@ -84,7 +86,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Result, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
 
-use crate::shared::{require_two, scalar_f64};
+use crate::shared::{mix_seed, require_two, scalar_f64};
 use crate::uni_heads::UniHeads;
 use crate::{EpochAction, EpochCx, MethodError, Modulator, Objective, StepCx, TrainStartCx};
 
@@ -108,6 +110,16 @@ const FD_STEP: f64 = 1e-3;
 const FD_SHRINK: f64 = 2.0;
 const FD_SHRINKS: usize = 12;
 const FD_AGREE: f64 = 1e-6;
+
+/// The model's mode while the learned weights' hypergradient is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LfmPassMode {
+    /// Batch statistics and dropout: the official measurement before the first epoch, on the
+    /// freshly built model.
+    Train,
+    /// Running statistics, no dropout: the official measurements before every later epoch.
+    Eval,
+}
 
 /// How the weights of the classification and alignment terms move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,14 +450,26 @@ impl Lfm {
         Ok(Losses { ce_uni, ce_fused, align, uni })
     }
 
-    /// The losses of `batch` in evaluation mode, at the current variable values.
-    fn eval_losses(&self, model: &dyn MultimodalModel, batch: &MultimodalBatch) -> Result<Losses> {
-        let out = model.forward(&batch.inputs, &ForwardOpts::eval(self.m))?;
+    /// The losses of `batch` at the current variable values, in training mode (batch statistics,
+    /// dropout masks from the run's seed, the same in every pass) or evaluation mode.
+    fn losses_of(&self, model: &dyn MultimodalModel, batch: &MultimodalBatch, mode: LfmPassMode) -> Result<Losses> {
+        let opts = match mode {
+            LfmPassMode::Train => ForwardOpts::train(self.m, mix_seed(self.seed, 0x6c66_6d5f_616c_7068)),
+            LfmPassMode::Eval => ForwardOpts::eval(self.m),
+        };
+        let out = model.forward(&batch.inputs, &opts)?;
         self.losses(&out.logits, &out.encoder_features, &batch.labels)
     }
 
-    /// `mean(H·∇L_cls)` over the first tensor (see the module docs).
-    pub fn hypergradient(&self, model: &dyn MultimodalModel, batch: &MultimodalBatch) -> Result<f64> {
+    /// `mean(H·∇L_cls)` over the first tensor (see the module docs), with the model in `mode`.
+    /// In training mode the BatchNorm running statistics move once, as in the official single
+    /// forward: the finite difference's further passes leave them as the first pass left them.
+    pub fn hypergradient(
+        &self,
+        model: &dyn MultimodalModel,
+        batch: &MultimodalBatch,
+        mode: LfmPassMode,
+    ) -> Result<f64> {
         // A finite difference needs every digit the dtype has: no bf16 products, TF32 or
         // Winograd while it runs, whatever the run's precision.
         let _strict = agm_kernels::PrecisionGuard::new(agm_kernels::Precision::Fp32Strict);
@@ -460,7 +484,9 @@ impl Lfm {
         let vars: Vec<Var> =
             groups.trainable().into_iter().map(|v| v.var).chain(self.heads()?.vars().cloned()).collect();
         let [a_cls, a_align] = [self.state.alpha[0], self.state.alpha[1]];
-        let cls = self.eval_losses(model, batch)?.cls(self.cfg.fused_weight)?;
+        let cls = self.losses_of(model, batch, mode)?.cls(self.cfg.fused_weight)?;
+        let buffers: Vec<(Var, Tensor)> =
+            groups.buffers.iter().map(|b| Ok((b.var.clone(), b.var.as_tensor().copy()?))).collect::<Result<_>>()?;
         let store = agm_kernels::backward(&cls)?;
         let dirs = vars
             .iter()
@@ -483,7 +509,7 @@ impl Lfm {
             for ((v, b), d) in vars.iter().zip(&base).zip(&dirs) {
                 v.set(&(b + d.affine(t, 0.0)?)?)?;
             }
-            let l = self.eval_losses(model, batch)?;
+            let l = self.losses_of(model, batch, mode)?;
             let total = (l.cls(self.cfg.fused_weight)?.affine(a_cls, 0.0)? + l.align.affine(a_align, 0.0)?)?;
             let store: GradStore = agm_kernels::backward(&total)?;
             match store.get(first.as_tensor()) {
@@ -525,7 +551,7 @@ impl Lfm {
             Ok(coarsest)
         })();
         // Back to the exact values, whatever happened.
-        for (v, b) in vars.iter().zip(&base) {
+        for (v, b) in vars.iter().zip(&base).chain(buffers.iter().map(|(v, b)| (v, b))) {
             v.set(b)?;
         }
         result
@@ -550,7 +576,10 @@ impl Lfm {
 
     /// Computes the learned weights of 1-based epoch `epoch` on `batch`.
     fn learned_update(&mut self, model: &dyn MultimodalModel, batch: &MultimodalBatch, epoch: usize) -> Result<()> {
-        let g = self.hypergradient(model, batch)?;
+        // The official first measurement runs on the freshly built model, which is still in
+        // training mode; every later one follows a validation pass, in evaluation mode.
+        let mode = if epoch == 1 { LfmPassMode::Train } else { LfmPassMode::Eval };
+        let g = self.hypergradient(model, batch, mode)?;
         let (lr, a) = lfm_learned_update(&self.cfg, epoch - 1, self.state.alpha_lr, self.state.alpha[1], g);
         self.state.alpha_lr = lr;
         self.state.alpha = vec![1.0 - a, a];
@@ -865,13 +894,13 @@ mod tests {
         let mut vars: Vec<Var> = net.param_groups().trainable().into_iter().map(|v| v.var).collect();
         vars.extend(lfm.heads().unwrap().vars().cloned());
         let before: Vec<Vec<f64>> = vars.iter().map(|v| values(v.as_tensor())).collect();
-        let g = lfm.hypergradient(&net, &b).unwrap();
+        let g = lfm.hypergradient(&net, &b, LfmPassMode::Eval).unwrap();
         let after: Vec<Vec<f64>> = vars.iter().map(|v| values(v.as_tensor())).collect();
         assert_eq!(before, after, "the variables are set back bit for bit");
 
         // v = ∇L_cls, u = ones/n on the first tensor (the first 2-D variable of modality 0).
         let first = net.param_groups().per_modality[0].iter().find(|v| v.var.rank() == 2).unwrap().var.clone();
-        let cls = lfm.eval_losses(&net, &b).unwrap().cls(0.5).unwrap();
+        let cls = lfm.losses_of(&net, &b, LfmPassMode::Eval).unwrap().cls(0.5).unwrap();
         let store = cls.backward().unwrap();
         let v: Vec<Tensor> = vars.iter().map(|x| store.get(x.as_tensor()).unwrap().clone()).collect();
         let n = first.elem_count() as f64;
@@ -884,7 +913,7 @@ mod tests {
                 }
                 x.set(&t).unwrap();
             }
-            let l = lfm.eval_losses(&net, &b).unwrap();
+            let l = lfm.losses_of(&net, &b, LfmPassMode::Eval).unwrap();
             let t = (l.cls(0.5).unwrap().affine(0.3, 0.0).unwrap() + l.align.affine(0.7, 0.0).unwrap()).unwrap();
             scalar_f64(&t).unwrap()
         };
@@ -904,7 +933,9 @@ mod tests {
         let mut lfm = attached(cfg.clone(), &net);
         assert_eq!(lfm.lfm_state().alpha_epoch, 0);
         let first = train.batch(&[0, 1, 2, 3], &Device::Cpu).unwrap();
-        let g0 = attached(cfg.clone(), &net).hypergradient(&net, &select_rows(&first, &[0, 1, 2]).unwrap()).unwrap();
+        let g0 = attached(cfg.clone(), &net)
+            .hypergradient(&net, &select_rows(&first, &[0, 1, 2]).unwrap(), LfmPassMode::Train)
+            .unwrap();
         objective_at(&mut lfm, &net, &first, 1);
         let s = lfm.lfm_state().clone();
         assert_eq!((s.alpha_epoch, s.alpha_grad), (1, Some(g0)));
@@ -915,7 +946,7 @@ mod tests {
 
         let mut probe = attached(cfg.clone(), &net);
         probe.state = s.clone();
-        let g1 = probe.hypergradient(&net, &train.batch(&[0, 4, 8], &Device::Cpu).unwrap()).unwrap();
+        let g1 = probe.hypergradient(&net, &train.batch(&[0, 4, 8], &Device::Cpu).unwrap(), LfmPassMode::Eval).unwrap();
         let cx = EpochCx {
             model: &net,
             device: &Device::Cpu,
@@ -935,7 +966,8 @@ mod tests {
         // The held-out split is preferred when the run has one.
         let holdout = Split(batch(2, 6, 9));
         probe.state = s2;
-        let g2 = probe.hypergradient(&net, &holdout.batch(&[0, 2, 4], &Device::Cpu).unwrap()).unwrap();
+        let g2 =
+            probe.hypergradient(&net, &holdout.batch(&[0, 2, 4], &Device::Cpu).unwrap(), LfmPassMode::Eval).unwrap();
         lfm.on_epoch_end(&EpochCx { holdout: Some(&holdout), epoch: 2, ..cx }).unwrap();
         assert_eq!((lfm.lfm_state().alpha_epoch, lfm.lfm_state().alpha_grad), (3, Some(g2)));
     }

@@ -64,8 +64,8 @@ pub use inforeg::{
 };
 pub use joint::{Joint, JointConfig};
 pub use lfm::{
-    lfm_alignment, lfm_fitted_weights, lfm_learned_update, lfm_rows, Lfm, LfmConfig, LfmState, LfmWeighting,
-    LFM_FITTED_ALIGN, LFM_FITTED_CLS, LFM_FITTED_LAST_EPOCH,
+    lfm_alignment, lfm_fitted_weights, lfm_learned_update, lfm_rows, Lfm, LfmConfig, LfmPassMode, LfmState,
+    LfmWeighting, LFM_FITTED_ALIGN, LFM_FITTED_CLS, LFM_FITTED_LAST_EPOCH,
 };
 pub use method::{BuildCx, Method, MethodSettings};
 pub use mla::{

@@ -79,12 +79,14 @@
 //! - The official learning rates are per phase (`m_lr`, `e_lr`, equal in every official run) and
 //!   decay per stage (CREMA-D ×0.1 every 30 stages, AVE ×0.5 at stage 40): set the trainer's
 //!   learning-rate schedule in epochs (`30 · (epochs_per_stage + correct_epochs)`).
-//! - The official evaluation and model selection use `F_{all}`; agm's evaluation (accuracy,
-//!   Shapley accuracy, model selection) reads the model's fused logits, which this method does
-//!   not train.
+//! - The official evaluation and model selection use `F_{all}`; so does agm's (accuracy,
+//!   Shapley accuracy, model selection), through [`Modulator::predict`]: the boosted ensemble,
+//!   not the model's fused logits, which this method does not train.
 //! - The official code runs every learner separately, so BatchNorm running statistics of the
 //!   other encoders move in the no-gradient ensemble pass too (the GA partner's twice); agm's
-//!   full pass moves each encoder's once per step.
+//!   full pass moves each encoder's once per step, including those the official code has not
+//!   run yet (modalities neither learning nor in the ensemble, as in the first stage); their
+//!   weights are frozen then, and the difference fades as `(1 − momentum)^steps` once they train.
 //! - The official `--use_pretrain` start (uni-modal checkpoints, their own `fc` heads in the
 //!   ensemble until replaced) is not modelled: stage 0 starts from an empty ensemble.
 

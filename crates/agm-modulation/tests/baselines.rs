@@ -7,7 +7,7 @@ use agm_fusion::{EncoderLayer, EncoderSpec, FusionModel, LateConcatConfig};
 use agm_modulation::{
     encoder_feature_dims, gblend_weights, min_norm_2, pareto_combine, prototype_logits, EpochCx, GBlend, GBlendConfig,
     GBlendEstimator, GBlendMeasure, MmPareto, MmParetoConfig, Modulator, Objective, ParetoRescale, Pmr, PmrConfig,
-    StepCx, StepForward,
+    StepCx, StepForward, TrainStartCx,
 };
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor};
@@ -418,25 +418,47 @@ fn gblend_weights_change_after_a_super_epoch_and_only_at_its_end() {
         let dims = feature_dims(&model, &train);
         let uniform = vec![1.0 / (m as f64 + 1.0); m + 1];
 
-        // delta, super-epoch 2: epoch 1 does nothing, epoch 2 measures, epoch 4 estimates.
+        // delta, super-epoch 2: the untrained model is measured before training, epoch 1 does
+        // nothing, epoch 2 estimates, epoch 3 is inside the next super-epoch, epoch 4 estimates.
+        // A driver that skips `on_train_start` has its first measurement at epoch 2 and its
+        // first estimate at epoch 4.
         let cfg = GBlendConfig { super_epoch: 2, estimator: GBlendEstimator::Delta, ..GBlendConfig::av_digits() };
-        let mut gb = GBlend::new(cfg.clone(), m).unwrap().with_feature_dims(dims.clone()).unwrap();
-        let trainable = attach(&model, &mut gb);
-        let mut n = 0;
-        let mut weights_at = Vec::new();
-        for e in 1..=4 {
-            epoch(&model, &mut gb, &trainable, &train, e, &mut n);
-            gb.on_epoch_end(&epoch_cx(&model, &cpu(), &train, Some(&holdout), e)).unwrap();
-            weights_at.push((gb.weights().to_vec(), gb.last_estimate().map(|x| x.measure.epoch)));
+        let start = model.param_groups().trainable();
+        let start_values = snapshot(&start);
+        for starts in [true, false] {
+            for (v, x) in start.iter().zip(&start_values) {
+                v.var.set(&Tensor::new(x.as_slice(), &cpu()).unwrap().reshape(v.var.shape()).unwrap()).unwrap();
+            }
+            let mut gb = GBlend::new(cfg.clone(), m).unwrap().with_feature_dims(dims.clone()).unwrap();
+            let trainable = attach(&model, &mut gb);
+            if starts {
+                let cx = TrainStartCx { model: &model, device: &cpu(), train: &train, holdout: Some(&holdout) };
+                gb.on_train_start(&cx).unwrap();
+            }
+            let mut n = 0;
+            let mut weights_at = Vec::new();
+            for e in 1..=4 {
+                epoch(&model, &mut gb, &trainable, &train, e, &mut n);
+                gb.on_epoch_end(&epoch_cx(&model, &cpu(), &train, Some(&holdout), e)).unwrap();
+                weights_at.push((gb.weights().to_vec(), gb.last_estimate().map(|x| x.measure.epoch)));
+            }
+            assert_eq!(weights_at[0], (uniform.clone(), None), "no estimate before the first boundary");
+            let first = if starts { 1 } else { 3 };
+            if !starts {
+                assert_eq!(weights_at[1], (uniform.clone(), Some(2)), "delta needs a second measurement");
+                assert_eq!(weights_at[2], (uniform.clone(), Some(2)), "epoch 3 is inside the super-epoch");
+            }
+            for (e, (w, at)) in weights_at.iter().enumerate().skip(first) {
+                assert_eq!(*at, Some(2 * e.div_ceil(2)), "epoch {}", e + 1);
+                assert_ne!(w, &uniform, "M={m}: weights did not change after a super-epoch (epoch {})", e + 1);
+                assert_simplex(w, cfg.weight_floor);
+            }
+            if starts {
+                assert_eq!(weights_at[2].0, weights_at[1].0, "epoch 3 is inside the super-epoch");
+                assert_ne!(weights_at[3].0, weights_at[1].0, "epoch 4 estimates again");
+            }
+            assert_eq!(gb.coefficients().unwrap(), weights_at[3].0);
         }
-        assert_eq!(weights_at[0], (uniform.clone(), None), "no measurement before the first boundary");
-        assert_eq!(weights_at[1], (uniform.clone(), Some(2)), "delta needs a second measurement");
-        assert_eq!(weights_at[2], (uniform.clone(), Some(2)), "epoch 3 is inside the super-epoch");
-        let (w, at) = &weights_at[3];
-        assert_eq!(*at, Some(4));
-        assert_ne!(w, &uniform, "M={m}: weights did not change after a super-epoch");
-        assert_simplex(w, cfg.weight_floor);
-        assert_eq!(gb.coefficients().unwrap(), *w);
 
         // final: held-out losses that differ give different weights from the same model.
         let other_holdout = Synth::new(m, 16, 51, 0.0, DType::F64);
@@ -494,6 +516,10 @@ fn gblend_without_holdout_or_feature_sizes_is_an_error() {
     let mut gb = gb.with_feature_dims(feature_dims(&model, &train)).unwrap();
     gb.attach(&model).unwrap();
     assert!(GBlend::requires_holdout());
+    // Refused before the first step when a trainer starts it, else at the first epoch's end.
+    let cx = TrainStartCx { model: &model, device: &cpu(), train: &train, holdout: None };
+    let e = gb.on_train_start(&cx).unwrap_err().to_string();
+    assert!(e.contains("held-out split") && e.contains("gblend"), "{e}");
     // Already at the end of epoch 1, even though the first super-epoch is 2 epochs long.
     let e = gb.on_epoch_end(&epoch_cx(&model, &cpu(), &train, None, 1)).unwrap_err().to_string();
     assert!(e.contains("held-out split") && e.contains("gblend"), "{e}");
