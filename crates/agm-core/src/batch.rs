@@ -7,11 +7,16 @@ use candle_core::{Result, Tensor};
 /// the model's logits then have one row per segment).
 #[derive(Clone, Debug)]
 pub struct MultimodalBatch {
+    /// One tensor per modality, batch first (`[B, ...]`), in modality order.
     pub inputs: Vec<Tensor>,
+    /// Class ids, `[B]`, or `[B · S]` sample-major for per-segment labels.
     pub labels: Tensor,
 }
 
 impl MultimodalBatch {
+    /// A batch of `inputs` and `labels`. Errs when the inputs disagree on the batch size `B` or
+    /// the label rows are not a multiple of `B` (zero rows are one). With no input at all nothing
+    /// is checked.
     pub fn new(inputs: Vec<Tensor>, labels: Tensor) -> Result<Self> {
         let rows = labels.dim(0)?;
         let b = inputs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(rows);
@@ -28,6 +33,7 @@ impl MultimodalBatch {
         self.labels.dims().first().copied().unwrap_or(0)
     }
 
+    /// Whether there are no label rows.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -44,9 +50,11 @@ impl MultimodalBatch {
 /// A split that hands out batches by sample index (tensor-agnostic datasets implement it in
 /// agm-data).
 pub trait BatchSource {
+    /// Number of samples in the split.
     fn len(&self) -> usize;
     /// The samples at `indices`, in that order. Panics if an index is out of bounds.
     fn batch(&self, indices: &[usize], device: &candle_core::Device) -> Result<MultimodalBatch>;
+    /// Whether the split has no sample.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -12,6 +12,8 @@
 //! assert_eq!(set.letters(Subset::single(1)), "v");
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch;
 pub mod by_name;
 mod modality;

@@ -10,6 +10,8 @@ pub struct ModalitySet {
 }
 
 impl ModalitySet {
+    /// The modalities called `names`, in that order. Panics unless there are 1 to
+    /// [`Subset::MAX_MODALITIES`] names. Duplicates are not checked: [`Self::index_of`] finds the first.
     pub fn new<I, S>(names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -20,22 +22,27 @@ impl ModalitySet {
         Self { names }
     }
 
+    /// Number of modalities, `M`.
     pub fn len(&self) -> usize {
         self.names.len()
     }
 
+    /// Always false: [`Self::new`] refuses an empty set.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
 
+    /// The names, in modality order.
     pub fn names(&self) -> &[String] {
         &self.names
     }
 
+    /// The name of modality `index`. Panics if `index` is not below [`Self::len`].
     pub fn name(&self, index: usize) -> &str {
         &self.names[index]
     }
 
+    /// The index of the modality called exactly `name` (case-sensitive), if any.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)
     }
@@ -55,45 +62,56 @@ impl ModalitySet {
 pub struct Subset(u16);
 
 impl Subset {
+    /// The most modalities a subset (and so a [`ModalitySet`]) can hold: the bits of a `u16`.
     pub const MAX_MODALITIES: usize = 16;
 
+    /// The subset that keeps no modality.
     pub const fn empty() -> Self {
         Self(0)
     }
 
+    /// Every modality of `0..m`. Panics if `m` exceeds [`Self::MAX_MODALITIES`].
     pub fn full(m: usize) -> Self {
         assert!(m <= Self::MAX_MODALITIES);
         Self(((1u32 << m) - 1) as u16)
     }
 
+    /// Only modality `index`, which must be below [`Self::MAX_MODALITIES`].
     pub fn single(index: usize) -> Self {
         Self(1 << index)
     }
 
+    /// The subset whose set bit `i` keeps modality `i`.
     pub fn from_bits(bits: u16) -> Self {
         Self(bits)
     }
 
+    /// The bit mask: bit `i` is set when modality `i` is kept.
     pub fn bits(self) -> u16 {
         self.0
     }
 
+    /// Whether modality `index` is kept.
     pub fn contains(self, index: usize) -> bool {
         self.0 & (1 << index) != 0
     }
 
+    /// This subset with modality `index` kept as well.
     pub fn with(self, index: usize) -> Self {
         Self(self.0 | (1 << index))
     }
 
+    /// This subset with modality `index` left out.
     pub fn without(self, index: usize) -> Self {
         Self(self.0 & !(1 << index))
     }
 
+    /// Number of kept modalities.
     pub fn len(self) -> usize {
         self.0.count_ones() as usize
     }
 
+    /// Whether no modality is kept.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }

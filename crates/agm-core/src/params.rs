@@ -5,7 +5,9 @@ use candle_core::Var;
 /// A variable with its checkpoint name.
 #[derive(Clone, Debug)]
 pub struct NamedVar {
+    /// The checkpoint key (`audio_encoder.0.weight`).
     pub name: String,
+    /// The variable; a clone shares its storage, so setting it changes the model's.
     pub var: Var,
 }
 
@@ -36,6 +38,7 @@ impl ParamGroups {
         all
     }
 
+    /// The variable called `name` in any group (modalities, shared, buffers), if there is one.
     pub fn find(&self, name: &str) -> Option<&NamedVar> {
         self.per_modality.iter().flatten().chain(self.shared.iter()).chain(self.buffers.iter()).find(|v| v.name == name)
     }

@@ -91,6 +91,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 pub mod seq {
     use super::*;
 
+    /// Writes a sequence, each value as [`F64`] does.
     pub fn serialize<S: Serializer, C>(v: &C, s: S) -> Result<S::Ok, S::Error>
     where
         for<'a> &'a C: IntoIterator<Item = &'a f64>,
@@ -98,6 +99,7 @@ pub mod seq {
         s.collect_seq(v.into_iter().map(|&x| F64(x)))
     }
 
+    /// Reads a sequence of values as [`F64`] does into any `FromIterator<f64>` collection.
     pub fn deserialize<'de, D: Deserializer<'de>, C: FromIterator<f64>>(d: D) -> Result<C, D::Error> {
         Ok(Vec::<F64>::deserialize(d)?.into_iter().map(|x| x.0).collect())
     }
@@ -107,6 +109,7 @@ pub mod seq {
 pub mod option_seq {
     use super::*;
 
+    /// Writes `None` as null, `Some` as a sequence of values as [`F64`] does.
     pub fn serialize<S: Serializer, C>(v: &Option<C>, s: S) -> Result<S::Ok, S::Error>
     where
         for<'a> &'a C: IntoIterator<Item = &'a f64>,
@@ -117,6 +120,7 @@ pub mod option_seq {
         }
     }
 
+    /// Reads null as `None`, a sequence as `Some` of any `FromIterator<f64>` collection.
     pub fn deserialize<'de, D: Deserializer<'de>, C: FromIterator<f64>>(d: D) -> Result<Option<C>, D::Error> {
         Ok(Option::<Vec<F64>>::deserialize(d)?.map(|v| v.into_iter().map(|x| x.0).collect()))
     }
@@ -126,6 +130,7 @@ pub mod option_seq {
 pub mod nested {
     use super::*;
 
+    /// Writes a sequence of sequences, each value as [`F64`] does.
     pub fn serialize<S: Serializer, O, I>(v: &O, s: S) -> Result<S::Ok, S::Error>
     where
         for<'a> &'a O: IntoIterator<Item = &'a I>,
@@ -134,6 +139,8 @@ pub mod nested {
         s.collect_seq(v.into_iter().map(|inner| inner.into_iter().map(|&x| F64(x)).collect::<Vec<_>>()))
     }
 
+    /// Reads a sequence of sequences, each value as [`F64`] does, into nested `FromIterator`
+    /// collections.
     pub fn deserialize<'de, D, O, I>(d: D) -> Result<O, D::Error>
     where
         D: Deserializer<'de>,

@@ -31,6 +31,8 @@ use serde::ser::{Serialize, Serializer};
 /// The word that stands for `None`.
 pub const NONE: &str = "none";
 
+/// `#[serde(with = "agm_core::serde_none")]` on an `Option<T>`: writes `Some(v)` as `v` and
+/// `None` as the string [`NONE`].
 pub fn serialize<T: Serialize, S: Serializer>(value: &Option<T>, serializer: S) -> Result<S::Ok, S::Error> {
     match value {
         Some(v) => v.serialize(serializer),
@@ -38,6 +40,9 @@ pub fn serialize<T: Serialize, S: Serializer>(value: &Option<T>, serializer: S) 
     }
 }
 
+/// `#[serde(with = "agm_core::serde_none")]` on an `Option<T>`: reads [`NONE`], null and unit as
+/// `None`, anything else as `Some` of a `T`. A scalar that `T` refuses gives `T`'s error with
+/// `(or "none")` appended. An `Option<String>` holding `"none"` therefore reads back as `None`.
 pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
     deserializer.deserialize_any(OptionVisitor(PhantomData))
 }

@@ -162,9 +162,11 @@ impl AvePspNet {
     pub const THRESHOLD: f64 = 0.099;
     /// Weight of the AVPS loss (`AVE_Config.LAMBDA`).
     pub const AVPS_WEIGHT: f64 = 100.0;
+    /// Classes per segment: 28 events and the background.
     pub const NUM_CLASSES: usize = 29;
     /// The background class.
     pub const BACKGROUND: u32 = 28;
+    /// Segments per clip, each with its own label.
     pub const SEGMENTS: usize = 10;
     const DROPOUT: f64 = 0.1;
 
@@ -231,6 +233,7 @@ impl AvePspNet {
         })
     }
 
+    /// The store that holds every variable of the network.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }

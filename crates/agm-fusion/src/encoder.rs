@@ -83,23 +83,38 @@ use crate::{BatchNorm, Conv2d, Linear, ParamBuilder};
 /// One layer of a [`SequentialEncoder`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum EncoderLayer {
+    /// Flattens every dimension after the batch one, row-major: `[B, ...]` to `[B, n]`.
     Flatten,
+    /// ReLU, element-wise.
     Relu,
+    /// `Linear(in_dim, out_dim)` with a bias, on the last dimension. The last one sets the
+    /// encoder's output width.
     Linear {
+        /// Input features.
         in_dim: usize,
+        /// Output features.
         out_dim: usize,
     },
     /// Square kernel, stride 1, no padding.
     Conv2d {
+        /// Input channels.
         in_ch: usize,
+        /// Output channels.
         out_ch: usize,
+        /// Kernel side.
         kernel: usize,
     },
+    /// [`BatchNorm`] over dimension 1 (`[B, C]` or `[B, C, ...]`).
     BatchNorm {
+        /// Channels, the size of dimension 1.
         channels: usize,
+        /// Added to the variance.
         eps: f64,
     },
+    /// Inverted [`dropout`](crate::dropout) in training mode; the layer at position `i` draws
+    /// from the pass's seed plus `i`.
     Dropout {
+        /// Probability of zeroing an element.
         p: f64,
     },
 }
@@ -122,6 +137,9 @@ pub struct SequentialEncoder {
 }
 
 impl SequentialEncoder {
+    /// Builds `layers` under `pb`, layer `i`'s variables named `<prefix>.<i>.<field>`. The last
+    /// `Linear`'s `out_dim` is taken as the feature width (layers after it are not checked against
+    /// it); errs when there is no `Linear`.
     pub fn new(pb: &ParamBuilder, layers: &[EncoderLayer]) -> Result<Self> {
         let mut built = Vec::with_capacity(layers.len());
         let mut out_dim = 0;
@@ -147,10 +165,13 @@ impl SequentialEncoder {
         Ok(Self { layers: built, out_dim })
     }
 
+    /// The feature width: the last `Linear` layer's `out_dim`.
     pub fn out_dim(&self) -> usize {
         self.out_dim
     }
 
+    /// The layers in order on `x` ([`Encoder::forward_t`]); `train` selects batch norm's and
+    /// dropout's mode.
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         Encoder::forward_t(self, x, train, dropout_seed)
     }

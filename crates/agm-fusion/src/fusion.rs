@@ -10,7 +10,10 @@ use crate::{Linear, MaxOutMlp, ParamBuilder, ParamRole};
 /// What a fusion returns: logits and the fused feature the competition metric regresses from.
 #[derive(Clone, Debug)]
 pub struct FusionOutput {
+    /// Logits `[B, classes]`.
     pub logits: Tensor,
+    /// The fused feature `[B, d]`: the classifier's input, or for [`FusionKind::LateSum`], which
+    /// has one classifier per modality, the concatenated features.
     pub fused: Tensor,
 }
 
@@ -41,17 +44,30 @@ pub enum FusionKind {
     /// Each head belongs to its modality's parameter group.
     LateSum,
     /// Concatenated features through the reference's MaxOut MLP, then `Linear(second, K)`.
-    Early { first_hidden: usize, second_hidden: usize },
+    Early {
+        /// Width of the first maxout block.
+        first_hidden: usize,
+        /// Width of the second maxout block, the classifier's input.
+        second_hidden: usize,
+    },
     /// FiLM: modality 0's feature scaled and shifted by the others,
     /// `f_0 ⊙ (1 + Σ γ_m(f_m)) + Σ β_m(f_m)`, then `Linear(d_0, K)`.
     Film,
     /// Gated multimodal unit: `h_m = tanh(W_m f_m)`, softmax gates over modalities from the
     /// concatenated features, `Σ z_m h_m`, then `Linear(dim, K)`.
-    Gated { dim: usize },
+    Gated {
+        /// Width of the projected features and of the fused feature.
+        dim: usize,
+    },
     /// Cross-modal attention (MulT-style) over modality tokens: each feature projected to `dim`
     /// plus a learned modality embedding, one post-norm transformer layer in which every token
     /// attends to every modality, tokens concatenated, then `Linear(M·dim, K)`.
-    CrossModal { dim: usize, heads: usize },
+    CrossModal {
+        /// Token width; the layer's feed-forward block is `2·dim` wide, its dropout 0.1.
+        dim: usize,
+        /// Attention heads; must divide `dim`.
+        heads: usize,
+    },
 }
 
 impl FusionKind {

@@ -8,14 +8,18 @@ use crate::{Encoder, EncoderLayer, FusionKind, FusionModel, ParamRole, ParamStor
 /// One modality's encoder.
 #[derive(Clone, Debug)]
 pub struct EncoderSpec {
+    /// The modality's name; the encoder's variables live under `<modality>_encoder`.
     pub modality: String,
+    /// The encoder's layers, in order ([`SequentialEncoder`]).
     pub layers: Vec<EncoderLayer>,
 }
 
 /// A late concat fusion model: `head(cat(enc_1(x_1), ..., enc_M(x_M)))`.
 #[derive(Clone, Debug)]
 pub struct LateConcatConfig {
+    /// One encoder per modality, in modality order.
     pub encoders: Vec<EncoderSpec>,
+    /// Classes of the head.
     pub num_classes: usize,
     /// Name prefix of every variable (`"net"` reproduces the golden fixtures' names).
     pub prefix: String,

@@ -12,6 +12,8 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `Linear(in_dim, out_dim)` under `pb`: `weight` `[out_dim, in_dim]` and, with `bias`, `bias`
+    /// `[out_dim]`, both drawn from `U(−1/√in_dim, 1/√in_dim)`.
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let bound = 1.0 / (in_dim as f64).sqrt();
         let weight = pb.param((out_dim, in_dim), "weight", ParamInit::Uniform { bound })?;
@@ -29,10 +31,12 @@ impl Linear {
         rowwise_linear(x, self.weight.as_tensor(), self.bias.as_ref().map(Var::as_tensor))
     }
 
+    /// The weight variable, `[out, in]`.
     pub fn weight(&self) -> &Var {
         &self.weight
     }
 
+    /// The bias variable, `[out]`, if the layer has one.
     pub fn bias(&self) -> Option<&Var> {
         self.bias.as_ref()
     }
@@ -47,6 +51,8 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// `Conv2d(in_ch, out_ch, kernel)` under `pb`: `weight` `[out_ch, in_ch, kernel, kernel]` and
+    /// `bias` `[out_ch]`, both drawn from `U(±1/√(in_ch · kernel²))`.
     pub fn new(pb: &ParamBuilder, in_ch: usize, out_ch: usize, kernel: usize) -> Result<Self> {
         let bound = 1.0 / ((in_ch * kernel * kernel) as f64).sqrt();
         let weight = pb.param((out_ch, in_ch, kernel, kernel), "weight", ParamInit::Uniform { bound })?;
@@ -54,6 +60,8 @@ impl Conv2d {
         Ok(Self { weight, bias })
     }
 
+    /// `x [B, in_ch, H, W]` to `[B, out_ch, H − kernel + 1, W − kernel + 1]`, through candle's own
+    /// `conv2d` (not agm-kernels').
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = x.conv2d(self.weight.as_tensor(), 0, 1, 1, 1)?;
         y.broadcast_add(&self.bias.as_tensor().reshape((1, (), 1, 1))?)
@@ -75,6 +83,8 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
+    /// `BatchNorm(channels)` under `pb` with PyTorch's start: trainable `weight` 1 and `bias` 0,
+    /// buffers `running_mean` 0, `running_var` 1 and `num_batches_tracked` 0; momentum 0.1.
     pub fn new(pb: &ParamBuilder, channels: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: pb.param(channels, "weight", ParamInit::Const(1.0))?,
@@ -87,6 +97,8 @@ impl BatchNorm {
         })
     }
 
+    /// Normalises `x` in training mode (`train`: batch statistics, running ones updated) or in
+    /// evaluation mode (running statistics).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_mode(x, NormMode::from_train(train), false)
     }
@@ -128,6 +140,7 @@ pub enum NormMode {
 }
 
 impl NormMode {
+    /// [`NormMode::Train`] when `train`, else [`NormMode::Eval`].
     pub fn from_train(train: bool) -> Self {
         if train {
             Self::Train
@@ -146,6 +159,7 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// `LayerNorm(dim, eps)` under `pb`: `weight` `[dim]` 1 and `bias` `[dim]` 0.
     pub fn new(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: pb.param(dim, "weight", ParamInit::Const(1.0))?,
@@ -154,6 +168,8 @@ impl LayerNorm {
         })
     }
 
+    /// Normalises `x [..., dim]` over its last dimension (biased variance, `eps` added to it),
+    /// then scales and shifts ([`agm_kernels::layer_norm`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         agm_kernels::layer_norm(x, self.weight.as_tensor(), self.bias.as_tensor(), self.eps)
     }

@@ -28,6 +28,8 @@ pub struct Lstm {
 }
 
 impl Lstm {
+    /// The LSTM under `pb`: one direction, or two with `bidirectional`; errs only if a variable
+    /// name is taken already.
     pub fn new(pb: &ParamBuilder, input_size: usize, hidden_size: usize, bidirectional: bool) -> Result<Self> {
         let bound = 1.0 / (hidden_size as f64).sqrt();
         let init = ParamInit::Uniform { bound };
@@ -46,10 +48,12 @@ impl Lstm {
         Ok(Self { dirs, input_size, hidden_size })
     }
 
+    /// `H`, the hidden width of each direction.
     pub fn hidden_size(&self) -> usize {
         self.hidden_size
     }
 
+    /// 1, or 2 when bidirectional.
     pub fn num_directions(&self) -> usize {
         self.dirs.len()
     }

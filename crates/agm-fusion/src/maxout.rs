@@ -60,6 +60,7 @@ impl MaxOutMlp {
         })
     }
 
+    /// The output width, `second_hidden`.
     pub fn out_dim(&self) -> usize {
         self.out_dim
     }

@@ -29,6 +29,7 @@ impl FusionModel {
         Ok(Self { modalities, encoders, fusion, num_classes, store })
     }
 
+    /// The store that holds every variable of the model.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }

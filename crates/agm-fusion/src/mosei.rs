@@ -11,10 +11,15 @@ use crate::{Linear, Lstm, ParamBuilder, ParamInit, ParamRole, ParamStore};
 pub struct MoseiMatConfig {
     /// Rows of the word embedding (`len(token_to_ix)`).
     pub vocab_size: usize,
+    /// Width of the word embedding (GloVe's 300).
     pub word_embed_size: usize,
+    /// Width of both streams.
     pub hidden_size: usize,
+    /// Attention heads; must divide `hidden_size`.
     pub multi_head: usize,
+    /// Width of the feed-forward blocks and of the `AttFlat` MLPs.
     pub ff_size: usize,
+    /// Dropout probability at every site, in training mode only.
     pub dropout: f64,
     /// Number of encoder blocks.
     pub layers: usize,
@@ -23,7 +28,9 @@ pub struct MoseiMatConfig {
     pub lang_seq_len: usize,
     /// Audio length, fixed the same way.
     pub audio_seq_len: usize,
+    /// Features per audio frame (mel bins).
     pub audio_feat_size: usize,
+    /// Classes of the logits.
     pub num_classes: usize,
 }
 
@@ -348,6 +355,8 @@ impl MoseiMatNet {
     /// The word-embedding variable.
     pub const EMBEDDING: &'static str = "embedding.weight";
 
+    /// The network of `cfg` with every variable drawn from `seed`. Errs when `multi_head` does not
+    /// divide `hidden_size`.
     pub fn new(cfg: &MoseiMatConfig, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         if cfg.hidden_size.checked_rem(cfg.multi_head) != Some(0) {
             candle_core::bail!("hidden size {} is not a multiple of {} heads", cfg.hidden_size, cfg.multi_head);
@@ -391,10 +400,12 @@ impl MoseiMatNet {
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &MoseiMatConfig {
         &self.cfg
     }
 
+    /// The store that holds every variable of the network.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }

@@ -18,6 +18,7 @@ use crate::{
 /// One model input.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputSpec {
+    /// The modality's name.
     pub modality: String,
     /// Shape of one sample, without the batch dimension.
     pub shape: Vec<usize>,
@@ -31,10 +32,13 @@ pub struct InputSpec {
 /// What a preset expects and produces.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PresetSpec {
+    /// The preset's name.
     pub name: String,
     /// The dataset id the preset is made for (`av-digits`, `avmnist`, ...).
     pub dataset: &'static str,
+    /// The model's inputs, in modality order.
     pub inputs: Vec<InputSpec>,
+    /// Classes of the logits.
     pub classes: usize,
     /// Labels per sample: 1, or 10 segments for AVE.
     pub segments: usize,
@@ -55,6 +59,7 @@ pub enum InputScale {
 /// Options that change a preset's shapes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PresetOptions {
+    /// The input sizes to build for.
     pub scale: InputScale,
     /// MOSEI vocabulary size (the reference's count is checked at 50; real runs take it from
     /// the data).
@@ -74,6 +79,8 @@ impl Default for PresetOptions {
 }
 
 impl PresetOptions {
+    /// [`InputScale::Small`] with the other defaults (vocabulary 50, sequence length 50, the
+    /// preset's own shapes).
     pub fn small() -> Self {
         Self { scale: InputScale::Small, ..Self::default() }
     }

@@ -19,10 +19,12 @@ pub enum ResNetInit {
     WeightInit,
 }
 
+/// How a [`ResNet18`] is built: its input channels and initialisation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResNetConfig {
     /// 1 for audio spectrograms and grey images, 3 for RGB frames.
     pub in_channels: usize,
+    /// How the convolutions and batch norms start.
     pub init: ResNetInit,
 }
 
@@ -138,8 +140,11 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
+    /// Feature width: layer4's channels.
     pub const OUT_DIM: usize = 512;
 
+    /// The network under `pb`, with torchvision's names (`conv1.weight`, `layer1.0.bn1.weight`,
+    /// ...) and `cfg`'s initialisation.
     pub fn new(pb: &ParamBuilder, cfg: &ResNetConfig) -> Result<Self> {
         let init = cfg.init;
         let conv1 = Conv::new(&pb.pp("conv1"), cfg.in_channels, 64, 7, 2, 3, init)?;
@@ -170,6 +175,8 @@ impl ResNet18 {
         Ok(h)
     }
 
+    /// The feature `[B, 512]` of a 4-D or 5-D input (see [`ResNet18`]); `train` selects batch
+    /// norm's mode. Errs on any other rank.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_mode(x, NormMode::from_train(train))
     }

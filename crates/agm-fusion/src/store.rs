@@ -22,14 +22,19 @@ pub enum ParamRole {
 /// How a variable starts.
 #[derive(Clone, Copy, Debug)]
 pub enum ParamInit {
+    /// Every element equal to the value.
     Const(f64),
     /// Uniform in `[-bound, bound]`: PyTorch's default for Linear and Conv weights and biases,
     /// with `bound = 1/sqrt(fan_in)`.
     Uniform {
+        /// Half-width of the interval.
         bound: f64,
     },
+    /// Normal with mean `mean` and standard deviation `std` (Box-Muller over the seeded stream).
     Normal {
+        /// Mean.
         mean: f64,
+        /// Standard deviation.
         std: f64,
     },
 }
@@ -47,6 +52,7 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -68,10 +74,12 @@ impl ParamStore {
         *self.head_weight.lock().expect("param store lock") = Some(name.to_string());
     }
 
+    /// The variable with the full name `name`, if any (a handle on the model's storage).
     pub fn get(&self, name: &str) -> Option<Var> {
         self.entries.lock().expect("param store lock").get(name).map(|e| e.var.clone())
     }
 
+    /// Every variable's name, sorted.
     pub fn names(&self) -> Vec<String> {
         self.entries.lock().expect("param store lock").keys().cloned().collect()
     }
@@ -105,6 +113,8 @@ impl ParamStore {
 
     /// Overwrites variables from named tensors (a checkpoint or golden initial values). Every
     /// variable of the store must be present with the same shape; extra names are an error too.
+    /// Not atomic: on an error, the variables before the faulty name (in name order) are
+    /// overwritten already, and an extra name is found only after every variable has been.
     pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         let entries = self.entries.lock().expect("param store lock");
         for (name, e) in entries.iter() {
@@ -153,18 +163,23 @@ impl ParamBuilder {
         Self { role, ..self.clone() }
     }
 
+    /// The dtype of the variables it creates.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The device of the variables it creates.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
+    /// The store its variables go into.
     pub fn store(&self) -> &ParamStore {
         &self.store
     }
 
+    /// The full name of `name` under this builder's prefix: `<prefix>.<name>`, or `name` at the
+    /// root.
     pub fn path(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()

@@ -10,13 +10,16 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use crate::layers::{dropout_leading, relu, rowwise_linear};
 use crate::{dropout, Encoder, LayerNorm, Linear, ParamBuilder, ParamInit};
 
+/// Sizes of a [`Transformer`] encoder.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TransformerConfig {
     /// Features per time step (`n_features`).
     pub in_features: usize,
     /// Model width (`dim`, PyTorch's `d_model`).
     pub dim: usize,
+    /// Attention heads; must divide `dim`.
     pub heads: usize,
+    /// Encoder layers, at least one.
     pub layers: usize,
     /// Width of the feed-forward block (`dim_feedforward`).
     pub ff_dim: usize,
@@ -199,6 +202,10 @@ pub struct TransformerEncoderLayer {
 }
 
 impl TransformerEncoderLayer {
+    /// One layer of width `dim` with `heads` heads (errs unless they divide `dim`), a
+    /// feed-forward block of width `ff_dim` and dropout probability `dropout`; PyTorch's names
+    /// under `pb` (`self_attn.in_proj_weight`, `self_attn.out_proj.weight`, `linear1.weight`,
+    /// `norm1.weight`, ...) and initialisation.
     pub fn new(pb: &ParamBuilder, dim: usize, heads: usize, ff_dim: usize, dropout: f64) -> Result<Self> {
         if heads == 0 || !dim.is_multiple_of(heads) {
             candle_core::bail!("transformer width {dim} is not divisible by {heads} heads");
@@ -207,6 +214,8 @@ impl TransformerEncoderLayer {
         Ok(Self { layer: EncoderLayer::new(pb, &cfg, None)?, heads, dropout })
     }
 
+    /// `x [B, L, dim]` to `[B, L, dim]`; in training mode (`train`) the four dropout sites draw
+    /// from seeds mixed from `dropout_seed`.
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         let s = |j: u64| agm_kernels::mix_seed(dropout_seed, j);
         self.layer.forward_t(x, self.heads, self.dropout, train, [s(0), s(1), s(2), s(3)])
@@ -223,6 +232,9 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// The encoder of `cfg` under `pb` (`conv.weight`, `transformer.layers.{i}.*`): every layer
+    /// starts as a copy of the first, as PyTorch's deep copy does. Errs when `heads` does not
+    /// divide `dim` or `layers` is 0.
     pub fn new(pb: &ParamBuilder, cfg: &TransformerConfig) -> Result<Self> {
         if cfg.heads == 0 || !cfg.dim.is_multiple_of(cfg.heads) {
             candle_core::bail!("transformer width {} is not divisible by {} heads", cfg.dim, cfg.heads);
@@ -244,10 +256,14 @@ impl Transformer {
         Ok(Self { conv, layers, cfg: *cfg })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
     }
 
+    /// `x [B, L, in_features]` to the output at the first time step, `[B, dim]`; dropout in
+    /// training mode (`train`) draws from `dropout_seed`. Errs when the last dimension is not
+    /// `in_features`.
     pub fn forward_t(&self, x: &Tensor, train: bool, dropout_seed: u64) -> Result<Tensor> {
         Ok(self.forward_parts(&[(x, train)], dropout_seed)?.remove(0))
     }
