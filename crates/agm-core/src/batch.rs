@@ -15,13 +15,13 @@ pub struct MultimodalBatch {
 
 impl MultimodalBatch {
     /// A batch of `inputs` and `labels`. Errs when the inputs disagree on the batch size `B` or
-    /// the label rows are not a multiple of `B` (zero rows are one). With no input at all nothing
-    /// is checked.
+    /// the label rows are not a positive multiple of `B` (an empty batch has no label rows). With
+    /// no input at all nothing is checked.
     pub fn new(inputs: Vec<Tensor>, labels: Tensor) -> Result<Self> {
         let rows = labels.dim(0)?;
         let b = inputs.first().map(|x| x.dim(0)).transpose()?.unwrap_or(rows);
         for (m, x) in inputs.iter().enumerate() {
-            if x.dim(0)? != b || b == 0 && rows != 0 || b != 0 && rows % b != 0 {
+            if x.dim(0)? != b || (b == 0) != (rows == 0) || b != 0 && rows % b != 0 {
                 candle_core::bail!("modality {m} has batch size {} but there are {rows} labels", x.dim(0)?);
             }
         }
@@ -75,5 +75,26 @@ impl<T: BatchSource + ?Sized> BatchSource for &T {
     }
     fn pads_per_batch(&self) -> bool {
         (**self).pads_per_batch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MultimodalBatch;
+    use candle_core::{Device, Tensor};
+
+    #[test]
+    fn labels_must_be_a_positive_multiple_of_the_batch_size() {
+        let x = |b: usize| Tensor::zeros((b, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y = |n: usize| Tensor::zeros(n, candle_core::DType::U32, &Device::Cpu).unwrap();
+        for (b, n, ok) in [(3, 3, true), (3, 6, true), (0, 0, true), (3, 0, false), (3, 4, false), (0, 2, false)] {
+            let got = MultimodalBatch::new(vec![x(b), x(b)], y(n));
+            assert_eq!(got.is_ok(), ok, "batch {b}, {n} labels");
+            if let Err(e) = got {
+                assert!(e.to_string().contains(&format!("batch size {b} but there are {n} labels")), "{e}");
+            }
+        }
+        let err = MultimodalBatch::new(vec![x(3), x(2)], y(3)).unwrap_err().to_string();
+        assert!(err.contains("modality 1 has batch size 2"), "{err}");
     }
 }

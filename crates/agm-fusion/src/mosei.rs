@@ -448,8 +448,8 @@ impl MoseiMatNet {
     ) -> Result<ModelOutput> {
         let ids = token_ids(text)?;
         let (b, lt) = ids.dims2()?;
-        let (ba, la, _) = audio.dims3()?;
-        if ba != b || lt != self.cfg.lang_seq_len || la != self.cfg.audio_seq_len {
+        let (ba, la, fa) = audio.dims3()?;
+        if ba != b || lt != self.cfg.lang_seq_len || la != self.cfg.audio_seq_len || fa != self.cfg.audio_feat_size {
             candle_core::bail!(
                 "MOSEI inputs must be text [B, {}] and audio [B, {}, {}], got {:?} and {:?}",
                 self.cfg.lang_seq_len,

@@ -113,10 +113,11 @@ impl ParamStore {
 
     /// Overwrites variables from named tensors (a checkpoint or golden initial values). Every
     /// variable of the store must be present with the same shape; extra names are an error too.
-    /// Not atomic: on an error, the variables before the faulty name (in name order) are
-    /// overwritten already, and an extra name is found only after every variable has been.
+    /// Everything is checked (and converted to the variables' dtype and device) before the first
+    /// variable is written, so an error leaves the model as it was.
     pub fn load(&self, tensors: &std::collections::HashMap<String, Tensor>) -> Result<()> {
         let entries = self.entries.lock().expect("param store lock");
+        let mut converted = Vec::with_capacity(entries.len());
         for (name, e) in entries.iter() {
             let t = tensors
                 .get(name)
@@ -124,10 +125,13 @@ impl ParamStore {
             if t.dims() != e.var.dims() {
                 candle_core::bail!("tensor `{name}` has shape {:?} but the model expects {:?}", t.dims(), e.var.dims());
             }
-            e.var.set(&t.to_dtype(e.var.dtype())?.to_device(e.var.device())?)?;
+            converted.push((&e.var, t.to_dtype(e.var.dtype())?.to_device(e.var.device())?));
         }
         if let Some(extra) = tensors.keys().find(|k| !entries.contains_key(*k)) {
             candle_core::bail!("tensor `{extra}` does not belong to the model");
+        }
+        for (var, t) in converted {
+            var.set(&t)?;
         }
         Ok(())
     }
@@ -252,5 +256,44 @@ impl ParamBuilder {
                 .collect(),
         };
         Tensor::from_vec(values, shape, &self.device)?.to_dtype(self.dtype)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn values(store: &ParamStore) -> Vec<(String, Vec<f32>)> {
+        store.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+    }
+
+    #[test]
+    fn a_refused_load_leaves_every_variable_as_it_was() {
+        let store = ParamStore::new();
+        let pb = store.builder(0, DType::F32, &Device::Cpu);
+        pb.param(3, "a", ParamInit::Const(1.0)).unwrap();
+        pb.param(2, "b", ParamInit::Const(2.0)).unwrap();
+        let before = values(&store);
+        let t = |n: usize, v: f32| Tensor::full(v, n, &Device::Cpu).unwrap();
+        let cases = [
+            (HashMap::from([("a".to_string(), t(3, 9.0))]), "missing tensor `b`"),
+            (HashMap::from([("a".to_string(), t(3, 9.0)), ("b".to_string(), t(4, 9.0))]), "tensor `b` has shape [4]"),
+            (
+                HashMap::from([
+                    ("a".to_string(), t(3, 9.0)),
+                    ("b".to_string(), t(2, 9.0)),
+                    ("c".to_string(), t(1, 9.0)),
+                ]),
+                "tensor `c` does not belong",
+            ),
+        ];
+        for (tensors, expect) in cases {
+            let err = store.load(&tensors).unwrap_err().to_string();
+            assert!(err.contains(expect), "{err}");
+            assert_eq!(values(&store), before, "after: {err}");
+        }
+        store.load(&HashMap::from([("a".to_string(), t(3, 9.0)), ("b".to_string(), t(2, 8.0))])).unwrap();
+        assert_eq!(values(&store), vec![("a".into(), vec![9.0; 3]), ("b".into(), vec![8.0; 2])]);
     }
 }

@@ -467,6 +467,11 @@ fn mosei_absent_modalities_are_padded_but_keep_the_original_masks() {
     assert_eq!(max_diff(&no_audio.logits, &want.logits), 0.0);
     let full = model.forward(&inputs, &ForwardOpts::eval(2)).unwrap();
     assert!(max_diff(&no_audio.logits, &full.logits) > 1e-6);
+
+    // Audio frames of another width are refused with the shapes the model expects.
+    let narrow = inputs[1].narrow(2, 0, 74).unwrap();
+    let err = model.forward_masked(&inputs[0], &narrow, &text_mask, &audio_mask, false, 0).unwrap_err().to_string();
+    assert!(err.contains("audio [B, 60, 80], got [2, 60] and [2, 60, 74]"), "{err}");
 }
 
 /// Biases whose gradient is zero in exact arithmetic, in PyTorch as here: a key bias adds the
