@@ -89,6 +89,8 @@ impl AgmConfig {
         Self { alpha: 1.0, ..Self::paper_avmnist() }
     }
 
+    /// Whether coefficients are installed in 1-based epoch `epoch`: from `window_start` through
+    /// `window_end` (no end when it is `None`).
     pub fn in_window(&self, epoch: usize) -> bool {
         crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
@@ -121,13 +123,24 @@ impl AgmConfig {
 /// The numbers AGM computed at one step, for logs and parity checks.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AgmStepStats {
+    /// Each modality's score `s_x` on this batch: the mean `−log p` of the true class under its
+    /// mono-modal output `m_x` ([`crate::shapley::score`], with `prob_floor`).
     pub scores: Vec<f64>,
+    /// `exp(M/(M−1) · (mean(s) − s_x))` from this batch's scores.
     pub ratio: Vec<f64>,
+    /// The same ratio from the running scores before this step (the reference's target ratio).
     pub opt_ratio: Vec<f64>,
+    /// `exp(alpha · (opt_ratio − ratio))` per modality, the difference capped by `coeff_clamp` and
+    /// the exponent by the f64 range (see `saturated`).
     pub coeff: Vec<f64>,
+    /// Per modality, whether `coeff_clamp` capped `opt_ratio − ratio`.
     pub clamp_fired: Vec<bool>,
+    /// Running mean scores before this step's update.
     pub running_before: Vec<f64>,
+    /// Running mean scores after it: `r ← r·(n − 1)/n + s/n`, `n` the 1-based global step.
     pub running_after: Vec<f64>,
+    /// The hook scales after this step: `coeff` inside the modulation window, else the scales that
+    /// were in force (the last installed ones, or 1 before any).
     pub scales_in_effect: Vec<f64>,
     /// True when a coefficient's exponent passed the f64 range and was saturated (the reference
     /// raises an overflow error there).
@@ -164,6 +177,7 @@ impl Agm {
         Ok(Self { cfg, m, running: vec![0.0; m], scales: vec![1.0; m], last: None, warned_saturation: false })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &AgmConfig {
         &self.cfg
     }
@@ -178,6 +192,8 @@ impl Agm {
         &self.running
     }
 
+    /// The numbers of the last [`Agm::update`]; `None` before the first step (they are not saved
+    /// in checkpoints).
     pub fn last_stats(&self) -> Option<&AgmStepStats> {
         self.last.as_ref()
     }

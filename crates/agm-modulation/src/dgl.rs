@@ -92,6 +92,7 @@ impl DglConfig {
     /// The preset names [`DglConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "cremad"];
 
+    /// The preset called `name` (one of [`DglConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -158,10 +159,12 @@ impl Dgl {
         Ok(Self { cfg, m, fusion_vars, pending: None, last: None })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &DglConfig {
         &self.cfg
     }
 
+    /// The fused and uni-modal losses of the last step; `None` before the first.
     pub fn last_stats(&self) -> Option<&DglStepStats> {
         self.last.as_ref()
     }

@@ -89,8 +89,10 @@ pub enum GBlendEstimator {
 }
 
 impl GBlendEstimator {
+    /// The names a config file accepts for `gblend.estimator`.
     pub const NAMES: &'static [&'static str] = &["delta", "final"];
 
+    /// The estimator's name in a config file (`delta`, `final`).
     pub fn as_str(self) -> &'static str {
         match self {
             GBlendEstimator::Delta => "delta",
@@ -163,6 +165,7 @@ impl GBlendConfig {
     /// The preset names [`GBlendConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["paper", "multibench", "av-digits"];
 
+    /// The preset called `name` (one of [`GBlendConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "paper" => Some(Self::paper()),
@@ -197,8 +200,10 @@ impl GBlendConfig {
 pub struct GBlendMeasure {
     /// 1-based epoch at whose end the losses were measured.
     pub epoch: usize,
+    /// `L^T_k`: each output's mean cross-entropy on the training split (or its fixed subset).
     #[serde(with = "agm_core::serde_f64::seq")]
     pub train_loss: Vec<f64>,
+    /// `L^V_k`: each output's mean cross-entropy on the held-out split.
     #[serde(with = "agm_core::serde_f64::seq")]
     pub holdout_loss: Vec<f64>,
 }
@@ -250,6 +255,7 @@ pub fn gblend_weights(
 /// What the last super-epoch boundary did.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GBlendEstimate {
+    /// The losses measured at this boundary.
     pub measure: GBlendMeasure,
     /// The new weights, or `None` when the previous ones stayed.
     pub weights: Option<Vec<f64>>,
@@ -323,6 +329,7 @@ impl GBlend {
         true
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &GBlendConfig {
         &self.cfg
     }
@@ -332,6 +339,8 @@ impl GBlend {
         &self.weights
     }
 
+    /// The last super-epoch boundary's losses and weights; `None` until a boundary has passed in
+    /// this process (checkpoints keep the weights, not this record).
     pub fn last_estimate(&self) -> Option<&GBlendEstimate> {
         self.last_estimate.as_ref()
     }

@@ -106,6 +106,7 @@ impl GreedyConfig {
     /// The preset names [`GreedyConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official"];
 
+    /// The preset called `name` (one of [`GreedyConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -217,10 +218,12 @@ impl Greedy {
         Ok(Self { cfg, m, state: GreedyState::new(m), pending: None })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &GreedyConfig {
         &self.cfg
     }
 
+    /// The accumulated speeds and the window bookkeeping, as checkpoints save them.
     pub fn greedy_state(&self) -> &GreedyState {
         &self.state
     }

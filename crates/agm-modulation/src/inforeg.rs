@@ -123,6 +123,7 @@ impl InfoRegConfig {
     /// The preset names [`InfoRegConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["paper-cremad", "av-digits"];
 
+    /// The preset called `name` (one of [`InfoRegConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "paper-cremad" => Some(Self::paper_cremad()),
@@ -271,6 +272,7 @@ impl InfoReg {
         })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &InfoRegConfig {
         &self.cfg
     }

@@ -52,10 +52,13 @@ pub struct Joint {
 }
 
 impl Joint {
+    /// Joint training without clipping.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Joint training with the conditional clipping `clip` after the backward (`None`: no
+    /// clipping).
     pub fn with_clip(clip: Option<ClipRule>) -> Self {
         Self { clip }
     }

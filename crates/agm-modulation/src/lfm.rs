@@ -132,8 +132,10 @@ pub enum LfmWeighting {
 }
 
 impl LfmWeighting {
+    /// The names a config file accepts for `lfm.weighting`.
     pub const NAMES: &'static [&'static str] = &["fitted", "learned"];
 
+    /// The weighting's name in a config file (`fitted`, `learned`).
     pub fn as_str(self) -> &'static str {
         match self {
             LfmWeighting::Fitted => "fitted",
@@ -175,8 +177,9 @@ pub struct LfmConfig {
     /// `learned`: the learning rate halves before every epoch `e > 0` (0-based) that is a
     /// multiple of this (official 20); `0` never halves it.
     pub alpha_lr_halve_every: usize,
-    /// `learned`: the bounds of `α_align` (official `0.05`, `0.95`); `0 <= min <= max <= 1`.
+    /// `learned`: the lower bound of `α_align` (official `0.05`); `0 <= alpha_min <= alpha_max`.
     pub alpha_min: f64,
+    /// `learned`: the upper bound of `α_align` (official `0.95`); at most 1.
     pub alpha_max: f64,
     /// `learned`: how many held-out samples the hypergradient is measured on (official 8); `>= 1`.
     pub alpha_samples: usize,
@@ -228,6 +231,7 @@ impl LfmConfig {
     /// The preset names [`LfmConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "official-objective", "learned", "cremad", "av-digits"];
 
+    /// The preset called `name` (one of [`LfmConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -351,11 +355,14 @@ pub struct LfmState {
     /// The last hypergradient `g`.
     #[serde(with = "opt_f64")]
     pub alpha_grad: Option<f64>,
-    /// The last step's `CE(ō, y)` (the official `loss_cls`), `CE(T, y)` and `L_align`.
+    /// The last step's `CE(ō, y)` (the official `loss_cls`).
     #[serde(with = "opt_f64")]
     pub loss_cls: Option<f64>,
+    /// The last step's `CE(T, y)`, the model's fused cross-entropy (computed without gradient when
+    /// `λ = 0`).
     #[serde(with = "opt_f64")]
     pub loss_fused: Option<f64>,
+    /// The last step's `L_align`.
     #[serde(with = "opt_f64")]
     pub loss_align: Option<f64>,
 }
@@ -424,10 +431,12 @@ impl Lfm {
         Ok(self)
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &LfmConfig {
         &self.cfg
     }
 
+    /// The weights in force and the last step's losses, as checkpoints save them.
     pub fn lfm_state(&self) -> &LfmState {
         &self.state
     }

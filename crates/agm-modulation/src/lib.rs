@@ -21,6 +21,8 @@
 //! assert_eq!(agm.scales(), &[1.0, 1.0]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod agm;
 mod concat_head;
 mod dgl;

@@ -138,6 +138,7 @@ impl MlaConfig {
     /// The preset names [`MlaConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["paper", "released-code"];
 
+    /// The preset called `name` (one of [`MlaConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "paper" => Some(Self::paper()),
@@ -304,6 +305,7 @@ impl Mla {
         self
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &MlaConfig {
         &self.cfg
     }
@@ -496,7 +498,6 @@ impl Modulator for Mla {
         Ok(Vec::new())
     }
 
-    /// One-hot: the modality trained at the last step (epoch means give each modality's share).
     /// MLA's test-time fusion of the shared head's per-modality logits (`fusion`: the fixed
     /// weights, or the entropy gating over the evaluation batch), so evaluation and model
     /// selection score what MLA predicts, not the model's fusion head it never trains.
@@ -512,6 +513,7 @@ impl Modulator for Mla {
         Ok(Some(Tensor::from_vec(flat, (rows, classes), pass.logits.device())?.to_dtype(pass.logits.dtype())?))
     }
 
+    /// One-hot: the modality trained at the last step (epoch means give each modality's share).
     fn coefficients(&self) -> Option<Vec<f64>> {
         let mut c = vec![0.0; self.m];
         if let Some(x) = self.state.modality {

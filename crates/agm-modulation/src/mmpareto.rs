@@ -71,8 +71,10 @@ pub enum ParetoRescale {
 }
 
 impl ParetoRescale {
+    /// The names a config file accepts for `mmpareto.rescale`.
     pub const NAMES: &'static [&'static str] = &["per-tensor", "per-encoder"];
 
+    /// The rule's name in a config file (`per-tensor`, `per-encoder`).
     pub fn as_str(self) -> &'static str {
         match self {
             ParetoRescale::PerTensor => "per-tensor",
@@ -126,6 +128,7 @@ impl MmParetoConfig {
     /// The preset names [`MmParetoConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "av-digits"];
 
+    /// The preset called `name` (one of [`MmParetoConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -163,13 +166,16 @@ pub struct ParetoEncoderStats {
     pub cos: f64,
     /// True when `cos ≤ 0` and the min-norm weights were used.
     pub conflict: bool,
+    /// Weight of the multimodal gradient in the direction `d` (½ without a conflict).
     #[serde(with = "agm_core::serde_f64")]
     pub k_mm: f64,
+    /// Weight of the uni-modal gradient, `1 − k_mm`.
     #[serde(with = "agm_core::serde_f64")]
     pub k_uni: f64,
-    /// `⟨d, g_mm⟩` and `⟨d, g_uni⟩` for the direction `d` before the magnitude rescaling.
+    /// `⟨d, g_mm⟩` for the direction `d` before the magnitude rescaling.
     #[serde(with = "agm_core::serde_f64")]
     pub dot_mm: f64,
+    /// `⟨d, g_uni⟩`, likewise.
     #[serde(with = "agm_core::serde_f64")]
     pub dot_uni: f64,
 }
@@ -286,10 +292,12 @@ impl MmPareto {
         Ok(self)
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &MmParetoConfig {
         &self.cfg
     }
 
+    /// The losses and per-encoder combinations of the last step; `None` before the first.
     pub fn last_stats(&self) -> Option<&MmParetoStats> {
         self.last.as_ref()
     }

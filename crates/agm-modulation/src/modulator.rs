@@ -156,12 +156,17 @@ pub enum ClipCondition {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipRule {
+    /// The bound `th` that `condition` tests the head weight's gradient against; `>= 0`.
     pub threshold: f64,
+    /// The global gradient norm clipped to when the rule fires; `> 0`.
     pub max_norm: f64,
+    /// Which test of the head weight's gradient fires the clipping.
     pub condition: ClipCondition,
 }
 
 impl ClipRule {
+    /// Clip the global norm to `max_norm` when the head weight's gradient leaves
+    /// `[−threshold, threshold]` ([`ClipCondition::OutsideBand`]).
     pub fn outside_band(threshold: f64, max_norm: f64) -> Self {
         Self { threshold, max_norm, condition: ClipCondition::OutsideBand }
     }
@@ -229,7 +234,7 @@ pub trait Modulator {
     }
 
     /// After an epoch's validation: what the trainer should do before the next epoch (stop,
-    /// save or restore a snapshot, set learning-rate multipliers). Default: nothing.
+    /// save or restore a snapshot, reset the optimizer's state). Default: nothing.
     fn on_epoch_end(&mut self, _cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
         Ok(Vec::new())
     }

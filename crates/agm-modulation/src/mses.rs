@@ -60,8 +60,10 @@ pub enum FirstEpochPolicy {
 }
 
 impl FirstEpochPolicy {
+    /// The names a config file accepts for `mses.best_at_first_epoch`.
     pub const NAMES: &'static [&'static str] = &["restore", "skip"];
 
+    /// The policy's name in a config file (`restore`, `skip`).
     pub fn as_str(self) -> &'static str {
         match self {
             FirstEpochPolicy::Restore => "restore",
@@ -134,6 +136,7 @@ impl MsesConfig {
     /// The preset names [`MsesConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["avmnist", "cremad", "urfunny", "av-digits"];
 
+    /// The preset called `name` (one of [`MsesConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "avmnist" => Some(Self::avmnist()),
@@ -187,6 +190,8 @@ pub struct MsesSchedule {
 }
 
 impl MsesSchedule {
+    /// The schedule of `m` modalities (at least 1) before any epoch: every modality trains. The
+    /// error names an invalid setting.
     pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate()?;
         if m == 0 {
@@ -256,10 +261,13 @@ impl MsesSchedule {
         &self.ratio
     }
 
+    /// Each modality's smoothed validation loss after the last update (the raw loss after the first
+    /// epoch).
     pub fn smoothed_loss(&self) -> &[f64] {
         &self.smoothed
     }
 
+    /// Each modality's lowest smoothed loss so far, at which its best snapshot was kept.
     pub fn min_smoothed_loss(&self) -> &[f64] {
         &self.min
     }
@@ -281,6 +289,7 @@ pub struct Mses {
 }
 
 impl Mses {
+    /// MSES over `m` modalities (at least 1). The error names an invalid setting.
     pub fn new(cfg: &MsesConfig, m: usize) -> std::result::Result<Self, MethodError> {
         Ok(Self { schedule: MsesSchedule::new(cfg, m)?, last: None, cfg: cfg.clone(), epoch: 1 })
     }
@@ -295,6 +304,7 @@ impl Mses {
         }
     }
 
+    /// The bookkeeping: ratios, smoothed and best losses, best epochs.
     pub fn schedule(&self) -> &MsesSchedule {
         &self.schedule
     }

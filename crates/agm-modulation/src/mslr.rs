@@ -71,6 +71,7 @@ impl MslrConfig {
     /// The preset names [`MslrConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["avmnist", "cremad", "urfunny", "av-digits"];
 
+    /// The preset called `name` (one of [`MslrConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "avmnist" => Some(Self::avmnist()),
@@ -127,6 +128,8 @@ pub struct MslrSchedule {
 }
 
 impl MslrSchedule {
+    /// The schedule of `m` modalities before any epoch: every ratio 1, empty memories. Fails
+    /// unless the settings are valid and `init` has `m` values ([`MslrConfig::validate_for`]).
     pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, MethodError> {
         cfg.validate_for(m)?;
         Ok(Self { init: cfg.init.clone(), window: cfg.window, memory: vec![VecDeque::new(); m], ratio: vec![1.0; m] })
@@ -204,6 +207,8 @@ pub struct Mslr {
 }
 
 impl Mslr {
+    /// MSLR over `m` modalities. Fails unless the settings are valid and `init` has `m` values
+    /// ([`MslrConfig::validate_for`]).
     pub fn new(cfg: &MslrConfig, m: usize) -> std::result::Result<Self, MethodError> {
         Ok(Self { schedule: MslrSchedule::new(cfg, m)?, cfg: cfg.clone(), epoch: 1 })
     }
@@ -218,6 +223,7 @@ impl Mslr {
         }
     }
 
+    /// The bookkeeping: ratios, multipliers and accuracy memories.
     pub fn schedule(&self) -> &MslrSchedule {
         &self.schedule
     }

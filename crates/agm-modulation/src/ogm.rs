@@ -73,6 +73,7 @@ pub enum OgmParams {
 }
 
 impl OgmParams {
+    /// Whether `var`, a parameter of a modality's group, is edited under this rule (by its rank).
     pub fn selects(self, var: &NamedVar) -> bool {
         match self {
             OgmParams::Conv => var.var.rank() == 4,
@@ -136,6 +137,7 @@ impl OgmConfig {
     /// The preset names [`OgmConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "av-digits"];
 
+    /// The preset called `name` (one of [`OgmConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -258,10 +260,12 @@ impl Ogm {
         })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &OgmConfig {
         &self.cfg
     }
 
+    /// What the last step computed and did; `None` before the first step.
     pub fn last_stats(&self) -> Option<&OgmStats> {
         self.state.started.then_some(&self.state.last)
     }

@@ -83,6 +83,7 @@ impl OgmMode {
     /// The names a config file accepts.
     pub const NAMES: &'static [&'static str] = &["reference", "paper"];
 
+    /// The mode's name in a config file (`reference`, `paper`).
     pub fn as_str(self) -> &'static str {
         match self {
             OgmMode::Reference => "reference",
@@ -196,6 +197,7 @@ impl OgmGeConfig {
     pub const PRESETS: &'static [&'static str] =
         &["reference-avmnist", "reference-cremad", "paper-cremad", "paper-vggsound", "av-digits"];
 
+    /// The preset called `name` (one of [`OgmGeConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "reference-avmnist" => Some(Self::reference_avmnist()),
@@ -207,6 +209,8 @@ impl OgmGeConfig {
         }
     }
 
+    /// Whether gradients are edited in 1-based epoch `epoch`: from `window_start` through
+    /// `window_end` (no end when it is `None`).
     pub fn in_window(&self, epoch: usize) -> bool {
         crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
@@ -316,6 +320,7 @@ pub(crate) fn noise_seed(base: u64, step: usize, ordinal: usize) -> u64 {
 pub struct OgmStepStats {
     /// `S_x` per modality.
     pub score_sum: Vec<f64>,
+    /// The modality with the smallest score sum (the last one on an exact tie).
     pub weakest: usize,
     /// `S_x / S_weakest`.
     pub ratio: Vec<f64>,
@@ -374,10 +379,13 @@ impl OgmGe {
         Ok(self)
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &OgmGeConfig {
         &self.cfg
     }
 
+    /// What the last step computed and did; `None` before the first step (not saved in
+    /// checkpoints).
     pub fn last_stats(&self) -> Option<&OgmStepStats> {
         self.last.as_ref()
     }

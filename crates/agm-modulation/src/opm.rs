@@ -104,6 +104,7 @@ impl OpmConfig {
     /// The preset names [`OpmConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "av-digits"];
 
+    /// The preset called `name` (one of [`OpmConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -158,6 +159,7 @@ pub struct OpmStats {
     /// `s_m` per modality.
     #[serde(with = "agm_core::serde_f64::seq")]
     pub scores: Vec<f64>,
+    /// The modality with the smallest score (the first on a tie); it is never dropped.
     pub weakest: usize,
     /// Drop probabilities (all 0 during the warm-up).
     #[serde(with = "agm_core::serde_f64::seq")]
@@ -211,10 +213,12 @@ impl Opm {
         Ok(Self { cfg, m, source, base, state: OpmState { in_effect: vec![1.0; m], ..OpmState::default() } })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &OpmConfig {
         &self.cfg
     }
 
+    /// What the last step computed and did; `None` before the first step.
     pub fn last_stats(&self) -> Option<&OpmStats> {
         self.state.started.then_some(&self.state.last)
     }

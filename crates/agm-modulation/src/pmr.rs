@@ -90,6 +90,7 @@ impl PmrConfig {
     /// The preset names [`PmrConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "av-digits"];
 
+    /// The preset called `name` (one of [`PmrConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -98,6 +99,8 @@ impl PmrConfig {
         }
     }
 
+    /// Whether the prototype terms are in the loss in 1-based epoch `epoch`: from `window_start`
+    /// through `window_end` (no end when it is `None`).
     pub fn in_window(&self, epoch: usize) -> bool {
         crate::shared::in_window(self.window_start, self.window_end, epoch)
     }
@@ -124,6 +127,7 @@ impl PmrConfig {
 /// Per-class prototypes of every modality, in f64.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prototypes {
+    /// Number of classes `K`: the rows of each modality's prototype matrix.
     pub classes: usize,
     /// Feature size of each modality.
     pub dims: Vec<usize>,
@@ -189,14 +193,19 @@ impl Pmr {
         self
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &PmrConfig {
         &self.cfg
     }
 
+    /// The current prototypes; `None` until the first computation ([`Pmr::prime`], or the
+    /// trainer's [`Modulator::on_train_start`]).
     pub fn prototypes(&self) -> Option<&Prototypes> {
         self.protos.as_ref()
     }
 
+    /// The numbers of the last step with prototype terms; `None` before one and after a step
+    /// without them (outside the window). Not saved in checkpoints.
     pub fn last_stats(&self) -> Option<&PmrStepStats> {
         self.last.as_ref()
     }

@@ -79,9 +79,10 @@
 //! - The official learning rates are per phase (`m_lr`, `e_lr`, equal in every official run) and
 //!   decay per stage (CREMA-D ×0.1 every 30 stages, AVE ×0.5 at stage 40): set the trainer's
 //!   learning-rate schedule in epochs (`30 · (epochs_per_stage + correct_epochs)`).
-//! - The official evaluation and model selection use `F_{all}`; so does agm's (accuracy,
-//!   Shapley accuracy, model selection), through [`Modulator::predict`]: the boosted ensemble,
-//!   not the model's fused logits, which this method does not train.
+//! - The official evaluation and model selection use `F_{all}`; agm's evaluation (accuracy,
+//!   Shapley accuracy, model selection) scores [`Modulator::predict`], `β · Σ g(h_m)` over the
+//!   learners trained so far (all of them before the first step and once every modality has had
+//!   a stage), not the model's fused logits, which this method does not train.
 //! - The official code runs every learner separately, so BatchNorm running statistics of the
 //!   other encoders move in the no-gradient ensemble pass too (the GA partner's twice); agm's
 //!   full pass moves each encoder's once per step, including those the official code has not
@@ -178,6 +179,7 @@ impl ReconBoostConfig {
     /// The preset names [`ReconBoostConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official", "cremad", "ave", "mosei"];
 
+    /// The preset called `name` (one of [`ReconBoostConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -233,6 +235,7 @@ pub enum ReconBoostPhase {
 pub struct StagePlan {
     /// 0-based stage.
     pub stage: usize,
+    /// Boosting the learner alone, or rectifying the ensemble.
     pub phase: ReconBoostPhase,
     /// The stage's learner `ℓ` (modality index).
     pub learner: usize,
@@ -252,6 +255,7 @@ pub struct ReconBoostStep {
     pub epoch: usize,
     /// 0-based stage.
     pub stage: usize,
+    /// The phase of the step.
     pub phase: ReconBoostPhase,
     /// The stage's learner (modality index).
     pub learner: usize,
@@ -370,6 +374,7 @@ impl ReconBoost {
         Ok(self)
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &ReconBoostConfig {
         &self.cfg
     }
@@ -581,7 +586,6 @@ impl Modulator for ReconBoost {
         Ok(())
     }
 
-    /// Per modality: 1 when the last step trained its encoder, else 0.
     /// A new phase (boosting or rectification, of a new stage or not) starts with a fresh
     /// optimizer, as the official code builds one per phase.
     fn on_epoch_end(&mut self, cx: &EpochCx<'_>) -> Result<Vec<EpochAction>> {
@@ -611,6 +615,7 @@ impl Modulator for ReconBoost {
         }
     }
 
+    /// Per modality: 1 when the last step trained its encoder, else 0.
     fn coefficients(&self) -> Option<Vec<f64>> {
         let last = self.last.as_ref()?;
         let plan = self.plan(last.epoch);

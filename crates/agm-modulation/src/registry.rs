@@ -55,6 +55,7 @@ pub const STACK_SEPARATOR: char = '+';
 /// One method of the registry, its types erased: settings travel as TOML tables.
 #[derive(Clone, Copy)]
 pub struct MethodEntry {
+    /// What `--method` accepts for it ([`Method::NAME`]).
     pub name: &'static str,
     /// The hooks only one member of a stack can own.
     pub hooks: Hooks,

@@ -125,6 +125,7 @@ impl RelearnConfig {
     /// The preset names [`RelearnConfig::preset`] accepts.
     pub const PRESETS: &'static [&'static str] = &["official"];
 
+    /// The preset called `name` (one of [`RelearnConfig::PRESETS`]); `None` for any other name.
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "official" => Some(Self::official()),
@@ -166,8 +167,10 @@ pub fn relearn_strength(lambda: f64, purity_train: f64, purity_holdout: f64) -> 
 pub struct RelearnDiagnosis {
     /// 1-based epoch after which it was made.
     pub diagnosed_epoch: usize,
+    /// `P_D`: the purity of each modality's k-means clusters on the training split, in `[0, 1]`.
     #[serde(with = "agm_core::serde_f64::seq")]
     pub purity_train: Vec<f64>,
+    /// `P_V`: the purity on the held-out split, in `[0, 1]`.
     #[serde(with = "agm_core::serde_f64::seq")]
     pub purity_holdout: Vec<f64>,
     /// `α_k`, applied right after the diagnosis.
@@ -209,6 +212,7 @@ impl Relearn {
         Ok(Self { cfg, m, init: None, reinits: 0, last: None })
     }
 
+    /// The settings it was built with.
     pub fn config(&self) -> &RelearnConfig {
         &self.cfg
     }
@@ -218,6 +222,7 @@ impl Relearn {
         self.reinits
     }
 
+    /// The last diagnosis; `None` before the first re-learning.
     pub fn last_diagnosis(&self) -> Option<&RelearnDiagnosis> {
         self.last.as_ref()
     }

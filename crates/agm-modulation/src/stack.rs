@@ -174,10 +174,13 @@ impl Stack {
         self.names.join("+")
     }
 
+    /// The number of members.
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
+    /// Whether the stack has no member; never true of a stack from [`Stack::new`], which refuses
+    /// an empty list.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
