@@ -8,10 +8,12 @@
 //! | `backward` | the single member that defines one, which must then also own the objective if any member does; otherwise `agm_kernels::backward(loss)` |
 //! | `after_backward` | every member's, in order |
 //! | `clip_rule` | the members' rule; members that clip must agree on it |
+//! | `on_train_start` | every member's, in order |
 //! | `on_epoch_start` | every member's, in order |
 //! | `on_epoch_end` | every member's actions, concatenated in order |
 //! | `coefficients` | the last member that has coefficients |
-//! | `state` / `load_state` | a JSON array with one entry per member |
+//! | `predict` | the first member that predicts, otherwise the model's fused logits |
+//! | `state` / `load_state` / `on_restored` | a JSON array with one entry per member |
 //!
 //! The trait cannot tell whether a member overrides `objective` or `backward`, so each member
 //! comes with its [`Hooks`], declared by the registry. A stack that cannot be composed is
