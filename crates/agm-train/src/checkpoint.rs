@@ -28,7 +28,11 @@ const CHECKSUM_ZERO: &str = "crc32:00000000";
 /// The contents of a checkpoint.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
+    /// Model variables (trainable and buffers) by checkpoint name, and the method's own
+    /// variables as `method.<name>`; stored as `model/<name>`.
     pub model: HashMap<String, Tensor>,
+    /// Optimizer state by key ([`crate::optim::Optimizer::state`]: `<param>/step`,
+    /// `<param>/momentum_buffer` …); stored as `optim/<key>`.
     pub optimizer: HashMap<String, Tensor>,
     /// Method snapshots by tag (MSES saves one and restores it epochs later).
     pub snapshots: BTreeMap<String, SnapshotState>,
@@ -41,8 +45,11 @@ pub struct Checkpoint {
 /// earlier one; [`crate::Trainer`] captures and restores both the same way.
 #[derive(Clone, Debug, Default)]
 pub struct SnapshotState {
+    /// Model and method variables by checkpoint name, as in [`Checkpoint::model`].
     pub model: HashMap<String, Tensor>,
+    /// Optimizer state by key, as in [`Checkpoint::optimizer`].
     pub optimizer: HashMap<String, Tensor>,
+    /// The modulator's state ([`agm_modulation::Modulator::state`]).
     pub modulator: serde_json::Value,
     /// A method snapshot's learning rate for the epoch after it, which its restore brings back
     /// (`None` in a checkpoint's own state, and in snapshots of earlier versions).
@@ -217,6 +224,10 @@ impl Checkpoint {
         write_atomic_inner(path, &bytes, crash_after_temp)
     }
 
+    /// Reads a checkpoint onto `device`. Refuses, with [`TrainError::Checkpoint`], a missing file,
+    /// one that is not an agm checkpoint (no format tag), a v2 file whose checksum is absent or
+    /// does not match, a tensor holding NaN or infinity, and a tensor outside the known prefixes;
+    /// v1 files load without a checksum. Other read failures are [`TrainError::Io`].
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

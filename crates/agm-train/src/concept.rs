@@ -131,13 +131,18 @@ pub fn check_concept_folder(out: &Path) -> Result<()> {
 pub struct ConceptManifest {
     /// [`CONCEPT_FORMAT`].
     pub format: String,
+    /// The dataset id the concept was trained on (`av-digits`).
     pub dataset: String,
     /// The dataset preset (AV-Digits noise preset) the concept was trained on.
     pub preset: String,
     /// The multimodal model preset whose encoder the uni-modal model shares.
     pub model: String,
+    /// The modality whose uni-modal model produced the concept.
     pub modality: String,
+    /// The uni-modal training's seed (initialisation, data order, dropout).
     pub seed: u64,
+    /// Epochs the uni-modal model trained (all of its configured epochs: a training stopped
+    /// early writes no concept).
     pub epochs: usize,
     /// The epoch whose weights produced the saved logits (best validation accuracy).
     pub best_epoch: usize,
@@ -147,6 +152,7 @@ pub struct ConceptManifest {
     pub rows: BTreeMap<String, usize>,
     /// Uni-modal accuracy of the saved weights.
     pub validation_accuracy: f64,
+    /// Uni-modal accuracy of the saved weights on the test split, in [0, 1].
     pub test_accuracy: f64,
     /// The tensors file, relative to the manifest's folder.
     pub tensors: String,
@@ -161,10 +167,12 @@ pub struct Concept {
 }
 
 impl Concept {
+    /// What was trained, as read from `<modality>.json`.
     pub fn manifest(&self) -> &ConceptManifest {
         &self.manifest
     }
 
+    /// The modality the concept belongs to (the manifest's `modality`).
     pub fn modality(&self) -> &str {
         &self.manifest.modality
     }
@@ -289,10 +297,12 @@ impl ConceptSet {
         Ok(Concept { manifest, path: tensors_path, splits })
     }
 
+    /// The folder the concepts were loaded from.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// Every concept of the folder, sorted by modality name.
     pub fn concepts(&self) -> &[Concept] {
         &self.concepts
     }
@@ -302,6 +312,7 @@ impl ConceptSet {
         self.concepts.iter().map(|c| c.modality().to_string()).collect()
     }
 
+    /// The concept of `modality`, if the folder has one.
     pub fn get(&self, modality: &str) -> Option<&Concept> {
         self.concepts.iter().find(|c| c.modality() == modality)
     }

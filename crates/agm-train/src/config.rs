@@ -30,6 +30,7 @@ pub const SHAPLEY_MODES: &[&str] = &["auto", "fast", "faithful"];
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default = "RunConfig::av_digits")]
 pub struct RunConfig {
+    /// The dataset id, one of [`DATASETS`].
     pub dataset: String,
     /// Where a real dataset lives: a folder (a file for UR-Funny) or `hf://<repo-id>`; empty for
     /// `av-digits` (embedded) and `synthetic` (generated).
@@ -49,12 +50,18 @@ pub struct RunConfig {
     pub synthetic_scale: String,
     /// One method or several joined with `+`, composed in the order written (`agm+ogm-ge`).
     pub method: String,
+    /// The run's seed: initialisation, data order, dropout, the methods' own draws, synthetic
+    /// data and CREMA-D's augmentation.
     pub seed: u64,
+    /// Epochs to train, at least 1; a resume may raise it to train on.
     pub epochs: usize,
+    /// Samples per training step, at least 1.
     pub batch_size: usize,
     /// How the training loss reduces over the batch: `mean` (default) or `sum` (the reference's
     /// MOSEI loop, whose gradients are the batch size times the mean's).
     pub loss_reduction: String,
+    /// `cpu` or `cuda` (the first GPU; needs a build with the `cuda` feature). A resume may
+    /// change it.
     pub device: String,
     /// How matrix products and convolutions compute: `fp32` (default; TF32 allowed on CUDA, as
     /// PyTorch's cuDNN convolutions), `fp32-strict` (no TF32: CUDA computes what the CPU does)
@@ -78,7 +85,10 @@ pub struct RunConfig {
     /// Train the concepts missing in `concepts` before the run (`false`: `--no-concepts`, the
     /// metric is measured only where they exist already).
     pub train_concepts: bool,
+    /// The optimizer and its hyper-parameters (`[optimizer]`, `kind = "sgd"` by default); its
+    /// `lr` is the base rate the schedule starts from.
     pub optimizer: OptimizerConfig,
+    /// How the learning rate changes from epoch to epoch (`[schedule]`).
     pub schedule: ScheduleConfig,
     /// Every registered method's settings, one `[<method>]` table each (`[agm]`, `[ogm_ge]`);
     /// typed with [`RunConfig::method`] and [`RunConfig::set_method`].
@@ -88,8 +98,11 @@ pub struct RunConfig {
 
 /// What a config builds.
 pub struct Built {
+    /// The dataset, its modalities in the model's order.
     pub data: LoadedDataset,
+    /// The model preset, with `init_weights` loaded where the config names a file.
     pub model: Box<dyn MultimodalModel>,
+    /// The method (or stack of methods), built for this model and data.
     pub modulator: Box<dyn Modulator>,
 }
 
@@ -247,6 +260,9 @@ impl RunConfig {
         })
     }
 
+    /// Parses TOML text over the AV-Digits defaults, then validates it ([`RunConfig::validate`]).
+    /// Both fail with [`TrainError::Config`]; a parse error (syntax, unknown key, wrong type)
+    /// carries toml's line, column and offending text.
     pub fn from_toml_str(text: &str) -> Result<Self> {
         // The full error: its line, column and the offending text.
         let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config(e.to_string().trim_end().to_string()))?;
@@ -286,6 +302,8 @@ impl RunConfig {
         self.methods.set::<M>(config);
     }
 
+    /// The whole config as TOML, every registered method's section included (unlike
+    /// [`RunConfig::to_run_toml`]).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("the config is plain data")
     }
@@ -401,6 +419,8 @@ impl RunConfig {
         self.precision.parse().map_err(TrainError::Config)
     }
 
+    /// The candle device `device` names: CUDA device 0 for `cuda`, else the CPU. An error when
+    /// CUDA cannot start (a build without the `cuda` feature, no usable GPU), naming the fix.
     pub fn device(&self) -> Result<Device> {
         match self.device.as_str() {
             "cuda" => Device::new_cuda(0).map_err(|e| {
@@ -439,6 +459,8 @@ impl RunConfig {
         Ok(av_digits::load(&AvDigitsConfig::with_preset(preset))?)
     }
 
+    /// The model preset's build options: the reference input shapes, except for `--dataset
+    /// synthetic` at `synthetic_scale = "small"`.
     pub fn preset_options(&self) -> PresetOptions {
         let scale = if self.synthetic_scale == "reference" || self.dataset != "synthetic" {
             InputScale::Reference

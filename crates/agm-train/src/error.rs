@@ -29,14 +29,31 @@ pub(crate) fn candle_message(e: &candle_core::Error) -> String {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
+    /// A setting or request that cannot run: an unknown or out-of-range value, a method that does
+    /// not fit the model, a run directory in use, a call the trainer is not set up for. The
+    /// message names the setting (and, through [`crate::RunRequest`], the flag, recipe or file
+    /// that gave it) and the allowed values or the fix.
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    /// A config file that cannot be read or parsed, or that holds a bad setting.
     #[error("config file {path}: {message}")]
-    ConfigFile { path: PathBuf, message: String },
+    ConfigFile {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, with the line where it is known.
+        message: String,
+    },
 
+    /// A checkpoint (`checkpoint.safetensors`, `best.safetensors`) that is missing, damaged, or
+    /// from another run, method or model, or a state a resume cannot continue from.
     #[error("checkpoint {path}: {message}")]
-    Checkpoint { path: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
 
     /// A state dict that does not fit the model: every missing, unexpected and misshapen name.
     #[error("the weights do not fit the model: {0}")]
@@ -44,41 +61,99 @@ pub enum TrainError {
 
     /// A file every run directory holds is missing.
     #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`? If it is, restore the file")]
-    MissingRunFile { path: PathBuf, dir: PathBuf },
+    MissingRunFile {
+        /// The missing file.
+        path: PathBuf,
+        /// The run directory it should be in.
+        dir: PathBuf,
+    },
 
     /// A run directory without `metrics.jsonl`: its run stopped before its first epoch ended.
     #[error(
         "{path} not found: the run in {dir} has no finished epoch yet; continue it with \
          `cargo xtask train --resume {dir}`"
     )]
-    NoFinishedEpoch { path: PathBuf, dir: PathBuf },
+    NoFinishedEpoch {
+        /// The missing `metrics.jsonl`.
+        path: PathBuf,
+        /// The run directory.
+        dir: PathBuf,
+    },
 
     /// A line of a run's `metrics.jsonl` that is not a metrics row (an edit, another program).
     #[error(
         "{path} line {line}: not a metrics row ({reason}); each line is one finished epoch's JSON object as \
          `cargo xtask train` writes it: remove that line"
     )]
-    MetricsRow { path: PathBuf, line: usize, reason: String },
+    MetricsRow {
+        /// The `metrics.jsonl` file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// Why the line does not parse as a row.
+        reason: String,
+    },
 
     /// A run's `metrics.jsonl` that a resume would have to lose rows of.
     #[error("{path}: {message}")]
-    MetricsFile { path: PathBuf, message: String },
+    MetricsFile {
+        /// The `metrics.jsonl` file.
+        path: PathBuf,
+        /// Which rows are missing or damaged, and what to do.
+        message: String,
+    },
 
+    /// A file or folder operation failed.
     // The cause is part of the message, not a `source`, so error chains print it once.
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
 
+    /// A training step's loss was NaN or infinite; the optimizer did not step.
     /// `kept`: what the run kept and what to do.
     #[error("the loss became {value} at epoch {epoch}, step {step}; {kept}")]
-    NonFiniteLoss { value: f64, epoch: usize, step: usize, kept: String },
+    NonFiniteLoss {
+        /// The loss.
+        value: f64,
+        /// The 1-based epoch.
+        epoch: usize,
+        /// The 1-based step within the epoch.
+        step: usize,
+        /// What the run kept (its last checkpoint, if any) and what to do.
+        kept: String,
+    },
 
+    /// The gradients a clipping method read held NaN or infinity (the total norm, else the head
+    /// weight gradient's extremes); the optimizer did not step.
     #[error("the gradient norm became {value} at epoch {epoch}, step {step}; {kept}")]
-    NonFiniteGradient { value: f64, epoch: usize, step: usize, kept: String },
+    NonFiniteGradient {
+        /// The first non-finite value ([`crate::ClipReport::non_finite`]).
+        value: f64,
+        /// The 1-based epoch.
+        epoch: usize,
+        /// The 1-based step within the epoch.
+        step: usize,
+        /// What the run kept (its last checkpoint, if any) and what to do.
+        kept: String,
+    },
 
     /// The end-of-epoch competition-strength measurement failed (its reason says why; a
     /// diverging run's features break the ridge fit).
     #[error("competition strength at the end of epoch {epoch} (mean training loss {loss:.4e}): {reason}; {kept}")]
-    Competition { epoch: usize, loss: f64, reason: String, kept: String },
+    Competition {
+        /// The 1-based epoch.
+        epoch: usize,
+        /// The epoch's mean training loss.
+        loss: f64,
+        /// The measurement's error, its first line.
+        reason: String,
+        /// What the run kept (its last checkpoint, if any) and what to do.
+        kept: String,
+    },
 
     /// A checkpoint would hold NaN or infinity; the previous file is left as it was.
     #[error(
@@ -86,20 +161,33 @@ pub enum TrainError {
          statistics take in NaN inputs); the last good checkpoint is kept; {diverged}",
         diverged = DIVERGED
     )]
-    NonFiniteTensor { path: PathBuf, tensor: String, position: String },
+    NonFiniteTensor {
+        /// The checkpoint that was not written.
+        path: PathBuf,
+        /// The first tensor holding NaN or infinity: a model variable's name, else its name in
+        /// the file (`optim/…`, `snapshot/…`).
+        tensor: String,
+        /// When, as a phrase (` after global step 12`, ` at the end of epoch 3`); empty when
+        /// unknown.
+        position: String,
+    },
 
     /// A callback stopped work that leaves nothing behind when unfinished (a concept's training):
     /// what was stopped and that nothing of it was written.
     #[error("{0}")]
     Interrupted(String),
 
+    /// Loading or batching the dataset failed.
     #[error(transparent)]
     Data(#[from] agm_data::DataError),
 
+    /// A tensor operation failed (the model, the method, the optimizer), or a concept file is
+    /// damaged.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
 
+/// The result of agm-train's fallible calls.
 pub type Result<T> = std::result::Result<T, TrainError>;
 
 impl TrainError {

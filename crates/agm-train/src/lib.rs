@@ -9,6 +9,8 @@
 //!
 //! Libraries never print: drivers observe through [`Callback`].
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod concept;
 pub mod config;

@@ -11,6 +11,7 @@ use crate::error::{Result, TrainError};
 /// A named experiment.
 #[derive(Clone, Copy, Debug)]
 pub struct Recipe {
+    /// The name `--recipe` takes, the file name in `configs/` without `.toml`.
     pub name: &'static str,
     /// The TOML text, comments included.
     pub text: &'static str,

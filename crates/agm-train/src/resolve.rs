@@ -24,7 +24,9 @@ use crate::{recipes, RunConfig};
 pub enum Origin {
     /// The dataset's reference settings ([`RunConfig::for_dataset`]).
     Dataset(String),
+    /// An embedded recipe, by its name ([`crate::recipes`]).
     Recipe(String),
+    /// A config file, by the path it was given as.
     File(PathBuf),
     /// A command-line flag, by its name (`--lr`).
     Flag(String),
@@ -59,6 +61,7 @@ pub struct Setting {
     pub key: String,
     /// The value, as TOML.
     pub value: String,
+    /// The layer that set the value in force.
     pub origin: Origin,
     /// Earlier layers that set this key to another value and lost.
     pub overrides: Vec<Origin>,
@@ -78,6 +81,7 @@ impl fmt::Display for Setting {
 /// A configuration and where its settings came from.
 #[derive(Clone, Debug)]
 pub struct Resolved {
+    /// The configuration after every layer, validated ([`RunConfig::validate`]).
     pub config: RunConfig,
     /// Settings that differ from [`RunConfig::av_digits`], in key order.
     pub settings: Vec<Setting>,
@@ -93,11 +97,16 @@ pub struct RunRequest {
 }
 
 impl RunRequest {
+    /// The embedded recipe `name` (`configs/<name>.toml`), layered over the dataset's reference
+    /// settings and under the config file and the flags; an unknown name fails in
+    /// [`RunRequest::resolve`].
     pub fn recipe(mut self, name: impl Into<String>) -> Self {
         self.recipe = Some(name.into());
         self
     }
 
+    /// The TOML config file at `path`, layered over the recipe and under the flags; it is read
+    /// (and a missing or malformed file fails) in [`RunRequest::resolve`].
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config = Some(path.into());
         self

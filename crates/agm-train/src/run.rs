@@ -37,7 +37,11 @@ pub enum RunStart {
     /// Continue the run in the directory from its last checkpoint (from scratch when it stopped
     /// before its first one). `header`, when given, replaces the comment block of its
     /// `config.toml`, which is rewritten with the (possibly changed) epochs and device.
-    Resume { header: Option<String> },
+    Resume {
+        /// The new comment block of `config.toml` (see [`Provenance::config_header`]); `None`
+        /// leaves the file as it is.
+        header: Option<String>,
+    },
 }
 
 /// Where the competition probe's mono-modal concepts come from.
@@ -81,12 +85,16 @@ impl Concepts {
 /// resumed run, everything but `finished` is its first start's, and `resumes` lists each resume.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
+    /// The agm crate version that started the run.
     pub agm_version: String,
     /// The commit the driver was built from, when built inside a git checkout.
     pub git_commit: Option<String>,
     /// UTC, RFC 3339.
     pub started: String,
+    /// UTC, RFC 3339: when the run ended. Until then (in checkpoints and `config.toml`'s
+    /// header) the same as `started`.
     pub finished: String,
+    /// The run's `device` setting (`cpu`, `cuda`); [`train_run`] fills it in from the config.
     pub device: String,
     /// Threads of candle's CPU pool (`RAYON_NUM_THREADS`, else the available cores).
     pub threads: usize,
@@ -102,10 +110,15 @@ pub struct Provenance {
 pub struct Resumed {
     /// UTC, RFC 3339.
     pub started: String,
+    /// The agm crate version that resumed the run.
     pub agm_version: String,
+    /// The commit the resuming driver was built from, when built inside a git checkout.
     pub git_commit: Option<String>,
+    /// The device the resume ran on (`cpu`, `cuda`).
     pub device: String,
+    /// Threads of candle's CPU pool during the resume.
     pub threads: usize,
+    /// The resuming command line, program name first (empty for a library call).
     pub command_line: Vec<String>,
 }
 
@@ -115,6 +128,8 @@ const PROVENANCE_META: &str = "provenance";
 /// How [`train_run`] runs, besides the configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunOptions {
+    /// This process's facts ([`Provenance::started_now`]). A resume keeps the first start's, read
+    /// from the checkpoint, and adds these to its `resumes`.
     pub provenance: Provenance,
     /// Where the competition probe's concepts come from (default:
     /// [`Concepts::default_for`] the run).
@@ -188,11 +203,14 @@ impl Provenance {
 /// What a run ended with; `summary.json` is this, serialised.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunOutcome {
+    /// How training ended: epochs, steps, the best epoch and the last epoch's row.
     pub run: RunSummary,
     /// The test split's numbers for the selected (best validation) weights; `None` when the run
     /// stopped before its last epoch (it can be resumed).
     pub test: Option<EvalReport>,
+    /// The configuration the run trained with.
     pub config: RunConfig,
+    /// Who ran it, where and when, resumes included; `finished` is the end of this call.
     pub provenance: Provenance,
     /// What became of the competition probe (not serialised).
     #[serde(skip)]
@@ -218,6 +236,7 @@ impl RunOutcome {
 /// Whether and where a run's competition probe found its concepts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConceptStatus {
+    /// The concepts folder the probe looked in.
     pub dir: PathBuf,
     /// Modalities without a concept in `dir`.
     pub missing: Vec<String>,
@@ -282,10 +301,14 @@ impl Callback for ConceptSteps<'_> {
 /// What a run is about to do, for the driver's header line.
 #[derive(Clone, Debug)]
 pub struct RunStarted {
+    /// True when the run continues from a checkpoint (a resume of a run that wrote none starts
+    /// over and is `false`).
     pub resuming: bool,
+    /// Samples in the training split.
     pub train_samples: usize,
     /// How the Shapley passes run, for methods that run them.
     pub shapley: Option<String>,
+    /// The dataset's modality names, in the model's order.
     pub modalities: Vec<String>,
     /// What the driver should tell the user about the data: the loader's notes (samples it
     /// dropped) and inputs whose shape differs from the preset's reference shape.

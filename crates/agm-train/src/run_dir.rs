@@ -82,6 +82,7 @@ impl RunDir {
         Ok(Self { root })
     }
 
+    /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -173,9 +174,11 @@ impl RunDir {
     pub fn holds_run_state(&self) -> bool {
         [self.config(), self.metrics(), self.checkpoint(), self.best()].iter().any(|p| p.exists())
     }
+    /// `config.toml`: the resolved configuration the run trains with.
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
     }
+    /// `metrics.jsonl`: one JSON row per finished epoch ([`crate::EpochSummary`]).
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }
@@ -187,12 +190,16 @@ impl RunDir {
     pub fn report(&self) -> PathBuf {
         self.root.join("report")
     }
+    /// `checkpoint.safetensors`: the latest state, which a resume continues from.
     pub fn checkpoint(&self) -> PathBuf {
         self.root.join("checkpoint.safetensors")
     }
+    /// `best.safetensors`: the model and method variables of the best validation epoch, and the
+    /// method's state of that epoch where it has one.
     pub fn best(&self) -> PathBuf {
         self.root.join("best.safetensors")
     }
+    /// `summary.json`: a finished run's outcome ([`crate::run::RunOutcome`]).
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
     }

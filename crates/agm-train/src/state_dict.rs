@@ -164,6 +164,7 @@ pub struct KeyMismatch {
 }
 
 impl KeyMismatch {
+    /// True when the state dict fits: nothing missing, unexpected or misshapen.
     pub fn is_empty(&self) -> bool {
         self.missing.is_empty() && self.unexpected.is_empty() && self.shapes.is_empty()
     }

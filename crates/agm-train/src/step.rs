@@ -31,9 +31,12 @@ pub enum GradStage {
 
 /// Sees the inside of a step (parity replays, debugging). Every hook defaults to nothing.
 pub trait StepObserver {
+    /// After the objective is built and before backward: the step's passes and its objective.
     fn forward(&mut self, _forward: &StepForward, _objective: &Objective) -> Result<()> {
         Ok(())
     }
+    /// The gradients at `stage` (three calls per step that reaches the optimizer; fewer when a
+    /// non-finite loss or gradient ends the step early).
     fn grads(&mut self, _stage: GradStage, _grads: &GradStore) -> Result<()> {
         Ok(())
     }
@@ -48,14 +51,22 @@ impl StepObserver for NoObserver {}
 pub struct StepOutcome {
     /// Cross-entropy of the fused output.
     pub loss: f64,
+    /// What the conditional clipping saw and did; `None` when the method does not clip or the
+    /// loss was non-finite. A report whose [`ClipReport::non_finite`] is `Some` means the
+    /// optimizer did not step.
     pub clip: Option<ClipReport>,
+    /// The modulator's per-modality coefficients in force after this step
+    /// ([`Modulator::coefficients`]); `None` for methods without any.
     pub coefficients: Option<Vec<f64>>,
 }
 
 /// Everything a step needs besides the batch.
 pub struct StepParts<'a> {
+    /// The model being trained.
     pub model: &'a dyn MultimodalModel,
+    /// The method: its passes, objective, backward, gradient edits and clipping rule.
     pub modulator: &'a mut dyn Modulator,
+    /// Steps on the final gradients.
     pub optimizer: &'a mut dyn Optimizer,
     /// All trainable variables (the model's and the modulator's), for clipping.
     pub trainable: &'a [NamedVar],
@@ -69,8 +80,12 @@ pub struct StepParts<'a> {
 /// default) or their sum (the reference's MOSEI loop), whose gradients are `B` times the mean's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LossReduction {
+    /// The mean over the batch's labels (`mean`).
     #[default]
     Mean,
+    /// The sum over the batch's labels (`sum`): the step multiplies every trainable gradient by
+    /// the label count (samples, or segments) before the method's edits; the reported loss stays
+    /// the mean.
     Sum,
 }
 

@@ -183,6 +183,9 @@ impl TryFrom<EpochRow> for EpochSummary {
 /// Computes the competition strength of each modality from the current model at the end of an
 /// epoch (agm-metric implements it with mono-modal concepts).
 pub trait CompetitionProbe {
+    /// One value per modality, in the model's order: 0 when the modality's concept is linearly
+    /// recoverable from the fused feature, about 1 when it is not. An error ends the run with
+    /// [`TrainError::Competition`].
     fn strength(&mut self, model: &dyn MultimodalModel, device: &Device) -> candle_core::Result<Vec<f64>>;
 }
 
@@ -418,6 +421,7 @@ impl<'a> Trainer<'a> {
         self
     }
 
+    /// The method being trained with (its state, coefficients and forward plan).
     pub fn modulator(&self) -> &dyn Modulator {
         self.modulator.as_ref()
     }

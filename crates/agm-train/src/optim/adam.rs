@@ -29,13 +29,19 @@ fn default_eps() -> f64 {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamConfig {
+    /// Base learning rate, finite and >= 0; a group's rate is this times its `lr_mult`.
     pub lr: f64,
+    /// Decay rate of the first moment (`exp_avg`), in [0, 1); default 0.9.
     #[serde(default = "default_beta1")]
     pub beta1: f64,
+    /// Decay rate of the second moment (`exp_avg_sq`), in [0, 1); default 0.999.
     #[serde(default = "default_beta2")]
     pub beta2: f64,
+    /// Added to the bias-corrected `√v` in the denominator, >= 0; default 1e-8.
     #[serde(default = "default_eps")]
     pub eps: f64,
+    /// Weight decay, >= 0; default 0. An L2 term on the gradient for [`Adam`], a decoupled
+    /// shrink `p·(1 − lr·wd)` for [`AdamW`].
     #[serde(default)]
     pub weight_decay: f64,
 }
@@ -84,6 +90,8 @@ pub struct Adam {
 }
 
 impl Adam {
+    /// Validates `config` and flattens `groups`; fails on an invalid hyper-parameter or
+    /// `lr_mult`, a non-float parameter, or a parameter (by name or by `Var`) that appears twice.
     pub fn new(groups: Vec<ParamGroup>, config: AdamConfig) -> Result<Self> {
         Self::with_mode(groups, config, false)
     }
@@ -100,6 +108,7 @@ impl Adam {
         &self.config
     }
 
+    /// The parameter groups, as given to [`Adam::new`].
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
@@ -210,6 +219,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// Validates `config` and flattens `groups`, with the same checks as [`Adam::new`].
     pub fn new(groups: Vec<ParamGroup>, config: AdamConfig) -> Result<Self> {
         Ok(Self { inner: Adam::with_mode(groups, config, true)? })
     }
@@ -219,6 +229,7 @@ impl AdamW {
         self.inner.config()
     }
 
+    /// The parameter groups, as given to [`AdamW::new`].
     pub fn groups(&self) -> &[ParamGroup] {
         self.inner.groups()
     }

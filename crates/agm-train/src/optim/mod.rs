@@ -88,6 +88,7 @@ pub trait Optimizer {
 /// Parameters that share a learning-rate multiplier.
 #[derive(Clone, Debug)]
 pub struct ParamGroup {
+    /// The group's parameters, each under its checkpoint name (the optimizer state's key prefix).
     pub params: Vec<NamedVar>,
     /// The group's learning rate is the optimizer's base rate times this.
     pub lr_mult: f64,
@@ -110,6 +111,7 @@ impl ParamGroup {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerConfig {
+    /// SGD with momentum, dampening, Nesterov and L2 weight decay (`torch.optim.SGD`).
     Sgd(SgdConfig),
     /// Adam with L2 weight decay added to the gradient (`torch.optim.Adam`).
     Adam(AdamConfig),

@@ -25,7 +25,9 @@ impl LrSchedule for ConstantLr {
 /// `torch.optim.lr_scheduler.StepLR`: `base · gamma^⌊epoch / step_size⌋`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepLr {
+    /// Epochs between decays, > 0.
     pub step_size: usize,
+    /// Factor applied at each decay, finite and > 0.
     pub gamma: f64,
 }
 
@@ -37,6 +39,7 @@ impl StepLr {
         Ok(s)
     }
 
+    /// Checks `step_size > 0` and a finite `gamma > 0`; errors name the field.
     pub fn validate(&self) -> Result<()> {
         ensure(self.step_size > 0, "schedule", "step_size", self.step_size as f64, "> 0")?;
         ensure(self.gamma.is_finite() && self.gamma > 0.0, "schedule", "gamma", self.gamma, "finite and > 0")
@@ -58,7 +61,9 @@ impl LrSchedule for StepLr {
 /// Like PyTorch's closed form it is not clamped: past `t_max` the rate rises again.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CosineLr {
+    /// Epochs of the half period: the rate reaches `eta_min` at epoch index `t_max`; > 0.
     pub t_max: usize,
+    /// The lowest rate, finite and >= 0.
     pub eta_min: f64,
 }
 
@@ -70,6 +75,7 @@ impl CosineLr {
         Ok(s)
     }
 
+    /// Checks `t_max > 0` and a finite `eta_min >= 0`; errors name the field.
     pub fn validate(&self) -> Result<()> {
         ensure(self.t_max > 0, "schedule", "t_max", self.t_max as f64, "> 0")?;
         ensure(self.eta_min.is_finite() && self.eta_min >= 0.0, "schedule", "eta_min", self.eta_min, "finite and >= 0")
@@ -87,15 +93,21 @@ impl LrSchedule for CosineLr {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleConfig {
-    /// A struct variant, so that `deny_unknown_fields` covers it (serde ignores extra keys
-    /// beside the tag of a unit variant).
+    /// [`ConstantLr`] (`kind = "constant"`). A struct variant, so that `deny_unknown_fields`
+    /// covers it (serde ignores extra keys beside the tag of a unit variant).
     Constant {},
+    /// [`StepLr`] (`kind = "step"`).
     Step {
+        /// Epochs between decays, > 0.
         step_size: usize,
+        /// Factor applied at each decay, finite and > 0.
         gamma: f64,
     },
+    /// [`CosineLr`] (`kind = "cosine"`).
     Cosine {
+        /// Epochs of the half period, > 0.
         t_max: usize,
+        /// The lowest rate, finite and >= 0; default 0.
         #[serde(default)]
         eta_min: f64,
     },

@@ -15,13 +15,18 @@ use super::{
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SgdConfig {
+    /// Base learning rate, finite and >= 0; a group's rate is this times its `lr_mult`.
     pub lr: f64,
+    /// Momentum factor, >= 0; 0 (the default) keeps no momentum buffer.
     #[serde(default)]
     pub momentum: f64,
+    /// Dampening of the momentum: `buf = momentum·buf + (1 − dampening)·d` after the first step.
     #[serde(default)]
     pub dampening: f64,
+    /// L2 penalty added to the gradient (`d = g + weight_decay·p`), >= 0.
     #[serde(default)]
     pub weight_decay: f64,
+    /// Nesterov momentum; needs `momentum > 0` and `dampening = 0`.
     #[serde(default)]
     pub nesterov: bool,
 }
@@ -80,6 +85,8 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// Validates `config` and flattens `groups`; fails on an invalid hyper-parameter or
+    /// `lr_mult`, a non-float parameter, or a parameter (by name or by `Var`) that appears twice.
     pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
         config.validate()?;
         let slots = flatten_groups(&groups)?
@@ -94,6 +101,7 @@ impl Sgd {
         &self.config
     }
 
+    /// The parameter groups, as given to [`Sgd::new`].
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }

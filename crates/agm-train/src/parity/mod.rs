@@ -47,8 +47,9 @@ pub use report::{CaseReport, Failure, GroupSummary};
 /// Largest accepted error, relative for scalars and per §6 for tensors.
 pub const TOLERANCE: f64 = 1e-10;
 
-/// File names inside a case folder.
+/// The case's description (JSON), inside its case folder.
 pub const CASE_FILE: &str = "case.json";
+/// The case's inputs and expected tensors, beside [`CASE_FILE`].
 pub const TENSORS_FILE: &str = "tensors.safetensors";
 
 /// Why a case could not be replayed. Numbers that differ are not errors: they are failures in the
@@ -57,33 +58,75 @@ pub const TENSORS_FILE: &str = "tensors.safetensors";
 #[non_exhaustive]
 pub enum ParityError {
     // The cause is part of the message, not a `source`, so error chains print it once.
+    /// A case file could not be read (missing `case.json` or `tensors.safetensors`).
     #[error("{path}: {cause}")]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        cause: std::io::Error,
+    },
 
     /// The file exists but is not what the format describes (corrupt JSON, missing or malformed
     /// field, missing or malformed tensor, a network the model cannot build).
     #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file at fault (`case.json`, `tensors.safetensors`, or a file given as the case
+        /// folder).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
+    /// A known `kind` this runner does not replay. No kind is in this state now: the runner
+    /// replays all four.
     #[error("{path}: kind `{kind}` is not implemented yet (tracked by the competition / baselines issue)")]
-    KindNotImplemented { path: PathBuf, kind: String },
+    KindNotImplemented {
+        /// The case's `case.json`.
+        path: PathBuf,
+        /// The `kind` it names.
+        kind: String,
+    },
 
+    /// A `kind` the format does not define.
     #[error(
         "{path}: unknown kind `{kind}` (allowed: train_steps, method_steps, competition_strength, epoch_schedule)"
     )]
-    UnknownKind { path: PathBuf, kind: String },
+    UnknownKind {
+        /// The case's `case.json`.
+        path: PathBuf,
+        /// The `kind` it names.
+        kind: String,
+    },
 
+    /// A known method a `train_steps` case names that the runner does not replay. Not returned
+    /// now: a method other than `AGM` or `OGM-GE` is an [`ParityError::UnknownMethod`].
     #[error("{path}: method `{method}` is not implemented yet")]
-    MethodNotImplemented { path: PathBuf, method: String },
+    MethodNotImplemented {
+        /// The case's `case.json`.
+        path: PathBuf,
+        /// The `method` it names.
+        method: String,
+    },
 
+    /// A `train_steps` case whose `method` is neither `AGM` nor `OGM-GE`.
     #[error("{path}: unknown method `{method}` (allowed: AGM, OGM-GE)")]
-    UnknownMethod { path: PathBuf, method: String },
+    UnknownMethod {
+        /// The case's `case.json`.
+        path: PathBuf,
+        /// The `method` it names.
+        method: String,
+    },
 
     /// The replay itself failed (a tensor operation of the model, modulator or optimizer).
     #[error("case `{case}`: the replay failed at step {step}: {source}")]
     Replay {
+        /// The case's name (its `case` field, else its folder's name).
         case: String,
+        /// The 1-based step being replayed or compared (0: while the case was set up, before
+        /// its first step).
         step: usize,
+        /// The tensor error.
         #[source]
         source: candle_core::Error,
     },

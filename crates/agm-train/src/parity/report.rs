@@ -12,7 +12,8 @@ use super::TOLERANCE;
 pub struct GroupSummary {
     /// How many tensors (or scalars) of the group were compared.
     pub compared: usize,
-    /// The largest error (infinite for a missing or mis-shaped value, or an integer mismatch).
+    /// The largest error (infinite for a missing or mis-shaped value; see [`Failure::err`] for
+    /// integers, booleans and exact values).
     pub max_err: f64,
     /// The key that has it.
     pub worst_key: String,
@@ -24,6 +25,9 @@ pub struct Failure {
     /// The tensor key (`step2/grad_final/net.head.fc.weight`) or the case.json location of the
     /// scalar (`steps[1].coeff.audio`).
     pub key: String,
+    /// The error: relative per FORMAT.md §6 for floats, the largest absolute difference for
+    /// integer tensors, 1 for a boolean or exact value that differs, infinite where nothing could
+    /// be compared (a value not computed, a shape that differs) or the error is NaN.
     pub err: f64,
     /// What was expected and what was computed, or why nothing could be compared.
     pub detail: String,
@@ -34,14 +38,19 @@ pub struct Failure {
 pub struct CaseReport {
     /// `case` from case.json (the folder name when absent).
     pub case: String,
+    /// `kind` from case.json: `train_steps`, `method_steps`, `epoch_schedule` or
+    /// `competition_strength`.
     pub kind: String,
-    /// The method of a `train_steps` case.
+    /// The method of a `train_steps` or `method_steps` case.
     pub method: Option<String>,
+    /// Tensors compared, within tolerance or not.
     pub tensors_compared: usize,
+    /// Scalars (floats, booleans, exact JSON values) compared, within tolerance or not.
     pub scalars_compared: usize,
     /// By group: the tensor key without its step and last component (`grad_final`, `pass`,
     /// `feature`), or `scalar:<field>`.
     pub groups: BTreeMap<String, GroupSummary>,
+    /// Every compared value outside the tolerance, in the order compared.
     pub failures: Vec<Failure>,
     /// Tensor keys and case.json fields the runner did not compare (FORMAT.md: informational).
     pub informational: Vec<String>,
@@ -53,6 +62,7 @@ impl CaseReport {
         self.failures.is_empty() && self.tensors_compared + self.scalars_compared > 0
     }
 
+    /// How many keys and fields were left uncompared ([`CaseReport::informational`]).
     pub fn informational_count(&self) -> usize {
         self.informational.len()
     }
