@@ -24,6 +24,10 @@ pub struct RandomResizedCropFlip<'a> {
 }
 
 impl<'a> RandomResizedCropFlip<'a> {
+    /// Crops and flips modality `modality` of `split` (samples `[C, T, S, S]` or `[C, S, S]`) with
+    /// torchvision's `RandomResizedCrop` defaults (area scale 0.08 to 1, aspect ratio 3/4 to 4/3)
+    /// and a horizontal flip with probability 1/2; one draw per sample, shared by its channels and
+    /// frames. `seed` is the run seed; the other modalities pass through unchanged.
     pub fn new(split: &'a SplitTensors, modality: usize, seed: u64) -> Self {
         Self { split, modality, seed, scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }
     }

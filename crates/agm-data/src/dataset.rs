@@ -31,6 +31,7 @@ pub trait Dataset {
     /// decoded).
     fn get(&self, index: usize) -> Result<Self::Item>;
 
+    /// Whether the dataset holds no samples.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -39,7 +40,10 @@ pub trait Dataset {
 /// One sample of a [`SplitTensors`]: a flat `f32` vector per modality and the label.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
+    /// Per modality, the sample's values flattened in C order.
     pub inputs: Vec<Vec<f32>>,
+    /// The class label. Meaningful only where the split has one label per sample
+    /// ([`SplitTensors::labels_per_sample`] is 1).
     pub label: u32,
 }
 
@@ -156,6 +160,7 @@ impl SplitTensors {
         self.labels.len() / self.labels_per_sample
     }
 
+    /// Whether the split holds no samples.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }

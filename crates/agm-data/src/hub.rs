@@ -38,7 +38,9 @@ impl HubOptions {
 /// A parsed `hf://` reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubRef {
+    /// The repository, `owner/name`.
     pub repo_id: String,
+    /// Branch, tag or commit; `main` when the reference names none.
     pub revision: String,
     /// A file inside the repo, if the reference names one.
     pub file: Option<String>,

@@ -14,6 +14,7 @@ use crate::SplitTensors;
 /// One modality of a synthetic set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticModality {
+    /// Modality name.
     pub name: String,
     /// Shape of one sample, without the batch dimension.
     pub shape: Vec<usize>,
@@ -24,7 +25,9 @@ pub struct SyntheticModality {
 /// What to generate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticSpec {
+    /// The modalities, in model order.
     pub modalities: Vec<SyntheticModality>,
+    /// Number of classes; labels are drawn uniformly.
     pub classes: usize,
     /// Labels per sample: 1, or a segment count (AVE-shaped tasks).
     pub segments: usize,
@@ -32,6 +35,7 @@ pub struct SyntheticSpec {
     pub sizes: [usize; 3],
     /// Noise standard deviation relative to the class patterns.
     pub noise: f64,
+    /// Seed of the class patterns, labels and noise.
     pub seed: u64,
 }
 

@@ -29,6 +29,7 @@ use crate::relu::relu_grad;
 /// Per-channel statistics of a training-mode pass (for the running averages).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchStats {
+    /// Batch mean of each channel, length `C`.
     pub mean: Vec<f64>,
     /// Biased variance (divided by the element count per channel).
     pub var: Vec<f64>,

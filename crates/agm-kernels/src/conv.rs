@@ -22,11 +22,14 @@ use rayon::prelude::*;
 /// value for both spatial dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dSpec {
+    /// Step between kernel positions, the same along height and width; at least 1.
     pub stride: usize,
+    /// Zeros added on each side of both spatial dimensions.
     pub padding: usize,
 }
 
 impl Conv2dSpec {
+    /// A spec with this stride and padding.
     pub fn new(stride: usize, padding: usize) -> Self {
         Self { stride, padding }
     }

@@ -15,16 +15,21 @@ use crate::own_kernels;
 /// Square pooling window: PyTorch's `kernel_size`, `stride`, `padding` (floor mode).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dSpec {
+    /// Window side length; at least 1.
     pub kernel: usize,
+    /// Step between windows, the same along height and width; at least 1.
     pub stride: usize,
+    /// Padding on each side of both spatial dimensions, at most `kernel / 2` (as PyTorch requires).
     pub padding: usize,
 }
 
 impl Pool2dSpec {
+    /// A spec with this kernel size, stride and padding.
     pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
         Self { kernel, stride, padding }
     }
 
+    /// Output size of one spatial dimension of length `n` (floor mode).
     pub fn out_len(&self, n: usize) -> usize {
         (n + 2 * self.padding - self.kernel) / self.stride + 1
     }

@@ -37,6 +37,8 @@ pub enum Precision {
 pub const PRECISIONS: &[&str] = &["fp32", "fp32-strict", "bf16"];
 
 impl Precision {
+    /// The name `--precision` and [`Precision::from_str`](std::str::FromStr::from_str) use
+    /// (`fp32`, `fp32-strict` or `bf16`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Fp32 => "fp32",
@@ -93,6 +95,7 @@ pub fn set_precision(p: Precision) -> Precision {
 pub struct PrecisionGuard(Precision);
 
 impl PrecisionGuard {
+    /// Sets this thread's precision to `p`; the previous one comes back when the guard drops.
     pub fn new(p: Precision) -> Self {
         Self(set_precision(p))
     }

@@ -15,10 +15,15 @@ const CHUNK: usize = 1 << 15;
 /// SGD's hyper-parameters for one update (`lr` already includes any per-group multiplier).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdUpdate {
+    /// Learning rate.
     pub lr: f64,
+    /// Momentum factor; 0 keeps no momentum buffer.
     pub momentum: f64,
+    /// Dampening of the momentum (PyTorch's `dampening`); the new gradient is weighted `1 − dampening`.
     pub dampening: f64,
+    /// L2 penalty: `weight_decay · p` is added to the gradient.
     pub weight_decay: f64,
+    /// Nesterov momentum: the step uses `d + momentum·buf` instead of `buf`.
     pub nesterov: bool,
 }
 
@@ -37,10 +42,13 @@ pub fn sgd_update(param: &Var, grad: &Tensor, buf: Option<Tensor>, u: SgdUpdate)
 
 /// One parameter's part of [`sgd_update_all`].
 pub struct SgdParam<'a> {
+    /// The variable updated in place.
     pub param: &'a Var,
+    /// Its gradient, of the parameter's shape.
     pub grad: Tensor,
     /// The buffer [`sgd_update`] returned last step (`None` on the first).
     pub buf: Option<Tensor>,
+    /// The hyper-parameters of this parameter's update.
     pub update: SgdUpdate,
 }
 

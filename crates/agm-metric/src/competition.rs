@@ -206,14 +206,17 @@ impl Ridge {
         Ok(Self { weights, intercept, alpha })
     }
 
+    /// The ridge penalty the fit used.
     pub fn alpha(&self) -> f64 {
         self.alpha
     }
 
+    /// Number of input features `F`.
     pub fn feature_dim(&self) -> usize {
         self.weights.nrows()
     }
 
+    /// Number of outputs `d` (the concept's columns).
     pub fn output_dim(&self) -> usize {
         self.weights.ncols()
     }
@@ -300,23 +303,28 @@ pub fn round_to_f32(m: &DMatrix<f64>) -> DMatrix<f64> {
 /// The competition strength of one modality, with what it was computed from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompetitionStrength {
+    /// The modality's name.
     pub modality: String,
     /// The reference's value (`r_official`): the ridge predictions are rounded to f32 first.
     pub r_official: f64,
     /// The same formula on the unrounded f64 predictions.
     pub r_float64: f64,
+    /// The ridge penalty of the fit.
     pub alpha: f64,
     /// Rows of the regression-fit split.
     pub fit_samples: usize,
     /// Rows of the evaluation split.
     pub eval_samples: usize,
+    /// Width `F` of the fused feature.
     pub feature_dim: usize,
+    /// Width `d` of the concept (the uni-modal model's logits).
     pub concept_dim: usize,
 }
 
 /// Every intermediate of one modality's measurement (for parity replays and debugging).
 #[derive(Clone, Debug)]
 pub struct Measurement {
+    /// The ridge fitted on the fit split.
     pub ridge: Ridge,
     /// f64 predictions on the evaluation split.
     pub pred: DMatrix<f64>,
@@ -326,6 +334,7 @@ pub struct Measurement {
     pub residual: DMatrix<f64>,
     /// `N · cov(concept)`.
     pub b: DMatrix<f64>,
+    /// The resulting competition strength.
     pub strength: CompetitionStrength,
 }
 
@@ -441,7 +450,9 @@ pub struct ScalarCheck {
     pub key: String,
     /// The field name, e.g. `r_official`.
     pub field: String,
+    /// The value stored in case.json.
     pub expected: f64,
+    /// The value the replay computed.
     pub computed: f64,
 }
 

@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use agm_core::by_name::Keyed;
 use candle_core::{DType, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -66,8 +68,11 @@ pub struct EvalTally {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(into = "EvalReportFile", try_from = "EvalReportFile")]
 pub struct EvalReport {
+    /// Number of samples evaluated.
     pub samples: usize,
+    /// Micro accuracy of the fused output: correct samples over all samples, in [0, 1].
     pub accuracy: f64,
+    /// Mean cross-entropy of the fused output per sample (natural log).
     pub loss: f64,
     /// The model's modality names, in its order (empty in reports of earlier versions).
     pub modalities: Vec<String>,
@@ -189,6 +194,9 @@ impl EvalTally {
         Ok(())
     }
 
+    /// The accuracies and mean losses over every batch added so far. The divisor is the sample
+    /// count, or 1 when no batch was added (then every value is 0). Head values are empty unless
+    /// [`EvalTally::add_heads`] was called.
     pub fn report(&self) -> EvalReport {
         let n = self.samples.max(1) as f64;
         EvalReport {

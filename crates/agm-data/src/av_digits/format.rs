@@ -10,14 +10,21 @@ pub(crate) const HEADER_LEN: usize = 8 + 4 + 8 + 6 * 4 + 4 * 4 + 64 + 64;
 /// The header of an AV-Digits asset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AssetHeader {
+    /// Asset format version ([`FORMAT_VERSION`](crate::av_digits::FORMAT_VERSION) for this build).
     pub version: u32,
     /// Seed of the pairing and split shuffles.
     pub seed: u64,
+    /// Samples over all splits.
     pub num_samples: usize,
+    /// Number of classes (10 digits).
     pub num_classes: usize,
+    /// Image height in pixels.
     pub image_height: usize,
+    /// Image width in pixels.
     pub image_width: usize,
+    /// MFCC coefficients per frame.
     pub mfcc_coeffs: usize,
+    /// MFCC frames stored per sample.
     pub frames: usize,
     /// Samples in train, dep, validation, test.
     pub split_counts: [usize; 4],

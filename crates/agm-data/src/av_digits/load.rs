@@ -46,7 +46,12 @@ pub enum NoisePreset {
     /// Audio noise std 2.0: the image becomes dominant.
     ImageDominant,
     /// Explicit noise levels (`custom:<audio_std>,<image_std>`).
-    Custom { audio_noise_std: f32, image_noise_std: f32 },
+    Custom {
+        /// Gaussian noise std added to the standardised MFCCs, at least 0.
+        audio_noise_std: f32,
+        /// Gaussian noise std added to the `[0, 1]` pixels, at least 0.
+        image_noise_std: f32,
+    },
     /// `noisy-audio`: audio noise std 1.25, clean images. Audio is still the modality joint
     /// training fits first, but each training recording carries its own fixed noise, which
     /// the audio encoder can memorise: joint training then fits the train set through audio and
@@ -56,13 +61,21 @@ pub enum NoisePreset {
     NoisyAudio,
     /// Ambiguous audio for the first `pairs` digit pairs of [`AMBIGUOUS_PAIRS`] plus explicit
     /// noise levels (`ambiguous:<pairs>,<audio_std>,<image_std>`); see the type's doc.
-    Ambiguous { pairs: u8, audio_noise_std: f32, image_noise_std: f32 },
+    Ambiguous {
+        /// How many entries of [`AMBIGUOUS_PAIRS`] pool their audio, 0 to 5.
+        pairs: u8,
+        /// Gaussian noise std added to the standardised MFCCs, at least 0.
+        audio_noise_std: f32,
+        /// Gaussian noise std added to the `[0, 1]` pixels, at least 0.
+        image_noise_std: f32,
+    },
 }
 
 /// The digit pairs whose audio [`NoisePreset::Ambiguous`] pools, in the order they are taken.
 pub const AMBIGUOUS_PAIRS: [(u8, u8); 5] = [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)];
 
 impl NoisePreset {
+    /// The four presets with a plain name (every preset but `custom:` and `ambiguous:`).
     pub const NAMED: [NoisePreset; 4] =
         [NoisePreset::AudioDominant, NoisePreset::Balanced, NoisePreset::ImageDominant, NoisePreset::NoisyAudio];
 
@@ -161,6 +174,7 @@ impl FromStr for NoisePreset {
 /// How [`load`] prepares the data.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AvDigitsConfig {
+    /// Noise levels and ambiguous digit pairs.
     pub preset: NoisePreset,
     /// MFCC frames kept per sample (1 to 32; the asset stores 32).
     pub frames: usize,
@@ -211,6 +225,7 @@ impl AvDigits {
         &self.modalities
     }
 
+    /// Number of classes (10 digits).
     pub fn num_classes(&self) -> usize {
         self.header.num_classes
     }
@@ -220,6 +235,7 @@ impl AvDigits {
         self.header.num_samples
     }
 
+    /// The samples of `split`.
     pub fn split(&self, split: Split) -> &SplitTensors {
         &self.splits[split as usize]
     }
@@ -229,10 +245,12 @@ impl AvDigits {
         &self.origins[split as usize]
     }
 
+    /// The asset's decoded header.
     pub fn header(&self) -> &AssetHeader {
         &self.header
     }
 
+    /// The configuration the set was loaded with.
     pub fn config(&self) -> &AvDigitsConfig {
         &self.config
     }

@@ -88,14 +88,18 @@ static ASSET: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/asset
 /// One of the four fixed splits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Split {
+    /// The training split (180 samples per class).
     Train,
     /// Held out from train for the competition metric.
     Dep,
+    /// The model-selection split (30 per class).
     Validation,
+    /// The test split (60 per class).
     Test,
 }
 
 impl Split {
+    /// The four splits in code order: train, dep, validation, test.
     pub const ALL: [Split; 4] = [Split::Train, Split::Dep, Split::Validation, Split::Test];
 
     /// The split's code in the asset (0 train, 1 dep, 2 validation, 3 test).
@@ -103,10 +107,12 @@ impl Split {
         self as u8
     }
 
+    /// The split of asset code `code` (0 train, 1 dep, 2 validation, 3 test); `None` for any other.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.get(code as usize).copied()
     }
 
+    /// `train`, `dep`, `validation` or `test`, as `Display` writes it (`FromStr` also takes `val`).
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",

@@ -12,17 +12,29 @@ use crate::error::{DataError, Result};
 /// Element type of an array, as numpy spells it (little endian only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DType {
+    /// `float16` (`f2`), IEEE half precision.
     F16,
+    /// `float32` (`f4`).
     F32,
+    /// `float64` (`f8`).
     F64,
+    /// `uint8` (`u1`).
     U8,
+    /// `int8` (`i1`).
     I8,
+    /// `uint16` (`u2`).
     U16,
+    /// `int16` (`i2`).
     I16,
+    /// `uint32` (`u4`).
     U32,
+    /// `int32` (`i4`).
     I32,
+    /// `uint64` (`u8`).
     U64,
+    /// `int64` (`i8`).
     I64,
+    /// `bool` (`b1`), one byte per element.
     Bool,
 }
 
@@ -113,8 +125,11 @@ fn f16_to_f64(h: u16) -> f64 {
 /// An n-d array held in memory as raw little-endian bytes of its dtype, C order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Array {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Element type.
     pub dtype: DType,
+    /// The elements' raw little-endian bytes, in C order.
     pub bytes: Vec<u8>,
 }
 
@@ -124,6 +139,7 @@ impl Array {
         self.shape.iter().product()
     }
 
+    /// Whether the array has no elements (some dimension is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -151,8 +167,11 @@ impl Array {
 /// A `.npy` header: dtype, shape and where the data start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NpyHeader {
+    /// Element type, from the header's `descr`.
     pub dtype: DType,
+    /// Dimensions, from the header's `shape`.
     pub shape: Vec<usize>,
+    /// Byte offset of the first element in the file.
     pub data_offset: usize,
 }
 
@@ -247,14 +266,17 @@ impl NpyFile {
         Ok(())
     }
 
+    /// The mapped file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The array's shape.
     pub fn shape(&self) -> &[usize] {
         &self.header.shape
     }
 
+    /// The element type as stored.
     pub fn dtype(&self) -> DType {
         self.header.dtype
     }

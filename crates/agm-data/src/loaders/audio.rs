@@ -9,8 +9,11 @@ use crate::error::{DataError, Result};
 
 /// The reference's audio parameters (OGM-GE / AGM `CREMAD_loader.py`).
 pub const SAMPLE_RATE: u32 = 22_050;
+/// Samples of a clip after tiling and cutting: 3 s at [`SAMPLE_RATE`].
 pub const CLIP_SAMPLES: usize = 66_150;
+/// STFT window and FFT length, in samples.
 pub const N_FFT: usize = 512;
+/// STFT hop length, in samples.
 pub const HOP: usize = 353;
 /// Frequency bins `1 + N_FFT/2`.
 pub const N_BINS: usize = N_FFT / 2 + 1;

@@ -20,11 +20,13 @@ use crate::error::{DataError, Result};
 
 /// Outputs per segment (28 events + background).
 pub const CLASSES: usize = 29;
+/// Class index of a segment with no event (background).
 pub const BACKGROUND: u32 = 28;
 /// One-second segments per video.
 pub const SEGMENTS: usize = 10;
 /// Per-segment feature shapes: VGGish audio, VGG-19 pool5 visual maps (the PSP net's inputs).
 pub const AUDIO_FEATURES: [usize; 1] = [128];
+/// Per-segment visual feature map: VGG-19 pool5, `[7, 7, 512]`.
 pub const VISUAL_FEATURES: [usize; 3] = [7, 7, 512];
 
 fn order(root: &Path, name: &str, n_all: usize) -> Result<Vec<usize>> {

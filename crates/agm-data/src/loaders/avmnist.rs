@@ -14,6 +14,7 @@ use super::{require, LoadOptions, LoadedDataset};
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
+/// Number of classes (digits 0 to 9).
 pub const CLASSES: usize = 10;
 /// AGM train rows of the real release (`int(0.9 * 60000)`).
 pub const REAL_TRAIN_ROWS: usize = 54_000;
@@ -22,11 +23,17 @@ pub const RELEASE_ROWS: (usize, usize) = (60_000, 10_000);
 
 /// The six files of one AV-MNIST folder, opened and checked.
 pub struct AvMnistFiles {
+    /// `image/train_data.npy`, `[N, 784]`.
     pub train_image: NpyFile,
+    /// `image/test_data.npy`, `[N, 784]`.
     pub test_image: NpyFile,
+    /// `audio/train_data.npy`, `[N, H, W]` or `[N, 1, H, W]`.
     pub train_audio: NpyFile,
+    /// `audio/test_data.npy`, the same per-sample shape as `train_audio`.
     pub test_audio: NpyFile,
+    /// `train_labels.npy`, one class in 0..10 per train row.
     pub train_labels: Vec<u32>,
+    /// `test_labels.npy`, one class in 0..10 per test row.
     pub test_labels: Vec<u32>,
 }
 

@@ -19,6 +19,7 @@ use super::{io_err, require, LoadOptions, LoadedDataset};
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
+/// Number of emotion classes ([`CLASS_NAMES`]).
 pub const CLASSES: usize = 6;
 /// AGM train rows when all 6,698 train.csv rows are present.
 pub const REAL_TRAIN_ROWS: usize = 6_028;
@@ -28,9 +29,15 @@ pub const CLASS_NAMES: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
 /// One csv row whose media exist.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Clip {
+    /// Clip name (the csv's first column): the file stem under `Audio/` and `Spectrogram/`, and the
+    /// folder under `Image-01-FPS/`.
     pub id: String,
+    /// Emotion class, an index into [`CLASS_NAMES`].
     pub label: u32,
+    /// `Audio/<id>.wav`; it may be absent when `Spectrogram/<id>.npy` exists.
     pub wav: PathBuf,
+    /// The jpeg of `Image-01-FPS/<id>/` that the reference picks
+    /// ([`reference_frame_index`]).
     pub frame: PathBuf,
     /// 1-based csv line, for messages.
     pub line: usize,

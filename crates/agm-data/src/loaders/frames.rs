@@ -4,7 +4,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
 
+/// ImageNet per-channel mean (RGB) that frames are normalised with, as torchvision's `Normalize`.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet per-channel standard deviation (RGB), as torchvision's `Normalize`.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Index picked by `np.random.seed(999); np.random.choice(n, 1, replace=False)` for a folder of
@@ -75,7 +77,8 @@ impl Mt19937 {
     }
 }
 
-/// The frame files of `dir` (jpg/jpeg/png), sorted by name as `sorted(os.listdir)` does.
+/// The frame files of `dir` (extension `jpg` or `jpeg`, any case), sorted by name as
+/// `sorted(os.listdir)` does.
 pub fn list_frames(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), cause: source })?;
     let mut files: Vec<PathBuf> = rd

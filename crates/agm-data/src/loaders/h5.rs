@@ -68,10 +68,12 @@ impl H5Dataset {
         Ok(Self { path: path.to_path_buf(), ds, shape })
     }
 
+    /// The dataset's shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -33,13 +33,18 @@ use agm_core::ModalitySet;
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
-/// The five datasets.
+/// The five paper datasets, the embedded AV-Digits set and synthetic data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatasetId {
+    /// AV-MNIST (`avmnist`): audio spectrograms and MNIST digits, 10 classes.
     AvMnist,
+    /// CREMA-D (`cremad`): speech audio and face frames, 6 emotions.
     CremaD,
+    /// UR-Funny (`urfunny`): audio, visual and text sequences; humour or not.
     UrFunny,
+    /// AVE (`ave`): audio and visual features of ten one-second segments, 28 events and background.
     Ave,
+    /// CMU-MOSEI (`mosei`): audio mel frames and text tokens; binary sentiment.
     Mosei,
     /// The embedded AV-Digits set ([`crate::av_digits`]); no files.
     AvDigits,
@@ -48,9 +53,10 @@ pub enum DatasetId {
 }
 
 impl DatasetId {
+    /// The five paper datasets, the ones read from files.
     pub const ALL: [DatasetId; 5] = [Self::AvMnist, Self::CremaD, Self::UrFunny, Self::Ave, Self::Mosei];
 
-    /// The CLI id (`avmnist`, `cremad`, `urfunny`, `ave`, `mosei`, `synthetic`).
+    /// The CLI id (`avmnist`, `cremad`, `urfunny`, `ave`, `mosei`, `av-digits`, `synthetic`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AvMnist => "avmnist",
@@ -115,22 +121,30 @@ impl Default for LoadOptions {
 /// Per-segment labels of AVE (`[n, 10]`, class 28 = background), per split.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SegmentLabels {
+    /// Segments per video, i.e. labels per sample (10 for AVE).
     pub segments: usize,
+    /// Training split's labels, `segments` per video in sample order.
     pub train: Vec<u32>,
+    /// Validation split's labels, laid out as `train`.
     pub validation: Vec<u32>,
+    /// Test split's labels, laid out as `train`.
     pub test: Vec<u32>,
 }
 
 /// A loaded dataset: splits, modalities and classes.
 #[derive(Clone, Debug)]
 pub struct LoadedDataset {
+    /// Which dataset this is.
     pub id: DatasetId,
+    /// Modality names, in the order of every split's inputs.
     pub modalities: ModalitySet,
     /// Output classes (per segment for AVE).
     pub classes: usize,
+    /// The training split.
     pub train: SplitTensors,
     /// Model selection uses this split only.
     pub validation: SplitTensors,
+    /// The test split.
     pub test: SplitTensors,
     /// The competition-strength regression split, where the reference defines one.
     pub dep: Option<SplitTensors>,
@@ -146,8 +160,11 @@ pub struct LoadedDataset {
 /// A word-vector matrix `[rows, dim]`, row `i` for token id `i`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WordVectors {
+    /// Number of rows, one per token id.
     pub rows: usize,
+    /// Width of each vector (300 for MOSEI's GloVe vectors).
     pub dim: usize,
+    /// The matrix, row-major: `rows × dim` values.
     pub values: Vec<f32>,
     /// The file they came from, for messages.
     pub source: std::path::PathBuf,

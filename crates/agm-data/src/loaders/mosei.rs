@@ -23,9 +23,14 @@ use super::{require, LoadedDataset, WordVectors};
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
+/// Binary sentiment: 0 for a score below 0, else 1.
 pub const CLASSES: usize = 2;
+/// Steps per sample, for text tokens and mel frames alike: longer ones are cut, shorter padded.
 pub const SEQ_LEN: usize = 60;
+/// Token id of padding.
 pub const PAD_ID: u32 = 0;
+/// Token id of an unknown word. A vocabulary built from train gives it to the first word too,
+/// as the reference does.
 pub const UNK_ID: u32 = 1;
 /// Mel bands per frame (the MAT net's audio width).
 pub const MEL_BANDS: usize = 80;

@@ -14,14 +14,23 @@ use crate::error::{DataError, Result};
 /// A decoded Python value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Py {
+    /// Python's `None`.
     None,
+    /// A `bool`.
     Bool(bool),
+    /// An `int` (at most 64 bits; wider ones are an error).
     Int(i64),
+    /// A `float`.
     Float(f64),
+    /// A `str` (and a Python 2 byte string that is valid UTF-8).
     Str(String),
+    /// A `bytes` or `bytearray` (and a Python 2 byte string that is not UTF-8).
     Bytes(Vec<u8>),
+    /// A `list`.
     List(Vec<Py>),
+    /// A `tuple`.
     Tuple(Vec<Py>),
+    /// A `dict` or `OrderedDict`: its key-value pairs in the order the pickle sets them.
     Dict(Vec<(Py, Py)>),
     /// A numpy array.
     Array(Array),

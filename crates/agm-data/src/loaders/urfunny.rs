@@ -21,6 +21,7 @@ use super::{require, LoadedDataset};
 use crate::dataset::SplitTensors;
 use crate::error::{DataError, Result};
 
+/// Binary: humour (label at least 1) or not.
 pub const CLASSES: usize = 2;
 /// Modality order: audio, visual, text (the reference's concatenation order).
 pub const MODALITIES: [&str; 3] = ["audio", "visual", "text"];
