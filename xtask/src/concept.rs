@@ -210,6 +210,7 @@ mod tests {
             best_accuracy: 0.5,
             last: None,
             stopped_early: false,
+            stopped_by_method: false,
         };
         let line = summary_line(&status, &cfg, &run, data.modalities().names());
         assert!(

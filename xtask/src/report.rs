@@ -693,6 +693,7 @@ pub(crate) mod tests {
                 best_accuracy: 0.9,
                 last: record.rows.last().cloned(),
                 stopped_early: false,
+                stopped_by_method: false,
             },
             test: Some(test),
             config: record.config,

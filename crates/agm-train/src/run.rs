@@ -436,7 +436,8 @@ fn run_locked(
         notes: data.notes.iter().cloned().chain(cfg.input_shape_notes(data)?).collect(),
     });
     let summary = trainer.fit(train.as_ref(), &data.validation, callback)?;
-    let finished = !(summary.stopped_early && summary.epochs_done < cfg.epochs);
+    // A callback's stop (Ctrl-C) leaves the run to be resumed; the method's stop ends it.
+    let finished = !summary.stopped_early || summary.stopped_by_method || summary.epochs_done >= cfg.epochs;
     let test = if finished {
         // The selected weights into the model already built, on the split already loaded.
         trainer.load_best()?;

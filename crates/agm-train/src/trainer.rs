@@ -238,6 +238,10 @@ pub struct RunSummary {
     pub last: Option<EpochSummary>,
     /// True when a callback or the method stopped training before the last epoch.
     pub stopped_early: bool,
+    /// True when the method stopped training ([`agm_modulation::EpochAction::Stop`], as MSES
+    /// does): the run is over, where a callback's stop (Ctrl-C) leaves it to be resumed.
+    #[serde(default)]
+    pub stopped_by_method: bool,
 }
 
 /// Loop position and running sums, saved in every checkpoint. Every float round-trips exactly
@@ -829,6 +833,7 @@ impl<'a> Trainer<'a> {
             best_accuracy: self.state.best_accuracy,
             last,
             stopped_early,
+            stopped_by_method: self.state.stopped,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! with one registry call trains through the path `cargo xtask train` takes: the resolver (flags
 //! and its `[scale_grads]` section), then `agm_train::run::train_run` into a run directory.
 
-use agm_modulation::{registry, BuildCx, Hooks, Method, MethodError, Modulator, StepCx};
+use agm_modulation::{registry, BuildCx, EpochAction, Hooks, Method, MethodError, Modulator, StepCx};
 use agm_train::run::{train_run, Concepts, RunOptions, RunOutcome, RunStart};
 use agm_train::{NoCallback, RunConfig, RunDir, RunRequest};
 use candle_core::backprop::GradStore;
@@ -189,4 +189,60 @@ fn a_run_that_cannot_be_built_leaves_no_run_state_and_says_why() {
         assert!(err.contains("avmnist") && err.contains("synthetic have none"), "{err}");
         assert!(!dir.holds_run_state(), "{method}: a failed start left run state behind");
     }
+}
+
+/// Stops training at the end of epoch 2, as MSES does once every modality has stopped.
+struct StopAtTwo;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopAtTwoConfig {}
+
+impl Modulator for StopAtTwo {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn on_epoch_end(&mut self, cx: &agm_modulation::EpochCx<'_>) -> candle_core::Result<Vec<EpochAction>> {
+        Ok(if cx.epoch == 2 { vec![EpochAction::Stop] } else { Vec::new() })
+    }
+}
+
+impl Method for StopAtTwo {
+    const NAME: &'static str = "stop-at-two";
+    const HOOKS: Hooks = Hooks::EDITS;
+    type Config = StopAtTwoConfig;
+
+    fn preset(_dataset: &str) -> StopAtTwoConfig {
+        StopAtTwoConfig {}
+    }
+
+    fn validate(_config: &StopAtTwoConfig) -> Result<(), MethodError> {
+        Ok(())
+    }
+
+    fn build(_config: &StopAtTwoConfig, _cx: &BuildCx<'_>) -> Result<Self, MethodError> {
+        Ok(Self)
+    }
+}
+
+#[test]
+fn a_run_its_method_stops_early_is_finished_tested_and_summarised() {
+    let _ = registry::register::<StopAtTwo>();
+    let request = RunRequest::default().set("--method", "method", "stop-at-two").set("--epochs", "epochs", 4);
+    let cfg: RunConfig = request.resolve().unwrap().config;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let outcome = train_run(&cfg, &dir, RunStart::New, &opts, &mut NoCallback).unwrap();
+    assert_eq!((outcome.run.epochs_done, outcome.run.stopped_early), (2, true));
+    assert!(outcome.finished() && outcome.test.is_some(), "a method's stop ends the run");
+    let written = RunOutcome::load(&dir).unwrap();
+    assert_eq!(written.run.epochs_done, 2);
+
+    // Resuming it trains nothing more and reports the same run.
+    let again =
+        train_run(&cfg, &RunDir::open(dir.root()).unwrap(), RunStart::Resume { header: None }, &opts, &mut NoCallback);
+    let again = again.unwrap();
+    assert_eq!((again.run.epochs_done, again.finished()), (2, true));
 }
