@@ -42,8 +42,8 @@ pub trait Dataset {
 pub struct Sample {
     /// Per modality, the sample's values flattened in C order.
     pub inputs: Vec<Vec<f32>>,
-    /// The class label. Meaningful only where the split has one label per sample
-    /// ([`SplitTensors::labels_per_sample`] is 1).
+    /// The class label; where a sample has several (AVE's segments,
+    /// [`SplitTensors::labels_per_sample`] above 1), the first of them.
     pub label: u32,
 }
 
@@ -196,7 +196,8 @@ impl SplitTensors {
     }
 
     /// Gathers the samples at `indices` (in that order) into a batch on `device`: inputs `f32` of
-    /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B]`. With valid lengths the time axis
+    /// shape `[B, ..sample_shape]`, labels `u32` of shape `[B · labels_per_sample]` (`[B]` unless
+    /// samples have segment labels). With valid lengths the time axis
     /// is cut to the batch's longest one: `[B, L, ..]`.
     ///
     /// An index out of bounds is an error (an empty split asked for its first sample must not
@@ -255,14 +256,15 @@ impl Dataset for SplitTensors {
     type Item = Sample;
 
     fn len(&self) -> usize {
-        self.labels.len()
+        SplitTensors::len(self)
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        assert!(index < self.len(), "sample index {index} out of bounds for a split of {} samples", self.len());
+        let n = SplitTensors::len(self);
+        assert!(index < n, "sample index {index} out of bounds for a split of {n} samples");
         Ok(Sample {
             inputs: (0..self.num_modalities()).map(|m| self.sample_data(m, index).to_vec()).collect(),
-            label: self.labels[index],
+            label: self.labels[index * self.labels_per_sample],
         })
     }
 }
@@ -315,6 +317,15 @@ fn bounded(rng: &mut impl RngCore, bound: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_with_segment_labels_are_counted_and_read_per_sample() {
+        let split = SplitTensors::new(vec![vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]], vec![vec![2]], vec![0, 0, 0])
+            .with_segment_labels(vec![1, 2, 3, 4, 5, 6, 7, 8, 9], 3);
+        assert_eq!(Dataset::len(&split), 3);
+        let last = split.get(2).unwrap();
+        assert_eq!((last.inputs, last.label), (vec![vec![4.0, 5.0]], 7));
+    }
 
     #[test]
     fn bounded_stays_in_range() {

@@ -83,6 +83,9 @@ fn avmnist_mapped_splits_match_the_in_memory_ones() {
         want.inputs[0].flatten_all().unwrap().to_vec1::<f32>().unwrap()
     );
     assert_eq!(b.labels.to_vec1::<u32>().unwrap(), [4, 1]);
+    // An index past the split is an error, as for the in-memory split, not a panic.
+    let err = test.batch(&[0, test.len()], &candle_core::Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains(&format!("sample index {} out of bounds", test.len())), "{err}");
 }
 
 #[test]
