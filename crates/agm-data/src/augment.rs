@@ -3,7 +3,9 @@
 //! The reference crops the decoded jpeg; the loader here keeps frames already resized to the
 //! model's side, so the crop is taken from that image and resized back (bilinear). The draw of
 //! each batch is seeded by the run seed and the batch's sample indices, so a resumed run sees
-//! the same augmented batches.
+//! the same augmented batches. A split read in the same order every epoch (`shuffle = false`)
+//! therefore gets the same crops every epoch, where the reference draws new ones; the CREMA-D
+//! recipes shuffle, as the reference does.
 
 use agm_core::{BatchSource, MultimodalBatch};
 use candle_core::{Device, Tensor};
