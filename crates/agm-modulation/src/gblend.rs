@@ -107,10 +107,7 @@ impl TryFrom<String> for GBlendEstimator {
         match s.as_str() {
             "delta" => Ok(GBlendEstimator::Delta),
             "final" => Ok(GBlendEstimator::Final),
-            _ => {
-                Err(format!("gblend.estimator = `{s}` is not known; allowed: {}", GBlendEstimator::NAMES.join(", "))
-                    .into())
-            }
+            _ => Err(format!("gblend.estimator = `{s}` is not known; allowed: {}", GBlendEstimator::NAMES.join(", "))),
         }
     }
 }

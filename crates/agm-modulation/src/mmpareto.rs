@@ -89,10 +89,7 @@ impl TryFrom<String> for ParetoRescale {
         match s.as_str() {
             "per-tensor" => Ok(ParetoRescale::PerTensor),
             "per-encoder" => Ok(ParetoRescale::PerEncoder),
-            _ => {
-                Err(format!("mmpareto.rescale = `{s}` is not known; allowed: {}", ParetoRescale::NAMES.join(", "))
-                    .into())
-            }
+            _ => Err(format!("mmpareto.rescale = `{s}` is not known; allowed: {}", ParetoRescale::NAMES.join(", "))),
         }
     }
 }

@@ -81,8 +81,7 @@ impl TryFrom<String> for FirstEpochPolicy {
             _ => Err(format!(
                 "mses.best_at_first_epoch = `{s}` is not known; allowed: {}",
                 FirstEpochPolicy::NAMES.join(", ")
-            )
-            .into()),
+            )),
         }
     }
 }

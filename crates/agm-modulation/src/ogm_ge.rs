@@ -106,7 +106,7 @@ impl TryFrom<String> for OgmMode {
         match s.as_str() {
             "reference" => Ok(OgmMode::Reference),
             "paper" => Ok(OgmMode::Paper),
-            _ => Err(format!("ogm_ge.mode = `{s}` is not known; allowed: {}", OgmMode::NAMES.join(", ")).into()),
+            _ => Err(format!("ogm_ge.mode = `{s}` is not known; allowed: {}", OgmMode::NAMES.join(", "))),
         }
     }
 }

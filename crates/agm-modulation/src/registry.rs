@@ -52,6 +52,9 @@ fn builtin() -> Vec<MethodEntry> {
 /// Joins the members of a stack.
 pub const STACK_SEPARATOR: char = '+';
 
+/// Builds a method from its settings table for one model.
+type BuildFn = fn(&toml::Table, &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError>;
+
 /// One method of the registry, its types erased: settings travel as TOML tables.
 #[derive(Clone, Copy)]
 pub struct MethodEntry {
@@ -65,7 +68,7 @@ pub struct MethodEntry {
     /// complete; a bad key is `(dotted key inside the section, message)`.
     pub(crate) check: fn(toml::Table) -> Result<toml::Table, (String, String)>,
     pub(crate) validate: fn(&toml::Table) -> Result<(), MethodError>,
-    build: fn(&toml::Table, &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError>,
+    build: BuildFn,
 }
 
 impl std::fmt::Debug for MethodEntry {
