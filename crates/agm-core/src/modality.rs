@@ -11,7 +11,7 @@ pub struct ModalitySet {
 
 impl ModalitySet {
     /// The modalities called `names`, in that order. Panics unless there are 1 to
-    /// [`Subset::MAX_MODALITIES`] names. Duplicates are not checked: [`Self::index_of`] finds the first.
+    /// [`Subset::MAX_MODALITIES`] names, all different (logs and metrics key values by name).
     pub fn new<I, S>(names: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -19,6 +19,12 @@ impl ModalitySet {
     {
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
         assert!(!names.is_empty() && names.len() <= Subset::MAX_MODALITIES, "1 to 16 modalities");
+        if let Some((i, name)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+            panic!(
+                "modality `{name}` is named twice (positions {} and {i})",
+                names.iter().position(|n| n == name).unwrap()
+            );
+        }
         Self { names }
     }
 
@@ -136,6 +142,12 @@ impl fmt::Debug for Subset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "modality `audio` is named twice (positions 0 and 2)")]
+    fn a_modality_named_twice_is_refused() {
+        ModalitySet::new(["audio", "visual", "audio"]);
+    }
 
     #[test]
     fn subsets_enumerate_in_bit_order() {
