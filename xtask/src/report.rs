@@ -33,6 +33,8 @@ pub struct RunRecord {
     pub modalities: Vec<String>,
     /// Test split, best weights (from `summary.json`, when the run finished).
     pub test: Option<EvalReport>,
+    /// The method ended the run before its last epoch (MSES), from `summary.json`.
+    pub stopped_by_method: bool,
 }
 
 impl RunRecord {
@@ -41,16 +43,19 @@ impl RunRecord {
         let run = RunDir::open(dir)?;
         let config = run.read_config()?;
         let rows: Vec<EpochSummary> = run.read_metrics()?;
-        let test = match run.summary().exists() {
-            true => agm_train::run::RunOutcome::load(&run)?.test,
-            false => None,
+        let (test, stopped_by_method) = match run.summary().exists() {
+            true => {
+                let outcome = agm_train::run::RunOutcome::load(&run)?;
+                (outcome.test, outcome.run.stopped_by_method)
+            }
+            false => (None, false),
         };
         // The names the rows carry; for rows of earlier versions, the model's.
         let modalities = match rows.first() {
             Some(r) if !r.validation.modalities.is_empty() => r.validation.modalities.clone(),
             first => modality_names(&config, first.map_or(0, |r| r.validation.modality_accuracy.len())),
         };
-        Ok(Self { config, rows, modalities, test })
+        Ok(Self { config, rows, modalities, test, stopped_by_method })
     }
 
     /// The row of the best validation epoch (as the last row records it).
@@ -250,10 +255,15 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
         cfg.method, cfg.dataset, cfg.data_preset, cfg.seed
     );
     let done = record.rows.last().map_or(0, |r| r.epoch);
+    let stopped = if record.stopped_by_method && done < cfg.epochs {
+        format!(" ({} stopped training)", cfg.method)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         md,
-        "{done} of {} epochs done; model `{}`, batch size {}, device `{}`. Shapley accuracies are on the \
-         validation split; competition strength: 0 = the modality's mono-modal concept is linearly \
+        "{done} of {} epochs done{stopped}; model `{}`, batch size {}, device `{}`. Shapley accuracies are on \
+         the validation split; competition strength: 0 = the modality's mono-modal concept is linearly \
          recoverable from the fused feature, about 1 = not at all.\n",
         cfg.epochs, cfg.model, cfg.batch_size, cfg.device
     );
@@ -709,6 +719,13 @@ pub(crate) mod tests {
         let md = std::fs::read_to_string(out.join("README.md")).unwrap();
         assert!(md.contains("**Test accuracy of the best-validation weights: 87.50%** on 600 samples"), "{md}");
         assert!(md.contains("audio 80.00%, visual 25.00%") && md.contains("was not measured"), "{md}");
+        // A run its method ended early says so; an interrupted one only counts its epochs.
+        let mut stopped = RunRecord::load(&dir).unwrap();
+        assert!(!stopped.stopped_by_method);
+        stopped.config.epochs = 5;
+        assert!(markdown(&stopped, &[]).contains("1 of 5 epochs done; model"));
+        stopped.stopped_by_method = true;
+        assert!(markdown(&stopped, &[]).contains("1 of 5 epochs done (joint stopped training); model"));
     }
 
     #[test]

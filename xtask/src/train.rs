@@ -146,7 +146,7 @@ fn nothing_to_resume(dir: &RunDir, start: &RunStart, cfg: &RunConfig) -> Option<
     let done: agm_train::run::RunOutcome = serde_json::from_str(&text).ok()?;
     let eval = format!("evaluate it with `cargo xtask eval {} --split test`", dir.root().display());
     let epochs = done.run.epochs_done;
-    if done.run.stopped_by_method && epochs < done.config.epochs {
+    if done.run.stopped_by_method {
         Some(format!("{} is finished: its method stopped training after epoch {epochs}; {eval}", dir.root().display()))
     } else if cfg.epochs <= epochs {
         // Fewer epochs than it trained cannot end it earlier: only more train on.

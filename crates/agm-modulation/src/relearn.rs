@@ -75,10 +75,9 @@
 //! the training data ([`EpochCx::holdout`]; in agm's datasets, AV-Digits' `dep` split): a run
 //! without one fails at its first epoch end, naming the fix. Labels must be one per sample.
 //!
-//! **Model selection.** The trainer evaluates the validation split before `on_epoch_end` and
-//! saves the best weights after it, so after a re-learning epoch `best.safetensors` would hold
-//! the re-initialised encoders with the accuracy measured before re-initialisation (the
-//! official script saves its best model before `reinit`).
+//! **Model selection.** The trainer scores the validation split, keeps the best weights and
+//! measures the epoch before `on_epoch_end`, so a re-learning epoch's best weights are the ones
+//! it was scored with, as the official script saves its best model before `reinit`.
 
 use crate::MethodError;
 use agm_core::{BatchSource, ForwardOpts, MultimodalModel, NamedVar};

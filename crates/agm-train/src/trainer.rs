@@ -721,18 +721,6 @@ impl<'a> Trainer<'a> {
                 &self.device,
                 &mut |done, total| callback.on_validation(done, total),
             )?;
-            let actions = self.modulator.on_epoch_end(&EpochCx {
-                model: self.model,
-                device: &self.device,
-                train,
-                holdout: self.holdout,
-                epoch,
-                accuracy: validation_report.accuracy,
-                modality_accuracy: validation_report.modality_accuracy.clone(),
-                modality_loss: validation_report.modality_loss.clone(),
-                head_accuracy: validation_report.head_accuracy.clone(),
-                head_loss: validation_report.head_loss.clone(),
-            })?;
             if self.state.best_epoch == 0 || validation_report.accuracy > self.state.best_accuracy {
                 self.state.best_accuracy = validation_report.accuracy;
                 self.state.best_epoch = epoch;
@@ -771,10 +759,24 @@ impl<'a> Trainer<'a> {
                 Some(split) => Some(self.evaluate(split, &mut |_, _| {})?),
                 None => None,
             };
-            // The method's actions come after the epoch's model is scored, kept as the best and
-            // measured: a restore puts back another epoch's weights, and the reference, too,
-            // evaluates and compares before its MSES reload. The schedule's rate for the next
-            // epoch (index `epoch`).
+            let actions = self.modulator.on_epoch_end(&EpochCx {
+                model: self.model,
+                device: &self.device,
+                train,
+                holdout: self.holdout,
+                epoch,
+                accuracy: validation_report.accuracy,
+                modality_accuracy: validation_report.modality_accuracy.clone(),
+                modality_loss: validation_report.modality_loss.clone(),
+                head_accuracy: validation_report.head_accuracy.clone(),
+                head_loss: validation_report.head_loss.clone(),
+            })?;
+            // The method's epoch end, and its actions, come after the epoch's model is scored,
+            // kept as the best and measured: a method may change the model in place (ReLearn's
+            // re-initialisation, which the official code, too, makes after saving its best) and a
+            // restore puts back another epoch's weights (the reference, too, evaluates and
+            // compares before its MSES reload). The schedule's rate for the next epoch (index
+            // `epoch`).
             let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
             for action in actions {
                 match action {

@@ -218,3 +218,33 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     }
     assert_eq!(restored, cfg);
 }
+
+/// ReLearn re-initialises encoders in its epoch end; the official script saves its best model
+/// before that, and so does the trainer: the best weights score what their row says, and the
+/// competition strength is measured on the model that was scored.
+#[test]
+fn a_relearning_epochs_best_weights_are_the_ones_it_was_scored_with() {
+    let cfg = agm_train::RunRequest::default()
+        .set("--method", "method", "relearn")
+        .set("--epochs", "epochs", 3)
+        .set("(test)", "relearn.reinit_every", 1)
+        .resolve()
+        .unwrap()
+        .config;
+    let device = Device::Cpu;
+    let built = cfg.build(&device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (train, validation) = (&built.data.train, &built.data.validation);
+    let mut trainer = cfg
+        .trainer(built.model.as_ref(), built.modulator, &built.data, &device)
+        .unwrap()
+        .with_run_dir(agm_train::RunDir::create(dir.path()).unwrap());
+    let mut rows = Rows::default();
+    let summary = trainer.fit(train, validation, &mut rows).unwrap();
+    // Epochs 2 and 3 re-learn (after 1-based epochs 1 + j).
+    assert!(summary.best_epoch >= 2, "the test needs a re-learning epoch to be the best: {}", summary.best_epoch);
+    trainer.load_best().unwrap();
+    let rescored = trainer.evaluate(validation, &mut |_, _| {}).unwrap();
+    assert_eq!(rescored.accuracy, summary.best_accuracy);
+    assert_eq!(rows.0[summary.best_epoch - 1].validation.accuracy, summary.best_accuracy);
+}
