@@ -759,6 +759,11 @@ impl<'a> Trainer<'a> {
                 Some(split) => Some(self.evaluate(split, &mut |_, _| {})?),
                 None => None,
             };
+            // The method's epoch end, and its actions, come after the epoch's model is scored,
+            // kept as the best and measured: a method may change the model in place (ReLearn's
+            // re-initialisation, which the official code, too, makes after saving its best) and a
+            // restore puts back another epoch's weights (the reference, too, evaluates and
+            // compares before its MSES reload).
             let actions = self.modulator.on_epoch_end(&EpochCx {
                 model: self.model,
                 device: &self.device,
@@ -771,12 +776,7 @@ impl<'a> Trainer<'a> {
                 head_accuracy: validation_report.head_accuracy.clone(),
                 head_loss: validation_report.head_loss.clone(),
             })?;
-            // The method's epoch end, and its actions, come after the epoch's model is scored,
-            // kept as the best and measured: a method may change the model in place (ReLearn's
-            // re-initialisation, which the official code, too, makes after saving its best) and a
-            // restore puts back another epoch's weights (the reference, too, evaluates and
-            // compares before its MSES reload). The schedule's rate for the next epoch (index
-            // `epoch`).
+            // The schedule's rate for the next epoch (index `epoch`).
             let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
             for action in actions {
                 match action {
