@@ -301,7 +301,9 @@ pub struct EvalArgs {
     /// The model preset of --weights without a run directory (default: the dataset's).
     #[arg(long)]
     pub model: Option<String>,
-    /// The dataset's folder or `hf://<repo-id>`, for --weights without a run directory.
+    /// The dataset's folder or `hf://<repo-id>`: for --weights without a run directory, or
+    /// instead of a run directory's own (a dataset moved since, or a run evaluated from another
+    /// working directory).
     #[arg(long)]
     pub data: Option<String>,
     /// `train`, `dep`, `validation` or `test`.

@@ -64,17 +64,24 @@ fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
 /// The configuration and weights the arguments name: a run directory, a weights file with
 /// `--dataset`/`--model`/`--data`, or a run directory's config with another weights file.
 pub fn resolve(args: &EvalArgs) -> anyhow::Result<EvalTarget> {
-    let external = args.dataset.is_some() || args.model.is_some() || args.data.is_some() || args.recipe.is_some();
+    let external = args.dataset.is_some() || args.model.is_some() || args.recipe.is_some();
+    // A run directory's data path, unless --data gives where the dataset is now.
+    let moved = |mut target: EvalTarget| {
+        if let Some(data) = &args.data {
+            target.cfg.data.clone_from(data);
+        }
+        target
+    };
     match (&args.run_dir, &args.weights) {
         (Some(dir), _) if external => anyhow::bail!(
-            "--recipe, --dataset, --model and --data describe --weights without a run directory, but {} has its own \
+            "--recipe, --dataset and --model describe --weights without a run directory, but {} has its own \
              config.toml: drop them, or drop the run directory",
             dir.display()
         ),
-        (Some(dir), None) => run_dir_target(dir, &args.checkpoint),
+        (Some(dir), None) => run_dir_target(dir, &args.checkpoint).map(moved),
         (Some(dir), Some(weights)) => {
             let cfg = RunDir::open(dir)?.read_config()?;
-            Ok(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() })
+            Ok(moved(EvalTarget { cfg, weights: weights.clone(), label: weights.display().to_string() }))
         }
         (None, Some(weights)) => {
             // The shared resolver: the dataset's (or recipe's) model unless --model says otherwise.
@@ -246,6 +253,9 @@ mod tests {
         let target = resolve(&a).unwrap();
         assert_eq!(target.cfg, cfg);
         assert_eq!(target.weights, fixture());
+        // --data says where the run's dataset is now.
+        a.data = Some("moved/av-digits".into());
+        assert_eq!(resolve(&a).unwrap().cfg, RunConfig { data: "moved/av-digits".into(), ..cfg });
     }
 
     #[test]

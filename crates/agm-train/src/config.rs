@@ -116,6 +116,17 @@ pub fn default_model(dataset: &str) -> String {
     }
 }
 
+/// A local data path in one spelling: the folder it resolves to, or, while it does not exist,
+/// its components without `.` and trailing separators. `hf://` and other URLs stay as written.
+fn same_location(data: &str) -> String {
+    if data.is_empty() || data.contains("://") {
+        return data.to_string();
+    }
+    let path = Path::new(data);
+    let spelled = || path.components().filter(|c| *c != std::path::Component::CurDir).collect();
+    std::fs::canonicalize(path).unwrap_or_else(|_| spelled()).display().to_string()
+}
+
 pub(crate) fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
     if allowed.contains(&value) {
         Ok(())
@@ -171,6 +182,10 @@ impl RunConfig {
         let mut table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
         table.remove("concepts");
         table.remove("train_concepts");
+        // One folder however it is written (`data/ave/`, `./data/ave`, its absolute path).
+        if let Some(toml::Value::String(data)) = table.get_mut("data") {
+            *data = same_location(data);
+        }
         crate::resolve::leaves(&table)
     }
 

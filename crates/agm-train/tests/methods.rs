@@ -205,6 +205,15 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     assert!(!RunConfig { seed: 1, ..back.clone() }.same_run(&cfg));
     // The concepts' folder changes what is measured, not what trains.
     assert!(RunConfig { concepts: "elsewhere".into(), train_concepts: false, ..back.clone() }.same_run(&cfg));
+    // One data folder however it is written; another folder is another run.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("ave")).unwrap();
+    let at = |data: String| RunConfig { data, ..back.clone() };
+    let folder = tmp.path().join("ave").display().to_string();
+    assert!(at(format!("{folder}/")).same_run(&at(format!("{}/./ave", tmp.path().display()))));
+    assert!(!at(folder.clone()).same_run(&at(tmp.path().display().to_string())));
+    assert!(at("not/here/".into()).same_run(&at("./not/here".into())));
+    assert!(!at("hf://user/ave".into()).same_run(&at("hf://user/ave2".into())));
     // What differs is named, key by key; sections of unused methods are no difference.
     assert!(back.run_differences(&cfg).is_empty());
     let other = RunConfig { seed: 1, epochs: cfg.epochs + 1, ..back.clone() };

@@ -100,12 +100,37 @@ pub fn load_frame(path: &Path, size: u32) -> Result<Vec<f32>> {
     decode_frame(&bytes, path, size)
 }
 
+/// Whether a jpeg's image data ends with the end-of-image marker (`FF D9`). The decoder fills
+/// the rows of a file cut short without a word (PIL refuses it), so the marker is looked for
+/// after the first start-of-scan segment: scan data never holds `FF D9` (an `FF` byte there is
+/// followed by `00` or a restart marker). Headers that cannot be walked are left to the decoder.
+fn reaches_end_of_image(bytes: &[u8]) -> bool {
+    let mut at = 2; // after the start-of-image marker
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+        let marker = bytes[at + 1];
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        let after = at + 2 + length;
+        if marker == 0xDA {
+            return bytes.get(after..).is_some_and(|scan| scan.windows(2).any(|w| w == [0xFF, 0xD9]));
+        }
+        at = after;
+    }
+    true
+}
+
 /// [`load_frame`] on the bytes of a jpeg; `path` only labels errors. Sides above
 /// [`crate::limits::MAX_FRAME_SIDE`] are refused before decoding, so a forged header cannot ask
 /// for gigabytes.
 pub fn decode_frame(bytes: &[u8], path: &Path, size: u32) -> Result<Vec<f32>> {
     let bad =
         |e: String| DataError::BadSource { path: path.to_path_buf(), reason: format!("not a readable jpeg: {e}") };
+    if !reaches_end_of_image(bytes) {
+        return Err(bad("the file is cut short (no end-of-image marker after its image data); copy it again".into()));
+    }
     let side = crate::limits::MAX_FRAME_SIDE;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(side);
@@ -136,4 +161,32 @@ pub fn decode_frame(bytes: &[u8], path: &Path, size: u32) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_frame;
+    use std::path::Path;
+
+    fn jpeg() -> Vec<u8> {
+        // Large and busy enough that half the file lies in the scan data, past the headers.
+        let img = image::RgbImage::from_fn(160, 120, |x, y| image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, 128]));
+        let mut bytes = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_and_trailing_bytes_are_not() {
+        let whole = jpeg();
+        let path = Path::new("Image-01-FPS/1001_DFA_NEU_XX/00000.jpg");
+        assert_eq!(decode_frame(&whole, path, 8).unwrap().len(), 3 * 64);
+        for cut in [whole.len() / 2, whole.len() - 2] {
+            let err = decode_frame(&whole[..cut], path, 8).unwrap_err().to_string();
+            assert!(err.contains("00000.jpg") && err.contains("cut short"), "cut at {cut}: {err}");
+        }
+        // Some writers pad after the end-of-image marker; that is still a whole image.
+        let padded = [whole.as_slice(), &[0u8; 3000]].concat();
+        assert_eq!(decode_frame(&padded, path, 8).unwrap(), decode_frame(&whole, path, 8).unwrap());
+    }
 }
