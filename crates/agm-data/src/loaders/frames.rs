@@ -170,7 +170,8 @@ mod tests {
 
     fn jpeg() -> Vec<u8> {
         // Large and busy enough that half the file lies in the scan data, past the headers.
-        let img = image::RgbImage::from_fn(160, 120, |x, y| image::Rgb([(x * 7 ^ y * 13) as u8, (x * y) as u8, 128]));
+        let img =
+            image::RgbImage::from_fn(160, 120, |x, y| image::Rgb([((x * 7) ^ (y * 13)) as u8, (x * y) as u8, 128]));
         let mut bytes = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg).unwrap();
         bytes
