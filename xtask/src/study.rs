@@ -527,7 +527,12 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
         })
         .unwrap_or(0);
     let name = table.setup.modalities.get(weaker).cloned().unwrap_or_else(|| "weaker modality".into());
-    let seeds = counted(table.setup.seeds, "seed");
+    let mut seeds = counted(table.setup.seeds, "seed");
+    // A run its method stopped early has fewer epochs: later means are over the runs left.
+    let longest = results.iter().map(|r| r.curve_accuracy.len()).max().unwrap_or(0);
+    if results.iter().any(|r| r.curve_accuracy.len() < longest) {
+        seeds.push_str(" while they run");
+    }
     let mut accuracy = Vec::new();
     let mut modality = Vec::new();
     for method in &table.setup.methods {
@@ -1117,6 +1122,12 @@ mod tests {
         let [png_path, svg_path] = plot::render(&tmp.path().join("curves"), &panels).unwrap();
         assert!(check::coloured_pixels(&png_path) > 200);
         check::svg_names(&svg_path, &["joint", "agm", "validation accuracy", "visual Shapley accuracy (validation)"]);
+        assert_eq!(panels[0].title, "Validation accuracy (mean over 3 seeds, 95% CI)");
+        // A run its method stopped early: later means are over fewer runs, and the titles say so.
+        let mut stopped = results.clone();
+        stopped[0].curve_accuracy.pop();
+        let panels = curves(&table, &stopped);
+        assert_eq!(panels[0].title, "Validation accuracy (mean over 3 seeds while they run, 95% CI)");
     }
 
     #[test]
