@@ -508,6 +508,14 @@ mod tests {
         let fewer = RunConfig { epochs: 2, ..recorded.clone() };
         let note = nothing_to_resume(&RunDir::open(&out).unwrap(), &start, &fewer).unwrap();
         assert!(note.contains("pass --epochs 4 or more"), "{note}");
+        // Stopped by its method, even at its last epoch: more epochs would train nothing.
+        let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+        let mut stopped: serde_json::Value = serde_json::from_str(&summary).unwrap();
+        stopped["run"]["stopped_by_method"] = true.into();
+        std::fs::write(out.join("summary.json"), stopped.to_string()).unwrap();
+        let note = nothing_to_resume(&RunDir::open(&out).unwrap(), &start, &recorded).unwrap();
+        assert!(note.contains("its method stopped training after epoch 3") && !note.contains("--epochs"), "{note}");
+        std::fs::write(out.join("summary.json"), summary).unwrap();
         run(resume(RunFlags::default(), None)).unwrap();
         // Held by another run, the directory is refused.
         let lock = RunDir::open(&out).unwrap().lock().unwrap();
