@@ -40,7 +40,7 @@ fn run_dir_target(dir: &Path, which: &str) -> anyhow::Result<EvalTarget> {
     };
     if !weights.is_file() {
         if which == "best" && run.checkpoint().is_file() {
-            let finished_epochs = std::fs::read_to_string(run.metrics()).map_or(0, |t| t.lines().count());
+            let finished_epochs = run.metrics_rows();
             anyhow::ensure!(
                 finished_epochs == 0,
                 "{} is missing, although {} finished: restore the file, or evaluate the run's last checkpoint \

@@ -69,6 +69,19 @@ pub fn labelled(modalities: &[String], values: &[f64], separator: &str, format: 
     cells.join(separator)
 }
 
+/// The data's notes (samples the loader dropped, inputs of another shape) on stderr, each once
+/// per process: a study or reproduction loads the same data for every run.
+pub fn print_data_notes(notes: &[String]) {
+    static SHOWN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut shown = SHOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for note in notes {
+        if shown.insert(note.clone()) {
+            eprintln!("note: {note}");
+        }
+    }
+}
+
 pub struct Progress {
     modalities: Vec<String>,
     bar: Option<ProgressBar>,

@@ -397,17 +397,9 @@ pub struct ReportWhenWritten {
 }
 
 impl agm_train::Callback for ReportWhenWritten {
-    /// The data's notes (samples the loader dropped, inputs of another shape), each printed once
-    /// per process: a study or reproduction loads the same data for every run.
+    /// The data's notes: a study or reproduction has no other output at a run's start.
     fn on_start(&mut self, run: &agm_train::run::RunStarted) {
-        static SHOWN: std::sync::Mutex<std::collections::BTreeSet<String>> =
-            std::sync::Mutex::new(std::collections::BTreeSet::new());
-        let mut shown = SHOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for note in &run.notes {
-            if shown.insert(note.clone()) {
-                eprintln!("note: {note}");
-            }
-        }
+        crate::progress::print_data_notes(&run.notes);
     }
 
     fn on_run_written(&mut self, dir: &RunDir) {

@@ -251,9 +251,7 @@ impl Callback for TrainOutput<'_> {
             println!("{SETTINGS_HEADING}");
             self.settings.iter().for_each(|line| println!("{line}"));
         }
-        for note in &run.notes {
-            eprintln!("note: {note}");
-        }
+        crate::progress::print_data_notes(&run.notes);
         if cfg.batch_size > run.train_samples {
             eprintln!(
                 "note: batch size {} is larger than the {} training samples: each epoch is one step over all of them",

@@ -203,13 +203,7 @@ impl SplitTensors {
     /// An index out of bounds is an error (an empty split asked for its first sample must not
     /// take the process down).
     pub fn batch(&self, indices: &[usize], device: &Device) -> candle_core::Result<MultimodalBatch> {
-        let n = self.len();
-        if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
-            return Err(candle_core::Error::Msg(format!(
-                "sample index {bad} out of bounds for a split of {n} samples; load datasets with agm_data::load, \
-                 which refuses empty splits"
-            )));
-        }
+        check_indices(indices, self.len())?;
         let steps = self.batch_steps(indices);
         let mut inputs = Vec::with_capacity(self.num_modalities());
         for m in 0..self.num_modalities() {
@@ -266,6 +260,18 @@ impl Dataset for SplitTensors {
             inputs: (0..self.num_modalities()).map(|m| self.sample_data(m, index).to_vec()).collect(),
             label: self.labels[index * self.labels_per_sample],
         })
+    }
+}
+
+/// Refuses an index past a split of `n` samples (an empty split asked for its first sample must
+/// not take the process down).
+pub(crate) fn check_indices(indices: &[usize], n: usize) -> candle_core::Result<()> {
+    match indices.iter().find(|&&i| i >= n) {
+        Some(bad) => Err(candle_core::Error::Msg(format!(
+            "sample index {bad} out of bounds for a split of {n} samples; load datasets with agm_data::load, which \
+             refuses empty splits"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -359,7 +359,7 @@ fn run_locked(
         RunStart::New => {}
         RunStart::Resume { .. } if !has_checkpoint => {
             // A second metrics row means a checkpoint was written after the first epoch.
-            let rows = std::fs::read_to_string(dir.metrics()).map_or(0, |t| t.lines().count());
+            let rows = dir.metrics_rows();
             if dir.summary().exists() || rows > 1 {
                 return Err(TrainError::Checkpoint {
                     path: dir.checkpoint(),

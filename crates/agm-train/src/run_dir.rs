@@ -182,6 +182,10 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.root.join("metrics.jsonl")
     }
+    /// Lines of `metrics.jsonl`, one per finished epoch (0 without the file).
+    pub fn metrics_rows(&self) -> usize {
+        std::fs::read_to_string(self.metrics()).map_or(0, |t| t.lines().count())
+    }
     /// The per-epoch table the report writes beside `metrics.jsonl`.
     pub fn metrics_csv(&self) -> PathBuf {
         self.root.join("metrics.csv")

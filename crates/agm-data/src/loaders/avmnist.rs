@@ -211,17 +211,8 @@ impl agm_core::BatchSource for MappedSplit {
     }
 
     fn batch(&self, indices: &[usize], device: &candle_core::Device) -> candle_core::Result<agm_core::MultimodalBatch> {
-        let rows = indices
-            .iter()
-            .map(|&i| {
-                self.rows.get(i).copied().ok_or_else(|| {
-                    candle_core::Error::Msg(format!(
-                        "sample index {i} out of bounds for a split of {} samples",
-                        self.rows.len()
-                    ))
-                })
-            })
-            .collect::<candle_core::Result<Vec<(bool, usize)>>>()?;
+        crate::dataset::check_indices(indices, self.rows.len())?;
+        let rows: Vec<(bool, usize)> = indices.iter().map(|&i| self.rows[i]).collect();
         gather(&self.files, &rows).batch(&(0..rows.len()).collect::<Vec<_>>(), device)
     }
 }
