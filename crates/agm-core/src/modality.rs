@@ -82,9 +82,15 @@ impl Subset {
         Self(((1u32 << m) - 1) as u16)
     }
 
-    /// Only modality `index`, which must be below [`Self::MAX_MODALITIES`].
+    /// Only modality `index`. Panics unless `index` is below [`Self::MAX_MODALITIES`].
     pub fn single(index: usize) -> Self {
-        Self(1 << index)
+        Self(Self::bit(index))
+    }
+
+    /// The mask of modality `index`; checked in release builds too, where a shift would wrap.
+    fn bit(index: usize) -> u16 {
+        assert!(index < Self::MAX_MODALITIES, "modality index {index} is not below {}", Self::MAX_MODALITIES);
+        1 << index
     }
 
     /// The subset whose set bit `i` keeps modality `i`.
@@ -99,17 +105,19 @@ impl Subset {
 
     /// Whether modality `index` is kept.
     pub fn contains(self, index: usize) -> bool {
-        self.0 & (1 << index) != 0
+        index < Self::MAX_MODALITIES && self.0 & (1 << index) != 0
     }
 
-    /// This subset with modality `index` kept as well.
+    /// This subset with modality `index` kept as well. Panics unless `index` is below
+    /// [`Self::MAX_MODALITIES`].
     pub fn with(self, index: usize) -> Self {
-        Self(self.0 | (1 << index))
+        Self(self.0 | Self::bit(index))
     }
 
-    /// This subset with modality `index` left out.
+    /// This subset with modality `index` left out. Panics unless `index` is below
+    /// [`Self::MAX_MODALITIES`].
     pub fn without(self, index: usize) -> Self {
-        Self(self.0 & !(1 << index))
+        Self(self.0 & !Self::bit(index))
     }
 
     /// Number of kept modalities.
@@ -127,8 +135,10 @@ impl Subset {
         (0..Self::MAX_MODALITIES).filter(move |&i| self.contains(i))
     }
 
-    /// Every subset of `0..m`, the empty one first and the full one last.
+    /// Every subset of `0..m`, the empty one first and the full one last. Panics if `m` exceeds
+    /// [`Self::MAX_MODALITIES`].
     pub fn all(m: usize) -> impl Iterator<Item = Subset> {
+        assert!(m <= Self::MAX_MODALITIES);
         (0..(1u32 << m)).map(|b| Subset(b as u16))
     }
 }
@@ -154,6 +164,16 @@ mod tests {
         let all: Vec<_> = Subset::all(2).collect();
         assert_eq!(all, vec![Subset::empty(), Subset::single(0), Subset::single(1), Subset::full(2)]);
         assert_eq!(Subset::full(3).without(1).iter().collect::<Vec<_>>(), vec![0, 2]);
+    }
+
+    #[test]
+    fn an_index_past_the_mask_is_refused_not_wrapped() {
+        assert!(!Subset::full(16).contains(16));
+        assert_eq!(Subset::single(15).bits(), 1 << 15);
+        for bad in [|| Subset::single(16), || Subset::empty().with(17), || Subset::full(2).without(16)] {
+            let message = std::panic::catch_unwind(bad).unwrap_err();
+            assert!(message.downcast_ref::<String>().unwrap().contains("is not below 16"));
+        }
     }
 
     #[test]

@@ -703,7 +703,7 @@ fn wav_sample_rates_outside_the_range_and_lying_sizes_are_refused() {
     huge[40..44].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
     for b in [huge, good[..good.len() - 301].to_vec(), b"RIFF\x00\x00\x00\x00WAVE".to_vec(), Vec::new()] {
         std::fs::write(&wav, &b).unwrap();
-        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &[&format!("{}.wav", ids[1])]);
+        fails_naming(|| load(DatasetId::CremaD, dir.path(), &opts8()), &[&format!("{}.wav", ids[1]), "clip again"]);
     }
 }
 

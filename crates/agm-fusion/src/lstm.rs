@@ -66,9 +66,12 @@ impl Lstm {
     /// `[B, T, I] -> [B, T, H·dirs]`: every time step's hidden state, the forward direction's
     /// first and the backward direction's second along the last axis (PyTorch's layout).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, i) = x.dims3()?;
+        let (_, t, i) = x.dims3()?;
         if i != self.input_size {
             candle_core::bail!("LSTM expects {} input features, got {i}", self.input_size);
+        }
+        if t == 0 {
+            candle_core::bail!("LSTM needs at least one time step, got a sequence of length 0");
         }
         let outs = self.dirs.iter().enumerate().map(|(d, dir)| self.run(dir, x, d == 1)).collect::<Result<Vec<_>>>()?;
         if outs.len() == 1 {

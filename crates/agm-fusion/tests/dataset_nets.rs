@@ -530,3 +530,12 @@ fn a_bidirectional_lstm_encodes_a_modality_with_each_direction_final_state() {
     assert_eq!(feat.to_vec2::<f64>().unwrap(), want.to_vec2::<f64>().unwrap());
     assert!(!lstm.mode_dependent());
 }
+
+#[test]
+fn an_lstm_refuses_a_sequence_of_length_zero() {
+    let store = agm_fusion::ParamStore::new();
+    let lstm = agm_fusion::Lstm::new(&store.builder(1, DType::F64, &Device::Cpu), 3, 4, true).unwrap();
+    let empty = Tensor::zeros((2, 0, 3), DType::F64, &Device::Cpu).unwrap();
+    let err = agm_fusion::Encoder::forward_t(&lstm, &empty, true, 0).unwrap_err().to_string();
+    assert!(err.contains("at least one time step"), "{err}");
+}

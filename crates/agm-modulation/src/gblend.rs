@@ -264,6 +264,9 @@ struct GBlendState {
     #[serde(with = "agm_core::serde_f64::seq")]
     weights: Vec<f64>,
     last_measure: Option<GBlendMeasure>,
+    /// Absent from checkpoints written before it was kept.
+    #[serde(default)]
+    last_estimate: Option<GBlendEstimate>,
 }
 
 /// Gradient blending with method-owned uni-modal heads (see the module docs).
@@ -336,8 +339,8 @@ impl GBlend {
         &self.weights
     }
 
-    /// The last super-epoch boundary's losses and weights; `None` until a boundary has passed in
-    /// this process (checkpoints keep the weights, not this record).
+    /// The last super-epoch boundary's losses and weights; `None` until a boundary has passed
+    /// (checkpoints keep it, so a resumed run reports it too).
     pub fn last_estimate(&self) -> Option<&GBlendEstimate> {
         self.last_estimate.as_ref()
     }
@@ -477,21 +480,30 @@ impl Modulator for GBlend {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::to_value(GBlendState { weights: self.weights.clone(), last_measure: self.last_measure.clone() })
-            .expect("plain numbers serialize")
+        serde_json::to_value(GBlendState {
+            weights: self.weights.clone(),
+            last_measure: self.last_measure.clone(),
+            last_estimate: self.last_estimate.clone(),
+        })
+        .expect("plain numbers serialize")
     }
 
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         let s: GBlendState = serde_json::from_value(state.clone())
             .map_err(|e| candle_core::Error::Msg(format!("gblend state in checkpoint: {e}")))?;
         let n = self.m + 1;
+        let measure_ok = |mm: &GBlendMeasure| mm.train_loss.len() == n && mm.holdout_loss.len() == n;
         let lens_ok = s.weights.len() == n
-            && s.last_measure.as_ref().is_none_or(|mm| mm.train_loss.len() == n && mm.holdout_loss.len() == n);
+            && s.last_measure.as_ref().is_none_or(measure_ok)
+            && s.last_estimate
+                .as_ref()
+                .is_none_or(|e| measure_ok(&e.measure) && e.weights.as_ref().is_none_or(|w| w.len() == n));
         if !lens_ok {
             candle_core::bail!("gblend state in checkpoint is not for {} modalities", self.m);
         }
         self.weights = s.weights;
         self.last_measure = s.last_measure;
+        self.last_estimate = s.last_estimate;
         Ok(())
     }
 }

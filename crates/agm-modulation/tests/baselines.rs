@@ -299,6 +299,9 @@ fn state_round_trips_through_json() {
             let batch = train.batch(&[0, 1, 2, 3], &cpu()).unwrap();
             step(&model, a.as_mut(), &trainable, &batch, n + 1, 3, 0.1);
             let state = a.state();
+            if name == "gblend" {
+                assert!(state["last_estimate"]["measure"]["epoch"] == 2, "the last estimate is kept: {state}");
+            }
             // Through text, as a checkpoint stores it.
             let text = state.to_string();
             let (mut b, _) = build(name, &model, &Synth::new(m, 24, 5, 1.0, DType::F64));

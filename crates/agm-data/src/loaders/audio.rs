@@ -34,8 +34,10 @@ pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
 pub fn parse_wav(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, u32)> {
     let bad = |reason: String| DataError::BadSource { path: path.to_path_buf(), reason };
     let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| match e {
-        hound::Error::IoError(source) => bad(format!("not a readable wav file: {source}")),
-        other => bad(format!("not a readable wav file: {other}")),
+        hound::Error::IoError(source) => {
+            bad(format!("not a readable wav file ({source}); copy or extract the clip again"))
+        }
+        other => bad(format!("not a readable wav file ({other}); copy or extract the clip again")),
     })?;
     let spec = reader.spec();
     let rates = crate::limits::WAV_RATES;
@@ -55,7 +57,8 @@ pub fn parse_wav(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, u32)> {
     let claimed = (reader.len() as u64).saturating_mul(u64::from(spec.bits_per_sample).div_ceil(8));
     if claimed > bytes.len() as u64 {
         return Err(bad(format!(
-            "header claims {} samples ({claimed} bytes) but the file has {} bytes; the file is truncated",
+            "header claims {} samples ({claimed} bytes) but the file has {} bytes; the file is truncated, \
+             so copy or extract the clip again",
             reader.len(),
             bytes.len()
         )));
@@ -68,7 +71,7 @@ pub fn parse_wav(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, u32)> {
             reader.samples::<i32>().map(|s| s.map(|v| v as f32 * scale)).collect::<std::result::Result<_, _>>()
         }
     }
-    .map_err(|e| bad(format!("corrupt or truncated wav data: {e}")))?;
+    .map_err(|e| bad(format!("corrupt or truncated wav data: {e}; copy or extract the clip again")))?;
     let mono = interleaved.chunks(channels).map(|c| c.iter().sum::<f32>() / c.len() as f32).collect();
     Ok((mono, spec.sample_rate))
 }
