@@ -249,11 +249,7 @@ impl Columns {
 pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     let cfg = &record.config;
     let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "# Run report: {} on {} ({} preset), seed {}\n",
-        cfg.method, cfg.dataset, cfg.data_preset, cfg.seed
-    );
+    let _ = writeln!(md, "# Run report: {} on {}, seed {}\n", cfg.method, cfg.dataset_label(), cfg.seed);
     let done = record.rows.last().map_or(0, |r| r.epoch);
     let stopped = if record.stopped_by_method && done < cfg.epochs {
         format!(" ({} stopped training)", cfg.method)

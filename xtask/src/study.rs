@@ -394,10 +394,9 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Study: {} on {} ({} preset), {} × {}\n",
+        "# Study: {} on {}, {} × {}\n",
         s.methods.join(", "),
-        s.dataset,
-        s.preset,
+        agm_train::config::dataset_label(&s.dataset, &s.preset),
         counted(s.seeds, "seed"),
         counted(s.epochs as u64, "epoch")
     );
@@ -865,11 +864,10 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let plans = plan_all(&runs, &out)?;
     println!(
-        "study: {} × {} on {} ({} preset), {} -> {}",
+        "study: {} × {} on {}, {} -> {}",
         methods.join(", "),
         counted(args.seeds, "seed"),
-        base.dataset,
-        base.data_preset,
+        base.dataset_label(),
         counted(base.epochs as u64, "epoch"),
         out.display()
     );

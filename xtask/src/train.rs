@@ -232,10 +232,7 @@ impl Callback for TrainOutput<'_> {
         let cfg = self.cfg;
         // Only methods that run the masked passes say how they run them.
         let shapley = run.shapley.as_ref().map(|s| format!(", Shapley passes {s}")).unwrap_or_default();
-        let dataset = match cfg.dataset.as_str() {
-            "av-digits" => format!("av-digits ({} preset)", cfg.data_preset),
-            other => other.to_string(),
-        };
+        let dataset = cfg.dataset_label();
         println!(
             "{} {} with {} on {dataset} ({} train samples{shapley}), {}, seed {}, device {} -> {}",
             if run.resuming { "resuming" } else { "training" },

@@ -127,6 +127,15 @@ fn same_location(data: &str) -> String {
     std::fs::canonicalize(path).unwrap_or_else(|_| spelled()).display().to_string()
 }
 
+/// `dataset` as printed, with AV-Digits' noise `data_preset` (other datasets have none).
+pub fn dataset_label(dataset: &str, data_preset: &str) -> String {
+    if dataset == "av-digits" {
+        format!("av-digits ({data_preset} preset)")
+    } else {
+        dataset.to_string()
+    }
+}
+
 pub(crate) fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
     if allowed.contains(&value) {
         Ok(())
@@ -356,6 +365,13 @@ impl RunConfig {
         for section in self.unused_method_sections() {
             table.remove(&section);
         }
+        // Settings of one dataset only; another dataset's run would record values it ignores.
+        if self.dataset != "av-digits" {
+            table.remove("data_preset");
+        }
+        if self.dataset != "synthetic" {
+            table.remove("synthetic_scale");
+        }
         let comments: String = header.lines().map(|l| format!("# {l}\n").replace("# \n", "#\n")).collect();
         format!("{comments}{}", toml::to_string_pretty(&table).expect("the config is plain data"))
     }
@@ -381,6 +397,20 @@ impl RunConfig {
         one_of("shapley", &self.shapley, SHAPLEY_MODES)?;
         one_of("loss_reduction", &self.loss_reduction, crate::LossReduction::NAMES)?;
         self.data_preset.parse::<NoisePreset>().map_err(|e| TrainError::Config(format!("data_preset: {e}")))?;
+        let default = Self::av_digits();
+        if self.dataset != "av-digits" && self.data_preset != default.data_preset {
+            return Err(TrainError::Config(format!(
+                "data_preset = `{}` chooses AV-Digits' noise and applies to dataset `av-digits` only, \
+                 not `{}`; leave it out",
+                self.data_preset, self.dataset
+            )));
+        }
+        if self.dataset != "synthetic" && self.synthetic_scale != default.synthetic_scale {
+            return Err(TrainError::Config(format!(
+                "synthetic_scale = `{}` applies to dataset `synthetic` only, not `{}`; leave it out",
+                self.synthetic_scale, self.dataset
+            )));
+        }
         if self.epochs == 0 {
             return Err(TrainError::Config("epochs must be at least 1".into()));
         }
@@ -392,6 +422,11 @@ impl RunConfig {
         self.schedule.build().map_err(config_error)?;
         self.methods.validate()?;
         Ok(())
+    }
+
+    /// The dataset as printed: AV-Digits with its noise preset, any other by its id.
+    pub fn dataset_label(&self) -> String {
+        dataset_label(&self.dataset, &self.data_preset)
     }
 
     /// The Shapley passes for `model`: `auto` picks `fast` only where it computes exactly what

@@ -228,6 +228,24 @@ fn a_run_config_keeps_only_the_sections_of_its_methods_and_reads_back_to_the_sam
     assert_eq!(restored, cfg);
 }
 
+/// AV-Digits' noise preset and the synthetic scale belong to one dataset each: another dataset's
+/// run neither records nor takes them.
+#[test]
+fn a_runs_config_records_only_its_datasets_settings_and_refuses_the_others() {
+    let ave = RunConfig::for_dataset("ave").unwrap();
+    let table: toml::Table = toml::from_str(&ave.to_run_toml("")).unwrap();
+    assert!(!table.contains_key("data_preset") && !table.contains_key("synthetic_scale"), "{table}");
+    assert!(RunConfig::from_toml_str(&ave.to_run_toml("")).unwrap().same_run(&ave));
+    assert_eq!(ave.dataset_label(), "ave");
+    let digits: toml::Table = toml::from_str(&RunConfig::av_digits().to_run_toml("")).unwrap();
+    assert!(digits.contains_key("data_preset") && !digits.contains_key("synthetic_scale"));
+    assert_eq!(RunConfig::av_digits().dataset_label(), "av-digits (noisy-audio preset)");
+    let e = RunConfig { data_preset: "balanced".into(), ..ave.clone() }.validate().unwrap_err().to_string();
+    assert!(e.contains("data_preset = `balanced` chooses") && e.contains("`ave`"), "{e}");
+    let e = RunConfig { synthetic_scale: "reference".into(), ..ave }.validate().unwrap_err().to_string();
+    assert!(e.contains("synthetic_scale = `reference`") && e.contains("`ave`"), "{e}");
+}
+
 /// ReLearn re-initialises encoders in its epoch end; the official script saves its best model
 /// before that, and so does the trainer: the best weights score what their row says, and the
 /// competition strength is measured on the model that was scored.
