@@ -69,6 +69,19 @@ pub fn labelled(modalities: &[String], values: &[f64], separator: &str, format: 
     cells.join(separator)
 }
 
+/// A stack's coefficients, `agm audio 0.9 visual 1.1; ogm-ge audio 0.8 visual 1`.
+pub fn by_method(
+    modalities: &[String],
+    coefficients: &std::collections::BTreeMap<String, Vec<f64>>,
+    digits: usize,
+) -> String {
+    let each: Vec<String> = coefficients
+        .iter()
+        .map(|(method, c)| format!("{method} {}", labelled(modalities, c, " ", |v| compact(v, digits))))
+        .collect();
+    each.join("; ")
+}
+
 /// The data's notes (samples the loader dropped, inputs of another shape) on stderr, each once
 /// per process: a study or reproduction loads the same data for every run.
 pub fn print_data_notes(notes: &[String]) {
@@ -158,10 +171,13 @@ impl Callback for Progress {
             .zip(&e.validation.modality_accuracy)
             .map(|(n, a)| format!("{n} {:.1}%", 100.0 * a))
             .collect();
-        let coeff = e
-            .coefficients
-            .as_ref()
-            .map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, " ", |v| compact(v, 3))));
+        let coeff = if e.coefficients_by_method.is_empty() {
+            e.coefficients
+                .as_ref()
+                .map(|c| format!("  coeff (epoch mean) {}", labelled(&self.modalities, c, " ", |v| compact(v, 3))))
+        } else {
+            Some(format!("  coeff (epoch mean) {}", by_method(&self.modalities, &e.coefficients_by_method, 3)))
+        };
         self.line(format!(
             "epoch {:>3}  loss {:.4}  val acc {:.1}%  shapley {}{}  {:.1} ms/step",
             e.epoch,

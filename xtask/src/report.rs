@@ -85,6 +85,65 @@ fn vector_len(rows: &[EpochSummary], f: impl Fn(&EpochSummary) -> Option<&Vec<f6
     rows.iter().filter_map(f).map(Vec::len).max().unwrap_or(0)
 }
 
+/// One coefficient a run logs: a modality's (or the fused output's) under the run's method, or
+/// under one method of a stack whose methods each log theirs (`agm+ogm-ge`).
+struct Coefficient {
+    /// `audio`, or `agm audio` in a stack.
+    label: String,
+    /// The stacked method, `None` for the run's own coefficients.
+    method: Option<String>,
+    index: usize,
+}
+
+impl Coefficient {
+    /// The run's coefficients: each stacked method's where the rows have them (in the order the
+    /// stack is written), else the method's own.
+    fn all(record: &RunRecord) -> Vec<Self> {
+        let rows = &record.rows;
+        let stacked: Vec<&str> = record
+            .config
+            .method
+            .split('+')
+            .map(str::trim)
+            .filter(|m| rows.iter().any(|r| r.coefficients_by_method.contains_key(*m)))
+            .collect();
+        if stacked.is_empty() {
+            let n =
+                vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
+            let names = value_names(&record.modalities, n);
+            return names.into_iter().enumerate().map(|(index, label)| Self { label, method: None, index }).collect();
+        }
+        stacked
+            .into_iter()
+            .flat_map(|method| {
+                let n = vector_len(rows, |r| r.coefficients_by_method.get(method));
+                value_names(&record.modalities, n).into_iter().enumerate().map(move |(index, name)| Self {
+                    label: format!("{method} {name}"),
+                    method: Some(method.to_string()),
+                    index,
+                })
+            })
+            .collect()
+    }
+
+    /// The mean over the epoch's steps.
+    fn mean(&self, r: &EpochSummary) -> Option<f64> {
+        let values = match &self.method {
+            Some(m) => r.coefficients_by_method.get(m),
+            None => r.coefficients.as_ref(),
+        };
+        values.and_then(|c| c.get(self.index).copied())
+    }
+
+    /// The value after the epoch's last step (kept for the run's own coefficients only).
+    fn last(&self, r: &EpochSummary) -> Option<f64> {
+        match &self.method {
+            Some(_) => None,
+            None => r.last_coefficients.as_ref().and_then(|c| c.get(self.index).copied()),
+        }
+    }
+}
+
 /// The loss axis of `--loss-scale`.
 pub fn loss_scale(name: &str) -> YScale {
     if name == "linear" {
@@ -136,24 +195,19 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
             loss,
         ),
     ));
-    let n_coeff = vector_len(rows, |r| r.coefficients.as_ref()).max(vector_len(rows, |r| r.last_coefficients.as_ref()));
-    if n_coeff > 0 {
-        let names = value_names(&record.modalities, n_coeff);
+    let coefficients = Coefficient::all(record);
+    if !coefficients.is_empty() {
         let mut series = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            series.push(
-                epoch_series(format!("{name} (epoch mean)"), rows, |r| {
-                    r.coefficients.as_ref().and_then(|c| c.get(i).copied())
-                })
-                .colour(i),
-            );
-            series.push(
-                epoch_series(format!("{name} (end of epoch)"), rows, |r| {
-                    r.last_coefficients.as_ref().and_then(|c| c.get(i).copied())
-                })
-                .dashed()
-                .colour(i),
-            );
+        for c in &coefficients {
+            // A modality keeps its colour; a stack's second method is dashed.
+            let first_method = c.method.is_none() || c.method == coefficients[0].method;
+            let mean = epoch_series(format!("{} (epoch mean)", c.label), rows, |r| c.mean(r)).colour(c.index);
+            series.push(if first_method { mean } else { mean.dashed() });
+            if c.method.is_none() {
+                series.push(
+                    epoch_series(format!("{} (end of epoch)", c.label), rows, |r| c.last(r)).dashed().colour(c.index),
+                );
+            }
         }
         out.push((
             "coefficients",
@@ -202,26 +256,21 @@ fn mib(bytes: Option<u64>) -> String {
 
 /// Which optional column groups the tables carry.
 struct Columns {
-    coefficients: Vec<String>,
+    coefficients: Vec<Coefficient>,
     competition: Vec<String>,
 }
 
 impl Columns {
     fn of(record: &RunRecord) -> Self {
-        let rows = &record.rows;
-        let n_coeff = vector_len(rows, |r| r.coefficients.as_ref());
-        let n_comp = vector_len(rows, |r| r.competition.as_ref());
-        Self {
-            coefficients: value_names(&record.modalities, n_coeff),
-            competition: value_names(&record.modalities, n_comp),
-        }
+        let n_comp = vector_len(&record.rows, |r| r.competition.as_ref());
+        Self { coefficients: Coefficient::all(record), competition: value_names(&record.modalities, n_comp) }
     }
 
     fn header(&self, first: &[&str], modalities: &[String]) -> String {
         let mut cells: Vec<String> = first.iter().map(|s| s.to_string()).collect();
         cells.push("validation accuracy".into());
         cells.extend(modalities.iter().map(|m| format!("{m} Shapley acc.")));
-        cells.extend(self.coefficients.iter().map(|m| format!("{m} coeff.")));
+        cells.extend(self.coefficients.iter().map(|c| format!("{} coeff.", c.label)));
         cells.extend(self.competition.iter().map(|m| format!("{m} competition")));
         cells.push("step time".into());
         cells.push("peak memory".into());
@@ -237,7 +286,7 @@ impl Columns {
         let vec_cells = |v: &Option<Vec<f64>>, n: usize| -> Vec<String> {
             (0..n).map(|i| v.as_ref().and_then(|c| c.get(i)).map_or("—".into(), |&x| num(x))).collect()
         };
-        cells.extend(vec_cells(&r.coefficients, self.coefficients.len()));
+        cells.extend(self.coefficients.iter().map(|c| c.mean(r).map_or("—".into(), num)));
         cells.extend(vec_cells(&r.competition, self.competition.len()));
         cells.push(format!("{:.2} ms", 1e3 * r.mean_step_seconds));
         cells.push(mib(r.peak_memory_bytes));
@@ -310,8 +359,7 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
 /// `metrics.csv`: the rows of `metrics.jsonl`, one column per value, per-modality values under
 /// their modality's name; an empty cell where a row has no value.
 pub fn metrics_csv(record: &RunRecord) -> String {
-    let coefficients = vector_len(&record.rows, |r| r.coefficients.as_ref());
-    let coefficient_names = value_names(&record.modalities, coefficients);
+    let coefficients = Coefficient::all(record);
     let mut header: Vec<String> =
         ["epoch", "lr", "train_loss", "validation_accuracy", "validation_loss"].map(String::from).to_vec();
     // Summed-heads models also score each modality's own head.
@@ -322,8 +370,12 @@ pub fn metrics_csv(record: &RunRecord) -> String {
             header.extend([format!("{m}_head_accuracy"), format!("{m}_head_loss")]);
         }
     }
-    for c in &coefficient_names {
-        header.extend([format!("{c}_coefficient_mean"), format!("{c}_coefficient_last")]);
+    for c in &coefficients {
+        let label = c.label.replace(' ', "_");
+        header.push(format!("{label}_coefficient_mean"));
+        if c.method.is_none() {
+            header.push(format!("{label}_coefficient_last"));
+        }
     }
     header
         .extend(["mean_step_seconds", "peak_memory_bytes", "best_epoch", "reference_split_accuracy"].map(String::from));
@@ -346,9 +398,11 @@ pub fn metrics_csv(record: &RunRecord) -> String {
                 cells.push(cell(r.validation.head_loss.get(i).copied()));
             }
         }
-        for i in 0..coefficients {
-            cells.push(cell(r.coefficients.as_ref().and_then(|c| c.get(i).copied())));
-            cells.push(cell(r.last_coefficients.as_ref().and_then(|c| c.get(i).copied())));
+        for c in &coefficients {
+            cells.push(cell(c.mean(r)));
+            if c.method.is_none() {
+                cells.push(cell(c.last(r)));
+            }
         }
         cells.push(r.mean_step_seconds.to_string());
         cells.push(r.peak_memory_bytes.map_or(String::new(), |b| b.to_string()));
@@ -608,6 +662,12 @@ pub(crate) mod tests {
                 },
                 coefficients: (method == "agm").then(|| vec![1.0 - 0.2 * t, 1.0 + 0.3 * t]),
                 last_coefficients: (method == "agm").then(|| vec![1.0 - 0.25 * t, 1.0 + 0.35 * t]),
+                // A stack of two methods with coefficients logs each method's too.
+                coefficients_by_method: if method.contains('+') {
+                    [("agm".into(), vec![1.0 - 0.2 * t, 1.0 + 0.3 * t]), ("ogm-ge".into(), vec![0.5 * t, 1.0])].into()
+                } else {
+                    Default::default()
+                },
                 mean_step_seconds: 0.004,
                 peak_memory_bytes: Some(300 << 20),
                 best_epoch: e,
@@ -679,6 +739,30 @@ pub(crate) mod tests {
         let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
         let at = |name: &str| first[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"))];
         assert_eq!([at("audio_head_accuracy"), at("visual_head_loss")], ["0.5", "2.5"]);
+    }
+
+    #[test]
+    fn a_stacks_report_shows_each_methods_coefficients() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("stack-run");
+        synthetic_run(&dir, "agm+ogm-ge", 3, false);
+        let out = write(&dir, YScale::Log).unwrap();
+        let names = ["agm audio (epoch mean)", "agm visual (epoch mean)", "ogm-ge audio (epoch mean)"];
+        check::svg_names(&out.join("coefficients.svg"), &names);
+        let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(
+            md.contains("| agm audio coeff. | agm visual coeff. | ogm-ge audio coeff. | ogm-ge visual coeff. |"),
+            "{md}"
+        );
+        let record = RunRecord::load(&dir).unwrap();
+        let csv = metrics_csv(&record);
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let last: Vec<&str> = csv.lines().last().unwrap().split(',').collect();
+        let at = |name: &str| {
+            last[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"))]
+        };
+        assert_eq!([at("agm_visual_coefficient_mean"), at("ogm-ge_audio_coefficient_mean")], ["1.3", "0.5"]);
+        assert!(!header.iter().any(|h| h.ends_with("_coefficient_last")), "{header:?}");
     }
 
     #[test]

@@ -419,7 +419,12 @@ fn print_summary(
         );
     }
     if let Some(last) = &run.last {
-        if let Some(c) = &last.last_coefficients {
+        if !last.coefficients_by_method.is_empty() {
+            println!(
+                "last epoch's mean coefficients: {}",
+                crate::progress::by_method(modalities, &last.coefficients_by_method, 3)
+            );
+        } else if let Some(c) = &last.last_coefficients {
             println!(
                 "final coefficients: {}",
                 crate::progress::labelled(modalities, c, " / ", |v| crate::progress::compact(v, 3))

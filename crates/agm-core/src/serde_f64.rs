@@ -105,6 +105,23 @@ pub mod seq {
     }
 }
 
+/// `#[serde(with = "agm_core::serde_f64::named_seq")]` on a `BTreeMap<String, Vec<f64>>`.
+pub mod named_seq {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Writes a map of sequences, each value as [`F64`] does.
+    pub fn serialize<S: Serializer>(v: &BTreeMap<String, Vec<f64>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(v.iter().map(|(k, v)| (k, v.iter().map(|&x| F64(x)).collect::<Vec<_>>())))
+    }
+
+    /// Reads a map of sequences of values as [`F64`] does.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<f64>>, D::Error> {
+        let map = BTreeMap::<String, Vec<F64>>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.into_iter().map(|x| x.0).collect())).collect())
+    }
+}
+
 /// `#[serde(with = "agm_core::serde_f64::option_seq")]` on an `Option<Vec<f64>>`.
 pub mod option_seq {
     use super::*;

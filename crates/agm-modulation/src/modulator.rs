@@ -244,6 +244,13 @@ pub trait Modulator {
         None
     }
 
+    /// Each part's coefficients by method name, for a modulator made of several methods that
+    /// have coefficients of their own (a [`crate::Stack`] of `agm+ogm-ge`), since
+    /// [`Modulator::coefficients`] can show only one of them. Default: none.
+    fn coefficients_by_method(&self) -> Vec<(String, Vec<f64>)> {
+        Vec::new()
+    }
+
     /// The method's prediction from an evaluation-mode pass of the model, for a method that
     /// predicts with parts of its own (MLA's shared head, ReconBoost's ensemble). Evaluation,
     /// model selection and the Shapley accuracies use it for every pass. `None` (the default):
@@ -308,6 +315,9 @@ macro_rules! forward_modulator {
             }
             fn coefficients(&self) -> Option<Vec<f64>> {
                 (**self).coefficients()
+            }
+            fn coefficients_by_method(&self) -> Vec<(String, Vec<f64>)> {
+                (**self).coefficients_by_method()
             }
             fn predict(&self, model: &dyn MultimodalModel, pass: &ModelOutput) -> Result<Option<Tensor>> {
                 (**self).predict(model, pass)

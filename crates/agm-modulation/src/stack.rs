@@ -12,6 +12,7 @@
 //! | `on_epoch_start` | every member's, in order |
 //! | `on_epoch_end` | every member's actions, concatenated in order |
 //! | `coefficients` | the last member that has coefficients |
+//! | `coefficients_by_method` | every member that has coefficients, by name, when two or more have them |
 //! | `predict` | the first member that predicts, otherwise the model's fused logits |
 //! | `state` / `load_state` / `on_restored` | a JSON array with one entry per member |
 //!
@@ -280,6 +281,21 @@ impl Modulator for Stack {
 
     fn coefficients(&self) -> Option<Vec<f64>> {
         self.members.iter().rev().find_map(|m| m.coefficients())
+    }
+
+    fn coefficients_by_method(&self) -> Vec<(String, Vec<f64>)> {
+        let each: Vec<(String, Vec<f64>)> = self
+            .names
+            .iter()
+            .zip(&self.members)
+            .filter_map(|(name, m)| m.coefficients().map(|c| (name.clone(), c)))
+            .collect();
+        // One member's coefficients are `coefficients` already.
+        if each.len() > 1 {
+            each
+        } else {
+            Vec::new()
+        }
     }
 
     fn predict(

@@ -417,9 +417,18 @@ fn a_stack_with_a_neutral_second_member_equals_the_first_alone() {
         assert_eq!(stack.label(), format!("agm+{name}"));
         train(&net, &mut stack, &data);
         assert_eq!(bits(&net), bits(&alone), "agm+{name} differs from agm alone");
-        // The coefficients are the last member's that has them (the neutral one's ones).
+        // The coefficients are the last member's that has them (the neutral one's ones); each
+        // member's are logged by name.
         assert_eq!(stack.coefficients(), Some(vec![1.0; m]));
+        let agm_coefficients = first.coefficients().unwrap();
+        assert!(agm_coefficients.iter().any(|&c| c != 1.0), "AGM modulated: {agm_coefficients:?}");
+        let expected = vec![("agm".to_string(), agm_coefficients), (name.to_string(), vec![1.0; m])];
+        assert_eq!(stack.coefficients_by_method(), expected);
     }
+    // A stack with one member that has coefficients logs them as `coefficients` alone.
+    let mut lone = Stack::new(vec![StackMember::new("agm", agm(), Hooks::OBJECTIVE)]).unwrap();
+    train(&model(m, Enc::Conv, 4), &mut lone, &data);
+    assert!(lone.coefficients().is_some() && lone.coefficients_by_method().is_empty());
 }
 
 #[test]

@@ -103,6 +103,9 @@ pub struct EpochSummary {
     pub coefficients: Option<Vec<f64>>,
     /// Coefficients in force after the epoch's last step.
     pub last_coefficients: Option<Vec<f64>>,
+    /// For a stack of methods that each have coefficients (`agm+ogm-ge`), each method's mean over
+    /// the epoch's steps, by name ([`Modulator::coefficients_by_method`]); empty otherwise.
+    pub coefficients_by_method: BTreeMap<String, Vec<f64>>,
     /// Mean wall time of the epoch's training steps.
     pub mean_step_seconds: f64,
     /// Peak host memory so far ([`crate::memory::peak_memory_bytes`]).
@@ -129,6 +132,8 @@ struct EpochRow {
     validation: EvalReport,
     coefficients: Option<Keyed>,
     last_coefficients: Option<Keyed>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    coefficients_by_method: BTreeMap<String, Keyed>,
     #[serde(with = "agm_core::serde_f64")]
     mean_step_seconds: f64,
     peak_memory_bytes: Option<u64>,
@@ -149,6 +154,11 @@ impl From<EpochSummary> for EpochRow {
             train_loss: e.train_loss,
             coefficients: keyed(e.coefficients),
             last_coefficients: keyed(e.last_coefficients),
+            coefficients_by_method: e
+                .coefficients_by_method
+                .into_iter()
+                .map(|(method, v)| (method, Keyed::new(&value_names(&modalities, v.len()), &v)))
+                .collect(),
             competition: keyed(e.competition),
             validation: e.validation,
             mean_step_seconds: e.mean_step_seconds,
@@ -170,6 +180,11 @@ impl TryFrom<EpochRow> for EpochSummary {
             train_loss: r.train_loss,
             coefficients: values(r.coefficients)?,
             last_coefficients: values(r.last_coefficients)?,
+            coefficients_by_method: r
+                .coefficients_by_method
+                .into_iter()
+                .map(|(method, k)| Ok((method, k.values(&modalities)?)))
+                .collect::<std::result::Result<_, String>>()?,
             competition: values(r.competition)?,
             validation: r.validation,
             mean_step_seconds: r.mean_step_seconds,
@@ -261,6 +276,8 @@ struct LoopState {
     epoch_seconds: f64,
     #[serde(with = "agm_core::serde_f64::seq")]
     epoch_coeff_sum: Vec<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "agm_core::serde_f64::named_seq")]
+    epoch_coeff_sum_by_method: BTreeMap<String, Vec<f64>>,
     stopped: bool,
     /// Set by a snapshot restore: the schedule's learning rate times this, since the restore
     /// brought back the snapshot's rate and the schedule's decays go on from it (PyTorch's
@@ -690,10 +707,10 @@ impl<'a> Trainer<'a> {
                 self.state.epoch_steps += 1;
                 self.state.epoch_seconds += started.elapsed().as_secs_f64();
                 if let Some(c) = &outcome.coefficients {
-                    if self.state.epoch_coeff_sum.len() != c.len() {
-                        self.state.epoch_coeff_sum = vec![0.0; c.len()];
-                    }
-                    self.state.epoch_coeff_sum.iter_mut().zip(c).for_each(|(s, v)| *s += v);
+                    add_into(&mut self.state.epoch_coeff_sum, c);
+                }
+                for (method, c) in self.modulator.coefficients_by_method() {
+                    add_into(self.state.epoch_coeff_sum_by_method.entry(method).or_default(), &c);
                 }
                 let summary = StepSummary {
                     epoch,
@@ -799,6 +816,10 @@ impl<'a> Trainer<'a> {
                 coefficients: (!self.state.epoch_coeff_sum.is_empty())
                     .then(|| self.state.epoch_coeff_sum.iter().map(|s| s / steps).collect()),
                 last_coefficients: self.modulator.coefficients(),
+                coefficients_by_method: std::mem::take(&mut self.state.epoch_coeff_sum_by_method)
+                    .into_iter()
+                    .map(|(method, sum)| (method, sum.iter().map(|s| s / steps).collect()))
+                    .collect(),
                 mean_step_seconds: self.state.epoch_seconds / steps,
                 peak_memory_bytes: crate::memory::peak_memory_bytes(),
                 best_epoch: self.state.best_epoch,
@@ -840,6 +861,14 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Adds `values` into the running `sum`, which restarts at zero when the length changes.
+fn add_into(sum: &mut Vec<f64>, values: &[f64]) {
+    if sum.len() != values.len() {
+        *sum = vec![0.0; values.len()];
+    }
+    sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
+}
+
 /// `key = now (the checkpoint's: then)` for every setting of two settings objects whose values
 /// differ (a setting one of them lacks reads as `null`).
 fn setting_differences(now: &serde_json::Value, then: &serde_json::Value) -> Vec<String> {
@@ -865,6 +894,7 @@ mod tests {
             epoch_loss_sum: f64::NAN,
             epoch_seconds: 0.1 + 0.2,
             epoch_coeff_sum: vec![f64::INFINITY, f64::NEG_INFINITY, f64::MAX, 5e-324],
+            epoch_coeff_sum_by_method: [("agm".to_string(), vec![f64::NAN, 0.1 + 0.2])].into(),
             ..LoopState::default()
         };
         let json = serde_json::to_string(&state).unwrap();
@@ -873,6 +903,7 @@ mod tests {
         let bits = |s: &LoopState| {
             let mut v = vec![s.best_accuracy, s.epoch_loss_sum, s.epoch_seconds];
             v.extend(&s.epoch_coeff_sum);
+            v.extend(s.epoch_coeff_sum_by_method.values().flatten());
             v.into_iter().map(f64::to_bits).collect::<Vec<_>>()
         };
         assert_eq!(bits(&back), bits(&state));

@@ -367,11 +367,14 @@ fn a_nan_buffer_is_never_written_and_a_nan_checkpoint_is_never_resumed() {
 #[test]
 fn every_registered_method_resumed_mid_run_matches_an_uninterrupted_run() {
     let epochs = 3;
-    for name in agm_modulation::registry::names() {
+    // And a stack whose two methods each log coefficients (summed per method within an epoch).
+    for name in agm_modulation::registry::names().into_iter().chain(["agm+ogm-ge"]) {
         let method = Method::Registered(name);
         let whole = run(method, epochs, 0, &[Segment::Finish]);
         let plan = [Segment::StopAt(2), Segment::StopAt(STEPS_PER_EPOCH * 2), Segment::Finish];
         assert_same(&whole, &run(method, epochs, 0, &plan), name);
+        let by_method = whole.rows.iter().all(|r| r.contains(r#""coefficients_by_method":{"agm":{"#));
+        assert_eq!(by_method, name.contains('+'), "{name}: {:?}", whole.rows[0]);
     }
 }
 
