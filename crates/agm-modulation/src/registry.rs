@@ -186,15 +186,19 @@ pub fn parse(spec: &str) -> Result<Vec<MethodEntry>, MethodError> {
     Ok(out)
 }
 
-/// Builds a spec for a model: the method itself for one name, a [`Stack`] for several.
+/// Builds a spec for a model: the method itself for one name, a [`Stack`] for several. In a
+/// stack, the first method gets `cx.seed`, each later one the seed mixed with its position.
 pub fn build(spec: &str, settings: &MethodSettings, cx: &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError> {
     let entries = parse(spec)?;
     if let [one] = entries.as_slice() {
         return one.build(settings, cx);
     }
     let mut members = Vec::with_capacity(entries.len());
-    for e in &entries {
-        members.push(StackMember::new(e.name, e.build(settings, cx)?, e.hooks));
+    for (position, e) in entries.iter().enumerate() {
+        // The first method draws as it would alone; each later one from a seed of its own, so
+        // that two methods deriving their streams alike (OGM's and OGM-GE's noise) differ.
+        let seed = if position == 0 { cx.seed } else { crate::shared::mix_seed(cx.seed, position as u64) };
+        members.push(StackMember::new(e.name, e.build(settings, &BuildCx { seed, ..*cx })?, e.hooks));
     }
     let stack = Stack::new(members).map_err(|e| format!("method = `{spec}` cannot be stacked: {e}"))?;
     Ok(Box::new(stack))

@@ -813,3 +813,44 @@ fn every_registered_method_declares_the_hooks_it_overrides() {
         }
     }
 }
+
+/// Reports the seed it was built with as its one coefficient.
+struct SeedProbe(u64);
+
+impl Modulator for SeedProbe {
+    fn name(&self) -> &'static str {
+        <Self as agm_modulation::Method>::NAME
+    }
+    fn coefficients(&self) -> Option<Vec<f64>> {
+        Some(vec![self.0 as f64])
+    }
+}
+
+impl agm_modulation::Method for SeedProbe {
+    const NAME: &'static str = "seed-probe";
+    const HOOKS: Hooks = Hooks::EDITS;
+    type Config = std::collections::BTreeMap<String, f64>;
+    fn preset(_dataset: &str) -> Self::Config {
+        Self::Config::new()
+    }
+    fn build(_config: &Self::Config, cx: &BuildCx<'_>) -> Result<Self, agm_modulation::MethodError> {
+        Ok(Self(cx.seed))
+    }
+}
+
+#[test]
+fn stacked_methods_after_the_first_draw_from_seeds_of_their_own() {
+    registry::register::<SeedProbe>().unwrap();
+    let net = model(2, Enc::Mlp, 4);
+    let settings = MethodSettings::av_digits();
+    let seed_in = |spec: &str| {
+        let built = registry::build(spec, &settings, &BuildCx::new(&net, 7)).unwrap();
+        built.coefficients().unwrap()[0]
+    };
+    // Alone or first, a method draws from the run's seed, as it would alone.
+    assert_eq!(seed_in("seed-probe"), 7.0);
+    assert_eq!(seed_in("seed-probe+joint"), 7.0);
+    // Later in a stack, from a seed of its own for each position.
+    let (second, third) = (seed_in("joint+seed-probe"), seed_in("joint+mslr+seed-probe"));
+    assert!(second != 7.0 && third != 7.0 && second != third, "{second} {third}");
+}
