@@ -162,22 +162,11 @@ pub fn markdown(dataset: &str, seeds: u64, data_note: Option<&str>, rows: &[Reci
     md
 }
 
-/// Where the data is smaller than the release the published numbers come from (known for
-/// AV-MNIST, whose files open without reading them).
+/// Where the data is smaller than the release the published numbers come from.
 fn smaller_than_release(cfg: &agm_train::RunConfig) -> anyhow::Result<Option<String>> {
-    use agm_data::loaders::avmnist::{AvMnistFiles, RELEASE_ROWS};
-    if cfg.dataset != "avmnist" {
-        return Ok(None);
-    }
+    let id: agm_data::DatasetId = cfg.dataset.parse()?;
     let root = agm_data::hub::resolve_data_path(&cfg.data, &agm_data::hub::HubOptions::from_env())?;
-    let files = AvMnistFiles::open(&root)?;
-    let rows = (files.train_labels.len(), files.test_labels.len());
-    Ok((rows.0 < RELEASE_ROWS.0 || rows.1 < RELEASE_ROWS.1).then(|| {
-        format!(
-            "the data holds {} / {} train / test rows; the released AV-MNIST has {} / {}",
-            rows.0, rows.1, RELEASE_ROWS.0, RELEASE_ROWS.1
-        )
-    }))
+    Ok(agm_data::loaders::smaller_than_release(id, &root)?)
 }
 
 pub fn run(args: ReproduceArgs) -> anyhow::Result<ExitCode> {

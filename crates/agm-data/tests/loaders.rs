@@ -236,6 +236,26 @@ fn cremad_loads_csv_wav_and_frames() {
     assert!((mean - want).abs() < 0.05, "{mean} vs {want}");
 }
 
+/// Folders smaller than the release are named from their index files; the release's sizes pass.
+#[test]
+fn data_smaller_than_the_release_is_named_from_its_index_files() {
+    use agm_data::loaders::smaller_than_release;
+    let dir = tempfile::tempdir().unwrap();
+    write_cremad(dir.path());
+    let note = smaller_than_release(DatasetId::CremaD, dir.path()).unwrap().unwrap();
+    assert_eq!(note, "the data holds 10 / 4 train.csv / test.csv rows; the released CREMA-D has 6698 / 744");
+    let note = smaller_than_release(DatasetId::Ave, &fixtures().join("ave")).unwrap().unwrap();
+    assert!(note.contains("train / val / test videos; the released AVE has 3339 / 402 / 402"), "{note}");
+    // A release-sized CREMA-D list is not flagged (the media are not read).
+    let full: String = (0..6_698).map(|i| format!("{},NEU\n", 1001 + i)).collect();
+    std::fs::write(dir.path().join("CREMAD/train.csv"), full).unwrap();
+    let test: String = (0..744).map(|i| format!("{},SAD\n", 9001 + i)).collect();
+    std::fs::write(dir.path().join("CREMAD/test.csv"), test).unwrap();
+    assert_eq!(smaller_than_release(DatasetId::CremaD, dir.path()).unwrap(), None);
+    // Sizes agm does not pin are not guessed.
+    assert_eq!(smaller_than_release(DatasetId::UrFunny, dir.path()).unwrap(), None);
+}
+
 #[test]
 fn cremad_frame_choice_follows_the_reference_table() {
     // numpy: [np.random.seed(999) or np.random.choice(n, 1, replace=False)[0] for n in 1..39]

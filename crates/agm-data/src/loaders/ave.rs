@@ -28,6 +28,8 @@ pub const SEGMENTS: usize = 10;
 pub const AUDIO_FEATURES: [usize; 1] = [128];
 /// Per-segment visual feature map: VGG-19 pool5, `[7, 7, 512]`.
 pub const VISUAL_FEATURES: [usize; 3] = [7, 7, 512];
+/// Rows of the release's train, val and test order files, which published numbers use.
+pub const RELEASE_ROWS: [usize; 3] = [3_339, 402, 402];
 
 fn order(root: &Path, name: &str, n_all: usize) -> Result<Vec<usize>> {
     let path = root.join(format!("{name}_order.h5"));

@@ -23,6 +23,8 @@ use crate::error::{DataError, Result};
 pub const CLASSES: usize = 6;
 /// AGM train rows when all 6,698 train.csv rows are present.
 pub const REAL_TRAIN_ROWS: usize = 6_028;
+/// Rows of the release's `train.csv` and `test.csv` (OGM-GE's split), which published numbers use.
+pub const RELEASE_ROWS: (usize, usize) = (6_698, 744);
 /// `class_dict` of the reference.
 pub const CLASS_NAMES: [&str; 6] = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"];
 

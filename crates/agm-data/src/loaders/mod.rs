@@ -200,6 +200,44 @@ impl LoadedDataset {
     }
 }
 
+/// How the data at `path` is smaller than the public release the published numbers come from,
+/// read from its index files alone: AV-MNIST's label arrays, CREMA-D's split lists, AVE's order
+/// files. `None` where it is not smaller, and for UR-Funny and MOSEI, whose release sizes agm
+/// does not pin.
+pub fn smaller_than_release(id: DatasetId, path: &Path) -> Result<Option<String>> {
+    let (name, have, release, what): (&str, Vec<usize>, Vec<usize>, &str) = match id {
+        DatasetId::AvMnist => {
+            let files = avmnist::AvMnistFiles::open(path)?;
+            let (have, release) = ([files.train_labels.len(), files.test_labels.len()], avmnist::RELEASE_ROWS);
+            ("AV-MNIST", have.to_vec(), vec![release.0, release.1], "train / test rows")
+        }
+        DatasetId::CremaD => {
+            let rows = |name: &str| -> Result<usize> {
+                let csv = path.join("CREMAD").join(name);
+                let bytes = std::fs::read(&csv).map_err(|e| io_err(&csv, e))?;
+                Ok(cremad::parse_split_csv(&bytes, &csv)?.len())
+            };
+            let release = cremad::RELEASE_ROWS;
+            let have = vec![rows("train.csv")?, rows("test.csv")?];
+            ("CREMA-D", have, vec![release.0, release.1], "train.csv / test.csv rows")
+        }
+        DatasetId::Ave => {
+            let rows = ["train", "val", "test"]
+                .iter()
+                .map(|name| Ok(h5::H5Dataset::open(&path.join(format!("{name}_order.h5")), "order")?.shape()[0]))
+                .collect::<Result<Vec<usize>>>()?;
+            ("AVE", rows, ave::RELEASE_ROWS.to_vec(), "train / val / test videos")
+        }
+        _ => return Ok(None),
+    };
+    let shown = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(" / ");
+    Ok(have
+        .iter()
+        .zip(&release)
+        .any(|(h, r)| h < r)
+        .then(|| format!("the data holds {} {what}; the released {name} has {}", shown(&have), shown(&release))))
+}
+
 /// Loads dataset `id` from `path` (a folder; for UR-Funny the pickle file, or a folder holding
 /// `humor.pkl`), then checks it with [`validate::validate_loaded`]: no empty split, no
 /// non-finite input. `cargo xtask data check` runs the same check.
