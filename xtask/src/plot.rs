@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-
-pub use plotters::chart::SeriesLabelPosition as Legend;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// DejaVu Sans cut down to Latin-1, Greek and a few signs (28 KB).
 static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-subset.ttf");
@@ -19,8 +20,9 @@ const FAMILY: &str = "sans-serif";
 /// Width and height of one panel, in pixels.
 const PANEL: (u32, u32) = (760, 480);
 
-/// Colours of the series, in order (Tableau 10, readable on white).
-const PALETTE: [RGBColor; 10] = [
+/// Colours of the series, in order: Tableau 10, then its lighter shades (Tableau 20's), so that
+/// up to 20 series (a study of every method) keep colours of their own.
+const PALETTE: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -31,7 +33,22 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(255, 152, 150),
+    RGBColor(197, 176, 213),
+    RGBColor(196, 156, 148),
+    RGBColor(247, 182, 210),
+    RGBColor(199, 199, 199),
+    RGBColor(219, 219, 141),
+    RGBColor(158, 218, 229),
 ];
+
+/// Height of one legend row below a chart, in pixels; legends sit below the chart, in
+/// [`LEGEND_COLUMNS`] columns, so they never cover data.
+const LEGEND_ROW: u32 = 22;
+const LEGEND_COLUMNS: usize = 2;
 
 /// Values beyond this magnitude are drawn at the edge of the chart: plot ranges stay finite and
 /// bounded whatever a run recorded (a coefficient can reach 1e300).
@@ -71,6 +88,25 @@ impl Series {
         self
     }
 
+    /// Its colour as the `index`-th series of a chart.
+    fn color(&self, index: usize) -> RGBColor {
+        PALETTE[self.colour.unwrap_or(index) % PALETTE.len()]
+    }
+
+    fn line_style(&self, index: usize) -> ShapeStyle {
+        ShapeStyle { color: self.color(index).to_rgba(), filled: false, stroke_width: 2 }
+    }
+
+    /// Dashed series carry hollow markers, solid ones filled markers, so that overlapping series
+    /// stay apart.
+    fn marker_style(&self, index: usize) -> ShapeStyle {
+        if self.dashed {
+            self.line_style(index)
+        } else {
+            self.color(index).filled()
+        }
+    }
+
     /// The points the chart draws, in its y scale; what it cannot draw is left out.
     fn drawn_points(&self, scale: YScale) -> Vec<(f64, f64)> {
         self.points.iter().filter_map(|&(x, y)| Some((bounded(x)?, scale.to_axis(y)?))).collect()
@@ -108,11 +144,42 @@ impl YScale {
         }
     }
 
-    fn label(self, y: f64) -> String {
+    /// The y ticks in axis coordinates: plotters' own on linear axes; 1, 2 and 5 times powers of
+    /// ten on a log axis (decades only where those are too many), or the linear ticks of the log
+    /// values where the range holds fewer than two.
+    fn ticks(self, y0: f64, y1: f64) -> Vec<f64> {
+        let linear = || RangedCoordf64::from(y0..y1).key_points(8usize);
+        if self != Self::Log {
+            return linear();
+        }
+        let in_range = |mantissas: &[f64]| -> Vec<f64> {
+            let decades = y0.floor() as i64..=y1.ceil() as i64;
+            decades
+                .flat_map(|k| mantissas.iter().map(move |m| k as f64 + m.log10()))
+                .filter(|t| (y0..=y1).contains(t))
+                .collect()
+        };
+        let nice = in_range(&[1.0, 2.0, 5.0]);
+        if nice.len() <= 10 && nice.len() >= 2 {
+            return nice;
+        }
+        let decades = in_range(&[1.0]);
+        if decades.len() >= 2 {
+            let step = decades.len().div_ceil(10);
+            return decades.into_iter().step_by(step).collect();
+        }
+        linear()
+    }
+
+    /// Tick labels, with the fewest decimals that tell `ticks` apart.
+    fn labels(self, ticks: &[f64]) -> Vec<String> {
         match self {
-            Self::Linear => format!("{y:.3}"),
-            Self::Percent => format!("{:.1}%", 100.0 * y),
-            Self::Log => format!("{:.3}", 10f64.powf(y)),
+            Self::Linear => shortest(ticks).into_iter().collect(),
+            Self::Percent => {
+                let percent: Vec<f64> = ticks.iter().map(|t| 100.0 * t).collect();
+                shortest(&percent).into_iter().map(|l| format!("{l}%")).collect()
+            }
+            Self::Log => ticks.iter().map(|&t| significant(10f64.powf(t), 3)).collect(),
         }
     }
 
@@ -135,7 +202,6 @@ pub struct Panel {
     /// Fixed y range; `None` fits the data.
     pub y_range: Option<(f64, f64)>,
     pub y_scale: YScale,
-    pub legend: Legend,
 }
 
 impl Panel {
@@ -147,13 +213,12 @@ impl Panel {
             series,
             y_range: None,
             y_scale: YScale::Linear,
-            legend: Legend::LowerRight,
         }
     }
 
-    pub fn legend(mut self, at: Legend) -> Self {
-        self.legend = at;
-        self
+    /// Rows of the legend below the chart.
+    fn legend_rows(&self) -> u32 {
+        self.series.len().div_ceil(LEGEND_COLUMNS) as u32
     }
 
     pub fn y_scale(mut self, scale: YScale) -> Self {
@@ -170,6 +235,70 @@ fn register_font() {
             assert!(ok, "the embedded font does not parse");
         }
     });
+}
+
+/// A linear f64 axis whose grid and labels sit at given ticks (plotters' `WithKeyPoints` of an
+/// f64 range takes no label formatter).
+struct TickedAxis {
+    range: RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for TickedAxis {
+    type FormatOption = DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.range.map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // Light grid lines would be unlabelled ticks of plotters' own choosing.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.range.range()
+    }
+}
+
+/// `values` with the fewest decimals (at most 6) at which each reads back within a thousandth
+/// of the smallest gap between them.
+fn shortest(values: &[f64]) -> Vec<String> {
+    let gap = values.windows(2).map(|w| (w[1] - w[0]).abs()).filter(|g| *g > 0.0).fold(f64::INFINITY, f64::min);
+    let tolerance = if gap.is_finite() { 1e-3 * gap } else { 1e-9 };
+    let decimals = (0..=6)
+        .find(|&d| {
+            values.iter().all(|v| (format!("{v:.d$}").parse::<f64>().unwrap_or(f64::NAN) - v).abs() <= tolerance)
+        })
+        .unwrap_or(6);
+    values.iter().map(|v| format!("{v:.decimals$}")).collect()
+}
+
+/// `v` to `digits` significant digits, without trailing zeros; powers of ten beyond 1e-4 and
+/// 1e6 in scientific notation (`1e-5`).
+pub fn significant(v: f64, digits: usize) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor();
+    if !(-4.0..6.0).contains(&magnitude) {
+        let text = format!("{v:.prec$e}", prec = digits.saturating_sub(1));
+        let (mantissa, exponent) = text.split_once('e').expect("scientific notation");
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exponent}");
+    }
+    let decimals = (digits as f64 - 1.0 - magnitude).max(0.0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
 }
 
 fn drawing<E: std::fmt::Display>(e: E) -> anyhow::Error {
@@ -190,31 +319,40 @@ fn padded(values: impl Iterator<Item = f64>, min_span: f64, pad: f64) -> (f64, f
 }
 
 fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) -> anyhow::Result<()> {
+    let (chart_area, legend_area) = area.split_vertically(PANEL.1);
     let scale = panel.y_scale;
     let points: Vec<Vec<(f64, f64)>> = panel.series.iter().map(|s| s.drawn_points(scale)).collect();
     let bands: Vec<Vec<(f64, f64, f64)>> = panel.series.iter().map(|s| s.drawn_band(scale)).collect();
     let (x0, x1) = padded(points.iter().flatten().map(|p| p.0), 1.0, 0.03);
     let band_ys = bands.iter().flatten().flat_map(|b| [b.1, b.2]);
-    let (y0, y1) = panel
-        .y_range
-        .unwrap_or_else(|| padded(points.iter().flatten().map(|p| p.1).chain(band_ys), scale.min_span(), 0.08));
-    let mut chart = ChartBuilder::on(area)
+    let (y0, y1) = panel.y_range.unwrap_or_else(|| {
+        let (y0, y1) = padded(points.iter().flatten().map(|p| p.1).chain(band_ys), scale.min_span(), 0.08);
+        // Accuracies stay within 0% and 100%: no bare strip beyond, no interval past them.
+        if scale == YScale::Percent {
+            (y0.max(0.0), y1.min(1.0).max(y0.max(0.0) + scale.min_span()))
+        } else {
+            (y0, y1)
+        }
+    });
+    let ticks = scale.ticks(y0, y1);
+    let labels: Vec<(f64, String)> = ticks.iter().copied().zip(scale.labels(&ticks)).collect();
+    let mut chart = ChartBuilder::on(&chart_area)
         .caption(&panel.title, (FAMILY, 22))
         .margin(14)
         .x_label_area_size(44)
         .y_label_area_size(64)
-        .build_cartesian_2d(x0..x1, y0..y1)
+        .build_cartesian_2d(x0..x1, TickedAxis { range: RangedCoordf64::from(y0..y1), ticks })
         .map_err(drawing)?;
     let integer_x = panel.series.iter().flat_map(|s| &s.points).all(|p| p.0.fract() == 0.0);
     let x_labels = if integer_x { ((x1 - x0).floor() as usize + 1).min(11) } else { 11 };
+    let y_label = |y: &f64| labels.iter().find(|(t, _)| t == y).map_or_else(|| significant(*y, 3), |(_, l)| l.clone());
     chart
         .configure_mesh()
         .x_desc(&panel.x_label)
         .y_desc(&panel.y_label)
         .x_labels(x_labels)
-        .y_labels(8)
         .x_label_formatter(&|x| if integer_x { format!("{x:.0}") } else { format!("{x:.2}") })
-        .y_label_formatter(&|y| scale.label(*y))
+        .y_label_formatter(&y_label)
         .label_style((FAMILY, 14))
         .axis_desc_style((FAMILY, 16))
         .light_line_style(RGBColor(238, 238, 238))
@@ -224,43 +362,43 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
     // Bands first, so every line stays on top of every band.
     for (i, (series, band)) in panel.series.iter().zip(&bands).enumerate() {
         if band.len() >= 2 {
-            let color = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
-            let outline: Vec<(f64, f64)> =
-                band.iter().map(|b| (b.0, b.2)).chain(band.iter().rev().map(|b| (b.0, b.1))).collect();
-            chart.draw_series(std::iter::once(Polygon::new(outline, color.mix(0.18).filled()))).map_err(drawing)?;
+            let outline: Vec<(f64, f64)> = band
+                .iter()
+                .map(|b| (b.0, b.2.clamp(y0, y1)))
+                .chain(band.iter().rev().map(|b| (b.0, b.1.clamp(y0, y1))))
+                .collect();
+            let fill = series.color(i).mix(0.18).filled();
+            chart.draw_series(std::iter::once(Polygon::new(outline, fill))).map_err(drawing)?;
         }
     }
     for (i, (series, pts)) in panel.series.iter().zip(&points).enumerate() {
-        let color = PALETTE[series.colour.unwrap_or(i) % PALETTE.len()];
-        let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: 2 };
-        let dashed = series.dashed;
-        let drawn = if dashed {
-            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(drawing)?
+        let style = series.line_style(i);
+        if series.dashed {
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style)).map_err(drawing)?;
         } else {
-            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(drawing)?
-        };
-        // The legend shows the line's dash and its marker, so overlapping series stay apart.
-        // Dashed series carry hollow markers, solid ones filled markers; the legend shows both, so
-        // overlapping series stay apart. Coordinates after `EmptyElement::at` are relative.
-        let marker = if dashed { style } else { color.filled() };
-        let (gap_start, gap_end) = if dashed { (8, 16) } else { (12, 12) };
-        drawn.label(series.name.as_str()).legend(move |at| {
-            EmptyElement::at(at)
-                + PathElement::new(vec![(0, 0), (gap_start, 0)], style)
-                + PathElement::new(vec![(gap_end, 0), (24, 0)], style)
-                + Circle::new((12, 0), 4, marker)
-        });
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, if dashed { 4 } else { 3 }, marker))).map_err(drawing)?;
+            chart.draw_series(LineSeries::new(pts.clone(), style)).map_err(drawing)?;
+        }
+        let marker = series.marker_style(i);
+        let radius = if series.dashed { 4 } else { 3 };
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, radius, marker))).map_err(drawing)?;
     }
-    if !panel.series.is_empty() {
-        chart
-            .configure_series_labels()
-            .position(panel.legend.clone())
-            .background_style(WHITE.mix(0.9))
-            .border_style(RGBColor(160, 160, 160))
-            .label_font((FAMILY, 15))
-            .draw()
-            .map_err(drawing)?;
+    draw_legend(&legend_area, &panel.series)
+}
+
+/// The legend below a chart: each series' dash and marker, then its name, in columns.
+fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, series: &[Series]) -> anyhow::Result<()> {
+    let column_width = (PANEL.0 as i32 - 2 * 78) / LEGEND_COLUMNS as i32;
+    for (i, s) in series.iter().enumerate() {
+        let (row, column) = ((i / LEGEND_COLUMNS) as i32, (i % LEGEND_COLUMNS) as i32);
+        let (x, y) = (78 + column * column_width, (LEGEND_ROW as i32) * row + LEGEND_ROW as i32 / 2);
+        let (style, marker) = (s.line_style(i), s.marker_style(i));
+        // Dashed series show a gap in their sample line and a hollow marker.
+        let (gap_start, gap_end) = if s.dashed { (8, 16) } else { (12, 12) };
+        area.draw(&PathElement::new(vec![(x, y), (x + gap_start, y)], style)).map_err(drawing)?;
+        area.draw(&PathElement::new(vec![(x + gap_end, y), (x + 24, y)], style)).map_err(drawing)?;
+        area.draw(&Circle::new((x + 12, y), 4, marker)).map_err(drawing)?;
+        let font = (FAMILY, 15).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center));
+        area.draw(&Text::new(s.name.clone(), (x + 32, y), font)).map_err(drawing)?;
     }
     Ok(())
 }
@@ -273,8 +411,11 @@ fn draw_all<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, panels: &[Panel]) 
     root.present().map_err(drawing)
 }
 
+/// Panels side by side, each as tall as the chart plus the longest legend below it.
 fn size(panels: &[Panel]) -> (u32, u32) {
-    (PANEL.0 * panels.len().max(1) as u32, PANEL.1)
+    let rows = panels.iter().map(Panel::legend_rows).max().unwrap_or(0);
+    let legend = if rows > 0 { rows * LEGEND_ROW + 8 } else { 0 };
+    (PANEL.0 * panels.len().max(1) as u32, PANEL.1 + legend)
 }
 
 /// The PNG file (RGB, 8 bits) of the panels side by side.
@@ -391,5 +532,48 @@ mod tests {
         // An empty panel still renders (axes only).
         let empty = Panel::new("Nothing yet", "value", vec![]);
         assert!(png_bytes(&[empty]).unwrap().len() > 100);
+    }
+
+    #[test]
+    fn the_legend_sits_below_the_chart_and_grows_with_the_series() {
+        let series = |n: usize| -> Vec<Series> {
+            (0..n).map(|i| Series::new(format!("series {i}"), vec![(1.0, i as f64), (2.0, 1.0)])).collect()
+        };
+        assert_eq!(size(&[Panel::new("none", "y", vec![])]), (PANEL.0, PANEL.1));
+        assert_eq!(size(&[Panel::new("three", "y", series(3))]), (PANEL.0, PANEL.1 + 2 * LEGEND_ROW + 8));
+        // Side by side, panels share the tallest legend.
+        let panels = [Panel::new("a", "y", series(1)), Panel::new("b", "y", series(5))];
+        assert_eq!(size(&panels), (2 * PANEL.0, PANEL.1 + 3 * LEGEND_ROW + 8));
+        // The legend's texts are drawn below the chart area.
+        let svg = svg_string(&[Panel::new("three", "y", series(3))]).unwrap();
+        let label = svg
+            .split("<text")
+            .find(|t| t.find('>').zip(t.find("</text>")).is_some_and(|(a, b)| t[a + 1..b].trim() == "series 2"))
+            .expect("the legend names series 2");
+        let y: f64 = label.split(" y=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
+        assert!(y > PANEL.1 as f64, "series 2's label at y = {y}");
+        // Twenty series keep twenty colours.
+        let colours: std::collections::BTreeSet<_> = (0..20).map(|i| Series::new("", vec![]).color(i).rgb()).collect();
+        assert_eq!(colours.len(), 20);
+    }
+
+    #[test]
+    fn ticks_are_round_and_labelled_with_the_digits_they_need() {
+        for (v, want) in [(1e-5, "1e-5"), (0.000_123_45, "0.000123"), (2.0, "2"), (1_234_567.0, "1.23e6"), (0.9, "0.9")]
+        {
+            assert_eq!(significant(v, 3), want);
+        }
+        assert_eq!(significant(-0.0251, 2), "-0.025");
+        assert_eq!(shortest(&[0.0, 0.5, 1.0, 1.5]), ["0.0", "0.5", "1.0", "1.5"]);
+        assert_eq!(shortest(&[0.9, 1.0, 1.1]), ["0.9", "1.0", "1.1"]);
+        assert_eq!(shortest(&[2.0, 4.0]), ["2", "4"]);
+        // A log axis from 0.005 to 2.3: 1, 2 and 5 times powers of ten.
+        let ticks = YScale::Log.ticks(0.005f64.log10(), 2.3f64.log10());
+        assert_eq!(YScale::Log.labels(&ticks), ["0.005", "0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]);
+        // Over many decades, decades only; within one narrow span, plain ticks of the log values.
+        let ticks = YScale::Log.ticks(-12.0, 2.0);
+        assert!(ticks.iter().all(|t| t.fract() == 0.0) && ticks.len() <= 10, "{ticks:?}");
+        assert!(YScale::Log.ticks(0.1, 0.2).len() >= 2);
+        assert_eq!(YScale::Percent.labels(&[0.5, 0.75, 1.0]), ["50%", "75%", "100%"]);
     }
 }

@@ -23,7 +23,7 @@ use agm_train::{EpochSummary, RunConfig, RunDir};
 use anyhow::Context;
 
 use crate::cli::ReportArgs;
-use crate::plot::{self, Legend, Panel, Series, YScale};
+use crate::plot::{self, Panel, Series, YScale};
 
 /// Everything a run directory says about a run.
 #[derive(Clone, Debug)]
@@ -156,7 +156,7 @@ pub fn loss_scale(name: &str) -> YScale {
 /// The loss panel of a run or a comparison, on the `--loss-scale` axis.
 fn loss_panel(series: Vec<Series>, loss: YScale) -> Panel {
     let axis = if loss == YScale::Log { "cross-entropy (log scale)" } else { "cross-entropy" };
-    Panel::new("Loss", axis, series).y_scale(loss).legend(Legend::UpperRight)
+    Panel::new("Loss", axis, series).y_scale(loss)
 }
 
 /// The panels of a run's plots, by file stem, in the order the README shows them.
@@ -212,7 +212,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         out.push((
             "coefficients",
             "Coefficients".to_string(),
-            Panel::new("Modulation coefficients", "coefficient", series).legend(Legend::UpperRight),
+            Panel::new("Modulation coefficients", "coefficient", series),
         ));
     }
     let n_comp = vector_len(rows, |r| r.competition.as_ref());
@@ -228,7 +228,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         out.push((
             "competition",
             "Competition strength".to_string(),
-            Panel::new("Competition strength", "strength (0: none, 1: full)", series).legend(Legend::UpperRight),
+            Panel::new("Competition strength", "strength (0: none, 1: full)", series),
         ));
     }
     out
@@ -242,11 +242,14 @@ fn pct(x: f64) -> String {
     }
 }
 
+/// Three decimals, or three significant digits where those would round a value to zero.
 fn num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
+    if !x.is_finite() {
         "n/a".into()
+    } else if x != 0.0 && x.abs() < 0.01 {
+        plot::significant(x, 3)
+    } else {
+        crate::progress::compact(x, 3)
     }
 }
 
@@ -350,7 +353,7 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     md.push_str("## Every epoch\n\n");
     md.push_str(&columns.header(&["epoch", "lr", "train loss", "validation loss"], &record.modalities));
     for r in &record.rows {
-        let first = [r.epoch.to_string(), format!("{:.4}", r.lr), num(r.train_loss), num(r.validation.loss)];
+        let first = [r.epoch.to_string(), plot::significant(r.lr, 4), num(r.train_loss), num(r.validation.loss)];
         md.push_str(&columns.row(&first, r, n));
     }
     md
@@ -704,7 +707,7 @@ pub(crate) mod tests {
             "| best (validation) | 4 | 90.00% | 85.00% | 30.00% | 0.800 | 1.300 | 0.200 | 0.700 | 4.00 ms | 300 MiB |",
             "![Competition strength](competition.png)",
             "[SVG](coefficients.svg)",
-            "| 1 | 0.0500 | 1.750 | 1.250 | 60.00% |",
+            "| 1 | 0.05 | 1.750 | 1.250 | 60.00% |",
         ] {
             assert!(md.contains(needle), "README.md lacks `{needle}`:\n{md}");
         }
@@ -820,7 +823,7 @@ pub(crate) mod tests {
         synthetic_run(&dir, "agm", 4, false);
         let out = write(&dir, YScale::Log).unwrap();
         let ticks = check::svg_texts(&out.join("accuracy.svg"));
-        assert!(ticks.iter().any(|t| t == "70.0%"), "no percent ticks: {ticks:?}");
+        assert!(ticks.iter().any(|t| t == "70%"), "no percent ticks: {ticks:?}");
         let loss = check::svg_texts(&out.join("loss.svg"));
         assert!(loss.iter().any(|t| t == "cross-entropy (log scale)"), "{loss:?}");
         write(&dir, YScale::Linear).unwrap();

@@ -513,6 +513,9 @@ fn mean_curve(name: &str, runs: &[&RunResult], f: impl Fn(&RunResult, usize) -> 
     Series::new(name, points).band(band)
 }
 
+/// Studies of more methods draw their curves without confidence bands.
+const MAX_METHODS_WITH_BANDS: usize = 5;
+
 /// The combined plot: validation accuracy and the weaker modality's validation Shapley accuracy.
 pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
     let weaker = table
@@ -534,18 +537,22 @@ pub fn curves(table: &StudyTable, results: &[RunResult]) -> Vec<Panel> {
     }
     let mut accuracy = Vec::new();
     let mut modality = Vec::new();
+    // Past a few methods, overlapping bands hide the lines: the means alone stay readable.
+    let bands = table.setup.methods.len() <= MAX_METHODS_WITH_BANDS;
+    let without_band = |s: Series| if bands { s } else { s.band(Vec::new()) };
     for method in &table.setup.methods {
         let runs: Vec<&RunResult> = of_method(results, method).collect();
-        accuracy.push(mean_curve(method, &runs, |r, e| r.curve_accuracy.get(e).copied()));
-        modality.push(mean_curve(method, &runs, |r, e| {
+        accuracy.push(without_band(mean_curve(method, &runs, |r, e| r.curve_accuracy.get(e).copied())));
+        modality.push(without_band(mean_curve(method, &runs, |r, e| {
             r.curve_modality_accuracy.get(e).and_then(|m| m.get(weaker)).copied()
-        }));
+        })));
     }
+    let interval = if bands { ", 95% CI" } else { "" };
     vec![
-        Panel::new(format!("Validation accuracy (mean over {seeds}, 95% CI)"), "validation accuracy", accuracy)
+        Panel::new(format!("Validation accuracy (mean over {seeds}{interval})"), "validation accuracy", accuracy)
             .y_scale(YScale::Percent),
         Panel::new(
-            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds}, 95% CI)"),
+            format!("{name} Shapley accuracy, the weaker modality (mean over {seeds}{interval})"),
             format!("{name} Shapley accuracy (validation)"),
             modality,
         )
@@ -1126,6 +1133,14 @@ mod tests {
         stopped[0].curve_accuracy.pop();
         let panels = curves(&table, &stopped);
         assert_eq!(panels[0].title, "Validation accuracy (mean over 3 seeds while they run, 95% CI)");
+        assert!(panels[0].series.iter().all(|s| !s.band.is_empty()));
+        // Past five methods, the curves are means alone, and the titles say so.
+        let names = ["joint", "agm", "m3", "m4", "m5", "m6"];
+        let many: Vec<RunResult> =
+            names.iter().flat_map(|m| (0..3).map(|seed| result(m, seed, 0.9, 0.8, 0.4 + 0.01 * seed as f64))).collect();
+        let panels = curves(&summarise(setup(&names, 3), &many), &many);
+        assert_eq!(panels[0].title, "Validation accuracy (mean over 3 seeds)");
+        assert!(panels.iter().flat_map(|p| &p.series).all(|s| s.band.is_empty() && !s.points.is_empty()));
     }
 
     #[test]

@@ -419,15 +419,21 @@ fn print_summary(
         );
     }
     if let Some(last) = &run.last {
+        // The epoch mean, as the epoch lines and the report show it; a single step's value swings.
+        let compact = |v: f64| crate::progress::compact(v, 3);
         if !last.coefficients_by_method.is_empty() {
             println!(
-                "last epoch's mean coefficients: {}",
+                "coefficients, mean over the last epoch: {}",
                 crate::progress::by_method(modalities, &last.coefficients_by_method, 3)
             );
-        } else if let Some(c) = &last.last_coefficients {
+        } else if let Some(mean) = &last.coefficients {
+            let after = last.last_coefficients.as_ref().map_or_else(String::new, |c| {
+                let values: Vec<String> = c.iter().map(|&v| compact(v)).collect();
+                format!(" (after its last step: {})", values.join(" / "))
+            });
             println!(
-                "final coefficients: {}",
-                crate::progress::labelled(modalities, c, " / ", |v| crate::progress::compact(v, 3))
+                "coefficients, mean over the last epoch: {}{after}",
+                crate::progress::labelled(modalities, mean, " / ", compact)
             );
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
