@@ -406,7 +406,7 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
          Shapley accuracies are on the test split; validation accuracy is the best epoch's; competition \
          strength is the best epoch's (0: the modality's mono-modal concept is linearly recoverable from \
          the fused feature, about 1: not at all). Step time is the mean training step; peak memory is the \
-         process's peak resident set during the run.\n\n",
+         peak of live heap bytes while the run trains (its data and model included).\n\n",
     );
     let measured = table.rows.iter().any(|r| r.competition.is_some());
     let mut header = vec![

@@ -379,7 +379,6 @@ fn run_locked(
     let device = cfg.device()?;
     // Products and convolutions on this thread follow the run's precision until it returns.
     let _precision = agm_kernels::PrecisionGuard::new(cfg.precision()?);
-    crate::memory::reset_peak_memory();
     // A resumed run's weights come from its checkpoint, not from `init_weights`.
     let without_init;
     let build_cfg = if resuming {
@@ -403,6 +402,8 @@ fn run_locked(
         Concepts::In(dir) => attach_concepts(cfg, data, dir, false, callback).map(|(p, s)| (p, Some(s)))?,
         Concepts::TrainMissing(dir) => attach_concepts(cfg, data, dir, true, callback).map(|(p, s)| (p, Some(s)))?,
     };
+    // The run's peak counts from here: its data and model, not the concept models trained above.
+    crate::memory::reset_peak_memory();
     let model: &dyn MultimodalModel = built.model.as_ref();
     let mut trainer = cfg
         .trainer(model, built.modulator, data, &device)?
