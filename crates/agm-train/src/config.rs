@@ -329,7 +329,20 @@ impl RunConfig {
     /// The whole config as TOML, every registered method's section included (unlike
     /// [`RunConfig::to_run_toml`]).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("the config is plain data")
+        toml::to_string_pretty(&self.table()).expect("the config is plain data")
+    }
+
+    /// Every setting as a TOML table, less the settings of another dataset than this run's.
+    fn table(&self) -> toml::Table {
+        let mut table = toml::Table::try_from(self).expect("the config is plain data");
+        // Settings of one dataset only; another dataset's run would record values it ignores.
+        if self.dataset != "av-digits" {
+            table.remove("data_preset");
+        }
+        if self.dataset != "synthetic" {
+            table.remove("synthetic_scale");
+        }
+        table
     }
 
     /// The `config.toml` sections of the registered methods this run does not use.
@@ -361,16 +374,9 @@ impl RunConfig {
     /// setting but the sections of methods the run does not use (they do not change it).
     /// Reading it back gives a config that trains the same run.
     pub fn to_run_toml(&self, header: &str) -> String {
-        let mut table = toml::Table::try_from(self).expect("the config is plain data");
+        let mut table = self.table();
         for section in self.unused_method_sections() {
             table.remove(&section);
-        }
-        // Settings of one dataset only; another dataset's run would record values it ignores.
-        if self.dataset != "av-digits" {
-            table.remove("data_preset");
-        }
-        if self.dataset != "synthetic" {
-            table.remove("synthetic_scale");
         }
         let comments: String = header.lines().map(|l| format!("# {l}\n").replace("# \n", "#\n")).collect();
         format!("{comments}{}", toml::to_string_pretty(&table).expect("the config is plain data"))

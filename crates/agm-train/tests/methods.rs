@@ -235,6 +235,10 @@ fn a_runs_config_records_only_its_datasets_settings_and_refuses_the_others() {
     let ave = RunConfig::for_dataset("ave").unwrap();
     let table: toml::Table = toml::from_str(&ave.to_run_toml("")).unwrap();
     assert!(!table.contains_key("data_preset") && !table.contains_key("synthetic_scale"), "{table}");
+    // `--print-config` shows what the run uses, too.
+    let whole: toml::Table = toml::from_str(&ave.to_toml()).unwrap();
+    assert!(!whole.contains_key("data_preset") && whole.contains_key("agm"), "{whole}");
+    assert_eq!(RunConfig::from_toml_str(&ave.to_toml()).unwrap(), ave);
     assert!(RunConfig::from_toml_str(&ave.to_run_toml("")).unwrap().same_run(&ave));
     assert_eq!(ave.dataset_label(), "ave");
     let digits: toml::Table = toml::from_str(&RunConfig::av_digits().to_run_toml("")).unwrap();
