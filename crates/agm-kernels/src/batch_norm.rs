@@ -113,6 +113,9 @@ fn batch_norm_fn(
     relu: bool,
 ) -> Result<(Tensor, Option<BatchStats>)> {
     check_args(x, weight, bias, running, eps)?;
+    if running.is_none() {
+        check_values_per_channel(x, x.dim(0)?)?;
+    }
     if !own_kernels(x.device()) {
         let (y, stats) = batch_norm_ref(x, weight, bias, running, eps)?;
         return Ok((if relu { y.relu()? } else { y }, stats));
@@ -152,6 +155,7 @@ pub fn batch_norm_train(
     if eval_tail >= b {
         candle_core::bail!("batch_norm: {eval_tail} evaluation rows leave no training rows in a batch of {b}");
     }
+    check_values_per_channel(x, b - eval_tail)?;
     if !own_kernels(x.device()) {
         return batch_norm_train_apart(x, weight, bias, running, momentum, eval_tail, eps, relu);
     }
@@ -271,6 +275,22 @@ fn moved_in<T: Real>(running: f64, batch: f64, m: f64) -> f64 {
 }
 
 /// Shapes, dtypes and `eps` of a batch-norm call.
+/// Training mode needs two values per channel or more: one value has no variance, and PyTorch
+/// refuses it ("Expected more than 1 value per channel when training").
+fn check_values_per_channel(x: &Tensor, training_rows: usize) -> Result<()> {
+    let per_sample: usize = x.dims()[2..].iter().product();
+    if training_rows * per_sample == 1 {
+        candle_core::bail!(
+            "batch norm in training mode got 1 value per channel (input {:?}): a batch of 1 sample reached a \
+             layer whose feature map is 1 value per channel, which has no variance (PyTorch refuses it too: \
+             \"Expected more than 1 value per channel when training\"); choose a batch size that leaves no batch \
+             of 1 sample",
+            x.dims()
+        );
+    }
+    Ok(())
+}
+
 fn check_args(x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<()> {
     let dims = x.dims();
     if dims.len() < 2 || dims[1] == 0 || dims[0] == 0 {

@@ -113,6 +113,30 @@ fn bad_inputs_are_errors() -> Result<()> {
     Ok(())
 }
 
+/// One value per channel has no variance: training mode refuses it as PyTorch does, on a 1×1
+/// feature map of one sample or on one sample without spatial dimensions; evaluation mode and
+/// one sample with a larger map train.
+#[test]
+fn training_mode_refuses_one_value_per_channel() -> Result<()> {
+    use agm_kernels::batch_norm_train;
+    let w3 = tensor(&[3], 0.1, 1.0)?;
+    let (rm, rv) = (tensor(&[3], 0.0, 0.0)?, tensor(&[3], 0.0, 1.0)?);
+    for shape in [&[1usize, 3, 1, 1][..], &[1, 3]] {
+        let x = tensor(shape, 0.3, 0.1)?;
+        let err = batch_norm(&x, &w3, &w3, None, 1e-5).unwrap_err().to_string();
+        assert!(err.contains("1 value per channel") && err.contains("batch size"), "{err}");
+        let err = batch_norm_train(&x, &w3, &w3, (&rm, &rv), 0.1, 0, 1e-5, true).unwrap_err().to_string();
+        assert!(err.contains("Expected more than 1 value per channel when training"), "{err}");
+        batch_norm(&x, &w3, &w3, Some((&rm, &rv)), 1e-5)?;
+    }
+    // One training row and the fast Shapley pass's evaluation row: one value per channel.
+    let two = tensor(&[2, 3], 0.3, 0.1)?;
+    assert!(batch_norm_train(&two, &w3, &w3, (&rm, &rv), 0.1, 1, 1e-5, false).is_err());
+    batch_norm_train(&two, &w3, &w3, (&rm, &rv), 0.1, 0, 1e-5, false)?;
+    batch_norm(&tensor(&[1, 3, 2, 1], 0.3, 0.1)?, &w3, &w3, None, 1e-5)?;
+    Ok(())
+}
+
 #[test]
 fn evaluation_tail_rows_equal_separate_training_and_evaluation_calls() -> Result<()> {
     use agm_kernels::{batch_norm_relu, batch_norm_train};

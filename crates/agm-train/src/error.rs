@@ -187,6 +187,21 @@ pub enum TrainError {
     Tensor(#[from] candle_core::Error),
 }
 
+impl TrainError {
+    /// A tensor error of a training step, saying where it happened (other errors name their
+    /// place already).
+    pub(crate) fn in_step(self, epoch: usize, step: usize, samples: usize) -> Self {
+        match self {
+            Self::Tensor(e) => Self::Tensor(candle_core::Error::Msg(format!(
+                "epoch {epoch}, step {step} (a batch of {samples} sample{}): {}",
+                if samples == 1 { "" } else { "s" },
+                candle_message(&e)
+            ))),
+            other => other,
+        }
+    }
+}
+
 /// The result of agm-train's fallible calls.
 pub type Result<T> = std::result::Result<T, TrainError>;
 

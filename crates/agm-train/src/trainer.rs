@@ -691,7 +691,8 @@ impl<'a> Trainer<'a> {
                         shapley: self.opts.shapley,
                         loss_reduction: self.opts.loss_reduction,
                     };
-                    train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)?
+                    train_step(&mut parts, &batch, step, epoch, dropout_seed, &mut NoObserver)
+                        .map_err(|e| TrainError::from(e).in_step(epoch, bi + 1, batch.len()))?
                 };
                 if !outcome.loss.is_finite() {
                     let kept = self.kept_after_divergence();

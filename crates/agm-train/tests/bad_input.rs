@@ -346,3 +346,26 @@ fn failed_starts_leave_nothing_and_failed_resumes_leave_the_run_as_it_was() {
     let outcome = run(&RunConfig { epochs: 3, ..cfg }, &dir, RunStart::Resume { header: changed.clone() }).unwrap();
     assert_eq!(outcome.run.epochs_done, 3);
 }
+
+/// A last batch of 1 sample reaching a batch norm over a 1×1 map (AV-MNIST's ResNet layer4) is
+/// refused at that step, as PyTorch refuses it, naming the epoch, the step and the fix; it
+/// trained silently into running variances near 0.
+#[test]
+fn a_batch_of_one_sample_at_a_one_by_one_batch_norm_is_refused_naming_the_step() {
+    use agm_train::run::{train_run, Concepts, RunOptions, RunStart};
+    let cfg = RunRequest::default()
+        .set("(test)", "dataset", "synthetic")
+        .set("(test)", "model", "avmnist-late")
+        .set("(test)", "method", "joint")
+        .set("(test)", "epochs", 1)
+        .set("(test)", "batch_size", 127)
+        .resolve()
+        .unwrap()
+        .config;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::create(tmp.path().join("run")).unwrap();
+    let opts = RunOptions { concepts: Some(Concepts::Off), ..RunOptions::default() };
+    let err = train_run(&cfg, &dir, RunStart::New, &opts, &mut agm_train::NoCallback).unwrap_err().to_string();
+    assert!(err.contains("epoch 1, step 2 (a batch of 1 sample)") && err.contains("choose a batch size"), "{err}");
+    assert!(!err.contains("stack backtrace") && !err.contains("\n"), "{err}");
+}
