@@ -102,8 +102,10 @@ impl AgmConfig {
         }
         crate::shared::check_window("agm", self.window_start, self.window_end)?;
         if let Some(c) = self.coeff_clamp {
-            if !c.is_finite() {
-                return Err(format!("agm.coeff_clamp must be finite, got {c}").into());
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(
+                    format!("agm.coeff_clamp must be finite and >= 0 (a cap on opt_ratio − ratio), got {c}").into()
+                );
             }
         }
         if let Some(f) = self.prob_floor {
@@ -112,9 +114,7 @@ impl AgmConfig {
             }
         }
         if let Some(c) = &self.clip {
-            if !(c.max_norm > 0.0 && c.threshold >= 0.0) {
-                return Err("agm.clip needs max_norm > 0 and threshold >= 0".into());
-            }
+            c.validate("agm")?;
         }
         Ok(())
     }

@@ -143,11 +143,16 @@ impl InfoRegConfig {
         if !self.threshold.is_finite() {
             return Err(format!("inforeg.threshold must be a finite number, got {}", self.threshold).into());
         }
-        if self.window == 0 {
-            return Err("inforeg.window must be >= 1, got 0".into());
+        if !(1..=Self::MAX_WINDOW).contains(&self.window) {
+            return Err(
+                format!("inforeg.window must be in 1..={} epochs, got {}", Self::MAX_WINDOW, self.window).into()
+            );
         }
         Ok(())
     }
+
+    /// The longest window `validate` takes (epochs; the official one is 10).
+    pub const MAX_WINDOW: usize = 1_000_000;
 
     /// `c_m` for each of `m` modalities.
     pub fn strengths(&self, m: usize) -> std::result::Result<Vec<f64>, MethodError> {
@@ -167,11 +172,12 @@ pub fn window_statistic(history: &[f64], window: usize) -> f64 {
     if history.is_empty() {
         return 1.0;
     }
-    // The official list: `window` zeros, then the history; sums run oldest first.
-    let padded = |i: isize| if i < 0 { 0.0 } else { history[i as usize] };
-    let n = history.len() as isize;
-    let w = window as isize;
-    let sum = |from: isize, to: isize| (from..to).fold(0.0, |acc, i| acc + padded(i));
+    // The official list: `window` zeros, then the history; sums run oldest first. The zeros
+    // add nothing (0 + x is x exactly), so only the history's part of a range is summed.
+    let n = history.len() as i128;
+    let w = window as i128;
+    let sum =
+        |from: i128, to: i128| history[from.max(0) as usize..to.max(0) as usize].iter().fold(0.0, |acc, h| acc + h);
     let tr1 = sum(n - w, n) / window as f64;
     let tr2 = sum(n - w - 1, n - 1) / window as f64;
     if tr1 == 0.0 {
@@ -573,6 +579,12 @@ mod tests {
         // A falling trace closes the window (k < 0); all-zero traces give 0.
         assert!(window_statistic(&[4.0, 3.0, 2.0, 1.0], 2) < 0.0);
         assert_eq!(window_statistic(&[0.0, 0.0], 10), 0.0);
+        // The zero prefill is not summed one by one: a huge window answers at once, as the
+        // formula says (k = t_last / Σ t), and windows past the limit are refused.
+        let k = window_statistic(&[0.3, 0.1], usize::MAX);
+        assert!((k - 0.1 / 0.4).abs() < 1e-15, "{k}");
+        let huge = InfoRegConfig { window: InfoRegConfig::MAX_WINDOW + 1, ..InfoRegConfig::av_digits() };
+        assert!(huge.validate().unwrap_err().to_string().contains("inforeg.window must be in 1..=1000000"));
     }
 
     #[test]

@@ -35,12 +35,7 @@ impl JointConfig {
 
     /// Checks every field; the error names the field.
     pub fn validate(&self) -> std::result::Result<(), MethodError> {
-        match &self.clip {
-            Some(c) if !(c.max_norm > 0.0 && c.threshold >= 0.0) => {
-                Err("joint.clip needs max_norm > 0 and threshold >= 0".into())
-            }
-            _ => Ok(()),
-        }
+        self.clip.as_ref().map_or(Ok(()), |c| c.validate("joint"))
     }
 }
 

@@ -171,6 +171,18 @@ impl ClipRule {
         Self { threshold, max_norm, condition: ClipCondition::OutsideBand }
     }
 
+    /// Checks the rule as the `clip` setting of method section `section`: a finite `threshold`
+    /// `>= 0` and a finite `max_norm > 0`; the error names the key.
+    pub fn validate(&self, section: &str) -> std::result::Result<(), crate::MethodError> {
+        if !(self.threshold.is_finite() && self.threshold >= 0.0) {
+            return Err(format!("{section}.clip.threshold must be finite and >= 0, got {}", self.threshold).into());
+        }
+        if !(self.max_norm.is_finite() && self.max_norm > 0.0) {
+            return Err(format!("{section}.clip.max_norm must be finite and > 0, got {}", self.max_norm).into());
+        }
+        Ok(())
+    }
+
     /// Whether the rule fires for a head gradient with these extremes.
     pub fn fires(&self, head_max: f64, head_min: f64) -> bool {
         match self.condition {

@@ -222,9 +222,7 @@ impl OgmGeConfig {
         }
         crate::shared::check_window("ogm_ge", self.window_start, self.window_end)?;
         if let Some(c) = &self.clip {
-            if !(c.max_norm > 0.0 && c.threshold >= 0.0) {
-                return Err("ogm_ge.clip needs max_norm > 0 and threshold >= 0".into());
-            }
+            c.validate("ogm_ge")?;
         }
         Ok(())
     }

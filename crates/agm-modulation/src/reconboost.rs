@@ -190,6 +190,9 @@ impl ReconBoostConfig {
         }
     }
 
+    /// The widest shared head `validate` takes.
+    pub const MAX_HEAD_HIDDEN: usize = 1 << 16;
+
     /// Checks every field without a model; the error names the field and the allowed values.
     pub fn validate(&self) -> std::result::Result<(), MethodError> {
         for (name, v) in [("weight1", self.weight1), ("weight2", self.weight2), ("boost_rate", self.boost_rate)] {
@@ -202,6 +205,14 @@ impl ReconBoostConfig {
         }
         if self.epochs_per_stage == 0 {
             return Err("reconboost.epochs_per_stage must be >= 1 (boosting epochs per stage), got 0".into());
+        }
+        if self.head_hidden > Self::MAX_HEAD_HIDDEN {
+            return Err(format!(
+                "reconboost.head_hidden must be at most {} (0: one linear layer; the official head: 256), got {}",
+                Self::MAX_HEAD_HIDDEN,
+                self.head_hidden
+            )
+            .into());
         }
         for (i, name) in self.schedule.iter().enumerate() {
             if self.schedule[..i].contains(name) {
@@ -929,6 +940,9 @@ mod tests {
         for name in ReconBoostConfig::PRESETS {
             ReconBoostConfig::preset(name).unwrap().validate().unwrap();
         }
+        // A head too wide to build is refused before any allocation (it panicked in one).
+        let wide = ReconBoostConfig { head_hidden: usize::MAX, ..ReconBoostConfig::official() };
+        assert!(wide.validate().unwrap_err().to_string().contains("reconboost.head_hidden must be at most 65536"));
         assert_eq!(ReconBoost::preset("ave").weight1, 4.0);
         assert_eq!(ReconBoost::preset("mosei").head_hidden, 0);
         assert_eq!(ReconBoost::preset("cremad").schedule, ["audio", "visual"]);

@@ -365,6 +365,42 @@ fn bad_ogm_settings_are_rejected_with_the_field() {
     assert!(err.contains("(0, 1]"), "{err}");
 }
 
+/// A clip rule is checked where it is set, naming the method's key: an infinite threshold was
+/// accepted and refused only at the first step, without the key.
+#[test]
+fn clip_rules_and_agms_clamp_are_checked_by_key_before_training() {
+    let bad = [
+        (ClipRule::outside_band(f64::INFINITY, 1.0), "clip.threshold must be finite and >= 0, got inf"),
+        (ClipRule::outside_band(-1.0, 1.0), "clip.threshold must be finite and >= 0, got -1"),
+        (ClipRule::outside_band(0.5, 0.0), "clip.max_norm must be finite and > 0, got 0"),
+        (ClipRule::outside_band(0.5, f64::NAN), "clip.max_norm must be finite and > 0, got NaN"),
+    ];
+    for (rule, message) in bad {
+        let errors = [
+            (
+                "agm",
+                AgmConfig { clip: Some(rule.clone()), ..AgmConfig::av_digits() }.validate().unwrap_err().to_string(),
+            ),
+            (
+                "ogm_ge",
+                OgmGeConfig { clip: Some(rule.clone()), ..OgmGeConfig::av_digits() }
+                    .validate()
+                    .unwrap_err()
+                    .to_string(),
+            ),
+            ("joint", agm_modulation::JointConfig { clip: Some(rule.clone()) }.validate().unwrap_err().to_string()),
+        ];
+        for (section, err) in errors {
+            assert_eq!(err, format!("{section}.{message}"));
+        }
+    }
+    ClipRule::outside_band(0.0, 1.0).validate("agm").unwrap();
+    for clamp in [-1.0, f64::NAN] {
+        let err = AgmConfig { coeff_clamp: Some(clamp), ..AgmConfig::av_digits() }.validate().unwrap_err().to_string();
+        assert!(err.contains("agm.coeff_clamp must be finite and >= 0"), "{err}");
+    }
+}
+
 // ---------------------------------------------------------------- neutral modulators
 
 #[test]

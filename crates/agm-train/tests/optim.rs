@@ -522,6 +522,14 @@ fn invalid_configs_name_the_field() {
     assert!(sgd_err(SgdConfig::new(-0.1)).contains("lr"));
     assert!(sgd_err(SgdConfig::new(f64::NAN)).contains("lr"));
     assert!(sgd_err(SgdConfig { momentum: -0.5, ..SgdConfig::new(0.1) }).contains("momentum"));
+    // A momentum above 1 grows the step without bound; a dampening outside [0, 1] flips it.
+    assert!(sgd_err(SgdConfig { momentum: 1.5, ..SgdConfig::new(0.1) })
+        .contains("optimizer.momentum = 1.5: must be in [0, 1]"));
+    for dampening in [-1.0, 2.0, f64::NAN] {
+        let err = sgd_err(SgdConfig { momentum: 0.9, dampening, ..SgdConfig::new(0.1) });
+        assert!(err.contains("optimizer.dampening") && err.contains("in [0, 1]"), "{err}");
+    }
+    Sgd::new(vec![group(&[("w", &w)])], SgdConfig { momentum: 1.0, dampening: 1.0, ..SgdConfig::new(0.1) }).unwrap();
     assert!(sgd_err(SgdConfig { weight_decay: -1.0, ..SgdConfig::new(0.1) }).contains("weight_decay"));
     assert!(sgd_err(SgdConfig { nesterov: true, ..SgdConfig::new(0.1) }).contains("nesterov"));
     let damped = SgdConfig { nesterov: true, momentum: 0.9, dampening: 0.1, ..SgdConfig::new(0.1) };

@@ -42,14 +42,15 @@ impl SgdConfig {
         Self { lr, momentum: 0.9, dampening: 0.0, weight_decay: 1e-4, nesterov: false }
     }
 
-    /// PyTorch's checks, plus finiteness; errors name the field.
+    /// PyTorch's checks, plus finiteness and the ranges in which momentum averages (a momentum
+    /// above 1 or a dampening outside [0, 1] grows or flips the step); errors name the field.
     pub fn validate(&self) -> Result<()> {
         const O: &str = "optimizer";
         check_lr(O, self.lr)?;
         let m = self.momentum;
-        ensure(m.is_finite() && m >= 0.0, O, "momentum", m, "finite and >= 0")?;
+        ensure((0.0..=1.0).contains(&m), O, "momentum", m, "in [0, 1]")?;
         let d = self.dampening;
-        ensure(d.is_finite(), O, "dampening", d, "finite")?;
+        ensure((0.0..=1.0).contains(&d), O, "dampening", d, "in [0, 1]")?;
         let wd = self.weight_decay;
         ensure(wd.is_finite() && wd >= 0.0, O, "weight_decay", wd, "finite and >= 0")?;
         if self.nesterov && (m <= 0.0 || d != 0.0) {
