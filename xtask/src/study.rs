@@ -820,7 +820,13 @@ fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
     if list.trim() == "all" {
         return Ok(agm_modulation::registry::names().into_iter().map(String::from).collect());
     }
-    Ok(name_list(list, "--methods", "method")?.into_iter().map(String::from).collect())
+    // One spelling per method, so that `agm + ogm-ge` and `agm+ogm-ge` are one stack.
+    let canonical = list
+        .split(',')
+        .map(|spec| if spec.trim().is_empty() { Ok(String::new()) } else { agm_modulation::registry::canonical(spec) })
+        .collect::<Result<Vec<String>, _>>()?
+        .join(",");
+    Ok(name_list(&canonical, "--methods", "method")?.into_iter().map(String::from).collect())
 }
 
 /// The names of a comma-separated list flag: at least one, none twice.

@@ -186,6 +186,12 @@ pub fn parse(spec: &str) -> Result<Vec<MethodEntry>, MethodError> {
     Ok(out)
 }
 
+/// A spec's one spelling: its methods' names joined by `+`, without spaces (`agm + ogm-ge` is
+/// `agm+ogm-ge`); errors as [`parse`].
+pub fn canonical(spec: &str) -> Result<String, MethodError> {
+    Ok(parse(spec)?.iter().map(|e| e.name).collect::<Vec<_>>().join(&STACK_SEPARATOR.to_string()))
+}
+
 /// Builds a spec for a model: the method itself for one name, a [`Stack`] for several. In a
 /// stack, the first method gets `cx.seed`, each later one the seed mixed with its position.
 pub fn build(spec: &str, settings: &MethodSettings, cx: &BuildCx<'_>) -> Result<Box<dyn Modulator>, MethodError> {

@@ -430,6 +430,18 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Writes `method` and `data_preset` in their one spelling (see
+    /// [`agm_modulation::registry::canonical`]); a setting that does not parse stays as written,
+    /// for [`RunConfig::validate`] to refuse.
+    pub fn canonicalize(&mut self) {
+        if let Ok(method) = registry::canonical(&self.method) {
+            self.method = method;
+        }
+        if let Ok(preset) = self.data_preset.parse::<NoisePreset>() {
+            self.data_preset = preset.to_string();
+        }
+    }
+
     /// The dataset as printed: AV-Digits with its noise preset, any other by its id.
     pub fn dataset_label(&self) -> String {
         dataset_label(&self.dataset, &self.data_preset)

@@ -44,11 +44,14 @@ impl fmt::Display for Origin {
 }
 
 /// A configuration error about a value a flag, a config file or a recipe gave, prefixed with where
-/// it came from (`flag --method: method = `agn` is not known…`); the message's first word names
-/// the setting.
+/// it came from (`flag --method: method = `agn` is not known…`); the message's first word that
+/// is a setting names it.
 fn blamed(err: TrainError, origin_of: impl Fn(&str) -> Option<Origin>) -> TrainError {
     let TrainError::Config(message) = err else { return err };
-    match origin_of(message.split([' ', ':']).next().unwrap_or_default()) {
+    // The first word that is a setting with an origin names it (`epochs must be …`,
+    // `invalid optimizer.lr = …`).
+    let origin = message.split([' ', ':', '=']).filter(|w| !w.is_empty()).find_map(&origin_of);
+    match origin {
         Some(origin) if !matches!(origin, Origin::Dataset(_)) => TrainError::Config(format!("{origin}: {message}")),
         _ => TrainError::Config(message),
     }
@@ -207,8 +210,13 @@ impl RunRequest {
             }
             current = next;
         }
-        let config = check(&current, &Origin::Dataset(dataset))?;
+        let mut config = check(&current, &Origin::Dataset(dataset))?;
         config.validate().map_err(|e| blamed(e, |key| origins.get(key).map(|(origin, _)| origin.clone())))?;
+        // One spelling per setting: ` agm` and `agm + ogm-ge` run, print and record as `agm` and
+        // `agm+ogm-ge`.
+        config.canonicalize();
+        current.insert("method".into(), config.method.clone().into());
+        current.insert("data_preset".into(), config.data_preset.clone().into());
         let defaults = leaves(&embedded);
         // Settings of methods the run does not use do not change it.
         let unused: Vec<String> = config.unused_method_sections().into_iter().map(|s| format!("{s}.")).collect();
