@@ -884,8 +884,19 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         counted(base.epochs as u64, "epoch"),
         out.display()
     );
-    for line in crate::train::settings_lines(&resolved) {
-        println!("{line}");
+    // A study sets each run's method and seed itself: a config file's or a recipe's are not in force.
+    for setting in &resolved.settings {
+        if setting.key == "method" || setting.key == "seed" {
+            println!(
+                "  {} = {} ({}) is not used: a study trains each of --methods with seeds 0 to {}",
+                setting.key,
+                setting.value,
+                setting.origin,
+                args.seeds - 1
+            );
+        } else {
+            println!("  {setting}");
+        }
     }
     stop_on_ctrl_c(runs.len(), &out);
     let started = Instant::now();

@@ -200,17 +200,7 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
             notes.push(format!("[{section}] in {} does nothing for method `{}`", path.display(), cfg.method));
         }
     }
-    // A method window that opens after the last epoch: the method never acts.
-    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
-    for (section, value) in &recorded {
-        let start = value.get("window_start").and_then(toml::Value::as_integer);
-        if let Some(start) = start.filter(|&s| s > cfg.epochs as i64) {
-            notes.push(format!(
-                "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
-                cfg.epochs
-            ));
-        }
-    }
+    notes.extend(late_windows(cfg));
     if cfg.optimizer.lr() == 0.0 {
         notes.push("the learning rate is 0: the weights never change".into());
     }
@@ -392,6 +382,44 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
+/// A method window that opens after the last epoch, one note each: the method never acts.
+fn late_windows(cfg: &RunConfig) -> Vec<String> {
+    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
+    let start_of = |value: &toml::Value| value.get("window_start").and_then(toml::Value::as_integer);
+    recorded
+        .iter()
+        .filter_map(|(section, value)| Some((section, start_of(value).filter(|&s| s > cfg.epochs as i64)?)))
+        .map(|(section, start)| {
+            format!(
+                "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
+                cfg.epochs
+            )
+        })
+        .collect()
+}
+
+/// A note when the method's coefficients held one value in every step of the run: it never
+/// modulated (a window, warm-up or schedule beyond the run, or settings that make it neutral).
+fn never_modulated(cfg: &RunConfig, dir: &Path) -> Option<String> {
+    let rows: Vec<agm_train::EpochSummary> = RunDir::open(dir).ok()?.read_metrics().ok()?;
+    let first = rows.first()?.coefficients.clone()?;
+    let held = |c: &Option<Vec<f64>>| c.as_ref() == Some(&first);
+    // A late window was named before the run started.
+    let moved = !rows.iter().all(|r| held(&r.coefficients) && held(&r.last_coefficients));
+    if cfg.method == "joint" || moved || !late_windows(cfg).is_empty() {
+        return None;
+    }
+    let values: Vec<String> = first.iter().map(|&v| crate::progress::compact(v, 3)).collect();
+    Some(format!(
+        "{}'s coefficients stayed {} in every step of these {}, so it never modulated: a window, warm-up or \
+         schedule in its settings may lie outside them ({} lists them; docs/methods.md)",
+        cfg.method,
+        values.join(" / "),
+        crate::progress::counted(rows.len() as u64, "epoch"),
+        dir.join("config.toml").display()
+    ))
+}
+
 fn print_summary(
     cfg: &RunConfig,
     run: &agm_train::RunSummary,
@@ -409,6 +437,9 @@ fn print_summary(
     );
     if run.stopped_by_method && run.epochs_done < cfg.epochs {
         println!("{} stopped training after epoch {} of {}", cfg.method, run.epochs_done, cfg.epochs);
+    }
+    if let Some(note) = never_modulated(cfg, dir) {
+        println!("note: {note}");
     }
     println!("test accuracy of the best weights: {} on {} samples", pct(test.accuracy), test.samples);
     for (i, name) in modalities.iter().enumerate() {
@@ -603,6 +634,32 @@ mod tests {
         });
         let notes = unused_flags(&flags(RunFlags::default()), &late);
         assert_eq!(notes, ["[agm] window_start = 5 is after the last epoch (2): the method never acts in this run"]);
+    }
+
+    #[test]
+    fn a_method_whose_coefficients_never_moved_is_named_after_the_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        crate::report::tests::synthetic_run(&dir, "agm", 3, false);
+        let cfg = RunConfig::av_digits();
+        assert_eq!(never_modulated(&cfg, &dir), None, "AGM's synthetic coefficients move");
+        let run = RunDir::open(&dir).unwrap();
+        let mut rows: Vec<agm_train::EpochSummary> = run.read_metrics().unwrap();
+        for r in &mut rows {
+            (r.coefficients, r.last_coefficients) = (Some(vec![1.0, 1.0]), Some(vec![1.0, 1.0]));
+        }
+        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
+        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
+        let note = never_modulated(&cfg, &dir).expect("held coefficients are named");
+        assert!(note.starts_with("agm's coefficients stayed 1.000 / 1.000 in every step of these 3 epochs"), "{note}");
+        // A late window was named before the run; joint has nothing to modulate.
+        let mut late = cfg.clone();
+        late.set_method::<agm_modulation::Agm>(&agm_modulation::AgmConfig {
+            window_start: 99,
+            ..late.method::<agm_modulation::Agm>()
+        });
+        assert_eq!(never_modulated(&late, &dir), None);
+        assert_eq!(never_modulated(&RunConfig { method: "joint".into(), ..cfg }, &dir), None);
     }
 
     #[test]

@@ -454,6 +454,8 @@ pub(crate) mod tests {
         let cfg = OgmConfig { warmup_epochs: 0, window_start: 2, window_end: Some(3), ..OgmConfig::official() };
         assert!(!cfg.applies(1) && cfg.applies(2) && cfg.applies(3) && !cfg.applies(4));
         assert!(OgmConfig { window_end: Some(0), ..cfg.clone() }.validate().is_err());
+        let closed = OgmConfig { window_start: 0, window_end: Some(0), ..cfg.clone() }.validate().unwrap_err();
+        assert!(closed.to_string().contains("ogm.window_end must be >= 1"), "{closed}");
         assert!(OgmConfig { alpha: 0.0, ..cfg }.validate().unwrap_err().to_string().contains("ogm.alpha"));
     }
 

@@ -14,9 +14,14 @@ pub(crate) fn in_window(start: usize, end: Option<usize>, epoch: usize) -> bool 
     epoch >= start && end.is_none_or(|end| epoch <= end)
 }
 
-/// `<section>.window_end` must not come before `<section>.window_start`.
+/// `<section>.window_end` must not come before `<section>.window_start`, nor before epoch 1.
 pub(crate) fn check_window(section: &str, start: usize, end: Option<usize>) -> std::result::Result<(), MethodError> {
     match end {
+        Some(0) => Err(format!(
+            "{section}.window_end must be >= 1: epochs count from 1, so a window ending at 0 holds none (leave it \
+             out for no end)"
+        )
+        .into()),
         Some(end) if end < start => {
             Err(format!("{section}.window_end ({end}) must be >= {section}.window_start ({start})").into())
         }

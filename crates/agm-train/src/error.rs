@@ -59,6 +59,23 @@ pub enum TrainError {
     #[error("the weights do not fit the model: {0}")]
     Weights(crate::state_dict::KeyMismatch),
 
+    /// A study's or reproduction's folder given where a run directory goes.
+    #[error(
+        "{} is a {kind} folder, not a run directory: its runs are the folders inside it{}; \
+         `cargo xtask report {}` writes its table and plot again",
+        dir.display(),
+        example.as_ref().map(|e| format!(" (e.g. {})", e.display())).unwrap_or_default(),
+        dir.display()
+    )]
+    NotARunDirectory {
+        /// The folder given.
+        dir: PathBuf,
+        /// `study` or `reproduction`.
+        kind: &'static str,
+        /// A run directory inside it, if any.
+        example: Option<PathBuf>,
+    },
+
     /// A file every run directory holds is missing.
     #[error("{path} not found; is {dir} a run directory written by `cargo xtask train`? If it is, restore the file")]
     MissingRunFile {

@@ -212,6 +212,19 @@ impl RunDir {
     pub fn read_config(&self) -> Result<crate::RunConfig> {
         let path = self.config();
         if !path.is_file() {
+            for (file, kind) in [("study.json", "study"), ("reproduce.json", "reproduction")] {
+                if self.root.join(file).is_file() {
+                    let mut runs: Vec<PathBuf> = std::fs::read_dir(&self.root)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| Some(e.ok()?.path()))
+                        .filter(|p| p.join("config.toml").is_file())
+                        .collect();
+                    runs.sort();
+                    let example = runs.into_iter().next();
+                    return Err(TrainError::NotARunDirectory { dir: self.root.clone(), kind, example });
+                }
+            }
             return Err(TrainError::MissingRunFile { path, dir: self.root.clone() });
         }
         crate::RunConfig::from_toml_file(&path)

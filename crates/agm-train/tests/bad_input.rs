@@ -369,3 +369,21 @@ fn a_batch_of_one_sample_at_a_one_by_one_batch_norm_is_refused_naming_the_step()
     assert!(err.contains("epoch 1, step 2 (a batch of 1 sample)") && err.contains("choose a batch size"), "{err}");
     assert!(!err.contains("stack backtrace") && !err.contains("\n"), "{err}");
 }
+
+/// A study's or a reproduction's folder where a run directory goes says what it is and names a
+/// run inside; another folder without `config.toml` asks whether it is a run directory.
+#[test]
+fn a_study_folder_given_as_a_run_directory_names_a_run_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (file, kind) in [("study.json", "study"), ("reproduce.json", "reproduction")] {
+        let folder = tmp.path().join(kind);
+        std::fs::create_dir_all(folder.join("agm-seed0")).unwrap();
+        std::fs::write(folder.join("agm-seed0/config.toml"), "").unwrap();
+        std::fs::write(folder.join(file), "{}").unwrap();
+        let err = RunDir::open(&folder).unwrap().read_config().unwrap_err().to_string();
+        let run = folder.join("agm-seed0");
+        assert!(err.contains(&format!("is a {kind} folder")) && err.contains(&run.display().to_string()), "{err}");
+    }
+    let err = RunDir::open(tmp.path()).unwrap().read_config().unwrap_err().to_string();
+    assert!(err.contains("config.toml not found") && err.contains("a run directory"), "{err}");
+}
