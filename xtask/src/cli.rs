@@ -148,7 +148,8 @@ pub struct ReproduceArgs {
     /// Only these recipes (comma-separated, each once; default: every recipe of the dataset).
     #[arg(long)]
     pub recipes: Option<String>,
-    /// Fewer epochs than the recipes' (a smoke run; the table says it is not comparable).
+    /// Epochs instead of each recipe's, usually fewer for a smoke run (the table says it is not
+    /// comparable).
     #[arg(long, value_parser = count_parser())]
     pub epochs: Option<usize>,
     /// Samples per training step instead of each recipe's (e.g. to fit a smaller GPU; the table

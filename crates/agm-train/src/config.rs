@@ -285,11 +285,16 @@ impl RunConfig {
     }
 
     /// Parses TOML text over the AV-Digits defaults, then validates it ([`RunConfig::validate`]).
-    /// Both fail with [`TrainError::Config`]; a parse error (syntax, unknown key, wrong type)
-    /// carries toml's line, column and offending text.
+    /// Both fail with [`TrainError::Config`]: a syntax error with toml's line, column and
+    /// offending text; an unknown key or a wrong type with its line, its dotted key and the
+    /// closest known name.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        // The full error: its line, column and the offending text.
-        let cfg: Self = toml::from_str(text).map_err(|e| TrainError::Config(e.to_string().trim_end().to_string()))?;
+        // A syntax error's full text: its line, column and the offending text.
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| TrainError::Config(e.to_string().trim_end().to_string()))?;
+        // A bad setting as `--config` reports it: its line and key, the closest known name.
+        let cfg = Self::deserialize_table(table)
+            .map_err(|(key, message)| TrainError::Config(crate::resolve::located(text, &key, message)))?;
         cfg.validate()?;
         Ok(cfg)
     }

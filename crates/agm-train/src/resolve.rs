@@ -322,15 +322,23 @@ fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
 /// An error in setting `key` (dotted; `.` or empty for the whole table), naming the layer that
 /// brought it and, for a file, the line.
 fn field_error(origin: &Origin, key: &str, message: String) -> TrainError {
-    let message = with_suggestion(plain_types(&message));
-    let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
     match origin {
         Origin::File(path) => {
-            let line = std::fs::read_to_string(path).ok().and_then(|text| key_line(&text, key));
-            let at = line.map_or(at.clone(), |n| format!("line {n}, {at}"));
-            TrainError::ConfigFile { path: path.clone(), message: format!("{at}{message}") }
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            TrainError::ConfigFile { path: path.clone(), message: located(&text, key, message) }
         }
-        other => TrainError::Config(format!("{other}: {at}{message}")),
+        other => TrainError::Config(format!("{other}: {}", located("", key, message))),
+    }
+}
+
+/// `line N, `key`: message` for a bad setting of TOML `text` (the line where `text` sets it),
+/// with plain type names and the closest allowed name suggested.
+pub(crate) fn located(text: &str, key: &str, message: String) -> String {
+    let message = with_suggestion(plain_types(&message));
+    let at = if key == "." || key.is_empty() { String::new() } else { format!("`{key}`: ") };
+    match key_line(text, key) {
+        Some(n) => format!("line {n}, {at}{message}"),
+        None => format!("{at}{message}"),
     }
 }
 

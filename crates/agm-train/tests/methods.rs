@@ -178,6 +178,9 @@ fn method_sections_round_trip_and_default_to_the_av_digits_presets() {
     assert_eq!(cfg.method::<Mses>().patience, 3);
     assert_eq!(cfg.method::<Mslr>(), agm_modulation::MslrConfig::av_digits());
     assert_eq!(RunConfig::from_toml_str(&cfg.to_toml()).unwrap(), cfg);
+    // A run's own config.toml is read as `--config` reads a file: the line, the key, a suggestion.
+    let e = RunConfig::from_toml_str("# header\nepochs = 2\nshapley_mode = \"fast\"\n").unwrap_err().to_string();
+    assert!(e.contains("line 3, `shapley_mode`: unknown field") && e.contains("(did you mean `shapley`?)"), "{e}");
     let e = RunConfig::from_toml_str("[ogm_gee]\nalpha = 1.0\n").unwrap_err().to_string();
     assert!(e.contains("unknown field `ogm_gee`") && e.contains("ogm_ge"), "{e}");
 }

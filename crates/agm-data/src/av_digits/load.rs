@@ -128,6 +128,10 @@ impl fmt::Display for NoisePreset {
     }
 }
 
+/// The largest noise standard deviation a preset takes: the features are about unit scale, and a
+/// larger noise (or one overflowing f32) only makes training diverge.
+pub const MAX_NOISE_STD: f32 = 1000.0;
+
 impl FromStr for NoisePreset {
     type Err = DataError;
 
@@ -151,8 +155,8 @@ impl FromStr for NoisePreset {
                     let t = t.trim();
                     t.parse::<f32>()
                         .ok()
-                        .filter(|x| x.is_finite() && *x >= 0.0)
-                        .ok_or_else(|| bad(format!("noise std `{t}` is not a finite number >= 0")))
+                        .filter(|x| (0.0..=MAX_NOISE_STD).contains(x))
+                        .ok_or_else(|| bad(format!("noise std `{t}` is not a number from 0 to {MAX_NOISE_STD}")))
                 };
                 if let Some(rest) = other.strip_prefix("ambiguous:") {
                     let fields: Vec<&str> = rest.split(',').collect();
