@@ -187,6 +187,9 @@ impl Callback for Progress {
             coeff.unwrap_or_default(),
             1e3 * e.mean_step_seconds
         ));
+        for event in &e.events {
+            self.line(format!("           {event}"));
+        }
         Flow::Continue
     }
 }

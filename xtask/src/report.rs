@@ -261,12 +261,18 @@ fn mib(bytes: Option<u64>) -> String {
 struct Columns {
     coefficients: Vec<Coefficient>,
     competition: Vec<String>,
+    /// Whether any epoch has events (a modality stopped, encoders re-initialised).
+    events: bool,
 }
 
 impl Columns {
     fn of(record: &RunRecord) -> Self {
         let n_comp = vector_len(&record.rows, |r| r.competition.as_ref());
-        Self { coefficients: Coefficient::all(record), competition: value_names(&record.modalities, n_comp) }
+        Self {
+            coefficients: Coefficient::all(record),
+            competition: value_names(&record.modalities, n_comp),
+            events: record.rows.iter().any(|r| !r.events.is_empty()),
+        }
     }
 
     fn header(&self, first: &[&str], modalities: &[String]) -> String {
@@ -277,6 +283,9 @@ impl Columns {
         cells.extend(self.competition.iter().map(|m| format!("{m} competition")));
         cells.push("step time".into());
         cells.push("peak memory".into());
+        if self.events {
+            cells.push("events".into());
+        }
         let rule: Vec<&str> = cells.iter().map(|_| "---").collect();
         format!("| {} |\n| {} |\n", cells.join(" | "), rule.join(" | "))
     }
@@ -293,6 +302,9 @@ impl Columns {
         cells.extend(vec_cells(&r.competition, self.competition.len()));
         cells.push(format!("{:.2} ms", 1e3 * r.mean_step_seconds));
         cells.push(mib(r.peak_memory_bytes));
+        if self.events {
+            cells.push(r.events.join("; ").replace('|', "\\|"));
+        }
         format!("| {} |\n", cells.join(" | "))
     }
 }
@@ -380,8 +392,10 @@ pub fn metrics_csv(record: &RunRecord) -> String {
             header.push(format!("{label}_coefficient_last"));
         }
     }
-    header
-        .extend(["mean_step_seconds", "peak_memory_bytes", "best_epoch", "reference_split_accuracy"].map(String::from));
+    header.extend(
+        ["mean_step_seconds", "peak_memory_bytes", "best_epoch", "reference_split_accuracy", "events"]
+            .map(String::from),
+    );
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
     let mut csv = header.join(",") + "\n";
     for r in &record.rows {
@@ -411,6 +425,9 @@ pub fn metrics_csv(record: &RunRecord) -> String {
         cells.push(r.peak_memory_bytes.map_or(String::new(), |b| b.to_string()));
         cells.push(r.best_epoch.to_string());
         cells.push(cell(r.reference_split.as_ref().map(|e| e.accuracy)));
+        // Quoted as CSV quotes text that may hold commas.
+        let events = r.events.join("; ");
+        cells.push(if events.is_empty() { events } else { format!("\"{}\"", events.replace('"', "\"\"")) });
         csv.push_str(&cells.join(","));
         csv.push('\n');
     }
@@ -676,6 +693,7 @@ pub(crate) mod tests {
                 best_epoch: e,
                 competition: competition.then(|| vec![0.3 - 0.1 * t, 0.9 - 0.2 * t]),
                 reference_split: None,
+                events: Vec::new(),
             };
             run.append_metrics(&row).unwrap();
         }
@@ -742,6 +760,28 @@ pub(crate) mod tests {
         let first: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
         let at = |name: &str| first[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}"))];
         assert_eq!([at("audio_head_accuracy"), at("visual_head_loss")], ["0.5", "2.5"]);
+    }
+
+    #[test]
+    fn what_a_method_did_at_an_epochs_end_is_in_the_tables() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        synthetic_run(&dir, "agm", 3, false);
+        let run = RunDir::open(&dir).unwrap();
+        let mut rows: Vec<EpochSummary> = run.read_metrics().unwrap();
+        rows[1].events = vec!["mses: audio stopped, restored".into(), "a \"quoted\" | piped note".into()];
+        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
+        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
+        let out = write(&dir, YScale::Log).unwrap();
+        let md = std::fs::read_to_string(out.join("README.md")).unwrap();
+        assert!(
+            md.contains("| events |") && md.contains("| mses: audio stopped, restored; a \"quoted\" \\| piped note |"),
+            "{md}"
+        );
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let line = csv.lines().nth(2).unwrap();
+        assert!(line.ends_with(",\"mses: audio stopped, restored; a \"\"quoted\"\" | piped note\""), "{line}");
+        assert!(csv.lines().nth(1).unwrap().ends_with(','), "no events, an empty cell");
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub enum EpochAction {
     /// Forget the optimizer's state (momentum, moments), as code that builds a fresh optimizer
     /// for the next phase does (ReconBoost).
     ResetOptimizer,
+    /// Nothing to do: a line saying what the method did this epoch (a modality stopped,
+    /// encoders re-initialised), which the epoch's metrics row keeps under `events`.
+    Note(String),
 }
 
 /// Which head-gradient test triggers the reference's conditional clipping.

@@ -334,7 +334,19 @@ impl Modulator for Mses {
             .schedule
             .end_epoch(cx.epoch, cx.uni_modal_loss())
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let actions = update.actions.clone();
+        let mut actions = update.actions.clone();
+        let modalities = cx.model.modalities();
+        for &(x, best, restored) in &update.stopped {
+            let weights = if restored {
+                format!("the weights of epoch {best}, its best, restored")
+            } else {
+                "its weights kept".to_string()
+            };
+            actions.push(EpochAction::Note(format!(
+                "mses: {} stopped (its smoothed loss last improved at epoch {best}); {weights}",
+                modalities.name(x)
+            )));
+        }
         self.last = Some(update);
         Ok(actions)
     }

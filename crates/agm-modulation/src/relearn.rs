@@ -532,8 +532,12 @@ impl Modulator for Relearn {
         self.reinit(&strength)?;
         self.reinits += 1;
         tracing::info!(epoch = cx.epoch, ?purity_train, ?purity_holdout, ?strength, "relearn: encoders re-initialised");
+        let modalities = cx.model.modalities();
+        let each: Vec<String> =
+            strength.iter().enumerate().map(|(x, s)| format!("{} {s:.3}", modalities.name(x))).collect();
+        let note = format!("relearn: encoders re-initialised by strength {}", each.join(", "));
         self.last = Some(RelearnDiagnosis { diagnosed_epoch: cx.epoch, purity_train, purity_holdout, strength });
-        Ok(Vec::new())
+        Ok(vec![EpochAction::Note(note)])
     }
 
     fn state(&self) -> serde_json::Value {
@@ -794,11 +798,18 @@ mod tests {
         }
         let before: Vec<Vec<f64>> = groups.trainable().iter().map(|v| values(&v.var)).collect();
         // Epoch 1 is never due: nothing changes.
-        r.on_epoch_end(&cx(&net, &train, Some(&holdout), 1)).unwrap();
+        assert!(r.on_epoch_end(&cx(&net, &train, Some(&holdout), 1)).unwrap().is_empty());
         assert_eq!(r.reinits(), 0);
         assert!(r.last_diagnosis().is_none());
-        r.on_epoch_end(&cx(&net, &train, Some(&holdout), 2)).unwrap();
+        let actions = r.on_epoch_end(&cx(&net, &train, Some(&holdout), 2)).unwrap();
         let d = r.last_diagnosis().unwrap().clone();
+        // The metrics row says what re-learning did, by modality.
+        let [EpochAction::Note(note)] = actions.as_slice() else { panic!("one note: {actions:?}") };
+        let names = net.modalities().names().to_vec();
+        assert!(
+            note.starts_with("relearn: encoders re-initialised by strength ") && note.contains(&names[2]),
+            "{note}"
+        );
         assert_eq!((r.reinits(), d.diagnosed_epoch), (1, 2));
         for k in 0..3 {
             assert_eq!(d.strength[k], relearn_strength(3.0, d.purity_train[k], d.purity_holdout[k]));

@@ -700,7 +700,16 @@ fn mses_keeps_its_schedule_across_its_own_restores_but_loads_checkpoints() {
     let acts = mses.on_epoch_end(&epoch_cx(&net, 2, &[0.0; 2], &[0.5, 2.0])).unwrap();
     assert_eq!(
         acts,
-        vec![EpochAction::SaveSnapshot(mses_snapshot_tag(0)), EpochAction::RestoreSnapshot(mses_snapshot_tag(1))]
+        vec![
+            EpochAction::SaveSnapshot(mses_snapshot_tag(0)),
+            EpochAction::RestoreSnapshot(mses_snapshot_tag(1)),
+            // And says so, by the modality's name, for the epoch's metrics row.
+            EpochAction::Note(
+                "mses: visual stopped (its smoothed loss last improved at epoch 1); the weights of epoch 1, its best, \
+                 restored"
+                    .into()
+            ),
+        ]
     );
     // The trainer restores the snapshot of epoch 1 and says so: visual stays stopped.
     mses.on_restored(&mses_snapshot_tag(1), &at_epoch_one).unwrap();

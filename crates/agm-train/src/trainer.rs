@@ -118,6 +118,9 @@ pub struct EpochSummary {
     /// The split the reference picks its best epoch on, when that is not validation and the run
     /// asked for it ([`Trainer::with_reference_split`]); never used for model selection.
     pub reference_split: Option<EvalReport>,
+    /// What the method did at the epoch's end ([`EpochAction::Note`]: a modality stopped,
+    /// encoders re-initialised), in order; usually none.
+    pub events: Vec<String>,
 }
 
 /// [`EpochSummary`] as written to files: vectors keyed by the validation report's modality
@@ -142,6 +145,8 @@ struct EpochRow {
     competition: Option<Keyed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reference_split: Option<EvalReport>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    events: Vec<String>,
 }
 
 impl From<EpochSummary> for EpochRow {
@@ -165,6 +170,7 @@ impl From<EpochSummary> for EpochRow {
             peak_memory_bytes: e.peak_memory_bytes,
             best_epoch: e.best_epoch,
             reference_split: e.reference_split,
+            events: e.events,
         }
     }
 }
@@ -191,6 +197,7 @@ impl TryFrom<EpochRow> for EpochSummary {
             peak_memory_bytes: r.peak_memory_bytes,
             best_epoch: r.best_epoch,
             reference_split: r.reference_split,
+            events: r.events,
         })
     }
 }
@@ -796,6 +803,7 @@ impl<'a> Trainer<'a> {
             })?;
             // The schedule's rate for the next epoch (index `epoch`).
             let next_lr = schedule.lr_at_epoch(self.opts.base_lr, epoch);
+            let mut events = Vec::new();
             for action in actions {
                 match action {
                     EpochAction::SaveSnapshot(tag) => {
@@ -807,6 +815,7 @@ impl<'a> Trainer<'a> {
                     EpochAction::RestoreSnapshot(tag) => self.restore_snapshot(&tag, next_lr)?,
                     EpochAction::Stop => stopped_early = true,
                     EpochAction::ResetOptimizer => self.optimizer.reset_state(),
+                    EpochAction::Note(text) => events.push(text),
                 }
             }
             let row = EpochSummary {
@@ -826,6 +835,7 @@ impl<'a> Trainer<'a> {
                 best_epoch: self.state.best_epoch,
                 competition,
                 reference_split,
+                events,
             };
             self.state = LoopState {
                 epochs_done: epoch,

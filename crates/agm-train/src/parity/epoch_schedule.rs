@@ -277,7 +277,7 @@ fn replay_run(
                 },
                 EpochAction::Stop => rec.exit = true,
                 // MSLR and MSES never reset the optimizer; the stub has none.
-                EpochAction::ResetOptimizer => {}
+                EpochAction::ResetOptimizer | EpochAction::Note(_) => {}
             }
         }
         rec.running_after = stub.running.clone();
