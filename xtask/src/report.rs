@@ -159,6 +159,17 @@ fn loss_panel(series: Vec<Series>, loss: YScale) -> Panel {
     Panel::new("Loss", axis, series).y_scale(loss)
 }
 
+/// What a method's coefficients are, for the coefficient plot's axis.
+fn coefficient_axis(method: &str) -> &'static str {
+    match method {
+        "agm" | "ogm" | "ogm-ge" | "opm" => "gradient coefficient",
+        "mslr" => "learning-rate multiplier",
+        "mses" => "gradient gate (1: trains, 0: stopped)",
+        "gblend" => "loss weight",
+        _ => "coefficient",
+    }
+}
+
 /// The panels of a run's plots, by file stem, in the order the README shows them.
 pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Panel)> {
     let rows = &record.rows;
@@ -169,7 +180,15 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         Panel::new(
             "Validation accuracy",
             "accuracy",
-            vec![epoch_series("validation accuracy", rows, |r| Some(r.validation.accuracy))],
+            vec![
+                epoch_series("validation accuracy", rows, |r| Some(r.validation.accuracy)),
+                // The epoch whose weights were kept and tested.
+                epoch_series("best epoch (selected)", rows, |r| {
+                    (Some(r.epoch) == record.best_row().map(|b| b.epoch)).then_some(r.validation.accuracy)
+                })
+                .dashed()
+                .colour(3),
+            ],
         )
         .y_scale(YScale::Percent),
     ));
@@ -198,11 +217,15 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
     let coefficients = Coefficient::all(record);
     if !coefficients.is_empty() {
         let mut series = Vec::new();
+        // Dashed lines are the end-of-epoch values; a stack's methods take colours of their own.
+        let per_method = vector_len(rows, |r| r.coefficients.as_ref()).max(record.modalities.len());
+        let mut methods: Vec<&Option<String>> = Vec::new();
         for c in &coefficients {
-            // A modality keeps its colour; a stack's second method is dashed.
-            let first_method = c.method.is_none() || c.method == coefficients[0].method;
-            let mean = epoch_series(format!("{} (epoch mean)", c.label), rows, |r| c.mean(r)).colour(c.index);
-            series.push(if first_method { mean } else { mean.dashed() });
+            if !methods.contains(&&c.method) {
+                methods.push(&c.method);
+            }
+            let colour = (methods.len() - 1) * per_method + c.index;
+            series.push(epoch_series(format!("{} (epoch mean)", c.label), rows, |r| c.mean(r)).colour(colour));
             if c.method.is_none() {
                 series.push(
                     epoch_series(format!("{} (end of epoch)", c.label), rows, |r| c.last(r)).dashed().colour(c.index),
@@ -212,7 +235,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         out.push((
             "coefficients",
             "Coefficients".to_string(),
-            Panel::new("Modulation coefficients", "coefficient", series),
+            Panel::new("Modulation coefficients", coefficient_axis(&record.config.method), series),
         ));
     }
     let n_comp = vector_len(rows, |r| r.competition.as_ref());
@@ -228,7 +251,7 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         out.push((
             "competition",
             "Competition strength".to_string(),
-            Panel::new("Competition strength", "strength (0: none, 1: full)", series),
+            Panel::new("Competition strength (validation)", "strength (0: none, about 1: full)", series),
         ));
     }
     out
@@ -322,9 +345,9 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     };
     let _ = writeln!(
         md,
-        "{done} of {} epochs done{stopped}; model `{}`, batch size {}, device `{}`. Shapley accuracies are on \
-         the validation split; competition strength: 0 = the modality's mono-modal concept is linearly \
-         recoverable from the fused feature, about 1 = not at all.\n",
+        "{done} of {} epochs done{stopped}; model `{}`, batch size {}, device `{}`. The tables and plots below \
+         are on the validation split (the test line is the exception); competition strength: 0 = the \
+         modality's mono-modal concept is linearly recoverable from the fused feature, about 1 = not at all.\n",
         cfg.epochs, cfg.model, cfg.batch_size, cfg.device
     );
     if let Some(test) = &record.test {
@@ -332,7 +355,7 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
             record.modalities.iter().zip(&test.modality_accuracy).map(|(m, a)| format!("{m} {}", pct(*a))).collect();
         let _ = writeln!(
             md,
-            "**Test accuracy of the best-validation weights: {}** on {} samples (Shapley: {}).\n",
+            "**Test accuracy of the best-validation weights: {}** on {} samples (test Shapley: {}).\n",
             pct(test.accuracy),
             test.samples,
             per.join(", ")
@@ -507,6 +530,9 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let loss = loss_scale(&args.loss_scale);
     if let [one] = args.run_dirs.as_slice() {
         if !one.join("config.toml").exists() && one.join("study.json").exists() {
+            if loss != YScale::Log {
+                eprintln!("note: --loss-scale does nothing for a study (its plot shows accuracies, no loss)");
+            }
             let md = crate::study::render_folder(one)?;
             println!("study report: {}", md.display());
             return Ok(ExitCode::SUCCESS);
@@ -706,11 +732,11 @@ pub(crate) mod tests {
         synthetic_run(&dir, "agm", 4, true);
         let out = write(&dir, YScale::Log).unwrap();
         let expect: [(&str, &[&str]); 5] = [
-            ("accuracy", &["validation accuracy"]),
+            ("accuracy", &["validation accuracy", "best epoch (selected)"]),
             ("modality_accuracy", &["audio", "visual"]),
             ("loss", &["training loss", "validation loss"]),
-            ("coefficients", &["audio (epoch mean)", "visual (end of epoch)"]),
-            ("competition", &["audio", "visual"]),
+            ("coefficients", &["audio (epoch mean)", "visual (end of epoch)", "gradient coefficient"]),
+            ("competition", &["audio", "visual", "Competition strength (validation)"]),
         ];
         for (stem, names) in expect {
             let pixels = check::non_background_pixels(&out.join(format!("{stem}.png")));

@@ -905,7 +905,12 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         let t = Instant::now();
         let (result, reused) = run_planned(cfg, dir, plan, args.concepts.as_deref())?;
         if !args.quiet {
-            let per: Vec<String> = result.test.modality_accuracy.iter().map(|a| format!("{:.1}%", 100.0 * a)).collect();
+            let names = &result.test.modalities;
+            let per: Vec<String> = names
+                .iter()
+                .zip(&result.test.modality_accuracy)
+                .map(|(n, a)| format!("{n} {:.2}%", 100.0 * a))
+                .collect();
             println!(
                 "  {:<10} seed {:<3} test {:.2}% (Shapley {}), best epoch {:>3}, {}",
                 cfg.method,
