@@ -622,32 +622,85 @@ pub fn comparison_panels(records: &[(String, RunRecord)], loss: YScale) -> Vec<(
 pub fn write_comparison(records: &[(String, RunRecord)], out: &Path, loss: YScale) -> anyhow::Result<PathBuf> {
     let mut md = format!("# Comparison of {} runs\n\n", records.len());
     md.push_str(
-        "| run | method | model | dataset | seed | epochs | best epoch | best validation accuracy | test accuracy |\n",
+        "| run | method | model | dataset | seed | epochs | best epoch | best validation accuracy | test accuracy \
+         | test Shapley accuracy |\n",
     );
-    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    md.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for (label, r) in records {
         let best = r.best_row();
+        let done = r.rows.last().map_or(0, |row| row.epoch);
+        let state = match (r.test.is_some(), r.stopped_by_method) {
+            (_, true) if done < r.config.epochs => " (the method stopped it)",
+            (false, _) => " (unfinished: no test evaluation)",
+            _ => "",
+        };
+        let shapley = r.test.as_ref().map_or("n/a".into(), |t| {
+            let each: Vec<String> =
+                r.modalities.iter().zip(&t.modality_accuracy).map(|(m, a)| format!("{m} {}", pct(*a))).collect();
+            each.join(", ")
+        });
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {done} of {}{state} | {} | {} | {} | {shapley} |",
             r.config.method,
             r.config.model,
-            r.config.dataset,
+            r.config.dataset_label(),
             r.config.seed,
-            r.rows.last().map_or(0, |row| row.epoch),
+            r.config.epochs,
             best.map_or("n/a".into(), |b| b.epoch.to_string()),
             best.map_or("n/a".into(), |b| pct(b.validation.accuracy)),
             r.test.as_ref().map_or("n/a".into(), |t| pct(t.accuracy)),
         );
     }
+    md.push_str(&differing_settings(records));
     md.push_str("\nEach run keeps one colour in every plot; training loss is dashed.\n\n");
     for (stem, panels) in comparison_panels(records, loss) {
         plot::render(&out.join(stem), &panels)?;
-        let _ = writeln!(md, "![{stem}]({stem}.png)\n\n[SVG]({stem}.svg)\n");
+        let title = match stem {
+            "accuracy" => "Validation accuracy",
+            "modality_accuracy" => "Shapley accuracy per modality (validation)",
+            _ => "Loss",
+        };
+        let _ = writeln!(md, "### {title}\n\n![{title}]({stem}.png)\n\n[SVG]({stem}.svg)\n");
     }
     let readme = out.join("README.md");
     agm_train::checkpoint::write_atomic(&readme, md.as_bytes())?;
     Ok(readme)
+}
+
+/// The settings, beyond the table's columns, in which the runs differ: one line per setting with
+/// every run's value.
+fn differing_settings(records: &[(String, RunRecord)]) -> String {
+    let Some((_, first)) = records.first() else { return String::new() };
+    let in_table = ["method", "model", "dataset", "seed", "data_preset", "epochs"];
+    // Each run against the first: (key, this run's value, the first's).
+    let diffs: Vec<Vec<(String, String, String)>> =
+        records.iter().map(|(_, r)| r.config.run_differences(&first.config)).collect();
+    let mut keys: Vec<&str> = Vec::new();
+    for (key, _, _) in diffs.iter().flatten() {
+        if !in_table.contains(&key.as_str()) && !keys.contains(&key.as_str()) {
+            keys.push(key);
+        }
+    }
+    let mut lines = String::new();
+    for key in keys {
+        let first_value = diffs.iter().flatten().find(|d| d.0 == key).map(|d| d.2.clone()).unwrap_or_default();
+        let values: Vec<&str> = diffs
+            .iter()
+            .map(|d| d.iter().find(|x| x.0 == key).map_or(first_value.as_str(), |x| x.1.as_str()))
+            .collect();
+        // A section only some runs have is another method's: the method column says so.
+        if values.contains(&"-") {
+            continue;
+        }
+        let each: Vec<String> = records.iter().zip(values).map(|((label, _), v)| format!("{label} {v}")).collect();
+        let _ = writeln!(lines, "- `{key}`: {}", each.join(", "));
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\nSettings that differ between the runs:\n\n{lines}")
+    }
 }
 
 #[cfg(test)]
@@ -920,6 +973,9 @@ pub(crate) mod tests {
         let (a, b) = (tmp.path().join("run-agm"), tmp.path().join("run-joint"));
         synthetic_run(&a, "agm", 3, false);
         synthetic_run(&b, "joint", 5, false);
+        let mut joint = RunDir::open(&b).unwrap().read_config().unwrap();
+        joint.optimizer = agm_train::optim::OptimizerConfig::Sgd(agm_train::optim::SgdConfig::agm_reference(0.05));
+        std::fs::write(b.join("config.toml"), joint.to_toml()).unwrap();
         let out = tmp.path().join("compare");
         run(ReportArgs { run_dirs: vec![a.clone(), b.clone()], loss_scale: "log".into(), out: Some(out.clone()) })
             .unwrap();
@@ -929,8 +985,14 @@ pub(crate) mod tests {
         check::svg_names(&out.join("modality_accuracy.svg"), &["audio Shapley accuracy (validation)"]);
         check::svg_names(&out.join("loss.svg"), &["run-agm (training)", "run-joint (validation)"]);
         let md = std::fs::read_to_string(out.join("README.md")).unwrap();
-        assert!(md.contains("| run-agm | agm | av-digits-late | av-digits | 0 | 3 | 3 | 90.00% | n/a |"), "{md}");
+        let agm_row =
+            "| run-agm | agm | av-digits-late | av-digits (noisy-audio preset) | 0 | 3 of 3 (unfinished: no test \
+                       evaluation) | 3 | 90.00% | n/a | n/a |";
+        assert!(md.contains(agm_row), "{md}");
         assert!(md.contains("| run-joint | joint |"), "{md}");
+        // Settings beyond the columns are listed with every run's value; other methods' sections are not.
+        assert!(md.contains("- `optimizer.lr`: run-agm 0.01, run-joint 0.05\n"), "{md}");
+        assert!(!md.contains("`agm."), "{md}");
         // The same run twice, however it is spelt, is refused by name.
         let again = tmp.path().join(".").join("run-agm");
         let twice = ReportArgs { run_dirs: vec![a, b, again.clone()], loss_scale: "log".into(), out: Some(out) };
