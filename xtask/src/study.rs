@@ -222,6 +222,16 @@ impl AccuracyVerdict {
         Self { method: method.into(), baseline: baseline.into(), difference, outcome: outcome.into() }
     }
 
+    /// The verdict in a few words, for the table's column.
+    pub fn short(&self) -> String {
+        match self.outcome.as_str() {
+            "better" => format!("beats {}", self.baseline),
+            "worse" => format!("{} beats it", self.baseline),
+            "no-difference" => "no significant difference".into(),
+            _ => format!("no claim ({}; needs {SEEDS_FOR_A_CLAIM})", counted(self.difference.n as u64, "seed")),
+        }
+    }
+
     /// The verdict line of `study.md`.
     pub fn line(&self) -> String {
         let (m, b) = (&self.method, &self.baseline);
@@ -422,6 +432,7 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
     }
     header.push("step time (ms)".into());
     header.push("peak memory (MiB)".into());
+    header.push(format!("test accuracy vs {}", table.baseline));
     let _ = writeln!(md, "| {} |", header.join(" | "));
     let _ = writeln!(md, "| {} |", header.iter().map(|_| "---").collect::<Vec<_>>().join(" | "));
     for r in &table.rows {
@@ -441,11 +452,21 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
         }
         cells.push(r.step_ms.show(1.0, 2));
         cells.push(r.peak_memory_mib.show(1.0, 0));
+        let verdict = table.accuracy_verdicts.iter().find(|v| v.method == r.method);
+        cells.push(verdict.map_or("—".into(), AccuracyVerdict::short));
         let _ = writeln!(md, "| {} |", cells.join(" | "));
     }
     md.push('\n');
-    for v in &table.accuracy_verdicts {
+    // One comparison gets its sentence; more are read from the table's last column.
+    if let [v] = table.accuracy_verdicts.as_slice() {
         let _ = writeln!(md, "{}\n", v.line());
+    } else if !table.accuracy_verdicts.is_empty() {
+        let _ = writeln!(
+            md,
+            "The last column compares each method's test accuracy with {}'s, paired by seed: a method beats \
+             another only where the 95% CI of the difference excludes 0 over {SEEDS_FOR_A_CLAIM} or more.\n",
+            table.baseline
+        );
     }
     for r in table.rows.iter().filter(|r| r.method != table.baseline) {
         if trained_as(results, &table.baseline, &r.method) {
@@ -1015,14 +1036,17 @@ mod tests {
         // +2.00 ± 2.48 (s = 1, t(2) = 4.302653); visual: joint 32.00 ± 4.97, agm 44.00 ± 9.94.
         for needle in [
             "| method | runs | test accuracy (%) | Δ test accuracy vs joint (points, paired) | validation accuracy (%) \
-             | audio Shapley acc. (%) | visual Shapley acc. (%) | step time (ms) | peak memory (MiB) |",
-            "| joint | 3 | 92.00 ± 4.97 | — | 93.00 ± 4.97 | 86.00 ± 2.48 | 32.00 ± 4.97 | 3.00 ± 2.48 | 200 ± 0 |",
+             | audio Shapley acc. (%) | visual Shapley acc. (%) | step time (ms) | peak memory (MiB) | test accuracy vs joint |",
+            "| joint | 3 | 92.00 ± 4.97 | — | 93.00 ± 4.97 | 86.00 ± 2.48 | 32.00 ± 4.97 | 3.00 ± 2.48 | 200 ± 0 | — |",
             "| agm | 3 | 94.00 ± 6.57 | +2.00 ± 2.48 | 95.00 ± 6.57 | 82.00 ± 4.97 | 44.00 ± 9.94 |",
             "**NO CLAIM**: AGM raises the weaker modality's Shapley accuracy above joint's, mean over seeds. \
              Weaker modality under joint: visual; its test Shapley accuracy 32.00 ± 4.97% (joint) vs 44.00 ± 9.94% \
              (agm), paired difference +12.00 ± 4.97 points (95% CI; a claim needs 20 paired seeds, this study has 3).",
             "Competition strength: not measured",
             "| agm | 2 | 3 | 97.00 | 96.00 | 84.00 | 48.00 | [agm-seed2](agm-seed2/report/README.md) |",
+            // The verdict's column, and its sentence for a study of two methods.
+            " | no claim (3 seeds; needs 20) |\n",
+            "**Test accuracy, agm − joint**: +2.00 ± 2.48 points (paired by seed, 95% CI, 3 seeds): no claim",
         ] {
             assert!(md.contains(needle), "study.md lacks\n{needle}\nin\n{md}");
         }
@@ -1033,6 +1057,16 @@ mod tests {
         // The JSON carries the same numbers.
         let json = serde_json::to_value(&table).unwrap();
         assert_eq!(json["rows"][1]["test_accuracy_difference"]["n"], 3);
+    }
+
+    #[test]
+    fn more_methods_are_compared_in_the_tables_last_column_not_one_sentence_each() {
+        let mut results = study([0.40, 0.44, 0.48]);
+        results.extend((0..3).map(|seed| result("ogm-ge", seed, 0.93, 0.8, 0.4)));
+        let table = summarise(setup(&["joint", "agm", "ogm-ge"], 3), &results);
+        let md = markdown(&table, &results, None);
+        assert!(!md.contains("**Test accuracy, agm − joint**") && md.contains("The last column compares"), "{md}");
+        assert_eq!(md.matches("| no claim (3 seeds; needs 20) |").count(), 2, "{md}");
     }
 
     #[test]
