@@ -273,7 +273,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Times every model of `--models` and prints its row.
 fn model_rows(args: &BenchArgs, device: &Device) -> anyhow::Result<Vec<Row>> {
     let anchor = anchor_precision(&args.precision);
-    println!("| model | M | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak | plain PyTorch ms ({anchor}, in turn) | joint / plain PyTorch |");
+    println!("| model | modalities | batch | joint ms | AGM faithful ms | AGM fast ms | faithful/joint | fast/joint | peak MiB joint / faithful / fast | fast/joint peak | plain PyTorch ms ({anchor}, in turn) | joint / plain PyTorch |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     for model in model_names(args) {
@@ -298,16 +298,17 @@ fn row_line(r: &Row) -> String {
         r.model,
         r.modalities,
         r.batch,
-        num(ms[0], 1),
-        num(ms[1], 1),
-        num(ms[2], 1),
+        // Two decimals, so that the ratios can be checked from the table.
+        num(ms[0], 2),
+        num(ms[1], 2),
+        num(ms[2], 2),
         times(ms[1] / ms[0]),
         times(ms[2] / ms[0]),
         num(p[0], 0),
         num(p[1], 0),
         num(p[2], 0),
-        num(p[2] / p[0], 2),
-        num(plain, 1),
+        times(p[2] / p[0]),
+        num(plain, 2),
         times(ms[0] / plain),
     )
 }
@@ -544,7 +545,7 @@ fn target_table(runs: &[(Vec<Row>, Vec<ReferenceRow>)], precision: agm_kernels::
     };
     println!();
     println!(
-        "| targets{} | joint / {anchor} (≤ {joint_limit}) | fast/joint (≤ 1.15 at M = 2, ≤ 1.3 at M = 3) | faithful/joint (≤ 2.0) | joint peak / plain PyTorch peak (≤ 1.2) | fast/joint peak (≤ 1.2) | fast AGM / reference AGM (≤ 0.5) |",
+        "| targets{} | joint / {anchor} (≤ {joint_limit}) | fast/joint (≤ 1.15 at M = 2 modalities, ≤ 1.3 at M = 3) | faithful/joint (≤ 2.0) | joint peak / plain PyTorch peak (≤ 1.2) | fast/joint peak (≤ 1.2) | fast AGM / reference AGM (≤ 0.5) |",
         if runs.len() > 1 { format!(", median of {} runs (range)", runs.len()) } else { String::new() }
     );
     println!("|---|---|---|---|---|---|---|");
@@ -618,7 +619,7 @@ mod tests {
             peak_mib: [49.0, 77.0, f64::NAN],
             plain_ms: None,
         };
-        assert_eq!(row_line(&row), "| ave-psp | 2 | 2 | 40.5 | 119.6 | – | 2.95x | – | 49 / 77 / – | – | – | – |");
+        assert_eq!(row_line(&row), "| ave-psp | 2 | 2 | 40.50 | 119.60 | – | 2.95x | – | 49 / 77 / – | – | – | – |");
         let note = no_fast_note(&["ave-psp", "mosei-mat"]);
         assert!(note.starts_with("–: ave-psp, mosei-mat always run the faithful Shapley passes"), "{note}");
     }
