@@ -42,6 +42,10 @@ fn case_dirs(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
             cases.push(path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf));
             continue;
         }
+        if !path.exists() {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            anyhow::bail!("{}: no such case folder (a relative path starts at {cwd})", path.display());
+        }
         if !path.is_dir() || is_case(path) {
             cases.push(path.clone());
             continue;
@@ -85,6 +89,9 @@ mod tests {
         assert_eq!(case_dirs(&[root.join("FORMAT.md")]).unwrap(), [root.join("FORMAT.md")]);
         let err = agm_train::parity::run_case(&root.join("FORMAT.md")).unwrap_err().to_string();
         assert!(err.contains("a file, not a case folder"), "{err}");
+        // A path that does not exist is a mistake in the command, not a failed case.
+        let err = case_dirs(&[root.join("gold")]).unwrap_err().to_string();
+        assert!(err.contains("gold: no such case folder") && err.contains("relative path starts at"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,15 @@ const PALETTE: [RGBColor; 20] = [
 /// [`LEGEND_COLUMNS`] columns, so they never cover data.
 const LEGEND_ROW: u32 = 22;
 const LEGEND_COLUMNS: usize = 2;
+/// A generous width of one legend character at its 15 px font, in pixels.
+const LEGEND_CHAR_WIDTH: usize = 9;
+/// The legend's left and right margins: the chart's y-label area.
+const LEGEND_MARGIN: usize = 78;
+
+/// The width of one of `columns` legend columns, in pixels.
+fn legend_column_width(columns: usize) -> usize {
+    (PANEL.0 as usize - 2 * LEGEND_MARGIN) / columns
+}
 
 /// Values beyond this magnitude are drawn at the edge of the chart: plot ranges stay finite and
 /// bounded whatever a run recorded (a coefficient can reach 1e300).
@@ -216,9 +225,20 @@ impl Panel {
         }
     }
 
+    /// Columns of the legend below the chart: two, or one where a name would not fit half the
+    /// width (long run directory names in a comparison).
+    fn legend_columns(&self) -> usize {
+        let longest = self.series.iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+        if longest * LEGEND_CHAR_WIDTH + 40 > legend_column_width(LEGEND_COLUMNS) {
+            1
+        } else {
+            LEGEND_COLUMNS
+        }
+    }
+
     /// Rows of the legend below the chart.
     fn legend_rows(&self) -> u32 {
-        self.series.len().div_ceil(LEGEND_COLUMNS) as u32
+        self.series.len().div_ceil(self.legend_columns()) as u32
     }
 
     pub fn y_scale(mut self, scale: YScale) -> Self {
@@ -382,15 +402,20 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         let radius = if series.dashed { 4 } else { 3 };
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, radius, marker))).map_err(drawing)?;
     }
-    draw_legend(&legend_area, &panel.series)
+    draw_legend(&legend_area, &panel.series, panel.legend_columns())
 }
 
 /// The legend below a chart: each series' dash and marker, then its name, in columns.
-fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, series: &[Series]) -> anyhow::Result<()> {
-    let column_width = (PANEL.0 as i32 - 2 * 78) / LEGEND_COLUMNS as i32;
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    series: &[Series],
+    columns: usize,
+) -> anyhow::Result<()> {
+    let column_width = legend_column_width(columns) as i32;
     for (i, s) in series.iter().enumerate() {
-        let (row, column) = ((i / LEGEND_COLUMNS) as i32, (i % LEGEND_COLUMNS) as i32);
-        let (x, y) = (78 + column * column_width, (LEGEND_ROW as i32) * row + LEGEND_ROW as i32 / 2);
+        let (row, column) = ((i / columns) as i32, (i % columns) as i32);
+        let x = LEGEND_MARGIN as i32 + column * column_width;
+        let y = (LEGEND_ROW as i32) * row + LEGEND_ROW as i32 / 2;
         let (style, marker) = (s.line_style(i), s.marker_style(i));
         // Dashed series show a gap in their sample line and a hollow marker.
         let (gap_start, gap_end) = if s.dashed { (8, 16) } else { (12, 12) };
@@ -552,6 +577,10 @@ mod tests {
             .expect("the legend names series 2");
         let y: f64 = label.split(" y=\"").nth(1).unwrap().split('"').next().unwrap().parse().unwrap();
         assert!(y > PANEL.1 as f64, "series 2's label at y = {y}");
+        // Names too long for half the width (default run directory names) take one column.
+        let long = Series::new("av-digits-late-agm-seed0-20261208-034948 (validation)", vec![(1.0, 0.5)]);
+        let panel = Panel::new("long", "y", vec![long.clone(), long]);
+        assert_eq!((panel.legend_columns(), size(&[panel])), (1, (PANEL.0, PANEL.1 + 2 * LEGEND_ROW + 8)));
         // Twenty series keep twenty colours.
         let colours: std::collections::BTreeSet<_> = (0..20).map(|i| Series::new("", vec![]).color(i).rgb()).collect();
         assert_eq!(colours.len(), 20);

@@ -217,14 +217,10 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
     let coefficients = Coefficient::all(record);
     if !coefficients.is_empty() {
         let mut series = Vec::new();
-        // Dashed lines are the end-of-epoch values; a stack's methods take colours of their own.
-        let per_method = vector_len(rows, |r| r.coefficients.as_ref()).max(record.modalities.len());
-        let mut methods: Vec<&Option<String>> = Vec::new();
-        for c in &coefficients {
-            if !methods.contains(&&c.method) {
-                methods.push(&c.method);
-            }
-            let colour = (methods.len() - 1) * per_method + c.index;
+        // Dashed lines are the end-of-epoch values; in a stack each coefficient has a colour of its
+        // own (a single method's are its modalities' colours).
+        for (k, c) in coefficients.iter().enumerate() {
+            let colour = if c.method.is_some() { k } else { c.index };
             series.push(epoch_series(format!("{} (epoch mean)", c.label), rows, |r| c.mean(r)).colour(colour));
             if c.method.is_none() {
                 series.push(
@@ -346,9 +342,13 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     let _ = writeln!(
         md,
         "{done} of {} epochs done{stopped}; model `{}`, batch size {}, device `{}`. The tables and plots below \
-         are on the validation split (the test line is the exception); competition strength: 0 = the \
-         modality's mono-modal concept is linearly recoverable from the fused feature, about 1 = not at all.\n",
-        cfg.epochs, cfg.model, cfg.batch_size, cfg.device
+         are on the validation split{}; competition strength: 0 = the modality's mono-modal concept is linearly \
+         recoverable from the fused feature, about 1 = not at all.\n",
+        cfg.epochs,
+        cfg.model,
+        cfg.batch_size,
+        cfg.device,
+        if record.test.is_some() { " (the test line is the exception)" } else { "" }
     );
     if let Some(test) = &record.test {
         let per: Vec<String> =
@@ -669,31 +669,28 @@ pub fn write_comparison(records: &[(String, RunRecord)], out: &Path, loss: YScal
 }
 
 /// The settings, beyond the table's columns, in which the runs differ: one line per setting with
-/// every run's value.
+/// every run's value (`–` where a run has no such setting, another method's section).
 fn differing_settings(records: &[(String, RunRecord)]) -> String {
-    let Some((_, first)) = records.first() else { return String::new() };
-    let in_table = ["method", "model", "dataset", "seed", "data_preset", "epochs"];
-    // Each run against the first: (key, this run's value, the first's).
-    let diffs: Vec<Vec<(String, String, String)>> =
-        records.iter().map(|(_, r)| r.config.run_differences(&first.config)).collect();
-    let mut keys: Vec<&str> = Vec::new();
-    for (key, _, _) in diffs.iter().flatten() {
-        if !in_table.contains(&key.as_str()) && !keys.contains(&key.as_str()) {
-            keys.push(key);
-        }
-    }
+    let in_table = ["method", "model", "dataset", "seed", "data_preset", "epochs", "concepts", "train_concepts"];
+    let settings: Vec<_> = records.iter().map(|(_, r)| r.config.recorded_settings()).collect();
+    let mut keys: Vec<&String> =
+        settings.iter().flat_map(|s| s.keys()).filter(|k| !in_table.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.dedup();
     let mut lines = String::new();
     for key in keys {
-        let first_value = diffs.iter().flatten().find(|d| d.0 == key).map(|d| d.2.clone()).unwrap_or_default();
-        let values: Vec<&str> = diffs
-            .iter()
-            .map(|d| d.iter().find(|x| x.0 == key).map_or(first_value.as_str(), |x| x.1.as_str()))
-            .collect();
-        // A section only some runs have is another method's: the method column says so.
-        if values.contains(&"-") {
+        let values: Vec<Option<&toml::Value>> = settings.iter().map(|s| s.get(key)).collect();
+        let mut present = values.iter().flatten();
+        let first = present.next();
+        // Listed where the runs that have it disagree.
+        if present.all(|v| Some(v) == first) {
             continue;
         }
-        let each: Vec<String> = records.iter().zip(values).map(|((label, _), v)| format!("{label} {v}")).collect();
+        let each: Vec<String> = records
+            .iter()
+            .zip(&values)
+            .map(|((label, _), v)| format!("{label} {}", v.map_or("–".to_string(), ToString::to_string)))
+            .collect();
         let _ = writeln!(lines, "- `{key}`: {}", each.join(", "));
     }
     if lines.is_empty() {
@@ -993,6 +990,20 @@ pub(crate) mod tests {
         // Settings beyond the columns are listed with every run's value; other methods' sections are not.
         assert!(md.contains("- `optimizer.lr`: run-agm 0.01, run-joint 0.05\n"), "{md}");
         assert!(!md.contains("`agm."), "{md}");
+        // A setting two of three runs have and disagree on is listed, `–` for the third.
+        let c = tmp.path().join("run-agm2");
+        synthetic_run(&c, "agm", 3, false);
+        let mut agm2 = RunDir::open(&c).unwrap().read_config().unwrap();
+        agm2.set_method::<agm_modulation::Agm>(&agm_modulation::AgmConfig {
+            alpha: 2.0,
+            ..agm2.method::<agm_modulation::Agm>()
+        });
+        std::fs::write(c.join("config.toml"), agm2.to_toml()).unwrap();
+        let three = tmp.path().join("compare3");
+        run(ReportArgs { run_dirs: vec![a.clone(), b.clone(), c], loss_scale: "log".into(), out: Some(three.clone()) })
+            .unwrap();
+        let md = std::fs::read_to_string(three.join("README.md")).unwrap();
+        assert!(md.contains("- `agm.alpha`: run-agm 1.0, run-joint –, run-agm2 2.0\n"), "{md}");
         // The same run twice, however it is spelt, is refused by name.
         let again = tmp.path().join(".").join("run-agm");
         let twice = ReportArgs { run_dirs: vec![a, b, again.clone()], loss_scale: "log".into(), out: Some(out) };

@@ -464,7 +464,8 @@ pub fn markdown(table: &StudyTable, results: &[RunResult], plot_stem: Option<&st
         let _ = writeln!(
             md,
             "The last column compares each method's test accuracy with {}'s, paired by seed: a method beats \
-             another only where the 95% CI of the difference excludes 0 over {SEEDS_FOR_A_CLAIM} or more.\n",
+             another only where the 95% CI of the difference excludes 0 over {SEEDS_FOR_A_CLAIM} paired seeds or \
+             more.\n",
             table.baseline
         );
     }
@@ -670,7 +671,7 @@ fn plan(cfg: &RunConfig, dir: &Path) -> anyhow::Result<Plan> {
         let state = if run.summary().exists() { "a finished" } else { "an unfinished" };
         let changed = differences_from(cfg, &recorded, "the run's");
         let changed = if changed.is_empty() { "its config.toml differs".to_string() } else { changed.join(", ") };
-        anyhow::bail!("{} holds {state} run of other settings: {changed}", dir.display());
+        anyhow::bail!("{} holds {state} run of other settings; this study asks for {changed}", dir.display());
     }
     if let Some(record) = finished(cfg, dir) {
         return Ok(Plan::Reuse(Box::new(record)));
@@ -845,7 +846,8 @@ fn parse_methods(list: &str) -> anyhow::Result<Vec<String>> {
     let canonical = list
         .split(',')
         .map(|spec| if spec.trim().is_empty() { Ok(String::new()) } else { agm_modulation::registry::canonical(spec) })
-        .collect::<Result<Vec<String>, _>>()?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| anyhow::anyhow!("flag --methods: {e}"))?
         .join(",");
     Ok(name_list(&canonical, "--methods", "method")?.into_iter().map(String::from).collect())
 }
@@ -922,9 +924,11 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     stop_on_ctrl_c(runs.len(), &out);
     let started = Instant::now();
     let mut results = Vec::new();
+    let mut reused_runs = 0;
     for ((cfg, dir), plan) in runs.iter().zip(plans) {
         let t = Instant::now();
         let (result, reused) = run_planned(cfg, dir, plan, args.concepts.as_deref())?;
+        reused_runs += usize::from(reused);
         if !args.quiet {
             let names = &result.test.modalities;
             let per: Vec<String> = names
@@ -961,8 +965,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
     println!("{}", md.split("\n## Runs").next().unwrap_or(&md).trim_end());
     println!();
     println!(
-        "{} in {:.1} s; table {}, plot {}",
+        "{} ({} reused) in {:.1} s; table {}, plot {}",
         counted(results.len() as u64, "run"),
+        reused_runs,
         started.elapsed().as_secs_f64(),
         out.join("study.md").display(),
         out.join("curves.png").display()
@@ -1236,7 +1241,9 @@ mod tests {
         let longer = StudyArgs { run: crate::cli::RunFlags { epochs: Some(2), ..Default::default() }, ..args.clone() };
         let err = format!("{:#}", run(longer).unwrap_err());
         assert!(err.contains("4 of the 4 run folders") && err.contains("nothing was trained or deleted"), "{err}");
-        assert!(err.contains("joint-seed0 holds a finished run of other settings: epochs = 2 (the run's: 1)"), "{err}");
+        let expected =
+            "joint-seed0 holds a finished run of other settings; this study asks for epochs = 2 (the run's: 1)";
+        assert!(err.contains(expected), "{err}");
         assert!(err.contains("pass a new --out"), "{err}");
         assert_eq!(summaries(&out), before, "a finished run of other settings was touched");
         // While the study folder is locked (a study running), a second study is refused at once.
@@ -1280,7 +1287,10 @@ mod tests {
         let recorded = RunDir::open(&dir).unwrap().read_config().unwrap();
         let other = RunConfig { epochs: 3, ..recorded.clone() };
         let err = format!("{:#}", plan(&other, &dir).err().unwrap());
-        assert!(err.contains("holds an unfinished run of other settings: epochs = 3 (the run's: 2)"), "{err}");
+        assert!(
+            err.contains("holds an unfinished run of other settings; this study asks for epochs = 3 (the run's: 2)"),
+            "{err}"
+        );
         // Same settings, but another process writes it: refused, not cleared.
         let held = RunDir::open(&dir).unwrap().lock().unwrap();
         let err = format!("{:#}", plan(&recorded, &dir).err().unwrap());

@@ -38,7 +38,9 @@ pub fn settings_lines(resolved: &Resolved) -> Vec<String> {
 
 /// `--print-config`: the provenance as comments, then the TOML.
 fn print_config(resolved: &Resolved) {
-    if !resolved.settings.is_empty() {
+    if resolved.settings.is_empty() {
+        println!("# every setting below is the embedded default's\n");
+    } else {
         println!("# {SETTINGS_HEADING}");
         for line in settings_lines(resolved) {
             println!("#{line}");
@@ -399,23 +401,23 @@ fn late_windows(cfg: &RunConfig) -> Vec<String> {
         .collect()
 }
 
-/// A note when the method's coefficients held one value in every step of the run: it never
-/// modulated (a window, warm-up or schedule beyond the run, or settings that make it neutral).
+/// A note when the method's coefficients were 1 in every step of the run: it trained as joint
+/// (a window, warm-up or condition that never held within the run, or neutral settings). Only
+/// for a single method: a stack's `coefficients` are one member's.
 fn never_modulated(cfg: &RunConfig, dir: &Path) -> Option<String> {
     let rows: Vec<agm_train::EpochSummary> = RunDir::open(dir).ok()?.read_metrics().ok()?;
-    let first = rows.first()?.coefficients.clone()?;
-    let held = |c: &Option<Vec<f64>>| c.as_ref() == Some(&first);
+    let neutral = |c: &Option<Vec<f64>>| c.as_ref().is_some_and(|c| c.iter().all(|&v| v == 1.0));
+    let all_neutral =
+        !rows.is_empty() && rows.iter().all(|r| neutral(&r.coefficients) && neutral(&r.last_coefficients));
     // A late window was named before the run started.
-    let moved = !rows.iter().all(|r| held(&r.coefficients) && held(&r.last_coefficients));
-    if cfg.method == "joint" || moved || !late_windows(cfg).is_empty() {
+    if cfg.method == "joint" || cfg.method.contains('+') || !all_neutral || !late_windows(cfg).is_empty() {
         return None;
     }
-    let values: Vec<String> = first.iter().map(|&v| crate::progress::compact(v, 3)).collect();
     Some(format!(
-        "{}'s coefficients stayed {} in every step of these {}, so it never modulated: a window, warm-up or \
-         schedule in its settings may lie outside them ({} lists them; docs/methods.md)",
+        "{}'s coefficients were 1 in every step of these {}, so it trained as joint training: what starts its \
+         modulation (a window, a warm-up, a patience; {} lists them, docs/methods.md explains them) did not \
+         happen within them",
         cfg.method,
-        values.join(" / "),
         crate::progress::counted(rows.len() as u64, "epoch"),
         dir.join("config.toml").display()
     ))
@@ -655,7 +657,10 @@ mod tests {
         std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
         rows.iter().for_each(|r| run.append_metrics(r).unwrap());
         let note = never_modulated(&cfg, &dir).expect("held coefficients are named");
-        assert!(note.starts_with("agm's coefficients stayed 1.000 / 1.000 in every step of these 3 epochs"), "{note}");
+        assert!(
+            note.starts_with("agm's coefficients were 1 in every step of these 3 epochs, so it trained as joint"),
+            "{note}"
+        );
         // A late window was named before the run; joint has nothing to modulate.
         let mut late = cfg.clone();
         late.set_method::<agm_modulation::Agm>(&agm_modulation::AgmConfig {
@@ -663,7 +668,16 @@ mod tests {
             ..late.method::<agm_modulation::Agm>()
         });
         assert_eq!(never_modulated(&late, &dir), None);
-        assert_eq!(never_modulated(&RunConfig { method: "joint".into(), ..cfg }, &dir), None);
+        assert_eq!(never_modulated(&RunConfig { method: "joint".into(), ..cfg.clone() }, &dir), None);
+        // A stack's `coefficients` are one member's: no claim about the stack.
+        assert_eq!(never_modulated(&RunConfig { method: "agm+mses".into(), ..cfg.clone() }, &dir), None);
+        // Held at values other than 1 (ReconBoost's gates): no claim either.
+        for r in &mut rows {
+            (r.coefficients, r.last_coefficients) = (Some(vec![1.0, 0.0]), Some(vec![1.0, 0.0]));
+        }
+        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
+        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
+        assert_eq!(never_modulated(&cfg, &dir), None);
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub enum DataError {
     /// (`problem` says which).
     #[error(
         "noise preset `{name}`: {problem}; expected audio-dominant, balanced, image-dominant, noisy-audio, \
-         custom:<audio_std>,<image_std> (each a finite number >= 0) or ambiguous:<pairs>,<audio_std>,<image_std> \
+         custom:<audio_std>,<image_std> (each a number from 0 to 1000000) or ambiguous:<pairs>,<audio_std>,<image_std> \
          (pairs 0 to 5)"
     )]
     UnknownPreset {

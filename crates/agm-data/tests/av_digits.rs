@@ -149,8 +149,8 @@ fn preset_names_round_trip() {
     for (name, problem) in [
         ("custom:-1,2", "noise std `-1`"),
         ("custom:1,inf", "noise std `inf`"),
-        ("custom:1e300,1", "noise std `1e300` is not a number from 0 to 1000"),
-        ("custom:3e38,3e38", "noise std `3e38` is not a number from 0 to 1000"),
+        ("custom:1e300,1", "noise std `1e300` is not a number from 0 to 1000000"),
+        ("custom:3e38,3e38", "noise std `3e38` is not a number from 0 to 1000000"),
         ("custom:1", "two numbers"),
         ("ambiguous:9,1,1", "pairs `9` is not 0 to 5"),
         ("ambiguous:1,1", "three numbers"),

@@ -274,7 +274,6 @@ fn moved_in<T: Real>(running: f64, batch: f64, m: f64) -> f64 {
     (T::from_f64(running) * keep + T::from_f64(batch) * take).to_f64()
 }
 
-/// Shapes, dtypes and `eps` of a batch-norm call.
 /// Training mode needs two values per channel or more: one value has no variance, and PyTorch
 /// refuses it ("Expected more than 1 value per channel when training").
 fn check_values_per_channel(x: &Tensor, training_rows: usize) -> Result<()> {
@@ -291,6 +290,7 @@ fn check_values_per_channel(x: &Tensor, training_rows: usize) -> Result<()> {
     Ok(())
 }
 
+/// Shapes, dtypes and `eps` of a batch-norm call.
 fn check_args(x: &Tensor, weight: &Tensor, bias: &Tensor, running: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<()> {
     let dims = x.dims();
     if dims.len() < 2 || dims[1] == 0 || dims[0] == 0 {

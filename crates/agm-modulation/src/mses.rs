@@ -338,9 +338,9 @@ impl Modulator for Mses {
         let modalities = cx.model.modalities();
         for &(x, best, restored) in &update.stopped {
             let weights = if restored {
-                format!("the weights of epoch {best}, its best, restored")
+                format!("the model, the optimizer and the learning rate restored to epoch {best}, its best")
             } else {
-                "its weights kept".to_string()
+                "nothing restored".to_string()
             };
             actions.push(EpochAction::Note(format!(
                 "mses: {} stopped (its smoothed loss last improved at epoch {best}); {weights}",

@@ -705,8 +705,8 @@ fn mses_keeps_its_schedule_across_its_own_restores_but_loads_checkpoints() {
             EpochAction::RestoreSnapshot(mses_snapshot_tag(1)),
             // And says so, by the modality's name, for the epoch's metrics row.
             EpochAction::Note(
-                "mses: visual stopped (its smoothed loss last improved at epoch 1); the weights of epoch 1, its best, \
-                 restored"
+                "mses: visual stopped (its smoothed loss last improved at epoch 1); the model, the optimizer and the \
+                 learning rate restored to epoch 1, its best"
                     .into()
             ),
         ]

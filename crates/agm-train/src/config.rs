@@ -187,6 +187,12 @@ impl RunConfig {
     /// `config.toml` records ([`RunConfig::to_run_toml`]: the sections of unused methods left
     /// out). The concepts are left out, not blanked: where the metric's concepts live changes
     /// nothing that trains, and checkpoints written before those keys existed compare equal.
+    /// Every setting its run directory's `config.toml` records, as `dotted.key → value`.
+    pub fn recorded_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
+        let table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
+        crate::resolve::leaves(&table)
+    }
+
     fn trained_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
         let mut table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
         table.remove("concepts");
@@ -293,8 +299,17 @@ impl RunConfig {
         let table: toml::Table =
             toml::from_str(text).map_err(|e| TrainError::Config(e.to_string().trim_end().to_string()))?;
         // A bad setting as `--config` reports it: its line and key, the closest known name.
-        let cfg = Self::deserialize_table(table)
+        let mut cfg = crate::resolve::config_of(&table)
             .map_err(|(key, message)| TrainError::Config(crate::resolve::located(text, &key, message)))?;
+        // Earlier versions recorded AV-Digits' preset (and the synthetic scale) for every dataset,
+        // which ignored them.
+        let default = Self::av_digits();
+        if cfg.dataset != "av-digits" {
+            cfg.data_preset = default.data_preset;
+        }
+        if cfg.dataset != "synthetic" {
+            cfg.synthetic_scale = default.synthetic_scale;
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -61,11 +61,14 @@ pub enum TrainError {
 
     /// A study's or reproduction's folder given where a run directory goes.
     #[error(
-        "{} is a {kind} folder, not a run directory: its runs are the folders inside it{}; \
-         `cargo xtask report {}` writes its table and plot again",
+        "{} is a {kind} folder, not a run directory: its runs are the folders inside it{}; {}",
         dir.display(),
         example.as_ref().map(|e| format!(" (e.g. {})", e.display())).unwrap_or_default(),
-        dir.display()
+        if *kind == "study" {
+            format!("`cargo xtask report {}` writes its table and plot again", dir.display())
+        } else {
+            "its table is reproduce.md there, which the same `cargo xtask reproduce` command writes again".to_string()
+        }
     )]
     NotARunDirectory {
         /// The folder given.

@@ -211,10 +211,10 @@ impl RunRequest {
             current = next;
         }
         let mut config = check(&current, &Origin::Dataset(dataset))?;
-        config.validate().map_err(|e| blamed(e, |key| origins.get(key).map(|(origin, _)| origin.clone())))?;
         // One spelling per setting: ` agm` and `agm + ogm-ge` run, print and record as `agm` and
         // `agm+ogm-ge`.
         config.canonicalize();
+        config.validate().map_err(|e| blamed(e, |key| origins.get(key).map(|(origin, _)| origin.clone())))?;
         current.insert("method".into(), config.method.clone().into());
         current.insert("data_preset".into(), config.data_preset.clone().into());
         let defaults = leaves(&embedded);
@@ -305,6 +305,12 @@ pub(crate) fn leaves(table: &toml::Table) -> BTreeMap<String, toml::Value> {
 /// The table as a config; a bad key or type is an error naming the key, the layer that brought
 /// it and, for a file, the line.
 fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
+    config_of(table).map_err(|(key, message)| field_error(origin, &key, message))
+}
+
+/// The table as a config, or the error's dotted key (the leaf itself, also inside tagged tables
+/// such as `[optimizer]`) and message.
+pub(crate) fn config_of(table: &toml::Table) -> std::result::Result<RunConfig, (String, String)> {
     RunConfig::deserialize_table(table.clone()).map_err(|(key, message)| {
         // Inside tagged enums (`[optimizer]`) the path stops at the table: name the leaf whose
         // type differs from the default's.
@@ -315,7 +321,7 @@ fn check(table: &toml::Table, origin: &Origin) -> Result<RunConfig> {
             Some(field) if !key.ends_with(field) && key != "." && !key.is_empty() => format!("{key}.{field}"),
             _ => key,
         };
-        field_error(origin, &key, message)
+        (key, message)
     })
 }
 

@@ -181,6 +181,10 @@ fn method_sections_round_trip_and_default_to_the_av_digits_presets() {
     // A run's own config.toml is read as `--config` reads a file: the line, the key, a suggestion.
     let e = RunConfig::from_toml_str("# header\nepochs = 2\nshapley_mode = \"fast\"\n").unwrap_err().to_string();
     assert!(e.contains("line 3, `shapley_mode`: unknown field") && e.contains("(did you mean `shapley`?)"), "{e}");
+    let e = RunConfig::from_toml_str("[optimizer]\nkind = \"sgd\"\nlr = \"fast\"\n").unwrap_err().to_string();
+    assert!(e.contains("line 3, `optimizer.lr`"), "{e}");
+    let e = RunConfig::from_toml_str("[optimizer]\nkind = \"sgd\"\nmomentom = 0.9\n").unwrap_err().to_string();
+    assert!(e.contains("line 3, `optimizer.momentom`") && e.contains("did you mean `momentum`"), "{e}");
     let e = RunConfig::from_toml_str("[ogm_gee]\nalpha = 1.0\n").unwrap_err().to_string();
     assert!(e.contains("unknown field `ogm_gee`") && e.contains("ogm_ge"), "{e}");
 }
@@ -242,6 +246,9 @@ fn a_runs_config_records_only_its_datasets_settings_and_refuses_the_others() {
     let whole: toml::Table = toml::from_str(&ave.to_toml()).unwrap();
     assert!(!whole.contains_key("data_preset") && whole.contains_key("agm"), "{whole}");
     assert_eq!(RunConfig::from_toml_str(&ave.to_toml()).unwrap(), ave);
+    // A run directory of an earlier version recorded the ignored preset: it still reads.
+    let older = format!("data_preset = \"balanced\"\nsynthetic_scale = \"reference\"\n{}", ave.to_run_toml(""));
+    assert!(RunConfig::from_toml_str(&older).unwrap().same_run(&ave));
     assert!(RunConfig::from_toml_str(&ave.to_run_toml("")).unwrap().same_run(&ave));
     assert_eq!(ave.dataset_label(), "ave");
     let digits: toml::Table = toml::from_str(&RunConfig::av_digits().to_run_toml("")).unwrap();

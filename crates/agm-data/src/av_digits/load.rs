@@ -128,9 +128,9 @@ impl fmt::Display for NoisePreset {
     }
 }
 
-/// The largest noise standard deviation a preset takes: the features are about unit scale, and a
-/// larger noise (or one overflowing f32) only makes training diverge.
-pub const MAX_NOISE_STD: f32 = 1000.0;
+/// The largest noise standard deviation a preset takes: the features are about unit scale, and
+/// noise far beyond this (or one overflowing f32) only makes training diverge.
+pub const MAX_NOISE_STD: f32 = 1e6;
 
 impl FromStr for NoisePreset {
     type Err = DataError;

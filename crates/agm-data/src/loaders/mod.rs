@@ -224,7 +224,9 @@ pub fn smaller_than_release(id: DatasetId, path: &Path) -> Result<Option<String>
         DatasetId::Ave => {
             let rows = ["train", "val", "test"]
                 .iter()
-                .map(|name| Ok(h5::H5Dataset::open(&path.join(format!("{name}_order.h5")), "order")?.shape()[0]))
+                .map(|name| {
+                    Ok(h5::H5Dataset::open(&path.join(format!("{name}_order.h5")), "order")?.shape().iter().product())
+                })
                 .collect::<Result<Vec<usize>>>()?;
             ("AVE", rows, ave::RELEASE_ROWS.to_vec(), "train / val / test videos")
         }
