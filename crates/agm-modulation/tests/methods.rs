@@ -377,18 +377,12 @@ fn clip_rules_and_agms_clamp_are_checked_by_key_before_training() {
     ];
     for (rule, message) in bad {
         let errors = [
-            (
-                "agm",
-                AgmConfig { clip: Some(rule.clone()), ..AgmConfig::av_digits() }.validate().unwrap_err().to_string(),
-            ),
+            ("agm", AgmConfig { clip: Some(rule), ..AgmConfig::av_digits() }.validate().unwrap_err().to_string()),
             (
                 "ogm_ge",
-                OgmGeConfig { clip: Some(rule.clone()), ..OgmGeConfig::av_digits() }
-                    .validate()
-                    .unwrap_err()
-                    .to_string(),
+                OgmGeConfig { clip: Some(rule), ..OgmGeConfig::av_digits() }.validate().unwrap_err().to_string(),
             ),
-            ("joint", agm_modulation::JointConfig { clip: Some(rule.clone()) }.validate().unwrap_err().to_string()),
+            ("joint", agm_modulation::JointConfig { clip: Some(rule) }.validate().unwrap_err().to_string()),
         ];
         for (section, err) in errors {
             assert_eq!(err, format!("{section}.{message}"));
