@@ -414,7 +414,7 @@ fn never_modulated(cfg: &RunConfig, dir: &Path) -> Option<String> {
         return None;
     }
     Some(format!(
-        "{}'s coefficients were 1 in every step of these {}, so it trained as joint training: what starts its \
+        "{}'s coefficients were 1 in every step of these {}, so it trained as `joint` does: what starts its \
          modulation (a window, a warm-up, a patience; {} lists them, docs/methods.md explains them) did not \
          happen within them",
         cfg.method,
@@ -658,7 +658,9 @@ mod tests {
         rows.iter().for_each(|r| run.append_metrics(r).unwrap());
         let note = never_modulated(&cfg, &dir).expect("held coefficients are named");
         assert!(
-            note.starts_with("agm's coefficients were 1 in every step of these 3 epochs, so it trained as joint"),
+            note.starts_with(
+                "agm's coefficients were 1 in every step of these 3 epochs, so it trained as `joint` does"
+            ),
             "{note}"
         );
         // A late window was named before the run; joint has nothing to modulate.

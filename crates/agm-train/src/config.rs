@@ -183,18 +183,21 @@ impl RunConfig {
         serde_json::to_value(same.trained_settings()).expect("plain data")
     }
 
+    /// Every setting its run directory's `config.toml` records, as `dotted.key → value`.
+    pub fn recorded_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
+        crate::resolve::leaves(&self.recorded_table())
+    }
+
+    fn recorded_table(&self) -> toml::Table {
+        toml::from_str(&self.to_run_toml("")).expect("written as TOML")
+    }
+
     /// Every setting that shapes what trains, as dotted keys (`optimizer.lr`) with the values
     /// `config.toml` records ([`RunConfig::to_run_toml`]: the sections of unused methods left
     /// out). The concepts are left out, not blanked: where the metric's concepts live changes
     /// nothing that trains, and checkpoints written before those keys existed compare equal.
-    /// Every setting its run directory's `config.toml` records, as `dotted.key → value`.
-    pub fn recorded_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
-        let table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
-        crate::resolve::leaves(&table)
-    }
-
     fn trained_settings(&self) -> std::collections::BTreeMap<String, toml::Value> {
-        let mut table: toml::Table = toml::from_str(&self.to_run_toml("")).expect("written as TOML");
+        let mut table = self.recorded_table();
         table.remove("concepts");
         table.remove("train_concepts");
         // One folder however it is written (`data/ave/`, `./data/ave`, its absolute path).
