@@ -172,7 +172,7 @@ pub struct ReproduceArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct StudyArgs {
     /// Comma-separated methods, e.g. `joint,agm` (default: joint,agm), or `all` for every
-    /// registered method.
+    /// registered method (joint first). The first is the baseline every other is compared with.
     #[arg(long, default_value = "joint,agm")]
     pub methods: String,
     /// Number of seeds, 1 to 10,000 (seeds 0..N).

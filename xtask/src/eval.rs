@@ -181,7 +181,27 @@ pub fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             crate::progress::compact(report.modality_loss[i], 4)
         );
     }
+    if let Some(note) = args.run_dir.as_deref().and_then(unfinished) {
+        println!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A note for a run directory whose training has not finished: its weights are from the epochs
+/// done so far.
+fn unfinished(dir: &Path) -> Option<String> {
+    let run = RunDir::open(dir).ok()?;
+    if run.summary().exists() {
+        return None;
+    }
+    let planned = run.read_config().ok()?.epochs;
+    Some(format!(
+        "{} is unfinished ({} of {planned} epochs done): these weights are from its epochs so far; \
+         `cargo xtask train --resume {}` finishes it",
+        dir.display(),
+        run.metrics_rows(),
+        dir.display()
+    ))
 }
 
 #[cfg(test)]
@@ -201,6 +221,11 @@ mod tests {
             let outcome = train_run(&cfg, &dir, RunStart::New, &opts, &mut agm_train::NoCallback).unwrap();
             let again = evaluate_run(dir.root(), Split::Test, "best").unwrap();
             assert_eq!(again.accuracy, outcome.test.unwrap().accuracy, "{method}");
+            // Only a run without its summary is called unfinished.
+            assert_eq!(unfinished(dir.root()), None);
+            std::fs::remove_file(dir.summary()).unwrap();
+            let note = unfinished(dir.root()).unwrap();
+            assert!(note.contains("is unfinished (2 of 2 epochs done)"), "{note}");
         }
     }
 

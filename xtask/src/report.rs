@@ -409,7 +409,8 @@ pub fn metrics_csv(record: &RunRecord) -> String {
         }
     }
     for c in &coefficients {
-        let label = c.label.replace(' ', "_");
+        // Column names as identifiers (`ogm_ge_audio_…`, as the method's config section).
+        let label = c.label.replace([' ', '-'], "_");
         header.push(format!("{label}_coefficient_mean"));
         if c.method.is_none() {
             header.push(format!("{label}_coefficient_last"));
@@ -677,13 +678,25 @@ fn differing_settings(records: &[(String, RunRecord)]) -> String {
         settings.iter().flat_map(|s| s.keys()).filter(|k| !in_table.contains(&k.as_str())).collect();
     keys.sort();
     keys.dedup();
+    // Each run's method with its dataset's default settings: a setting only some runs have
+    // (their method's) is listed where one of them changed it.
+    let defaults: Vec<_> = records
+        .iter()
+        .map(|(_, r)| {
+            RunConfig::for_dataset(&r.config.dataset)
+                .map(|d| RunConfig { method: r.config.method.clone(), ..d }.recorded_settings())
+                .unwrap_or_default()
+        })
+        .collect();
     let mut lines = String::new();
     for key in keys {
         let values: Vec<Option<&toml::Value>> = settings.iter().map(|s| s.get(key)).collect();
         let mut present = values.iter().flatten();
         let first = present.next();
-        // Listed where the runs that have it disagree.
-        if present.all(|v| Some(v) == first) {
+        let disagree = !present.all(|v| Some(v) == first);
+        let partial = values.iter().any(Option::is_none);
+        let changed = || values.iter().zip(&defaults).any(|(v, d)| v.is_some_and(|v| d.get(key) != Some(v)));
+        if !disagree && !(partial && changed()) {
             continue;
         }
         let each: Vec<String> = records
@@ -880,7 +893,7 @@ pub(crate) mod tests {
         let at = |name: &str| {
             last[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"))]
         };
-        assert_eq!([at("agm_visual_coefficient_mean"), at("ogm-ge_audio_coefficient_mean")], ["1.3", "0.5"]);
+        assert_eq!([at("agm_visual_coefficient_mean"), at("ogm_ge_audio_coefficient_mean")], ["1.3", "0.5"]);
         assert!(!header.iter().any(|h| h.ends_with("_coefficient_last")), "{header:?}");
     }
 
@@ -1000,10 +1013,21 @@ pub(crate) mod tests {
         });
         std::fs::write(c.join("config.toml"), agm2.to_toml()).unwrap();
         let three = tmp.path().join("compare3");
-        run(ReportArgs { run_dirs: vec![a.clone(), b.clone(), c], loss_scale: "log".into(), out: Some(three.clone()) })
-            .unwrap();
+        run(ReportArgs {
+            run_dirs: vec![a.clone(), b.clone(), c.clone()],
+            loss_scale: "log".into(),
+            out: Some(three.clone()),
+        })
+        .unwrap();
         let md = std::fs::read_to_string(three.join("README.md")).unwrap();
         assert!(md.contains("- `agm.alpha`: run-agm 1.0, run-joint –, run-agm2 2.0\n"), "{md}");
+        // A setting only one run has is listed where that run changed it from its default.
+        let one = tmp.path().join("compare-one");
+        run(ReportArgs { run_dirs: vec![c.clone(), b.clone()], loss_scale: "log".into(), out: Some(one.clone()) })
+            .unwrap();
+        let md = std::fs::read_to_string(one.join("README.md")).unwrap();
+        assert!(md.contains("- `agm.alpha`: run-agm2 2.0, run-joint –\n"), "{md}");
+        assert_eq!(md.matches("`agm.").count(), 1, "{md}");
         // The same run twice, however it is spelt, is refused by name.
         let again = tmp.path().join(".").join("run-agm");
         let twice = ReportArgs { run_dirs: vec![a, b, again.clone()], loss_scale: "log".into(), out: Some(out) };

@@ -907,6 +907,9 @@ pub fn run(args: StudyArgs) -> anyhow::Result<ExitCode> {
         counted(base.epochs as u64, "epoch"),
         out.display()
     );
+    if !resolved.settings.is_empty() {
+        println!("{}", crate::train::SETTINGS_HEADING);
+    }
     // A study sets each run's method and seed itself: a config file's or a recipe's are not in force.
     for setting in &resolved.settings {
         if setting.key == "method" || setting.key == "seed" {

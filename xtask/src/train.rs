@@ -28,7 +28,7 @@ pub fn resolve(args: &TrainArgs) -> anyhow::Result<Resolved> {
 }
 
 /// Heads the list of [`settings_lines`].
-const SETTINGS_HEADING: &str =
+pub(crate) const SETTINGS_HEADING: &str =
     "settings that differ from the embedded default (flags win over --config, which wins over --recipe):";
 
 /// The settings that differ from the embedded default and where each came from, one a line.
@@ -47,6 +47,11 @@ fn print_config(resolved: &Resolved) {
         }
         println!();
     }
+    println!(
+        "# the sections of methods other than `{}` are printed to copy from: they do not change this run, and \
+         its config.toml leaves them out\n",
+        resolved.config.method
+    );
     print!("{}", resolved.config.to_toml());
 }
 
@@ -325,10 +330,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     }
     // The flags' or, on resume, the recorded folder (config.toml's `concepts`).
     let concepts_dir = cfg.concepts_dir();
-    // The run trains missing concepts before its header prints; say why it is quiet meanwhile.
+    // The run trains missing concepts before its header prints; say why it is quiet meanwhile (also
+    // under --quiet, which only drops the progress bar).
     let concepts_missing = agm_train::concept::check_concept_dataset(&cfg.dataset).is_ok()
         && !matches!(agm_train::concept::ConceptSet::load(&concepts_dir), Ok(Some(_)));
-    if concepts_missing && cfg.train_concepts && !args.quiet {
+    if concepts_missing && cfg.train_concepts {
         println!("training the mono-modal concepts into {} (once per dataset and preset)…", concepts_dir.display());
     }
     // The concepts come from the config (`Concepts::default_for`).
@@ -385,11 +391,12 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// A method window that opens after the last epoch, one note each: the method never acts.
+/// A method window that opens after the last epoch, or a ReLearn schedule whose first re-learning
+/// comes at the last epoch's end or later, one note each: the method never acts in this run.
 fn late_windows(cfg: &RunConfig) -> Vec<String> {
     let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
     let start_of = |value: &toml::Value| value.get("window_start").and_then(toml::Value::as_integer);
-    recorded
+    let mut notes: Vec<String> = recorded
         .iter()
         .filter_map(|(section, value)| Some((section, start_of(value).filter(|&s| s > cfg.epochs as i64)?)))
         .map(|(section, start)| {
@@ -398,7 +405,21 @@ fn late_windows(cfg: &RunConfig) -> Vec<String> {
                 cfg.epochs
             )
         })
-        .collect()
+        .collect();
+    let relearn = recorded.get("relearn").and_then(|v| v.clone().try_into::<agm_modulation::RelearnConfig>().ok());
+    if let Some(relearn) = relearn {
+        match relearn.first_reinit() {
+            None => notes.push("[relearn] max_reinits = 0: the method never re-learns in this run".into()),
+            Some(first) if first >= cfg.epochs => notes.push(format!(
+                "[relearn] reinit_every = {}: its first re-learning follows epoch {first}, and this run has {}: \
+                 the method never changes what trains (a smaller reinit_every makes it act)",
+                relearn.reinit_every,
+                crate::progress::counted(cfg.epochs as u64, "epoch")
+            )),
+            Some(_) => {}
+        }
+    }
+    notes
 }
 
 /// A note when the method's coefficients were 1 in every step of the run: it trained as joint
@@ -414,9 +435,9 @@ fn never_modulated(cfg: &RunConfig, dir: &Path) -> Option<String> {
         return None;
     }
     Some(format!(
-        "{}'s coefficients were 1 in every step of these {}, so it trained as `joint` does: what starts its \
-         modulation (a window, a warm-up, a patience; {} lists them, docs/methods.md explains them) did not \
-         happen within them",
+        "{}'s coefficients were 1 in every step of these {}, so it trained as `joint` does: its settings never \
+         let it act within them (a window, warm-up or patience beyond them, or a neutral value such as \
+         alpha = 0; {} lists them, docs/methods.md explains them)",
         cfg.method,
         crate::progress::counted(rows.len() as u64, "epoch"),
         dir.join("config.toml").display()
@@ -441,9 +462,6 @@ fn print_summary(
     if run.stopped_by_method && run.epochs_done < cfg.epochs {
         println!("{} stopped training after epoch {} of {}", cfg.method, run.epochs_done, cfg.epochs);
     }
-    if let Some(note) = never_modulated(cfg, dir) {
-        println!("note: {note}");
-    }
     println!("test accuracy of the best weights: {} on {} samples", pct(test.accuracy), test.samples);
     for (i, name) in modalities.iter().enumerate() {
         println!(
@@ -463,7 +481,7 @@ fn print_summary(
         } else if let Some(mean) = &last.coefficients {
             let after = last.last_coefficients.as_ref().map_or_else(String::new, |c| {
                 let values: Vec<String> = c.iter().map(|&v| compact(v)).collect();
-                format!(" (after its last step: {})", values.join(" / "))
+                format!(" (after the last step: {})", values.join(" / "))
             });
             println!(
                 "coefficients, mean over the last epoch: {}{after}",
@@ -471,6 +489,9 @@ fn print_summary(
             );
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
+    }
+    if let Some(note) = never_modulated(cfg, dir) {
+        println!("note: {note}");
     }
     println!(
         "run directory: {} (config.toml, metrics.jsonl, metrics.csv, best.safetensors, checkpoint.safetensors, \
@@ -640,6 +661,25 @@ mod tests {
         });
         let notes = unused_flags(&flags(RunFlags::default()), &late);
         assert_eq!(notes, ["[agm] window_start = 5 is after the last epoch (2): the method never acts in this run"]);
+        // ReLearn's official schedule first re-learns after epoch 21: a 20-epoch run never does.
+        let relearn = RunConfig { method: "relearn".into(), ..RunConfig::av_digits() };
+        let notes = unused_flags(&flags(RunFlags::default()), &relearn);
+        assert_eq!(
+            notes,
+            ["[relearn] reinit_every = 20: its first re-learning follows epoch 21, and this run has 20 epochs: the \
+              method never changes what trains (a smaller reinit_every makes it act)"]
+        );
+        let off = agm_modulation::RelearnConfig { max_reinits: 0, ..agm_modulation::RelearnConfig::official() };
+        let mut never = relearn.clone();
+        never.set_method::<agm_modulation::Relearn>(&off);
+        let notes = unused_flags(&flags(RunFlags::default()), &never);
+        assert_eq!(notes, ["[relearn] max_reinits = 0: the method never re-learns in this run"]);
+        let mut soon = relearn.clone();
+        soon.set_method::<agm_modulation::Relearn>(&agm_modulation::RelearnConfig {
+            reinit_every: 5,
+            ..agm_modulation::RelearnConfig::official()
+        });
+        assert!(unused_flags(&flags(RunFlags::default()), &soon).is_empty());
     }
 
     #[test]

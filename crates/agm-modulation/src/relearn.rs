@@ -132,6 +132,12 @@ impl RelearnConfig {
         }
     }
 
+    /// The 1-based epoch after which the method first re-learns; `None` when it never does
+    /// (`max_reinits` 0).
+    pub fn first_reinit(&self) -> Option<usize> {
+        (self.max_reinits > 0).then(|| 1 + self.reinit_every)
+    }
+
     /// Whether the method re-learns after 1-based epoch `epoch`.
     pub fn due(&self, epoch: usize) -> bool {
         if epoch < 2 || self.reinit_every == 0 {

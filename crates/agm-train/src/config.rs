@@ -152,9 +152,10 @@ pub(crate) fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<()> {
 /// section, or a setting inside a section (`learning_rate` → `[optimizer] lr`).
 fn setting_hint(field: &str) -> String {
     let table = toml::Table::try_from(RunConfig::av_digits()).expect("the config is plain data");
-    let mut names: Vec<(String, String)> = Vec::new();
+    // Run settings first: where a section has a key of the same name (`seed` in [ogm]), the run's
+    // own is meant.
+    let mut names: Vec<(String, String)> = table.keys().map(|key| (key.clone(), format!("`{key}`"))).collect();
     for (key, value) in &table {
-        names.push((key.clone(), format!("`{key}`")));
         if let toml::Value::Table(inner) = value {
             names.extend(inner.keys().map(|k| (k.clone(), format!("`{k}` in [{key}]"))));
         }

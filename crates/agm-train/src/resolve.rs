@@ -49,7 +49,7 @@ impl fmt::Display for Origin {
 fn blamed(err: TrainError, origin_of: impl Fn(&str) -> Option<Origin>) -> TrainError {
     let TrainError::Config(message) = err else { return err };
     // The first word that is a setting with an origin names it (`epochs must be …`,
-    // `invalid optimizer.lr = …`).
+    // `optimizer.lr = …: must be …`).
     let origin = message.split([' ', ':', '=']).filter(|w| !w.is_empty()).find_map(&origin_of);
     match origin {
         Some(origin) if !matches!(origin, Origin::Dataset(_)) => TrainError::Config(format!("{origin}: {message}")),

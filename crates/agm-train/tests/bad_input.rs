@@ -75,7 +75,9 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
         assert!(err.contains("unknown field `bogus_key`") && err.contains(&format!("`{key}`")), "{key}: {err}");
     }
     // A misspelt top-level key names the setting it was probably meant to be.
-    for (typo, meant) in [("epoch", "`epochs`"), ("learning_rat", "`lr` in [optimizer]"), ("agmm", "`agm`")] {
+    for (typo, meant) in
+        [("epoch", "`epochs`"), ("learning_rat", "`lr` in [optimizer]"), ("agmm", "`agm`"), ("sede", "`seed`")]
+    {
         std::fs::write(&path, format!("{typo} = 1\n")).unwrap();
         let err = resolve_file(&path);
         assert!(err.contains(&format!("(did you mean {meant}?)")), "{typo}: {err}");

@@ -348,7 +348,7 @@ fn schedule_config_serde_and_validation() {
     );
 
     let err = |c: ScheduleConfig| c.build().err().expect("invalid config accepted").to_string();
-    assert!(err(ScheduleConfig::Step { step_size: 0, gamma: 0.1 }).contains("invalid schedule.step_size = 0"));
+    assert!(err(ScheduleConfig::Step { step_size: 0, gamma: 0.1 }).contains("schedule.step_size = 0: must be"));
     assert!(err(ScheduleConfig::Step { step_size: 2, gamma: 0.0 }).contains("gamma"));
     assert!(err(ScheduleConfig::Cosine { t_max: 0, eta_min: 0.0 }).contains("t_max"));
 }

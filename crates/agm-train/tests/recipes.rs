@@ -171,13 +171,13 @@ fn an_unknown_name_is_blamed_on_the_flag_or_file_that_gave_it() {
     assert!(e.contains(&expected), "{e}");
 }
 
-/// Checks whose message names the setting further in (`invalid optimizer.lr = …`) are blamed on
+/// Checks whose message names the setting further in (`optimizer.lr = …: must be …`) are blamed on
 /// the flag or file too; names are recorded in one spelling.
 #[test]
 fn every_refused_value_names_its_flag_or_file_and_names_have_one_spelling() {
     let err = |request: RunRequest| request.resolve().unwrap_err().to_string();
     let e = err(RunRequest::default().set("--lr", "optimizer.lr", -0.1));
-    assert!(e.contains("flag --lr: invalid optimizer.lr = -0.1"), "{e}");
+    assert!(e.contains("flag --lr: optimizer.lr = -0.1: must be"), "{e}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mine.toml");
     std::fs::write(&path, "[agm.clip]\nthreshold = inf\nmax_norm = 1.0\ncondition = \"outside-band\"\n").unwrap();

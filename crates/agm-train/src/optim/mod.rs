@@ -190,7 +190,7 @@ pub(crate) fn ensure(ok: bool, owner: &str, field: &str, value: f64, rule: &str)
     if ok {
         Ok(())
     } else {
-        candle_core::bail!("invalid {owner}.{field} = {value}: must be {rule}")
+        candle_core::bail!("{owner}.{field} = {value}: must be {rule}")
     }
 }
 

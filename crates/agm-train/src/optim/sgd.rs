@@ -55,7 +55,7 @@ impl SgdConfig {
         ensure(wd.is_finite() && wd >= 0.0, O, "weight_decay", wd, "finite and >= 0")?;
         if self.nesterov && (m <= 0.0 || d != 0.0) {
             candle_core::bail!(
-                "invalid optimizer.nesterov = true: nesterov requires momentum > 0 and dampening = 0 \
+                "optimizer.nesterov = true: requires momentum > 0 and dampening = 0 \
                  (momentum = {m}, dampening = {d})"
             )
         }
