@@ -403,6 +403,10 @@ fn key_line(text: &str, key: &str) -> Option<usize> {
         let line = line.split('#').next().unwrap_or("").trim();
         if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             table = header.trim().to_string();
+            // A whole section in question (`[msess]`): its header.
+            if table == key {
+                return Some(i + 1);
+            }
         } else if let Some((name, _)) = line.split_once('=') {
             let name = name.trim().trim_matches('"');
             let full = if table.is_empty() { name.to_string() } else { format!("{table}.{name}") };

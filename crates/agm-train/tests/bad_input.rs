@@ -82,6 +82,10 @@ fn every_config_field_with_a_wrong_type_or_an_unknown_key_beside_it_is_named() {
         let err = resolve_file(&path);
         assert!(err.contains(&format!("(did you mean {meant}?)")), "{typo}: {err}");
     }
+    // A misspelt section is found at its header.
+    std::fs::write(&path, "epochs = 2\n\n[msess]\npatience = 2\n").unwrap();
+    let err = resolve_file(&path);
+    assert!(err.contains("line 3, `msess`: unknown field `msess`") && err.contains("mses"), "{err}");
     // Inside a section too, a misspelt key names the key it was probably meant to be.
     for (text, meant) in [("[optimizer]\nlearning_rate = 0.1\n", "`lr`"), ("[agm]\nalpah = 1.0\n", "`alpha`")] {
         std::fs::write(&path, text).unwrap();
