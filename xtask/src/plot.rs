@@ -177,6 +177,17 @@ impl YScale {
             let step = decades.len().div_ceil(10);
             return decades.into_iter().step_by(step).collect();
         }
+        // A span narrower than 1-2-5 steps (a loss from 1.2 to 2.3): round values, placed on the
+        // log axis.
+        let round: Vec<f64> = RangedCoordf64::from(10f64.powf(y0)..10f64.powf(y1))
+            .key_points(8usize)
+            .into_iter()
+            .filter(|v| *v > 0.0)
+            .map(f64::log10)
+            .collect();
+        if round.len() >= 2 {
+            return round;
+        }
         linear()
     }
 
@@ -603,6 +614,10 @@ mod tests {
         let ticks = YScale::Log.ticks(-12.0, 2.0);
         assert!(ticks.iter().all(|t| t.fract() == 0.0) && ticks.len() <= 10, "{ticks:?}");
         assert!(YScale::Log.ticks(0.1, 0.2).len() >= 2);
+        // A loss from 1.2 to 2.3 (a short run): round values, not round logarithms.
+        let ticks = YScale::Log.ticks(1.2f64.log10(), 2.3f64.log10());
+        let labels = YScale::Log.labels(&ticks);
+        assert!(labels.len() >= 3 && labels.iter().all(|l| l.len() <= 3), "{labels:?}");
         assert_eq!(YScale::Percent.labels(&[0.5, 0.75, 1.0]), ["50%", "75%", "100%"]);
     }
 }
