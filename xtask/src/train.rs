@@ -409,10 +409,10 @@ fn late_windows(cfg: &RunConfig) -> Vec<String> {
     let relearn = recorded.get("relearn").and_then(|v| v.clone().try_into::<agm_modulation::RelearnConfig>().ok());
     if let Some(relearn) = relearn {
         match relearn.first_reinit() {
-            None => notes.push("[relearn] max_reinits = 0: the method never re-learns in this run".into()),
+            None => notes.push("[relearn] max_reinits = 0: relearn never re-learns in this run".into()),
             Some(first) if first >= cfg.epochs => notes.push(format!(
                 "[relearn] reinit_every = {}: its first re-learning follows epoch {first}, and this run has {}: \
-                 the method never changes what trains (a smaller reinit_every makes it act)",
+                 relearn never changes what trains (a smaller reinit_every makes it act)",
                 relearn.reinit_every,
                 crate::progress::counted(cfg.epochs as u64, "epoch")
             )),
@@ -667,13 +667,13 @@ mod tests {
         assert_eq!(
             notes,
             ["[relearn] reinit_every = 20: its first re-learning follows epoch 21, and this run has 20 epochs: the \
-              method never changes what trains (a smaller reinit_every makes it act)"]
+              relearn never changes what trains (a smaller reinit_every makes it act)"]
         );
         let off = agm_modulation::RelearnConfig { max_reinits: 0, ..agm_modulation::RelearnConfig::official() };
         let mut never = relearn.clone();
         never.set_method::<agm_modulation::Relearn>(&off);
         let notes = unused_flags(&flags(RunFlags::default()), &never);
-        assert_eq!(notes, ["[relearn] max_reinits = 0: the method never re-learns in this run"]);
+        assert_eq!(notes, ["[relearn] max_reinits = 0: relearn never re-learns in this run"]);
         let mut soon = relearn.clone();
         soon.set_method::<agm_modulation::Relearn>(&agm_modulation::RelearnConfig {
             reinit_every: 5,
