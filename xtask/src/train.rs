@@ -666,7 +666,7 @@ mod tests {
         let notes = unused_flags(&flags(RunFlags::default()), &relearn);
         assert_eq!(
             notes,
-            ["[relearn] reinit_every = 20: its first re-learning follows epoch 21, and this run has 20 epochs: the \
+            ["[relearn] reinit_every = 20: its first re-learning follows epoch 21, and this run has 20 epochs: \
               relearn never changes what trains (a smaller reinit_every makes it act)"]
         );
         let off = agm_modulation::RelearnConfig { max_reinits: 0, ..agm_modulation::RelearnConfig::official() };
