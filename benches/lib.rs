@@ -93,6 +93,13 @@ pub fn av_digits_batch(batch_size: usize, device: &Device) -> Result<MultimodalB
 pub trait TimedArm {
     /// The seconds of each of `n` consecutive steps.
     fn time_block(&mut self, n: usize) -> Result<Vec<f64>>;
+
+    /// How long the machine is left alone after this arm's block, before the next arm's: an
+    /// outside process's threads may go on spinning at barriers after its step returns, which
+    /// would be timed as the next arm's. None by default.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// A [`StepBench`] stepping on one batch.
@@ -119,8 +126,8 @@ pub fn interleaved_medians(benches: &mut [StepBench], batch: &MultimodalBatch, s
 
 /// Median seconds per step of each arm. The arms take turns in blocks of a few consecutive
 /// steps, so machine load hits all alike while each step still follows one of its own model (as
-/// in training, where one model steps after another); the turn order rotates every round so no
-/// arm always follows the same one, and the first round is warm-up.
+/// in training, where one model steps after another); the turn order changes every round
+/// ([`turn_order`]) so no arm always follows the same one, and the first round is warm-up.
 pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> Result<Vec<f64>> {
     const BLOCK: usize = 3;
     if steps == 0 {
@@ -129,9 +136,9 @@ pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> 
     let n = arms.len();
     let mut times = vec![Vec::with_capacity(steps); n];
     for round in 0..=steps.div_ceil(BLOCK) {
-        for k in 0..n {
-            let i = (round + k) % n;
+        for i in turn_order(n, round) {
             let block = arms[i].time_block(BLOCK)?;
+            std::thread::sleep(arms[i].settle());
             if round > 0 {
                 let room = steps - times[i].len();
                 times[i].extend(block.into_iter().take(room));
@@ -145,6 +152,21 @@ pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> 
             t[t.len() / 2]
         })
         .collect())
+}
+
+/// The order of `n` arms' turns in round `round`: the rows of a Williams design, a Latin square
+/// in which, over `n` rounds (`2n` for odd `n`), each arm follows every other arm equally often.
+/// What an arm leaves behind (threads still spinning, caches) so falls on every other arm alike;
+/// a plain rotation (`round + k`) would put the same arm after it in almost every round.
+pub fn turn_order(n: usize, round: usize) -> Vec<usize> {
+    // 0, 1, n − 1, 2, n − 2, …
+    let base = (0..n).map(|k| if k % 2 == 1 { k.div_ceil(2) } else { (n - k / 2) % n });
+    let row = round % if n % 2 == 0 { n } else { 2 * n };
+    let mut order: Vec<usize> = base.map(|b| (b + row) % n).collect();
+    if row >= n {
+        order.reverse();
+    }
+    order
 }
 
 pub use agm_train::memory::{device_peak_memory_bytes, peak_memory_bytes, reset_device_peak_memory, reset_peak_memory};
@@ -168,6 +190,28 @@ mod tests {
             let times = (self.ran..self.ran + n).map(|k| k as f64 + self.offset).collect();
             self.ran += n;
             Ok(times)
+        }
+    }
+
+    #[test]
+    fn every_arm_follows_every_other_equally_often() {
+        for n in 1..=6 {
+            let rounds = if n % 2 == 0 { n } else { 2 * n };
+            let mut follows = vec![vec![0; n]; n];
+            for round in 0..rounds {
+                let order = turn_order(n, round);
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "round {round} of {n} arms: {order:?}");
+                for pair in order.windows(2) {
+                    follows[pair[0]][pair[1]] += 1;
+                }
+            }
+            let counts: Vec<usize> = (0..n)
+                .flat_map(|a| (0..n).filter(move |&b| b != a).map(move |b| (a, b)))
+                .map(|(a, b)| follows[a][b])
+                .collect();
+            assert!(counts.iter().all(|&c| c == counts[0]), "{n} arms: {follows:?}");
         }
     }
 

@@ -168,6 +168,12 @@ impl PlainTorchStep {
 }
 
 impl TimedArm for PlainTorchStep {
+    /// PyTorch's OpenMP threads spin at barriers for a few milliseconds after a step returns
+    /// (7–10 ms of CPU time on 2 cores); the pause keeps that out of the next arm's time.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(200)
+    }
+
     fn time_block(&mut self, n: usize) -> candle_core::Result<Vec<f64>> {
         let reply = self.ask(&n.to_string());
         let reply = reply.map_err(|e| candle_core::Error::Msg(format!("PyTorch's plain step: {e:#}")))?;
