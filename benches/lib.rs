@@ -161,7 +161,7 @@ pub fn interleaved_arm_medians(arms: &mut [&mut dyn TimedArm], steps: usize) -> 
 pub fn turn_order(n: usize, round: usize) -> Vec<usize> {
     // 0, 1, n − 1, 2, n − 2, …
     let base = (0..n).map(|k| if k % 2 == 1 { k.div_ceil(2) } else { (n - k / 2) % n });
-    let row = round % if n % 2 == 0 { n } else { 2 * n };
+    let row = round % if n.is_multiple_of(2) { n } else { 2 * n };
     let mut order: Vec<usize> = base.map(|b| (b + row) % n).collect();
     if row >= n {
         order.reverse();

@@ -696,7 +696,8 @@ fn differing_settings(records: &[(String, RunRecord)]) -> String {
         let disagree = !present.all(|v| Some(v) == first);
         let partial = values.iter().any(Option::is_none);
         let changed = || values.iter().zip(&defaults).any(|(v, d)| v.is_some_and(|v| d.get(key) != Some(v)));
-        if !disagree && !(partial && changed()) {
+        // Listed where the runs that have it disagree, or where only some have it and one changed it.
+        if !(disagree || partial && changed()) {
             continue;
         }
         let each: Vec<String> = records
