@@ -328,6 +328,58 @@ impl Columns {
     }
 }
 
+/// A method window that opens after the last epoch, or a ReLearn schedule whose first re-learning
+/// comes at the last epoch's end or later, one note each: the method never acts in this run.
+pub fn late_windows(cfg: &RunConfig) -> Vec<String> {
+    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
+    let start_of = |value: &toml::Value| value.get("window_start").and_then(toml::Value::as_integer);
+    let mut notes: Vec<String> = recorded
+        .iter()
+        .filter_map(|(section, value)| Some((section, start_of(value).filter(|&s| s > cfg.epochs as i64)?)))
+        .map(|(section, start)| {
+            format!(
+                "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
+                cfg.epochs
+            )
+        })
+        .collect();
+    let relearn = recorded.get("relearn").and_then(|v| v.clone().try_into::<agm_modulation::RelearnConfig>().ok());
+    if let Some(relearn) = relearn {
+        match relearn.first_reinit() {
+            None => notes.push("[relearn] max_reinits = 0: relearn never re-learns in this run".into()),
+            Some(first) if first >= cfg.epochs => notes.push(format!(
+                "[relearn] reinit_every = {}: its first re-learning follows epoch {first}, and this run has {}: \
+                 relearn never changes what trains (a smaller reinit_every makes it act)",
+                relearn.reinit_every,
+                crate::progress::counted(cfg.epochs as u64, "epoch")
+            )),
+            Some(_) => {}
+        }
+    }
+    notes
+}
+
+/// A note when the method's coefficients were 1 in every step of the run: it trained as joint
+/// (a window, warm-up or condition that never held within the run, or neutral settings). Only
+/// for a single method: a stack's `coefficients` are one member's. `config_toml` names where the
+/// run's settings are, as the note says it.
+pub fn never_modulated(cfg: &RunConfig, rows: &[EpochSummary], config_toml: &str) -> Option<String> {
+    let neutral = |c: &Option<Vec<f64>>| c.as_ref().is_some_and(|c| c.iter().all(|&v| v == 1.0));
+    let all_neutral =
+        !rows.is_empty() && rows.iter().all(|r| neutral(&r.coefficients) && neutral(&r.last_coefficients));
+    // A late window was named before the run started.
+    if cfg.method == "joint" || cfg.method.contains('+') || !all_neutral || !late_windows(cfg).is_empty() {
+        return None;
+    }
+    Some(format!(
+        "{}'s coefficients were 1 in every step of these {}, so it trained as `joint` does: its settings never \
+         let it act within them (a window, warm-up or patience beyond them, or a neutral value such as \
+         alpha = 0; {config_toml} lists them, docs/methods.md explains them)",
+        cfg.method,
+        crate::progress::counted(rows.len() as u64, "epoch"),
+    ))
+}
+
 /// The Markdown summary; `plots` are `(stem, title)` of the files written beside it.
 pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
     let cfg = &record.config;
@@ -360,6 +412,10 @@ pub fn markdown(record: &RunRecord, plots: &[(&str, String)]) -> String {
             test.samples,
             per.join(", ")
         );
+    }
+    let late = late_windows(cfg).into_iter();
+    for note in late.chain(never_modulated(cfg, &record.rows, "the run's `config.toml`")) {
+        let _ = writeln!(md, "> **Note:** {note}.\n");
     }
     let columns = Columns::of(record);
     let n = record.modalities.len();

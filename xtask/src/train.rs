@@ -208,7 +208,7 @@ fn unused_flags(args: &TrainArgs, cfg: &RunConfig) -> Vec<String> {
             notes.push(format!("[{section}] in {} does nothing for method `{}`", path.display(), cfg.method));
         }
     }
-    notes.extend(late_windows(cfg));
+    notes.extend(report::late_windows(cfg));
     if cfg.optimizer.lr() == 0.0 {
         notes.push("the learning rate is 0: the weights never change".into());
     }
@@ -391,59 +391,6 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
 }
 
-/// A method window that opens after the last epoch, or a ReLearn schedule whose first re-learning
-/// comes at the last epoch's end or later, one note each: the method never acts in this run.
-fn late_windows(cfg: &RunConfig) -> Vec<String> {
-    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
-    let start_of = |value: &toml::Value| value.get("window_start").and_then(toml::Value::as_integer);
-    let mut notes: Vec<String> = recorded
-        .iter()
-        .filter_map(|(section, value)| Some((section, start_of(value).filter(|&s| s > cfg.epochs as i64)?)))
-        .map(|(section, start)| {
-            format!(
-                "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
-                cfg.epochs
-            )
-        })
-        .collect();
-    let relearn = recorded.get("relearn").and_then(|v| v.clone().try_into::<agm_modulation::RelearnConfig>().ok());
-    if let Some(relearn) = relearn {
-        match relearn.first_reinit() {
-            None => notes.push("[relearn] max_reinits = 0: relearn never re-learns in this run".into()),
-            Some(first) if first >= cfg.epochs => notes.push(format!(
-                "[relearn] reinit_every = {}: its first re-learning follows epoch {first}, and this run has {}: \
-                 relearn never changes what trains (a smaller reinit_every makes it act)",
-                relearn.reinit_every,
-                crate::progress::counted(cfg.epochs as u64, "epoch")
-            )),
-            Some(_) => {}
-        }
-    }
-    notes
-}
-
-/// A note when the method's coefficients were 1 in every step of the run: it trained as joint
-/// (a window, warm-up or condition that never held within the run, or neutral settings). Only
-/// for a single method: a stack's `coefficients` are one member's.
-fn never_modulated(cfg: &RunConfig, dir: &Path) -> Option<String> {
-    let rows: Vec<agm_train::EpochSummary> = RunDir::open(dir).ok()?.read_metrics().ok()?;
-    let neutral = |c: &Option<Vec<f64>>| c.as_ref().is_some_and(|c| c.iter().all(|&v| v == 1.0));
-    let all_neutral =
-        !rows.is_empty() && rows.iter().all(|r| neutral(&r.coefficients) && neutral(&r.last_coefficients));
-    // A late window was named before the run started.
-    if cfg.method == "joint" || cfg.method.contains('+') || !all_neutral || !late_windows(cfg).is_empty() {
-        return None;
-    }
-    Some(format!(
-        "{}'s coefficients were 1 in every step of these {}, so it trained as `joint` does: its settings never \
-         let it act within them (a window, warm-up or patience beyond them, or a neutral value such as \
-         alpha = 0; {} lists them, docs/methods.md explains them)",
-        cfg.method,
-        crate::progress::counted(rows.len() as u64, "epoch"),
-        dir.join("config.toml").display()
-    ))
-}
-
 fn print_summary(
     cfg: &RunConfig,
     run: &agm_train::RunSummary,
@@ -490,7 +437,8 @@ fn print_summary(
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
     }
-    if let Some(note) = never_modulated(cfg, dir) {
+    let rows: Vec<agm_train::EpochSummary> = RunDir::open(dir).and_then(|r| r.read_metrics()).unwrap_or_default();
+    if let Some(note) = report::never_modulated(cfg, &rows, &dir.join("config.toml").display().to_string()) {
         println!("note: {note}");
     }
     println!(
@@ -684,42 +632,45 @@ mod tests {
 
     #[test]
     fn a_method_whose_coefficients_never_moved_is_named_after_the_run() {
+        use report::never_modulated;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
         crate::report::tests::synthetic_run(&dir, "agm", 3, false);
         let cfg = RunConfig::av_digits();
-        assert_eq!(never_modulated(&cfg, &dir), None, "AGM's synthetic coefficients move");
         let run = RunDir::open(&dir).unwrap();
         let mut rows: Vec<agm_train::EpochSummary> = run.read_metrics().unwrap();
+        assert_eq!(never_modulated(&cfg, &rows, "config.toml"), None, "AGM's synthetic coefficients move");
         for r in &mut rows {
             (r.coefficients, r.last_coefficients) = (Some(vec![1.0, 1.0]), Some(vec![1.0, 1.0]));
         }
-        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
-        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
-        let note = never_modulated(&cfg, &dir).expect("held coefficients are named");
+        let note = never_modulated(&cfg, &rows, "config.toml").expect("held coefficients are named");
         assert!(
             note.starts_with(
                 "agm's coefficients were 1 in every step of these 3 epochs, so it trained as `joint` does"
             ),
             "{note}"
         );
+        // The run's report says so too.
+        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
+        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
+        let md = report::markdown(&report::RunRecord::load(&dir).unwrap(), &[]);
+        assert!(md.contains("> **Note:** agm's coefficients were 1 in every step of these 3 epochs"), "{md}");
         // A late window was named before the run; joint has nothing to modulate.
         let mut late = cfg.clone();
         late.set_method::<agm_modulation::Agm>(&agm_modulation::AgmConfig {
             window_start: 99,
             ..late.method::<agm_modulation::Agm>()
         });
-        assert_eq!(never_modulated(&late, &dir), None);
-        assert_eq!(never_modulated(&RunConfig { method: "joint".into(), ..cfg.clone() }, &dir), None);
+        assert_eq!(never_modulated(&late, &rows, "config.toml"), None);
+        assert_eq!(never_modulated(&RunConfig { method: "joint".into(), ..cfg.clone() }, &rows, "config.toml"), None);
         // A stack's `coefficients` are one member's: no claim about the stack.
-        assert_eq!(never_modulated(&RunConfig { method: "agm+mses".into(), ..cfg.clone() }, &dir), None);
+        let stack = RunConfig { method: "agm+mses".into(), ..cfg.clone() };
+        assert_eq!(never_modulated(&stack, &rows, "config.toml"), None);
         // Held at values other than 1 (ReconBoost's gates): no claim either.
         for r in &mut rows {
             (r.coefficients, r.last_coefficients) = (Some(vec![1.0, 0.0]), Some(vec![1.0, 0.0]));
         }
-        std::fs::remove_file(dir.join("metrics.jsonl")).unwrap();
-        rows.iter().for_each(|r| run.append_metrics(r).unwrap());
-        assert_eq!(never_modulated(&cfg, &dir), None);
+        assert_eq!(never_modulated(&cfg, &rows, "config.toml"), None);
     }
 
     #[test]
