@@ -135,12 +135,19 @@ impl Coefficient {
         values.and_then(|c| c.get(self.index).copied())
     }
 
-    /// The value after the epoch's last step (kept for the run's own coefficients only).
+    /// The value after the epoch's last step.
     fn last(&self, r: &EpochSummary) -> Option<f64> {
-        match &self.method {
-            Some(_) => None,
-            None => r.last_coefficients.as_ref().and_then(|c| c.get(self.index).copied()),
-        }
+        let values = match &self.method {
+            Some(m) => r.last_coefficients_by_method.get(m),
+            None => r.last_coefficients.as_ref(),
+        };
+        values.and_then(|c| c.get(self.index).copied())
+    }
+
+    /// Whether any row has the value after the epoch's last step (a stack's rows written before
+    /// those were kept have none).
+    fn has_last(&self, rows: &[EpochSummary]) -> bool {
+        rows.iter().any(|r| self.last(r).is_some())
     }
 }
 
@@ -222,9 +229,9 @@ pub fn panels(record: &RunRecord, loss: YScale) -> Vec<(&'static str, String, Pa
         for (k, c) in coefficients.iter().enumerate() {
             let colour = if c.method.is_some() { k } else { c.index };
             series.push(epoch_series(format!("{} (epoch mean)", c.label), rows, |r| c.mean(r)).colour(colour));
-            if c.method.is_none() {
+            if c.has_last(rows) {
                 series.push(
-                    epoch_series(format!("{} (end of epoch)", c.label), rows, |r| c.last(r)).dashed().colour(c.index),
+                    epoch_series(format!("{} (end of epoch)", c.label), rows, |r| c.last(r)).dashed().colour(colour),
                 );
             }
         }
@@ -464,11 +471,13 @@ pub fn metrics_csv(record: &RunRecord) -> String {
             header.extend([format!("{m}_head_accuracy"), format!("{m}_head_loss")]);
         }
     }
-    for c in &coefficients {
+    // A single method's end-of-epoch column always; a stack's where its rows keep those values.
+    let with_last: Vec<bool> = coefficients.iter().map(|c| c.method.is_none() || c.has_last(&record.rows)).collect();
+    for (c, &last) in coefficients.iter().zip(&with_last) {
         // Column names as identifiers (`ogm_ge_audio_…`, as the method's config section).
         let label = c.label.replace([' ', '-'], "_");
         header.push(format!("{label}_coefficient_mean"));
-        if c.method.is_none() {
+        if last {
             header.push(format!("{label}_coefficient_last"));
         }
     }
@@ -495,9 +504,9 @@ pub fn metrics_csv(record: &RunRecord) -> String {
                 cells.push(cell(r.validation.head_loss.get(i).copied()));
             }
         }
-        for c in &coefficients {
+        for (c, &last) in coefficients.iter().zip(&with_last) {
             cells.push(cell(c.mean(r)));
-            if c.method.is_none() {
+            if last {
                 cells.push(cell(c.last(r)));
             }
         }
@@ -834,6 +843,11 @@ pub(crate) mod tests {
                 } else {
                     Default::default()
                 },
+                last_coefficients_by_method: if method.contains('+') {
+                    [("agm".into(), vec![1.0 - 0.25 * t, 1.0 + 0.35 * t]), ("ogm-ge".into(), vec![0.4 * t, 1.0])].into()
+                } else {
+                    Default::default()
+                },
                 mean_step_seconds: 0.004,
                 peak_memory_bytes: Some(300 << 20),
                 best_epoch: e,
@@ -951,7 +965,21 @@ pub(crate) mod tests {
             last[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}: {header:?}"))]
         };
         assert_eq!([at("agm_visual_coefficient_mean"), at("ogm_ge_audio_coefficient_mean")], ["1.3", "0.5"]);
-        assert!(!header.iter().any(|h| h.ends_with("_coefficient_last")), "{header:?}");
+        // Each method's end-of-epoch values too, dashed in the plot.
+        assert_eq!([at("agm_visual_coefficient_last"), at("ogm_ge_audio_coefficient_last")], ["1.35", "0.4"]);
+        check::svg_names(&out.join("coefficients.svg"), &["ogm-ge visual (end of epoch)"]);
+        // Rows written before those were kept: the means alone.
+        let older = RunRecord {
+            rows: record
+                .rows
+                .iter()
+                .cloned()
+                .map(|r| EpochSummary { last_coefficients_by_method: Default::default(), ..r })
+                .collect(),
+            ..RunRecord::load(&dir).unwrap()
+        };
+        let header = metrics_csv(&older).lines().next().unwrap().to_string();
+        assert!(header.contains("agm_audio_coefficient_mean") && !header.contains("_coefficient_last"), "{header}");
     }
 
     #[test]

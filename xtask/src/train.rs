@@ -421,8 +421,16 @@ fn print_summary(
         // The epoch mean, as the epoch lines and the report show it; a single step's value swings.
         let compact = |v: f64| crate::progress::compact(v, 3);
         if !last.coefficients_by_method.is_empty() {
+            let after = if last.last_coefficients_by_method.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (after the last step: {})",
+                    crate::progress::by_method(modalities, &last.last_coefficients_by_method, 3)
+                )
+            };
             println!(
-                "coefficients, mean over the last epoch: {}",
+                "coefficients, mean over the last epoch: {}{after}",
                 crate::progress::by_method(modalities, &last.coefficients_by_method, 3)
             );
         } else if let Some(mean) = &last.coefficients {

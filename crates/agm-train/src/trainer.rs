@@ -106,6 +106,9 @@ pub struct EpochSummary {
     /// For a stack of methods that each have coefficients (`agm+ogm-ge`), each method's mean over
     /// the epoch's steps, by name ([`Modulator::coefficients_by_method`]); empty otherwise.
     pub coefficients_by_method: BTreeMap<String, Vec<f64>>,
+    /// For such a stack, each method's coefficients after the epoch's last step, by name; empty
+    /// otherwise (and in rows written before this field existed).
+    pub last_coefficients_by_method: BTreeMap<String, Vec<f64>>,
     /// Mean wall time of the epoch's training steps.
     pub mean_step_seconds: f64,
     /// Peak host memory so far ([`crate::memory::peak_memory_bytes`]).
@@ -137,6 +140,8 @@ struct EpochRow {
     last_coefficients: Option<Keyed>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     coefficients_by_method: BTreeMap<String, Keyed>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    last_coefficients_by_method: BTreeMap<String, Keyed>,
     #[serde(with = "agm_core::serde_f64")]
     mean_step_seconds: f64,
     peak_memory_bytes: Option<u64>,
@@ -153,17 +158,17 @@ impl From<EpochSummary> for EpochRow {
     fn from(e: EpochSummary) -> Self {
         let modalities = e.validation.modality_names();
         let keyed = |v: Option<Vec<f64>>| v.map(|v| Keyed::new(&value_names(&modalities, v.len()), &v));
+        let by_method = |m: BTreeMap<String, Vec<f64>>| -> BTreeMap<String, Keyed> {
+            m.into_iter().map(|(method, v)| (method, Keyed::new(&value_names(&modalities, v.len()), &v))).collect()
+        };
         Self {
             epoch: e.epoch,
             lr: e.lr,
             train_loss: e.train_loss,
             coefficients: keyed(e.coefficients),
             last_coefficients: keyed(e.last_coefficients),
-            coefficients_by_method: e
-                .coefficients_by_method
-                .into_iter()
-                .map(|(method, v)| (method, Keyed::new(&value_names(&modalities, v.len()), &v)))
-                .collect(),
+            coefficients_by_method: by_method(e.coefficients_by_method),
+            last_coefficients_by_method: by_method(e.last_coefficients_by_method),
             competition: keyed(e.competition),
             validation: e.validation,
             mean_step_seconds: e.mean_step_seconds,
@@ -180,17 +185,17 @@ impl TryFrom<EpochRow> for EpochSummary {
     fn try_from(r: EpochRow) -> std::result::Result<Self, String> {
         let modalities = r.validation.modality_names();
         let values = |k: Option<Keyed>| k.map(|k| k.values(&modalities)).transpose();
+        let by_method = |m: BTreeMap<String, Keyed>| -> std::result::Result<BTreeMap<String, Vec<f64>>, String> {
+            m.into_iter().map(|(method, k)| Ok((method, k.values(&modalities)?))).collect()
+        };
         Ok(Self {
             epoch: r.epoch,
             lr: r.lr,
             train_loss: r.train_loss,
             coefficients: values(r.coefficients)?,
             last_coefficients: values(r.last_coefficients)?,
-            coefficients_by_method: r
-                .coefficients_by_method
-                .into_iter()
-                .map(|(method, k)| Ok((method, k.values(&modalities)?)))
-                .collect::<std::result::Result<_, String>>()?,
+            coefficients_by_method: by_method(r.coefficients_by_method)?,
+            last_coefficients_by_method: by_method(r.last_coefficients_by_method)?,
             competition: values(r.competition)?,
             validation: r.validation,
             mean_step_seconds: r.mean_step_seconds,
@@ -830,6 +835,7 @@ impl<'a> Trainer<'a> {
                     .into_iter()
                     .map(|(method, sum)| (method, sum.iter().map(|s| s / steps).collect()))
                     .collect(),
+                last_coefficients_by_method: self.modulator.coefficients_by_method().into_iter().collect(),
                 mean_step_seconds: self.state.epoch_seconds / steps,
                 peak_memory_bytes: crate::memory::peak_memory_bytes(),
                 best_epoch: self.state.best_epoch,
