@@ -218,7 +218,8 @@ impl<'de> Deserialize<'de> for MethodSettings {
         if let Some(key) = table.keys().next() {
             let sections: Vec<String> = crate::registry::entries().iter().map(|e| e.section()).collect();
             return Err(serde::de::Error::custom(format!(
-                "unknown field `{key}`, expected a run setting or a method section ({})",
+                "unknown field `{key}`, expected a run setting (`cargo xtask train --print-config` lists them all) or \
+                 a method section ({})",
                 sections.join(", ")
             )));
         }
