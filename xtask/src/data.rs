@@ -77,11 +77,7 @@ fn check(dataset: &str, spec: &str) -> anyhow::Result<ExitCode> {
     }
     let mut d = loaders::load(id, &root, &LoadOptions::default())?;
     // In the order training logs them: the default model's.
-    let cfg = agm_train::RunConfig::for_dataset(id.as_str())?;
-    if let Ok(spec) = agm_fusion::preset_spec(&cfg.model, &cfg.preset_options()) {
-        let names: Vec<&str> = spec.inputs.iter().map(|i| i.modality.as_str()).collect();
-        d.reorder_modalities(&names)?;
-    }
+    agm_train::RunConfig::for_dataset(id.as_str())?.order_as_model(&mut d)?;
     println!("  modalities: {:?}, classes: {}", d.modalities.names(), d.classes);
     let mut parts = vec![("train", &d.train), ("validation", &d.validation), ("test", &d.test)];
     if let Some(dep) = &d.dep {

@@ -338,20 +338,21 @@ impl Columns {
 /// A method window that opens after the last epoch, or a ReLearn schedule whose first re-learning
 /// comes at the last epoch's end or later, one note each: the method never acts in this run.
 pub fn late_windows(cfg: &RunConfig) -> Vec<String> {
-    let recorded: toml::Table = toml::from_str(&cfg.to_run_toml("")).expect("written as TOML");
-    let start_of = |value: &toml::Value| value.get("window_start").and_then(toml::Value::as_integer);
+    let recorded = cfg.recorded_settings();
     let mut notes: Vec<String> = recorded
         .iter()
-        .filter_map(|(section, value)| Some((section, start_of(value).filter(|&s| s > cfg.epochs as i64)?)))
-        .map(|(section, start)| {
-            format!(
+        .filter_map(|(key, value)| {
+            let section = key.strip_suffix(".window_start")?;
+            let start = value.as_integer().filter(|&s| s > cfg.epochs as i64)?;
+            Some(format!(
                 "[{section}] window_start = {start} is after the last epoch ({}): the method never acts in this run",
                 cfg.epochs
-            )
+            ))
         })
         .collect();
-    let relearn = recorded.get("relearn").and_then(|v| v.clone().try_into::<agm_modulation::RelearnConfig>().ok());
-    if let Some(relearn) = relearn {
+    // Recorded only where the run's method is (or stacks) ReLearn.
+    if recorded.contains_key("relearn.reinit_every") {
+        let relearn = cfg.method::<agm_modulation::Relearn>();
         match relearn.first_reinit() {
             None => notes.push("[relearn] max_reinits = 0: relearn never re-learns in this run".into()),
             Some(first) if first >= cfg.epochs => notes.push(format!(

@@ -420,28 +420,24 @@ fn print_summary(
     if let Some(last) = &run.last {
         // The epoch mean, as the epoch lines and the report show it; a single step's value swings.
         let compact = |v: f64| crate::progress::compact(v, 3);
-        if !last.coefficients_by_method.is_empty() {
-            let after = if last.last_coefficients_by_method.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (after the last step: {})",
-                    crate::progress::by_method(modalities, &last.last_coefficients_by_method, 3)
+        let coefficients = if last.coefficients_by_method.is_empty() {
+            let values = |c: &Vec<f64>| c.iter().map(|&v| compact(v)).collect::<Vec<_>>().join(" / ");
+            last.coefficients.as_ref().map(|mean| {
+                (
+                    crate::progress::labelled(modalities, mean, " / ", compact),
+                    last.last_coefficients.as_ref().map(values),
                 )
-            };
-            println!(
-                "coefficients, mean over the last epoch: {}{after}",
-                crate::progress::by_method(modalities, &last.coefficients_by_method, 3)
-            );
-        } else if let Some(mean) = &last.coefficients {
-            let after = last.last_coefficients.as_ref().map_or_else(String::new, |c| {
-                let values: Vec<String> = c.iter().map(|&v| compact(v)).collect();
-                format!(" (after the last step: {})", values.join(" / "))
-            });
-            println!(
-                "coefficients, mean over the last epoch: {}{after}",
-                crate::progress::labelled(modalities, mean, " / ", compact)
-            );
+            })
+        } else {
+            let after = &last.last_coefficients_by_method;
+            Some((
+                crate::progress::by_method(modalities, &last.coefficients_by_method, 3),
+                (!after.is_empty()).then(|| crate::progress::by_method(modalities, after, 3)),
+            ))
+        };
+        if let Some((mean, after)) = coefficients {
+            let after = after.map_or_else(String::new, |a| format!(" (after the last step: {a})"));
+            println!("coefficients, mean over the last epoch: {mean}{after}");
         }
         println!("mean step time (last epoch): {:.2} ms", 1e3 * last.mean_step_seconds);
     }

@@ -627,10 +627,16 @@ impl RunConfig {
             data.validation = data.validation.with_segment_labels(seg.validation, seg.segments);
             data.test = data.test.with_segment_labels(seg.test, seg.segments);
         }
+        self.order_as_model(&mut data)?;
+        Ok(data)
+    }
+
+    /// Puts `data`'s modalities in the order the run's model reads them, which training logs.
+    pub fn order_as_model(&self, data: &mut LoadedDataset) -> Result<()> {
         let model_order = agm_fusion::preset_spec(&self.model, &self.preset_options())?;
         let names: Vec<&str> = model_order.inputs.iter().map(|i| i.modality.as_str()).collect();
         data.reorder_modalities(&names)?;
-        Ok(data)
+        Ok(())
     }
 
     /// The training split as the trainer reads it: CREMA-D's frames get the reference's
